@@ -1,0 +1,194 @@
+package events
+
+import (
+	"encoding/json"
+	"fmt"
+	"reflect"
+	"sort"
+)
+
+// Event is a domain event's data. Its type name is "<stream_type>.<past_tense_verb>"
+// and never changes once published: consumers bind to it.
+type Event interface {
+	EventType() string
+}
+
+// Stream types.
+const (
+	StreamOrganization = "organization"
+	StreamUser         = "user"
+	StreamSession      = "session"
+	StreamLogin        = "login"
+)
+
+// Change is one field's old and new value, carried by *.updated events so that the audit
+// trail can show what changed without reading older events.
+type Change struct {
+	Old string `json:"old"`
+	New string `json:"new"`
+}
+
+// OrganizationCreated: an organization signed up (POST /auth/register).
+type OrganizationCreated struct {
+	Name   string `json:"name"`
+	Slug   string `json:"slug"`
+	Status string `json:"status"`
+}
+
+// OrganizationUpdated: the organization's name or slug changed.
+type OrganizationUpdated struct {
+	Changes map[string]Change `json:"changes"`
+}
+
+// UserCreated: a user joined an organization, by registering it or by being added.
+type UserCreated struct {
+	Name   string   `json:"name"`
+	Email  string   `json:"email"`
+	Roles  []string `json:"roles"`
+	Status string   `json:"status"`
+}
+
+// UserUpdated: a user's name or email changed.
+type UserUpdated struct {
+	Changes map[string]Change `json:"changes"`
+}
+
+// UserDeactivated: a user was set to status "deactivated"; their sessions stop working.
+type UserDeactivated struct{}
+
+// UserReactivated: a deactivated user was set back to "active".
+type UserReactivated struct{}
+
+// UserDeleted: a user was soft-deleted; their email is free again, their history stays.
+type UserDeleted struct{}
+
+// UserRoleAssigned: a role was given to a user.
+type UserRoleAssigned struct {
+	Role string `json:"role"`
+}
+
+// UserRoleRemoved: a role was taken from a user.
+type UserRoleRemoved struct {
+	Role string `json:"role"`
+}
+
+// SessionStarted: a user logged in; the session's refresh token has generation 1.
+type SessionStarted struct {
+	UserID    string `json:"user_id"`
+	ExpiresAt string `json:"expires_at"`
+}
+
+// SessionRefreshed: the refresh token was rotated to a new generation; older ones die.
+type SessionRefreshed struct {
+	Generation int    `json:"generation"`
+	ExpiresAt  string `json:"expires_at"`
+}
+
+// SessionReuseDetected: a refresh token of an older generation was presented again, a
+// sign that it was stolen. The session is revoked by the same command.
+type SessionReuseDetected struct {
+	PresentedGeneration int `json:"presented_generation"`
+	CurrentGeneration   int `json:"current_generation"`
+}
+
+// SessionRevoked: the session ended (logout or reuse); its tokens are dead.
+type SessionRevoked struct {
+	Reason string `json:"reason"`
+}
+
+// LoginFailed: a login attempt failed. Reason is for auditors only; the client always
+// gets the same answer.
+type LoginFailed struct {
+	Email  string `json:"email"`
+	Reason string `json:"reason"`
+}
+
+func (OrganizationCreated) EventType() string  { return "organization.created" }
+func (OrganizationUpdated) EventType() string  { return "organization.updated" }
+func (UserCreated) EventType() string          { return "user.created" }
+func (UserUpdated) EventType() string          { return "user.updated" }
+func (UserDeactivated) EventType() string      { return "user.deactivated" }
+func (UserReactivated) EventType() string      { return "user.reactivated" }
+func (UserDeleted) EventType() string          { return "user.deleted" }
+func (UserRoleAssigned) EventType() string     { return "user.role_assigned" }
+func (UserRoleRemoved) EventType() string      { return "user.role_removed" }
+func (SessionStarted) EventType() string       { return "session.started" }
+func (SessionRefreshed) EventType() string     { return "session.refreshed" }
+func (SessionReuseDetected) EventType() string { return "session.reuse_detected" }
+func (SessionRevoked) EventType() string       { return "session.revoked" }
+func (LoginFailed) EventType() string          { return "login.failed" }
+
+// Spec describes one event type of the catalog.
+type Spec struct {
+	Type          string
+	SchemaVersion int
+	new           func() Event
+}
+
+// specs is the catalog: every event type the system writes, with its current schema
+// version. It is a table of constants, not mutable state.
+var specs = func() map[string]Spec {
+	all := []struct {
+		version int
+		sample  Event
+	}{
+		{1, OrganizationCreated{}}, {1, OrganizationUpdated{}},
+		{1, UserCreated{}}, {1, UserUpdated{}}, {1, UserDeactivated{}}, {1, UserReactivated{}},
+		{1, UserDeleted{}}, {1, UserRoleAssigned{}}, {1, UserRoleRemoved{}},
+		{1, SessionStarted{}}, {1, SessionRefreshed{}}, {1, SessionReuseDetected{}}, {1, SessionRevoked{}},
+		{1, LoginFailed{}},
+	}
+	m := make(map[string]Spec, len(all))
+	for _, a := range all {
+		t := reflect.TypeOf(a.sample)
+		m[a.sample.EventType()] = Spec{
+			Type:          a.sample.EventType(),
+			SchemaVersion: a.version,
+			new:           func() Event { return reflect.New(t).Interface().(Event) },
+		}
+	}
+	return m
+}()
+
+// Catalog lists every event type, sorted by name.
+func Catalog() []Spec {
+	out := make([]Spec, 0, len(specs))
+	for _, s := range specs {
+		out = append(out, s)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Type < out[j].Type })
+	return out
+}
+
+// SchemaVersionOf returns the current schema version of an event type.
+func SchemaVersionOf(eventType string) (int, bool) {
+	s, ok := specs[eventType]
+	return s.SchemaVersion, ok
+}
+
+// StreamTypeOf returns the stream type named by an event type's prefix.
+func StreamTypeOf(eventType string) string {
+	for i := 0; i < len(eventType); i++ {
+		if eventType[i] == '.' {
+			return eventType[:i]
+		}
+	}
+	return eventType
+}
+
+func decodeData(eventType string, version int, data []byte) (Event, error) {
+	s, ok := specs[eventType]
+	if !ok {
+		return nil, fmt.Errorf("unknown event type %q", eventType)
+	}
+	if version != s.SchemaVersion {
+		return nil, fmt.Errorf("event type %q: schema version %d is not readable (current %d)", eventType, version, s.SchemaVersion)
+	}
+	p := s.new()
+	if err := json.Unmarshal(data, p); err != nil {
+		return nil, fmt.Errorf("decode %s: %w", eventType, err)
+	}
+	// p is a pointer to the struct; hand back the value so that type switches on the
+	// value types of this file work.
+	return reflect.ValueOf(p).Elem().Interface().(Event), nil
+}

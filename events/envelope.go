@@ -1,0 +1,77 @@
+// Package events is the contract between the write side and everything that reads the
+// log: the envelope of API.md, the catalog of event types, the PostgreSQL event store and
+// the relay that publishes committed events to RabbitMQ in commit order.
+package events
+
+import (
+	"encoding/json"
+	"fmt"
+	"time"
+
+	"github.com/google/uuid"
+)
+
+// Actor is who caused an event: a user, an API token, the system, or an anonymous caller
+// (a failed login).
+type Actor struct {
+	Type string     `json:"type"`
+	ID   *uuid.UUID `json:"id"`
+}
+
+// Actor types.
+const (
+	ActorUser      = "user"
+	ActorSystem    = "system"
+	ActorAnonymous = "anonymous"
+)
+
+// Metadata is request context kept with every event for the audit trail. It never holds
+// secrets.
+type Metadata struct {
+	IPAddress string `json:"ip_address,omitempty"`
+	UserAgent string `json:"user_agent,omitempty"`
+}
+
+// Envelope is one stored event as API.md defines it: what the relay publishes, what
+// GET /api/v1/events streams and what webhooks POST.
+type Envelope struct {
+	ID             uuid.UUID       `json:"id"`
+	Type           string          `json:"type"`
+	SchemaVersion  int             `json:"schema_version"`
+	StreamType     string          `json:"stream_type"`
+	StreamID       uuid.UUID       `json:"stream_id"`
+	StreamVersion  int             `json:"stream_version"`
+	Position       int64           `json:"position"`
+	OrganizationID *uuid.UUID      `json:"organization_id"`
+	OccurredAt     time.Time       `json:"occurred_at"`
+	Actor          Actor           `json:"actor"`
+	CorrelationID  string          `json:"correlation_id"`
+	CausationID    string          `json:"causation_id"`
+	RequestID      string          `json:"request_id"`
+	Metadata       Metadata        `json:"metadata"`
+	Data           json.RawMessage `json:"data"`
+}
+
+// DecodeEnvelope parses a message body, rejecting one that lacks what consumers rely on.
+func DecodeEnvelope(body []byte) (Envelope, error) {
+	var e Envelope
+	if err := json.Unmarshal(body, &e); err != nil {
+		return e, fmt.Errorf("decode envelope: %w", err)
+	}
+	switch {
+	case e.ID == uuid.Nil:
+		return e, fmt.Errorf("decode envelope: missing id")
+	case e.StreamID == uuid.Nil:
+		return e, fmt.Errorf("decode envelope %s: missing stream_id", e.ID)
+	case e.StreamVersion < 1:
+		return e, fmt.Errorf("decode envelope %s: bad stream_version %d", e.ID, e.StreamVersion)
+	case e.Type == "":
+		return e, fmt.Errorf("decode envelope %s: missing type", e.ID)
+	case len(e.Data) == 0:
+		return e, fmt.Errorf("decode envelope %s: missing data", e.ID)
+	}
+	return e, nil
+}
+
+// Decode returns the typed event carried by the envelope.
+func (e Envelope) Decode() (Event, error) { return decodeData(e.Type, e.SchemaVersion, e.Data) }

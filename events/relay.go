@@ -1,0 +1,313 @@
+package events
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"log/slog"
+	"strconv"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/chatbotsaas/chatbotd/internal/broker"
+)
+
+// RelayConfig configures a Relay.
+type RelayConfig struct {
+	// Name keys the checkpoint and the leader lock; relays with one name share the work.
+	Name           string
+	Exchange       string
+	BatchSize      int
+	ConfirmTimeout time.Duration
+	// IdleWait is the longest the relay sleeps without a notification; it bounds the delay
+	// after a long transaction that blocked the read ends without a NOTIFY of its own.
+	IdleWait time.Duration
+	Logger   *slog.Logger
+}
+
+func (c *RelayConfig) setDefaults() {
+	if c.Name == "" {
+		c.Name = "default"
+	}
+	if c.BatchSize <= 0 {
+		c.BatchSize = 500
+	}
+	if c.ConfirmTimeout <= 0 {
+		c.ConfirmTimeout = 15 * time.Second
+	}
+	if c.IdleWait <= 0 {
+		c.IdleWait = 2 * time.Second
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+}
+
+// Validate reports every missing setting.
+func (c RelayConfig) Validate() error {
+	if c.Exchange == "" {
+		return errors.New("relay: Exchange is required")
+	}
+	return nil
+}
+
+// Channeler opens broker channels.
+type Channeler interface {
+	Channel(ctx context.Context) (*amqp.Channel, error)
+}
+
+// Relay publishes committed events to the exchange in commit order. Only the instance that
+// holds the leader lock publishes; the others wait and take over when it goes away. The
+// checkpoint advances only after every event of a batch is confirmed and none was
+// returned unroutable, so a crash at any moment re-publishes (at least once), never skips.
+type Relay struct {
+	pool   *pgxpool.Pool
+	broker Channeler
+	cfg    RelayConfig
+	// afterConfirm, when set (tests), runs after a batch is confirmed and before its
+	// checkpoint is saved.
+	afterConfirm func(ctx context.Context, batch []Envelope)
+	// leading, when set (tests, metrics), is told when leadership is won and lost.
+	leading func(bool)
+}
+
+// NewRelay returns a relay; Run starts it.
+func NewRelay(pool *pgxpool.Pool, b Channeler, cfg RelayConfig) (*Relay, error) {
+	cfg.setDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	return &Relay{pool: pool, broker: b, cfg: cfg}, nil
+}
+
+// Run relays until ctx ends. Failures (database or broker down) are logged and retried
+// with backoff; Run returns nil when ctx is cancelled.
+func (r *Relay) Run(ctx context.Context) error {
+	backoff := 100 * time.Millisecond
+	for {
+		err := r.lead(ctx)
+		if ctx.Err() != nil {
+			return nil
+		}
+		if err != nil {
+			r.cfg.Logger.Warn("relay interrupted, retrying", "error", err, "in", backoff)
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(backoff):
+		}
+		backoff = min(backoff*2, 5*time.Second)
+	}
+}
+
+func (r *Relay) lockKey() int64 {
+	h := fnv.New64a()
+	h.Write([]byte("chatbotd.relay." + r.cfg.Name))
+	return int64(h.Sum64())
+}
+
+// lead waits to become the leader and then relays until an error or ctx ends.
+func (r *Relay) lead(ctx context.Context) error {
+	pc, err := r.pool.Acquire(ctx)
+	if err != nil {
+		return err
+	}
+	// The lock and LISTEN are session state: the connection leaves the pool for good and
+	// closing it releases both.
+	conn := pc.Hijack()
+	defer conn.Close(context.WithoutCancel(ctx))
+
+	for {
+		var got bool
+		if err := conn.QueryRow(ctx, `SELECT pg_try_advisory_lock($1)`, r.lockKey()).Scan(&got); err != nil {
+			return err
+		}
+		if got {
+			break
+		}
+		select { // standby
+		case <-ctx.Done():
+			return nil
+		case <-time.After(time.Second):
+		}
+	}
+	r.cfg.Logger.Info("relay is the leader", "name", r.cfg.Name)
+	if r.leading != nil {
+		r.leading(true)
+		defer r.leading(false)
+	}
+	if _, err := conn.Exec(ctx, "LISTEN "+pgx.Identifier{NotifyChannel}.Sanitize()); err != nil {
+		return err
+	}
+	pub, err := r.openPublisher(ctx)
+	if err != nil {
+		return err
+	}
+	defer pub.close()
+
+	cp, err := r.loadCheckpoint(ctx)
+	if err != nil {
+		return err
+	}
+	for {
+		batch, next, err := ReadCommitted(ctx, r.pool, cp, r.cfg.BatchSize)
+		if err != nil {
+			return err
+		}
+		if len(batch) > 0 {
+			if err := pub.publish(ctx, batch); err != nil {
+				return err
+			}
+			if r.afterConfirm != nil {
+				r.afterConfirm(ctx, batch)
+			}
+			if err := r.saveCheckpoint(ctx, next); err != nil {
+				return err
+			}
+			cp = next
+			continue
+		}
+		// Nothing readable. Rows after the checkpoint that are not readable yet belong to
+		// transactions behind a running one: look again soon. Otherwise sleep until a
+		// commit notifies us.
+		var pending bool
+		if err := r.pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM events
+			WHERE (transaction_id, position) > ($1::text::xid8, $2::bigint))`,
+			strconv.FormatUint(cp.TransactionID, 10), cp.Position).Scan(&pending); err != nil {
+			return err
+		}
+		wait := r.cfg.IdleWait
+		if pending {
+			wait = 5 * time.Millisecond
+		}
+		wctx, cancel := context.WithTimeout(ctx, wait)
+		_, err = conn.WaitForNotification(wctx)
+		cancel()
+		if err != nil && ctx.Err() != nil {
+			return nil
+		}
+		if err != nil && !pgconn.Timeout(err) {
+			return fmt.Errorf("wait for notification: %w", err)
+		}
+	}
+}
+
+func (r *Relay) loadCheckpoint(ctx context.Context) (Checkpoint, error) {
+	var cp Checkpoint
+	var txid string
+	err := r.pool.QueryRow(ctx, `SELECT transaction_id::text, position FROM relay_checkpoints WHERE name = $1`,
+		r.cfg.Name).Scan(&txid, &cp.Position)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return Checkpoint{}, nil
+	}
+	if err != nil {
+		return cp, err
+	}
+	cp.TransactionID, err = strconv.ParseUint(txid, 10, 64)
+	return cp, err
+}
+
+func (r *Relay) saveCheckpoint(ctx context.Context, cp Checkpoint) error {
+	// Saved even when ctx was just cancelled: the batch is confirmed, and recording that
+	// saves a re-publish.
+	_, err := r.pool.Exec(context.WithoutCancel(ctx), `
+		INSERT INTO relay_checkpoints (name, transaction_id, position, updated_at)
+		VALUES ($1, $2::text::xid8, $3, now())
+		ON CONFLICT (name) DO UPDATE SET transaction_id = excluded.transaction_id,
+			position = excluded.position, updated_at = now()`,
+		r.cfg.Name, strconv.FormatUint(cp.TransactionID, 10), cp.Position)
+	return err
+}
+
+// publisher is one confirm-mode channel.
+type publisher struct {
+	ch       *amqp.Channel
+	exchange string
+	confirms chan amqp.Confirmation
+	returns  chan amqp.Return
+	closed   chan *amqp.Error
+	timeout  time.Duration
+}
+
+func (r *Relay) openPublisher(ctx context.Context) (*publisher, error) {
+	ch, err := r.broker.Channel(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if err := broker.DeclareEventExchange(ch, r.cfg.Exchange); err != nil {
+		ch.Close()
+		return nil, err
+	}
+	if err := ch.Confirm(false); err != nil {
+		ch.Close()
+		return nil, fmt.Errorf("confirm mode: %w", err)
+	}
+	n := r.cfg.BatchSize + 1
+	return &publisher{
+		ch:       ch,
+		exchange: r.cfg.Exchange,
+		confirms: ch.NotifyPublish(make(chan amqp.Confirmation, n)),
+		returns:  ch.NotifyReturn(make(chan amqp.Return, n)),
+		closed:   ch.NotifyClose(make(chan *amqp.Error, 1)),
+		timeout:  r.cfg.ConfirmTimeout,
+	}, nil
+}
+
+func (p *publisher) close() { _ = p.ch.Close() }
+
+// publish sends the batch with mandatory routing and waits for every confirm. A nack, a
+// returned (unroutable) message, a closed channel or a timeout fails the whole batch,
+// which is then published again: duplicates are allowed, loss is not.
+func (p *publisher) publish(ctx context.Context, batch []Envelope) error {
+	for _, e := range batch {
+		body, err := json.Marshal(e)
+		if err != nil {
+			return fmt.Errorf("encode event %s: %w", e.ID, err)
+		}
+		err = p.ch.PublishWithContext(ctx, p.exchange, e.Type, true, false, amqp.Publishing{
+			ContentType:   "application/json",
+			DeliveryMode:  amqp.Persistent,
+			MessageId:     e.ID.String(),
+			CorrelationId: e.CorrelationID,
+			Type:          e.Type,
+			Timestamp:     e.OccurredAt,
+			Body:          body,
+		})
+		if err != nil {
+			return fmt.Errorf("publish event %s: %w", e.ID, err)
+		}
+	}
+	deadline := time.NewTimer(p.timeout)
+	defer deadline.Stop()
+	var failed error
+	for range batch {
+		select {
+		case c, ok := <-p.confirms:
+			if !ok {
+				return errors.New("channel closed while waiting for confirms")
+			}
+			if !c.Ack && failed == nil {
+				failed = fmt.Errorf("broker nacked delivery %d", c.DeliveryTag)
+			}
+		case err := <-p.closed:
+			return fmt.Errorf("channel closed while waiting for confirms: %v", err)
+		case <-deadline.C:
+			return errors.New("timed out waiting for publisher confirms")
+		}
+	}
+	// RabbitMQ sends basic.return before the basic.ack of the same message, and amqp091
+	// dispatches frames in order, so every return for this batch is queued by now.
+	select {
+	case ret := <-p.returns:
+		return fmt.Errorf("event %s (%s) was unroutable: %s", ret.MessageId, ret.RoutingKey, ret.ReplyText)
+	default:
+	}
+	return failed
+}

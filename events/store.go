@@ -1,0 +1,298 @@
+package events
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/chatbotsaas/chatbotd/internal/apperr"
+	"github.com/chatbotsaas/chatbotd/internal/db"
+)
+
+// AnyVersion as an expected version appends after whatever the stream holds.
+const AnyVersion = -1
+
+// NotifyChannel is the LISTEN/NOTIFY channel that wakes the relay after an append commits.
+const NotifyChannel = "chatbot_events"
+
+// Meta is the context every event of one append shares.
+type Meta struct {
+	Actor         Actor
+	CorrelationID string
+	CausationID   string
+	RequestID     string
+	Metadata      Metadata
+}
+
+// AppendRequest is one command's write: events for one stream, at an expected version,
+// plus any rows that must commit or fail with them (reservations, credentials).
+type AppendRequest struct {
+	StreamType      string
+	StreamID        uuid.UUID
+	ExpectedVersion int // AnyVersion, 0 for "must not exist", or the current version
+	OrganizationID  *uuid.UUID
+	Events          []Event
+	// EventIDs, when set, name the events (one per event). Appending ids that are
+	// already stored is a no-op that returns the stored result: a retried command with
+	// deterministic ids appends once.
+	EventIDs []uuid.UUID
+	Meta     Meta
+	// Also runs in the append's transaction after the events are inserted.
+	Also func(ctx context.Context, tx pgx.Tx) error
+}
+
+// AppendResult is the consistency token of API.md.
+type AppendResult struct {
+	StreamType string    `json:"-"`
+	StreamID   uuid.UUID `json:"stream_id"`
+	Version    int       `json:"stream_version"`
+	Position   int64     `json:"position"`
+}
+
+// Store is the PostgreSQL event store. It is safe for concurrent use.
+type Store struct {
+	pool *pgxpool.Pool
+	now  func() time.Time
+}
+
+// NewStore returns a store over pool.
+func NewStore(pool *pgxpool.Pool) *Store {
+	return &Store{pool: pool, now: func() time.Time { return time.Now().UTC() }}
+}
+
+// Pool is the primary pool the store writes to.
+func (s *Store) Pool() *pgxpool.Pool { return s.pool }
+
+const maxAnyVersionRetries = 8
+
+// Append writes the events in one transaction, checking the expected version. A stale
+// expected version gives apperr CONFLICT; with AnyVersion a concurrent writer is retried
+// a bounded number of times.
+func (s *Store) Append(ctx context.Context, req AppendRequest) (AppendResult, error) {
+	if len(req.Events) == 0 {
+		return AppendResult{}, errors.New("append: no events")
+	}
+	if req.EventIDs != nil && len(req.EventIDs) != len(req.Events) {
+		return AppendResult{}, errors.New("append: one event id per event")
+	}
+	for attempt := 0; ; attempt++ {
+		res, err := s.appendOnce(ctx, req)
+		if err == nil {
+			return res, nil
+		}
+		if db.IsUniqueViolation(err, "events_id_key") && req.EventIDs != nil {
+			return s.resultOf(ctx, req)
+		}
+		if db.IsUniqueViolation(err, "events_stream_version_key") {
+			if req.ExpectedVersion == AnyVersion && attempt < maxAnyVersionRetries {
+				continue
+			}
+			return AppendResult{}, apperr.Conflict("the resource was changed by another request")
+		}
+		return AppendResult{}, db.Classify(err)
+	}
+}
+
+func (s *Store) appendOnce(ctx context.Context, req AppendRequest) (res AppendResult, err error) {
+	tx, err := s.pool.Begin(ctx)
+	if err != nil {
+		return res, err
+	}
+	defer func() {
+		if err != nil {
+			_ = tx.Rollback(context.WithoutCancel(ctx))
+		}
+	}()
+	// Reading the version assigns no transaction id; the insert below is the first write,
+	// so this transaction's id is taken after it saw the stream's previous events commit.
+	var current int
+	if err = tx.QueryRow(ctx, `SELECT coalesce(max(stream_version), 0) FROM events WHERE stream_id = $1`,
+		req.StreamID).Scan(&current); err != nil {
+		return res, err
+	}
+	if req.ExpectedVersion != AnyVersion && req.ExpectedVersion != current {
+		if req.EventIDs != nil {
+			// A retry of an append that already happened is not a conflict.
+			var n int
+			if err = tx.QueryRow(ctx, `SELECT count(*) FROM events WHERE id = ANY($1)`, req.EventIDs).Scan(&n); err != nil {
+				return res, err
+			}
+			if n > 0 {
+				_ = tx.Rollback(ctx)
+				return s.resultOf(ctx, req)
+			}
+		}
+		return res, apperr.Conflict(fmt.Sprintf("expected version %d, but the resource is at version %d", req.ExpectedVersion, current))
+	}
+
+	n := len(req.Events)
+	ids := make([]uuid.UUID, n)
+	versions := make([]int32, n)
+	types := make([]string, n)
+	schemas := make([]int32, n)
+	datas := make([]string, n)
+	for i, ev := range req.Events {
+		if req.EventIDs != nil {
+			ids[i] = req.EventIDs[i]
+		} else {
+			ids[i] = uuid.Must(uuid.NewV7())
+		}
+		versions[i] = int32(current + i + 1)
+		types[i] = ev.EventType()
+		v, ok := SchemaVersionOf(types[i])
+		if !ok {
+			return res, fmt.Errorf("append: event type %q is not in the catalog", types[i])
+		}
+		if StreamTypeOf(types[i]) != req.StreamType {
+			return res, fmt.Errorf("append: event %q does not belong to a %q stream", types[i], req.StreamType)
+		}
+		schemas[i] = int32(v)
+		b, merr := json.Marshal(ev)
+		if merr != nil {
+			return res, fmt.Errorf("append: encode %s: %w", types[i], merr)
+		}
+		datas[i] = string(b)
+	}
+	meta, err := json.Marshal(req.Meta.Metadata)
+	if err != nil {
+		return res, err
+	}
+	rows, err := tx.Query(ctx, `
+		INSERT INTO events (id, stream_type, stream_id, stream_version, type, schema_version,
+			organization_id, actor_type, actor_id, correlation_id, causation_id, request_id,
+			metadata, data, occurred_at)
+		SELECT u.id, $2, $3, u.version, u.type, u.schema, $4, $5, $6, $7, $8, $9, $10, u.data::jsonb, $11
+		FROM unnest($1::uuid[], $12::int[], $13::text[], $14::int[], $15::text[])
+			WITH ORDINALITY AS u(id, version, type, schema, data, ord)
+		ORDER BY u.ord
+		RETURNING position`,
+		ids, req.StreamType, req.StreamID, req.OrganizationID, req.Meta.Actor.Type, req.Meta.Actor.ID,
+		req.Meta.CorrelationID, req.Meta.CausationID, req.Meta.RequestID, meta, s.now(),
+		versions, types, schemas, datas)
+	if err != nil {
+		return res, err
+	}
+	var last int64
+	for rows.Next() {
+		var p int64
+		if err = rows.Scan(&p); err != nil {
+			rows.Close()
+			return res, err
+		}
+		last = max(last, p)
+	}
+	rows.Close()
+	if err = rows.Err(); err != nil {
+		return res, err
+	}
+	if req.Also != nil {
+		if err = req.Also(ctx, tx); err != nil {
+			return res, err
+		}
+	}
+	if _, err = tx.Exec(ctx, `SELECT pg_notify($1, '')`, NotifyChannel); err != nil {
+		return res, err
+	}
+	if err = tx.Commit(ctx); err != nil {
+		return res, err
+	}
+	return AppendResult{StreamType: req.StreamType, StreamID: req.StreamID, Version: current + n, Position: last}, nil
+}
+
+// resultOf answers a repeated append of already stored event ids.
+func (s *Store) resultOf(ctx context.Context, req AppendRequest) (AppendResult, error) {
+	res := AppendResult{StreamType: req.StreamType, StreamID: req.StreamID}
+	err := s.pool.QueryRow(ctx, `SELECT max(stream_version), max(position) FROM events WHERE id = ANY($1) AND stream_id = $2`,
+		req.EventIDs, req.StreamID).Scan(&res.Version, &res.Position)
+	if err != nil {
+		return res, db.Classify(err)
+	}
+	return res, nil
+}
+
+const envelopeColumns = `id, type, schema_version, stream_type, stream_id, stream_version, position,
+	organization_id, occurred_at, actor_type, actor_id, correlation_id, causation_id, request_id, metadata, data`
+
+// scanEnvelope reads one row selected with envelopeColumns, then any extra columns.
+func scanEnvelope(row pgx.Row, extra ...any) (Envelope, error) {
+	var e Envelope
+	var meta, data []byte
+	dest := append([]any{&e.ID, &e.Type, &e.SchemaVersion, &e.StreamType, &e.StreamID, &e.StreamVersion, &e.Position,
+		&e.OrganizationID, &e.OccurredAt, &e.Actor.Type, &e.Actor.ID, &e.CorrelationID, &e.CausationID,
+		&e.RequestID, &meta, &data}, extra...)
+	err := row.Scan(dest...)
+	if err != nil {
+		return e, err
+	}
+	e.OccurredAt = e.OccurredAt.UTC()
+	e.Data = data
+	if len(meta) > 0 {
+		if err := json.Unmarshal(meta, &e.Metadata); err != nil {
+			return e, fmt.Errorf("event %s metadata: %w", e.ID, err)
+		}
+	}
+	return e, nil
+}
+
+// Querier is what reads need: a pool or a transaction.
+type Querier interface {
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+}
+
+// ReadStream returns a stream's events with from <= version <= to (to 0: to the end).
+func (s *Store) ReadStream(ctx context.Context, streamID uuid.UUID, from, to int) ([]Envelope, error) {
+	return ReadStream(ctx, s.pool, streamID, from, to)
+}
+
+// ReadStream is Store.ReadStream on any querier (e.g. a projector's transaction).
+func ReadStream(ctx context.Context, q Querier, streamID uuid.UUID, from, to int) ([]Envelope, error) {
+	if to <= 0 {
+		to = 1<<31 - 1
+	}
+	rows, err := q.Query(ctx, `SELECT `+envelopeColumns+` FROM events
+		WHERE stream_id = $1 AND stream_version BETWEEN $2 AND $3 ORDER BY stream_version`, streamID, from, to)
+	if err != nil {
+		return nil, db.Classify(err)
+	}
+	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (Envelope, error) { return scanEnvelope(r) })
+	return out, db.Classify(err)
+}
+
+// Checkpoint is a place in commit order: (transaction id, position).
+type Checkpoint struct {
+	TransactionID uint64 `json:"transaction_id"`
+	Position      int64  `json:"position"`
+}
+
+// ReadCommitted returns up to limit events after cp in commit order, only from
+// transactions that are older than every transaction still running, so that no event
+// can later appear before the last one returned. It also returns the checkpoint of the
+// last event returned (cp when none).
+func ReadCommitted(ctx context.Context, q Querier, cp Checkpoint, limit int) ([]Envelope, Checkpoint, error) {
+	rows, err := q.Query(ctx, `SELECT `+envelopeColumns+`, transaction_id::text::bigint FROM events
+		WHERE (transaction_id, position) > ($1::text::xid8, $2::bigint)
+		  AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())
+		ORDER BY transaction_id, position
+		LIMIT $3`, fmt.Sprint(cp.TransactionID), cp.Position, limit)
+	if err != nil {
+		return nil, cp, db.Classify(err)
+	}
+	defer rows.Close()
+	var out []Envelope
+	for rows.Next() {
+		var txid int64
+		e, err := scanEnvelope(rows, &txid)
+		if err != nil {
+			return nil, cp, err
+		}
+		out = append(out, e)
+		cp = Checkpoint{TransactionID: uint64(txid), Position: e.Position}
+	}
+	return out, cp, db.Classify(rows.Err())
+}

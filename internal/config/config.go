@@ -1,0 +1,127 @@
+// Package config reads the process configuration from environment variables once, at
+// start, into a struct with defaults that point at the local services.
+package config
+
+import (
+	"crypto/ed25519"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"net/netip"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/caarlos0/env/v11"
+)
+
+// Config is everything chatbotd can be told from its environment.
+type Config struct {
+	DatabaseURL     string `env:"DATABASE_URL" envDefault:"postgres://postgres@127.0.0.1:5432/chatbotd?sslmode=disable"`
+	DatabaseReadURL string `env:"DATABASE_READ_URL"` // defaults to DatabaseURL
+	DatabaseMaxConn int32  `env:"DATABASE_MAX_CONNS" envDefault:"32"`
+	RedisURL        string `env:"REDIS_URL" envDefault:"redis://127.0.0.1:6379/0"`
+	RedisPrefix     string `env:"REDIS_PREFIX" envDefault:"chatbotd:"`
+	AMQPURL         string `env:"AMQP_URL" envDefault:"amqp://guest:guest@127.0.0.1:5672/"`
+	// AMQPExchange is the durable topic exchange every event is published to. It is part
+	// of the API contract; it is configurable only so that tests can isolate themselves.
+	AMQPExchange    string `env:"AMQP_EXCHANGE" envDefault:"chatbot.events"`
+	AMQPQueuePrefix string `env:"AMQP_QUEUE_PREFIX" envDefault:"chatbotd."`
+
+	HTTPAddr          string        `env:"HTTP_ADDR" envDefault:":8080"`
+	ReadHeaderTimeout time.Duration `env:"HTTP_READ_HEADER_TIMEOUT" envDefault:"5s"`
+	ReadTimeout       time.Duration `env:"HTTP_READ_TIMEOUT" envDefault:"15s"`
+	WriteTimeout      time.Duration `env:"HTTP_WRITE_TIMEOUT" envDefault:"30s"`
+	IdleTimeout       time.Duration `env:"HTTP_IDLE_TIMEOUT" envDefault:"60s"`
+	ShutdownTimeout   time.Duration `env:"SHUTDOWN_TIMEOUT" envDefault:"20s"`
+	// TrustedProxies are the addresses or CIDR ranges whose X-Forwarded-For is believed.
+	// Empty means none: the client IP is the TCP peer.
+	TrustedProxies []string `env:"TRUSTED_PROXIES" envSeparator:","`
+
+	JWTIssuer   string        `env:"JWT_ISSUER" envDefault:"chatbotd"`
+	JWTAudience string        `env:"JWT_AUDIENCE" envDefault:"chatbotd-api"`
+	AccessTTL   time.Duration `env:"JWT_ACCESS_TTL" envDefault:"15m"`
+	RefreshTTL  time.Duration `env:"JWT_REFRESH_TTL" envDefault:"720h"`
+	// JWTSigningKeys are base64 Ed25519 seeds (32 bytes), comma separated; the first signs,
+	// the others still verify (key rotation). Empty: a key is created once and kept in the
+	// database, which is right for one developer machine and wrong for production.
+	JWTSigningKeys []string `env:"JWT_SIGNING_KEYS" envSeparator:","`
+
+	// PasswordHashConcurrency bounds how many argon2id hashes run at once (each takes
+	// 19 MiB), so a login storm cannot exhaust memory.
+	PasswordHashConcurrency int `env:"PASSWORD_HASH_CONCURRENCY" envDefault:"4"`
+
+	LogLevel string `env:"LOG_LEVEL" envDefault:"info"`
+
+	RelayBatchSize     int `env:"RELAY_BATCH_SIZE" envDefault:"500"`
+	ProjectorBatchSize int `env:"PROJECTOR_BATCH_SIZE" envDefault:"200"`
+	// ProjectorDeliveryLimit is how often RabbitMQ redelivers one message (e.g. after
+	// consumers crashed on it) before dead-lettering it.
+	ProjectorDeliveryLimit int `env:"PROJECTOR_DELIVERY_LIMIT" envDefault:"5"`
+}
+
+// Load reads the environment (given as KEY=VALUE pairs, so tests can pass their own) and validates.
+func Load(environ []string) (Config, error) {
+	var c Config
+	vars := map[string]string{}
+	for _, kv := range environ {
+		if k, v, ok := strings.Cut(kv, "="); ok {
+			vars[k] = v
+		}
+	}
+	if err := env.ParseWithOptions(&c, env.Options{Environment: vars}); err != nil {
+		return c, fmt.Errorf("config: %w", err)
+	}
+	if c.DatabaseReadURL == "" {
+		c.DatabaseReadURL = c.DatabaseURL
+	}
+	return c, c.Validate()
+}
+
+// Validate reports every bad value at once, each on its own line.
+func (c Config) Validate() error {
+	var errs []error
+	check := func(ok bool, format string, args ...any) {
+		if !ok {
+			errs = append(errs, fmt.Errorf(format, args...))
+		}
+	}
+	for name, raw := range map[string]string{"DATABASE_URL": c.DatabaseURL, "DATABASE_READ_URL": c.DatabaseReadURL} {
+		u, err := url.Parse(raw)
+		check(err == nil && (u.Scheme == "postgres" || u.Scheme == "postgresql"), "%s must be a postgres:// URL", name)
+	}
+	if u, err := url.Parse(c.RedisURL); err != nil || (u.Scheme != "redis" && u.Scheme != "rediss") {
+		check(false, "REDIS_URL must be a redis:// URL")
+	}
+	if u, err := url.Parse(c.AMQPURL); err != nil || (u.Scheme != "amqp" && u.Scheme != "amqps") {
+		check(false, "AMQP_URL must be an amqp:// URL")
+	}
+	check(c.AMQPExchange != "", "AMQP_EXCHANGE must not be empty")
+	check(c.HTTPAddr != "", "HTTP_ADDR must not be empty")
+	check(c.DatabaseMaxConn >= 4, "DATABASE_MAX_CONNS must be at least 4")
+	check(c.ReadHeaderTimeout > 0 && c.ReadTimeout > 0 && c.WriteTimeout > 0 && c.IdleTimeout > 0,
+		"HTTP timeouts must be positive")
+	check(c.AccessTTL >= time.Minute && c.AccessTTL <= 24*time.Hour, "JWT_ACCESS_TTL must be between 1m and 24h")
+	check(c.RefreshTTL >= c.AccessTTL, "JWT_REFRESH_TTL must not be shorter than JWT_ACCESS_TTL")
+	check(c.JWTIssuer != "" && c.JWTAudience != "", "JWT_ISSUER and JWT_AUDIENCE must not be empty")
+	for i, k := range c.JWTSigningKeys {
+		seed, err := base64.StdEncoding.DecodeString(strings.TrimSpace(k))
+		check(err == nil && len(seed) == ed25519.SeedSize, "JWT_SIGNING_KEYS[%d] must be a base64 32-byte Ed25519 seed", i)
+	}
+	for _, p := range c.TrustedProxies {
+		p = strings.TrimSpace(p)
+		_, perr := netip.ParsePrefix(p)
+		_, aerr := netip.ParseAddr(p)
+		check(perr == nil || aerr == nil, "TRUSTED_PROXIES: %q is neither an IP nor a CIDR", p)
+	}
+	check(c.PasswordHashConcurrency >= 1, "PASSWORD_HASH_CONCURRENCY must be at least 1")
+	check(c.RelayBatchSize >= 1 && c.RelayBatchSize <= 10000, "RELAY_BATCH_SIZE must be 1..10000")
+	check(c.ProjectorBatchSize >= 1 && c.ProjectorBatchSize <= 5000, "PROJECTOR_BATCH_SIZE must be 1..5000")
+	check(c.ProjectorDeliveryLimit >= 1, "PROJECTOR_DELIVERY_LIMIT must be at least 1")
+	switch strings.ToLower(c.LogLevel) {
+	case "debug", "info", "warn", "error":
+	default:
+		check(false, "LOG_LEVEL must be one of debug, info, warn, error")
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,258 @@
+// Package testenv gives each test its own slice of the real local services: a database
+// cloned from a migrated template, a Redis key prefix and RabbitMQ names, each removed
+// when the test ends. Only _test.go files import it; nothing in the binary does.
+package testenv
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"io/fs"
+	"log/slog"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	amqp "github.com/rabbitmq/amqp091-go"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/chatbotsaas/chatbotd/internal/db"
+	"github.com/chatbotsaas/chatbotd/migrations"
+)
+
+func getenv(k, def string) string {
+	if v := os.Getenv(k); v != "" {
+		return v
+	}
+	return def
+}
+
+// PostgresURL is the server tests create their databases on.
+func PostgresURL(database string) string {
+	base := getenv("TEST_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable")
+	cfg, err := pgx.ParseConfig(base)
+	if err != nil {
+		panic(err)
+	}
+	return strings.Replace(base, "/"+cfg.Database+"?", "/"+database+"?", 1)
+}
+
+// RedisURL is the Redis server tests use (each with its own key prefix).
+func RedisURL() string { return getenv("TEST_REDIS_URL", "redis://127.0.0.1:6379/0") }
+
+// AMQPURL is the RabbitMQ server tests use (each with its own exchange and queues).
+func AMQPURL() string { return getenv("TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/") }
+
+// Logger writes to the test log at debug level when -v, else discards.
+func Logger(tb testing.TB) *slog.Logger {
+	if testing.Verbose() {
+		return slog.New(slog.NewTextHandler(testWriter{tb}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	return slog.New(slog.DiscardHandler)
+}
+
+type testWriter struct{ tb testing.TB }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.tb.Log(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}
+
+func templateName() string {
+	h := sha256.New()
+	_ = fs.WalkDir(migrations.FS, ".", func(path string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		b, _ := fs.ReadFile(migrations.FS, path)
+		h.Write([]byte(path))
+		h.Write(b)
+		return nil
+	})
+	return "chatbotd_tpl_" + hex.EncodeToString(h.Sum(nil))[:12]
+}
+
+// ensureTemplate creates the migrated template database once per migration set; test
+// processes of several packages race for it under an advisory lock.
+func ensureTemplate(ctx context.Context, admin *pgx.Conn) (string, error) {
+	name := templateName()
+	if _, err := admin.Exec(ctx, `SELECT pg_advisory_lock(727274)`); err != nil {
+		return "", err
+	}
+	defer admin.Exec(context.Background(), `SELECT pg_advisory_unlock(727274)`)
+	var exists bool
+	if err := admin.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)`, name).Scan(&exists); err != nil {
+		return "", err
+	}
+	if exists {
+		return name, nil
+	}
+	building := name + "_building"
+	_, _ = admin.Exec(ctx, "DROP DATABASE IF EXISTS "+building+" WITH (FORCE)")
+	if _, err := admin.Exec(ctx, "CREATE DATABASE "+building); err != nil {
+		return "", err
+	}
+	pool, err := db.Open(ctx, PostgresURL(building), 4)
+	if err != nil {
+		return "", err
+	}
+	err = db.Migrate(ctx, pool, slog.New(slog.DiscardHandler))
+	pool.Close()
+	if err != nil {
+		return "", err
+	}
+	if _, err := admin.Exec(ctx, "ALTER DATABASE "+building+" RENAME TO "+name); err != nil {
+		return "", err
+	}
+	return name, nil
+}
+
+// Database is one test's database.
+type Database struct {
+	Name string
+	URL  string
+	Pool *pgxpool.Pool
+}
+
+// MustDatabase creates a fresh migrated database for tb and drops it when tb ends.
+func MustDatabase(tb testing.TB) Database {
+	tb.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	admin, err := pgx.Connect(ctx, PostgresURL("postgres"))
+	if err != nil {
+		tb.Fatalf("connect to postgres: %v", err)
+	}
+	defer admin.Close(context.Background())
+	tpl, err := ensureTemplate(ctx, admin)
+	if err != nil {
+		tb.Fatalf("template database: %v", err)
+	}
+	name := "chatbotd_test_" + strings.ReplaceAll(uuid.NewString()[:18], "-", "")
+	if _, err := admin.Exec(ctx, "CREATE DATABASE "+name+" TEMPLATE "+tpl); err != nil {
+		tb.Fatalf("create test database: %v", err)
+	}
+	d := Database{Name: name, URL: PostgresURL(name)}
+	d.Pool, err = db.Open(ctx, d.URL, 20)
+	if err != nil {
+		tb.Fatalf("open test database: %v", err)
+	}
+	tb.Cleanup(func() {
+		d.Pool.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		admin, err := pgx.Connect(ctx, PostgresURL("postgres"))
+		if err != nil {
+			tb.Errorf("drop test database: %v", err)
+			return
+		}
+		defer admin.Close(ctx)
+		if _, err := admin.Exec(ctx, "DROP DATABASE IF EXISTS "+name+" WITH (FORCE)"); err != nil {
+			tb.Errorf("drop test database: %v", err)
+		}
+	})
+	return d
+}
+
+// Redis is one test's Redis client and key prefix.
+type Redis struct {
+	URL    string
+	Prefix string
+	Client *redis.Client
+}
+
+// MustRedis returns a client and a key prefix of tb's own, deleting its keys when tb ends.
+func MustRedis(tb testing.TB) Redis {
+	tb.Helper()
+	opt, err := redis.ParseURL(RedisURL())
+	if err != nil {
+		tb.Fatal(err)
+	}
+	r := Redis{URL: RedisURL(), Prefix: "test:" + uuid.NewString()[:8] + ":", Client: redis.NewClient(opt)}
+	if err := r.Client.Ping(context.Background()).Err(); err != nil {
+		tb.Fatalf("redis: %v", err)
+	}
+	tb.Cleanup(func() {
+		ctx := context.Background()
+		iter := r.Client.Scan(ctx, 0, r.Prefix+"*", 500).Iterator()
+		for iter.Next(ctx) {
+			r.Client.Del(ctx, iter.Val())
+		}
+		r.Client.Close()
+	})
+	return r
+}
+
+// AMQP is one test's RabbitMQ names.
+type AMQP struct {
+	URL         string
+	Exchange    string
+	QueuePrefix string
+	queues      []string
+	tb          testing.TB
+}
+
+// MustAMQP returns an exchange name and queue prefix of tb's own; the exchange, its
+// companions and every queue named with Queue are deleted when tb ends.
+func MustAMQP(tb testing.TB) *AMQP {
+	tb.Helper()
+	id := uuid.NewString()[:8]
+	a := &AMQP{URL: AMQPURL(), Exchange: "test." + id + ".events", QueuePrefix: "test." + id + ".", tb: tb}
+	conn, err := amqp.Dial(a.URL)
+	if err != nil {
+		tb.Fatalf("rabbitmq: %v", err)
+	}
+	conn.Close()
+	tb.Cleanup(a.cleanup)
+	return a
+}
+
+// Queue returns the name of a queue with the test's prefix and deletes it (and its dead
+// letter queue) at the end.
+func (a *AMQP) Queue(name string) string {
+	q := a.QueuePrefix + name
+	a.queues = append(a.queues, q, q+".dead")
+	return q
+}
+
+func (a *AMQP) cleanup() {
+	conn, err := amqp.Dial(a.URL)
+	if err != nil {
+		a.tb.Errorf("rabbitmq cleanup: %v", err)
+		return
+	}
+	defer conn.Close()
+	for _, q := range append(a.queues, a.Exchange+".unrouted") {
+		if ch, err := conn.Channel(); err == nil {
+			_, _ = ch.QueueDelete(q, false, false, false)
+			ch.Close()
+		}
+	}
+	for _, x := range []string{a.Exchange, a.Exchange + ".unrouted", a.Exchange + ".dlx"} {
+		if ch, err := conn.Channel(); err == nil {
+			_ = ch.ExchangeDelete(x, false, false)
+			ch.Close()
+		}
+	}
+}
+
+// Eventually polls cond until it holds or the timeout passes.
+func Eventually(tb testing.TB, timeout time.Duration, cond func() error) {
+	tb.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		err := cond()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			tb.Fatalf("condition not met within %v: %v", timeout, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
