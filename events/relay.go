@@ -71,8 +71,8 @@ type Relay struct {
 	broker Channeler
 	cfg    RelayConfig
 	// afterConfirm, when set (tests), runs after a batch is confirmed and before its
-	// checkpoint is saved.
-	afterConfirm func(ctx context.Context, batch []Envelope)
+	// checkpoint is saved; an error stops the relay there, as a crash would.
+	afterConfirm func(ctx context.Context, batch []Envelope) error
 	// leading, when set (tests, metrics), is told when leadership is won and lost.
 	leading func(bool)
 }
@@ -166,7 +166,9 @@ func (r *Relay) lead(ctx context.Context) error {
 				return err
 			}
 			if r.afterConfirm != nil {
-				r.afterConfirm(ctx, batch)
+				if err := r.afterConfirm(ctx, batch); err != nil {
+					return err
+				}
 			}
 			if err := r.saveCheckpoint(ctx, next); err != nil {
 				return err

@@ -109,8 +109,15 @@ func (s *Store) appendOnce(ctx context.Context, req AppendRequest) (res AppendRe
 			_ = tx.Rollback(context.WithoutCancel(ctx))
 		}
 	}()
-	// Reading the version assigns no transaction id; the insert below is the first write,
-	// so this transaction's id is taken after it saw the stream's previous events commit.
+	// Neither the lock nor the read assigns a transaction id; the insert below is the
+	// first write, so this transaction's id is taken after it saw the stream's previous
+	// events commit, and (transaction id, position) order keeps each stream's order.
+	if req.ExpectedVersion == AnyVersion {
+		// Writers that accept any version queue on the stream instead of racing for it.
+		if _, err = tx.Exec(ctx, `SELECT pg_advisory_xact_lock(hashtextextended($1::text, 0))`, req.StreamID); err != nil {
+			return res, err
+		}
+	}
 	var current int
 	if err = tx.QueryRow(ctx, `SELECT coalesce(max(stream_version), 0) FROM events WHERE stream_id = $1`,
 		req.StreamID).Scan(&current); err != nil {

@@ -93,7 +93,7 @@ func TestAppendIsIdempotentByEventID(t *testing.T) {
 	stream, org := uuid.New(), uuid.New()
 	req := events.AppendRequest{
 		StreamType: events.StreamUser, StreamID: stream, ExpectedVersion: 0, OrganizationID: &org,
-		Events: []events.Event{userCreated("x"), events.UserRoleAssigned{Role: "admin"}},
+		Events:   []events.Event{userCreated("x"), events.UserRoleAssigned{Role: "admin"}},
 		EventIDs: []uuid.UUID{uuid.New(), uuid.New()},
 		Meta:     events.Meta{Actor: events.Actor{Type: events.ActorSystem}, RequestID: "r1"},
 	}

@@ -255,4 +255,3 @@ func Eventually(tb testing.TB, timeout time.Duration, cond func() error) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
-

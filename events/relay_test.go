@@ -1,0 +1,297 @@
+package events
+
+import (
+	"context"
+	"encoding/json"
+	"math/rand/v2"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+	amqp "github.com/rabbitmq/amqp091-go"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/chatbotsaas/chatbotd/internal/broker"
+	"github.com/chatbotsaas/chatbotd/internal/testenv"
+)
+
+// collector binds a queue to the test exchange and records every delivery in order.
+type collector struct {
+	mu   sync.Mutex
+	got  []Envelope
+	conn *amqp.Connection
+}
+
+func mustCollector(t *testing.T, a *testenv.AMQP) *collector {
+	t.Helper()
+	conn, err := amqp.Dial(a.URL)
+	require.NoError(t, err)
+	t.Cleanup(func() { conn.Close() })
+	ch, err := conn.Channel()
+	require.NoError(t, err)
+	require.NoError(t, broker.DeclareEventExchange(ch, a.Exchange))
+	q := a.Queue("collector")
+	_, err = ch.QueueDeclare(q, true, false, false, false, amqp.Table{"x-queue-type": "quorum"})
+	require.NoError(t, err)
+	require.NoError(t, ch.QueueBind(q, "#", a.Exchange, false, nil))
+	deliveries, err := ch.Consume(q, "", true, false, false, false, nil)
+	require.NoError(t, err)
+	c := &collector{conn: conn}
+	go func() {
+		for d := range deliveries {
+			e, err := DecodeEnvelope(d.Body)
+			if err != nil {
+				t.Errorf("bad envelope: %v", err)
+				continue
+			}
+			assert.Equal(t, e.Type, d.RoutingKey)
+			c.mu.Lock()
+			c.got = append(c.got, e)
+			c.mu.Unlock()
+		}
+	}()
+	return c
+}
+
+// firstSeen returns each event id's index of first arrival.
+func (c *collector) firstSeen() (map[uuid.UUID]int, []Envelope) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	idx := map[uuid.UUID]int{}
+	var uniq []Envelope
+	for _, e := range c.got {
+		if _, ok := idx[e.ID]; !ok {
+			idx[e.ID] = len(uniq)
+			uniq = append(uniq, e)
+		}
+	}
+	return idx, uniq
+}
+
+func (c *collector) waitFor(t *testing.T, n int) {
+	t.Helper()
+	testenv.Eventually(t, 20*time.Second, func() error {
+		if idx, _ := c.firstSeen(); len(idx) < n {
+			return errorf("%d of %d events arrived", len(idx), n)
+		}
+		return nil
+	})
+}
+
+func errorf(format string, args ...any) error { return &testError{msg: format, args: args} }
+
+type testError struct {
+	msg  string
+	args []any
+}
+
+func (e *testError) Error() string { b, _ := json.Marshal(e.args); return e.msg + " " + string(b) }
+
+func startRelay(t *testing.T, d testenv.Database, a *testenv.AMQP, conn *broker.Conn, hook func(context.Context, []Envelope) error) (*Relay, context.CancelFunc, chan struct{}) {
+	t.Helper()
+	r, err := NewRelay(d.Pool, conn, RelayConfig{Exchange: a.Exchange, BatchSize: 7, Logger: testenv.Logger(t)})
+	require.NoError(t, err)
+	r.afterConfirm = hook
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = r.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	return r, cancel, done
+}
+
+func mustBroker(t *testing.T, a *testenv.AMQP) *broker.Conn {
+	conn := broker.Dial(a.URL, testenv.Logger(t))
+	t.Cleanup(func() { conn.Close() })
+	return conn
+}
+
+type appended struct {
+	id         uuid.UUID
+	start, end time.Time
+}
+
+// appendDelayed appends one event whose transaction stays open for a random time after
+// the insert, so that commits happen out of position order.
+func appendDelayed(t *testing.T, s *Store, stream uuid.UUID, maxDelay time.Duration) appended {
+	id := uuid.New()
+	a := appended{id: id, start: time.Now()}
+	org := uuid.New()
+	_, err := s.Append(context.Background(), AppendRequest{
+		StreamType: StreamUser, StreamID: stream, ExpectedVersion: AnyVersion, OrganizationID: &org,
+		Events: []Event{UserRoleAssigned{Role: "member"}}, EventIDs: []uuid.UUID{id},
+		Meta: Meta{Actor: Actor{Type: ActorSystem}},
+		Also: func(ctx context.Context, tx pgx.Tx) error {
+			time.Sleep(time.Duration(rand.Int64N(int64(maxDelay))))
+			return nil
+		},
+	})
+	require.NoError(t, err)
+	a.end = time.Now()
+	return a
+}
+
+func TestRelayPublishesEveryEventInCommitOrderUnderConcurrency(t *testing.T) {
+	d := testenv.MustDatabase(t)
+	a := testenv.MustAMQP(t)
+	c := mustCollector(t, a)
+	startRelay(t, d, a, mustBroker(t, a), nil)
+	s := NewStore(d.Pool)
+
+	const writers, perWriter = 16, 12
+	var mu sync.Mutex
+	var all []appended
+	streams := make([]uuid.UUID, 4)
+	for i := range streams {
+		streams[i] = uuid.New()
+	}
+	var wg sync.WaitGroup
+	for w := 0; w < writers; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < perWriter; i++ {
+				ap := appendDelayed(t, s, streams[rand.IntN(len(streams))], 25*time.Millisecond)
+				mu.Lock()
+				all = append(all, ap)
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	c.waitFor(t, writers*perWriter)
+
+	idx, uniq := c.firstSeen()
+	require.Len(t, uniq, writers*perWriter)
+	for _, ap := range all {
+		_, ok := idx[ap.id]
+		require.True(t, ok, "event %s never published", ap.id)
+	}
+	// Within a stream, versions arrive in order.
+	last := map[uuid.UUID]int{}
+	for _, e := range uniq {
+		assert.Equal(t, last[e.StreamID]+1, e.StreamVersion, "stream %s out of order", e.StreamID)
+		last[e.StreamID] = e.StreamVersion
+	}
+	// An append that committed before another began is published before it.
+	violations := 0
+	for _, x := range all {
+		for _, y := range all {
+			if x.end.Before(y.start) && idx[x.id] > idx[y.id] {
+				violations++
+			}
+		}
+	}
+	assert.Zero(t, violations, "events published out of commit order")
+}
+
+func TestRelayStoppedBetweenConfirmAndCheckpointLosesNothing(t *testing.T) {
+	d := testenv.MustDatabase(t)
+	a := testenv.MustAMQP(t)
+	c := mustCollector(t, a)
+	s := NewStore(d.Pool)
+	var ids []uuid.UUID
+	for i := 0; i < 30; i++ {
+		ids = append(ids, appendDelayed(t, s, uuid.New(), time.Millisecond).id)
+	}
+
+	killed := make(chan struct{})
+	_, cancel, done := startRelay(t, d, a, mustBroker(t, a), func(ctx context.Context, batch []Envelope) error {
+		close(killed)
+		<-ctx.Done()
+		return ctx.Err() // dies before the checkpoint of this batch
+	})
+	<-killed
+	cancel()
+	<-done
+	time.Sleep(100 * time.Millisecond)
+
+	var cp int64
+	require.NoError(t, d.Pool.QueryRow(context.Background(), `SELECT coalesce(max(position),0) FROM relay_checkpoints`).Scan(&cp))
+	assert.Zero(t, cp, "the checkpoint of the killed batch must not be saved")
+
+	startRelay(t, d, a, mustBroker(t, a), nil)
+	c.waitFor(t, len(ids))
+	idx, _ := c.firstSeen()
+	for _, id := range ids {
+		assert.Contains(t, idx, id)
+	}
+	c.mu.Lock()
+	assert.Greater(t, len(c.got), len(ids), "the first batch is published twice (at least once)")
+	c.mu.Unlock()
+}
+
+func TestRelayStandbyTakesOverWhenLeaderStops(t *testing.T) {
+	d := testenv.MustDatabase(t)
+	a := testenv.MustAMQP(t)
+	c := mustCollector(t, a)
+	s := NewStore(d.Pool)
+
+	leaders := make(chan int, 10)
+	newRelay := func(n int) (context.CancelFunc, chan struct{}) {
+		r, err := NewRelay(d.Pool, mustBroker(t, a), RelayConfig{Exchange: a.Exchange, Logger: testenv.Logger(t)})
+		require.NoError(t, err)
+		r.leading = func(on bool) {
+			if on {
+				leaders <- n
+			}
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		go func() { defer close(done); _ = r.Run(ctx) }()
+		t.Cleanup(func() { cancel(); <-done })
+		return cancel, done
+	}
+	cancel1, done1 := newRelay(1)
+	require.Equal(t, 1, <-leaders)
+	newRelay(2)
+	select {
+	case n := <-leaders:
+		t.Fatalf("relay %d became leader while relay 1 leads", n)
+	case <-time.After(1500 * time.Millisecond):
+	}
+	first := appendDelayed(t, s, uuid.New(), time.Millisecond)
+	c.waitFor(t, 1)
+
+	cancel1()
+	<-done1
+	select {
+	case n := <-leaders:
+		assert.Equal(t, 2, n)
+	case <-time.After(10 * time.Second):
+		t.Fatal("standby did not take over")
+	}
+	second := appendDelayed(t, s, uuid.New(), time.Millisecond)
+	c.waitFor(t, 2)
+	idx, _ := c.firstSeen()
+	assert.Contains(t, idx, first.id)
+	assert.Contains(t, idx, second.id)
+}
+
+func TestPublisherTreatsUnroutableAsNotSent(t *testing.T) {
+	a := testenv.MustAMQP(t)
+	conn, err := amqp.Dial(a.URL)
+	require.NoError(t, err)
+	defer conn.Close()
+	ch, err := conn.Channel()
+	require.NoError(t, err)
+	// A bare exchange with no alternate exchange and no queue bound.
+	require.NoError(t, ch.ExchangeDeclare(a.Exchange, amqp.ExchangeTopic, true, false, false, false, nil))
+	require.NoError(t, ch.Confirm(false))
+	p := &publisher{ch: ch, exchange: a.Exchange, timeout: 5 * time.Second,
+		confirms: ch.NotifyPublish(make(chan amqp.Confirmation, 4)),
+		returns:  ch.NotifyReturn(make(chan amqp.Return, 4)),
+		closed:   ch.NotifyClose(make(chan *amqp.Error, 1))}
+	e := Envelope{ID: uuid.New(), Type: "user.created", StreamID: uuid.New(), StreamVersion: 1, Data: json.RawMessage(`{}`)}
+	err = p.publish(context.Background(), []Envelope{e})
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "unroutable")
+
+	q := a.Queue("bound")
+	_, err = ch.QueueDeclare(q, true, false, false, false, nil)
+	require.NoError(t, err)
+	require.NoError(t, ch.QueueBind(q, "user.*", a.Exchange, false, nil))
+	require.NoError(t, p.publish(context.Background(), []Envelope{e}))
+}
