@@ -1,0 +1,89 @@
+// Package cache is a versioned Redis cache: an entry carries the stream version it was
+// built from and is never overwritten by an older one, whoever writes it (a projector
+// after commit, or a reader filling a miss).
+package cache
+
+import (
+	"context"
+	"errors"
+	"strconv"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"golang.org/x/sync/singleflight"
+)
+
+// setIfNewer stores (version, payload) unless the stored version is at least as new.
+// An empty payload is a tombstone: the record is gone as of that version.
+var setIfNewer = redis.NewScript(`
+local cur = redis.call('HGET', KEYS[1], 'v')
+if cur and tonumber(cur) >= tonumber(ARGV[1]) then return 0 end
+redis.call('HSET', KEYS[1], 'v', ARGV[1], 'd', ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return 1`)
+
+// Cache is safe for concurrent use.
+type Cache struct {
+	rdb    redis.UniversalClient
+	prefix string
+	ttl    time.Duration
+	group  singleflight.Group
+}
+
+// New returns a cache over rdb whose keys start with prefix.
+func New(rdb redis.UniversalClient, prefix string, ttl time.Duration) *Cache {
+	return &Cache{rdb: rdb, prefix: prefix, ttl: ttl}
+}
+
+// Key builds a key from parts.
+func (c *Cache) Key(kind, id string) string { return c.prefix + kind + ":" + id }
+
+// ErrMiss means the key is not cached.
+var ErrMiss = errors.New("cache miss")
+
+// Entry is a cached record: Payload is empty for a tombstone.
+type Entry struct {
+	Version int
+	Payload []byte
+}
+
+// Get returns the entry, ErrMiss, or a Redis error.
+func (c *Cache) Get(ctx context.Context, key string) (Entry, error) {
+	vals, err := c.rdb.HMGet(ctx, key, "v", "d").Result()
+	if err != nil {
+		return Entry{}, err
+	}
+	vs, ok1 := vals[0].(string)
+	ds, ok2 := vals[1].(string)
+	if !ok1 || !ok2 {
+		return Entry{}, ErrMiss
+	}
+	v, err := strconv.Atoi(vs)
+	if err != nil {
+		return Entry{}, ErrMiss
+	}
+	return Entry{Version: v, Payload: []byte(ds)}, nil
+}
+
+// Set stores an entry unless a newer one is there.
+func (c *Cache) Set(ctx context.Context, key string, e Entry) error {
+	return setIfNewer.Run(ctx, c.rdb, []string{key}, e.Version, e.Payload, c.ttl.Milliseconds()).Err()
+}
+
+// Fill loads a missing entry once however many callers miss at the same time (no
+// stampede), stores it, and returns it. A Redis failure is not the caller's problem:
+// the loaded entry is returned anyway.
+func (c *Cache) Fill(ctx context.Context, key string, load func(ctx context.Context) (Entry, error)) (Entry, error) {
+	v, err, _ := c.group.Do(key, func() (any, error) {
+		e, err := load(ctx)
+		if err != nil {
+			return Entry{}, err
+		}
+		_ = c.Set(ctx, key, e)
+		return e, nil
+	})
+	if err != nil {
+		return Entry{}, err
+	}
+	return v.(Entry), nil
+}

@@ -1,0 +1,167 @@
+// Package readmodel is the shape of the read models that more than one side reads: the
+// projectors write the cache from it and the query side answers from it, so a record's
+// JSON is the same on every path.
+package readmodel
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+
+	"github.com/chatbotsaas/chatbotd/internal/cache"
+)
+
+// Querier is a pool, a connection or a transaction.
+type Querier interface {
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+}
+
+// User is the API's user object. It never holds a password hash.
+type User struct {
+	ID             uuid.UUID `json:"id"`
+	OrganizationID uuid.UUID `json:"organization_id"`
+	Name           string    `json:"name"`
+	Email          string    `json:"email"`
+	Status         string    `json:"status"`
+	Roles          []string  `json:"roles"`
+	CreatedAt      time.Time `json:"created_at"`
+	UpdatedAt      time.Time `json:"updated_at"`
+	Version        int       `json:"-"`
+}
+
+// UserColumns are the columns ScanUser reads, in order.
+const UserColumns = `id, organization_id, name, email, status, roles, created_at, updated_at, version`
+
+// ScanUser reads a row selected with UserColumns.
+func ScanUser(row pgx.Row) (User, error) {
+	var u User
+	err := row.Scan(&u.ID, &u.OrganizationID, &u.Name, &u.Email, &u.Status, &u.Roles, &u.CreatedAt, &u.UpdatedAt, &u.Version)
+	u.CreatedAt, u.UpdatedAt = u.CreatedAt.UTC(), u.UpdatedAt.UTC()
+	if u.Roles == nil {
+		u.Roles = []string{}
+	}
+	return u, err
+}
+
+// ErrNotFound is returned for a missing (or deleted) record.
+var ErrNotFound = errors.New("not found")
+
+// LoadUser reads one live user; a deleted one is ErrNotFound, with its version so that
+// a cache can record the deletion.
+func LoadUser(ctx context.Context, q Querier, id uuid.UUID) (User, error) {
+	var deleted bool
+	var u User
+	err := q.QueryRow(ctx, `SELECT `+UserColumns+`, deleted_at IS NOT NULL FROM users WHERE id = $1`, id).Scan(
+		&u.ID, &u.OrganizationID, &u.Name, &u.Email, &u.Status, &u.Roles, &u.CreatedAt, &u.UpdatedAt, &u.Version, &deleted)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return User{ID: id}, ErrNotFound
+	}
+	if err != nil {
+		return u, err
+	}
+	u.CreatedAt, u.UpdatedAt = u.CreatedAt.UTC(), u.UpdatedAt.UTC()
+	if u.Roles == nil {
+		u.Roles = []string{}
+	}
+	if deleted {
+		return User{ID: id, Version: u.Version, OrganizationID: u.OrganizationID}, ErrNotFound
+	}
+	return u, nil
+}
+
+// Organization is the API's organization object.
+type Organization struct {
+	ID        uuid.UUID `json:"id"`
+	Name      string    `json:"name"`
+	Slug      string    `json:"slug"`
+	Status    string    `json:"status"`
+	CreatedAt time.Time `json:"created_at"`
+	UpdatedAt time.Time `json:"updated_at"`
+	Version   int       `json:"-"`
+}
+
+// LoadOrganization reads one organization.
+func LoadOrganization(ctx context.Context, q Querier, id uuid.UUID) (Organization, error) {
+	var o Organization
+	err := q.QueryRow(ctx, `SELECT id, name, slug, status, created_at, updated_at, version
+		FROM organizations WHERE id = $1`, id).Scan(&o.ID, &o.Name, &o.Slug, &o.Status, &o.CreatedAt, &o.UpdatedAt, &o.Version)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return o, ErrNotFound
+	}
+	o.CreatedAt, o.UpdatedAt = o.CreatedAt.UTC(), o.UpdatedAt.UTC()
+	return o, err
+}
+
+// Session is the read model of a login session, used to refuse tokens of revoked ones.
+type Session struct {
+	ID         uuid.UUID
+	UserID     uuid.UUID
+	Generation int
+	Revoked    bool
+}
+
+// LoadSession reads one session.
+func LoadSession(ctx context.Context, q Querier, id uuid.UUID) (Session, error) {
+	var s Session
+	err := q.QueryRow(ctx, `SELECT id, user_id, generation, revoked_at IS NOT NULL FROM sessions WHERE id = $1`, id).
+		Scan(&s.ID, &s.UserID, &s.Generation, &s.Revoked)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return s, ErrNotFound
+	}
+	return s, err
+}
+
+// AppliedVersion is the last version of a stream that a projection has applied (0 when
+// none).
+func AppliedVersion(ctx context.Context, q Querier, projection string, stream uuid.UUID) (int, error) {
+	var v int
+	err := q.QueryRow(ctx, `SELECT version FROM projection_streams WHERE projection = $1 AND stream_id = $2`,
+		projection, stream).Scan(&v)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return 0, nil
+	}
+	return v, err
+}
+
+// WaitApplied waits until projection has applied stream up to version, or ctx ends. It
+// reports whether the version was reached.
+func WaitApplied(ctx context.Context, q Querier, projection string, stream uuid.UUID, version int) (bool, error) {
+	delay := 2 * time.Millisecond
+	for {
+		v, err := AppliedVersion(ctx, q, projection, stream)
+		if err != nil {
+			if ctx.Err() != nil {
+				return false, nil
+			}
+			return false, err
+		}
+		if v >= version {
+			return true, nil
+		}
+		select {
+		case <-ctx.Done():
+			return false, nil
+		case <-time.After(delay):
+		}
+		delay = min(delay*2, 50*time.Millisecond)
+	}
+}
+
+// UserEntry is a user's cache entry as of the read model now: the user's JSON, or a
+// tombstone for a deleted one.
+func UserEntry(ctx context.Context, q Querier, id uuid.UUID) (cache.Entry, error) {
+	u, err := LoadUser(ctx, q, id)
+	if errors.Is(err, ErrNotFound) {
+		return cache.Entry{Version: u.Version}, nil
+	}
+	if err != nil {
+		return cache.Entry{}, err
+	}
+	b, err := json.Marshal(u)
+	return cache.Entry{Version: u.Version, Payload: b}, err
+}

@@ -1,0 +1,134 @@
+package projections
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/chatbotsaas/chatbotd/events"
+	"github.com/chatbotsaas/chatbotd/internal/cache"
+	"github.com/chatbotsaas/chatbotd/internal/readmodel"
+)
+
+// AccountsName is the accounts projector's name: organizations, users and sessions.
+const AccountsName = "accounts"
+
+// Accounts builds the organizations, users and sessions read models, and after each
+// commit writes the users it changed into the cache.
+type Accounts struct {
+	pool   *pgxpool.Pool
+	cache  *cache.Cache // nil: no cache
+	logger *slog.Logger
+}
+
+// NewAccounts returns the projector.
+func NewAccounts(pool *pgxpool.Pool, c *cache.Cache, logger *slog.Logger) *Accounts {
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	return &Accounts{pool: pool, cache: c, logger: logger}
+}
+
+func (*Accounts) Name() string { return AccountsName }
+
+func (*Accounts) Bindings() []string {
+	return []string{events.StreamOrganization + ".*", events.StreamUser + ".*", events.StreamSession + ".*"}
+}
+
+// Apply changes the read models for one event.
+func (a *Accounts) Apply(ctx context.Context, tx pgx.Tx, e events.Envelope) error {
+	ev, err := e.Decode()
+	if err != nil {
+		return err
+	}
+	id, v, at := e.StreamID, e.StreamVersion, e.OccurredAt
+	switch ev := ev.(type) {
+	case events.OrganizationCreated:
+		_, err = tx.Exec(ctx, `INSERT INTO organizations (id, name, slug, status, version, created_at, updated_at)
+			VALUES ($1, $2, $3, $4, $5, $6, $6)`, id, ev.Name, ev.Slug, ev.Status, v, at)
+	case events.OrganizationUpdated:
+		name, slug := changed(ev.Changes, "name"), changed(ev.Changes, "slug")
+		_, err = tx.Exec(ctx, `UPDATE organizations SET name = coalesce($2, name), slug = coalesce($3, slug),
+			version = $4, updated_at = $5 WHERE id = $1`, id, name, slug, v, at)
+	case events.UserCreated:
+		_, err = tx.Exec(ctx, `INSERT INTO users (id, organization_id, name, email, status, roles, version, created_at, updated_at)
+			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)`, id, e.OrganizationID, ev.Name, ev.Email, ev.Status, ev.Roles, v, at)
+	case events.UserUpdated:
+		name, email := changed(ev.Changes, "name"), changed(ev.Changes, "email")
+		_, err = tx.Exec(ctx, `UPDATE users SET name = coalesce($2, name), email = coalesce($3, email),
+			version = $4, updated_at = $5 WHERE id = $1`, id, name, email, v, at)
+	case events.UserDeactivated:
+		err = a.setUser(ctx, tx, id, v, at, `status = 'deactivated'`)
+	case events.UserReactivated:
+		err = a.setUser(ctx, tx, id, v, at, `status = 'active'`)
+	case events.UserDeleted:
+		err = a.setUser(ctx, tx, id, v, at, `deleted_at = $3`)
+	case events.UserRoleAssigned:
+		_, err = tx.Exec(ctx, `UPDATE users SET roles = CASE WHEN $2 = ANY(roles) THEN roles ELSE array_append(roles, $2) END,
+			version = $3, updated_at = $4 WHERE id = $1`, id, ev.Role, v, at)
+	case events.UserRoleRemoved:
+		_, err = tx.Exec(ctx, `UPDATE users SET roles = array_remove(roles, $2), version = $3, updated_at = $4
+			WHERE id = $1`, id, ev.Role, v, at)
+	case events.SessionStarted:
+		var userID uuid.UUID
+		if userID, err = uuid.Parse(ev.UserID); err != nil {
+			return fmt.Errorf("session.started: user_id: %w", err)
+		}
+		_, err = tx.Exec(ctx, `INSERT INTO sessions (id, user_id, organization_id, generation, version, created_at)
+			VALUES ($1, $2, $3, 1, $4, $5)`, id, userID, e.OrganizationID, v, at)
+	case events.SessionRefreshed:
+		_, err = tx.Exec(ctx, `UPDATE sessions SET generation = $2, version = $3 WHERE id = $1`, id, ev.Generation, v)
+	case events.SessionRevoked:
+		_, err = tx.Exec(ctx, `UPDATE sessions SET revoked_at = $2, revoked_reason = $3, version = $4
+			WHERE id = $1`, id, at, ev.Reason, v)
+	default:
+		// Other events of these streams (e.g. session.reuse_detected) change no column
+		// here; recording their version is enough.
+		switch e.StreamType {
+		case events.StreamUser:
+			_, err = tx.Exec(ctx, `UPDATE users SET version = $2 WHERE id = $1`, id, v)
+		case events.StreamSession:
+			_, err = tx.Exec(ctx, `UPDATE sessions SET version = $2 WHERE id = $1`, id, v)
+		}
+	}
+	return err
+}
+
+func (a *Accounts) setUser(ctx context.Context, tx pgx.Tx, id uuid.UUID, v int, at any, set string) error {
+	_, err := tx.Exec(ctx, `UPDATE users SET `+set+`, version = $2, updated_at = $3 WHERE id = $1`, id, v, at)
+	return err
+}
+
+func changed(c map[string]events.Change, field string) *string {
+	if ch, ok := c[field]; ok {
+		return &ch.New
+	}
+	return nil
+}
+
+// AfterCommit writes each changed user's committed state into the cache. The cache
+// refuses an older version over a newer one, so a late or repeated call is harmless.
+func (a *Accounts) AfterCommit(ctx context.Context, applied []events.Envelope) {
+	if a.cache == nil {
+		return
+	}
+	seen := map[uuid.UUID]bool{}
+	for _, e := range applied {
+		if e.StreamType != events.StreamUser || seen[e.StreamID] {
+			continue
+		}
+		seen[e.StreamID] = true
+		entry, err := readmodel.UserEntry(ctx, a.pool, e.StreamID)
+		if err != nil {
+			a.logger.Warn("cache refresh: load user", "user_id", e.StreamID, "error", err)
+			continue
+		}
+		if err := a.cache.Set(ctx, a.cache.Key("user", e.StreamID.String()), entry); err != nil {
+			a.logger.Warn("cache refresh: write user", "user_id", e.StreamID, "error", err)
+		}
+	}
+}

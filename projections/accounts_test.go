@@ -1,0 +1,216 @@
+package projections_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"math/rand/v2"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	amqp "github.com/rabbitmq/amqp091-go"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/chatbotsaas/chatbotd/events"
+	"github.com/chatbotsaas/chatbotd/internal/broker"
+	"github.com/chatbotsaas/chatbotd/internal/cache"
+	"github.com/chatbotsaas/chatbotd/internal/testenv"
+	"github.com/chatbotsaas/chatbotd/projections"
+)
+
+var system = events.Meta{Actor: events.Actor{Type: events.ActorSystem}}
+
+// history appends a realistic history to the store: an organization, users created,
+// renamed, re-roled, deactivated, deleted, and sessions started, refreshed and revoked.
+func history(t *testing.T, s *events.Store) []events.Envelope {
+	t.Helper()
+	ctx := context.Background()
+	org := uuid.New()
+	must := func(stype string, id uuid.UUID, evs ...events.Event) {
+		_, err := s.Append(ctx, events.AppendRequest{StreamType: stype, StreamID: id, ExpectedVersion: events.AnyVersion,
+			OrganizationID: &org, Events: evs, Meta: system})
+		require.NoError(t, err)
+	}
+	must(events.StreamOrganization, org, events.OrganizationCreated{Name: "Acme", Slug: "acme", Status: "active"})
+	must(events.StreamOrganization, org, events.OrganizationUpdated{Changes: map[string]events.Change{"name": {Old: "Acme", New: "Acme Inc"}}})
+	for i := 0; i < 12; i++ {
+		u := uuid.New()
+		must(events.StreamUser, u, events.UserCreated{Name: fmt.Sprint("user ", i), Email: fmt.Sprintf("u%d@example.com", i), Roles: []string{"member"}, Status: "active"})
+		must(events.StreamUser, u, events.UserRoleAssigned{Role: "admin"}, events.UserUpdated{Changes: map[string]events.Change{"name": {Old: "x", New: fmt.Sprint("renamed ", i)}}})
+		if i%3 == 0 {
+			must(events.StreamUser, u, events.UserRoleRemoved{Role: "member"}, events.UserDeactivated{})
+		}
+		if i%4 == 0 {
+			must(events.StreamUser, u, events.UserReactivated{}, events.UserDeleted{})
+		}
+		sess := uuid.New()
+		must(events.StreamSession, sess, events.SessionStarted{UserID: u.String(), ExpiresAt: "2030-01-01T00:00:00Z"})
+		must(events.StreamSession, sess, events.SessionRefreshed{Generation: 2})
+		if i%2 == 0 {
+			must(events.StreamSession, sess, events.SessionReuseDetected{PresentedGeneration: 1, CurrentGeneration: 2}, events.SessionRevoked{Reason: "refresh_token_reuse"})
+		}
+	}
+	all, _, err := events.ReadCommitted(ctx, s.Pool(), events.Checkpoint{}, 100000)
+	require.NoError(t, err)
+	return all
+}
+
+// dump renders the read models so two databases can be compared.
+func dump(t *testing.T, pool *pgxpool.Pool) string {
+	t.Helper()
+	var out string
+	for _, q := range []string{
+		`SELECT json_agg(o ORDER BY id) FROM organizations o`,
+		`SELECT json_agg(u ORDER BY id) FROM users u`,
+		`SELECT json_agg(s ORDER BY id) FROM sessions s`,
+		`SELECT json_agg(p ORDER BY stream_id) FROM projection_streams p`,
+	} {
+		var s *string
+		require.NoError(t, pool.QueryRow(context.Background(), q).Scan(&s))
+		if s != nil {
+			out += *s + "\n"
+		}
+	}
+	return out
+}
+
+func TestAccountsDuplicatedShuffledDeliveryEqualsOrderly(t *testing.T) {
+	ctx := context.Background()
+	orderly := testenv.MustDatabase(t)
+	all := history(t, events.NewStore(orderly.Pool))
+	p := projections.NewAccounts(orderly.Pool, nil, nil)
+	_, err := projections.ApplyBatch(ctx, orderly.Pool, p, all)
+	require.NoError(t, err)
+	want := dump(t, orderly.Pool)
+
+	// The same history in a second database, delivered twice over and shuffled, in
+	// batches of random size.
+	messy := testenv.MustDatabase(t)
+	_, err = messy.Pool.Exec(ctx, `ALTER TABLE events DISABLE TRIGGER events_no_update`)
+	require.NoError(t, err)
+	copyEvents(t, orderly.Pool, messy.Pool)
+	deliveries := append(append([]events.Envelope{}, all...), all...)
+	rand.Shuffle(len(deliveries), func(i, j int) { deliveries[i], deliveries[j] = deliveries[j], deliveries[i] })
+	pm := projections.NewAccounts(messy.Pool, nil, nil)
+	applied := 0
+	for len(deliveries) > 0 {
+		n := min(len(deliveries), 1+rand.IntN(9))
+		got, err := projections.ApplyBatch(ctx, messy.Pool, pm, deliveries[:n])
+		require.NoError(t, err)
+		applied += len(got)
+		deliveries = deliveries[n:]
+	}
+	assert.Equal(t, len(all), applied, "every event applied exactly once")
+	assert.Equal(t, want, dump(t, messy.Pool))
+}
+
+func copyEvents(t *testing.T, from, to *pgxpool.Pool) {
+	t.Helper()
+	ctx := context.Background()
+	rows, err := from.Query(ctx, `SELECT id, stream_type, stream_id, stream_version, type, schema_version,
+		organization_id, actor_type, actor_id, data, occurred_at FROM events ORDER BY position`)
+	require.NoError(t, err)
+	vals, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) ([]any, error) { return r.Values() })
+	require.NoError(t, err)
+	for _, v := range vals {
+		_, err := to.Exec(ctx, `INSERT INTO events (id, stream_type, stream_id, stream_version, type, schema_version,
+			organization_id, actor_type, actor_id, data, occurred_at) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11)`, v...)
+		require.NoError(t, err)
+	}
+}
+
+// failing wraps Accounts and fails on one event id, always.
+type failing struct {
+	*projections.Accounts
+	poison uuid.UUID
+	calls  atomic.Int32
+}
+
+func (f *failing) Apply(ctx context.Context, tx pgx.Tx, e events.Envelope) error {
+	if e.ID == f.poison {
+		f.calls.Add(1)
+		return fmt.Errorf("poison")
+	}
+	return f.Accounts.Apply(ctx, tx, e)
+}
+
+func TestRunnerThroughRabbitMQDeadLettersPoisonAndKeepsFlowing(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	d := testenv.MustDatabase(t)
+	r := testenv.MustRedis(t)
+	a := testenv.MustAMQP(t)
+	a.Queue(projections.AccountsName)
+	store := events.NewStore(d.Pool)
+	conn := broker.Dial(a.URL, testenv.Logger(t))
+	defer conn.Close()
+
+	org, poisonUser, okUser := uuid.New(), uuid.New(), uuid.New()
+	poisonID := uuid.New()
+	c := cache.New(r.Client, r.Prefix, time.Minute)
+	p := &failing{Accounts: projections.NewAccounts(d.Pool, c, testenv.Logger(t)), poison: poisonID}
+	runner, err := projections.NewRunner(d.Pool, conn, p, projections.Config{
+		Exchange: a.Exchange, QueuePrefix: a.QueuePrefix, Logger: testenv.Logger(t), Attempts: 2})
+	require.NoError(t, err)
+	relay, err := events.NewRelay(d.Pool, conn, events.RelayConfig{Exchange: a.Exchange, Logger: testenv.Logger(t)})
+	require.NoError(t, err)
+	go runner.Run(ctx)
+	go relay.Run(ctx)
+	// The queue must exist before events are published, or they go to the unrouted queue.
+	testenv.Eventually(t, 10*time.Second, func() error {
+		ch, err := conn.Channel(ctx)
+		if err != nil {
+			return err
+		}
+		defer ch.Close()
+		_, err = ch.QueueDeclarePassive(runner.Queue().Name, true, false, false, false, amqp.Table{
+			"x-queue-type": "quorum", "x-delivery-limit": 5,
+			"x-dead-letter-exchange": runner.Queue().DeadLetterExchange(), "x-dead-letter-routing-key": runner.Queue().Name})
+		return err
+	})
+
+	appendOne := func(stream uuid.UUID, id uuid.UUID, ev events.Event) {
+		_, err := store.Append(ctx, events.AppendRequest{StreamType: events.StreamUser, StreamID: stream,
+			ExpectedVersion: events.AnyVersion, OrganizationID: &org, Events: []events.Event{ev},
+			EventIDs: []uuid.UUID{id}, Meta: system})
+		require.NoError(t, err)
+	}
+	appendOne(poisonUser, poisonID, events.UserCreated{Name: "Poison", Email: "p@example.com", Status: "active", Roles: []string{}})
+	appendOne(okUser, uuid.New(), events.UserCreated{Name: "Fine", Email: "f@example.com", Status: "active", Roles: []string{"member"}})
+	appendOne(okUser, uuid.New(), events.UserUpdated{Changes: map[string]events.Change{"name": {Old: "Fine", New: "Finer"}}})
+
+	testenv.Eventually(t, 15*time.Second, func() error {
+		e, err := c.Get(ctx, c.Key("user", okUser.String()))
+		if err != nil {
+			return err
+		}
+		var u struct{ Name string }
+		if err := json.Unmarshal(e.Payload, &u); err != nil || u.Name != "Finer" || e.Version != 2 {
+			return fmt.Errorf("cached %q v%d", e.Payload, e.Version)
+		}
+		return nil
+	})
+	// The poison event is in the dead-letter queue, after bounded attempts.
+	testenv.Eventually(t, 15*time.Second, func() error {
+		ch, err := conn.Channel(ctx)
+		if err != nil {
+			return err
+		}
+		defer ch.Close()
+		msg, ok, err := ch.Get(runner.Queue().DeadQueue(), true)
+		if err != nil || !ok {
+			return fmt.Errorf("dead-letter queue empty (%v)", err)
+		}
+		assert.Equal(t, poisonID.String(), msg.MessageId)
+		return nil
+	})
+	assert.LessOrEqual(t, p.calls.Load(), int32(4), "bounded attempts")
+	var n int
+	require.NoError(t, d.Pool.QueryRow(ctx, `SELECT count(*) FROM users WHERE id = $1`, poisonUser).Scan(&n))
+	assert.Zero(t, n)
+}

@@ -1,0 +1,343 @@
+// Package projections turns the event stream into read models, caches and side effects.
+// The runtime here consumes a projector's own durable queue in batches; each projector
+// only says how one event changes its tables.
+package projections
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/chatbotsaas/chatbotd/events"
+	"github.com/chatbotsaas/chatbotd/internal/broker"
+	"github.com/chatbotsaas/chatbotd/internal/db"
+)
+
+// Projector is one read model. Apply is called inside the batch's transaction, exactly
+// once per stream version and in version order within a stream; events of different
+// streams may come in any order.
+type Projector interface {
+	// Name keys the projector's queue and its version tracking. It is a constant: a new
+	// name is a new queue that consumes everything again.
+	Name() string
+	// Bindings are the routing patterns of the projector's queue.
+	Bindings() []string
+	Apply(ctx context.Context, tx pgx.Tx, e events.Envelope) error
+}
+
+// AfterCommitter is implemented by projectors that do work after their transaction
+// commits (writing caches). It must tolerate being called again for the same events.
+type AfterCommitter interface {
+	AfterCommit(ctx context.Context, applied []events.Envelope)
+}
+
+// Config configures a Runner.
+type Config struct {
+	Exchange      string
+	QueuePrefix   string
+	BatchSize     int
+	DeliveryLimit int
+	// Linger is how long a batch waits for more messages after the first one.
+	Linger time.Duration
+	// Attempts is how often one failing event is tried before it is dead-lettered.
+	Attempts int
+	Logger   *slog.Logger
+}
+
+func (c *Config) setDefaults() {
+	if c.BatchSize <= 0 {
+		c.BatchSize = 200
+	}
+	if c.DeliveryLimit <= 0 {
+		c.DeliveryLimit = 5
+	}
+	if c.Linger <= 0 {
+		c.Linger = 2 * time.Millisecond
+	}
+	if c.Attempts <= 0 {
+		c.Attempts = 3
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+}
+
+// Runner consumes one projector's queue.
+type Runner struct {
+	pool   *pgxpool.Pool
+	broker events.Channeler
+	p      Projector
+	cfg    Config
+	log    *slog.Logger
+}
+
+// NewRunner returns a runner for p; Run starts it.
+func NewRunner(pool *pgxpool.Pool, b events.Channeler, p Projector, cfg Config) (*Runner, error) {
+	cfg.setDefaults()
+	if cfg.Exchange == "" {
+		return nil, errors.New("projections: Exchange is required")
+	}
+	return &Runner{pool: pool, broker: b, p: p, cfg: cfg, log: cfg.Logger.With("projector", p.Name())}, nil
+}
+
+// Queue is the projector's queue.
+func (r *Runner) Queue() broker.QueueSpec {
+	return broker.QueueSpec{
+		Name:          r.cfg.QueuePrefix + r.p.Name(),
+		Exchange:      r.cfg.Exchange,
+		Bindings:      r.p.Bindings(),
+		DeliveryLimit: r.cfg.DeliveryLimit,
+	}
+}
+
+// Run consumes until ctx ends, reconnecting after failures. On return nothing unfinished
+// was acknowledged: RabbitMQ redelivers it.
+func (r *Runner) Run(ctx context.Context) error {
+	backoff := 100 * time.Millisecond
+	for {
+		err := r.consume(ctx)
+		if ctx.Err() != nil {
+			return nil
+		}
+		r.log.Warn("projector interrupted, retrying", "error", err, "in", backoff)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(backoff):
+		}
+		backoff = min(backoff*2, 5*time.Second)
+	}
+}
+
+func (r *Runner) consume(ctx context.Context) error {
+	ch, err := r.broker.Channel(ctx)
+	if err != nil {
+		return err
+	}
+	defer ch.Close()
+	if err := broker.DeclareEventExchange(ch, r.cfg.Exchange); err != nil {
+		return err
+	}
+	q := r.Queue()
+	if err := broker.DeclareQueue(ch, q); err != nil {
+		return err
+	}
+	if err := ch.Qos(r.cfg.BatchSize, 0, false); err != nil {
+		return err
+	}
+	deliveries, err := ch.Consume(q.Name, "", false, false, false, false, nil)
+	if err != nil {
+		return err
+	}
+	r.log.Info("projector consuming", "queue", q.Name)
+	for {
+		var batch []amqp.Delivery
+		select {
+		case <-ctx.Done():
+			return nil
+		case d, ok := <-deliveries:
+			if !ok {
+				return errors.New("delivery channel closed")
+			}
+			batch = append(batch, d)
+		}
+		linger := time.NewTimer(r.cfg.Linger)
+	fill:
+		for len(batch) < r.cfg.BatchSize {
+			select {
+			case d, ok := <-deliveries:
+				if !ok {
+					break fill
+				}
+				batch = append(batch, d)
+			case <-linger.C:
+				break fill
+			}
+		}
+		linger.Stop()
+		// The batch is finished even when ctx ends meanwhile, so what is acked was applied.
+		if err := r.handle(context.WithoutCancel(ctx), batch); err != nil {
+			return err
+		}
+	}
+}
+
+// handle applies a batch and settles every delivery of it. It returns an error only for
+// failures that are not the events' fault (database down): the deliveries are then left
+// unacknowledged and come back.
+func (r *Runner) handle(ctx context.Context, batch []amqp.Delivery) error {
+	envs := make([]events.Envelope, 0, len(batch))
+	good := make([]amqp.Delivery, 0, len(batch))
+	for _, d := range batch {
+		e, err := events.DecodeEnvelope(d.Body)
+		if err != nil {
+			r.log.Error("undecodable message dead-lettered", "error", err, "message_id", d.MessageId)
+			_ = d.Nack(false, false)
+			continue
+		}
+		envs = append(envs, e)
+		good = append(good, d)
+	}
+	if len(envs) == 0 {
+		return nil
+	}
+	applied, err := r.applyBatch(ctx, envs)
+	if err == nil {
+		r.afterCommit(ctx, applied)
+		return ackAll(good)
+	}
+	if db.IsUnavailable(err) {
+		return err
+	}
+	r.log.Warn("batch failed, applying one by one", "error", err, "size", len(envs))
+	// Isolate the poison event: the others go through, it alone is dead-lettered.
+	for i, e := range envs {
+		var applied []events.Envelope
+		var err error
+		for attempt := 1; attempt <= r.cfg.Attempts; attempt++ {
+			applied, err = r.applyBatch(ctx, []events.Envelope{e})
+			if err == nil || db.IsUnavailable(err) {
+				break
+			}
+			time.Sleep(time.Duration(attempt*attempt) * 50 * time.Millisecond)
+		}
+		switch {
+		case err == nil:
+			r.afterCommit(ctx, applied)
+			_ = good[i].Ack(false)
+		case db.IsUnavailable(err):
+			return err
+		default:
+			r.log.Error("event dead-lettered", "error", err, "event_id", e.ID, "type", e.Type,
+				"stream_id", e.StreamID, "stream_version", e.StreamVersion)
+			_ = good[i].Nack(false, false)
+		}
+	}
+	return nil
+}
+
+func ackAll(ds []amqp.Delivery) error {
+	for _, d := range ds {
+		if err := d.Ack(false); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (r *Runner) afterCommit(ctx context.Context, applied []events.Envelope) {
+	if ac, ok := r.p.(AfterCommitter); ok && len(applied) > 0 {
+		ac.AfterCommit(ctx, applied)
+	}
+}
+
+func (r *Runner) applyBatch(ctx context.Context, envs []events.Envelope) ([]events.Envelope, error) {
+	return ApplyBatch(ctx, r.pool, r.p, envs)
+}
+
+// ApplyBatch applies events to p in one transaction: duplicates and already applied
+// versions are skipped, a missing earlier version is read from the event store and
+// applied first. It returns what was applied, in order.
+func ApplyBatch(ctx context.Context, pool *pgxpool.Pool, p Projector, envs []events.Envelope) (applied []events.Envelope, err error) {
+	byStream := map[uuid.UUID][]events.Envelope{}
+	for _, e := range envs {
+		byStream[e.StreamID] = append(byStream[e.StreamID], e)
+	}
+	streams := make([]uuid.UUID, 0, len(byStream))
+	for s := range byStream {
+		streams = append(streams, s)
+	}
+	// One lock order for every instance of the projector, so two never deadlock.
+	slices.SortFunc(streams, func(a, b uuid.UUID) int { return slices.Compare(a[:], b[:]) })
+
+	tx, err := pool.Begin(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			_ = tx.Rollback(ctx)
+		}
+	}()
+	if _, err = tx.Exec(ctx, `INSERT INTO projection_streams (projection, stream_id, version)
+		SELECT $1, s, 0 FROM unnest($2::uuid[]) AS s ORDER BY s ON CONFLICT DO NOTHING`, p.Name(), streams); err != nil {
+		return nil, err
+	}
+	rows, err := tx.Query(ctx, `SELECT stream_id, version FROM projection_streams
+		WHERE projection = $1 AND stream_id = ANY($2) ORDER BY stream_id FOR UPDATE`, p.Name(), streams)
+	if err != nil {
+		return nil, err
+	}
+	current := make(map[uuid.UUID]int, len(streams))
+	for rows.Next() {
+		var s uuid.UUID
+		var v int
+		if err = rows.Scan(&s, &v); err != nil {
+			rows.Close()
+			return nil, err
+		}
+		current[s] = v
+	}
+	rows.Close()
+	if err = rows.Err(); err != nil {
+		return nil, err
+	}
+
+	var changedIDs []uuid.UUID
+	var changedVersions []int32
+	for _, s := range streams {
+		evs := byStream[s]
+		slices.SortFunc(evs, func(a, b events.Envelope) int { return a.StreamVersion - b.StreamVersion })
+		cur := current[s]
+		start := cur
+		for _, e := range evs {
+			if e.StreamVersion <= cur {
+				continue // a duplicate, or already applied
+			}
+			if e.StreamVersion > cur+1 {
+				missing, rerr := events.ReadStream(ctx, tx, s, cur+1, e.StreamVersion-1)
+				if rerr != nil {
+					return nil, rerr
+				}
+				if len(missing) != e.StreamVersion-1-cur {
+					return nil, fmt.Errorf("stream %s: versions %d..%d are missing from the event store",
+						s, cur+1, e.StreamVersion-1)
+				}
+				for _, m := range missing {
+					if err = p.Apply(ctx, tx, m); err != nil {
+						return nil, fmt.Errorf("apply %s %s v%d: %w", m.Type, m.StreamID, m.StreamVersion, err)
+					}
+					applied = append(applied, m)
+				}
+			}
+			if err = p.Apply(ctx, tx, e); err != nil {
+				return nil, fmt.Errorf("apply %s %s v%d: %w", e.Type, e.StreamID, e.StreamVersion, err)
+			}
+			applied = append(applied, e)
+			cur = e.StreamVersion
+		}
+		if cur != start {
+			changedIDs = append(changedIDs, s)
+			changedVersions = append(changedVersions, int32(cur))
+		}
+	}
+	if len(changedIDs) > 0 {
+		if _, err = tx.Exec(ctx, `UPDATE projection_streams ps SET version = u.version
+			FROM unnest($2::uuid[], $3::int[]) AS u(stream_id, version)
+			WHERE ps.projection = $1 AND ps.stream_id = u.stream_id`, p.Name(), changedIDs, changedVersions); err != nil {
+			return nil, err
+		}
+	}
+	if err = tx.Commit(ctx); err != nil {
+		return nil, err
+	}
+	return applied, nil
+}
