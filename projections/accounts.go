@@ -15,7 +15,7 @@ import (
 )
 
 // AccountsName is the accounts projector's name: organizations, users and sessions.
-const AccountsName = "accounts"
+const AccountsName = readmodel.AccountsProjection
 
 // Accounts builds the organizations, users and sessions read models, and after each
 // commit writes the users it changed into the cache.

@@ -79,7 +79,9 @@ func (c *Cache) Fill(ctx context.Context, key string, load func(ctx context.Cont
 		if err != nil {
 			return Entry{}, err
 		}
-		_ = c.Set(ctx, key, e)
+		if e.Version > 0 { // a record that never existed is not cached: it may appear any moment
+			_ = c.Set(ctx, key, e)
+		}
 		return e, nil
 	})
 	if err != nil {

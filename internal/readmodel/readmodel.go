@@ -165,3 +165,33 @@ func UserEntry(ctx context.Context, q Querier, id uuid.UUID) (cache.Entry, error
 	b, err := json.Marshal(u)
 	return cache.Entry{Version: u.Version, Payload: b}, err
 }
+
+// AccountsProjection is the projection that builds organizations, users and sessions.
+const AccountsProjection = "accounts"
+
+// CachedUser reads a user through the cache: a hit answers from Redis, a miss is filled
+// once from the read model; with Redis down it reads the read model.
+func CachedUser(ctx context.Context, c *cache.Cache, q Querier, id uuid.UUID) (User, error) {
+	key := c.Key("user", id.String())
+	entry, err := c.Get(ctx, key)
+	if err != nil {
+		load := func(ctx context.Context) (cache.Entry, error) { return UserEntry(ctx, q, id) }
+		if errors.Is(err, cache.ErrMiss) {
+			entry, err = c.Fill(ctx, key, load)
+		} else {
+			entry, err = load(ctx)
+		}
+		if err != nil {
+			return User{}, err
+		}
+	}
+	if len(entry.Payload) == 0 {
+		return User{}, ErrNotFound
+	}
+	var u User
+	if err := json.Unmarshal(entry.Payload, &u); err != nil {
+		return User{}, err
+	}
+	u.Version = entry.Version
+	return u, nil
+}

@@ -1,0 +1,142 @@
+package auth
+
+import (
+	"slices"
+	"sort"
+
+	"github.com/google/uuid"
+
+	"github.com/chatbotsaas/chatbotd/internal/apperr"
+)
+
+// Permission names are part of the API contract.
+const (
+	UsersRead          = "users.read"
+	UsersWrite         = "users.write"
+	RolesRead          = "roles.read"
+	RolesWrite         = "roles.write"
+	OrganizationWrite  = "organization.write"
+	ChatbotsRead       = "chatbots.read"
+	ChatbotsWrite      = "chatbots.write"
+	ConversationsRead  = "conversations.read"
+	ConversationsWrite = "conversations.write"
+	AuditRead          = "audit.read"
+	AnalyticsRead      = "analytics.read"
+	WebhooksRead       = "webhooks.read"
+	WebhooksWrite      = "webhooks.write"
+	TokensWrite        = "tokens.write"
+)
+
+// Route access levels that are not permissions.
+const (
+	// Public routes take no credentials.
+	Public = "public"
+	// Authenticated routes take any valid credentials and check nothing more.
+	Authenticated = "authenticated"
+)
+
+// PermissionInfo describes a permission for GET /permissions.
+type PermissionInfo struct {
+	Name        string `json:"name"`
+	Description string `json:"description"`
+}
+
+// Permissions is the catalog.
+func Permissions() []PermissionInfo {
+	return []PermissionInfo{
+		{UsersRead, "List and view users"},
+		{UsersWrite, "Create, update, delete users and assign roles"},
+		{RolesRead, "List roles"},
+		{RolesWrite, "Create, change and delete custom roles"},
+		{OrganizationWrite, "Change the organization's name and slug"},
+		{ChatbotsRead, "List and view chatbots and their knowledge"},
+		{ChatbotsWrite, "Create, change, publish and train chatbots"},
+		{ConversationsRead, "Read conversations and messages"},
+		{ConversationsWrite, "Start conversations and post messages"},
+		{AuditRead, "Read and export the audit trail and the event history"},
+		{AnalyticsRead, "Read analytics"},
+		{WebhooksRead, "List webhooks and their deliveries"},
+		{WebhooksWrite, "Create and delete webhooks"},
+		{TokensWrite, "Create and revoke API tokens"},
+	}
+}
+
+// IsPermission reports whether name is in the catalog.
+func IsPermission(name string) bool {
+	return slices.ContainsFunc(Permissions(), func(p PermissionInfo) bool { return p.Name == name })
+}
+
+// Built-in roles.
+const (
+	RoleOwner  = "owner"
+	RoleAdmin  = "admin"
+	RoleMember = "member"
+	RoleViewer = "viewer"
+)
+
+// BuiltinRoles maps each built-in role to its permissions, as API.md defines them.
+func BuiltinRoles() map[string][]string {
+	all := make([]string, 0, 14)
+	for _, p := range Permissions() {
+		all = append(all, p.Name)
+	}
+	admin := slices.DeleteFunc(slices.Clone(all), func(p string) bool { return p == OrganizationWrite })
+	return map[string][]string{
+		RoleOwner: all,
+		RoleAdmin: admin,
+		RoleMember: {UsersRead, RolesRead, ChatbotsRead, ConversationsRead, AnalyticsRead, WebhooksRead,
+			ChatbotsWrite, ConversationsWrite},
+		RoleViewer: {UsersRead, ChatbotsRead, ConversationsRead, AnalyticsRead},
+	}
+}
+
+// IsBuiltinRole reports whether name is a built-in role.
+func IsBuiltinRole(name string) bool { _, ok := BuiltinRoles()[name]; return ok }
+
+// PermissionsOf returns the union of the roles' permissions, sorted.
+func PermissionsOf(roles []string) []string {
+	builtin := BuiltinRoles()
+	set := map[string]bool{}
+	for _, r := range roles {
+		for _, p := range builtin[r] {
+			set[p] = true
+		}
+	}
+	out := make([]string, 0, len(set))
+	for p := range set {
+		out = append(out, p)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// Principal is who makes a request, from verified credentials only.
+type Principal struct {
+	UserID         uuid.UUID
+	OrganizationID uuid.UUID
+	SessionID      uuid.UUID
+	Roles          []string
+	Permissions    []string
+}
+
+// Can reports whether the principal holds the permission.
+func (p Principal) Can(permission string) bool { return slices.Contains(p.Permissions, permission) }
+
+// Require is FORBIDDEN unless the principal holds the permission.
+func (p Principal) Require(permission string) error {
+	if !p.Can(permission) {
+		return apperr.New(apperr.CodeForbidden, "You do not have the "+permission+" permission")
+	}
+	return nil
+}
+
+// CanGrant reports whether every permission of role is held by the principal: nobody
+// grants what they do not hold.
+func (p Principal) CanGrant(role string) bool {
+	for _, perm := range BuiltinRoles()[role] {
+		if !p.Can(perm) {
+			return false
+		}
+	}
+	return true
+}

@@ -1,0 +1,230 @@
+// Package httpx is the HTTP conventions of API.md: the envelope, request ids, error codes
+// mapped to statuses in one table, strict JSON decoding and body limits.
+package httpx
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"mime"
+	"net/http"
+	"regexp"
+	"strings"
+	"time"
+
+	"github.com/gin-gonic/gin"
+	"github.com/google/uuid"
+
+	"github.com/chatbotsaas/chatbotd/internal/apperr"
+	"github.com/chatbotsaas/chatbotd/internal/db"
+)
+
+// MaxBody is the largest request body accepted (API.md: 1 MiB).
+const MaxBody = 1 << 20
+
+// statusOf is the one table from error code to HTTP status.
+var statusOf = map[apperr.Code]int{
+	apperr.CodeValidation:       http.StatusUnprocessableEntity,
+	apperr.CodeBadRequest:       http.StatusBadRequest,
+	apperr.CodeUnauthenticated:  http.StatusUnauthorized,
+	apperr.CodeForbidden:        http.StatusForbidden,
+	apperr.CodeOrgSuspended:     http.StatusForbidden,
+	apperr.CodeNotFound:         http.StatusNotFound,
+	apperr.CodeConflict:         http.StatusConflict,
+	apperr.CodeEmailTaken:       http.StatusConflict,
+	apperr.CodeRateLimited:      http.StatusTooManyRequests,
+	apperr.CodePayloadTooLarge:  http.StatusRequestEntityTooLarge,
+	apperr.CodeUnsupportedMedia: http.StatusUnsupportedMediaType,
+	apperr.CodeInternal:         http.StatusInternalServerError,
+	apperr.CodeUnavailable:      http.StatusServiceUnavailable,
+}
+
+// StatusOf returns the HTTP status of an error code.
+func StatusOf(code apperr.Code) int { return statusOf[code] }
+
+// Envelope is every response body under /api/v1.
+type Envelope struct {
+	Success   bool          `json:"success"`
+	Message   string        `json:"message"`
+	Data      any           `json:"data,omitempty"`
+	Meta      any           `json:"meta,omitempty"`
+	ErrorCode apperr.Code   `json:"error_code,omitempty"`
+	Errors    apperr.Fields `json:"errors,omitempty"`
+	Timestamp string        `json:"timestamp"`
+	RequestID string        `json:"request_id"`
+}
+
+const requestIDKey = "request_id"
+
+var requestIDPattern = regexp.MustCompile(`^[A-Za-z0-9._-]{1,128}$`)
+
+// RequestID takes X-Request-ID when it is well formed, else makes one, and echoes it.
+func RequestID() gin.HandlerFunc {
+	return func(c *gin.Context) {
+		id := c.GetHeader("X-Request-ID")
+		if !requestIDPattern.MatchString(id) {
+			id = uuid.NewString()
+		}
+		c.Set(requestIDKey, id)
+		c.Header("X-Request-ID", id)
+		c.Next()
+	}
+}
+
+// RequestIDOf returns the request's id.
+func RequestIDOf(c *gin.Context) string { return c.GetString(requestIDKey) }
+
+func now() string { return time.Now().UTC().Format("2006-01-02T15:04:05.000Z07:00") }
+
+// OK writes a success envelope.
+func OK(c *gin.Context, status int, message string, data, meta any) {
+	c.JSON(status, Envelope{Success: true, Message: message, Data: data, Meta: meta, Timestamp: now(), RequestID: RequestIDOf(c)})
+}
+
+// Fail writes the error envelope for err. Errors without a code are internal: logged with
+// their details, answered with "Internal error" only.
+func Fail(c *gin.Context, err error) {
+	err = db.Classify(err)
+	var e *apperr.Error
+	if !errors.As(err, &e) {
+		e = apperr.Wrap(apperr.CodeInternal, "Internal error", err)
+	}
+	status := statusOf[e.Code]
+	if status == 0 {
+		status = http.StatusInternalServerError
+	}
+	if status >= 500 {
+		slog.ErrorContext(c.Request.Context(), "request failed", "request_id", RequestIDOf(c), "error", err.Error(),
+			"method", c.Request.Method, "path", c.FullPath())
+	}
+	c.Set("error_code", string(e.Code))
+	c.AbortWithStatusJSON(status, Envelope{Success: false, Message: e.Message, ErrorCode: e.Code, Errors: e.Fields,
+		Timestamp: now(), RequestID: RequestIDOf(c)})
+}
+
+// Recover answers a panic with a 500 envelope and logs it.
+func Recover() gin.HandlerFunc {
+	return gin.CustomRecoveryWithWriter(io.Discard, func(c *gin.Context, rec any) {
+		Fail(c, fmt.Errorf("panic: %v", rec))
+	})
+}
+
+// Logger logs each request once, with its status and duration.
+func Logger(logger *slog.Logger) gin.HandlerFunc {
+	return func(c *gin.Context) {
+		start := time.Now()
+		c.Next()
+		level := slog.LevelInfo
+		if c.Writer.Status() >= 500 {
+			level = slog.LevelError
+		}
+		logger.LogAttrs(c.Request.Context(), level, "http request",
+			slog.String("request_id", RequestIDOf(c)), slog.String("method", c.Request.Method),
+			slog.String("route", c.FullPath()), slog.Int("status", c.Writer.Status()),
+			slog.Duration("duration", time.Since(start)), slog.String("client_ip", c.ClientIP()),
+			slog.String("error_code", c.GetString("error_code")))
+	}
+}
+
+// Body limits bodies to MaxBody and requires JSON where a body is sent.
+func Body() gin.HandlerFunc {
+	return func(c *gin.Context) {
+		if c.Request.Body == nil || c.Request.Method == http.MethodGet || c.Request.Method == http.MethodHead {
+			c.Next()
+			return
+		}
+		if c.Request.ContentLength > MaxBody {
+			Fail(c, apperr.New(apperr.CodePayloadTooLarge, "The request body is larger than 1 MiB"))
+			return
+		}
+		c.Request.Body = http.MaxBytesReader(c.Writer, c.Request.Body, MaxBody)
+		if c.Request.ContentLength != 0 || c.GetHeader("Transfer-Encoding") != "" {
+			mt, _, err := mime.ParseMediaType(c.GetHeader("Content-Type"))
+			if err != nil || mt != "application/json" {
+				Fail(c, apperr.New(apperr.CodeUnsupportedMedia, "The request body must be application/json"))
+				return
+			}
+		}
+		c.Next()
+	}
+}
+
+// Decode reads the JSON body into dst strictly: malformed JSON and wrong types are
+// BAD_REQUEST, unknown fields are VALIDATION_ERROR, an oversized body PAYLOAD_TOO_LARGE.
+// An empty body decodes as {}.
+func Decode(c *gin.Context, dst any) error {
+	if c.Request.Body == nil {
+		return nil
+	}
+	body, err := io.ReadAll(c.Request.Body)
+	var tooBig *http.MaxBytesError
+	if errors.As(err, &tooBig) {
+		return apperr.New(apperr.CodePayloadTooLarge, "The request body is larger than 1 MiB")
+	}
+	if err != nil {
+		return apperr.Wrap(apperr.CodeBadRequest, "The request body could not be read", err)
+	}
+	if len(strings.TrimSpace(string(body))) == 0 {
+		body = []byte("{}")
+	}
+	dec := json.NewDecoder(strings.NewReader(string(body)))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(dst); err != nil {
+		var syntax *json.SyntaxError
+		var typ *json.UnmarshalTypeError
+		switch {
+		case errors.As(err, &syntax), errors.Is(err, io.ErrUnexpectedEOF):
+			return apperr.New(apperr.CodeBadRequest, "Malformed JSON")
+		case errors.As(err, &typ):
+			field := typ.Field
+			if field == "" {
+				return apperr.New(apperr.CodeBadRequest, "The request body must be a JSON object")
+			}
+			return apperr.New(apperr.CodeBadRequest, fmt.Sprintf("Field %q must be of type %s", field, jsonType(typ.Type.Kind().String())))
+		case strings.HasPrefix(err.Error(), "json: unknown field "):
+			name := strings.Trim(strings.TrimPrefix(err.Error(), "json: unknown field "), `"`)
+			return apperr.Invalid(name, "is not an allowed field")
+		default:
+			return apperr.New(apperr.CodeBadRequest, "Malformed JSON")
+		}
+	}
+	if dec.More() {
+		return apperr.New(apperr.CodeBadRequest, "Malformed JSON: more than one value")
+	}
+	return nil
+}
+
+func jsonType(kind string) string {
+	switch kind {
+	case "string":
+		return "string"
+	case "bool":
+		return "boolean"
+	case "slice", "array":
+		return "array"
+	case "map", "struct", "ptr":
+		return "object"
+	default:
+		return "number"
+	}
+}
+
+// PathUUID parses a UUID path parameter; a malformed one is BAD_REQUEST.
+func PathUUID(c *gin.Context, name string) (uuid.UUID, error) {
+	id, err := uuid.Parse(c.Param(name))
+	if err != nil {
+		return uuid.Nil, apperr.New(apperr.CodeBadRequest, fmt.Sprintf("Path parameter %q must be a UUID", name))
+	}
+	return id, nil
+}
+
+// NoRoute and NoMethod answer in the envelope.
+func NoRoute(c *gin.Context) { Fail(c, apperr.New(apperr.CodeNotFound, "No such route")) }
+
+// NoMethod answers 405 in the envelope.
+func NoMethod(c *gin.Context) {
+	c.AbortWithStatusJSON(http.StatusMethodNotAllowed, Envelope{Success: false, Message: "Method not allowed",
+		ErrorCode: "METHOD_NOT_ALLOWED", Timestamp: now(), RequestID: RequestIDOf(c)})
+}
