@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/google/uuid"
@@ -43,6 +45,11 @@ type AppendRequest struct {
 	// deterministic ids appends once.
 	EventIDs []uuid.UUID
 	Meta     Meta
+	// More are other streams' events appended in the same transaction (their Meta and
+	// Also are not used); each has its own expected version check. Only the first
+	// stream's version is read before the transaction id is taken, so More is for new
+	// streams (expected version 0), whose order nothing else can disturb.
+	More []AppendRequest
 	// Also runs in the append's transaction after the events are inserted.
 	Also func(ctx context.Context, tx pgx.Tx) error
 }
@@ -75,12 +82,6 @@ const maxAnyVersionRetries = 8
 // expected version gives apperr CONFLICT; with AnyVersion a concurrent writer is retried
 // a bounded number of times.
 func (s *Store) Append(ctx context.Context, req AppendRequest) (AppendResult, error) {
-	if len(req.Events) == 0 {
-		return AppendResult{}, errors.New("append: no events")
-	}
-	if req.EventIDs != nil && len(req.EventIDs) != len(req.Events) {
-		return AppendResult{}, errors.New("append: one event id per event")
-	}
 	for attempt := 0; ; attempt++ {
 		res, err := s.appendOnce(ctx, req)
 		if err == nil {
@@ -109,33 +110,76 @@ func (s *Store) appendOnce(ctx context.Context, req AppendRequest) (res AppendRe
 			_ = tx.Rollback(context.WithoutCancel(ctx))
 		}
 	}()
+	meta, err := json.Marshal(req.Meta.Metadata)
+	if err != nil {
+		return res, err
+	}
+	res = AppendResult{StreamType: req.StreamType, StreamID: req.StreamID}
+	for i, w := range append([]AppendRequest{req}, req.More...) {
+		version, last, ierr := s.insertStream(ctx, tx, w, req.Meta, meta)
+		if ierr != nil {
+			if errors.Is(ierr, errAlreadyAppended) {
+				_ = tx.Rollback(ctx)
+				return s.resultOf(ctx, req)
+			}
+			return res, ierr
+		}
+		if i == 0 {
+			res.Version = version
+		}
+		res.Position = max(res.Position, last)
+	}
+	if req.Also != nil {
+		if err = req.Also(ctx, tx); err != nil {
+			return res, err
+		}
+	}
+	if _, err = tx.Exec(ctx, `SELECT pg_notify($1, '')`, NotifyChannel); err != nil {
+		return res, err
+	}
+	if err = tx.Commit(ctx); err != nil {
+		return res, err
+	}
+	return res, nil
+}
+
+var errAlreadyAppended = errors.New("events already appended")
+
+// insertStream checks one stream's expected version and inserts its events, returning
+// the stream's new version and the last position.
+func (s *Store) insertStream(ctx context.Context, tx pgx.Tx, req AppendRequest, m Meta, meta []byte) (int, int64, error) {
+	if len(req.Events) == 0 {
+		return 0, 0, errors.New("append: no events")
+	}
+	if req.EventIDs != nil && len(req.EventIDs) != len(req.Events) {
+		return 0, 0, errors.New("append: one event id per event")
+	}
 	// Neither the lock nor the read assigns a transaction id; the insert below is the
 	// first write, so this transaction's id is taken after it saw the stream's previous
 	// events commit, and (transaction id, position) order keeps each stream's order.
 	if req.ExpectedVersion == AnyVersion {
 		// Writers that accept any version queue on the stream instead of racing for it.
-		if _, err = tx.Exec(ctx, `SELECT pg_advisory_xact_lock(hashtextextended($1::text, 0))`, req.StreamID); err != nil {
-			return res, err
+		if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock(hashtextextended($1::text, 0))`, req.StreamID); err != nil {
+			return 0, 0, err
 		}
 	}
 	var current int
-	if err = tx.QueryRow(ctx, `SELECT coalesce(max(stream_version), 0) FROM events WHERE stream_id = $1`,
+	if err := tx.QueryRow(ctx, `SELECT coalesce(max(stream_version), 0) FROM events WHERE stream_id = $1`,
 		req.StreamID).Scan(&current); err != nil {
-		return res, err
+		return 0, 0, err
 	}
 	if req.ExpectedVersion != AnyVersion && req.ExpectedVersion != current {
 		if req.EventIDs != nil {
 			// A retry of an append that already happened is not a conflict.
 			var n int
-			if err = tx.QueryRow(ctx, `SELECT count(*) FROM events WHERE id = ANY($1)`, req.EventIDs).Scan(&n); err != nil {
-				return res, err
+			if err := tx.QueryRow(ctx, `SELECT count(*) FROM events WHERE id = ANY($1)`, req.EventIDs).Scan(&n); err != nil {
+				return 0, 0, err
 			}
 			if n > 0 {
-				_ = tx.Rollback(ctx)
-				return s.resultOf(ctx, req)
+				return 0, 0, errAlreadyAppended
 			}
 		}
-		return res, apperr.Conflict(fmt.Sprintf("expected version %d, but the resource is at version %d", req.ExpectedVersion, current))
+		return 0, 0, apperr.Conflict(fmt.Sprintf("expected version %d, but the resource is at version %d", req.ExpectedVersion, current))
 	}
 
 	n := len(req.Events)
@@ -154,21 +198,17 @@ func (s *Store) appendOnce(ctx context.Context, req AppendRequest) (res AppendRe
 		types[i] = ev.EventType()
 		v, ok := SchemaVersionOf(types[i])
 		if !ok {
-			return res, fmt.Errorf("append: event type %q is not in the catalog", types[i])
+			return 0, 0, fmt.Errorf("append: event type %q is not in the catalog", types[i])
 		}
 		if StreamTypeOf(types[i]) != req.StreamType {
-			return res, fmt.Errorf("append: event %q does not belong to a %q stream", types[i], req.StreamType)
+			return 0, 0, fmt.Errorf("append: event %q does not belong to a %q stream", types[i], req.StreamType)
 		}
 		schemas[i] = int32(v)
-		b, merr := json.Marshal(ev)
-		if merr != nil {
-			return res, fmt.Errorf("append: encode %s: %w", types[i], merr)
+		b, err := json.Marshal(ev)
+		if err != nil {
+			return 0, 0, fmt.Errorf("append: encode %s: %w", types[i], err)
 		}
 		datas[i] = string(b)
-	}
-	meta, err := json.Marshal(req.Meta.Metadata)
-	if err != nil {
-		return res, err
 	}
 	rows, err := tx.Query(ctx, `
 		INSERT INTO events (id, stream_type, stream_id, stream_version, type, schema_version,
@@ -179,37 +219,23 @@ func (s *Store) appendOnce(ctx context.Context, req AppendRequest) (res AppendRe
 			WITH ORDINALITY AS u(id, version, type, schema, data, ord)
 		ORDER BY u.ord
 		RETURNING position`,
-		ids, req.StreamType, req.StreamID, req.OrganizationID, req.Meta.Actor.Type, req.Meta.Actor.ID,
-		req.Meta.CorrelationID, req.Meta.CausationID, req.Meta.RequestID, meta, s.now(),
+		ids, req.StreamType, req.StreamID, req.OrganizationID, m.Actor.Type, m.Actor.ID,
+		m.CorrelationID, m.CausationID, m.RequestID, meta, s.now(),
 		versions, types, schemas, datas)
 	if err != nil {
-		return res, err
+		return 0, 0, err
 	}
 	var last int64
 	for rows.Next() {
 		var p int64
-		if err = rows.Scan(&p); err != nil {
+		if err := rows.Scan(&p); err != nil {
 			rows.Close()
-			return res, err
+			return 0, 0, err
 		}
 		last = max(last, p)
 	}
 	rows.Close()
-	if err = rows.Err(); err != nil {
-		return res, err
-	}
-	if req.Also != nil {
-		if err = req.Also(ctx, tx); err != nil {
-			return res, err
-		}
-	}
-	if _, err = tx.Exec(ctx, `SELECT pg_notify($1, '')`, NotifyChannel); err != nil {
-		return res, err
-	}
-	if err = tx.Commit(ctx); err != nil {
-		return res, err
-	}
-	return AppendResult{StreamType: req.StreamType, StreamID: req.StreamID, Version: current + n, Position: last}, nil
+	return current + n, last, rows.Err()
 }
 
 // resultOf answers a repeated append of already stored event ids.
@@ -302,4 +328,30 @@ func ReadCommitted(ctx context.Context, q Querier, cp Checkpoint, limit int) ([]
 		cp = Checkpoint{TransactionID: uint64(txid), Position: e.Position}
 	}
 	return out, cp, db.Classify(rows.Err())
+}
+
+// Token is the consistency token's header form: "<stream_type>:<stream_id>:<version>:<position>".
+func (r AppendResult) Token() string {
+	return fmt.Sprintf("%s:%s:%d:%d", r.StreamType, r.StreamID, r.Version, r.Position)
+}
+
+// ParseToken reads a consistency token.
+func ParseToken(s string) (AppendResult, error) {
+	var r AppendResult
+	parts := strings.Split(s, ":")
+	if len(parts) != 4 || parts[0] == "" {
+		return r, errors.New("consistency token must be <stream_type>:<stream_id>:<version>:<position>")
+	}
+	var err error
+	if r.StreamID, err = uuid.Parse(parts[1]); err != nil {
+		return r, errors.New("consistency token: bad stream id")
+	}
+	if r.Version, err = strconv.Atoi(parts[2]); err != nil || r.Version < 0 {
+		return r, errors.New("consistency token: bad version")
+	}
+	if r.Position, err = strconv.ParseInt(parts[3], 10, 64); err != nil || r.Position < 0 {
+		return r, errors.New("consistency token: bad position")
+	}
+	r.StreamType = parts[0]
+	return r, nil
 }

@@ -228,3 +228,17 @@ func NoMethod(c *gin.Context) {
 	c.AbortWithStatusJSON(http.StatusMethodNotAllowed, Envelope{Success: false, Message: "Method not allowed",
 		ErrorCode: "METHOD_NOT_ALLOWED", Timestamp: now(), RequestID: RequestIDOf(c)})
 }
+
+// Route is one endpoint with its declared access: auth.Public, auth.Authenticated or a
+// permission. Every route declares one; the server refuses to start otherwise.
+type Route struct {
+	Method  string
+	Path    string
+	Access  string
+	Handler gin.HandlerFunc
+}
+
+// R builds a Route.
+func R(method, path, access string, h gin.HandlerFunc) Route {
+	return Route{Method: method, Path: path, Access: access, Handler: h}
+}

@@ -1,0 +1,380 @@
+package command
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"log/slog"
+	"strings"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+
+	"github.com/chatbotsaas/chatbotd/events"
+	"github.com/chatbotsaas/chatbotd/internal/apperr"
+	"github.com/chatbotsaas/chatbotd/internal/auth"
+	"github.com/chatbotsaas/chatbotd/internal/db"
+	"github.com/chatbotsaas/chatbotd/internal/readmodel"
+)
+
+// Service handles commands: it loads the aggregate, authorizes, decides and appends.
+type Service struct {
+	store      *events.Store
+	hasher     *auth.Hasher
+	tokens     *auth.Tokens
+	refreshTTL time.Duration
+	logger     *slog.Logger
+	now        func() time.Time
+}
+
+// NewService returns the command service.
+func NewService(store *events.Store, hasher *auth.Hasher, tokens *auth.Tokens, refreshTTL time.Duration, logger *slog.Logger) *Service {
+	return &Service{store: store, hasher: hasher, tokens: tokens, refreshTTL: refreshTTL, logger: logger,
+		now: func() time.Time { return time.Now().UTC() }}
+}
+
+// Result is what a command returns: the record's view and the consistency token.
+type Result[T any] struct {
+	Data  T
+	Token events.AppendResult
+}
+
+// conflictRetries bounds how often a command that lost a race is decided again.
+const conflictRetries = 3
+
+// retryOnConflict runs a load-decide-append step again when another request changed the
+// stream in between, unless the caller pinned the version (If-Match).
+func retryOnConflict[T any](pinned bool, step func() (T, error)) (T, error) {
+	for attempt := 0; ; attempt++ {
+		out, err := step()
+		if pinned || attempt == conflictRetries || apperr.CodeOf(err) != apperr.CodeConflict {
+			return out, err
+		}
+	}
+}
+
+func userView(id uuid.UUID, l loaded[User]) readmodel.User {
+	roles := l.State.Roles
+	if roles == nil {
+		roles = []string{}
+	}
+	return readmodel.User{ID: id, OrganizationID: l.OrganizationID, Name: l.State.Name, Email: l.State.Email,
+		Status: l.State.Status, Roles: roles, CreatedAt: l.CreatedAt, UpdatedAt: l.UpdatedAt, Version: l.Version}
+}
+
+// fold applies newly appended events to a loaded aggregate, as load would have.
+func fold[S any](l loaded[S], evolve func(S, events.Event) S, evs []events.Event, at time.Time) loaded[S] {
+	for _, e := range evs {
+		l.State = evolve(l.State, e)
+		l.Version++
+		if l.CreatedAt.IsZero() {
+			l.CreatedAt = at
+		}
+		l.UpdatedAt = at
+	}
+	return l
+}
+
+// loadUser loads a user, as NOT_FOUND unless it is a live user of the organization.
+func (s *Service) loadUser(ctx context.Context, org, id uuid.UUID) (loaded[User], error) {
+	l, err := load(ctx, s.store, id, EvolveUser)
+	if err != nil {
+		return l, err
+	}
+	if !l.State.Live() || l.OrganizationID != org {
+		return l, apperr.NotFound("user")
+	}
+	return l, nil
+}
+
+// --- Registration and sessions ---
+
+// Register is POST /auth/register.
+type Register struct {
+	OrganizationName string `json:"organization_name"`
+	Name             string `json:"name"`
+	Email            string `json:"email"`
+	Password         string `json:"password"`
+}
+
+// Validate checks and normalizes the input.
+func (c *Register) Validate() error {
+	f := apperr.Fields{}
+	c.OrganizationName = strings.TrimSpace(c.OrganizationName)
+	c.Name = strings.TrimSpace(c.Name)
+	c.Email = NormalizeEmail(c.Email)
+	checkName(f, "organization_name", c.OrganizationName)
+	checkName(f, "name", c.Name)
+	checkEmail(f, "email", c.Email)
+	checkPassword(f, "password", c.Password)
+	return f.Err()
+}
+
+// Registered is what registering returns.
+type Registered struct {
+	User         readmodel.User         `json:"user"`
+	Organization readmodel.Organization `json:"organization"`
+}
+
+// Register creates an organization and its owner in one transaction.
+func (s *Service) Register(ctx context.Context, meta events.Meta, c Register) (Result[Registered], error) {
+	var res Result[Registered]
+	if err := c.Validate(); err != nil {
+		return res, err
+	}
+	hash, err := s.hasher.Hash(ctx, c.Password)
+	if err != nil {
+		return res, err
+	}
+	orgID, userID := uuid.Must(uuid.NewV7()), uuid.Must(uuid.NewV7())
+	meta.Actor = events.Actor{Type: events.ActorUser, ID: &userID}
+	base := Slugify(c.OrganizationName)
+	for attempt := 0; ; attempt++ {
+		slug := base
+		if attempt > 0 {
+			slug = base + "-" + randomHex(3)
+		}
+		orgEvents, err := DecideCreateOrganization(Organization{}, CreateOrganization{Name: c.OrganizationName, Slug: slug})
+		if err != nil {
+			return res, err
+		}
+		userEvents, err := DecideCreateUser(User{}, CreateUser{Name: c.Name, Email: c.Email, Role: auth.RoleOwner})
+		if err != nil {
+			return res, err
+		}
+		token, err := s.store.Append(ctx, events.AppendRequest{
+			StreamType: events.StreamUser, StreamID: userID, ExpectedVersion: 0, OrganizationID: &orgID,
+			Events: userEvents, Meta: meta,
+			More: []events.AppendRequest{{StreamType: events.StreamOrganization, StreamID: orgID, ExpectedVersion: 0,
+				OrganizationID: &orgID, Events: orgEvents}},
+			Also: func(ctx context.Context, tx pgx.Tx) error {
+				if err := reserveEmail(ctx, tx, c.Email, userID); err != nil {
+					return err
+				}
+				if err := setPassword(ctx, tx, userID, hash); err != nil {
+					return err
+				}
+				return reserveSlug(ctx, tx, slug, orgID)
+			},
+		})
+		if errors.Is(err, errSlugTaken) && attempt < 5 {
+			continue
+		}
+		if err != nil {
+			return res, err
+		}
+		now := s.now()
+		res.Token = token
+		res.Data.User = readmodel.User{ID: userID, OrganizationID: orgID, Name: c.Name, Email: c.Email,
+			Status: StatusActive, Roles: []string{auth.RoleOwner}, CreatedAt: now, UpdatedAt: now, Version: 1}
+		res.Data.Organization = readmodel.Organization{ID: orgID, Name: c.OrganizationName, Slug: slug,
+			Status: "active", CreatedAt: now, UpdatedAt: now, Version: 1}
+		return res, nil
+	}
+}
+
+func randomHex(n int) string {
+	b := make([]byte, n)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+var errSlugTaken = apperr.Invalid("slug", "is already taken")
+
+func reserveEmail(ctx context.Context, tx pgx.Tx, email string, user uuid.UUID) error {
+	_, err := tx.Exec(ctx, `INSERT INTO email_reservations (email, user_id) VALUES ($1, $2)`, email, user)
+	if db.IsUniqueViolation(err, "email_reservations_pkey") {
+		return apperr.New(apperr.CodeEmailTaken, "This email address is already registered")
+	}
+	return err
+}
+
+func releaseEmail(ctx context.Context, tx pgx.Tx, user uuid.UUID) error {
+	_, err := tx.Exec(ctx, `DELETE FROM email_reservations WHERE user_id = $1`, user)
+	return err
+}
+
+func reserveSlug(ctx context.Context, tx pgx.Tx, slug string, org uuid.UUID) error {
+	_, err := tx.Exec(ctx, `INSERT INTO organization_slugs (slug, organization_id) VALUES ($1, $2)
+		ON CONFLICT (organization_id) DO UPDATE SET slug = excluded.slug`, slug, org)
+	if db.IsUniqueViolation(err, "organization_slugs_pkey") {
+		return errSlugTaken
+	}
+	return err
+}
+
+func setPassword(ctx context.Context, tx pgx.Tx, user uuid.UUID, hash string) error {
+	_, err := tx.Exec(ctx, `INSERT INTO user_credentials (user_id, password_hash) VALUES ($1, $2)
+		ON CONFLICT (user_id) DO UPDATE SET password_hash = excluded.password_hash, updated_at = now()`, user, hash)
+	return err
+}
+
+// Login is POST /auth/login.
+type Login struct {
+	Email    string `json:"email"`
+	Password string `json:"password"`
+}
+
+// Validate checks the input's presence (not its format: a bad login is a 401 like any).
+func (c *Login) Validate() error {
+	f := apperr.Fields{}
+	c.Email = NormalizeEmail(c.Email)
+	if c.Email == "" {
+		f.Add("email", "is required")
+	}
+	if c.Password == "" {
+		f.Add("password", "is required")
+	}
+	return f.Err()
+}
+
+// TokenPair is what login and refresh return.
+type TokenPair struct {
+	AccessToken  string          `json:"access_token"`
+	RefreshToken string          `json:"refresh_token"`
+	TokenType    string          `json:"token_type"`
+	ExpiresIn    int             `json:"expires_in"`
+	User         *readmodel.User `json:"user,omitempty"`
+}
+
+var errBadLogin = apperr.New(apperr.CodeUnauthenticated, "Invalid email or password")
+
+// loginNamespace derives a login stream per email address.
+var loginNamespace = uuid.MustParse("6f1d3e0a-8a43-4a47-9a0d-5d7c1e0b9f21")
+
+// Login checks the password and starts a session. Every failure is the same 401 to the
+// client and a login.failed event with the reason for auditors.
+func (s *Service) Login(ctx context.Context, meta events.Meta, c Login) (Result[TokenPair], error) {
+	var res Result[TokenPair]
+	if err := c.Validate(); err != nil {
+		return res, err
+	}
+	meta.Actor = events.Actor{Type: events.ActorAnonymous}
+	var userID uuid.UUID
+	var hash string
+	err := s.store.Pool().QueryRow(ctx, `SELECT r.user_id, c.password_hash FROM email_reservations r
+		JOIN user_credentials c ON c.user_id = r.user_id WHERE r.email = $1`, c.Email).Scan(&userID, &hash)
+	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
+		return res, db.Classify(err)
+	}
+	ok, verr := s.hasher.Verify(ctx, hash, c.Password) // runs even for an unknown email
+	if verr != nil {
+		return res, verr
+	}
+	if hash == "" {
+		return res, s.loginFailed(ctx, meta, c.Email, nil, "unknown_email")
+	}
+	l, err := load(ctx, s.store, userID, EvolveUser)
+	if err != nil {
+		return res, err
+	}
+	org := l.OrganizationID
+	switch {
+	case !l.State.Live():
+		return res, s.loginFailed(ctx, meta, c.Email, &org, "unknown_email")
+	case !ok:
+		return res, s.loginFailed(ctx, meta, c.Email, &org, "bad_password")
+	case l.State.Status != StatusActive:
+		return res, s.loginFailed(ctx, meta, c.Email, &org, "user_deactivated")
+	}
+	meta.Actor = events.Actor{Type: events.ActorUser, ID: &userID}
+	sessionID := uuid.Must(uuid.NewV7())
+	evs, err := DecideStartSession(Session{}, userID, s.now().Add(s.refreshTTL))
+	if err != nil {
+		return res, err
+	}
+	res.Token, err = s.store.Append(ctx, events.AppendRequest{StreamType: events.StreamSession, StreamID: sessionID,
+		ExpectedVersion: 0, OrganizationID: &org, Events: evs, Meta: meta})
+	if err != nil {
+		return res, err
+	}
+	view := userView(userID, l)
+	res.Data, err = s.pair(userID, org, sessionID, 1)
+	res.Data.User = &view
+	return res, err
+}
+
+func (s *Service) loginFailed(ctx context.Context, meta events.Meta, email string, org *uuid.UUID, reason string) error {
+	_, err := s.store.Append(ctx, events.AppendRequest{StreamType: events.StreamLogin,
+		StreamID: uuid.NewSHA1(loginNamespace, []byte(email)), ExpectedVersion: events.AnyVersion, OrganizationID: org,
+		Events: []events.Event{events.LoginFailed{Email: email, Reason: reason}}, Meta: meta})
+	if err != nil {
+		return err
+	}
+	return errBadLogin
+}
+
+func (s *Service) pair(user, org, session uuid.UUID, generation int) (TokenPair, error) {
+	access, err := s.tokens.IssueAccess(user, org, session)
+	if err != nil {
+		return TokenPair{}, err
+	}
+	return TokenPair{AccessToken: access, RefreshToken: s.tokens.IssueRefresh(session, generation), TokenType: "Bearer",
+		ExpiresIn: int(s.tokens.AccessTTL().Seconds())}, nil
+}
+
+// Refresh is POST /auth/refresh.
+type Refresh struct {
+	RefreshToken string `json:"refresh_token"`
+}
+
+// Refresh rotates a session's refresh token. A token presented twice revokes the session.
+func (s *Service) Refresh(ctx context.Context, meta events.Meta, c Refresh) (Result[TokenPair], error) {
+	var res Result[TokenPair]
+	if strings.TrimSpace(c.RefreshToken) == "" {
+		return res, apperr.Invalid("refresh_token", "is required")
+	}
+	sessionID, generation, err := s.tokens.ParseRefresh(c.RefreshToken)
+	if err != nil {
+		return res, errBadRefresh
+	}
+	return retryOnConflict(false, func() (Result[TokenPair], error) {
+		var res Result[TokenPair]
+		l, err := load(ctx, s.store, sessionID, EvolveSession)
+		if err != nil {
+			return res, err
+		}
+		user, err := load(ctx, s.store, l.State.UserID, EvolveUser)
+		if err != nil {
+			return res, err
+		}
+		org := user.OrganizationID
+		meta.Actor = events.Actor{Type: events.ActorUser, ID: &l.State.UserID}
+		evs, refused := DecideRefreshSession(l.State, generation, s.now(), s.now().Add(s.refreshTTL))
+		if refused == nil && (!user.State.Live() || user.State.Status != StatusActive) {
+			evs, refused = []events.Event{events.SessionRevoked{Reason: "user_inactive"}}, errBadRefresh
+		}
+		if len(evs) > 0 {
+			res.Token, err = s.store.Append(ctx, events.AppendRequest{StreamType: events.StreamSession, StreamID: sessionID,
+				ExpectedVersion: l.Version, OrganizationID: &org, Events: evs, Meta: meta})
+			if err != nil {
+				return res, err
+			}
+		}
+		if refused != nil {
+			return res, refused
+		}
+		res.Data, err = s.pair(l.State.UserID, org, sessionID, generation+1)
+		return res, err
+	})
+}
+
+// Logout revokes the caller's session.
+func (s *Service) Logout(ctx context.Context, meta events.Meta, p auth.Principal) (Result[struct{}], error) {
+	return retryOnConflict(false, func() (Result[struct{}], error) {
+		var res Result[struct{}]
+		l, err := load(ctx, s.store, p.SessionID, EvolveSession)
+		if err != nil {
+			return res, err
+		}
+		evs, err := DecideRevokeSession(l.State, ReasonLogout)
+		if err != nil || len(evs) == 0 {
+			return res, err
+		}
+		res.Token, err = s.store.Append(ctx, events.AppendRequest{StreamType: events.StreamSession, StreamID: p.SessionID,
+			ExpectedVersion: l.Version, OrganizationID: &p.OrganizationID, Events: evs, Meta: meta})
+		return res, err
+	})
+}

@@ -1,0 +1,190 @@
+package command
+
+import (
+	"slices"
+	"strings"
+
+	"github.com/google/uuid"
+
+	"github.com/chatbotsaas/chatbotd/events"
+	"github.com/chatbotsaas/chatbotd/internal/apperr"
+	"github.com/chatbotsaas/chatbotd/internal/auth"
+)
+
+// User statuses.
+const (
+	StatusActive      = "active"
+	StatusDeactivated = "deactivated"
+)
+
+// User is the user aggregate's state.
+type User struct {
+	Exists  bool
+	Deleted bool
+	Name    string
+	Email   string
+	Status  string
+	Roles   []string
+}
+
+// Live reports whether the user exists and is not deleted.
+func (u User) Live() bool { return u.Exists && !u.Deleted }
+
+// EvolveUser applies one event.
+func EvolveUser(u User, e events.Event) User {
+	switch e := e.(type) {
+	case events.UserCreated:
+		u = User{Exists: true, Name: e.Name, Email: e.Email, Status: e.Status, Roles: slices.Clone(e.Roles)}
+	case events.UserUpdated:
+		if c, ok := e.Changes["name"]; ok {
+			u.Name = c.New
+		}
+		if c, ok := e.Changes["email"]; ok {
+			u.Email = c.New
+		}
+	case events.UserDeactivated:
+		u.Status = StatusDeactivated
+	case events.UserReactivated:
+		u.Status = StatusActive
+	case events.UserDeleted:
+		u.Deleted = true
+	case events.UserRoleAssigned:
+		if !slices.Contains(u.Roles, e.Role) {
+			u.Roles = append(slices.Clone(u.Roles), e.Role)
+		}
+	case events.UserRoleRemoved:
+		u.Roles = slices.DeleteFunc(slices.Clone(u.Roles), func(r string) bool { return r == e.Role })
+	}
+	return u
+}
+
+// CreateUser is POST /users (and the owner made by registering).
+type CreateUser struct {
+	Name                 string `json:"name"`
+	Email                string `json:"email"`
+	Password             string `json:"password"`
+	PasswordConfirmation string `json:"password_confirmation"`
+	Role                 string `json:"role"`
+}
+
+// Validate checks and normalizes the input.
+func (c *CreateUser) Validate() error {
+	f := apperr.Fields{}
+	c.Name = strings.TrimSpace(c.Name)
+	c.Email = NormalizeEmail(c.Email)
+	checkName(f, "name", c.Name)
+	checkEmail(f, "email", c.Email)
+	checkPassword(f, "password", c.Password)
+	if c.PasswordConfirmation != c.Password {
+		f.Add("password_confirmation", "must match password")
+	}
+	if c.Role == "" {
+		c.Role = auth.RoleMember
+	}
+	if !auth.IsBuiltinRole(c.Role) {
+		f.Add("role", "must be one of owner, admin, member, viewer")
+	}
+	return f.Err()
+}
+
+// DecideCreateUser creates a user that does not exist yet.
+func DecideCreateUser(u User, c CreateUser) ([]events.Event, error) {
+	if u.Exists {
+		return nil, apperr.Conflict("the user exists already")
+	}
+	return []events.Event{events.UserCreated{Name: c.Name, Email: c.Email, Roles: []string{c.Role}, Status: StatusActive}}, nil
+}
+
+// UpdateUser is PATCH /users/{id}; nil fields stay.
+type UpdateUser struct {
+	Name   *string `json:"name"`
+	Email  *string `json:"email"`
+	Status *string `json:"status"`
+	// Actor is who asks (not from the body): nobody deactivates themselves.
+	Actor uuid.UUID `json:"-"`
+}
+
+// Validate checks and normalizes the fields that are set.
+func (c *UpdateUser) Validate() error {
+	f := apperr.Fields{}
+	if c.Name != nil {
+		*c.Name = strings.TrimSpace(*c.Name)
+		checkName(f, "name", *c.Name)
+	}
+	if c.Email != nil {
+		*c.Email = NormalizeEmail(*c.Email)
+		checkEmail(f, "email", *c.Email)
+	}
+	if c.Status != nil && *c.Status != StatusActive && *c.Status != StatusDeactivated {
+		f.Add("status", "must be one of active, deactivated")
+	}
+	return f.Err()
+}
+
+// DecideUpdateUser records the fields that really change (none: no event).
+func DecideUpdateUser(id uuid.UUID, u User, c UpdateUser) ([]events.Event, error) {
+	if !u.Live() {
+		return nil, apperr.NotFound("user")
+	}
+	var out []events.Event
+	changes := map[string]events.Change{}
+	if c.Name != nil && *c.Name != u.Name {
+		changes["name"] = events.Change{Old: u.Name, New: *c.Name}
+	}
+	if c.Email != nil && *c.Email != u.Email {
+		changes["email"] = events.Change{Old: u.Email, New: *c.Email}
+	}
+	if len(changes) > 0 {
+		out = append(out, events.UserUpdated{Changes: changes})
+	}
+	if c.Status != nil && *c.Status != u.Status {
+		if *c.Status == StatusDeactivated {
+			if id == c.Actor {
+				return nil, apperr.Invalid("status", "you cannot deactivate yourself")
+			}
+			out = append(out, events.UserDeactivated{})
+		} else {
+			out = append(out, events.UserReactivated{})
+		}
+	}
+	return out, nil
+}
+
+// DecideDeleteUser soft-deletes a user; nobody deletes themselves.
+func DecideDeleteUser(id uuid.UUID, u User, actor uuid.UUID) ([]events.Event, error) {
+	if !u.Live() {
+		return nil, apperr.NotFound("user")
+	}
+	if id == actor {
+		return nil, apperr.New(apperr.CodeForbidden, "You cannot delete your own account")
+	}
+	return []events.Event{events.UserDeleted{}}, nil
+}
+
+// DecideAssignRole gives a role; having it already is no change.
+func DecideAssignRole(u User, role string) ([]events.Event, error) {
+	if !u.Live() {
+		return nil, apperr.NotFound("user")
+	}
+	if !auth.IsBuiltinRole(role) {
+		return nil, apperr.NotFound("role")
+	}
+	if slices.Contains(u.Roles, role) {
+		return nil, nil
+	}
+	return []events.Event{events.UserRoleAssigned{Role: role}}, nil
+}
+
+// DecideRemoveRole takes a role; not having it is no change.
+func DecideRemoveRole(u User, role string) ([]events.Event, error) {
+	if !u.Live() {
+		return nil, apperr.NotFound("user")
+	}
+	if !auth.IsBuiltinRole(role) {
+		return nil, apperr.NotFound("role")
+	}
+	if !slices.Contains(u.Roles, role) {
+		return nil, nil
+	}
+	return []events.Event{events.UserRoleRemoved{Role: role}}, nil
+}
