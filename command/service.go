@@ -165,7 +165,7 @@ func (s *Service) Register(ctx context.Context, meta events.Meta, c Register) (R
 		if err != nil {
 			return res, err
 		}
-		now := s.now()
+		now := token.OccurredAt
 		res.Token = token
 		res.Data.User = readmodel.User{ID: userID, OrganizationID: orgID, Name: c.Name, Email: c.Email,
 			Status: StatusActive, Roles: []string{auth.RoleOwner}, CreatedAt: now, UpdatedAt: now, Version: 1}

@@ -62,7 +62,7 @@ func (s *Service) CreateUser(ctx context.Context, meta events.Meta, p auth.Princ
 	if err != nil {
 		return res, err
 	}
-	res.Data = userView(id, fold(loaded[User]{OrganizationID: p.OrganizationID}, EvolveUser, evs, s.now()))
+	res.Data = userView(id, fold(loaded[User]{OrganizationID: p.OrganizationID}, EvolveUser, evs, res.Token.OccurredAt))
 	return res, nil
 }
 
@@ -99,7 +99,7 @@ func (s *Service) changeUser(ctx context.Context, meta events.Meta, p auth.Princ
 		if res.Token, err = s.store.Append(ctx, req); err != nil {
 			return res, err
 		}
-		res.Data = userView(id, fold(l, EvolveUser, evs, s.now()))
+		res.Data = userView(id, fold(l, EvolveUser, evs, res.Token.OccurredAt))
 		return res, nil
 	})
 }
@@ -207,7 +207,7 @@ func (s *Service) UpdateOrganization(ctx context.Context, meta events.Meta, p au
 			if res.Token, err = s.store.Append(ctx, req); err != nil {
 				return res, err
 			}
-			l = fold(l, EvolveOrganization, evs, s.now())
+			l = fold(l, EvolveOrganization, evs, res.Token.OccurredAt)
 		} else {
 			res.Token = events.AppendResult{StreamType: events.StreamOrganization, StreamID: id, Version: l.Version}
 		}

@@ -60,6 +60,8 @@ type AppendResult struct {
 	StreamID   uuid.UUID `json:"stream_id"`
 	Version    int       `json:"stream_version"`
 	Position   int64     `json:"position"`
+	// OccurredAt is the time the events were stamped with.
+	OccurredAt time.Time `json:"-"`
 }
 
 // Store is the PostgreSQL event store. It is safe for concurrent use.
@@ -70,7 +72,9 @@ type Store struct {
 
 // NewStore returns a store over pool.
 func NewStore(pool *pgxpool.Pool) *Store {
-	return &Store{pool: pool, now: func() time.Time { return time.Now().UTC() }}
+	// PostgreSQL keeps microseconds: stamping with that precision makes the time a
+	// command answers with equal to the one every read model shows.
+	return &Store{pool: pool, now: func() time.Time { return time.Now().UTC().Truncate(time.Microsecond) }}
 }
 
 // Pool is the primary pool the store writes to.
@@ -114,9 +118,9 @@ func (s *Store) appendOnce(ctx context.Context, req AppendRequest) (res AppendRe
 	if err != nil {
 		return res, err
 	}
-	res = AppendResult{StreamType: req.StreamType, StreamID: req.StreamID}
+	res = AppendResult{StreamType: req.StreamType, StreamID: req.StreamID, OccurredAt: s.now()}
 	for i, w := range append([]AppendRequest{req}, req.More...) {
-		version, last, ierr := s.insertStream(ctx, tx, w, req.Meta, meta)
+		version, last, ierr := s.insertStream(ctx, tx, w, req.Meta, meta, res.OccurredAt)
 		if ierr != nil {
 			if errors.Is(ierr, errAlreadyAppended) {
 				_ = tx.Rollback(ctx)
@@ -147,7 +151,7 @@ var errAlreadyAppended = errors.New("events already appended")
 
 // insertStream checks one stream's expected version and inserts its events, returning
 // the stream's new version and the last position.
-func (s *Store) insertStream(ctx context.Context, tx pgx.Tx, req AppendRequest, m Meta, meta []byte) (int, int64, error) {
+func (s *Store) insertStream(ctx context.Context, tx pgx.Tx, req AppendRequest, m Meta, meta []byte, at time.Time) (int, int64, error) {
 	if len(req.Events) == 0 {
 		return 0, 0, errors.New("append: no events")
 	}
@@ -220,7 +224,7 @@ func (s *Store) insertStream(ctx context.Context, tx pgx.Tx, req AppendRequest, 
 		ORDER BY u.ord
 		RETURNING position`,
 		ids, req.StreamType, req.StreamID, req.OrganizationID, m.Actor.Type, m.Actor.ID,
-		m.CorrelationID, m.CausationID, m.RequestID, meta, s.now(),
+		m.CorrelationID, m.CausationID, m.RequestID, meta, at,
 		versions, types, schemas, datas)
 	if err != nil {
 		return 0, 0, err
@@ -241,8 +245,9 @@ func (s *Store) insertStream(ctx context.Context, tx pgx.Tx, req AppendRequest, 
 // resultOf answers a repeated append of already stored event ids.
 func (s *Store) resultOf(ctx context.Context, req AppendRequest) (AppendResult, error) {
 	res := AppendResult{StreamType: req.StreamType, StreamID: req.StreamID}
-	err := s.pool.QueryRow(ctx, `SELECT max(stream_version), max(position) FROM events WHERE id = ANY($1) AND stream_id = $2`,
-		req.EventIDs, req.StreamID).Scan(&res.Version, &res.Position)
+	err := s.pool.QueryRow(ctx, `SELECT max(stream_version), max(position), max(occurred_at) FROM events
+		WHERE id = ANY($1) AND stream_id = $2`, req.EventIDs, req.StreamID).Scan(&res.Version, &res.Position, &res.OccurredAt)
+	res.OccurredAt = res.OccurredAt.UTC()
 	if err != nil {
 		return res, db.Classify(err)
 	}

@@ -56,7 +56,10 @@ type Envelope struct {
 	RequestID string        `json:"request_id"`
 }
 
-const requestIDKey = "request_id"
+const (
+	requestIDKey = "request_id"
+	causeKey     = "error_cause"
+)
 
 var requestIDPattern = regexp.MustCompile(`^[A-Za-z0-9._-]{1,128}$`)
 
@@ -76,11 +79,12 @@ func RequestID() gin.HandlerFunc {
 // RequestIDOf returns the request's id.
 func RequestIDOf(c *gin.Context) string { return c.GetString(requestIDKey) }
 
-func now() string { return time.Now().UTC().Format("2006-01-02T15:04:05.000Z07:00") }
+// Timestamp is the envelope's time format: RFC 3339 in UTC with milliseconds.
+func Timestamp() string { return time.Now().UTC().Format("2006-01-02T15:04:05.000Z07:00") }
 
 // OK writes a success envelope.
 func OK(c *gin.Context, status int, message string, data, meta any) {
-	c.JSON(status, Envelope{Success: true, Message: message, Data: data, Meta: meta, Timestamp: now(), RequestID: RequestIDOf(c)})
+	c.JSON(status, Envelope{Success: true, Message: message, Data: data, Meta: meta, Timestamp: Timestamp(), RequestID: RequestIDOf(c)})
 }
 
 // Fail writes the error envelope for err. Errors without a code are internal: logged with
@@ -96,12 +100,11 @@ func Fail(c *gin.Context, err error) {
 		status = http.StatusInternalServerError
 	}
 	if status >= 500 {
-		slog.ErrorContext(c.Request.Context(), "request failed", "request_id", RequestIDOf(c), "error", err.Error(),
-			"method", c.Request.Method, "path", c.FullPath())
+		c.Set(causeKey, err.Error()) // for the request log line only, never the client
 	}
 	c.Set("error_code", string(e.Code))
 	c.AbortWithStatusJSON(status, Envelope{Success: false, Message: e.Message, ErrorCode: e.Code, Errors: e.Fields,
-		Timestamp: now(), RequestID: RequestIDOf(c)})
+		Timestamp: Timestamp(), RequestID: RequestIDOf(c)})
 }
 
 // Recover answers a panic with a 500 envelope and logs it.
@@ -120,11 +123,18 @@ func Logger(logger *slog.Logger) gin.HandlerFunc {
 		if c.Writer.Status() >= 500 {
 			level = slog.LevelError
 		}
-		logger.LogAttrs(c.Request.Context(), level, "http request",
+		attrs := []slog.Attr{
 			slog.String("request_id", RequestIDOf(c)), slog.String("method", c.Request.Method),
 			slog.String("route", c.FullPath()), slog.Int("status", c.Writer.Status()),
 			slog.Duration("duration", time.Since(start)), slog.String("client_ip", c.ClientIP()),
-			slog.String("error_code", c.GetString("error_code")))
+		}
+		if code := c.GetString("error_code"); code != "" {
+			attrs = append(attrs, slog.String("error_code", code))
+		}
+		if cause := c.GetString(causeKey); cause != "" {
+			attrs = append(attrs, slog.String("error", cause))
+		}
+		logger.LogAttrs(c.Request.Context(), level, "http request", attrs...)
 	}
 }
 
@@ -226,7 +236,7 @@ func NoRoute(c *gin.Context) { Fail(c, apperr.New(apperr.CodeNotFound, "No such 
 // NoMethod answers 405 in the envelope.
 func NoMethod(c *gin.Context) {
 	c.AbortWithStatusJSON(http.StatusMethodNotAllowed, Envelope{Success: false, Message: "Method not allowed",
-		ErrorCode: "METHOD_NOT_ALLOWED", Timestamp: now(), RequestID: RequestIDOf(c)})
+		ErrorCode: "METHOD_NOT_ALLOWED", Timestamp: Timestamp(), RequestID: RequestIDOf(c)})
 }
 
 // Route is one endpoint with its declared access: auth.Public, auth.Authenticated or a

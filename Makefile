@@ -1,0 +1,33 @@
+# The two commands a new user needs: `make run` and `make test`.
+GO ?= go
+PKGS := ./...
+
+.PHONY: run test bench services lint build migrate
+
+## run: start the whole system (creates the database, applies migrations, serves API, relay, projectors)
+run: services
+	$(GO) run ./cmd/chatbotd serve
+
+## test: every test, unit and integration, against the local services
+test:
+	$(GO) vet $(PKGS)
+	$(GO) test -race -count=1 -timeout 12m $(PKGS)
+
+## bench: the benchmark suite; writes its tables into BENCHMARKS.md
+bench: services
+	$(GO) run ./cmd/bench -out BENCHMARKS.md
+
+## services: start (or install) PostgreSQL, Redis and RabbitMQ locally
+services:
+	@bash .ci/services
+
+## lint: formatting and vet
+lint:
+	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || (gofmt -l $$(git ls-files '*.go'); exit 1)
+	$(GO) vet $(PKGS)
+
+build:
+	$(GO) build -o bin/chatbotd ./cmd/chatbotd
+
+migrate:
+	$(GO) run ./cmd/chatbotd migrate

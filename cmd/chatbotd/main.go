@@ -1,0 +1,124 @@
+// Command chatbotd is the one binary of the platform: `serve` runs the API, the relay,
+// the projectors and workers (all by default; --roles picks some), `migrate` applies the
+// database migrations.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+
+	"github.com/chatbotsaas/chatbotd/internal/config"
+	"github.com/chatbotsaas/chatbotd/internal/db"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	m := &Main{Stdout: os.Stdout, Stderr: os.Stderr, Environ: os.Environ()}
+	if err := m.Run(ctx, os.Args[1:]); err != nil {
+		fmt.Fprintln(os.Stderr, "chatbotd:", err)
+		os.Exit(1)
+	}
+}
+
+// Main is one run of the program, with its outside world passed in so that a test can
+// run it in-process.
+type Main struct {
+	Stdout, Stderr io.Writer
+	Environ        []string
+	// Listening, when set, receives the API's address once it accepts connections.
+	Listening chan<- string
+}
+
+const usage = `usage: chatbotd <command> [flags]
+
+commands:
+  serve [--roles api,relay,projectors]   run the system (all roles by default)
+  migrate                                create the database if missing and apply migrations
+`
+
+// Run runs one command until it finishes or ctx ends.
+func (m *Main) Run(ctx context.Context, args []string) error {
+	if len(args) == 0 {
+		fmt.Fprint(m.Stderr, usage)
+		return errors.New("no command given")
+	}
+	cfg, err := config.Load(m.Environ)
+	if err != nil {
+		return fmt.Errorf("configuration: %s", strings.ReplaceAll(err.Error(), "\n", "; "))
+	}
+	logger := newLogger(m.Stdout, cfg.LogLevel)
+	switch args[0] {
+	case "serve":
+		fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+		fs.SetOutput(m.Stderr)
+		roles := fs.String("roles", "api,relay,projectors", "comma-separated roles to run: api, relay, projectors")
+		if err := fs.Parse(args[1:]); err != nil {
+			return err
+		}
+		set, err := parseRoles(*roles)
+		if err != nil {
+			return err
+		}
+		return m.serve(ctx, cfg, set, logger)
+	case "migrate":
+		return migrate(ctx, cfg, logger)
+	case "help", "-h", "--help":
+		fmt.Fprint(m.Stdout, usage)
+		return nil
+	default:
+		fmt.Fprint(m.Stderr, usage)
+		return fmt.Errorf("unknown command %q", args[0])
+	}
+}
+
+func newLogger(w io.Writer, level string) *slog.Logger {
+	var l slog.Level
+	_ = l.UnmarshalText([]byte(level))
+	return slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: l}))
+}
+
+// Roles.
+const (
+	roleAPI        = "api"
+	roleRelay      = "relay"
+	roleProjectors = "projectors"
+)
+
+func parseRoles(s string) (map[string]bool, error) {
+	set := map[string]bool{}
+	for _, r := range strings.Split(s, ",") {
+		r = strings.TrimSpace(r)
+		switch r {
+		case roleAPI, roleRelay, roleProjectors:
+			set[r] = true
+		case "":
+		default:
+			return nil, fmt.Errorf("unknown role %q (roles: api, relay, projectors)", r)
+		}
+	}
+	if len(set) == 0 {
+		return nil, errors.New("--roles names no role")
+	}
+	return set, nil
+}
+
+func migrate(ctx context.Context, cfg config.Config, logger *slog.Logger) error {
+	if err := db.EnsureDatabase(ctx, cfg.DatabaseURL); err != nil {
+		return err
+	}
+	pool, err := db.Open(ctx, cfg.DatabaseURL, 4)
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	return db.Migrate(ctx, pool, logger)
+}

@@ -1,0 +1,497 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/chatbotsaas/chatbotd/internal/testenv"
+)
+
+// app is the whole program started in-process on :0, its database and broker behind
+// proxies the test can cut.
+type app struct {
+	t      *testing.T
+	base   string
+	db     testenv.Database
+	pg     *proxy
+	amqp   *proxy
+	stop   context.CancelFunc
+	done   chan error
+	client *http.Client
+}
+
+func startApp(t *testing.T) *app {
+	t.Helper()
+	d := testenv.MustDatabase(t)
+	r := testenv.MustRedis(t)
+	a := testenv.MustAMQP(t)
+	a.Queue("accounts")
+	pg := mustProxy(t, "127.0.0.1:5432")
+	mq := mustProxy(t, "127.0.0.1:5672")
+	dbURL := strings.Replace(d.URL, "127.0.0.1:5432", pg.addr(), 1)
+	amqpURL := strings.Replace(a.URL, "127.0.0.1:5672", mq.addr(), 1)
+	env := []string{
+		"DATABASE_URL=" + dbURL, "REDIS_URL=" + r.URL, "REDIS_PREFIX=" + r.Prefix,
+		"AMQP_URL=" + amqpURL, "AMQP_EXCHANGE=" + a.Exchange, "AMQP_QUEUE_PREFIX=" + a.QueuePrefix,
+		"HTTP_ADDR=127.0.0.1:0", "LOG_LEVEL=debug", "PASSWORD_HASH_CONCURRENCY=2",
+	}
+	listening := make(chan string, 1)
+	var logs bytes.Buffer
+	m := &Main{Stdout: &syncWriter{w: &logs}, Stderr: io.Discard, Environ: env, Listening: listening}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- m.Run(ctx, []string{"serve"}) }()
+	app := &app{t: t, db: d, pg: pg, amqp: mq, stop: cancel, done: done, client: &http.Client{Timeout: 15 * time.Second}}
+	select {
+	case addr := <-listening:
+		app.base = "http://" + addr
+	case err := <-done:
+		t.Fatalf("chatbotd exited: %v", err)
+	case <-time.After(30 * time.Second):
+		t.Fatal("chatbotd did not start")
+	}
+	t.Cleanup(func() {
+		cancel()
+		<-done
+		if t.Failed() {
+			t.Logf("chatbotd log:\n%s", logs.String())
+		}
+	})
+	return app
+}
+
+type syncWriter struct {
+	mu chanMutex
+	w  io.Writer
+}
+
+type chanMutex struct{ ch chan struct{} }
+
+func (m *chanMutex) lock() {
+	if m.ch == nil {
+		m.ch = make(chan struct{}, 1)
+	}
+	m.ch <- struct{}{}
+}
+
+func (w *syncWriter) Write(p []byte) (int, error) {
+	w.mu.lock()
+	defer func() { <-w.mu.ch }()
+	return w.w.Write(p)
+}
+
+// response is a decoded answer.
+type response struct {
+	Status int
+	Header http.Header
+	Raw    []byte
+	Body   struct {
+		Success   bool                `json:"success"`
+		Message   string              `json:"message"`
+		Data      json.RawMessage     `json:"data"`
+		Meta      map[string]any      `json:"meta"`
+		ErrorCode string              `json:"error_code"`
+		Errors    map[string][]string `json:"errors"`
+		RequestID string              `json:"request_id"`
+		Timestamp string              `json:"timestamp"`
+	}
+}
+
+func (r response) data(t *testing.T, v any) {
+	t.Helper()
+	require.NoError(t, json.Unmarshal(r.Body.Data, v), string(r.Raw))
+}
+
+type req struct {
+	method, path string
+	body         any // string: sent as is
+	token        string
+	headers      map[string]string
+}
+
+func (a *app) do(r req) response {
+	a.t.Helper()
+	var body io.Reader
+	switch b := r.body.(type) {
+	case nil:
+	case string:
+		body = strings.NewReader(b)
+	case []byte:
+		body = bytes.NewReader(b)
+	default:
+		j, err := json.Marshal(b)
+		require.NoError(a.t, err)
+		body = bytes.NewReader(j)
+	}
+	hr, err := http.NewRequest(r.method, a.base+r.path, body)
+	require.NoError(a.t, err)
+	if body != nil {
+		hr.Header.Set("Content-Type", "application/json")
+	}
+	if r.token != "" {
+		hr.Header.Set("Authorization", "Bearer "+r.token)
+	}
+	for k, v := range r.headers {
+		hr.Header.Set(k, v)
+	}
+	res, err := a.client.Do(hr)
+	require.NoError(a.t, err)
+	defer res.Body.Close()
+	out := response{Status: res.StatusCode, Header: res.Header}
+	out.Raw, err = io.ReadAll(res.Body)
+	require.NoError(a.t, err)
+	if len(out.Raw) > 0 && strings.HasPrefix(res.Header.Get("Content-Type"), "application/json") {
+		require.NoError(a.t, json.Unmarshal(out.Raw, &out.Body), string(out.Raw))
+	}
+	return out
+}
+
+func (a *app) expect(r req, status int) response {
+	a.t.Helper()
+	res := a.do(r)
+	require.Equal(a.t, status, res.Status, "%s %s: %s", r.method, r.path, res.Raw)
+	return res
+}
+
+func (a *app) expectError(r req, status int, code string) response {
+	a.t.Helper()
+	res := a.expect(r, status)
+	assert.False(a.t, res.Body.Success)
+	assert.Equal(a.t, code, res.Body.ErrorCode, string(res.Raw))
+	assert.NotEmpty(a.t, res.Body.RequestID)
+	return res
+}
+
+type userJSON struct {
+	ID             string   `json:"id"`
+	OrganizationID string   `json:"organization_id"`
+	Name           string   `json:"name"`
+	Email          string   `json:"email"`
+	Status         string   `json:"status"`
+	Roles          []string `json:"roles"`
+	CreatedAt      string   `json:"created_at"`
+	UpdatedAt      string   `json:"updated_at"`
+}
+
+type tokens struct {
+	AccessToken  string    `json:"access_token"`
+	RefreshToken string    `json:"refresh_token"`
+	TokenType    string    `json:"token_type"`
+	ExpiresIn    int       `json:"expires_in"`
+	User         *userJSON `json:"user"`
+}
+
+func (a *app) register(org, name, email string) (userJSON, string) {
+	a.t.Helper()
+	res := a.expect(req{method: "POST", path: "/api/v1/auth/register",
+		body: map[string]string{"organization_name": org, "name": name, "email": email, "password": "correct horse"}}, 201)
+	var out struct {
+		User         userJSON `json:"user"`
+		Organization struct {
+			ID   string `json:"id"`
+			Slug string `json:"slug"`
+		} `json:"organization"`
+	}
+	res.data(a.t, &out)
+	return out.User, a.login(email, "correct horse").AccessToken
+}
+
+func (a *app) login(email, password string) tokens {
+	a.t.Helper()
+	res := a.expect(req{method: "POST", path: "/api/v1/auth/login", body: map[string]string{"email": email, "password": password}}, 200)
+	var tk tokens
+	res.data(a.t, &tk)
+	return tk
+}
+
+func (a *app) createUser(token, name, email, role string, headers map[string]string) (userJSON, response) {
+	a.t.Helper()
+	res := a.expect(req{method: "POST", path: "/api/v1/users", token: token, headers: headers,
+		body: map[string]string{"name": name, "email": email, "password": "password1", "password_confirmation": "password1", "role": role}}, 201)
+	var u userJSON
+	res.data(a.t, &u)
+	return u, res
+}
+
+// consistent reads with the command's consistency token.
+func consistent(res response) map[string]string {
+	return map[string]string{"X-Consistency-Token": res.Header.Get("X-Consistency-Token")}
+}
+
+func TestEndToEndAccountsSlice(t *testing.T) {
+	a := startApp(t)
+
+	// Operations.
+	health := a.expect(req{method: "GET", path: "/health"}, 200)
+	assert.JSONEq(t, `{"status":"healthy","services":{"database":"up","redis":"up","broker":"up"}}`, string(health.Body.Data))
+	a.expect(req{method: "GET", path: "/ready"}, 200)
+	jwks := a.expect(req{method: "GET", path: "/.well-known/jwks.json"}, 200)
+	assert.Contains(t, string(jwks.Raw), `"alg":"EdDSA"`)
+	a.expect(req{method: "GET", path: "/api/v1/openapi.json"}, 200)
+
+	// Request ids: a good one is echoed, a bad one replaced.
+	rid := a.do(req{method: "GET", path: "/health", headers: map[string]string{"X-Request-ID": "abc.DEF-123_x"}})
+	assert.Equal(t, "abc.DEF-123_x", rid.Header.Get("X-Request-ID"))
+	assert.Equal(t, "abc.DEF-123_x", rid.Body.RequestID)
+	bad := a.do(req{method: "GET", path: "/health", headers: map[string]string{"X-Request-ID": "no spaces allowed"}})
+	assert.NotEqual(t, "no spaces allowed", bad.Header.Get("X-Request-ID"))
+	assert.Equal(t, bad.Header.Get("X-Request-ID"), bad.Body.RequestID)
+
+	// Register, and the same email in another case is taken.
+	owner, ownerToken := a.register("Acme Café", "Ann Owner", "Ann@Example.com")
+	assert.Equal(t, "ann@example.com", owner.Email)
+	assert.Equal(t, []string{"owner"}, owner.Roles)
+	a.expectError(req{method: "POST", path: "/api/v1/auth/register",
+		body: map[string]string{"organization_name": "Other", "name": "X", "email": "ANN@example.com", "password": "12345678"}}, 409, "EMAIL_TAKEN")
+
+	// Login failures look alike.
+	badPw := a.expectError(req{method: "POST", path: "/api/v1/auth/login", body: map[string]string{"email": "ann@example.com", "password": "wrong password"}}, 401, "UNAUTHENTICATED")
+	unknown := a.expectError(req{method: "POST", path: "/api/v1/auth/login", body: map[string]string{"email": "nobody@example.com", "password": "wrong password"}}, 401, "UNAUTHENTICATED")
+	assert.Equal(t, badPw.Body.Message, unknown.Body.Message)
+
+	// Me.
+	me := a.expect(req{method: "GET", path: "/api/v1/auth/me", token: ownerToken}, 200)
+	var meData struct {
+		userJSON
+		Permissions []string `json:"permissions"`
+	}
+	me.data(t, &meData)
+	assert.Equal(t, owner.ID, meData.ID)
+	assert.Contains(t, meData.Permissions, "organization.write")
+	a.expectError(req{method: "GET", path: "/api/v1/auth/me"}, 401, "UNAUTHENTICATED")
+	a.expectError(req{method: "GET", path: "/api/v1/auth/me", token: "not.a.jwt"}, 401, "UNAUTHENTICATED")
+
+	// Create with an idempotency key; a repeat replays; the key with another body is refused.
+	idem := map[string]string{"Idempotency-Key": "create-bob-1"}
+	bob, created := a.createUser(ownerToken, "Bob Builder", "bob@example.com", "member", idem)
+	replay := a.expect(req{method: "POST", path: "/api/v1/users", token: ownerToken, headers: idem,
+		body: map[string]string{"name": "Bob Builder", "email": "bob@example.com", "password": "password1", "password_confirmation": "password1", "role": "member"}}, 201)
+	assert.Equal(t, string(created.Raw), string(replay.Raw))
+	assert.Equal(t, "true", replay.Header.Get("Idempotent-Replayed"))
+	a.expectError(req{method: "POST", path: "/api/v1/users", token: ownerToken, headers: idem,
+		body: map[string]string{"name": "Someone Else", "email": "else@example.com", "password": "password1", "password_confirmation": "password1"}}, 422, "VALIDATION_ERROR")
+
+	// Read your write: the same JSON as the command answered.
+	assert.Equal(t, float64(1), created.Body.Meta["stream_version"])
+	assert.NotZero(t, created.Body.Meta["position"])
+	got := a.expect(req{method: "GET", path: "/api/v1/users/" + bob.ID, token: ownerToken, headers: consistent(created)}, 200)
+	assert.JSONEq(t, string(created.Body.Data), string(got.Body.Data))
+
+	// Lists: pagination, filters, sort, search.
+	carol, _ := a.createUser(ownerToken, "Carol Admin", "carol@example.com", "admin", nil)
+	_, last := a.createUser(ownerToken, "Dave Viewer", "dave@example.com", "viewer", nil)
+	list := a.expect(req{method: "GET", path: "/api/v1/users?sort=-name&per_page=2", token: ownerToken, headers: consistent(last)}, 200)
+	var users []userJSON
+	list.data(t, &users)
+	require.Len(t, users, 2)
+	assert.Equal(t, []string{"Dave Viewer", "Carol Admin"}, []string{users[0].Name, users[1].Name})
+	assert.Equal(t, map[string]any{"page": float64(1), "per_page": float64(2), "total": float64(4), "last_page": float64(2)}, list.Body.Meta["pagination"])
+	list = a.expect(req{method: "GET", path: "/api/v1/users?role=admin", token: ownerToken}, 200)
+	list.data(t, &users)
+	require.Len(t, users, 1)
+	assert.Equal(t, carol.ID, users[0].ID)
+	list = a.expect(req{method: "GET", path: "/api/v1/users?search=" + url.QueryEscape("BUILD"), token: ownerToken}, 200)
+	list.data(t, &users)
+	require.Len(t, users, 1)
+	assert.Equal(t, bob.ID, users[0].ID)
+	list = a.expect(req{method: "GET", path: "/api/v1/users?per_page=1000&search=%25", token: ownerToken}, 200)
+	assert.Equal(t, float64(100), list.Body.Meta["pagination"].(map[string]any)["per_page"])
+	list.data(t, &users)
+	assert.Empty(t, users, "search treats % literally")
+	v := a.expectError(req{method: "GET", path: "/api/v1/users?per_page=0&sort=password&status=gone", token: ownerToken}, 422, "VALIDATION_ERROR")
+	assert.Contains(t, v.Body.Errors, "per_page")
+	assert.Contains(t, v.Body.Errors, "sort")
+	assert.Contains(t, v.Body.Errors, "status")
+
+	// check-email.
+	ce := a.expect(req{method: "GET", path: "/api/v1/users/check-email?email=BOB@example.com", token: ownerToken}, 200)
+	assert.JSONEq(t, `{"email":"bob@example.com","exists":true}`, string(ce.Body.Data))
+	a.expectError(req{method: "GET", path: "/api/v1/users/check-email?email=nope", token: ownerToken}, 422, "VALIDATION_ERROR")
+
+	// If-Match: stale is 409, current goes through.
+	a.expectError(req{method: "PATCH", path: "/api/v1/users/" + bob.ID, token: ownerToken, headers: map[string]string{"If-Match": "7"},
+		body: map[string]string{"name": "Robert"}}, 409, "CONFLICT")
+	patched := a.expect(req{method: "PATCH", path: "/api/v1/users/" + bob.ID, token: ownerToken, headers: map[string]string{"If-Match": `"1"`},
+		body: map[string]string{"name": "Robert", "email": "Robert@Example.com"}}, 200)
+	assert.Equal(t, float64(2), patched.Body.Meta["stream_version"])
+	got = a.expect(req{method: "GET", path: "/api/v1/users/" + bob.ID, token: ownerToken, headers: consistent(patched)}, 200)
+	assert.JSONEq(t, string(patched.Body.Data), string(got.Body.Data))
+	// The old email is free, the new one taken.
+	a.createUser(ownerToken, "New Bob", "bob@example.com", "member", nil)
+	a.expectError(req{method: "POST", path: "/api/v1/users", token: ownerToken,
+		body: map[string]string{"name": "X", "email": "robert@example.com", "password": "password1", "password_confirmation": "password1"}}, 409, "EMAIL_TAKEN")
+
+	// Roles: a member cannot create users; roles change permissions at the next request.
+	bobToken := a.login("robert@example.com", "password1").AccessToken
+	a.expectError(req{method: "POST", path: "/api/v1/users", token: bobToken,
+		body: map[string]string{"name": "X", "email": "x@example.com", "password": "password1", "password_confirmation": "password1"}}, 403, "FORBIDDEN")
+	assigned := a.expect(req{method: "PUT", path: "/api/v1/users/" + bob.ID + "/roles/admin", token: ownerToken}, 200)
+	a.expect(req{method: "GET", path: "/api/v1/users/" + bob.ID, token: ownerToken, headers: consistent(assigned)}, 200)
+	testenv.Eventually(t, 5*time.Second, func() error {
+		if r := a.do(req{method: "GET", path: "/api/v1/auth/me", token: bobToken}); !strings.Contains(string(r.Raw), "users.write") {
+			return fmt.Errorf("role not in effect: %s", r.Raw)
+		}
+		return nil
+	})
+	// An admin cannot grant owner, which has a permission admins lack.
+	a.expectError(req{method: "PUT", path: "/api/v1/users/" + carol.ID + "/roles/owner", token: bobToken}, 403, "FORBIDDEN")
+	a.expectError(req{method: "PUT", path: "/api/v1/users/" + carol.ID + "/roles/wizard", token: ownerToken}, 404, "NOT_FOUND")
+
+	// Deactivating stops a user's tokens; deleting hides them.
+	carolToken := a.login("carol@example.com", "password1").AccessToken
+	a.expect(req{method: "GET", path: "/api/v1/auth/me", token: carolToken}, 200)
+	deact := a.expect(req{method: "PATCH", path: "/api/v1/users/" + carol.ID, token: ownerToken, body: map[string]string{"status": "deactivated"}}, 200)
+	a.expect(req{method: "GET", path: "/api/v1/users/" + carol.ID, token: ownerToken, headers: consistent(deact)}, 200)
+	a.expectError(req{method: "GET", path: "/api/v1/auth/me", token: carolToken}, 401, "UNAUTHENTICATED")
+	a.expectError(req{method: "POST", path: "/api/v1/auth/login", body: map[string]string{"email": "carol@example.com", "password": "password1"}}, 401, "UNAUTHENTICATED")
+	a.expectError(req{method: "PATCH", path: "/api/v1/users/" + owner.ID, token: ownerToken, body: map[string]string{"status": "deactivated"}}, 422, "VALIDATION_ERROR")
+	del := a.expect(req{method: "DELETE", path: "/api/v1/users/" + carol.ID, token: ownerToken}, 200)
+	a.expectError(req{method: "GET", path: "/api/v1/users/" + carol.ID, token: ownerToken, headers: consistent(del)}, 404, "NOT_FOUND")
+	a.expectError(req{method: "DELETE", path: "/api/v1/users/" + carol.ID, token: ownerToken}, 404, "NOT_FOUND")
+	a.createUser(ownerToken, "Carol Again", "carol@example.com", "member", nil)
+
+	// Tenancy: another organization's user is NOT_FOUND.
+	_, otherToken := a.register("Globex", "Gary", "gary@globex.example")
+	a.expectError(req{method: "GET", path: "/api/v1/users/" + bob.ID, token: otherToken}, 404, "NOT_FOUND")
+	a.expectError(req{method: "PATCH", path: "/api/v1/users/" + bob.ID, token: otherToken, body: map[string]string{"name": "x"}}, 404, "NOT_FOUND")
+	list = a.expect(req{method: "GET", path: "/api/v1/users?search=robert", token: otherToken}, 200)
+	list.data(t, &users)
+	assert.Empty(t, users)
+	ce = a.expect(req{method: "GET", path: "/api/v1/users/check-email?email=robert@example.com", token: otherToken}, 200)
+	assert.Contains(t, string(ce.Body.Data), `"exists":false`)
+
+	// Organization.
+	org := a.expect(req{method: "GET", path: "/api/v1/organization", token: ownerToken}, 200)
+	assert.Contains(t, string(org.Body.Data), `"slug":"acme-cafe"`)
+	orgPatch := a.expect(req{method: "PATCH", path: "/api/v1/organization", token: ownerToken, body: map[string]string{"name": "Acme Ltd", "slug": "acme-ltd"}}, 200)
+	org = a.expect(req{method: "GET", path: "/api/v1/organization", token: ownerToken, headers: consistent(orgPatch)}, 200)
+	assert.Contains(t, string(org.Body.Data), `"slug":"acme-ltd"`)
+	a.expectError(req{method: "PATCH", path: "/api/v1/organization", token: otherToken, body: map[string]string{"slug": "acme-ltd"}}, 422, "VALIDATION_ERROR")
+	a.expectError(req{method: "PATCH", path: "/api/v1/organization", token: bobToken, body: map[string]string{"name": "Mine"}}, 403, "FORBIDDEN")
+
+	// Refresh rotation, reuse detection, logout.
+	pair := a.login("ann@example.com", "correct horse")
+	next := tokens{}
+	a.expect(req{method: "POST", path: "/api/v1/auth/refresh", body: map[string]string{"refresh_token": pair.RefreshToken}}, 200).data(t, &next)
+	assert.NotEqual(t, pair.RefreshToken, next.RefreshToken)
+	a.expect(req{method: "GET", path: "/api/v1/auth/me", token: next.AccessToken}, 200)
+	a.expectError(req{method: "POST", path: "/api/v1/auth/refresh", body: map[string]string{"refresh_token": pair.RefreshToken}}, 401, "UNAUTHENTICATED")
+	a.expectError(req{method: "POST", path: "/api/v1/auth/refresh", body: map[string]string{"refresh_token": next.RefreshToken}}, 401, "UNAUTHENTICATED")
+	testenv.Eventually(t, 5*time.Second, func() error {
+		if r := a.do(req{method: "GET", path: "/api/v1/auth/me", token: next.AccessToken}); r.Status != 401 {
+			return fmt.Errorf("revoked session still works: %d", r.Status)
+		}
+		return nil
+	})
+	a.expectError(req{method: "POST", path: "/api/v1/auth/refresh", body: map[string]string{"refresh_token": "rt1.forged.token.1.x"}}, 401, "UNAUTHENTICATED")
+	pair = a.login("ann@example.com", "correct horse")
+	out := a.expect(req{method: "POST", path: "/api/v1/auth/logout", token: pair.AccessToken}, 200)
+	assert.NotEmpty(t, out.Header.Get("X-Consistency-Token"))
+	a.expect(req{method: "GET", path: "/api/v1/auth/me", token: pair.AccessToken, headers: consistent(out)}, 401)
+	a.expectError(req{method: "POST", path: "/api/v1/auth/refresh", body: map[string]string{"refresh_token": pair.RefreshToken}}, 401, "UNAUTHENTICATED")
+
+	// Bad input changes nothing and answers in the envelope.
+	a.expectError(req{method: "POST", path: "/api/v1/users", token: ownerToken, body: `{"name": "x",`}, 400, "BAD_REQUEST")
+	a.expectError(req{method: "POST", path: "/api/v1/users", token: ownerToken, body: `{"name": 5}`}, 400, "BAD_REQUEST")
+	a.expectError(req{method: "POST", path: "/api/v1/users", token: ownerToken, body: `[1,2]`}, 400, "BAD_REQUEST")
+	unk := a.expectError(req{method: "POST", path: "/api/v1/users", token: ownerToken, body: `{"name":"x","is_admin":true}`}, 422, "VALIDATION_ERROR")
+	assert.Contains(t, unk.Body.Errors, "is_admin")
+	val := a.expectError(req{method: "POST", path: "/api/v1/users", token: ownerToken, body: `{"name":"","email":"bad","password":"short","password_confirmation":"x","role":"god"}`}, 422, "VALIDATION_ERROR")
+	for _, f := range []string{"name", "email", "password", "password_confirmation", "role"} {
+		assert.Contains(t, val.Body.Errors, f)
+	}
+	a.expectError(req{method: "GET", path: "/api/v1/users/not-a-uuid", token: ownerToken}, 400, "BAD_REQUEST")
+	a.expectError(req{method: "PATCH", path: "/api/v1/users/not-a-uuid", token: ownerToken, body: `{}`}, 400, "BAD_REQUEST")
+	a.expectError(req{method: "PATCH", path: "/api/v1/users/" + bob.ID, token: ownerToken, headers: map[string]string{"If-Match": "abc"}, body: `{}`}, 400, "BAD_REQUEST")
+	a.expectError(req{method: "GET", path: "/api/v1/users/" + bob.ID, token: ownerToken, headers: map[string]string{"X-Consistency-Token": "garbage"}}, 400, "BAD_REQUEST")
+	big := `{"name":"` + strings.Repeat("a", 1<<20+10) + `"}`
+	a.expectError(req{method: "POST", path: "/api/v1/users", token: ownerToken, body: big}, 413, "PAYLOAD_TOO_LARGE")
+	a.expectError(req{method: "POST", path: "/api/v1/users", token: ownerToken, body: "name=x", headers: map[string]string{"Content-Type": "text/plain"}}, 415, "UNSUPPORTED_MEDIA_TYPE")
+	a.expectError(req{method: "GET", path: "/api/v1/nothing-here", token: ownerToken}, 404, "NOT_FOUND")
+
+	// No secret or hash is in any event.
+	var leaks int
+	require.NoError(t, a.db.Pool.QueryRow(context.Background(), `SELECT count(*) FROM events
+		WHERE data::text ILIKE '%argon2%' OR data::text LIKE '%correct horse%' OR data::text LIKE '%password1%'`).Scan(&leaks))
+	assert.Zero(t, leaks)
+	var failed int
+	require.NoError(t, a.db.Pool.QueryRow(context.Background(), `SELECT count(*) FROM events WHERE type = 'login.failed'`).Scan(&failed))
+	assert.GreaterOrEqual(t, failed, 3)
+}
+
+func TestEndToEndOutagesAnswer503AndRecover(t *testing.T) {
+	a := startApp(t)
+	_, token := a.register("Outage Inc", "Olive", "olive@example.com")
+
+	// PostgreSQL down: 503 on commands and queries and /health, no internals.
+	a.pg.cut()
+	res := a.do(req{method: "POST", path: "/api/v1/users", token: token,
+		body: map[string]string{"name": "Pat", "email": "pat@example.com", "password": "password1", "password_confirmation": "password1"}})
+	assert.Equal(t, 503, res.Status, string(res.Raw))
+	assert.Equal(t, "SERVICE_UNAVAILABLE", res.Body.ErrorCode)
+	for _, leak := range []string{"dial", "tcp", "pgx", "SQL", "127.0.0.1"} {
+		assert.NotContains(t, string(res.Raw), leak)
+	}
+	h := a.expect(req{method: "GET", path: "/health"}, 503)
+	assert.Contains(t, string(h.Body.Data), `"database":"down"`)
+	a.pg.restore()
+	testenv.Eventually(t, 15*time.Second, func() error {
+		if r := a.do(req{method: "GET", path: "/health"}); r.Status != 200 {
+			return fmt.Errorf("health %d", r.Status)
+		}
+		return nil
+	})
+	pat, _ := a.createUser(token, "Pat", "pat@example.com", "member", nil)
+
+	// RabbitMQ down: /health says so, commands still succeed (the log is the truth), and
+	// once it is back the relay publishes what was written meanwhile.
+	a.amqp.cut()
+	testenv.Eventually(t, 15*time.Second, func() error {
+		if r := a.do(req{method: "GET", path: "/health"}); !strings.Contains(string(r.Raw), `"broker":"down"`) || r.Status != 503 {
+			return fmt.Errorf("health: %d %s", r.Status, r.Raw)
+		}
+		return nil
+	})
+	quinn, _ := a.createUser(token, "Quinn", "quinn@example.com", "member", nil)
+	a.amqp.restore()
+	testenv.Eventually(t, 30*time.Second, func() error {
+		if r := a.do(req{method: "GET", path: "/api/v1/users/" + quinn.ID, token: token}); r.Status != 200 {
+			return fmt.Errorf("user written during the outage not projected: %d", r.Status)
+		}
+		return nil
+	})
+	a.expect(req{method: "GET", path: "/api/v1/users/" + pat.ID, token: token}, 200)
+	a.expect(req{method: "GET", path: "/health"}, 200)
+}
+
+func TestServeShutsDownOnCancel(t *testing.T) {
+	a := startApp(t)
+	a.stop()
+	select {
+	case err := <-a.done:
+		assert.NoError(t, err)
+		a.done <- err // for the cleanup
+	case <-time.After(30 * time.Second):
+		t.Fatal("serve did not stop")
+	}
+}
+
+func TestConfigErrorIsOneClearLine(t *testing.T) {
+	m := &Main{Stdout: io.Discard, Stderr: io.Discard, Environ: []string{"DATABASE_MAX_CONNS=1", "LOG_LEVEL=loud"}}
+	err := m.Run(context.Background(), []string{"serve"})
+	require.Error(t, err)
+	assert.NotContains(t, err.Error(), "\n")
+	assert.Contains(t, err.Error(), "DATABASE_MAX_CONNS")
+	assert.Contains(t, err.Error(), "LOG_LEVEL")
+}

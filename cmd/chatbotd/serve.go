@@ -1,0 +1,280 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/gin-gonic/gin"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/chatbotsaas/chatbotd/command"
+	"github.com/chatbotsaas/chatbotd/events"
+	"github.com/chatbotsaas/chatbotd/internal/apidoc"
+	"github.com/chatbotsaas/chatbotd/internal/apperr"
+	"github.com/chatbotsaas/chatbotd/internal/auth"
+	"github.com/chatbotsaas/chatbotd/internal/broker"
+	"github.com/chatbotsaas/chatbotd/internal/cache"
+	"github.com/chatbotsaas/chatbotd/internal/config"
+	"github.com/chatbotsaas/chatbotd/internal/db"
+	"github.com/chatbotsaas/chatbotd/internal/httpx"
+	"github.com/chatbotsaas/chatbotd/projections"
+	"github.com/chatbotsaas/chatbotd/query"
+)
+
+// deps are the connections every role shares.
+type deps struct {
+	cfg    config.Config
+	logger *slog.Logger
+	pool   *pgxpool.Pool // primary: the event store and the projectors
+	read   *pgxpool.Pool // the query side (a replica when DATABASE_READ_URL says so)
+	rdb    *redis.Client
+	cache  *cache.Cache
+	broker *broker.Conn
+}
+
+func openDeps(ctx context.Context, cfg config.Config, logger *slog.Logger) (*deps, error) {
+	d := &deps{cfg: cfg, logger: logger}
+	var err error
+	if d.pool, err = db.Open(ctx, cfg.DatabaseURL, cfg.DatabaseMaxConn); err != nil {
+		return nil, err
+	}
+	if d.read, err = db.Open(ctx, cfg.DatabaseReadURL, cfg.DatabaseMaxConn); err != nil {
+		d.pool.Close()
+		return nil, err
+	}
+	opt, err := redis.ParseURL(cfg.RedisURL)
+	if err != nil {
+		return nil, fmt.Errorf("REDIS_URL: %w", err)
+	}
+	opt.DialTimeout, opt.ReadTimeout, opt.WriteTimeout = 2*time.Second, time.Second, time.Second
+	d.rdb = redis.NewClient(opt)
+	d.cache = cache.New(d.rdb, cfg.RedisPrefix, 10*time.Minute)
+	d.broker = broker.Dial(cfg.AMQPURL, logger)
+	return d, nil
+}
+
+func (d *deps) close() {
+	_ = d.broker.Close()
+	_ = d.rdb.Close()
+	d.read.Close()
+	d.pool.Close()
+}
+
+func (m *Main) serve(ctx context.Context, cfg config.Config, roles map[string]bool, logger *slog.Logger) error {
+	if err := migrate(ctx, cfg, logger); err != nil {
+		return fmt.Errorf("start: %w", err)
+	}
+	d, err := openDeps(ctx, cfg, logger)
+	if err != nil {
+		return err
+	}
+	defer d.close()
+
+	// Workers get their own context: they stop after the HTTP server has drained, so a
+	// command answered during shutdown is still relayed and projected.
+	workCtx, stopWork := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopWork()
+	var workers sync.WaitGroup
+	errs := make(chan error, 8)
+	start := func(name string, run func(context.Context) error) {
+		workers.Add(1)
+		go func() {
+			defer workers.Done()
+			if err := run(workCtx); err != nil {
+				errs <- fmt.Errorf("%s: %w", name, err)
+			}
+		}()
+	}
+	if roles[roleRelay] {
+		relay, err := events.NewRelay(d.pool, d.broker, events.RelayConfig{Exchange: cfg.AMQPExchange,
+			BatchSize: cfg.RelayBatchSize, Logger: logger.With("component", "relay")})
+		if err != nil {
+			return err
+		}
+		start("relay", relay.Run)
+	}
+	if roles[roleProjectors] {
+		for _, p := range []projections.Projector{
+			projections.NewAccounts(d.pool, d.cache, logger.With("projector", projections.AccountsName)),
+		} {
+			r, err := projections.NewRunner(d.pool, d.broker, p, projections.Config{Exchange: cfg.AMQPExchange,
+				QueuePrefix: cfg.AMQPQueuePrefix, BatchSize: cfg.ProjectorBatchSize,
+				DeliveryLimit: cfg.ProjectorDeliveryLimit, Logger: logger})
+			if err != nil {
+				return err
+			}
+			start("projector "+p.Name(), r.Run)
+		}
+	}
+
+	var srv *http.Server
+	serveErr := make(chan error, 1)
+	var ready atomic.Bool
+	if roles[roleAPI] {
+		handler, err := newAPI(ctx, d, &ready)
+		if err != nil {
+			return err
+		}
+		ln, err := net.Listen("tcp", cfg.HTTPAddr)
+		if err != nil {
+			return fmt.Errorf("listen on %s: %w", cfg.HTTPAddr, err)
+		}
+		srv = &http.Server{
+			Handler:           handler,
+			ReadHeaderTimeout: cfg.ReadHeaderTimeout,
+			ReadTimeout:       cfg.ReadTimeout,
+			WriteTimeout:      cfg.WriteTimeout,
+			IdleTimeout:       cfg.IdleTimeout,
+			MaxHeaderBytes:    64 << 10,
+			ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
+		}
+		go func() { serveErr <- srv.Serve(ln) }()
+		ready.Store(true)
+		logger.Info("api listening", "addr", ln.Addr().String())
+		if m.Listening != nil {
+			m.Listening <- ln.Addr().String()
+		}
+	}
+	logger.Info("chatbotd started", "roles", roles)
+
+	var runErr error
+	select {
+	case <-ctx.Done():
+	case err := <-serveErr:
+		runErr = fmt.Errorf("http server: %w", err)
+	case err := <-errs:
+		runErr = err
+	}
+	logger.Info("shutting down")
+	ready.Store(false)
+	if srv != nil {
+		sctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
+		if err := srv.Shutdown(sctx); err != nil {
+			logger.Warn("http shutdown", "error", err)
+		}
+		cancel()
+	}
+	stopWork()
+	workers.Wait()
+	logger.Info("stopped")
+	return runErr
+}
+
+// newAPI builds the Gin engine with every route.
+func newAPI(ctx context.Context, d *deps, ready *atomic.Bool) (http.Handler, error) {
+	cfg := d.cfg
+	keys, err := auth.KeysFromConfig(cfg.JWTSigningKeys)
+	if err != nil {
+		return nil, err
+	}
+	if len(keys) == 0 {
+		k, err := auth.LoadOrCreateKey(ctx, d.pool)
+		if err != nil {
+			return nil, fmt.Errorf("signing key: %w", err)
+		}
+		d.logger.Warn("JWT_SIGNING_KEYS is not set: using the development key kept in the database")
+		keys = []auth.Key{k}
+	}
+	tokens, err := auth.NewTokens(keys, cfg.JWTIssuer, cfg.JWTAudience, cfg.AccessTTL)
+	if err != nil {
+		return nil, err
+	}
+	store := events.NewStore(d.pool)
+	svc := command.NewService(store, auth.NewHasher(cfg.PasswordHashConcurrency), tokens, cfg.RefreshTTL, d.logger)
+	authn := auth.NewAuthenticator(tokens, d.read, d.cache)
+
+	gin.SetMode(gin.ReleaseMode)
+	r := gin.New()
+	r.HandleMethodNotAllowed = true
+	r.ContextWithFallback = true
+	if err := r.SetTrustedProxies(cfg.TrustedProxies); err != nil {
+		return nil, fmt.Errorf("TRUSTED_PROXIES: %w", err)
+	}
+	r.NoRoute(httpx.RequestID(), httpx.NoRoute)
+	r.NoMethod(httpx.RequestID(), httpx.NoMethod)
+	r.Use(httpx.RequestID(), httpx.Recover(), httpx.Logger(d.logger), httpx.Body())
+
+	idem := httpx.Idempotency(d.pool, func(c *gin.Context) string {
+		if p, ok := auth.PrincipalOf(c); ok {
+			return "user:" + p.UserID.String()
+		}
+		return "ip:" + c.ClientIP()
+	})
+	queries := query.NewHTTP(d.read, d.cache, tokens)
+	r.Use(queries.Consistency())
+	routes := apiRoutes(command.NewHTTP(svc), queries, &operations{d: d, ready: ready})
+	for _, rt := range routes {
+		if rt.Access == "" {
+			return nil, fmt.Errorf("route %s %s declares no access", rt.Method, rt.Path)
+		}
+		r.Handle(rt.Method, rt.Path, authn.Middleware(rt.Access), idem, rt.Handler)
+	}
+	return r, nil
+}
+
+// apiRoutes is every route the API serves.
+func apiRoutes(c *command.HTTP, q *query.HTTP, o *operations) []httpx.Route {
+	routes := append(c.Routes(), q.Routes()...)
+	return append(routes, o.routes()...)
+}
+
+// operations are /health, /ready and the API document.
+type operations struct {
+	d     *deps
+	ready *atomic.Bool
+}
+
+func (o *operations) routes() []httpx.Route {
+	return []httpx.Route{
+		httpx.R(http.MethodGet, "/health", auth.Public, o.health),
+		httpx.R(http.MethodGet, "/ready", auth.Public, o.readyz),
+		httpx.R(http.MethodGet, "/api/v1/openapi.json", auth.Public, apidoc.Handler()),
+	}
+}
+
+func (o *operations) health(c *gin.Context) {
+	ctx, cancel := context.WithTimeout(c.Request.Context(), 2*time.Second)
+	defer cancel()
+	status := func(ok bool) string {
+		if ok {
+			return "up"
+		}
+		return "down"
+	}
+	var wg sync.WaitGroup
+	var dbOK, redisOK bool
+	wg.Add(2)
+	go func() { defer wg.Done(); dbOK = o.d.pool.Ping(ctx) == nil }()
+	go func() { defer wg.Done(); redisOK = o.d.rdb.Ping(ctx).Err() == nil }()
+	wg.Wait()
+	brokerOK := o.d.broker.Connected()
+	services := gin.H{"database": status(dbOK), "redis": status(redisOK), "broker": status(brokerOK)}
+	if dbOK && redisOK && brokerOK {
+		httpx.OK(c, http.StatusOK, "Healthy", gin.H{"status": "healthy", "services": services}, nil)
+		return
+	}
+	c.JSON(http.StatusServiceUnavailable, httpx.Envelope{Success: false, Message: "A dependency is down",
+		ErrorCode: apperr.CodeUnavailable, Data: gin.H{"status": "unhealthy", "services": services},
+		Timestamp: httpx.Timestamp(), RequestID: httpx.RequestIDOf(c)})
+}
+
+func (o *operations) readyz(c *gin.Context) {
+	if !o.ready.Load() {
+		httpx.Fail(c, apperr.New(apperr.CodeUnavailable, "Not ready"))
+		return
+	}
+	pending, err := db.Pending(c.Request.Context(), o.d.pool)
+	if err != nil || pending {
+		httpx.Fail(c, apperr.New(apperr.CodeUnavailable, "Migrations are not applied"))
+		return
+	}
+	httpx.OK(c, http.StatusOK, "Ready", gin.H{"status": "ready"}, nil)
+}
+

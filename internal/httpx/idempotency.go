@@ -1,0 +1,146 @@
+package httpx
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+	"time"
+
+	"github.com/gin-gonic/gin"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/chatbotsaas/chatbotd/internal/apperr"
+)
+
+// IdempotencyTTL is how long a key's first answer is replayed.
+const IdempotencyTTL = 24 * time.Hour
+
+// replayedHeaders are the response headers kept with a stored answer.
+var replayedHeaders = []string{"Content-Type", "Location", "X-Consistency-Token"}
+
+type capture struct {
+	gin.ResponseWriter
+	buf bytes.Buffer
+}
+
+func (w *capture) Write(b []byte) (int, error) {
+	w.buf.Write(b)
+	return w.ResponseWriter.Write(b)
+}
+
+func (w *capture) WriteString(s string) (int, error) {
+	w.buf.WriteString(s)
+	return w.ResponseWriter.WriteString(s)
+}
+
+// Idempotency makes a POST with an Idempotency-Key header answer a repeat (same key,
+// same body, same caller) with the first answer, without running the command again.
+// scope names the caller: the same key from two callers is two keys. A request still
+// running under the key is answered 409; a 5xx answer is not kept, so it can be retried.
+func Idempotency(pool *pgxpool.Pool, scope func(*gin.Context) string) gin.HandlerFunc {
+	return func(c *gin.Context) {
+		key := c.GetHeader("Idempotency-Key")
+		if c.Request.Method != http.MethodPost || key == "" {
+			c.Next()
+			return
+		}
+		if len(key) > 255 {
+			Fail(c, apperr.Invalid("Idempotency-Key", "must be 1 to 255 characters"))
+			return
+		}
+		body, err := io.ReadAll(c.Request.Body)
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			Fail(c, apperr.New(apperr.CodePayloadTooLarge, "The request body is larger than 1 MiB"))
+			return
+		}
+		if err != nil {
+			Fail(c, apperr.Wrap(apperr.CodeBadRequest, "The request body could not be read", err))
+			return
+		}
+		c.Request.Body = io.NopCloser(bytes.NewReader(body))
+		h := sha256.New()
+		h.Write([]byte(c.Request.Method + " " + c.FullPath() + "\n"))
+		h.Write(body)
+		hash := h.Sum(nil)
+		sc := scope(c) + " " + c.FullPath()
+		ctx := c.Request.Context()
+
+		claimed, err := claimKey(ctx, pool, sc, key, hash)
+		if err != nil {
+			Fail(c, err)
+			return
+		}
+		if !claimed {
+			replay(c, pool, sc, key, hash)
+			return
+		}
+		w := &capture{ResponseWriter: c.Writer}
+		c.Writer = w
+		c.Next()
+		// Stored even if the client went away: the command's effect is real.
+		bg := context.WithoutCancel(ctx)
+		if w.Status() >= 500 {
+			_, _ = pool.Exec(bg, `DELETE FROM idempotency_keys WHERE scope = $1 AND key = $2`, sc, key)
+			return
+		}
+		headers := map[string]string{}
+		for _, name := range replayedHeaders {
+			if v := w.Header().Get(name); v != "" {
+				headers[name] = v
+			}
+		}
+		hj, _ := json.Marshal(headers)
+		_, _ = pool.Exec(bg, `UPDATE idempotency_keys SET status = $3, headers = $4, body = $5
+			WHERE scope = $1 AND key = $2`, sc, key, w.Status(), hj, w.buf.Bytes())
+	}
+}
+
+// claimKey inserts the key as in progress; false means it was there already. An expired
+// key is taken over.
+func claimKey(ctx context.Context, pool *pgxpool.Pool, scope, key string, hash []byte) (bool, error) {
+	tag, err := pool.Exec(ctx, `INSERT INTO idempotency_keys (scope, key, request_hash) VALUES ($1, $2, $3)
+		ON CONFLICT (scope, key) DO UPDATE SET request_hash = excluded.request_hash, status = NULL,
+			headers = NULL, body = NULL, created_at = now()
+		WHERE idempotency_keys.created_at < now() - $4::interval`, scope, key, hash, IdempotencyTTL.String())
+	if err != nil {
+		return false, err
+	}
+	return tag.RowsAffected() == 1, nil
+}
+
+func replay(c *gin.Context, pool *pgxpool.Pool, scope, key string, hash []byte) {
+	var stored []byte
+	var status *int
+	var headers map[string]string
+	var body []byte
+	err := pool.QueryRow(c.Request.Context(), `SELECT request_hash, status, headers, body FROM idempotency_keys
+		WHERE scope = $1 AND key = $2`, scope, key).Scan(&stored, &status, &headers, &body)
+	if errors.Is(err, pgx.ErrNoRows) {
+		Fail(c, apperr.Conflict("A request with this Idempotency-Key was just abandoned; retry"))
+		return
+	}
+	if err != nil {
+		Fail(c, err)
+		return
+	}
+	if !bytes.Equal(stored, hash) {
+		Fail(c, apperr.Invalid("Idempotency-Key", "was already used with a different request body"))
+		return
+	}
+	if status == nil {
+		Fail(c, apperr.Conflict("A request with this Idempotency-Key is still in progress"))
+		return
+	}
+	for k, v := range headers {
+		c.Header(k, v)
+	}
+	c.Header("Idempotent-Replayed", "true")
+	c.Data(*status, headers["Content-Type"], body)
+	c.Abort()
+}

@@ -1,0 +1,309 @@
+// Package query is the read side: it answers from the read models and the cache only
+// (never from the event log or the aggregates), scoped to the caller's organization.
+package query
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/mail"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/gin-gonic/gin"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/chatbotsaas/chatbotd/events"
+	"github.com/chatbotsaas/chatbotd/internal/apperr"
+	"github.com/chatbotsaas/chatbotd/internal/auth"
+	"github.com/chatbotsaas/chatbotd/internal/cache"
+	"github.com/chatbotsaas/chatbotd/internal/httpx"
+	"github.com/chatbotsaas/chatbotd/internal/readmodel"
+)
+
+// HTTP is the query endpoints.
+type HTTP struct {
+	read   *pgxpool.Pool
+	cache  *cache.Cache
+	tokens *auth.Tokens
+	// ConsistencyWait bounds how long a query waits for X-Consistency-Token.
+	consistencyWait time.Duration
+}
+
+// NewHTTP returns the query endpoints over the read pool and the cache.
+func NewHTTP(read *pgxpool.Pool, c *cache.Cache, tokens *auth.Tokens) *HTTP {
+	return &HTTP{read: read, cache: c, tokens: tokens, consistencyWait: 5 * time.Second}
+}
+
+// projectionOf names, for each stream type, the projection that reads it: the one a
+// consistency token of that stream waits for.
+var projectionOf = map[string]string{
+	events.StreamOrganization: readmodel.AccountsProjection,
+	events.StreamUser:         readmodel.AccountsProjection,
+	events.StreamSession:      readmodel.AccountsProjection,
+}
+
+// Routes lists the query endpoints with their access.
+func (h *HTTP) Routes() []httpx.Route {
+	return []httpx.Route{
+		httpx.R(http.MethodGet, "/.well-known/jwks.json", auth.Public, h.jwks),
+		httpx.R(http.MethodGet, "/api/v1/auth/me", auth.Authenticated, h.me),
+		httpx.R(http.MethodGet, "/api/v1/users", auth.UsersRead, h.listUsers),
+		httpx.R(http.MethodGet, "/api/v1/users/check-email", auth.UsersRead, h.checkEmail),
+		httpx.R(http.MethodGet, "/api/v1/users/:id", auth.UsersRead, h.getUser),
+		httpx.R(http.MethodGet, "/api/v1/organization", auth.Authenticated, h.organization),
+		httpx.R(http.MethodGet, "/api/v1/roles", auth.RolesRead, h.roles),
+		httpx.R(http.MethodGet, "/api/v1/permissions", auth.RolesRead, h.permissions),
+	}
+}
+
+// Consistency honours X-Consistency-Token on reads: the request waits (up to 5 s) until
+// the projection that applies the token's stream has reached its version. It runs before
+// authentication, because the authenticator reads that projection too (a logout's token
+// must find the session revoked).
+func (h *HTTP) Consistency() gin.HandlerFunc {
+	return func(c *gin.Context) {
+		raw := c.GetHeader("X-Consistency-Token")
+		if raw == "" || (c.Request.Method != http.MethodGet && c.Request.Method != http.MethodHead) {
+			c.Next()
+			return
+		}
+		tok, err := events.ParseToken(raw)
+		if err != nil {
+			httpx.Fail(c, apperr.New(apperr.CodeBadRequest, "X-Consistency-Token: "+err.Error()))
+			return
+		}
+		if projection, ok := projectionOf[tok.StreamType]; ok {
+			ctx, cancel := context.WithTimeout(c.Request.Context(), h.consistencyWait)
+			reached, err := readmodel.WaitApplied(ctx, h.read, projection, tok.StreamID, tok.Version)
+			cancel()
+			if err != nil {
+				httpx.Fail(c, err)
+				return
+			}
+			if !reached {
+				c.Header("X-Consistency", "timeout")
+			}
+		}
+		c.Next()
+	}
+}
+
+func principal(c *gin.Context) auth.Principal {
+	p, _ := auth.PrincipalOf(c)
+	return p
+}
+
+func (h *HTTP) jwks(c *gin.Context) {
+	c.Header("Cache-Control", "public, max-age=300")
+	c.JSON(http.StatusOK, h.tokens.JWKS())
+}
+
+// Me is the caller with their effective permissions.
+type Me struct {
+	readmodel.User
+	Permissions []string `json:"permissions"`
+}
+
+func (h *HTTP) me(c *gin.Context) {
+	p := principal(c)
+	u, err := readmodel.CachedUser(c.Request.Context(), h.cache, h.read, p.UserID)
+	if err != nil {
+		httpx.Fail(c, notFound(err, "user"))
+		return
+	}
+	httpx.OK(c, http.StatusOK, "Current user", Me{User: u, Permissions: auth.PermissionsOf(u.Roles)}, nil)
+}
+
+func notFound(err error, what string) error {
+	if errors.Is(err, readmodel.ErrNotFound) {
+		return apperr.NotFound(what)
+	}
+	return err
+}
+
+func (h *HTTP) getUser(c *gin.Context) {
+	id, err := httpx.PathUUID(c, "id")
+	if err != nil {
+		httpx.Fail(c, err)
+		return
+	}
+	u, err := readmodel.CachedUser(c.Request.Context(), h.cache, h.read, id)
+	if err == nil && u.OrganizationID != principal(c).OrganizationID {
+		err = readmodel.ErrNotFound // another tenant's user does not exist for this caller
+	}
+	if err != nil {
+		httpx.Fail(c, notFound(err, "user"))
+		return
+	}
+	c.Header("ETag", strconv.Quote(strconv.Itoa(u.Version)))
+	httpx.OK(c, http.StatusOK, "User", u, nil)
+}
+
+func (h *HTTP) checkEmail(c *gin.Context) {
+	email := strings.ToLower(strings.TrimSpace(c.Query("email")))
+	if a, err := mail.ParseAddress(email); email == "" || err != nil || a.Address != email {
+		httpx.Fail(c, apperr.Invalid("email", "must be a valid email address"))
+		return
+	}
+	var exists bool
+	err := h.read.QueryRow(c.Request.Context(), `SELECT EXISTS (SELECT 1 FROM users
+		WHERE organization_id = $1 AND lower(email) = $2 AND deleted_at IS NULL)`,
+		principal(c).OrganizationID, email).Scan(&exists)
+	if err != nil {
+		httpx.Fail(c, err)
+		return
+	}
+	httpx.OK(c, http.StatusOK, "Email checked", gin.H{"email": email, "exists": exists}, nil)
+}
+
+func (h *HTTP) organization(c *gin.Context) {
+	o, err := readmodel.LoadOrganization(c.Request.Context(), h.read, principal(c).OrganizationID)
+	if err != nil {
+		httpx.Fail(c, notFound(err, "organization"))
+		return
+	}
+	c.Header("ETag", strconv.Quote(strconv.Itoa(o.Version)))
+	httpx.OK(c, http.StatusOK, "Organization", o, nil)
+}
+
+// Role is a role with its permissions.
+type Role struct {
+	Name        string   `json:"name"`
+	Builtin     bool     `json:"builtin"`
+	Permissions []string `json:"permissions"`
+}
+
+func (h *HTTP) roles(c *gin.Context) {
+	var out []Role
+	for name, perms := range auth.BuiltinRoles() {
+		sort.Strings(perms)
+		out = append(out, Role{Name: name, Builtin: true, Permissions: perms})
+	}
+	order := map[string]int{auth.RoleOwner: 0, auth.RoleAdmin: 1, auth.RoleMember: 2, auth.RoleViewer: 3}
+	sort.Slice(out, func(i, j int) bool { return order[out[i].Name] < order[out[j].Name] })
+	httpx.OK(c, http.StatusOK, "Roles", out, nil)
+}
+
+func (h *HTTP) permissions(c *gin.Context) {
+	httpx.OK(c, http.StatusOK, "Permissions", auth.Permissions(), nil)
+}
+
+// Pagination is meta.pagination of every list.
+type Pagination struct {
+	Page     int `json:"page"`
+	PerPage  int `json:"per_page"`
+	Total    int `json:"total"`
+	LastPage int `json:"last_page"`
+}
+
+// pageParams reads page and per_page: page from 1, per_page 1..100 (larger is clamped).
+func pageParams(c *gin.Context, f apperr.Fields) (page, perPage int) {
+	page, perPage = 1, 15
+	if v := c.Query("page"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 {
+			f.Add("page", "must be a whole number from 1")
+		}
+		page = n
+	}
+	if v := c.Query("per_page"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 {
+			f.Add("per_page", "must be a whole number from 1 to 100")
+		}
+		perPage = min(n, 100)
+	}
+	return page, perPage
+}
+
+// sortParam maps ?sort=field|-field onto an ORDER BY clause from the allowed columns.
+func sortParam(c *gin.Context, f apperr.Fields, allowed map[string]string, def string) string {
+	v := c.DefaultQuery("sort", def)
+	desc := strings.HasPrefix(v, "-")
+	col, ok := allowed[strings.TrimPrefix(v, "-")]
+	if !ok {
+		keys := make([]string, 0, len(allowed))
+		for k := range allowed {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		f.Add("sort", "must be one of "+strings.Join(keys, ", ")+", optionally prefixed with -")
+		return ""
+	}
+	if desc {
+		return col + " DESC, id DESC"
+	}
+	return col + " ASC, id ASC"
+}
+
+func likePattern(s string) string {
+	r := strings.NewReplacer(`\`, `\\`, `%`, `\%`, `_`, `\_`)
+	return "%" + r.Replace(strings.ToLower(s)) + "%"
+}
+
+func (h *HTTP) listUsers(c *gin.Context) {
+	f := apperr.Fields{}
+	page, perPage := pageParams(c, f)
+	order := sortParam(c, f, map[string]string{"name": "lower(name)", "email": "lower(email)", "created_at": "created_at"}, "created_at")
+	where := []string{"organization_id = $1", "deleted_at IS NULL"}
+	args := []any{principal(c).OrganizationID}
+	if v := c.Query("status"); v != "" {
+		if v != "active" && v != "deactivated" {
+			f.Add("status", "must be one of active, deactivated")
+		}
+		args = append(args, v)
+		where = append(where, fmt.Sprintf("status = $%d", len(args)))
+	}
+	if v := c.Query("role"); v != "" {
+		if len(v) > 64 {
+			f.Add("role", "must be at most 64 characters")
+		}
+		args = append(args, v)
+		where = append(where, fmt.Sprintf("$%d = ANY(roles)", len(args)))
+	}
+	if v := strings.TrimSpace(c.Query("search")); v != "" {
+		if len(v) > 200 {
+			f.Add("search", "must be at most 200 characters")
+		}
+		args = append(args, likePattern(v))
+		where = append(where, fmt.Sprintf("lower(name || ' ' || email) LIKE $%d", len(args)))
+	}
+	if err := f.Err(); err != nil {
+		httpx.Fail(c, err)
+		return
+	}
+	ctx := c.Request.Context()
+	cond := strings.Join(where, " AND ")
+	var total int
+	if err := h.read.QueryRow(ctx, `SELECT count(*) FROM users WHERE `+cond, args...).Scan(&total); err != nil {
+		httpx.Fail(c, err)
+		return
+	}
+	rows, err := h.read.Query(ctx, fmt.Sprintf(`SELECT %s FROM users WHERE %s ORDER BY %s LIMIT %d OFFSET %d`,
+		readmodel.UserColumns, cond, order, perPage, (page-1)*perPage), args...)
+	if err != nil {
+		httpx.Fail(c, err)
+		return
+	}
+	defer rows.Close()
+	users := []readmodel.User{}
+	for rows.Next() {
+		u, err := readmodel.ScanUser(rows)
+		if err != nil {
+			httpx.Fail(c, err)
+			return
+		}
+		users = append(users, u)
+	}
+	if err := rows.Err(); err != nil {
+		httpx.Fail(c, err)
+		return
+	}
+	last := max(1, (total+perPage-1)/perPage)
+	httpx.OK(c, http.StatusOK, "Users", users, gin.H{"pagination": Pagination{Page: page, PerPage: perPage, Total: total, LastPage: last}})
+}
+
