@@ -306,4 +306,3 @@ func (h *HTTP) listUsers(c *gin.Context) {
 	last := max(1, (total+perPage-1)/perPage)
 	httpx.OK(c, http.StatusOK, "Users", users, gin.H{"pagination": Pagination{Page: page, PerPage: perPage, Total: total, LastPage: last}})
 }
-

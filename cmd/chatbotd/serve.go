@@ -277,4 +277,3 @@ func (o *operations) readyz(c *gin.Context) {
 	}
 	httpx.OK(c, http.StatusOK, "Ready", gin.H{"status": "ready"}, nil)
 }
-
