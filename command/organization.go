@@ -113,7 +113,7 @@ func Slugify(name string) string {
 	if len(s) > 50 {
 		s = strings.Trim(s[:50], "-")
 	}
-	if len(s) < 3 {
+	if !slugPattern.MatchString(s) {
 		s = strings.Trim("org-"+s, "-")
 	}
 	return s

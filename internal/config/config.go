@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"net/netip"
 	"net/url"
+	"reflect"
 	"strings"
 	"time"
 
@@ -70,12 +71,34 @@ func Load(environ []string) (Config, error) {
 		}
 	}
 	if err := env.ParseWithOptions(&c, env.Options{Environment: vars}); err != nil {
-		return c, fmt.Errorf("config: %w", err)
+		return c, parseErrors(err)
 	}
 	if c.DatabaseReadURL == "" {
 		c.DatabaseReadURL = c.DatabaseURL
 	}
 	return c, c.Validate()
+}
+
+// parseErrors names the environment variable of each value that did not parse (the
+// library names the Go field).
+func parseErrors(err error) error {
+	var agg env.AggregateError
+	if !errors.As(err, &agg) {
+		return err
+	}
+	var out []error
+	t := reflect.TypeOf(Config{})
+	for _, e := range agg.Errors {
+		var pe env.ParseError
+		if errors.As(e, &pe) {
+			if f, ok := t.FieldByName(pe.Name); ok {
+				out = append(out, fmt.Errorf("%s: %v", f.Tag.Get("env"), pe.Err))
+				continue
+			}
+		}
+		out = append(out, e)
+	}
+	return errors.Join(out...)
 }
 
 // Validate reports every bad value at once, each on its own line.

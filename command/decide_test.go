@@ -1,0 +1,212 @@
+package command
+
+import (
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/stretchr/testify/assert"
+
+	"github.com/chatbotsaas/chatbotd/events"
+	"github.com/chatbotsaas/chatbotd/internal/apperr"
+)
+
+func ptr[T any](v T) *T { return &v }
+
+func given[S any](evolve func(S, events.Event) S, evs ...events.Event) S {
+	var s S
+	for _, e := range evs {
+		s = evolve(s, e)
+	}
+	return s
+}
+
+var (
+	created = events.UserCreated{Name: "Ann", Email: "ann@example.com", Roles: []string{"member"}, Status: StatusActive}
+	self    = uuid.MustParse("00000000-0000-0000-0000-000000000001")
+	other   = uuid.MustParse("00000000-0000-0000-0000-000000000002")
+)
+
+func TestDecideUser(t *testing.T) {
+	tests := []struct {
+		name    string
+		history []events.Event
+		decide  func(User) ([]events.Event, error)
+		want    []events.Event
+		code    apperr.Code
+	}{
+		{"create new", nil, func(u User) ([]events.Event, error) {
+			return DecideCreateUser(u, CreateUser{Name: "Ann", Email: "ann@example.com", Role: "member"})
+		}, []events.Event{created}, ""},
+		{"create existing", []events.Event{created}, func(u User) ([]events.Event, error) {
+			return DecideCreateUser(u, CreateUser{Name: "Ann", Email: "ann@example.com", Role: "member"})
+		}, nil, apperr.CodeConflict},
+		{"rename", []events.Event{created}, func(u User) ([]events.Event, error) {
+			return DecideUpdateUser(other, u, UpdateUser{Name: ptr("Anna"), Actor: self})
+		}, []events.Event{events.UserUpdated{Changes: map[string]events.Change{"name": {Old: "Ann", New: "Anna"}}}}, ""},
+		{"update with no change", []events.Event{created}, func(u User) ([]events.Event, error) {
+			return DecideUpdateUser(other, u, UpdateUser{Name: ptr("Ann"), Email: ptr("ann@example.com"), Status: ptr(StatusActive), Actor: self})
+		}, nil, ""},
+		{"deactivate", []events.Event{created}, func(u User) ([]events.Event, error) {
+			return DecideUpdateUser(other, u, UpdateUser{Status: ptr(StatusDeactivated), Actor: self})
+		}, []events.Event{events.UserDeactivated{}}, ""},
+		{"deactivate yourself", []events.Event{created}, func(u User) ([]events.Event, error) {
+			return DecideUpdateUser(self, u, UpdateUser{Status: ptr(StatusDeactivated), Actor: self})
+		}, nil, apperr.CodeValidation},
+		{"reactivate", []events.Event{created, events.UserDeactivated{}}, func(u User) ([]events.Event, error) {
+			return DecideUpdateUser(other, u, UpdateUser{Status: ptr(StatusActive), Actor: self})
+		}, []events.Event{events.UserReactivated{}}, ""},
+		{"update deleted", []events.Event{created, events.UserDeleted{}}, func(u User) ([]events.Event, error) {
+			return DecideUpdateUser(other, u, UpdateUser{Name: ptr("x"), Actor: self})
+		}, nil, apperr.CodeNotFound},
+		{"update missing", nil, func(u User) ([]events.Event, error) {
+			return DecideUpdateUser(other, u, UpdateUser{Name: ptr("x"), Actor: self})
+		}, nil, apperr.CodeNotFound},
+		{"delete", []events.Event{created}, func(u User) ([]events.Event, error) { return DecideDeleteUser(other, u, self) },
+			[]events.Event{events.UserDeleted{}}, ""},
+		{"delete yourself", []events.Event{created}, func(u User) ([]events.Event, error) { return DecideDeleteUser(self, u, self) },
+			nil, apperr.CodeForbidden},
+		{"delete twice", []events.Event{created, events.UserDeleted{}}, func(u User) ([]events.Event, error) { return DecideDeleteUser(other, u, self) },
+			nil, apperr.CodeNotFound},
+		{"assign role", []events.Event{created}, func(u User) ([]events.Event, error) { return DecideAssignRole(u, "admin") },
+			[]events.Event{events.UserRoleAssigned{Role: "admin"}}, ""},
+		{"assign held role", []events.Event{created}, func(u User) ([]events.Event, error) { return DecideAssignRole(u, "member") },
+			nil, ""},
+		{"assign unknown role", []events.Event{created}, func(u User) ([]events.Event, error) { return DecideAssignRole(u, "wizard") },
+			nil, apperr.CodeNotFound},
+		{"remove role", []events.Event{created}, func(u User) ([]events.Event, error) { return DecideRemoveRole(u, "member") },
+			[]events.Event{events.UserRoleRemoved{Role: "member"}}, ""},
+		{"remove role not held", []events.Event{created}, func(u User) ([]events.Event, error) { return DecideRemoveRole(u, "admin") },
+			nil, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := tt.decide(given(EvolveUser, tt.history...))
+			assert.Equal(t, tt.code, apperr.CodeOf(err), "error %v", err)
+			assert.Equal(t, tt.want, got)
+		})
+	}
+}
+
+func TestEvolveUser(t *testing.T) {
+	u := given(EvolveUser, created,
+		events.UserUpdated{Changes: map[string]events.Change{"email": {Old: "ann@example.com", New: "a@example.com"}}},
+		events.UserRoleAssigned{Role: "admin"}, events.UserRoleAssigned{Role: "admin"}, events.UserRoleRemoved{Role: "member"},
+		events.UserDeactivated{})
+	assert.Equal(t, User{Exists: true, Name: "Ann", Email: "a@example.com", Status: StatusDeactivated, Roles: []string{"admin"}}, u)
+	assert.False(t, given(EvolveUser, created, events.UserDeleted{}).Live())
+}
+
+func TestDecideSession(t *testing.T) {
+	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	later := now.Add(time.Hour)
+	started := events.SessionStarted{UserID: self.String(), ExpiresAt: later.Format(time.RFC3339)}
+	refreshed := events.SessionRefreshed{Generation: 2, ExpiresAt: later.Format(time.RFC3339)}
+	tests := []struct {
+		name      string
+		history   []events.Event
+		presented int
+		at        time.Time
+		want      []events.Event
+		refused   bool
+	}{
+		{"current generation rotates", []events.Event{started}, 1, now, []events.Event{events.SessionRefreshed{Generation: 2, ExpiresAt: later.Add(time.Hour).Format(time.RFC3339)}}, false},
+		{"older generation is reuse and revokes", []events.Event{started, refreshed}, 1, now,
+			[]events.Event{events.SessionReuseDetected{PresentedGeneration: 1, CurrentGeneration: 2}, events.SessionRevoked{Reason: ReasonReuse}}, true},
+		{"future generation is refused", []events.Event{started}, 5, now, nil, true},
+		{"revoked session is refused", []events.Event{started, events.SessionRevoked{Reason: ReasonLogout}}, 1, now, nil, true},
+		{"expired session is refused", []events.Event{started}, 1, later.Add(time.Minute), nil, true},
+		{"unknown session is refused", nil, 1, now, nil, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := DecideRefreshSession(given(EvolveSession, tt.history...), tt.presented, tt.at, later.Add(time.Hour))
+			assert.Equal(t, tt.refused, err != nil)
+			if err != nil {
+				assert.Equal(t, apperr.CodeUnauthenticated, apperr.CodeOf(err))
+			}
+			assert.Equal(t, tt.want, got)
+		})
+	}
+	s := given(EvolveSession, started)
+	evs, err := DecideRevokeSession(s, ReasonLogout)
+	assert.NoError(t, err)
+	assert.Equal(t, []events.Event{events.SessionRevoked{Reason: ReasonLogout}}, evs)
+	evs, err = DecideRevokeSession(EvolveSession(s, evs[0]), ReasonLogout)
+	assert.NoError(t, err)
+	assert.Empty(t, evs, "revoking twice changes nothing")
+	_, err = DecideStartSession(s, self, later)
+	assert.Equal(t, apperr.CodeConflict, apperr.CodeOf(err))
+}
+
+func TestDecideOrganization(t *testing.T) {
+	createdOrg := events.OrganizationCreated{Name: "Acme", Slug: "acme", Status: "active"}
+	tests := []struct {
+		name    string
+		history []events.Event
+		cmd     UpdateOrganization
+		want    []events.Event
+		code    apperr.Code
+	}{
+		{"rename", []events.Event{createdOrg}, UpdateOrganization{Name: ptr("Acme Ltd")},
+			[]events.Event{events.OrganizationUpdated{Changes: map[string]events.Change{"name": {Old: "Acme", New: "Acme Ltd"}}}}, ""},
+		{"no change", []events.Event{createdOrg}, UpdateOrganization{Name: ptr("Acme"), Slug: ptr("acme")}, nil, ""},
+		{"missing", nil, UpdateOrganization{Name: ptr("x")}, nil, apperr.CodeNotFound},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := DecideUpdateOrganization(given(EvolveOrganization, tt.history...), tt.cmd)
+			assert.Equal(t, tt.code, apperr.CodeOf(err))
+			assert.Equal(t, tt.want, got)
+		})
+	}
+	_, err := DecideCreateOrganization(given(EvolveOrganization, createdOrg), CreateOrganization{Name: "x", Slug: "xyz"})
+	assert.Equal(t, apperr.CodeConflict, apperr.CodeOf(err))
+}
+
+func TestValidation(t *testing.T) {
+	tests := []struct {
+		name   string
+		in     CreateUser
+		fields []string
+	}{
+		{"valid, role defaults to member", CreateUser{Name: " Ann ", Email: " Ann@Example.COM ", Password: "12345678", PasswordConfirmation: "12345678"}, nil},
+		{"everything wrong", CreateUser{Email: "not-an-email", Password: "short", PasswordConfirmation: "other", Role: "root"},
+			[]string{"email", "name", "password", "password_confirmation", "role"}},
+		{"display-name email is refused", CreateUser{Name: "A", Email: "Ann <ann@example.com>", Password: "12345678", PasswordConfirmation: "12345678"}, []string{"email"}},
+		{"email without a dot in the domain", CreateUser{Name: "A", Email: "ann@localhost", Password: "12345678", PasswordConfirmation: "12345678"}, []string{"email"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			in := tt.in
+			err := in.Validate()
+			var fields []string
+			if e, ok := err.(*apperr.Error); ok {
+				for f := range e.Fields {
+					fields = append(fields, f)
+				}
+			}
+			assert.ElementsMatch(t, tt.fields, fields)
+			if err == nil {
+				assert.Equal(t, "ann@example.com", in.Email)
+				assert.Equal(t, "Ann", in.Name)
+				assert.Equal(t, "member", in.Role)
+			}
+		})
+	}
+}
+
+func TestSlugify(t *testing.T) {
+	for in, want := range map[string]string{
+		"Acme Café":         "acme-cafe",
+		"  --Hello, World!": "hello-world",
+		"Ü":                 "org-u",
+		"日本":                "org",
+		"a  b":              "org-a-b",
+		"Bücher & Co":       "bucher-co",
+	} {
+		got := Slugify(in)
+		assert.Equal(t, want, got, in)
+		assert.Regexp(t, slugPattern, got)
+	}
+}
