@@ -14,8 +14,8 @@ test:
 	$(GO) test -race -count=1 -timeout 12m $(PKGS)
 
 ## bench: the benchmark suite; writes its tables into BENCHMARKS.md
-bench: services
-	$(GO) run ./cmd/bench -out BENCHMARKS.md
+bench: services build
+	$(GO) run ./cmd/bench -binary bin/chatbotd -out BENCHMARKS.md
 
 ## services: start (or install) PostgreSQL, Redis and RabbitMQ locally
 services:

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/google/uuid"
@@ -68,13 +69,57 @@ type AppendResult struct {
 type Store struct {
 	pool *pgxpool.Pool
 	now  func() time.Time
+
+	// NOTIFY inside a transaction serializes every committing appender on PostgreSQL's
+	// notification queue lock, so appends wake the relay after commit instead, through one
+	// goroutine that coalesces any number of commits into one pg_notify.
+	wake      chan struct{}
+	startOnce sync.Once
+	stop      context.CancelFunc
+	stopped   chan struct{}
 }
 
 // NewStore returns a store over pool.
 func NewStore(pool *pgxpool.Pool) *Store {
 	// PostgreSQL keeps microseconds: stamping with that precision makes the time a
 	// command answers with equal to the one every read model shows.
-	return &Store{pool: pool, now: func() time.Time { return time.Now().UTC().Truncate(time.Microsecond) }}
+	return &Store{pool: pool, now: func() time.Time { return time.Now().UTC().Truncate(time.Microsecond) },
+		wake: make(chan struct{}, 1), stopped: make(chan struct{})}
+}
+
+// Close stops the store's notifier, after a last notification.
+func (s *Store) Close() {
+	s.startOnce.Do(func() { close(s.stopped) })
+	if s.stop != nil {
+		s.stop()
+		<-s.stopped
+	}
+}
+
+// notify tells the relay that events were committed. It never blocks the appender.
+func (s *Store) notify() {
+	s.startOnce.Do(func() {
+		ctx, cancel := context.WithCancel(context.Background())
+		s.stop = cancel
+		go s.notifier(ctx)
+	})
+	select {
+	case s.wake <- struct{}{}:
+	default: // a notification is pending already and will cover this commit
+	}
+}
+
+func (s *Store) notifier(ctx context.Context) {
+	defer close(s.stopped)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-s.wake:
+		}
+		// A failed NOTIFY costs latency, not events: the relay also polls.
+		_, _ = s.pool.Exec(ctx, `SELECT pg_notify($1, '')`, NotifyChannel)
+	}
 }
 
 // Pool is the primary pool the store writes to.
@@ -105,6 +150,22 @@ func (s *Store) Append(ctx context.Context, req AppendRequest) (AppendResult, er
 }
 
 func (s *Store) appendOnce(ctx context.Context, req AppendRequest) (res AppendResult, err error) {
+	meta, err := json.Marshal(req.Meta.Metadata)
+	if err != nil {
+		return res, err
+	}
+	res = AppendResult{StreamType: req.StreamType, StreamID: req.StreamID, OccurredAt: s.now()}
+	if req.Also == nil && len(req.More) == 0 && req.ExpectedVersion != AnyVersion {
+		// One statement is its own transaction: one round trip, like a plain INSERT.
+		res.Version, res.Position, err = s.insertStream(ctx, s.pool, req, req.Meta, meta, res.OccurredAt)
+		if errors.Is(err, errAlreadyAppended) {
+			return s.resultOf(ctx, req)
+		}
+		if err == nil {
+			s.notify()
+		}
+		return res, err
+	}
 	tx, err := s.pool.Begin(ctx)
 	if err != nil {
 		return res, err
@@ -114,11 +175,13 @@ func (s *Store) appendOnce(ctx context.Context, req AppendRequest) (res AppendRe
 			_ = tx.Rollback(context.WithoutCancel(ctx))
 		}
 	}()
-	meta, err := json.Marshal(req.Meta.Metadata)
-	if err != nil {
-		return res, err
+	if req.ExpectedVersion == AnyVersion {
+		// Writers that accept any version queue on the stream instead of racing for it.
+		// The lock assigns no transaction id (see insertStream).
+		if _, err = tx.Exec(ctx, `SELECT pg_advisory_xact_lock(hashtextextended($1::text, 0))`, req.StreamID); err != nil {
+			return res, err
+		}
 	}
-	res = AppendResult{StreamType: req.StreamType, StreamID: req.StreamID, OccurredAt: s.now()}
 	for i, w := range append([]AppendRequest{req}, req.More...) {
 		version, last, ierr := s.insertStream(ctx, tx, w, req.Meta, meta, res.OccurredAt)
 		if ierr != nil {
@@ -138,57 +201,30 @@ func (s *Store) appendOnce(ctx context.Context, req AppendRequest) (res AppendRe
 			return res, err
 		}
 	}
-	if _, err = tx.Exec(ctx, `SELECT pg_notify($1, '')`, NotifyChannel); err != nil {
-		return res, err
-	}
 	if err = tx.Commit(ctx); err != nil {
 		return res, err
 	}
+	s.notify()
 	return res, nil
 }
 
 var errAlreadyAppended = errors.New("events already appended")
 
-// insertStream checks one stream's expected version and inserts its events, returning
-// the stream's new version and the last position.
-func (s *Store) insertStream(ctx context.Context, tx pgx.Tx, req AppendRequest, m Meta, meta []byte, at time.Time) (int, int64, error) {
+// insertStream checks one stream's expected version and inserts its events in one
+// statement, returning the stream's new version and the last position.
+//
+// The statement reads the stream's version from a snapshot taken before its insert
+// assigns the transaction id, so that id comes after the commit of every event of the
+// stream it saw; (transaction id, position) order therefore keeps each stream's order.
+func (s *Store) insertStream(ctx context.Context, q Querier, req AppendRequest, m Meta, meta []byte, at time.Time) (int, int64, error) {
 	if len(req.Events) == 0 {
 		return 0, 0, errors.New("append: no events")
 	}
 	if req.EventIDs != nil && len(req.EventIDs) != len(req.Events) {
 		return 0, 0, errors.New("append: one event id per event")
 	}
-	// Neither the lock nor the read assigns a transaction id; the insert below is the
-	// first write, so this transaction's id is taken after it saw the stream's previous
-	// events commit, and (transaction id, position) order keeps each stream's order.
-	if req.ExpectedVersion == AnyVersion {
-		// Writers that accept any version queue on the stream instead of racing for it.
-		if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock(hashtextextended($1::text, 0))`, req.StreamID); err != nil {
-			return 0, 0, err
-		}
-	}
-	var current int
-	if err := tx.QueryRow(ctx, `SELECT coalesce(max(stream_version), 0) FROM events WHERE stream_id = $1`,
-		req.StreamID).Scan(&current); err != nil {
-		return 0, 0, err
-	}
-	if req.ExpectedVersion != AnyVersion && req.ExpectedVersion != current {
-		if req.EventIDs != nil {
-			// A retry of an append that already happened is not a conflict.
-			var n int
-			if err := tx.QueryRow(ctx, `SELECT count(*) FROM events WHERE id = ANY($1)`, req.EventIDs).Scan(&n); err != nil {
-				return 0, 0, err
-			}
-			if n > 0 {
-				return 0, 0, errAlreadyAppended
-			}
-		}
-		return 0, 0, apperr.Conflict(fmt.Sprintf("expected version %d, but the resource is at version %d", req.ExpectedVersion, current))
-	}
-
 	n := len(req.Events)
 	ids := make([]uuid.UUID, n)
-	versions := make([]int32, n)
 	types := make([]string, n)
 	schemas := make([]int32, n)
 	datas := make([]string, n)
@@ -198,7 +234,6 @@ func (s *Store) insertStream(ctx context.Context, tx pgx.Tx, req AppendRequest, 
 		} else {
 			ids[i] = uuid.Must(uuid.NewV7())
 		}
-		versions[i] = int32(current + i + 1)
 		types[i] = ev.EventType()
 		v, ok := SchemaVersionOf(types[i])
 		if !ok {
@@ -214,32 +249,57 @@ func (s *Store) insertStream(ctx context.Context, tx pgx.Tx, req AppendRequest, 
 		}
 		datas[i] = string(b)
 	}
-	rows, err := tx.Query(ctx, `
+	rows, err := q.Query(ctx, `
+		WITH cur AS (SELECT coalesce(max(stream_version), 0) AS v FROM events WHERE stream_id = $3)
 		INSERT INTO events (id, stream_type, stream_id, stream_version, type, schema_version,
 			organization_id, actor_type, actor_id, correlation_id, causation_id, request_id,
 			metadata, data, occurred_at)
-		SELECT u.id, $2, $3, u.version, u.type, u.schema, $4, $5, $6, $7, $8, $9, $10, u.data::jsonb, $11
-		FROM unnest($1::uuid[], $12::int[], $13::text[], $14::int[], $15::text[])
-			WITH ORDINALITY AS u(id, version, type, schema, data, ord)
+		SELECT u.id, $2, $3, cur.v + u.ord::int, u.type, u.schema, $4, $5, $6, $7, $8, $9, $10, u.data::jsonb, $11
+		FROM cur, unnest($1::uuid[], $13::text[], $14::int[], $15::text[])
+			WITH ORDINALITY AS u(id, type, schema, data, ord)
+		WHERE $12::int < 0 OR cur.v = $12::int
 		ORDER BY u.ord
-		RETURNING position`,
+		RETURNING position, stream_version`,
 		ids, req.StreamType, req.StreamID, req.OrganizationID, m.Actor.Type, m.Actor.ID,
 		m.CorrelationID, m.CausationID, m.RequestID, meta, at,
-		versions, types, schemas, datas)
+		req.ExpectedVersion, types, schemas, datas)
 	if err != nil {
 		return 0, 0, err
 	}
 	var last int64
+	var version int
 	for rows.Next() {
 		var p int64
-		if err := rows.Scan(&p); err != nil {
+		var v int
+		if err := rows.Scan(&p, &v); err != nil {
 			rows.Close()
 			return 0, 0, err
 		}
-		last = max(last, p)
+		last, version = max(last, p), max(version, v)
 	}
 	rows.Close()
-	return current + n, last, rows.Err()
+	if err := rows.Err(); err != nil {
+		return 0, 0, err
+	}
+	if version > 0 {
+		return version, last, nil
+	}
+	// Nothing inserted: the expected version was stale, or this is a retry of an append
+	// that already happened.
+	if req.EventIDs != nil {
+		var found int
+		if err := q.QueryRow(ctx, `SELECT count(*) FROM events WHERE id = ANY($1)`, req.EventIDs).Scan(&found); err != nil {
+			return 0, 0, err
+		}
+		if found > 0 {
+			return 0, 0, errAlreadyAppended
+		}
+	}
+	var current int
+	if err := q.QueryRow(ctx, `SELECT coalesce(max(stream_version), 0) FROM events WHERE stream_id = $1`, req.StreamID).Scan(&current); err != nil {
+		return 0, 0, err
+	}
+	return 0, 0, apperr.Conflict(fmt.Sprintf("expected version %d, but the resource is at version %d", req.ExpectedVersion, current))
 }
 
 // resultOf answers a repeated append of already stored event ids.
@@ -278,9 +338,10 @@ func scanEnvelope(row pgx.Row, extra ...any) (Envelope, error) {
 	return e, nil
 }
 
-// Querier is what reads need: a pool or a transaction.
+// Querier is a pool or a transaction.
 type Querier interface {
 	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
 }
 
 // ReadStream returns a stream's events with from <= version <= to (to 0: to the end).

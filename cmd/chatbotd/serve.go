@@ -37,6 +37,7 @@ type deps struct {
 	rdb    *redis.Client
 	cache  *cache.Cache
 	broker *broker.Conn
+	store  *events.Store
 }
 
 func openDeps(ctx context.Context, cfg config.Config, logger *slog.Logger) (*deps, error) {
@@ -57,10 +58,12 @@ func openDeps(ctx context.Context, cfg config.Config, logger *slog.Logger) (*dep
 	d.rdb = redis.NewClient(opt)
 	d.cache = cache.New(d.rdb, cfg.RedisPrefix, 10*time.Minute)
 	d.broker = broker.Dial(cfg.AMQPURL, logger)
+	d.store = events.NewStore(d.pool)
 	return d, nil
 }
 
 func (d *deps) close() {
+	d.store.Close()
 	_ = d.broker.Close()
 	_ = d.rdb.Close()
 	d.read.Close()
@@ -186,8 +189,7 @@ func newAPI(ctx context.Context, d *deps, ready *atomic.Bool) (http.Handler, err
 	if err != nil {
 		return nil, err
 	}
-	store := events.NewStore(d.pool)
-	svc := command.NewService(store, auth.NewHasher(cfg.PasswordHashConcurrency), tokens, cfg.RefreshTTL, d.logger)
+	svc := command.NewService(d.store, auth.NewHasher(cfg.PasswordHashConcurrency), tokens, cfg.RefreshTTL, d.logger)
 	authn := auth.NewAuthenticator(tokens, d.read, d.cache)
 
 	gin.SetMode(gin.ReleaseMode)

@@ -1,0 +1,340 @@
+// Command bench measures chatbotd against baselines run in the same invocation on the same
+// machine, and writes the tables into BENCHMARKS.md (between its generated markers).
+//
+//	go run ./cmd/bench -binary bin/chatbotd -out BENCHMARKS.md
+//
+// Figures are ratios against the baseline because absolute numbers drift between runs.
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"os/exec"
+	"regexp"
+	"runtime"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+
+	"github.com/chatbotsaas/chatbotd/events"
+	"github.com/chatbotsaas/chatbotd/internal/db"
+)
+
+func main() {
+	if err := run(context.Background()); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
+
+type options struct {
+	server   string
+	database string
+	binary   string
+	out      string
+	duration time.Duration
+	samples  int
+}
+
+func run(ctx context.Context) error {
+	var o options
+	flag.StringVar(&o.server, "postgres", "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable", "PostgreSQL server (its postgres database)")
+	flag.StringVar(&o.database, "database", "chatbotd_bench", "database to (re)create for the run")
+	flag.StringVar(&o.binary, "binary", "bin/chatbotd", "chatbotd binary for the end-to-end figures")
+	flag.StringVar(&o.out, "out", "", "markdown file to write the results into (stdout when empty)")
+	flag.DurationVar(&o.duration, "duration", 5*time.Second, "duration of each throughput measurement")
+	flag.IntVar(&o.samples, "samples", 300, "commands timed for the latency figure")
+	flag.Parse()
+
+	dbURL, err := recreate(ctx, o.server, o.database)
+	if err != nil {
+		return err
+	}
+	pool, err := db.Open(ctx, dbURL, 40)
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	if err := db.Migrate(ctx, pool, slog.New(slog.DiscardHandler)); err != nil {
+		return err
+	}
+
+	var report strings.Builder
+	fmt.Fprintf(&report, "Run on %s: %s, %d cores, %s; %s; PostgreSQL %s.\n\n",
+		time.Now().UTC().Format("2006-01-02"), cpuModel(), runtime.NumCPU(), memTotal(), runtime.Version(), pgVersion(ctx, pool))
+	fmt.Fprintf(&report, "Command: `make bench` (`go run ./cmd/bench -binary bin/chatbotd -duration %s -samples %d`).\n\n", o.duration, o.samples)
+
+	// 1. Appends per second against pgbench's insert of the same row.
+	report.WriteString("### Event store appends (durable, one command = one transaction)\n\n")
+	report.WriteString("Each append is what a command does in the store: check the expected version and insert the event in one statement, commit (fsync), then wake the relay (a coalesced NOTIFY outside the transaction). ")
+	report.WriteString("The baseline is pgbench, in the same run, inserting the same row into the same `events` table, one row per transaction.\n\n")
+	report.WriteString("| writers | chatbotd appends/s | pgbench inserts/s | ratio |\n|---:|---:|---:|---:|\n")
+	store := events.NewStore(pool)
+	defer store.Close()
+	for _, n := range []int{1, 8, 32} {
+		ours, err := appendRate(ctx, store, n, o.duration)
+		if err != nil {
+			return err
+		}
+		base, err := pgbenchRate(ctx, dbURL, n, o.duration)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(&report, "| %d | %.0f | %.0f | %.2f× |\n", n, ours, base, ours/base)
+		fmt.Fprintf(os.Stderr, "appends: %d writers: %.0f/s vs pgbench %.0f/s\n", n, ours, base)
+	}
+
+	// 2. From a 2xx on POST /users to the user being readable, on a database of its own
+	// (the append phase left a backlog that the relay would otherwise publish first).
+	e2eURL, err := recreate(ctx, o.server, o.database+"_e2e")
+	if err != nil {
+		return err
+	}
+	p50, p99, err := commandToRead(ctx, o, e2eURL)
+	if err != nil {
+		return err
+	}
+	report.WriteString("\n### From a command's 2xx to the read model\n\n")
+	report.WriteString("The whole binary (`chatbotd serve`, all roles) on this machine; one client creates users one after another " +
+		"and polls `GET /api/v1/users/{id}` (without a consistency token) until it answers 200. " +
+		"The time runs from the 2xx of `POST /api/v1/users` to the first 200: relay (LISTEN/NOTIFY, publish, confirm), RabbitMQ, projector batch, commit.\n\n")
+	fmt.Fprintf(&report, "| samples | p50 | p99 |\n|---:|---:|---:|\n| %d | %s | %s |\n", o.samples, ms(p50), ms(p99))
+	fmt.Fprintf(os.Stderr, "command to read: p50 %s p99 %s\n", ms(p50), ms(p99))
+
+	if o.out == "" {
+		fmt.Print(report.String())
+		return nil
+	}
+	return writeBetweenMarkers(o.out, report.String())
+}
+
+func ms(d time.Duration) string { return fmt.Sprintf("%.1f ms", float64(d.Microseconds())/1000) }
+
+func recreate(ctx context.Context, server, name string) (string, error) {
+	conn, err := pgx.Connect(ctx, server)
+	if err != nil {
+		return "", err
+	}
+	defer conn.Close(ctx)
+	if _, err := conn.Exec(ctx, "DROP DATABASE IF EXISTS "+pgx.Identifier{name}.Sanitize()+" WITH (FORCE)"); err != nil {
+		return "", err
+	}
+	if _, err := conn.Exec(ctx, "CREATE DATABASE "+pgx.Identifier{name}.Sanitize()); err != nil {
+		return "", err
+	}
+	cfg := conn.Config()
+	return fmt.Sprintf("postgres://%s@%s:%d/%s?sslmode=disable", cfg.User, cfg.Host, cfg.Port, name), nil
+}
+
+func appendRate(ctx context.Context, store *events.Store, writers int, d time.Duration) (float64, error) {
+	var n atomic.Int64
+	var firstErr error
+	var once sync.Once
+	deadline := time.Now().Add(d)
+	var wg sync.WaitGroup
+	org := uuid.New()
+	start := time.Now()
+	for w := 0; w < writers; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for time.Now().Before(deadline) {
+				_, err := store.Append(ctx, events.AppendRequest{StreamType: events.StreamUser, StreamID: uuid.New(),
+					ExpectedVersion: 0, OrganizationID: &org, Meta: events.Meta{Actor: events.Actor{Type: events.ActorSystem}},
+					Events: []events.Event{events.UserCreated{Name: "Bench User", Email: "bench@example.com", Roles: []string{"member"}, Status: "active"}}})
+				if err != nil {
+					once.Do(func() { firstErr = err })
+					return
+				}
+				n.Add(1)
+			}
+		}()
+	}
+	wg.Wait()
+	return float64(n.Load()) / time.Since(start).Seconds(), firstErr
+}
+
+const pgbenchScript = `INSERT INTO events (id, stream_type, stream_id, stream_version, type, schema_version, organization_id,
+  actor_type, data, occurred_at) VALUES (gen_random_uuid(), 'user', gen_random_uuid(), 1, 'user.created', 1,
+  gen_random_uuid(), 'system', '{"name":"Bench User","email":"bench@example.com","roles":["member"],"status":"active"}', now());
+`
+
+var tpsLine = regexp.MustCompile(`tps = ([0-9.]+) \(without initial connection time\)`)
+
+func pgbenchRate(ctx context.Context, dbURL string, clients int, d time.Duration) (float64, error) {
+	f, err := os.CreateTemp("", "pgbench-*.sql")
+	if err != nil {
+		return 0, err
+	}
+	defer os.Remove(f.Name())
+	if _, err := f.WriteString(pgbenchScript); err != nil {
+		return 0, err
+	}
+	f.Close()
+	cmd := exec.CommandContext(ctx, "pgbench", "-n", "-M", "prepared", "-c", strconv.Itoa(clients),
+		"-j", strconv.Itoa(min(clients, runtime.NumCPU())), "-T", strconv.Itoa(int(d.Seconds())), "-f", f.Name(), dbURL)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return 0, fmt.Errorf("pgbench: %v: %s", err, out)
+	}
+	m := tpsLine.FindSubmatch(out)
+	if m == nil {
+		return 0, fmt.Errorf("pgbench: no tps in %s", out)
+	}
+	return strconv.ParseFloat(string(m[1]), 64)
+}
+
+// commandToRead starts the binary and times POST /users → GET /users/{id} == 200.
+func commandToRead(ctx context.Context, o options, dbURL string) (p50, p99 time.Duration, err error) {
+	const addr = "127.0.0.1:18097"
+	ctx, cancel := context.WithCancel(ctx)
+	cmd := exec.CommandContext(ctx, o.binary, "serve")
+	cmd.Env = append(os.Environ(), "DATABASE_URL="+dbURL, "HTTP_ADDR="+addr, "LOG_LEVEL=warn",
+		"AMQP_EXCHANGE=bench.events", "AMQP_QUEUE_PREFIX=bench.", "REDIS_PREFIX=bench:")
+	cmd.Stdout, cmd.Stderr = io.Discard, os.Stderr
+	cmd.Cancel = func() error { return cmd.Process.Signal(os.Interrupt) }
+	if err := cmd.Start(); err != nil {
+		cancel()
+		return 0, 0, fmt.Errorf("start %s (run make build first): %w", o.binary, err)
+	}
+	defer func() { cancel(); _ = cmd.Wait() }() // SIGINT, then wait for a clean shutdown
+	base := "http://" + addr
+	client := &http.Client{Timeout: 10 * time.Second}
+	for i := 0; ; i++ {
+		if res, err := client.Get(base + "/ready"); err == nil {
+			res.Body.Close()
+			if res.StatusCode == 200 {
+				break
+			}
+		}
+		if i > 300 {
+			return 0, 0, errors.New("chatbotd did not become ready")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	call := func(method, path, token string, body any) (int, map[string]any, error) {
+		var r io.Reader
+		if body != nil {
+			b, _ := json.Marshal(body)
+			r = bytes.NewReader(b)
+		}
+		req, _ := http.NewRequestWithContext(ctx, method, base+path, r)
+		req.Header.Set("Content-Type", "application/json")
+		if token != "" {
+			req.Header.Set("Authorization", "Bearer "+token)
+		}
+		res, err := client.Do(req)
+		if err != nil {
+			return 0, nil, err
+		}
+		defer res.Body.Close()
+		var env map[string]any
+		_ = json.NewDecoder(res.Body).Decode(&env)
+		return res.StatusCode, env, nil
+	}
+	email := "owner-" + uuid.NewString()[:8] + "@bench.example"
+	if st, env, err := call("POST", "/api/v1/auth/register", "", map[string]string{"organization_name": "Bench", "name": "Owner", "email": email, "password": "bench-password"}); err != nil || st != 201 {
+		return 0, 0, fmt.Errorf("register: %d %v %v", st, env, err)
+	}
+	st, env, err := call("POST", "/api/v1/auth/login", "", map[string]string{"email": email, "password": "bench-password"})
+	if err != nil || st != 200 {
+		return 0, 0, fmt.Errorf("login: %d %v %v", st, env, err)
+	}
+	token := env["data"].(map[string]any)["access_token"].(string)
+	var lat []time.Duration
+	for i := 0; i < o.samples; i++ {
+		st, env, err := call("POST", "/api/v1/users", token, map[string]string{"name": "User", "email": fmt.Sprintf("u%d-%s@bench.example", i, uuid.NewString()[:6]),
+			"password": "password1", "password_confirmation": "password1"})
+		if err != nil || st != 201 {
+			return 0, 0, fmt.Errorf("create user: %d %v %v", st, env, err)
+		}
+		t0 := time.Now()
+		id := env["data"].(map[string]any)["id"].(string)
+		for {
+			st, _, err := call("GET", "/api/v1/users/"+id, token, nil)
+			if err != nil {
+				return 0, 0, err
+			}
+			if st == 200 {
+				break
+			}
+			if time.Since(t0) > 10*time.Second {
+				return 0, 0, fmt.Errorf("user %s not readable after 10s", id)
+			}
+		}
+		lat = append(lat, time.Since(t0))
+		if (i+1)%100 == 0 {
+			fmt.Fprintf(os.Stderr, "command to read: %d/%d samples\n", i+1, o.samples)
+		}
+	}
+	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
+	return lat[len(lat)/2], lat[len(lat)*99/100], nil
+}
+
+const (
+	beginMarker = "<!-- bench:begin (written by make bench) -->"
+	endMarker   = "<!-- bench:end -->"
+)
+
+func writeBetweenMarkers(path, body string) error {
+	old, err := os.ReadFile(path)
+	if err != nil && !os.IsNotExist(err) {
+		return err
+	}
+	s := string(old)
+	i, j := strings.Index(s, beginMarker), strings.Index(s, endMarker)
+	block := beginMarker + "\n" + body + "\n" + endMarker
+	if i < 0 || j < i {
+		s = strings.TrimRight(s, "\n") + "\n\n" + block + "\n"
+	} else {
+		s = s[:i] + block + s[j+len(endMarker):]
+	}
+	return os.WriteFile(path, []byte(s), 0o644)
+}
+
+func cpuModel() string {
+	b, err := os.ReadFile("/proc/cpuinfo")
+	if err != nil {
+		return runtime.GOARCH
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(line, "model name") {
+			if _, v, ok := strings.Cut(line, ":"); ok {
+				return strings.TrimSpace(v)
+			}
+		}
+	}
+	return runtime.GOARCH
+}
+
+func memTotal() string {
+	b, err := os.ReadFile("/proc/meminfo")
+	if err != nil {
+		return "unknown memory"
+	}
+	var kb int
+	fmt.Sscanf(strings.TrimPrefix(strings.Split(string(b), "\n")[0], "MemTotal:"), "%d", &kb)
+	return fmt.Sprintf("%.0f GiB RAM", float64(kb)/1024/1024)
+}
+
+func pgVersion(ctx context.Context, pool interface {
+	QueryRow(context.Context, string, ...any) pgx.Row
+}) string {
+	var v string
+	_ = pool.QueryRow(ctx, "SHOW server_version").Scan(&v)
+	return v
+}
