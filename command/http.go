@@ -25,8 +25,8 @@ func NewHTTP(svc *Service) *HTTP { return &HTTP{svc: svc} }
 func (h *HTTP) Routes() []httpx.Route {
 	return []httpx.Route{
 		httpx.R(http.MethodPost, "/api/v1/auth/register", auth.Public, h.register),
-		httpx.R(http.MethodPost, "/api/v1/auth/login", auth.Public, h.login),
-		httpx.R(http.MethodPost, "/api/v1/auth/refresh", auth.Public, h.refresh),
+		httpx.R(http.MethodPost, "/api/v1/auth/login", auth.Public, h.login).WithCredentials(),
+		httpx.R(http.MethodPost, "/api/v1/auth/refresh", auth.Public, h.refresh).WithCredentials(),
 		httpx.R(http.MethodPost, "/api/v1/auth/logout", auth.Authenticated, h.logout),
 		httpx.R(http.MethodPost, "/api/v1/users", auth.UsersWrite, h.createUser),
 		httpx.R(http.MethodPatch, "/api/v1/users/:id", auth.UsersWrite, h.updateUser),

@@ -420,6 +420,24 @@ func TestEndToEndAccountsSlice(t *testing.T) {
 	a.expectError(req{method: "POST", path: "/api/v1/users", token: ownerToken, body: "name=x", headers: map[string]string{"Content-Type": "text/plain"}}, 415, "UNSUPPORTED_MEDIA_TYPE")
 	a.expectError(req{method: "GET", path: "/api/v1/nothing-here", token: ownerToken}, 404, "NOT_FOUND")
 
+	// Login answers (tokens) are never kept for Idempotency-Key replays.
+	k := map[string]string{"Idempotency-Key": "login-1"}
+	l1 := a.expect(req{method: "POST", path: "/api/v1/auth/login", headers: k, body: map[string]string{"email": "ann@example.com", "password": "correct horse"}}, 200)
+	l2 := a.expect(req{method: "POST", path: "/api/v1/auth/login", headers: k, body: map[string]string{"email": "ann@example.com", "password": "correct horse"}}, 200)
+	assert.NotEqual(t, string(l1.Body.Data), string(l2.Body.Data))
+	var stored int
+	require.NoError(t, a.db.Pool.QueryRow(context.Background(), `SELECT count(*) FROM idempotency_keys WHERE body::text LIKE '%access_token%'`).Scan(&stored))
+	assert.Zero(t, stored)
+
+	// Without trusted proxies, X-Forwarded-For is not believed: the audit metadata has
+	// the TCP peer.
+	a.expectError(req{method: "POST", path: "/api/v1/auth/login", headers: map[string]string{"X-Forwarded-For": "203.0.113.9"},
+		body: map[string]string{"email": "spoof@example.com", "password": "whatever1"}}, 401, "UNAUTHENTICATED")
+	var ip string
+	require.NoError(t, a.db.Pool.QueryRow(context.Background(), `SELECT metadata->>'ip_address' FROM events
+		WHERE type = 'login.failed' AND data->>'email' = 'spoof@example.com'`).Scan(&ip))
+	assert.Equal(t, "127.0.0.1", ip)
+
 	// No secret or hash is in any event.
 	var leaks int
 	require.NoError(t, a.db.Pool.QueryRow(context.Background(), `SELECT count(*) FROM events

@@ -216,7 +216,11 @@ func newAPI(ctx context.Context, d *deps, ready *atomic.Bool) (http.Handler, err
 		if rt.Access == "" {
 			return nil, fmt.Errorf("route %s %s declares no access", rt.Method, rt.Path)
 		}
-		r.Handle(rt.Method, rt.Path, authn.Middleware(rt.Access), idem, rt.Handler)
+		chain := []gin.HandlerFunc{authn.Middleware(rt.Access)}
+		if !rt.Credentials {
+			chain = append(chain, idem)
+		}
+		r.Handle(rt.Method, rt.Path, append(chain, rt.Handler)...)
 	}
 	return r, nil
 }

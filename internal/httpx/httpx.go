@@ -246,9 +246,15 @@ type Route struct {
 	Path    string
 	Access  string
 	Handler gin.HandlerFunc
+	// Credentials marks answers that carry tokens: they are never stored, so
+	// Idempotency-Key does not apply to them.
+	Credentials bool
 }
 
 // R builds a Route.
 func R(method, path, access string, h gin.HandlerFunc) Route {
 	return Route{Method: method, Path: path, Access: access, Handler: h}
 }
+
+// WithCredentials marks a route whose answer carries tokens.
+func (r Route) WithCredentials() Route { r.Credentials = true; return r }
