@@ -6,11 +6,13 @@ import (
 	"strings"
 
 	"github.com/gin-gonic/gin"
+	"github.com/google/uuid"
 
 	"github.com/chatbotsaas/chatbotd/events"
 	"github.com/chatbotsaas/chatbotd/internal/apperr"
 	"github.com/chatbotsaas/chatbotd/internal/auth"
 	"github.com/chatbotsaas/chatbotd/internal/httpx"
+	"github.com/chatbotsaas/chatbotd/internal/readmodel"
 )
 
 // HTTP is the command endpoints.
@@ -24,16 +26,16 @@ func NewHTTP(svc *Service) *HTTP { return &HTTP{svc: svc} }
 // Routes lists the command endpoints with their access.
 func (h *HTTP) Routes() []httpx.Route {
 	return []httpx.Route{
-		httpx.R(http.MethodPost, "/api/v1/auth/register", auth.Public, h.register),
-		httpx.R(http.MethodPost, "/api/v1/auth/login", auth.Public, h.login).WithCredentials(),
-		httpx.R(http.MethodPost, "/api/v1/auth/refresh", auth.Public, h.refresh).WithCredentials(),
-		httpx.R(http.MethodPost, "/api/v1/auth/logout", auth.Authenticated, h.logout),
-		httpx.R(http.MethodPost, "/api/v1/users", auth.UsersWrite, h.createUser),
-		httpx.R(http.MethodPatch, "/api/v1/users/:id", auth.UsersWrite, h.updateUser),
-		httpx.R(http.MethodDelete, "/api/v1/users/:id", auth.UsersWrite, h.deleteUser),
-		httpx.R(http.MethodPut, "/api/v1/users/:id/roles/:role", auth.UsersWrite, h.assignRole),
-		httpx.R(http.MethodDelete, "/api/v1/users/:id/roles/:role", auth.UsersWrite, h.removeRole),
-		httpx.R(http.MethodPatch, "/api/v1/organization", auth.OrganizationWrite, h.updateOrganization),
+		httpx.R(http.MethodPost, "/api/v1/auth/register", auth.Public, handle(http.StatusCreated, "Registered", h.register)),
+		httpx.R(http.MethodPost, "/api/v1/auth/login", auth.Public, handle(http.StatusOK, "Logged in", h.login)).WithCredentials(),
+		httpx.R(http.MethodPost, "/api/v1/auth/refresh", auth.Public, handle(http.StatusOK, "Token refreshed", h.refresh)).WithCredentials(),
+		httpx.R(http.MethodPost, "/api/v1/auth/logout", auth.Authenticated, handle(http.StatusOK, "Logged out", h.logout)),
+		httpx.R(http.MethodPost, "/api/v1/users", auth.UsersWrite, handle(http.StatusCreated, "User created", h.createUser)),
+		httpx.R(http.MethodPatch, "/api/v1/users/:id", auth.UsersWrite, handle(http.StatusOK, "User updated", h.updateUser)),
+		httpx.R(http.MethodDelete, "/api/v1/users/:id", auth.UsersWrite, handle(http.StatusOK, "User deleted", h.deleteUser)),
+		httpx.R(http.MethodPut, "/api/v1/users/:id/roles/:role", auth.UsersWrite, handle(http.StatusOK, "Role assigned", h.assignRole)),
+		httpx.R(http.MethodDelete, "/api/v1/users/:id/roles/:role", auth.UsersWrite, handle(http.StatusOK, "Role removed", h.removeRole)),
+		httpx.R(http.MethodPatch, "/api/v1/organization", auth.OrganizationWrite, handle(http.StatusOK, "Organization updated", h.updateOrganization)),
 	}
 }
 
@@ -57,151 +59,139 @@ func principal(c *gin.Context) auth.Principal {
 	return p
 }
 
-// respond writes a command's answer with its consistency token.
-func respond[T any](c *gin.Context, status int, message string, res Result[T], err error) {
-	if err != nil {
-		httpx.Fail(c, err)
-		return
+// handle adapts a command step to Gin: it writes the answer with its consistency token,
+// or the error in the envelope.
+func handle[T any](status int, message string, run func(*gin.Context) (Result[T], error)) gin.HandlerFunc {
+	return func(c *gin.Context) {
+		res, err := run(c)
+		if err != nil {
+			httpx.Fail(c, err)
+			return
+		}
+		meta := gin.H{}
+		if res.Token.StreamID != [16]byte{} {
+			c.Header("X-Consistency-Token", res.Token.Token())
+			meta = gin.H{"stream_id": res.Token.StreamID, "stream_version": res.Token.Version, "position": res.Token.Position}
+		}
+		httpx.OK(c, status, message, res.Data, meta)
 	}
-	meta := gin.H{}
-	if res.Token.StreamID != [16]byte{} {
-		c.Header("X-Consistency-Token", res.Token.Token())
-		meta = gin.H{"stream_id": res.Token.StreamID, "stream_version": res.Token.Version, "position": res.Token.Position}
-	}
-	httpx.OK(c, status, message, res.Data, meta)
 }
 
-func decode[T any](c *gin.Context) (T, bool) {
+func body[T any](c *gin.Context) (T, error) {
 	var in T
-	if err := httpx.Decode(c, &in); err != nil {
-		httpx.Fail(c, err)
-		return in, false
-	}
-	return in, true
+	return in, httpx.Decode(c, &in)
 }
 
-// ifMatch reads If-Match: a stream version, optionally quoted (an ETag).
-func ifMatch(c *gin.Context) (IfMatch, bool) {
+// target reads the {id} path parameter and the If-Match header (a stream version,
+// optionally quoted like an ETag).
+func target(c *gin.Context) (uuid.UUID, IfMatch, error) {
+	id, err := httpx.PathUUID(c, "id")
+	if err != nil {
+		return id, nil, err
+	}
+	match, err := ifMatch(c)
+	return id, match, err
+}
+
+func ifMatch(c *gin.Context) (IfMatch, error) {
 	h := strings.TrimSpace(c.GetHeader("If-Match"))
 	if h == "" {
-		return nil, true
+		return nil, nil
 	}
 	v, err := strconv.Atoi(strings.Trim(strings.TrimPrefix(h, "W/"), `"`))
 	if err != nil || v < 0 {
-		httpx.Fail(c, apperr.New(apperr.CodeBadRequest, "If-Match must be a stream version"))
-		return nil, false
+		return nil, apperr.New(apperr.CodeBadRequest, "If-Match must be a stream version")
 	}
-	return &v, true
+	return &v, nil
 }
 
-func (h *HTTP) register(c *gin.Context) {
-	in, ok := decode[Register](c)
-	if !ok {
-		return
+func (h *HTTP) register(c *gin.Context) (Result[Registered], error) {
+	in, err := body[Register](c)
+	if err != nil {
+		return Result[Registered]{}, err
 	}
-	res, err := h.svc.Register(c.Request.Context(), Meta(c), in)
-	respond(c, http.StatusCreated, "Registered", res, err)
+	return h.svc.Register(c, Meta(c), in)
 }
 
-func (h *HTTP) login(c *gin.Context) {
-	in, ok := decode[Login](c)
-	if !ok {
-		return
+func (h *HTTP) login(c *gin.Context) (Result[TokenPair], error) {
+	in, err := body[Login](c)
+	if err != nil {
+		return Result[TokenPair]{}, err
 	}
-	res, err := h.svc.Login(c.Request.Context(), Meta(c), in)
-	respond(c, http.StatusOK, "Logged in", res, err)
+	return h.svc.Login(c, Meta(c), in)
 }
 
-func (h *HTTP) refresh(c *gin.Context) {
-	in, ok := decode[Refresh](c)
-	if !ok {
-		return
+func (h *HTTP) refresh(c *gin.Context) (Result[TokenPair], error) {
+	in, err := body[Refresh](c)
+	if err != nil {
+		return Result[TokenPair]{}, err
 	}
-	res, err := h.svc.Refresh(c.Request.Context(), Meta(c), in)
-	respond(c, http.StatusOK, "Token refreshed", res, err)
+	return h.svc.Refresh(c, Meta(c), in)
 }
 
-func (h *HTTP) logout(c *gin.Context) {
-	if _, ok := decode[struct{}](c); !ok {
-		return
+func (h *HTTP) logout(c *gin.Context) (Result[struct{}], error) {
+	if _, err := body[struct{}](c); err != nil {
+		return Result[struct{}]{}, err
 	}
-	res, err := h.svc.Logout(c.Request.Context(), Meta(c), principal(c))
-	respond(c, http.StatusOK, "Logged out", res, err)
+	return h.svc.Logout(c, Meta(c), principal(c))
 }
 
-func (h *HTTP) createUser(c *gin.Context) {
-	in, ok := decode[CreateUser](c)
-	if !ok {
-		return
+func (h *HTTP) createUser(c *gin.Context) (Result[readmodel.User], error) {
+	in, err := body[CreateUser](c)
+	if err != nil {
+		return Result[readmodel.User]{}, err
 	}
-	res, err := h.svc.CreateUser(c.Request.Context(), Meta(c), principal(c), in)
+	res, err := h.svc.CreateUser(c, Meta(c), principal(c), in)
 	if err == nil {
 		c.Header("Location", "/api/v1/users/"+res.Data.ID.String())
 	}
-	respond(c, http.StatusCreated, "User created", res, err)
+	return res, err
 }
 
-func (h *HTTP) updateUser(c *gin.Context) {
+func (h *HTTP) updateUser(c *gin.Context) (Result[readmodel.User], error) {
+	id, match, err := target(c)
+	if err != nil {
+		return Result[readmodel.User]{}, err
+	}
+	in, err := body[UpdateUser](c)
+	if err != nil {
+		return Result[readmodel.User]{}, err
+	}
+	return h.svc.UpdateUser(c, Meta(c), principal(c), id, match, in)
+}
+
+func (h *HTTP) deleteUser(c *gin.Context) (Result[readmodel.User], error) {
+	id, match, err := target(c)
+	if err != nil {
+		return Result[readmodel.User]{}, err
+	}
+	return h.svc.DeleteUser(c, Meta(c), principal(c), id, match)
+}
+
+func (h *HTTP) assignRole(c *gin.Context) (Result[readmodel.User], error) {
 	id, err := httpx.PathUUID(c, "id")
 	if err != nil {
-		httpx.Fail(c, err)
-		return
+		return Result[readmodel.User]{}, err
 	}
-	match, ok := ifMatch(c)
-	if !ok {
-		return
-	}
-	in, ok := decode[UpdateUser](c)
-	if !ok {
-		return
-	}
-	res, err := h.svc.UpdateUser(c.Request.Context(), Meta(c), principal(c), id, match, in)
-	respond(c, http.StatusOK, "User updated", res, err)
+	return h.svc.AssignRole(c, Meta(c), principal(c), id, c.Param("role"))
 }
 
-func (h *HTTP) deleteUser(c *gin.Context) {
+func (h *HTTP) removeRole(c *gin.Context) (Result[readmodel.User], error) {
 	id, err := httpx.PathUUID(c, "id")
 	if err != nil {
-		httpx.Fail(c, err)
-		return
+		return Result[readmodel.User]{}, err
 	}
-	match, ok := ifMatch(c)
-	if !ok {
-		return
-	}
-	res, err := h.svc.DeleteUser(c.Request.Context(), Meta(c), principal(c), id, match)
-	respond(c, http.StatusOK, "User deleted", res, err)
+	return h.svc.RemoveRole(c, Meta(c), principal(c), id, c.Param("role"))
 }
 
-func (h *HTTP) assignRole(c *gin.Context) {
-	id, err := httpx.PathUUID(c, "id")
+func (h *HTTP) updateOrganization(c *gin.Context) (Result[readmodel.Organization], error) {
+	match, err := ifMatch(c)
 	if err != nil {
-		httpx.Fail(c, err)
-		return
+		return Result[readmodel.Organization]{}, err
 	}
-	res, err := h.svc.AssignRole(c.Request.Context(), Meta(c), principal(c), id, c.Param("role"))
-	respond(c, http.StatusOK, "Role assigned", res, err)
-}
-
-func (h *HTTP) removeRole(c *gin.Context) {
-	id, err := httpx.PathUUID(c, "id")
+	in, err := body[UpdateOrganization](c)
 	if err != nil {
-		httpx.Fail(c, err)
-		return
+		return Result[readmodel.Organization]{}, err
 	}
-	res, err := h.svc.RemoveRole(c.Request.Context(), Meta(c), principal(c), id, c.Param("role"))
-	respond(c, http.StatusOK, "Role removed", res, err)
-}
-
-func (h *HTTP) updateOrganization(c *gin.Context) {
-	match, ok := ifMatch(c)
-	if !ok {
-		return
-	}
-	in, ok := decode[UpdateOrganization](c)
-	if !ok {
-		return
-	}
-	res, err := h.svc.UpdateOrganization(c.Request.Context(), Meta(c), principal(c), match, in)
-	respond(c, http.StatusOK, "Organization updated", res, err)
+	return h.svc.UpdateOrganization(c, Meta(c), principal(c), match, in)
 }
