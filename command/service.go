@@ -5,7 +5,9 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"log/slog"
+	"math"
 	"strings"
 	"time"
 
@@ -19,20 +21,37 @@ import (
 	"github.com/chatbotsaas/chatbotd/internal/readmodel"
 )
 
+// LoginThrottle refuses logins for an email after repeated failures.
+type LoginThrottle interface {
+	Blocked(ctx context.Context, ip, email string) (time.Duration, bool)
+	Failed(ctx context.Context, ip, email string)
+}
+
 // Service handles commands: it loads the aggregate, authorizes, decides and appends.
 type Service struct {
 	store      *events.Store
 	hasher     *auth.Hasher
 	tokens     *auth.Tokens
+	throttle   LoginThrottle
 	refreshTTL time.Duration
 	logger     *slog.Logger
 	now        func() time.Time
 }
 
+// Deps are what the command service works with.
+type Deps struct {
+	Store      *events.Store
+	Hasher     *auth.Hasher
+	Tokens     *auth.Tokens
+	Throttle   LoginThrottle
+	RefreshTTL time.Duration
+	Logger     *slog.Logger
+}
+
 // NewService returns the command service.
-func NewService(store *events.Store, hasher *auth.Hasher, tokens *auth.Tokens, refreshTTL time.Duration, logger *slog.Logger) *Service {
-	return &Service{store: store, hasher: hasher, tokens: tokens, refreshTTL: refreshTTL, logger: logger,
-		now: func() time.Time { return time.Now().UTC() }}
+func NewService(d Deps) *Service {
+	return &Service{store: d.Store, hasher: d.Hasher, tokens: d.Tokens, throttle: d.Throttle, refreshTTL: d.RefreshTTL,
+		logger: d.Logger, now: func() time.Time { return time.Now().UTC() }}
 }
 
 // Result is what a command returns: the record's view and the consistency token.
@@ -252,6 +271,17 @@ func (s *Service) Login(ctx context.Context, meta events.Meta, c Login) (Result[
 		return res, err
 	}
 	meta.Actor = events.Actor{Type: events.ActorAnonymous}
+	ip := meta.Metadata.IPAddress
+	if retry, blocked := s.throttle.Blocked(ctx, ip, c.Email); blocked {
+		secs := int(math.Ceil(retry.Seconds()))
+		if _, err := s.store.Append(ctx, events.AppendRequest{StreamType: events.StreamLogin,
+			StreamID: uuid.NewSHA1(loginNamespace, []byte(c.Email)), ExpectedVersion: events.AnyVersion,
+			Events: []events.Event{events.LoginRateLimited{Email: c.Email, RetryAfterSeconds: secs}}, Meta: meta}); err != nil {
+			return res, err
+		}
+		return res, &apperr.Error{Code: apperr.CodeRateLimited, RetryAfter: retry,
+			Message: fmt.Sprintf("Too many failed logins; retry in %d s", secs)}
+	}
 	var userID uuid.UUID
 	var hash string
 	err := s.store.Pool().QueryRow(ctx, `SELECT r.user_id, c.password_hash FROM email_reservations r
@@ -297,6 +327,7 @@ func (s *Service) Login(ctx context.Context, meta events.Meta, c Login) (Result[
 }
 
 func (s *Service) loginFailed(ctx context.Context, meta events.Meta, email string, org *uuid.UUID, reason string) error {
+	s.throttle.Failed(ctx, meta.Metadata.IPAddress, email)
 	_, err := s.store.Append(ctx, events.AppendRequest{StreamType: events.StreamLogin,
 		StreamID: uuid.NewSHA1(loginNamespace, []byte(email)), ExpectedVersion: events.AnyVersion, OrganizationID: org,
 		Events: []events.Event{events.LoginFailed{Email: email, Reason: reason}}, Meta: meta})

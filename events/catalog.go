@@ -103,6 +103,13 @@ type LoginFailed struct {
 	Reason string `json:"reason"`
 }
 
+// LoginRateLimited: a login was refused unchecked because too many attempts for the
+// email failed recently.
+type LoginRateLimited struct {
+	Email             string `json:"email"`
+	RetryAfterSeconds int    `json:"retry_after_seconds"`
+}
+
 func (OrganizationCreated) EventType() string  { return "organization.created" }
 func (OrganizationUpdated) EventType() string  { return "organization.updated" }
 func (UserCreated) EventType() string          { return "user.created" }
@@ -117,6 +124,7 @@ func (SessionRefreshed) EventType() string     { return "session.refreshed" }
 func (SessionReuseDetected) EventType() string { return "session.reuse_detected" }
 func (SessionRevoked) EventType() string       { return "session.revoked" }
 func (LoginFailed) EventType() string          { return "login.failed" }
+func (LoginRateLimited) EventType() string     { return "login.rate_limited" }
 
 // Spec describes one event type of the catalog.
 type Spec struct {
@@ -136,7 +144,7 @@ var specs = func() map[string]Spec {
 		{1, UserCreated{}}, {1, UserUpdated{}}, {1, UserDeactivated{}}, {1, UserReactivated{}},
 		{1, UserDeleted{}}, {1, UserRoleAssigned{}}, {1, UserRoleRemoved{}},
 		{1, SessionStarted{}}, {1, SessionRefreshed{}}, {1, SessionReuseDetected{}}, {1, SessionRevoked{}},
-		{1, LoginFailed{}},
+		{1, LoginFailed{}}, {1, LoginRateLimited{}},
 	}
 	m := make(map[string]Spec, len(all))
 	for _, a := range all {

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -31,7 +32,7 @@ type app struct {
 	client *http.Client
 }
 
-func startApp(t *testing.T) *app {
+func startApp(t *testing.T, extraEnv ...string) *app {
 	t.Helper()
 	d := testenv.MustDatabase(t)
 	r := testenv.MustRedis(t)
@@ -46,6 +47,7 @@ func startApp(t *testing.T) *app {
 		"AMQP_URL=" + amqpURL, "AMQP_EXCHANGE=" + a.Exchange, "AMQP_QUEUE_PREFIX=" + a.QueuePrefix,
 		"HTTP_ADDR=127.0.0.1:0", "LOG_LEVEL=debug", "PASSWORD_HASH_CONCURRENCY=2",
 	}
+	env = append(env, extraEnv...)
 	listening := make(chan string, 1)
 	var logs bytes.Buffer
 	m := &Main{Stdout: &syncWriter{w: &logs}, Stderr: io.Discard, Environ: env, Listening: listening}
@@ -512,4 +514,46 @@ func TestConfigErrorIsOneClearLine(t *testing.T) {
 	assert.NotContains(t, err.Error(), "\n")
 	assert.Contains(t, err.Error(), "DATABASE_MAX_CONNS")
 	assert.Contains(t, err.Error(), "LOG_LEVEL")
+}
+
+func TestLoginThrottling(t *testing.T) {
+	a := startApp(t)
+	a.register("Throttle Inc", "Tess", "tess@example.com")
+	a.register("Other Inc", "Otto", "otto@example.com")
+	for i := 0; i < 5; i++ {
+		a.expectError(req{method: "POST", path: "/api/v1/auth/login", headers: map[string]string{"X-Forwarded-For": fmt.Sprintf("198.51.100.%d", i)},
+			body: map[string]string{"email": "tess@example.com", "password": "wrong password"}}, 401, "UNAUTHENTICATED")
+	}
+	// The 6th attempt is refused before the password is checked, even with the right one
+	// and yet another forged X-Forwarded-For.
+	limited := a.expectError(req{method: "POST", path: "/api/v1/auth/login", headers: map[string]string{"X-Forwarded-For": "198.51.100.99"},
+		body: map[string]string{"email": "tess@example.com", "password": "correct horse"}}, 429, "RATE_LIMITED")
+	retry, err := strconv.Atoi(limited.Header.Get("Retry-After"))
+	require.NoError(t, err)
+	assert.Greater(t, retry, 0)
+	// Another user's login is not slowed.
+	a.login("otto@example.com", "correct horse")
+	var n int
+	require.NoError(t, a.db.Pool.QueryRow(context.Background(), `SELECT count(*) FROM events WHERE type = 'login.rate_limited'`).Scan(&n))
+	assert.Equal(t, 1, n)
+}
+
+func TestRateLimits(t *testing.T) {
+	a := startApp(t, "RATE_LIMIT_API_PER_MINUTE=5", "RATE_LIMIT_PUBLIC_PER_MINUTE=4")
+	_, token := a.register("Busy Inc", "Bea", "bea@example.com") // public calls 1 and 2
+	for i := 0; i < 5; i++ {
+		r := a.expect(req{method: "GET", path: "/api/v1/auth/me", token: token}, 200)
+		assert.Equal(t, "5", r.Header.Get("X-RateLimit-Limit"))
+		assert.Equal(t, strconv.Itoa(4-i), r.Header.Get("X-RateLimit-Remaining"))
+	}
+	r := a.expectError(req{method: "GET", path: "/api/v1/auth/me", token: token}, 429, "RATE_LIMITED")
+	assert.NotEmpty(t, r.Header.Get("Retry-After"))
+	// Unauthenticated calls are limited per client IP, whatever X-Forwarded-For says.
+	a.expect(req{method: "GET", path: "/.well-known/jwks.json", headers: map[string]string{"X-Forwarded-For": "10.0.0.1"}}, 200)
+	a.expect(req{method: "GET", path: "/.well-known/jwks.json", headers: map[string]string{"X-Forwarded-For": "10.0.0.2"}}, 200)
+	a.expectError(req{method: "GET", path: "/.well-known/jwks.json", headers: map[string]string{"X-Forwarded-For": "10.0.0.3"}}, 429, "RATE_LIMITED")
+	// Probes are never limited.
+	for i := 0; i < 6; i++ {
+		a.expect(req{method: "GET", path: "/health"}, 200)
+	}
 }

@@ -24,6 +24,7 @@ import (
 	"github.com/chatbotsaas/chatbotd/internal/config"
 	"github.com/chatbotsaas/chatbotd/internal/db"
 	"github.com/chatbotsaas/chatbotd/internal/httpx"
+	"github.com/chatbotsaas/chatbotd/internal/ratelimit"
 	"github.com/chatbotsaas/chatbotd/projections"
 	"github.com/chatbotsaas/chatbotd/query"
 )
@@ -189,7 +190,10 @@ func newAPI(ctx context.Context, d *deps, ready *atomic.Bool) (http.Handler, err
 	if err != nil {
 		return nil, err
 	}
-	svc := command.NewService(d.store, auth.NewHasher(cfg.PasswordHashConcurrency), tokens, cfg.RefreshTTL, d.logger)
+	limiter := ratelimit.New(d.rdb, cfg.RedisPrefix, d.logger)
+	svc := command.NewService(command.Deps{Store: d.store, Hasher: auth.NewHasher(cfg.PasswordHashConcurrency),
+		Tokens: tokens, RefreshTTL: cfg.RefreshTTL, Logger: d.logger,
+		Throttle: ratelimit.NewLoginThrottle(limiter, cfg.LoginFailuresPerIP, cfg.LoginFailuresPerEmail)})
 	authn := auth.NewAuthenticator(tokens, d.read, d.cache)
 
 	gin.SetMode(gin.ReleaseMode)
@@ -209,6 +213,11 @@ func newAPI(ctx context.Context, d *deps, ready *atomic.Bool) (http.Handler, err
 		}
 		return "ip:" + c.ClientIP()
 	})
+	publicLimit := limiter.Middleware(ratelimit.PerMinute(cfg.RateLimitPublic), func(c *gin.Context) string { return "ip:" + c.ClientIP() })
+	apiLimit := limiter.Middleware(ratelimit.PerMinute(cfg.RateLimitAPI), func(c *gin.Context) string {
+		p, _ := auth.PrincipalOf(c)
+		return p.Credential
+	})
 	queries := query.NewHTTP(d.read, d.cache, tokens)
 	r.Use(queries.Consistency())
 	routes := apiRoutes(command.NewHTTP(svc), queries, &operations{d: d, ready: ready})
@@ -216,7 +225,15 @@ func newAPI(ctx context.Context, d *deps, ready *atomic.Bool) (http.Handler, err
 		if rt.Access == "" {
 			return nil, fmt.Errorf("route %s %s declares no access", rt.Method, rt.Path)
 		}
-		chain := []gin.HandlerFunc{authn.Middleware(rt.Access)}
+		var chain []gin.HandlerFunc
+		switch {
+		case rt.Path == "/health" || rt.Path == "/ready":
+			chain = append(chain, authn.Middleware(rt.Access)) // probes are never limited
+		case rt.Access == auth.Public:
+			chain = append(chain, publicLimit, authn.Middleware(rt.Access))
+		default:
+			chain = append(chain, authn.Middleware(rt.Access), apiLimit)
+		}
 		if !rt.Credentials {
 			chain = append(chain, idem)
 		}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"time"
 )
 
 // Code is the machine-readable error code of API.md.
@@ -33,7 +34,9 @@ type Error struct {
 	Code    Code
 	Message string
 	Fields  Fields // only with CodeValidation
-	Err     error
+	// RetryAfter, with CodeRateLimited, is when the client may try again.
+	RetryAfter time.Duration
+	Err        error
 }
 
 func (e *Error) Error() string {

@@ -88,7 +88,7 @@ func (a *Authenticator) Authenticate(ctx context.Context, authorization string) 
 	if err != nil || user.Status != "active" || user.OrganizationID != orgID {
 		return Principal{}, errUnauthenticated
 	}
-	return Principal{UserID: userID, OrganizationID: orgID, SessionID: sessionID, Roles: user.Roles,
+	return Principal{Credential: "user:" + userID.String(), UserID: userID, OrganizationID: orgID, SessionID: sessionID, Roles: user.Roles,
 		Permissions: PermissionsOf(user.Roles)}, nil
 }
 

@@ -112,6 +112,9 @@ func PermissionsOf(roles []string) []string {
 
 // Principal is who makes a request, from verified credentials only.
 type Principal struct {
+	// Credential names what authenticated the request ("user:<id>" for a login session,
+	// "token:<id>" for an API token); rate limits count per credential.
+	Credential     string
 	UserID         uuid.UUID
 	OrganizationID uuid.UUID
 	SessionID      uuid.UUID

@@ -52,6 +52,13 @@ type Config struct {
 	// 19 MiB), so a login storm cannot exhaust memory.
 	PasswordHashConcurrency int `env:"PASSWORD_HASH_CONCURRENCY" envDefault:"4"`
 
+	// Rate limits, per minute: API calls per credential, unauthenticated calls per client
+	// IP, failed logins per (IP, email) and per email from any IP.
+	RateLimitAPI          int `env:"RATE_LIMIT_API_PER_MINUTE" envDefault:"600"`
+	RateLimitPublic       int `env:"RATE_LIMIT_PUBLIC_PER_MINUTE" envDefault:"120"`
+	LoginFailuresPerIP    int `env:"LOGIN_FAILURES_PER_MINUTE" envDefault:"5"`
+	LoginFailuresPerEmail int `env:"LOGIN_FAILURES_PER_EMAIL_PER_MINUTE" envDefault:"20"`
+
 	LogLevel string `env:"LOG_LEVEL" envDefault:"info"`
 
 	RelayBatchSize     int `env:"RELAY_BATCH_SIZE" envDefault:"500"`
@@ -137,6 +144,8 @@ func (c Config) Validate() error {
 		_, aerr := netip.ParseAddr(p)
 		check(perr == nil || aerr == nil, "TRUSTED_PROXIES: %q is neither an IP nor a CIDR", p)
 	}
+	check(c.RateLimitAPI >= 1 && c.RateLimitPublic >= 1 && c.LoginFailuresPerIP >= 1 && c.LoginFailuresPerEmail >= 1,
+		"RATE_LIMIT_* and LOGIN_FAILURES_* must be at least 1")
 	check(c.PasswordHashConcurrency >= 1, "PASSWORD_HASH_CONCURRENCY must be at least 1")
 	check(c.RelayBatchSize >= 1 && c.RelayBatchSize <= 10000, "RELAY_BATCH_SIZE must be 1..10000")
 	check(c.ProjectorBatchSize >= 1 && c.ProjectorBatchSize <= 5000, "PROJECTOR_BATCH_SIZE must be 1..5000")

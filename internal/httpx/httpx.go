@@ -8,9 +8,11 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"mime"
 	"net/http"
 	"regexp"
+	"strconv"
 	"strings"
 	"time"
 
@@ -101,6 +103,9 @@ func Fail(c *gin.Context, err error) {
 	}
 	if status >= 500 {
 		c.Set(causeKey, err.Error()) // for the request log line only, never the client
+	}
+	if e.RetryAfter > 0 {
+		c.Header("Retry-After", strconv.Itoa(int(math.Ceil(e.RetryAfter.Seconds()))))
 	}
 	c.Set("error_code", string(e.Code))
 	c.AbortWithStatusJSON(status, Envelope{Success: false, Message: e.Message, ErrorCode: e.Code, Errors: e.Fields,
