@@ -36,6 +36,8 @@ func (h *HTTP) Routes() []httpx.Route {
 		httpx.R(http.MethodPut, "/api/v1/users/:id/roles/:role", auth.UsersWrite, handle(http.StatusOK, "Role assigned", h.assignRole)),
 		httpx.R(http.MethodDelete, "/api/v1/users/:id/roles/:role", auth.UsersWrite, handle(http.StatusOK, "Role removed", h.removeRole)),
 		httpx.R(http.MethodPatch, "/api/v1/organization", auth.OrganizationWrite, handle(http.StatusOK, "Organization updated", h.updateOrganization)),
+		httpx.R(http.MethodPost, "/api/v1/tokens", auth.TokensWrite, handle(http.StatusCreated, "Token created", h.createToken)).WithCredentials(),
+		httpx.R(http.MethodDelete, "/api/v1/tokens/:id", auth.TokensWrite, handle(http.StatusOK, "Token revoked", h.revokeToken)),
 	}
 }
 
@@ -194,4 +196,20 @@ func (h *HTTP) updateOrganization(c *gin.Context) (Result[readmodel.Organization
 		return Result[readmodel.Organization]{}, err
 	}
 	return h.svc.UpdateOrganization(c, Meta(c), principal(c), match, in)
+}
+
+func (h *HTTP) createToken(c *gin.Context) (Result[CreatedToken], error) {
+	in, err := body[CreateToken](c)
+	if err != nil {
+		return Result[CreatedToken]{}, err
+	}
+	return h.svc.CreateToken(c, Meta(c), principal(c), in)
+}
+
+func (h *HTTP) revokeToken(c *gin.Context) (Result[struct{}], error) {
+	id, err := httpx.PathUUID(c, "id")
+	if err != nil {
+		return Result[struct{}]{}, err
+	}
+	return h.svc.RevokeToken(c, Meta(c), principal(c), id)
 }

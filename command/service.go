@@ -394,6 +394,9 @@ func (s *Service) Refresh(ctx context.Context, meta events.Meta, c Refresh) (Res
 
 // Logout revokes the caller's session.
 func (s *Service) Logout(ctx context.Context, meta events.Meta, p auth.Principal) (Result[struct{}], error) {
+	if p.SessionID == uuid.Nil {
+		return Result[struct{}]{}, apperr.New(apperr.CodeBadRequest, "An API token has no session to log out of; revoke it with DELETE /api/v1/tokens/{id}")
+	}
 	return retryOnConflict(false, func() (Result[struct{}], error) {
 		var res Result[struct{}]
 		l, err := load(ctx, s.store, p.SessionID, EvolveSession)

@@ -19,6 +19,7 @@ const (
 	StreamUser         = "user"
 	StreamSession      = "session"
 	StreamLogin        = "login"
+	StreamToken        = "token"
 )
 
 // Change is one field's old and new value, carried by *.updated events so that the audit
@@ -110,6 +111,20 @@ type LoginRateLimited struct {
 	RetryAfterSeconds int    `json:"retry_after_seconds"`
 }
 
+// TokenCreated: a user made an API token. The secret is shown once to its creator and
+// is in no event.
+type TokenCreated struct {
+	UserID    string   `json:"user_id"`
+	Name      string   `json:"name"`
+	Abilities []string `json:"abilities"`
+	ExpiresAt *string  `json:"expires_at"`
+}
+
+// TokenRevoked: an API token was revoked; it stops working at once.
+type TokenRevoked struct {
+	Reason string `json:"reason"`
+}
+
 func (OrganizationCreated) EventType() string  { return "organization.created" }
 func (OrganizationUpdated) EventType() string  { return "organization.updated" }
 func (UserCreated) EventType() string          { return "user.created" }
@@ -125,6 +140,8 @@ func (SessionReuseDetected) EventType() string { return "session.reuse_detected"
 func (SessionRevoked) EventType() string       { return "session.revoked" }
 func (LoginFailed) EventType() string          { return "login.failed" }
 func (LoginRateLimited) EventType() string     { return "login.rate_limited" }
+func (TokenCreated) EventType() string         { return "token.created" }
+func (TokenRevoked) EventType() string         { return "token.revoked" }
 
 // Spec describes one event type of the catalog.
 type Spec struct {
@@ -145,6 +162,7 @@ var specs = func() map[string]Spec {
 		{1, UserDeleted{}}, {1, UserRoleAssigned{}}, {1, UserRoleRemoved{}},
 		{1, SessionStarted{}}, {1, SessionRefreshed{}}, {1, SessionReuseDetected{}}, {1, SessionRevoked{}},
 		{1, LoginFailed{}}, {1, LoginRateLimited{}},
+		{1, TokenCreated{}}, {1, TokenRevoked{}},
 	}
 	m := make(map[string]Spec, len(all))
 	for _, a := range all {

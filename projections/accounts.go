@@ -17,7 +17,7 @@ import (
 // AccountsName is the accounts projector's name: organizations, users and sessions.
 const AccountsName = readmodel.AccountsProjection
 
-// Accounts builds the organizations, users and sessions read models, and after each
+// Accounts builds the organizations, users, sessions and API tokens read models, and after each
 // commit writes the users it changed into the cache.
 type Accounts struct {
 	pool   *pgxpool.Pool
@@ -36,7 +36,8 @@ func NewAccounts(pool *pgxpool.Pool, c *cache.Cache, logger *slog.Logger) *Accou
 func (*Accounts) Name() string { return AccountsName }
 
 func (*Accounts) Bindings() []string {
-	return []string{events.StreamOrganization + ".*", events.StreamUser + ".*", events.StreamSession + ".*"}
+	return []string{events.StreamOrganization + ".*", events.StreamUser + ".*", events.StreamSession + ".*",
+		events.StreamToken + ".*"}
 }
 
 // Apply changes the read models for one event.
@@ -85,6 +86,11 @@ func (a *Accounts) Apply(ctx context.Context, tx pgx.Tx, e events.Envelope) erro
 	case events.SessionRevoked:
 		_, err = tx.Exec(ctx, `UPDATE sessions SET revoked_at = $2, revoked_reason = $3, version = $4
 			WHERE id = $1`, id, at, ev.Reason, v)
+	case events.TokenCreated:
+		_, err = tx.Exec(ctx, `INSERT INTO api_tokens (id, organization_id, user_id, name, abilities, expires_at, version, created_at)
+			VALUES ($1, $2, $3, $4, $5, $6, $7, $8)`, id, e.OrganizationID, ev.UserID, ev.Name, ev.Abilities, ev.ExpiresAt, v, at)
+	case events.TokenRevoked:
+		_, err = tx.Exec(ctx, `UPDATE api_tokens SET revoked_at = $2, version = $3 WHERE id = $1`, id, at, v)
 	default:
 		// Other events of these streams (e.g. session.reuse_detected) change no column
 		// here; recording their version is enough.

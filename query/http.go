@@ -44,6 +44,7 @@ var projectionOf = map[string]string{
 	events.StreamOrganization: readmodel.AccountsProjection,
 	events.StreamUser:         readmodel.AccountsProjection,
 	events.StreamSession:      readmodel.AccountsProjection,
+	events.StreamToken:        readmodel.AccountsProjection,
 }
 
 // Routes lists the query endpoints with their access.
@@ -57,6 +58,7 @@ func (h *HTTP) Routes() []httpx.Route {
 		httpx.R(http.MethodGet, "/api/v1/organization", auth.Authenticated, h.organization),
 		httpx.R(http.MethodGet, "/api/v1/roles", auth.RolesRead, h.roles),
 		httpx.R(http.MethodGet, "/api/v1/permissions", auth.RolesRead, h.permissions),
+		httpx.R(http.MethodGet, "/api/v1/tokens", auth.TokensWrite, h.listTokens),
 	}
 }
 
@@ -305,4 +307,57 @@ func (h *HTTP) listUsers(c *gin.Context) {
 	}
 	last := max(1, (total+perPage-1)/perPage)
 	httpx.OK(c, http.StatusOK, "Users", users, gin.H{"pagination": Pagination{Page: page, PerPage: perPage, Total: total, LastPage: last}})
+}
+
+// Token is an API token as listed: never its secret.
+type Token struct {
+	ID         string     `json:"id"`
+	Name       string     `json:"name"`
+	Abilities  []string   `json:"abilities"`
+	ExpiresAt  *time.Time `json:"expires_at"`
+	LastUsedAt *time.Time `json:"last_used_at"`
+	CreatedAt  time.Time  `json:"created_at"`
+}
+
+// listTokens lists the caller's live tokens, newest first.
+func (h *HTTP) listTokens(c *gin.Context) {
+	p := principal(c)
+	f := apperr.Fields{}
+	page, perPage := pageParams(c, f)
+	if err := f.Err(); err != nil {
+		httpx.Fail(c, err)
+		return
+	}
+	ctx := c.Request.Context()
+	var total int
+	if err := h.read.QueryRow(ctx, `SELECT count(*) FROM api_tokens WHERE user_id = $1 AND organization_id = $2
+		AND revoked_at IS NULL`, p.UserID, p.OrganizationID).Scan(&total); err != nil {
+		httpx.Fail(c, err)
+		return
+	}
+	rows, err := h.read.Query(ctx, `SELECT t.id, t.name, t.abilities, t.expires_at, c.last_used_at, t.created_at
+		FROM api_tokens t LEFT JOIN api_token_credentials c ON c.token_id = t.id
+		WHERE t.user_id = $1 AND t.organization_id = $2 AND t.revoked_at IS NULL
+		ORDER BY t.created_at DESC, t.id DESC LIMIT $3 OFFSET $4`, p.UserID, p.OrganizationID, perPage, (page-1)*perPage)
+	if err != nil {
+		httpx.Fail(c, err)
+		return
+	}
+	out := []Token{}
+	for rows.Next() {
+		var t Token
+		if err := rows.Scan(&t.ID, &t.Name, &t.Abilities, &t.ExpiresAt, &t.LastUsedAt, &t.CreatedAt); err != nil {
+			rows.Close()
+			httpx.Fail(c, err)
+			return
+		}
+		out = append(out, t)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		httpx.Fail(c, err)
+		return
+	}
+	httpx.OK(c, http.StatusOK, "Tokens", out, gin.H{"pagination": Pagination{Page: page, PerPage: perPage, Total: total,
+		LastPage: max(1, (total+perPage-1)/perPage)}})
 }

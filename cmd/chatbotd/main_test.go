@@ -557,3 +557,93 @@ func TestRateLimits(t *testing.T) {
 		a.expect(req{method: "GET", path: "/health"}, 200)
 	}
 }
+
+func TestAPITokens(t *testing.T) {
+	a := startApp(t)
+	owner, ownerToken := a.register("Token Co", "Tom", "tom@example.com")
+	member, _ := a.createUser(ownerToken, "Mia", "mia@example.com", "member", nil)
+	_ = member
+
+	// A token with a narrower set of abilities.
+	res := a.expect(req{method: "POST", path: "/api/v1/tokens", token: ownerToken,
+		body: map[string]any{"name": "ci", "abilities": []string{"users.read"}}}, 201)
+	var created struct {
+		ID        string   `json:"id"`
+		Token     string   `json:"token"`
+		Abilities []string `json:"abilities"`
+	}
+	res.data(t, &created)
+	require.True(t, strings.HasPrefix(created.Token, "cbt_"), created.Token)
+	a.expect(req{method: "GET", path: "/api/v1/users", token: created.Token}, 200)
+	a.expectError(req{method: "POST", path: "/api/v1/users", token: created.Token,
+		body: map[string]string{"name": "X", "email": "x@example.com", "password": "password1", "password_confirmation": "password1"}}, 403, "FORBIDDEN")
+
+	// The secret is shown once: lists never carry it, and the store keeps only a hash.
+	list := a.expect(req{method: "GET", path: "/api/v1/tokens", token: ownerToken, headers: consistent(res)}, 200)
+	assert.Contains(t, string(list.Raw), created.ID)
+	assert.NotContains(t, string(list.Raw), created.Token[len(created.Token)-20:])
+	var leaks int
+	require.NoError(t, a.db.Pool.QueryRow(context.Background(), `SELECT
+		(SELECT count(*) FROM events WHERE data::text LIKE '%' || $1 || '%') +
+		(SELECT count(*) FROM idempotency_keys WHERE body::text LIKE '%cbt_%')`, created.Token[len(created.Token)-20:]).Scan(&leaks))
+	assert.Zero(t, leaks)
+	testenv.Eventually(t, 5*time.Second, func() error {
+		var used *time.Time
+		if err := a.db.Pool.QueryRow(context.Background(), `SELECT last_used_at FROM api_token_credentials WHERE token_id = $1`, created.ID).Scan(&used); err != nil || used == nil {
+			return fmt.Errorf("last_used_at not recorded: %v", err)
+		}
+		return nil
+	})
+
+	// Nobody makes a token with a permission they do not hold; bad input is 422.
+	memberLogin := a.login("mia@example.com", "password1")
+	a.expectError(req{method: "POST", path: "/api/v1/tokens", token: memberLogin.AccessToken,
+		body: map[string]any{"name": "x", "abilities": []string{"users.read"}}}, 403, "FORBIDDEN") // members lack tokens.write
+	bad := a.expectError(req{method: "POST", path: "/api/v1/tokens", token: ownerToken,
+		body: map[string]any{"name": "", "abilities": []string{"fly"}, "expires_at": "2001-01-01T00:00:00Z"}}, 422, "VALIDATION_ERROR")
+	for _, f := range []string{"name", "abilities", "expires_at"} {
+		assert.Contains(t, bad.Body.Errors, f)
+	}
+
+	// A token acts with its owner's current permissions: an admin's token with
+	// users.write loses it when the admin becomes a viewer.
+	admin, _ := a.createUser(ownerToken, "Ada", "ada@example.com", "admin", nil)
+	adminLogin := a.login("ada@example.com", "password1")
+	var adminTok struct {
+		ID    string `json:"id"`
+		Token string `json:"token"`
+	}
+	a.expect(req{method: "POST", path: "/api/v1/tokens", token: adminLogin.AccessToken,
+		body: map[string]any{"name": "ops", "abilities": []string{"users.write", "users.read"}}}, 201).data(t, &adminTok)
+	a.expect(req{method: "PUT", path: "/api/v1/users/" + admin.ID + "/roles/viewer", token: ownerToken}, 200)
+	removed := a.expect(req{method: "DELETE", path: "/api/v1/users/" + admin.ID + "/roles/admin", token: ownerToken}, 200)
+	a.expect(req{method: "GET", path: "/api/v1/users/" + admin.ID, token: ownerToken, headers: consistent(removed)}, 200)
+	a.expectError(req{method: "DELETE", path: "/api/v1/users/" + owner.ID, token: adminTok.Token}, 403, "FORBIDDEN")
+	a.expect(req{method: "GET", path: "/api/v1/users", token: adminTok.Token}, 200)
+
+	// Deactivating the owner stops their tokens at once.
+	deact := a.expect(req{method: "PATCH", path: "/api/v1/users/" + admin.ID, token: ownerToken, body: map[string]string{"status": "deactivated"}}, 200)
+	a.expect(req{method: "GET", path: "/api/v1/users/" + admin.ID, token: ownerToken, headers: consistent(deact)}, 200)
+	a.expectError(req{method: "GET", path: "/api/v1/users", token: adminTok.Token}, 401, "UNAUTHENTICATED")
+
+	// Revoking stops a token at once; another user cannot revoke it.
+	a.expectError(req{method: "DELETE", path: "/api/v1/tokens/" + created.ID, token: memberLogin.AccessToken}, 403, "FORBIDDEN")
+	a.expect(req{method: "DELETE", path: "/api/v1/tokens/" + created.ID, token: ownerToken}, 200)
+	a.expectError(req{method: "GET", path: "/api/v1/users", token: created.Token}, 401, "UNAUTHENTICATED")
+	a.expectError(req{method: "DELETE", path: "/api/v1/tokens/" + created.ID, token: ownerToken}, 404, "NOT_FOUND")
+
+	// Expired and forged tokens are refused.
+	var expiring struct{ Token string }
+	a.expect(req{method: "POST", path: "/api/v1/tokens", token: ownerToken,
+		body: map[string]any{"name": "short", "abilities": []string{"users.read"}, "expires_at": time.Now().Add(1500 * time.Millisecond).UTC().Format(time.RFC3339Nano)}}, 201).data(t, &expiring)
+	a.expect(req{method: "GET", path: "/api/v1/users", token: expiring.Token}, 200)
+	time.Sleep(1600 * time.Millisecond)
+	a.expectError(req{method: "GET", path: "/api/v1/users", token: expiring.Token}, 401, "UNAUTHENTICATED")
+	forged := expiring.Token[:len(expiring.Token)-4] + "AAAA"
+	a.expectError(req{method: "GET", path: "/api/v1/users", token: forged}, 401, "UNAUTHENTICATED")
+	a.expectError(req{method: "GET", path: "/api/v1/users", token: "cbt_nonsense"}, 401, "UNAUTHENTICATED")
+
+	var created2 int
+	require.NoError(t, a.db.Pool.QueryRow(context.Background(), `SELECT count(*) FROM events WHERE type IN ('token.created','token.revoked')`).Scan(&created2))
+	assert.Equal(t, 4, created2)
+}

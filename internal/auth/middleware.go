@@ -2,12 +2,17 @@ package auth
 
 import (
 	"context"
+	"crypto/subtle"
 	"errors"
+	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/gin-gonic/gin"
 	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/chatbotsaas/chatbotd/internal/apperr"
 	"github.com/chatbotsaas/chatbotd/internal/cache"
@@ -21,15 +26,20 @@ import (
 type Authenticator struct {
 	tokens *Tokens
 	read   readmodel.Querier
-	cache  *cache.Cache
+	// creds is the primary database, where API token credentials are (never a replica:
+	// a revocation must count at once).
+	creds *pgxpool.Pool
+	cache *cache.Cache
+	// lastUsed debounces last_used_at writes to one a minute per token.
+	lastUsed sync.Map
 	// fresh is how long a just-issued session or user may be waited for while the
 	// projection catches up (read-your-writes for a token used right after login).
 	fresh time.Duration
 }
 
 // NewAuthenticator returns an authenticator reading the accounts read model.
-func NewAuthenticator(tokens *Tokens, read readmodel.Querier, c *cache.Cache) *Authenticator {
-	return &Authenticator{tokens: tokens, read: read, cache: c, fresh: 3 * time.Second}
+func NewAuthenticator(tokens *Tokens, read readmodel.Querier, creds *pgxpool.Pool, c *cache.Cache) *Authenticator {
+	return &Authenticator{tokens: tokens, read: read, creds: creds, cache: c, fresh: 3 * time.Second}
 }
 
 var errUnauthenticated = apperr.New(apperr.CodeUnauthenticated, "Missing, expired or invalid credentials")
@@ -47,6 +57,9 @@ func (a *Authenticator) Authenticate(ctx context.Context, authorization string) 
 	raw, ok := bearer(authorization)
 	if !ok {
 		return Principal{}, errUnauthenticated
+	}
+	if strings.HasPrefix(raw, APITokenPrefix) {
+		return a.authenticateAPIToken(ctx, raw)
 	}
 	claims, err := a.tokens.VerifyAccess(raw)
 	if err != nil {
@@ -90,6 +103,62 @@ func (a *Authenticator) Authenticate(ctx context.Context, authorization string) 
 	}
 	return Principal{Credential: "user:" + userID.String(), UserID: userID, OrganizationID: orgID, SessionID: sessionID, Roles: user.Roles,
 		Permissions: PermissionsOf(user.Roles)}, nil
+}
+
+// authenticateAPIToken checks an API token against its stored hash; the token acts with
+// the intersection of its abilities and its owner's permissions as they are now, and
+// stops working when the owner is deactivated or deleted.
+func (a *Authenticator) authenticateAPIToken(ctx context.Context, raw string) (Principal, error) {
+	id, hash, ok := ParseAPIToken(raw)
+	if !ok {
+		return Principal{}, errUnauthenticated
+	}
+	var userID, orgID uuid.UUID
+	var stored []byte
+	var abilities []string
+	var expires *time.Time
+	err := a.creds.QueryRow(ctx, `SELECT user_id, organization_id, secret_hash, abilities, expires_at
+		FROM api_token_credentials WHERE token_id = $1`, id).Scan(&userID, &orgID, &stored, &abilities, &expires)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return Principal{}, errUnauthenticated
+	}
+	if err != nil {
+		return Principal{}, err
+	}
+	if subtle.ConstantTimeCompare(stored, hash) != 1 || (expires != nil && time.Now().After(*expires)) {
+		return Principal{}, errUnauthenticated
+	}
+	user, err := readmodel.CachedUser(ctx, a.cache, a.read, userID)
+	if err != nil && !errors.Is(err, readmodel.ErrNotFound) {
+		return Principal{}, err
+	}
+	if err != nil || user.Status != "active" || user.OrganizationID != orgID {
+		return Principal{}, errUnauthenticated
+	}
+	a.touch(id)
+	owner := PermissionsOf(user.Roles)
+	perms := make([]string, 0, len(abilities))
+	for _, ab := range abilities {
+		if slices.Contains(owner, ab) {
+			perms = append(perms, ab)
+		}
+	}
+	return Principal{Credential: "token:" + id.String(), UserID: userID, OrganizationID: orgID, TokenID: id,
+		Roles: user.Roles, Permissions: perms}, nil
+}
+
+// touch records a token's use, at most once a minute, off the request path.
+func (a *Authenticator) touch(id uuid.UUID) {
+	now := time.Now()
+	if last, ok := a.lastUsed.Load(id); ok && now.Sub(last.(time.Time)) < time.Minute {
+		return
+	}
+	a.lastUsed.Store(id, now)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_, _ = a.creds.Exec(ctx, `UPDATE api_token_credentials SET last_used_at = $2 WHERE token_id = $1`, id, now)
+	}()
 }
 
 // waitFor waits (briefly) for the accounts projection to have applied a stream's first

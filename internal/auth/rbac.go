@@ -117,7 +117,8 @@ type Principal struct {
 	Credential     string
 	UserID         uuid.UUID
 	OrganizationID uuid.UUID
-	SessionID      uuid.UUID
+	SessionID      uuid.UUID // a login session's; nil for an API token
+	TokenID        uuid.UUID // an API token's; nil for a login session
 	Roles          []string
 	Permissions    []string
 }
