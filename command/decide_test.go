@@ -9,6 +9,7 @@ import (
 
 	"github.com/chatbotsaas/chatbotd/events"
 	"github.com/chatbotsaas/chatbotd/internal/apperr"
+	"github.com/chatbotsaas/chatbotd/internal/auth"
 )
 
 func ptr[T any](v T) *T { return &v }
@@ -68,11 +69,11 @@ func TestDecideUser(t *testing.T) {
 			nil, apperr.CodeForbidden},
 		{"delete twice", []events.Event{created, events.UserDeleted{}}, func(u User) ([]events.Event, error) { return DecideDeleteUser(other, u, self) },
 			nil, apperr.CodeNotFound},
-		{"assign role", []events.Event{created}, func(u User) ([]events.Event, error) { return DecideAssignRole(u, "admin") },
+		{"assign role", []events.Event{created}, func(u User) ([]events.Event, error) { return DecideAssignRole(u, "admin", true) },
 			[]events.Event{events.UserRoleAssigned{Role: "admin"}}, ""},
-		{"assign held role", []events.Event{created}, func(u User) ([]events.Event, error) { return DecideAssignRole(u, "member") },
+		{"assign held role", []events.Event{created}, func(u User) ([]events.Event, error) { return DecideAssignRole(u, "member", true) },
 			nil, ""},
-		{"assign unknown role", []events.Event{created}, func(u User) ([]events.Event, error) { return DecideAssignRole(u, "wizard") },
+		{"assign unknown role", []events.Event{created}, func(u User) ([]events.Event, error) { return DecideAssignRole(u, "wizard", false) },
 			nil, apperr.CodeNotFound},
 		{"remove role", []events.Event{created}, func(u User) ([]events.Event, error) { return DecideRemoveRole(u, "member") },
 			[]events.Event{events.UserRoleRemoved{Role: "member"}}, ""},
@@ -171,7 +172,7 @@ func TestValidation(t *testing.T) {
 		fields []string
 	}{
 		{"valid, role defaults to member", CreateUser{Name: " Ann ", Email: " Ann@Example.COM ", Password: "12345678", PasswordConfirmation: "12345678"}, nil},
-		{"everything wrong", CreateUser{Email: "not-an-email", Password: "short", PasswordConfirmation: "other", Role: "root"},
+		{"everything wrong", CreateUser{Email: "not-an-email", Password: "short", PasswordConfirmation: "other", Role: "Root!"},
 			[]string{"email", "name", "password", "password_confirmation", "role"}},
 		{"display-name email is refused", CreateUser{Name: "A", Email: "Ann <ann@example.com>", Password: "12345678", PasswordConfirmation: "12345678"}, []string{"email"}},
 		{"email without a dot in the domain", CreateUser{Name: "A", Email: "ann@localhost", Password: "12345678", PasswordConfirmation: "12345678"}, []string{"email"}},
@@ -209,4 +210,51 @@ func TestSlugify(t *testing.T) {
 		assert.Equal(t, want, got, in)
 		assert.Regexp(t, slugPattern, got)
 	}
+}
+
+func TestDecideRole(t *testing.T) {
+	admin := auth.Principal{Permissions: auth.PermissionsOf([]string{auth.RoleAdmin})}
+	createdRole := events.RoleCreated{Name: "support", Permissions: []string{auth.UsersRead}}
+	tests := []struct {
+		name    string
+		history []events.Event
+		decide  func(Role) ([]events.Event, error)
+		want    []events.Event
+		code    apperr.Code
+	}{
+		{"create", nil, func(r Role) ([]events.Event, error) {
+			return DecideCreateRole(r, admin, CreateRole{Name: "support", Permissions: []string{auth.UsersRead}})
+		}, []events.Event{createdRole}, ""},
+		{"create with a permission the creator lacks", nil, func(r Role) ([]events.Event, error) {
+			return DecideCreateRole(r, admin, CreateRole{Name: "boss", Permissions: []string{auth.OrganizationWrite}})
+		}, nil, apperr.CodeValidation},
+		{"change permissions", []events.Event{createdRole}, func(r Role) ([]events.Event, error) {
+			return DecideUpdateRole(r, admin, UpdateRole{Permissions: &[]string{auth.UsersRead, auth.UsersWrite}})
+		}, []events.Event{events.RoleUpdated{Permissions: []string{auth.UsersRead, auth.UsersWrite}, PreviousPermissions: []string{auth.UsersRead}}}, ""},
+		{"rename", []events.Event{createdRole}, func(r Role) ([]events.Event, error) {
+			return DecideUpdateRole(r, admin, UpdateRole{Name: ptr("helpdesk")})
+		}, []events.Event{events.RoleUpdated{Name: &events.Change{Old: "support", New: "helpdesk"}}}, ""},
+		{"no change", []events.Event{createdRole}, func(r Role) ([]events.Event, error) {
+			return DecideUpdateRole(r, admin, UpdateRole{Name: ptr("support"), Permissions: &[]string{auth.UsersRead}})
+		}, nil, ""},
+		{"grant beyond the caller", []events.Event{createdRole}, func(r Role) ([]events.Event, error) {
+			return DecideUpdateRole(r, admin, UpdateRole{Permissions: &[]string{auth.OrganizationWrite}})
+		}, nil, apperr.CodeValidation},
+		{"delete", []events.Event{createdRole}, DecideDeleteRole, []events.Event{events.RoleDeleted{Name: "support"}}, ""},
+		{"delete twice", []events.Event{createdRole, events.RoleDeleted{Name: "support"}}, DecideDeleteRole, nil, apperr.CodeNotFound},
+		{"update deleted", []events.Event{createdRole, events.RoleDeleted{Name: "support"}}, func(r Role) ([]events.Event, error) {
+			return DecideUpdateRole(r, admin, UpdateRole{Name: ptr("x")})
+		}, nil, apperr.CodeNotFound},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := tt.decide(given(EvolveRole, tt.history...))
+			assert.Equal(t, tt.code, apperr.CodeOf(err), "error %v", err)
+			assert.Equal(t, tt.want, got)
+		})
+	}
+	var c CreateRole
+	c = CreateRole{Name: "owner", Permissions: []string{"nope"}}
+	err := c.Validate()
+	assert.Equal(t, apperr.CodeValidation, apperr.CodeOf(err))
 }

@@ -36,6 +36,9 @@ func (h *HTTP) Routes() []httpx.Route {
 		httpx.R(http.MethodPut, "/api/v1/users/:id/roles/:role", auth.UsersWrite, handle(http.StatusOK, "Role assigned", h.assignRole)),
 		httpx.R(http.MethodDelete, "/api/v1/users/:id/roles/:role", auth.UsersWrite, handle(http.StatusOK, "Role removed", h.removeRole)),
 		httpx.R(http.MethodPatch, "/api/v1/organization", auth.OrganizationWrite, handle(http.StatusOK, "Organization updated", h.updateOrganization)),
+		httpx.R(http.MethodPost, "/api/v1/roles", auth.RolesWrite, handle(http.StatusCreated, "Role created", h.createRole)),
+		httpx.R(http.MethodPatch, "/api/v1/roles/:name", auth.RolesWrite, handle(http.StatusOK, "Role updated", h.updateRole)),
+		httpx.R(http.MethodDelete, "/api/v1/roles/:name", auth.RolesWrite, handle(http.StatusOK, "Role deleted", h.deleteRole)),
 		httpx.R(http.MethodPost, "/api/v1/tokens", auth.TokensWrite, handle(http.StatusCreated, "Token created", h.createToken)).WithCredentials(),
 		httpx.R(http.MethodDelete, "/api/v1/tokens/:id", auth.TokensWrite, handle(http.StatusOK, "Token revoked", h.revokeToken)),
 	}
@@ -212,4 +215,32 @@ func (h *HTTP) revokeToken(c *gin.Context) (Result[struct{}], error) {
 		return Result[struct{}]{}, err
 	}
 	return h.svc.RevokeToken(c, Meta(c), principal(c), id)
+}
+
+func (h *HTTP) createRole(c *gin.Context) (Result[RoleView], error) {
+	in, err := body[CreateRole](c)
+	if err != nil {
+		return Result[RoleView]{}, err
+	}
+	return h.svc.CreateRole(c, Meta(c), principal(c), in)
+}
+
+func (h *HTTP) updateRole(c *gin.Context) (Result[RoleView], error) {
+	match, err := ifMatch(c)
+	if err != nil {
+		return Result[RoleView]{}, err
+	}
+	in, err := body[UpdateRole](c)
+	if err != nil {
+		return Result[RoleView]{}, err
+	}
+	return h.svc.UpdateRole(c, Meta(c), principal(c), c.Param("name"), match, in)
+}
+
+func (h *HTTP) deleteRole(c *gin.Context) (Result[RoleView], error) {
+	match, err := ifMatch(c)
+	if err != nil {
+		return Result[RoleView]{}, err
+	}
+	return h.svc.DeleteRole(c, Meta(c), principal(c), c.Param("name"), match)
 }

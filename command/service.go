@@ -172,7 +172,10 @@ func (s *Service) Register(ctx context.Context, meta events.Meta, c Register) (R
 				if err := reserveEmail(ctx, tx, c.Email, userID); err != nil {
 					return err
 				}
-				if err := setPassword(ctx, tx, userID, hash); err != nil {
+				if err := addCredentials(ctx, tx, userID, orgID, hash); err != nil {
+					return err
+				}
+				if err := assignRole(ctx, tx, orgID, userID, auth.RoleOwner, true); err != nil {
 					return err
 				}
 				return reserveSlug(ctx, tx, slug, orgID)
@@ -224,9 +227,18 @@ func reserveSlug(ctx context.Context, tx pgx.Tx, slug string, org uuid.UUID) err
 	return err
 }
 
-func setPassword(ctx context.Context, tx pgx.Tx, user uuid.UUID, hash string) error {
-	_, err := tx.Exec(ctx, `INSERT INTO user_credentials (user_id, password_hash) VALUES ($1, $2)
-		ON CONFLICT (user_id) DO UPDATE SET password_hash = excluded.password_hash, updated_at = now()`, user, hash)
+// addCredentials stores a new user's password hash; the row is also what authentication
+// checks (organization, active) on every request.
+func addCredentials(ctx context.Context, tx pgx.Tx, user, org uuid.UUID, hash string) error {
+	_, err := tx.Exec(ctx, `INSERT INTO user_credentials (user_id, organization_id, password_hash, active)
+		VALUES ($1, $2, $3, true)`, user, org, hash)
+	return err
+}
+
+// setSession records a session's state for authentication.
+func setSession(ctx context.Context, tx pgx.Tx, session, user uuid.UUID, revoked bool) error {
+	_, err := tx.Exec(ctx, `INSERT INTO session_credentials (session_id, user_id, revoked) VALUES ($1, $2, $3)
+		ON CONFLICT (session_id) DO UPDATE SET revoked = excluded.revoked`, session, user, revoked)
 	return err
 }
 
@@ -316,7 +328,8 @@ func (s *Service) Login(ctx context.Context, meta events.Meta, c Login) (Result[
 		return res, err
 	}
 	res.Token, err = s.store.Append(ctx, events.AppendRequest{StreamType: events.StreamSession, StreamID: sessionID,
-		ExpectedVersion: 0, OrganizationID: &org, Events: evs, Meta: meta})
+		ExpectedVersion: 0, OrganizationID: &org, Events: evs, Meta: meta,
+		Also: func(ctx context.Context, tx pgx.Tx) error { return setSession(ctx, tx, sessionID, userID, false) }})
 	if err != nil {
 		return res, err
 	}
@@ -379,7 +392,10 @@ func (s *Service) Refresh(ctx context.Context, meta events.Meta, c Refresh) (Res
 		}
 		if len(evs) > 0 {
 			res.Token, err = s.store.Append(ctx, events.AppendRequest{StreamType: events.StreamSession, StreamID: sessionID,
-				ExpectedVersion: l.Version, OrganizationID: &org, Events: evs, Meta: meta})
+				ExpectedVersion: l.Version, OrganizationID: &org, Events: evs, Meta: meta,
+				Also: func(ctx context.Context, tx pgx.Tx) error {
+					return setSession(ctx, tx, sessionID, l.State.UserID, refused != nil)
+				}})
 			if err != nil {
 				return res, err
 			}
@@ -408,7 +424,8 @@ func (s *Service) Logout(ctx context.Context, meta events.Meta, p auth.Principal
 			return res, err
 		}
 		res.Token, err = s.store.Append(ctx, events.AppendRequest{StreamType: events.StreamSession, StreamID: p.SessionID,
-			ExpectedVersion: l.Version, OrganizationID: &p.OrganizationID, Events: evs, Meta: meta})
+			ExpectedVersion: l.Version, OrganizationID: &p.OrganizationID, Events: evs, Meta: meta,
+			Also: func(ctx context.Context, tx pgx.Tx) error { return setSession(ctx, tx, p.SessionID, p.UserID, true) }})
 		return res, err
 	})
 }

@@ -81,8 +81,8 @@ func (c *CreateUser) Validate() error {
 	if c.Role == "" {
 		c.Role = auth.RoleMember
 	}
-	if !auth.IsBuiltinRole(c.Role) {
-		f.Add("role", "must be one of owner, admin, member, viewer")
+	if !auth.IsBuiltinRole(c.Role) && !roleNamePattern.MatchString(c.Role) {
+		f.Add("role", "must be a built-in role (owner, admin, member, viewer) or a custom role's name")
 	}
 	return f.Err()
 }
@@ -161,12 +161,13 @@ func DecideDeleteUser(id uuid.UUID, u User, actor uuid.UUID) ([]events.Event, er
 	return []events.Event{events.UserDeleted{}}, nil
 }
 
-// DecideAssignRole gives a role; having it already is no change.
-func DecideAssignRole(u User, role string) ([]events.Event, error) {
+// DecideAssignRole gives a role (known: it exists in the organization); having it
+// already is no change.
+func DecideAssignRole(u User, role string, known bool) ([]events.Event, error) {
 	if !u.Live() {
 		return nil, apperr.NotFound("user")
 	}
-	if !auth.IsBuiltinRole(role) {
+	if !known {
 		return nil, apperr.NotFound("role")
 	}
 	if slices.Contains(u.Roles, role) {
@@ -179,9 +180,6 @@ func DecideAssignRole(u User, role string) ([]events.Event, error) {
 func DecideRemoveRole(u User, role string) ([]events.Event, error) {
 	if !u.Live() {
 		return nil, apperr.NotFound("user")
-	}
-	if !auth.IsBuiltinRole(role) {
-		return nil, apperr.NotFound("role")
 	}
 	if !slices.Contains(u.Roles, role) {
 		return nil, nil

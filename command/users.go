@@ -2,6 +2,7 @@ package command
 
 import (
 	"context"
+	"slices"
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
@@ -39,7 +40,14 @@ func (s *Service) CreateUser(ctx context.Context, meta events.Meta, p auth.Princ
 	if err := c.Validate(); err != nil {
 		return res, err
 	}
-	if !p.CanGrant(c.Role) {
+	perms, known, err := s.rolePermissions(ctx, p.OrganizationID, c.Role)
+	if err != nil {
+		return res, err
+	}
+	if !known {
+		return res, apperr.Invalid("role", "does not exist")
+	}
+	if !canGrant(p, perms) {
 		return res, apperr.Invalid("role", "you cannot grant a role with permissions you do not hold")
 	}
 	evs, err := DecideCreateUser(User{}, c)
@@ -57,7 +65,10 @@ func (s *Service) CreateUser(ctx context.Context, meta events.Meta, p auth.Princ
 			if err := reserveEmail(ctx, tx, c.Email, id); err != nil {
 				return err
 			}
-			return setPassword(ctx, tx, id, hash)
+			if err := assignRole(ctx, tx, p.OrganizationID, id, c.Role, true); err != nil {
+				return err
+			}
+			return addCredentials(ctx, tx, id, p.OrganizationID, hash)
 		}})
 	if err != nil {
 		return res, err
@@ -116,14 +127,29 @@ func (s *Service) UpdateUser(ctx context.Context, meta events.Meta, p auth.Princ
 	return s.changeUser(ctx, meta, p, id, ifMatch,
 		func(u User) ([]events.Event, error) { return DecideUpdateUser(id, u, c) },
 		func(u User, evs []events.Event) func(context.Context, pgx.Tx) error {
-			if c.Email == nil || *c.Email == u.Email {
-				return nil
-			}
 			return func(ctx context.Context, tx pgx.Tx) error {
-				if err := releaseEmail(ctx, tx, id); err != nil {
+				if c.Email != nil && *c.Email != u.Email {
+					if err := releaseEmail(ctx, tx, id); err != nil {
+						return err
+					}
+					if err := reserveEmail(ctx, tx, *c.Email, id); err != nil {
+						return err
+					}
+				}
+				if c.Status != nil && *c.Status != u.Status {
+					active := *c.Status == StatusActive
+					if !active && slices.Contains(u.Roles, auth.RoleOwner) {
+						if err := keepAnOwner(ctx, tx, p.OrganizationID, id, "status"); err != nil {
+							return err
+						}
+					}
+					if _, err := tx.Exec(ctx, `UPDATE role_assignments SET active = $2 WHERE user_id = $1`, id, active); err != nil {
+						return err
+					}
+					_, err := tx.Exec(ctx, `UPDATE user_credentials SET active = $2 WHERE user_id = $1`, id, active)
 					return err
 				}
-				return reserveEmail(ctx, tx, *c.Email, id)
+				return nil
 			}
 		})
 }
@@ -135,9 +161,21 @@ func (s *Service) DeleteUser(ctx context.Context, meta events.Meta, p auth.Princ
 	}
 	return s.changeUser(ctx, meta, p, id, ifMatch,
 		func(u User) ([]events.Event, error) { return DecideDeleteUser(id, u, p.UserID) },
-		func(User, []events.Event) func(context.Context, pgx.Tx) error {
+		func(u User, _ []events.Event) func(context.Context, pgx.Tx) error {
 			return func(ctx context.Context, tx pgx.Tx) error {
+				if slices.Contains(u.Roles, auth.RoleOwner) && u.Status == StatusActive {
+					if err := keepAnOwner(ctx, tx, p.OrganizationID, id, "id"); err != nil {
+						return err
+					}
+				}
 				if err := releaseEmail(ctx, tx, id); err != nil {
+					return err
+				}
+				if _, err := tx.Exec(ctx, `DELETE FROM role_assignments WHERE user_id = $1`, id); err != nil {
+					return err
+				}
+				// A deleted user's API tokens die with them.
+				if _, err := tx.Exec(ctx, `DELETE FROM api_token_credentials WHERE user_id = $1`, id); err != nil {
 					return err
 				}
 				_, err := tx.Exec(ctx, `DELETE FROM user_credentials WHERE user_id = $1`, id)
@@ -146,31 +184,99 @@ func (s *Service) DeleteUser(ctx context.Context, meta events.Meta, p auth.Princ
 		})
 }
 
-// AssignRole gives a user a built-in role the caller could grant.
+// AssignRole gives a user a role (built-in or custom) the caller could grant.
 func (s *Service) AssignRole(ctx context.Context, meta events.Meta, p auth.Principal, id uuid.UUID, role string) (Result[readmodel.User], error) {
-	if err := s.canManageRole(p, role); err != nil {
+	if err := s.canManageRole(ctx, p, role); err != nil {
 		return Result[readmodel.User]{}, err
 	}
-	return s.changeUser(ctx, meta, p, id, nil, func(u User) ([]events.Event, error) { return DecideAssignRole(u, role) }, nil)
+	return s.changeUser(ctx, meta, p, id, nil,
+		func(u User) ([]events.Event, error) { return DecideAssignRole(u, role, true) },
+		func(u User, _ []events.Event) func(context.Context, pgx.Tx) error {
+			return func(ctx context.Context, tx pgx.Tx) error {
+				return assignRole(ctx, tx, p.OrganizationID, id, role, u.Status == StatusActive)
+			}
+		})
 }
 
-// RemoveRole takes a role from a user.
+// RemoveRole takes a role from a user; the organization keeps at least one active owner.
 func (s *Service) RemoveRole(ctx context.Context, meta events.Meta, p auth.Principal, id uuid.UUID, role string) (Result[readmodel.User], error) {
-	if err := s.canManageRole(p, role); err != nil {
+	if err := s.canManageRole(ctx, p, role); err != nil {
 		return Result[readmodel.User]{}, err
 	}
-	return s.changeUser(ctx, meta, p, id, nil, func(u User) ([]events.Event, error) { return DecideRemoveRole(u, role) }, nil)
+	return s.changeUser(ctx, meta, p, id, nil,
+		func(u User) ([]events.Event, error) { return DecideRemoveRole(u, role) },
+		func(u User, _ []events.Event) func(context.Context, pgx.Tx) error {
+			return func(ctx context.Context, tx pgx.Tx) error {
+				if role == auth.RoleOwner && u.Status == StatusActive {
+					if err := keepAnOwner(ctx, tx, p.OrganizationID, id, "role"); err != nil {
+						return err
+					}
+				}
+				_, err := tx.Exec(ctx, `DELETE FROM role_assignments WHERE user_id = $1 AND role = $2`, id, role)
+				return err
+			}
+		})
 }
 
-func (s *Service) canManageRole(p auth.Principal, role string) error {
+func (s *Service) canManageRole(ctx context.Context, p auth.Principal, role string) error {
 	if err := p.Require(auth.UsersWrite); err != nil {
 		return err
 	}
-	if !auth.IsBuiltinRole(role) {
+	perms, known, err := s.rolePermissions(ctx, p.OrganizationID, role)
+	if err != nil {
+		return err
+	}
+	if !known {
 		return apperr.NotFound("role")
 	}
-	if !p.CanGrant(role) {
+	if !canGrant(p, perms) {
 		return apperr.New(apperr.CodeForbidden, "You cannot grant or remove a role with permissions you do not hold")
+	}
+	return nil
+}
+
+// canGrant: nobody grants (or takes) a permission they do not hold.
+func canGrant(p auth.Principal, perms []string) bool {
+	for _, perm := range perms {
+		if !p.Can(perm) {
+			return false
+		}
+	}
+	return true
+}
+
+// assignRole records a role assignment; a custom role's name row is share-locked so that
+// the role cannot be deleted or renamed under the assignment.
+func assignRole(ctx context.Context, tx pgx.Tx, org, user uuid.UUID, role string, active bool) error {
+	if !auth.IsBuiltinRole(role) {
+		var ok bool
+		if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM role_names WHERE organization_id = $1 AND name = $2 FOR SHARE)`,
+			org, role).Scan(&ok); err != nil {
+			return err
+		}
+		if !ok {
+			return apperr.NotFound("role")
+		}
+	}
+	_, err := tx.Exec(ctx, `INSERT INTO role_assignments (organization_id, user_id, role, active) VALUES ($1, $2, $3, $4)
+		ON CONFLICT (user_id, role) DO UPDATE SET active = excluded.active`, org, user, role, active)
+	return err
+}
+
+// keepAnOwner refuses a change that would leave the organization without an active
+// owner. Changes that can remove owners are serialized per organization, so two
+// concurrent demotions cannot both pass the count.
+func keepAnOwner(ctx context.Context, tx pgx.Tx, org, user uuid.UUID, field string) error {
+	if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock(hashtextextended('owners:' || $1::text, 0))`, org); err != nil {
+		return err
+	}
+	var others int
+	if err := tx.QueryRow(ctx, `SELECT count(*) FROM role_assignments
+		WHERE organization_id = $1 AND role = 'owner' AND active AND user_id <> $2`, org, user).Scan(&others); err != nil {
+		return err
+	}
+	if others == 0 {
+		return apperr.Invalid(field, "the organization must keep at least one active owner")
 	}
 	return nil
 }

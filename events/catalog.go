@@ -20,6 +20,7 @@ const (
 	StreamSession      = "session"
 	StreamLogin        = "login"
 	StreamToken        = "token"
+	StreamRole         = "role"
 )
 
 // Change is one field's old and new value, carried by *.updated events so that the audit
@@ -125,6 +126,25 @@ type TokenRevoked struct {
 	Reason string `json:"reason"`
 }
 
+// RoleCreated: an organization made a custom role.
+type RoleCreated struct {
+	Name        string   `json:"name"`
+	Permissions []string `json:"permissions"`
+}
+
+// RoleUpdated: a custom role was renamed or its permissions changed. Permissions, when
+// set, is the complete new list; Previous the one before.
+type RoleUpdated struct {
+	Name                *Change  `json:"name,omitempty"`
+	Permissions         []string `json:"permissions,omitempty"`
+	PreviousPermissions []string `json:"previous_permissions,omitempty"`
+}
+
+// RoleDeleted: a custom role that nobody held was deleted.
+type RoleDeleted struct {
+	Name string `json:"name"`
+}
+
 func (OrganizationCreated) EventType() string  { return "organization.created" }
 func (OrganizationUpdated) EventType() string  { return "organization.updated" }
 func (UserCreated) EventType() string          { return "user.created" }
@@ -142,6 +162,9 @@ func (LoginFailed) EventType() string          { return "login.failed" }
 func (LoginRateLimited) EventType() string     { return "login.rate_limited" }
 func (TokenCreated) EventType() string         { return "token.created" }
 func (TokenRevoked) EventType() string         { return "token.revoked" }
+func (RoleCreated) EventType() string          { return "role.created" }
+func (RoleUpdated) EventType() string          { return "role.updated" }
+func (RoleDeleted) EventType() string          { return "role.deleted" }
 
 // Spec describes one event type of the catalog.
 type Spec struct {
@@ -163,6 +186,7 @@ var specs = func() map[string]Spec {
 		{1, SessionStarted{}}, {1, SessionRefreshed{}}, {1, SessionReuseDetected{}}, {1, SessionRevoked{}},
 		{1, LoginFailed{}}, {1, LoginRateLimited{}},
 		{1, TokenCreated{}}, {1, TokenRevoked{}},
+		{1, RoleCreated{}}, {1, RoleUpdated{}}, {1, RoleDeleted{}},
 	}
 	m := make(map[string]Spec, len(all))
 	for _, a := range all {

@@ -17,7 +17,7 @@ import (
 // AccountsName is the accounts projector's name: organizations, users and sessions.
 const AccountsName = readmodel.AccountsProjection
 
-// Accounts builds the organizations, users, sessions and API tokens read models, and after each
+// Accounts builds the organizations, users, sessions, roles and API tokens read models, and after each
 // commit writes the users it changed into the cache.
 type Accounts struct {
 	pool   *pgxpool.Pool
@@ -37,7 +37,7 @@ func (*Accounts) Name() string { return AccountsName }
 
 func (*Accounts) Bindings() []string {
 	return []string{events.StreamOrganization + ".*", events.StreamUser + ".*", events.StreamSession + ".*",
-		events.StreamToken + ".*"}
+		events.StreamToken + ".*", events.StreamRole + ".*"}
 }
 
 // Apply changes the read models for one event.
@@ -86,6 +86,18 @@ func (a *Accounts) Apply(ctx context.Context, tx pgx.Tx, e events.Envelope) erro
 	case events.SessionRevoked:
 		_, err = tx.Exec(ctx, `UPDATE sessions SET revoked_at = $2, revoked_reason = $3, version = $4
 			WHERE id = $1`, id, at, ev.Reason, v)
+	case events.RoleCreated:
+		_, err = tx.Exec(ctx, `INSERT INTO roles (id, organization_id, name, permissions, version, created_at, updated_at)
+			VALUES ($1, $2, $3, $4, $5, $6, $6)`, id, e.OrganizationID, ev.Name, ev.Permissions, v, at)
+	case events.RoleUpdated:
+		var name *string
+		if ev.Name != nil {
+			name = &ev.Name.New
+		}
+		_, err = tx.Exec(ctx, `UPDATE roles SET name = coalesce($2, name), permissions = coalesce($3, permissions),
+			version = $4, updated_at = $5 WHERE id = $1`, id, name, ev.Permissions, v, at)
+	case events.RoleDeleted:
+		_, err = tx.Exec(ctx, `UPDATE roles SET deleted_at = $2, version = $3, updated_at = $2 WHERE id = $1`, id, at, v)
 	case events.TokenCreated:
 		_, err = tx.Exec(ctx, `INSERT INTO api_tokens (id, organization_id, user_id, name, abilities, expires_at, version, created_at)
 			VALUES ($1, $2, $3, $4, $5, $6, $7, $8)`, id, e.OrganizationID, ev.UserID, ev.Name, ev.Abilities, ev.ExpiresAt, v, at)

@@ -45,6 +45,7 @@ var projectionOf = map[string]string{
 	events.StreamUser:         readmodel.AccountsProjection,
 	events.StreamSession:      readmodel.AccountsProjection,
 	events.StreamToken:        readmodel.AccountsProjection,
+	events.StreamRole:         readmodel.AccountsProjection,
 }
 
 // Routes lists the query endpoints with their access.
@@ -112,12 +113,24 @@ type Me struct {
 
 func (h *HTTP) me(c *gin.Context) {
 	p := principal(c)
-	u, err := readmodel.CachedUser(c.Request.Context(), h.cache, h.read, p.UserID)
+	ctx := c.Request.Context()
+	u, err := readmodel.CachedUser(ctx, h.cache, h.read, p.UserID)
+	if errors.Is(err, readmodel.ErrNotFound) {
+		// The caller is authenticated, so the user exists: a brand-new one may not be
+		// projected yet. Wait for it as a consistency token would.
+		wctx, cancel := context.WithTimeout(ctx, h.consistencyWait)
+		_, err = readmodel.WaitApplied(wctx, h.read, readmodel.AccountsProjection, p.UserID, 1)
+		cancel()
+		if err == nil {
+			u, err = readmodel.CachedUser(ctx, h.cache, h.read, p.UserID)
+		}
+	}
 	if err != nil {
 		httpx.Fail(c, notFound(err, "user"))
 		return
 	}
-	httpx.OK(c, http.StatusOK, "Current user", Me{User: u, Permissions: auth.PermissionsOf(u.Roles)}, nil)
+	// The caller's effective permissions: a token's are its abilities as its owner holds them.
+	httpx.OK(c, http.StatusOK, "Current user", Me{User: u, Permissions: p.Permissions}, nil)
 }
 
 func notFound(err error, what string) error {
@@ -179,6 +192,7 @@ type Role struct {
 	Permissions []string `json:"permissions"`
 }
 
+// roles lists the built-in roles, then the organization's custom roles by name.
 func (h *HTTP) roles(c *gin.Context) {
 	var out []Role
 	for name, perms := range auth.BuiltinRoles() {
@@ -187,6 +201,14 @@ func (h *HTTP) roles(c *gin.Context) {
 	}
 	order := map[string]int{auth.RoleOwner: 0, auth.RoleAdmin: 1, auth.RoleMember: 2, auth.RoleViewer: 3}
 	sort.Slice(out, func(i, j int) bool { return order[out[i].Name] < order[out[j].Name] })
+	custom, err := readmodel.CustomRoles(c.Request.Context(), h.read, principal(c).OrganizationID, nil)
+	if err != nil {
+		httpx.Fail(c, err)
+		return
+	}
+	for _, r := range custom {
+		out = append(out, Role{Name: r.Name, Permissions: r.Permissions})
+	}
 	httpx.OK(c, http.StatusOK, "Roles", out, nil)
 }
 

@@ -409,7 +409,7 @@ func TestEndToEndAccountsSlice(t *testing.T) {
 	a.expectError(req{method: "POST", path: "/api/v1/users", token: ownerToken, body: `[1,2]`}, 400, "BAD_REQUEST")
 	unk := a.expectError(req{method: "POST", path: "/api/v1/users", token: ownerToken, body: `{"name":"x","is_admin":true}`}, 422, "VALIDATION_ERROR")
 	assert.Contains(t, unk.Body.Errors, "is_admin")
-	val := a.expectError(req{method: "POST", path: "/api/v1/users", token: ownerToken, body: `{"name":"","email":"bad","password":"short","password_confirmation":"x","role":"god"}`}, 422, "VALIDATION_ERROR")
+	val := a.expectError(req{method: "POST", path: "/api/v1/users", token: ownerToken, body: `{"name":"","email":"bad","password":"short","password_confirmation":"x","role":"GOD!"}`}, 422, "VALIDATION_ERROR")
 	for _, f := range []string{"name", "email", "password", "password_confirmation", "role"} {
 		assert.Contains(t, val.Body.Errors, f)
 	}
@@ -646,4 +646,65 @@ func TestAPITokens(t *testing.T) {
 	var created2 int
 	require.NoError(t, a.db.Pool.QueryRow(context.Background(), `SELECT count(*) FROM events WHERE type IN ('token.created','token.revoked')`).Scan(&created2))
 	assert.Equal(t, 4, created2)
+}
+
+func TestCustomRolesAndTheLastOwner(t *testing.T) {
+	a := startApp(t)
+	owner, ownerToken := a.register("Roles Co", "Rita", "rita@example.com")
+	sam, _ := a.createUser(ownerToken, "Sam", "sam@example.com", "viewer", nil)
+	samToken := a.login("sam@example.com", "password1").AccessToken
+
+	// A custom role; built-in ones are immutable; names are unique per organization.
+	created := a.expect(req{method: "POST", path: "/api/v1/roles", token: ownerToken,
+		body: map[string]any{"name": "support", "permissions": []string{"users.read", "users.write"}}}, 201)
+	a.expectError(req{method: "POST", path: "/api/v1/roles", token: ownerToken,
+		body: map[string]any{"name": "support", "permissions": []string{"users.read"}}}, 422, "VALIDATION_ERROR")
+	a.expectError(req{method: "POST", path: "/api/v1/roles", token: ownerToken,
+		body: map[string]any{"name": "admin", "permissions": []string{"users.read"}}}, 422, "VALIDATION_ERROR")
+	a.expectError(req{method: "PATCH", path: "/api/v1/roles/admin", token: ownerToken, body: map[string]any{"permissions": []string{"users.read"}}}, 403, "FORBIDDEN")
+	a.expectError(req{method: "DELETE", path: "/api/v1/roles/owner", token: ownerToken}, 403, "FORBIDDEN")
+	a.expectError(req{method: "POST", path: "/api/v1/roles", token: samToken,
+		body: map[string]any{"name": "mine", "permissions": []string{"users.read"}}}, 403, "FORBIDDEN")
+	roles := a.expect(req{method: "GET", path: "/api/v1/roles", token: ownerToken, headers: consistent(created)}, 200)
+	assert.Contains(t, string(roles.Raw), `{"name":"support","builtin":false,"permissions":["users.read","users.write"]}`)
+
+	// Assigning it gives its permissions at the next request; changing them too.
+	a.expectError(req{method: "POST", path: "/api/v1/users", token: samToken,
+		body: map[string]string{"name": "X", "email": "x@example.com", "password": "password1", "password_confirmation": "password1"}}, 403, "FORBIDDEN")
+	assigned := a.expect(req{method: "PUT", path: "/api/v1/users/" + sam.ID + "/roles/support", token: ownerToken}, 200)
+	a.expect(req{method: "GET", path: "/api/v1/users/" + sam.ID, token: ownerToken, headers: consistent(assigned)}, 200)
+	a.createUser(samToken, "Made By Sam", "bysam@example.com", "viewer", nil)
+	changed := a.expect(req{method: "PATCH", path: "/api/v1/roles/support", token: ownerToken, body: map[string]any{"permissions": []string{"users.read"}}}, 200)
+	a.expect(req{method: "GET", path: "/api/v1/roles", token: ownerToken, headers: consistent(changed)}, 200)
+	a.expectError(req{method: "POST", path: "/api/v1/users", token: samToken,
+		body: map[string]string{"name": "Y", "email": "y@example.com", "password": "password1", "password_confirmation": "password1"}}, 403, "FORBIDDEN")
+
+	// A held role cannot be deleted or renamed; an unknown one is 404; another
+	// organization cannot see or use it.
+	del := a.expectError(req{method: "DELETE", path: "/api/v1/roles/support", token: ownerToken}, 422, "VALIDATION_ERROR")
+	assert.Contains(t, strings.Join(del.Body.Errors["name"], " "), "held by 1 user")
+	a.expectError(req{method: "PATCH", path: "/api/v1/roles/support", token: ownerToken, body: map[string]any{"name": "helpdesk"}}, 422, "VALIDATION_ERROR")
+	a.expectError(req{method: "PUT", path: "/api/v1/users/" + sam.ID + "/roles/nope", token: ownerToken}, 404, "NOT_FOUND")
+	_, otherToken := a.register("Elsewhere", "Eve", "eve@example.com")
+	a.expectError(req{method: "DELETE", path: "/api/v1/roles/support", token: otherToken}, 404, "NOT_FOUND")
+	other := a.expect(req{method: "GET", path: "/api/v1/roles", token: otherToken}, 200)
+	assert.NotContains(t, string(other.Raw), "support")
+
+	// Once nobody holds it, it can be renamed and deleted.
+	a.expect(req{method: "DELETE", path: "/api/v1/users/" + sam.ID + "/roles/support", token: ownerToken}, 200)
+	a.expect(req{method: "PATCH", path: "/api/v1/roles/support", token: ownerToken, body: map[string]any{"name": "helpdesk"}}, 200)
+	gone := a.expect(req{method: "DELETE", path: "/api/v1/roles/helpdesk", token: ownerToken}, 200)
+	roles = a.expect(req{method: "GET", path: "/api/v1/roles", token: ownerToken, headers: consistent(gone)}, 200)
+	assert.NotContains(t, string(roles.Raw), "helpdesk")
+
+	// The last active owner stays: not removed, not deactivated, not deleted.
+	a.expectError(req{method: "DELETE", path: "/api/v1/users/" + owner.ID + "/roles/owner", token: ownerToken}, 422, "VALIDATION_ERROR")
+	second, _ := a.createUser(ownerToken, "Second Owner", "second@example.com", "owner", nil)
+	secondToken := a.login("second@example.com", "password1").AccessToken
+	a.expect(req{method: "DELETE", path: "/api/v1/users/" + owner.ID + "/roles/owner", token: secondToken}, 200)
+	a.expectError(req{method: "PATCH", path: "/api/v1/users/" + second.ID, token: ownerToken, body: map[string]string{"status": "deactivated"}}, 403, "FORBIDDEN")
+	a.expect(req{method: "PUT", path: "/api/v1/users/" + owner.ID + "/roles/owner", token: secondToken}, 200)
+	a.expect(req{method: "PATCH", path: "/api/v1/users/" + owner.ID, token: secondToken, body: map[string]string{"status": "deactivated"}}, 200)
+	last := a.expectError(req{method: "DELETE", path: "/api/v1/users/" + second.ID + "/roles/owner", token: secondToken}, 422, "VALIDATION_ERROR")
+	assert.Contains(t, strings.Join(last.Body.Errors["role"], " "), "at least one active owner")
 }

@@ -194,7 +194,7 @@ func newAPI(ctx context.Context, d *deps, ready *atomic.Bool) (http.Handler, err
 	svc := command.NewService(command.Deps{Store: d.store, Hasher: auth.NewHasher(cfg.PasswordHashConcurrency),
 		Tokens: tokens, RefreshTTL: cfg.RefreshTTL, Logger: d.logger,
 		Throttle: ratelimit.NewLoginThrottle(limiter, cfg.LoginFailuresPerIP, cfg.LoginFailuresPerEmail)})
-	authn := auth.NewAuthenticator(tokens, d.read, d.pool, d.cache)
+	authn := auth.NewAuthenticator(tokens, d.pool)
 
 	gin.SetMode(gin.ReleaseMode)
 	r := gin.New()

@@ -126,7 +126,4 @@ func TestBuiltinRoles(t *testing.T) {
 	assert.ElementsMatch(t, []string{UsersRead, ChatbotsRead, ConversationsRead, AnalyticsRead}, roles[RoleViewer])
 	assert.NotContains(t, roles[RoleMember], AuditRead)
 	assert.Contains(t, roles[RoleMember], ChatbotsWrite)
-	p := Principal{Permissions: PermissionsOf([]string{RoleAdmin})}
-	assert.True(t, p.CanGrant(RoleMember))
-	assert.False(t, p.CanGrant(RoleOwner))
 }

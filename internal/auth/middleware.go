@@ -15,31 +15,27 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/chatbotsaas/chatbotd/internal/apperr"
-	"github.com/chatbotsaas/chatbotd/internal/cache"
+	"github.com/chatbotsaas/chatbotd/internal/db"
 	"github.com/chatbotsaas/chatbotd/internal/httpx"
-	"github.com/chatbotsaas/chatbotd/internal/readmodel"
 )
 
-// Authenticator turns a bearer access token into a Principal, checking on every request
-// that the session is not revoked and the user is active, and taking the user's roles as
-// they are now (not as they were when the token was issued).
+// Authenticator turns a bearer credential (an access token or an API token) into a
+// Principal. It checks on every request, in one query on the primary database, the rows
+// that commands write in the same transaction as their events: the session is not
+// revoked, the user exists and is active, and their roles and the roles' permissions are
+// as they are now. So a logout, a deactivation or a role change counts on the very next
+// request, without waiting for any projection.
 type Authenticator struct {
 	tokens *Tokens
-	read   readmodel.Querier
-	// creds is the primary database, where API token credentials are (never a replica:
-	// a revocation must count at once).
+	// creds is the primary database (never a replica: a revocation must count at once).
 	creds *pgxpool.Pool
-	cache *cache.Cache
 	// lastUsed debounces last_used_at writes to one a minute per token.
 	lastUsed sync.Map
-	// fresh is how long a just-issued session or user may be waited for while the
-	// projection catches up (read-your-writes for a token used right after login).
-	fresh time.Duration
 }
 
-// NewAuthenticator returns an authenticator reading the accounts read model.
-func NewAuthenticator(tokens *Tokens, read readmodel.Querier, creds *pgxpool.Pool, c *cache.Cache) *Authenticator {
-	return &Authenticator{tokens: tokens, read: read, creds: creds, cache: c, fresh: 3 * time.Second}
+// NewAuthenticator returns an authenticator over the primary database.
+func NewAuthenticator(tokens *Tokens, creds *pgxpool.Pool) *Authenticator {
+	return &Authenticator{tokens: tokens, creds: creds}
 }
 
 var errUnauthenticated = apperr.New(apperr.CodeUnauthenticated, "Missing, expired or invalid credentials")
@@ -71,38 +67,47 @@ func (a *Authenticator) Authenticate(ctx context.Context, authorization string) 
 	if err1 != nil || err2 != nil {
 		return Principal{}, errUnauthenticated
 	}
-	fresh := claims.IssuedAt != nil && time.Since(claims.IssuedAt.Time) < a.fresh
-	loadSession := func(ctx context.Context) (readmodel.Session, error) {
-		return readmodel.LoadSession(ctx, a.read, sessionID)
-	}
-	session, err := loadSession(ctx)
-	if errors.Is(err, readmodel.ErrNotFound) && fresh {
-		session, err = waitFor(ctx, a, sessionID, loadSession)
-	}
-	if errors.Is(err, readmodel.ErrNotFound) {
-		return Principal{}, errUnauthenticated
-	}
+	st, err := a.state(ctx, userID, sessionID)
 	if err != nil {
 		return Principal{}, err
 	}
-	if session.Revoked || session.UserID != userID {
+	if !st.found || !st.active || st.org != orgID || !st.sessionLive {
 		return Principal{}, errUnauthenticated
 	}
-	loadUser := func(ctx context.Context) (readmodel.User, error) {
-		return readmodel.CachedUser(ctx, a.cache, a.read, userID)
+	return Principal{Credential: "user:" + userID.String(), UserID: userID, OrganizationID: orgID, SessionID: sessionID,
+		Roles: st.roles, Permissions: PermissionsOf(st.roles, st.customPermissions)}, nil
+}
+
+// authState is what authentication knows of a user (and a session) right now.
+type authState struct {
+	found             bool
+	org               uuid.UUID
+	active            bool
+	roles             []string
+	customPermissions []string
+	sessionLive       bool
+}
+
+func (a *Authenticator) state(ctx context.Context, user, session uuid.UUID) (authState, error) {
+	st := authState{found: true}
+	var live *bool
+	err := a.creds.QueryRow(ctx, `
+		SELECT c.organization_id, c.active,
+			coalesce((SELECT array_agg(role ORDER BY role) FROM role_assignments WHERE user_id = c.user_id), '{}'),
+			coalesce((SELECT array_agg(DISTINCT p) FROM role_assignments ra
+				JOIN role_names rn ON rn.organization_id = ra.organization_id AND rn.name = ra.role,
+				unnest(rn.permissions) AS p WHERE ra.user_id = c.user_id), '{}'),
+			(SELECT NOT revoked FROM session_credentials WHERE session_id = $2 AND user_id = c.user_id)
+		FROM user_credentials c WHERE c.user_id = $1`, user, session).
+		Scan(&st.org, &st.active, &st.roles, &st.customPermissions, &live)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return authState{}, nil
 	}
-	user, err := loadUser(ctx)
-	if errors.Is(err, readmodel.ErrNotFound) && fresh {
-		user, err = waitFor(ctx, a, userID, loadUser)
+	if err != nil {
+		return authState{}, db.Classify(err)
 	}
-	if err != nil && !errors.Is(err, readmodel.ErrNotFound) {
-		return Principal{}, err
-	}
-	if err != nil || user.Status != "active" || user.OrganizationID != orgID {
-		return Principal{}, errUnauthenticated
-	}
-	return Principal{Credential: "user:" + userID.String(), UserID: userID, OrganizationID: orgID, SessionID: sessionID, Roles: user.Roles,
-		Permissions: PermissionsOf(user.Roles)}, nil
+	st.sessionLive = live != nil && *live
+	return st, nil
 }
 
 // authenticateAPIToken checks an API token against its stored hash; the token acts with
@@ -123,20 +128,20 @@ func (a *Authenticator) authenticateAPIToken(ctx context.Context, raw string) (P
 		return Principal{}, errUnauthenticated
 	}
 	if err != nil {
-		return Principal{}, err
+		return Principal{}, db.Classify(err)
 	}
 	if subtle.ConstantTimeCompare(stored, hash) != 1 || (expires != nil && time.Now().After(*expires)) {
 		return Principal{}, errUnauthenticated
 	}
-	user, err := readmodel.CachedUser(ctx, a.cache, a.read, userID)
-	if err != nil && !errors.Is(err, readmodel.ErrNotFound) {
+	st, err := a.state(ctx, userID, uuid.Nil)
+	if err != nil {
 		return Principal{}, err
 	}
-	if err != nil || user.Status != "active" || user.OrganizationID != orgID {
+	if !st.found || !st.active || st.org != orgID {
 		return Principal{}, errUnauthenticated
 	}
 	a.touch(id)
-	owner := PermissionsOf(user.Roles)
+	owner := PermissionsOf(st.roles, st.customPermissions)
 	perms := make([]string, 0, len(abilities))
 	for _, ab := range abilities {
 		if slices.Contains(owner, ab) {
@@ -144,7 +149,7 @@ func (a *Authenticator) authenticateAPIToken(ctx context.Context, raw string) (P
 		}
 	}
 	return Principal{Credential: "token:" + id.String(), UserID: userID, OrganizationID: orgID, TokenID: id,
-		Roles: user.Roles, Permissions: perms}, nil
+		Roles: st.roles, Permissions: perms}, nil
 }
 
 // touch records a token's use, at most once a minute, off the request path.
@@ -159,18 +164,6 @@ func (a *Authenticator) touch(id uuid.UUID) {
 		defer cancel()
 		_, _ = a.creds.Exec(ctx, `UPDATE api_token_credentials SET last_used_at = $2 WHERE token_id = $1`, id, now)
 	}()
-}
-
-// waitFor waits (briefly) for the accounts projection to have applied a stream's first
-// event, then loads again.
-func waitFor[T any](ctx context.Context, a *Authenticator, stream uuid.UUID, load func(context.Context) (T, error)) (T, error) {
-	wctx, cancel := context.WithTimeout(ctx, a.fresh)
-	defer cancel()
-	if _, err := readmodel.WaitApplied(wctx, a.read, readmodel.AccountsProjection, stream, 1); err != nil {
-		var zero T
-		return zero, err
-	}
-	return load(ctx)
 }
 
 const principalKey = "principal"

@@ -93,12 +93,18 @@ func BuiltinRoles() map[string][]string {
 // IsBuiltinRole reports whether name is a built-in role.
 func IsBuiltinRole(name string) bool { _, ok := BuiltinRoles()[name]; return ok }
 
-// PermissionsOf returns the union of the roles' permissions, sorted.
-func PermissionsOf(roles []string) []string {
+// PermissionsOf returns the union of the built-in roles' permissions and the given
+// custom roles' permissions, sorted.
+func PermissionsOf(roles []string, custom ...[]string) []string {
 	builtin := BuiltinRoles()
 	set := map[string]bool{}
 	for _, r := range roles {
 		for _, p := range builtin[r] {
+			set[p] = true
+		}
+	}
+	for _, perms := range custom {
+		for _, p := range perms {
 			set[p] = true
 		}
 	}
@@ -132,15 +138,4 @@ func (p Principal) Require(permission string) error {
 		return apperr.New(apperr.CodeForbidden, "You do not have the "+permission+" permission")
 	}
 	return nil
-}
-
-// CanGrant reports whether every permission of role is held by the principal: nobody
-// grants what they do not hold.
-func (p Principal) CanGrant(role string) bool {
-	for _, perm := range BuiltinRoles()[role] {
-		if !p.Can(perm) {
-			return false
-		}
-	}
-	return true
 }

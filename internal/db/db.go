@@ -7,6 +7,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"log/slog"
 	"net"
@@ -139,8 +140,10 @@ func IsUnavailable(err error) bool {
 	}
 	var netErr net.Error
 	var connectErr *pgconn.ConnectError
+	// A connection cut mid-conversation surfaces as a bare (unexpected) EOF.
 	return errors.As(err, &connectErr) || errors.As(err, &netErr) || pgconn.SafeToRetry(err) ||
-		pgconn.Timeout(err) || strings.Contains(err.Error(), "conn closed")
+		pgconn.Timeout(err) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) ||
+		strings.Contains(err.Error(), "conn closed")
 }
 
 // Classify turns driver errors into the application's error: an unreachable server is

@@ -97,25 +97,6 @@ func LoadOrganization(ctx context.Context, q Querier, id uuid.UUID) (Organizatio
 	return o, err
 }
 
-// Session is the read model of a login session, used to refuse tokens of revoked ones.
-type Session struct {
-	ID         uuid.UUID
-	UserID     uuid.UUID
-	Generation int
-	Revoked    bool
-}
-
-// LoadSession reads one session.
-func LoadSession(ctx context.Context, q Querier, id uuid.UUID) (Session, error) {
-	var s Session
-	err := q.QueryRow(ctx, `SELECT id, user_id, generation, revoked_at IS NOT NULL FROM sessions WHERE id = $1`, id).
-		Scan(&s.ID, &s.UserID, &s.Generation, &s.Revoked)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return s, ErrNotFound
-	}
-	return s, err
-}
-
 // AppliedVersion is the last version of a stream that a projection has applied (0 when
 // none).
 func AppliedVersion(ctx context.Context, q Querier, projection string, stream uuid.UUID) (int, error) {
@@ -194,4 +175,24 @@ func CachedUser(ctx context.Context, c *cache.Cache, q Querier, id uuid.UUID) (U
 	}
 	u.Version = entry.Version
 	return u, nil
+}
+
+// CustomRole is a custom role as the read model has it.
+type CustomRole struct {
+	Name        string
+	Permissions []string
+}
+
+// CustomRoles returns the organization's live custom roles with the given names (all of
+// them when names is nil), sorted by name.
+func CustomRoles(ctx context.Context, q Querier, org uuid.UUID, names []string) ([]CustomRole, error) {
+	rows, err := q.Query(ctx, `SELECT name, permissions FROM roles WHERE organization_id = $1 AND deleted_at IS NULL
+		AND ($2::text[] IS NULL OR name = ANY($2)) ORDER BY name`, org, names)
+	if err != nil {
+		return nil, err
+	}
+	return pgx.CollectRows(rows, func(r pgx.CollectableRow) (CustomRole, error) {
+		var c CustomRole
+		return c, r.Scan(&c.Name, &c.Permissions)
+	})
 }
