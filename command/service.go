@@ -429,3 +429,17 @@ func (s *Service) Logout(ctx context.Context, meta events.Meta, p auth.Principal
 		return res, err
 	})
 }
+
+// accessNamespace derives one access stream per user for their denied requests, so that
+// these security events never contend with the user's own stream.
+var accessNamespace = uuid.MustParse("2d0f4f0e-6a39-4c7c-9f3a-0b6f1c9d7e55")
+
+// RecordAccessDenied appends an access.denied event for the audit trail.
+func (s *Service) RecordAccessDenied(ctx context.Context, meta events.Meta, p auth.Principal, method, route, permission string) error {
+	_, err := s.store.Append(ctx, events.AppendRequest{StreamType: events.StreamAccess,
+		StreamID: uuid.NewSHA1(accessNamespace, p.UserID[:]), ExpectedVersion: events.AnyVersion,
+		OrganizationID: &p.OrganizationID, Meta: actor(p, meta),
+		Events: []events.Event{events.AccessDenied{UserID: p.UserID.String(), Credential: p.Credential,
+			Method: method, Route: route, Permission: permission}}})
+	return err
+}

@@ -21,6 +21,7 @@ const (
 	StreamLogin        = "login"
 	StreamToken        = "token"
 	StreamRole         = "role"
+	StreamAccess       = "access"
 )
 
 // Change is one field's old and new value, carried by *.updated events so that the audit
@@ -145,6 +146,16 @@ type RoleDeleted struct {
 	Name string `json:"name"`
 }
 
+// AccessDenied: an authenticated caller asked for something their permissions do not
+// allow.
+type AccessDenied struct {
+	UserID     string `json:"user_id"`
+	Credential string `json:"credential"`
+	Method     string `json:"method"`
+	Route      string `json:"route"`
+	Permission string `json:"permission"`
+}
+
 func (OrganizationCreated) EventType() string  { return "organization.created" }
 func (OrganizationUpdated) EventType() string  { return "organization.updated" }
 func (UserCreated) EventType() string          { return "user.created" }
@@ -165,6 +176,7 @@ func (TokenRevoked) EventType() string         { return "token.revoked" }
 func (RoleCreated) EventType() string          { return "role.created" }
 func (RoleUpdated) EventType() string          { return "role.updated" }
 func (RoleDeleted) EventType() string          { return "role.deleted" }
+func (AccessDenied) EventType() string         { return "access.denied" }
 
 // Spec describes one event type of the catalog.
 type Spec struct {
@@ -187,6 +199,7 @@ var specs = func() map[string]Spec {
 		{1, LoginFailed{}}, {1, LoginRateLimited{}},
 		{1, TokenCreated{}}, {1, TokenRevoked{}},
 		{1, RoleCreated{}}, {1, RoleUpdated{}}, {1, RoleDeleted{}},
+		{1, AccessDenied{}},
 	}
 	m := make(map[string]Spec, len(all))
 	for _, a := range all {

@@ -95,6 +95,24 @@ func (h *HTTP) Consistency() gin.HandlerFunc {
 	}
 }
 
+// allowed is each handler's own permission check, on top of the route's: a handler
+// mounted on a route with a wrong declaration still refuses (deny by default).
+func allowed(c *gin.Context, permission string) bool {
+	p, ok := auth.PrincipalOf(c)
+	if !ok {
+		httpx.Fail(c, apperr.New(apperr.CodeUnauthenticated, "Missing, expired or invalid credentials"))
+		return false
+	}
+	if permission == auth.Authenticated {
+		return true
+	}
+	if err := p.Require(permission); err != nil {
+		httpx.Fail(c, err)
+		return false
+	}
+	return true
+}
+
 func principal(c *gin.Context) auth.Principal {
 	p, _ := auth.PrincipalOf(c)
 	return p
@@ -112,6 +130,9 @@ type Me struct {
 }
 
 func (h *HTTP) me(c *gin.Context) {
+	if !allowed(c, auth.Authenticated) {
+		return
+	}
 	p := principal(c)
 	ctx := c.Request.Context()
 	u, err := readmodel.CachedUser(ctx, h.cache, h.read, p.UserID)
@@ -141,6 +162,9 @@ func notFound(err error, what string) error {
 }
 
 func (h *HTTP) getUser(c *gin.Context) {
+	if !allowed(c, auth.UsersRead) {
+		return
+	}
 	id, err := httpx.PathUUID(c, "id")
 	if err != nil {
 		httpx.Fail(c, err)
@@ -159,6 +183,9 @@ func (h *HTTP) getUser(c *gin.Context) {
 }
 
 func (h *HTTP) checkEmail(c *gin.Context) {
+	if !allowed(c, auth.UsersRead) {
+		return
+	}
 	email := strings.ToLower(strings.TrimSpace(c.Query("email")))
 	if a, err := mail.ParseAddress(email); email == "" || err != nil || a.Address != email {
 		httpx.Fail(c, apperr.Invalid("email", "must be a valid email address"))
@@ -176,6 +203,9 @@ func (h *HTTP) checkEmail(c *gin.Context) {
 }
 
 func (h *HTTP) organization(c *gin.Context) {
+	if !allowed(c, auth.Authenticated) {
+		return
+	}
 	o, err := readmodel.LoadOrganization(c.Request.Context(), h.read, principal(c).OrganizationID)
 	if err != nil {
 		httpx.Fail(c, notFound(err, "organization"))
@@ -194,6 +224,9 @@ type Role struct {
 
 // roles lists the built-in roles, then the organization's custom roles by name.
 func (h *HTTP) roles(c *gin.Context) {
+	if !allowed(c, auth.RolesRead) {
+		return
+	}
 	var out []Role
 	for name, perms := range auth.BuiltinRoles() {
 		sort.Strings(perms)
@@ -213,6 +246,9 @@ func (h *HTTP) roles(c *gin.Context) {
 }
 
 func (h *HTTP) permissions(c *gin.Context) {
+	if !allowed(c, auth.RolesRead) {
+		return
+	}
 	httpx.OK(c, http.StatusOK, "Permissions", auth.Permissions(), nil)
 }
 
@@ -270,6 +306,9 @@ func likePattern(s string) string {
 }
 
 func (h *HTTP) listUsers(c *gin.Context) {
+	if !allowed(c, auth.UsersRead) {
+		return
+	}
 	f := apperr.Fields{}
 	page, perPage := pageParams(c, f)
 	order := sortParam(c, f, map[string]string{"name": "lower(name)", "email": "lower(email)", "created_at": "created_at"}, "created_at")
@@ -343,6 +382,9 @@ type Token struct {
 
 // listTokens lists the caller's live tokens, newest first.
 func (h *HTTP) listTokens(c *gin.Context) {
+	if !allowed(c, auth.TokensWrite) {
+		return
+	}
 	p := principal(c)
 	f := apperr.Fields{}
 	page, perPage := pageParams(c, f)

@@ -195,6 +195,11 @@ func newAPI(ctx context.Context, d *deps, ready *atomic.Bool) (http.Handler, err
 		Tokens: tokens, RefreshTTL: cfg.RefreshTTL, Logger: d.logger,
 		Throttle: ratelimit.NewLoginThrottle(limiter, cfg.LoginFailuresPerIP, cfg.LoginFailuresPerEmail)})
 	authn := auth.NewAuthenticator(tokens, d.pool)
+	authn.OnDenied = func(c *gin.Context, p auth.Principal, permission string) {
+		if err := svc.RecordAccessDenied(c, command.Meta(c), p, c.Request.Method, c.FullPath(), permission); err != nil {
+			d.logger.Warn("record access denied", "error", err, "request_id", httpx.RequestIDOf(c))
+		}
+	}
 
 	gin.SetMode(gin.ReleaseMode)
 	r := gin.New()

@@ -26,6 +26,10 @@ import (
 // as they are now. So a logout, a deactivation or a role change counts on the very next
 // request, without waiting for any projection.
 type Authenticator struct {
+	// OnDenied, when set, is told of every request refused for a missing permission (the
+	// security event of the audit trail). It runs on the request path: keep it short.
+	OnDenied func(c *gin.Context, p Principal, permission string)
+
 	tokens *Tokens
 	// creds is the primary database (never a replica: a revocation must count at once).
 	creds *pgxpool.Pool
@@ -182,6 +186,9 @@ func (a *Authenticator) Middleware(access string) gin.HandlerFunc {
 		}
 		if access != Authenticated {
 			if err := p.Require(access); err != nil {
+				if a.OnDenied != nil {
+					a.OnDenied(c, p, access)
+				}
 				httpx.Fail(c, err)
 				return
 			}

@@ -1,0 +1,145 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/chatbotsaas/chatbotd/internal/auth"
+	"github.com/chatbotsaas/chatbotd/internal/testenv"
+)
+
+// fill puts values into a route's path parameters.
+func fill(path string, params map[string]string) string {
+	for k, v := range params {
+		path = strings.ReplaceAll(path, ":"+k, v)
+	}
+	return path
+}
+
+// TestRouteAccessMatrix calls every route of the router, as every built-in role and as
+// an API token with fewer abilities, and checks that exactly the declared permission
+// decides between 403 and not 403. A route without a declared access fails it, and so
+// does a handler that lets through what its route declares it must not.
+func TestRouteAccessMatrix(t *testing.T) {
+	a := startApp(t, "RATE_LIMIT_PUBLIC_PER_MINUTE=10000", "RATE_LIMIT_API_PER_MINUTE=10000")
+	_, ownerToken := a.register("Matrix Co", "Olga", "olga@example.com")
+	type caller struct {
+		name  string
+		token string
+		perms []string
+		email string // to log in again, for logout
+	}
+	callers := []caller{{name: "owner", token: ownerToken, perms: auth.BuiltinRoles()[auth.RoleOwner], email: "olga@example.com"}}
+	for _, role := range []string{auth.RoleAdmin, auth.RoleMember, auth.RoleViewer} {
+		email := role + "@matrix.example"
+		a.createUser(ownerToken, "A "+role, email, role, nil)
+		callers = append(callers, caller{name: role, token: a.login(email, "password1").AccessToken, perms: auth.BuiltinRoles()[role], email: email})
+	}
+	var tok struct{ Token string }
+	narrow := []string{auth.UsersRead, auth.RolesRead}
+	a.expect(req{method: "POST", path: "/api/v1/tokens", token: ownerToken, body: map[string]any{"name": "narrow", "abilities": narrow}}, 201).data(t, &tok)
+	callers = append(callers, caller{name: "token(users.read,roles.read)", token: tok.Token, perms: narrow})
+
+	params := map[string]string{"id": uuid.NewString(), "role": auth.RoleViewer, "name": "no-such-role"}
+	routes := apiRoutes(nil, nil, nil)
+	require.NotEmpty(t, routes)
+	for _, rt := range routes {
+		require.NotEmpty(t, rt.Access, "%s %s declares no access", rt.Method, rt.Path)
+		path := fill(rt.Path, params)
+		var body any
+		if rt.Method != http.MethodGet {
+			body = map[string]any{}
+		}
+		if rt.Access != auth.Public {
+			r := a.do(req{method: rt.Method, path: path, body: body})
+			assert.Equal(t, 401, r.Status, "%s %s without credentials: %s", rt.Method, rt.Path, r.Raw)
+		}
+		for _, c := range callers {
+			token := c.token
+			if rt.Path == "/api/v1/auth/logout" && !strings.HasPrefix(token, "cbt_") {
+				token = a.login(c.email, map[bool]string{true: "correct horse", false: "password1"}[c.name == "owner"]).AccessToken
+			}
+			r := a.do(req{method: rt.Method, path: path, body: body, token: token})
+			want := rt.Access == auth.Public || rt.Access == auth.Authenticated || slices.Contains(c.perms, rt.Access)
+			if want {
+				assert.NotContains(t, []int{401, 403, 500}, r.Status, "%s %s as %s must be allowed: %s", rt.Method, rt.Path, c.name, r.Raw)
+			} else {
+				assert.Equal(t, 403, r.Status, "%s %s as %s must be denied: %s", rt.Method, rt.Path, c.name, r.Raw)
+			}
+		}
+	}
+	// Every denial is in the log as a security event.
+	var denied int
+	require.NoError(t, a.db.Pool.QueryRow(context.Background(), `SELECT count(*) FROM events WHERE type = 'access.denied'`).Scan(&denied))
+	assert.Positive(t, denied)
+}
+
+// TestCrossTenantSweep uses one organization's ids on every route that takes one, as
+// another organization's owner: each is NOT_FOUND and leaks nothing.
+func TestCrossTenantSweep(t *testing.T) {
+	a := startApp(t, "RATE_LIMIT_PUBLIC_PER_MINUTE=10000", "RATE_LIMIT_API_PER_MINUTE=10000")
+	_, victimToken := a.register("Victim Co", "Vic", "vic@victim.example")
+	user, created := a.createUser(victimToken, "Secret Person", "secret@victim.example", "member", nil)
+	var tok struct{ ID string }
+	a.expect(req{method: "POST", path: "/api/v1/tokens", token: victimToken, body: map[string]any{"name": "t", "abilities": []string{"users.read"}}}, 201).data(t, &tok)
+	role := a.expect(req{method: "POST", path: "/api/v1/roles", token: victimToken, body: map[string]any{"name": "victim-role", "permissions": []string{"users.read"}}}, 201)
+	a.expect(req{method: "GET", path: "/api/v1/users/" + user.ID, token: victimToken, headers: consistent(created)}, 200)
+	a.expect(req{method: "GET", path: "/api/v1/roles", token: victimToken, headers: consistent(role)}, 200)
+
+	_, attacker := a.register("Attacker Co", "Mallory", "mallory@attacker.example")
+	ids := map[string]string{"/api/v1/users": user.ID, "/api/v1/tokens": tok.ID}
+	swept := 0
+	for _, rt := range apiRoutes(nil, nil, nil) {
+		if !strings.Contains(rt.Path, ":") {
+			continue
+		}
+		params := map[string]string{"role": auth.RoleViewer, "name": "victim-role"}
+		for prefix, id := range ids {
+			if strings.HasPrefix(rt.Path, prefix+"/") {
+				params["id"] = id
+			}
+		}
+		if strings.Contains(rt.Path, ":id") && params["id"] == "" {
+			t.Errorf("%s %s takes an id the sweep does not know: add it", rt.Method, rt.Path)
+			continue
+		}
+		var body any
+		if rt.Method != http.MethodGet {
+			body = map[string]any{"name": "pwned", "permissions": []string{"users.read"}}
+		}
+		if rt.Method == http.MethodPatch && strings.HasPrefix(rt.Path, "/api/v1/users") {
+			body = map[string]any{"name": "pwned"}
+		}
+		r := a.expectError(req{method: rt.Method, path: fill(rt.Path, params), body: body, token: attacker}, 404, "NOT_FOUND")
+		assert.NotContains(t, string(r.Raw), "Secret Person")
+		assert.NotContains(t, string(r.Raw), "secret@victim.example")
+		swept++
+	}
+	assert.GreaterOrEqual(t, swept, 7)
+
+	// Lists, search, sort and check-email show nothing of the victim either.
+	for _, path := range []string{"/api/v1/users?search=secret", "/api/v1/users?sort=-email&per_page=100", "/api/v1/roles",
+		"/api/v1/tokens", "/api/v1/users/check-email?email=secret@victim.example"} {
+		r := a.expect(req{method: "GET", path: path, token: attacker}, 200)
+		for _, leak := range []string{"Secret Person", "victim-role", `"exists":true`, user.ID, tok.ID} {
+			assert.NotContains(t, string(r.Raw), leak, path)
+		}
+	}
+	// And the victim's data is untouched.
+	testenv.Eventually(t, 5*time.Second, func() error {
+		r := a.do(req{method: "GET", path: "/api/v1/users/" + user.ID, token: victimToken})
+		if !strings.Contains(string(r.Raw), "Secret Person") {
+			return fmt.Errorf("victim changed: %s", r.Raw)
+		}
+		return nil
+	})
+}
