@@ -54,7 +54,7 @@ func run(ctx context.Context) error {
 	var o options
 	flag.StringVar(&o.server, "postgres", "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable", "PostgreSQL server (its postgres database)")
 	flag.StringVar(&o.database, "database", "chatbotd_bench", "database to (re)create for the run")
-	flag.StringVar(&o.binary, "binary", "bin/chatbotd", "chatbotd binary for the end-to-end figures")
+	flag.StringVar(&o.binary, "binary", "bin/chatbotd-bench", "chatbotd built with -tags benchnoauth, for the end-to-end figures")
 	flag.StringVar(&o.out, "out", "", "markdown file to write the results into (stdout when empty)")
 	flag.DurationVar(&o.duration, "duration", 5*time.Second, "duration of each throughput measurement")
 	flag.IntVar(&o.samples, "samples", 300, "commands timed for the latency figure")
@@ -76,7 +76,7 @@ func run(ctx context.Context) error {
 	var report strings.Builder
 	fmt.Fprintf(&report, "Run on %s: %s, %d cores, %s; %s; PostgreSQL %s.\n\n",
 		time.Now().UTC().Format("2006-01-02"), cpuModel(), runtime.NumCPU(), memTotal(), runtime.Version(), pgVersion(ctx, pool))
-	fmt.Fprintf(&report, "Command: `make bench` (`go run ./cmd/bench -binary bin/chatbotd -duration %s -samples %d`).\n\n", o.duration, o.samples)
+	fmt.Fprintf(&report, "Command: `make bench` (`go run ./cmd/bench -binary bin/chatbotd-bench -duration %s -samples %d`).\n\n", o.duration, o.samples)
 
 	// 1. Appends per second against pgbench's insert of the same row.
 	report.WriteString("### Event store appends (durable, one command = one transaction)\n\n")
@@ -104,7 +104,12 @@ func run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	p50, p99, err := commandToRead(ctx, o, e2eURL)
+	srv, err := startServer(ctx, o, e2eURL)
+	if err != nil {
+		return err
+	}
+	defer srv.stop()
+	p50, p99, err := commandToRead(srv, o.samples)
 	if err != nil {
 		return err
 	}
@@ -114,6 +119,25 @@ func run(ctx context.Context) error {
 		"The time runs from the 2xx of `POST /api/v1/users` to the first 200: relay (LISTEN/NOTIFY, publish, confirm), RabbitMQ, projector batch, commit.\n\n")
 	fmt.Fprintf(&report, "| samples | p50 | p99 |\n|---:|---:|---:|\n| %d | %s | %s |\n", o.samples, ms(p50), ms(p99))
 	fmt.Fprintf(os.Stderr, "command to read: p50 %s p99 %s\n", ms(p50), ms(p99))
+
+	// 3. What authorization costs on a cached read.
+	jwt, tok, off, err := authCost(srv, o.duration)
+	if err != nil {
+		return err
+	}
+	report.WriteString("\n### The cost of authorization on a cached read\n\n")
+	report.WriteString("`GET /api/v1/users/{id}` (a cache hit in Redis) from 32 keep-alive clients on this machine, for the same duration each, against one `chatbotd serve` built with `-tags benchnoauth`. " +
+		"With a JWT: signature, claims, then one query on the primary for the session, the user's state and roles. " +
+		"With an API token: one query for the token's hash, then the same state query. " +
+		"Authorization off: the very same handler mounted without authentication (a route only the bench build has). Rate limits are raised out of the way for this run.\n\n")
+	report.WriteString("| credential | requests/s | ratio to no authorization | p50 | p99 |\n|---|---:|---:|---:|---:|\n")
+	for _, r := range []struct {
+		name string
+		res  loadResult
+	}{{"none (authorization off)", off}, {"JWT (EdDSA)", jwt}, {"API token", tok}} {
+		fmt.Fprintf(&report, "| %s | %.0f | %.2f× | %s | %s |\n", r.name, r.res.rate, r.res.rate/off.rate, ms(r.res.p50), ms(r.res.p99))
+		fmt.Fprintf(os.Stderr, "cached GET, %s: %.0f/s\n", r.name, r.res.rate)
+	}
 
 	if o.out == "" {
 		fmt.Print(report.String())
@@ -198,74 +222,102 @@ func pgbenchRate(ctx context.Context, dbURL string, clients int, d time.Duration
 	return strconv.ParseFloat(string(m[1]), 64)
 }
 
-// commandToRead starts the binary and times POST /users → GET /users/{id} == 200.
-func commandToRead(ctx context.Context, o options, dbURL string) (p50, p99 time.Duration, err error) {
+// server is a running chatbotd (the bench build) with a logged-in owner.
+type server struct {
+	base   string
+	client *http.Client
+	token  string
+	org    string
+	ctx    context.Context
+	stop   func()
+}
+
+func startServer(ctx context.Context, o options, dbURL string) (*server, error) {
 	const addr = "127.0.0.1:18097"
 	ctx, cancel := context.WithCancel(ctx)
 	cmd := exec.CommandContext(ctx, o.binary, "serve")
 	cmd.Env = append(os.Environ(), "DATABASE_URL="+dbURL, "HTTP_ADDR="+addr, "LOG_LEVEL=warn",
-		"AMQP_EXCHANGE=bench.events", "AMQP_QUEUE_PREFIX=bench.", "REDIS_PREFIX=bench:")
+		"AMQP_EXCHANGE=bench.events", "AMQP_QUEUE_PREFIX=bench.", "REDIS_PREFIX=bench:",
+		// The limits would throttle the load generator, not measure chatbotd.
+		"RATE_LIMIT_API_PER_MINUTE=100000000", "RATE_LIMIT_PUBLIC_PER_MINUTE=100000000")
 	cmd.Stdout, cmd.Stderr = io.Discard, os.Stderr
 	cmd.Cancel = func() error { return cmd.Process.Signal(os.Interrupt) }
 	if err := cmd.Start(); err != nil {
 		cancel()
-		return 0, 0, fmt.Errorf("start %s (run make build first): %w", o.binary, err)
+		return nil, fmt.Errorf("start %s (make bench builds it): %w", o.binary, err)
 	}
-	defer func() { cancel(); _ = cmd.Wait() }() // SIGINT, then wait for a clean shutdown
-	base := "http://" + addr
-	client := &http.Client{Timeout: 10 * time.Second}
+	s := &server{base: "http://" + addr, ctx: ctx, stop: func() { cancel(); _ = cmd.Wait() }, // SIGINT, then a clean shutdown
+		client: &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 256}}}
 	for i := 0; ; i++ {
-		if res, err := client.Get(base + "/ready"); err == nil {
+		if res, err := s.client.Get(s.base + "/ready"); err == nil {
 			res.Body.Close()
 			if res.StatusCode == 200 {
 				break
 			}
 		}
 		if i > 300 {
-			return 0, 0, errors.New("chatbotd did not become ready")
+			s.stop()
+			return nil, errors.New("chatbotd did not become ready")
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	call := func(method, path, token string, body any) (int, map[string]any, error) {
-		var r io.Reader
-		if body != nil {
-			b, _ := json.Marshal(body)
-			r = bytes.NewReader(b)
-		}
-		req, _ := http.NewRequestWithContext(ctx, method, base+path, r)
-		req.Header.Set("Content-Type", "application/json")
-		if token != "" {
-			req.Header.Set("Authorization", "Bearer "+token)
-		}
-		res, err := client.Do(req)
-		if err != nil {
-			return 0, nil, err
-		}
-		defer res.Body.Close()
-		var env map[string]any
-		_ = json.NewDecoder(res.Body).Decode(&env)
-		return res.StatusCode, env, nil
-	}
 	email := "owner-" + uuid.NewString()[:8] + "@bench.example"
-	if st, env, err := call("POST", "/api/v1/auth/register", "", map[string]string{"organization_name": "Bench", "name": "Owner", "email": email, "password": "bench-password"}); err != nil || st != 201 {
-		return 0, 0, fmt.Errorf("register: %d %v %v", st, env, err)
+	st, env, err := s.call("POST", "/api/v1/auth/register", "", map[string]string{"organization_name": "Bench", "name": "Owner", "email": email, "password": "bench-password"})
+	if err != nil || st != 201 {
+		s.stop()
+		return nil, fmt.Errorf("register: %d %v %v", st, env, err)
 	}
-	st, env, err := call("POST", "/api/v1/auth/login", "", map[string]string{"email": email, "password": "bench-password"})
+	s.org = env["data"].(map[string]any)["organization"].(map[string]any)["id"].(string)
+	st, env, err = s.call("POST", "/api/v1/auth/login", "", map[string]string{"email": email, "password": "bench-password"})
 	if err != nil || st != 200 {
-		return 0, 0, fmt.Errorf("login: %d %v %v", st, env, err)
+		s.stop()
+		return nil, fmt.Errorf("login: %d %v %v", st, env, err)
 	}
-	token := env["data"].(map[string]any)["access_token"].(string)
+	s.token = env["data"].(map[string]any)["access_token"].(string)
+	return s, nil
+}
+
+func (s *server) call(method, path, token string, body any) (int, map[string]any, error) {
+	var r io.Reader
+	if body != nil {
+		b, _ := json.Marshal(body)
+		r = bytes.NewReader(b)
+	}
+	req, _ := http.NewRequestWithContext(s.ctx, method, s.base+path, r)
+	req.Header.Set("Content-Type", "application/json")
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	res, err := s.client.Do(req)
+	if err != nil {
+		return 0, nil, err
+	}
+	defer res.Body.Close()
+	var env map[string]any
+	_ = json.NewDecoder(res.Body).Decode(&env)
+	return res.StatusCode, env, nil
+}
+
+func (s *server) createUser(i int) (string, error) {
+	st, env, err := s.call("POST", "/api/v1/users", s.token, map[string]string{"name": "User", "email": fmt.Sprintf("u%d-%s@bench.example", i, uuid.NewString()[:6]),
+		"password": "password1", "password_confirmation": "password1"})
+	if err != nil || st != 201 {
+		return "", fmt.Errorf("create user: %d %v %v", st, env, err)
+	}
+	return env["data"].(map[string]any)["id"].(string), nil
+}
+
+// commandToRead times POST /users → GET /users/{id} == 200.
+func commandToRead(s *server, samples int) (p50, p99 time.Duration, err error) {
 	var lat []time.Duration
-	for i := 0; i < o.samples; i++ {
-		st, env, err := call("POST", "/api/v1/users", token, map[string]string{"name": "User", "email": fmt.Sprintf("u%d-%s@bench.example", i, uuid.NewString()[:6]),
-			"password": "password1", "password_confirmation": "password1"})
-		if err != nil || st != 201 {
-			return 0, 0, fmt.Errorf("create user: %d %v %v", st, env, err)
+	for i := 0; i < samples; i++ {
+		id, err := s.createUser(i)
+		if err != nil {
+			return 0, 0, err
 		}
 		t0 := time.Now()
-		id := env["data"].(map[string]any)["id"].(string)
 		for {
-			st, _, err := call("GET", "/api/v1/users/"+id, token, nil)
+			st, _, err := s.call("GET", "/api/v1/users/"+id, s.token, nil)
 			if err != nil {
 				return 0, 0, err
 			}
@@ -278,11 +330,92 @@ func commandToRead(ctx context.Context, o options, dbURL string) (p50, p99 time.
 		}
 		lat = append(lat, time.Since(t0))
 		if (i+1)%100 == 0 {
-			fmt.Fprintf(os.Stderr, "command to read: %d/%d samples\n", i+1, o.samples)
+			fmt.Fprintf(os.Stderr, "command to read: %d/%d samples\n", i+1, samples)
 		}
 	}
 	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
 	return lat[len(lat)/2], lat[len(lat)*99/100], nil
+}
+
+type loadResult struct {
+	rate     float64
+	p50, p99 time.Duration
+}
+
+// load sends GETs to path from clients goroutines for d and counts the 200s.
+func (s *server) load(path, token string, clients int, d time.Duration) (loadResult, error) {
+	deadline := time.Now().Add(d)
+	var mu sync.Mutex
+	var lat []time.Duration
+	var failed atomic.Int64
+	var wg sync.WaitGroup
+	start := time.Now()
+	for i := 0; i < clients; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var mine []time.Duration
+			for time.Now().Before(deadline) {
+				req, _ := http.NewRequestWithContext(s.ctx, "GET", s.base+path, nil)
+				if token != "" {
+					req.Header.Set("Authorization", "Bearer "+token)
+				}
+				t0 := time.Now()
+				res, err := s.client.Do(req)
+				if err != nil {
+					failed.Add(1)
+					continue
+				}
+				_, _ = io.Copy(io.Discard, res.Body)
+				res.Body.Close()
+				if res.StatusCode != 200 {
+					failed.Add(1)
+					continue
+				}
+				mine = append(mine, time.Since(t0))
+			}
+			mu.Lock()
+			lat = append(lat, mine...)
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	if n := failed.Load(); n > 0 {
+		return loadResult{}, fmt.Errorf("%s: %d requests failed", path, n)
+	}
+	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
+	return loadResult{rate: float64(len(lat)) / time.Since(start).Seconds(), p50: lat[len(lat)/2], p99: lat[len(lat)*99/100]}, nil
+}
+
+// authCost measures a cached GET /users/{id} with a JWT, with an API token, and through
+// the same handler with authorization turned off (the bench build's route).
+func authCost(s *server, d time.Duration) (jwt, token, off loadResult, err error) {
+	id, err := s.createUser(-1)
+	if err != nil {
+		return
+	}
+	st, env, err := s.call("POST", "/api/v1/tokens", s.token, map[string]any{"name": "bench", "abilities": []string{"users.read"}})
+	if err != nil || st != 201 {
+		err = fmt.Errorf("create token: %d %v %v", st, env, err)
+		return
+	}
+	apiToken := env["data"].(map[string]any)["token"].(string)
+	path := "/api/v1/users/" + id
+	for i := 0; i < 50; i++ { // wait until projected and cached
+		if st, _, _ := s.call("GET", path, s.token, nil); st == 200 {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	const clients = 32
+	if off, err = s.load("/bench/noauth/users/"+id+"?org="+s.org, "", clients, d); err != nil {
+		return
+	}
+	if jwt, err = s.load(path, s.token, clients, d); err != nil {
+		return
+	}
+	token, err = s.load(path, apiToken, clients, d)
+	return
 }
 
 const (

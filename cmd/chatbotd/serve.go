@@ -244,6 +244,7 @@ func newAPI(ctx context.Context, d *deps, ready *atomic.Bool) (http.Handler, err
 		}
 		r.Handle(rt.Method, rt.Path, append(chain, rt.Handler)...)
 	}
+	registerBenchRoutes(r, routes)
 	return r, nil
 }
 
