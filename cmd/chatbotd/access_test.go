@@ -2,6 +2,9 @@ package main
 
 import (
 	"context"
+	"crypto/ed25519"
+	"encoding/base64"
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"slices"
@@ -9,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/golang-jwt/jwt/v5"
 	"github.com/google/uuid"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -142,4 +146,67 @@ func TestCrossTenantSweep(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// TestForgedAccessTokensAre401 presents forged JWTs over HTTP: each is 401.
+func TestForgedAccessTokensAre401(t *testing.T) {
+	a := startApp(t)
+	_, token := a.register("Forge Co", "Fay", "fay@example.com")
+	a.expect(req{method: "GET", path: "/api/v1/auth/me", token: token}, 200)
+
+	var jwks struct {
+		Keys []struct{ Kid, X string } `json:"keys"`
+	}
+	require.NoError(t, json.Unmarshal(a.expect(req{method: "GET", path: "/.well-known/jwks.json"}, 200).Raw, &jwks))
+	require.NotEmpty(t, jwks.Keys)
+	pub, err := base64.RawURLEncoding.DecodeString(jwks.Keys[0].X)
+	require.NoError(t, err)
+	kid := jwks.Keys[0].Kid
+
+	// The real token's claims, re-signed or altered.
+	parts := strings.Split(token, ".")
+	require.Len(t, parts, 3)
+	payload, err := base64.RawURLEncoding.DecodeString(parts[1])
+	require.NoError(t, err)
+	var claims jwt.MapClaims
+	require.NoError(t, json.Unmarshal(payload, &claims))
+	with := func(k string, v any) jwt.MapClaims {
+		c := jwt.MapClaims{}
+		for kk, vv := range claims {
+			c[kk] = vv
+		}
+		if v == nil {
+			delete(c, k)
+		} else {
+			c[k] = v
+		}
+		return c
+	}
+	_, otherKey, _ := ed25519.GenerateKey(nil)
+	sign := func(m jwt.SigningMethod, key any, c jwt.MapClaims, kid string) string {
+		tk := jwt.NewWithClaims(m, c)
+		if kid != "" {
+			tk.Header["kid"] = kid
+		}
+		s, err := tk.SignedString(key)
+		require.NoError(t, err)
+		return s
+	}
+	tampered := base64.RawURLEncoding.EncodeToString([]byte(strings.Replace(string(payload), `"sub":"`, `"sub":"0`, 1)))
+	forged := map[string]string{
+		"alg none":                  sign(jwt.SigningMethodNone, jwt.UnsafeAllowNoneSignatureType, claims, kid),
+		"HS256 signed with the JWK": sign(jwt.SigningMethodHS256, pub, claims, kid),
+		"unknown kid":               sign(jwt.SigningMethodEdDSA, otherKey, claims, "not-a-key"),
+		"our kid, another key":      sign(jwt.SigningMethodEdDSA, otherKey, claims, kid),
+		"expired":                   sign(jwt.SigningMethodEdDSA, otherKey, with("exp", time.Now().Add(-time.Hour).Unix()), kid),
+		"missing exp":               sign(jwt.SigningMethodEdDSA, otherKey, with("exp", nil), kid),
+		"wrong iss":                 sign(jwt.SigningMethodEdDSA, otherKey, with("iss", "evil"), kid),
+		"tampered payload":          parts[0] + "." + tampered + "." + parts[2],
+		"signature stripped":        parts[0] + "." + parts[1] + ".",
+	}
+	for name, f := range forged {
+		r := a.do(req{method: "GET", path: "/api/v1/auth/me", token: f})
+		assert.Equal(t, 401, r.Status, name)
+		assert.Equal(t, "UNAUTHENTICATED", r.Body.ErrorCode, name)
+	}
 }
