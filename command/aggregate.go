@@ -7,8 +7,10 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
 
 	"github.com/chatbotsaas/chatbotd/events"
+	"github.com/chatbotsaas/chatbotd/internal/apperr"
 )
 
 // loaded is an aggregate's state rebuilt from its stream, with what every aggregate has.
@@ -44,4 +46,61 @@ func load[S any](ctx context.Context, store *events.Store, id uuid.UUID, evolve 
 		l.UpdatedAt = e.OccurredAt
 	}
 	return l, nil
+}
+
+// change is a command on an existing aggregate.
+type change[S any] struct {
+	streamType string
+	id         uuid.UUID
+	org        uuid.UUID // the caller's organization: another tenant's stream is NOT_FOUND
+	notFound   string    // what the NOT_FOUND says ("user", "role", ...)
+	ifMatch    IfMatch
+	meta       events.Meta
+	evolve     func(S, events.Event) S
+	decide     func(S) ([]events.Event, error)
+	// also, when set, returns rows to write in the append's transaction.
+	also func(S) func(context.Context, pgx.Tx) error
+}
+
+// run is the shape of every command on an existing aggregate: load it within the
+// caller's organization, check If-Match, decide, and append what was decided at the
+// loaded version, deciding again when another request won the race (unless If-Match
+// pinned the version). Nothing decided: nothing appended, and the token is the current
+// version. It returns the aggregate as it is after the command.
+func (c change[S]) run(ctx context.Context, store *events.Store) (loaded[S], events.AppendResult, error) {
+	type out struct {
+		l   loaded[S]
+		tok events.AppendResult
+	}
+	o, err := retryOnConflict(c.ifMatch != nil, func() (out, error) {
+		l, err := load(ctx, store, c.id, c.evolve)
+		if err != nil {
+			return out{}, err
+		}
+		if l.Version == 0 || l.OrganizationID != c.org {
+			return out{}, apperr.NotFound(c.notFound)
+		}
+		version, err := expected(c.ifMatch, l.Version)
+		if err != nil {
+			return out{}, err
+		}
+		evs, err := c.decide(l.State)
+		if err != nil {
+			return out{}, err
+		}
+		if len(evs) == 0 {
+			return out{l, events.AppendResult{StreamType: c.streamType, StreamID: c.id, Version: l.Version}}, nil
+		}
+		req := events.AppendRequest{StreamType: c.streamType, StreamID: c.id, ExpectedVersion: version,
+			OrganizationID: &c.org, Events: evs, Meta: c.meta}
+		if c.also != nil {
+			req.Also = c.also(l.State)
+		}
+		tok, err := store.Append(ctx, req)
+		if err != nil {
+			return out{}, err
+		}
+		return out{fold(l, c.evolve, evs, tok.OccurredAt), tok}, nil
+	})
+	return o.l, o.tok, err
 }

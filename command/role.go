@@ -227,41 +227,20 @@ func (s *Service) changeRole(ctx context.Context, meta events.Meta, p auth.Princ
 	if auth.IsBuiltinRole(name) {
 		return zero, errBuiltinRole
 	}
-	return retryOnConflict(ifMatch != nil, func() (Result[RoleView], error) {
-		var res Result[RoleView]
-		id, ok, err := roleID(ctx, s.store.Pool(), p.OrganizationID, name, "")
-		if err != nil {
-			return res, db.Classify(err)
-		}
-		if !ok {
-			return res, apperr.NotFound("role")
-		}
-		l, err := load(ctx, s.store, id, EvolveRole)
-		if err != nil {
-			return res, err
-		}
-		version, err := expected(ifMatch, l.Version)
-		if err != nil {
-			return res, err
-		}
-		evs, err := decide(l.State)
-		if err != nil {
-			return res, err
-		}
-		if len(evs) > 0 {
-			res.Token, err = s.store.Append(ctx, events.AppendRequest{StreamType: events.StreamRole, StreamID: id,
-				ExpectedVersion: version, OrganizationID: &p.OrganizationID, Events: evs, Meta: actor(p, meta),
-				Also: also(id, l.State)})
-			if err != nil {
-				return res, err
-			}
-			l = fold(l, EvolveRole, evs, res.Token.OccurredAt)
-		} else {
-			res.Token = events.AppendResult{StreamType: events.StreamRole, StreamID: id, Version: l.Version}
-		}
-		res.Data = RoleView{Name: l.State.Name, Permissions: l.State.Permissions}
-		return res, nil
-	})
+	id, ok, err := roleID(ctx, s.store.Pool(), p.OrganizationID, name, "")
+	if err != nil {
+		return zero, db.Classify(err)
+	}
+	if !ok {
+		return zero, apperr.NotFound("role")
+	}
+	l, tok, err := change[Role]{streamType: events.StreamRole, id: id, org: p.OrganizationID, notFound: "role",
+		ifMatch: ifMatch, meta: actor(p, meta), evolve: EvolveRole, decide: decide,
+		also: func(r Role) func(context.Context, pgx.Tx) error { return also(id, r) }}.run(ctx, s.store)
+	if err != nil {
+		return zero, err
+	}
+	return Result[RoleView]{Token: tok, Data: RoleView{Name: l.State.Name, Permissions: l.State.Permissions}}, nil
 }
 
 // holders counts the users who hold a role, locking the role's name row so that no

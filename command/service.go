@@ -96,18 +96,6 @@ func fold[S any](l loaded[S], evolve func(S, events.Event) S, evs []events.Event
 	return l
 }
 
-// loadUser loads a user, as NOT_FOUND unless it is a live user of the organization.
-func (s *Service) loadUser(ctx context.Context, org, id uuid.UUID) (loaded[User], error) {
-	l, err := load(ctx, s.store, id, EvolveUser)
-	if err != nil {
-		return l, err
-	}
-	if !l.State.Live() || l.OrganizationID != org {
-		return l, apperr.NotFound("user")
-	}
-	return l, nil
-}
-
 // --- Registration and sessions ---
 
 // Register is POST /auth/register.

@@ -133,25 +133,14 @@ func (s *Service) RevokeToken(ctx context.Context, meta events.Meta, p auth.Prin
 	if err := p.Require(auth.TokensWrite); err != nil {
 		return Result[struct{}]{}, err
 	}
-	return retryOnConflict(false, func() (Result[struct{}], error) {
-		var res Result[struct{}]
-		l, err := load(ctx, s.store, id, EvolveToken)
-		if err != nil {
-			return res, err
-		}
-		if l.OrganizationID != p.OrganizationID {
-			return res, apperr.NotFound("token")
-		}
-		evs, err := DecideRevokeToken(l.State, p.UserID)
-		if err != nil {
-			return res, err
-		}
-		res.Token, err = s.store.Append(ctx, events.AppendRequest{StreamType: events.StreamToken, StreamID: id,
-			ExpectedVersion: l.Version, OrganizationID: &p.OrganizationID, Events: evs, Meta: actor(p, meta),
-			Also: func(ctx context.Context, tx pgx.Tx) error {
+	_, tok, err := change[Token]{streamType: events.StreamToken, id: id, org: p.OrganizationID, notFound: "token",
+		meta: actor(p, meta), evolve: EvolveToken,
+		decide: func(t Token) ([]events.Event, error) { return DecideRevokeToken(t, p.UserID) },
+		also: func(Token) func(context.Context, pgx.Tx) error {
+			return func(ctx context.Context, tx pgx.Tx) error {
 				_, err := tx.Exec(ctx, `DELETE FROM api_token_credentials WHERE token_id = $1`, id)
 				return err
-			}})
-		return res, err
-	})
+			}
+		}}.run(ctx, s.store)
+	return Result[struct{}]{Token: tok}, err
 }

@@ -77,42 +77,22 @@ func (s *Service) CreateUser(ctx context.Context, meta events.Meta, p auth.Princ
 	return res, nil
 }
 
-// changeUser is the shape of every command on an existing user: load within the tenant,
-// decide, append at the loaded (or If-Match) version, with optional rows in the same
-// transaction.
+// changeUser runs a command on a live user of the caller's organization.
 func (s *Service) changeUser(ctx context.Context, meta events.Meta, p auth.Principal, id uuid.UUID, ifMatch IfMatch,
-	decide func(User) ([]events.Event, error), also func(User, []events.Event) func(context.Context, pgx.Tx) error,
+	decide func(User) ([]events.Event, error), also func(User) func(context.Context, pgx.Tx) error,
 ) (Result[readmodel.User], error) {
-	return retryOnConflict(ifMatch != nil, func() (Result[readmodel.User], error) {
-		var res Result[readmodel.User]
-		l, err := s.loadUser(ctx, p.OrganizationID, id)
-		if err != nil {
-			return res, err
-		}
-		version, err := expected(ifMatch, l.Version)
-		if err != nil {
-			return res, err
-		}
-		evs, err := decide(l.State)
-		if err != nil {
-			return res, err
-		}
-		if len(evs) == 0 { // nothing changes: answer with the current state and version
-			res.Data = userView(id, l)
-			res.Token = events.AppendResult{StreamType: events.StreamUser, StreamID: id, Version: l.Version}
-			return res, nil
-		}
-		req := events.AppendRequest{StreamType: events.StreamUser, StreamID: id, ExpectedVersion: version,
-			OrganizationID: &p.OrganizationID, Events: evs, Meta: actor(p, meta)}
-		if also != nil {
-			req.Also = also(l.State, evs)
-		}
-		if res.Token, err = s.store.Append(ctx, req); err != nil {
-			return res, err
-		}
-		res.Data = userView(id, fold(l, EvolveUser, evs, res.Token.OccurredAt))
-		return res, nil
-	})
+	l, tok, err := change[User]{streamType: events.StreamUser, id: id, org: p.OrganizationID, notFound: "user",
+		ifMatch: ifMatch, meta: actor(p, meta), evolve: EvolveUser, also: also,
+		decide: func(u User) ([]events.Event, error) {
+			if !u.Live() {
+				return nil, apperr.NotFound("user")
+			}
+			return decide(u)
+		}}.run(ctx, s.store)
+	if err != nil {
+		return Result[readmodel.User]{}, err
+	}
+	return Result[readmodel.User]{Data: userView(id, l), Token: tok}, nil
 }
 
 // UpdateUser changes a user's name, email or status.
@@ -126,7 +106,7 @@ func (s *Service) UpdateUser(ctx context.Context, meta events.Meta, p auth.Princ
 	c.Actor = p.UserID
 	return s.changeUser(ctx, meta, p, id, ifMatch,
 		func(u User) ([]events.Event, error) { return DecideUpdateUser(id, u, c) },
-		func(u User, evs []events.Event) func(context.Context, pgx.Tx) error {
+		func(u User) func(context.Context, pgx.Tx) error {
 			return func(ctx context.Context, tx pgx.Tx) error {
 				if c.Email != nil && *c.Email != u.Email {
 					if err := releaseEmail(ctx, tx, id); err != nil {
@@ -161,7 +141,7 @@ func (s *Service) DeleteUser(ctx context.Context, meta events.Meta, p auth.Princ
 	}
 	return s.changeUser(ctx, meta, p, id, ifMatch,
 		func(u User) ([]events.Event, error) { return DecideDeleteUser(id, u, p.UserID) },
-		func(u User, _ []events.Event) func(context.Context, pgx.Tx) error {
+		func(u User) func(context.Context, pgx.Tx) error {
 			return func(ctx context.Context, tx pgx.Tx) error {
 				if slices.Contains(u.Roles, auth.RoleOwner) && u.Status == StatusActive {
 					if err := keepAnOwner(ctx, tx, p.OrganizationID, id, "id"); err != nil {
@@ -191,7 +171,7 @@ func (s *Service) AssignRole(ctx context.Context, meta events.Meta, p auth.Princ
 	}
 	return s.changeUser(ctx, meta, p, id, nil,
 		func(u User) ([]events.Event, error) { return DecideAssignRole(u, role, true) },
-		func(u User, _ []events.Event) func(context.Context, pgx.Tx) error {
+		func(u User) func(context.Context, pgx.Tx) error {
 			return func(ctx context.Context, tx pgx.Tx) error {
 				return assignRole(ctx, tx, p.OrganizationID, id, role, u.Status == StatusActive)
 			}
@@ -205,7 +185,7 @@ func (s *Service) RemoveRole(ctx context.Context, meta events.Meta, p auth.Princ
 	}
 	return s.changeUser(ctx, meta, p, id, nil,
 		func(u User) ([]events.Event, error) { return DecideRemoveRole(u, role) },
-		func(u User, _ []events.Event) func(context.Context, pgx.Tx) error {
+		func(u User) func(context.Context, pgx.Tx) error {
 			return func(ctx context.Context, tx pgx.Tx) error {
 				if role == auth.RoleOwner && u.Status == StatusActive {
 					if err := keepAnOwner(ctx, tx, p.OrganizationID, id, "role"); err != nil {
@@ -290,36 +270,19 @@ func (s *Service) UpdateOrganization(ctx context.Context, meta events.Meta, p au
 		return Result[readmodel.Organization]{}, err
 	}
 	id := p.OrganizationID
-	return retryOnConflict(ifMatch != nil, func() (Result[readmodel.Organization], error) {
-		var res Result[readmodel.Organization]
-		l, err := load(ctx, s.store, id, EvolveOrganization)
-		if err != nil {
-			return res, err
-		}
-		version, err := expected(ifMatch, l.Version)
-		if err != nil {
-			return res, err
-		}
-		evs, err := DecideUpdateOrganization(l.State, c)
-		if err != nil {
-			return res, err
-		}
-		if len(evs) > 0 {
-			req := events.AppendRequest{StreamType: events.StreamOrganization, StreamID: id, ExpectedVersion: version,
-				OrganizationID: &id, Events: evs, Meta: actor(p, meta)}
-			if c.Slug != nil && *c.Slug != l.State.Slug {
-				req.Also = func(ctx context.Context, tx pgx.Tx) error { return reserveSlug(ctx, tx, *c.Slug, id) }
+	l, tok, err := change[Organization]{streamType: events.StreamOrganization, id: id, org: id, notFound: "organization",
+		ifMatch: ifMatch, meta: actor(p, meta), evolve: EvolveOrganization,
+		decide: func(o Organization) ([]events.Event, error) { return DecideUpdateOrganization(o, c) },
+		also: func(o Organization) func(context.Context, pgx.Tx) error {
+			if c.Slug == nil || *c.Slug == o.Slug {
+				return nil
 			}
-			if res.Token, err = s.store.Append(ctx, req); err != nil {
-				return res, err
-			}
-			l = fold(l, EvolveOrganization, evs, res.Token.OccurredAt)
-		} else {
-			res.Token = events.AppendResult{StreamType: events.StreamOrganization, StreamID: id, Version: l.Version}
-		}
-		o := l.State
-		res.Data = readmodel.Organization{ID: id, Name: o.Name, Slug: o.Slug, Status: o.Status,
-			CreatedAt: l.CreatedAt, UpdatedAt: l.UpdatedAt, Version: l.Version}
-		return res, nil
-	})
+			return func(ctx context.Context, tx pgx.Tx) error { return reserveSlug(ctx, tx, *c.Slug, id) }
+		}}.run(ctx, s.store)
+	if err != nil {
+		return Result[readmodel.Organization]{}, err
+	}
+	o := l.State
+	return Result[readmodel.Organization]{Token: tok, Data: readmodel.Organization{ID: id, Name: o.Name, Slug: o.Slug,
+		Status: o.Status, CreatedAt: l.CreatedAt, UpdatedAt: l.UpdatedAt, Version: l.Version}}, nil
 }
