@@ -440,6 +440,13 @@ func TestEndToEndAccountsSlice(t *testing.T) {
 		WHERE type = 'login.failed' AND data->>'email' = 'spoof@example.com'`).Scan(&ip))
 	assert.Equal(t, "127.0.0.1", ip)
 
+	// A key left "in progress" by a request that died with its process is taken over
+	// once it is older than any request can run.
+	_, crashErr := a.db.Pool.Exec(context.Background(), `INSERT INTO idempotency_keys (scope, key, request_hash, created_at)
+		SELECT scope, 'crashed', request_hash, now() - interval '2 minutes' FROM idempotency_keys WHERE key = 'create-bob-1'`)
+	require.NoError(t, crashErr)
+	a.createUser(ownerToken, "After Crash", "aftercrash@example.com", "member", map[string]string{"Idempotency-Key": "crashed"})
+
 	// No secret or hash is in any event.
 	var leaks int
 	require.NoError(t, a.db.Pool.QueryRow(context.Background(), `SELECT count(*) FROM events

@@ -101,13 +101,19 @@ func Idempotency(pool *pgxpool.Pool, scope func(*gin.Context) string) gin.Handle
 	}
 }
 
+// abandonedAfter is when a key still "in progress" is taken to belong to a request that
+// died with its process: longer than any request can run (the server's write timeout).
+const abandonedAfter = time.Minute
+
 // claimKey inserts the key as in progress; false means it was there already. An expired
-// key is taken over.
+// key, or one abandoned in progress, is taken over.
 func claimKey(ctx context.Context, pool *pgxpool.Pool, scope, key string, hash []byte) (bool, error) {
 	tag, err := pool.Exec(ctx, `INSERT INTO idempotency_keys (scope, key, request_hash) VALUES ($1, $2, $3)
 		ON CONFLICT (scope, key) DO UPDATE SET request_hash = excluded.request_hash, status = NULL,
 			headers = NULL, body = NULL, created_at = now()
-		WHERE idempotency_keys.created_at < now() - $4::interval`, scope, key, hash, IdempotencyTTL.String())
+		WHERE idempotency_keys.created_at < now() - $4::interval
+		   OR (idempotency_keys.status IS NULL AND idempotency_keys.created_at < now() - $5::interval)`,
+		scope, key, hash, IdempotencyTTL.String(), abandonedAfter.String())
 	if err != nil {
 		return false, err
 	}
