@@ -258,3 +258,51 @@ func TestDecideRole(t *testing.T) {
 	err := c.Validate()
 	assert.Equal(t, apperr.CodeValidation, apperr.CodeOf(err))
 }
+
+func TestDecideChatbot(t *testing.T) {
+	secret := "0123456789abcdef-secret"
+	created := events.ChatbotCreated{Name: "Helper", FallbackMessage: defaultFallback, Responder: events.Responder{Type: ResponderKnowledgeBase}}
+	tests := []struct {
+		name    string
+		history []events.Event
+		decide  func(Chatbot) ([]events.Event, error)
+		want    []events.Event
+		code    apperr.Code
+	}{
+		{"create", nil, func(b Chatbot) ([]events.Event, error) {
+			c := CreateChatbot{Name: "Helper"}
+			assert.NoError(t, c.Validate())
+			return DecideCreateChatbot(b, c)
+		}, []events.Event{created}, ""},
+		{"webhook responder: the event says a secret is set, never which", []events.Event{created}, func(b Chatbot) ([]events.Event, error) {
+			return DecideUpdateChatbot(b, UpdateChatbot{Responder: &ResponderInput{Type: ResponderWebhook, URL: "https://example.com/h", Secret: &secret}})
+		}, []events.Event{events.ChatbotUpdated{Responder: &events.Responder{Type: ResponderWebhook, URL: "https://example.com/h", SecretSet: true}}}, ""},
+		{"rename", []events.Event{created}, func(b Chatbot) ([]events.Event, error) {
+			return DecideUpdateChatbot(b, UpdateChatbot{Name: ptr("Helper 2"), Description: ptr("")})
+		}, []events.Event{events.ChatbotUpdated{Changes: map[string]events.Change{"name": {Old: "Helper", New: "Helper 2"}}}}, ""},
+		{"no change", []events.Event{created}, func(b Chatbot) ([]events.Event, error) {
+			return DecideUpdateChatbot(b, UpdateChatbot{Name: ptr("Helper"), Responder: &ResponderInput{Type: ResponderKnowledgeBase}})
+		}, nil, ""},
+		{"publish", []events.Event{created}, func(b Chatbot) ([]events.Event, error) { return DecidePublishChatbot(b, true) },
+			[]events.Event{events.ChatbotPublished{}}, ""},
+		{"publish twice", []events.Event{created, events.ChatbotPublished{}}, func(b Chatbot) ([]events.Event, error) { return DecidePublishChatbot(b, true) },
+			nil, ""},
+		{"unpublish", []events.Event{created, events.ChatbotPublished{}}, func(b Chatbot) ([]events.Event, error) { return DecidePublishChatbot(b, false) },
+			[]events.Event{events.ChatbotUnpublished{}}, ""},
+		{"delete", []events.Event{created}, DecideDeleteChatbot, []events.Event{events.ChatbotDeleted{}}, ""},
+		{"publish deleted", []events.Event{created, events.ChatbotDeleted{}}, func(b Chatbot) ([]events.Event, error) { return DecidePublishChatbot(b, true) },
+			nil, apperr.CodeNotFound},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := tt.decide(given(EvolveChatbot, tt.history...))
+			assert.Equal(t, tt.code, apperr.CodeOf(err), "error %v", err)
+			assert.Equal(t, tt.want, got)
+		})
+	}
+	bad := CreateChatbot{Name: "", Responder: &ResponderInput{Type: "carrier-pigeon"}}
+	assert.Equal(t, apperr.CodeValidation, apperr.CodeOf(bad.Validate()))
+	noSecret := CreateChatbot{Name: "x", Responder: &ResponderInput{Type: ResponderWebhook, URL: "https://example.com"}}
+	err := noSecret.Validate()
+	assert.ErrorContains(t, err, "VALIDATION_ERROR")
+}

@@ -39,6 +39,11 @@ func (h *HTTP) Routes() []httpx.Route {
 		httpx.R(http.MethodPost, "/api/v1/roles", auth.RolesWrite, handle(http.StatusCreated, "Role created", h.createRole)),
 		httpx.R(http.MethodPatch, "/api/v1/roles/:name", auth.RolesWrite, handle(http.StatusOK, "Role updated", h.updateRole)),
 		httpx.R(http.MethodDelete, "/api/v1/roles/:name", auth.RolesWrite, handle(http.StatusOK, "Role deleted", h.deleteRole)),
+		httpx.R(http.MethodPost, "/api/v1/chatbots", auth.ChatbotsWrite, handle(http.StatusCreated, "Chatbot created", h.createChatbot)),
+		httpx.R(http.MethodPatch, "/api/v1/chatbots/:id", auth.ChatbotsWrite, handle(http.StatusOK, "Chatbot updated", h.updateChatbot)),
+		httpx.R(http.MethodDelete, "/api/v1/chatbots/:id", auth.ChatbotsWrite, handle(http.StatusOK, "Chatbot deleted", h.deleteChatbot)),
+		httpx.R(http.MethodPost, "/api/v1/chatbots/:id/publish", auth.ChatbotsWrite, handle(http.StatusOK, "Chatbot published", h.publishChatbot(true))),
+		httpx.R(http.MethodPost, "/api/v1/chatbots/:id/unpublish", auth.ChatbotsWrite, handle(http.StatusOK, "Chatbot unpublished", h.publishChatbot(false))),
 		httpx.R(http.MethodPost, "/api/v1/tokens", auth.TokensWrite, handle(http.StatusCreated, "Token created", h.createToken)).WithCredentials(),
 		httpx.R(http.MethodDelete, "/api/v1/tokens/:id", auth.TokensWrite, handle(http.StatusOK, "Token revoked", h.revokeToken)),
 	}
@@ -243,4 +248,49 @@ func (h *HTTP) deleteRole(c *gin.Context) (Result[RoleView], error) {
 		return Result[RoleView]{}, err
 	}
 	return h.svc.DeleteRole(c, Meta(c), principal(c), c.Param("name"), match)
+}
+
+func (h *HTTP) createChatbot(c *gin.Context) (Result[readmodel.Chatbot], error) {
+	in, err := body[CreateChatbot](c)
+	if err != nil {
+		return Result[readmodel.Chatbot]{}, err
+	}
+	res, err := h.svc.CreateChatbot(c, Meta(c), principal(c), in)
+	if err == nil {
+		c.Header("Location", "/api/v1/chatbots/"+res.Data.ID.String())
+	}
+	return res, err
+}
+
+func (h *HTTP) updateChatbot(c *gin.Context) (Result[readmodel.Chatbot], error) {
+	id, match, err := target(c)
+	if err != nil {
+		return Result[readmodel.Chatbot]{}, err
+	}
+	in, err := body[UpdateChatbot](c)
+	if err != nil {
+		return Result[readmodel.Chatbot]{}, err
+	}
+	return h.svc.UpdateChatbot(c, Meta(c), principal(c), id, match, in)
+}
+
+func (h *HTTP) deleteChatbot(c *gin.Context) (Result[readmodel.Chatbot], error) {
+	id, match, err := target(c)
+	if err != nil {
+		return Result[readmodel.Chatbot]{}, err
+	}
+	return h.svc.DeleteChatbot(c, Meta(c), principal(c), id, match)
+}
+
+func (h *HTTP) publishChatbot(publish bool) func(*gin.Context) (Result[readmodel.Chatbot], error) {
+	return func(c *gin.Context) (Result[readmodel.Chatbot], error) {
+		id, err := httpx.PathUUID(c, "id")
+		if err != nil {
+			return Result[readmodel.Chatbot]{}, err
+		}
+		if _, err := body[struct{}](c); err != nil {
+			return Result[readmodel.Chatbot]{}, err
+		}
+		return h.svc.PublishChatbot(c, Meta(c), principal(c), id, publish)
+	}
 }

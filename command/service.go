@@ -18,7 +18,9 @@ import (
 	"github.com/chatbotsaas/chatbotd/internal/apperr"
 	"github.com/chatbotsaas/chatbotd/internal/auth"
 	"github.com/chatbotsaas/chatbotd/internal/db"
+	"github.com/chatbotsaas/chatbotd/internal/netguard"
 	"github.com/chatbotsaas/chatbotd/internal/readmodel"
+	"github.com/chatbotsaas/chatbotd/internal/secretbox"
 )
 
 // LoginThrottle refuses logins for an email after repeated failures.
@@ -33,6 +35,8 @@ type Service struct {
 	hasher     *auth.Hasher
 	tokens     *auth.Tokens
 	throttle   LoginThrottle
+	guard      netguard.Guard
+	box        *secretbox.Box
 	refreshTTL time.Duration
 	logger     *slog.Logger
 	now        func() time.Time
@@ -44,14 +48,17 @@ type Deps struct {
 	Hasher     *auth.Hasher
 	Tokens     *auth.Tokens
 	Throttle   LoginThrottle
+	Guard      netguard.Guard // outgoing targets (webhook responders)
+	Box        *secretbox.Box // seals webhook secrets
 	RefreshTTL time.Duration
 	Logger     *slog.Logger
 }
 
 // NewService returns the command service.
 func NewService(d Deps) *Service {
-	return &Service{store: d.Store, hasher: d.Hasher, tokens: d.Tokens, throttle: d.Throttle, refreshTTL: d.RefreshTTL,
-		logger: d.Logger, now: func() time.Time { return time.Now().UTC() }}
+	return &Service{store: d.Store, hasher: d.Hasher, tokens: d.Tokens, throttle: d.Throttle, guard: d.Guard, box: d.Box,
+		refreshTTL: d.RefreshTTL,
+		logger:     d.Logger, now: func() time.Time { return time.Now().UTC() }}
 }
 
 // Result is what a command returns: the record's view and the consistency token.

@@ -22,6 +22,7 @@ const (
 	StreamToken        = "token"
 	StreamRole         = "role"
 	StreamAccess       = "access"
+	StreamChatbot      = "chatbot"
 )
 
 // Change is one field's old and new value, carried by *.updated events so that the audit
@@ -156,6 +157,38 @@ type AccessDenied struct {
 	Permission string `json:"permission"`
 }
 
+// Responder is how a chatbot answers. A webhook's secret is never in an event: SecretSet
+// says one is stored (sealed) beside the log.
+type Responder struct {
+	Type      string `json:"type"`
+	URL       string `json:"url,omitempty"`
+	SecretSet bool   `json:"secret_set,omitempty"`
+}
+
+// ChatbotCreated: an organization made a chatbot (a draft).
+type ChatbotCreated struct {
+	Name            string    `json:"name"`
+	Description     string    `json:"description"`
+	WelcomeMessage  string    `json:"welcome_message"`
+	FallbackMessage string    `json:"fallback_message"`
+	Responder       Responder `json:"responder"`
+}
+
+// ChatbotUpdated: a chatbot's texts or responder changed.
+type ChatbotUpdated struct {
+	Changes   map[string]Change `json:"changes,omitempty"`
+	Responder *Responder        `json:"responder,omitempty"`
+}
+
+// ChatbotPublished: the chatbot answers conversations.
+type ChatbotPublished struct{}
+
+// ChatbotUnpublished: the chatbot is a draft again.
+type ChatbotUnpublished struct{}
+
+// ChatbotDeleted: the chatbot was soft-deleted.
+type ChatbotDeleted struct{}
+
 func (OrganizationCreated) EventType() string  { return "organization.created" }
 func (OrganizationUpdated) EventType() string  { return "organization.updated" }
 func (UserCreated) EventType() string          { return "user.created" }
@@ -177,6 +210,11 @@ func (RoleCreated) EventType() string          { return "role.created" }
 func (RoleUpdated) EventType() string          { return "role.updated" }
 func (RoleDeleted) EventType() string          { return "role.deleted" }
 func (AccessDenied) EventType() string         { return "access.denied" }
+func (ChatbotCreated) EventType() string       { return "chatbot.created" }
+func (ChatbotUpdated) EventType() string       { return "chatbot.updated" }
+func (ChatbotPublished) EventType() string     { return "chatbot.published" }
+func (ChatbotUnpublished) EventType() string   { return "chatbot.unpublished" }
+func (ChatbotDeleted) EventType() string       { return "chatbot.deleted" }
 
 // Spec describes one event type of the catalog.
 type Spec struct {
@@ -200,6 +238,7 @@ var specs = func() map[string]Spec {
 		{1, TokenCreated{}}, {1, TokenRevoked{}},
 		{1, RoleCreated{}}, {1, RoleUpdated{}}, {1, RoleDeleted{}},
 		{1, AccessDenied{}},
+		{1, ChatbotCreated{}}, {1, ChatbotUpdated{}}, {1, ChatbotPublished{}}, {1, ChatbotUnpublished{}}, {1, ChatbotDeleted{}},
 	}
 	m := make(map[string]Spec, len(all))
 	for _, a := range all {

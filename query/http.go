@@ -46,6 +46,7 @@ var projectionOf = map[string]string{
 	events.StreamSession:      readmodel.AccountsProjection,
 	events.StreamToken:        readmodel.AccountsProjection,
 	events.StreamRole:         readmodel.AccountsProjection,
+	events.StreamChatbot:      readmodel.ChatbotsProjection,
 }
 
 // Routes lists the query endpoints with their access.
@@ -60,6 +61,8 @@ func (h *HTTP) Routes() []httpx.Route {
 		httpx.R(http.MethodGet, "/api/v1/roles", auth.RolesRead, h.roles),
 		httpx.R(http.MethodGet, "/api/v1/permissions", auth.RolesRead, h.permissions),
 		httpx.R(http.MethodGet, "/api/v1/tokens", auth.TokensWrite, h.listTokens),
+		httpx.R(http.MethodGet, "/api/v1/chatbots", auth.ChatbotsRead, h.listChatbots),
+		httpx.R(http.MethodGet, "/api/v1/chatbots/:id", auth.ChatbotsRead, h.getChatbot),
 	}
 }
 

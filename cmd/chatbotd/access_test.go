@@ -96,11 +96,13 @@ func TestCrossTenantSweep(t *testing.T) {
 	var tok struct{ ID string }
 	a.expect(req{method: "POST", path: "/api/v1/tokens", token: victimToken, body: map[string]any{"name": "t", "abilities": []string{"users.read"}}}, 201).data(t, &tok)
 	role := a.expect(req{method: "POST", path: "/api/v1/roles", token: victimToken, body: map[string]any{"name": "victim-role", "permissions": []string{"users.read"}}}, 201)
+	var bot struct{ ID string }
+	a.expect(req{method: "POST", path: "/api/v1/chatbots", token: victimToken, body: map[string]any{"name": "Secret Person's bot"}}, 201).data(t, &bot)
 	a.expect(req{method: "GET", path: "/api/v1/users/" + user.ID, token: victimToken, headers: consistent(created)}, 200)
 	a.expect(req{method: "GET", path: "/api/v1/roles", token: victimToken, headers: consistent(role)}, 200)
 
 	_, attacker := a.register("Attacker Co", "Mallory", "mallory@attacker.example")
-	ids := map[string]string{"/api/v1/users": user.ID, "/api/v1/tokens": tok.ID}
+	ids := map[string]string{"/api/v1/users": user.ID, "/api/v1/tokens": tok.ID, "/api/v1/chatbots": bot.ID}
 	swept := 0
 	for _, rt := range apiRoutes(nil, nil, nil) {
 		if !strings.Contains(rt.Path, ":") {
@@ -120,18 +122,22 @@ func TestCrossTenantSweep(t *testing.T) {
 		if rt.Method != http.MethodGet {
 			body = map[string]any{"name": "pwned", "permissions": []string{"users.read"}}
 		}
-		if rt.Method == http.MethodPatch && strings.HasPrefix(rt.Path, "/api/v1/users") {
+		if rt.Method == http.MethodPatch && (strings.HasPrefix(rt.Path, "/api/v1/users") || strings.HasPrefix(rt.Path, "/api/v1/chatbots")) {
 			body = map[string]any{"name": "pwned"}
+		}
+		if strings.HasSuffix(rt.Path, "/publish") || strings.HasSuffix(rt.Path, "/unpublish") {
+			body = nil
 		}
 		r := a.expectError(req{method: rt.Method, path: fill(rt.Path, params), body: body, token: attacker}, 404, "NOT_FOUND")
 		assert.NotContains(t, string(r.Raw), "Secret Person")
 		assert.NotContains(t, string(r.Raw), "secret@victim.example")
 		swept++
 	}
-	assert.GreaterOrEqual(t, swept, 7)
+	assert.GreaterOrEqual(t, swept, 12)
 
 	// Lists, search, sort and check-email show nothing of the victim either.
 	for _, path := range []string{"/api/v1/users?search=secret", "/api/v1/users?sort=-email&per_page=100", "/api/v1/roles",
+		"/api/v1/chatbots?search=secret", "/api/v1/chatbots?sort=-name",
 		"/api/v1/tokens", "/api/v1/users/check-email?email=secret@victim.example"} {
 		r := a.expect(req{method: "GET", path: path, token: attacker}, 200)
 		for _, leak := range []string{"Secret Person", "victim-role", `"exists":true`, user.ID, tok.ID} {

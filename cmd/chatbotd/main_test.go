@@ -38,6 +38,7 @@ func startApp(t *testing.T, extraEnv ...string) *app {
 	r := testenv.MustRedis(t)
 	a := testenv.MustAMQP(t)
 	a.Queue("accounts")
+	a.Queue("chatbots")
 	pg := mustProxy(t, "127.0.0.1:5432")
 	mq := mustProxy(t, "127.0.0.1:5672")
 	dbURL := strings.Replace(d.URL, "127.0.0.1:5432", pg.addr(), 1)
@@ -714,4 +715,78 @@ func TestCustomRolesAndTheLastOwner(t *testing.T) {
 	a.expect(req{method: "PATCH", path: "/api/v1/users/" + owner.ID, token: secondToken, body: map[string]string{"status": "deactivated"}}, 200)
 	last := a.expectError(req{method: "DELETE", path: "/api/v1/users/" + second.ID + "/roles/owner", token: secondToken}, 422, "VALIDATION_ERROR")
 	assert.Contains(t, strings.Join(last.Body.Errors["role"], " "), "at least one active owner")
+}
+
+func TestChatbots(t *testing.T) {
+	a := startApp(t)
+	_, token := a.register("Bot Co", "Bo", "bo@example.com")
+	viewer, _ := a.createUser(token, "Vi", "vi@example.com", "viewer", nil)
+	_ = viewer
+	viewerToken := a.login("vi@example.com", "password1").AccessToken
+
+	res := a.expect(req{method: "POST", path: "/api/v1/chatbots", token: token,
+		body: map[string]any{"name": "Support Bot", "description": "Answers billing questions", "welcome_message": "Hi!"}}, 201)
+	var bot struct {
+		ID              string         `json:"id"`
+		Status          string         `json:"status"`
+		FallbackMessage string         `json:"fallback_message"`
+		Responder       map[string]any `json:"responder"`
+	}
+	res.data(t, &bot)
+	assert.Equal(t, "draft", bot.Status)
+	assert.NotEmpty(t, bot.FallbackMessage)
+	assert.Equal(t, map[string]any{"type": "knowledge_base"}, bot.Responder)
+	got := a.expect(req{method: "GET", path: "/api/v1/chatbots/" + bot.ID, token: viewerToken, headers: consistent(res)}, 200)
+	assert.JSONEq(t, string(res.Body.Data), string(got.Body.Data))
+	a.expectError(req{method: "POST", path: "/api/v1/chatbots", token: viewerToken, body: map[string]any{"name": "x"}}, 403, "FORBIDDEN")
+
+	// A webhook responder: the secret is sealed beside the log, and shown nowhere.
+	secret := "n8n-shared-secret-0123456789"
+	up := a.expect(req{method: "PATCH", path: "/api/v1/chatbots/" + bot.ID, token: token, body: map[string]any{
+		"responder": map[string]any{"type": "webhook", "url": "https://93.184.216.34/webhook/abc", "secret": secret}}}, 200)
+	assert.NotContains(t, string(up.Raw), secret)
+	assert.Contains(t, string(up.Raw), `"secret_set":true`)
+	got = a.expect(req{method: "GET", path: "/api/v1/chatbots/" + bot.ID, token: token, headers: consistent(up)}, 200)
+	assert.JSONEq(t, string(up.Body.Data), string(got.Body.Data))
+	var leaks int
+	require.NoError(t, a.db.Pool.QueryRow(context.Background(), `SELECT (SELECT count(*) FROM events WHERE data::text LIKE '%' || $1 || '%')
+		+ (SELECT count(*) FROM chatbots WHERE responder::text LIKE '%' || $1 || '%')
+		+ (SELECT count(*) FROM chatbot_secrets WHERE position($1::bytea in sealed) > 0)`, secret).Scan(&leaks))
+	assert.Zero(t, leaks)
+	// Changing the URL keeps the stored secret; a webhook without any secret is refused.
+	a.expect(req{method: "PATCH", path: "/api/v1/chatbots/" + bot.ID, token: token, body: map[string]any{
+		"responder": map[string]any{"type": "webhook", "url": "https://93.184.216.35/webhook/abc"}}}, 200)
+	v := a.expectError(req{method: "POST", path: "/api/v1/chatbots", token: token, body: map[string]any{
+		"name": "x", "responder": map[string]any{"type": "webhook", "url": "https://93.184.216.34/"}}}, 422, "VALIDATION_ERROR")
+	assert.Contains(t, v.Body.Errors, "responder.secret")
+
+	// SSRF: targets that resolve to private, loopback or metadata addresses are refused.
+	for _, target := range []string{"https://127.0.0.1/hook", "https://10.0.0.1/hook", "https://169.254.169.254/latest/meta-data",
+		"https://[::1]/hook", "https://localhost/hook", "http://93.184.216.34/plain-http"} {
+		r := a.expectError(req{method: "POST", path: "/api/v1/chatbots", token: token, body: map[string]any{
+			"name": "evil", "responder": map[string]any{"type": "webhook", "url": target, "secret": secret}}}, 422, "VALIDATION_ERROR")
+		assert.Contains(t, r.Body.Errors, "responder.url", target)
+	}
+
+	// Publish, list with filters and search, delete.
+	a.expect(req{method: "POST", path: "/api/v1/chatbots", token: token, body: map[string]any{"name": "Sales Bot", "description": "Quotes and pricing"}}, 201)
+	pub := a.expect(req{method: "POST", path: "/api/v1/chatbots/" + bot.ID + "/publish", token: token}, 200)
+	a.expect(req{method: "POST", path: "/api/v1/chatbots/" + bot.ID + "/publish", token: token}, 200) // no change
+	list := a.expect(req{method: "GET", path: "/api/v1/chatbots?status=published", token: token, headers: consistent(pub)}, 200)
+	var bots []struct{ ID, Name, Status string }
+	list.data(t, &bots)
+	require.Len(t, bots, 1)
+	assert.Equal(t, bot.ID, bots[0].ID)
+	list = a.expect(req{method: "GET", path: "/api/v1/chatbots?search=billing", token: token}, 200)
+	list.data(t, &bots)
+	require.Len(t, bots, 1)
+	assert.Equal(t, "Support Bot", bots[0].Name)
+	list = a.expect(req{method: "GET", path: "/api/v1/chatbots?sort=-name", token: token}, 200)
+	list.data(t, &bots)
+	require.Len(t, bots, 2)
+	assert.Equal(t, "Support Bot", bots[0].Name)
+	a.expectError(req{method: "GET", path: "/api/v1/chatbots?status=live", token: token}, 422, "VALIDATION_ERROR")
+	del := a.expect(req{method: "DELETE", path: "/api/v1/chatbots/" + bot.ID, token: token}, 200)
+	a.expectError(req{method: "GET", path: "/api/v1/chatbots/" + bot.ID, token: token, headers: consistent(del)}, 404, "NOT_FOUND")
+	a.expectError(req{method: "POST", path: "/api/v1/chatbots/" + bot.ID + "/publish", token: token}, 404, "NOT_FOUND")
 }

@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/base64"
 	"fmt"
 	"log/slog"
 	"net"
@@ -24,7 +26,9 @@ import (
 	"github.com/chatbotsaas/chatbotd/internal/config"
 	"github.com/chatbotsaas/chatbotd/internal/db"
 	"github.com/chatbotsaas/chatbotd/internal/httpx"
+	"github.com/chatbotsaas/chatbotd/internal/netguard"
 	"github.com/chatbotsaas/chatbotd/internal/ratelimit"
+	"github.com/chatbotsaas/chatbotd/internal/secretbox"
 	"github.com/chatbotsaas/chatbotd/projections"
 	"github.com/chatbotsaas/chatbotd/query"
 )
@@ -107,6 +111,7 @@ func (m *Main) serve(ctx context.Context, cfg config.Config, roles map[string]bo
 	if roles[roleProjectors] {
 		for _, p := range []projections.Projector{
 			projections.NewAccounts(d.pool, d.cache, logger.With("projector", projections.AccountsName)),
+			projections.Chatbots{},
 		} {
 			r, err := projections.NewRunner(d.pool, d.broker, p, projections.Config{Exchange: cfg.AMQPExchange,
 				QueuePrefix: cfg.AMQPQueuePrefix, BatchSize: cfg.ProjectorBatchSize,
@@ -190,9 +195,14 @@ func newAPI(ctx context.Context, d *deps, ready *atomic.Bool) (http.Handler, err
 	if err != nil {
 		return nil, err
 	}
+	box, err := secretBox(ctx, d)
+	if err != nil {
+		return nil, err
+	}
 	limiter := ratelimit.New(d.rdb, cfg.RedisPrefix, d.logger)
 	svc := command.NewService(command.Deps{Store: d.store, Hasher: auth.NewHasher(cfg.PasswordHashConcurrency),
-		Tokens: tokens, RefreshTTL: cfg.RefreshTTL, Logger: d.logger,
+		Tokens: tokens, RefreshTTL: cfg.RefreshTTL, Logger: d.logger, Box: box,
+		Guard:    netguard.Guard{AllowPrivate: cfg.AllowPrivateTargets},
 		Throttle: ratelimit.NewLoginThrottle(limiter, cfg.LoginFailuresPerIP, cfg.LoginFailuresPerEmail)})
 	authn := auth.NewAuthenticator(tokens, d.pool)
 	authn.OnDenied = func(c *gin.Context, p auth.Principal, permission string) {
@@ -246,6 +256,30 @@ func newAPI(ctx context.Context, d *deps, ready *atomic.Bool) (http.Handler, err
 	}
 	registerBenchRoutes(r, routes)
 	return r, nil
+}
+
+// secretBox opens the box that seals webhook secrets: SECRETS_KEY, or (development) a key
+// made once and kept in the database.
+func secretBox(ctx context.Context, d *deps) (*secretbox.Box, error) {
+	if d.cfg.SecretsKey != "" {
+		key, err := base64.StdEncoding.DecodeString(d.cfg.SecretsKey)
+		if err != nil {
+			return nil, fmt.Errorf("SECRETS_KEY: %w", err)
+		}
+		return secretbox.New(key)
+	}
+	key := make([]byte, 32)
+	if _, err := rand.Read(key); err != nil {
+		return nil, err
+	}
+	if _, err := d.pool.Exec(ctx, `INSERT INTO local_keys (name, key) VALUES ('secretbox', $1) ON CONFLICT DO NOTHING`, key); err != nil {
+		return nil, fmt.Errorf("secrets key: %w", err)
+	}
+	if err := d.pool.QueryRow(ctx, `SELECT key FROM local_keys WHERE name = 'secretbox'`).Scan(&key); err != nil {
+		return nil, fmt.Errorf("secrets key: %w", err)
+	}
+	d.logger.Warn("SECRETS_KEY is not set: using the development key kept in the database")
+	return secretbox.New(key)
 }
 
 // apiRoutes is every route the API serves.

@@ -48,6 +48,13 @@ type Config struct {
 	// database, which is right for one developer machine and wrong for production.
 	JWTSigningKeys []string `env:"JWT_SIGNING_KEYS" envSeparator:","`
 
+	// SecretsKey (base64, 32 bytes) seals webhook secrets at rest. Empty: a key is made
+	// once and kept in the database (development only).
+	SecretsKey string `env:"SECRETS_KEY"`
+	// AllowPrivateTargets lets outgoing calls reach private and loopback addresses and
+	// plain http: for local development and tests only.
+	AllowPrivateTargets bool `env:"ALLOW_PRIVATE_TARGETS" envDefault:"false"`
+
 	// PasswordHashConcurrency bounds how many argon2id hashes run at once (each takes
 	// 19 MiB), so a login storm cannot exhaust memory.
 	PasswordHashConcurrency int `env:"PASSWORD_HASH_CONCURRENCY" envDefault:"4"`
@@ -146,6 +153,10 @@ func (c Config) Validate() error {
 	}
 	check(c.RateLimitAPI >= 1 && c.RateLimitPublic >= 1 && c.LoginFailuresPerIP >= 1 && c.LoginFailuresPerEmail >= 1,
 		"RATE_LIMIT_* and LOGIN_FAILURES_* must be at least 1")
+	if c.SecretsKey != "" {
+		k, err := base64.StdEncoding.DecodeString(c.SecretsKey)
+		check(err == nil && len(k) == 32, "SECRETS_KEY must be base64 of 32 bytes")
+	}
 	check(c.PasswordHashConcurrency >= 1, "PASSWORD_HASH_CONCURRENCY must be at least 1")
 	check(c.RelayBatchSize >= 1 && c.RelayBatchSize <= 10000, "RELAY_BATCH_SIZE must be 1..10000")
 	check(c.ProjectorBatchSize >= 1 && c.ProjectorBatchSize <= 5000, "PROJECTOR_BATCH_SIZE must be 1..5000")

@@ -150,6 +150,9 @@ func UserEntry(ctx context.Context, q Querier, id uuid.UUID) (cache.Entry, error
 // AccountsProjection is the projection that builds organizations, users and sessions.
 const AccountsProjection = "accounts"
 
+// ChatbotsProjection is the projection that builds chatbots.
+const ChatbotsProjection = "chatbots"
+
 // CachedUser reads a user through the cache: a hit answers from Redis, a miss is filled
 // once from the read model; with Redis down it reads the read model.
 func CachedUser(ctx context.Context, c *cache.Cache, q Querier, id uuid.UUID) (User, error) {
@@ -195,4 +198,42 @@ func CustomRoles(ctx context.Context, q Querier, org uuid.UUID, names []string) 
 		var c CustomRole
 		return c, r.Scan(&c.Name, &c.Permissions)
 	})
+}
+
+// Responder is a chatbot's responder as the API shows it: never the webhook secret.
+type Responder struct {
+	Type      string `json:"type"`
+	URL       string `json:"url,omitempty"`
+	SecretSet bool   `json:"secret_set,omitempty"`
+}
+
+// Chatbot is the API's chatbot object.
+type Chatbot struct {
+	ID              uuid.UUID `json:"id"`
+	OrganizationID  uuid.UUID `json:"organization_id"`
+	Name            string    `json:"name"`
+	Description     string    `json:"description"`
+	WelcomeMessage  string    `json:"welcome_message"`
+	FallbackMessage string    `json:"fallback_message"`
+	Status          string    `json:"status"`
+	Responder       Responder `json:"responder"`
+	CreatedAt       time.Time `json:"created_at"`
+	UpdatedAt       time.Time `json:"updated_at"`
+	Version         int       `json:"-"`
+}
+
+// ChatbotColumns are the columns ScanChatbot reads, in order.
+const ChatbotColumns = `id, organization_id, name, description, welcome_message, fallback_message, status, responder,
+	created_at, updated_at, version`
+
+// ScanChatbot reads a row selected with ChatbotColumns.
+func ScanChatbot(row pgx.Row) (Chatbot, error) {
+	var b Chatbot
+	var responder []byte
+	if err := row.Scan(&b.ID, &b.OrganizationID, &b.Name, &b.Description, &b.WelcomeMessage, &b.FallbackMessage,
+		&b.Status, &responder, &b.CreatedAt, &b.UpdatedAt, &b.Version); err != nil {
+		return b, err
+	}
+	b.CreatedAt, b.UpdatedAt = b.CreatedAt.UTC(), b.UpdatedAt.UTC()
+	return b, json.Unmarshal(responder, &b.Responder)
 }

@@ -1,0 +1,95 @@
+package query
+
+import (
+	"errors"
+	"fmt"
+	"net/http"
+	"strconv"
+	"strings"
+
+	"github.com/gin-gonic/gin"
+	"github.com/jackc/pgx/v5"
+
+	"github.com/chatbotsaas/chatbotd/internal/apperr"
+	"github.com/chatbotsaas/chatbotd/internal/auth"
+	"github.com/chatbotsaas/chatbotd/internal/httpx"
+	"github.com/chatbotsaas/chatbotd/internal/readmodel"
+)
+
+// listChatbots lists the organization's chatbots: filter status (draft, published),
+// full-text search over name and description, sort by name or created_at.
+func (h *HTTP) listChatbots(c *gin.Context) {
+	if !allowed(c, auth.ChatbotsRead) {
+		return
+	}
+	f := apperr.Fields{}
+	page, perPage := pageParams(c, f)
+	order := sortParam(c, f, map[string]string{"name": "lower(name)", "created_at": "created_at", "updated_at": "updated_at"}, "created_at")
+	where := []string{"organization_id = $1", "deleted_at IS NULL"}
+	args := []any{principal(c).OrganizationID}
+	if v := c.Query("status"); v != "" {
+		if v != "draft" && v != "published" {
+			f.Add("status", "must be one of draft, published")
+		}
+		args = append(args, v)
+		where = append(where, fmt.Sprintf("status = $%d", len(args)))
+	}
+	if v := strings.TrimSpace(c.Query("search")); v != "" {
+		if len(v) > 200 {
+			f.Add("search", "must be at most 200 characters")
+		}
+		// Whole words through the GIN index, or a prefix of the name.
+		args = append(args, v, likePattern(v))
+		where = append(where, fmt.Sprintf("(search @@ websearch_to_tsquery('simple', $%d) OR lower(name) LIKE $%d)", len(args)-1, len(args)))
+	}
+	if err := f.Err(); err != nil {
+		httpx.Fail(c, err)
+		return
+	}
+	ctx := c.Request.Context()
+	cond := strings.Join(where, " AND ")
+	var total int
+	if err := h.read.QueryRow(ctx, `SELECT count(*) FROM chatbots WHERE `+cond, args...).Scan(&total); err != nil {
+		httpx.Fail(c, err)
+		return
+	}
+	rows, err := h.read.Query(ctx, fmt.Sprintf(`SELECT %s FROM chatbots WHERE %s ORDER BY %s LIMIT %d OFFSET %d`,
+		readmodel.ChatbotColumns, cond, order, perPage, (page-1)*perPage), args...)
+	if err != nil {
+		httpx.Fail(c, err)
+		return
+	}
+	bots, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (readmodel.Chatbot, error) { return readmodel.ScanChatbot(r) })
+	if err != nil {
+		httpx.Fail(c, err)
+		return
+	}
+	if bots == nil {
+		bots = []readmodel.Chatbot{}
+	}
+	httpx.OK(c, http.StatusOK, "Chatbots", bots, gin.H{"pagination": Pagination{Page: page, PerPage: perPage, Total: total,
+		LastPage: max(1, (total+perPage-1)/perPage)}})
+}
+
+func (h *HTTP) getChatbot(c *gin.Context) {
+	if !allowed(c, auth.ChatbotsRead) {
+		return
+	}
+	id, err := httpx.PathUUID(c, "id")
+	if err != nil {
+		httpx.Fail(c, err)
+		return
+	}
+	b, err := readmodel.ScanChatbot(h.read.QueryRow(c.Request.Context(), `SELECT `+readmodel.ChatbotColumns+`
+		FROM chatbots WHERE id = $1 AND organization_id = $2 AND deleted_at IS NULL`, id, principal(c).OrganizationID))
+	if errors.Is(err, pgx.ErrNoRows) {
+		httpx.Fail(c, apperr.NotFound("chatbot"))
+		return
+	}
+	if err != nil {
+		httpx.Fail(c, err)
+		return
+	}
+	c.Header("ETag", strconv.Quote(strconv.Itoa(b.Version)))
+	httpx.OK(c, http.StatusOK, "Chatbot", b, nil)
+}
