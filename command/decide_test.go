@@ -1,6 +1,7 @@
 package command
 
 import (
+	"strings"
 	"testing"
 	"time"
 
@@ -305,4 +306,41 @@ func TestDecideChatbot(t *testing.T) {
 	noSecret := CreateChatbot{Name: "x", Responder: &ResponderInput{Type: ResponderWebhook, URL: "https://example.com"}}
 	err := noSecret.Validate()
 	assert.ErrorContains(t, err, "VALIDATION_ERROR")
+}
+
+func TestParseCSV(t *testing.T) {
+	rows, err := ParseCSV(strings.NewReader("question,answer,tags\n\"How do I pay?\",By card,billing;payments\nWhere are you?,\"Berlin, Germany\",\n"))
+	assert.NoError(t, err)
+	assert.Equal(t, []EntryInput{
+		{Question: "How do I pay?", Answer: "By card", Tags: []string{"billing", "payments"}},
+		{Question: "Where are you?", Answer: "Berlin, Germany"},
+	}, rows)
+	_, err = ParseCSV(strings.NewReader("q,a\nx,y\n"))
+	var he *apperr.Error
+	if assert.ErrorAs(t, err, &he) {
+		assert.Contains(t, he.Fields["csv"][0], "header row")
+	}
+	_, err = ParseCSV(strings.NewReader(""))
+	assert.Error(t, err)
+	_, err = ParseCSV(strings.NewReader("question,answer,tags\nonly one field\n"))
+	assert.ErrorContains(t, err, "VALIDATION_ERROR")
+	// Row validation names each bad row; nothing partial.
+	rows, err = ParseCSV(strings.NewReader("question,answer\nfine,ok\n,missing question\n"))
+	assert.NoError(t, err)
+	err = ValidateImport(rows)
+	var e *apperr.Error
+	if assert.ErrorAs(t, err, &e) {
+		assert.Contains(t, e.Fields, "entries[1].question")
+		assert.NotContains(t, e.Fields, "entries[0].question")
+	}
+}
+
+func TestEvolveKnowledge(t *testing.T) {
+	at := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	k := EvolveKnowledge(Knowledge{}, events.KnowledgeImported{Entries: []events.KnowledgeEntry{{ID: "a"}, {ID: "b"}}}, at)
+	k = EvolveKnowledge(k, events.KnowledgeEntryRemoved{EntryID: "a"}, at.Add(time.Hour))
+	assert.Equal(t, map[string]time.Time{"b": at}, k.Entries)
+	bot := uuid.New()
+	_, err := DecideUpdateEntry(k, bot, uuid.MustParse("00000000-0000-0000-0000-00000000000a"), EntryInput{})
+	assert.Equal(t, apperr.CodeNotFound, apperr.CodeOf(err))
 }

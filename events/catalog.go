@@ -23,6 +23,7 @@ const (
 	StreamRole         = "role"
 	StreamAccess       = "access"
 	StreamChatbot      = "chatbot"
+	StreamKnowledge    = "knowledge"
 )
 
 // Change is one field's old and new value, carried by *.updated events so that the audit
@@ -189,6 +190,41 @@ type ChatbotUnpublished struct{}
 // ChatbotDeleted: the chatbot was soft-deleted.
 type ChatbotDeleted struct{}
 
+// KnowledgeEntry is one question and its answer.
+type KnowledgeEntry struct {
+	ID       string   `json:"id"`
+	Question string   `json:"question"`
+	Answer   string   `json:"answer"`
+	Tags     []string `json:"tags"`
+}
+
+// KnowledgeEntryAdded: an entry was added to a chatbot's knowledge base. Knowledge has a
+// stream of its own per chatbot, so that a large knowledge base never slows commands
+// on the chatbot.
+type KnowledgeEntryAdded struct {
+	ChatbotID string         `json:"chatbot_id"`
+	Entry     KnowledgeEntry `json:"entry"`
+}
+
+// KnowledgeEntryUpdated: an entry's question, answer or tags changed (the whole new
+// entry).
+type KnowledgeEntryUpdated struct {
+	ChatbotID string         `json:"chatbot_id"`
+	Entry     KnowledgeEntry `json:"entry"`
+}
+
+// KnowledgeEntryRemoved: an entry was removed.
+type KnowledgeEntryRemoved struct {
+	ChatbotID string `json:"chatbot_id"`
+	EntryID   string `json:"entry_id"`
+}
+
+// KnowledgeImported: entries were imported in bulk, all or nothing.
+type KnowledgeImported struct {
+	ChatbotID string           `json:"chatbot_id"`
+	Entries   []KnowledgeEntry `json:"entries"`
+}
+
 func (OrganizationCreated) EventType() string  { return "organization.created" }
 func (OrganizationUpdated) EventType() string  { return "organization.updated" }
 func (UserCreated) EventType() string          { return "user.created" }
@@ -215,6 +251,12 @@ func (ChatbotUpdated) EventType() string       { return "chatbot.updated" }
 func (ChatbotPublished) EventType() string     { return "chatbot.published" }
 func (ChatbotUnpublished) EventType() string   { return "chatbot.unpublished" }
 func (ChatbotDeleted) EventType() string       { return "chatbot.deleted" }
+func (KnowledgeEntryAdded) EventType() string  { return "knowledge.entry_added" }
+func (KnowledgeEntryUpdated) EventType() string {
+	return "knowledge.entry_updated"
+}
+func (KnowledgeEntryRemoved) EventType() string { return "knowledge.entry_removed" }
+func (KnowledgeImported) EventType() string     { return "knowledge.imported" }
 
 // Spec describes one event type of the catalog.
 type Spec struct {
@@ -239,6 +281,7 @@ var specs = func() map[string]Spec {
 		{1, RoleCreated{}}, {1, RoleUpdated{}}, {1, RoleDeleted{}},
 		{1, AccessDenied{}},
 		{1, ChatbotCreated{}}, {1, ChatbotUpdated{}}, {1, ChatbotPublished{}}, {1, ChatbotUnpublished{}}, {1, ChatbotDeleted{}},
+		{1, KnowledgeEntryAdded{}}, {1, KnowledgeEntryUpdated{}}, {1, KnowledgeEntryRemoved{}}, {1, KnowledgeImported{}},
 	}
 	m := make(map[string]Spec, len(all))
 	for _, a := range all {

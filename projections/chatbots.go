@@ -18,7 +18,9 @@ type Chatbots struct{}
 
 func (Chatbots) Name() string { return ChatbotsName }
 
-func (Chatbots) Bindings() []string { return []string{events.StreamChatbot + ".*"} }
+func (Chatbots) Bindings() []string {
+	return []string{events.StreamChatbot + ".*", events.StreamKnowledge + ".*"}
+}
 
 // Apply changes the read model for one event.
 func (Chatbots) Apply(ctx context.Context, tx pgx.Tx, e events.Envelope) error {
@@ -57,6 +59,44 @@ func (Chatbots) Apply(ctx context.Context, tx pgx.Tx, e events.Envelope) error {
 		_, err = tx.Exec(ctx, `UPDATE chatbots SET status = 'draft', version = $2, updated_at = $3 WHERE id = $1`, id, v, at)
 	case events.ChatbotDeleted:
 		_, err = tx.Exec(ctx, `UPDATE chatbots SET deleted_at = $3, version = $2, updated_at = $3 WHERE id = $1`, id, v, at)
+	case events.KnowledgeEntryAdded:
+		err = insertEntries(ctx, tx, e, ev.ChatbotID, []events.KnowledgeEntry{ev.Entry})
+	case events.KnowledgeImported:
+		err = insertEntries(ctx, tx, e, ev.ChatbotID, ev.Entries)
+	case events.KnowledgeEntryUpdated:
+		_, err = tx.Exec(ctx, `UPDATE knowledge_entries SET question = $2, answer = $3, tags = $4, updated_at = $5
+			WHERE id = $1`, ev.Entry.ID, ev.Entry.Question, ev.Entry.Answer, tagsOf(ev.Entry), at)
+	case events.KnowledgeEntryRemoved:
+		_, err = tx.Exec(ctx, `UPDATE knowledge_entries SET deleted_at = $2, updated_at = $2 WHERE id = $1`, ev.EntryID, at)
 	}
+	return err
+}
+
+func tagsOf(e events.KnowledgeEntry) []string {
+	if e.Tags == nil {
+		return []string{}
+	}
+	return e.Tags
+}
+
+// insertEntries writes entries with COPY-like array inserts: an import of 10,000 entries
+// is one statement.
+func insertEntries(ctx context.Context, tx pgx.Tx, e events.Envelope, chatbot string, entries []events.KnowledgeEntry) error {
+	ids := make([]string, len(entries))
+	questions := make([]string, len(entries))
+	answers := make([]string, len(entries))
+	tags := make([]string, len(entries))
+	for i, en := range entries {
+		ids[i], questions[i], answers[i] = en.ID, en.Question, en.Answer
+		b, err := json.Marshal(tagsOf(en))
+		if err != nil {
+			return err
+		}
+		tags[i] = string(b)
+	}
+	_, err := tx.Exec(ctx, `INSERT INTO knowledge_entries (id, chatbot_id, organization_id, question, answer, tags, created_at, updated_at)
+		SELECT u.id::uuid, $1, $2, u.q, u.a, ARRAY(SELECT jsonb_array_elements_text(u.t::jsonb)), $3, $3
+		FROM unnest($4::text[], $5::text[], $6::text[], $7::text[]) AS u(id, q, a, t)`,
+		chatbot, e.OrganizationID, e.OccurredAt, ids, questions, answers, tags)
 	return err
 }

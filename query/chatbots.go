@@ -93,3 +93,71 @@ func (h *HTTP) getChatbot(c *gin.Context) {
 	c.Header("ETag", strconv.Quote(strconv.Itoa(b.Version)))
 	httpx.OK(c, http.StatusOK, "Chatbot", b, nil)
 }
+
+// listKnowledge lists a chatbot's knowledge entries, oldest first; search over question
+// and answer, filter by tag.
+func (h *HTTP) listKnowledge(c *gin.Context) {
+	if !allowed(c, auth.ChatbotsRead) {
+		return
+	}
+	bot, err := httpx.PathUUID(c, "id")
+	if err != nil {
+		httpx.Fail(c, err)
+		return
+	}
+	f := apperr.Fields{}
+	page, perPage := pageParams(c, f)
+	ctx := c.Request.Context()
+	org := principal(c).OrganizationID
+	var exists bool
+	if err := h.read.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM chatbots WHERE id = $1 AND organization_id = $2
+		AND deleted_at IS NULL)`, bot, org).Scan(&exists); err != nil {
+		httpx.Fail(c, err)
+		return
+	}
+	if !exists {
+		httpx.Fail(c, apperr.NotFound("chatbot"))
+		return
+	}
+	where := []string{"chatbot_id = $1", "organization_id = $2", "deleted_at IS NULL"}
+	args := []any{bot, org}
+	if v := strings.TrimSpace(c.Query("search")); v != "" {
+		args = append(args, likePattern(v))
+		where = append(where, fmt.Sprintf("(lower(question) LIKE $%d OR lower(answer) LIKE $%d)", len(args), len(args)))
+	}
+	if v := c.Query("tag"); v != "" {
+		args = append(args, v)
+		where = append(where, fmt.Sprintf("$%d = ANY(tags)", len(args)))
+	}
+	if err := f.Err(); err != nil {
+		httpx.Fail(c, err)
+		return
+	}
+	cond := strings.Join(where, " AND ")
+	var total int
+	if err := h.read.QueryRow(ctx, `SELECT count(*) FROM knowledge_entries WHERE `+cond, args...).Scan(&total); err != nil {
+		httpx.Fail(c, err)
+		return
+	}
+	rows, err := h.read.Query(ctx, fmt.Sprintf(`SELECT id, chatbot_id, question, answer, tags, created_at, updated_at
+		FROM knowledge_entries WHERE %s ORDER BY created_at, id LIMIT %d OFFSET %d`, cond, perPage, (page-1)*perPage), args...)
+	if err != nil {
+		httpx.Fail(c, err)
+		return
+	}
+	entries, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (readmodel.KnowledgeEntry, error) {
+		var e readmodel.KnowledgeEntry
+		err := r.Scan(&e.ID, &e.ChatbotID, &e.Question, &e.Answer, &e.Tags, &e.CreatedAt, &e.UpdatedAt)
+		e.CreatedAt, e.UpdatedAt = e.CreatedAt.UTC(), e.UpdatedAt.UTC()
+		return e, err
+	})
+	if err != nil {
+		httpx.Fail(c, err)
+		return
+	}
+	if entries == nil {
+		entries = []readmodel.KnowledgeEntry{}
+	}
+	httpx.OK(c, http.StatusOK, "Knowledge entries", entries, gin.H{"pagination": Pagination{Page: page, PerPage: perPage,
+		Total: total, LastPage: max(1, (total+perPage-1)/perPage)}})
+}

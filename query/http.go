@@ -47,6 +47,7 @@ var projectionOf = map[string]string{
 	events.StreamToken:        readmodel.AccountsProjection,
 	events.StreamRole:         readmodel.AccountsProjection,
 	events.StreamChatbot:      readmodel.ChatbotsProjection,
+	events.StreamKnowledge:    readmodel.ChatbotsProjection,
 }
 
 // Routes lists the query endpoints with their access.
@@ -63,6 +64,7 @@ func (h *HTTP) Routes() []httpx.Route {
 		httpx.R(http.MethodGet, "/api/v1/tokens", auth.TokensWrite, h.listTokens),
 		httpx.R(http.MethodGet, "/api/v1/chatbots", auth.ChatbotsRead, h.listChatbots),
 		httpx.R(http.MethodGet, "/api/v1/chatbots/:id", auth.ChatbotsRead, h.getChatbot),
+		httpx.R(http.MethodGet, "/api/v1/chatbots/:id/knowledge", auth.ChatbotsRead, h.listKnowledge),
 	}
 }
 

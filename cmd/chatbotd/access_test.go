@@ -53,7 +53,7 @@ func TestRouteAccessMatrix(t *testing.T) {
 	a.expect(req{method: "POST", path: "/api/v1/tokens", token: ownerToken, body: map[string]any{"name": "narrow", "abilities": narrow}}, 201).data(t, &tok)
 	callers = append(callers, caller{name: "token(users.read,roles.read)", token: tok.Token, perms: narrow})
 
-	params := map[string]string{"id": uuid.NewString(), "role": auth.RoleViewer, "name": "no-such-role"}
+	params := map[string]string{"id": uuid.NewString(), "role": auth.RoleViewer, "name": "no-such-role", "entry_id": uuid.NewString()}
 	routes := apiRoutes(nil, nil, nil)
 	require.NotEmpty(t, routes)
 	for _, rt := range routes {
@@ -98,6 +98,10 @@ func TestCrossTenantSweep(t *testing.T) {
 	role := a.expect(req{method: "POST", path: "/api/v1/roles", token: victimToken, body: map[string]any{"name": "victim-role", "permissions": []string{"users.read"}}}, 201)
 	var bot struct{ ID string }
 	a.expect(req{method: "POST", path: "/api/v1/chatbots", token: victimToken, body: map[string]any{"name": "Secret Person's bot"}}, 201).data(t, &bot)
+	var entry struct{ ID string }
+	a.expect(req{method: "POST", path: "/api/v1/chatbots/" + bot.ID + "/knowledge", token: victimToken,
+		body: map[string]any{"question": "Secret Person's question?", "answer": "secret"}}, 201).data(t, &entry)
+	entryID := entry.ID
 	a.expect(req{method: "GET", path: "/api/v1/users/" + user.ID, token: victimToken, headers: consistent(created)}, 200)
 	a.expect(req{method: "GET", path: "/api/v1/roles", token: victimToken, headers: consistent(role)}, 200)
 
@@ -108,7 +112,7 @@ func TestCrossTenantSweep(t *testing.T) {
 		if !strings.Contains(rt.Path, ":") {
 			continue
 		}
-		params := map[string]string{"role": auth.RoleViewer, "name": "victim-role"}
+		params := map[string]string{"role": auth.RoleViewer, "name": "victim-role", "entry_id": entryID}
 		for prefix, id := range ids {
 			if strings.HasPrefix(rt.Path, prefix+"/") {
 				params["id"] = id
@@ -127,6 +131,12 @@ func TestCrossTenantSweep(t *testing.T) {
 		}
 		if strings.HasSuffix(rt.Path, "/publish") || strings.HasSuffix(rt.Path, "/unpublish") {
 			body = nil
+		}
+		if strings.Contains(rt.Path, "/knowledge") && rt.Method != http.MethodGet {
+			body = map[string]any{"question": "pwned?", "answer": "pwned"}
+			if strings.HasSuffix(rt.Path, "/import") {
+				body = []map[string]any{{"question": "pwned?", "answer": "pwned"}}
+			}
 		}
 		r := a.expectError(req{method: rt.Method, path: fill(rt.Path, params), body: body, token: attacker}, 404, "NOT_FOUND")
 		assert.NotContains(t, string(r.Raw), "Secret Person")

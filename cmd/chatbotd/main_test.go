@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -789,4 +790,66 @@ func TestChatbots(t *testing.T) {
 	del := a.expect(req{method: "DELETE", path: "/api/v1/chatbots/" + bot.ID, token: token}, 200)
 	a.expectError(req{method: "GET", path: "/api/v1/chatbots/" + bot.ID, token: token, headers: consistent(del)}, 404, "NOT_FOUND")
 	a.expectError(req{method: "POST", path: "/api/v1/chatbots/" + bot.ID + "/publish", token: token}, 404, "NOT_FOUND")
+}
+
+func TestKnowledgeBase(t *testing.T) {
+	a := startApp(t)
+	_, token := a.register("Know Co", "Kay", "kay@example.com")
+	var bot struct{ ID string }
+	a.expect(req{method: "POST", path: "/api/v1/chatbots", token: token, body: map[string]any{"name": "KB Bot"}}, 201).data(t, &bot)
+	base := "/api/v1/chatbots/" + bot.ID + "/knowledge"
+
+	added := a.expect(req{method: "POST", path: base, token: token, body: map[string]any{
+		"question": "How do I reset my password?", "answer": "Use the reset link on the login page.", "tags": []string{"account"}}}, 201)
+	var entry struct{ ID string }
+	added.data(t, &entry)
+	list := a.expect(req{method: "GET", path: base, token: token, headers: consistent(added)}, 200)
+	var entries []json.RawMessage
+	list.data(t, &entries)
+	require.Len(t, entries, 1)
+	assert.JSONEq(t, string(added.Body.Data), string(entries[0]))
+
+	upd := a.expect(req{method: "PATCH", path: base + "/" + entry.ID, token: token, body: map[string]any{
+		"question": "How can I reset my password?", "answer": "Click 'Forgot password' on the login page."}}, 200)
+	list = a.expect(req{method: "GET", path: base, token: token, headers: consistent(upd)}, 200)
+	list.data(t, &entries)
+	require.Len(t, entries, 1)
+	assert.JSONEq(t, string(upd.Body.Data), string(entries[0]))
+	a.expectError(req{method: "PATCH", path: base + "/" + uuid.NewString(), token: token, body: map[string]any{"question": "q", "answer": "a"}}, 404, "NOT_FOUND")
+
+	// Import: JSON, all or nothing with per-row errors.
+	bad := a.expectError(req{method: "POST", path: base + "/import", token: token, body: []map[string]any{
+		{"question": "ok", "answer": "fine"}, {"question": "", "answer": "no question"}, {"question": "no answer"}}}, 422, "VALIDATION_ERROR")
+	assert.Contains(t, bad.Body.Errors, "entries[1].question")
+	assert.Contains(t, bad.Body.Errors, "entries[2].answer")
+	assert.NotContains(t, bad.Body.Errors, "entries[0].question")
+	// CSV.
+	csvBody := "question,answer,tags\nWhat are your opening hours?,We are open 9 to 5 on weekdays.,hours;support\n\"Do you ship abroad?\",\"Yes, to the EU.\",\n"
+	imp := a.expect(req{method: "POST", path: base + "/import", token: token, body: csvBody, headers: map[string]string{"Content-Type": "text/csv"}}, 201)
+	assert.JSONEq(t, `{"imported":2}`, string(imp.Body.Data))
+	a.expectError(req{method: "POST", path: base + "/import", token: token, body: "question;answer\n", headers: map[string]string{"Content-Type": "text/csv"}}, 422, "VALIDATION_ERROR")
+	a.expectError(req{method: "POST", path: base + "/import", token: token, body: "x", headers: map[string]string{"Content-Type": "text/plain"}}, 415, "UNSUPPORTED_MEDIA_TYPE")
+
+	// 10,000 entries in one import (well over 1 MiB), and one more is refused.
+	many := make([]map[string]any, 10000)
+	for i := range many {
+		many[i] = map[string]any{"question": fmt.Sprintf("Question number %d about our products and services?", i),
+			"answer": fmt.Sprintf("Answer number %d, with enough words to look like a real answer to a real question.", i)}
+	}
+	big := a.expect(req{method: "POST", path: base + "/import", token: token, body: many}, 201)
+	assert.JSONEq(t, `{"imported":10000}`, string(big.Body.Data))
+	tooMany := a.expectError(req{method: "POST", path: base + "/import", token: token, body: append(many, map[string]any{"question": "q", "answer": "a"})}, 422, "VALIDATION_ERROR")
+	assert.Contains(t, tooMany.Body.Errors, "entries")
+	list = a.expect(req{method: "GET", path: base + "?per_page=1", token: token, headers: consistent(big)}, 200)
+	assert.Equal(t, float64(10003), list.Body.Meta["pagination"].(map[string]any)["total"])
+	list = a.expect(req{method: "GET", path: base + "?tag=hours", token: token}, 200)
+	list.data(t, &entries)
+	assert.Len(t, entries, 1)
+
+	rm := a.expect(req{method: "DELETE", path: base + "/" + entry.ID, token: token}, 200)
+	list = a.expect(req{method: "GET", path: base + "?search=password", token: token, headers: consistent(rm)}, 200)
+	list.data(t, &entries)
+	assert.Empty(t, entries)
+	a.expectError(req{method: "DELETE", path: base + "/" + entry.ID, token: token}, 404, "NOT_FOUND")
+	a.expectError(req{method: "GET", path: "/api/v1/chatbots/" + uuid.NewString() + "/knowledge", token: token}, 404, "NOT_FOUND")
 }

@@ -220,7 +220,7 @@ func newAPI(ctx context.Context, d *deps, ready *atomic.Bool) (http.Handler, err
 	}
 	r.NoRoute(httpx.RequestID(), httpx.NoRoute)
 	r.NoMethod(httpx.RequestID(), httpx.NoMethod)
-	r.Use(httpx.RequestID(), httpx.Recover(), httpx.Logger(d.logger), httpx.Body())
+	r.Use(httpx.RequestID(), httpx.Recover(), httpx.Logger(d.logger))
 
 	idem := httpx.Idempotency(d.pool, func(c *gin.Context) string {
 		if p, ok := auth.PrincipalOf(c); ok {
@@ -240,7 +240,7 @@ func newAPI(ctx context.Context, d *deps, ready *atomic.Bool) (http.Handler, err
 		if rt.Access == "" {
 			return nil, fmt.Errorf("route %s %s declares no access", rt.Method, rt.Path)
 		}
-		var chain []gin.HandlerFunc
+		chain := []gin.HandlerFunc{httpx.Body(rt.MaxBody, rt.CSV)}
 		switch {
 		case rt.Path == "/health" || rt.Path == "/ready":
 			chain = append(chain, authn.Middleware(rt.Access)) // probes are never limited

@@ -143,21 +143,32 @@ func Logger(logger *slog.Logger) gin.HandlerFunc {
 	}
 }
 
-// Body limits bodies to MaxBody and requires JSON where a body is sent.
-func Body() gin.HandlerFunc {
+// Body limits a route's bodies to limit bytes (MaxBody when 0) and requires JSON where a
+// body is sent, or CSV too when csv is set.
+func Body(limit int64, csv bool) gin.HandlerFunc {
+	if limit == 0 {
+		limit = MaxBody
+	}
+	tooLarge := apperr.New(apperr.CodePayloadTooLarge, fmt.Sprintf("The request body is larger than %d MiB", limit>>20))
 	return func(c *gin.Context) {
 		if c.Request.Body == nil || c.Request.Method == http.MethodGet || c.Request.Method == http.MethodHead {
 			c.Next()
 			return
 		}
-		if c.Request.ContentLength > MaxBody {
-			Fail(c, apperr.New(apperr.CodePayloadTooLarge, "The request body is larger than 1 MiB"))
+		if c.Request.ContentLength > limit {
+			Fail(c, tooLarge)
 			return
 		}
-		c.Request.Body = http.MaxBytesReader(c.Writer, c.Request.Body, MaxBody)
+		c.Request.Body = http.MaxBytesReader(c.Writer, c.Request.Body, limit)
 		if c.Request.ContentLength != 0 || c.GetHeader("Transfer-Encoding") != "" {
 			mt, _, err := mime.ParseMediaType(c.GetHeader("Content-Type"))
-			if err != nil || mt != "application/json" {
+			switch {
+			case err == nil && mt == "application/json":
+			case err == nil && csv && mt == "text/csv":
+			case csv:
+				Fail(c, apperr.New(apperr.CodeUnsupportedMedia, "The request body must be application/json or text/csv"))
+				return
+			default:
 				Fail(c, apperr.New(apperr.CodeUnsupportedMedia, "The request body must be application/json"))
 				return
 			}
@@ -176,7 +187,7 @@ func Decode(c *gin.Context, dst any) error {
 	body, err := io.ReadAll(c.Request.Body)
 	var tooBig *http.MaxBytesError
 	if errors.As(err, &tooBig) {
-		return apperr.New(apperr.CodePayloadTooLarge, "The request body is larger than 1 MiB")
+		return apperr.New(apperr.CodePayloadTooLarge, fmt.Sprintf("The request body is larger than %d MiB", tooBig.Limit>>20))
 	}
 	if err != nil {
 		return apperr.Wrap(apperr.CodeBadRequest, "The request body could not be read", err)
@@ -254,12 +265,18 @@ type Route struct {
 	// Credentials marks answers that carry tokens: they are never stored, so
 	// Idempotency-Key does not apply to them.
 	Credentials bool
+	// MaxBody overrides the 1 MiB body limit; CSV accepts text/csv bodies too.
+	MaxBody int64
+	CSV     bool
 }
 
 // R builds a Route.
 func R(method, path, access string, h gin.HandlerFunc) Route {
 	return Route{Method: method, Path: path, Access: access, Handler: h}
 }
+
+// WithCSV lets a route take text/csv bodies of up to limit bytes.
+func (r Route) WithCSV(limit int64) Route { r.CSV, r.MaxBody = true, limit; return r }
 
 // WithCredentials marks a route whose answer carries tokens.
 func (r Route) WithCredentials() Route { r.Credentials = true; return r }

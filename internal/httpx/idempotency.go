@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"time"
@@ -56,7 +57,7 @@ func Idempotency(pool *pgxpool.Pool, scope func(*gin.Context) string) gin.Handle
 		body, err := io.ReadAll(c.Request.Body)
 		var tooBig *http.MaxBytesError
 		if errors.As(err, &tooBig) {
-			Fail(c, apperr.New(apperr.CodePayloadTooLarge, "The request body is larger than 1 MiB"))
+			Fail(c, apperr.New(apperr.CodePayloadTooLarge, fmt.Sprintf("The request body is larger than %d MiB", tooBig.Limit>>20)))
 			return
 		}
 		if err != nil {

@@ -237,3 +237,14 @@ func ScanChatbot(row pgx.Row) (Chatbot, error) {
 	b.CreatedAt, b.UpdatedAt = b.CreatedAt.UTC(), b.UpdatedAt.UTC()
 	return b, json.Unmarshal(responder, &b.Responder)
 }
+
+// KnowledgeEntry is the API's knowledge entry object.
+type KnowledgeEntry struct {
+	ID        uuid.UUID `json:"id"`
+	ChatbotID uuid.UUID `json:"chatbot_id"`
+	Question  string    `json:"question"`
+	Answer    string    `json:"answer"`
+	Tags      []string  `json:"tags"`
+	CreatedAt time.Time `json:"created_at"`
+	UpdatedAt time.Time `json:"updated_at"`
+}
