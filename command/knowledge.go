@@ -147,6 +147,45 @@ func ValidateImport(rows []EntryInput) error {
 // EntryView is a knowledge entry as the API shows it.
 type EntryView = readmodel.KnowledgeEntry
 
+// liveChatbot checks that a chatbot is live in the caller's organization.
+func (s *Service) liveChatbot(ctx context.Context, p auth.Principal, chatbot uuid.UUID) (loaded[Chatbot], error) {
+	bot, err := load(ctx, s.store, chatbot, EvolveChatbot)
+	if err != nil {
+		return bot, err
+	}
+	if !bot.State.Live() || bot.OrganizationID != p.OrganizationID {
+		return bot, apperr.NotFound("chatbot")
+	}
+	return bot, nil
+}
+
+// Training is what a training request answers (202): the index is built in the
+// background, and GET /chatbots/{id} shows its progress.
+type Training struct {
+	Status           string `json:"status"`
+	KnowledgeVersion int    `json:"knowledge_version"`
+}
+
+// RequestTraining asks for the chatbot's search index to be built from its knowledge
+// base as it is now.
+func (s *Service) RequestTraining(ctx context.Context, meta events.Meta, p auth.Principal, chatbot uuid.UUID) (Result[Training], error) {
+	if err := p.Require(auth.ChatbotsWrite); err != nil {
+		return Result[Training]{}, err
+	}
+	if _, err := s.liveChatbot(ctx, p, chatbot); err != nil {
+		return Result[Training]{}, err
+	}
+	envs, err := s.store.ReadStream(ctx, events.KnowledgeStreamID(chatbot), 1, 0)
+	if err != nil {
+		return Result[Training]{}, err
+	}
+	version := len(envs)
+	tok, err := s.store.Append(ctx, events.AppendRequest{StreamType: events.StreamTraining, StreamID: events.TrainingStreamID(chatbot),
+		ExpectedVersion: events.AnyVersion, OrganizationID: &p.OrganizationID, Meta: actor(p, meta),
+		Events: []events.Event{events.TrainingRequested{ChatbotID: chatbot.String(), KnowledgeVersion: version}}})
+	return Result[Training]{Data: Training{Status: "pending", KnowledgeVersion: version}, Token: tok}, err
+}
+
 // knowledgeChange checks that the chatbot is live in the caller's organization, then
 // decides on its knowledge stream and appends at the loaded version. It returns the
 // state the decision saw.
@@ -157,14 +196,10 @@ func (s *Service) knowledgeChange(ctx context.Context, meta events.Meta, p auth.
 	if err := p.Require(auth.ChatbotsWrite); err != nil {
 		return events.AppendResult{}, seen, err
 	}
-	bot, err := load(ctx, s.store, chatbot, EvolveChatbot)
-	if err != nil {
+	if _, err := s.liveChatbot(ctx, p, chatbot); err != nil {
 		return events.AppendResult{}, seen, err
 	}
-	if !bot.State.Live() || bot.OrganizationID != p.OrganizationID {
-		return events.AppendResult{}, seen, apperr.NotFound("chatbot")
-	}
-	stream := KnowledgeStream(chatbot)
+	stream := events.KnowledgeStreamID(chatbot)
 	tok, err := retryOnConflict(false, func() (events.AppendResult, error) {
 		k, version, err := loadKnowledge(ctx, s.store, stream)
 		if err != nil {

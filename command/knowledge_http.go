@@ -139,3 +139,14 @@ func ParseCSV(r io.Reader) ([]EntryInput, error) {
 	}
 	return rows, nil
 }
+
+func (h *HTTP) train(c *gin.Context) (Result[Training], error) {
+	bot, err := httpx.PathUUID(c, "id")
+	if err != nil {
+		return Result[Training]{}, err
+	}
+	if _, err := body[struct{}](c); err != nil {
+		return Result[Training]{}, err
+	}
+	return h.svc.RequestTraining(c, Meta(c), principal(c), bot)
+}

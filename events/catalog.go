@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"reflect"
 	"sort"
+
+	"github.com/google/uuid"
 )
 
 // Event is a domain event's data. Its type name is "<stream_type>.<past_tense_verb>"
@@ -24,7 +26,25 @@ const (
 	StreamAccess       = "access"
 	StreamChatbot      = "chatbot"
 	StreamKnowledge    = "knowledge"
+	StreamTraining     = "training"
 )
+
+// A chatbot's knowledge and training streams have ids derived from the chatbot's, so
+// that any consumer can find them.
+var (
+	knowledgeNamespace = uuid.MustParse("9a4f1e3c-54d2-4b0e-8d5c-7f1a2b3c4d5e")
+	trainingNamespace  = uuid.MustParse("0c2b7e1a-3f4d-4e5b-9a6c-8d7e6f5a4b3c")
+)
+
+// KnowledgeStreamID is the id of a chatbot's knowledge stream.
+func KnowledgeStreamID(chatbot uuid.UUID) uuid.UUID {
+	return uuid.NewSHA1(knowledgeNamespace, chatbot[:])
+}
+
+// TrainingStreamID is the id of a chatbot's training stream.
+func TrainingStreamID(chatbot uuid.UUID) uuid.UUID {
+	return uuid.NewSHA1(trainingNamespace, chatbot[:])
+}
 
 // Change is one field's old and new value, carried by *.updated events so that the audit
 // trail can show what changed without reading older events.
@@ -225,6 +245,20 @@ type KnowledgeImported struct {
 	Entries   []KnowledgeEntry `json:"entries"`
 }
 
+// TrainingRequested: someone asked to (re)build a chatbot's search index from its
+// knowledge base as of KnowledgeVersion.
+type TrainingRequested struct {
+	ChatbotID        string `json:"chatbot_id"`
+	KnowledgeVersion int    `json:"knowledge_version"`
+}
+
+// TrainingCompleted: the index was built; the responder answers from it.
+type TrainingCompleted struct {
+	ChatbotID        string `json:"chatbot_id"`
+	Entries          int    `json:"entries"`
+	KnowledgeVersion int    `json:"knowledge_version"`
+}
+
 func (OrganizationCreated) EventType() string  { return "organization.created" }
 func (OrganizationUpdated) EventType() string  { return "organization.updated" }
 func (UserCreated) EventType() string          { return "user.created" }
@@ -257,6 +291,8 @@ func (KnowledgeEntryUpdated) EventType() string {
 }
 func (KnowledgeEntryRemoved) EventType() string { return "knowledge.entry_removed" }
 func (KnowledgeImported) EventType() string     { return "knowledge.imported" }
+func (TrainingRequested) EventType() string     { return "training.requested" }
+func (TrainingCompleted) EventType() string     { return "training.completed" }
 
 // Spec describes one event type of the catalog.
 type Spec struct {
@@ -282,6 +318,7 @@ var specs = func() map[string]Spec {
 		{1, AccessDenied{}},
 		{1, ChatbotCreated{}}, {1, ChatbotUpdated{}}, {1, ChatbotPublished{}}, {1, ChatbotUnpublished{}}, {1, ChatbotDeleted{}},
 		{1, KnowledgeEntryAdded{}}, {1, KnowledgeEntryUpdated{}}, {1, KnowledgeEntryRemoved{}}, {1, KnowledgeImported{}},
+		{1, TrainingRequested{}}, {1, TrainingCompleted{}},
 	}
 	m := make(map[string]Spec, len(all))
 	for _, a := range all {

@@ -28,7 +28,10 @@ type RelayConfig struct {
 	// IdleWait is the longest the relay sleeps without a notification; it bounds the delay
 	// after a long transaction that blocked the read ends without a NOTIFY of its own.
 	IdleWait time.Duration
-	Logger   *slog.Logger
+	// Queues are declared (with their bindings) before anything is published, so that no
+	// event reaches the exchange before the queues that must receive it exist.
+	Queues []broker.QueueSpec
+	Logger *slog.Logger
 }
 
 func (c *RelayConfig) setDefaults() {
@@ -246,6 +249,12 @@ func (r *Relay) openPublisher(ctx context.Context) (*publisher, error) {
 	if err := broker.DeclareEventExchange(ch, r.cfg.Exchange); err != nil {
 		ch.Close()
 		return nil, err
+	}
+	for _, q := range r.cfg.Queues {
+		if err := broker.DeclareQueue(ch, q); err != nil {
+			ch.Close()
+			return nil, err
+		}
 	}
 	if err := ch.Confirm(false); err != nil {
 		ch.Close()

@@ -295,3 +295,38 @@ func TestPublisherTreatsUnroutableAsNotSent(t *testing.T) {
 	require.NoError(t, ch.QueueBind(q, "user.*", a.Exchange, false, nil))
 	require.NoError(t, p.publish(context.Background(), []Envelope{e}))
 }
+
+func TestRelayDeclaresQueuesBeforePublishing(t *testing.T) {
+	d := testenv.MustDatabase(t)
+	a := testenv.MustAMQP(t)
+	s := NewStore(d.Pool)
+	defer s.Close()
+	// Events exist before any queue does.
+	first := appendDelayed(t, s, uuid.New(), time.Millisecond)
+	q := broker.QueueSpec{Name: a.Queue("late"), Exchange: a.Exchange, Bindings: []string{"user.*"}, DeliveryLimit: 3}
+	r, err := NewRelay(d.Pool, mustBroker(t, a), RelayConfig{Exchange: a.Exchange, Queues: []broker.QueueSpec{q}, Logger: testenv.Logger(t)})
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = r.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+
+	conn, err := amqp.Dial(a.URL)
+	require.NoError(t, err)
+	defer conn.Close()
+	testenv.Eventually(t, 10*time.Second, func() error {
+		ch, err := conn.Channel()
+		if err != nil {
+			return err
+		}
+		defer ch.Close()
+		msg, ok, err := ch.Get(q.Name, true)
+		if err != nil || !ok {
+			return errorf("nothing in the queue yet")
+		}
+		if msg.MessageId != first.id.String() {
+			return errorf("unexpected message", msg.MessageId)
+		}
+		return nil
+	})
+}

@@ -210,6 +210,26 @@ func (s *Store) appendOnce(ctx context.Context, req AppendRequest) (res AppendRe
 
 var errAlreadyAppended = errors.New("events already appended")
 
+// AppendTx appends one stream's events inside the caller's transaction, for a consumer
+// whose own writes and the events it decides must commit together (exactly once). The
+// expected version must be exact (not AnyVersion), and the caller commits; the relay is
+// woken when the store's next append commits, or by its poll.
+func (s *Store) AppendTx(ctx context.Context, tx pgx.Tx, req AppendRequest) (AppendResult, error) {
+	if req.ExpectedVersion == AnyVersion || req.Also != nil || len(req.More) > 0 {
+		return AppendResult{}, errors.New("AppendTx takes one stream at an exact expected version")
+	}
+	meta, err := json.Marshal(req.Meta.Metadata)
+	if err != nil {
+		return AppendResult{}, err
+	}
+	res := AppendResult{StreamType: req.StreamType, StreamID: req.StreamID, OccurredAt: s.now()}
+	res.Version, res.Position, err = s.insertStream(ctx, tx, req, req.Meta, meta, res.OccurredAt)
+	return res, err
+}
+
+// Notify wakes the relay (after a transaction that used AppendTx committed).
+func (s *Store) Notify() { s.notify() }
+
 // insertStream checks one stream's expected version and inserts its events in one
 // statement, returning the stream's new version and the last position.
 //

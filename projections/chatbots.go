@@ -19,7 +19,7 @@ type Chatbots struct{}
 func (Chatbots) Name() string { return ChatbotsName }
 
 func (Chatbots) Bindings() []string {
-	return []string{events.StreamChatbot + ".*", events.StreamKnowledge + ".*"}
+	return []string{events.StreamChatbot + ".*", events.StreamKnowledge + ".*", events.StreamTraining + ".*"}
 }
 
 // Apply changes the read model for one event.
@@ -66,6 +66,11 @@ func (Chatbots) Apply(ctx context.Context, tx pgx.Tx, e events.Envelope) error {
 	case events.KnowledgeEntryUpdated:
 		_, err = tx.Exec(ctx, `UPDATE knowledge_entries SET question = $2, answer = $3, tags = $4, updated_at = $5
 			WHERE id = $1`, ev.Entry.ID, ev.Entry.Question, ev.Entry.Answer, tagsOf(ev.Entry), at)
+	case events.TrainingRequested:
+		_, err = tx.Exec(ctx, `UPDATE chatbots SET training_status = 'pending' WHERE id = $1`, ev.ChatbotID)
+	case events.TrainingCompleted:
+		_, err = tx.Exec(ctx, `UPDATE chatbots SET training_status = 'completed', trained_at = $2, trained_entries = $3
+			WHERE id = $1`, ev.ChatbotID, at, ev.Entries)
 	case events.KnowledgeEntryRemoved:
 		_, err = tx.Exec(ctx, `UPDATE knowledge_entries SET deleted_at = $2, updated_at = $2 WHERE id = $1`, ev.EntryID, at)
 	}

@@ -88,6 +88,9 @@ func NewRunner(pool *pgxpool.Pool, b events.Channeler, p Projector, cfg Config) 
 	return &Runner{pool: pool, broker: b, p: p, cfg: cfg, log: cfg.Logger.With("projector", p.Name())}, nil
 }
 
+// Name is the projector's name.
+func (r *Runner) Name() string { return r.p.Name() }
+
 // Queue is the projector's queue.
 func (r *Runner) Queue() broker.QueueSpec {
 	return broker.QueueSpec{

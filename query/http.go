@@ -48,6 +48,7 @@ var projectionOf = map[string]string{
 	events.StreamRole:         readmodel.AccountsProjection,
 	events.StreamChatbot:      readmodel.ChatbotsProjection,
 	events.StreamKnowledge:    readmodel.ChatbotsProjection,
+	events.StreamTraining:     readmodel.ChatbotsProjection,
 }
 
 // Routes lists the query endpoints with their access.

@@ -40,6 +40,7 @@ func startApp(t *testing.T, extraEnv ...string) *app {
 	a := testenv.MustAMQP(t)
 	a.Queue("accounts")
 	a.Queue("chatbots")
+	a.Queue("trainer")
 	pg := mustProxy(t, "127.0.0.1:5432")
 	mq := mustProxy(t, "127.0.0.1:5672")
 	dbURL := strings.Replace(d.URL, "127.0.0.1:5432", pg.addr(), 1)
@@ -845,6 +846,28 @@ func TestKnowledgeBase(t *testing.T) {
 	list = a.expect(req{method: "GET", path: base + "?tag=hours", token: token}, 200)
 	list.data(t, &entries)
 	assert.Len(t, entries, 1)
+
+	// Training builds the index in the background (202), from the knowledge as it was.
+	tr := a.expect(req{method: "POST", path: "/api/v1/chatbots/" + bot.ID + "/train", token: token}, 202)
+	assert.JSONEq(t, `{"status":"pending","knowledge_version":4}`, string(tr.Body.Data))
+	testenv.Eventually(t, 30*time.Second, func() error {
+		r := a.do(req{method: "GET", path: "/api/v1/chatbots/" + bot.ID, token: token})
+		var b struct {
+			Training *struct {
+				Status    string  `json:"status"`
+				TrainedAt *string `json:"trained_at"`
+				Entries   *int    `json:"entries"`
+			} `json:"training"`
+		}
+		r.data(t, &b)
+		if b.Training == nil || b.Training.Status != "completed" || b.Training.Entries == nil || *b.Training.Entries != 10003 || b.Training.TrainedAt == nil {
+			return fmt.Errorf("training: %s", r.Body.Data)
+		}
+		return nil
+	})
+	var indexed int
+	require.NoError(t, a.db.Pool.QueryRow(context.Background(), `SELECT count(*) FROM knowledge_index WHERE chatbot_id = $1`, bot.ID).Scan(&indexed))
+	assert.Equal(t, 10003, indexed)
 
 	rm := a.expect(req{method: "DELETE", path: base + "/" + entry.ID, token: token}, 200)
 	list = a.expect(req{method: "GET", path: base + "?search=password", token: token, headers: consistent(rm)}, 200)

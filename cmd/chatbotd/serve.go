@@ -100,26 +100,37 @@ func (m *Main) serve(ctx context.Context, cfg config.Config, roles map[string]bo
 			}
 		}()
 	}
+	// Every projector's runner is built whatever the roles: the relay declares their
+	// queues before it publishes, so no event is published before its queues exist.
+	var runners []*projections.Runner
+	for _, p := range []projections.Projector{
+		projections.NewAccounts(d.pool, d.cache, logger.With("projector", projections.AccountsName)),
+		projections.Chatbots{},
+		projections.Trainer{Store: d.store},
+	} {
+		r, err := projections.NewRunner(d.pool, d.broker, p, projections.Config{Exchange: cfg.AMQPExchange,
+			QueuePrefix: cfg.AMQPQueuePrefix, BatchSize: cfg.ProjectorBatchSize,
+			DeliveryLimit: cfg.ProjectorDeliveryLimit, Logger: logger})
+		if err != nil {
+			return err
+		}
+		runners = append(runners, r)
+	}
 	if roles[roleRelay] {
+		queues := make([]broker.QueueSpec, len(runners))
+		for i, r := range runners {
+			queues[i] = r.Queue()
+		}
 		relay, err := events.NewRelay(d.pool, d.broker, events.RelayConfig{Exchange: cfg.AMQPExchange,
-			BatchSize: cfg.RelayBatchSize, Logger: logger.With("component", "relay")})
+			BatchSize: cfg.RelayBatchSize, Queues: queues, Logger: logger.With("component", "relay")})
 		if err != nil {
 			return err
 		}
 		start("relay", relay.Run)
 	}
 	if roles[roleProjectors] {
-		for _, p := range []projections.Projector{
-			projections.NewAccounts(d.pool, d.cache, logger.With("projector", projections.AccountsName)),
-			projections.Chatbots{},
-		} {
-			r, err := projections.NewRunner(d.pool, d.broker, p, projections.Config{Exchange: cfg.AMQPExchange,
-				QueuePrefix: cfg.AMQPQueuePrefix, BatchSize: cfg.ProjectorBatchSize,
-				DeliveryLimit: cfg.ProjectorDeliveryLimit, Logger: logger})
-			if err != nil {
-				return err
-			}
-			start("projector "+p.Name(), r.Run)
+		for _, r := range runners {
+			start("projector "+r.Name(), r.Run)
 		}
 	}
 

@@ -217,22 +217,41 @@ type Chatbot struct {
 	FallbackMessage string    `json:"fallback_message"`
 	Status          string    `json:"status"`
 	Responder       Responder `json:"responder"`
-	CreatedAt       time.Time `json:"created_at"`
-	UpdatedAt       time.Time `json:"updated_at"`
-	Version         int       `json:"-"`
+	// Training is the read side's view of background training; command answers leave
+	// it out. Null until training was first requested.
+	Training  *Training `json:"training,omitempty"`
+	CreatedAt time.Time `json:"created_at"`
+	UpdatedAt time.Time `json:"updated_at"`
+	Version   int       `json:"-"`
+}
+
+// Training is a chatbot's training progress.
+type Training struct {
+	Status    string     `json:"status"`
+	TrainedAt *time.Time `json:"trained_at"`
+	Entries   *int       `json:"entries"`
 }
 
 // ChatbotColumns are the columns ScanChatbot reads, in order.
 const ChatbotColumns = `id, organization_id, name, description, welcome_message, fallback_message, status, responder,
-	created_at, updated_at, version`
+	created_at, updated_at, version, training_status, trained_at, trained_entries`
 
 // ScanChatbot reads a row selected with ChatbotColumns.
 func ScanChatbot(row pgx.Row) (Chatbot, error) {
 	var b Chatbot
 	var responder []byte
+	var status *string
+	var t Training
 	if err := row.Scan(&b.ID, &b.OrganizationID, &b.Name, &b.Description, &b.WelcomeMessage, &b.FallbackMessage,
-		&b.Status, &responder, &b.CreatedAt, &b.UpdatedAt, &b.Version); err != nil {
+		&b.Status, &responder, &b.CreatedAt, &b.UpdatedAt, &b.Version, &status, &t.TrainedAt, &t.Entries); err != nil {
 		return b, err
+	}
+	if status != nil {
+		t.Status = *status
+		if t.TrainedAt != nil {
+			*t.TrainedAt = t.TrainedAt.UTC()
+		}
+		b.Training = &t
 	}
 	b.CreatedAt, b.UpdatedAt = b.CreatedAt.UTC(), b.UpdatedAt.UTC()
 	return b, json.Unmarshal(responder, &b.Responder)
