@@ -49,6 +49,8 @@ func (h *HTTP) Routes() []httpx.Route {
 		httpx.R(http.MethodDelete, "/api/v1/chatbots/:id/knowledge/:entry_id", auth.ChatbotsWrite, handle(http.StatusOK, "Knowledge entry removed", h.removeEntry)),
 		httpx.R(http.MethodPost, "/api/v1/chatbots/:id/knowledge/import", auth.ChatbotsWrite, handle(http.StatusCreated, "Knowledge imported", h.importEntries)).WithCSV(MaxImportBody),
 		httpx.R(http.MethodPost, "/api/v1/chatbots/:id/train", auth.ChatbotsWrite, handle(http.StatusAccepted, "Training requested", h.train)),
+		httpx.R(http.MethodPost, "/api/v1/chatbots/:id/conversations", auth.ConversationsWrite, handle(http.StatusCreated, "Conversation started", h.startConversation)),
+		httpx.R(http.MethodPost, "/api/v1/conversations/:id/messages", auth.ConversationsWrite, handle(http.StatusAccepted, "Message queued", h.postMessage)),
 		httpx.R(http.MethodPost, "/api/v1/tokens", auth.TokensWrite, handle(http.StatusCreated, "Token created", h.createToken)).WithCredentials(),
 		httpx.R(http.MethodDelete, "/api/v1/tokens/:id", auth.TokensWrite, handle(http.StatusOK, "Token revoked", h.revokeToken)),
 	}

@@ -27,6 +27,8 @@ const (
 	StreamChatbot      = "chatbot"
 	StreamKnowledge    = "knowledge"
 	StreamTraining     = "training"
+	StreamConversation = "conversation"
+	StreamMessage      = "message"
 )
 
 // A chatbot's knowledge and training streams have ids derived from the chatbot's, so
@@ -259,6 +261,40 @@ type TrainingCompleted struct {
 	KnowledgeVersion int    `json:"knowledge_version"`
 }
 
+// ConversationStarted: an end user began talking to a chatbot.
+type ConversationStarted struct {
+	ChatbotID string         `json:"chatbot_id"`
+	Metadata  map[string]any `json:"metadata"`
+}
+
+// MessagePosted: a user message was accepted; the responder answers it in the
+// background. Each message is a stream of its own, so a conversation's length costs
+// nothing when posting or answering.
+type MessagePosted struct {
+	ConversationID string `json:"conversation_id"`
+	ChatbotID      string `json:"chatbot_id"`
+	Content        string `json:"content"`
+}
+
+// MessageReplied: the chatbot answered a message (exactly once: the reply is version 2
+// of the message's stream).
+type MessageReplied struct {
+	ConversationID string `json:"conversation_id"`
+	ChatbotID      string `json:"chatbot_id"`
+	ReplyID        string `json:"reply_id"`
+	Content        string `json:"content"`
+	// Source is "knowledge_base" (EntryID says which entry), "fallback" or "webhook".
+	Source  string `json:"source"`
+	EntryID string `json:"entry_id,omitempty"`
+}
+
+// MessageFailed: every attempt to answer a message failed.
+type MessageFailed struct {
+	ConversationID string `json:"conversation_id"`
+	ChatbotID      string `json:"chatbot_id"`
+	Reason         string `json:"reason"`
+}
+
 func (OrganizationCreated) EventType() string  { return "organization.created" }
 func (OrganizationUpdated) EventType() string  { return "organization.updated" }
 func (UserCreated) EventType() string          { return "user.created" }
@@ -293,6 +329,10 @@ func (KnowledgeEntryRemoved) EventType() string { return "knowledge.entry_remove
 func (KnowledgeImported) EventType() string     { return "knowledge.imported" }
 func (TrainingRequested) EventType() string     { return "training.requested" }
 func (TrainingCompleted) EventType() string     { return "training.completed" }
+func (ConversationStarted) EventType() string   { return "conversation.started" }
+func (MessagePosted) EventType() string         { return "message.posted" }
+func (MessageReplied) EventType() string        { return "message.replied" }
+func (MessageFailed) EventType() string         { return "message.failed" }
 
 // Spec describes one event type of the catalog.
 type Spec struct {
@@ -319,6 +359,7 @@ var specs = func() map[string]Spec {
 		{1, ChatbotCreated{}}, {1, ChatbotUpdated{}}, {1, ChatbotPublished{}}, {1, ChatbotUnpublished{}}, {1, ChatbotDeleted{}},
 		{1, KnowledgeEntryAdded{}}, {1, KnowledgeEntryUpdated{}}, {1, KnowledgeEntryRemoved{}}, {1, KnowledgeImported{}},
 		{1, TrainingRequested{}}, {1, TrainingCompleted{}},
+		{1, ConversationStarted{}}, {1, MessagePosted{}}, {1, MessageReplied{}}, {1, MessageFailed{}},
 	}
 	m := make(map[string]Spec, len(all))
 	for _, a := range all {

@@ -49,6 +49,8 @@ var projectionOf = map[string]string{
 	events.StreamChatbot:      readmodel.ChatbotsProjection,
 	events.StreamKnowledge:    readmodel.ChatbotsProjection,
 	events.StreamTraining:     readmodel.ChatbotsProjection,
+	events.StreamConversation: readmodel.ConversationsProjection,
+	events.StreamMessage:      readmodel.ConversationsProjection,
 }
 
 // Routes lists the query endpoints with their access.
@@ -66,6 +68,9 @@ func (h *HTTP) Routes() []httpx.Route {
 		httpx.R(http.MethodGet, "/api/v1/chatbots", auth.ChatbotsRead, h.listChatbots),
 		httpx.R(http.MethodGet, "/api/v1/chatbots/:id", auth.ChatbotsRead, h.getChatbot),
 		httpx.R(http.MethodGet, "/api/v1/chatbots/:id/knowledge", auth.ChatbotsRead, h.listKnowledge),
+		httpx.R(http.MethodGet, "/api/v1/conversations", auth.ConversationsRead, h.listConversations),
+		httpx.R(http.MethodGet, "/api/v1/conversations/:id", auth.ConversationsRead, h.getConversation),
+		httpx.R(http.MethodGet, "/api/v1/conversations/:id/messages", auth.ConversationsRead, h.listMessages),
 	}
 }
 

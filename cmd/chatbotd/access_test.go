@@ -102,11 +102,16 @@ func TestCrossTenantSweep(t *testing.T) {
 	a.expect(req{method: "POST", path: "/api/v1/chatbots/" + bot.ID + "/knowledge", token: victimToken,
 		body: map[string]any{"question": "Secret Person's question?", "answer": "secret"}}, 201).data(t, &entry)
 	entryID := entry.ID
+	convBot := trainedBot(t, a, victimToken)
+	var conv struct{ ID string }
+	a.expect(req{method: "POST", path: "/api/v1/chatbots/" + convBot + "/conversations", token: victimToken, body: map[string]any{}}, 201).data(t, &conv)
+	a.expect(req{method: "POST", path: "/api/v1/conversations/" + conv.ID + "/messages", token: victimToken, body: map[string]any{"content": "Secret Person asks"}}, 202)
 	a.expect(req{method: "GET", path: "/api/v1/users/" + user.ID, token: victimToken, headers: consistent(created)}, 200)
 	a.expect(req{method: "GET", path: "/api/v1/roles", token: victimToken, headers: consistent(role)}, 200)
 
 	_, attacker := a.register("Attacker Co", "Mallory", "mallory@attacker.example")
-	ids := map[string]string{"/api/v1/users": user.ID, "/api/v1/tokens": tok.ID, "/api/v1/chatbots": bot.ID}
+	ids := map[string]string{"/api/v1/users": user.ID, "/api/v1/tokens": tok.ID, "/api/v1/chatbots": convBot,
+		"/api/v1/conversations": conv.ID}
 	swept := 0
 	for _, rt := range apiRoutes(nil, nil, nil) {
 		if !strings.Contains(rt.Path, ":") {
@@ -132,6 +137,12 @@ func TestCrossTenantSweep(t *testing.T) {
 		if strings.HasSuffix(rt.Path, "/publish") || strings.HasSuffix(rt.Path, "/unpublish") || strings.HasSuffix(rt.Path, "/train") {
 			body = nil
 		}
+		if strings.HasSuffix(rt.Path, "/messages") {
+			body = map[string]any{"content": "pwned"}
+		}
+		if strings.HasSuffix(rt.Path, "/conversations") {
+			body = map[string]any{}
+		}
 		if strings.Contains(rt.Path, "/knowledge") && rt.Method != http.MethodGet {
 			body = map[string]any{"question": "pwned?", "answer": "pwned"}
 			if strings.HasSuffix(rt.Path, "/import") {
@@ -147,10 +158,10 @@ func TestCrossTenantSweep(t *testing.T) {
 
 	// Lists, search, sort and check-email show nothing of the victim either.
 	for _, path := range []string{"/api/v1/users?search=secret", "/api/v1/users?sort=-email&per_page=100", "/api/v1/roles",
-		"/api/v1/chatbots?search=secret", "/api/v1/chatbots?sort=-name",
+		"/api/v1/chatbots?search=secret", "/api/v1/chatbots?sort=-name", "/api/v1/conversations",
 		"/api/v1/tokens", "/api/v1/users/check-email?email=secret@victim.example"} {
 		r := a.expect(req{method: "GET", path: path, token: attacker}, 200)
-		for _, leak := range []string{"Secret Person", "victim-role", `"exists":true`, user.ID, tok.ID} {
+		for _, leak := range []string{"Secret Person", "victim-role", `"exists":true`, user.ID, tok.ID, conv.ID} {
 			assert.NotContains(t, string(r.Raw), leak, path)
 		}
 	}

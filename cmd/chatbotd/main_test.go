@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	amqp091 "github.com/rabbitmq/amqp091-go"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -26,6 +27,7 @@ type app struct {
 	t      *testing.T
 	base   string
 	db     testenv.Database
+	mq     *testenv.AMQP
 	pg     *proxy
 	amqp   *proxy
 	stop   context.CancelFunc
@@ -41,6 +43,8 @@ func startApp(t *testing.T, extraEnv ...string) *app {
 	a.Queue("accounts")
 	a.Queue("chatbots")
 	a.Queue("trainer")
+	a.Queue("conversations")
+	a.Queue("responder")
 	pg := mustProxy(t, "127.0.0.1:5432")
 	mq := mustProxy(t, "127.0.0.1:5672")
 	dbURL := strings.Replace(d.URL, "127.0.0.1:5432", pg.addr(), 1)
@@ -57,7 +61,7 @@ func startApp(t *testing.T, extraEnv ...string) *app {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- m.Run(ctx, []string{"serve"}) }()
-	app := &app{t: t, db: d, pg: pg, amqp: mq, stop: cancel, done: done, client: &http.Client{Timeout: 15 * time.Second}}
+	app := &app{t: t, db: d, mq: a, pg: pg, amqp: mq, stop: cancel, done: done, client: &http.Client{Timeout: 15 * time.Second}}
 	select {
 	case addr := <-listening:
 		app.base = "http://" + addr
@@ -875,4 +879,159 @@ func TestKnowledgeBase(t *testing.T) {
 	assert.Empty(t, entries)
 	a.expectError(req{method: "DELETE", path: base + "/" + entry.ID, token: token}, 404, "NOT_FOUND")
 	a.expectError(req{method: "GET", path: "/api/v1/chatbots/" + uuid.NewString() + "/knowledge", token: token}, 404, "NOT_FOUND")
+}
+
+type messageJSON struct {
+	ID            string  `json:"id"`
+	Role          string  `json:"role"`
+	Content       string  `json:"content"`
+	Status        *string `json:"status"`
+	ReplyTo       *string `json:"reply_to"`
+	FailureReason *string `json:"failure_reason"`
+}
+
+// trainedBot makes a published knowledge-base chatbot with a trained knowledge base.
+func trainedBot(t *testing.T, a *app, token string) string {
+	t.Helper()
+	var bot struct{ ID string }
+	a.expect(req{method: "POST", path: "/api/v1/chatbots", token: token, body: map[string]any{
+		"name": "Helpdesk", "welcome_message": "Hello! Ask me anything.", "fallback_message": "Sorry, I can't help with that yet."}}, 201).data(t, &bot)
+	a.expect(req{method: "POST", path: "/api/v1/chatbots/" + bot.ID + "/knowledge/import", token: token, body: []map[string]any{
+		{"question": "How do I reset my password?", "answer": "Click 'Forgot password' on the sign-in page."},
+		{"question": "What are your opening hours?", "answer": "We are open 9:00 to 17:00, Monday to Friday."},
+		{"question": "Do you ship internationally?", "answer": "Yes, we ship to 40 countries."},
+		{"question": "How can I cancel my subscription?", "answer": "Go to Billing, then Cancel subscription."},
+	}}, 201)
+	a.expect(req{method: "POST", path: "/api/v1/chatbots/" + bot.ID + "/train", token: token}, 202)
+	testenv.Eventually(t, 20*time.Second, func() error {
+		r := a.do(req{method: "GET", path: "/api/v1/chatbots/" + bot.ID, token: token})
+		if !strings.Contains(string(r.Body.Data), `"status":"completed"`) {
+			return fmt.Errorf("not trained: %s", r.Body.Data)
+		}
+		return nil
+	})
+	a.expect(req{method: "POST", path: "/api/v1/chatbots/" + bot.ID + "/publish", token: token}, 200)
+	return bot.ID
+}
+
+// replies waits until every user message of a conversation is answered or failed.
+func replies(t *testing.T, a *app, token, conversation string, want int) []messageJSON {
+	t.Helper()
+	var msgs []messageJSON
+	testenv.Eventually(t, 20*time.Second, func() error {
+		time.Sleep(50 * time.Millisecond) // stay well inside the API rate limit
+		r := a.do(req{method: "GET", path: "/api/v1/conversations/" + conversation + "/messages?per_page=100", token: token})
+		if r.Status != 200 {
+			return fmt.Errorf("messages: %d", r.Status)
+		}
+		msgs = nil
+		r.data(t, &msgs)
+		if len(msgs) < want {
+			return fmt.Errorf("%d of %d messages", len(msgs), want)
+		}
+		for _, m := range msgs {
+			if m.Role == "user" && (m.Status == nil || *m.Status == "queued") {
+				return fmt.Errorf("message %s still queued", m.ID)
+			}
+		}
+		return nil
+	})
+	return msgs
+}
+
+func TestConversationsAnsweredFromTheKnowledgeBase(t *testing.T) {
+	a := startApp(t)
+	_, token := a.register("Chat Co", "Cy", "cy@example.com")
+	bot := trainedBot(t, a, token)
+
+	started := a.expect(req{method: "POST", path: "/api/v1/chatbots/" + bot + "/conversations", token: token,
+		body: map[string]any{"metadata": map[string]any{"channel": "web", "visitor": 42}}}, 201)
+	var conv struct {
+		ID             string `json:"id"`
+		WelcomeMessage string `json:"welcome_message"`
+	}
+	started.data(t, &conv)
+	assert.Equal(t, "Hello! Ask me anything.", conv.WelcomeMessage)
+
+	questions := []string{
+		"How do I reset my password?",          // exact
+		"i forgot my pasword, how to reset it", // misspelt, rephrased
+		"opening hours?",                       // short
+		"What is the airspeed of a swallow?",   // nothing matches
+	}
+	for _, q := range questions {
+		r := a.expect(req{method: "POST", path: "/api/v1/conversations/" + conv.ID + "/messages", token: token, body: map[string]any{"content": q}}, 202)
+		assert.Contains(t, string(r.Body.Data), `"status":"queued"`)
+	}
+	msgs := replies(t, a, token, conv.ID, 2*len(questions))
+	require.Len(t, msgs, 2*len(questions))
+	want := []string{"Click 'Forgot password' on the sign-in page.", "Click 'Forgot password' on the sign-in page.",
+		"We are open 9:00 to 17:00, Monday to Friday.", "Sorry, I can't help with that yet."}
+	var users []messageJSON
+	replyTo := map[string]messageJSON{}
+	for _, m := range msgs {
+		if m.Role == "user" {
+			users = append(users, m)
+			continue
+		}
+		require.NotNil(t, m.ReplyTo)
+		_, twice := replyTo[*m.ReplyTo]
+		assert.False(t, twice, "two replies to one message")
+		replyTo[*m.ReplyTo] = m
+	}
+	require.Len(t, users, len(questions))
+	for i, user := range users { // oldest first: in the order posted
+		assert.Equal(t, questions[i], user.Content)
+		assert.Equal(t, "answered", *user.Status)
+		assert.Equal(t, want[i], replyTo[user.ID].Content, questions[i])
+	}
+	var c struct {
+		Messages int `json:"messages"`
+	}
+	a.expect(req{method: "GET", path: "/api/v1/conversations/" + conv.ID, token: token}, 200).data(t, &c)
+	assert.Equal(t, 8, c.Messages)
+	list := a.expect(req{method: "GET", path: "/api/v1/conversations?chatbot_id=" + bot, token: token}, 200)
+	assert.Equal(t, float64(1), list.Body.Meta["pagination"].(map[string]any)["total"])
+
+	// Bad input and drafts.
+	a.expectError(req{method: "POST", path: "/api/v1/conversations/" + conv.ID + "/messages", token: token, body: map[string]any{"content": ""}}, 422, "VALIDATION_ERROR")
+	a.expectError(req{method: "POST", path: "/api/v1/conversations/" + conv.ID + "/messages", token: token, body: map[string]any{"content": strings.Repeat("x", 4001)}}, 422, "VALIDATION_ERROR")
+	a.expectError(req{method: "POST", path: "/api/v1/conversations/" + uuid.NewString() + "/messages", token: token, body: map[string]any{"content": "hi"}}, 404, "NOT_FOUND")
+	var draft struct{ ID string }
+	a.expect(req{method: "POST", path: "/api/v1/chatbots", token: token, body: map[string]any{"name": "Draft"}}, 201).data(t, &draft)
+	a.expectError(req{method: "POST", path: "/api/v1/chatbots/" + draft.ID + "/conversations", token: token, body: map[string]any{}}, 422, "VALIDATION_ERROR")
+
+	// Exactly one reply per message, whatever the stream delivers twice: publish every
+	// message.posted again, straight to the exchange, then post one more message and
+	// wait for its reply (so the duplicates, queued before it, were handled).
+	conn, err := amqp091.Dial(a.mq.URL)
+	require.NoError(t, err)
+	defer conn.Close()
+	ch, err := conn.Channel()
+	require.NoError(t, err)
+	rows, err := a.db.Pool.Query(context.Background(), `SELECT id, stream_type, stream_id, stream_version, position, organization_id,
+		occurred_at, data FROM events WHERE type = 'message.posted'`)
+	require.NoError(t, err)
+	for rows.Next() {
+		var e struct {
+			ID, StreamType, StreamID string
+			Version                  int
+			Position                 int64
+			Org                      string
+			At                       time.Time
+			Data                     json.RawMessage
+		}
+		require.NoError(t, rows.Scan(&e.ID, &e.StreamType, &e.StreamID, &e.Version, &e.Position, &e.Org, &e.At, &e.Data))
+		body, _ := json.Marshal(map[string]any{"id": e.ID, "type": "message.posted", "schema_version": 1, "stream_type": e.StreamType,
+			"stream_id": e.StreamID, "stream_version": e.Version, "position": e.Position, "organization_id": e.Org,
+			"occurred_at": e.At, "actor": map[string]any{"type": "user"}, "data": e.Data})
+		require.NoError(t, ch.Publish(a.mq.Exchange, "message.posted", false, false, amqp091.Publishing{ContentType: "application/json", MessageId: e.ID, Body: body}))
+	}
+	rows.Close()
+	a.expect(req{method: "POST", path: "/api/v1/conversations/" + conv.ID + "/messages", token: token, body: map[string]any{"content": "Do you ship abroad?"}}, 202)
+	msgs = replies(t, a, token, conv.ID, 2*len(questions)+2)
+	assert.Len(t, msgs, 2*len(questions)+2)
+	var n int
+	require.NoError(t, a.db.Pool.QueryRow(context.Background(), `SELECT count(*) FROM events WHERE type = 'message.replied'`).Scan(&n))
+	assert.Equal(t, len(questions)+1, n)
 }

@@ -107,6 +107,8 @@ func (m *Main) serve(ctx context.Context, cfg config.Config, roles map[string]bo
 		projections.NewAccounts(d.pool, d.cache, logger.With("projector", projections.AccountsName)),
 		projections.Chatbots{},
 		projections.Trainer{Store: d.store},
+		projections.Conversations{},
+		projections.Responder{Store: d.store},
 	} {
 		r, err := projections.NewRunner(d.pool, d.broker, p, projections.Config{Exchange: cfg.AMQPExchange,
 			QueuePrefix: cfg.AMQPQueuePrefix, BatchSize: cfg.ProjectorBatchSize,
@@ -132,6 +134,7 @@ func (m *Main) serve(ctx context.Context, cfg config.Config, roles map[string]bo
 		for _, r := range runners {
 			start("projector "+r.Name(), r.Run)
 		}
+		start("message partitions", func(ctx context.Context) error { return keepPartitions(ctx, d) })
 	}
 
 	var srv *http.Server
@@ -267,6 +270,21 @@ func newAPI(ctx context.Context, d *deps, ready *atomic.Bool) (http.Handler, err
 	}
 	registerBenchRoutes(r, routes)
 	return r, nil
+}
+
+// keepPartitions creates the messages table's monthly partitions three months ahead,
+// at start and twice a day.
+func keepPartitions(ctx context.Context, d *deps) error {
+	for {
+		if _, err := d.pool.Exec(ctx, `SELECT ensure_message_partitions(now(), 3)`); err != nil && ctx.Err() == nil {
+			d.logger.Warn("message partitions", "error", err)
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(12 * time.Hour):
+		}
+	}
 }
 
 // secretBox opens the box that seals webhook secrets: SECRETS_KEY, or (development) a key

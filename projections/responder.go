@@ -1,0 +1,168 @@
+package projections
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"unicode"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+
+	"github.com/chatbotsaas/chatbotd/events"
+)
+
+// ResponderName is the knowledge-base responder's name (its queue is chatbotd.responder).
+const ResponderName = "responder"
+
+// replyNamespace derives a reply's id from its message's, so a reply has one id however
+// often it is computed.
+var replyNamespace = uuid.MustParse("5b8c2d1e-7a6f-4e3d-9c0b-1a2b3c4d5e6f")
+
+// ReplyID is the id of the bot message that answers a user message.
+func ReplyID(message uuid.UUID) uuid.UUID { return uuid.NewSHA1(replyNamespace, message[:]) }
+
+// Responder answers messages to knowledge-base chatbots: the best-matching trained entry,
+// or the chatbot's fallback message. It appends message.replied at version 2 of the
+// message's stream in the same transaction as its delivery bookkeeping, so a message is
+// answered once however often it is delivered, and a crash before the commit leaves it
+// to be answered on redelivery.
+type Responder struct {
+	Store *events.Store
+}
+
+func (Responder) Name() string { return ResponderName }
+
+func (Responder) Bindings() []string { return []string{"message.posted"} }
+
+// Match thresholds: trigram similarity of the question (or of the words of the question
+// within an entry's question), with a full-text match lowering the bar.
+const (
+	matchSimilarity     = 0.45
+	matchWithFullText   = 0.2
+	fallbackSource      = "fallback"
+	knowledgeBaseSource = "knowledge_base"
+)
+
+// Apply answers one posted message.
+func (r Responder) Apply(ctx context.Context, tx pgx.Tx, e events.Envelope) error {
+	if e.Type != (events.MessagePosted{}).EventType() {
+		return nil
+	}
+	ev, err := e.Decode()
+	if err != nil {
+		return err
+	}
+	posted := ev.(events.MessagePosted)
+	var current int
+	if err := tx.QueryRow(ctx, `SELECT coalesce(max(stream_version), 0) FROM events WHERE stream_id = $1`, e.StreamID).Scan(&current); err != nil {
+		return err
+	}
+	if current != e.StreamVersion {
+		return nil // answered (or failed) already
+	}
+	chatbot, err := uuid.Parse(posted.ChatbotID)
+	if err != nil {
+		return fmt.Errorf("message.posted: chatbot_id: %w", err)
+	}
+	bot, err := chatbotState(ctx, tx, chatbot)
+	if err != nil {
+		return err
+	}
+	meta := events.Meta{Actor: events.Actor{Type: events.ActorSystem}, CorrelationID: e.CorrelationID,
+		CausationID: e.ID.String(), RequestID: e.RequestID}
+	var out events.Event
+	switch {
+	case bot.deleted:
+		out = events.MessageFailed{ConversationID: posted.ConversationID, ChatbotID: posted.ChatbotID, Reason: "the chatbot was deleted"}
+	case bot.responder != "knowledge_base":
+		return nil // another responder answers it
+	default:
+		reply := events.MessageReplied{ConversationID: posted.ConversationID, ChatbotID: posted.ChatbotID,
+			ReplyID: ReplyID(e.StreamID).String(), Content: bot.fallback, Source: fallbackSource}
+		entry, answer, found, err := bestMatch(ctx, tx, chatbot, posted.Content)
+		if err != nil {
+			return err
+		}
+		if found {
+			reply.Content, reply.Source, reply.EntryID = answer, knowledgeBaseSource, entry
+		}
+		out = reply
+	}
+	_, err = r.Store.AppendTx(ctx, tx, events.AppendRequest{StreamType: events.StreamMessage, StreamID: e.StreamID,
+		ExpectedVersion: e.StreamVersion, OrganizationID: e.OrganizationID, Events: []events.Event{out}, Meta: meta})
+	return err
+}
+
+// AfterCommit wakes the relay for the replies just committed.
+func (r Responder) AfterCommit(context.Context, []events.Envelope) { r.Store.Notify() }
+
+type botState struct {
+	deleted   bool
+	fallback  string
+	responder string
+}
+
+// chatbotState folds the chatbot's stream (authoritative, and short) in the transaction.
+func chatbotState(ctx context.Context, tx pgx.Tx, id uuid.UUID) (botState, error) {
+	var b botState
+	envs, err := events.ReadStream(ctx, tx, id, 1, 0)
+	if err != nil {
+		return b, err
+	}
+	if len(envs) == 0 {
+		return botState{deleted: true}, nil
+	}
+	for _, env := range envs {
+		ev, err := env.Decode()
+		if err != nil {
+			return b, err
+		}
+		switch ev := ev.(type) {
+		case events.ChatbotCreated:
+			b = botState{fallback: ev.FallbackMessage, responder: ev.Responder.Type}
+		case events.ChatbotUpdated:
+			if c, ok := ev.Changes["fallback_message"]; ok {
+				b.fallback = c.New
+			}
+			if ev.Responder != nil {
+				b.responder = ev.Responder.Type
+			}
+		case events.ChatbotDeleted:
+			b.deleted = true
+		}
+	}
+	return b, nil
+}
+
+// orQuery turns a question into a full-text query matching any of its words.
+func orQuery(question string) string {
+	words := strings.FieldsFunc(strings.ToLower(question), func(r rune) bool { return !unicode.IsLetter(r) && !unicode.IsDigit(r) })
+	return strings.Join(words, " or ")
+}
+
+// bestMatch finds the trained entry that answers question best, if one does well enough:
+// trigram similarity handles short and misspelt questions, full-text search (stemmed,
+// any word) handles rephrasings.
+func bestMatch(ctx context.Context, tx pgx.Tx, chatbot uuid.UUID, question string) (string, string, bool, error) {
+	var entry, answer string
+	var sim, rank float64
+	err := tx.QueryRow(ctx, `
+		WITH q AS (SELECT $2::text AS text, websearch_to_tsquery('english', $3) AS tsq)
+		SELECT entry_id, answer, sim, rank FROM (
+			SELECT ki.entry_id::text AS entry_id, ki.answer,
+				greatest(similarity(ki.question, q.text), word_similarity(q.text, ki.question)) AS sim,
+				ts_rank_cd(ki.search, q.tsq) AS rank
+			FROM knowledge_index ki, q
+			WHERE ki.chatbot_id = $1 AND (ki.question % q.text OR q.text <% ki.question OR ki.search @@ q.tsq)
+		) candidates
+		ORDER BY sim + least(rank, 1) DESC, entry_id
+		LIMIT 1`, chatbot, question, orQuery(question)).Scan(&entry, &answer, &sim, &rank)
+	if err == pgx.ErrNoRows {
+		return "", "", false, nil
+	}
+	if err != nil {
+		return "", "", false, err
+	}
+	return entry, answer, sim >= matchSimilarity || (rank > 0 && sim >= matchWithFullText), nil
+}

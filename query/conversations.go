@@ -1,0 +1,173 @@
+package query
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"time"
+
+	"github.com/gin-gonic/gin"
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+
+	"github.com/chatbotsaas/chatbotd/internal/apperr"
+	"github.com/chatbotsaas/chatbotd/internal/auth"
+	"github.com/chatbotsaas/chatbotd/internal/httpx"
+)
+
+// Conversation is a conversation as listed.
+type Conversation struct {
+	ID             uuid.UUID      `json:"id"`
+	ChatbotID      uuid.UUID      `json:"chatbot_id"`
+	OrganizationID uuid.UUID      `json:"organization_id"`
+	Metadata       map[string]any `json:"metadata"`
+	Messages       int            `json:"messages"`
+	LastMessageAt  *time.Time     `json:"last_message_at"`
+	CreatedAt      time.Time      `json:"created_at"`
+}
+
+const conversationColumns = `id, chatbot_id, organization_id, metadata, messages, last_message_at, created_at`
+
+func scanConversation(row pgx.Row) (Conversation, error) {
+	var c Conversation
+	var meta []byte
+	if err := row.Scan(&c.ID, &c.ChatbotID, &c.OrganizationID, &meta, &c.Messages, &c.LastMessageAt, &c.CreatedAt); err != nil {
+		return c, err
+	}
+	c.CreatedAt = c.CreatedAt.UTC()
+	if c.LastMessageAt != nil {
+		*c.LastMessageAt = c.LastMessageAt.UTC()
+	}
+	return c, json.Unmarshal(meta, &c.Metadata)
+}
+
+// listConversations lists the organization's conversations, newest first, optionally
+// of one chatbot.
+func (h *HTTP) listConversations(c *gin.Context) {
+	if !allowed(c, auth.ConversationsRead) {
+		return
+	}
+	f := apperr.Fields{}
+	page, perPage := pageParams(c, f)
+	args := []any{principal(c).OrganizationID}
+	cond := "organization_id = $1"
+	if v := c.Query("chatbot_id"); v != "" {
+		id, err := uuid.Parse(v)
+		if err != nil {
+			f.Add("chatbot_id", "must be a UUID")
+		}
+		args = append(args, id)
+		cond += " AND chatbot_id = $2"
+	}
+	if err := f.Err(); err != nil {
+		httpx.Fail(c, err)
+		return
+	}
+	ctx := c.Request.Context()
+	var total int
+	if err := h.read.QueryRow(ctx, `SELECT count(*) FROM conversations WHERE `+cond, args...).Scan(&total); err != nil {
+		httpx.Fail(c, err)
+		return
+	}
+	rows, err := h.read.Query(ctx, fmt.Sprintf(`SELECT %s FROM conversations WHERE %s ORDER BY created_at DESC, id DESC
+		LIMIT %d OFFSET %d`, conversationColumns, cond, perPage, (page-1)*perPage), args...)
+	if err != nil {
+		httpx.Fail(c, err)
+		return
+	}
+	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (Conversation, error) { return scanConversation(r) })
+	if err != nil {
+		httpx.Fail(c, err)
+		return
+	}
+	if out == nil {
+		out = []Conversation{}
+	}
+	httpx.OK(c, http.StatusOK, "Conversations", out, gin.H{"pagination": Pagination{Page: page, PerPage: perPage,
+		Total: total, LastPage: max(1, (total+perPage-1)/perPage)}})
+}
+
+func (h *HTTP) conversation(c *gin.Context) (Conversation, bool) {
+	id, err := httpx.PathUUID(c, "id")
+	if err != nil {
+		httpx.Fail(c, err)
+		return Conversation{}, false
+	}
+	conv, err := scanConversation(h.read.QueryRow(c.Request.Context(), `SELECT `+conversationColumns+`
+		FROM conversations WHERE id = $1 AND organization_id = $2`, id, principal(c).OrganizationID))
+	if errors.Is(err, pgx.ErrNoRows) {
+		httpx.Fail(c, apperr.NotFound("conversation"))
+		return conv, false
+	}
+	if err != nil {
+		httpx.Fail(c, err)
+		return conv, false
+	}
+	return conv, true
+}
+
+func (h *HTTP) getConversation(c *gin.Context) {
+	if !allowed(c, auth.ConversationsRead) {
+		return
+	}
+	if conv, ok := h.conversation(c); ok {
+		httpx.OK(c, http.StatusOK, "Conversation", conv, nil)
+	}
+}
+
+// Message is a message as listed.
+type Message struct {
+	ID            uuid.UUID  `json:"id"`
+	Role          string     `json:"role"`
+	Content       string     `json:"content"`
+	Status        *string    `json:"status"`
+	ReplyTo       *uuid.UUID `json:"reply_to"`
+	FailureReason *string    `json:"failure_reason,omitempty"`
+	CreatedAt     time.Time  `json:"created_at"`
+}
+
+// listMessages lists a conversation's messages, oldest first.
+func (h *HTTP) listMessages(c *gin.Context) {
+	if !allowed(c, auth.ConversationsRead) {
+		return
+	}
+	f := apperr.Fields{}
+	page, perPage := pageParams(c, f)
+	if err := f.Err(); err != nil {
+		httpx.Fail(c, err)
+		return
+	}
+	conv, ok := h.conversation(c)
+	if !ok {
+		return
+	}
+	ctx := c.Request.Context()
+	var total int
+	if err := h.read.QueryRow(ctx, `SELECT count(*) FROM messages WHERE conversation_id = $1`, conv.ID).Scan(&total); err != nil {
+		httpx.Fail(c, err)
+		return
+	}
+	rows, err := h.read.Query(ctx, `SELECT id, role, content, status, reply_to, failure_reason, created_at FROM messages
+		WHERE conversation_id = $1 AND organization_id = $2 ORDER BY created_at, role DESC, id LIMIT $3 OFFSET $4`,
+		conv.ID, conv.OrganizationID, perPage, (page-1)*perPage)
+	if err != nil {
+		httpx.Fail(c, err)
+		return
+	}
+	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (Message, error) {
+		var m Message
+		err := r.Scan(&m.ID, &m.Role, &m.Content, &m.Status, &m.ReplyTo, &m.FailureReason, &m.CreatedAt)
+		m.CreatedAt = m.CreatedAt.UTC()
+		return m, err
+	})
+	if err != nil {
+		httpx.Fail(c, err)
+		return
+	}
+	if out == nil {
+		out = []Message{}
+	}
+	httpx.OK(c, http.StatusOK, "Messages", out, gin.H{"pagination": Pagination{Page: page, PerPage: perPage,
+		Total: total, LastPage: max(1, (total+perPage-1)/perPage)}})
+}
