@@ -101,12 +101,13 @@ type botState struct {
 	deleted   bool
 	fallback  string
 	responder string
+	url       string
 }
 
-// chatbotState folds the chatbot's stream (authoritative, and short) in the transaction.
-func chatbotState(ctx context.Context, tx pgx.Tx, id uuid.UUID) (botState, error) {
+// chatbotState folds the chatbot's stream (authoritative, and short).
+func chatbotState(ctx context.Context, q events.Querier, id uuid.UUID) (botState, error) {
 	var b botState
-	envs, err := events.ReadStream(ctx, tx, id, 1, 0)
+	envs, err := events.ReadStream(ctx, q, id, 1, 0)
 	if err != nil {
 		return b, err
 	}
@@ -120,13 +121,13 @@ func chatbotState(ctx context.Context, tx pgx.Tx, id uuid.UUID) (botState, error
 		}
 		switch ev := ev.(type) {
 		case events.ChatbotCreated:
-			b = botState{fallback: ev.FallbackMessage, responder: ev.Responder.Type}
+			b = botState{fallback: ev.FallbackMessage, responder: ev.Responder.Type, url: ev.Responder.URL}
 		case events.ChatbotUpdated:
 			if c, ok := ev.Changes["fallback_message"]; ok {
 				b.fallback = c.New
 			}
 			if ev.Responder != nil {
-				b.responder = ev.Responder.Type
+				b.responder, b.url = ev.Responder.Type, ev.Responder.URL
 			}
 		case events.ChatbotDeleted:
 			b.deleted = true

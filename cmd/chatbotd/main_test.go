@@ -7,9 +7,11 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -19,6 +21,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/chatbotsaas/chatbotd/internal/testenv"
+	"github.com/chatbotsaas/chatbotd/projections"
 )
 
 // app is the whole program started in-process on :0, its database and broker behind
@@ -45,6 +48,7 @@ func startApp(t *testing.T, extraEnv ...string) *app {
 	a.Queue("trainer")
 	a.Queue("conversations")
 	a.Queue("responder")
+	a.Queue("webhook-responder")
 	pg := mustProxy(t, "127.0.0.1:5432")
 	mq := mustProxy(t, "127.0.0.1:5672")
 	dbURL := strings.Replace(d.URL, "127.0.0.1:5432", pg.addr(), 1)
@@ -1034,4 +1038,62 @@ func TestConversationsAnsweredFromTheKnowledgeBase(t *testing.T) {
 	var n int
 	require.NoError(t, a.db.Pool.QueryRow(context.Background(), `SELECT count(*) FROM events WHERE type = 'message.replied'`).Scan(&n))
 	assert.Equal(t, len(questions)+1, n)
+}
+
+func TestConversationsAnsweredByAWebhook(t *testing.T) {
+	a := startApp(t, "ALLOW_PRIVATE_TARGETS=true", "WEBHOOK_TIMEOUT=500ms", "WEBHOOK_BACKOFF=10ms")
+	_, token := a.register("Hook Co", "Hu", "hu@example.com")
+	secret := "n8n-shared-secret-0123456789"
+	var received atomic.Int32
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		var in struct {
+			ChatbotID, ConversationID, MessageID, Content string
+			Metadata                                      map[string]any
+		}
+		_ = json.Unmarshal(body, &in)
+		if r.Header.Get("X-Signature") != projections.Sign([]byte(secret), body) || in.Metadata["channel"] != "sms" {
+			http.Error(w, "bad request", http.StatusBadRequest)
+			return
+		}
+		received.Add(1)
+		if in.Content == "fail please" {
+			http.Error(w, "workflow error", http.StatusInternalServerError)
+			return
+		}
+		_ = json.NewEncoder(w).Encode(map[string]string{"reply": "n8n says: " + in.Content})
+	}))
+	defer srv.Close()
+
+	var bot struct{ ID string }
+	a.expect(req{method: "POST", path: "/api/v1/chatbots", token: token, body: map[string]any{"name": "Workflow bot",
+		"responder": map[string]any{"type": "webhook", "url": srv.URL + "/webhook", "secret": secret}}}, 201).data(t, &bot)
+	a.expect(req{method: "POST", path: "/api/v1/chatbots/" + bot.ID + "/publish", token: token}, 200)
+	var conv struct{ ID string }
+	a.expect(req{method: "POST", path: "/api/v1/chatbots/" + bot.ID + "/conversations", token: token,
+		body: map[string]any{"metadata": map[string]any{"channel": "sms"}}}, 201).data(t, &conv)
+	a.expect(req{method: "POST", path: "/api/v1/conversations/" + conv.ID + "/messages", token: token, body: map[string]any{"content": "hello"}}, 202)
+	a.expect(req{method: "POST", path: "/api/v1/conversations/" + conv.ID + "/messages", token: token, body: map[string]any{"content": "fail please"}}, 202)
+	msgs := replies(t, a, token, conv.ID, 3)
+	var answered, failed int
+	for _, m := range msgs {
+		switch {
+		case m.Role == "bot":
+			assert.Equal(t, "n8n says: hello", m.Content)
+			answered++
+		case m.Content == "fail please":
+			assert.Equal(t, "failed", *m.Status)
+			require.NotNil(t, m.FailureReason)
+			assert.Contains(t, *m.FailureReason, "status 500")
+			failed++
+		}
+	}
+	assert.Equal(t, 1, answered)
+	assert.Equal(t, 1, failed)
+	assert.EqualValues(t, 4, received.Load(), "one call for the answer, three attempts for the failure")
+	var n int
+	require.NoError(t, a.db.Pool.QueryRow(context.Background(), `SELECT count(*) FROM events WHERE type = 'message.failed'`).Scan(&n))
+	assert.Equal(t, 1, n)
+	require.NoError(t, a.db.Pool.QueryRow(context.Background(), `SELECT count(*) FROM events WHERE data::text LIKE '%' || $1 || '%'`, secret).Scan(&n))
+	assert.Zero(t, n, "the secret is in no event")
 }

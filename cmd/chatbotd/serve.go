@@ -118,11 +118,40 @@ func (m *Main) serve(ctx context.Context, cfg config.Config, roles map[string]bo
 		}
 		runners = append(runners, r)
 	}
+	box, err := secretBox(ctx, d)
+	if err != nil {
+		return err
+	}
+	guard := netguard.Guard{AllowPrivate: cfg.AllowPrivateTargets}
+	webhooks := projections.Consumer{Conn: d.broker, Workers: cfg.WebhookWorkers, Logger: logger.With("consumer", projections.WebhookResponderName),
+		Queue: broker.QueueSpec{Name: cfg.AMQPQueuePrefix + projections.WebhookResponderName, Exchange: cfg.AMQPExchange,
+			Bindings: []string{"message.posted"}, DeliveryLimit: cfg.ProjectorDeliveryLimit},
+		Handle: projections.WebhookResponder{Store: d.store, Pool: d.pool, Box: box, Client: projections.WebhookClient(guard, cfg.WebhookTimeout),
+			Attempts: cfg.WebhookAttempts, Backoff: cfg.WebhookBackoff, Logger: logger.With("consumer", projections.WebhookResponderName)}.Handle}
+	queues := []broker.QueueSpec{webhooks.Queue}
+	for _, r := range runners {
+		queues = append(queues, r.Queue())
+	}
+	// The exchange and every queue are declared once, on one channel, before any worker
+	// starts: RabbitMQ 3.10 answers concurrent declarations of one new quorum queue with
+	// INTERNAL_ERROR, which closes the whole connection.
+	topology := make(chan struct{})
+	go declareTopology(workCtx, d, cfg.AMQPExchange, queues, topology)
+	start = func(name string, run func(context.Context) error) {
+		workers.Add(1)
+		go func() {
+			defer workers.Done()
+			select {
+			case <-topology:
+			case <-workCtx.Done():
+				return
+			}
+			if err := run(workCtx); err != nil {
+				errs <- fmt.Errorf("%s: %w", name, err)
+			}
+		}()
+	}
 	if roles[roleRelay] {
-		queues := make([]broker.QueueSpec, len(runners))
-		for i, r := range runners {
-			queues[i] = r.Queue()
-		}
 		relay, err := events.NewRelay(d.pool, d.broker, events.RelayConfig{Exchange: cfg.AMQPExchange,
 			BatchSize: cfg.RelayBatchSize, Queues: queues, Logger: logger.With("component", "relay")})
 		if err != nil {
@@ -134,6 +163,7 @@ func (m *Main) serve(ctx context.Context, cfg config.Config, roles map[string]bo
 		for _, r := range runners {
 			start("projector "+r.Name(), r.Run)
 		}
+		start("webhook responder", webhooks.Run)
 		start("message partitions", func(ctx context.Context) error { return keepPartitions(ctx, d) })
 	}
 
@@ -141,7 +171,7 @@ func (m *Main) serve(ctx context.Context, cfg config.Config, roles map[string]bo
 	serveErr := make(chan error, 1)
 	var ready atomic.Bool
 	if roles[roleAPI] {
-		handler, err := newAPI(ctx, d, &ready)
+		handler, err := newAPI(ctx, d, box, &ready)
 		if err != nil {
 			return err
 		}
@@ -191,7 +221,7 @@ func (m *Main) serve(ctx context.Context, cfg config.Config, roles map[string]bo
 }
 
 // newAPI builds the Gin engine with every route.
-func newAPI(ctx context.Context, d *deps, ready *atomic.Bool) (http.Handler, error) {
+func newAPI(ctx context.Context, d *deps, box *secretbox.Box, ready *atomic.Bool) (http.Handler, error) {
 	cfg := d.cfg
 	keys, err := auth.KeysFromConfig(cfg.JWTSigningKeys)
 	if err != nil {
@@ -206,10 +236,6 @@ func newAPI(ctx context.Context, d *deps, ready *atomic.Bool) (http.Handler, err
 		keys = []auth.Key{k}
 	}
 	tokens, err := auth.NewTokens(keys, cfg.JWTIssuer, cfg.JWTAudience, cfg.AccessTTL)
-	if err != nil {
-		return nil, err
-	}
-	box, err := secretBox(ctx, d)
 	if err != nil {
 		return nil, err
 	}
@@ -270,6 +296,44 @@ func newAPI(ctx context.Context, d *deps, ready *atomic.Bool) (http.Handler, err
 	}
 	registerBenchRoutes(r, routes)
 	return r, nil
+}
+
+// declareTopology declares the event exchange and the queues, retrying until the broker
+// answers, then closes done.
+func declareTopology(ctx context.Context, d *deps, exchange string, queues []broker.QueueSpec, done chan<- struct{}) {
+	backoff := 100 * time.Millisecond
+	for {
+		err := func() error {
+			ch, err := d.broker.Channel(ctx)
+			if err != nil {
+				return err
+			}
+			defer ch.Close()
+			if err := broker.DeclareEventExchange(ch, exchange); err != nil {
+				return err
+			}
+			for _, q := range queues {
+				if err := broker.DeclareQueue(ch, q); err != nil {
+					return err
+				}
+			}
+			return nil
+		}()
+		if err == nil {
+			close(done)
+			return
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		d.logger.Warn("declare broker topology, retrying", "error", err, "in", backoff)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(backoff):
+		}
+		backoff = min(backoff*2, 5*time.Second)
+	}
 }
 
 // keepPartitions creates the messages table's monthly partitions three months ahead,

@@ -114,6 +114,21 @@ func (c *Conn) Channel(ctx context.Context) (*amqp.Channel, error) {
 	}
 }
 
+// Wrapper waits (bounded by ctx) for the watermill connection, for watermill
+// subscribers.
+func (c *Conn) Wrapper(ctx context.Context) (*wamqp.ConnectionWrapper, error) {
+	select {
+	case <-c.ready:
+	case <-ctx.Done():
+		return nil, fmt.Errorf("%w: %v", ErrUnavailable, ctx.Err())
+	case <-c.closed:
+		return nil, ErrUnavailable
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.wrapper, nil
+}
+
 // Close ends the connection.
 func (c *Conn) Close() error {
 	c.once.Do(func() { close(c.closed) })

@@ -55,6 +55,13 @@ type Config struct {
 	// plain http: for local development and tests only.
 	AllowPrivateTargets bool `env:"ALLOW_PRIVATE_TARGETS" envDefault:"false"`
 
+	// The webhook responder: per-call timeout, attempts, first backoff (doubling), and
+	// how many calls one process makes at once.
+	WebhookTimeout  time.Duration `env:"WEBHOOK_TIMEOUT" envDefault:"10s"`
+	WebhookAttempts int           `env:"WEBHOOK_ATTEMPTS" envDefault:"3"`
+	WebhookBackoff  time.Duration `env:"WEBHOOK_BACKOFF" envDefault:"500ms"`
+	WebhookWorkers  int           `env:"WEBHOOK_WORKERS" envDefault:"8"`
+
 	// PasswordHashConcurrency bounds how many argon2id hashes run at once (each takes
 	// 19 MiB), so a login storm cannot exhaust memory.
 	PasswordHashConcurrency int `env:"PASSWORD_HASH_CONCURRENCY" envDefault:"4"`
@@ -157,6 +164,8 @@ func (c Config) Validate() error {
 		k, err := base64.StdEncoding.DecodeString(c.SecretsKey)
 		check(err == nil && len(k) == 32, "SECRETS_KEY must be base64 of 32 bytes")
 	}
+	check(c.WebhookTimeout > 0 && c.WebhookAttempts >= 1 && c.WebhookBackoff >= 0 && c.WebhookWorkers >= 1,
+		"WEBHOOK_TIMEOUT, WEBHOOK_ATTEMPTS, WEBHOOK_BACKOFF and WEBHOOK_WORKERS must be positive")
 	check(c.PasswordHashConcurrency >= 1, "PASSWORD_HASH_CONCURRENCY must be at least 1")
 	check(c.RelayBatchSize >= 1 && c.RelayBatchSize <= 10000, "RELAY_BATCH_SIZE must be 1..10000")
 	check(c.ProjectorBatchSize >= 1 && c.ProjectorBatchSize <= 5000, "PROJECTOR_BATCH_SIZE must be 1..5000")

@@ -1,0 +1,237 @@
+package projections
+
+import (
+	"bytes"
+	"context"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/chatbotsaas/chatbotd/events"
+	"github.com/chatbotsaas/chatbotd/internal/apperr"
+	"github.com/chatbotsaas/chatbotd/internal/netguard"
+	"github.com/chatbotsaas/chatbotd/internal/secretbox"
+)
+
+// WebhookResponderName is the webhook responder's queue name.
+const WebhookResponderName = "webhook-responder"
+
+// maxReply is the largest webhook answer read.
+const maxReply = 64 << 10
+
+// WebhookClient is the HTTP client for outgoing calls: a timeout, no redirects, and only
+// public addresses dialled (unless the guard allows private ones).
+func WebhookClient(guard netguard.Guard, timeout time.Duration) *http.Client {
+	dialer := &net.Dialer{Timeout: timeout, Control: guard.Control}
+	return &http.Client{
+		Timeout: timeout,
+		Transport: &http.Transport{DialContext: dialer.DialContext, TLSHandshakeTimeout: timeout,
+			ResponseHeaderTimeout: timeout, MaxIdleConnsPerHost: 16, IdleConnTimeout: time.Minute},
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+	}
+}
+
+// WebhookResponder answers messages to webhook chatbots (an n8n-style workflow): it POSTs
+// the message, signed, to the chatbot's URL and posts the JSON answer's "reply". A call
+// is tried Attempts times with exponential backoff; when every attempt fails the message
+// is marked failed with the reason. The reply or failure is version 2 of the message's
+// stream, so a message gets one answer even when it is delivered or handled twice (the
+// URL may then be called twice: at least once, answered once).
+type WebhookResponder struct {
+	Store    *events.Store
+	Pool     *pgxpool.Pool
+	Box      *secretbox.Box
+	Client   *http.Client
+	Attempts int
+	Backoff  time.Duration
+	Logger   *slog.Logger
+}
+
+// WebhookRequest is what the responder POSTs.
+type WebhookRequest struct {
+	ChatbotID      string         `json:"chatbot_id"`
+	ConversationID string         `json:"conversation_id"`
+	MessageID      string         `json:"message_id"`
+	Content        string         `json:"content"`
+	Metadata       map[string]any `json:"metadata"`
+}
+
+// Sign is the X-Signature header value of a body: "sha256=" and the hex HMAC-SHA256.
+func Sign(secret, body []byte) string {
+	m := hmac.New(sha256.New, secret)
+	m.Write(body)
+	return "sha256=" + hex.EncodeToString(m.Sum(nil))
+}
+
+// Handle answers one message.posted.
+func (w WebhookResponder) Handle(msg *message.Message) error {
+	e, err := events.DecodeEnvelope(msg.Payload)
+	if err != nil {
+		return err // redelivered up to the limit, then dead-lettered
+	}
+	if e.Type != (events.MessagePosted{}).EventType() {
+		return nil
+	}
+	ctx := msg.Context()
+	if envs, err := w.Store.ReadStream(ctx, e.StreamID, 2, 2); err != nil || len(envs) > 0 {
+		return err // answered already (or the store is down: retry)
+	}
+	ev, err := e.Decode()
+	if err != nil {
+		return err
+	}
+	posted := ev.(events.MessagePosted)
+	chatbot, err := uuid.Parse(posted.ChatbotID)
+	if err != nil {
+		return err
+	}
+	bot, err := chatbotState(ctx, w.Pool, chatbot)
+	if err != nil || bot.deleted || bot.responder != "webhook" {
+		return err // the knowledge-base responder answers these (and fails deleted bots)
+	}
+	var sealed []byte
+	if err := w.Pool.QueryRow(ctx, `SELECT sealed FROM chatbot_secrets WHERE chatbot_id = $1`, chatbot).Scan(&sealed); err != nil && !errors.Is(err, pgx.ErrNoRows) {
+		return err
+	}
+	secret, err := w.Box.Open(sealed, chatbot[:])
+	if err != nil {
+		return w.answer(ctx, e, events.MessageFailed{ConversationID: posted.ConversationID, ChatbotID: posted.ChatbotID,
+			Reason: "the webhook secret cannot be read"})
+	}
+	metadata, err := conversationMetadata(ctx, w.Store, posted.ConversationID)
+	if err != nil {
+		return err
+	}
+	body, err := json.Marshal(WebhookRequest{ChatbotID: posted.ChatbotID, ConversationID: posted.ConversationID,
+		MessageID: e.StreamID.String(), Content: posted.Content, Metadata: metadata})
+	if err != nil {
+		return err
+	}
+	reply, reason := w.Call(ctx, bot.url, secret, body)
+	if reason != "" {
+		w.Logger.Warn("webhook responder failed", "message_id", e.StreamID, "chatbot_id", chatbot, "reason", reason,
+			"correlation_id", e.CorrelationID)
+		return w.answer(ctx, e, events.MessageFailed{ConversationID: posted.ConversationID, ChatbotID: posted.ChatbotID, Reason: reason})
+	}
+	return w.answer(ctx, e, events.MessageReplied{ConversationID: posted.ConversationID, ChatbotID: posted.ChatbotID,
+		ReplyID: ReplyID(e.StreamID).String(), Content: reply, Source: "webhook"})
+}
+
+// answer appends the reply or failure as version 2; a conflict means another worker
+// answered first, which is fine.
+func (w WebhookResponder) answer(ctx context.Context, e events.Envelope, out events.Event) error {
+	_, err := w.Store.Append(ctx, events.AppendRequest{StreamType: events.StreamMessage, StreamID: e.StreamID,
+		ExpectedVersion: 1, OrganizationID: e.OrganizationID, Events: []events.Event{out},
+		Meta: events.Meta{Actor: events.Actor{Type: events.ActorSystem}, CorrelationID: e.CorrelationID,
+			CausationID: e.ID.String(), RequestID: e.RequestID}})
+	if apperr.CodeOf(err) == apperr.CodeConflict {
+		return nil
+	}
+	return err
+}
+
+func conversationMetadata(ctx context.Context, store *events.Store, conversation string) (map[string]any, error) {
+	id, err := uuid.Parse(conversation)
+	if err != nil {
+		return nil, err
+	}
+	envs, err := store.ReadStream(ctx, id, 1, 1)
+	if err != nil || len(envs) == 0 {
+		return map[string]any{}, err
+	}
+	ev, err := envs[0].Decode()
+	if err != nil {
+		return nil, err
+	}
+	if started, ok := ev.(events.ConversationStarted); ok && started.Metadata != nil {
+		return started.Metadata, nil
+	}
+	return map[string]any{}, nil
+}
+
+// errPermanent marks a failure that another attempt would not change.
+type errPermanent struct{ reason string }
+
+func (e errPermanent) Error() string { return e.reason }
+
+// Call POSTs body to url up to Attempts times and returns the reply, or the reason the
+// last attempt failed.
+func (w WebhookResponder) Call(ctx context.Context, url string, secret, body []byte) (string, string) {
+	attempts := max(w.Attempts, 1)
+	var last error
+	for i := 0; i < attempts; i++ {
+		if i > 0 {
+			select {
+			case <-ctx.Done():
+				return "", "cancelled"
+			case <-time.After(w.Backoff << (i - 1)):
+			}
+		}
+		reply, err := w.call(ctx, url, secret, body)
+		if err == nil {
+			return reply, ""
+		}
+		last = err
+		var p errPermanent
+		if errors.As(err, &p) {
+			break
+		}
+	}
+	return "", fmt.Sprintf("webhook: %v", last)
+}
+
+func (w WebhookResponder) call(ctx context.Context, url string, secret, body []byte) (string, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewReader(body))
+	if err != nil {
+		return "", errPermanent{"bad URL"}
+	}
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("User-Agent", "chatbotd-webhook-responder")
+	req.Header.Set("X-Signature", Sign(secret, body))
+	res, err := w.Client.Do(req)
+	if err != nil {
+		if errors.Is(err, netguard.ErrForbiddenAddress) {
+			return "", errPermanent{"the URL resolves to an address that is not public"}
+		}
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() {
+			return "", errors.New("timed out")
+		}
+		return "", errors.New("the request failed")
+	}
+	defer res.Body.Close()
+	if res.StatusCode >= 300 && res.StatusCode < 400 {
+		return "", errPermanent{fmt.Sprintf("redirects are refused (status %d)", res.StatusCode)}
+	}
+	data, err := io.ReadAll(io.LimitReader(res.Body, maxReply+1))
+	if err != nil {
+		return "", errors.New("reading the answer failed")
+	}
+	if res.StatusCode != http.StatusOK {
+		return "", fmt.Errorf("status %d", res.StatusCode)
+	}
+	if len(data) > maxReply {
+		return "", errPermanent{"the answer is larger than 64 KiB"}
+	}
+	var out struct {
+		Reply string `json:"reply"`
+	}
+	if err := json.Unmarshal(data, &out); err != nil || strings.TrimSpace(out.Reply) == "" {
+		return "", errors.New(`the answer is not JSON with a non-empty "reply"`)
+	}
+	return out.Reply, nil
+}
