@@ -5,52 +5,88 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
-	wamqp "github.com/ThreeDotsLabs/watermill-amqp/v3/pkg/amqp"
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/ThreeDotsLabs/watermill/message/router/middleware"
-	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/chatbotsaas/chatbotd/internal/broker"
 )
 
-// envelopeMarshaler reads our messages: the event id is the AMQP message id and the body
-// is the envelope. (watermill-amqp's DefaultMarshaler expects its own uuid header and
-// panics on a message with no headers at all.)
-type envelopeMarshaler struct{}
-
-func (envelopeMarshaler) Marshal(msg *message.Message) (amqp.Publishing, error) {
-	return amqp.Publishing{MessageId: msg.UUID, ContentType: "application/json", DeliveryMode: amqp.Persistent, Body: msg.Payload}, nil
+// queueSubscriber is a watermill Subscriber over one of our durable queues. Unlike
+// watermill-amqp's, it does not wait for a message's ack before handing out the next
+// delivery (up to the prefetch), so the router's handlers work concurrently, and it
+// uses the race-free broker.Conn.
+type queueSubscriber struct {
+	conn     *broker.Conn
+	prefetch int
 }
 
-func (envelopeMarshaler) Unmarshal(d amqp.Delivery) (*message.Message, error) {
-	msg := message.NewMessage(d.MessageId, d.Body)
-	for k, v := range d.Headers {
-		if s, ok := v.(string); ok {
-			msg.Metadata.Set(k, s)
-		}
+// Subscribe consumes the queue named topic. The returned channel closes when ctx ends or
+// the connection is lost; unacknowledged deliveries then come back.
+func (s queueSubscriber) Subscribe(ctx context.Context, queue string) (<-chan *message.Message, error) {
+	ch, err := s.conn.Channel(ctx)
+	if err != nil {
+		return nil, err
 	}
-	return msg, nil
+	if err := ch.Qos(s.prefetch, 0, false); err != nil {
+		ch.Close()
+		return nil, err
+	}
+	deliveries, err := ch.Consume(queue, "", false, false, false, false, nil)
+	if err != nil {
+		ch.Close()
+		return nil, err
+	}
+	out := make(chan *message.Message)
+	go func() {
+		var settling sync.WaitGroup
+		defer func() {
+			settling.Wait()
+			ch.Close()
+			close(out)
+		}()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case d, ok := <-deliveries:
+				if !ok {
+					return
+				}
+				msg := message.NewMessage(d.MessageId, d.Body)
+				msg.SetContext(ctx)
+				select {
+				case out <- msg:
+				case <-ctx.Done():
+					return // not acked: redelivered
+				}
+				settling.Add(1)
+				go func() {
+					defer settling.Done()
+					select {
+					case <-msg.Acked():
+						_ = d.Ack(false)
+					case <-msg.Nacked():
+						_ = d.Nack(false, true) // the queue's delivery limit dead-letters a message that keeps failing
+					case <-ctx.Done():
+					}
+				}()
+			}
+		}
+	}()
+	return out, nil
 }
 
-// declaredTopology is a watermill TopologyBuilder that declares nothing: the queue (a
-// quorum queue with a delivery limit and a dead-letter exchange) is declared by
-// broker.DeclareQueue before subscribing, with arguments watermill's builder would not set.
-type declaredTopology struct{}
-
-func (declaredTopology) BuildTopology(*amqp.Channel, wamqp.BuildTopologyParams, wamqp.Config, watermill.LoggerAdapter) error {
-	return nil
-}
-
-func (declaredTopology) ExchangeDeclare(*amqp.Channel, string, wamqp.Config) error { return nil }
+func (queueSubscriber) Close() error { return nil }
 
 // Consumer runs a per-message handler on a durable queue with watermill's router: for
 // consumers with side effects outside the database (HTTP calls), which must not run
-// inside a projector's batch transaction. Several handlers share the queue, so that one
-// slow call does not hold up the others. A handler error nacks the message; RabbitMQ
-// redelivers it up to the queue's delivery limit, then dead-letters it.
+// inside a projector's batch transaction. Up to Workers messages are handled at once. A
+// handler error nacks the message; RabbitMQ redelivers it up to the queue's delivery
+// limit, then dead-letters it.
 type Consumer struct {
 	Conn    *broker.Conn
 	Queue   broker.QueueSpec
@@ -87,32 +123,18 @@ func (c Consumer) run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	wrapper, err := c.Conn.Wrapper(ctx)
-	if err != nil {
-		return err
-	}
 	logger := watermill.NewSlogLogger(c.Logger.With("queue", c.Queue.Name))
-	queue, exchange := c.Queue.Name, c.Queue.Exchange
-	sub, err := wamqp.NewSubscriberWithConnection(wamqp.Config{
-		Marshaler: envelopeMarshaler{},
-		Exchange:  wamqp.ExchangeConfig{GenerateName: func(string) string { return exchange }, Type: "topic", Durable: true},
-		Queue:     wamqp.QueueConfig{GenerateName: func(string) string { return queue }, Durable: true},
-		// Unused (declaredTopology binds nothing) but called unchecked by Subscribe.
-		QueueBind:       wamqp.QueueBindConfig{GenerateRoutingKey: func(topic string) string { return topic }},
-		Consume:         wamqp.ConsumeConfig{Qos: wamqp.QosConfig{PrefetchCount: 1}},
-		TopologyBuilder: declaredTopology{},
-	}, logger, wrapper)
-	if err != nil {
-		return err
-	}
-	defer sub.Close()
 	router, err := message.NewRouter(message.RouterConfig{CloseTimeout: 30 * time.Second}, logger)
 	if err != nil {
 		return err
 	}
 	router.AddMiddleware(middleware.Recoverer)
-	for i := 0; i < max(c.Workers, 1); i++ {
-		router.AddConsumerHandler(fmt.Sprintf("%s-%d", queue, i), queue, sub, c.Handle)
+	router.AddConsumerHandler(c.Queue.Name, c.Queue.Name, queueSubscriber{conn: c.Conn, prefetch: max(c.Workers, 1)}, c.Handle)
+	if err := router.Run(ctx); err != nil {
+		return err
 	}
-	return router.Run(ctx)
+	if ctx.Err() == nil {
+		return fmt.Errorf("the subscription of %s ended", c.Queue.Name)
+	}
+	return nil
 }

@@ -1,11 +1,13 @@
 // Package broker owns the RabbitMQ connection and the topology every role relies on.
 //
-// The connection is watermill-amqp's ConnectionWrapper, which reconnects with backoff.
-// The relay and the projector runtime then drive amqp091 channels themselves: watermill's
-// publisher waits for one confirm per message and ignores basic.return, and its
-// subscriber waits for each ack before the next delivery, so neither can batch; our
-// publisher keeps a window of confirms and treats a returned message as not sent, and our
-// consumers ack a committed batch at once.
+// The connection is a small reconnecting wrapper over amqp091-go. watermill-amqp's
+// ConnectionWrapper would do the reconnecting, but it replaces its "connected" channel
+// without a lock while IsConnected reads it (its own subscriber calls it on every
+// reconnect), which the race detector reports whenever a connection closes. The relay
+// and the projector runtime drive amqp091 channels themselves: watermill's publisher
+// waits for one confirm per message and ignores basic.return, and its subscriber waits for
+// each ack before the next delivery, so neither could batch. Per-message consumers still
+// run on watermill's router (projections.Consumer).
 package broker
 
 import (
@@ -16,127 +18,88 @@ import (
 	"sync"
 	"time"
 
-	"github.com/ThreeDotsLabs/watermill"
-	wamqp "github.com/ThreeDotsLabs/watermill-amqp/v3/pkg/amqp"
 	amqp "github.com/rabbitmq/amqp091-go"
 )
 
 // ErrUnavailable is returned while the broker cannot be reached.
 var ErrUnavailable = errors.New("the message broker is unavailable")
 
-// Conn is a self-healing connection. It can be created while RabbitMQ is down: it keeps
-// trying in the background, and Channel waits for it.
+// Conn is a self-healing connection. It can be created while RabbitMQ is down: Channel
+// connects (again) when needed, waiting with backoff within the caller's deadline.
 type Conn struct {
 	url    string
 	logger *slog.Logger
 
-	mu      sync.Mutex
-	wrapper *wamqp.ConnectionWrapper
-	ready   chan struct{}
-	closed  chan struct{}
-	once    sync.Once
+	mu     sync.Mutex // held while dialling, so one dial serves every waiter
+	conn   *amqp.Connection
+	closed chan struct{}
+	once   sync.Once
 }
 
-// Dial starts connecting to url and returns at once.
+// Dial returns a connection that connects on first use.
 func Dial(url string, logger *slog.Logger) *Conn {
-	c := &Conn{url: url, logger: logger, ready: make(chan struct{}), closed: make(chan struct{})}
-	go c.connectLoop()
-	return c
+	return &Conn{url: url, logger: logger, closed: make(chan struct{})}
 }
 
-func (c *Conn) connectLoop() {
-	backoff := 200 * time.Millisecond
-	for {
-		w, err := wamqp.NewConnection(wamqp.ConnectionConfig{
-			AmqpURI: c.url,
-			Reconnect: &wamqp.ReconnectConfig{
-				BackoffInitialInterval:     200 * time.Millisecond,
-				BackoffRandomizationFactor: 0.5,
-				BackoffMultiplier:          1.5,
-				BackoffMaxInterval:         5 * time.Second,
-			},
-		}, watermill.NewSlogLogger(c.logger.With("component", "amqp")))
-		if err == nil {
-			c.mu.Lock()
-			c.wrapper = w
-			c.mu.Unlock()
-			close(c.ready)
-			return
-		}
-		c.logger.Warn("rabbitmq not reachable, retrying", "error", err, "in", backoff)
-		select {
-		case <-c.closed:
-			return
-		case <-time.After(backoff):
-		}
-		backoff = min(backoff*2, 5*time.Second)
-	}
-}
-
-// Connected reports whether the connection is up now (for /health).
-func (c *Conn) Connected() bool {
-	c.mu.Lock()
-	w := c.wrapper
-	c.mu.Unlock()
-	return w != nil && w.IsConnected() && !w.Connection().IsClosed()
-}
-
-// Channel opens a new channel, waiting (bounded by ctx) for the connection.
-func (c *Conn) Channel(ctx context.Context) (*amqp.Channel, error) {
-	select {
-	case <-c.ready:
-	case <-ctx.Done():
-		return nil, fmt.Errorf("%w: %v", ErrUnavailable, ctx.Err())
-	case <-c.closed:
-		return nil, ErrUnavailable
-	}
-	c.mu.Lock()
-	w := c.wrapper
-	c.mu.Unlock()
-	for {
-		select {
-		case <-w.Connected():
-		case <-ctx.Done():
-			return nil, fmt.Errorf("%w: %v", ErrUnavailable, ctx.Err())
-		}
-		ch, err := w.Connection().Channel()
-		if err == nil {
-			return ch, nil
-		}
-		if !errors.Is(err, amqp.ErrClosed) {
-			return nil, fmt.Errorf("%w: %v", ErrUnavailable, err)
-		}
-		select { // the wrapper has not noticed the close yet
-		case <-time.After(50 * time.Millisecond):
-		case <-ctx.Done():
-			return nil, fmt.Errorf("%w: %v", ErrUnavailable, ctx.Err())
-		}
-	}
-}
-
-// Wrapper waits (bounded by ctx) for the watermill connection, for watermill
-// subscribers.
-func (c *Conn) Wrapper(ctx context.Context) (*wamqp.ConnectionWrapper, error) {
-	select {
-	case <-c.ready:
-	case <-ctx.Done():
-		return nil, fmt.Errorf("%w: %v", ErrUnavailable, ctx.Err())
-	case <-c.closed:
-		return nil, ErrUnavailable
-	}
+// connection returns the live connection, dialling once if there is none.
+func (c *Conn) connection() (*amqp.Connection, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.wrapper, nil
+	select {
+	case <-c.closed:
+		return nil, ErrUnavailable
+	default:
+	}
+	if c.conn != nil && !c.conn.IsClosed() {
+		return c.conn, nil
+	}
+	conn, err := amqp.DialConfig(c.url, amqp.Config{Heartbeat: 10 * time.Second, Dial: amqp.DefaultDial(5 * time.Second)})
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrUnavailable, err)
+	}
+	if c.conn != nil {
+		c.logger.Info("reconnected to rabbitmq")
+	}
+	c.conn = conn
+	return conn, nil
+}
+
+// Connected reports whether the broker answers now (for /health): it connects if needed.
+func (c *Conn) Connected() bool {
+	_, err := c.connection()
+	return err == nil
+}
+
+// Channel opens a new channel, (re)connecting as needed until ctx ends.
+func (c *Conn) Channel(ctx context.Context) (*amqp.Channel, error) {
+	backoff := 100 * time.Millisecond
+	for {
+		conn, err := c.connection()
+		if err == nil {
+			ch, cerr := conn.Channel()
+			if cerr == nil {
+				return ch, nil
+			}
+			err = fmt.Errorf("%w: %v", ErrUnavailable, cerr)
+		}
+		select {
+		case <-ctx.Done():
+			return nil, err
+		case <-c.closed:
+			return nil, ErrUnavailable
+		case <-time.After(backoff):
+		}
+		backoff = min(backoff*2, 2*time.Second)
+	}
 }
 
 // Close ends the connection.
 func (c *Conn) Close() error {
 	c.once.Do(func() { close(c.closed) })
 	c.mu.Lock()
-	w := c.wrapper
-	c.mu.Unlock()
-	if w != nil {
-		return w.Close()
+	defer c.mu.Unlock()
+	if c.conn != nil {
+		return c.conn.Close()
 	}
 	return nil
 }
