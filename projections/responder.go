@@ -142,21 +142,28 @@ func orQuery(question string) string {
 	return strings.Join(words, " or ")
 }
 
-// bestMatch finds the trained entry that answers question best, if one does well enough:
-// trigram similarity handles short and misspelt questions, full-text search (stemmed,
-// any word) handles rephrasings.
+// bestMatch finds the trained entry that answers question best, if one does well enough.
+// Candidates are the nearest questions by trigrams (an index-ordered GiST scan: short and
+// misspelt questions) and entries containing all of the question's words (full text,
+// stemmed); only those few are scored, so a large knowledge base costs little more than
+// a small one.
 func bestMatch(ctx context.Context, tx pgx.Tx, chatbot uuid.UUID, question string) (string, string, bool, error) {
 	var entry, answer string
 	var sim, rank float64
 	err := tx.QueryRow(ctx, `
-		WITH q AS (SELECT $2::text AS text, websearch_to_tsquery('english', $3) AS tsq)
+		WITH candidates AS (
+			(SELECT entry_id, question, answer, search FROM knowledge_index
+				WHERE chatbot_id = $1 ORDER BY question <-> $2 LIMIT 10)
+			UNION
+			(SELECT entry_id, question, answer, search FROM knowledge_index
+				WHERE chatbot_id = $1 AND search @@ plainto_tsquery('english', $2) LIMIT 20)
+		)
 		SELECT entry_id, answer, sim, rank FROM (
-			SELECT ki.entry_id::text AS entry_id, ki.answer,
-				greatest(similarity(ki.question, q.text), word_similarity(q.text, ki.question)) AS sim,
-				ts_rank_cd(ki.search, q.tsq) AS rank
-			FROM knowledge_index ki, q
-			WHERE ki.chatbot_id = $1 AND (ki.question % q.text OR q.text <% ki.question OR ki.search @@ q.tsq)
-		) candidates
+			SELECT entry_id::text AS entry_id, answer,
+				greatest(similarity(question, $2), word_similarity($2, question)) AS sim,
+				ts_rank_cd(search, websearch_to_tsquery('english', $3)) AS rank
+			FROM candidates
+		) scored
 		ORDER BY sim + least(rank, 1) DESC, entry_id
 		LIMIT 1`, chatbot, question, orQuery(question)).Scan(&entry, &answer, &sim, &rank)
 	if err == pgx.ErrNoRows {

@@ -29,6 +29,7 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/chatbotsaas/chatbotd/events"
 	"github.com/chatbotsaas/chatbotd/internal/db"
@@ -109,6 +110,11 @@ func run(ctx context.Context) error {
 		return err
 	}
 	defer srv.stop()
+	e2ePool, err := db.Open(ctx, e2eURL, 4)
+	if err != nil {
+		return err
+	}
+	defer e2ePool.Close()
 	p50, p99, err := commandToRead(srv, o.samples)
 	if err != nil {
 		return err
@@ -138,6 +144,55 @@ func run(ctx context.Context) error {
 		fmt.Fprintf(&report, "| %s | %.0f | %.2f× | %s | %s |\n", r.name, r.res.rate, r.res.rate/off.rate, ms(r.res.p50), ms(r.res.p99))
 		fmt.Fprintf(os.Stderr, "cached GET, %s: %.0f/s\n", r.name, r.res.rate)
 	}
+
+	// 4. Conversations: the knowledge-base responder.
+	report.WriteString("\n### Conversations answered by the knowledge-base responder\n\n")
+	report.WriteString("A published chatbot whose trained knowledge base holds 1,000 or 10,000 entries; 8 clients post 500 questions " +
+		"that each match one entry, and the rate is replies per second from the first post to the last `message.replied` in the log. " +
+		"The latency is one message at a time, from the 202 of `POST /conversations/{id}/messages` to the reply being readable " +
+		"through `GET /conversations/{id}/messages` (polled).\n\n")
+	report.WriteString("| entries | replies/s | p50 202 → reply readable | p99 |\n|---:|---:|---:|---:|\n")
+	for _, n := range []int{1000, 10000} {
+		bot, err := srv.chatbotWithKnowledge(n)
+		if err != nil {
+			return err
+		}
+		conv, err := srv.conversation(bot)
+		if err != nil {
+			return err
+		}
+		rate, err := srv.answerRate(e2ePool, conv, 500)
+		if err != nil {
+			return err
+		}
+		lconv, err := srv.conversation(bot)
+		if err != nil {
+			return err
+		}
+		p50, p99, err := srv.replyLatency(lconv, 100)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(&report, "| %d | %.0f | %s | %s |\n", n, rate, ms(p50), ms(p99))
+		fmt.Fprintf(os.Stderr, "responder, %d entries: %.0f replies/s, p50 %s p99 %s\n", n, rate, ms(p50), ms(p99))
+	}
+	bot, err := srv.chatbotWithKnowledge(10)
+	if err != nil {
+		return err
+	}
+	conv, err := srv.conversation(bot)
+	if err != nil {
+		return err
+	}
+	first, last, err := srv.postCost(conv, 10000)
+	if err != nil {
+		return err
+	}
+	report.WriteString("\nPosting into a long conversation: 10,000 messages posted one after another into one conversation " +
+		"(each is a stream of its own, so nothing grows with the conversation).\n\n")
+	fmt.Fprintf(&report, "| p50 POST, messages 1-200 | p50 POST, messages 9,801-10,000 | ratio |\n|---:|---:|---:|\n| %s | %s | %.2f× |\n",
+		ms(first), ms(last), float64(last)/float64(first))
+	fmt.Fprintf(os.Stderr, "posting: first %s, 10,000th %s\n", ms(first), ms(last))
 
 	if o.out == "" {
 		fmt.Print(report.String())
@@ -385,6 +440,167 @@ func (s *server) load(path, token string, clients int, d time.Duration) (loadRes
 	}
 	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
 	return loadResult{rate: float64(len(lat)) / time.Since(start).Seconds(), p50: lat[len(lat)/2], p99: lat[len(lat)*99/100]}, nil
+}
+
+// chatbotWithKnowledge makes a published knowledge-base chatbot with n trained entries
+// and returns its id.
+func (s *server) chatbotWithKnowledge(n int) (string, error) {
+	st, env, err := s.call("POST", "/api/v1/chatbots", s.token, map[string]any{"name": fmt.Sprintf("Bench bot %d", n)})
+	if err != nil || st != 201 {
+		return "", fmt.Errorf("create chatbot: %d %v %v", st, env, err)
+	}
+	bot := env["data"].(map[string]any)["id"].(string)
+	entries := make([]map[string]string, n)
+	for i := range entries {
+		entries[i] = map[string]string{"question": fmt.Sprintf("How do I configure feature %d of product line %d?", i, i%37),
+			"answer": fmt.Sprintf("Open settings, choose feature %d, and follow the steps.", i)}
+	}
+	if st, env, err := s.call("POST", "/api/v1/chatbots/"+bot+"/knowledge/import", s.token, entries); err != nil || st != 201 {
+		return "", fmt.Errorf("import: %d %v %v", st, env, err)
+	}
+	if st, env, err := s.call("POST", "/api/v1/chatbots/"+bot+"/train", s.token, nil); err != nil || st != 202 {
+		return "", fmt.Errorf("train: %d %v %v", st, env, err)
+	}
+	for i := 0; ; i++ {
+		st, env, err := s.call("GET", "/api/v1/chatbots/"+bot, s.token, nil)
+		if err != nil {
+			return "", err
+		}
+		if data, ok := env["data"].(map[string]any); ok && st == 200 {
+			if tr, ok := data["training"].(map[string]any); ok && tr["status"] == "completed" {
+				break
+			}
+		}
+		if i > 600 {
+			return "", errors.New("training did not complete")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if st, env, err := s.call("POST", "/api/v1/chatbots/"+bot+"/publish", s.token, nil); err != nil || st != 200 {
+		return "", fmt.Errorf("publish: %d %v %v", st, env, err)
+	}
+	return bot, nil
+}
+
+func (s *server) conversation(bot string) (string, error) {
+	st, env, err := s.call("POST", "/api/v1/chatbots/"+bot+"/conversations", s.token, map[string]any{})
+	if err != nil || st != 201 {
+		return "", fmt.Errorf("start conversation: %d %v %v", st, env, err)
+	}
+	return env["data"].(map[string]any)["id"].(string), nil
+}
+
+// post posts a message and returns its id.
+func (s *server) post(conv string, content string) (string, error) {
+	st, env, err := s.call("POST", "/api/v1/conversations/"+conv+"/messages", s.token, map[string]any{"content": content})
+	if err != nil || st != 202 {
+		return "", fmt.Errorf("post: %d %v %v", st, env, err)
+	}
+	return env["data"].(map[string]any)["id"].(string), nil
+}
+
+// answerRate posts n messages from 8 clients and returns replies per second, from the
+// first post to the last reply in the event log.
+func (s *server) answerRate(pool *pgxpool.Pool, conv string, n int) (float64, error) {
+	var before int
+	if err := pool.QueryRow(s.ctx, `SELECT count(*) FROM events WHERE type = 'message.replied'`).Scan(&before); err != nil {
+		return 0, err
+	}
+	start := time.Now()
+	var wg sync.WaitGroup
+	var failed atomic.Int64
+	for w := 0; w < 8; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := w; i < n; i += 8 {
+				if _, err := s.post(conv, fmt.Sprintf("How do I configure feature %d of product line %d?", i*7, (i*7)%37)); err != nil {
+					failed.Add(1)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if failed.Load() > 0 {
+		return 0, fmt.Errorf("%d posts failed", failed.Load())
+	}
+	for i := 0; ; i++ {
+		var after int
+		if err := pool.QueryRow(s.ctx, `SELECT count(*) FROM events WHERE type = 'message.replied'`).Scan(&after); err != nil {
+			return 0, err
+		}
+		if after-before >= n {
+			return float64(n) / time.Since(start).Seconds(), nil
+		}
+		if i > 6000 {
+			return 0, fmt.Errorf("%d of %d replies", after-before, n)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// replyLatency times, one message at a time, from the 202 to the reply being readable
+// through GET /conversations/{id}/messages.
+func (s *server) replyLatency(conv string, samples int) (p50, p99 time.Duration, err error) {
+	var lat []time.Duration
+	for i := 0; i < samples; i++ {
+		id, err := s.post(conv, fmt.Sprintf("How do I configure feature %d of product line %d?", i*13, (i*13)%37))
+		if err != nil {
+			return 0, 0, err
+		}
+		t0 := time.Now()
+		for {
+			// The conversation holds 2i messages before this one, so its reply is item 2i+1
+			// (0-based), on this page of 100.
+			page := (2*i+1)/100 + 1
+			_, env, err := s.call("GET", fmt.Sprintf("/api/v1/conversations/%s/messages?per_page=100&page=%d", conv, page), s.token, nil)
+			if err != nil {
+				return 0, 0, err
+			}
+			if replied(env, id) {
+				break
+			}
+			if time.Since(t0) > 10*time.Second {
+				return 0, 0, fmt.Errorf("no reply to %s", id)
+			}
+		}
+		lat = append(lat, time.Since(t0))
+	}
+	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
+	return lat[len(lat)/2], lat[len(lat)*99/100], nil
+}
+
+// replied looks for the reply to id in a page of messages.
+func replied(env map[string]any, id string) bool {
+	data, _ := env["data"].([]any)
+	for _, m := range data {
+		if mm, ok := m.(map[string]any); ok && mm["reply_to"] == id {
+			return true
+		}
+	}
+	return false
+}
+
+// postCost posts total messages into one conversation and returns the p50 time of a
+// POST for the first 200 and for the last 200.
+func (s *server) postCost(conv string, total int) (first, last time.Duration, err error) {
+	var firsts, lasts []time.Duration
+	for i := 0; i < total; i++ {
+		t0 := time.Now()
+		if _, err := s.post(conv, "hello"); err != nil {
+			return 0, 0, err
+		}
+		d := time.Since(t0)
+		switch {
+		case i < 200:
+			firsts = append(firsts, d)
+		case i >= total-200:
+			lasts = append(lasts, d)
+		}
+	}
+	sort.Slice(firsts, func(i, j int) bool { return firsts[i] < firsts[j] })
+	sort.Slice(lasts, func(i, j int) bool { return lasts[i] < lasts[j] })
+	return firsts[len(firsts)/2], lasts[len(lasts)/2], nil
 }
 
 // authCost measures a cached GET /users/{id} with a JWT, with an API token, and through

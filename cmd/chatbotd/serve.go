@@ -161,7 +161,13 @@ func (m *Main) serve(ctx context.Context, cfg config.Config, roles map[string]bo
 	}
 	if roles[roleProjectors] {
 		for _, r := range runners {
-			start("projector "+r.Name(), r.Run)
+			n := 1
+			if r.Name() == projections.ResponderName {
+				n = cfg.ResponderWorkers // competing consumers: messages are independent streams
+			}
+			for range n {
+				start("projector "+r.Name(), r.Run)
+			}
 		}
 		start("webhook responder", webhooks.Run)
 		start("message partitions", func(ctx context.Context) error { return keepPartitions(ctx, d) })

@@ -55,6 +55,10 @@ type Config struct {
 	// plain http: for local development and tests only.
 	AllowPrivateTargets bool `env:"ALLOW_PRIVATE_TARGETS" envDefault:"false"`
 
+	// ResponderWorkers is how many consumers share the knowledge-base responder's queue
+	// in one process (each message is a stream of its own: no order to keep).
+	ResponderWorkers int `env:"RESPONDER_WORKERS" envDefault:"4"`
+
 	// The webhook responder: per-call timeout, attempts, first backoff (doubling), and
 	// how many calls one process makes at once.
 	WebhookTimeout  time.Duration `env:"WEBHOOK_TIMEOUT" envDefault:"10s"`
@@ -164,6 +168,7 @@ func (c Config) Validate() error {
 		k, err := base64.StdEncoding.DecodeString(c.SecretsKey)
 		check(err == nil && len(k) == 32, "SECRETS_KEY must be base64 of 32 bytes")
 	}
+	check(c.ResponderWorkers >= 1, "RESPONDER_WORKERS must be at least 1")
 	check(c.WebhookTimeout > 0 && c.WebhookAttempts >= 1 && c.WebhookBackoff >= 0 && c.WebhookWorkers >= 1,
 		"WEBHOOK_TIMEOUT, WEBHOOK_ATTEMPTS, WEBHOOK_BACKOFF and WEBHOOK_WORKERS must be positive")
 	check(c.PasswordHashConcurrency >= 1, "PASSWORD_HASH_CONCURRENCY must be at least 1")
