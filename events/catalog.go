@@ -295,6 +295,12 @@ type MessageFailed struct {
 	Reason         string `json:"reason"`
 }
 
+// TrainingFailed: building the index failed for good; the previous index (if any) stays.
+type TrainingFailed struct {
+	ChatbotID string `json:"chatbot_id"`
+	Reason    string `json:"reason"`
+}
+
 func (OrganizationCreated) EventType() string  { return "organization.created" }
 func (OrganizationUpdated) EventType() string  { return "organization.updated" }
 func (UserCreated) EventType() string          { return "user.created" }
@@ -329,6 +335,7 @@ func (KnowledgeEntryRemoved) EventType() string { return "knowledge.entry_remove
 func (KnowledgeImported) EventType() string     { return "knowledge.imported" }
 func (TrainingRequested) EventType() string     { return "training.requested" }
 func (TrainingCompleted) EventType() string     { return "training.completed" }
+func (TrainingFailed) EventType() string        { return "training.failed" }
 func (ConversationStarted) EventType() string   { return "conversation.started" }
 func (MessagePosted) EventType() string         { return "message.posted" }
 func (MessageReplied) EventType() string        { return "message.replied" }
@@ -358,7 +365,7 @@ var specs = func() map[string]Spec {
 		{1, AccessDenied{}},
 		{1, ChatbotCreated{}}, {1, ChatbotUpdated{}}, {1, ChatbotPublished{}}, {1, ChatbotUnpublished{}}, {1, ChatbotDeleted{}},
 		{1, KnowledgeEntryAdded{}}, {1, KnowledgeEntryUpdated{}}, {1, KnowledgeEntryRemoved{}}, {1, KnowledgeImported{}},
-		{1, TrainingRequested{}}, {1, TrainingCompleted{}},
+		{1, TrainingRequested{}}, {1, TrainingCompleted{}}, {1, TrainingFailed{}},
 		{1, ConversationStarted{}}, {1, MessagePosted{}}, {1, MessageReplied{}}, {1, MessageFailed{}},
 	}
 	m := make(map[string]Spec, len(all))

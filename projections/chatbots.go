@@ -71,6 +71,8 @@ func (Chatbots) Apply(ctx context.Context, tx pgx.Tx, e events.Envelope) error {
 	case events.TrainingCompleted:
 		_, err = tx.Exec(ctx, `UPDATE chatbots SET training_status = 'completed', trained_at = $2, trained_entries = $3
 			WHERE id = $1`, ev.ChatbotID, at, ev.Entries)
+	case events.TrainingFailed:
+		_, err = tx.Exec(ctx, `UPDATE chatbots SET training_status = 'failed' WHERE id = $1`, ev.ChatbotID)
 	case events.KnowledgeEntryRemoved:
 		_, err = tx.Exec(ctx, `UPDATE knowledge_entries SET deleted_at = $2, updated_at = $2 WHERE id = $1`, ev.EntryID, at)
 	}

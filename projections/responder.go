@@ -94,6 +94,21 @@ func (r Responder) Apply(ctx context.Context, tx pgx.Tx, e events.Envelope) erro
 	return err
 }
 
+// DeadLettered marks a message that could not be answered as failed, unless it was
+// answered meanwhile: nothing stays "queued" forever.
+func (r Responder) DeadLettered(ctx context.Context, e events.Envelope, cause error) {
+	ev, err := e.Decode()
+	posted, ok := ev.(events.MessagePosted)
+	if err != nil || !ok {
+		return
+	}
+	_, _ = r.Store.Append(ctx, events.AppendRequest{StreamType: events.StreamMessage, StreamID: e.StreamID,
+		ExpectedVersion: e.StreamVersion, OrganizationID: e.OrganizationID,
+		Events: []events.Event{events.MessageFailed{ConversationID: posted.ConversationID, ChatbotID: posted.ChatbotID,
+			Reason: "the message could not be answered"}},
+		Meta: events.Meta{Actor: events.Actor{Type: events.ActorSystem}, CorrelationID: e.CorrelationID, CausationID: e.ID.String()}})
+}
+
 // AfterCommit wakes the relay for the replies just committed.
 func (r Responder) AfterCommit(context.Context, []events.Envelope) { r.Store.Notify() }
 

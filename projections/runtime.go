@@ -39,6 +39,13 @@ type AfterCommitter interface {
 	AfterCommit(ctx context.Context, applied []events.Envelope)
 }
 
+// DeadLetterer is implemented by projectors that record a dead-lettered event (so that a
+// user sees "failed" rather than waiting forever). It is called once the event has been
+// dead-lettered, best effort.
+type DeadLetterer interface {
+	DeadLettered(ctx context.Context, e events.Envelope, cause error)
+}
+
 // Config configures a Runner.
 type Config struct {
 	Exchange      string
@@ -222,6 +229,9 @@ func (r *Runner) handle(ctx context.Context, batch []amqp.Delivery) error {
 			r.log.Error("event dead-lettered", "error", err, "event_id", e.ID, "type", e.Type,
 				"stream_id", e.StreamID, "stream_version", e.StreamVersion)
 			_ = good[i].Nack(false, false)
+			if dl, ok := r.p.(DeadLetterer); ok {
+				dl.DeadLettered(ctx, e, err)
+			}
 		}
 	}
 	return nil

@@ -95,3 +95,16 @@ func (t Trainer) Apply(ctx context.Context, tx pgx.Tx, e events.Envelope) error 
 
 // AfterCommit wakes the relay for the training.completed events just committed.
 func (t Trainer) AfterCommit(context.Context, []events.Envelope) { t.Store.Notify() }
+
+// DeadLettered records that a training request failed for good, unless a newer one came.
+func (t Trainer) DeadLettered(ctx context.Context, e events.Envelope, cause error) {
+	ev, err := e.Decode()
+	req, ok := ev.(events.TrainingRequested)
+	if err != nil || !ok {
+		return
+	}
+	_, _ = t.Store.Append(ctx, events.AppendRequest{StreamType: events.StreamTraining, StreamID: e.StreamID,
+		ExpectedVersion: e.StreamVersion, OrganizationID: e.OrganizationID,
+		Events: []events.Event{events.TrainingFailed{ChatbotID: req.ChatbotID, Reason: "building the index failed"}},
+		Meta:   events.Meta{Actor: events.Actor{Type: events.ActorSystem}, CorrelationID: e.CorrelationID, CausationID: e.ID.String()}})
+}
