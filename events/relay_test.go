@@ -311,10 +311,14 @@ func TestRelayDeclaresQueuesBeforePublishing(t *testing.T) {
 	go func() { defer close(done); _ = r.Run(ctx) }()
 	defer func() { cancel(); <-done }()
 
-	conn, err := amqp.Dial(a.URL)
-	require.NoError(t, err)
-	defer conn.Close()
-	testenv.Eventually(t, 10*time.Second, func() error {
+	testenv.Eventually(t, 15*time.Second, func() error {
+		// A fresh connection each time: a get on a queue that does not exist yet closes
+		// the channel with an error.
+		conn, err := amqp.Dial(a.URL)
+		if err != nil {
+			return err
+		}
+		defer conn.Close()
 		ch, err := conn.Channel()
 		if err != nil {
 			return err
