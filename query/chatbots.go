@@ -46,29 +46,9 @@ func (h *HTTP) listChatbots(c *gin.Context) {
 		httpx.Fail(c, err)
 		return
 	}
-	ctx := c.Request.Context()
-	cond := strings.Join(where, " AND ")
-	var total int
-	if err := h.read.QueryRow(ctx, `SELECT count(*) FROM chatbots WHERE `+cond, args...).Scan(&total); err != nil {
-		httpx.Fail(c, err)
-		return
-	}
-	rows, err := h.read.Query(ctx, fmt.Sprintf(`SELECT %s FROM chatbots WHERE %s ORDER BY %s LIMIT %d OFFSET %d`,
-		readmodel.ChatbotColumns, cond, order, perPage, (page-1)*perPage), args...)
-	if err != nil {
-		httpx.Fail(c, err)
-		return
-	}
-	bots, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (readmodel.Chatbot, error) { return readmodel.ScanChatbot(r) })
-	if err != nil {
-		httpx.Fail(c, err)
-		return
-	}
-	if bots == nil {
-		bots = []readmodel.Chatbot{}
-	}
-	httpx.OK(c, http.StatusOK, "Chatbots", bots, gin.H{"pagination": Pagination{Page: page, PerPage: perPage, Total: total,
-		LastPage: max(1, (total+perPage-1)/perPage)}})
+	respondPage(c, h, "Chatbots", listQuery{from: "chatbots", columns: readmodel.ChatbotColumns, where: strings.Join(where, " AND "),
+		order: order, args: args, page: page, perPage: perPage},
+		func(r pgx.CollectableRow) (readmodel.Chatbot, error) { return readmodel.ScanChatbot(r) })
 }
 
 func (h *HTTP) getChatbot(c *gin.Context) {
@@ -133,31 +113,13 @@ func (h *HTTP) listKnowledge(c *gin.Context) {
 		httpx.Fail(c, err)
 		return
 	}
-	cond := strings.Join(where, " AND ")
-	var total int
-	if err := h.read.QueryRow(ctx, `SELECT count(*) FROM knowledge_entries WHERE `+cond, args...).Scan(&total); err != nil {
-		httpx.Fail(c, err)
-		return
-	}
-	rows, err := h.read.Query(ctx, fmt.Sprintf(`SELECT id, chatbot_id, question, answer, tags, created_at, updated_at
-		FROM knowledge_entries WHERE %s ORDER BY created_at, id LIMIT %d OFFSET %d`, cond, perPage, (page-1)*perPage), args...)
-	if err != nil {
-		httpx.Fail(c, err)
-		return
-	}
-	entries, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (readmodel.KnowledgeEntry, error) {
-		var e readmodel.KnowledgeEntry
-		err := r.Scan(&e.ID, &e.ChatbotID, &e.Question, &e.Answer, &e.Tags, &e.CreatedAt, &e.UpdatedAt)
-		e.CreatedAt, e.UpdatedAt = e.CreatedAt.UTC(), e.UpdatedAt.UTC()
-		return e, err
-	})
-	if err != nil {
-		httpx.Fail(c, err)
-		return
-	}
-	if entries == nil {
-		entries = []readmodel.KnowledgeEntry{}
-	}
-	httpx.OK(c, http.StatusOK, "Knowledge entries", entries, gin.H{"pagination": Pagination{Page: page, PerPage: perPage,
-		Total: total, LastPage: max(1, (total+perPage-1)/perPage)}})
+	respondPage(c, h, "Knowledge entries", listQuery{from: "knowledge_entries",
+		columns: "id, chatbot_id, question, answer, tags, created_at, updated_at", where: strings.Join(where, " AND "),
+		order: "created_at, id", args: args, page: page, perPage: perPage},
+		func(r pgx.CollectableRow) (readmodel.KnowledgeEntry, error) {
+			var e readmodel.KnowledgeEntry
+			err := r.Scan(&e.ID, &e.ChatbotID, &e.Question, &e.Answer, &e.Tags, &e.CreatedAt, &e.UpdatedAt)
+			e.CreatedAt, e.UpdatedAt = e.CreatedAt.UTC(), e.UpdatedAt.UTC()
+			return e, err
+		})
 }

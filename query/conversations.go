@@ -3,7 +3,6 @@ package query
 import (
 	"encoding/json"
 	"errors"
-	"fmt"
 	"net/http"
 	"time"
 
@@ -64,28 +63,9 @@ func (h *HTTP) listConversations(c *gin.Context) {
 		httpx.Fail(c, err)
 		return
 	}
-	ctx := c.Request.Context()
-	var total int
-	if err := h.read.QueryRow(ctx, `SELECT count(*) FROM conversations WHERE `+cond, args...).Scan(&total); err != nil {
-		httpx.Fail(c, err)
-		return
-	}
-	rows, err := h.read.Query(ctx, fmt.Sprintf(`SELECT %s FROM conversations WHERE %s ORDER BY created_at DESC, id DESC
-		LIMIT %d OFFSET %d`, conversationColumns, cond, perPage, (page-1)*perPage), args...)
-	if err != nil {
-		httpx.Fail(c, err)
-		return
-	}
-	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (Conversation, error) { return scanConversation(r) })
-	if err != nil {
-		httpx.Fail(c, err)
-		return
-	}
-	if out == nil {
-		out = []Conversation{}
-	}
-	httpx.OK(c, http.StatusOK, "Conversations", out, gin.H{"pagination": Pagination{Page: page, PerPage: perPage,
-		Total: total, LastPage: max(1, (total+perPage-1)/perPage)}})
+	respondPage(c, h, "Conversations", listQuery{from: "conversations", columns: conversationColumns, where: cond,
+		order: "created_at DESC, id DESC", args: args, page: page, perPage: perPage},
+		func(r pgx.CollectableRow) (Conversation, error) { return scanConversation(r) })
 }
 
 func (h *HTTP) conversation(c *gin.Context) (Conversation, bool) {
@@ -142,32 +122,14 @@ func (h *HTTP) listMessages(c *gin.Context) {
 	if !ok {
 		return
 	}
-	ctx := c.Request.Context()
-	var total int
-	if err := h.read.QueryRow(ctx, `SELECT count(*) FROM messages WHERE conversation_id = $1`, conv.ID).Scan(&total); err != nil {
-		httpx.Fail(c, err)
-		return
-	}
-	rows, err := h.read.Query(ctx, `SELECT id, role, content, status, reply_to, failure_reason, created_at FROM messages
-		WHERE conversation_id = $1 AND organization_id = $2 ORDER BY created_at, role DESC, id LIMIT $3 OFFSET $4`,
-		conv.ID, conv.OrganizationID, perPage, (page-1)*perPage)
-	if err != nil {
-		httpx.Fail(c, err)
-		return
-	}
-	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (Message, error) {
-		var m Message
-		err := r.Scan(&m.ID, &m.Role, &m.Content, &m.Status, &m.ReplyTo, &m.FailureReason, &m.CreatedAt)
-		m.CreatedAt = m.CreatedAt.UTC()
-		return m, err
-	})
-	if err != nil {
-		httpx.Fail(c, err)
-		return
-	}
-	if out == nil {
-		out = []Message{}
-	}
-	httpx.OK(c, http.StatusOK, "Messages", out, gin.H{"pagination": Pagination{Page: page, PerPage: perPage,
-		Total: total, LastPage: max(1, (total+perPage-1)/perPage)}})
+	respondPage(c, h, "Messages", listQuery{from: "messages",
+		columns: "id, role, content, status, reply_to, failure_reason, created_at",
+		where:   "conversation_id = $1 AND organization_id = $2", order: "created_at, role DESC, id",
+		args: []any{conv.ID, conv.OrganizationID}, page: page, perPage: perPage},
+		func(r pgx.CollectableRow) (Message, error) {
+			var m Message
+			err := r.Scan(&m.ID, &m.Role, &m.Content, &m.Status, &m.ReplyTo, &m.FailureReason, &m.CreatedAt)
+			m.CreatedAt = m.CreatedAt.UTC()
+			return m, err
+		})
 }

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/gin-gonic/gin"
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/chatbotsaas/chatbotd/events"
@@ -350,35 +351,9 @@ func (h *HTTP) listUsers(c *gin.Context) {
 		httpx.Fail(c, err)
 		return
 	}
-	ctx := c.Request.Context()
-	cond := strings.Join(where, " AND ")
-	var total int
-	if err := h.read.QueryRow(ctx, `SELECT count(*) FROM users WHERE `+cond, args...).Scan(&total); err != nil {
-		httpx.Fail(c, err)
-		return
-	}
-	rows, err := h.read.Query(ctx, fmt.Sprintf(`SELECT %s FROM users WHERE %s ORDER BY %s LIMIT %d OFFSET %d`,
-		readmodel.UserColumns, cond, order, perPage, (page-1)*perPage), args...)
-	if err != nil {
-		httpx.Fail(c, err)
-		return
-	}
-	defer rows.Close()
-	users := []readmodel.User{}
-	for rows.Next() {
-		u, err := readmodel.ScanUser(rows)
-		if err != nil {
-			httpx.Fail(c, err)
-			return
-		}
-		users = append(users, u)
-	}
-	if err := rows.Err(); err != nil {
-		httpx.Fail(c, err)
-		return
-	}
-	last := max(1, (total+perPage-1)/perPage)
-	httpx.OK(c, http.StatusOK, "Users", users, gin.H{"pagination": Pagination{Page: page, PerPage: perPage, Total: total, LastPage: last}})
+	respondPage(c, h, "Users", listQuery{from: "users", columns: readmodel.UserColumns, where: strings.Join(where, " AND "),
+		order: order, args: args, page: page, perPage: perPage},
+		func(r pgx.CollectableRow) (readmodel.User, error) { return readmodel.ScanUser(r) })
 }
 
 // Token is an API token as listed: never its secret.
@@ -403,36 +378,13 @@ func (h *HTTP) listTokens(c *gin.Context) {
 		httpx.Fail(c, err)
 		return
 	}
-	ctx := c.Request.Context()
-	var total int
-	if err := h.read.QueryRow(ctx, `SELECT count(*) FROM api_tokens WHERE user_id = $1 AND organization_id = $2
-		AND revoked_at IS NULL`, p.UserID, p.OrganizationID).Scan(&total); err != nil {
-		httpx.Fail(c, err)
-		return
-	}
-	rows, err := h.read.Query(ctx, `SELECT t.id, t.name, t.abilities, t.expires_at, c.last_used_at, t.created_at
-		FROM api_tokens t LEFT JOIN api_token_credentials c ON c.token_id = t.id
-		WHERE t.user_id = $1 AND t.organization_id = $2 AND t.revoked_at IS NULL
-		ORDER BY t.created_at DESC, t.id DESC LIMIT $3 OFFSET $4`, p.UserID, p.OrganizationID, perPage, (page-1)*perPage)
-	if err != nil {
-		httpx.Fail(c, err)
-		return
-	}
-	out := []Token{}
-	for rows.Next() {
-		var t Token
-		if err := rows.Scan(&t.ID, &t.Name, &t.Abilities, &t.ExpiresAt, &t.LastUsedAt, &t.CreatedAt); err != nil {
-			rows.Close()
-			httpx.Fail(c, err)
-			return
-		}
-		out = append(out, t)
-	}
-	rows.Close()
-	if err := rows.Err(); err != nil {
-		httpx.Fail(c, err)
-		return
-	}
-	httpx.OK(c, http.StatusOK, "Tokens", out, gin.H{"pagination": Pagination{Page: page, PerPage: perPage, Total: total,
-		LastPage: max(1, (total+perPage-1)/perPage)}})
+	respondPage(c, h, "Tokens", listQuery{from: "api_tokens t LEFT JOIN api_token_credentials c ON c.token_id = t.id",
+		columns: "t.id, t.name, t.abilities, t.expires_at, c.last_used_at, t.created_at",
+		where:   "t.user_id = $1 AND t.organization_id = $2 AND t.revoked_at IS NULL",
+		order:   "t.created_at DESC, t.id DESC", args: []any{p.UserID, p.OrganizationID}, page: page, perPage: perPage},
+		func(r pgx.CollectableRow) (Token, error) {
+			var t Token
+			err := r.Scan(&t.ID, &t.Name, &t.Abilities, &t.ExpiresAt, &t.LastUsedAt, &t.CreatedAt)
+			return t, err
+		})
 }

@@ -1,0 +1,50 @@
+package query
+
+import (
+	"fmt"
+	"net/http"
+
+	"github.com/gin-gonic/gin"
+	"github.com/jackc/pgx/v5"
+
+	"github.com/chatbotsaas/chatbotd/internal/httpx"
+)
+
+// listQuery is one page of a list endpoint: rows of `from` matching where (with args),
+// in order.
+type listQuery struct {
+	from    string // a table, or tables with their join
+	columns string
+	where   string
+	order   string
+	args    []any
+	page    int
+	perPage int
+}
+
+// respondPage counts the matches, reads one page with scan, and answers with
+// meta.pagination. An empty page is [], never null.
+func respondPage[T any](c *gin.Context, h *HTTP, message string, q listQuery, scan func(pgx.CollectableRow) (T, error)) {
+	ctx := c.Request.Context()
+	var total int
+	if err := h.read.QueryRow(ctx, `SELECT count(*) FROM `+q.from+` WHERE `+q.where, q.args...).Scan(&total); err != nil {
+		httpx.Fail(c, err)
+		return
+	}
+	rows, err := h.read.Query(ctx, fmt.Sprintf(`SELECT %s FROM %s WHERE %s ORDER BY %s LIMIT %d OFFSET %d`,
+		q.columns, q.from, q.where, q.order, q.perPage, (q.page-1)*q.perPage), q.args...)
+	if err != nil {
+		httpx.Fail(c, err)
+		return
+	}
+	items, err := pgx.CollectRows(rows, scan)
+	if err != nil {
+		httpx.Fail(c, err)
+		return
+	}
+	if items == nil {
+		items = []T{}
+	}
+	httpx.OK(c, http.StatusOK, message, items, gin.H{"pagination": Pagination{Page: q.page, PerPage: q.perPage, Total: total,
+		LastPage: max(1, (total+q.perPage-1)/q.perPage)}})
+}
