@@ -134,7 +134,7 @@ func run(ctx context.Context) error {
 	report.WriteString("\n### The cost of authorization on a cached read\n\n")
 	report.WriteString("`GET /api/v1/users/{id}` (a cache hit in Redis) from 32 keep-alive clients on this machine, for the same duration each, against one `chatbotd serve` built with `-tags benchnoauth`. " +
 		"With a JWT: signature, claims, then one query on the primary for the session, the user's state and roles. " +
-		"With an API token: one query for the token's hash, then the same state query. " +
+		"With an API token: one query for the token's hash and its owner's state together. " +
 		"Authorization off: the very same handler mounted without authentication (a route only the bench build has). Rate limits are raised out of the way for this run.\n\n")
 	report.WriteString("| credential | requests/s | ratio to no authorization | p50 | p99 |\n|---|---:|---:|---:|---:|\n")
 	for _, r := range []struct {

@@ -90,18 +90,8 @@ func (m *Main) serve(ctx context.Context, cfg config.Config, roles map[string]bo
 	workCtx, stopWork := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopWork()
 	var workers sync.WaitGroup
-	errs := make(chan error, 8)
-	start := func(name string, run func(context.Context) error) {
-		workers.Add(1)
-		go func() {
-			defer workers.Done()
-			if err := run(workCtx); err != nil {
-				errs <- fmt.Errorf("%s: %w", name, err)
-			}
-		}()
-	}
-	// Every projector's runner is built whatever the roles: the relay declares their
-	// queues before it publishes, so no event is published before its queues exist.
+	// Every projector's runner is built whatever the roles: their queues are declared
+	// before any event is published, so no event is published before its queues exist.
 	var runners []*projections.Runner
 	for _, p := range []projections.Projector{
 		projections.NewAccounts(d.pool, d.cache, logger.With("projector", projections.AccountsName)),
@@ -137,7 +127,8 @@ func (m *Main) serve(ctx context.Context, cfg config.Config, roles map[string]bo
 	// INTERNAL_ERROR, which closes the whole connection.
 	topology := make(chan struct{})
 	go declareTopology(workCtx, d, cfg.AMQPExchange, queues, topology)
-	start = func(name string, run func(context.Context) error) {
+	errs := make(chan error, len(queues)+cfg.ResponderWorkers+4) // one per worker at most: never blocks
+	start := func(name string, run func(context.Context) error) {
 		workers.Add(1)
 		go func() {
 			defer workers.Done()

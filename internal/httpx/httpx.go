@@ -43,9 +43,6 @@ var statusOf = map[apperr.Code]int{
 	apperr.CodeUnavailable:      http.StatusServiceUnavailable,
 }
 
-// StatusOf returns the HTTP status of an error code.
-func StatusOf(code apperr.Code) int { return statusOf[code] }
-
 // Envelope is every response body under /api/v1.
 type Envelope struct {
 	Success   bool          `json:"success"`
