@@ -345,7 +345,9 @@ func (MessageFailed) EventType() string         { return "message.failed" }
 type Spec struct {
 	Type          string
 	SchemaVersion int
-	new           func() Event
+	// Schema is the JSON Schema of the type's data, derived from its Go type.
+	Schema json.RawMessage
+	new    func() Event
 }
 
 // specs is the catalog: every event type the system writes, with its current schema
@@ -374,11 +376,15 @@ var specs = func() map[string]Spec {
 		m[a.sample.EventType()] = Spec{
 			Type:          a.sample.EventType(),
 			SchemaVersion: a.version,
+			Schema:        schemaFor(a.sample, a.version),
 			new:           func() Event { return reflect.New(t).Interface().(Event) },
 		}
 	}
 	return m
 }()
+
+// Zero is an event of the type with empty data.
+func (s Spec) Zero() Event { return reflect.ValueOf(s.new()).Elem().Interface().(Event) }
 
 // Catalog lists every event type, sorted by name.
 func Catalog() []Spec {

@@ -50,6 +50,10 @@ type Envelope struct {
 	RequestID      string          `json:"request_id"`
 	Metadata       Metadata        `json:"metadata"`
 	Data           json.RawMessage `json:"data"`
+
+	// rawMetadata is the metadata as stored, when the envelope was read from the store:
+	// the tamper-evidence hash covers the stored bytes, not what this version decodes.
+	rawMetadata []byte
 }
 
 // DecodeEnvelope parses a message body, rejecting one that lacks what consumers rely on.

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"hash/fnv"
 	"log/slog"
 	"strconv"
 	"time"
@@ -16,6 +15,7 @@ import (
 	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/chatbotsaas/chatbotd/internal/broker"
+	"github.com/chatbotsaas/chatbotd/internal/db"
 )
 
 // RelayConfig configures a Relay.
@@ -110,11 +110,7 @@ func (r *Relay) Run(ctx context.Context) error {
 	}
 }
 
-func (r *Relay) lockKey() int64 {
-	h := fnv.New64a()
-	h.Write([]byte("chatbotd.relay." + r.cfg.Name))
-	return int64(h.Sum64())
-}
+func (r *Relay) lockKey() int64 { return db.LockKey("chatbotd.relay." + r.cfg.Name) }
 
 // lead waits to become the leader and then relays until an error or ctx ends.
 func (r *Relay) lead(ctx context.Context) error {
@@ -205,30 +201,13 @@ func (r *Relay) lead(ctx context.Context) error {
 }
 
 func (r *Relay) loadCheckpoint(ctx context.Context) (Checkpoint, error) {
-	var cp Checkpoint
-	var txid string
-	err := r.pool.QueryRow(ctx, `SELECT transaction_id::text, position FROM relay_checkpoints WHERE name = $1`,
-		r.cfg.Name).Scan(&txid, &cp.Position)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return Checkpoint{}, nil
-	}
-	if err != nil {
-		return cp, err
-	}
-	cp.TransactionID, err = strconv.ParseUint(txid, 10, 64)
-	return cp, err
+	return loadCheckpoint(ctx, r.pool, r.cfg.Name)
 }
 
 func (r *Relay) saveCheckpoint(ctx context.Context, cp Checkpoint) error {
 	// Saved even when ctx was just cancelled: the batch is confirmed, and recording that
 	// saves a re-publish.
-	_, err := r.pool.Exec(context.WithoutCancel(ctx), `
-		INSERT INTO relay_checkpoints (name, transaction_id, position, updated_at)
-		VALUES ($1, $2::text::xid8, $3, now())
-		ON CONFLICT (name) DO UPDATE SET transaction_id = excluded.transaction_id,
-			position = excluded.position, updated_at = now()`,
-		r.cfg.Name, strconv.FormatUint(cp.TransactionID, 10), cp.Position)
-	return err
+	return saveCheckpoint(context.WithoutCancel(ctx), r.pool, r.cfg.Name, cp)
 }
 
 // publisher is one confirm-mode channel.

@@ -350,6 +350,7 @@ func scanEnvelope(row pgx.Row, extra ...any) (Envelope, error) {
 	}
 	e.OccurredAt = e.OccurredAt.UTC()
 	e.Data = data
+	e.rawMetadata = meta
 	if len(meta) > 0 {
 		if err := json.Unmarshal(meta, &e.Metadata); err != nil {
 			return e, fmt.Errorf("event %s metadata: %w", e.ID, err)
@@ -394,26 +395,7 @@ type Checkpoint struct {
 // can later appear before the last one returned. It also returns the checkpoint of the
 // last event returned (cp when none).
 func ReadCommitted(ctx context.Context, q Querier, cp Checkpoint, limit int) ([]Envelope, Checkpoint, error) {
-	rows, err := q.Query(ctx, `SELECT `+envelopeColumns+`, transaction_id::text::bigint FROM events
-		WHERE (transaction_id, position) > ($1::text::xid8, $2::bigint)
-		  AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())
-		ORDER BY transaction_id, position
-		LIMIT $3`, fmt.Sprint(cp.TransactionID), cp.Position, limit)
-	if err != nil {
-		return nil, cp, db.Classify(err)
-	}
-	defer rows.Close()
-	var out []Envelope
-	for rows.Next() {
-		var txid int64
-		e, err := scanEnvelope(rows, &txid)
-		if err != nil {
-			return nil, cp, err
-		}
-		out = append(out, e)
-		cp = Checkpoint{TransactionID: uint64(txid), Position: e.Position}
-	}
-	return out, cp, db.Classify(rows.Err())
+	return ReadHistory(ctx, q, HistoryFilter{}, cp, limit)
 }
 
 // Token is the consistency token's header form: "<stream_type>:<stream_id>:<version>:<position>".

@@ -35,8 +35,11 @@ func (Conversations) Apply(ctx context.Context, tx pgx.Tx, e events.Envelope) er
 		if err != nil {
 			return err
 		}
-		_, err = tx.Exec(ctx, `INSERT INTO conversations (id, organization_id, chatbot_id, metadata, created_at)
-			VALUES ($1, $2, $3, $4, $5)`, id, e.OrganizationID, ev.ChatbotID, meta, at)
+		// Messages are streams of their own: any applied before the conversation (a
+		// redelivery can reorder them) are counted here, so the order never matters.
+		_, err = tx.Exec(ctx, `INSERT INTO conversations (id, organization_id, chatbot_id, metadata, messages, last_message_at, created_at)
+			SELECT $1, $2, $3, $4, count(*), max(m.created_at), $5 FROM messages m WHERE m.conversation_id = $1`,
+			id, e.OrganizationID, ev.ChatbotID, meta, at)
 		return err
 	case events.MessagePosted:
 		if _, err := tx.Exec(ctx, `INSERT INTO messages (id, conversation_id, chatbot_id, organization_id, role, content,
@@ -62,6 +65,9 @@ func (Conversations) Apply(ctx context.Context, tx pgx.Tx, e events.Envelope) er
 }
 
 func countMessage(ctx context.Context, tx pgx.Tx, conversation string, at any) error {
-	_, err := tx.Exec(ctx, `UPDATE conversations SET messages = messages + 1, last_message_at = $2 WHERE id = $1`, conversation, at)
+	// Messages are streams of their own and may be applied in any order: the latest time
+	// wins, not the last applied.
+	_, err := tx.Exec(ctx, `UPDATE conversations SET messages = messages + 1,
+		last_message_at = GREATEST(last_message_at, $2) WHERE id = $1`, conversation, at)
 	return err
 }

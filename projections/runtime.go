@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"slices"
 	"time"
 
@@ -260,17 +261,6 @@ func (r *Runner) applyBatch(ctx context.Context, envs []events.Envelope) ([]even
 // versions are skipped, a missing earlier version is read from the event store and
 // applied first. It returns what was applied, in order.
 func ApplyBatch(ctx context.Context, pool *pgxpool.Pool, p Projector, envs []events.Envelope) (applied []events.Envelope, err error) {
-	byStream := map[uuid.UUID][]events.Envelope{}
-	for _, e := range envs {
-		byStream[e.StreamID] = append(byStream[e.StreamID], e)
-	}
-	streams := make([]uuid.UUID, 0, len(byStream))
-	for s := range byStream {
-		streams = append(streams, s)
-	}
-	// One lock order for every instance of the projector, so two never deadlock.
-	slices.SortFunc(streams, func(a, b uuid.UUID) int { return slices.Compare(a[:], b[:]) })
-
 	tx, err := pool.Begin(ctx)
 	if err != nil {
 		return nil, err
@@ -280,6 +270,75 @@ func ApplyBatch(ctx context.Context, pool *pgxpool.Pool, p Projector, envs []eve
 			_ = tx.Rollback(ctx)
 		}
 	}()
+	// Shared with every other batch of the projector; a rebuild's swap takes it alone.
+	if _, err = tx.Exec(ctx, `SELECT pg_advisory_xact_lock_shared($1)`, liveLockKey(p.Name())); err != nil {
+		return nil, err
+	}
+	if applied, err = applyInTx(ctx, tx, p, envs); err != nil {
+		return nil, err
+	}
+	if err = tx.Commit(ctx); err != nil {
+		return nil, err
+	}
+	return applied, nil
+}
+
+// applyInOrder applies envs to p in the order they came (the relay's commit order), not
+// stream by stream: a projector may rely on one stream's event coming before another's
+// (a conversation before its messages). Within a stream each version applies once and in
+// order: current holds each stream's last applied version and is updated; an early later
+// version has its predecessors read from the store first, and they are skipped when they
+// come. It returns what it applied, in order. The live runtime and rebuilds share it.
+func applyInOrder(ctx context.Context, tx pgx.Tx, p Projector, envs []events.Envelope, current map[uuid.UUID]int) ([]events.Envelope, error) {
+	var applied []events.Envelope
+	apply := func(e events.Envelope) error {
+		if err := p.Apply(ctx, tx, e); err != nil {
+			return fmt.Errorf("apply %s %s v%d: %w", e.Type, e.StreamID, e.StreamVersion, err)
+		}
+		applied = append(applied, e)
+		current[e.StreamID] = e.StreamVersion
+		return nil
+	}
+	for _, e := range envs {
+		s, cur := e.StreamID, current[e.StreamID]
+		if e.StreamVersion <= cur {
+			continue // a duplicate, or already applied
+		}
+		if e.StreamVersion > cur+1 {
+			missing, err := events.ReadStream(ctx, tx, s, cur+1, e.StreamVersion-1)
+			if err != nil {
+				return nil, err
+			}
+			if len(missing) != e.StreamVersion-1-cur {
+				return nil, fmt.Errorf("stream %s: versions %d..%d are missing from the event store",
+					s, cur+1, e.StreamVersion-1)
+			}
+			for _, m := range missing {
+				if err := apply(m); err != nil {
+					return nil, err
+				}
+			}
+		}
+		if err := apply(e); err != nil {
+			return nil, err
+		}
+	}
+	return applied, nil
+}
+
+// applyInTx is ApplyBatch inside a transaction.
+func applyInTx(ctx context.Context, tx pgx.Tx, p Projector, envs []events.Envelope) (applied []events.Envelope, err error) {
+	seen := map[uuid.UUID]bool{}
+	streams := make([]uuid.UUID, 0, len(envs))
+	for _, e := range envs {
+		if !seen[e.StreamID] {
+			seen[e.StreamID] = true
+			streams = append(streams, e.StreamID)
+		}
+	}
+	// One lock order for every instance of the projector, so two never deadlock.
+	slices.SortFunc(streams, func(a, b uuid.UUID) int { return slices.Compare(a[:], b[:]) })
+
 	if _, err = tx.Exec(ctx, `INSERT INTO projection_streams (projection, stream_id, version)
 		SELECT $1, s, 0 FROM unnest($2::uuid[]) AS s ORDER BY s ON CONFLICT DO NOTHING`, p.Name(), streams); err != nil {
 		return nil, err
@@ -304,42 +363,16 @@ func ApplyBatch(ctx context.Context, pool *pgxpool.Pool, p Projector, envs []eve
 		return nil, err
 	}
 
+	start := maps.Clone(current)
+	if applied, err = applyInOrder(ctx, tx, p, envs, current); err != nil {
+		return nil, err
+	}
 	var changedIDs []uuid.UUID
 	var changedVersions []int32
 	for _, s := range streams {
-		evs := byStream[s]
-		slices.SortFunc(evs, func(a, b events.Envelope) int { return a.StreamVersion - b.StreamVersion })
-		cur := current[s]
-		start := cur
-		for _, e := range evs {
-			if e.StreamVersion <= cur {
-				continue // a duplicate, or already applied
-			}
-			if e.StreamVersion > cur+1 {
-				missing, rerr := events.ReadStream(ctx, tx, s, cur+1, e.StreamVersion-1)
-				if rerr != nil {
-					return nil, rerr
-				}
-				if len(missing) != e.StreamVersion-1-cur {
-					return nil, fmt.Errorf("stream %s: versions %d..%d are missing from the event store",
-						s, cur+1, e.StreamVersion-1)
-				}
-				for _, m := range missing {
-					if err = p.Apply(ctx, tx, m); err != nil {
-						return nil, fmt.Errorf("apply %s %s v%d: %w", m.Type, m.StreamID, m.StreamVersion, err)
-					}
-					applied = append(applied, m)
-				}
-			}
-			if err = p.Apply(ctx, tx, e); err != nil {
-				return nil, fmt.Errorf("apply %s %s v%d: %w", e.Type, e.StreamID, e.StreamVersion, err)
-			}
-			applied = append(applied, e)
-			cur = e.StreamVersion
-		}
-		if cur != start {
+		if current[s] != start[s] {
 			changedIDs = append(changedIDs, s)
-			changedVersions = append(changedVersions, int32(cur))
+			changedVersions = append(changedVersions, int32(current[s]))
 		}
 	}
 	if len(changedIDs) > 0 {
@@ -348,9 +381,6 @@ func ApplyBatch(ctx context.Context, pool *pgxpool.Pool, p Projector, envs []eve
 			WHERE ps.projection = $1 AND ps.stream_id = u.stream_id`, p.Name(), changedIDs, changedVersions); err != nil {
 			return nil, err
 		}
-	}
-	if err = tx.Commit(ctx); err != nil {
-		return nil, err
 	}
 	return applied, nil
 }

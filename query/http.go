@@ -27,16 +27,21 @@ import (
 
 // HTTP is the query endpoints.
 type HTTP struct {
-	read   *pgxpool.Pool
-	cache  *cache.Cache
-	tokens *auth.Tokens
+	read *pgxpool.Pool
+	// primary serves what must not lag: verifying the audit chain reads the log, the
+	// chain and the audit trail in one snapshot.
+	primary  *pgxpool.Pool
+	chainKey events.ChainKey
+	cache    *cache.Cache
+	tokens   *auth.Tokens
 	// ConsistencyWait bounds how long a query waits for X-Consistency-Token.
 	consistencyWait time.Duration
 }
 
-// NewHTTP returns the query endpoints over the read pool and the cache.
-func NewHTTP(read *pgxpool.Pool, c *cache.Cache, tokens *auth.Tokens) *HTTP {
-	return &HTTP{read: read, cache: c, tokens: tokens, consistencyWait: 5 * time.Second}
+// NewHTTP returns the query endpoints over the read pool and the cache; primary and
+// chainKey verify the audit chain.
+func NewHTTP(read, primary *pgxpool.Pool, c *cache.Cache, tokens *auth.Tokens, chainKey events.ChainKey) *HTTP {
+	return &HTTP{read: read, primary: primary, chainKey: chainKey, cache: c, tokens: tokens, consistencyWait: 5 * time.Second}
 }
 
 // projectionOf names, for each stream type, the projection that reads it: the one a
@@ -72,6 +77,11 @@ func (h *HTTP) Routes() []httpx.Route {
 		httpx.R(http.MethodGet, "/api/v1/conversations", auth.ConversationsRead, h.listConversations),
 		httpx.R(http.MethodGet, "/api/v1/conversations/:id", auth.ConversationsRead, h.getConversation),
 		httpx.R(http.MethodGet, "/api/v1/conversations/:id/messages", auth.ConversationsRead, h.listMessages),
+		httpx.R(http.MethodGet, "/api/v1/audit-logs", auth.AuditRead, h.listAuditLogs),
+		httpx.R(http.MethodGet, "/api/v1/audit-logs/export", auth.AuditRead, h.exportAuditLogs),
+		httpx.R(http.MethodGet, "/api/v1/audit-logs/verify", auth.AuditRead, h.verifyAuditLogs),
+		httpx.R(http.MethodGet, "/api/v1/events", auth.AuditRead, h.listEvents),
+		httpx.R(http.MethodGet, "/api/v1/events/catalog", auth.Authenticated, h.eventCatalog),
 	}
 }
 
@@ -91,7 +101,12 @@ func (h *HTTP) Consistency() gin.HandlerFunc {
 			httpx.Fail(c, apperr.New(apperr.CodeBadRequest, "X-Consistency-Token: "+err.Error()))
 			return
 		}
-		if projection, ok := projectionOf[tok.StreamType]; ok {
+		projection, ok := projectionOf[tok.StreamType]
+		if strings.HasPrefix(c.FullPath(), "/api/v1/audit-logs") {
+			// Every stream is audited: the token waits for the audit trail instead.
+			projection, ok = readmodel.AuditProjection, true
+		}
+		if ok {
 			ctx, cancel := context.WithTimeout(c.Request.Context(), h.consistencyWait)
 			reached, err := readmodel.WaitApplied(ctx, h.read, projection, tok.StreamID, tok.Version)
 			cancel()

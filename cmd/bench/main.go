@@ -59,20 +59,26 @@ func run(ctx context.Context) error {
 	flag.StringVar(&o.out, "out", "", "markdown file to write the results into (stdout when empty)")
 	flag.DurationVar(&o.duration, "duration", 5*time.Second, "duration of each throughput measurement")
 	flag.IntVar(&o.samples, "samples", 300, "commands timed for the latency figure")
+	auditOnly := flag.Bool("audit-only", false, "only the chain, rebuild and verify figures (printed, not written)")
 	flag.Parse()
+	if *auditOnly {
+		var report strings.Builder
+		if err := auditFigures(ctx, o, &report); err != nil {
+			return err
+		}
+		fmt.Print(report.String())
+		return nil
+	}
 
 	dbURL, err := recreate(ctx, o.server, o.database)
 	if err != nil {
 		return err
 	}
-	pool, err := db.Open(ctx, dbURL, 40)
+	pool, err := openMigrated(ctx, dbURL)
 	if err != nil {
 		return err
 	}
 	defer pool.Close()
-	if err := db.Migrate(ctx, pool, slog.New(slog.DiscardHandler)); err != nil {
-		return err
-	}
 
 	var report strings.Builder
 	fmt.Fprintf(&report, "Run on %s: %s, %d cores, %s; %s; PostgreSQL %s.\n\n",
@@ -194,11 +200,53 @@ func run(ctx context.Context) error {
 		ms(first), ms(last), float64(last)/float64(first))
 	fmt.Fprintf(os.Stderr, "posting: first %s, 10,000th %s\n", ms(first), ms(last))
 
+	// 5. Exporting the audit trail through the API, a million entries.
+	const exported = 1_000_000
+	if err := seedAuditEntries(ctx, e2ePool, srv.org, exported); err != nil {
+		return err
+	}
+	report.WriteString("\n### Audit export\n\n")
+	fmt.Fprintf(&report, "`GET /api/v1/audit-logs/export` of an organization with %d audit entries, through the whole binary, "+
+		"read by one client as it streams; the rate is entries per second from the request to the last byte.\n\n", exported)
+	copyOut, err := copyOutRate(ctx, e2ePool, srv.org)
+	if err != nil {
+		return err
+	}
+	report.WriteString("The baseline is PostgreSQL's own `COPY (SELECT … ORDER BY …) TO STDOUT` of the same entries as CSV, in the same run.\n\n")
+	report.WriteString("| format | entries/s | MiB | ratio to COPY TO |\n|---|---:|---:|---:|\n")
+	fmt.Fprintf(&report, "| COPY TO, csv (baseline) | %.0f | | 1.00× |\n", copyOut)
+	for _, format := range []string{"ndjson", "csv"} {
+		rate, size, err := srv.exportRate(e2ePool, exported, format)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(&report, "| %s | %.0f | %.0f | %.2f× |\n", format, rate, float64(size)/(1<<20), rate/copyOut)
+		fmt.Fprintf(os.Stderr, "export %s: %.0f entries/s, %d bytes (COPY TO %.0f/s)\n", format, rate, size, copyOut)
+	}
+	srv.stop()
+
+	// 6. Chain, rebuild and verify over a million events.
+	if err := auditFigures(ctx, o, &report); err != nil {
+		return err
+	}
+
 	if o.out == "" {
 		fmt.Print(report.String())
 		return nil
 	}
 	return writeBetweenMarkers(o.out, report.String())
+}
+
+func openMigrated(ctx context.Context, url string) (*pgxpool.Pool, error) {
+	pool, err := db.Open(ctx, url, 40)
+	if err != nil {
+		return nil, err
+	}
+	if err := db.Migrate(ctx, pool, slog.New(slog.DiscardHandler)); err != nil {
+		pool.Close()
+		return nil, err
+	}
+	return pool, nil
 }
 
 func ms(d time.Duration) string { return fmt.Sprintf("%.1f ms", float64(d.Microseconds())/1000) }

@@ -159,7 +159,9 @@ func TestCrossTenantSweep(t *testing.T) {
 	// Lists, search, sort and check-email show nothing of the victim either.
 	for _, path := range []string{"/api/v1/users?search=secret", "/api/v1/users?sort=-email&per_page=100", "/api/v1/roles",
 		"/api/v1/chatbots?search=secret", "/api/v1/chatbots?sort=-name", "/api/v1/conversations",
-		"/api/v1/tokens", "/api/v1/users/check-email?email=secret@victim.example"} {
+		"/api/v1/tokens", "/api/v1/users/check-email?email=secret@victim.example",
+		"/api/v1/audit-logs?per_page=100", "/api/v1/audit-logs?subject_id=" + user.ID, "/api/v1/audit-logs/export",
+		"/api/v1/audit-logs/export?format=csv", "/api/v1/events?limit=10000", "/api/v1/events?stream_id=" + user.ID} {
 		r := a.expect(req{method: "GET", path: path, token: attacker}, 200)
 		for _, leak := range []string{"Secret Person", "victim-role", `"exists":true`, user.ID, tok.ID, conv.ID} {
 			assert.NotContains(t, string(r.Raw), leak, path)

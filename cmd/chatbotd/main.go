@@ -1,6 +1,7 @@
 // Command chatbotd is the one binary of the platform: `serve` runs the API, the relay,
 // the projectors and workers (all by default; --roles picks some), `migrate` applies the
-// database migrations.
+// database migrations, and the operators' commands rebuild projections, verify and prune
+// the audit trail and replay history.
 package main
 
 import (
@@ -43,6 +44,12 @@ const usage = `usage: chatbotd <command> [flags]
 commands:
   serve [--roles api,relay,projectors]   run the system (all roles by default)
   migrate                                create the database if missing and apply migrations
+  projections rebuild NAME... | --all    replay the log into fresh tables and swap them in
+        [--restore-pruned]               (audit: bring back pruned entries) [--batch N]
+  audit verify [--organization ID]       recompute the tamper-evidence chains; fails if one is bad
+  audit prune [--days N] [--export F]    remove audit entries older than N days (AUDIT_RETENTION_DAYS)
+  replay [--organization ID|none] [--stream ID] [--type T,...] [--from T] [--to T] [--after POS]
+                                         the event log as NDJSON on stdout, in commit order
 `
 
 // Run runs one command until it finishes or ctx ends.
@@ -55,7 +62,12 @@ func (m *Main) Run(ctx context.Context, args []string) error {
 	if err != nil {
 		return fmt.Errorf("configuration: %s", strings.ReplaceAll(err.Error(), "\n", "; "))
 	}
-	logger := newLogger(m.Stdout, cfg.LogLevel)
+	// Logs go to stdout for the server, to stderr for the commands whose stdout is data.
+	logOut := m.Stderr
+	if args[0] == "serve" {
+		logOut = m.Stdout
+	}
+	logger := newLogger(logOut, cfg.LogLevel)
 	switch args[0] {
 	case "serve":
 		fs := flag.NewFlagSet("serve", flag.ContinueOnError)
@@ -71,6 +83,12 @@ func (m *Main) Run(ctx context.Context, args []string) error {
 		return m.serve(ctx, cfg, set, logger)
 	case "migrate":
 		return migrate(ctx, cfg, logger)
+	case "projections":
+		return m.projectionsCommand(ctx, cfg, logger, args[1:])
+	case "audit":
+		return m.auditCommand(ctx, cfg, logger, args[1:])
+	case "replay":
+		return m.replay(ctx, cfg, logger, args[1:])
 	case "help", "-h", "--help":
 		fmt.Fprint(m.Stdout, usage)
 		return nil

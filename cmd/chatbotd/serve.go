@@ -99,6 +99,7 @@ func (m *Main) serve(ctx context.Context, cfg config.Config, roles map[string]bo
 		projections.Trainer{Store: d.store},
 		projections.Conversations{},
 		projections.Responder{Store: d.store},
+		projections.Audit{},
 	} {
 		r, err := projections.NewRunner(d.pool, d.broker, p, projections.Config{Exchange: cfg.AMQPExchange,
 			QueuePrefix: cfg.AMQPQueuePrefix, BatchSize: cfg.ProjectorBatchSize,
@@ -109,6 +110,10 @@ func (m *Main) serve(ctx context.Context, cfg config.Config, roles map[string]bo
 		runners = append(runners, r)
 	}
 	box, err := secretBox(ctx, d)
+	if err != nil {
+		return err
+	}
+	chain, err := chainKey(ctx, d.pool, logger, cfg.AuditSigningKey)
 	if err != nil {
 		return err
 	}
@@ -149,6 +154,8 @@ func (m *Main) serve(ctx context.Context, cfg config.Config, roles map[string]bo
 			return err
 		}
 		start("relay", relay.Run)
+		chainer := &events.Chainer{Pool: d.pool, Key: chain, BatchSize: cfg.RelayBatchSize, Logger: logger.With("component", "audit-chain")}
+		start("audit chain", chainer.Run)
 	}
 	if roles[roleProjectors] {
 		for _, r := range runners {
@@ -168,7 +175,7 @@ func (m *Main) serve(ctx context.Context, cfg config.Config, roles map[string]bo
 	serveErr := make(chan error, 1)
 	var ready atomic.Bool
 	if roles[roleAPI] {
-		handler, err := newAPI(ctx, d, box, &ready)
+		handler, err := newAPI(ctx, d, box, chain, &ready)
 		if err != nil {
 			return err
 		}
@@ -218,7 +225,7 @@ func (m *Main) serve(ctx context.Context, cfg config.Config, roles map[string]bo
 }
 
 // newAPI builds the Gin engine with every route.
-func newAPI(ctx context.Context, d *deps, box *secretbox.Box, ready *atomic.Bool) (http.Handler, error) {
+func newAPI(ctx context.Context, d *deps, box *secretbox.Box, chain events.ChainKey, ready *atomic.Bool) (http.Handler, error) {
 	cfg := d.cfg
 	keys, err := auth.KeysFromConfig(cfg.JWTSigningKeys)
 	if err != nil {
@@ -270,7 +277,7 @@ func newAPI(ctx context.Context, d *deps, box *secretbox.Box, ready *atomic.Bool
 		p, _ := auth.PrincipalOf(c)
 		return p.Credential
 	})
-	queries := query.NewHTTP(d.read, d.cache, tokens)
+	queries := query.NewHTTP(d.read, d.pool, d.cache, tokens, chain)
 	r.Use(queries.Consistency())
 	routes := apiRoutes(command.NewHTTP(svc), queries, &operations{d: d, ready: ready})
 	for _, rt := range routes {
@@ -351,25 +358,45 @@ func keepPartitions(ctx context.Context, d *deps) error {
 // secretBox opens the box that seals webhook secrets: SECRETS_KEY, or (development) a key
 // made once and kept in the database.
 func secretBox(ctx context.Context, d *deps) (*secretbox.Box, error) {
-	if d.cfg.SecretsKey != "" {
-		key, err := base64.StdEncoding.DecodeString(d.cfg.SecretsKey)
+	key, err := configuredKey(ctx, d.pool, d.logger, "SECRETS_KEY", d.cfg.SecretsKey, "secretbox")
+	if err != nil {
+		return nil, err
+	}
+	return secretbox.New(key)
+}
+
+// chainKey is the key that signs the audit chain: AUDIT_SIGNING_KEY, or (development) a
+// key made once and kept in the database.
+func chainKey(ctx context.Context, pool *pgxpool.Pool, logger *slog.Logger, configured string) (events.ChainKey, error) {
+	key, err := configuredKey(ctx, pool, logger, "AUDIT_SIGNING_KEY", configured, "audit-chain")
+	if err != nil {
+		return nil, err
+	}
+	return events.NewChainKey(key)
+}
+
+// configuredKey decodes a base64 key from the configuration, or, when it is not set,
+// returns the development key called name, kept in the database (made on first use).
+func configuredKey(ctx context.Context, pool *pgxpool.Pool, logger *slog.Logger, variable, configured, name string) ([]byte, error) {
+	if configured != "" {
+		key, err := base64.StdEncoding.DecodeString(configured)
 		if err != nil {
-			return nil, fmt.Errorf("SECRETS_KEY: %w", err)
+			return nil, fmt.Errorf("%s: %w", variable, err)
 		}
-		return secretbox.New(key)
+		return key, nil
 	}
 	key := make([]byte, 32)
 	if _, err := rand.Read(key); err != nil {
 		return nil, err
 	}
-	if _, err := d.pool.Exec(ctx, `INSERT INTO local_keys (name, key) VALUES ('secretbox', $1) ON CONFLICT DO NOTHING`, key); err != nil {
-		return nil, fmt.Errorf("secrets key: %w", err)
+	if _, err := pool.Exec(ctx, `INSERT INTO local_keys (name, key) VALUES ($1, $2) ON CONFLICT DO NOTHING`, name, key); err != nil {
+		return nil, fmt.Errorf("%s: %w", variable, err)
 	}
-	if err := d.pool.QueryRow(ctx, `SELECT key FROM local_keys WHERE name = 'secretbox'`).Scan(&key); err != nil {
-		return nil, fmt.Errorf("secrets key: %w", err)
+	if err := pool.QueryRow(ctx, `SELECT key FROM local_keys WHERE name = $1`, name).Scan(&key); err != nil {
+		return nil, fmt.Errorf("%s: %w", variable, err)
 	}
-	d.logger.Warn("SECRETS_KEY is not set: using the development key kept in the database")
-	return secretbox.New(key)
+	logger.Warn(variable + " is not set: using the development key kept in the database")
+	return key, nil
 }
 
 // apiRoutes is every route the API serves.

@@ -51,6 +51,13 @@ type Config struct {
 	// SecretsKey (base64, 32 bytes) seals webhook secrets at rest. Empty: a key is made
 	// once and kept in the database (development only).
 	SecretsKey string `env:"SECRETS_KEY"`
+	// AuditSigningKey (base64, at least 32 bytes) signs the links of the audit chain. Keep
+	// it out of the database: whoever has it can rewrite history undetected. Empty: a key
+	// is made once and kept in the database (development only).
+	AuditSigningKey string `env:"AUDIT_SIGNING_KEY"`
+	// AuditRetentionDays is how long `chatbotd audit prune` keeps audit entries in the read
+	// model (0: forever). The event log is never pruned.
+	AuditRetentionDays int `env:"AUDIT_RETENTION_DAYS" envDefault:"0"`
 	// AllowPrivateTargets lets outgoing calls reach private and loopback addresses and
 	// plain http: for local development and tests only.
 	AllowPrivateTargets bool `env:"ALLOW_PRIVATE_TARGETS" envDefault:"false"`
@@ -152,6 +159,11 @@ func (c Config) Validate() error {
 	check(c.AccessTTL >= time.Minute && c.AccessTTL <= 24*time.Hour, "JWT_ACCESS_TTL must be between 1m and 24h")
 	check(c.RefreshTTL >= c.AccessTTL, "JWT_REFRESH_TTL must not be shorter than JWT_ACCESS_TTL")
 	check(c.JWTIssuer != "" && c.JWTAudience != "", "JWT_ISSUER and JWT_AUDIENCE must not be empty")
+	if c.AuditSigningKey != "" {
+		k, err := base64.StdEncoding.DecodeString(c.AuditSigningKey)
+		check(err == nil && len(k) >= 32, "AUDIT_SIGNING_KEY must be at least 32 bytes, base64")
+	}
+	check(c.AuditRetentionDays >= 0, "AUDIT_RETENTION_DAYS must not be negative")
 	for i, k := range c.JWTSigningKeys {
 		seed, err := base64.StdEncoding.DecodeString(strings.TrimSpace(k))
 		check(err == nil && len(seed) == ed25519.SeedSize, "JWT_SIGNING_KEYS[%d] must be a base64 32-byte Ed25519 seed", i)

@@ -110,34 +110,55 @@ func Fail(c *gin.Context, err error) {
 }
 
 // Recover answers a panic with a 500 envelope and logs it.
+// A handler that has already sent its status and cannot finish (a streamed export whose
+// database went away) panics with http.ErrAbortHandler: that one is passed on, so that
+// net/http breaks the connection and the client sees an incomplete transfer, not a
+// complete-looking file. (gin's own recovery swallows it.)
 func Recover() gin.HandlerFunc {
-	return gin.CustomRecoveryWithWriter(io.Discard, func(c *gin.Context, rec any) {
-		Fail(c, fmt.Errorf("panic: %v", rec))
-	})
+	return func(c *gin.Context) {
+		defer func() {
+			if rec := recover(); rec != nil {
+				if err, ok := rec.(error); ok && errors.Is(err, http.ErrAbortHandler) {
+					panic(rec)
+				}
+				Fail(c, fmt.Errorf("panic: %v", rec))
+			}
+		}()
+		c.Next()
+	}
 }
 
 // Logger logs each request once, with its status and duration.
 func Logger(logger *slog.Logger) gin.HandlerFunc {
 	return func(c *gin.Context) {
 		start := time.Now()
+		// Deferred: a response aborted mid-stream (see Recover) is logged too.
+		defer logRequest(c, logger, start)
 		c.Next()
-		level := slog.LevelInfo
-		if c.Writer.Status() >= 500 {
-			level = slog.LevelError
-		}
-		attrs := []slog.Attr{
-			slog.String("request_id", RequestIDOf(c)), slog.String("method", c.Request.Method),
-			slog.String("route", c.FullPath()), slog.Int("status", c.Writer.Status()),
-			slog.Duration("duration", time.Since(start)), slog.String("client_ip", c.ClientIP()),
-		}
-		if code := c.GetString("error_code"); code != "" {
-			attrs = append(attrs, slog.String("error_code", code))
-		}
-		if cause := c.GetString(causeKey); cause != "" {
-			attrs = append(attrs, slog.String("error", cause))
-		}
-		logger.LogAttrs(c.Request.Context(), level, "http request", attrs...)
 	}
+}
+
+// NoteError records why a response failed after its status was sent, for the request's
+// log line.
+func NoteError(c *gin.Context, err error) { c.Set(causeKey, err.Error()) }
+
+func logRequest(c *gin.Context, logger *slog.Logger, start time.Time) {
+	level := slog.LevelInfo
+	if c.Writer.Status() >= 500 {
+		level = slog.LevelError
+	}
+	attrs := []slog.Attr{
+		slog.String("request_id", RequestIDOf(c)), slog.String("method", c.Request.Method),
+		slog.String("route", c.FullPath()), slog.Int("status", c.Writer.Status()),
+		slog.Duration("duration", time.Since(start)), slog.String("client_ip", c.ClientIP()),
+	}
+	if code := c.GetString("error_code"); code != "" {
+		attrs = append(attrs, slog.String("error_code", code))
+	}
+	if cause := c.GetString(causeKey); cause != "" {
+		attrs = append(attrs, slog.String("error", cause))
+	}
+	logger.LogAttrs(c.Request.Context(), level, "http request", attrs...)
 }
 
 // Body limits a route's bodies to limit bytes (MaxBody when 0) and requires JSON where a

@@ -156,6 +156,9 @@ const ChatbotsProjection = "chatbots"
 // ConversationsProjection is the projection that builds conversations and messages.
 const ConversationsProjection = "conversations"
 
+// AuditProjection is the projection that builds the audit trail.
+const AuditProjection = "audit"
+
 // CachedUser reads a user through the cache: a hit answers from Redis, a miss is filled
 // once from the read model; with Redis down it reads the read model.
 func CachedUser(ctx context.Context, c *cache.Cache, q Querier, id uuid.UUID) (User, error) {

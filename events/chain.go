@@ -1,0 +1,267 @@
+package events
+
+import (
+	"bytes"
+	"context"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"strconv"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/chatbotsaas/chatbotd/internal/db"
+)
+
+// The tamper-evidence chain. Every event is linked, in commit order (the relay's order),
+// into its organization's chain:
+//
+//	event_hash = SHA-256 of the stored event (every column, data and metadata as stored)
+//	hash       = SHA-256(previous hash ‖ event_hash ‖ seq ‖ position)
+//	signature  = HMAC-SHA-256(key, organization ‖ seq ‖ position ‖ hash)
+//
+// Changing an event changes its event_hash; deleting one leaves a link without an event;
+// reordering two changes both hashes; inserting one leaves an event without a link; and
+// rewriting the links to match a changed history needs the key, which is in the
+// configuration, not in the database.
+
+// chainCheckpoint is the chainer's place in commit order, kept with the relay's.
+const chainCheckpoint = "audit-chain"
+
+// ChainKey signs chain links.
+type ChainKey []byte
+
+// ErrShortChainKey is returned for a signing key shorter than 32 bytes.
+var ErrShortChainKey = errors.New("audit signing key must be at least 32 bytes")
+
+// NewChainKey checks a signing key.
+func NewChainKey(b []byte) (ChainKey, error) {
+	if len(b) < 32 {
+		return nil, ErrShortChainKey
+	}
+	return ChainKey(bytes.Clone(b)), nil
+}
+
+// Sign is a link's signature.
+func (k ChainKey) Sign(org uuid.UUID, seq, position int64, hash []byte) []byte {
+	m := hmac.New(sha256.New, k)
+	m.Write([]byte("chatbotd.audit-chain.v1"))
+	m.Write(org[:])
+	m.Write(binary.BigEndian.AppendUint64(nil, uint64(seq)))
+	m.Write(binary.BigEndian.AppendUint64(nil, uint64(position)))
+	m.Write(hash)
+	return m.Sum(nil)
+}
+
+// EventHash is the SHA-256 of an event as stored.
+func EventHash(e Envelope) []byte {
+	meta := e.rawMetadata
+	if meta == nil {
+		meta, _ = json.Marshal(e.Metadata)
+	}
+	str := func(id *uuid.UUID) string {
+		if id == nil {
+			return ""
+		}
+		return id.String()
+	}
+	// A JSON array of strings: unambiguous field boundaries, and stable.
+	fields, _ := json.Marshal([]string{
+		e.ID.String(), e.Type, strconv.Itoa(e.SchemaVersion), e.StreamType, e.StreamID.String(),
+		strconv.Itoa(e.StreamVersion), strconv.FormatInt(e.Position, 10), str(e.OrganizationID),
+		e.OccurredAt.UTC().Format(time.RFC3339Nano), e.Actor.Type, str(e.Actor.ID), e.CorrelationID,
+		e.CausationID, e.RequestID, string(meta), string(e.Data),
+	})
+	h := sha256.Sum256(fields)
+	return h[:]
+}
+
+// LinkHash is a link's hash: it follows from the previous link's hash (zeros for the
+// first) and the event's.
+func LinkHash(prev, eventHash []byte, seq, position int64) []byte {
+	h := sha256.New()
+	h.Write(prev)
+	h.Write(eventHash)
+	h.Write(binary.BigEndian.AppendUint64(nil, uint64(seq)))
+	h.Write(binary.BigEndian.AppendUint64(nil, uint64(position)))
+	return h.Sum(nil)
+}
+
+var genesis = make([]byte, sha256.Size)
+
+func chainOrg(e Envelope) uuid.UUID {
+	if e.OrganizationID == nil {
+		return uuid.Nil
+	}
+	return *e.OrganizationID
+}
+
+// Chainer links committed events into their organizations' chains. Any number may run:
+// each batch is one transaction under a lock, so they take turns.
+type Chainer struct {
+	Pool      *pgxpool.Pool
+	Key       ChainKey
+	BatchSize int
+	// Idle is how long it sleeps when there is nothing to link.
+	Idle   time.Duration
+	Logger *slog.Logger
+}
+
+// Run links events until ctx ends, retrying after failures.
+func (c *Chainer) Run(ctx context.Context) error {
+	if c.Idle <= 0 {
+		c.Idle = 200 * time.Millisecond
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	backoff := 100 * time.Millisecond
+	for ctx.Err() == nil {
+		n, err := c.Step(ctx)
+		wait := time.Duration(0)
+		switch {
+		case err != nil && ctx.Err() == nil:
+			c.Logger.Warn("audit chain interrupted, retrying", "error", err, "in", backoff)
+			wait, backoff = backoff, min(backoff*2, 5*time.Second)
+		case err == nil && n == 0:
+			wait, backoff = c.Idle, 100*time.Millisecond
+		}
+		if wait > 0 {
+			select {
+			case <-ctx.Done():
+			case <-time.After(wait):
+			}
+		}
+	}
+	return nil
+}
+
+// Step links the next batch of committed events and returns how many it linked.
+func (c *Chainer) Step(ctx context.Context) (n int, err error) {
+	size := c.BatchSize
+	if size <= 0 {
+		size = 2000
+	}
+	tx, err := c.Pool.Begin(ctx)
+	if err != nil {
+		return 0, db.Classify(err)
+	}
+	defer func() {
+		if err != nil {
+			_ = tx.Rollback(context.WithoutCancel(ctx))
+		}
+	}()
+	if _, err = tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, db.LockKey("chatbotd."+chainCheckpoint)); err != nil {
+		return 0, db.Classify(err)
+	}
+	cp, err := loadCheckpoint(ctx, tx, chainCheckpoint)
+	if err != nil {
+		return 0, err
+	}
+	batch, next, err := ReadCommitted(ctx, tx, cp, size)
+	if err != nil || len(batch) == 0 {
+		return 0, errors.Join(err, tx.Rollback(ctx))
+	}
+	orgs := map[uuid.UUID]bool{}
+	for _, e := range batch {
+		orgs[chainOrg(e)] = true
+	}
+	ids := make([]uuid.UUID, 0, len(orgs))
+	for o := range orgs {
+		ids = append(ids, o)
+	}
+	type head struct {
+		seq  int64
+		hash []byte
+	}
+	heads := make(map[uuid.UUID]head, len(ids))
+	rows, err := tx.Query(ctx, `SELECT organization_id, seq, hash FROM audit_chain_heads WHERE organization_id = ANY($1)`, ids)
+	if err != nil {
+		return 0, db.Classify(err)
+	}
+	for rows.Next() {
+		var o uuid.UUID
+		var h head
+		if err = rows.Scan(&o, &h.seq, &h.hash); err != nil {
+			rows.Close()
+			return 0, err
+		}
+		heads[o] = h
+	}
+	rows.Close()
+	if err = rows.Err(); err != nil {
+		return 0, db.Classify(err)
+	}
+	n = len(batch)
+	var (
+		lOrg                       = make([]uuid.UUID, 0, n)
+		lSeq, lPos                 = make([]int64, 0, n), make([]int64, 0, n)
+		lEventHash, lHash, lSigned = make([][]byte, 0, n), make([][]byte, 0, n), make([][]byte, 0, n)
+	)
+	for _, e := range batch {
+		o := chainOrg(e)
+		h, ok := heads[o]
+		if !ok {
+			h = head{hash: genesis}
+		}
+		ev := EventHash(e)
+		seq := h.seq + 1
+		link := LinkHash(h.hash, ev, seq, e.Position)
+		lOrg, lSeq, lPos = append(lOrg, o), append(lSeq, seq), append(lPos, e.Position)
+		lEventHash, lHash, lSigned = append(lEventHash, ev), append(lHash, link), append(lSigned, c.Key.Sign(o, seq, e.Position, link))
+		heads[o] = head{seq: seq, hash: link}
+	}
+	if _, err = tx.Exec(ctx, `INSERT INTO audit_chain (organization_id, seq, position, event_hash, hash, signature)
+		SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::bigint[], $4::bytea[], $5::bytea[], $6::bytea[])`,
+		lOrg, lSeq, lPos, lEventHash, lHash, lSigned); err != nil {
+		return 0, db.Classify(err)
+	}
+	hOrg, hSeq, hHash := make([]uuid.UUID, 0, len(heads)), make([]int64, 0, len(heads)), make([][]byte, 0, len(heads))
+	for o, h := range heads {
+		hOrg, hSeq, hHash = append(hOrg, o), append(hSeq, h.seq), append(hHash, h.hash)
+	}
+	if _, err = tx.Exec(ctx, `INSERT INTO audit_chain_heads (organization_id, seq, hash)
+		SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::bytea[])
+		ON CONFLICT (organization_id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash`, hOrg, hSeq, hHash); err != nil {
+		return 0, db.Classify(err)
+	}
+	if err = saveCheckpoint(ctx, tx, chainCheckpoint, next); err != nil {
+		return 0, err
+	}
+	return n, db.Classify(tx.Commit(ctx))
+}
+
+func loadCheckpoint(ctx context.Context, q Querier, name string) (Checkpoint, error) {
+	var cp Checkpoint
+	var txid string
+	err := q.QueryRow(ctx, `SELECT transaction_id::text, position FROM relay_checkpoints WHERE name = $1`, name).Scan(&txid, &cp.Position)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return Checkpoint{}, nil
+	}
+	if err != nil {
+		return cp, db.Classify(err)
+	}
+	cp.TransactionID, err = strconv.ParseUint(txid, 10, 64)
+	return cp, err
+}
+
+// execer is a pool or a transaction.
+type execer interface {
+	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
+}
+
+func saveCheckpoint(ctx context.Context, q execer, name string, cp Checkpoint) error {
+	_, err := q.Exec(ctx, `INSERT INTO relay_checkpoints (name, transaction_id, position, updated_at)
+		VALUES ($1, $2::text::xid8, $3, now())
+		ON CONFLICT (name) DO UPDATE SET transaction_id = excluded.transaction_id,
+			position = excluded.position, updated_at = now()`,
+		name, strconv.FormatUint(cp.TransactionID, 10), cp.Position)
+	return db.Classify(err)
+}

@@ -1,0 +1,155 @@
+package events
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+
+	"github.com/chatbotsaas/chatbotd/internal/db"
+)
+
+// HistoryFilter selects events of the log for a replay. Zero fields select everything.
+type HistoryFilter struct {
+	// Organization limits the replay to one organization's events; NoOrganization to
+	// events of no organization (failed logins of unknown emails, for instance).
+	Organization   *uuid.UUID
+	NoOrganization bool
+	StreamID       *uuid.UUID
+	Types          []string
+	// TypePatterns are AMQP topic patterns ("chatbot.*", "#"): a projector's bindings.
+	TypePatterns []string
+	From, To     *time.Time // occurred_at >= From, < To
+}
+
+// ErrUnknownPosition is returned when a resume position is not an event the filter's
+// organization can see.
+var ErrUnknownPosition = errors.New("no such position in this history")
+
+// ResumeAfter returns the place in commit order of the event at position, which must
+// belong to org when org is set.
+func ResumeAfter(ctx context.Context, q Querier, position int64, org *uuid.UUID) (Checkpoint, error) {
+	var txid string
+	var owner *uuid.UUID
+	err := q.QueryRow(ctx, `SELECT transaction_id::text, organization_id FROM events WHERE position = $1`, position).Scan(&txid, &owner)
+	if errors.Is(err, pgx.ErrNoRows) || (err == nil && org != nil && (owner == nil || *owner != *org)) {
+		return Checkpoint{}, ErrUnknownPosition
+	}
+	if err != nil {
+		return Checkpoint{}, db.Classify(err)
+	}
+	x, err := strconv.ParseUint(txid, 10, 64)
+	return Checkpoint{TransactionID: x, Position: position}, err
+}
+
+// where renders the filter's conditions; args continues the arguments already taken.
+func (f HistoryFilter) where(args []any) ([]string, []any) {
+	var where []string
+	add := func(cond string, v any) {
+		args = append(args, v)
+		where = append(where, fmt.Sprintf(cond, len(args)))
+	}
+	switch {
+	case f.Organization != nil:
+		add("organization_id = $%d", *f.Organization)
+	case f.NoOrganization:
+		where = append(where, "organization_id IS NULL")
+	}
+	if f.StreamID != nil {
+		add("stream_id = $%d", *f.StreamID)
+	}
+	if len(f.Types) > 0 {
+		add("type = ANY($%d)", f.Types)
+	}
+	if len(f.TypePatterns) > 0 {
+		if res, all := topicRegexps(f.TypePatterns); !all {
+			add("type ~ ANY($%d)", res)
+		}
+	}
+	if f.From != nil {
+		add("occurred_at >= $%d", *f.From)
+	}
+	if f.To != nil {
+		add("occurred_at < $%d", *f.To)
+	}
+	return where, args
+}
+
+// topicRegexps turns AMQP topic patterns into anchored regular expressions over event
+// types ("*" is one word, "#" zero or more); all reports a pattern that matches anything.
+func topicRegexps(patterns []string) (res []string, all bool) {
+	for _, p := range patterns {
+		if p == "#" {
+			return nil, true
+		}
+		var b strings.Builder
+		b.WriteString("^")
+		for i, w := range strings.Split(p, ".") {
+			dot := ""
+			if i > 0 {
+				dot = `\.`
+			}
+			switch w {
+			case "*":
+				b.WriteString(dot + `[^.]+`)
+			case "#":
+				b.WriteString(`(` + dot + `[^.]+)*`)
+			default:
+				b.WriteString(dot + regexp.QuoteMeta(w))
+			}
+		}
+		b.WriteString("$")
+		res = append(res, b.String())
+	}
+	return res, false
+}
+
+// CountHistory counts the events matching f that are readable now.
+func CountHistory(ctx context.Context, q Querier, f HistoryFilter) (int64, error) {
+	where, args := f.where(nil)
+	where = append(where, `transaction_id < pg_snapshot_xmin(pg_current_snapshot())`)
+	var n int64
+	err := q.QueryRow(ctx, `SELECT count(*) FROM events WHERE `+strings.Join(where, " AND "), args...).Scan(&n)
+	return n, db.Classify(err)
+}
+
+// historyQuery is ReadHistory's statement. The transaction id is selected under an
+// alias: unaliased, the cast would take the column's name, ORDER BY would sort by the
+// cast instead of the index, and every read would scan and sort the whole log.
+func historyQuery(f HistoryFilter, cp Checkpoint, limit int) (string, []any) {
+	where, args := f.where([]any{strconv.FormatUint(cp.TransactionID, 10), cp.Position})
+	where = append(where, `(transaction_id, position) > ($1::text::xid8, $2::bigint)`,
+		`transaction_id < pg_snapshot_xmin(pg_current_snapshot())`)
+	args = append(args, limit)
+	return `SELECT ` + envelopeColumns + `, transaction_id::text::bigint AS txid FROM events
+		WHERE ` + strings.Join(where, " AND ") + ` ORDER BY transaction_id, position LIMIT $` + strconv.Itoa(len(args)), args
+}
+
+// ReadHistory returns up to limit events matching f after cp, in commit order (the order
+// the relay publishes), only from transactions older than every running one: a replay
+// resumed from the last event it returned never misses an event that commits later.
+func ReadHistory(ctx context.Context, q Querier, f HistoryFilter, cp Checkpoint, limit int) ([]Envelope, Checkpoint, error) {
+	sql, args := historyQuery(f, cp, limit)
+	rows, err := q.Query(ctx, sql, args...)
+	if err != nil {
+		return nil, cp, db.Classify(err)
+	}
+	defer rows.Close()
+	var out []Envelope
+	for rows.Next() {
+		var txid int64
+		e, err := scanEnvelope(rows, &txid)
+		if err != nil {
+			return nil, cp, err
+		}
+		out = append(out, e)
+		cp = Checkpoint{TransactionID: uint64(txid), Position: e.Position}
+	}
+	return out, cp, db.Classify(rows.Err())
+}

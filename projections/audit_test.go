@@ -1,0 +1,143 @@
+package projections_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	amqp "github.com/rabbitmq/amqp091-go"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/chatbotsaas/chatbotd/events"
+	"github.com/chatbotsaas/chatbotd/internal/broker"
+	"github.com/chatbotsaas/chatbotd/internal/testenv"
+	"github.com/chatbotsaas/chatbotd/projections"
+)
+
+// Every event type of the catalog, published by the relay and then every one of them
+// published again (a redelivery), ends up exactly once in the audit trail, and each
+// organization has as many entries as events.
+func TestAuditEveryEventTypeExactlyOnceOverRabbitMQ(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	d := testenv.MustDatabase(t)
+	a := testenv.MustAMQP(t)
+	a.Queue(projections.AuditName)
+	store := events.NewStore(d.Pool)
+	conn := broker.Dial(a.URL, testenv.Logger(t))
+	defer conn.Close()
+
+	runner, err := projections.NewRunner(d.Pool, conn, projections.Audit{}, projections.Config{
+		Exchange: a.Exchange, QueuePrefix: a.QueuePrefix, Logger: testenv.Logger(t)})
+	require.NoError(t, err)
+	relay, err := events.NewRelay(d.Pool, conn, events.RelayConfig{Exchange: a.Exchange, Queues: []broker.QueueSpec{runner.Queue()},
+		Logger: testenv.Logger(t)})
+	require.NoError(t, err)
+
+	orgs := []uuid.UUID{uuid.New(), uuid.New()}
+	catalog := events.Catalog()
+	for i, spec := range catalog {
+		org := orgs[i%2]
+		actor := uuid.New()
+		_, err := store.Append(ctx, events.AppendRequest{StreamType: events.StreamTypeOf(spec.Type), StreamID: uuid.New(),
+			OrganizationID: &org, Events: []events.Event{spec.Zero()},
+			Meta: events.Meta{Actor: events.Actor{Type: events.ActorUser, ID: &actor}, RequestID: "req-" + spec.Type,
+				Metadata: events.Metadata{IPAddress: "203.0.113.9", UserAgent: "audit-test/1.0"}}})
+		require.NoError(t, err)
+	}
+	go relay.Run(ctx)
+	go runner.Run(ctx)
+
+	count := func() (n int) {
+		require.NoError(t, d.Pool.QueryRow(ctx, `SELECT count(*) FROM audit_entries`).Scan(&n))
+		return n
+	}
+	testenv.Eventually(t, 20*time.Second, func() error {
+		if n := count(); n != len(catalog) {
+			return fmt.Errorf("%d of %d audit entries", n, len(catalog))
+		}
+		return nil
+	})
+
+	// Deliver everything again, straight to the queue.
+	all, _, err := events.ReadHistory(ctx, d.Pool, events.HistoryFilter{}, events.Checkpoint{}, 1000)
+	require.NoError(t, err)
+	ch, err := conn.Channel(ctx)
+	require.NoError(t, err)
+	defer ch.Close()
+	require.NoError(t, ch.Confirm(false))
+	confirms := ch.NotifyPublish(make(chan amqp.Confirmation, len(all)))
+	for _, e := range all {
+		body, err := json.Marshal(e)
+		require.NoError(t, err)
+		require.NoError(t, ch.PublishWithContext(ctx, "", runner.Queue().Name, true, false,
+			amqp.Publishing{ContentType: "application/json", MessageId: e.ID.String(), Body: body}))
+	}
+	for range all {
+		require.True(t, (<-confirms).Ack)
+	}
+	// A last event, published after the duplicates are queued: once its entry is there,
+	// the queue (first in, first out) has been worked through.
+	org := orgs[0]
+	_, err = store.Append(ctx, events.AppendRequest{StreamType: events.StreamUser, StreamID: uuid.New(), OrganizationID: &org,
+		Events: []events.Event{events.UserDeleted{}}, Meta: system})
+	require.NoError(t, err)
+	testenv.Eventually(t, 20*time.Second, func() error {
+		if n := count(); n != len(catalog)+1 {
+			return fmt.Errorf("%d of %d audit entries", n, len(catalog)+1)
+		}
+		return nil
+	})
+	time.Sleep(100 * time.Millisecond)
+	assert.Equal(t, len(catalog)+1, count())
+
+	rows, err := d.Pool.Query(ctx, `SELECT action, count(*) FROM audit_entries GROUP BY action`)
+	require.NoError(t, err)
+	perType := map[string]int{}
+	for rows.Next() {
+		var action string
+		var n int
+		require.NoError(t, rows.Scan(&action, &n))
+		perType[action] = n
+	}
+	require.NoError(t, rows.Err())
+	for _, spec := range catalog {
+		want := 1
+		if spec.Type == "user.deleted" {
+			want = 2 // and the last event's
+		}
+		assert.Equal(t, want, perType[spec.Type], spec.Type)
+	}
+	for _, org := range orgs {
+		var evs, entries int
+		require.NoError(t, d.Pool.QueryRow(ctx, `SELECT (SELECT count(*) FROM events WHERE organization_id = $1),
+			(SELECT count(*) FROM audit_entries WHERE organization_id = $1)`, org).Scan(&evs, &entries))
+		assert.Equal(t, evs, entries)
+	}
+	// Each entry carries who, from where, on what.
+	var e events.AuditEntry
+	e, err = events.ScanAuditEntry(d.Pool.QueryRow(ctx, `SELECT `+events.AuditColumns+` FROM audit_entries WHERE action = 'user.updated'`))
+	require.NoError(t, err)
+	assert.Equal(t, "user", e.ActorType)
+	assert.NotNil(t, e.ActorID)
+	assert.Equal(t, "user", e.SubjectType)
+	assert.Equal(t, "req-user.updated", e.RequestID)
+	if assert.NotNil(t, e.IPAddress) && assert.NotNil(t, e.UserAgent) {
+		assert.Equal(t, "203.0.113.9", *e.IPAddress)
+		assert.Equal(t, "audit-test/1.0", *e.UserAgent)
+	}
+}
+
+func TestAuditChangesShowOldAndNewAndRedactSecrets(t *testing.T) {
+	e := events.Envelope{ID: uuid.New(), Type: "user.updated", StreamType: "user", StreamID: uuid.New(), StreamVersion: 2,
+		Data: json.RawMessage(`{"changes": {"name": {"old": "Ann", "new": "Anna"}}, "password": "hunter2",
+			"webhook": {"secret": "s3cr3t", "secret_set": true, "url": "https://example.com"}}`)}
+	a, err := events.AuditEntryOf(e)
+	require.NoError(t, err)
+	assert.JSONEq(t, `{"name": {"old": "Ann", "new": "Anna"}, "password": "[REDACTED]",
+		"webhook": {"secret": "[REDACTED]", "secret_set": true, "url": "https://example.com"}}`, string(a.Changes))
+}

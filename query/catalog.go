@@ -1,0 +1,37 @@
+package query
+
+import (
+	"encoding/json"
+	"net/http"
+
+	"github.com/gin-gonic/gin"
+
+	"github.com/chatbotsaas/chatbotd/events"
+	"github.com/chatbotsaas/chatbotd/internal/auth"
+	"github.com/chatbotsaas/chatbotd/internal/httpx"
+)
+
+// CatalogEntry is one event type of GET /api/v1/events/catalog.
+type CatalogEntry struct {
+	Type          string          `json:"type"`
+	SchemaVersion int             `json:"schema_version"`
+	StreamType    string          `json:"stream_type"`
+	RoutingKey    string          `json:"routing_key"`
+	Schema        json.RawMessage `json:"schema"`
+}
+
+// eventCatalog lists every event type with its schema version and the JSON Schema of its
+// data: the contract of the event stream, for integrators.
+func (h *HTTP) eventCatalog(c *gin.Context) {
+	if !allowed(c, auth.Authenticated) {
+		return
+	}
+	specs := events.Catalog()
+	out := make([]CatalogEntry, len(specs))
+	for i, s := range specs {
+		out[i] = CatalogEntry{Type: s.Type, SchemaVersion: s.SchemaVersion, StreamType: events.StreamTypeOf(s.Type),
+			RoutingKey: s.Type, Schema: s.Schema}
+	}
+	c.Header("Cache-Control", "public, max-age=300")
+	httpx.OK(c, http.StatusOK, "Event catalog", out, gin.H{"total": len(out)})
+}
