@@ -12,7 +12,6 @@ import (
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
-	amqp "github.com/rabbitmq/amqp091-go"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -161,18 +160,9 @@ func TestRunnerThroughRabbitMQDeadLettersPoisonAndKeepsFlowing(t *testing.T) {
 	require.NoError(t, err)
 	go runner.Run(ctx)
 	go relay.Run(ctx)
-	// The queue must exist before events are published, or they go to the unrouted queue.
-	testenv.Eventually(t, 10*time.Second, func() error {
-		ch, err := conn.Channel(ctx)
-		if err != nil {
-			return err
-		}
-		defer ch.Close()
-		_, err = ch.QueueDeclarePassive(runner.Queue().Name, true, false, false, false, amqp.Table{
-			"x-queue-type": "quorum", "x-delivery-limit": 5,
-			"x-dead-letter-exchange": runner.Queue().DeadLetterExchange(), "x-dead-letter-routing-key": runner.Queue().Name})
-		return err
-	})
+	// The queue must be bound before events are published, or they go to the unrouted
+	// queue. The runner binds before it consumes, so a consumer means the bindings exist.
+	a.WaitConsumer(runner.Queue().Name)
 
 	appendOne := func(stream uuid.UUID, id uuid.UUID, ev events.Event) {
 		_, err := store.Append(ctx, events.AppendRequest{StreamType: events.StreamUser, StreamID: stream,

@@ -7,6 +7,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"fmt"
 	"io/fs"
 	"log/slog"
 	"os"
@@ -217,6 +218,33 @@ func (a *AMQP) Queue(name string) string {
 	q := a.QueuePrefix + name
 	a.queues = append(a.queues, q, q+".dead")
 	return q
+}
+
+// WaitConsumer waits until queue has a consumer. A consumer that binds its queue before it
+// consumes (all of ours do) is then bound: what is published from now on reaches it.
+// Waiting only for the queue to exist is a race: the bindings come after the declaration.
+func (a *AMQP) WaitConsumer(queue string) {
+	a.tb.Helper()
+	conn, err := amqp.Dial(a.URL)
+	if err != nil {
+		a.tb.Fatalf("rabbitmq: %v", err)
+	}
+	defer conn.Close()
+	Eventually(a.tb, 15*time.Second, func() error {
+		ch, err := conn.Channel()
+		if err != nil {
+			return err
+		}
+		defer ch.Close()
+		q, err := ch.QueueDeclarePassive(queue, true, false, false, false, nil)
+		if err != nil {
+			return err
+		}
+		if q.Consumers == 0 {
+			return fmt.Errorf("queue %s has no consumer", queue)
+		}
+		return nil
+	})
 }
 
 func (a *AMQP) cleanup() {
