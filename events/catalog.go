@@ -288,12 +288,23 @@ type MessageReplied struct {
 	EntryID string `json:"entry_id,omitempty"`
 }
 
-// MessageFailed: every attempt to answer a message failed.
+// MessageFailed: every attempt to answer a message failed. Schema version 2 added the
+// required Code; version 1 events are upcast (upcast.go).
 type MessageFailed struct {
 	ConversationID string `json:"conversation_id"`
 	ChatbotID      string `json:"chatbot_id"`
-	Reason         string `json:"reason"`
+	// Code is one of the Failure* constants; Reason says it for people.
+	Code   string `json:"code"`
+	Reason string `json:"reason"`
 }
+
+// Why a message could not be answered (MessageFailed.Code).
+const (
+	FailureChatbotDeleted = "chatbot_deleted"           // the chatbot was deleted before it answered
+	FailureUndeliverable  = "undeliverable"             // every attempt to process the message failed
+	FailureWebhookSecret  = "webhook_secret_unreadable" // the webhook's sealed secret cannot be opened
+	FailureWebhookError   = "webhook_error"             // the webhook did not answer usably
+)
 
 // TrainingFailed: building the index failed for good; the previous index (if any) stays.
 type TrainingFailed struct {
@@ -368,7 +379,7 @@ var specs = func() map[string]Spec {
 		{1, ChatbotCreated{}}, {1, ChatbotUpdated{}}, {1, ChatbotPublished{}}, {1, ChatbotUnpublished{}}, {1, ChatbotDeleted{}},
 		{1, KnowledgeEntryAdded{}}, {1, KnowledgeEntryUpdated{}}, {1, KnowledgeEntryRemoved{}}, {1, KnowledgeImported{}},
 		{1, TrainingRequested{}}, {1, TrainingCompleted{}}, {1, TrainingFailed{}},
-		{1, ConversationStarted{}}, {1, MessagePosted{}}, {1, MessageReplied{}}, {1, MessageFailed{}},
+		{1, ConversationStarted{}}, {1, MessagePosted{}}, {1, MessageReplied{}}, {2, MessageFailed{}},
 	}
 	m := make(map[string]Spec, len(all))
 	for _, a := range all {
@@ -417,8 +428,9 @@ func decodeData(eventType string, version int, data []byte) (Event, error) {
 	if !ok {
 		return nil, fmt.Errorf("unknown event type %q", eventType)
 	}
-	if version != s.SchemaVersion {
-		return nil, fmt.Errorf("event type %q: schema version %d is not readable (current %d)", eventType, version, s.SchemaVersion)
+	data, _, err := upcastData(eventType, version, data)
+	if err != nil {
+		return nil, err
 	}
 	p := s.new()
 	if err := json.Unmarshal(data, p); err != nil {

@@ -66,6 +66,10 @@ func EventHash(e Envelope) []byte {
 	if meta == nil {
 		meta, _ = json.Marshal(e.Metadata)
 	}
+	version, data := e.SchemaVersion, e.Data
+	if e.stored != nil {
+		version, data = e.stored.schemaVersion, e.stored.data
+	}
 	str := func(id *uuid.UUID) string {
 		if id == nil {
 			return ""
@@ -74,10 +78,10 @@ func EventHash(e Envelope) []byte {
 	}
 	// A JSON array of strings: unambiguous field boundaries, and stable.
 	fields, _ := json.Marshal([]string{
-		e.ID.String(), e.Type, strconv.Itoa(e.SchemaVersion), e.StreamType, e.StreamID.String(),
+		e.ID.String(), e.Type, strconv.Itoa(version), e.StreamType, e.StreamID.String(),
 		strconv.Itoa(e.StreamVersion), strconv.FormatInt(e.Position, 10), str(e.OrganizationID),
 		e.OccurredAt.UTC().Format(time.RFC3339Nano), e.Actor.Type, str(e.Actor.ID), e.CorrelationID,
-		e.CausationID, e.RequestID, string(meta), string(e.Data),
+		e.CausationID, e.RequestID, string(meta), string(data),
 	})
 	h := sha256.Sum256(fields)
 	return h[:]

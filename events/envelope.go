@@ -54,6 +54,13 @@ type Envelope struct {
 	// rawMetadata is the metadata as stored, when the envelope was read from the store:
 	// the tamper-evidence hash covers the stored bytes, not what this version decodes.
 	rawMetadata []byte
+	// stored is the data as stored, when it was upcast on reading (upcast.go).
+	stored *storedForm
+}
+
+type storedForm struct {
+	schemaVersion int
+	data          json.RawMessage
 }
 
 // DecodeEnvelope parses a message body, rejecting one that lacks what consumers rely on.
@@ -74,7 +81,8 @@ func DecodeEnvelope(body []byte) (Envelope, error) {
 	case len(e.Data) == 0:
 		return e, fmt.Errorf("decode envelope %s: missing data", e.ID)
 	}
-	return e, nil
+	// An envelope published before an upgrade is read as the current version.
+	return Upcast(e)
 }
 
 // Decode returns the typed event carried by the envelope.

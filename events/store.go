@@ -356,7 +356,7 @@ func scanEnvelope(row pgx.Row, extra ...any) (Envelope, error) {
 			return e, fmt.Errorf("event %s metadata: %w", e.ID, err)
 		}
 	}
-	return e, nil
+	return Upcast(e)
 }
 
 // Querier is a pool or a transaction.

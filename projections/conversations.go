@@ -59,7 +59,8 @@ func (Conversations) Apply(ctx context.Context, tx pgx.Tx, e events.Envelope) er
 		}
 		return countMessage(ctx, tx, ev.ConversationID, at)
 	case events.MessageFailed:
-		_, err = tx.Exec(ctx, `UPDATE messages SET status = 'failed', failure_reason = $2, updated_at = $3 WHERE id = $1`, id, ev.Reason, at)
+		_, err = tx.Exec(ctx, `UPDATE messages SET status = 'failed', failure_code = $2, failure_reason = $3, updated_at = $4
+			WHERE id = $1`, id, ev.Code, ev.Reason, at)
 	}
 	return err
 }

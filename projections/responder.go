@@ -74,7 +74,8 @@ func (r Responder) Apply(ctx context.Context, tx pgx.Tx, e events.Envelope) erro
 	var out events.Event
 	switch {
 	case bot.deleted:
-		out = events.MessageFailed{ConversationID: posted.ConversationID, ChatbotID: posted.ChatbotID, Reason: "the chatbot was deleted"}
+		out = events.MessageFailed{ConversationID: posted.ConversationID, ChatbotID: posted.ChatbotID,
+			Code: events.FailureChatbotDeleted, Reason: "the chatbot was deleted"}
 	case bot.responder != "knowledge_base":
 		return nil // another responder answers it
 	default:
@@ -105,7 +106,7 @@ func (r Responder) DeadLettered(ctx context.Context, e events.Envelope, cause er
 	_, _ = r.Store.Append(ctx, events.AppendRequest{StreamType: events.StreamMessage, StreamID: e.StreamID,
 		ExpectedVersion: e.StreamVersion, OrganizationID: e.OrganizationID,
 		Events: []events.Event{events.MessageFailed{ConversationID: posted.ConversationID, ChatbotID: posted.ChatbotID,
-			Reason: "the message could not be answered"}},
+			Code: events.FailureUndeliverable, Reason: "the message could not be answered"}},
 		Meta: events.Meta{Actor: events.Actor{Type: events.ActorSystem}, CorrelationID: e.CorrelationID, CausationID: e.ID.String()}})
 }
 

@@ -110,7 +110,7 @@ func (w WebhookResponder) Handle(msg *message.Message) error {
 	secret, err := w.Box.Open(sealed, chatbot[:])
 	if err != nil {
 		return w.answer(ctx, e, events.MessageFailed{ConversationID: posted.ConversationID, ChatbotID: posted.ChatbotID,
-			Reason: "the webhook secret cannot be read"})
+			Code: events.FailureWebhookSecret, Reason: "the webhook secret cannot be read"})
 	}
 	metadata, err := conversationMetadata(ctx, w.Store, posted.ConversationID)
 	if err != nil {
@@ -125,7 +125,8 @@ func (w WebhookResponder) Handle(msg *message.Message) error {
 	if reason != "" {
 		w.Logger.Warn("webhook responder failed", "message_id", e.StreamID, "chatbot_id", chatbot, "reason", reason,
 			"correlation_id", e.CorrelationID)
-		return w.answer(ctx, e, events.MessageFailed{ConversationID: posted.ConversationID, ChatbotID: posted.ChatbotID, Reason: reason})
+		return w.answer(ctx, e, events.MessageFailed{ConversationID: posted.ConversationID, ChatbotID: posted.ChatbotID,
+			Code: events.FailureWebhookError, Reason: reason})
 	}
 	return w.answer(ctx, e, events.MessageReplied{ConversationID: posted.ConversationID, ChatbotID: posted.ChatbotID,
 		ReplyID: ReplyID(e.StreamID).String(), Content: reply, Source: "webhook"})

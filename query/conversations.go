@@ -103,6 +103,7 @@ type Message struct {
 	Content       string     `json:"content"`
 	Status        *string    `json:"status"`
 	ReplyTo       *uuid.UUID `json:"reply_to"`
+	FailureCode   *string    `json:"failure_code,omitempty"`
 	FailureReason *string    `json:"failure_reason,omitempty"`
 	CreatedAt     time.Time  `json:"created_at"`
 }
@@ -123,12 +124,12 @@ func (h *HTTP) listMessages(c *gin.Context) {
 		return
 	}
 	respondPage(c, h, "Messages", listQuery{from: "messages",
-		columns: "id, role, content, status, reply_to, failure_reason, created_at",
+		columns: "id, role, content, status, reply_to, failure_code, failure_reason, created_at",
 		where:   "conversation_id = $1 AND organization_id = $2", order: "created_at, role DESC, id",
 		args: []any{conv.ID, conv.OrganizationID}, page: page, perPage: perPage},
 		func(r pgx.CollectableRow) (Message, error) {
 			var m Message
-			err := r.Scan(&m.ID, &m.Role, &m.Content, &m.Status, &m.ReplyTo, &m.FailureReason, &m.CreatedAt)
+			err := r.Scan(&m.ID, &m.Role, &m.Content, &m.Status, &m.ReplyTo, &m.FailureCode, &m.FailureReason, &m.CreatedAt)
 			m.CreatedAt = m.CreatedAt.UTC()
 			return m, err
 		})

@@ -162,11 +162,18 @@ func TestAuditTrailHistoryAndVerifyEndToEnd(t *testing.T) {
 	var catalog []struct {
 		Type          string          `json:"type"`
 		SchemaVersion int             `json:"schema_version"`
+		UpcastsFrom   []int           `json:"upcasts_from"`
 		Schema        json.RawMessage `json:"schema"`
 	}
 	a.expect(req{method: "GET", path: "/api/v1/events/catalog", token: member}, 200).data(t, &catalog)
 	schemas := map[string]*jsonschema.Schema{}
 	for _, c := range catalog {
+		if c.Type == "message.failed" {
+			assert.Equal(t, 2, c.SchemaVersion)
+			assert.Equal(t, []int{1}, c.UpcastsFrom)
+		} else {
+			assert.Equal(t, []int{}, c.UpcastsFrom, c.Type)
+		}
 		doc, err := jsonschema.UnmarshalJSON(bytes.NewReader(c.Schema))
 		require.NoError(t, err)
 		comp := jsonschema.NewCompiler()
