@@ -82,6 +82,7 @@ func (h *HTTP) Routes() []httpx.Route {
 		httpx.R(http.MethodGet, "/api/v1/audit-logs/verify", auth.AuditRead, h.verifyAuditLogs),
 		httpx.R(http.MethodGet, "/api/v1/events", auth.AuditRead, h.listEvents),
 		httpx.R(http.MethodGet, "/api/v1/events/catalog", auth.Authenticated, h.eventCatalog),
+		httpx.R(http.MethodGet, "/api/v1/analytics/overview", auth.AnalyticsRead, h.analyticsOverview),
 	}
 }
 
@@ -102,9 +103,12 @@ func (h *HTTP) Consistency() gin.HandlerFunc {
 			return
 		}
 		projection, ok := projectionOf[tok.StreamType]
-		if strings.HasPrefix(c.FullPath(), "/api/v1/audit-logs") {
+		switch {
+		case strings.HasPrefix(c.FullPath(), "/api/v1/audit-logs"):
 			// Every stream is audited: the token waits for the audit trail instead.
 			projection, ok = readmodel.AuditProjection, true
+		case strings.HasPrefix(c.FullPath(), "/api/v1/analytics"):
+			projection = readmodel.AnalyticsProjection
 		}
 		if ok {
 			ctx, cancel := context.WithTimeout(c.Request.Context(), h.consistencyWait)

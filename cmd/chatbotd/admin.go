@@ -37,7 +37,7 @@ func openPool(ctx context.Context, cfg config.Config, logger *slog.Logger) (*pgx
 // rebuildable lists the projections a rebuild can replace, by name.
 func rebuildable() []projections.Rebuildable {
 	return []projections.Rebuildable{projections.NewAccounts(nil, nil, nil), projections.Chatbots{},
-		projections.Conversations{}, projections.Audit{}}
+		projections.Conversations{}, projections.Audit{}, projections.Analytics{}}
 }
 
 func (m *Main) projectionsCommand(ctx context.Context, cfg config.Config, logger *slog.Logger, args []string) error {

@@ -50,6 +50,7 @@ func startApp(t *testing.T, extraEnv ...string) *app {
 	a.Queue("responder")
 	a.Queue("webhook-responder")
 	a.Queue("audit")
+	a.Queue("analytics")
 	pg := mustProxy(t, "127.0.0.1:5432")
 	mq := mustProxy(t, "127.0.0.1:5672")
 	dbURL := strings.Replace(d.URL, "127.0.0.1:5432", pg.addr(), 1)

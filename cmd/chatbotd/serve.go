@@ -100,6 +100,7 @@ func (m *Main) serve(ctx context.Context, cfg config.Config, roles map[string]bo
 		projections.Conversations{},
 		projections.Responder{Store: d.store},
 		projections.Audit{},
+		projections.Analytics{},
 	} {
 		r, err := projections.NewRunner(d.pool, d.broker, p, projections.Config{Exchange: cfg.AMQPExchange,
 			QueuePrefix: cfg.AMQPQueuePrefix, BatchSize: cfg.ProjectorBatchSize,

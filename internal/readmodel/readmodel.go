@@ -159,6 +159,9 @@ const ConversationsProjection = "conversations"
 // AuditProjection is the projection that builds the audit trail.
 const AuditProjection = "audit"
 
+// AnalyticsProjection is the projection that counts conversations, messages and replies.
+const AnalyticsProjection = "analytics"
+
 // CachedUser reads a user through the cache: a hit answers from Redis, a miss is filled
 // once from the read model; with Redis down it reads the read model.
 func CachedUser(ctx context.Context, c *cache.Cache, q Querier, id uuid.UUID) (User, error) {
