@@ -53,6 +53,8 @@ func (h *HTTP) Routes() []httpx.Route {
 		httpx.R(http.MethodPost, "/api/v1/conversations/:id/messages", auth.ConversationsWrite, handle(http.StatusAccepted, "Message queued", h.postMessage)),
 		httpx.R(http.MethodPost, "/api/v1/tokens", auth.TokensWrite, handle(http.StatusCreated, "Token created", h.createToken)).WithCredentials(),
 		httpx.R(http.MethodDelete, "/api/v1/tokens/:id", auth.TokensWrite, handle(http.StatusOK, "Token revoked", h.revokeToken)),
+		httpx.R(http.MethodPost, "/api/v1/webhooks", auth.WebhooksWrite, handle(http.StatusCreated, "Webhook created", h.createWebhook)),
+		httpx.R(http.MethodDelete, "/api/v1/webhooks/:id", auth.WebhooksWrite, handle(http.StatusOK, "Webhook deleted", h.deleteWebhook)),
 	}
 }
 
@@ -219,6 +221,26 @@ func (h *HTTP) createToken(c *gin.Context) (Result[CreatedToken], error) {
 		return Result[CreatedToken]{}, err
 	}
 	return h.svc.CreateToken(c, Meta(c), principal(c), in)
+}
+
+func (h *HTTP) createWebhook(c *gin.Context) (Result[WebhookView], error) {
+	in, err := body[CreateWebhook](c)
+	if err != nil {
+		return Result[WebhookView]{}, err
+	}
+	res, err := h.svc.CreateWebhook(c, Meta(c), principal(c), in)
+	if err == nil {
+		c.Header("Location", "/api/v1/webhooks/"+res.Data.ID.String())
+	}
+	return res, err
+}
+
+func (h *HTTP) deleteWebhook(c *gin.Context) (Result[struct{}], error) {
+	id, err := httpx.PathUUID(c, "id")
+	if err != nil {
+		return Result[struct{}]{}, err
+	}
+	return h.svc.DeleteWebhook(c, Meta(c), principal(c), id)
 }
 
 func (h *HTTP) revokeToken(c *gin.Context) (Result[struct{}], error) {

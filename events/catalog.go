@@ -29,6 +29,7 @@ const (
 	StreamTraining     = "training"
 	StreamConversation = "conversation"
 	StreamMessage      = "message"
+	StreamWebhook      = "webhook"
 )
 
 // A chatbot's knowledge and training streams have ids derived from the chatbot's, so
@@ -312,6 +313,28 @@ type TrainingFailed struct {
 	Reason    string `json:"reason"`
 }
 
+// WebhookCreated: an organization subscribed a URL to the events whose types match
+// Events (topic patterns: "conversation.*", "message.#", "#"). Its signing secret is
+// stored sealed beside the log, never in an event.
+type WebhookCreated struct {
+	URL    string   `json:"url"`
+	Events []string `json:"events"`
+}
+
+// WebhookDeleted: the subscription was deleted; nothing more is delivered to it.
+type WebhookDeleted struct{}
+
+// WebhookDisabled: the subscription was switched off because its deliveries kept failing.
+type WebhookDisabled struct {
+	Reason              string `json:"reason"`
+	ConsecutiveFailures int    `json:"consecutive_failures"`
+	LastError           string `json:"last_error"`
+}
+
+func (WebhookCreated) EventType() string  { return "webhook.created" }
+func (WebhookDeleted) EventType() string  { return "webhook.deleted" }
+func (WebhookDisabled) EventType() string { return "webhook.disabled" }
+
 func (OrganizationCreated) EventType() string  { return "organization.created" }
 func (OrganizationUpdated) EventType() string  { return "organization.updated" }
 func (UserCreated) EventType() string          { return "user.created" }
@@ -380,6 +403,7 @@ var specs = func() map[string]Spec {
 		{1, KnowledgeEntryAdded{}}, {1, KnowledgeEntryUpdated{}}, {1, KnowledgeEntryRemoved{}}, {1, KnowledgeImported{}},
 		{1, TrainingRequested{}}, {1, TrainingCompleted{}}, {1, TrainingFailed{}},
 		{1, ConversationStarted{}}, {1, MessagePosted{}}, {1, MessageReplied{}}, {2, MessageFailed{}},
+		{1, WebhookCreated{}}, {1, WebhookDeleted{}}, {1, WebhookDisabled{}},
 	}
 	m := make(map[string]Spec, len(all))
 	for _, a := range all {

@@ -153,3 +153,41 @@ func ReadHistory(ctx context.Context, q Querier, f HistoryFilter, cp Checkpoint,
 	}
 	return out, cp, db.Classify(rows.Err())
 }
+
+// CheckTopicPattern says what is wrong with an AMQP topic pattern over event types: words
+// of a-z, 0-9 and _ separated by dots, where a word may be "*" (one word) or "#" (any).
+func CheckTopicPattern(p string) error {
+	if p == "" || len(p) > 100 {
+		return fmt.Errorf("must be 1 to 100 characters")
+	}
+	for _, w := range strings.Split(p, ".") {
+		if w == "*" || w == "#" {
+			continue
+		}
+		if w == "" || strings.TrimLeft(w, "abcdefghijklmnopqrstuvwxyz0123456789_") != "" {
+			return fmt.Errorf("%q is not a topic pattern: words of a-z, 0-9 and _, or * or #, separated by dots", p)
+		}
+	}
+	return nil
+}
+
+// TopicMatcher reports whether an event type matches any of patterns (checked with
+// CheckTopicPattern), as RabbitMQ would route it.
+func TopicMatcher(patterns []string) func(eventType string) bool {
+	res, all := topicRegexps(patterns)
+	if all {
+		return func(string) bool { return true }
+	}
+	compiled := make([]*regexp.Regexp, len(res))
+	for i, r := range res {
+		compiled[i] = regexp.MustCompile(r)
+	}
+	return func(t string) bool {
+		for _, r := range compiled {
+			if r.MatchString(t) {
+				return true
+			}
+		}
+		return false
+	}
+}

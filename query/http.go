@@ -57,6 +57,7 @@ var projectionOf = map[string]string{
 	events.StreamTraining:     readmodel.ChatbotsProjection,
 	events.StreamConversation: readmodel.ConversationsProjection,
 	events.StreamMessage:      readmodel.ConversationsProjection,
+	events.StreamWebhook:      readmodel.WebhooksProjection,
 }
 
 // Routes lists the query endpoints with their access.
@@ -83,6 +84,9 @@ func (h *HTTP) Routes() []httpx.Route {
 		httpx.R(http.MethodGet, "/api/v1/events", auth.AuditRead, h.listEvents),
 		httpx.R(http.MethodGet, "/api/v1/events/catalog", auth.Authenticated, h.eventCatalog),
 		httpx.R(http.MethodGet, "/api/v1/analytics/overview", auth.AnalyticsRead, h.analyticsOverview),
+		httpx.R(http.MethodGet, "/api/v1/webhooks", auth.WebhooksRead, h.listWebhooks),
+		httpx.R(http.MethodGet, "/api/v1/webhooks/:id", auth.WebhooksRead, h.getWebhook),
+		httpx.R(http.MethodGet, "/api/v1/webhooks/:id/deliveries", auth.WebhooksRead, h.listDeliveries),
 	}
 }
 

@@ -106,12 +106,17 @@ func TestCrossTenantSweep(t *testing.T) {
 	var conv struct{ ID string }
 	a.expect(req{method: "POST", path: "/api/v1/chatbots/" + convBot + "/conversations", token: victimToken, body: map[string]any{}}, 201).data(t, &conv)
 	a.expect(req{method: "POST", path: "/api/v1/conversations/" + conv.ID + "/messages", token: victimToken, body: map[string]any{"content": "Secret Person asks"}}, 202)
+	var hook struct{ ID string }
+	hooked := a.expect(req{method: "POST", path: "/api/v1/webhooks", token: victimToken,
+		body: map[string]any{"url": "https://203.0.113.10/secret-person", "events": []string{"nothing.happens"}}}, 201)
+	hooked.data(t, &hook)
+	a.expect(req{method: "GET", path: "/api/v1/webhooks/" + hook.ID, token: victimToken, headers: consistent(hooked)}, 200)
 	a.expect(req{method: "GET", path: "/api/v1/users/" + user.ID, token: victimToken, headers: consistent(created)}, 200)
 	a.expect(req{method: "GET", path: "/api/v1/roles", token: victimToken, headers: consistent(role)}, 200)
 
 	_, attacker := a.register("Attacker Co", "Mallory", "mallory@attacker.example")
 	ids := map[string]string{"/api/v1/users": user.ID, "/api/v1/tokens": tok.ID, "/api/v1/chatbots": convBot,
-		"/api/v1/conversations": conv.ID}
+		"/api/v1/conversations": conv.ID, "/api/v1/webhooks": hook.ID}
 	swept := 0
 	for _, rt := range apiRoutes(nil, nil, nil) {
 		if !strings.Contains(rt.Path, ":") {

@@ -51,6 +51,7 @@ func startApp(t *testing.T, extraEnv ...string) *app {
 	a.Queue("webhook-responder")
 	a.Queue("audit")
 	a.Queue("analytics")
+	a.Queue("webhooks")
 	pg := mustProxy(t, "127.0.0.1:5432")
 	mq := mustProxy(t, "127.0.0.1:5672")
 	dbURL := strings.Replace(d.URL, "127.0.0.1:5432", pg.addr(), 1)

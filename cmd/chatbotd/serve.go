@@ -101,6 +101,7 @@ func (m *Main) serve(ctx context.Context, cfg config.Config, roles map[string]bo
 		projections.Responder{Store: d.store},
 		projections.Audit{},
 		projections.Analytics{},
+		projections.Webhooks{},
 	} {
 		r, err := projections.NewRunner(d.pool, d.broker, p, projections.Config{Exchange: cfg.AMQPExchange,
 			QueuePrefix: cfg.AMQPQueuePrefix, BatchSize: cfg.ProjectorBatchSize,
@@ -169,6 +170,12 @@ func (m *Main) serve(ctx context.Context, cfg config.Config, roles map[string]bo
 			}
 		}
 		start("webhook responder", webhooks.Run)
+		deliverer := &projections.WebhookDeliverer{Pool: d.pool, Store: d.store, Box: box,
+			Client: projections.WebhookClient(guard, cfg.WebhookTimeout), Timeout: cfg.WebhookTimeout,
+			Workers: cfg.WebhookDeliveryWorkers, Attempts: cfg.WebhookDeliveryAttempts, RetryBase: cfg.WebhookRetryBase,
+			RetryMax: cfg.WebhookRetryMax, DisableAfter: cfg.WebhookDisableAfter, Retention: cfg.WebhookDeliveryRetention,
+			Logger: logger.With("component", "webhook-deliveries")}
+		start("webhook deliveries", deliverer.Run)
 		start("message partitions", func(ctx context.Context) error { return keepPartitions(ctx, d) })
 	}
 

@@ -73,6 +73,17 @@ type Config struct {
 	WebhookBackoff  time.Duration `env:"WEBHOOK_BACKOFF" envDefault:"500ms"`
 	WebhookWorkers  int           `env:"WEBHOOK_WORKERS" envDefault:"8"`
 
+	// Outgoing webhooks (subscriptions): calls at once per process, attempts per
+	// delivery, the first retry delay (doubling per attempt up to the max: about 14 hours
+	// over 12 attempts), consecutive failed attempts that disable a subscription, and how
+	// long finished deliveries are kept. Calls use WEBHOOK_TIMEOUT.
+	WebhookDeliveryWorkers   int           `env:"WEBHOOK_DELIVERY_WORKERS" envDefault:"16"`
+	WebhookDeliveryAttempts  int           `env:"WEBHOOK_DELIVERY_ATTEMPTS" envDefault:"12"`
+	WebhookRetryBase         time.Duration `env:"WEBHOOK_RETRY_BASE" envDefault:"30s"`
+	WebhookRetryMax          time.Duration `env:"WEBHOOK_RETRY_MAX" envDefault:"6h"`
+	WebhookDisableAfter      int           `env:"WEBHOOK_DISABLE_AFTER" envDefault:"20"`
+	WebhookDeliveryRetention time.Duration `env:"WEBHOOK_DELIVERY_RETENTION" envDefault:"720h"`
+
 	// PasswordHashConcurrency bounds how many argon2id hashes run at once (each takes
 	// 19 MiB), so a login storm cannot exhaust memory.
 	PasswordHashConcurrency int `env:"PASSWORD_HASH_CONCURRENCY" envDefault:"4"`
@@ -183,6 +194,9 @@ func (c Config) Validate() error {
 	check(c.ResponderWorkers >= 1, "RESPONDER_WORKERS must be at least 1")
 	check(c.WebhookTimeout > 0 && c.WebhookAttempts >= 1 && c.WebhookBackoff >= 0 && c.WebhookWorkers >= 1,
 		"WEBHOOK_TIMEOUT, WEBHOOK_ATTEMPTS, WEBHOOK_BACKOFF and WEBHOOK_WORKERS must be positive")
+	check(c.WebhookDeliveryWorkers >= 1 && c.WebhookDeliveryAttempts >= 1 && c.WebhookRetryBase > 0 &&
+		c.WebhookRetryMax >= c.WebhookRetryBase && c.WebhookDisableAfter >= 1 && c.WebhookDeliveryRetention >= 0,
+		"WEBHOOK_DELIVERY_WORKERS, WEBHOOK_DELIVERY_ATTEMPTS, WEBHOOK_RETRY_BASE and WEBHOOK_DISABLE_AFTER must be positive, WEBHOOK_RETRY_MAX at least WEBHOOK_RETRY_BASE")
 	check(c.PasswordHashConcurrency >= 1, "PASSWORD_HASH_CONCURRENCY must be at least 1")
 	check(c.RelayBatchSize >= 1 && c.RelayBatchSize <= 10000, "RELAY_BATCH_SIZE must be 1..10000")
 	check(c.ProjectorBatchSize >= 1 && c.ProjectorBatchSize <= 5000, "PROJECTOR_BATCH_SIZE must be 1..5000")

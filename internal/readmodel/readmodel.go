@@ -159,6 +159,9 @@ const ConversationsProjection = "conversations"
 // AuditProjection is the projection that builds the audit trail.
 const AuditProjection = "audit"
 
+// WebhooksProjection is the projection that keeps webhook subscriptions and deliveries.
+const WebhooksProjection = "webhooks"
+
 // AnalyticsProjection is the projection that counts conversations, messages and replies.
 const AnalyticsProjection = "analytics"
 

@@ -1,0 +1,405 @@
+package projections
+
+import (
+	"bytes"
+	"context"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/chatbotsaas/chatbotd/events"
+	"github.com/chatbotsaas/chatbotd/internal/secretbox"
+)
+
+// WebhookDeliverer POSTs the deliveries the Webhooks projector writes. It keeps no
+// transaction open during a call: a delivery is claimed (leased) in one short
+// transaction, sent, and its attempt recorded in another. Several deliverers, in one
+// process or many, share the work (SKIP LOCKED).
+//
+//   - A failed attempt is retried after an exponential delay (RetryBase doubling up to
+//     RetryMax, with jitter) up to Attempts times: about 14 hours with the defaults. A
+//     waiting retry is just a row with a later next_attempt_at: it holds up nothing but
+//     the deliveries behind it in its own stream.
+//   - Order: a delivery is not sent while an earlier event of the same stream is still
+//     pending for the same subscription. Streams, and subscriptions, do not wait on each
+//     other.
+//   - After DisableAfter consecutive failed attempts (across deliveries) the subscription
+//     is disabled by a webhook.disabled event, appended in the transaction of the attempt
+//     that crossed the line, so exactly once.
+//   - Delivery is at least once: a deliverer that dies between the call and its record
+//     leaves the lease to expire and the call is made again. Receivers dedupe by the
+//     envelope's id (also in X-Event-ID).
+type WebhookDeliverer struct {
+	Pool         *pgxpool.Pool
+	Store        *events.Store
+	Box          *secretbox.Box
+	Client       *http.Client
+	Timeout      time.Duration // the client's; a claim's lease is longer
+	Workers      int           // concurrent calls
+	Attempts     int           // per delivery
+	RetryBase    time.Duration
+	RetryMax     time.Duration
+	DisableAfter int
+	Retention    time.Duration // finished deliveries older than this are deleted
+	Logger       *slog.Logger
+}
+
+const (
+	webhookUserAgent = "chatbotd-webhooks/1"
+	maxErrorText     = 500
+)
+
+type claimedDelivery struct {
+	id, webhook, org, event uuid.UUID
+	eventType               string
+	payload                 []byte
+	attempt                 int
+}
+
+type webhookTarget struct {
+	url    string
+	secret []byte
+}
+
+// Run delivers until ctx ends.
+func (d *WebhookDeliverer) Run(ctx context.Context) error {
+	wake := make(chan struct{}, 1)
+	go d.listen(ctx, wake)
+	lastPrune := time.Time{}
+	backoff := 100 * time.Millisecond
+	for ctx.Err() == nil {
+		if time.Since(lastPrune) > time.Hour {
+			if err := d.prune(ctx); err != nil && ctx.Err() == nil {
+				d.Logger.Warn("webhook deliveries: prune failed", "error", err)
+			} else {
+				lastPrune = time.Now()
+			}
+		}
+		n, err := d.Step(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			d.Logger.Warn("webhook deliveries: step failed", "error", err, "retry_in", backoff)
+			sleep(ctx, backoff)
+			backoff = min(backoff*2, 5*time.Second)
+			continue
+		}
+		backoff = 100 * time.Millisecond
+		if n > 0 {
+			continue
+		}
+		wait := d.idleWait(ctx)
+		select {
+		case <-ctx.Done():
+		case <-wake:
+		case <-time.After(wait):
+		}
+	}
+	return nil
+}
+
+func sleep(ctx context.Context, d time.Duration) {
+	select {
+	case <-ctx.Done():
+	case <-time.After(d):
+	}
+}
+
+// idleWait is how long nothing can become due: until the next scheduled attempt (a retry
+// or an expiring lease), at most 5 s. New deliveries wake the loop through NOTIFY.
+func (d *WebhookDeliverer) idleWait(ctx context.Context) time.Duration {
+	var next *time.Time
+	if err := d.Pool.QueryRow(ctx, `SELECT min(next_attempt_at) FROM webhook_deliveries
+		WHERE status = 'pending' AND next_attempt_at > now()`).Scan(&next); err != nil || next == nil {
+		return 5 * time.Second
+	}
+	return min(max(time.Until(*next), 10*time.Millisecond), 5*time.Second)
+}
+
+// listen turns the projector's notifications into wake-ups.
+func (d *WebhookDeliverer) listen(ctx context.Context, wake chan<- struct{}) {
+	for ctx.Err() == nil {
+		err := func() error {
+			conn, err := d.Pool.Acquire(ctx)
+			if err != nil {
+				return err
+			}
+			defer conn.Release()
+			if _, err := conn.Exec(ctx, `LISTEN `+webhookNotifyChannel); err != nil {
+				return err
+			}
+			defer func() { _, _ = conn.Exec(context.WithoutCancel(ctx), `UNLISTEN *`) }()
+			for {
+				if _, err := conn.Conn().WaitForNotification(ctx); err != nil {
+					return err
+				}
+				select {
+				case wake <- struct{}{}:
+				default:
+				}
+			}
+		}()
+		if ctx.Err() == nil {
+			d.Logger.Debug("webhook deliveries: listen interrupted", "error", err)
+			sleep(ctx, time.Second)
+		}
+	}
+}
+
+// Step claims the deliveries due now, sends them and records each attempt. It returns
+// how many it claimed.
+func (d *WebhookDeliverer) Step(ctx context.Context) (int, error) {
+	claimed, err := d.claim(ctx, d.Workers*4)
+	if err != nil || len(claimed) == 0 {
+		return 0, err
+	}
+	targets, err := d.targets(ctx, claimed)
+	if err != nil {
+		return 0, err // the leases expire and the deliveries come back
+	}
+	var g errgroup.Group
+	g.SetLimit(max(d.Workers, 1))
+	for _, c := range claimed {
+		g.Go(func() error {
+			t, ok := targets[c.webhook]
+			if !ok {
+				return nil // deleted meanwhile: the projector cancels the delivery
+			}
+			code, errText, took := d.send(ctx, t, c)
+			if ctx.Err() != nil {
+				return nil // shutting down: the lease expires and the call is made again
+			}
+			if err := d.record(ctx, c, code, errText, took); err != nil {
+				d.Logger.Warn("webhook deliveries: record failed", "error", err, "delivery_id", c.id)
+			}
+			return nil
+		})
+	}
+	_ = g.Wait()
+	return len(claimed), nil
+}
+
+// claim leases up to n due deliveries of active subscriptions, none of which has an
+// earlier event of its stream still pending for its subscription.
+func (d *WebhookDeliverer) claim(ctx context.Context, n int) ([]claimedDelivery, error) {
+	lease := d.Timeout + 30*time.Second
+	rows, err := d.Pool.Query(ctx, `WITH due AS (
+			SELECT d.id FROM webhook_deliveries d
+			JOIN webhooks w ON w.id = d.webhook_id AND w.status = 'active' AND w.consecutive_failures < $3
+			WHERE d.status = 'pending' AND d.next_attempt_at <= now()
+			  AND NOT EXISTS (SELECT 1 FROM webhook_deliveries p
+				WHERE p.webhook_id = d.webhook_id AND p.stream_id = d.stream_id
+				  AND p.status = 'pending' AND p.stream_version < d.stream_version)
+			ORDER BY d.next_attempt_at, d.position
+			LIMIT $1
+			FOR UPDATE OF d SKIP LOCKED)
+		UPDATE webhook_deliveries d SET attempts = d.attempts + 1, next_attempt_at = now() + $2::interval
+		FROM due WHERE d.id = due.id
+		RETURNING d.id, d.webhook_id, d.organization_id, d.event_id, d.event_type, d.payload, d.attempts`,
+		n, lease, d.DisableAfter)
+	if err != nil {
+		return nil, err
+	}
+	return pgx.CollectRows(rows, func(r pgx.CollectableRow) (claimedDelivery, error) {
+		var c claimedDelivery
+		err := r.Scan(&c.id, &c.webhook, &c.org, &c.event, &c.eventType, &c.payload, &c.attempt)
+		return c, err
+	})
+}
+
+func (d *WebhookDeliverer) targets(ctx context.Context, claimed []claimedDelivery) (map[uuid.UUID]webhookTarget, error) {
+	ids := make([]uuid.UUID, 0, len(claimed))
+	for _, c := range claimed {
+		ids = append(ids, c.webhook)
+	}
+	rows, err := d.Pool.Query(ctx, `SELECT w.id, w.url, s.sealed FROM webhooks w JOIN webhook_secrets s ON s.webhook_id = w.id
+		WHERE w.id = ANY($1)`, ids)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	out := map[uuid.UUID]webhookTarget{}
+	for rows.Next() {
+		var id uuid.UUID
+		var url string
+		var sealed []byte
+		if err := rows.Scan(&id, &url, &sealed); err != nil {
+			return nil, err
+		}
+		secret, err := d.Box.Open(sealed, id[:])
+		if err != nil {
+			d.Logger.Error("webhook deliveries: the secret cannot be opened", "webhook_id", id, "error", err)
+			continue
+		}
+		out[id] = webhookTarget{url: url, secret: secret}
+	}
+	return out, rows.Err()
+}
+
+// WebhookHeaders are the headers of a delivery: X-Signature is "sha256=" and the hex
+// HMAC-SHA256 of the body (API.md); X-Webhook-Signature, "t=<X-Webhook-Timestamp>,v1=" and
+// the hex HMAC-SHA256 of "<timestamp>.<body>", lets a receiver refuse a replayed request
+// by its age.
+func WebhookHeaders(secret, body []byte, at time.Time) http.Header {
+	ts := strconv.FormatInt(at.Unix(), 10)
+	m := hmac.New(sha256.New, secret)
+	m.Write([]byte(ts + "."))
+	m.Write(body)
+	h := http.Header{}
+	h.Set("Content-Type", "application/json")
+	h.Set("User-Agent", webhookUserAgent)
+	h.Set("X-Signature", Sign(secret, body))
+	h.Set("X-Webhook-Timestamp", ts)
+	h.Set("X-Webhook-Signature", "t="+ts+",v1="+hex.EncodeToString(m.Sum(nil)))
+	return h
+}
+
+func (d *WebhookDeliverer) send(ctx context.Context, t webhookTarget, c claimedDelivery) (code int, errText string, took time.Duration) {
+	start := time.Now()
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, t.url, bytes.NewReader(c.payload))
+	if err != nil {
+		return 0, "bad URL", time.Since(start)
+	}
+	req.Header = WebhookHeaders(t.secret, c.payload, start)
+	req.Header.Set("X-Webhook-ID", c.webhook.String())
+	req.Header.Set("X-Delivery-ID", c.id.String())
+	req.Header.Set("X-Delivery-Attempt", strconv.Itoa(c.attempt))
+	req.Header.Set("X-Event-ID", c.event.String())
+	req.Header.Set("X-Event-Type", c.eventType)
+	res, err := d.Client.Do(req)
+	if err != nil {
+		return 0, truncate(err.Error(), maxErrorText), time.Since(start)
+	}
+	_, _ = io.Copy(io.Discard, io.LimitReader(res.Body, maxReply))
+	_ = res.Body.Close()
+	took = time.Since(start)
+	if res.StatusCode < 200 || res.StatusCode > 299 {
+		return res.StatusCode, fmt.Sprintf("status %d", res.StatusCode), took
+	}
+	return res.StatusCode, "", took
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n]
+}
+
+// retryDelay is the wait after a delivery's attempt-th failed attempt: RetryBase doubled
+// per attempt, at most RetryMax, ±20% so that many failures do not come back together.
+func (d *WebhookDeliverer) retryDelay(attempt int) time.Duration {
+	delay := d.RetryMax
+	if attempt < 40 {
+		delay = min(d.RetryBase<<(attempt-1), d.RetryMax)
+	}
+	return time.Duration(float64(delay) * (0.8 + 0.4*rand.Float64()))
+}
+
+// record stores an attempt and what follows from it, in one transaction.
+func (d *WebhookDeliverer) record(ctx context.Context, c claimedDelivery, code int, errText string, took time.Duration) error {
+	tx, err := d.Pool.Begin(ctx)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = tx.Rollback(ctx) }()
+	var status *int
+	if code != 0 {
+		status = &code
+	}
+	var errp *string
+	if errText != "" {
+		errp = &errText
+	}
+	if _, err := tx.Exec(ctx, `INSERT INTO webhook_attempts (delivery_id, attempt, status_code, error, duration_ms, attempted_at)
+		VALUES ($1, $2, $3, $4, $5, now()) ON CONFLICT DO NOTHING`, c.id, c.attempt, status, errp, took.Milliseconds()); err != nil {
+		return err
+	}
+	if errText == "" {
+		if _, err := tx.Exec(ctx, `UPDATE webhook_deliveries SET status = 'delivered', last_status_code = $2, last_error = NULL,
+			finished_at = now() WHERE id = $1 AND status = 'pending'`, c.id, status); err != nil {
+			return err
+		}
+		if _, err := tx.Exec(ctx, `UPDATE webhooks SET consecutive_failures = 0 WHERE id = $1 AND consecutive_failures <> 0`, c.webhook); err != nil {
+			return err
+		}
+		return tx.Commit(ctx)
+	}
+	if c.attempt >= d.Attempts {
+		_, err = tx.Exec(ctx, `UPDATE webhook_deliveries SET status = 'failed', last_status_code = $2, last_error = $3,
+			finished_at = now() WHERE id = $1 AND status = 'pending'`, c.id, status, errText)
+	} else {
+		_, err = tx.Exec(ctx, `UPDATE webhook_deliveries SET last_status_code = $2, last_error = $3,
+			next_attempt_at = now() + $4::interval WHERE id = $1 AND status = 'pending'`, c.id, status, errText, d.retryDelay(c.attempt))
+	}
+	if err != nil {
+		return err
+	}
+	var failures int
+	var active bool
+	if err := tx.QueryRow(ctx, `UPDATE webhooks SET consecutive_failures = consecutive_failures + 1 WHERE id = $1
+		RETURNING consecutive_failures, status = 'active'`, c.webhook).Scan(&failures, &active); err != nil {
+		return err
+	}
+	if failures == d.DisableAfter && active {
+		if err := d.disable(ctx, tx, c, failures, errText); err != nil {
+			return err
+		}
+	}
+	return tx.Commit(ctx)
+}
+
+// disable appends webhook.disabled. Only the attempt that brought the count to
+// DisableAfter gets here (the row update serializes them).
+func (d *WebhookDeliverer) disable(ctx context.Context, tx pgx.Tx, c claimedDelivery, failures int, lastError string) error {
+	var version int
+	if err := tx.QueryRow(ctx, `SELECT coalesce(max(stream_version), 0) FROM events WHERE stream_id = $1`, c.webhook).Scan(&version); err != nil {
+		return err
+	}
+	// A savepoint: a racing deletion wins, and the attempt is recorded all the same.
+	sp, err := tx.Begin(ctx)
+	if err != nil {
+		return err
+	}
+	_, err = d.Store.AppendTx(ctx, sp, events.AppendRequest{StreamType: events.StreamWebhook, StreamID: c.webhook,
+		ExpectedVersion: version, OrganizationID: &c.org,
+		Events: []events.Event{events.WebhookDisabled{Reason: fmt.Sprintf("%d consecutive failed deliveries", failures),
+			ConsecutiveFailures: failures, LastError: lastError}},
+		Meta: events.Meta{Actor: events.Actor{Type: events.ActorSystem}, CausationID: c.event.String()}})
+	if err != nil {
+		d.Logger.Warn("webhook deliveries: could not disable", "webhook_id", c.webhook, "error", err)
+		return sp.Rollback(ctx)
+	}
+	d.Logger.Warn("webhook disabled", "webhook_id", c.webhook, "consecutive_failures", failures, "last_error", lastError)
+	return sp.Commit(ctx)
+}
+
+// prune deletes finished deliveries (and their attempts) older than Retention.
+func (d *WebhookDeliverer) prune(ctx context.Context) error {
+	if d.Retention <= 0 {
+		return nil
+	}
+	for {
+		tag, err := d.Pool.Exec(ctx, `DELETE FROM webhook_deliveries WHERE id IN (SELECT id FROM webhook_deliveries
+			WHERE finished_at < now() - $1::interval LIMIT 5000)`, d.Retention)
+		if err != nil {
+			return err
+		}
+		if tag.RowsAffected() < 5000 {
+			return nil
+		}
+	}
+}

@@ -1,0 +1,126 @@
+package projections
+
+import (
+	"context"
+	"encoding/json"
+	"strings"
+	"sync"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+
+	"github.com/chatbotsaas/chatbotd/events"
+	"github.com/chatbotsaas/chatbotd/internal/readmodel"
+)
+
+// WebhooksName is the webhooks projector's name.
+const WebhooksName = readmodel.WebhooksProjection
+
+// webhookNotifyChannel is where the projector tells deliverers that deliveries are due.
+const webhookNotifyChannel = "chatbotd_webhook_deliveries"
+
+// Webhooks keeps the subscriptions (webhooks) and turns every event of an organization
+// into one delivery per matching active subscription (webhook_deliveries). Both happen
+// in one projector, so events and subscriptions are seen in one order, the relay's commit
+// order: a subscription gets exactly the events committed after it, whatever the timing.
+// A delivery is written in the transaction that applies its event, and the runtime
+// applies each event once, so there is exactly one per (subscription, event).
+//
+// It is not rebuildable: replaying the log would deliver history again.
+type Webhooks struct{}
+
+func (Webhooks) Name() string { return WebhooksName }
+
+func (Webhooks) Bindings() []string { return []string{"#"} }
+
+// Apply keeps the subscriptions and writes the event's deliveries.
+func (Webhooks) Apply(ctx context.Context, tx pgx.Tx, e events.Envelope) error {
+	if e.OrganizationID == nil {
+		return nil // no organization's subscription can match
+	}
+	if e.StreamType == events.StreamWebhook {
+		if err := applyWebhook(ctx, tx, e); err != nil {
+			return err
+		}
+	}
+	rows, err := tx.Query(ctx, `SELECT id, events FROM webhooks WHERE organization_id = $1 AND status = 'active'`, e.OrganizationID)
+	if err != nil {
+		return err
+	}
+	var ids []uuid.UUID
+	for rows.Next() {
+		var id uuid.UUID
+		var patterns []string
+		if err := rows.Scan(&id, &patterns); err != nil {
+			rows.Close()
+			return err
+		}
+		if topicMatcher(patterns)(e.Type) {
+			ids = append(ids, id)
+		}
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil || len(ids) == 0 {
+		return err
+	}
+	payload, err := json.Marshal(e)
+	if err != nil {
+		return err
+	}
+	deliveries := make([]uuid.UUID, len(ids))
+	for i := range ids {
+		deliveries[i] = uuid.Must(uuid.NewV7())
+	}
+	if _, err := tx.Exec(ctx, `INSERT INTO webhook_deliveries (id, webhook_id, organization_id, event_id, event_type,
+		stream_id, stream_version, position, payload, status, next_attempt_at)
+		SELECT d, w, $3, $4, $5, $6, $7, $8, $9, 'pending', now() FROM unnest($1::uuid[], $2::uuid[]) AS u(d, w)
+		ON CONFLICT (webhook_id, event_id) DO NOTHING`,
+		deliveries, ids, e.OrganizationID, e.ID, e.Type, e.StreamID, e.StreamVersion, e.Position, payload); err != nil {
+		return err
+	}
+	// Delivered at commit; several in one transaction fold into one.
+	_, err = tx.Exec(ctx, `SELECT pg_notify($1, '')`, webhookNotifyChannel)
+	return err
+}
+
+// matchers caches each subscription's compiled patterns; there are few distinct sets.
+var matchers sync.Map
+
+func topicMatcher(patterns []string) func(string) bool {
+	key := strings.Join(patterns, " ")
+	if m, ok := matchers.Load(key); ok {
+		return m.(func(string) bool)
+	}
+	m := events.TopicMatcher(patterns)
+	matchers.Store(key, m)
+	return m
+}
+
+func applyWebhook(ctx context.Context, tx pgx.Tx, e events.Envelope) error {
+	ev, err := e.Decode()
+	if err != nil {
+		return err
+	}
+	switch ev := ev.(type) {
+	case events.WebhookCreated:
+		_, err = tx.Exec(ctx, `INSERT INTO webhooks (id, organization_id, url, events, status, version, created_at, updated_at)
+			VALUES ($1, $2, $3, $4, 'active', $5, $6, $6) ON CONFLICT (id) DO NOTHING`,
+			e.StreamID, e.OrganizationID, ev.URL, ev.Events, e.StreamVersion, e.OccurredAt)
+		return err
+	case events.WebhookDisabled, events.WebhookDeleted:
+		status, reason := "deleted", ""
+		if d, ok := ev.(events.WebhookDisabled); ok {
+			status, reason = "disabled", d.Reason
+		}
+		// A deleted subscription stays deleted; what was pending for it is cancelled.
+		if _, err := tx.Exec(ctx, `UPDATE webhooks SET status = CASE WHEN status = 'deleted' THEN status ELSE $2 END,
+			disabled_reason = CASE WHEN $2 = 'disabled' THEN $3 ELSE disabled_reason END, version = $4, updated_at = $5
+			WHERE id = $1`, e.StreamID, status, reason, e.StreamVersion, e.OccurredAt); err != nil {
+			return err
+		}
+		_, err = tx.Exec(ctx, `UPDATE webhook_deliveries SET status = 'cancelled', finished_at = $2
+			WHERE webhook_id = $1 AND status = 'pending'`, e.StreamID, e.OccurredAt)
+		return err
+	}
+	return nil
+}
