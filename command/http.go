@@ -30,6 +30,7 @@ func (h *HTTP) Routes() []httpx.Route {
 		httpx.R(http.MethodPost, "/api/v1/auth/login", auth.Public, handle(http.StatusOK, "Logged in", h.login)).WithCredentials(),
 		httpx.R(http.MethodPost, "/api/v1/auth/refresh", auth.Public, handle(http.StatusOK, "Token refreshed", h.refresh)).WithCredentials(),
 		httpx.R(http.MethodPost, "/api/v1/auth/logout", auth.Authenticated, handle(http.StatusOK, "Logged out", h.logout)),
+		httpx.R(http.MethodPut, "/api/v1/auth/password", auth.Authenticated, handle(http.StatusOK, "Password changed", h.changePassword)),
 		httpx.R(http.MethodPost, "/api/v1/users", auth.UsersWrite, handle(http.StatusCreated, "User created", h.createUser)),
 		httpx.R(http.MethodPatch, "/api/v1/users/:id", auth.UsersWrite, handle(http.StatusOK, "User updated", h.updateUser)),
 		httpx.R(http.MethodDelete, "/api/v1/users/:id", auth.UsersWrite, handle(http.StatusOK, "User deleted", h.deleteUser)),
@@ -153,6 +154,14 @@ func (h *HTTP) logout(c *gin.Context) (Result[struct{}], error) {
 		return Result[struct{}]{}, err
 	}
 	return h.svc.Logout(c, Meta(c), principal(c))
+}
+
+func (h *HTTP) changePassword(c *gin.Context) (Result[struct{}], error) {
+	in, err := body[ChangePassword](c)
+	if err != nil {
+		return Result[struct{}]{}, err
+	}
+	return h.svc.ChangePassword(c, Meta(c), principal(c), in)
 }
 
 func (h *HTTP) createUser(c *gin.Context) (Result[readmodel.User], error) {

@@ -90,6 +90,9 @@ type UserReactivated struct{}
 // UserDeleted: a user was soft-deleted; their email is free again, their history stays.
 type UserDeleted struct{}
 
+// UserPasswordChanged: a user changed their password. The hash is in no event.
+type UserPasswordChanged struct{}
+
 // UserRoleAssigned: a role was given to a user.
 type UserRoleAssigned struct {
 	Role string `json:"role"`
@@ -343,6 +346,7 @@ func (UserDeactivated) EventType() string      { return "user.deactivated" }
 func (UserReactivated) EventType() string      { return "user.reactivated" }
 func (UserDeleted) EventType() string          { return "user.deleted" }
 func (UserRoleAssigned) EventType() string     { return "user.role_assigned" }
+func (UserPasswordChanged) EventType() string  { return "user.password_changed" }
 func (UserRoleRemoved) EventType() string      { return "user.role_removed" }
 func (SessionStarted) EventType() string       { return "session.started" }
 func (SessionRefreshed) EventType() string     { return "session.refreshed" }
@@ -393,7 +397,7 @@ var specs = func() map[string]Spec {
 	}{
 		{1, OrganizationCreated{}}, {1, OrganizationUpdated{}},
 		{1, UserCreated{}}, {1, UserUpdated{}}, {1, UserDeactivated{}}, {1, UserReactivated{}},
-		{1, UserDeleted{}}, {1, UserRoleAssigned{}}, {1, UserRoleRemoved{}},
+		{1, UserDeleted{}}, {1, UserRoleAssigned{}}, {1, UserRoleRemoved{}}, {1, UserPasswordChanged{}},
 		{1, SessionStarted{}}, {1, SessionRefreshed{}}, {1, SessionReuseDetected{}}, {1, SessionRevoked{}},
 		{1, LoginFailed{}}, {1, LoginRateLimited{}},
 		{1, TokenCreated{}}, {1, TokenRevoked{}},

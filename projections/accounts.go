@@ -68,6 +68,8 @@ func (a *Accounts) Apply(ctx context.Context, tx pgx.Tx, e events.Envelope) erro
 		err = a.setUser(ctx, tx, id, v, at, `status = 'active'`)
 	case events.UserDeleted:
 		err = a.setUser(ctx, tx, id, v, at, `deleted_at = $3`)
+	case events.UserPasswordChanged:
+		err = a.setUser(ctx, tx, id, v, at, `status = status`) // the version and time move on
 	case events.UserRoleAssigned:
 		_, err = tx.Exec(ctx, `UPDATE users SET roles = CASE WHEN $2 = ANY(roles) THEN roles ELSE array_append(roles, $2) END,
 			version = $3, updated_at = $4 WHERE id = $1`, id, ev.Role, v, at)

@@ -75,88 +75,14 @@ type webhookTarget struct {
 
 // Run delivers until ctx ends.
 func (d *WebhookDeliverer) Run(ctx context.Context) error {
-	wake := make(chan struct{}, 1)
-	go d.listen(ctx, wake)
-	lastPrune := time.Time{}
-	backoff := 100 * time.Millisecond
-	for ctx.Err() == nil {
-		if time.Since(lastPrune) > time.Hour {
+	outboxLoop{pool: d.Pool, channel: webhookNotifyChannel, step: d.Step, logger: d.Logger,
+		nextDue: `SELECT min(next_attempt_at) FROM webhook_deliveries WHERE status = 'pending' AND next_attempt_at > now()`,
+		every: func(ctx context.Context) {
 			if err := d.prune(ctx); err != nil && ctx.Err() == nil {
 				d.Logger.Warn("webhook deliveries: prune failed", "error", err)
-			} else {
-				lastPrune = time.Now()
 			}
-		}
-		n, err := d.Step(ctx)
-		if err != nil {
-			if ctx.Err() != nil {
-				return nil
-			}
-			d.Logger.Warn("webhook deliveries: step failed", "error", err, "retry_in", backoff)
-			sleep(ctx, backoff)
-			backoff = min(backoff*2, 5*time.Second)
-			continue
-		}
-		backoff = 100 * time.Millisecond
-		if n > 0 {
-			continue
-		}
-		wait := d.idleWait(ctx)
-		select {
-		case <-ctx.Done():
-		case <-wake:
-		case <-time.After(wait):
-		}
-	}
+		}}.run(ctx)
 	return nil
-}
-
-func sleep(ctx context.Context, d time.Duration) {
-	select {
-	case <-ctx.Done():
-	case <-time.After(d):
-	}
-}
-
-// idleWait is how long nothing can become due: until the next scheduled attempt (a retry
-// or an expiring lease), at most 5 s. New deliveries wake the loop through NOTIFY.
-func (d *WebhookDeliverer) idleWait(ctx context.Context) time.Duration {
-	var next *time.Time
-	if err := d.Pool.QueryRow(ctx, `SELECT min(next_attempt_at) FROM webhook_deliveries
-		WHERE status = 'pending' AND next_attempt_at > now()`).Scan(&next); err != nil || next == nil {
-		return 5 * time.Second
-	}
-	return min(max(time.Until(*next), 10*time.Millisecond), 5*time.Second)
-}
-
-// listen turns the projector's notifications into wake-ups.
-func (d *WebhookDeliverer) listen(ctx context.Context, wake chan<- struct{}) {
-	for ctx.Err() == nil {
-		err := func() error {
-			conn, err := d.Pool.Acquire(ctx)
-			if err != nil {
-				return err
-			}
-			defer conn.Release()
-			if _, err := conn.Exec(ctx, `LISTEN `+webhookNotifyChannel); err != nil {
-				return err
-			}
-			defer func() { _, _ = conn.Exec(context.WithoutCancel(ctx), `UNLISTEN *`) }()
-			for {
-				if _, err := conn.Conn().WaitForNotification(ctx); err != nil {
-					return err
-				}
-				select {
-				case wake <- struct{}{}:
-				default:
-				}
-			}
-		}()
-		if ctx.Err() == nil {
-			d.Logger.Debug("webhook deliveries: listen interrupted", "error", err)
-			sleep(ctx, time.Second)
-		}
-	}
 }
 
 // Step claims the deliveries due now, sends them and records each attempt. It returns

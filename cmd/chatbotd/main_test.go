@@ -11,6 +11,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -36,6 +37,7 @@ type app struct {
 	stop   context.CancelFunc
 	done   chan error
 	client *http.Client
+	logs   func() string // what chatbotd logged so far
 }
 
 func startApp(t *testing.T, extraEnv ...string) *app {
@@ -52,6 +54,7 @@ func startApp(t *testing.T, extraEnv ...string) *app {
 	a.Queue("audit")
 	a.Queue("analytics")
 	a.Queue("webhooks")
+	a.Queue("notifications")
 	pg := mustProxy(t, "127.0.0.1:5432")
 	mq := mustProxy(t, "127.0.0.1:5672")
 	dbURL := strings.Replace(d.URL, "127.0.0.1:5432", pg.addr(), 1)
@@ -63,12 +66,13 @@ func startApp(t *testing.T, extraEnv ...string) *app {
 	}
 	env = append(env, extraEnv...)
 	listening := make(chan string, 1)
-	var logs bytes.Buffer
-	m := &Main{Stdout: &syncWriter{w: &logs}, Stderr: io.Discard, Environ: env, Listening: listening}
+	logs := &syncWriter{}
+	m := &Main{Stdout: logs, Stderr: io.Discard, Environ: env, Listening: listening}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- m.Run(ctx, []string{"serve"}) }()
-	app := &app{t: t, db: d, mq: a, pg: pg, amqp: mq, stop: cancel, done: done, client: &http.Client{Timeout: 15 * time.Second}}
+	app := &app{t: t, db: d, mq: a, pg: pg, amqp: mq, stop: cancel, done: done, client: &http.Client{Timeout: 15 * time.Second},
+		logs: logs.String}
 	select {
 	case addr := <-listening:
 		app.base = "http://" + addr
@@ -87,24 +91,22 @@ func startApp(t *testing.T, extraEnv ...string) *app {
 	return app
 }
 
+// syncWriter is the app's log: written by many goroutines, read by tests.
 type syncWriter struct {
-	mu chanMutex
-	w  io.Writer
-}
-
-type chanMutex struct{ ch chan struct{} }
-
-func (m *chanMutex) lock() {
-	if m.ch == nil {
-		m.ch = make(chan struct{}, 1)
-	}
-	m.ch <- struct{}{}
+	mu sync.Mutex
+	w  bytes.Buffer
 }
 
 func (w *syncWriter) Write(p []byte) (int, error) {
-	w.mu.lock()
-	defer func() { <-w.mu.ch }()
+	w.mu.Lock()
+	defer w.mu.Unlock()
 	return w.w.Write(p)
+}
+
+func (w *syncWriter) String() string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.w.String()
 }
 
 // response is a decoded answer.

@@ -102,6 +102,7 @@ func (m *Main) serve(ctx context.Context, cfg config.Config, roles map[string]bo
 		projections.Audit{},
 		projections.Analytics{},
 		projections.Webhooks{},
+		projections.Notifications{},
 	} {
 		r, err := projections.NewRunner(d.pool, d.broker, p, projections.Config{Exchange: cfg.AMQPExchange,
 			QueuePrefix: cfg.AMQPQueuePrefix, BatchSize: cfg.ProjectorBatchSize,
@@ -176,6 +177,16 @@ func (m *Main) serve(ctx context.Context, cfg config.Config, roles map[string]bo
 			RetryMax: cfg.WebhookRetryMax, DisableAfter: cfg.WebhookDisableAfter, Retention: cfg.WebhookDeliveryRetention,
 			Logger: logger.With("component", "webhook-deliveries")}
 		start("webhook deliveries", deliverer.Run)
+		mailer := &projections.Mailer{Pool: d.pool, From: cfg.SMTPFrom, Timeout: 30 * time.Second, Attempts: 8,
+			RetryBase: time.Minute, Logger: logger.With("component", "mailer")}
+		if cfg.SMTPURL != "" {
+			if mailer.SMTP, err = projections.ParseSMTPURL(cfg.SMTPURL); err != nil {
+				return err
+			}
+		} else {
+			logger.Warn("SMTP_URL is not set: emails are written to the log")
+		}
+		start("mailer", mailer.Run)
 		start("message partitions", func(ctx context.Context) error { return keepPartitions(ctx, d) })
 	}
 

@@ -7,6 +7,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"net/mail"
 	"net/netip"
 	"net/url"
 	"reflect"
@@ -83,6 +84,12 @@ type Config struct {
 	WebhookRetryMax          time.Duration `env:"WEBHOOK_RETRY_MAX" envDefault:"6h"`
 	WebhookDisableAfter      int           `env:"WEBHOOK_DISABLE_AFTER" envDefault:"20"`
 	WebhookDeliveryRetention time.Duration `env:"WEBHOOK_DELIVERY_RETENTION" envDefault:"720h"`
+
+	// SMTPURL is where email notifications go (smtp://user:password@host:587 with
+	// STARTTLS, smtps://... with TLS; see projections.ParseSMTPURL). Empty: emails are
+	// written to the log instead.
+	SMTPURL  string `env:"SMTP_URL"`
+	SMTPFrom string `env:"SMTP_FROM" envDefault:"chatbotd <no-reply@chatbotd.localhost>"`
 
 	// PasswordHashConcurrency bounds how many argon2id hashes run at once (each takes
 	// 19 MiB), so a login storm cannot exhaust memory.
@@ -197,6 +204,8 @@ func (c Config) Validate() error {
 	check(c.WebhookDeliveryWorkers >= 1 && c.WebhookDeliveryAttempts >= 1 && c.WebhookRetryBase > 0 &&
 		c.WebhookRetryMax >= c.WebhookRetryBase && c.WebhookDisableAfter >= 1 && c.WebhookDeliveryRetention >= 0,
 		"WEBHOOK_DELIVERY_WORKERS, WEBHOOK_DELIVERY_ATTEMPTS, WEBHOOK_RETRY_BASE and WEBHOOK_DISABLE_AFTER must be positive, WEBHOOK_RETRY_MAX at least WEBHOOK_RETRY_BASE")
+	_, ferr := mail.ParseAddress(c.SMTPFrom)
+	check(ferr == nil, "SMTP_FROM must be an email address, e.g. chatbotd <no-reply@example.com>")
 	check(c.PasswordHashConcurrency >= 1, "PASSWORD_HASH_CONCURRENCY must be at least 1")
 	check(c.RelayBatchSize >= 1 && c.RelayBatchSize <= 10000, "RELAY_BATCH_SIZE must be 1..10000")
 	check(c.ProjectorBatchSize >= 1 && c.ProjectorBatchSize <= 5000, "PROJECTOR_BATCH_SIZE must be 1..5000")

@@ -1,0 +1,207 @@
+package projections
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"mime"
+	"mime/quotedprintable"
+	"net"
+	"net/mail"
+	"net/url"
+	"time"
+
+	"github.com/emersion/go-sasl"
+	"github.com/emersion/go-smtp"
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+// SMTP is where the Mailer sends, parsed from SMTP_URL:
+//
+//	smtps://user:password@host:465   TLS from the start
+//	smtp://user:password@host:587    STARTTLS, required (the server must offer it)
+//	smtp://host:25?tls=none          no TLS: only without credentials, or to a loopback host
+//
+// A loopback host (a local relay, tests) needs no TLS.
+type SMTP struct {
+	Addr     string
+	Host     string
+	Implicit bool // smtps
+	NoTLS    bool
+	Username string
+	Password string
+}
+
+// ParseSMTPURL parses SMTP_URL.
+func ParseSMTPURL(raw string) (*SMTP, error) {
+	u, err := url.Parse(raw)
+	if err != nil || u.Host == "" || (u.Scheme != "smtp" && u.Scheme != "smtps") {
+		return nil, errors.New("SMTP_URL must be smtp://[user:password@]host[:port] or smtps://...")
+	}
+	s := &SMTP{Host: u.Hostname(), Implicit: u.Scheme == "smtps"}
+	port := u.Port()
+	if port == "" {
+		port = map[bool]string{true: "465", false: "587"}[s.Implicit]
+	}
+	s.Addr = net.JoinHostPort(s.Host, port)
+	if u.User != nil {
+		s.Username = u.User.Username()
+		s.Password, _ = u.User.Password()
+	}
+	ip := net.ParseIP(s.Host)
+	loopback := s.Host == "localhost" || (ip != nil && ip.IsLoopback())
+	s.NoTLS = !s.Implicit && (u.Query().Get("tls") == "none" || loopback)
+	if s.NoTLS && s.Username != "" && !loopback {
+		return nil, errors.New("SMTP_URL: credentials are never sent without TLS (remove tls=none)")
+	}
+	return s, nil
+}
+
+// Mailer sends the emails the Notifications projector writes, over SMTP, or writes them
+// to the log when SMTP is nil (development). Like the webhook deliverer it leases what
+// it sends and keeps no transaction open over the network. A failed send is retried
+// after RetryBase, doubling, up to Attempts times. Each email carries the causing
+// event's id as its Message-ID: a mailer that dies between sending and recording sends
+// again, and mail systems drop the second copy by that id.
+type Mailer struct {
+	Pool      *pgxpool.Pool
+	SMTP      *SMTP
+	From      string
+	Timeout   time.Duration
+	Attempts  int
+	RetryBase time.Duration
+	Logger    *slog.Logger
+}
+
+type pendingEmail struct {
+	id                              uuid.UUID
+	kind, toName, toAddress, subject string
+	body                            string
+	attempt                         int
+}
+
+// Run sends until ctx ends.
+func (m *Mailer) Run(ctx context.Context) error {
+	outboxLoop{pool: m.Pool, channel: notificationsNotifyChannel, step: m.Step, logger: m.Logger,
+		nextDue: `SELECT min(next_attempt_at) FROM notifications WHERE status = 'pending' AND next_attempt_at > now()`}.run(ctx)
+	return nil
+}
+
+// Step sends what is due and returns how many it took.
+func (m *Mailer) Step(ctx context.Context) (int, error) {
+	rows, err := m.Pool.Query(ctx, `WITH due AS (
+			SELECT id FROM notifications WHERE status = 'pending' AND next_attempt_at <= now()
+			ORDER BY next_attempt_at LIMIT 20 FOR UPDATE SKIP LOCKED)
+		UPDATE notifications n SET attempts = n.attempts + 1, next_attempt_at = now() + $1::interval
+		FROM due WHERE n.id = due.id
+		RETURNING n.id, n.kind, n.to_name, n.to_address, n.subject, n.body, n.attempts`, m.Timeout+time.Minute)
+	if err != nil {
+		return 0, err
+	}
+	due, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (pendingEmail, error) {
+		var p pendingEmail
+		err := r.Scan(&p.id, &p.kind, &p.toName, &p.toAddress, &p.subject, &p.body, &p.attempt)
+		return p, err
+	})
+	if err != nil {
+		return 0, err
+	}
+	for _, p := range due {
+		status, sendErr := "sent", error(nil)
+		if m.SMTP == nil {
+			status = "logged"
+			m.Logger.Info("email (SMTP_URL is not set, so it is logged instead of sent)", "to", p.toAddress, "kind", p.kind,
+				"subject", p.subject, "body", p.body, "message_id", p.id)
+		} else {
+			sendErr = m.send(ctx, p)
+		}
+		if ctx.Err() != nil {
+			return len(due), nil // the lease expires and it is sent again
+		}
+		if err := m.record(ctx, p, status, sendErr); err != nil {
+			return len(due), err
+		}
+	}
+	return len(due), nil
+}
+
+func (m *Mailer) record(ctx context.Context, p pendingEmail, status string, sendErr error) error {
+	if sendErr == nil {
+		_, err := m.Pool.Exec(ctx, `UPDATE notifications SET status = $2, sent_at = now(), last_error = NULL WHERE id = $1`, p.id, status)
+		return err
+	}
+	m.Logger.Warn("email not sent", "to", p.toAddress, "kind", p.kind, "attempt", p.attempt, "error", sendErr)
+	if p.attempt >= m.Attempts {
+		_, err := m.Pool.Exec(ctx, `UPDATE notifications SET status = 'failed', last_error = $2 WHERE id = $1`, p.id, truncate(sendErr.Error(), maxErrorText))
+		return err
+	}
+	delay := m.RetryBase << min(p.attempt-1, 20)
+	_, err := m.Pool.Exec(ctx, `UPDATE notifications SET last_error = $2, next_attempt_at = now() + $3::interval WHERE id = $1`,
+		p.id, truncate(sendErr.Error(), maxErrorText), delay)
+	return err
+}
+
+// Message renders an email as RFC 5322 text: quoted-printable UTF-8, encoded headers, and
+// the event id as Message-ID.
+func (m *Mailer) Message(p pendingEmail, at time.Time) ([]byte, error) {
+	from, err := mail.ParseAddress(m.From)
+	if err != nil {
+		return nil, fmt.Errorf("SMTP_FROM: %w", err)
+	}
+	to := mail.Address{Name: p.toName, Address: p.toAddress}
+	var b bytes.Buffer
+	fmt.Fprintf(&b, "From: %s\r\nTo: %s\r\nSubject: %s\r\nDate: %s\r\nMessage-ID: <%s@chatbotd>\r\n",
+		from.String(), to.String(), mime.QEncoding.Encode("utf-8", p.subject), at.Format(time.RFC1123Z), p.id)
+	b.WriteString("MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: quoted-printable\r\n")
+	fmt.Fprintf(&b, "X-Chatbotd-Notification: %s\r\n\r\n", p.kind)
+	w := quotedprintable.NewWriter(&b)
+	if _, err := w.Write([]byte(p.body)); err != nil {
+		return nil, err
+	}
+	if err := w.Close(); err != nil {
+		return nil, err
+	}
+	return b.Bytes(), nil
+}
+
+func (m *Mailer) send(ctx context.Context, p pendingEmail) error {
+	msg, err := m.Message(p, time.Now())
+	if err != nil {
+		return err
+	}
+	from, _ := mail.ParseAddress(m.From) // checked by Message
+	d := net.Dialer{Timeout: m.Timeout}
+	conn, err := d.DialContext(ctx, "tcp", m.SMTP.Addr)
+	if err != nil {
+		return err
+	}
+	_ = conn.SetDeadline(time.Now().Add(m.Timeout))
+	tlsConfig := &tls.Config{ServerName: m.SMTP.Host, MinVersion: tls.VersionTLS12}
+	var c *smtp.Client
+	switch {
+	case m.SMTP.Implicit:
+		c = smtp.NewClient(tls.Client(conn, tlsConfig))
+	case m.SMTP.NoTLS:
+		c = smtp.NewClient(conn)
+	default:
+		if c, err = smtp.NewClientStartTLS(conn, tlsConfig); err != nil {
+			_ = conn.Close()
+			return err
+		}
+	}
+	defer c.Close()
+	if m.SMTP.Username != "" {
+		if err := c.Auth(sasl.NewPlainClient("", m.SMTP.Username, m.SMTP.Password)); err != nil {
+			return err
+		}
+	}
+	if err := c.SendMail(from.Address, []string{p.toAddress}, bytes.NewReader(msg)); err != nil {
+		return err
+	}
+	return c.Quit()
+}

@@ -1,0 +1,99 @@
+package projections
+
+import (
+	"context"
+	"log/slog"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+// outboxLoop drives a worker over a table of due rows that a projector writes (webhook
+// deliveries, emails): step works off what is due now; when nothing is, the loop sleeps
+// until the next scheduled row (nextDue, a query of one nullable timestamptz), at most
+// 5 s, or until the projector NOTIFYs channel.
+type outboxLoop struct {
+	pool    *pgxpool.Pool
+	channel string
+	nextDue string
+	step    func(context.Context) (int, error)
+	every   func(context.Context) // run at most hourly (housekeeping); may be nil
+	logger  *slog.Logger
+}
+
+func (l outboxLoop) run(ctx context.Context) {
+	wake := make(chan struct{}, 1)
+	go l.listen(ctx, wake)
+	var lastEvery time.Time
+	backoff := 100 * time.Millisecond
+	for ctx.Err() == nil {
+		if l.every != nil && time.Since(lastEvery) > time.Hour {
+			l.every(ctx)
+			lastEvery = time.Now()
+		}
+		n, err := l.step(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			l.logger.Warn("step failed", "error", err, "retry_in", backoff)
+			sleep(ctx, backoff)
+			backoff = min(backoff*2, 5*time.Second)
+			continue
+		}
+		backoff = 100 * time.Millisecond
+		if n > 0 {
+			continue
+		}
+		select {
+		case <-ctx.Done():
+		case <-wake:
+		case <-time.After(l.idleWait(ctx)):
+		}
+	}
+}
+
+func sleep(ctx context.Context, d time.Duration) {
+	select {
+	case <-ctx.Done():
+	case <-time.After(d):
+	}
+}
+
+func (l outboxLoop) idleWait(ctx context.Context) time.Duration {
+	var next *time.Time
+	if err := l.pool.QueryRow(ctx, l.nextDue).Scan(&next); err != nil || next == nil {
+		return 5 * time.Second
+	}
+	return min(max(time.Until(*next), 10*time.Millisecond), 5*time.Second)
+}
+
+// listen turns the projector's notifications into wake-ups.
+func (l outboxLoop) listen(ctx context.Context, wake chan<- struct{}) {
+	for ctx.Err() == nil {
+		err := func() error {
+			conn, err := l.pool.Acquire(ctx)
+			if err != nil {
+				return err
+			}
+			defer conn.Release()
+			if _, err := conn.Exec(ctx, `LISTEN `+l.channel); err != nil {
+				return err
+			}
+			defer func() { _, _ = conn.Exec(context.WithoutCancel(ctx), `UNLISTEN *`) }()
+			for {
+				if _, err := conn.Conn().WaitForNotification(ctx); err != nil {
+					return err
+				}
+				select {
+				case wake <- struct{}{}:
+				default:
+				}
+			}
+		}()
+		if ctx.Err() == nil {
+			l.logger.Debug("listen interrupted", "error", err)
+			sleep(ctx, time.Second)
+		}
+	}
+}
