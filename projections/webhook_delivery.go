@@ -17,7 +17,6 @@ import (
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
-	"golang.org/x/sync/errgroup"
 
 	"github.com/chatbotsaas/chatbotd/events"
 	"github.com/chatbotsaas/chatbotd/internal/secretbox"
@@ -73,22 +72,89 @@ type webhookTarget struct {
 	secret []byte
 }
 
-// Run delivers until ctx ends.
+// Run delivers until ctx ends. It is a pipeline: up to Workers calls are in flight at
+// any time, and a free slot is refilled at once, so a slow or dead endpoint holds one
+// slot for at most Timeout and never the others. Outcomes are recorded in batches, one
+// transaction for all that finished meanwhile.
 func (d *WebhookDeliverer) Run(ctx context.Context) error {
-	outboxLoop{pool: d.Pool, channel: webhookNotifyChannel, step: d.Step, logger: d.Logger,
-		nextDue: `SELECT min(next_attempt_at) FROM webhook_deliveries WHERE status = 'pending' AND next_attempt_at > now()`,
-		every: func(ctx context.Context) {
+	loop := outboxLoop{pool: d.Pool, channel: webhookNotifyChannel, logger: d.Logger,
+		nextDue: `SELECT min(next_attempt_at) FROM webhook_deliveries WHERE status = 'pending' AND next_attempt_at > now()`}
+	wake := make(chan struct{}, 1)
+	go loop.listen(ctx, wake)
+	workers := max(d.Workers, 1)
+	results := make(chan outcome, workers)
+	inFlight := 0
+	var lastPrune time.Time
+	backoff := 100 * time.Millisecond
+	for {
+		if ctx.Err() != nil {
+			for ; inFlight > 0; inFlight-- {
+				<-results // calls end with ctx; their leases expire and they are made again
+			}
+			return nil
+		}
+		if time.Since(lastPrune) > time.Hour {
 			if err := d.prune(ctx); err != nil && ctx.Err() == nil {
 				d.Logger.Warn("webhook deliveries: prune failed", "error", err)
 			}
-		}}.run(ctx)
-	return nil
+			lastPrune = time.Now()
+		}
+		claimed := 0
+		if free := workers - inFlight; free > 0 {
+			n, err := d.launch(ctx, free, results)
+			if err != nil && ctx.Err() == nil {
+				d.Logger.Warn("webhook deliveries: claim failed", "error", err, "retry_in", backoff)
+				sleep(ctx, backoff)
+				backoff = min(backoff*2, 5*time.Second)
+				continue
+			}
+			backoff = 100 * time.Millisecond
+			claimed, inFlight = n, inFlight+n
+		}
+		var idle <-chan time.Time
+		switch {
+		case claimed > 0 && inFlight < workers:
+			// More may be due: claim again once this round's results are in, or now.
+			idle = time.After(0)
+		case inFlight == 0:
+			idle = time.After(loop.idleWait(ctx))
+		}
+		select {
+		case <-ctx.Done():
+		case <-wake:
+		case <-idle:
+		case r := <-results:
+			batch := []outcome{r}
+			for len(batch) < inFlight {
+				select {
+				case r := <-results:
+					batch = append(batch, r)
+					continue
+				default:
+				}
+				break
+			}
+			inFlight -= len(batch)
+			if err := d.recordAll(context.WithoutCancel(ctx), batch); err != nil {
+				d.Logger.Warn("webhook deliveries: record failed (the calls are made again when their leases expire)",
+					"error", err, "deliveries", len(batch))
+			}
+		}
+	}
 }
 
-// Step claims the deliveries due now, sends them and records each attempt. It returns
-// how many it claimed.
-func (d *WebhookDeliverer) Step(ctx context.Context) (int, error) {
-	claimed, err := d.claim(ctx, d.Workers*4)
+type outcome struct {
+	c       claimedDelivery
+	code    int
+	errText string
+	took    time.Duration
+	skip    bool // not called: no target (deleted meanwhile)
+}
+
+// launch claims up to n due deliveries and starts their calls; each sends its outcome on
+// results. It returns how many it started.
+func (d *WebhookDeliverer) launch(ctx context.Context, n int, results chan<- outcome) (int, error) {
+	claimed, err := d.claim(ctx, n)
 	if err != nil || len(claimed) == 0 {
 		return 0, err
 	}
@@ -96,26 +162,38 @@ func (d *WebhookDeliverer) Step(ctx context.Context) (int, error) {
 	if err != nil {
 		return 0, err // the leases expire and the deliveries come back
 	}
-	var g errgroup.Group
-	g.SetLimit(max(d.Workers, 1))
 	for _, c := range claimed {
-		g.Go(func() error {
+		go func() {
 			t, ok := targets[c.webhook]
 			if !ok {
-				return nil // deleted meanwhile: the projector cancels the delivery
+				results <- outcome{c: c, skip: true}
+				return
 			}
 			code, errText, took := d.send(ctx, t, c)
-			if ctx.Err() != nil {
-				return nil // shutting down: the lease expires and the call is made again
-			}
-			if err := d.record(ctx, c, code, errText, took); err != nil {
-				d.Logger.Warn("webhook deliveries: record failed", "error", err, "delivery_id", c.id)
-			}
-			return nil
-		})
+			results <- outcome{c: c, code: code, errText: errText, took: took, skip: ctx.Err() != nil}
+		}()
 	}
-	_ = g.Wait()
 	return len(claimed), nil
+}
+
+// Deliver runs the deliverer until nothing is pending and due (benchmarks, tools).
+func (d *WebhookDeliverer) Deliver(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- d.Run(ctx) }()
+	for {
+		var due bool
+		if err := d.Pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM webhook_deliveries
+			WHERE status = 'pending' AND next_attempt_at <= now() + interval '1 second')`).Scan(&due); err != nil {
+			return err
+		}
+		if !due {
+			cancel()
+			return <-done
+		}
+		sleep(ctx, 20*time.Millisecond)
+	}
 }
 
 // claim leases up to n due deliveries of active subscriptions, none of which has an
@@ -235,13 +313,26 @@ func (d *WebhookDeliverer) retryDelay(attempt int) time.Duration {
 	return time.Duration(float64(delay) * (0.8 + 0.4*rand.Float64()))
 }
 
-// record stores an attempt and what follows from it, in one transaction.
-func (d *WebhookDeliverer) record(ctx context.Context, c claimedDelivery, code int, errText string, took time.Duration) error {
+// recordAll stores attempts and what follows from them, in one transaction.
+func (d *WebhookDeliverer) recordAll(ctx context.Context, batch []outcome) error {
 	tx, err := d.Pool.Begin(ctx)
 	if err != nil {
 		return err
 	}
 	defer func() { _ = tx.Rollback(ctx) }()
+	for _, o := range batch {
+		if o.skip {
+			continue
+		}
+		if err := d.record(ctx, tx, o.c, o.code, o.errText, o.took); err != nil {
+			return err
+		}
+	}
+	return tx.Commit(ctx)
+}
+
+// record stores one attempt and what follows from it.
+func (d *WebhookDeliverer) record(ctx context.Context, tx pgx.Tx, c claimedDelivery, code int, errText string, took time.Duration) error {
 	var status *int
 	if code != 0 {
 		status = &code
@@ -262,8 +353,9 @@ func (d *WebhookDeliverer) record(ctx context.Context, c claimedDelivery, code i
 		if _, err := tx.Exec(ctx, `UPDATE webhooks SET consecutive_failures = 0 WHERE id = $1 AND consecutive_failures <> 0`, c.webhook); err != nil {
 			return err
 		}
-		return tx.Commit(ctx)
+		return nil
 	}
+	var err error
 	if c.attempt >= d.Attempts {
 		_, err = tx.Exec(ctx, `UPDATE webhook_deliveries SET status = 'failed', last_status_code = $2, last_error = $3,
 			finished_at = now() WHERE id = $1 AND status = 'pending'`, c.id, status, errText)
@@ -285,7 +377,7 @@ func (d *WebhookDeliverer) record(ctx context.Context, c claimedDelivery, code i
 			return err
 		}
 	}
-	return tx.Commit(ctx)
+	return nil
 }
 
 // disable appends webhook.disabled. Only the attempt that brought the count to

@@ -60,7 +60,16 @@ func run(ctx context.Context) error {
 	flag.DurationVar(&o.duration, "duration", 5*time.Second, "duration of each throughput measurement")
 	flag.IntVar(&o.samples, "samples", 300, "commands timed for the latency figure")
 	auditOnly := flag.Bool("audit-only", false, "only the chain, rebuild and verify figures (printed, not written)")
+	integrationsOnly := flag.Bool("integrations-only", false, "only the analytics and webhook figures (printed, not written)")
 	flag.Parse()
+	if *integrationsOnly {
+		var report strings.Builder
+		if err := integrationFigures(ctx, o, &report); err != nil {
+			return err
+		}
+		fmt.Print(report.String())
+		return nil
+	}
 	if *auditOnly {
 		var report strings.Builder
 		if err := auditFigures(ctx, o, &report); err != nil {
@@ -227,6 +236,10 @@ func run(ctx context.Context) error {
 
 	// 6. Chain, rebuild and verify over a million events.
 	if err := auditFigures(ctx, o, &report); err != nil {
+		return err
+	}
+	// 7. Analytics projector and webhook deliveries.
+	if err := integrationFigures(ctx, o, &report); err != nil {
 		return err
 	}
 
