@@ -79,10 +79,10 @@ type Mailer struct {
 }
 
 type pendingEmail struct {
-	id                              uuid.UUID
+	id                               uuid.UUID
 	kind, toName, toAddress, subject string
-	body                            string
-	attempt                         int
+	body                             string
+	attempt                          int
 }
 
 // Run sends until ctx ends.
