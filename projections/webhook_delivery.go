@@ -114,9 +114,9 @@ func (d *WebhookDeliverer) Run(ctx context.Context) error {
 		var idle <-chan time.Time
 		switch {
 		case claimed > 0 && inFlight < workers:
-			// More may be due: claim again once this round's results are in, or now.
-			idle = time.After(0)
-		case inFlight == 0:
+			idle = time.After(0) // more may be due: claim again at once
+		case inFlight < workers:
+			// A free slot: wake for the next retry or lease expiry, even while calls run.
 			idle = time.After(loop.idleWait(ctx))
 		}
 		select {
@@ -176,8 +176,10 @@ func (d *WebhookDeliverer) launch(ctx context.Context, n int, results chan<- out
 	return len(claimed), nil
 }
 
-// Deliver runs the deliverer until nothing is pending and due (benchmarks, tools).
+// Deliver runs the deliverer until nothing pending is due or in flight (benchmarks,
+// tools); retries scheduled further off than a lease are left.
 func (d *WebhookDeliverer) Deliver(ctx context.Context) error {
+	lease := d.Timeout + 30*time.Second
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	done := make(chan error, 1)
@@ -185,7 +187,7 @@ func (d *WebhookDeliverer) Deliver(ctx context.Context) error {
 	for {
 		var due bool
 		if err := d.Pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM webhook_deliveries
-			WHERE status = 'pending' AND next_attempt_at <= now() + interval '1 second')`).Scan(&due); err != nil {
+			WHERE status = 'pending' AND next_attempt_at <= now() + $1::interval)`, lease).Scan(&due); err != nil {
 			return err
 		}
 		if !due {
