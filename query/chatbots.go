@@ -1,7 +1,6 @@
 package query
 
 import (
-	"errors"
 	"fmt"
 	"net/http"
 	"strconv"
@@ -55,19 +54,9 @@ func (h *HTTP) getChatbot(c *gin.Context) {
 	if !allowed(c, auth.ChatbotsRead) {
 		return
 	}
-	id, err := httpx.PathUUID(c, "id")
-	if err != nil {
-		httpx.Fail(c, err)
-		return
-	}
-	b, err := readmodel.ScanChatbot(h.read.QueryRow(c.Request.Context(), `SELECT `+readmodel.ChatbotColumns+`
-		FROM chatbots WHERE id = $1 AND organization_id = $2 AND deleted_at IS NULL`, id, principal(c).OrganizationID))
-	if errors.Is(err, pgx.ErrNoRows) {
-		httpx.Fail(c, apperr.NotFound("chatbot"))
-		return
-	}
-	if err != nil {
-		httpx.Fail(c, err)
+	b, ok := inOrganization(c, h, "chatbot", `SELECT `+readmodel.ChatbotColumns+`
+		FROM chatbots WHERE id = $1 AND organization_id = $2 AND deleted_at IS NULL`, readmodel.ScanChatbot)
+	if !ok {
 		return
 	}
 	c.Header("ETag", strconv.Quote(strconv.Itoa(b.Version)))

@@ -2,7 +2,6 @@ package query
 
 import (
 	"encoding/json"
-	"errors"
 	"net/http"
 	"time"
 
@@ -69,22 +68,8 @@ func (h *HTTP) listConversations(c *gin.Context) {
 }
 
 func (h *HTTP) conversation(c *gin.Context) (Conversation, bool) {
-	id, err := httpx.PathUUID(c, "id")
-	if err != nil {
-		httpx.Fail(c, err)
-		return Conversation{}, false
-	}
-	conv, err := scanConversation(h.read.QueryRow(c.Request.Context(), `SELECT `+conversationColumns+`
-		FROM conversations WHERE id = $1 AND organization_id = $2`, id, principal(c).OrganizationID))
-	if errors.Is(err, pgx.ErrNoRows) {
-		httpx.Fail(c, apperr.NotFound("conversation"))
-		return conv, false
-	}
-	if err != nil {
-		httpx.Fail(c, err)
-		return conv, false
-	}
-	return conv, true
+	return inOrganization(c, h, "conversation", `SELECT `+conversationColumns+`
+		FROM conversations WHERE id = $1 AND organization_id = $2`, scanConversation)
 }
 
 func (h *HTTP) getConversation(c *gin.Context) {

@@ -189,6 +189,27 @@ func (h *HTTP) me(c *gin.Context) {
 	httpx.OK(c, http.StatusOK, "Current user", Me{User: u, Permissions: p.Permissions}, nil)
 }
 
+// inOrganization reads the record the path's id names in the caller's organization:
+// query takes $1 the id and $2 the organization. A missing record is NOT_FOUND what. It
+// answers the failure itself and reports whether there is a record.
+func inOrganization[T any](c *gin.Context, h *HTTP, what, query string, scan func(pgx.Row) (T, error)) (T, bool) {
+	id, err := httpx.PathUUID(c, "id")
+	if err != nil {
+		httpx.Fail(c, err)
+		var zero T
+		return zero, false
+	}
+	v, err := scan(h.read.QueryRow(c.Request.Context(), query, id, principal(c).OrganizationID))
+	if errors.Is(err, pgx.ErrNoRows) {
+		err = apperr.NotFound(what)
+	}
+	if err != nil {
+		httpx.Fail(c, err)
+		return v, false
+	}
+	return v, true
+}
+
 func notFound(err error, what string) error {
 	if errors.Is(err, readmodel.ErrNotFound) {
 		return apperr.NotFound(what)

@@ -2,7 +2,6 @@ package query
 
 import (
 	"encoding/json"
-	"errors"
 	"net/http"
 	"time"
 
@@ -55,22 +54,8 @@ func (h *HTTP) listWebhooks(c *gin.Context) {
 
 // webhook reads the subscription of the path's id in the caller's organization.
 func (h *HTTP) webhook(c *gin.Context) (Webhook, bool) {
-	id, err := httpx.PathUUID(c, "id")
-	if err != nil {
-		httpx.Fail(c, err)
-		return Webhook{}, false
-	}
-	w, err := scanWebhook(h.read.QueryRow(c.Request.Context(), `SELECT `+webhookColumns+` FROM webhooks
-		WHERE id = $1 AND organization_id = $2 AND status <> 'deleted'`, id, principal(c).OrganizationID))
-	if errors.Is(err, pgx.ErrNoRows) {
-		httpx.Fail(c, apperr.NotFound("webhook"))
-		return w, false
-	}
-	if err != nil {
-		httpx.Fail(c, err)
-		return w, false
-	}
-	return w, true
+	return inOrganization(c, h, "webhook", `SELECT `+webhookColumns+` FROM webhooks
+		WHERE id = $1 AND organization_id = $2 AND status <> 'deleted'`, scanWebhook)
 }
 
 func (h *HTTP) getWebhook(c *gin.Context) {

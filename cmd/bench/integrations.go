@@ -28,11 +28,7 @@ import (
 // against COPY, and webhook deliveries against a bare HTTP client posting the same
 // bodies to the same local receiver.
 func integrationFigures(ctx context.Context, o options, report *strings.Builder) error {
-	url, err := recreate(ctx, o.server, o.database+"_integrations")
-	if err != nil {
-		return err
-	}
-	pool, err := openMigrated(ctx, url)
+	pool, err := freshDatabase(ctx, o, "_integrations")
 	if err != nil {
 		return err
 	}

@@ -250,6 +250,15 @@ func run(ctx context.Context) error {
 	return writeBetweenMarkers(o.out, report.String())
 }
 
+// freshDatabase (re)creates the run's database with suffix and opens it migrated.
+func freshDatabase(ctx context.Context, o options, suffix string) (*pgxpool.Pool, error) {
+	url, err := recreate(ctx, o.server, o.database+suffix)
+	if err != nil {
+		return nil, err
+	}
+	return openMigrated(ctx, url)
+}
+
 func openMigrated(ctx context.Context, url string) (*pgxpool.Pool, error) {
 	pool, err := db.Open(ctx, url, 40)
 	if err != nil {

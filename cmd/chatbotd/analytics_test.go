@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/google/uuid"
-	amqp091 "github.com/rabbitmq/amqp091-go"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -165,17 +164,7 @@ func TestAnalyticsOverviewMatchesAHandComputedScenario(t *testing.T) {
 		TypePatterns: []string{"conversation.*", "message.*"}}, events.Checkpoint{}, 1000)
 	require.NoError(t, err)
 	require.Len(t, hist, 3+8*2)
-	conn, err := amqp091.Dial(a.mq.URL)
-	require.NoError(t, err)
-	defer conn.Close()
-	ch, err := conn.Channel()
-	require.NoError(t, err)
-	for _, e := range hist {
-		body, err := json.Marshal(e)
-		require.NoError(t, err)
-		require.NoError(t, ch.Publish("", a.mq.QueuePrefix+"analytics", false, false,
-			amqp091.Publishing{ContentType: "application/json", MessageId: e.ID.String(), Body: body}))
-	}
+	a.redeliver("analytics", hist)
 	// A marker after the duplicates: once it is counted, they have been handled.
 	h.message(org, botB, c3, "2026-03-03T13:00:00Z", "2026-03-03T13:00:00.1Z")
 	all.Messages, all.Replies, all.AvgReplyMS = 8, 6, ptr(2400.0/6)

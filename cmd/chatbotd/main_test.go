@@ -21,6 +21,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/chatbotsaas/chatbotd/events"
 	"github.com/chatbotsaas/chatbotd/internal/testenv"
 	"github.com/chatbotsaas/chatbotd/projections"
 )
@@ -89,6 +90,23 @@ func startApp(t *testing.T, extraEnv ...string) *app {
 		}
 	})
 	return app
+}
+
+// redeliver publishes envs again straight to one of the app's queues (by its name
+// without the prefix), as a broker redelivering them would.
+func (a *app) redeliver(queue string, envs []events.Envelope) {
+	a.t.Helper()
+	conn, err := amqp091.Dial(a.mq.URL)
+	require.NoError(a.t, err)
+	defer conn.Close()
+	ch, err := conn.Channel()
+	require.NoError(a.t, err)
+	for _, e := range envs {
+		body, err := json.Marshal(e)
+		require.NoError(a.t, err)
+		require.NoError(a.t, ch.Publish("", a.mq.QueuePrefix+queue, false, false,
+			amqp091.Publishing{ContentType: "application/json", MessageId: e.ID.String(), Body: body}))
+	}
 }
 
 // syncWriter is the app's log: written by many goroutines, read by tests.

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"mime"
@@ -14,7 +13,6 @@ import (
 	"time"
 
 	"github.com/emersion/go-smtp"
-	amqp091 "github.com/rabbitmq/amqp091-go"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -152,17 +150,7 @@ func TestEmailNotificationsOverSMTPOncePerEvent(t *testing.T) {
 	hist, _, err := events.ReadHistory(context.Background(), a.db.Pool, events.HistoryFilter{TypePatterns: []string{"user.*"}},
 		events.Checkpoint{}, 1000)
 	require.NoError(t, err)
-	conn, err := amqp091.Dial(a.mq.URL)
-	require.NoError(t, err)
-	defer conn.Close()
-	ch, err := conn.Channel()
-	require.NoError(t, err)
-	for _, e := range hist {
-		body, err := json.Marshal(e)
-		require.NoError(t, err)
-		require.NoError(t, ch.Publish("", a.mq.QueuePrefix+"notifications", false, false,
-			amqp091.Publishing{ContentType: "application/json", MessageId: e.ID.String(), Body: body}))
-	}
+	a.redeliver("notifications", hist)
 	// A marker after them: once its email is in, the duplicates were handled.
 	a.createUser(token, "Marker", "marker@mailed.example", "member", nil)
 	wait("marker@mailed.example", 1)
