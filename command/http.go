@@ -56,16 +56,14 @@ func (h *HTTP) Routes() []httpx.Route {
 		httpx.R(http.MethodDelete, "/api/v1/tokens/:id", auth.TokensWrite, handle(http.StatusOK, "Token revoked", h.revokeToken)),
 		httpx.R(http.MethodPost, "/api/v1/webhooks", auth.WebhooksWrite, handle(http.StatusCreated, "Webhook created", h.createWebhook)),
 		httpx.R(http.MethodDelete, "/api/v1/webhooks/:id", auth.WebhooksWrite, handle(http.StatusOK, "Webhook deleted", h.deleteWebhook)),
+		httpx.R(http.MethodPost, "/api/v1/admin/organizations/:id/suspend", auth.PlatformOperate, handle(http.StatusOK, "Organization suspended", h.suspendOrganization)),
+		httpx.R(http.MethodPost, "/api/v1/admin/organizations/:id/resume", auth.PlatformOperate, handle(http.StatusOK, "Organization resumed", h.resumeOrganization)),
 	}
 }
 
 // Meta is the request context that every event of a command carries.
 func Meta(c *gin.Context) events.Meta {
-	rid := httpx.RequestIDOf(c)
-	corr := c.GetHeader("X-Correlation-ID")
-	if corr == "" || len(corr) > 128 {
-		corr = rid
-	}
+	rid, corr := httpx.RequestIDOf(c), httpx.CorrelationIDOf(c)
 	ua := c.Request.UserAgent()
 	if len(ua) > 512 {
 		ua = ua[:512]
@@ -250,6 +248,26 @@ func (h *HTTP) deleteWebhook(c *gin.Context) (Result[struct{}], error) {
 		return Result[struct{}]{}, err
 	}
 	return h.svc.DeleteWebhook(c, Meta(c), principal(c), id)
+}
+
+func (h *HTTP) suspendOrganization(c *gin.Context) (Result[readmodel.Organization], error) {
+	id, err := httpx.PathUUID(c, "id")
+	if err != nil {
+		return Result[readmodel.Organization]{}, err
+	}
+	in, err := body[SuspendOrganization](c)
+	if err != nil {
+		return Result[readmodel.Organization]{}, err
+	}
+	return h.svc.SuspendOrganization(c, Meta(c), principal(c), id, in)
+}
+
+func (h *HTTP) resumeOrganization(c *gin.Context) (Result[readmodel.Organization], error) {
+	id, err := httpx.PathUUID(c, "id")
+	if err != nil {
+		return Result[readmodel.Organization]{}, err
+	}
+	return h.svc.ResumeOrganization(c, Meta(c), principal(c), id)
 }
 
 func (h *HTTP) revokeToken(c *gin.Context) (Result[struct{}], error) {

@@ -13,17 +13,23 @@ import (
 
 // Organization is the organization aggregate's state.
 type Organization struct {
-	Exists bool
-	Name   string
-	Slug   string
-	Status string
+	Exists           bool
+	Name             string
+	Slug             string
+	Status           string
+	Platform         bool
+	SuspensionReason *string
 }
 
 // EvolveOrganization applies one event.
 func EvolveOrganization(o Organization, e events.Event) Organization {
 	switch e := e.(type) {
 	case events.OrganizationCreated:
-		o = Organization{Exists: true, Name: e.Name, Slug: e.Slug, Status: e.Status}
+		o = Organization{Exists: true, Name: e.Name, Slug: e.Slug, Status: e.Status, Platform: e.Platform}
+	case events.OrganizationSuspended:
+		o.Status, o.SuspensionReason = OrganizationSuspendedStatus, &e.Reason
+	case events.OrganizationResumed:
+		o.Status, o.SuspensionReason = "active", nil
 	case events.OrganizationUpdated:
 		if c, ok := e.Changes["name"]; ok {
 			o.Name = c.New

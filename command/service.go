@@ -316,6 +316,16 @@ func (s *Service) Login(ctx context.Context, meta events.Meta, c Login) (Result[
 	case l.State.Status != StatusActive:
 		return res, s.loginFailed(ctx, meta, c.Email, &org, "user_deactivated")
 	}
+	// Only someone who knows the password learns that the organization is suspended.
+	if suspended, err := s.organizationSuspended(ctx, org); err != nil || suspended {
+		if err == nil {
+			err = s.loginFailed(ctx, meta, c.Email, &org, "organization_suspended")
+			if apperr.CodeOf(err) == apperr.CodeUnauthenticated {
+				err = errSuspended
+			}
+		}
+		return res, err
+	}
 	meta.Actor = events.Actor{Type: events.ActorUser, ID: &userID}
 	sessionID := uuid.Must(uuid.NewV7())
 	evs, err := DecideStartSession(Session{}, userID, s.now().Add(s.refreshTTL))
@@ -380,6 +390,13 @@ func (s *Service) Refresh(ctx context.Context, meta events.Meta, c Refresh) (Res
 			return res, err
 		}
 		org := user.OrganizationID
+		// A suspended organization's sessions stay as they are, unusable until it resumes.
+		if suspended, err := s.organizationSuspended(ctx, org); err != nil || suspended {
+			if err == nil {
+				err = errSuspended
+			}
+			return res, err
+		}
 		meta.Actor = events.Actor{Type: events.ActorUser, ID: &l.State.UserID}
 		evs, refused := DecideRefreshSession(l.State, generation, s.now(), s.now().Add(s.refreshTTL))
 		if refused == nil && (!user.State.Live() || user.State.Status != StatusActive) {

@@ -23,6 +23,8 @@ type AuditEntry struct {
 	SubjectID      uuid.UUID       `json:"subject_id"`
 	OrganizationID *uuid.UUID      `json:"organization_id"`
 	RequestID      string          `json:"request_id"`
+	CorrelationID  string          `json:"correlation_id"`
+	CausationID    string          `json:"causation_id"`
 	IPAddress      *string         `json:"ip_address"`
 	UserAgent      *string         `json:"user_agent"`
 	Changes        json.RawMessage `json:"changes"`
@@ -41,7 +43,7 @@ func AuditEntryOf(e Envelope) (AuditEntry, error) {
 	a := AuditEntry{
 		ID: e.ID, Action: e.Type, ActorID: e.Actor.ID, ActorType: e.Actor.Type,
 		SubjectType: e.StreamType, SubjectID: e.StreamID, OrganizationID: e.OrganizationID,
-		RequestID: e.RequestID, OccurredAt: e.OccurredAt.UTC(), Position: e.Position,
+		RequestID: e.RequestID, CorrelationID: e.CorrelationID, CausationID: e.CausationID, OccurredAt: e.OccurredAt.UTC(), Position: e.Position,
 	}
 	if e.Metadata.IPAddress != "" {
 		ip := e.Metadata.IPAddress
@@ -119,14 +121,14 @@ func redact(v any) any {
 
 // AuditColumns are audit_entries' columns in ScanAuditEntry's order.
 const AuditColumns = `id, action, actor_id, actor_type, subject_type, subject_id, organization_id, request_id,
-	ip_address, user_agent, changes, occurred_at, position`
+	correlation_id, causation_id, ip_address, user_agent, changes, occurred_at, position`
 
 // ScanAuditEntry reads one row selected with AuditColumns.
 func ScanAuditEntry(row pgx.Row) (AuditEntry, error) {
 	var a AuditEntry
 	var changes []byte
 	err := row.Scan(&a.ID, &a.Action, &a.ActorID, &a.ActorType, &a.SubjectType, &a.SubjectID, &a.OrganizationID,
-		&a.RequestID, &a.IPAddress, &a.UserAgent, &changes, &a.OccurredAt, &a.Position)
+		&a.RequestID, &a.CorrelationID, &a.CausationID, &a.IPAddress, &a.UserAgent, &changes, &a.OccurredAt, &a.Position)
 	a.Changes = changes
 	a.OccurredAt = a.OccurredAt.UTC()
 	return a, err
@@ -138,7 +140,7 @@ func (a AuditEntry) sameAs(b AuditEntry) bool {
 	eqStr := func(x, y *string) bool { return (x == nil) == (y == nil) && (x == nil || *x == *y) }
 	return a.ID == b.ID && a.Action == b.Action && eqID(a.ActorID, b.ActorID) && a.ActorType == b.ActorType &&
 		a.SubjectType == b.SubjectType && a.SubjectID == b.SubjectID && eqID(a.OrganizationID, b.OrganizationID) &&
-		a.RequestID == b.RequestID && eqStr(a.IPAddress, b.IPAddress) && eqStr(a.UserAgent, b.UserAgent) &&
+		a.RequestID == b.RequestID && a.CorrelationID == b.CorrelationID && a.CausationID == b.CausationID && eqStr(a.IPAddress, b.IPAddress) && eqStr(a.UserAgent, b.UserAgent) &&
 		a.OccurredAt.Equal(b.OccurredAt) && a.Position == b.Position && sameJSON(a.Changes, b.Changes)
 }
 

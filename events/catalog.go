@@ -61,7 +61,18 @@ type OrganizationCreated struct {
 	Name   string `json:"name"`
 	Slug   string `json:"slug"`
 	Status string `json:"status"`
+	// Platform marks the platform operators' organization (made by `chatbotd admin create`).
+	Platform bool `json:"platform,omitempty"`
 }
+
+// OrganizationSuspended: a platform operator suspended the organization; its users and
+// tokens stop working at once.
+type OrganizationSuspended struct {
+	Reason string `json:"reason"`
+}
+
+// OrganizationResumed: a platform operator lifted the suspension.
+type OrganizationResumed struct{}
 
 // OrganizationUpdated: the organization's name or slug changed.
 type OrganizationUpdated struct {
@@ -74,6 +85,9 @@ type UserCreated struct {
 	Email  string   `json:"email"`
 	Roles  []string `json:"roles"`
 	Status string   `json:"status"`
+	// PlatformOperator marks an account made by `chatbotd admin create`: it may list and
+	// suspend every organization.
+	PlatformOperator bool `json:"platform_operator,omitempty"`
 }
 
 // UserUpdated: a user's name or email changed.
@@ -338,8 +352,12 @@ func (WebhookCreated) EventType() string  { return "webhook.created" }
 func (WebhookDeleted) EventType() string  { return "webhook.deleted" }
 func (WebhookDisabled) EventType() string { return "webhook.disabled" }
 
-func (OrganizationCreated) EventType() string  { return "organization.created" }
-func (OrganizationUpdated) EventType() string  { return "organization.updated" }
+func (OrganizationCreated) EventType() string { return "organization.created" }
+func (OrganizationUpdated) EventType() string { return "organization.updated" }
+func (OrganizationSuspended) EventType() string {
+	return "organization.suspended"
+}
+func (OrganizationResumed) EventType() string  { return "organization.resumed" }
 func (UserCreated) EventType() string          { return "user.created" }
 func (UserUpdated) EventType() string          { return "user.updated" }
 func (UserDeactivated) EventType() string      { return "user.deactivated" }
@@ -395,7 +413,7 @@ var specs = func() map[string]Spec {
 		version int
 		sample  Event
 	}{
-		{1, OrganizationCreated{}}, {1, OrganizationUpdated{}},
+		{1, OrganizationCreated{}}, {1, OrganizationUpdated{}}, {1, OrganizationSuspended{}}, {1, OrganizationResumed{}},
 		{1, UserCreated{}}, {1, UserUpdated{}}, {1, UserDeactivated{}}, {1, UserReactivated{}},
 		{1, UserDeleted{}}, {1, UserRoleAssigned{}}, {1, UserRoleRemoved{}}, {1, UserPasswordChanged{}},
 		{1, SessionStarted{}}, {1, SessionRefreshed{}}, {1, SessionReuseDetected{}}, {1, SessionRevoked{}},

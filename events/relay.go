@@ -16,6 +16,7 @@ import (
 
 	"github.com/chatbotsaas/chatbotd/internal/broker"
 	"github.com/chatbotsaas/chatbotd/internal/db"
+	"github.com/chatbotsaas/chatbotd/internal/metrics"
 )
 
 // RelayConfig configures a Relay.
@@ -30,8 +31,9 @@ type RelayConfig struct {
 	IdleWait time.Duration
 	// Queues are declared (with their bindings) before anything is published, so that no
 	// event reaches the exchange before the queues that must receive it exist.
-	Queues []broker.QueueSpec
-	Logger *slog.Logger
+	Queues  []broker.QueueSpec
+	Logger  *slog.Logger
+	Metrics *metrics.Metrics
 }
 
 func (c *RelayConfig) setDefaults() {
@@ -172,6 +174,7 @@ func (r *Relay) lead(ctx context.Context) error {
 			if err := r.saveCheckpoint(ctx, next); err != nil {
 				return err
 			}
+			r.published(ctx, batch)
 			cp = next
 			continue
 		}
@@ -198,6 +201,56 @@ func (r *Relay) lead(ctx context.Context) error {
 			return fmt.Errorf("wait for notification: %w", err)
 		}
 	}
+}
+
+// published counts a confirmed batch and traces each event at debug level, with its
+// correlation id, so that one request can be followed from the API to the projectors.
+func (r *Relay) published(ctx context.Context, batch []Envelope) {
+	r.cfg.Metrics.Published(len(batch))
+	if !r.cfg.Logger.Enabled(ctx, slog.LevelDebug) {
+		return
+	}
+	for _, e := range batch {
+		r.cfg.Logger.LogAttrs(ctx, slog.LevelDebug, "event published", slog.String("event_id", e.ID.String()),
+			slog.String("type", e.Type), slog.Int64("position", e.Position),
+			slog.String("correlation_id", e.CorrelationID), slog.String("causation_id", e.CausationID))
+	}
+}
+
+// RelayStatus is how far the relay is behind the log.
+type RelayStatus struct {
+	Position int64 `json:"position"`
+	// Behind counts committed events not yet published (counted up to 1,000,000).
+	Behind int64 `json:"events_behind"`
+	// LagSeconds is the age of the oldest event not yet published (0 when none is).
+	LagSeconds float64    `json:"lag_seconds"`
+	UpdatedAt  *time.Time `json:"updated_at"`
+}
+
+// RelayLag reads the status of the relay called name ("" for the default one).
+func RelayLag(ctx context.Context, q Querier, name string) (RelayStatus, error) {
+	if name == "" {
+		name = "default"
+	}
+	var st RelayStatus
+	var txid string
+	err := q.QueryRow(ctx, `SELECT coalesce(max(transaction_id::text), '0'), coalesce(max(position), 0), max(updated_at)
+		FROM relay_checkpoints WHERE name = $1`, name).Scan(&txid, &st.Position, &st.UpdatedAt)
+	if err != nil {
+		return st, db.Classify(err)
+	}
+	var oldest *time.Time
+	err = q.QueryRow(ctx, `SELECT (SELECT count(*) FROM (SELECT 1 FROM events
+			WHERE (transaction_id, position) > ($1::text::xid8, $2::bigint) LIMIT 1000000) AS b),
+		(SELECT occurred_at FROM events WHERE (transaction_id, position) > ($1::text::xid8, $2::bigint)
+			ORDER BY transaction_id, position LIMIT 1)`, txid, st.Position).Scan(&st.Behind, &oldest)
+	if err != nil {
+		return st, db.Classify(err)
+	}
+	if oldest != nil {
+		st.LagSeconds = max(0, time.Since(*oldest).Seconds())
+	}
+	return st, nil
 }
 
 func (r *Relay) loadCheckpoint(ctx context.Context) (Checkpoint, error) {

@@ -16,6 +16,7 @@ import (
 
 	"github.com/chatbotsaas/chatbotd/internal/apperr"
 	"github.com/chatbotsaas/chatbotd/internal/db"
+	"github.com/chatbotsaas/chatbotd/internal/metrics"
 )
 
 // AnyVersion as an expected version appends after whatever the stream holds.
@@ -77,6 +78,24 @@ type Store struct {
 	startOnce sync.Once
 	stop      context.CancelFunc
 	stopped   chan struct{}
+
+	metrics *metrics.Metrics
+}
+
+// Instrument counts the store's appends in m (set once, before the store is used).
+func (s *Store) Instrument(m *metrics.Metrics) { s.metrics = m }
+
+// appended counts the events of a committed append.
+func (s *Store) appended(reqs ...AppendRequest) {
+	if s.metrics == nil {
+		return
+	}
+	for _, r := range reqs {
+		for _, e := range r.Events {
+			s.metrics.EventsAppended(e.EventType(), 1)
+		}
+		s.appended(r.More...)
+	}
 }
 
 // NewStore returns a store over pool.
@@ -163,6 +182,7 @@ func (s *Store) appendOnce(ctx context.Context, req AppendRequest) (res AppendRe
 		}
 		if err == nil {
 			s.notify()
+			s.appended(req)
 		}
 		return res, err
 	}
@@ -205,6 +225,7 @@ func (s *Store) appendOnce(ctx context.Context, req AppendRequest) (res AppendRe
 		return res, err
 	}
 	s.notify()
+	s.appended(req)
 	return res, nil
 }
 
@@ -224,6 +245,10 @@ func (s *Store) AppendTx(ctx context.Context, tx pgx.Tx, req AppendRequest) (App
 	}
 	res := AppendResult{StreamType: req.StreamType, StreamID: req.StreamID, OccurredAt: s.now()}
 	res.Version, res.Position, err = s.insertStream(ctx, tx, req, req.Meta, meta, res.OccurredAt)
+	if err == nil {
+		// Counted when inserted: the caller's commit is out of sight (a rollback is rare).
+		s.appended(req)
+	}
 	return res, err
 }
 

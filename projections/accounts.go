@@ -49,8 +49,14 @@ func (a *Accounts) Apply(ctx context.Context, tx pgx.Tx, e events.Envelope) erro
 	id, v, at := e.StreamID, e.StreamVersion, e.OccurredAt
 	switch ev := ev.(type) {
 	case events.OrganizationCreated:
-		_, err = tx.Exec(ctx, `INSERT INTO organizations (id, name, slug, status, version, created_at, updated_at)
-			VALUES ($1, $2, $3, $4, $5, $6, $6)`, id, ev.Name, ev.Slug, ev.Status, v, at)
+		_, err = tx.Exec(ctx, `INSERT INTO organizations (id, name, slug, status, platform, version, created_at, updated_at)
+			VALUES ($1, $2, $3, $4, $5, $6, $7, $7)`, id, ev.Name, ev.Slug, ev.Status, ev.Platform, v, at)
+	case events.OrganizationSuspended:
+		_, err = tx.Exec(ctx, `UPDATE organizations SET status = 'suspended', suspension_reason = $2, version = $3,
+			updated_at = $4 WHERE id = $1`, id, ev.Reason, v, at)
+	case events.OrganizationResumed:
+		_, err = tx.Exec(ctx, `UPDATE organizations SET status = 'active', suspension_reason = NULL, version = $2,
+			updated_at = $3 WHERE id = $1`, id, v, at)
 	case events.OrganizationUpdated:
 		name, slug := changed(ev.Changes, "name"), changed(ev.Changes, "slug")
 		_, err = tx.Exec(ctx, `UPDATE organizations SET name = coalesce($2, name), slug = coalesce($3, slug),

@@ -31,9 +31,9 @@ func (Audit) Apply(ctx context.Context, tx pgx.Tx, e events.Envelope) error {
 		return err
 	}
 	_, err = tx.Exec(ctx, `INSERT INTO audit_entries (id, position, organization_id, action, actor_type, actor_id,
-		subject_type, subject_id, request_id, ip_address, user_agent, changes, occurred_at)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) ON CONFLICT (id) DO NOTHING`,
+		subject_type, subject_id, request_id, correlation_id, causation_id, ip_address, user_agent, changes, occurred_at)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) ON CONFLICT (id) DO NOTHING`,
 		a.ID, a.Position, a.OrganizationID, a.Action, a.ActorType, a.ActorID, a.SubjectType, a.SubjectID,
-		a.RequestID, a.IPAddress, a.UserAgent, []byte(a.Changes), a.OccurredAt)
+		a.RequestID, a.CorrelationID, a.CausationID, a.IPAddress, a.UserAgent, []byte(a.Changes), a.OccurredAt)
 	return err
 }

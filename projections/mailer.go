@@ -19,6 +19,8 @@ import (
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/chatbotsaas/chatbotd/internal/metrics"
 )
 
 // SMTP is where the Mailer sends, parsed from SMTP_URL:
@@ -76,6 +78,7 @@ type Mailer struct {
 	Attempts  int
 	RetryBase time.Duration
 	Logger    *slog.Logger
+	Metrics   *metrics.Metrics
 }
 
 type pendingEmail struct {
@@ -123,6 +126,10 @@ func (m *Mailer) Step(ctx context.Context) (int, error) {
 		if ctx.Err() != nil {
 			return len(due), nil // the lease expires and it is sent again
 		}
+		if sendErr != nil {
+			status = "failed"
+		}
+		m.Metrics.WorkerOutcome("email", status)
 		if err := m.record(ctx, p, status, sendErr); err != nil {
 			return len(due), err
 		}

@@ -20,6 +20,7 @@ import (
 	"github.com/chatbotsaas/chatbotd/events"
 	"github.com/chatbotsaas/chatbotd/internal/broker"
 	"github.com/chatbotsaas/chatbotd/internal/db"
+	"github.com/chatbotsaas/chatbotd/internal/metrics"
 )
 
 // Projector is one read model. Apply is called inside the batch's transaction, exactly
@@ -58,6 +59,7 @@ type Config struct {
 	// Attempts is how often one failing event is tried before it is dead-lettered.
 	Attempts int
 	Logger   *slog.Logger
+	Metrics  *metrics.Metrics
 }
 
 func (c *Config) setDefaults() {
@@ -192,6 +194,7 @@ func (r *Runner) handle(ctx context.Context, batch []amqp.Delivery) error {
 		if err != nil {
 			r.log.Error("undecodable message dead-lettered", "error", err, "message_id", d.MessageId)
 			_ = d.Nack(false, false)
+			r.cfg.Metrics.DeadLettered(r.p.Name())
 			continue
 		}
 		envs = append(envs, e)
@@ -209,6 +212,7 @@ func (r *Runner) handle(ctx context.Context, batch []amqp.Delivery) error {
 		return err
 	}
 	r.log.Warn("batch failed, applying one by one", "error", err, "size", len(envs))
+	r.cfg.Metrics.Retried(r.p.Name())
 	// Isolate the poison event: the others go through, it alone is dead-lettered.
 	for i, e := range envs {
 		var applied []events.Envelope
@@ -218,6 +222,7 @@ func (r *Runner) handle(ctx context.Context, batch []amqp.Delivery) error {
 			if err == nil || db.IsUnavailable(err) {
 				break
 			}
+			r.cfg.Metrics.Retried(r.p.Name())
 			time.Sleep(time.Duration(attempt*attempt) * 50 * time.Millisecond)
 		}
 		switch {
@@ -228,8 +233,9 @@ func (r *Runner) handle(ctx context.Context, batch []amqp.Delivery) error {
 			return err
 		default:
 			r.log.Error("event dead-lettered", "error", err, "event_id", e.ID, "type", e.Type,
-				"stream_id", e.StreamID, "stream_version", e.StreamVersion)
+				"stream_id", e.StreamID, "stream_version", e.StreamVersion, "correlation_id", e.CorrelationID)
 			_ = good[i].Nack(false, false)
+			r.cfg.Metrics.DeadLettered(r.p.Name())
 			if dl, ok := r.p.(DeadLetterer); ok {
 				dl.DeadLettered(ctx, e, err)
 			}
@@ -247,14 +253,29 @@ func ackAll(ds []amqp.Delivery) error {
 	return nil
 }
 
+// afterCommit runs the projector's after-commit work and traces each applied event: at
+// debug level, one line per event with its correlation id, so that one request can be
+// followed through every projector.
 func (r *Runner) afterCommit(ctx context.Context, applied []events.Envelope) {
+	if r.log.Enabled(ctx, slog.LevelDebug) {
+		for _, e := range applied {
+			r.log.LogAttrs(ctx, slog.LevelDebug, "event applied", slog.String("event_id", e.ID.String()),
+				slog.String("type", e.Type), slog.Int64("position", e.Position),
+				slog.String("correlation_id", e.CorrelationID), slog.String("causation_id", e.CausationID))
+		}
+	}
 	if ac, ok := r.p.(AfterCommitter); ok && len(applied) > 0 {
 		ac.AfterCommit(ctx, applied)
 	}
 }
 
 func (r *Runner) applyBatch(ctx context.Context, envs []events.Envelope) ([]events.Envelope, error) {
-	return ApplyBatch(ctx, r.pool, r.p, envs)
+	start := time.Now()
+	applied, err := ApplyBatch(ctx, r.pool, r.p, envs)
+	if err == nil {
+		r.cfg.Metrics.Applied(r.p.Name(), len(applied), time.Since(start))
+	}
+	return applied, err
 }
 
 // ApplyBatch applies events to p in one transaction: duplicates and already applied
@@ -382,5 +403,31 @@ func applyInTx(ctx context.Context, tx pgx.Tx, p Projector, envs []events.Envelo
 			return nil, err
 		}
 	}
+	if err = recordPosition(ctx, tx, p.Name(), applied); err != nil {
+		return nil, err
+	}
 	return applied, nil
+}
+
+// recordPosition advances the projection's row in projection_positions: its highest
+// applied position, that event's time, and its count of applied events. It is the
+// batch's last statement, so the row is locked only until the commit.
+func recordPosition(ctx context.Context, tx pgx.Tx, projection string, applied []events.Envelope) error {
+	if len(applied) == 0 {
+		return nil
+	}
+	last := applied[0]
+	for _, e := range applied[1:] {
+		if e.Position > last.Position {
+			last = e
+		}
+	}
+	_, err := tx.Exec(ctx, `INSERT INTO projection_positions AS p (projection, position, last_event_at, events_applied, updated_at)
+		VALUES ($1, $2, $3, $4, now())
+		ON CONFLICT (projection) DO UPDATE SET
+			last_event_at = CASE WHEN excluded.position > p.position THEN excluded.last_event_at ELSE p.last_event_at END,
+			position = greatest(p.position, excluded.position),
+			events_applied = p.events_applied + excluded.events_applied, updated_at = now()`,
+		projection, last.Position, last.OccurredAt, len(applied))
+	return err
 }

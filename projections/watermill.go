@@ -12,7 +12,9 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/ThreeDotsLabs/watermill/message/router/middleware"
 
+	"github.com/chatbotsaas/chatbotd/events"
 	"github.com/chatbotsaas/chatbotd/internal/broker"
+	"github.com/chatbotsaas/chatbotd/internal/metrics"
 )
 
 // queueSubscriber is a watermill Subscriber over one of our durable queues. Unlike
@@ -93,6 +95,7 @@ type Consumer struct {
 	Workers int
 	Handle  func(*message.Message) error
 	Logger  *slog.Logger
+	Metrics *metrics.Metrics
 }
 
 // Run consumes until ctx ends, reconnecting after failures.
@@ -113,6 +116,29 @@ func (c Consumer) Run(ctx context.Context) error {
 	}
 }
 
+// observe counts each message's outcome and traces it at debug level with the event's
+// correlation id.
+func (c Consumer) observe(h message.HandlerFunc) message.HandlerFunc {
+	name := c.Queue.Name
+	return func(m *message.Message) ([]*message.Message, error) {
+		start := time.Now()
+		out, err := h(m)
+		if err != nil {
+			c.Metrics.Retried(name)
+		} else {
+			c.Metrics.Applied(name, 1, time.Since(start))
+		}
+		if ctx := m.Context(); c.Logger.Enabled(ctx, slog.LevelDebug) {
+			if e, derr := events.DecodeEnvelope(m.Payload); derr == nil {
+				c.Logger.LogAttrs(ctx, slog.LevelDebug, "event handled", slog.String("event_id", e.ID.String()),
+					slog.String("type", e.Type), slog.Bool("ok", err == nil),
+					slog.String("correlation_id", e.CorrelationID), slog.String("causation_id", e.CausationID))
+			}
+		}
+		return out, err
+	}
+}
+
 func (c Consumer) run(ctx context.Context) error {
 	ch, err := c.Conn.Channel(ctx)
 	if err != nil {
@@ -128,7 +154,7 @@ func (c Consumer) run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	router.AddMiddleware(middleware.Recoverer)
+	router.AddMiddleware(middleware.Recoverer, c.observe)
 	router.AddConsumerHandler(c.Queue.Name, c.Queue.Name, queueSubscriber{conn: c.Conn, prefetch: max(c.Workers, 1)}, c.Handle)
 	if err := router.Run(ctx); err != nil {
 		return err

@@ -6,6 +6,7 @@ import (
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
@@ -19,6 +20,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/chatbotsaas/chatbotd/events"
+	"github.com/chatbotsaas/chatbotd/internal/metrics"
 	"github.com/chatbotsaas/chatbotd/internal/secretbox"
 )
 
@@ -53,6 +55,7 @@ type WebhookDeliverer struct {
 	DisableAfter int
 	Retention    time.Duration // finished deliveries older than this are deleted
 	Logger       *slog.Logger
+	Metrics      *metrics.Metrics
 }
 
 const (
@@ -285,6 +288,7 @@ func (d *WebhookDeliverer) send(ctx context.Context, t webhookTarget, c claimedD
 	req.Header.Set("X-Delivery-Attempt", strconv.Itoa(c.attempt))
 	req.Header.Set("X-Event-ID", c.event.String())
 	req.Header.Set("X-Event-Type", c.eventType)
+	defer func() { d.observe(ctx, c, code, errText) }()
 	res, err := d.Client.Do(req)
 	if err != nil {
 		return 0, truncate(err.Error(), maxErrorText), time.Since(start)
@@ -296,6 +300,26 @@ func (d *WebhookDeliverer) send(ctx context.Context, t webhookTarget, c claimedD
 		return res.StatusCode, fmt.Sprintf("status %d", res.StatusCode), took
 	}
 	return res.StatusCode, "", took
+}
+
+// observe counts an attempt's outcome and traces it at debug level with the event's
+// correlation id (read from the delivered envelope).
+func (d *WebhookDeliverer) observe(ctx context.Context, c claimedDelivery, code int, errText string) {
+	outcome := "delivered"
+	if errText != "" {
+		outcome = "failed"
+	}
+	d.Metrics.WorkerOutcome("webhook_delivery", outcome)
+	if !d.Logger.Enabled(ctx, slog.LevelDebug) {
+		return
+	}
+	var corr struct {
+		CorrelationID string `json:"correlation_id"`
+	}
+	_ = json.Unmarshal(c.payload, &corr)
+	d.Logger.LogAttrs(ctx, slog.LevelDebug, "webhook delivery attempted", slog.String("delivery_id", c.id.String()),
+		slog.String("event_id", c.event.String()), slog.String("type", c.eventType), slog.Int("status", code),
+		slog.String("outcome", outcome), slog.String("correlation_id", corr.CorrelationID))
 }
 
 func truncate(s string, n int) string {

@@ -22,7 +22,8 @@ import (
 )
 
 // auditFilter turns the audit-log filters of the query string into SQL over
-// audit_entries: action, actor_id, subject_type, subject_id, request_id, from, to. Every
+// audit_entries: action, actor_id, subject_type, subject_id, request_id, correlation_id,
+// from, to. Every
 // combination is served by an index that starts with the organization and ends with the
 // order (occurred_at, position) descending.
 func auditFilter(c *gin.Context, f apperr.Fields) (where []string, args []any) {
@@ -43,6 +44,7 @@ func auditFilter(c *gin.Context, f apperr.Fields) (where []string, args []any) {
 	text("action", 100)
 	text("subject_type", 50)
 	text("request_id", 128)
+	text("correlation_id", 128)
 	for _, name := range []string{"actor_id", "subject_id"} {
 		if v := c.Query(name); v != "" {
 			id, err := uuid.Parse(v)
@@ -186,7 +188,7 @@ func (h *HTTP) auditPage(c *gin.Context, where []string, args []any, after *even
 }
 
 var auditCSVHeader = []string{"id", "action", "actor_type", "actor_id", "subject_type", "subject_id", "organization_id",
-	"request_id", "ip_address", "user_agent", "changes", "occurred_at", "position"}
+	"request_id", "correlation_id", "causation_id", "ip_address", "user_agent", "changes", "occurred_at", "position"}
 
 func auditCSVRow(a events.AuditEntry) []string {
 	id := func(u *uuid.UUID) string {
@@ -202,7 +204,7 @@ func auditCSVRow(a events.AuditEntry) []string {
 		return *s
 	}
 	return []string{a.ID.String(), a.Action, a.ActorType, id(a.ActorID), a.SubjectType, a.SubjectID.String(),
-		id(a.OrganizationID), cell(a.RequestID), cell(str(a.IPAddress)), cell(str(a.UserAgent)), cell(string(a.Changes)),
+		id(a.OrganizationID), cell(a.RequestID), cell(a.CorrelationID), cell(a.CausationID), cell(str(a.IPAddress)), cell(str(a.UserAgent)), cell(string(a.Changes)),
 		a.OccurredAt.Format(time.RFC3339Nano), strconv.FormatInt(a.Position, 10)}
 }
 

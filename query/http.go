@@ -87,6 +87,7 @@ func (h *HTTP) Routes() []httpx.Route {
 		httpx.R(http.MethodGet, "/api/v1/webhooks", auth.WebhooksRead, h.listWebhooks),
 		httpx.R(http.MethodGet, "/api/v1/webhooks/:id", auth.WebhooksRead, h.getWebhook),
 		httpx.R(http.MethodGet, "/api/v1/webhooks/:id/deliveries", auth.WebhooksRead, h.listDeliveries),
+		httpx.R(http.MethodGet, "/api/v1/admin/organizations", auth.PlatformOperate, h.listOrganizations),
 	}
 }
 

@@ -41,8 +41,16 @@ func rebuildable() []projections.Rebuildable {
 }
 
 func (m *Main) projectionsCommand(ctx context.Context, cfg config.Config, logger *slog.Logger, args []string) error {
+	if len(args) > 0 {
+		switch args[0] {
+		case "status":
+			return m.projectionsStatus(ctx, cfg, logger, args[1:])
+		case "dead-letters", "redrive":
+			return m.deadLetters(ctx, cfg, logger, args[0], args[1:])
+		}
+	}
 	if len(args) == 0 || args[0] != "rebuild" {
-		return errors.New("usage: chatbotd projections rebuild NAME|--all [--restore-pruned]")
+		return errors.New("usage: chatbotd projections rebuild NAME|--all [--restore-pruned] | status | dead-letters NAME | redrive NAME")
 	}
 	fs := flag.NewFlagSet("projections rebuild", flag.ContinueOnError)
 	fs.SetOutput(m.Stderr)

@@ -103,7 +103,7 @@ func TestAuditExportOf100000EntriesStreamsInBoundedMemory(t *testing.T) {
 					break
 				}
 				require.NoError(t, err)
-				if strings.HasPrefix(rec[9], "Mozilla") {
+				if strings.HasPrefix(rec[11], "Mozilla") { // user_agent
 					seeded++
 				}
 				lines++

@@ -23,7 +23,7 @@ import (
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	m := &Main{Stdout: os.Stdout, Stderr: os.Stderr, Environ: os.Environ()}
+	m := &Main{Stdin: os.Stdin, Stdout: os.Stdout, Stderr: os.Stderr, Environ: os.Environ()}
 	if err := m.Run(ctx, os.Args[1:]); err != nil {
 		fmt.Fprintln(os.Stderr, "chatbotd:", err)
 		os.Exit(1)
@@ -33,6 +33,7 @@ func main() {
 // Main is one run of the program, with its outside world passed in so that a test can
 // run it in-process.
 type Main struct {
+	Stdin          io.Reader
 	Stdout, Stderr io.Writer
 	Environ        []string
 	// Listening, when set, receives the API's address once it accepts connections.
@@ -46,6 +47,10 @@ commands:
   migrate                                create the database if missing and apply migrations
   projections rebuild NAME... | --all    replay the log into fresh tables and swap them in
         [--restore-pruned]               (audit: bring back pruned entries) [--batch N]
+  projections status [--json]            the relay's and each projection's position, lag, dead letters
+  projections dead-letters NAME [--limit N]   list a projection's dead-lettered events (JSON lines)
+  projections redrive NAME [--limit N]   send them back to the projection's queue, after a fix
+  admin create --email E --name N        make a platform operator account (password on stdin)
   audit verify [--organization ID]       recompute the tamper-evidence chains; fails if one is bad
   audit prune [--days N] [--export F]    remove audit entries older than N days (AUDIT_RETENTION_DAYS)
   replay [--organization ID|none] [--stream ID] [--type T,...] [--from T] [--to T] [--after POS]
@@ -87,6 +92,8 @@ func (m *Main) Run(ctx context.Context, args []string) error {
 		return m.projectionsCommand(ctx, cfg, logger, args[1:])
 	case "audit":
 		return m.auditCommand(ctx, cfg, logger, args[1:])
+	case "admin":
+		return m.adminCommand(ctx, cfg, logger, args[1:], m.Stdin)
 	case "replay":
 		return m.replay(ctx, cfg, logger, args[1:])
 	case "help", "-h", "--help":

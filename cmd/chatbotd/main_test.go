@@ -39,6 +39,7 @@ type app struct {
 	done   chan error
 	client *http.Client
 	logs   func() string // what chatbotd logged so far
+	env    []string      // chatbotd's environment, for running its other commands
 }
 
 func startApp(t *testing.T, extraEnv ...string) *app {
@@ -73,7 +74,7 @@ func startApp(t *testing.T, extraEnv ...string) *app {
 	done := make(chan error, 1)
 	go func() { done <- m.Run(ctx, []string{"serve"}) }()
 	app := &app{t: t, db: d, mq: a, pg: pg, amqp: mq, stop: cancel, done: done, client: &http.Client{Timeout: 15 * time.Second},
-		logs: logs.String}
+		logs: logs.String, env: env}
 	select {
 	case addr := <-listening:
 		app.base = "http://" + addr
@@ -90,6 +91,21 @@ func startApp(t *testing.T, extraEnv ...string) *app {
 		}
 	})
 	return app
+}
+
+// cli runs one of chatbotd's commands (not serve) against the app's database and broker,
+// with stdin, and returns its stdout.
+func (a *app) cli(stdin string, args ...string) (string, error) {
+	a.t.Helper()
+	var out, errOut bytes.Buffer
+	m := &Main{Stdin: strings.NewReader(stdin), Stdout: &out, Stderr: &errOut, Environ: a.env}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	err := m.Run(ctx, args)
+	if err != nil {
+		a.t.Logf("chatbotd %s: %v\n%s", strings.Join(args, " "), err, errOut.String())
+	}
+	return out.String(), err
 }
 
 // redeliver publishes envs again straight to one of the app's queues (by its name

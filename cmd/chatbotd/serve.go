@@ -18,14 +18,13 @@ import (
 
 	"github.com/chatbotsaas/chatbotd/command"
 	"github.com/chatbotsaas/chatbotd/events"
-	"github.com/chatbotsaas/chatbotd/internal/apidoc"
-	"github.com/chatbotsaas/chatbotd/internal/apperr"
 	"github.com/chatbotsaas/chatbotd/internal/auth"
 	"github.com/chatbotsaas/chatbotd/internal/broker"
 	"github.com/chatbotsaas/chatbotd/internal/cache"
 	"github.com/chatbotsaas/chatbotd/internal/config"
 	"github.com/chatbotsaas/chatbotd/internal/db"
 	"github.com/chatbotsaas/chatbotd/internal/httpx"
+	"github.com/chatbotsaas/chatbotd/internal/metrics"
 	"github.com/chatbotsaas/chatbotd/internal/netguard"
 	"github.com/chatbotsaas/chatbotd/internal/ratelimit"
 	"github.com/chatbotsaas/chatbotd/internal/secretbox"
@@ -35,18 +34,19 @@ import (
 
 // deps are the connections every role shares.
 type deps struct {
-	cfg    config.Config
-	logger *slog.Logger
-	pool   *pgxpool.Pool // primary: the event store and the projectors
-	read   *pgxpool.Pool // the query side (a replica when DATABASE_READ_URL says so)
-	rdb    *redis.Client
-	cache  *cache.Cache
-	broker *broker.Conn
-	store  *events.Store
+	cfg     config.Config
+	logger  *slog.Logger
+	pool    *pgxpool.Pool // primary: the event store and the projectors
+	read    *pgxpool.Pool // the query side (a replica when DATABASE_READ_URL says so)
+	rdb     *redis.Client
+	cache   *cache.Cache
+	broker  *broker.Conn
+	store   *events.Store
+	metrics *metrics.Metrics
 }
 
 func openDeps(ctx context.Context, cfg config.Config, logger *slog.Logger) (*deps, error) {
-	d := &deps{cfg: cfg, logger: logger}
+	d := &deps{cfg: cfg, logger: logger, metrics: metrics.New()}
 	var err error
 	if d.pool, err = db.Open(ctx, cfg.DatabaseURL, cfg.DatabaseMaxConn); err != nil {
 		return nil, err
@@ -62,8 +62,10 @@ func openDeps(ctx context.Context, cfg config.Config, logger *slog.Logger) (*dep
 	opt.DialTimeout, opt.ReadTimeout, opt.WriteTimeout = 2*time.Second, time.Second, time.Second
 	d.rdb = redis.NewClient(opt)
 	d.cache = cache.New(d.rdb, cfg.RedisPrefix, 10*time.Minute)
+	d.cache.Instrument(d.metrics)
 	d.broker = broker.Dial(cfg.AMQPURL, logger)
 	d.store = events.NewStore(d.pool)
+	d.store.Instrument(d.metrics)
 	return d, nil
 }
 
@@ -92,25 +94,9 @@ func (m *Main) serve(ctx context.Context, cfg config.Config, roles map[string]bo
 	var workers sync.WaitGroup
 	// Every projector's runner is built whatever the roles: their queues are declared
 	// before any event is published, so no event is published before its queues exist.
-	var runners []*projections.Runner
-	for _, p := range []projections.Projector{
-		projections.NewAccounts(d.pool, d.cache, logger.With("projector", projections.AccountsName)),
-		projections.Chatbots{},
-		projections.Trainer{Store: d.store},
-		projections.Conversations{},
-		projections.Responder{Store: d.store},
-		projections.Audit{},
-		projections.Analytics{},
-		projections.Webhooks{},
-		projections.Notifications{},
-	} {
-		r, err := projections.NewRunner(d.pool, d.broker, p, projections.Config{Exchange: cfg.AMQPExchange,
-			QueuePrefix: cfg.AMQPQueuePrefix, BatchSize: cfg.ProjectorBatchSize,
-			DeliveryLimit: cfg.ProjectorDeliveryLimit, Logger: logger})
-		if err != nil {
-			return err
-		}
-		runners = append(runners, r)
+	runners, err := d.runners()
+	if err != nil {
+		return err
 	}
 	box, err := secretBox(ctx, d)
 	if err != nil {
@@ -122,8 +108,7 @@ func (m *Main) serve(ctx context.Context, cfg config.Config, roles map[string]bo
 	}
 	guard := netguard.Guard{AllowPrivate: cfg.AllowPrivateTargets}
 	webhooks := projections.Consumer{Conn: d.broker, Workers: cfg.WebhookWorkers, Logger: logger.With("consumer", projections.WebhookResponderName),
-		Queue: broker.QueueSpec{Name: cfg.AMQPQueuePrefix + projections.WebhookResponderName, Exchange: cfg.AMQPExchange,
-			Bindings: []string{"message.posted"}, DeliveryLimit: cfg.ProjectorDeliveryLimit},
+		Queue: webhookResponderQueue(cfg), Metrics: d.metrics,
 		Handle: projections.WebhookResponder{Store: d.store, Pool: d.pool, Box: box, Client: projections.WebhookClient(guard, cfg.WebhookTimeout),
 			Attempts: cfg.WebhookAttempts, Backoff: cfg.WebhookBackoff, Logger: logger.With("consumer", projections.WebhookResponderName)}.Handle}
 	queues := []broker.QueueSpec{webhooks.Queue}
@@ -152,7 +137,7 @@ func (m *Main) serve(ctx context.Context, cfg config.Config, roles map[string]bo
 	}
 	if roles[roleRelay] {
 		relay, err := events.NewRelay(d.pool, d.broker, events.RelayConfig{Exchange: cfg.AMQPExchange,
-			BatchSize: cfg.RelayBatchSize, Queues: queues, Logger: logger.With("component", "relay")})
+			BatchSize: cfg.RelayBatchSize, Queues: queues, Logger: logger.With("component", "relay"), Metrics: d.metrics})
 		if err != nil {
 			return err
 		}
@@ -175,10 +160,10 @@ func (m *Main) serve(ctx context.Context, cfg config.Config, roles map[string]bo
 			Client: projections.WebhookClient(guard, cfg.WebhookTimeout), Timeout: cfg.WebhookTimeout,
 			Workers: cfg.WebhookDeliveryWorkers, Attempts: cfg.WebhookDeliveryAttempts, RetryBase: cfg.WebhookRetryBase,
 			RetryMax: cfg.WebhookRetryMax, DisableAfter: cfg.WebhookDisableAfter, Retention: cfg.WebhookDeliveryRetention,
-			Logger: logger.With("component", "webhook-deliveries")}
+			Logger: logger.With("component", "webhook-deliveries"), Metrics: d.metrics}
 		start("webhook deliveries", deliverer.Run)
 		mailer := &projections.Mailer{Pool: d.pool, From: cfg.SMTPFrom, Timeout: 30 * time.Second, Attempts: 8,
-			RetryBase: time.Minute, Logger: logger.With("component", "mailer")}
+			RetryBase: time.Minute, Logger: logger.With("component", "mailer"), Metrics: d.metrics}
 		if cfg.SMTPURL != "" {
 			if mailer.SMTP, err = projections.ParseSMTPURL(cfg.SMTPURL); err != nil {
 				return err
@@ -283,7 +268,8 @@ func newAPI(ctx context.Context, d *deps, box *secretbox.Box, chain events.Chain
 	}
 	r.NoRoute(httpx.RequestID(), httpx.NoRoute)
 	r.NoMethod(httpx.RequestID(), httpx.NoMethod)
-	r.Use(httpx.RequestID(), httpx.Recover(), httpx.Logger(d.logger))
+	r.Use(httpx.RequestID(), d.metrics.HTTP(), httpx.Recover(), httpx.Logger(d.logger))
+	d.metrics.RegisterGauges("status", 5*time.Second, d.gauges)
 
 	idem := httpx.Idempotency(d.pool, func(c *gin.Context) string {
 		if p, ok := auth.PrincipalOf(c); ok {
@@ -304,8 +290,11 @@ func newAPI(ctx context.Context, d *deps, box *secretbox.Box, chain events.Chain
 			return nil, fmt.Errorf("route %s %s declares no access", rt.Method, rt.Path)
 		}
 		chain := []gin.HandlerFunc{httpx.Body(rt.MaxBody, rt.CSV)}
+		if rt.Method != http.MethodGet {
+			chain = append(chain, countCommand(d.metrics, rt.Method+" "+rt.Path))
+		}
 		switch {
-		case rt.Path == "/health" || rt.Path == "/ready":
+		case unlimited(rt.Path):
 			chain = append(chain, authn.Middleware(rt.Access)) // probes are never limited
 		case rt.Access == auth.Public:
 			chain = append(chain, publicLimit, authn.Middleware(rt.Access))
@@ -319,6 +308,66 @@ func newAPI(ctx context.Context, d *deps, box *secretbox.Box, chain events.Chain
 	}
 	registerBenchRoutes(r, routes)
 	return r, nil
+}
+
+// runners builds every projector's runner. They are built whatever the roles: their
+// queues are declared before any event is published, so no event is published before its
+// queues exist; and the operators' commands read their queues' names and bindings.
+func (d *deps) runners() ([]*projections.Runner, error) {
+	cfg, logger := d.cfg, d.logger
+	var runners []*projections.Runner
+	for _, p := range []projections.Projector{
+		projections.NewAccounts(d.pool, d.cache, logger.With("projector", projections.AccountsName)),
+		projections.Chatbots{},
+		projections.Trainer{Store: d.store},
+		projections.Conversations{},
+		projections.Responder{Store: d.store},
+		projections.Audit{},
+		projections.Analytics{},
+		projections.Webhooks{},
+		projections.Notifications{},
+	} {
+		r, err := projections.NewRunner(d.pool, d.broker, p, projections.Config{Exchange: cfg.AMQPExchange,
+			QueuePrefix: cfg.AMQPQueuePrefix, BatchSize: cfg.ProjectorBatchSize,
+			DeliveryLimit: cfg.ProjectorDeliveryLimit, Logger: logger, Metrics: d.metrics})
+		if err != nil {
+			return nil, err
+		}
+		runners = append(runners, r)
+	}
+	return runners, nil
+}
+
+// webhookResponderQueue is the queue of the consumer that calls chatbots' webhooks.
+func webhookResponderQueue(cfg config.Config) broker.QueueSpec {
+	return broker.QueueSpec{Name: cfg.AMQPQueuePrefix + projections.WebhookResponderName, Exchange: cfg.AMQPExchange,
+		Bindings: []string{"message.posted"}, DeliveryLimit: cfg.ProjectorDeliveryLimit}
+}
+
+// tracked lists every consumer whose progress operators watch, by name.
+func (d *deps) tracked() ([]projections.Tracked, error) {
+	runners, err := d.runners()
+	if err != nil {
+		return nil, err
+	}
+	canRebuild := map[string]bool{}
+	for _, p := range rebuildable() {
+		canRebuild[p.Name()] = true
+	}
+	var out []projections.Tracked
+	for _, r := range runners {
+		out = append(out, projections.Tracked{Name: r.Name(), Queue: r.Queue(), Positions: true, Rebuildable: canRebuild[r.Name()]})
+	}
+	return append(out, projections.Tracked{Name: projections.WebhookResponderName, Queue: webhookResponderQueue(d.cfg)}), nil
+}
+
+// countCommand counts a command by its outcome once it is answered: "ok", or the error
+// code of its answer (refusals by authentication or rate limits included).
+func countCommand(m *metrics.Metrics, name string) gin.HandlerFunc {
+	return func(c *gin.Context) {
+		c.Next()
+		m.Command(name, c.GetString(httpx.ErrorCodeKey))
+	}
 }
 
 // declareTopology declares the event exchange and the queues, retrying until the broker
@@ -422,57 +471,4 @@ func configuredKey(ctx context.Context, pool *pgxpool.Pool, logger *slog.Logger,
 func apiRoutes(c *command.HTTP, q *query.HTTP, o *operations) []httpx.Route {
 	routes := append(c.Routes(), q.Routes()...)
 	return append(routes, o.routes()...)
-}
-
-// operations are /health, /ready and the API document.
-type operations struct {
-	d     *deps
-	ready *atomic.Bool
-}
-
-func (o *operations) routes() []httpx.Route {
-	return []httpx.Route{
-		httpx.R(http.MethodGet, "/health", auth.Public, o.health),
-		httpx.R(http.MethodGet, "/ready", auth.Public, o.readyz),
-		httpx.R(http.MethodGet, "/api/v1/openapi.json", auth.Public, apidoc.Handler()),
-	}
-}
-
-func (o *operations) health(c *gin.Context) {
-	ctx, cancel := context.WithTimeout(c.Request.Context(), 2*time.Second)
-	defer cancel()
-	status := func(ok bool) string {
-		if ok {
-			return "up"
-		}
-		return "down"
-	}
-	var wg sync.WaitGroup
-	var dbOK, redisOK bool
-	wg.Add(2)
-	go func() { defer wg.Done(); dbOK = o.d.pool.Ping(ctx) == nil }()
-	go func() { defer wg.Done(); redisOK = o.d.rdb.Ping(ctx).Err() == nil }()
-	wg.Wait()
-	brokerOK := o.d.broker.Connected()
-	services := gin.H{"database": status(dbOK), "redis": status(redisOK), "broker": status(brokerOK)}
-	if dbOK && redisOK && brokerOK {
-		httpx.OK(c, http.StatusOK, "Healthy", gin.H{"status": "healthy", "services": services}, nil)
-		return
-	}
-	c.JSON(http.StatusServiceUnavailable, httpx.Envelope{Success: false, Message: "A dependency is down",
-		ErrorCode: apperr.CodeUnavailable, Data: gin.H{"status": "unhealthy", "services": services},
-		Timestamp: httpx.Timestamp(), RequestID: httpx.RequestIDOf(c)})
-}
-
-func (o *operations) readyz(c *gin.Context) {
-	if !o.ready.Load() {
-		httpx.Fail(c, apperr.New(apperr.CodeUnavailable, "Not ready"))
-		return
-	}
-	pending, err := db.Pending(c.Request.Context(), o.d.pool)
-	if err != nil || pending {
-		httpx.Fail(c, apperr.New(apperr.CodeUnavailable, "Migrations are not applied"))
-		return
-	}
-	httpx.OK(c, http.StatusOK, "Ready", gin.H{"status": "ready"}, nil)
 }

@@ -2,13 +2,23 @@
 package apidoc
 
 import (
-	_ "embed"
+	"bytes"
+	"compress/gzip"
+	"crypto/sha256"
+	"embed"
+	"encoding/hex"
 	"encoding/json"
+	"mime"
 	"net/http"
+	"path"
+	"strings"
 	"sync"
 
 	"github.com/getkin/kin-openapi/openapi3"
 	"github.com/gin-gonic/gin"
+
+	"github.com/chatbotsaas/chatbotd/internal/apperr"
+	"github.com/chatbotsaas/chatbotd/internal/httpx"
 )
 
 // YAML is the document as written.
@@ -44,4 +54,67 @@ func Handler() gin.HandlerFunc {
 		}
 		c.Data(http.StatusOK, "application/json", body)
 	}
+}
+
+//go:embed ui
+var ui embed.FS
+
+// asset is one file of the docs page, with its gzipped form made once.
+type asset struct {
+	body, gzipped []byte
+	etag, ctype   string
+}
+
+// Page serves GET /docs and GET /docs/assets/{file}: Swagger UI (its files are embedded
+// in the binary, see ui/VERSION) rendering /api/v1/openapi.json. Nothing is fetched from
+// elsewhere, and the Content-Security-Policy says so to the browser.
+func Page() (page, assets gin.HandlerFunc) {
+	files := map[string]*asset{}
+	entries, _ := ui.ReadDir("ui")
+	for _, e := range entries {
+		body, err := ui.ReadFile("ui/" + e.Name())
+		if err != nil {
+			continue
+		}
+		sum := sha256.Sum256(body)
+		var buf bytes.Buffer
+		zw, _ := gzip.NewWriterLevel(&buf, gzip.BestCompression)
+		_, _ = zw.Write(body)
+		_ = zw.Close()
+		ctype := mime.TypeByExtension(path.Ext(e.Name()))
+		if ctype == "" {
+			ctype = "text/plain; charset=utf-8"
+		}
+		files[e.Name()] = &asset{body: body, gzipped: buf.Bytes(), etag: `"` + hex.EncodeToString(sum[:8]) + `"`, ctype: ctype}
+	}
+	serve := func(c *gin.Context, a *asset, cache string) {
+		h := c.Writer.Header()
+		h.Set("Content-Type", a.ctype)
+		h.Set("ETag", a.etag)
+		h.Set("Cache-Control", cache)
+		h.Set("Vary", "Accept-Encoding")
+		h.Set("X-Content-Type-Options", "nosniff")
+		h.Set("Content-Security-Policy", "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; "+
+			"connect-src 'self'; frame-ancestors 'none'")
+		if match := c.GetHeader("If-None-Match"); match != "" && match == a.etag {
+			c.Status(http.StatusNotModified)
+			return
+		}
+		body := a.body
+		if strings.Contains(c.GetHeader("Accept-Encoding"), "gzip") {
+			h.Set("Content-Encoding", "gzip")
+			body = a.gzipped
+		}
+		c.Data(http.StatusOK, a.ctype, body)
+	}
+	page = func(c *gin.Context) { serve(c, files["index.html"], "no-cache") }
+	assets = func(c *gin.Context) {
+		a, ok := files[c.Param("file")]
+		if !ok || c.Param("file") == "index.html" {
+			httpx.Fail(c, apperr.NotFound("asset"))
+			return
+		}
+		serve(c, a, "public, max-age=3600")
+	}
+	return page, assets
 }

@@ -110,9 +110,19 @@ func (a *Authenticator) Authenticate(ctx context.Context, authorization string) 
 	if !st.found || !st.active || st.org != orgID || !st.sessionLive {
 		return Principal{}, errUnauthenticated
 	}
+	if st.suspended {
+		return Principal{}, errSuspended
+	}
+	perms := PermissionsOf(st.roles, st.customPermissions)
+	if st.operator {
+		// Only a login session of an operator account: API tokens never carry it.
+		perms = append(perms, PlatformOperate)
+	}
 	return Principal{Credential: "user:" + userID.String(), UserID: userID, OrganizationID: orgID, SessionID: sessionID,
-		Roles: st.roles, Permissions: PermissionsOf(st.roles, st.customPermissions)}, nil
+		Roles: st.roles, Permissions: perms}, nil
 }
+
+var errSuspended = apperr.New(apperr.CodeOrgSuspended, "This organization is suspended; contact the platform's operators")
 
 // authState is what authentication knows of a user (and a session) right now.
 type authState struct {
@@ -122,17 +132,20 @@ type authState struct {
 	roles             []string
 	customPermissions []string
 	sessionLive       bool
+	suspended         bool // the user's organization is suspended
+	operator          bool // a platform operator
 }
 
 func (a *Authenticator) state(ctx context.Context, user, session uuid.UUID) (authState, error) {
 	st := authState{found: true}
 	var live *bool
 	err := a.creds.QueryRow(ctx, `
-		SELECT c.organization_id, c.active,
+		SELECT c.organization_id, c.active, c.platform_operator,
 			ARRAY(SELECT role FROM role_assignments WHERE user_id = c.user_id ORDER BY role),
-			(SELECT NOT revoked FROM session_credentials WHERE session_id = $2 AND user_id = c.user_id)
+			(SELECT NOT revoked FROM session_credentials WHERE session_id = $2 AND user_id = c.user_id),
+			coalesce((SELECT suspended FROM organization_states WHERE organization_id = c.organization_id), false)
 		FROM user_credentials c WHERE c.user_id = $1`, user, session).
-		Scan(&st.org, &st.active, &st.roles, &live)
+		Scan(&st.org, &st.active, &st.operator, &st.roles, &live, &st.suspended)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return authState{}, nil
 	}
@@ -177,9 +190,11 @@ func (a *Authenticator) authenticateAPIToken(ctx context.Context, raw string) (P
 	st := authState{found: true}
 	// The token and its owner's state in one round trip.
 	err := a.creds.QueryRow(ctx, `SELECT t.user_id, t.organization_id, t.secret_hash, t.abilities, t.expires_at,
-			c.organization_id, c.active, ARRAY(SELECT role FROM role_assignments WHERE user_id = t.user_id ORDER BY role)
+			c.organization_id, c.active, ARRAY(SELECT role FROM role_assignments WHERE user_id = t.user_id ORDER BY role),
+			coalesce((SELECT suspended FROM organization_states WHERE organization_id = t.organization_id), false)
 		FROM api_token_credentials t LEFT JOIN user_credentials c ON c.user_id = t.user_id
-		WHERE t.token_id = $1`, id).Scan(&userID, &orgID, &stored, &abilities, &expires, &userOrg, &active, &st.roles)
+		WHERE t.token_id = $1`, id).Scan(&userID, &orgID, &stored, &abilities, &expires, &userOrg, &active, &st.roles,
+		&st.suspended)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return Principal{}, errUnauthenticated
 	}
@@ -191,6 +206,9 @@ func (a *Authenticator) authenticateAPIToken(ctx context.Context, raw string) (P
 	}
 	if userOrg == nil || active == nil || !*active || *userOrg != orgID {
 		return Principal{}, errUnauthenticated
+	}
+	if st.suspended {
+		return Principal{}, errSuspended
 	}
 	st.org, st.active = orgID, true
 	if err := a.addCustomPermissions(ctx, &st); err != nil {

@@ -33,6 +33,9 @@ const (
 	Public = "public"
 	// Authenticated routes take any valid credentials and check nothing more.
 	Authenticated = "authenticated"
+	// PlatformOperate is held only by platform operators' login sessions: it is no
+	// permission of any role or token, and it is the only access across organizations.
+	PlatformOperate = "platform.operate"
 )
 
 // PermissionInfo describes a permission for GET /permissions.

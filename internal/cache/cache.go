@@ -11,6 +11,8 @@ import (
 
 	"github.com/redis/go-redis/v9"
 	"golang.org/x/sync/singleflight"
+
+	"github.com/chatbotsaas/chatbotd/internal/metrics"
 )
 
 // setIfNewer stores (version, payload) unless the stored version is at least as new.
@@ -28,7 +30,12 @@ type Cache struct {
 	prefix string
 	ttl    time.Duration
 	group  singleflight.Group
+	// metrics counts Get's hits and misses (nil: not counted).
+	metrics *metrics.Metrics
 }
+
+// Instrument counts lookups in m (set once, before the cache is used).
+func (c *Cache) Instrument(m *metrics.Metrics) { c.metrics = m }
 
 // New returns a cache over rdb whose keys start with prefix.
 func New(rdb redis.UniversalClient, prefix string, ttl time.Duration) *Cache {
@@ -49,6 +56,19 @@ type Entry struct {
 
 // Get returns the entry, ErrMiss, or a Redis error.
 func (c *Cache) Get(ctx context.Context, key string) (Entry, error) {
+	e, err := c.get(ctx, key)
+	switch {
+	case err == nil:
+		c.metrics.CacheResult("hit")
+	case errors.Is(err, ErrMiss):
+		c.metrics.CacheResult("miss")
+	default:
+		c.metrics.CacheResult("error")
+	}
+	return e, err
+}
+
+func (c *Cache) get(ctx context.Context, key string) (Entry, error) {
 	vals, err := c.rdb.HMGet(ctx, key, "v", "d").Result()
 	if err != nil {
 		return Entry{}, err

@@ -103,6 +103,9 @@ type Config struct {
 	LoginFailuresPerEmail int `env:"LOGIN_FAILURES_PER_EMAIL_PER_MINUTE" envDefault:"20"`
 
 	LogLevel string `env:"LOG_LEVEL" envDefault:"info"`
+	// MetricsToken, when set, is the bearer token GET /metrics requires (a scraper's
+	// "authorization" setting); empty leaves /metrics open, as on a private network.
+	MetricsToken string `env:"METRICS_TOKEN"`
 
 	RelayBatchSize     int `env:"RELAY_BATCH_SIZE" envDefault:"500"`
 	ProjectorBatchSize int `env:"PROJECTOR_BATCH_SIZE" envDefault:"200"`

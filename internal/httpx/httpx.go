@@ -55,28 +55,44 @@ type Envelope struct {
 	RequestID string        `json:"request_id"`
 }
 
+// ErrorCodeKey is where Fail leaves the error code of the answer in the Gin context.
+const ErrorCodeKey = "error_code"
+
 const (
-	requestIDKey = "request_id"
-	causeKey     = "error_cause"
+	requestIDKey     = "request_id"
+	correlationIDKey = "correlation_id"
+	causeKey         = "error_cause"
 )
 
 var requestIDPattern = regexp.MustCompile(`^[A-Za-z0-9._-]{1,128}$`)
 
-// RequestID takes X-Request-ID when it is well formed, else makes one, and echoes it.
+// RequestID takes X-Request-ID when it is well formed, else makes one, and echoes it. The
+// correlation id is X-Correlation-ID when well formed (a caller's id for a whole
+// workflow), else the request id; it is echoed too, goes into every event the request
+// appends, and from there into every log line and audit entry those events cause.
 func RequestID() gin.HandlerFunc {
 	return func(c *gin.Context) {
 		id := c.GetHeader("X-Request-ID")
 		if !requestIDPattern.MatchString(id) {
 			id = uuid.NewString()
 		}
+		corr := c.GetHeader("X-Correlation-ID")
+		if !requestIDPattern.MatchString(corr) {
+			corr = id
+		}
 		c.Set(requestIDKey, id)
+		c.Set(correlationIDKey, corr)
 		c.Header("X-Request-ID", id)
+		c.Header("X-Correlation-ID", corr)
 		c.Next()
 	}
 }
 
 // RequestIDOf returns the request's id.
 func RequestIDOf(c *gin.Context) string { return c.GetString(requestIDKey) }
+
+// CorrelationIDOf returns the request's correlation id.
+func CorrelationIDOf(c *gin.Context) string { return c.GetString(correlationIDKey) }
 
 // Timestamp is the envelope's time format: RFC 3339 in UTC with milliseconds.
 func Timestamp() string { return time.Now().UTC().Format("2006-01-02T15:04:05.000Z07:00") }
@@ -104,7 +120,7 @@ func Fail(c *gin.Context, err error) {
 	if e.RetryAfter > 0 {
 		c.Header("Retry-After", strconv.Itoa(int(math.Ceil(e.RetryAfter.Seconds()))))
 	}
-	c.Set("error_code", string(e.Code))
+	c.Set(ErrorCodeKey, string(e.Code))
 	c.AbortWithStatusJSON(status, Envelope{Success: false, Message: e.Message, ErrorCode: e.Code, Errors: e.Fields,
 		Timestamp: Timestamp(), RequestID: RequestIDOf(c)})
 }
@@ -148,11 +164,12 @@ func logRequest(c *gin.Context, logger *slog.Logger, start time.Time) {
 		level = slog.LevelError
 	}
 	attrs := []slog.Attr{
-		slog.String("request_id", RequestIDOf(c)), slog.String("method", c.Request.Method),
+		slog.String("request_id", RequestIDOf(c)), slog.String("correlation_id", CorrelationIDOf(c)),
+		slog.String("method", c.Request.Method),
 		slog.String("route", c.FullPath()), slog.Int("status", c.Writer.Status()),
 		slog.Duration("duration", time.Since(start)), slog.String("client_ip", c.ClientIP()),
 	}
-	if code := c.GetString("error_code"); code != "" {
+	if code := c.GetString(ErrorCodeKey); code != "" {
 		attrs = append(attrs, slog.String("error_code", code))
 	}
 	if cause := c.GetString(causeKey); cause != "" {

@@ -76,20 +76,23 @@ func LoadUser(ctx context.Context, q Querier, id uuid.UUID) (User, error) {
 
 // Organization is the API's organization object.
 type Organization struct {
-	ID        uuid.UUID `json:"id"`
-	Name      string    `json:"name"`
-	Slug      string    `json:"slug"`
-	Status    string    `json:"status"`
-	CreatedAt time.Time `json:"created_at"`
-	UpdatedAt time.Time `json:"updated_at"`
-	Version   int       `json:"-"`
+	ID     uuid.UUID `json:"id"`
+	Name   string    `json:"name"`
+	Slug   string    `json:"slug"`
+	Status string    `json:"status"` // active or suspended
+	// SuspensionReason is the platform operator's reason while suspended.
+	SuspensionReason *string   `json:"suspension_reason,omitempty"`
+	CreatedAt        time.Time `json:"created_at"`
+	UpdatedAt        time.Time `json:"updated_at"`
+	Version          int       `json:"-"`
 }
 
 // LoadOrganization reads one organization.
 func LoadOrganization(ctx context.Context, q Querier, id uuid.UUID) (Organization, error) {
 	var o Organization
-	err := q.QueryRow(ctx, `SELECT id, name, slug, status, created_at, updated_at, version
-		FROM organizations WHERE id = $1`, id).Scan(&o.ID, &o.Name, &o.Slug, &o.Status, &o.CreatedAt, &o.UpdatedAt, &o.Version)
+	err := q.QueryRow(ctx, `SELECT id, name, slug, status, suspension_reason, created_at, updated_at, version
+		FROM organizations WHERE id = $1`, id).Scan(&o.ID, &o.Name, &o.Slug, &o.Status, &o.SuspensionReason,
+		&o.CreatedAt, &o.UpdatedAt, &o.Version)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return o, ErrNotFound
 	}

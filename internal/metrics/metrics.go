@@ -1,0 +1,213 @@
+// Package metrics holds the process's Prometheus collectors. One Metrics is made at
+// start and passed to the parts that count; every method is safe on a nil *Metrics, so a
+// part built without metrics (a test, a command-line tool) needs no special case.
+package metrics
+
+import (
+	"context"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/gin-gonic/gin"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// Metrics are the process's collectors, on their own registry (never the global one).
+type Metrics struct {
+	Registry *prometheus.Registry
+
+	httpDuration   *prometheus.HistogramVec
+	commands       *prometheus.CounterVec
+	appended       *prometheus.CounterVec
+	published      prometheus.Counter
+	applied        *prometheus.CounterVec
+	retries        *prometheus.CounterVec
+	deadLettered   *prometheus.CounterVec
+	batchDuration  *prometheus.HistogramVec
+	cache          *prometheus.CounterVec
+	workerOutcomes *prometheus.CounterVec
+}
+
+// New registers every collector, with the Go runtime's and the process's.
+func New() *Metrics {
+	reg := prometheus.NewRegistry()
+	m := &Metrics{Registry: reg}
+	f := func(c prometheus.Collector) { reg.MustRegister(c) }
+	f(collectors.NewGoCollector())
+	f(collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	m.httpDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name: "chatbotd_http_request_duration_seconds", Help: "HTTP requests by route template, method and status.",
+		Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
+	}, []string{"route", "method", "status"})
+	m.commands = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "chatbotd_commands_total", Help: "Commands by type (method and route) and outcome (ok or the error code).",
+	}, []string{"command", "outcome"})
+	m.appended = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "chatbotd_events_appended_total", Help: "Events appended to the log, by type.",
+	}, []string{"type"})
+	m.published = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "chatbotd_relay_published_total", Help: "Events the relay published and the broker confirmed.",
+	})
+	m.applied = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "chatbotd_projector_events_applied_total", Help: "Events a projector applied (duplicates skipped are not counted).",
+	}, []string{"projector"})
+	m.retries = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "chatbotd_projector_retries_total", Help: "Batches a projector retried event by event after a failure, and single events tried again.",
+	}, []string{"projector"})
+	m.deadLettered = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "chatbotd_projector_dead_lettered_total", Help: "Events a projector or consumer sent to its dead-letter queue.",
+	}, []string{"projector"})
+	m.batchDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name: "chatbotd_projector_batch_duration_seconds", Help: "Time to apply and commit one batch.",
+		Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5},
+	}, []string{"projector"})
+	m.cache = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "chatbotd_cache_requests_total", Help: "Read-model cache lookups by result: hit, miss or error.",
+	}, []string{"result"})
+	m.workerOutcomes = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "chatbotd_worker_outcomes_total", Help: "Side effects of workers (webhook deliveries, emails, bot replies) by outcome.",
+	}, []string{"worker", "outcome"})
+	for _, c := range []prometheus.Collector{m.httpDuration, m.commands, m.appended, m.published, m.applied,
+		m.retries, m.deadLettered, m.batchDuration, m.cache, m.workerOutcomes} {
+		f(c)
+	}
+	return m
+}
+
+// Handler serves the registry in the Prometheus text format.
+func (m *Metrics) Handler() http.Handler {
+	return promhttp.HandlerFor(m.Registry, promhttp.HandlerOpts{Registry: m.Registry, Timeout: 10 * time.Second})
+}
+
+// HTTP times every request by its route template (never the raw path: ids would make a
+// series per record); unmatched paths count under the route "unmatched".
+func (m *Metrics) HTTP() gin.HandlerFunc {
+	return func(c *gin.Context) {
+		if m == nil {
+			c.Next()
+			return
+		}
+		start := time.Now()
+		c.Next()
+		route := c.FullPath()
+		if route == "" {
+			route = "unmatched"
+		}
+		m.httpDuration.WithLabelValues(route, c.Request.Method, strconv.Itoa(c.Writer.Status())).
+			Observe(time.Since(start).Seconds())
+	}
+}
+
+// Command counts one command's outcome: "ok", or the error code of its answer.
+func (m *Metrics) Command(name, errorCode string) {
+	if m == nil {
+		return
+	}
+	outcome := "ok"
+	if errorCode != "" {
+		outcome = errorCode
+	}
+	m.commands.WithLabelValues(name, outcome).Inc()
+}
+
+// EventsAppended counts events of one type appended.
+func (m *Metrics) EventsAppended(eventType string, n int) {
+	if m != nil {
+		m.appended.WithLabelValues(eventType).Add(float64(n))
+	}
+}
+
+// Published counts events the broker confirmed.
+func (m *Metrics) Published(n int) {
+	if m != nil {
+		m.published.Add(float64(n))
+	}
+}
+
+// Applied counts events a projector applied, and the batch's duration.
+func (m *Metrics) Applied(projector string, n int, took time.Duration) {
+	if m != nil {
+		m.applied.WithLabelValues(projector).Add(float64(n))
+		m.batchDuration.WithLabelValues(projector).Observe(took.Seconds())
+	}
+}
+
+// Retried counts a projector's retry.
+func (m *Metrics) Retried(projector string) {
+	if m != nil {
+		m.retries.WithLabelValues(projector).Inc()
+	}
+}
+
+// DeadLettered counts an event a consumer gave up on.
+func (m *Metrics) DeadLettered(projector string) {
+	if m != nil {
+		m.deadLettered.WithLabelValues(projector).Inc()
+	}
+}
+
+// CacheResult counts a cache lookup: "hit", "miss" or "error".
+func (m *Metrics) CacheResult(result string) {
+	if m != nil {
+		m.cache.WithLabelValues(result).Inc()
+	}
+}
+
+// WorkerOutcome counts a worker's side effect by outcome.
+func (m *Metrics) WorkerOutcome(worker, outcome string) {
+	if m != nil {
+		m.workerOutcomes.WithLabelValues(worker, outcome).Inc()
+	}
+}
+
+// Gauges reads values that live elsewhere (the database, the broker) when scraped.
+type Gauges func(ctx context.Context) ([]Gauge, error)
+
+// Gauge is one sample of a scrape-time gauge.
+type Gauge struct {
+	Name, Help string
+	Labels     map[string]string
+	Value      float64
+}
+
+// RegisterGauges adds a collector that calls read on every scrape, with a timeout: a
+// dependency that is down costs the scrape those series (and chatbotd_scrape_errors_total),
+// never the whole /metrics answer.
+func (m *Metrics) RegisterGauges(name string, timeout time.Duration, read Gauges) {
+	errs := prometheus.NewCounter(prometheus.CounterOpts{Name: "chatbotd_scrape_errors_total",
+		Help: "Scrape-time readings that failed.", ConstLabels: prometheus.Labels{"source": name}})
+	m.Registry.MustRegister(errs, &gaugeCollector{read: read, timeout: timeout, errs: errs})
+}
+
+type gaugeCollector struct {
+	read    Gauges
+	timeout time.Duration
+	errs    prometheus.Counter
+}
+
+// Describe sends nothing: the collector is unchecked, its series depend on the data.
+func (g *gaugeCollector) Describe(chan<- *prometheus.Desc) {}
+
+func (g *gaugeCollector) Collect(ch chan<- prometheus.Metric) {
+	ctx, cancel := context.WithTimeout(context.Background(), g.timeout)
+	defer cancel()
+	gauges, err := g.read(ctx)
+	if err != nil {
+		g.errs.Inc()
+	}
+	for _, s := range gauges {
+		names := make([]string, 0, len(s.Labels))
+		values := make([]string, 0, len(s.Labels))
+		for k, v := range s.Labels {
+			names = append(names, k)
+			values = append(values, v)
+		}
+		desc := prometheus.NewDesc(s.Name, s.Help, names, nil)
+		if metric, err := prometheus.NewConstMetric(desc, prometheus.GaugeValue, s.Value, values...); err == nil {
+			ch <- metric
+		}
+	}
+}
