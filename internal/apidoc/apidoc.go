@@ -8,6 +8,7 @@ import (
 	"embed"
 	"encoding/hex"
 	"encoding/json"
+	"fmt"
 	"mime"
 	"net/http"
 	"path"
@@ -31,6 +32,9 @@ func Load() (*openapi3.T, error) {
 	loader := openapi3.NewLoader()
 	doc, err := loader.LoadFromData(YAML)
 	if err != nil {
+		return nil, err
+	}
+	if err := addExamples(doc); err != nil {
 		return nil, err
 	}
 	return doc, doc.Validate(loader.Context)
@@ -117,4 +121,61 @@ func Page() (page, assets gin.HandlerFunc) {
 		serve(c, a, "public, max-age=3600")
 	}
 	return page, assets
+}
+
+// Example is one route's recorded exchange: its request body (when it takes one) and its
+// successful answer with the status. examples.json holds one per route, recorded from a
+// real run by TestEveryRouteAnswersAsDocumented (UPDATE_API_EXAMPLES=1); Load puts them
+// into the document, where tests check them against the schemas.
+type Example struct {
+	Request  json.RawMessage `json:"request,omitempty"`
+	Status   string          `json:"status"`
+	Response any             `json:"response"`
+}
+
+//go:embed examples.json
+var examplesJSON []byte
+
+// Examples are the recorded examples by route ("METHOD /path/{param}").
+func Examples() (map[string]Example, error) {
+	var m map[string]Example
+	err := json.Unmarshal(examplesJSON, &m)
+	return m, err
+}
+
+// addExamples puts the recorded examples into the document's JSON request bodies and
+// answers, where the document has none of its own.
+func addExamples(doc *openapi3.T) error {
+	examples, err := Examples()
+	if err != nil {
+		return fmt.Errorf("examples.json: %w", err)
+	}
+	for route, ex := range examples {
+		method, path, _ := strings.Cut(route, " ")
+		item := doc.Paths.Value(path)
+		if item == nil || item.GetOperation(method) == nil {
+			return fmt.Errorf("examples.json: %s is not in the document", route)
+		}
+		op := item.GetOperation(method)
+		if len(ex.Request) > 0 && op.RequestBody != nil && op.RequestBody.Value != nil {
+			if media := op.RequestBody.Value.Content.Get("application/json"); media != nil && media.Example == nil {
+				var body any
+				if err := json.Unmarshal(ex.Request, &body); err != nil {
+					return fmt.Errorf("examples.json: %s: %w", route, err)
+				}
+				media.Example = body
+			}
+		}
+		resp := op.Responses.Value(ex.Status)
+		if resp == nil || resp.Value == nil {
+			return fmt.Errorf("examples.json: %s answers %s, which the document does not list", route, ex.Status)
+		}
+		if resp.Ref != "" {
+			continue // a shared answer: its example is the component's
+		}
+		if media := resp.Value.Content.Get("application/json"); media != nil && media.Example == nil {
+			media.Example = ex.Response
+		}
+	}
+	return nil
 }

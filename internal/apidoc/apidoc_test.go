@@ -1,8 +1,12 @@
 package apidoc_test
 
 import (
+	"sort"
+	"strings"
 	"testing"
 
+	"github.com/getkin/kin-openapi/openapi3"
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/chatbotsaas/chatbotd/internal/apidoc"
@@ -11,4 +15,69 @@ import (
 func TestDocumentIsValidOpenAPI(t *testing.T) {
 	_, err := apidoc.Load()
 	require.NoError(t, err)
+}
+
+// TestEveryOperationHasSchemasAndValidExamples: every parameter and request body has a
+// schema, every request body an example, every operation a successful answer with a
+// schema and an example, every answer with content an example; and every example
+// matches its schema.
+func TestEveryOperationHasSchemasAndValidExamples(t *testing.T) {
+	doc, err := apidoc.Load()
+	require.NoError(t, err)
+	paths := doc.Paths.InMatchingOrder()
+	sort.Strings(paths)
+	checked := 0
+	for _, path := range paths {
+		for method, op := range doc.Paths.Value(path).Operations() {
+			name := method + " " + path
+			for _, p := range op.Parameters {
+				assert.NotNil(t, p.Value.Schema, "%s: parameter %s has no schema", name, p.Value.Name)
+			}
+			if op.RequestBody != nil {
+				require.NotEmpty(t, op.RequestBody.Value.Content, name)
+				for ctype, media := range op.RequestBody.Value.Content {
+					checkMedia(t, name+" request "+ctype, media)
+				}
+			}
+			success := false
+			for code, resp := range op.Responses.Map() {
+				for ctype, media := range resp.Value.Content {
+					checkMedia(t, name+" "+code+" "+ctype, media)
+					if strings.HasPrefix(code, "2") {
+						success = true
+					}
+				}
+			}
+			assert.True(t, success, "%s has no successful answer with content", name)
+			checked++
+		}
+	}
+	assert.Greater(t, checked, 60)
+}
+
+func checkMedia(t *testing.T, name string, media *openapi3.MediaType) {
+	t.Helper()
+	if !assert.NotNil(t, media.Schema, "%s has no schema", name) {
+		return
+	}
+	examples := []any{}
+	if media.Example != nil {
+		examples = append(examples, media.Example)
+	}
+	for _, ex := range media.Examples {
+		examples = append(examples, ex.Value.Value)
+	}
+	if !assert.NotEmpty(t, examples, "%s has no example", name) {
+		return
+	}
+	for _, ex := range examples {
+		assert.NoError(t, media.Schema.Value.VisitJSON(ex), "%s: the example does not match the schema", name)
+	}
+}
+
+// TestAWrongExampleIsCaught makes sure the check above can fail.
+func TestAWrongExampleIsCaught(t *testing.T) {
+	schema := openapi3.NewObjectSchema().WithProperty("id", openapi3.NewStringSchema()).WithRequired([]string{"id"})
+	assert.Error(t, schema.VisitJSON(map[string]any{"id": 42}))
+	assert.Error(t, schema.VisitJSON(map[string]any{}))
 }
