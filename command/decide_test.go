@@ -166,6 +166,52 @@ func TestDecideOrganization(t *testing.T) {
 	assert.Equal(t, apperr.CodeConflict, apperr.CodeOf(err))
 }
 
+func TestDecideSuspension(t *testing.T) {
+	created := events.OrganizationCreated{Name: "Acme", Slug: "acme", Status: "active"}
+	platform := events.OrganizationCreated{Name: PlatformOrganizationName, Slug: "platform", Status: "active", Platform: true}
+	suspended := events.OrganizationSuspended{Reason: "unpaid"}
+	tests := []struct {
+		name    string
+		history []events.Event
+		suspend bool
+		want    []events.Event
+		code    apperr.Code
+	}{
+		{"suspend an active one", []events.Event{created}, true, []events.Event{events.OrganizationSuspended{Reason: "why"}}, ""},
+		{"suspend again: nothing", []events.Event{created, suspended}, true, nil, ""},
+		{"resume a suspended one", []events.Event{created, suspended}, false, []events.Event{events.OrganizationResumed{}}, ""},
+		{"resume an active one: nothing", []events.Event{created, suspended, events.OrganizationResumed{}}, false, nil, ""},
+		{"the platform's own: refused", []events.Event{platform}, true, nil, apperr.CodeConflict},
+		{"missing", nil, true, nil, apperr.CodeNotFound},
+		{"missing, resume", nil, false, nil, apperr.CodeNotFound},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			o := given(EvolveOrganization, tt.history...)
+			var got []events.Event
+			var err error
+			if tt.suspend {
+				got, err = DecideSuspendOrganization(o, "why")
+			} else {
+				got, err = DecideResumeOrganization(o)
+			}
+			assert.Equal(t, tt.code, apperr.CodeOf(err))
+			assert.Equal(t, tt.want, got)
+		})
+	}
+	o := given(EvolveOrganization, created, suspended)
+	assert.Equal(t, OrganizationSuspendedStatus, o.Status)
+	assert.Equal(t, "unpaid", *o.SuspensionReason)
+	o = given(EvolveOrganization, created, suspended, events.OrganizationResumed{})
+	assert.Equal(t, "active", o.Status)
+	assert.Nil(t, o.SuspensionReason)
+
+	long := SuspendOrganization{Reason: strings.Repeat("x", 501)}
+	assert.Equal(t, apperr.CodeValidation, apperr.CodeOf(long.Validate()))
+	blank := SuspendOrganization{Reason: "  "}
+	assert.Equal(t, apperr.CodeValidation, apperr.CodeOf(blank.Validate()))
+}
+
 func TestValidation(t *testing.T) {
 	tests := []struct {
 		name   string
