@@ -73,23 +73,28 @@ type asset struct {
 // in the binary, see ui/VERSION) rendering /api/v1/openapi.json. Nothing is fetched from
 // elsewhere, and the Content-Security-Policy says so to the browser.
 func Page() (page, assets gin.HandlerFunc) {
+	// The files are read and gzipped once, on the first request (not at start: the
+	// bundle is 1.7 MB and most processes never serve the page).
+	var once sync.Once
 	files := map[string]*asset{}
-	entries, _ := ui.ReadDir("ui")
-	for _, e := range entries {
-		body, err := ui.ReadFile("ui/" + e.Name())
-		if err != nil {
-			continue
+	load := func() {
+		entries, _ := ui.ReadDir("ui")
+		for _, e := range entries {
+			body, err := ui.ReadFile("ui/" + e.Name())
+			if err != nil {
+				continue
+			}
+			sum := sha256.Sum256(body)
+			var buf bytes.Buffer
+			zw, _ := gzip.NewWriterLevel(&buf, gzip.BestCompression)
+			_, _ = zw.Write(body)
+			_ = zw.Close()
+			ctype := mime.TypeByExtension(path.Ext(e.Name()))
+			if ctype == "" {
+				ctype = "text/plain; charset=utf-8"
+			}
+			files[e.Name()] = &asset{body: body, gzipped: buf.Bytes(), etag: `"` + hex.EncodeToString(sum[:8]) + `"`, ctype: ctype}
 		}
-		sum := sha256.Sum256(body)
-		var buf bytes.Buffer
-		zw, _ := gzip.NewWriterLevel(&buf, gzip.BestCompression)
-		_, _ = zw.Write(body)
-		_ = zw.Close()
-		ctype := mime.TypeByExtension(path.Ext(e.Name()))
-		if ctype == "" {
-			ctype = "text/plain; charset=utf-8"
-		}
-		files[e.Name()] = &asset{body: body, gzipped: buf.Bytes(), etag: `"` + hex.EncodeToString(sum[:8]) + `"`, ctype: ctype}
 	}
 	serve := func(c *gin.Context, a *asset, cache string) {
 		h := c.Writer.Header()
@@ -111,8 +116,12 @@ func Page() (page, assets gin.HandlerFunc) {
 		}
 		c.Data(http.StatusOK, a.ctype, body)
 	}
-	page = func(c *gin.Context) { serve(c, files["index.html"], "no-cache") }
+	page = func(c *gin.Context) {
+		once.Do(load)
+		serve(c, files["index.html"], "no-cache")
+	}
 	assets = func(c *gin.Context) {
+		once.Do(load)
 		a, ok := files[c.Param("file")]
 		if !ok || c.Param("file") == "index.html" {
 			httpx.Fail(c, apperr.NotFound("asset"))

@@ -1,11 +1,14 @@
 package apidoc_test
 
 import (
+	"net/http"
+	"net/http/httptest"
 	"sort"
 	"strings"
 	"testing"
 
 	"github.com/getkin/kin-openapi/openapi3"
+	"github.com/gin-gonic/gin"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -80,4 +83,37 @@ func TestAWrongExampleIsCaught(t *testing.T) {
 	schema := openapi3.NewObjectSchema().WithProperty("id", openapi3.NewStringSchema()).WithRequired([]string{"id"})
 	assert.Error(t, schema.VisitJSON(map[string]any{"id": 42}))
 	assert.Error(t, schema.VisitJSON(map[string]any{}))
+}
+
+func TestDocsAssetsAreCompressedCachedAndBounded(t *testing.T) {
+	gin.SetMode(gin.TestMode)
+	page, assets := apidoc.Page()
+	r := gin.New()
+	r.GET("/docs", page)
+	r.GET("/docs/assets/:file", assets)
+	get := func(path string, headers ...string) *httptest.ResponseRecorder {
+		req := httptest.NewRequest(http.MethodGet, path, nil)
+		for i := 0; i+1 < len(headers); i += 2 {
+			req.Header.Set(headers[i], headers[i+1])
+		}
+		rec := httptest.NewRecorder()
+		r.ServeHTTP(rec, req)
+		return rec
+	}
+	res := get("/docs")
+	require.Equal(t, 200, res.Code)
+	assert.Contains(t, res.Body.String(), "/docs/assets/swagger-ui-bundle.js")
+	assert.Contains(t, res.Header().Get("Content-Security-Policy"), "default-src 'self'")
+
+	plain := get("/docs/assets/swagger-ui-bundle.js")
+	require.Equal(t, 200, plain.Code)
+	zipped := get("/docs/assets/swagger-ui-bundle.js", "Accept-Encoding", "gzip, br")
+	require.Equal(t, 200, zipped.Code)
+	assert.Equal(t, "gzip", zipped.Header().Get("Content-Encoding"))
+	assert.Less(t, zipped.Body.Len(), plain.Body.Len()/2)
+	etag := plain.Header().Get("ETag")
+	require.NotEmpty(t, etag)
+	assert.Equal(t, 304, get("/docs/assets/swagger-ui-bundle.js", "If-None-Match", etag).Code)
+	assert.Equal(t, 404, get("/docs/assets/nope.js").Code)
+	assert.Equal(t, 404, get("/docs/assets/index.html").Code)
 }
