@@ -38,7 +38,11 @@ UPDATE audit_entries a SET correlation_id = e.correlation_id, causation_id = e.c
     FROM events e WHERE e.id = a.id;
 CREATE INDEX audit_entries_org_correlation_idx ON audit_entries (organization_id, correlation_id, occurred_at DESC, position DESC);
 
+-- The mailer logs each email with the correlation id of the event that caused it.
+ALTER TABLE notifications ADD COLUMN correlation_id text NOT NULL DEFAULT '';
+
 -- +goose Down
+ALTER TABLE notifications DROP COLUMN correlation_id;
 DROP INDEX audit_entries_org_correlation_idx;
 ALTER TABLE audit_entries DROP COLUMN causation_id, DROP COLUMN correlation_id;
 DROP INDEX organizations_created_idx;

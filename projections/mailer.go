@@ -84,7 +84,7 @@ type Mailer struct {
 type pendingEmail struct {
 	id                               uuid.UUID
 	kind, toName, toAddress, subject string
-	body                             string
+	body, correlationID              string
 	attempt                          int
 }
 
@@ -102,13 +102,13 @@ func (m *Mailer) Step(ctx context.Context) (int, error) {
 			ORDER BY next_attempt_at LIMIT 20 FOR UPDATE SKIP LOCKED)
 		UPDATE notifications n SET attempts = n.attempts + 1, next_attempt_at = now() + $1::interval
 		FROM due WHERE n.id = due.id
-		RETURNING n.id, n.kind, n.to_name, n.to_address, n.subject, n.body, n.attempts`, m.Timeout+time.Minute)
+		RETURNING n.id, n.kind, n.to_name, n.to_address, n.subject, n.body, n.attempts, n.correlation_id`, m.Timeout+time.Minute)
 	if err != nil {
 		return 0, err
 	}
 	due, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (pendingEmail, error) {
 		var p pendingEmail
-		err := r.Scan(&p.id, &p.kind, &p.toName, &p.toAddress, &p.subject, &p.body, &p.attempt)
+		err := r.Scan(&p.id, &p.kind, &p.toName, &p.toAddress, &p.subject, &p.body, &p.attempt, &p.correlationID)
 		return p, err
 	})
 	if err != nil {
@@ -119,7 +119,7 @@ func (m *Mailer) Step(ctx context.Context) (int, error) {
 		if m.SMTP == nil {
 			status = "logged"
 			m.Logger.Info("email (SMTP_URL is not set, so it is logged instead of sent)", "to", p.toAddress, "kind", p.kind,
-				"subject", p.subject, "body", p.body, "message_id", p.id)
+				"subject", p.subject, "body", p.body, "message_id", p.id, "correlation_id", p.correlationID)
 		} else {
 			sendErr = m.send(ctx, p)
 		}
@@ -130,6 +130,7 @@ func (m *Mailer) Step(ctx context.Context) (int, error) {
 			status = "failed"
 		}
 		m.Metrics.WorkerOutcome("email", status)
+		m.Logger.Debug("email handled", "message_id", p.id, "kind", p.kind, "status", status, "correlation_id", p.correlationID)
 		if err := m.record(ctx, p, status, sendErr); err != nil {
 			return len(due), err
 		}
@@ -142,7 +143,8 @@ func (m *Mailer) record(ctx context.Context, p pendingEmail, status string, send
 		_, err := m.Pool.Exec(ctx, `UPDATE notifications SET status = $2, sent_at = now(), last_error = NULL WHERE id = $1`, p.id, status)
 		return err
 	}
-	m.Logger.Warn("email not sent", "to", p.toAddress, "kind", p.kind, "attempt", p.attempt, "error", sendErr)
+	m.Logger.Warn("email not sent", "to", p.toAddress, "kind", p.kind, "attempt", p.attempt, "error", sendErr,
+		"correlation_id", p.correlationID)
 	if p.attempt >= m.Attempts {
 		_, err := m.Pool.Exec(ctx, `UPDATE notifications SET status = 'failed', last_error = $2 WHERE id = $1`, p.id, truncate(sendErr.Error(), maxErrorText))
 		return err

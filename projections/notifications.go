@@ -84,10 +84,10 @@ func (Notifications) Apply(ctx context.Context, tx pgx.Tx, e events.Envelope) er
 // without a known address (deleted) gets none.
 func notify(ctx context.Context, tx pgx.Tx, e events.Envelope, kind, subject, body string) error {
 	tag, err := tx.Exec(ctx, `INSERT INTO notifications (id, organization_id, user_id, kind, to_name, to_address, subject, body,
-			status, next_attempt_at)
-		SELECT $1, r.organization_id, r.user_id, $3, r.name, r.email, $4, replace($5, '{name}', r.name), 'pending', now()
+			status, next_attempt_at, correlation_id)
+		SELECT $1, r.organization_id, r.user_id, $3, r.name, r.email, $4, replace($5, '{name}', r.name), 'pending', now(), $6
 		FROM notification_recipients r WHERE r.user_id = $2
-		ON CONFLICT (id) DO NOTHING`, e.ID, e.StreamID, kind, subject, body)
+		ON CONFLICT (id) DO NOTHING`, e.ID, e.StreamID, kind, subject, body, e.CorrelationID)
 	if err != nil || tag.RowsAffected() == 0 {
 		return err
 	}

@@ -284,6 +284,19 @@ func TestACorrelationIDFollowsACommandThroughTheStream(t *testing.T) {
 		assert.True(t, projectors[p], "the %s projector logged the correlation id", p)
 	}
 
+	// A worker after a projector: the welcome email of a user made with a correlation id
+	// is logged by the mailer with it.
+	userCorr := "trace-" + uuid.NewString()
+	a.createUser(owner, "Una", "una@traced.example", "member", map[string]string{"X-Correlation-ID": userCorr})
+	testenv.Eventually(t, 10*time.Second, func() error {
+		for line := range strings.SplitSeq(a.logs(), "\n") {
+			if strings.Contains(line, `"component":"mailer"`) && strings.Contains(line, `"correlation_id":"`+userCorr+`"`) {
+				return nil
+			}
+		}
+		return fmt.Errorf("the mailer has not logged %s", userCorr)
+	})
+
 	// The audit trail finds every entry of the request by its correlation id: the message
 	// and the bot's reply.
 	var entries []struct {
