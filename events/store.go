@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/google/uuid"
@@ -80,6 +81,11 @@ type Store struct {
 	stopped   chan struct{}
 
 	metrics *metrics.Metrics
+
+	// Group commit (groupcommit.go): appends in flight, and the committers' queue.
+	inflight  atomic.Int64
+	groups    chan *groupedAppend
+	groupOnce sync.Once
 }
 
 // Instrument counts the store's appends in m (set once, before the store is used).
@@ -103,7 +109,7 @@ func NewStore(pool *pgxpool.Pool) *Store {
 	// PostgreSQL keeps microseconds: stamping with that precision makes the time a
 	// command answers with equal to the one every read model shows.
 	return &Store{pool: pool, now: func() time.Time { return time.Now().UTC().Truncate(time.Microsecond) },
-		wake: make(chan struct{}, 1), stopped: make(chan struct{})}
+		wake: make(chan struct{}, 1), stopped: make(chan struct{}), groups: make(chan *groupedAppend, maxGroup)}
 }
 
 // Close stops the store's notifier, after a last notification.
@@ -150,6 +156,15 @@ const maxAnyVersionRetries = 8
 // expected version gives apperr CONFLICT; with AnyVersion a concurrent writer is retried
 // a bounded number of times.
 func (s *Store) Append(ctx context.Context, req AppendRequest) (AppendResult, error) {
+	if req.Also == nil && len(req.More) == 0 && req.ExpectedVersion != AnyVersion {
+		busy := s.inflight.Add(1) > 1
+		defer s.inflight.Add(-1)
+		if busy {
+			if res, ok, err := s.grouped(ctx, req); ok {
+				return res, err
+			}
+		}
+	}
 	for attempt := 0; ; attempt++ {
 		res, err := s.appendOnce(ctx, req)
 		if err == nil {
@@ -255,6 +270,48 @@ func (s *Store) AppendTx(ctx context.Context, tx pgx.Tx, req AppendRequest) (App
 // Notify wakes the relay (after a transaction that used AppendTx committed).
 func (s *Store) Notify() { s.notify() }
 
+// encoded are one append's events ready for the INSERT's arrays.
+type encoded struct {
+	ids     []uuid.UUID
+	types   []string
+	schemas []int32
+	datas   []string
+}
+
+// encodeEvents checks the events of one stream against the catalog and encodes them.
+func encodeEvents(req AppendRequest) (encoded, error) {
+	if len(req.Events) == 0 {
+		return encoded{}, errors.New("append: no events")
+	}
+	if req.EventIDs != nil && len(req.EventIDs) != len(req.Events) {
+		return encoded{}, errors.New("append: one event id per event")
+	}
+	n := len(req.Events)
+	e := encoded{ids: make([]uuid.UUID, n), types: make([]string, n), schemas: make([]int32, n), datas: make([]string, n)}
+	for i, ev := range req.Events {
+		if req.EventIDs != nil {
+			e.ids[i] = req.EventIDs[i]
+		} else {
+			e.ids[i] = uuid.Must(uuid.NewV7())
+		}
+		e.types[i] = ev.EventType()
+		v, ok := SchemaVersionOf(e.types[i])
+		if !ok {
+			return encoded{}, fmt.Errorf("append: event type %q is not in the catalog", e.types[i])
+		}
+		if StreamTypeOf(e.types[i]) != req.StreamType {
+			return encoded{}, fmt.Errorf("append: event %q does not belong to a %q stream", e.types[i], req.StreamType)
+		}
+		e.schemas[i] = int32(v)
+		b, err := json.Marshal(ev)
+		if err != nil {
+			return encoded{}, fmt.Errorf("append: encode %s: %w", e.types[i], err)
+		}
+		e.datas[i] = string(b)
+	}
+	return e, nil
+}
+
 // insertStream checks one stream's expected version and inserts its events in one
 // statement, returning the stream's new version and the last position.
 //
@@ -262,38 +319,11 @@ func (s *Store) Notify() { s.notify() }
 // assigns the transaction id, so that id comes after the commit of every event of the
 // stream it saw; (transaction id, position) order therefore keeps each stream's order.
 func (s *Store) insertStream(ctx context.Context, q Querier, req AppendRequest, m Meta, meta []byte, at time.Time) (int, int64, error) {
-	if len(req.Events) == 0 {
-		return 0, 0, errors.New("append: no events")
+	enc, err := encodeEvents(req)
+	if err != nil {
+		return 0, 0, err
 	}
-	if req.EventIDs != nil && len(req.EventIDs) != len(req.Events) {
-		return 0, 0, errors.New("append: one event id per event")
-	}
-	n := len(req.Events)
-	ids := make([]uuid.UUID, n)
-	types := make([]string, n)
-	schemas := make([]int32, n)
-	datas := make([]string, n)
-	for i, ev := range req.Events {
-		if req.EventIDs != nil {
-			ids[i] = req.EventIDs[i]
-		} else {
-			ids[i] = uuid.Must(uuid.NewV7())
-		}
-		types[i] = ev.EventType()
-		v, ok := SchemaVersionOf(types[i])
-		if !ok {
-			return 0, 0, fmt.Errorf("append: event type %q is not in the catalog", types[i])
-		}
-		if StreamTypeOf(types[i]) != req.StreamType {
-			return 0, 0, fmt.Errorf("append: event %q does not belong to a %q stream", types[i], req.StreamType)
-		}
-		schemas[i] = int32(v)
-		b, err := json.Marshal(ev)
-		if err != nil {
-			return 0, 0, fmt.Errorf("append: encode %s: %w", types[i], err)
-		}
-		datas[i] = string(b)
-	}
+	ids, types, schemas, datas := enc.ids, enc.types, enc.schemas, enc.datas
 	rows, err := q.Query(ctx, `
 		WITH cur AS (SELECT coalesce(max(stream_version), 0) AS v FROM events WHERE stream_id = $3)
 		INSERT INTO events (id, stream_type, stream_id, stream_version, type, schema_version,

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/gin-gonic/gin"
+	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
@@ -126,9 +127,23 @@ func (h *HTTP) Consistency() gin.HandlerFunc {
 			if !reached {
 				c.Header("X-Consistency", "timeout")
 			}
+			c.Set(awaitedKey, tok)
 		}
 		c.Next()
 	}
+}
+
+const awaitedKey = "consistency_token"
+
+// awaited is the stream version the request's consistency token waited for, when the
+// token names stream (0 otherwise): a reader through a cache must not answer older.
+func awaited(c *gin.Context, stream uuid.UUID) int {
+	if v, ok := c.Get(awaitedKey); ok {
+		if tok, ok := v.(events.AppendResult); ok && tok.StreamID == stream {
+			return tok.Version
+		}
+	}
+	return 0
 }
 
 // allowed is each handler's own permission check, on top of the route's: a handler
@@ -171,7 +186,7 @@ func (h *HTTP) me(c *gin.Context) {
 	}
 	p := principal(c)
 	ctx := c.Request.Context()
-	u, err := readmodel.CachedUser(ctx, h.cache, h.read, p.UserID)
+	u, err := readmodel.CachedUser(ctx, h.cache, h.read, p.UserID, awaited(c, p.UserID))
 	if errors.Is(err, readmodel.ErrNotFound) {
 		// The caller is authenticated, so the user exists: a brand-new one may not be
 		// projected yet. Wait for it as a consistency token would.
@@ -179,7 +194,7 @@ func (h *HTTP) me(c *gin.Context) {
 		_, err = readmodel.WaitApplied(wctx, h.read, readmodel.AccountsProjection, p.UserID, 1)
 		cancel()
 		if err == nil {
-			u, err = readmodel.CachedUser(ctx, h.cache, h.read, p.UserID)
+			u, err = readmodel.CachedUser(ctx, h.cache, h.read, p.UserID, 1)
 		}
 	}
 	if err != nil {
@@ -227,7 +242,7 @@ func (h *HTTP) getUser(c *gin.Context) {
 		httpx.Fail(c, err)
 		return
 	}
-	u, err := readmodel.CachedUser(c.Request.Context(), h.cache, h.read, id)
+	u, err := readmodel.CachedUser(c.Request.Context(), h.cache, h.read, id, awaited(c, id))
 	if err == nil && u.OrganizationID != principal(c).OrganizationID {
 		err = readmodel.ErrNotFound // another tenant's user does not exist for this caller
 	}

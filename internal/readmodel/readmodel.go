@@ -170,9 +170,21 @@ const AnalyticsProjection = "analytics"
 
 // CachedUser reads a user through the cache: a hit answers from Redis, a miss is filled
 // once from the read model; with Redis down it reads the read model.
-func CachedUser(ctx context.Context, c *cache.Cache, q Querier, id uuid.UUID) (User, error) {
+//
+// atLeast is the version a consistency token waited for (0: none). The projector writes
+// the cache after its commit, so right after the wait the cached entry may still be the
+// previous version: then the row is read (and cached, never over a newer entry).
+func CachedUser(ctx context.Context, c *cache.Cache, q Querier, id uuid.UUID, atLeast int) (User, error) {
 	key := c.Key("user", id.String())
 	entry, err := c.Get(ctx, key)
+	if err == nil && entry.Version < atLeast {
+		if entry, err = UserEntry(ctx, q, id); err == nil {
+			_ = c.Set(ctx, key, entry)
+		}
+		if err != nil {
+			return User{}, err
+		}
+	}
 	if err != nil {
 		load := func(ctx context.Context) (cache.Entry, error) { return UserEntry(ctx, q, id) }
 		if errors.Is(err, cache.ErrMiss) {

@@ -1,0 +1,266 @@
+package events
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/chatbotsaas/chatbotd/internal/db"
+)
+
+// Group commit. Concurrent appends of one stream each, at an exact expected version and
+// with no side rows (most commands: messages, chatbots, knowledge, conversations), are
+// coalesced into one transaction: one version read, one INSERT, one commit and WAL flush
+// for the whole group. Each append keeps its own expected-version check and its own
+// result: one that fails its check leaves the group and is decided again on its own (a
+// CONFLICT, or the result of an idempotent retry), the others commit.
+//
+// Why it keeps the relay's per-stream order: the versions are read in the transaction's
+// first statement, before its INSERT takes the transaction id, so every event it saw was
+// committed by a transaction with a smaller id. An event of one of the streams committed
+// after that read takes the version the group wants, and the group's INSERT fails on the
+// unique (stream_id, stream_version) index; the group is then rolled back and every
+// append in it is done on its own. Nothing is ever written at a version it did not check.
+//
+// An append alone (no other append in flight) takes the one-statement path at once, so
+// one writer pays nothing for this.
+
+// maxGroup bounds the appends of one group.
+const maxGroup = 256
+
+// groupCommitters is how many groups may be in flight at once: while one waits for its
+// flush, the next one fills.
+const groupCommitters = 2
+
+type groupedAppend struct {
+	req  AppendRequest
+	enc  encoded
+	meta []byte
+	at   time.Time
+	done chan groupResult
+}
+
+type groupResult struct {
+	res AppendResult
+	err error
+	// alone asks the caller to append on its own (it failed its check in the group, or
+	// the group failed for a reason that may be another append's).
+	alone bool
+}
+
+// grouped tries to append req in a group; ok is false when it must be done alone.
+func (s *Store) grouped(ctx context.Context, req AppendRequest) (AppendResult, bool, error) {
+	enc, err := encodeEvents(req)
+	if err != nil {
+		return AppendResult{}, true, err
+	}
+	meta, err := json.Marshal(req.Meta.Metadata)
+	if err != nil {
+		return AppendResult{}, true, err
+	}
+	g := &groupedAppend{req: req, enc: enc, meta: meta, at: s.now(), done: make(chan groupResult, 1)}
+	s.startGroups()
+	select {
+	case s.groups <- g:
+	case <-s.stopped:
+		return AppendResult{}, false, nil
+	case <-ctx.Done():
+		return AppendResult{}, true, ctx.Err()
+	}
+	// Once handed over, the append's fate is the group's: wait for it whatever ctx says,
+	// so that an answer never contradicts what was committed.
+	r := <-g.done
+	if r.alone {
+		return AppendResult{}, false, nil
+	}
+	return r.res, true, r.err
+}
+
+func (s *Store) startGroups() {
+	s.groupOnce.Do(func() {
+		for range groupCommitters {
+			go s.committer()
+		}
+	})
+}
+
+// committer takes an append, every other one waiting at that moment (up to maxGroup),
+// and commits them together.
+func (s *Store) committer() {
+	for {
+		var first *groupedAppend
+		select {
+		case <-s.stopped:
+			return
+		case first = <-s.groups:
+		}
+		batch := []*groupedAppend{first}
+	fill:
+		for len(batch) < maxGroup {
+			select {
+			case g := <-s.groups:
+				batch = append(batch, g)
+			default:
+				break fill
+			}
+		}
+		s.commitGroup(batch)
+	}
+}
+
+func (s *Store) commitGroup(batch []*groupedAppend) {
+	if len(batch) == 1 {
+		batch[0].done <- groupResult{alone: true}
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	results, err := s.insertGroup(ctx, batch)
+	if err != nil {
+		for _, g := range batch {
+			if db.IsUnavailable(err) {
+				g.done <- groupResult{err: db.Classify(err)}
+			} else {
+				g.done <- groupResult{alone: true} // decided again on its own
+			}
+		}
+		return
+	}
+	s.notify()
+	for i, g := range batch {
+		if results[i].alone {
+			g.done <- results[i]
+			continue
+		}
+		s.appended(g.req)
+		g.done <- results[i]
+	}
+}
+
+// insertGroup runs the group's transaction. It returns a result per append: committed,
+// or alone (its expected version did not hold in the group's read).
+func (s *Store) insertGroup(ctx context.Context, batch []*groupedAppend) (results []groupResult, err error) {
+	tx, err := s.pool.Begin(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			_ = tx.Rollback(context.WithoutCancel(ctx))
+		}
+	}()
+	streams := make([]uuid.UUID, 0, len(batch))
+	for _, g := range batch {
+		streams = append(streams, g.req.StreamID)
+	}
+	// The versions, read before the INSERT takes the transaction id (see above).
+	rows, err := tx.Query(ctx, `SELECT stream_id, max(stream_version) FROM events WHERE stream_id = ANY($1) GROUP BY stream_id`, streams)
+	if err != nil {
+		return nil, err
+	}
+	current := make(map[uuid.UUID]int, len(batch))
+	for rows.Next() {
+		var id uuid.UUID
+		var v int
+		if err = rows.Scan(&id, &v); err != nil {
+			rows.Close()
+			return nil, err
+		}
+		current[id] = v
+	}
+	rows.Close()
+	if err = rows.Err(); err != nil {
+		return nil, err
+	}
+
+	results = make([]groupResult, len(batch))
+	var (
+		ids                                 []uuid.UUID
+		streamTypes, types, datas           []string
+		streamIDs                           []uuid.UUID
+		versions, schemas                   []int32
+		orgs, actorIDs                      []*uuid.UUID
+		actorTypes, corrs, causes, requests []string
+		metas                               []string
+		times                               []time.Time
+		inserted                            int
+	)
+	owner := map[uuid.UUID]int{} // the batch index of each event
+	for i, g := range batch {
+		r := g.req
+		cur := current[r.StreamID]
+		if cur != r.ExpectedVersion {
+			results[i] = groupResult{alone: true}
+			continue
+		}
+		for k := range g.enc.ids {
+			ids = append(ids, g.enc.ids[k])
+			streamTypes = append(streamTypes, r.StreamType)
+			streamIDs = append(streamIDs, r.StreamID)
+			versions = append(versions, int32(cur+1+k))
+			types = append(types, g.enc.types[k])
+			schemas = append(schemas, g.enc.schemas[k])
+			datas = append(datas, g.enc.datas[k])
+			orgs = append(orgs, r.OrganizationID)
+			actorTypes = append(actorTypes, r.Meta.Actor.Type)
+			actorIDs = append(actorIDs, r.Meta.Actor.ID)
+			corrs = append(corrs, r.Meta.CorrelationID)
+			causes = append(causes, r.Meta.CausationID)
+			requests = append(requests, r.Meta.RequestID)
+			metas = append(metas, string(g.meta))
+			times = append(times, g.at)
+			owner[g.enc.ids[k]] = i
+		}
+		current[r.StreamID] = cur + len(g.enc.ids)
+		results[i] = groupResult{res: AppendResult{StreamType: r.StreamType, StreamID: r.StreamID,
+			Version: cur + len(g.enc.ids), OccurredAt: g.at}}
+		inserted++
+	}
+	if inserted == 0 {
+		_ = tx.Rollback(ctx)
+		return results, nil
+	}
+	// One INSERT for every event of the group, in the group's order, so positions follow
+	// it. WITH ORDINALITY keeps the order of the arrays.
+	rows, err = tx.Query(ctx, `INSERT INTO events (id, stream_type, stream_id, stream_version, type, schema_version,
+			organization_id, actor_type, actor_id, correlation_id, causation_id, request_id, metadata, data, occurred_at)
+		SELECT u.id, u.stream_type, u.stream_id, u.version, u.type, u.schema, u.org, u.actor_type, u.actor_id,
+			u.corr, u.cause, u.request, u.meta::jsonb, u.data::jsonb, u.at
+		FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::int[], $5::text[], $6::int[], $7::uuid[], $8::text[],
+			$9::uuid[], $10::text[], $11::text[], $12::text[], $13::text[], $14::text[], $15::timestamptz[])
+			WITH ORDINALITY AS u(id, stream_type, stream_id, version, type, schema, org, actor_type, actor_id,
+				corr, cause, request, meta, data, at, ord)
+		ORDER BY u.ord
+		RETURNING id, position`,
+		ids, streamTypes, streamIDs, versions, types, schemas, orgs, actorTypes, actorIDs, corrs, causes, requests,
+		metas, datas, times)
+	if err != nil {
+		return nil, err
+	}
+	row := 0
+	for rows.Next() {
+		var id uuid.UUID
+		var p int64
+		if err = rows.Scan(&id, &p); err != nil {
+			rows.Close()
+			return nil, err
+		}
+		r := &results[owner[id]]
+		r.res.Position = max(r.res.Position, p)
+		row++
+	}
+	rows.Close()
+	if err = rows.Err(); err != nil {
+		return nil, err
+	}
+	if row != len(ids) {
+		return nil, errors.New("group commit: the insert returned fewer rows than it was given")
+	}
+	if err = tx.Commit(ctx); err != nil {
+		return nil, err
+	}
+	return results, nil
+}

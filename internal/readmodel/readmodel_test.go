@@ -1,0 +1,47 @@
+package readmodel_test
+
+import (
+	"context"
+	"encoding/json"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/chatbotsaas/chatbotd/internal/cache"
+	"github.com/chatbotsaas/chatbotd/internal/readmodel"
+	"github.com/chatbotsaas/chatbotd/internal/testenv"
+)
+
+// TestCachedUserIsNeverOlderThanTheAwaitedVersion: the projector has committed version 2
+// but not yet written the cache (it does so after its commit); a reader whose consistency
+// token awaited version 2 gets version 2, and the cache is brought up to date.
+func TestCachedUserIsNeverOlderThanTheAwaitedVersion(t *testing.T) {
+	d := testenv.MustDatabase(t)
+	r := testenv.MustRedis(t)
+	c := cache.New(r.Client, r.Prefix, time.Minute)
+	ctx := context.Background()
+	id, org := uuid.New(), uuid.New()
+	now := time.Now().UTC()
+	_, err := d.Pool.Exec(ctx, `INSERT INTO users (id, organization_id, name, email, status, roles, version, created_at, updated_at)
+		VALUES ($1, $2, 'New Name', 'n@example.com', 'active', '{member}', 2, $3, $3)`, id, org, now)
+	require.NoError(t, err)
+	old, err := json.Marshal(readmodel.User{ID: id, OrganizationID: org, Name: "Old Name", Email: "n@example.com", Status: "active"})
+	require.NoError(t, err)
+	require.NoError(t, c.Set(ctx, c.Key("user", id.String()), cache.Entry{Version: 1, Payload: old}))
+
+	u, err := readmodel.CachedUser(ctx, c, d.Pool, id, 0)
+	require.NoError(t, err)
+	assert.Equal(t, "Old Name", u.Name, "without a token the cache answers")
+
+	u, err = readmodel.CachedUser(ctx, c, d.Pool, id, 2)
+	require.NoError(t, err)
+	assert.Equal(t, "New Name", u.Name)
+	assert.Equal(t, 2, u.Version)
+
+	u, err = readmodel.CachedUser(ctx, c, d.Pool, id, 0)
+	require.NoError(t, err)
+	assert.Equal(t, "New Name", u.Name, "the cache was brought up to date")
+}
