@@ -3,7 +3,6 @@ package events
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"time"
 
 	"github.com/google/uuid"
@@ -13,16 +12,16 @@ import (
 
 // Group commit. Concurrent appends of one stream each, at an exact expected version and
 // with no side rows (most commands: messages, chatbots, knowledge, conversations), are
-// coalesced into one transaction: one version read, one INSERT, one commit and WAL flush
-// for the whole group. Each append keeps its own expected-version check and its own
+// coalesced into one statement: it reads the streams' versions and inserts every event
+// whose append's version holds, in one round trip, one commit and one WAL flush. Each append keeps its own expected-version check and its own
 // result: one that fails its check leaves the group and is decided again on its own (a
 // CONFLICT, or the result of an idempotent retry), the others commit.
 //
-// Why it keeps the relay's per-stream order: the versions are read in the transaction's
-// first statement, before its INSERT takes the transaction id, so every event it saw was
+// Why it keeps the relay's per-stream order: the versions are read by the statement's
+// snapshot, taken before its INSERT takes the transaction id, so every event it saw was
 // committed by a transaction with a smaller id. An event of one of the streams committed
-// after that read takes the version the group wants, and the group's INSERT fails on the
-// unique (stream_id, stream_version) index; the group is then rolled back and every
+// after that snapshot holds the version the group wants, and the INSERT fails on the
+// unique (stream_id, stream_version) index; nothing of the group is written, and every
 // append in it is done on its own. Nothing is ever written at a version it did not check.
 //
 // An append alone (no other append in flight) takes the one-statement path at once, so
@@ -33,7 +32,7 @@ const maxGroup = 256
 
 // groupCommitters is how many groups may be in flight at once: while one waits for its
 // flush, the next one fills.
-const groupCommitters = 2
+const groupCommitters = 4
 
 type groupedAppend struct {
 	req  AppendRequest
@@ -140,67 +139,37 @@ func (s *Store) commitGroup(batch []*groupedAppend) {
 	}
 }
 
-// insertGroup runs the group's transaction. It returns a result per append: committed,
-// or alone (its expected version did not hold in the group's read).
-func (s *Store) insertGroup(ctx context.Context, batch []*groupedAppend) (results []groupResult, err error) {
-	tx, err := s.pool.Begin(ctx)
-	if err != nil {
-		return nil, err
-	}
-	defer func() {
-		if err != nil {
-			_ = tx.Rollback(context.WithoutCancel(ctx))
-		}
-	}()
-	streams := make([]uuid.UUID, 0, len(batch))
-	for _, g := range batch {
-		streams = append(streams, g.req.StreamID)
-	}
-	// The versions, read before the INSERT takes the transaction id (see above).
-	rows, err := tx.Query(ctx, `SELECT stream_id, max(stream_version) FROM events WHERE stream_id = ANY($1) GROUP BY stream_id`, streams)
-	if err != nil {
-		return nil, err
-	}
-	current := make(map[uuid.UUID]int, len(batch))
-	for rows.Next() {
-		var id uuid.UUID
-		var v int
-		if err = rows.Scan(&id, &v); err != nil {
-			rows.Close()
-			return nil, err
-		}
-		current[id] = v
-	}
-	rows.Close()
-	if err = rows.Err(); err != nil {
-		return nil, err
-	}
-
-	results = make([]groupResult, len(batch))
+// insertGroup appends the group in one statement (its own transaction: one round trip,
+// one commit). It returns a result per append: committed, or alone (its expected version
+// did not hold, or its stream is in the group already).
+func (s *Store) insertGroup(ctx context.Context, batch []*groupedAppend) ([]groupResult, error) {
+	results := make([]groupResult, len(batch))
 	var (
-		ids                                 []uuid.UUID
-		streamTypes, types, datas           []string
-		streamIDs                           []uuid.UUID
+		ids, streamIDs                      []uuid.UUID
+		streamTypes, types, datas, metas    []string
 		versions, schemas                   []int32
 		orgs, actorIDs                      []*uuid.UUID
 		actorTypes, corrs, causes, requests []string
-		metas                               []string
 		times                               []time.Time
-		inserted                            int
+		checkStreams                        []uuid.UUID
+		checkVersions                       []int32
 	)
 	owner := map[uuid.UUID]int{} // the batch index of each event
+	seen := map[uuid.UUID]bool{}
 	for i, g := range batch {
 		r := g.req
-		cur := current[r.StreamID]
-		if cur != r.ExpectedVersion {
-			results[i] = groupResult{alone: true}
+		if seen[r.StreamID] {
+			results[i] = groupResult{alone: true} // one append per stream and group
 			continue
 		}
+		seen[r.StreamID] = true
+		checkStreams = append(checkStreams, r.StreamID)
+		checkVersions = append(checkVersions, int32(r.ExpectedVersion))
 		for k := range g.enc.ids {
 			ids = append(ids, g.enc.ids[k])
 			streamTypes = append(streamTypes, r.StreamType)
 			streamIDs = append(streamIDs, r.StreamID)
-			versions = append(versions, int32(cur+1+k))
+			versions = append(versions, int32(r.ExpectedVersion+1+k))
 			types = append(types, g.enc.types[k])
 			schemas = append(schemas, g.enc.schemas[k])
 			datas = append(datas, g.enc.datas[k])
@@ -214,18 +183,18 @@ func (s *Store) insertGroup(ctx context.Context, batch []*groupedAppend) (result
 			times = append(times, g.at)
 			owner[g.enc.ids[k]] = i
 		}
-		current[r.StreamID] = cur + len(g.enc.ids)
-		results[i] = groupResult{res: AppendResult{StreamType: r.StreamType, StreamID: r.StreamID,
-			Version: cur + len(g.enc.ids), OccurredAt: g.at}}
-		inserted++
+		// Until the insert says otherwise, the append did not happen.
+		results[i] = groupResult{alone: true, res: AppendResult{StreamType: r.StreamType, StreamID: r.StreamID,
+			Version: r.ExpectedVersion + len(g.enc.ids), OccurredAt: g.at}}
 	}
-	if inserted == 0 {
-		_ = tx.Rollback(ctx)
-		return results, nil
-	}
-	// One INSERT for every event of the group, in the group's order, so positions follow
-	// it. WITH ORDINALITY keeps the order of the arrays.
-	rows, err = tx.Query(ctx, `INSERT INTO events (id, stream_type, stream_id, stream_version, type, schema_version,
+	// The streams' versions are read by the statement's snapshot, before its INSERT takes
+	// the transaction id; only the appends whose expected version holds are inserted, in
+	// the group's order (WITH ORDINALITY), so positions follow it.
+	rows, err := s.pool.Query(ctx, `
+		WITH ok AS (
+			SELECT c.stream_id FROM unnest($16::uuid[], $17::int[]) AS c(stream_id, expected)
+			WHERE coalesce((SELECT max(e.stream_version) FROM events e WHERE e.stream_id = c.stream_id), 0) = c.expected)
+		INSERT INTO events (id, stream_type, stream_id, stream_version, type, schema_version,
 			organization_id, actor_type, actor_id, correlation_id, causation_id, request_id, metadata, data, occurred_at)
 		SELECT u.id, u.stream_type, u.stream_id, u.version, u.type, u.schema, u.org, u.actor_type, u.actor_id,
 			u.corr, u.cause, u.request, u.meta::jsonb, u.data::jsonb, u.at
@@ -233,34 +202,25 @@ func (s *Store) insertGroup(ctx context.Context, batch []*groupedAppend) (result
 			$9::uuid[], $10::text[], $11::text[], $12::text[], $13::text[], $14::text[], $15::timestamptz[])
 			WITH ORDINALITY AS u(id, stream_type, stream_id, version, type, schema, org, actor_type, actor_id,
 				corr, cause, request, meta, data, at, ord)
+		WHERE u.stream_id IN (SELECT stream_id FROM ok)
 		ORDER BY u.ord
 		RETURNING id, position`,
 		ids, streamTypes, streamIDs, versions, types, schemas, orgs, actorTypes, actorIDs, corrs, causes, requests,
-		metas, datas, times)
+		metas, datas, times, checkStreams, checkVersions)
 	if err != nil {
 		return nil, err
 	}
-	row := 0
 	for rows.Next() {
 		var id uuid.UUID
 		var p int64
-		if err = rows.Scan(&id, &p); err != nil {
+		if err := rows.Scan(&id, &p); err != nil {
 			rows.Close()
 			return nil, err
 		}
 		r := &results[owner[id]]
+		r.alone = false
 		r.res.Position = max(r.res.Position, p)
-		row++
 	}
 	rows.Close()
-	if err = rows.Err(); err != nil {
-		return nil, err
-	}
-	if row != len(ids) {
-		return nil, errors.New("group commit: the insert returned fewer rows than it was given")
-	}
-	if err = tx.Commit(ctx); err != nil {
-		return nil, err
-	}
-	return results, nil
+	return results, rows.Err()
 }

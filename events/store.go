@@ -86,7 +86,12 @@ type Store struct {
 	inflight  atomic.Int64
 	groups    chan *groupedAppend
 	groupOnce sync.Once
+	noGroups  bool
 }
+
+// DisableGroupCommit makes every append a transaction of its own (benchmarks compare the
+// two); call it before the store is used.
+func (s *Store) DisableGroupCommit() { s.noGroups = true }
 
 // Instrument counts the store's appends in m (set once, before the store is used).
 func (s *Store) Instrument(m *metrics.Metrics) { s.metrics = m }
@@ -156,7 +161,7 @@ const maxAnyVersionRetries = 8
 // expected version gives apperr CONFLICT; with AnyVersion a concurrent writer is retried
 // a bounded number of times.
 func (s *Store) Append(ctx context.Context, req AppendRequest) (AppendResult, error) {
-	if req.Also == nil && len(req.More) == 0 && req.ExpectedVersion != AnyVersion {
+	if !s.noGroups && req.Also == nil && len(req.More) == 0 && req.ExpectedVersion != AnyVersion {
 		busy := s.inflight.Add(1) > 1
 		defer s.inflight.Add(-1)
 		if busy {
@@ -189,7 +194,7 @@ func (s *Store) appendOnce(ctx context.Context, req AppendRequest) (res AppendRe
 		return res, err
 	}
 	res = AppendResult{StreamType: req.StreamType, StreamID: req.StreamID, OccurredAt: s.now()}
-	if req.Also == nil && len(req.More) == 0 && req.ExpectedVersion != AnyVersion {
+	if !s.noGroups && req.Also == nil && len(req.More) == 0 && req.ExpectedVersion != AnyVersion {
 		// One statement is its own transaction: one round trip, like a plain INSERT.
 		res.Version, res.Position, err = s.insertStream(ctx, s.pool, req, req.Meta, meta, res.OccurredAt)
 		if errors.Is(err, errAlreadyAppended) {

@@ -283,11 +283,18 @@ func appendFigures(ctx context.Context, pool *pgxpool.Pool, dbURL string, o opti
 	fmt.Fprint(w, "Each append is what a command does in the store: check the expected version and insert the event, commit (fsync), then wake the relay (a coalesced NOTIFY outside the transaction). "+
 		"An append alone is one statement; appends that arrive while others are in flight are committed together (group commit: one version read, one INSERT, one commit for the group, each append keeping its own check and result). ")
 	fmt.Fprint(w, "The baseline is pgbench, in the same run, inserting the same row into the same `events` table, one row per transaction.\n\n")
-	fmt.Fprint(w, "| writers | chatbotd appends/s | pgbench inserts/s | ratio |\n|---:|---:|---:|---:|\n")
+	fmt.Fprint(w, "| writers | chatbotd appends/s | without group commit | pgbench inserts/s | ratio | ratio without |\n|---:|---:|---:|---:|---:|---:|\n")
 	store := events.NewStore(pool)
 	defer store.Close()
+	single := events.NewStore(pool)
+	single.DisableGroupCommit()
+	defer single.Close()
 	for _, n := range []int{1, 8, 32} {
 		ours, err := appendRate(ctx, store, n, o.duration)
+		if err != nil {
+			return err
+		}
+		alone, err := appendRate(ctx, single, n, o.duration)
 		if err != nil {
 			return err
 		}
@@ -295,8 +302,8 @@ func appendFigures(ctx context.Context, pool *pgxpool.Pool, dbURL string, o opti
 		if err != nil {
 			return err
 		}
-		fmt.Fprintf(w, "| %d | %.0f | %.0f | %.2f× |\n", n, ours, base, ours/base)
-		fmt.Fprintf(os.Stderr, "appends: %d writers: %.0f/s vs pgbench %.0f/s\n", n, ours, base)
+		fmt.Fprintf(w, "| %d | %.0f | %.0f | %.0f | %.2f× | %.2f× |\n", n, ours, alone, base, ours/base, alone/base)
+		fmt.Fprintf(os.Stderr, "appends: %d writers: %.0f/s (alone %.0f/s) vs pgbench %.0f/s\n", n, ours, alone, base)
 	}
 	return nil
 }
