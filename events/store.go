@@ -82,7 +82,9 @@ type Store struct {
 
 	metrics *metrics.Metrics
 
-	// Group commit (groupcommit.go): appends in flight, and the committers' queue.
+	// Group commit (groupcommit.go): appends in flight, and the committers' queue. It is
+	// unbuffered: an append is handed over only to a committer, which always answers, so
+	// none is stranded when the store closes.
 	inflight  atomic.Int64
 	groups    chan *groupedAppend
 	groupOnce sync.Once
@@ -114,7 +116,7 @@ func NewStore(pool *pgxpool.Pool) *Store {
 	// PostgreSQL keeps microseconds: stamping with that precision makes the time a
 	// command answers with equal to the one every read model shows.
 	return &Store{pool: pool, now: func() time.Time { return time.Now().UTC().Truncate(time.Microsecond) },
-		wake: make(chan struct{}, 1), stopped: make(chan struct{}), groups: make(chan *groupedAppend, maxGroup)}
+		wake: make(chan struct{}, 1), stopped: make(chan struct{}), groups: make(chan *groupedAppend)}
 }
 
 // Close stops the store's notifier, after a last notification.
