@@ -196,7 +196,7 @@ func (s *Store) appendOnce(ctx context.Context, req AppendRequest) (res AppendRe
 		return res, err
 	}
 	res = AppendResult{StreamType: req.StreamType, StreamID: req.StreamID, OccurredAt: s.now()}
-	if !s.noGroups && req.Also == nil && len(req.More) == 0 && req.ExpectedVersion != AnyVersion {
+	if req.Also == nil && len(req.More) == 0 && req.ExpectedVersion != AnyVersion {
 		// One statement is its own transaction: one round trip, like a plain INSERT.
 		res.Version, res.Position, err = s.insertStream(ctx, s.pool, req, req.Meta, meta, res.OccurredAt)
 		if errors.Is(err, errAlreadyAppended) {
