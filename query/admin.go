@@ -32,10 +32,7 @@ func (h *HTTP) listOrganizations(c *gin.Context) {
 	order := sortParam(c, f, map[string]string{"name": "lower(o.name)", "created_at": "o.created_at"}, "-created_at")
 	var where []string
 	var args []any
-	if v := c.Query("status"); v != "" {
-		if v != "active" && v != "suspended" {
-			f.Add("status", "must be one of active, suspended")
-		}
+	if v, ok := oneOf(c, f, "status", "active", "suspended"); ok {
 		args = append(args, v)
 		where = append(where, fmt.Sprintf("o.status = $%d", len(args)))
 	}

@@ -26,10 +26,7 @@ func (h *HTTP) listChatbots(c *gin.Context) {
 	order := sortParam(c, f, map[string]string{"name": "lower(name)", "created_at": "created_at", "updated_at": "updated_at"}, "created_at")
 	where := []string{"organization_id = $1", "deleted_at IS NULL"}
 	args := []any{principal(c).OrganizationID}
-	if v := c.Query("status"); v != "" {
-		if v != "draft" && v != "published" {
-			f.Add("status", "must be one of draft, published")
-		}
+	if v, ok := oneOf(c, f, "status", "draft", "published"); ok {
 		args = append(args, v)
 		where = append(where, fmt.Sprintf("status = $%d", len(args)))
 	}

@@ -386,10 +386,7 @@ func (h *HTTP) listUsers(c *gin.Context) {
 	order := sortParam(c, f, map[string]string{"name": "lower(name)", "email": "lower(email)", "created_at": "created_at"}, "created_at")
 	where := []string{"organization_id = $1", "deleted_at IS NULL"}
 	args := []any{principal(c).OrganizationID}
-	if v := c.Query("status"); v != "" {
-		if v != "active" && v != "deactivated" {
-			f.Add("status", "must be one of active, deactivated")
-		}
+	if v, ok := oneOf(c, f, "status", "active", "deactivated"); ok {
 		args = append(args, v)
 		where = append(where, fmt.Sprintf("status = $%d", len(args)))
 	}

@@ -3,10 +3,13 @@ package query
 import (
 	"fmt"
 	"net/http"
+	"slices"
+	"strings"
 
 	"github.com/gin-gonic/gin"
 	"github.com/jackc/pgx/v5"
 
+	"github.com/chatbotsaas/chatbotd/internal/apperr"
 	"github.com/chatbotsaas/chatbotd/internal/httpx"
 )
 
@@ -20,6 +23,20 @@ type listQuery struct {
 	args    []any
 	page    int
 	perPage int
+}
+
+// oneOf reads an optional query parameter that must be one of allowed; ok is false when
+// it is absent. A value outside allowed is added to f (and still returned, so that the
+// caller's query stays well formed until f is reported).
+func oneOf(c *gin.Context, f apperr.Fields, name string, allowed ...string) (string, bool) {
+	v := c.Query(name)
+	if v == "" {
+		return "", false
+	}
+	if !slices.Contains(allowed, v) {
+		f.Add(name, "must be one of "+strings.Join(allowed, ", "))
+	}
+	return v, true
 }
 
 // respondPage counts the matches, reads one page with scan, and answers with
