@@ -426,4 +426,17 @@ func TestProjectionStatusDeadLettersAndRedrive(t *testing.T) {
 	out, err = a.cli("", "projections", "redrive", "chatbots")
 	require.NoError(t, err)
 	assert.Contains(t, out, "0 dead-lettered events")
+
+	// The broker down: the status still answers from the database, with the broker's
+	// figures unknown; dead letters cannot be read and say so with 503.
+	a.amqp.cut()
+	var down status
+	a.expect(req{method: "GET", path: "/api/v1/admin/projections", token: op}, 200).data(t, &down)
+	require.NotEmpty(t, down.Projections)
+	for _, p := range down.Projections {
+		assert.Nil(t, p.Queued, p.Name)
+		assert.Nil(t, p.DeadLettered, p.Name)
+	}
+	a.expectError(req{method: "GET", path: "/api/v1/admin/projections/chatbots/dead-letters", token: op}, 503, "SERVICE_UNAVAILABLE")
+	a.amqp.restore()
 }
