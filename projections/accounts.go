@@ -143,18 +143,27 @@ func (a *Accounts) AfterCommit(ctx context.Context, applied []events.Envelope) {
 		return
 	}
 	seen := map[uuid.UUID]bool{}
+	var ids []uuid.UUID
 	for _, e := range applied {
-		if e.StreamType != events.StreamUser || seen[e.StreamID] {
-			continue
+		if e.StreamType == events.StreamUser && !seen[e.StreamID] {
+			seen[e.StreamID] = true
+			ids = append(ids, e.StreamID)
 		}
-		seen[e.StreamID] = true
-		entry, err := readmodel.UserEntry(ctx, a.pool, e.StreamID)
-		if err != nil {
-			a.logger.Warn("cache refresh: load user", "user_id", e.StreamID, "error", err)
-			continue
-		}
-		if err := a.cache.Set(ctx, a.cache.Key("user", e.StreamID.String()), entry); err != nil {
-			a.logger.Warn("cache refresh: write user", "user_id", e.StreamID, "error", err)
-		}
+	}
+	if len(ids) == 0 {
+		return
+	}
+	// One query and one Redis round trip for the batch's users.
+	entries, err := readmodel.UserEntries(ctx, a.pool, ids)
+	if err != nil {
+		a.logger.Warn("cache refresh: load users", "users", len(ids), "error", err)
+		return
+	}
+	keys, values := make([]string, len(ids)), make([]cache.Entry, len(ids))
+	for i, id := range ids {
+		keys[i], values[i] = a.cache.Key("user", id.String()), entries[id]
+	}
+	if err := a.cache.SetMany(ctx, keys, values); err != nil {
+		a.logger.Warn("cache refresh: write users", "users", len(ids), "error", err)
 	}
 }

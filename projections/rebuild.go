@@ -19,7 +19,9 @@ import (
 
 // Rebuildable is a projector whose read model is a function of the log alone: it writes
 // only its own tables, so replaying the log into fresh copies of them rebuilds it.
-// (The trainer and the responders are not: they append events.)
+// (The trainer and the responders are not: they append events.) Its writes are
+// pipelined, in rebuilds and in live batches alike (see pipeTx), so its Apply must not
+// depend on what an Exec returns; a read (Query, QueryRow) sees every earlier write.
 type Rebuildable interface {
 	Projector
 	// Tables are the tables the projector owns, in the public schema.
@@ -350,11 +352,12 @@ func partitionsOf(ctx context.Context, q events.Querier, schema, table string) (
 	return pgx.CollectRows(rows, pgx.RowTo[string])
 }
 
-// pipeTx sends a rebuild's writes in pipelined batches instead of one round trip each:
-// projectors only Exec, and a rebuild that meets an error starts over anyway, so the
-// errors may as well come back together. A read (gap repair) sends what is queued
-// first, and the replayer flushes before it commits. Without it the replay waits on the
-// network for every row (it ran at a third of its present speed).
+// pipeTx sends a rebuildable projector's writes in pipelined batches instead of one
+// round trip each: such projectors only Exec, and a batch (live or rebuild) that meets
+// an error is undone as a whole anyway, so the errors may as well come back together. A
+// read (gap repair, a projector's own query) sends what is queued first, and the caller
+// flushes before it commits. Without it a replay waits on the network for every row (it
+// ran at a third of its present speed), and so did a live batch.
 type pipeTx struct {
 	pgx.Tx
 	batch pgx.Batch

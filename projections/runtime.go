@@ -143,7 +143,9 @@ func (r *Runner) consume(ctx context.Context) error {
 	if err := broker.DeclareQueue(ch, q); err != nil {
 		return err
 	}
-	if err := ch.Qos(r.cfg.BatchSize, 0, false); err != nil {
+	// Two batches' worth in flight: the next batch is already here while one is applied,
+	// instead of being sent by the broker only after its acks.
+	if err := ch.Qos(2*r.cfg.BatchSize, 0, false); err != nil {
 		return err
 	}
 	deliveries, err := ch.Consume(q.Name, "", false, false, false, false, nil)
@@ -244,13 +246,14 @@ func (r *Runner) handle(ctx context.Context, batch []amqp.Delivery) error {
 	return nil
 }
 
+// ackAll acknowledges a batch with one frame: the last delivery's ack with "multiple"
+// covers every earlier one still unsettled on the channel, which are this batch's (the
+// batches before it were settled, and the undecodable ones of this batch were nacked).
 func ackAll(ds []amqp.Delivery) error {
-	for _, d := range ds {
-		if err := d.Ack(false); err != nil {
-			return err
-		}
+	if len(ds) == 0 {
+		return nil
 	}
-	return nil
+	return ds[len(ds)-1].Ack(true)
 }
 
 // afterCommit runs the projector's after-commit work and traces each applied event: at
@@ -364,8 +367,14 @@ func applyInTx(ctx context.Context, tx pgx.Tx, p Projector, envs []events.Envelo
 		SELECT $1, s, 0 FROM unnest($2::uuid[]) AS s ORDER BY s ON CONFLICT DO NOTHING`, p.Name(), streams); err != nil {
 		return nil, err
 	}
-	rows, err := tx.Query(ctx, `SELECT stream_id, version FROM projection_streams
-		WHERE projection = $1 AND stream_id = ANY($2) ORDER BY stream_id FOR UPDATE`, p.Name(), streams)
+	// One index lookup per id, in the ids' (sorted) order, whatever the statistics say.
+	// "stream_id = ANY($2)" or a join on the unnested ids were planned, on a table that
+	// had grown fast since it was last analyzed, as a scan of every stream of the
+	// projection: 130 ms a batch at 50,000 streams. OFFSET 0 keeps the lateral subquery
+	// from being flattened into such a join.
+	rows, err := tx.Query(ctx, `SELECT ps.stream_id, ps.version FROM unnest($2::uuid[]) AS s(id),
+		LATERAL (SELECT stream_id, version FROM projection_streams
+			WHERE projection = $1 AND stream_id = s.id OFFSET 0 FOR UPDATE) AS ps`, p.Name(), streams)
 	if err != nil {
 		return nil, err
 	}
@@ -385,7 +394,17 @@ func applyInTx(ctx context.Context, tx pgx.Tx, p Projector, envs []events.Envelo
 	}
 
 	start := maps.Clone(current)
-	if applied, err = applyInOrder(ctx, tx, p, envs, current); err != nil {
+	// A rebuildable projector's writes are pipelined, as in a rebuild: the batch goes to
+	// PostgreSQL in a few round trips instead of one per statement. Its errors come back
+	// together at the flush, and a failed batch is applied again one event at a time,
+	// which says which event failed.
+	w := tx
+	var pipe *pipeTx
+	if _, ok := p.(Rebuildable); ok {
+		pipe = &pipeTx{Tx: tx}
+		w = pipe
+	}
+	if applied, err = applyInOrder(ctx, w, p, envs, current); err != nil {
 		return nil, err
 	}
 	var changedIDs []uuid.UUID
@@ -397,14 +416,21 @@ func applyInTx(ctx context.Context, tx pgx.Tx, p Projector, envs []events.Envelo
 		}
 	}
 	if len(changedIDs) > 0 {
-		if _, err = tx.Exec(ctx, `UPDATE projection_streams ps SET version = u.version
-			FROM unnest($2::uuid[], $3::int[]) AS u(stream_id, version)
-			WHERE ps.projection = $1 AND ps.stream_id = u.stream_id`, p.Name(), changedIDs, changedVersions); err != nil {
+		// An upsert of rows that exist (and are locked): its arbiter index finds each row,
+		// where an UPDATE … FROM unnest could be planned as a hash join over every stream.
+		if _, err = w.Exec(ctx, `INSERT INTO projection_streams (projection, stream_id, version)
+			SELECT $1, u.stream_id, u.version FROM unnest($2::uuid[], $3::int[]) AS u(stream_id, version)
+			ON CONFLICT (projection, stream_id) DO UPDATE SET version = excluded.version`, p.Name(), changedIDs, changedVersions); err != nil {
 			return nil, err
 		}
 	}
-	if err = recordPosition(ctx, tx, p.Name(), applied); err != nil {
+	if err = recordPosition(ctx, w, p.Name(), applied); err != nil {
 		return nil, err
+	}
+	if pipe != nil {
+		if err = pipe.flush(ctx); err != nil {
+			return nil, err
+		}
 	}
 	return applied, nil
 }

@@ -90,6 +90,29 @@ func (c *Cache) Set(ctx context.Context, key string, e Entry) error {
 	return setIfNewer.Run(ctx, c.rdb, []string{key}, e.Version, e.Payload, c.ttl.Milliseconds()).Err()
 }
 
+// SetMany stores each entry under its key, unless a newer one is there, in one round
+// trip (a pipeline of the same script Set runs).
+func (c *Cache) SetMany(ctx context.Context, keys []string, entries []Entry) error {
+	if len(keys) == 0 {
+		return nil
+	}
+	run := func(eval func(redis.Pipeliner, string, Entry)) error {
+		pipe := c.rdb.Pipeline()
+		for i, k := range keys {
+			eval(pipe, k, entries[i])
+		}
+		_, err := pipe.Exec(ctx)
+		return err
+	}
+	ttl := c.ttl.Milliseconds()
+	err := run(func(p redis.Pipeliner, k string, e Entry) { setIfNewer.EvalSha(ctx, p, []string{k}, e.Version, e.Payload, ttl) })
+	if err != nil && redis.HasErrorPrefix(err, "NOSCRIPT") {
+		// The script is not loaded yet (a new or flushed Redis): send its text this once.
+		err = run(func(p redis.Pipeliner, k string, e Entry) { setIfNewer.Eval(ctx, p, []string{k}, e.Version, e.Payload, ttl) })
+	}
+	return err
+}
+
 // Fill loads a missing entry once however many callers miss at the same time (no
 // stampede), stores it, and returns it. A Redis failure is not the caller's problem:
 // the loaded entry is returned anyway.

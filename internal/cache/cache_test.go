@@ -71,3 +71,28 @@ func TestFillLoadsOnceForConcurrentMisses(t *testing.T) {
 	_, err = c.Get(context.Background(), c.Key("user", "none"))
 	assert.ErrorIs(t, err, cache.ErrMiss)
 }
+
+func TestSetManyKeepsEachKeysNewestVersionInOneRoundTrip(t *testing.T) {
+	r := testenv.MustRedis(t)
+	c := cache.New(r.Client, r.Prefix, time.Minute)
+	ctx := context.Background()
+	a, b, n := c.Key("user", "a"), c.Key("user", "b"), c.Key("user", "new")
+	require.NoError(t, c.Set(ctx, a, cache.Entry{Version: 5, Payload: []byte("a5")}))
+	require.NoError(t, c.Set(ctx, b, cache.Entry{Version: 1, Payload: []byte("b1")}))
+	// The script is sent by its text when Redis does not know it (a new or flushed server).
+	require.NoError(t, r.Client.ScriptFlush(ctx).Err())
+
+	require.NoError(t, c.SetMany(ctx, []string{a, b, n},
+		[]cache.Entry{{Version: 4, Payload: []byte("a4")}, {Version: 2, Payload: []byte("b2")}, {Version: 1, Payload: []byte("n1")}}))
+	for key, want := range map[string]cache.Entry{a: {5, []byte("a5")}, b: {2, []byte("b2")}, n: {1, []byte("n1")}} {
+		got, err := c.Get(ctx, key)
+		require.NoError(t, err)
+		assert.Equal(t, want, got, key)
+		assert.Greater(t, r.Client.PTTL(ctx, key).Val(), 50*time.Second, key)
+	}
+	require.NoError(t, c.SetMany(ctx, []string{b}, []cache.Entry{{Version: 3}})) // a tombstone, by the loaded script
+	got, err := c.Get(ctx, b)
+	require.NoError(t, err)
+	assert.Equal(t, cache.Entry{Version: 3, Payload: []byte{}}, got)
+	require.NoError(t, c.SetMany(ctx, nil, nil))
+}

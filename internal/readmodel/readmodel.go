@@ -54,14 +54,20 @@ var ErrNotFound = errors.New("not found")
 // LoadUser reads one live user; a deleted one is ErrNotFound, with its version so that
 // a cache can record the deletion.
 func LoadUser(ctx context.Context, q Querier, id uuid.UUID) (User, error) {
-	var deleted bool
-	var u User
-	err := q.QueryRow(ctx, `SELECT `+UserColumns+`, deleted_at IS NOT NULL FROM users WHERE id = $1`, id).Scan(
-		&u.ID, &u.OrganizationID, &u.Name, &u.Email, &u.Status, &u.Roles, &u.CreatedAt, &u.UpdatedAt, &u.Version, &deleted)
+	u, err := scanUser(q.QueryRow(ctx, `SELECT `+UserColumns+`, deleted_at IS NOT NULL FROM users WHERE id = $1`, id))
 	if errors.Is(err, pgx.ErrNoRows) {
 		return User{ID: id}, ErrNotFound
 	}
-	if err != nil {
+	return u, err
+}
+
+// scanUser reads a row of UserColumns and the deleted flag; a deleted user is ErrNotFound
+// with its id, organization and version.
+func scanUser(row pgx.Row) (User, error) {
+	var deleted bool
+	var u User
+	if err := row.Scan(&u.ID, &u.OrganizationID, &u.Name, &u.Email, &u.Status, &u.Roles, &u.CreatedAt, &u.UpdatedAt,
+		&u.Version, &deleted); err != nil {
 		return u, err
 	}
 	u.CreatedAt, u.UpdatedAt = u.CreatedAt.UTC(), u.UpdatedAt.UTC()
@@ -69,7 +75,7 @@ func LoadUser(ctx context.Context, q Querier, id uuid.UUID) (User, error) {
 		u.Roles = []string{}
 	}
 	if deleted {
-		return User{ID: id, Version: u.Version, OrganizationID: u.OrganizationID}, ErrNotFound
+		return User{ID: u.ID, Version: u.Version, OrganizationID: u.OrganizationID}, ErrNotFound
 	}
 	return u, nil
 }
@@ -139,7 +145,10 @@ func WaitApplied(ctx context.Context, q Querier, projection string, stream uuid.
 // UserEntry is a user's cache entry as of the read model now: the user's JSON, or a
 // tombstone for a deleted one.
 func UserEntry(ctx context.Context, q Querier, id uuid.UUID) (cache.Entry, error) {
-	u, err := LoadUser(ctx, q, id)
+	return userEntry(LoadUser(ctx, q, id))
+}
+
+func userEntry(u User, err error) (cache.Entry, error) {
 	if errors.Is(err, ErrNotFound) {
 		return cache.Entry{Version: u.Version}, nil
 	}
@@ -148,6 +157,36 @@ func UserEntry(ctx context.Context, q Querier, id uuid.UUID) (cache.Entry, error
 	}
 	b, err := json.Marshal(u)
 	return cache.Entry{Version: u.Version, Payload: b}, err
+}
+
+// UserEntries is UserEntry for many users, read in one query.
+func UserEntries(ctx context.Context, q Querier, ids []uuid.UUID) (map[uuid.UUID]cache.Entry, error) {
+	// A lookup per id (see projections' stream lock: "id = ANY($1)" may be planned as a
+	// scan of the whole table while its statistics are stale).
+	rows, err := q.Query(ctx, `SELECT u.* FROM unnest($1::uuid[]) AS w(id),
+		LATERAL (SELECT `+UserColumns+`, deleted_at IS NOT NULL FROM users WHERE users.id = w.id OFFSET 0) AS u`, ids)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	out := make(map[uuid.UUID]cache.Entry, len(ids))
+	for rows.Next() {
+		u, err := scanUser(rows)
+		e, err := userEntry(u, err)
+		if err != nil {
+			return nil, err
+		}
+		out[u.ID] = e
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	for _, id := range ids {
+		if _, ok := out[id]; !ok {
+			out[id] = cache.Entry{} // no such user: a tombstone, as UserEntry gives
+		}
+	}
+	return out, nil
 }
 
 // AccountsProjection is the projection that builds organizations, users and sessions.

@@ -45,3 +45,30 @@ func TestCachedUserIsNeverOlderThanTheAwaitedVersion(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, "New Name", u.Name, "the cache was brought up to date")
 }
+
+// TestUserEntriesReadsManyUsersAsUserEntryDoes: a batch's cache entries come from one
+// query and are exactly what UserEntry gives for each user, deleted and missing ones
+// included (tombstones).
+func TestUserEntriesReadsManyUsersAsUserEntryDoes(t *testing.T) {
+	d := testenv.MustDatabase(t)
+	ctx := context.Background()
+	live, deleted, missing, org := uuid.New(), uuid.New(), uuid.New(), uuid.New()
+	now := time.Now().UTC()
+	_, err := d.Pool.Exec(ctx, `INSERT INTO users (id, organization_id, name, email, status, roles, version, created_at, updated_at, deleted_at)
+		VALUES ($1, $3, 'Live', 'l@example.com', 'active', '{member}', 2, $4, $4, NULL),
+		       ($2, $3, 'Gone', 'g@example.com', 'active', '{member}', 3, $4, $4, $4)`, live, deleted, org, now)
+	require.NoError(t, err)
+
+	got, err := readmodel.UserEntries(ctx, d.Pool, []uuid.UUID{live, deleted, missing})
+	require.NoError(t, err)
+	require.Len(t, got, 3)
+	for _, id := range []uuid.UUID{live, deleted, missing} {
+		want, err := readmodel.UserEntry(ctx, d.Pool, id)
+		require.NoError(t, err)
+		assert.Equal(t, want, got[id], id)
+	}
+	assert.Equal(t, 2, got[live].Version)
+	assert.Contains(t, string(got[live].Payload), `"name":"Live"`)
+	assert.Equal(t, cache.Entry{Version: 3}, got[deleted])
+	assert.Equal(t, cache.Entry{}, got[missing])
+}
