@@ -31,8 +31,11 @@ import (
 const maxGroup = 256
 
 // groupCommitters is how many groups may be in flight at once: while one waits for its
-// flush, the next one fills.
-const groupCommitters = 4
+// flush, the next one fills. More committers make smaller groups: with 4, appends from
+// 32 writers were mostly taken one at a time and grouping gained nothing; with 2 they
+// come in groups of about 8 and appends run at 1.4× pgbench's one-row transactions
+// (BENCHMARKS.md).
+const groupCommitters = 2
 
 type groupedAppend struct {
 	req  AppendRequest
@@ -87,7 +90,8 @@ func (s *Store) startGroups() {
 }
 
 // committer takes an append, every other one waiting at that moment (up to maxGroup),
-// and commits them together.
+// and commits them together; a group of one too, since the appends that arrive while it
+// is committed wait for the next group instead of each taking a connection.
 func (s *Store) committer() {
 	for {
 		var first *groupedAppend
@@ -111,10 +115,6 @@ func (s *Store) committer() {
 }
 
 func (s *Store) commitGroup(batch []*groupedAppend) {
-	if len(batch) == 1 {
-		batch[0].done <- groupResult{alone: true}
-		return
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	results, err := s.insertGroup(ctx, batch)
