@@ -179,7 +179,10 @@ type Gauge struct {
 func (m *Metrics) RegisterGauges(name string, timeout time.Duration, read Gauges) {
 	errs := prometheus.NewCounter(prometheus.CounterOpts{Name: "chatbotd_scrape_errors_total",
 		Help: "Scrape-time readings that failed.", ConstLabels: prometheus.Labels{"source": name}})
-	m.Registry.MustRegister(errs, &gaugeCollector{read: read, timeout: timeout, errs: errs})
+	// The error counter is sent by the collector itself, after the reading: the registry
+	// collects its collectors concurrently, so as a collector of its own the counter
+	// could be read before this scrape's failure was counted.
+	m.Registry.MustRegister(&gaugeCollector{read: read, timeout: timeout, errs: errs})
 }
 
 type gaugeCollector struct {
@@ -198,6 +201,7 @@ func (g *gaugeCollector) Collect(ch chan<- prometheus.Metric) {
 	if err != nil {
 		g.errs.Inc()
 	}
+	ch <- g.errs
 	for _, s := range gauges {
 		names := make([]string, 0, len(s.Labels))
 		values := make([]string, 0, len(s.Labels))
