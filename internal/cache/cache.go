@@ -105,10 +105,14 @@ func (c *Cache) SetMany(ctx context.Context, keys []string, entries []Entry) err
 		return err
 	}
 	ttl := c.ttl.Milliseconds()
-	err := run(func(p redis.Pipeliner, k string, e Entry) { setIfNewer.EvalSha(ctx, p, []string{k}, e.Version, e.Payload, ttl) })
+	err := run(func(p redis.Pipeliner, k string, e Entry) {
+		setIfNewer.EvalSha(ctx, p, []string{k}, e.Version, e.Payload, ttl)
+	})
 	if err != nil && redis.HasErrorPrefix(err, "NOSCRIPT") {
 		// The script is not loaded yet (a new or flushed Redis): send its text this once.
-		err = run(func(p redis.Pipeliner, k string, e Entry) { setIfNewer.Eval(ctx, p, []string{k}, e.Version, e.Payload, ttl) })
+		err = run(func(p redis.Pipeliner, k string, e Entry) {
+			setIfNewer.Eval(ctx, p, []string{k}, e.Version, e.Payload, ttl)
+		})
 	}
 	return err
 }
