@@ -2,7 +2,7 @@
 GO ?= go
 PKGS := ./...
 
-.PHONY: run test bench services lint build migrate
+.PHONY: run test bench bench-quick services lint build migrate
 
 ## run: start the whole system (creates the database, applies migrations, serves API, relay, projectors)
 run: services
@@ -17,6 +17,11 @@ test:
 bench: services
 	$(GO) build -tags benchnoauth -o bin/chatbotd-bench ./cmd/chatbotd
 	$(GO) run ./cmd/bench -binary bin/chatbotd-bench -out BENCHMARKS.md
+
+## bench-quick: a one-minute subset at smaller sizes, printed (BENCHMARKS.md is left alone)
+bench-quick: services
+	$(GO) build -tags benchnoauth -o bin/chatbotd-bench ./cmd/chatbotd
+	$(GO) run ./cmd/bench -quick -duration 2s -binary bin/chatbotd-bench
 
 ## services: start (or install) PostgreSQL, Redis and RabbitMQ locally
 services:

@@ -294,8 +294,14 @@ func (s *Service) CreateChatbot(ctx context.Context, meta events.Meta, p auth.Pr
 		return res, err
 	}
 	id := uuid.Must(uuid.NewV7())
+	// A new chatbot has no secret to remove: only a webhook responder's is written, so a
+	// knowledge-base chatbot is a plain append (one statement, and group commit).
+	var also func(context.Context, pgx.Tx) error
+	if c.Responder.Type == ResponderWebhook {
+		also = s.sealSecret(id, c.Responder)
+	}
 	res.Token, err = s.store.Append(ctx, events.AppendRequest{StreamType: events.StreamChatbot, StreamID: id, ExpectedVersion: 0,
-		OrganizationID: &p.OrganizationID, Events: evs, Meta: actor(p, meta), Also: s.sealSecret(id, c.Responder)})
+		OrganizationID: &p.OrganizationID, Events: evs, Meta: actor(p, meta), Also: also})
 	if err != nil {
 		return res, err
 	}

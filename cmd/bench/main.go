@@ -20,6 +20,7 @@ import (
 	"os/exec"
 	"regexp"
 	"runtime"
+	"runtime/pprof"
 	"sort"
 	"strconv"
 	"strings"
@@ -43,12 +44,21 @@ func main() {
 }
 
 type options struct {
-	server   string
-	database string
-	binary   string
-	out      string
-	duration time.Duration
-	samples  int
+	server    string
+	database  string
+	binary    string
+	out       string
+	amqpURL   string
+	redisAddr string
+	duration  time.Duration
+	samples   int
+	quick     bool
+	// Sizes, smaller with -quick.
+	writers         []int
+	pipelineEvents  int
+	watermillEvents int
+	knowledge       []int
+	replySamples    int
 }
 
 func run(ctx context.Context) error {
@@ -57,12 +67,32 @@ func run(ctx context.Context) error {
 	flag.StringVar(&o.database, "database", "chatbotd_bench", "database to (re)create for the run")
 	flag.StringVar(&o.binary, "binary", "bin/chatbotd-bench", "chatbotd built with -tags benchnoauth, for the end-to-end figures")
 	flag.StringVar(&o.out, "out", "", "markdown file to write the results into (stdout when empty)")
+	flag.StringVar(&o.amqpURL, "amqp", "amqp://guest:guest@127.0.0.1:5672/", "RabbitMQ")
+	flag.StringVar(&o.redisAddr, "redis", "127.0.0.1:6379", "Redis (host:port)")
 	flag.DurationVar(&o.duration, "duration", 5*time.Second, "duration of each throughput measurement")
-	flag.IntVar(&o.samples, "samples", 300, "commands timed for the latency figure")
+	flag.IntVar(&o.samples, "samples", 100, "messages timed for the reply latency figure")
+	flag.BoolVar(&o.quick, "quick", false, "a one-minute subset at smaller sizes (printed, not written)")
 	auditOnly := flag.Bool("audit-only", false, "only the chain, rebuild and verify figures (printed, not written)")
 	integrationsOnly := flag.Bool("integrations-only", false, "only the analytics and webhook figures (printed, not written)")
 	appendsOnly := flag.Bool("appends-only", false, "only the event store appends against pgbench (printed, not written)")
+	pipelineOnly := flag.Bool("pipeline-only", false, "only the relay and projector figures (printed, not written)")
+	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of this process (the in-process relay, projector and appends) to this file")
 	flag.Parse()
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err != nil {
+			return err
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
+	}
+	o.writers, o.pipelineEvents, o.watermillEvents, o.knowledge, o.replySamples = []int{1, 8, 32}, 100_000, 10_000, []int{1000, 10000}, o.samples
+	if o.quick {
+		o.writers, o.pipelineEvents, o.watermillEvents, o.knowledge, o.replySamples = []int{32}, 20_000, 2_000, []int{1000}, 50
+		o.out = ""
+	}
 	if *integrationsOnly {
 		var report strings.Builder
 		if err := integrationFigures(ctx, o, &report); err != nil {
@@ -79,6 +109,9 @@ func run(ctx context.Context) error {
 		fmt.Print(report.String())
 		return nil
 	}
+	if *pipelineOnly {
+		return pipelineFigures(ctx, o, os.Stdout)
+	}
 
 	dbURL, err := recreate(ctx, o.server, o.database)
 	if err != nil {
@@ -90,19 +123,31 @@ func run(ctx context.Context) error {
 	}
 	defer pool.Close()
 
+	began := time.Now()
 	var report strings.Builder
 	fmt.Fprintf(&report, "Run on %s: %s, %d cores, %s; %s; PostgreSQL %s.\n\n",
 		time.Now().UTC().Format("2006-01-02"), cpuModel(), runtime.NumCPU(), memTotal(), runtime.Version(), pgVersion(ctx, pool))
-	fmt.Fprintf(&report, "Command: `make bench` (`go run ./cmd/bench -binary bin/chatbotd-bench -duration %s -samples %d`).\n\n", o.duration, o.samples)
+	command := fmt.Sprintf("`make bench` (`go run ./cmd/bench -binary bin/chatbotd-bench -duration %s -samples %d`)", o.duration, o.samples)
+	if o.quick {
+		command = fmt.Sprintf("`make bench-quick` (`go run ./cmd/bench -quick -binary bin/chatbotd-bench -duration %s`)", o.duration)
+	}
+	fmt.Fprintf(&report, "Command: %s.\n\n", command)
 
 	if *appendsOnly {
-		return appendFigures(ctx, pool, dbURL, o, os.Stdout)
-	}
-	if err := appendFigures(ctx, pool, dbURL, o, &report); err != nil {
+		_, err := appendFigures(ctx, pool, dbURL, o, os.Stdout)
 		return err
 	}
-	// 2. From a 2xx on POST /users to the user being readable, on a database of its own
-	// (the append phase left a backlog that the relay would otherwise publish first).
+	// 1. Appends against pgbench.
+	pgbench32, err := appendFigures(ctx, pool, dbURL, o, &report)
+	if err != nil {
+		return err
+	}
+	// 2. The relay and a projector against their baselines.
+	if err := pipelineFigures(ctx, o, &report); err != nil {
+		return err
+	}
+	// 3. The whole binary over HTTP, on a database of its own (the phases above left
+	// backlogs the relay would otherwise publish first).
 	e2eURL, err := recreate(ctx, o.server, o.database+"_e2e")
 	if err != nil {
 		return err
@@ -112,49 +157,23 @@ func run(ctx context.Context) error {
 		return err
 	}
 	defer srv.stop()
-	e2ePool, err := db.Open(ctx, e2eURL, 4)
+	e2ePool, err := db.Open(ctx, e2eURL, 40)
 	if err != nil {
 		return err
 	}
 	defer e2ePool.Close()
-	p50, p99, err := commandToRead(srv, o.samples)
-	if err != nil {
+	if err := httpFigures(ctx, o, srv, e2ePool, pgbench32, &report); err != nil {
 		return err
-	}
-	report.WriteString("\n### From a command's 2xx to the read model\n\n")
-	report.WriteString("The whole binary (`chatbotd serve`, all roles) on this machine; one client creates users one after another " +
-		"and polls `GET /api/v1/users/{id}` (without a consistency token) until it answers 200. " +
-		"The time runs from the 2xx of `POST /api/v1/users` to the first 200: relay (LISTEN/NOTIFY, publish, confirm), RabbitMQ, projector batch, commit.\n\n")
-	fmt.Fprintf(&report, "| samples | p50 | p99 |\n|---:|---:|---:|\n| %d | %s | %s |\n", o.samples, ms(p50), ms(p99))
-	fmt.Fprintf(os.Stderr, "command to read: p50 %s p99 %s\n", ms(p50), ms(p99))
-
-	// 3. What authorization costs on a cached read.
-	jwt, tok, off, err := authCost(srv, o.duration)
-	if err != nil {
-		return err
-	}
-	report.WriteString("\n### The cost of authorization on a cached read\n\n")
-	report.WriteString("`GET /api/v1/users/{id}` (a cache hit in Redis) from 32 keep-alive clients on this machine, for the same duration each, against one `chatbotd serve` built with `-tags benchnoauth`. " +
-		"With a JWT: signature, claims, then one query on the primary for the session, the user's state and roles. " +
-		"With an API token: one query for the token's hash and its owner's state together. " +
-		"Authorization off: the very same handler mounted without authentication (a route only the bench build has). Rate limits are raised out of the way for this run.\n\n")
-	report.WriteString("| credential | requests/s | ratio to no authorization | p50 | p99 |\n|---|---:|---:|---:|---:|\n")
-	for _, r := range []struct {
-		name string
-		res  loadResult
-	}{{"none (authorization off)", off}, {"JWT (EdDSA)", jwt}, {"API token", tok}} {
-		fmt.Fprintf(&report, "| %s | %.0f | %.2f× | %s | %s |\n", r.name, r.res.rate, r.res.rate/off.rate, ms(r.res.p50), ms(r.res.p99))
-		fmt.Fprintf(os.Stderr, "cached GET, %s: %.0f/s\n", r.name, r.res.rate)
 	}
 
 	// 4. Conversations: the knowledge-base responder.
 	report.WriteString("\n### Conversations answered by the knowledge-base responder\n\n")
-	report.WriteString("A published chatbot whose trained knowledge base holds 1,000 or 10,000 entries; 8 clients post 500 questions " +
+	report.WriteString("A published chatbot whose trained knowledge base holds the given number of entries; 8 clients post 500 questions " +
 		"that each match one entry, and the rate is replies per second from the first post to the last `message.replied` in the log. " +
 		"The latency is one message at a time, from the 202 of `POST /conversations/{id}/messages` to the reply being readable " +
-		"through `GET /conversations/{id}/messages` (polled).\n\n")
-	report.WriteString("| entries | replies/s | p50 202 → reply readable | p99 |\n|---:|---:|---:|---:|\n")
-	for _, n := range []int{1000, 10000} {
+		"through `GET /conversations/{id}/messages` (polled). The goal is p99 < 150 ms at 1,000 entries.\n\n")
+	report.WriteString("| entries | replies/s | samples | p50 202 → reply readable | p99 |\n|---:|---:|---:|---:|---:|\n")
+	for _, n := range o.knowledge {
 		bot, err := srv.chatbotWithKnowledge(n)
 		if err != nil {
 			return err
@@ -171,12 +190,21 @@ func run(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		p50, p99, err := srv.replyLatency(lconv, 100)
+		p50, p99, err := srv.replyLatency(lconv, o.replySamples)
 		if err != nil {
 			return err
 		}
-		fmt.Fprintf(&report, "| %d | %.0f | %s | %s |\n", n, rate, ms(p50), ms(p99))
+		fmt.Fprintf(&report, "| %d | %.0f | %d | %s | %s |\n", n, rate, o.replySamples, ms(p50), ms(p99))
 		fmt.Fprintf(os.Stderr, "responder, %d entries: %.0f replies/s, p50 %s p99 %s\n", n, rate, ms(p50), ms(p99))
+	}
+	if _, peak, err := residentMB(srv.pid); err == nil {
+		fmt.Fprintf(&report, "\nResident memory peak of `chatbotd serve` after these conversations too: %.0f MiB.\n", peak)
+	}
+	if o.quick {
+		srv.stop()
+		fmt.Fprintf(&report, "\nThe quick run took %s.\n", time.Since(began).Round(time.Second))
+		fmt.Print(report.String())
+		return nil
 	}
 	bot, err := srv.chatbotWithKnowledge(10)
 	if err != nil {
@@ -186,15 +214,15 @@ func run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	first, last, err := srv.postCost(conv, 10000)
+	first, last, err := srv.postCost(conv, 5000)
 	if err != nil {
 		return err
 	}
-	report.WriteString("\nPosting into a long conversation: 10,000 messages posted one after another into one conversation " +
+	report.WriteString("\nPosting into a long conversation: 5,000 messages posted one after another into one conversation " +
 		"(each is a stream of its own, so nothing grows with the conversation).\n\n")
-	fmt.Fprintf(&report, "| p50 POST, messages 1-200 | p50 POST, messages 9,801-10,000 | ratio |\n|---:|---:|---:|\n| %s | %s | %.2f× |\n",
+	fmt.Fprintf(&report, "| p50 POST, messages 1-200 | p50 POST, messages 4,801-5,000 | ratio |\n|---:|---:|---:|\n| %s | %s | %.2f× |\n",
 		ms(first), ms(last), float64(last)/float64(first))
-	fmt.Fprintf(os.Stderr, "posting: first %s, 10,000th %s\n", ms(first), ms(last))
+	fmt.Fprintf(os.Stderr, "posting: first %s, last %s\n", ms(first), ms(last))
 
 	// 5. Exporting the audit trail through the API, a million entries.
 	const exported = 1_000_000
@@ -229,6 +257,8 @@ func run(ctx context.Context) error {
 	if err := integrationFigures(ctx, o, &report); err != nil {
 		return err
 	}
+	fmt.Fprintf(&report, "\nThe whole run took %s.\n", time.Since(began).Round(time.Second))
+	fmt.Fprintf(os.Stderr, "bench: done in %s\n", time.Since(began).Round(time.Second))
 
 	if o.out == "" {
 		fmt.Print(report.String())
@@ -278,7 +308,7 @@ func recreate(ctx context.Context, server, name string) (string, error) {
 
 // appendFigures measures appends per second at 1, 8 and 32 writers against pgbench
 // inserting the same row, one row per transaction, in the same run.
-func appendFigures(ctx context.Context, pool *pgxpool.Pool, dbURL string, o options, w io.Writer) error {
+func appendFigures(ctx context.Context, pool *pgxpool.Pool, dbURL string, o options, w io.Writer) (pgbench32 float64, err error) {
 	fmt.Fprint(w, "### Event store appends (durable; concurrent commands share a commit)\n\n")
 	fmt.Fprint(w, "Each append is what a command does in the store: check the expected version and insert the event, commit (fsync), then wake the relay (a coalesced NOTIFY outside the transaction). "+
 		"An append alone is one statement; appends that arrive while others are in flight are committed together (group commit: one version read, one INSERT, one commit for the group, each append keeping its own check and result). ")
@@ -289,23 +319,26 @@ func appendFigures(ctx context.Context, pool *pgxpool.Pool, dbURL string, o opti
 	single := events.NewStore(pool)
 	single.DisableGroupCommit()
 	defer single.Close()
-	for _, n := range []int{1, 8, 32} {
+	for _, n := range o.writers {
 		ours, err := appendRate(ctx, store, n, o.duration)
 		if err != nil {
-			return err
+			return 0, err
 		}
 		alone, err := appendRate(ctx, single, n, o.duration)
 		if err != nil {
-			return err
+			return 0, err
 		}
 		base, err := pgbenchRate(ctx, dbURL, n, o.duration)
 		if err != nil {
-			return err
+			return 0, err
+		}
+		if n == 32 {
+			pgbench32 = base
 		}
 		fmt.Fprintf(w, "| %d | %.0f | %.0f | %.0f | %.2f× | %.2f× |\n", n, ours, alone, base, ours/base, alone/base)
 		fmt.Fprintf(os.Stderr, "appends: %d writers: %.0f/s (alone %.0f/s) vs pgbench %.0f/s\n", n, ours, alone, base)
 	}
-	return nil
+	return pgbench32, nil
 }
 
 func appendRate(ctx context.Context, store *events.Store, writers int, d time.Duration) (float64, error) {
@@ -344,12 +377,17 @@ const pgbenchScript = `INSERT INTO events (id, stream_type, stream_id, stream_ve
 var tpsLine = regexp.MustCompile(`tps = ([0-9.]+) \(without initial connection time\)`)
 
 func pgbenchRate(ctx context.Context, dbURL string, clients int, d time.Duration) (float64, error) {
+	return pgbench(ctx, dbURL, pgbenchScript, clients, d)
+}
+
+// pgbench runs script from clients for d and returns transactions per second.
+func pgbench(ctx context.Context, dbURL, script string, clients int, d time.Duration) (float64, error) {
 	f, err := os.CreateTemp("", "pgbench-*.sql")
 	if err != nil {
 		return 0, err
 	}
 	defer os.Remove(f.Name())
-	if _, err := f.WriteString(pgbenchScript); err != nil {
+	if _, err := f.WriteString(script); err != nil {
 		return 0, err
 	}
 	f.Close()
@@ -372,16 +410,19 @@ type server struct {
 	client *http.Client
 	token  string
 	org    string
+	user   string // the owner's id
+	pid    int
+	pprof  string // base URL of its PPROF_ADDR
 	ctx    context.Context
 	stop   func()
 }
 
 func startServer(ctx context.Context, o options, dbURL string) (*server, error) {
-	const addr = "127.0.0.1:18097"
+	const addr, pprofAddr = "127.0.0.1:18097", "127.0.0.1:18098"
 	ctx, cancel := context.WithCancel(ctx)
 	cmd := exec.CommandContext(ctx, o.binary, "serve")
 	cmd.Env = append(os.Environ(), "DATABASE_URL="+dbURL, "HTTP_ADDR="+addr, "LOG_LEVEL=warn",
-		"AMQP_EXCHANGE=bench.events", "AMQP_QUEUE_PREFIX=bench.", "REDIS_PREFIX=bench:",
+		"AMQP_EXCHANGE=bench.serve.events", "AMQP_QUEUE_PREFIX=bench.serve.", "REDIS_PREFIX=bench:", "PPROF_ADDR="+pprofAddr,
 		// The limits would throttle the load generator, not measure chatbotd.
 		"RATE_LIMIT_API_PER_MINUTE=100000000", "RATE_LIMIT_PUBLIC_PER_MINUTE=100000000")
 	cmd.Stdout, cmd.Stderr = io.Discard, os.Stderr
@@ -390,7 +431,7 @@ func startServer(ctx context.Context, o options, dbURL string) (*server, error) 
 		cancel()
 		return nil, fmt.Errorf("start %s (make bench builds it): %w", o.binary, err)
 	}
-	s := &server{base: "http://" + addr, ctx: ctx, stop: func() { cancel(); _ = cmd.Wait() }, // SIGINT, then a clean shutdown
+	s := &server{base: "http://" + addr, pprof: "http://" + pprofAddr, pid: cmd.Process.Pid, ctx: ctx, stop: func() { cancel(); _ = cmd.Wait() }, // SIGINT, then a clean shutdown
 		client: &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 256}}}
 	for i := 0; ; i++ {
 		if res, err := s.client.Get(s.base + "/ready"); err == nil {
@@ -412,6 +453,7 @@ func startServer(ctx context.Context, o options, dbURL string) (*server, error) 
 		return nil, fmt.Errorf("register: %d %v %v", st, env, err)
 	}
 	s.org = env["data"].(map[string]any)["organization"].(map[string]any)["id"].(string)
+	s.user = env["data"].(map[string]any)["user"].(map[string]any)["id"].(string)
 	st, env, err = s.call("POST", "/api/v1/auth/login", "", map[string]string{"email": email, "password": "bench-password"})
 	if err != nil || st != 200 {
 		s.stop()
@@ -451,84 +493,9 @@ func (s *server) createUser(i int) (string, error) {
 	return env["data"].(map[string]any)["id"].(string), nil
 }
 
-// commandToRead times POST /users → GET /users/{id} == 200.
-func commandToRead(s *server, samples int) (p50, p99 time.Duration, err error) {
-	var lat []time.Duration
-	for i := 0; i < samples; i++ {
-		id, err := s.createUser(i)
-		if err != nil {
-			return 0, 0, err
-		}
-		t0 := time.Now()
-		for {
-			st, _, err := s.call("GET", "/api/v1/users/"+id, s.token, nil)
-			if err != nil {
-				return 0, 0, err
-			}
-			if st == 200 {
-				break
-			}
-			if time.Since(t0) > 10*time.Second {
-				return 0, 0, fmt.Errorf("user %s not readable after 10s", id)
-			}
-		}
-		lat = append(lat, time.Since(t0))
-		if (i+1)%100 == 0 {
-			fmt.Fprintf(os.Stderr, "command to read: %d/%d samples\n", i+1, samples)
-		}
-	}
-	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
-	return lat[len(lat)/2], lat[len(lat)*99/100], nil
-}
-
 type loadResult struct {
 	rate     float64
 	p50, p99 time.Duration
-}
-
-// load sends GETs to path from clients goroutines for d and counts the 200s.
-func (s *server) load(path, token string, clients int, d time.Duration) (loadResult, error) {
-	deadline := time.Now().Add(d)
-	var mu sync.Mutex
-	var lat []time.Duration
-	var failed atomic.Int64
-	var wg sync.WaitGroup
-	start := time.Now()
-	for i := 0; i < clients; i++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			var mine []time.Duration
-			for time.Now().Before(deadline) {
-				req, _ := http.NewRequestWithContext(s.ctx, "GET", s.base+path, nil)
-				if token != "" {
-					req.Header.Set("Authorization", "Bearer "+token)
-				}
-				t0 := time.Now()
-				res, err := s.client.Do(req)
-				if err != nil {
-					failed.Add(1)
-					continue
-				}
-				_, _ = io.Copy(io.Discard, res.Body)
-				res.Body.Close()
-				if res.StatusCode != 200 {
-					failed.Add(1)
-					continue
-				}
-				mine = append(mine, time.Since(t0))
-			}
-			mu.Lock()
-			lat = append(lat, mine...)
-			mu.Unlock()
-		}()
-	}
-	wg.Wait()
-	if n := failed.Load(); n > 0 {
-		return loadResult{}, fmt.Errorf("%s: %d requests failed", path, n)
-	}
-	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
-	return loadResult{rate: float64(len(lat)) / time.Since(start).Seconds(), p50: lat[len(lat)/2], p99: lat[len(lat)*99/100]}, nil
 }
 
 // chatbotWithKnowledge makes a published knowledge-base chatbot with n trained entries
@@ -692,37 +659,6 @@ func (s *server) postCost(conv string, total int) (first, last time.Duration, er
 	return firsts[len(firsts)/2], lasts[len(lasts)/2], nil
 }
 
-// authCost measures a cached GET /users/{id} with a JWT, with an API token, and through
-// the same handler with authorization turned off (the bench build's route).
-func authCost(s *server, d time.Duration) (jwt, token, off loadResult, err error) {
-	id, err := s.createUser(-1)
-	if err != nil {
-		return
-	}
-	st, env, err := s.call("POST", "/api/v1/tokens", s.token, map[string]any{"name": "bench", "abilities": []string{"users.read"}})
-	if err != nil || st != 201 {
-		err = fmt.Errorf("create token: %d %v %v", st, env, err)
-		return
-	}
-	apiToken := env["data"].(map[string]any)["token"].(string)
-	path := "/api/v1/users/" + id
-	for i := 0; i < 50; i++ { // wait until projected and cached
-		if st, _, _ := s.call("GET", path, s.token, nil); st == 200 {
-			break
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	const clients = 32
-	if off, err = s.load("/bench/noauth/users/"+id+"?org="+s.org, "", clients, d); err != nil {
-		return
-	}
-	if jwt, err = s.load(path, s.token, clients, d); err != nil {
-		return
-	}
-	token, err = s.load(path, apiToken, clients, d)
-	return
-}
-
 const (
 	beginMarker = "<!-- bench:begin (written by make bench) -->"
 	endMarker   = "<!-- bench:end -->"
@@ -743,6 +679,8 @@ func writeBetweenMarkers(path, body string) error {
 	}
 	return os.WriteFile(path, []byte(s), 0o644)
 }
+
+func nCPU() int { return runtime.NumCPU() }
 
 func cpuModel() string {
 	b, err := os.ReadFile("/proc/cpuinfo")

@@ -12,19 +12,28 @@ import (
 	"github.com/chatbotsaas/chatbotd/internal/httpx"
 )
 
-// registerBenchRoutes mounts GET /bench/noauth/users/:id: the very handler of
-// GET /api/v1/users/:id with authentication and authorization turned off (the principal
-// is made up from ?org=), so `make bench` can measure what authorization costs. This file
-// is compiled only with -tags benchnoauth; no other build has the route.
+// benchRoutes are the routes `make bench` also calls with authentication turned off, to
+// measure what authorization costs and to compare the handlers with a bare CRUD one.
+var benchRoutes = map[string]bool{
+	http.MethodGet + " /api/v1/users/:id": true,
+	http.MethodPost + " /api/v1/chatbots": true,
+}
+
+// registerBenchRoutes mounts each of benchRoutes again under /bench/noauth: the very
+// handler, with the principal made up from ?org= and ?user= as an owner of that
+// organization. This file is compiled only with -tags benchnoauth; no other build has
+// these routes.
 func registerBenchRoutes(r *gin.Engine, routes []httpx.Route) {
 	for _, rt := range routes {
-		if rt.Method != http.MethodGet || rt.Path != "/api/v1/users/:id" {
+		if !benchRoutes[rt.Method+" "+rt.Path] {
 			continue
 		}
 		handler := rt.Handler
-		r.GET("/bench/noauth/users/:id", func(c *gin.Context) {
+		r.Handle(rt.Method, "/bench/noauth"+rt.Path[len("/api/v1"):], func(c *gin.Context) {
 			org, _ := uuid.Parse(c.Query("org"))
-			c.Set(auth.PrincipalKey, auth.Principal{OrganizationID: org, Permissions: []string{auth.UsersRead}})
+			user, _ := uuid.Parse(c.Query("user"))
+			c.Set(auth.PrincipalKey, auth.Principal{Credential: "user:" + user.String(), UserID: user,
+				OrganizationID: org, Roles: []string{"owner"}, Permissions: auth.PermissionsOf([]string{"owner"})})
 			handler(c)
 		})
 	}

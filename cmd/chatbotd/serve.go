@@ -203,6 +203,13 @@ func (m *Main) serve(ctx context.Context, cfg config.Config, roles map[string]bo
 			m.Listening <- ln.Addr().String()
 		}
 	}
+	if cfg.PprofAddr != "" {
+		stopPprof, err := servePprof(cfg.PprofAddr, logger)
+		if err != nil {
+			return err
+		}
+		defer stopPprof()
+	}
 	logger.Info("chatbotd started", "roles", roles)
 
 	var runErr error

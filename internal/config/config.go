@@ -106,6 +106,9 @@ type Config struct {
 	// MetricsToken, when set, is the bearer token GET /metrics requires (a scraper's
 	// "authorization" setting); empty leaves /metrics open, as on a private network.
 	MetricsToken string `env:"METRICS_TOKEN"`
+	// PprofAddr, when set, serves net/http/pprof on its own listener (say 127.0.0.1:6060),
+	// never on the API's: profiles expose internals and cost CPU while they run.
+	PprofAddr string `env:"PPROF_ADDR"`
 
 	RelayBatchSize     int `env:"RELAY_BATCH_SIZE" envDefault:"500"`
 	ProjectorBatchSize int `env:"PROJECTOR_BATCH_SIZE" envDefault:"200"`

@@ -1,0 +1,297 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"strings"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/redis/go-redis/v9"
+)
+
+// httpFigures measures the whole binary over HTTP against a bare Gin service and the
+// services' own tools, in the same run: commands at 32 connections, the time from a
+// command's 2xx to its read model at half the peak command rate, cached reads, and the
+// process's resident memory.
+func httpFigures(ctx context.Context, o options, srv *server, pool *pgxpool.Pool, pgbench32 float64, w io.Writer) error {
+	rdb := redis.NewClient(&redis.Options{Addr: o.redisAddr, PoolSize: 64})
+	defer rdb.Close()
+	b, err := startBare(ctx, pool, rdb)
+	if err != nil {
+		return err
+	}
+	defer b.stop()
+	time.Sleep(2 * time.Second) // let start-up work settle before the idle reading
+	idle, _, err := residentMB(srv.pid)
+	if err != nil {
+		return err
+	}
+	const clients = 32
+	chatbot := func(i int) any {
+		return map[string]string{"name": fmt.Sprintf("Bench bot %d", i), "description": "A chatbot made by the benchmark"}
+	}
+	user := func(i int) any {
+		return map[string]string{"name": "Bench User", "email": fmt.Sprintf("u%d-%s@bench.example", i, uuid.NewString()[:8]),
+			"password": "password1", "password_confirmation": "password1"}
+	}
+	noauth := fmt.Sprintf("?org=%s&user=%s", srv.org, srv.user)
+	cmd := func(name string, next request) (loadResult, error) {
+		if err := settle(ctx, pool, "bench.serve."); err != nil {
+			return loadResult{}, err
+		}
+		r, err := closedLoop(srv.client, next, 201, clients, o.duration)
+		if err != nil {
+			return r, fmt.Errorf("%s: %w", name, err)
+		}
+		fmt.Fprintf(os.Stderr, "commands, %s: %.0f/s, p99 %s\n", name, r.rate, ms(r.p99))
+		return r, nil
+	}
+	var chatbotsJWT loadResult
+	shares, err := cpuShares(func() (err error) {
+		chatbotsJWT, err = cmd("POST /api/v1/chatbots", jsonRequest("POST", srv.base+"/api/v1/chatbots", srv.token, chatbot))
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	chatbotsOff, err := cmd("POST /bench/noauth/chatbots", jsonRequest("POST", srv.base+"/bench/noauth/chatbots"+noauth, "", chatbot))
+	if err != nil {
+		return err
+	}
+	chatbotsBare, err := cmd("bare POST /crud/chatbots", jsonRequest("POST", b.base+"/crud/chatbots", "", chatbot))
+	if err != nil {
+		return err
+	}
+	usersJWT, err := cmd("POST /api/v1/users", jsonRequest("POST", srv.base+"/api/v1/users", srv.token, user))
+	if err != nil {
+		return err
+	}
+	usersBare, err := cmd("bare POST /crud/users", jsonRequest("POST", b.base+"/crud/users", "", user))
+	if err != nil {
+		return err
+	}
+	if err := settle(ctx, pool, "bench.serve."); err != nil {
+		return err
+	}
+	profile := "bin/profile-commands.pb.gz"
+	top, err := profileTop(ctx, srv.pprof, int(o.duration.Seconds()), profile, func() error {
+		_, err := closedLoop(srv.client, jsonRequest("POST", srv.base+"/api/v1/chatbots", srv.token, chatbot), 201, clients, o.duration)
+		return err
+	})
+	if err != nil {
+		return err
+	}
+
+	// From a 2xx to the read model, at half the peak rate: one command in five is then
+	// polled (GET every millisecond) until its chatbot is readable.
+	if err := settle(ctx, pool, "bench.serve."); err != nil {
+		return err
+	}
+	half := chatbotsJWT.rate / 2
+	cmdLat, readLat, err := openLoop(srv.client, jsonRequest("POST", srv.base+"/api/v1/chatbots", srv.token, chatbot), 201, half, 2*o.duration,
+		func(i int, _ *http.Response, body []byte) (time.Duration, bool, error) {
+			if i%5 != 0 {
+				return 0, false, nil
+			}
+			var env struct {
+				Data struct {
+					ID string `json:"id"`
+				} `json:"data"`
+			}
+			if err := json.Unmarshal(body, &env); err != nil {
+				return 0, false, err
+			}
+			t0 := time.Now()
+			get := jsonRequest("GET", srv.base+"/api/v1/chatbots/"+env.Data.ID, srv.token, nil)
+			for {
+				st, err := send(srv.client, get, 0)
+				if err != nil {
+					return 0, false, err
+				}
+				if st == 200 {
+					return time.Since(t0), true, nil
+				}
+				if time.Since(t0) > 10*time.Second {
+					return 0, false, fmt.Errorf("chatbot %s not readable after 10s", env.Data.ID)
+				}
+				time.Sleep(time.Millisecond)
+			}
+		})
+	if err != nil {
+		return fmt.Errorf("half-peak commands: %w", err)
+	}
+	fmt.Fprintf(os.Stderr, "commands at %.0f/s: p99 %s; 2xx to read model p50 %s p99 %s\n", half, ms(cmdLat.p99), ms(readLat.p50), ms(readLat.p99))
+
+	// Cached reads.
+	id, err := srv.createUser(-1)
+	if err != nil {
+		return err
+	}
+	st, env, err := srv.call("POST", "/api/v1/tokens", srv.token, map[string]any{"name": "bench", "abilities": []string{"users.read"}})
+	if err != nil || st != 201 {
+		return fmt.Errorf("create token: %d %v %v", st, env, err)
+	}
+	apiToken := env["data"].(map[string]any)["token"].(string)
+	path := "/api/v1/users/" + id
+	key := "bench:user:" + id
+	if err := waitFor(ctx, 10*time.Second, func() (bool, error) {
+		n, err := rdb.Exists(ctx, key).Result()
+		return n == 1, err
+	}); err != nil {
+		return fmt.Errorf("user %s never cached: %w", id, err)
+	}
+	get := func(name string, next request) (loadResult, error) {
+		if err := settle(ctx, pool, "bench.serve."); err != nil {
+			return loadResult{}, err
+		}
+		r, err := closedLoop(srv.client, next, 200, clients, o.duration)
+		if err != nil {
+			return r, fmt.Errorf("%s: %w", name, err)
+		}
+		fmt.Fprintf(os.Stderr, "cached GET, %s: %.0f/s, p99 %s\n", name, r.rate, ms(r.p99))
+		return r, nil
+	}
+	getBare, err := get("bare Redis GET", jsonRequest("GET", b.base+"/crud/cache?key="+key, "", nil))
+	if err != nil {
+		return err
+	}
+	getOff, err := get("authorization off", jsonRequest("GET", srv.base+"/bench/noauth/users/"+id+noauth, "", nil))
+	if err != nil {
+		return err
+	}
+	getJWT, err := get("JWT", jsonRequest("GET", srv.base+path, srv.token, nil))
+	if err != nil {
+		return err
+	}
+	getToken, err := get("API token", jsonRequest("GET", srv.base+path, apiToken, nil))
+	if err != nil {
+		return err
+	}
+	redisRate, err := redisBenchmark(ctx, o.redisAddr, clients, int(getBare.rate*o.duration.Seconds()*2))
+	if err != nil {
+		return err
+	}
+	if err := settle(ctx, pool, "bench.serve."); err != nil {
+		return err
+	}
+	getHalf, _, err := openLoop(srv.client, jsonRequest("GET", srv.base+path, srv.token, nil), 200, getJWT.rate/2, 2*o.duration, nil)
+	if err != nil {
+		return fmt.Errorf("half-peak GET: %w", err)
+	}
+	fmt.Fprintf(os.Stderr, "cached GET at %.0f/s: p50 %s p99 %s\n", getJWT.rate/2, ms(getHalf.p50), ms(getHalf.p99))
+	rss, peak, err := residentMB(srv.pid)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(os.Stderr, "memory: idle %.0f MiB, now %.0f MiB, peak %.0f MiB\n", idle, rss, peak)
+
+	fmt.Fprint(w, "\n### Commands over HTTP\n\n")
+	fmt.Fprintf(w, "The whole binary (`chatbotd serve` with every role, built with `-tags benchnoauth`), %d keep-alive clients in this "+
+		"process, %s each. A command is authenticated (JWT: signature, then one query for the session, the user's state and "+
+		"roles), validated, decided, appended (durable, group commit), and answered with its consistency token. "+
+		"`POST /api/v1/chatbots` is the command class of `POST /api/v1/users` without its password: one event, a new stream. "+
+		"`POST /api/v1/users` also hashes the password with argon2id (19 MiB, 2 passes; at most 4 at once) and reserves the email. "+
+		"The bare service is Gin in this process: bind, validate, one INSERT of the same row into a copy of the read model's table, "+
+		"answer it (no authentication, no log, no projection); its users handler hashes with the same argon2id. "+
+		"pgbench appends one event per transaction at 32 clients (the 32-writer row of the appends table).\n\n", clients, o.duration)
+	fmt.Fprint(w, "| command | commands/s | p50 | p99 | ratio to bare Gin | ratio to pgbench |\n|---|---:|---:|---:|---:|---:|\n")
+	row := func(name string, r, bare loadResult) {
+		fmt.Fprintf(w, "| %s | %.0f | %s | %s | %.2f× | %.2f× |\n", name, r.rate, ms(r.p50), ms(r.p99), r.rate/bare.rate, r.rate/pgbench32)
+	}
+	row("bare Gin, insert chatbot row (baseline)", chatbotsBare, chatbotsBare)
+	row("`POST /api/v1/chatbots`, JWT", chatbotsJWT, chatbotsBare)
+	row("`POST /api/v1/chatbots`, authorization off", chatbotsOff, chatbotsBare)
+	row("bare Gin, argon2id + insert user row (baseline)", usersBare, usersBare)
+	row("`POST /api/v1/users`, JWT", usersJWT, usersBare)
+	fmt.Fprintf(w, "\nCPU while `POST /api/v1/chatbots` ran at its peak, in cores of the machine's %d: %s.\n", nCPU(), formatShares(shares))
+	fmt.Fprintf(w, "\nThe first lines of a %s CPU profile of `chatbotd serve` during the same load (`PPROF_ADDR`; the profile is `%s`):\n\n```\n%s```\n",
+		o.duration, profile, trimTop(top, 16))
+
+	fmt.Fprint(w, "\n### From a command's 2xx to the read model, at half the peak command rate\n\n")
+	fmt.Fprintf(w, "`POST /api/v1/chatbots` sent at %.0f/s (half the peak above) for %s on a fixed schedule (open loop: a request "+
+		"that is late counts from when it was due). One command in five is then polled with `GET /api/v1/chatbots/{id}` (no "+
+		"consistency token) every millisecond until it answers 200; the time runs from the command's 2xx to that 200: "+
+		"coalesced NOTIFY, relay, publish and confirm, RabbitMQ, projector batch, commit.\n\n", half, 2*o.duration)
+	fmt.Fprint(w, "| figure | samples | p50 | p99 | goal |\n|---|---:|---:|---:|---|\n")
+	fmt.Fprintf(w, "| command, due → 2xx | %d | %s | %s | |\n", int(cmdLat.rate*(2*o.duration).Seconds()), ms(cmdLat.p50), ms(cmdLat.p99))
+	fmt.Fprintf(w, "| 2xx → read model | %d | %s | %s | p99 < 100 ms |\n", int(readLat.rate*(2*o.duration).Seconds()), ms(readLat.p50), ms(readLat.p99))
+
+	fmt.Fprint(w, "\n### Cached reads\n\n")
+	fmt.Fprintf(w, "`GET /api/v1/users/{id}`, a hit in Redis, from %d keep-alive clients, %s each. The bare service is Gin in this "+
+		"process doing the same Redis GET and answering its bytes. Authorization off is chatbotd's very handler mounted without "+
+		"authentication (a route only the bench build has). redis-benchmark runs GET of 300 bytes from %d connections, without "+
+		"pipelining: the ceiling of Redis itself. Then the JWT read is sent at half its peak on a fixed schedule for %s.\n\n",
+		clients, o.duration, clients, 2*o.duration)
+	fmt.Fprint(w, "| read | requests/s | p50 | p99 | ratio to bare Gin |\n|---|---:|---:|---:|---:|\n")
+	fmt.Fprintf(w, "| redis-benchmark GET (Redis alone) | %.0f | | | %.2f× |\n", redisRate, redisRate/getBare.rate)
+	for _, r := range []struct {
+		name string
+		res  loadResult
+	}{{"bare Gin, Redis GET (baseline)", getBare}, {"authorization off", getOff}, {"JWT", getJWT}, {"API token", getToken}} {
+		fmt.Fprintf(w, "| %s | %.0f | %s | %s | %.2f× |\n", r.name, r.res.rate, ms(r.res.p50), ms(r.res.p99), r.res.rate/getBare.rate)
+	}
+	fmt.Fprintf(w, "| JWT at %.0f/s (half its peak), open loop | %.0f | %s | %s | |\n", getJWT.rate/2, getHalf.rate, ms(getHalf.p50), ms(getHalf.p99))
+
+	fmt.Fprint(w, "\n### Resident memory of `chatbotd serve`\n\n")
+	fmt.Fprint(w, "`VmRSS` of the process once it is ready and idle (every role running, pools open), and `VmHWM` (its peak) after "+
+		"the loads above.\n\n")
+	fmt.Fprintf(w, "| idle | peak | goals |\n|---:|---:|---|\n| %.0f MiB | %.0f MiB | ≤ 60 MB idle, ≤ 200 MB at peak |\n", idle, peak)
+	return nil
+}
+
+// settle waits until the relay has published the whole log and every queue of the run
+// is empty, so that one measurement does not pay for the backlog of the one before.
+func settle(ctx context.Context, pool *pgxpool.Pool, queuePrefix string) error {
+	start := time.Now()
+	err := waitFor(ctx, 5*time.Minute, func() (bool, error) {
+		var behind bool
+		if err := pool.QueryRow(ctx, `SELECT coalesce((SELECT max(position) FROM events), 0) >
+			coalesce((SELECT max(position) FROM relay_checkpoints WHERE name = 'default'), 0)`).Scan(&behind); err != nil || behind {
+			return false, err
+		}
+		out, err := exec.CommandContext(ctx, "rabbitmqctl", "list_queues", "-q", "name", "messages").Output()
+		if err != nil {
+			return false, fmt.Errorf("rabbitmqctl list_queues: %w", err)
+		}
+		for _, line := range strings.Split(string(out), "\n") {
+			f := strings.Fields(line)
+			if len(f) == 2 && strings.HasPrefix(f[0], queuePrefix) && !strings.HasSuffix(f[0], ".dead") && !strings.HasSuffix(f[0], ".unrouted") && f[1] != "0" {
+				return false, nil
+			}
+		}
+		return true, nil
+	})
+	if err == nil {
+		fmt.Fprintf(os.Stderr, "settled in %s\n", time.Since(start).Round(time.Millisecond))
+	}
+	return err
+}
+
+// trimTop keeps pprof's header and the first n rows.
+func trimTop(top string, n int) string {
+	lines := strings.Split(top, "\n")
+	var keep []string
+	rows := 0
+	for _, l := range lines {
+		if strings.HasPrefix(l, "File:") || strings.HasPrefix(l, "Build ID:") || strings.HasPrefix(l, "Type:") || strings.HasPrefix(l, "Time:") {
+			continue
+		}
+		if strings.TrimSpace(l) == "" {
+			continue
+		}
+		keep = append(keep, l)
+		if !strings.HasPrefix(strings.TrimSpace(l), "flat") && !strings.HasPrefix(l, "Duration") && !strings.HasPrefix(l, "Showing") {
+			if rows++; rows >= n {
+				break
+			}
+		}
+	}
+	return strings.Join(keep, "\n") + "\n"
+}

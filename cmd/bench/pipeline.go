@@ -1,0 +1,369 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill"
+	wamqp "github.com/ThreeDotsLabs/watermill-amqp/v3/pkg/amqp"
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5/pgxpool"
+	amqp "github.com/rabbitmq/amqp091-go"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/chatbotsaas/chatbotd/events"
+	"github.com/chatbotsaas/chatbotd/internal/broker"
+	"github.com/chatbotsaas/chatbotd/internal/cache"
+	"github.com/chatbotsaas/chatbotd/projections"
+)
+
+// pipelineFigures measures the relay and a projector on a backlog of n user.created
+// events written straight into the log, against their baselines in the same run:
+// a bare amqp091-go publisher with a window of outstanding confirms and watermill-amqp's
+// publisher for the relay, pgbench upserting the same rows in batches for the projector.
+func pipelineFigures(ctx context.Context, o options, w io.Writer) error {
+	dbURL, err := recreate(ctx, o.server, o.database+"_pipeline")
+	if err != nil {
+		return err
+	}
+	pool, err := openMigrated(ctx, dbURL)
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	n := o.pipelineEvents
+	org := uuid.New()
+	if _, err := pool.Exec(ctx, `INSERT INTO events (id, stream_type, stream_id, stream_version, type, schema_version,
+			organization_id, actor_type, data, occurred_at)
+		SELECT gen_random_uuid(), 'user', gen_random_uuid(), 1, 'user.created', 1, $1, 'system',
+			jsonb_build_object('name', 'Bench User ' || i, 'email', 'user' || i || '@bench.example',
+				'roles', '["member"]'::jsonb, 'status', 'active'), clock_timestamp()
+		FROM generate_series(1, $2) AS i`, org, n); err != nil {
+		return fmt.Errorf("seed user events: %w", err)
+	}
+	if _, err := pool.Exec(ctx, `ANALYZE events`); err != nil {
+		return err
+	}
+	var last int64
+	if err := pool.QueryRow(ctx, `SELECT max(position) FROM events`).Scan(&last); err != nil {
+		return err
+	}
+
+	suffix := strconv.FormatInt(time.Now().UnixNano(), 36)
+	exchange := "bench.pipeline." + suffix
+	conn := broker.Dial(o.amqpURL, nil)
+	defer conn.Close()
+	rdb := redis.NewClient(&redis.Options{Addr: o.redisAddr, PoolSize: 16})
+	defer rdb.Close()
+	prefix := "bench:" + suffix + ":"
+	defer dropKeys(context.WithoutCancel(ctx), rdb, prefix)
+
+	accounts := projections.NewAccounts(pool, cache.New(rdb, prefix, time.Hour), nil)
+	runner, err := projections.NewRunner(pool, conn, accounts, projections.Config{Exchange: exchange, QueuePrefix: "bench." + suffix + "."})
+	if err != nil {
+		return err
+	}
+	queue := runner.Queue()
+	baselineQueue := broker.QueueSpec{Name: "bench." + suffix + ".baseline", Exchange: exchange, Bindings: []string{"user.*"}, DeliveryLimit: 5}
+	defer deleteQueues(conn, exchange, queue, baselineQueue)
+
+	// The relay: from its start to its checkpoint at the last event.
+	relay, err := events.NewRelay(pool, conn, events.RelayConfig{Name: "bench-" + suffix, Exchange: exchange, Queues: []broker.QueueSpec{queue}})
+	if err != nil {
+		return err
+	}
+	rctx, stopRelay := context.WithCancel(ctx)
+	start := time.Now()
+	relayDone := make(chan struct{})
+	go func() { _ = relay.Run(rctx); close(relayDone) }()
+	err = waitFor(ctx, 5*time.Minute, func() (bool, error) {
+		var pos int64
+		err := pool.QueryRow(ctx, `SELECT coalesce(max(position), 0) FROM relay_checkpoints WHERE name = $1`, "bench-"+suffix).Scan(&pos)
+		return pos >= last, err
+	})
+	relayRate := float64(n) / time.Since(start).Seconds()
+	stopRelay()
+	<-relayDone
+	if err != nil {
+		return fmt.Errorf("relay: %w", err)
+	}
+	fmt.Fprintf(os.Stderr, "pipeline: relay %.0f events/s\n", relayRate)
+
+	// The projector: the queue now holds the whole backlog.
+	pctx, stopRunner := context.WithCancel(ctx)
+	start = time.Now()
+	runnerDone := make(chan struct{})
+	go func() { _ = runner.Run(pctx); close(runnerDone) }()
+	err = waitFor(ctx, 5*time.Minute, func() (bool, error) {
+		var applied int64
+		err := pool.QueryRow(ctx, `SELECT coalesce(max(events_applied), 0) FROM projection_positions WHERE projection = $1`,
+			accounts.Name()).Scan(&applied)
+		return applied >= int64(n), err
+	})
+	projectorRate := float64(n) / time.Since(start).Seconds()
+	stopRunner()
+	<-runnerDone
+	if err != nil {
+		return fmt.Errorf("projector: %w", err)
+	}
+	var cached int64
+	if cached, err = countKeys(ctx, rdb, prefix+"user:*"); err != nil {
+		return err
+	}
+	if cached != int64(n) {
+		return fmt.Errorf("projector: %d of %d users cached", cached, n)
+	}
+	fmt.Fprintf(os.Stderr, "pipeline: projector %.0f events/s\n", projectorRate)
+
+	// The relay's baselines publish the very bodies the relay published.
+	bodies, err := envelopeBodies(ctx, pool, n)
+	if err != nil {
+		return err
+	}
+	bare, err := barePublishRate(ctx, conn, exchange, baselineQueue, bodies, 1000)
+	if err != nil {
+		return fmt.Errorf("bare publisher: %w", err)
+	}
+	fmt.Fprintf(os.Stderr, "pipeline: bare amqp091 publisher %.0f/s\n", bare)
+	wmBodies := bodies[:min(len(bodies), o.watermillEvents)]
+	wmDefault, err := watermillRate(ctx, o.amqpURL, conn, "bench."+suffix+".wm-default", wmBodies, false)
+	if err != nil {
+		return fmt.Errorf("watermill default: %w", err)
+	}
+	fmt.Fprintf(os.Stderr, "pipeline: watermill default %.0f/s\n", wmDefault)
+	wmConfirm, err := watermillRate(ctx, o.amqpURL, conn, "bench."+suffix+".wm-confirm", wmBodies, true)
+	if err != nil {
+		return fmt.Errorf("watermill confirm: %w", err)
+	}
+	fmt.Fprintf(os.Stderr, "pipeline: watermill confirmed %.0f/s\n", wmConfirm)
+
+	upsert, err := pgbenchUpsertRate(ctx, pool, dbURL, o.duration)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(os.Stderr, "pipeline: pgbench batched upsert %.0f rows/s\n", upsert)
+
+	fmt.Fprint(w, "\n### Relay and projector\n\n")
+	fmt.Fprintf(w, "A backlog of %d `user.created` events (one stream each) written straight into the log. "+
+		"The relay (batches of 500, one confirm-mode channel, mandatory persistent publishes to the topic exchange, "+
+		"checkpoint after every confirm) publishes it into the accounts projector's quorum queue; the rate runs from its start "+
+		"to its checkpoint at the last event. Then the accounts projector (batches of 200: `users` row, stream versions "+
+		"for dedupe and order, position, commit; then the cache entry of every user in Redis) drains the queue; the rate runs "+
+		"until it has applied every event, and every user is checked in the cache.\n\n", n)
+	fmt.Fprintf(w, "Baselines, in the same run: a bare amqp091-go publisher with a window of 1,000 outstanding confirms, publishing "+
+		"the same bodies (already encoded) to the same kind of queue; watermill-amqp v3's publisher with `NewDurablePubSubConfig` "+
+		"(its default durable set-up, which does not wait for confirms: the rate runs until the queue holds every message) and "+
+		"with `ConfirmDelivery: true` (it waits for each confirm before the next publish), %d messages each; pgbench upserting "+
+		"the same rows in batches of 200 (`INSERT … SELECT … ON CONFLICT DO UPDATE`, one client, like one projector) into a "+
+		"copy of the `users` table with its indexes.\n\n", len(wmBodies))
+	fmt.Fprint(w, "| work | events/s | baseline | ratio |\n|---|---:|---|---:|\n")
+	fmt.Fprintf(w, "| bare amqp091-go publisher, window of 1,000 confirms | %.0f | | |\n", bare)
+	fmt.Fprintf(w, "| watermill-amqp, default durable publisher (no confirms) | %.0f | | |\n", wmDefault)
+	fmt.Fprintf(w, "| watermill-amqp, `ConfirmDelivery: true` | %.0f | | |\n", wmConfirm)
+	fmt.Fprintf(w, "| pgbench batched upsert, rows/s | %.0f | | |\n", upsert)
+	fmt.Fprintf(w, "| **relay**, confirmed | %.0f | bare publisher | %.2f× |\n", relayRate, relayRate/bare)
+	fmt.Fprintf(w, "| | | watermill default | %.2f× |\n", relayRate/wmDefault)
+	fmt.Fprintf(w, "| | | watermill confirmed | %.2f× |\n", relayRate/wmConfirm)
+	fmt.Fprintf(w, "| **accounts projector**, read model and cache | %.0f | pgbench batched upsert | %.2f× |\n", projectorRate, projectorRate/upsert)
+	return nil
+}
+
+// waitFor polls done every 5 ms until it holds, fails, or limit passes.
+func waitFor(ctx context.Context, limit time.Duration, done func() (bool, error)) error {
+	deadline := time.Now().Add(limit)
+	for {
+		ok, err := done()
+		if err != nil || ok {
+			return err
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("not done after %s", limit)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+}
+
+// envelopeBodies reads the first n events of the log and encodes them as the relay does.
+func envelopeBodies(ctx context.Context, pool *pgxpool.Pool, n int) ([][]byte, error) {
+	var bodies [][]byte
+	cp := events.Checkpoint{}
+	for len(bodies) < n {
+		batch, next, err := events.ReadCommitted(ctx, pool, cp, 10000)
+		if err != nil {
+			return nil, err
+		}
+		if len(batch) == 0 {
+			break
+		}
+		for _, e := range batch {
+			b, err := json.Marshal(e)
+			if err != nil {
+				return nil, err
+			}
+			bodies = append(bodies, b)
+		}
+		cp = next
+	}
+	return bodies[:min(n, len(bodies))], nil
+}
+
+// barePublishRate publishes bodies as the relay does (mandatory, persistent, routed by
+// type) with at most window unconfirmed, and returns confirmed messages per second.
+func barePublishRate(ctx context.Context, conn *broker.Conn, exchange string, q broker.QueueSpec, bodies [][]byte, window int) (float64, error) {
+	ch, err := conn.Channel(ctx)
+	if err != nil {
+		return 0, err
+	}
+	defer ch.Close()
+	if err := broker.DeclareEventExchange(ch, exchange); err != nil {
+		return 0, err
+	}
+	if err := broker.DeclareQueue(ch, q); err != nil {
+		return 0, err
+	}
+	if err := ch.Confirm(false); err != nil {
+		return 0, err
+	}
+	confirms := ch.NotifyPublish(make(chan amqp.Confirmation, window+1))
+	outstanding := 0
+	await := func() error {
+		c, ok := <-confirms
+		if !ok {
+			return fmt.Errorf("channel closed")
+		}
+		if !c.Ack {
+			return fmt.Errorf("nack %d", c.DeliveryTag)
+		}
+		outstanding--
+		return nil
+	}
+	start := time.Now()
+	for _, b := range bodies {
+		for outstanding >= window {
+			if err := await(); err != nil {
+				return 0, err
+			}
+		}
+		if err := ch.PublishWithContext(ctx, exchange, "user.created", true, false, amqp.Publishing{
+			ContentType: "application/json", DeliveryMode: amqp.Persistent, MessageId: uuid.NewString(),
+			Type: "user.created", Timestamp: time.Now(), Body: b}); err != nil {
+			return 0, err
+		}
+		outstanding++
+	}
+	for outstanding > 0 {
+		if err := await(); err != nil {
+			return 0, err
+		}
+	}
+	return float64(len(bodies)) / time.Since(start).Seconds(), nil
+}
+
+// watermillRate publishes bodies through watermill-amqp's publisher with its default
+// durable pub/sub configuration (an exchange per topic, fanout), optionally with
+// ConfirmDelivery, into a quorum queue bound to that exchange, and returns messages per
+// second until the queue holds every one.
+func watermillRate(ctx context.Context, url string, conn *broker.Conn, topic string, bodies [][]byte, confirm bool) (float64, error) {
+	cfg := wamqp.NewDurablePubSubConfig(url, nil)
+	cfg.Publish.ConfirmDelivery = confirm
+	pub, err := wamqp.NewPublisher(cfg, watermill.NopLogger{})
+	if err != nil {
+		return 0, err
+	}
+	defer pub.Close()
+	ch, err := conn.Channel(ctx)
+	if err != nil {
+		return 0, err
+	}
+	defer ch.Close()
+	// The exchange as watermill declares it, and a queue of the relay's kind bound to it.
+	if err := ch.ExchangeDeclare(topic, "fanout", true, false, false, false, nil); err != nil {
+		return 0, err
+	}
+	if _, err := ch.QueueDeclare(topic, true, false, false, false, amqp.Table{"x-queue-type": "quorum"}); err != nil {
+		return 0, err
+	}
+	defer func() {
+		_, _ = ch.QueueDelete(topic, false, false, false)
+		_ = ch.ExchangeDelete(topic, false, false)
+	}()
+	if err := ch.QueueBind(topic, "", topic, false, nil); err != nil {
+		return 0, err
+	}
+	start := time.Now()
+	for _, b := range bodies {
+		if err := pub.Publish(topic, message.NewMessage(uuid.NewString(), b)); err != nil {
+			return 0, err
+		}
+	}
+	err = waitFor(ctx, 5*time.Minute, func() (bool, error) {
+		q, err := ch.QueueDeclarePassive(topic, true, false, false, false, amqp.Table{"x-queue-type": "quorum"})
+		return q.Messages >= len(bodies), err
+	})
+	return float64(len(bodies)) / time.Since(start).Seconds(), err
+}
+
+// pgbenchUpsertRate runs pgbench upserting batches of 200 users-shaped rows, one client,
+// and returns rows per second.
+func pgbenchUpsertRate(ctx context.Context, pool *pgxpool.Pool, dbURL string, d time.Duration) (float64, error) {
+	if _, err := pool.Exec(ctx, `DROP TABLE IF EXISTS upsert_baseline; CREATE TABLE upsert_baseline (LIKE users INCLUDING ALL)`); err != nil {
+		return 0, err
+	}
+	const script = `INSERT INTO upsert_baseline AS u (id, organization_id, name, email, status, roles, version, created_at, updated_at)
+  SELECT gen_random_uuid(), '00000000-0000-0000-0000-000000000001', 'Bench User ' || i, 'user' || i || '@bench.example',
+    'active', '{member}', 1, now(), now() FROM generate_series(1, 200) AS i
+  ON CONFLICT (id) DO UPDATE SET name = excluded.name, email = excluded.email, version = excluded.version, updated_at = excluded.updated_at;
+`
+	tps, err := pgbench(ctx, dbURL, script, 1, d)
+	return tps * 200, err
+}
+
+// deleteQueues removes the run's queues, their dead-letter queues and its exchanges.
+func deleteQueues(conn *broker.Conn, exchange string, qs ...broker.QueueSpec) {
+	ch, err := conn.Channel(context.Background())
+	if err != nil {
+		return
+	}
+	defer ch.Close()
+	for _, q := range qs {
+		_, _ = ch.QueueDelete(q.Name, false, false, false)
+		_, _ = ch.QueueDelete(q.DeadQueue(), false, false, false)
+	}
+	_, _ = ch.QueueDelete(exchange+broker.UnroutedSuffix, false, false, false)
+	_ = ch.ExchangeDelete(exchange, false, false)
+	_ = ch.ExchangeDelete(exchange+broker.UnroutedSuffix, false, false)
+	_ = ch.ExchangeDelete(exchange+".dlx", false, false)
+}
+
+func countKeys(ctx context.Context, rdb *redis.Client, pattern string) (int64, error) {
+	var n int64
+	iter := rdb.Scan(ctx, 0, pattern, 1000).Iterator()
+	for iter.Next(ctx) {
+		n++
+	}
+	return n, iter.Err()
+}
+
+func dropKeys(ctx context.Context, rdb *redis.Client, prefix string) {
+	iter := rdb.Scan(ctx, 0, prefix+"*", 1000).Iterator()
+	var keys []string
+	for iter.Next(ctx) {
+		if keys = append(keys, iter.Val()); len(keys) == 1000 {
+			rdb.Del(ctx, keys...)
+			keys = keys[:0]
+		}
+	}
+	if len(keys) > 0 {
+		rdb.Del(ctx, keys...)
+	}
+}
