@@ -88,7 +88,7 @@ func run(ctx context.Context) error {
 		}
 		defer pprof.StopCPUProfile()
 	}
-	o.writers, o.pipelineEvents, o.watermillEvents, o.knowledge, o.replySamples = []int{1, 8, 32}, 100_000, 10_000, []int{1000, 10000}, o.samples
+	o.writers, o.pipelineEvents, o.watermillEvents, o.knowledge, o.replySamples = []int{1, 8, 32}, 100_000, 5_000, []int{1000, 10000}, o.samples
 	if o.quick {
 		o.writers, o.pipelineEvents, o.watermillEvents, o.knowledge, o.replySamples = []int{32}, 20_000, 2_000, []int{1000}, 50
 		o.out = ""
@@ -168,7 +168,7 @@ func run(ctx context.Context) error {
 
 	// 4. Conversations: the knowledge-base responder.
 	report.WriteString("\n### Conversations answered by the knowledge-base responder\n\n")
-	report.WriteString("A published chatbot whose trained knowledge base holds the given number of entries; 8 clients post 500 questions " +
+	report.WriteString("A published chatbot whose trained knowledge base holds the given number of entries; 8 clients post 300 questions " +
 		"that each match one entry, and the rate is replies per second from the first post to the last `message.replied` in the log. " +
 		"The latency is one message at a time, from the 202 of `POST /conversations/{id}/messages` to the reply being readable " +
 		"through `GET /conversations/{id}/messages` (polled). The goal is p99 < 150 ms at 1,000 entries.\n\n")
@@ -182,7 +182,7 @@ func run(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		rate, err := srv.answerRate(e2ePool, conv, 500)
+		rate, err := srv.answerRate(e2ePool, conv, 300)
 		if err != nil {
 			return err
 		}
@@ -214,18 +214,18 @@ func run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	first, last, err := srv.postCost(conv, 5000)
+	first, last, err := srv.postCost(conv, 3000)
 	if err != nil {
 		return err
 	}
-	report.WriteString("\nPosting into a long conversation: 5,000 messages posted one after another into one conversation " +
+	report.WriteString("\nPosting into a long conversation: 3,000 messages posted one after another into one conversation " +
 		"(each is a stream of its own, so nothing grows with the conversation).\n\n")
-	fmt.Fprintf(&report, "| p50 POST, messages 1-200 | p50 POST, messages 4,801-5,000 | ratio |\n|---:|---:|---:|\n| %s | %s | %.2f× |\n",
+	fmt.Fprintf(&report, "| p50 POST, messages 1-200 | p50 POST, messages 2,801-3,000 | ratio |\n|---:|---:|---:|\n| %s | %s | %.2f× |\n",
 		ms(first), ms(last), float64(last)/float64(first))
 	fmt.Fprintf(os.Stderr, "posting: first %s, last %s\n", ms(first), ms(last))
 
 	// 5. Exporting the audit trail through the API, a million entries.
-	const exported = 1_000_000
+	const exported = 300_000
 	if err := seedAuditEntries(ctx, e2ePool, srv.org, exported); err != nil {
 		return err
 	}
