@@ -2,7 +2,7 @@
 GO ?= go
 PKGS := ./...
 
-.PHONY: run test bench bench-quick services lint build migrate
+.PHONY: run test bench bench-quick fuzz services lint build migrate
 
 ## run: start the whole system (creates the database, applies migrations, serves API, relay, projectors)
 run: services
@@ -22,6 +22,16 @@ bench: services
 bench-quick: services
 	$(GO) build -tags benchnoauth -o bin/chatbotd-bench ./cmd/chatbotd
 	$(GO) run ./cmd/bench -quick -duration 2s -binary bin/chatbotd-bench
+
+## fuzz: each fuzz test for FUZZTIME (default 15s); their seed corpora are in testdata/fuzz
+FUZZTIME ?= 15s
+FUZZ_TARGETS := ./command:FuzzCommandInputs ./command:FuzzParseCSV ./events:FuzzDecodeEnvelope \
+	./events:FuzzParseToken ./internal/auth:FuzzBearerTokens
+fuzz:
+	@set -e; for t in $(FUZZ_TARGETS); do \
+		pkg=$${t%%:*}; name=$${t##*:}; echo "fuzz $$pkg $$name ($(FUZZTIME))"; \
+		$(GO) test -run '^$$' -fuzz "^$$name\$$" -fuzztime $(FUZZTIME) $$pkg; \
+	done
 
 ## services: start (or install) PostgreSQL, Redis and RabbitMQ locally
 services:

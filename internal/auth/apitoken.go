@@ -36,7 +36,12 @@ func ParseAPIToken(raw string) (uuid.UUID, []byte, bool) {
 		return uuid.Nil, nil, false
 	}
 	id, err := uuid.Parse(idHex)
-	if err != nil {
+	if err != nil || id == uuid.Nil {
+		return uuid.Nil, nil, false
+	}
+	// A secret is 32 random bytes in unpadded base64url (found by FuzzBearerTokens: the
+	// shape alone let anything of 43 characters through to the lookup).
+	if _, err := base64.RawURLEncoding.Strict().DecodeString(secret); err != nil {
 		return uuid.Nil, nil, false
 	}
 	sum := sha256.Sum256([]byte(secret))
