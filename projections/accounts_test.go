@@ -204,3 +204,52 @@ func TestRunnerThroughRabbitMQDeadLettersPoisonAndKeepsFlowing(t *testing.T) {
 	require.NoError(t, d.Pool.QueryRow(ctx, `SELECT count(*) FROM users WHERE id = $1`, poisonUser).Scan(&n))
 	assert.Zero(t, n)
 }
+
+// failingWrite is a rebuildable projector whose write for one event fails in PostgreSQL,
+// not in Go: its live batches are pipelined, so the error comes back at the flush.
+type failingWrite struct {
+	*projections.Accounts
+	poison uuid.UUID
+}
+
+func (f *failingWrite) Apply(ctx context.Context, tx pgx.Tx, e events.Envelope) error {
+	if e.ID == f.poison {
+		_, err := tx.Exec(ctx, `SELECT 1 / 0`)
+		return err // nil while queued: the statement has not run yet
+	}
+	return f.Accounts.Apply(ctx, tx, e)
+}
+
+// TestPipelinedBatchFailingAtTheFlushLeavesNothingApplied: a write that fails when the
+// pipelined batch is sent undoes the whole batch (no read-model row, no stream version,
+// no position), and the same events without it then apply.
+func TestPipelinedBatchFailingAtTheFlushLeavesNothingApplied(t *testing.T) {
+	ctx := context.Background()
+	d := testenv.MustDatabase(t)
+	store := events.NewStore(d.Pool)
+	org := uuid.New()
+	var envs []events.Envelope
+	for i := range 3 {
+		res, err := store.Append(ctx, events.AppendRequest{StreamType: events.StreamUser, StreamID: uuid.New(),
+			OrganizationID: &org, Meta: system, Events: []events.Event{
+				events.UserCreated{Name: fmt.Sprintf("User %d", i), Email: fmt.Sprintf("u%d@example.com", i), Status: "active", Roles: []string{}}}})
+		require.NoError(t, err)
+		got, err := events.ReadStream(ctx, d.Pool, res.StreamID, 1, 1)
+		require.NoError(t, err)
+		envs = append(envs, got...)
+	}
+	p := &failingWrite{Accounts: projections.NewAccounts(d.Pool, nil, nil), poison: envs[1].ID}
+	_, err := projections.ApplyBatch(ctx, d.Pool, p, envs)
+	require.Error(t, err, "the failure at the flush fails the batch")
+
+	var users, streams, positions int
+	require.NoError(t, d.Pool.QueryRow(ctx, `SELECT (SELECT count(*) FROM users), (SELECT count(*) FROM projection_streams),
+		(SELECT count(*) FROM projection_positions)`).Scan(&users, &streams, &positions))
+	assert.Equal(t, [3]int{0, 0, 0}, [3]int{users, streams, positions}, "nothing of the batch is left")
+
+	applied, err := projections.ApplyBatch(ctx, d.Pool, p, []events.Envelope{envs[0], envs[2]})
+	require.NoError(t, err)
+	assert.Len(t, applied, 2)
+	require.NoError(t, d.Pool.QueryRow(ctx, `SELECT count(*) FROM users`).Scan(&users))
+	assert.Equal(t, 2, users)
+}

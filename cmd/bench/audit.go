@@ -86,7 +86,7 @@ func copyRate(ctx context.Context, pool *pgxpool.Pool, n int) (float64, error) {
 // auditFigures measures, on a log of about a million events: linking the chain,
 // rebuilding the audit trail and the conversations, verifying the chain; against COPY.
 func auditFigures(ctx context.Context, o options, report *strings.Builder) error {
-	pool, err := freshDatabase(ctx, o, "_audit")
+	pool, _, err := freshDatabase(ctx, o, "_audit")
 	if err != nil {
 		return err
 	}

@@ -275,16 +275,8 @@ var redisBenchLine = regexp.MustCompile(`(?m)^"?GET"?,"?([0-9.]+)"?`)
 // and returns its requests per second.
 func redisBenchmark(ctx context.Context, addr string, clients int, requests int) (float64, error) {
 	host, port, _ := net.SplitHostPort(addr)
-	out, err := exec.CommandContext(ctx, "redis-benchmark", "-h", host, "-p", port, "-c", strconv.Itoa(clients),
-		"-n", strconv.Itoa(requests), "-t", "get", "-d", "300", "--csv", "-q").CombinedOutput()
-	if err != nil {
-		return 0, fmt.Errorf("redis-benchmark: %v: %s", err, out)
-	}
-	m := redisBenchLine.FindSubmatch(out)
-	if m == nil {
-		return 0, fmt.Errorf("redis-benchmark: no GET rate in %s", out)
-	}
-	return strconv.ParseFloat(string(m[1]), 64)
+	return toolRate(ctx, redisBenchLine, "redis-benchmark", "-h", host, "-p", port, "-c", strconv.Itoa(clients),
+		"-n", strconv.Itoa(requests), "-t", "get", "-d", "300", "--csv", "-q")
 }
 
 // residentMB reads a process's resident set and its peak, in MiB.
@@ -353,9 +345,7 @@ func cpuByName() map[string]float64 {
 		}
 		utime, _ := strconv.ParseFloat(fields[11], 64)
 		stime, _ := strconv.ParseFloat(fields[12], 64)
-		switch {
-		case strings.HasPrefix(name, "postgres"), strings.HasPrefix(name, "pgbench"):
-		case strings.HasPrefix(name, "beam"), strings.HasPrefix(name, "erl"), name == "1_scheduler" || strings.Contains(name, "scheduler"):
+		if strings.HasPrefix(name, "beam") { // RabbitMQ's Erlang VM
 			name = "rabbitmq"
 		}
 		out[name] += utime + stime

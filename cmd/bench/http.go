@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"runtime"
 	"strings"
 	"time"
 
@@ -42,17 +43,19 @@ func httpFigures(ctx context.Context, o options, srv *server, pool *pgxpool.Pool
 			"password": "password1", "password_confirmation": "password1"}
 	}
 	noauth := fmt.Sprintf("?org=%s&user=%s", srv.org, srv.user)
-	cmd := func(name string, next request) (loadResult, error) {
+	// measure settles the pipeline, then runs next from every client for the duration.
+	measure := func(what string, want int, next request) (loadResult, error) {
 		if err := settle(ctx, pool, "bench.serve."); err != nil {
 			return loadResult{}, err
 		}
-		r, err := closedLoop(srv.client, next, 201, clients, o.duration)
+		r, err := closedLoop(srv.client, next, want, clients, o.duration)
 		if err != nil {
-			return r, fmt.Errorf("%s: %w", name, err)
+			return r, fmt.Errorf("%s: %w", what, err)
 		}
-		fmt.Fprintf(os.Stderr, "commands, %s: %.0f/s, p99 %s\n", name, r.rate, ms(r.p99))
+		fmt.Fprintf(os.Stderr, "%s: %.0f/s, p99 %s\n", what, r.rate, ms(r.p99))
 		return r, nil
 	}
+	cmd := func(name string, next request) (loadResult, error) { return measure("commands, "+name, 201, next) }
 	var chatbotsJWT loadResult
 	shares, err := cpuShares(func() (err error) {
 		chatbotsJWT, err = cmd("POST /api/v1/chatbots", jsonRequest("POST", srv.base+"/api/v1/chatbots", srv.token, chatbot))
@@ -128,17 +131,7 @@ func httpFigures(ctx context.Context, o options, srv *server, pool *pgxpool.Pool
 	}); err != nil {
 		return fmt.Errorf("user %s never cached: %w", id, err)
 	}
-	get := func(name string, next request) (loadResult, error) {
-		if err := settle(ctx, pool, "bench.serve."); err != nil {
-			return loadResult{}, err
-		}
-		r, err := closedLoop(srv.client, next, 200, clients, o.duration)
-		if err != nil {
-			return r, fmt.Errorf("%s: %w", name, err)
-		}
-		fmt.Fprintf(os.Stderr, "cached GET, %s: %.0f/s, p99 %s\n", name, r.rate, ms(r.p99))
-		return r, nil
-	}
+	get := func(name string, next request) (loadResult, error) { return measure("cached GET, "+name, 200, next) }
 	getBare, err := get("bare Redis GET", jsonRequest("GET", b.base+"/crud/cache?key="+key, "", nil))
 	if err != nil {
 		return err
@@ -191,7 +184,7 @@ func httpFigures(ctx context.Context, o options, srv *server, pool *pgxpool.Pool
 	row("`POST /api/v1/chatbots`, authorization off", chatbotsOff, chatbotsBare)
 	row("bare Gin, argon2id + insert user row (baseline)", usersBare, usersBare)
 	row("`POST /api/v1/users`, JWT", usersJWT, usersBare)
-	fmt.Fprintf(w, "\nCPU while `POST /api/v1/chatbots` ran at its peak, in cores of the machine's %d: %s.\n", nCPU(), formatShares(shares))
+	fmt.Fprintf(w, "\nCPU while `POST /api/v1/chatbots` ran at its peak, in cores of the machine's %d: %s.\n", runtime.NumCPU(), formatShares(shares))
 	fmt.Fprintf(w, "\nThe first lines of a %s CPU profile of `chatbotd serve` during the same load (`PPROF_ADDR`; the profile is `%s`):\n\n```\n%s```\n",
 		o.duration, profile, trimTop(top, 16))
 

@@ -28,7 +28,7 @@ import (
 // against COPY, and webhook deliveries against a bare HTTP client posting the same
 // bodies to the same local receiver.
 func integrationFigures(ctx context.Context, o options, report *strings.Builder) error {
-	pool, err := freshDatabase(ctx, o, "_integrations")
+	pool, _, err := freshDatabase(ctx, o, "_integrations")
 	if err != nil {
 		return err
 	}

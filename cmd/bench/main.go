@@ -113,11 +113,7 @@ func run(ctx context.Context) error {
 		return pipelineFigures(ctx, o, os.Stdout)
 	}
 
-	dbURL, err := recreate(ctx, o.server, o.database)
-	if err != nil {
-		return err
-	}
-	pool, err := openMigrated(ctx, dbURL)
+	pool, dbURL, err := freshDatabase(ctx, o, "")
 	if err != nil {
 		return err
 	}
@@ -267,13 +263,15 @@ func run(ctx context.Context) error {
 	return writeBetweenMarkers(o.out, report.String())
 }
 
-// freshDatabase (re)creates the run's database with suffix and opens it migrated.
-func freshDatabase(ctx context.Context, o options, suffix string) (*pgxpool.Pool, error) {
+// freshDatabase (re)creates the run's database with suffix and opens it migrated; it
+// returns the pool and the database's URL (for pgbench).
+func freshDatabase(ctx context.Context, o options, suffix string) (*pgxpool.Pool, string, error) {
 	url, err := recreate(ctx, o.server, o.database+suffix)
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
-	return openMigrated(ctx, url)
+	pool, err := openMigrated(ctx, url)
+	return pool, url, err
 }
 
 func openMigrated(ctx context.Context, url string) (*pgxpool.Pool, error) {
@@ -391,15 +389,19 @@ func pgbench(ctx context.Context, dbURL, script string, clients int, d time.Dura
 		return 0, err
 	}
 	f.Close()
-	cmd := exec.CommandContext(ctx, "pgbench", "-n", "-M", "prepared", "-c", strconv.Itoa(clients),
+	return toolRate(ctx, tpsLine, "pgbench", "-n", "-M", "prepared", "-c", strconv.Itoa(clients),
 		"-j", strconv.Itoa(min(clients, runtime.NumCPU())), "-T", strconv.Itoa(int(d.Seconds())), "-f", f.Name(), dbURL)
-	out, err := cmd.CombinedOutput()
+}
+
+// toolRate runs a baseline tool and reads the rate it prints (the first group of re).
+func toolRate(ctx context.Context, re *regexp.Regexp, name string, args ...string) (float64, error) {
+	out, err := exec.CommandContext(ctx, name, args...).CombinedOutput()
 	if err != nil {
-		return 0, fmt.Errorf("pgbench: %v: %s", err, out)
+		return 0, fmt.Errorf("%s: %v: %s", name, err, out)
 	}
-	m := tpsLine.FindSubmatch(out)
+	m := re.FindSubmatch(out)
 	if m == nil {
-		return 0, fmt.Errorf("pgbench: no tps in %s", out)
+		return 0, fmt.Errorf("%s: no rate in %s", name, out)
 	}
 	return strconv.ParseFloat(string(m[1]), 64)
 }
@@ -679,8 +681,6 @@ func writeBetweenMarkers(path, body string) error {
 	}
 	return os.WriteFile(path, []byte(s), 0o644)
 }
-
-func nCPU() int { return runtime.NumCPU() }
 
 func cpuModel() string {
 	b, err := os.ReadFile("/proc/cpuinfo")

@@ -28,11 +28,7 @@ import (
 // a bare amqp091-go publisher with a window of outstanding confirms and watermill-amqp's
 // publisher for the relay, pgbench upserting the same rows in batches for the projector.
 func pipelineFigures(ctx context.Context, o options, w io.Writer) error {
-	dbURL, err := recreate(ctx, o.server, o.database+"_pipeline")
-	if err != nil {
-		return err
-	}
-	pool, err := openMigrated(ctx, dbURL)
+	pool, dbURL, err := freshDatabase(ctx, o, "_pipeline")
 	if err != nil {
 		return err
 	}

@@ -40,12 +40,21 @@ const UserColumns = `id, organization_id, name, email, status, roles, created_at
 // ScanUser reads a row selected with UserColumns.
 func ScanUser(row pgx.Row) (User, error) {
 	var u User
-	err := row.Scan(&u.ID, &u.OrganizationID, &u.Name, &u.Email, &u.Status, &u.Roles, &u.CreatedAt, &u.UpdatedAt, &u.Version)
+	err := row.Scan(u.columns()...)
+	u.normalize()
+	return u, err
+}
+
+// columns are the scan targets of UserColumns, in order.
+func (u *User) columns() []any {
+	return []any{&u.ID, &u.OrganizationID, &u.Name, &u.Email, &u.Status, &u.Roles, &u.CreatedAt, &u.UpdatedAt, &u.Version}
+}
+
+func (u *User) normalize() {
 	u.CreatedAt, u.UpdatedAt = u.CreatedAt.UTC(), u.UpdatedAt.UTC()
 	if u.Roles == nil {
 		u.Roles = []string{}
 	}
-	return u, err
 }
 
 // ErrNotFound is returned for a missing (or deleted) record.
@@ -66,14 +75,10 @@ func LoadUser(ctx context.Context, q Querier, id uuid.UUID) (User, error) {
 func scanUser(row pgx.Row) (User, error) {
 	var deleted bool
 	var u User
-	if err := row.Scan(&u.ID, &u.OrganizationID, &u.Name, &u.Email, &u.Status, &u.Roles, &u.CreatedAt, &u.UpdatedAt,
-		&u.Version, &deleted); err != nil {
+	if err := row.Scan(append(u.columns(), &deleted)...); err != nil {
 		return u, err
 	}
-	u.CreatedAt, u.UpdatedAt = u.CreatedAt.UTC(), u.UpdatedAt.UTC()
-	if u.Roles == nil {
-		u.Roles = []string{}
-	}
+	u.normalize()
 	if deleted {
 		return User{ID: u.ID, Version: u.Version, OrganizationID: u.OrganizationID}, ErrNotFound
 	}
