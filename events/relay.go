@@ -16,6 +16,7 @@ import (
 
 	"github.com/chatbotsaas/chatbotd/internal/broker"
 	"github.com/chatbotsaas/chatbotd/internal/db"
+	"github.com/chatbotsaas/chatbotd/internal/faults"
 	"github.com/chatbotsaas/chatbotd/internal/metrics"
 )
 
@@ -171,6 +172,7 @@ func (r *Relay) lead(ctx context.Context) error {
 					return err
 				}
 			}
+			faults.Crash("relay.batch")
 			if err := r.saveCheckpoint(ctx, next); err != nil {
 				return err
 			}

@@ -83,81 +83,20 @@ func liveLockKey(projection string) int64 { return db.LockKey("chatbotd.projecti
 // Run rebuilds the projection. A failure at any point leaves the live tables as they
 // were; the next run starts over.
 func (r *Rebuild) Run(ctx context.Context) error {
-	p := r.Projector
-	name := p.Name()
-	size := r.BatchSize
-	if size <= 0 {
-		size = 5000
-	}
-	schema := "rebuild_" + name
-	shadow := pgx.Identifier{schema}.Sanitize()
-	pc, err := r.Pool.Acquire(ctx)
+	sh, err := r.replay(ctx, "rebuild_")
 	if err != nil {
-		return db.Classify(err)
-	}
-	// The search path is session state: the connection never goes back to the pool.
-	conn := pc.Hijack()
-	defer conn.Close(context.WithoutCancel(ctx))
-
-	var got bool
-	if err := conn.QueryRow(ctx, `SELECT pg_try_advisory_lock($1)`, liveLockKey("rebuild."+name)).Scan(&got); err != nil {
-		return db.Classify(err)
-	}
-	if !got {
-		return fmt.Errorf("a rebuild of %s is already running", name)
-	}
-	if err := createShadow(ctx, conn, shadow, p.Tables()); err != nil {
-		return fmt.Errorf("create the new tables: %w", err)
-	}
-	// Every index is there before the replay: projectors query their own tables (a
-	// conversation counts its messages), and without its indexes each such query
-	// would scan a growing table.
-	if err := createIndexes(ctx, conn, shadow, p.Tables()); err != nil {
-		return fmt.Errorf("index the new tables: %w", err)
-	}
-	if _, err := conn.Exec(ctx, `SET search_path = `+shadow+`, public`); err != nil {
 		return err
 	}
-
-	filter := events.HistoryFilter{TypePatterns: p.Bindings()}
-	start := time.Now()
-	prog := Progress{Projection: name, Phase: "replay"}
-	if prog.Total, err = events.CountHistory(ctx, conn, filter); err != nil {
+	defer sh.close(ctx)
+	if _, err := sh.conn.Exec(ctx, `ANALYZE `+strings.Join(qualified(sh.quoted, r.Projector.Tables()), ", ")); err != nil {
 		return err
 	}
-	report := func(phase string) {
-		prog.Phase, prog.Elapsed = phase, time.Since(start)
-		if r.Progress != nil {
-			r.Progress(prog)
-		}
-	}
-	report("replay")
-	var cp events.Checkpoint
-	rp := &replayer{versions: map[uuid.UUID]int{}}
-	for {
-		batch, next, err := events.ReadHistory(ctx, conn, filter, cp, size)
-		if err != nil {
-			return err
-		}
-		if len(batch) == 0 {
-			break
-		}
-		if err := pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error { return rp.apply(ctx, tx, p, batch) }); err != nil {
-			return err
-		}
-		cp = next
-		prog.Done += int64(len(batch))
-		report("replay")
-	}
-	if _, err := conn.Exec(ctx, `ANALYZE `+strings.Join(qualified(shadow, p.Tables()), ", ")); err != nil {
-		return err
-	}
-	report("swap")
+	sh.report("swap")
 	// The swap waits for the live projector's batch in flight and for queries that are
 	// reading the old tables. It gives up after a while rather than queue every new query
 	// behind it, and tries again.
 	for attempt := 1; ; attempt++ {
-		err := r.swap(ctx, conn, schema, rp, &cp, &prog, size)
+		err := r.swap(ctx, sh)
 		if err == nil {
 			break
 		}
@@ -168,56 +107,164 @@ func (r *Rebuild) Run(ctx context.Context) error {
 		}
 		return fmt.Errorf("swap: %w", err)
 	}
-	report("done")
+	sh.report("done")
 	return nil
 }
 
-func (r *Rebuild) swap(ctx context.Context, conn *pgx.Conn, schema string, rp *replayer, cp *events.Checkpoint, prog *Progress, size int) error {
+// shadow is a replay of the log into fresh copies of a projector's tables, in a schema
+// of their own, on a connection of its own (its search path puts the copies first).
+type shadow struct {
+	conn   *pgx.Conn
+	schema string
+	quoted string
+	rp     *replayer
+	cp     events.Checkpoint
+	prog   Progress
+	size   int
+	report func(phase string)
+}
+
+func (sh *shadow) close(ctx context.Context) { sh.conn.Close(context.WithoutCancel(ctx)) }
+
+// replay creates the copies in the schema prefix+name and replays the whole log into
+// them, under an advisory lock that keeps a second replay of the same kind out.
+func (r *Rebuild) replay(ctx context.Context, prefix string) (*shadow, error) {
 	p := r.Projector
-	shadow := pgx.Identifier{schema}.Sanitize()
-	tx, err := conn.Begin(ctx)
+	name := p.Name()
+	sh := &shadow{schema: prefix + p.Name(), rp: &replayer{versions: map[uuid.UUID]int{}}, size: r.BatchSize}
+	if sh.size <= 0 {
+		sh.size = 5000
+	}
+	sh.quoted = pgx.Identifier{sh.schema}.Sanitize()
+	pc, err := r.Pool.Acquire(ctx)
 	if err != nil {
-		return err
+		return nil, db.Classify(err)
 	}
-	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
-	if _, err := tx.Exec(ctx, `SET LOCAL lock_timeout = '3s'`); err != nil {
-		return err
+	// The search path is session state: the connection never goes back to the pool.
+	sh.conn = pc.Hijack()
+	ok := false
+	defer func() {
+		if !ok {
+			sh.close(ctx)
+		}
+	}()
+	var got bool
+	if err := sh.conn.QueryRow(ctx, `SELECT pg_try_advisory_lock($1)`, liveLockKey(prefix+name)).Scan(&got); err != nil {
+		return nil, db.Classify(err)
 	}
-	// Waiting here holds nothing that anyone else waits for.
-	if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, liveLockKey(p.Name())); err != nil {
-		return err
+	if !got {
+		return nil, fmt.Errorf("a %s of %s is already running", strings.TrimSuffix(prefix, "_"), name)
 	}
-	// The live tables are taken without waiting: a swap that waited for one table while
-	// holding another could deadlock with a query that joins them. When a query is
-	// reading one, the swap lets go of everything and Run tries again.
-	live := make([]string, len(p.Tables()))
-	for i, t := range p.Tables() {
-		live[i] = pgx.Identifier{"public", t}.Sanitize()
+	if err := createShadow(ctx, sh.conn, sh.quoted, p.Tables()); err != nil {
+		return nil, fmt.Errorf("create the new tables: %w", err)
 	}
-	if _, err := tx.Exec(ctx, `LOCK TABLE `+strings.Join(live, ", ")+` IN ACCESS EXCLUSIVE MODE NOWAIT`); err != nil {
-		return err
+	// Every index is there before the replay: projectors query their own tables (a
+	// conversation counts its messages), and without its indexes each such query
+	// would scan a growing table.
+	if err := createIndexes(ctx, sh.conn, sh.quoted, p.Tables()); err != nil {
+		return nil, fmt.Errorf("index the new tables: %w", err)
 	}
-	// The live projector is held: apply what it may have applied since the last batch.
+	if _, err := sh.conn.Exec(ctx, `SET search_path = `+sh.quoted+`, public`); err != nil {
+		return nil, err
+	}
+
 	filter := events.HistoryFilter{TypePatterns: p.Bindings()}
+	start := time.Now()
+	sh.prog = Progress{Projection: name, Phase: "replay"}
+	if sh.prog.Total, err = events.CountHistory(ctx, sh.conn, filter); err != nil {
+		return nil, err
+	}
+	sh.report = func(phase string) {
+		sh.prog.Phase, sh.prog.Elapsed = phase, time.Since(start)
+		if r.Progress != nil {
+			r.Progress(sh.prog)
+		}
+	}
+	sh.report("replay")
 	for {
-		batch, next, err := events.ReadHistory(ctx, tx, filter, *cp, size)
+		batch, next, err := events.ReadHistory(ctx, sh.conn, filter, sh.cp, sh.size)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		if len(batch) == 0 {
 			break
 		}
-		if err := rp.apply(ctx, tx, p, batch); err != nil {
-			return err
+		if err := pgx.BeginFunc(ctx, sh.conn, func(tx pgx.Tx) error { return sh.rp.apply(ctx, tx, p, batch) }); err != nil {
+			return nil, err
 		}
-		*cp = next
-		prog.Done += int64(len(batch))
+		sh.cp = next
+		sh.prog.Done += int64(len(batch))
+		sh.report("replay")
+	}
+	ok = true
+	return sh, nil
+}
+
+// holdLive begins a transaction on the shadow's connection that holds the live projector
+// (it waits for the batch in flight) and, with lockTables, the live tables; then it
+// applies to the copies what the log gained since the replay, and runs BeforeSwap: the
+// copies and the live tables are then comparable. A failure rolls back every write of
+// the transaction, before the catch-up starts or with it as a whole (Run gives up then).
+func (r *Rebuild) holdLive(ctx context.Context, sh *shadow, lockTables bool) (pgx.Tx, error) {
+	p := r.Projector
+	tx, err := sh.conn.Begin(ctx)
+	if err != nil {
+		return nil, err
+	}
+	fail := func(err error) (pgx.Tx, error) {
+		_ = tx.Rollback(context.WithoutCancel(ctx))
+		return nil, err
+	}
+	if _, err := tx.Exec(ctx, `SET LOCAL lock_timeout = '3s'`); err != nil {
+		return fail(err)
+	}
+	// Waiting here holds nothing that anyone else waits for.
+	if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, liveLockKey(p.Name())); err != nil {
+		return fail(err)
+	}
+	if lockTables {
+		// The live tables are taken without waiting: a swap that waited for one table while
+		// holding another could deadlock with a query that joins them. When a query is
+		// reading one, the swap lets go of everything and Run tries again.
+		live := make([]string, len(p.Tables()))
+		for i, t := range p.Tables() {
+			live[i] = pgx.Identifier{"public", t}.Sanitize()
+		}
+		if _, err := tx.Exec(ctx, `LOCK TABLE `+strings.Join(live, ", ")+` IN ACCESS EXCLUSIVE MODE NOWAIT`); err != nil {
+			return fail(err)
+		}
+	}
+	filter := events.HistoryFilter{TypePatterns: p.Bindings()}
+	for {
+		batch, next, err := events.ReadHistory(ctx, tx, filter, sh.cp, sh.size)
+		if err != nil {
+			return fail(err)
+		}
+		if len(batch) == 0 {
+			break
+		}
+		if err := sh.rp.apply(ctx, tx, p, batch); err != nil {
+			return fail(err)
+		}
+		sh.cp = next
+		sh.prog.Done += int64(len(batch))
 	}
 	if r.BeforeSwap != nil {
 		if err := r.BeforeSwap(ctx, tx); err != nil {
-			return err
+			return fail(err)
 		}
 	}
+	return tx, nil
+}
+
+func (r *Rebuild) swap(ctx context.Context, sh *shadow) error {
+	p := r.Projector
+	schema, shadow := sh.schema, sh.quoted
+	tx, err := r.holdLive(ctx, sh, true)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
 	for _, t := range p.Tables() {
 		parts, err := partitionsOf(ctx, tx, schema, t)
 		if err != nil {
@@ -445,3 +492,88 @@ func qualified(schema string, tables []string) []string {
 	}
 	return out
 }
+
+// TableComparison is one table of a projection compared with its rebuild: rows (as
+// whole rows, duplicates counted) found only in the live table or only in the rebuilt one.
+type TableComparison struct {
+	Table       string `json:"table"`
+	Rows        int64  `json:"rows"`
+	OnlyLive    int64  `json:"only_live"`
+	OnlyRebuilt int64  `json:"only_rebuilt"`
+}
+
+// Comparison is a projection compared with a replay of the whole log.
+type Comparison struct {
+	Projection string            `json:"projection"`
+	Equal      bool              `json:"equal"`
+	Tables     []TableComparison `json:"tables"`
+}
+
+// Verify replays the log into fresh copies of the projection's tables, as a rebuild does,
+// and compares them with the live tables, row by row, and the stream versions the
+// projector has recorded; then it drops the copies. The live tables are not changed. A
+// live projector that is still catching up differs by what it has not applied yet, so a
+// difference is compared again, once a second, for up to wait.
+func (r *Rebuild) Verify(ctx context.Context, wait time.Duration) (Comparison, error) {
+	sh, err := r.replay(ctx, "verify_")
+	if err != nil {
+		return Comparison{}, err
+	}
+	defer sh.close(ctx)
+	defer func() { _, _ = sh.conn.Exec(context.WithoutCancel(ctx), `DROP SCHEMA IF EXISTS `+sh.quoted+` CASCADE`) }()
+	sh.report("compare")
+	deadline := time.Now().Add(wait)
+	for {
+		c, err := r.compare(ctx, sh)
+		if err != nil || c.Equal || time.Now().After(deadline) {
+			return c, err
+		}
+		select {
+		case <-ctx.Done():
+			return c, ctx.Err()
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+func (r *Rebuild) compare(ctx context.Context, sh *shadow) (Comparison, error) {
+	p := r.Projector
+	tx, err := r.holdLive(ctx, sh, false)
+	if err != nil {
+		return Comparison{}, err
+	}
+	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
+	c := Comparison{Projection: p.Name(), Equal: true}
+	diff := func(table, live, rebuilt string) error {
+		tc := TableComparison{Table: table}
+		// Rows compared as their text: every column type has one, not every type has "=".
+		err := tx.QueryRow(ctx, `WITH l AS (SELECT r::text AS t FROM `+live+` r), b AS (SELECT r::text AS t FROM `+rebuilt+` r)
+			SELECT (SELECT count(*) FROM l), (SELECT count(*) FROM (SELECT t FROM l EXCEPT ALL SELECT t FROM b) x),
+				(SELECT count(*) FROM (SELECT t FROM b EXCEPT ALL SELECT t FROM l) y)`).Scan(&tc.Rows, &tc.OnlyLive, &tc.OnlyRebuilt)
+		if err != nil {
+			return err
+		}
+		if tc.OnlyLive > 0 || tc.OnlyRebuilt > 0 {
+			c.Equal = false
+		}
+		c.Tables = append(c.Tables, tc)
+		return nil
+	}
+	for _, t := range p.Tables() {
+		if err := diff(t, pgx.Identifier{"public", t}.Sanitize(), sh.quoted+"."+pgx.Identifier{t}.Sanitize()); err != nil {
+			return Comparison{}, err
+		}
+	}
+	streams := func(schema string) string {
+		return `(SELECT stream_id, version FROM ` + schema + `.projection_streams WHERE projection = ` + quoteLiteral(p.Name()) + `)`
+	}
+	if err := diff("projection_streams", streams("public"), streams(sh.quoted)); err != nil {
+		return Comparison{}, err
+	}
+	// The copies keep what holdLive caught up with; the live projector is let go.
+	return c, tx.Commit(ctx)
+}
+
+// quoteLiteral quotes s as an SQL string literal (projection names are constants, but a
+// literal is quoted all the same).
+func quoteLiteral(s string) string { return "'" + strings.ReplaceAll(s, "'", "''") + "'" }

@@ -263,3 +263,64 @@ func TestConversationsShuffledDeliveryEqualsOrderly(t *testing.T) {
 	}
 	assert.Equal(t, want, checksums(t, messy.Pool, p.Name(), p.Tables()...))
 }
+
+// Verify finds a projection equal to its replay, and counts the rows a damaged one has
+// only live or only in the replay, without changing the live tables.
+func TestVerifyComparesWithAReplay(t *testing.T) {
+	ctx := context.Background()
+	d := testenv.MustDatabase(t)
+	store := events.NewStore(d.Pool)
+	for range 5 {
+		require.NoError(t, conversation(ctx, store, uuid.New(), 3))
+	}
+	all, _, err := events.ReadHistory(ctx, d.Pool, events.HistoryFilter{}, events.Checkpoint{}, 1000)
+	require.NoError(t, err)
+	p := projections.Conversations{}
+	_, err = projections.ApplyBatch(ctx, d.Pool, p, all)
+	require.NoError(t, err)
+	verify := func() projections.Comparison {
+		c, err := (&projections.Rebuild{Pool: d.Pool, Projector: p, BatchSize: 4}).Verify(ctx, 0)
+		require.NoError(t, err)
+		return c
+	}
+
+	c := verify()
+	assert.True(t, c.Equal, "%+v", c)
+	require.Len(t, c.Tables, 3)
+	assert.Equal(t, projections.TableComparison{Table: "conversations", Rows: 5}, c.Tables[0])
+	assert.Equal(t, projections.TableComparison{Table: "messages", Rows: 20}, c.Tables[1])
+	assert.Equal(t, projections.TableComparison{Table: "projection_streams", Rows: 20}, c.Tables[2])
+
+	// A changed row, a lost row and a forgotten stream version.
+	_, err = d.Pool.Exec(ctx, `UPDATE messages SET content = 'tampered' WHERE id = (SELECT id FROM messages ORDER BY id LIMIT 1)`)
+	require.NoError(t, err)
+	_, err = d.Pool.Exec(ctx, `DELETE FROM conversations WHERE id = (SELECT id FROM conversations ORDER BY id LIMIT 1)`)
+	require.NoError(t, err)
+	_, err = d.Pool.Exec(ctx, `DELETE FROM projection_streams WHERE stream_id = (SELECT stream_id FROM projection_streams
+		WHERE projection = 'conversations' ORDER BY stream_id LIMIT 1)`)
+	require.NoError(t, err)
+	before := checksums(t, d.Pool, p.Name(), p.Tables()...)
+	c = verify()
+	assert.False(t, c.Equal)
+	assert.Equal(t, projections.TableComparison{Table: "conversations", Rows: 4, OnlyLive: 0, OnlyRebuilt: 1}, c.Tables[0])
+	assert.Equal(t, projections.TableComparison{Table: "messages", Rows: 20, OnlyLive: 1, OnlyRebuilt: 1}, c.Tables[1])
+	assert.Equal(t, projections.TableComparison{Table: "projection_streams", Rows: 19, OnlyLive: 0, OnlyRebuilt: 1}, c.Tables[2])
+	assert.Equal(t, before, checksums(t, d.Pool, p.Name(), p.Tables()...), "the live tables are left as they were")
+	var schemas int
+	require.NoError(t, d.Pool.QueryRow(ctx, `SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'verify_%'`).Scan(&schemas))
+	assert.Zero(t, schemas, "the copies are dropped")
+
+	// A live projector that catches up within the wait is found equal.
+	e := all[len(all)-1]
+	_, err = d.Pool.Exec(ctx, `DELETE FROM projection_streams WHERE projection = 'conversations'`)
+	require.NoError(t, err)
+	_, err = d.Pool.Exec(ctx, `TRUNCATE conversations, messages`)
+	require.NoError(t, err)
+	go func() {
+		time.Sleep(1500 * time.Millisecond)
+		_, _ = projections.ApplyBatch(ctx, d.Pool, p, all)
+	}()
+	c, err = (&projections.Rebuild{Pool: d.Pool, Projector: p}).Verify(ctx, 20*time.Second)
+	require.NoError(t, err)
+	assert.True(t, c.Equal, "equal once the live projector caught up (last event %s): %+v", e.ID, c)
+}

@@ -20,6 +20,7 @@ import (
 	"github.com/chatbotsaas/chatbotd/events"
 	"github.com/chatbotsaas/chatbotd/internal/broker"
 	"github.com/chatbotsaas/chatbotd/internal/db"
+	"github.com/chatbotsaas/chatbotd/internal/faults"
 	"github.com/chatbotsaas/chatbotd/internal/metrics"
 )
 
@@ -163,6 +164,7 @@ func (r *Runner) consume(ctx context.Context) error {
 			if !ok {
 				return errors.New("delivery channel closed")
 			}
+			faults.Duplicate(ch, q.Name, d)
 			batch = append(batch, d)
 		}
 		linger := time.NewTimer(r.cfg.Linger)
@@ -173,6 +175,7 @@ func (r *Runner) consume(ctx context.Context) error {
 				if !ok {
 					break fill
 				}
+				faults.Duplicate(ch, q.Name, d)
 				batch = append(batch, d)
 			case <-linger.C:
 				break fill
@@ -274,6 +277,11 @@ func (r *Runner) afterCommit(ctx context.Context, applied []events.Envelope) {
 }
 
 func (r *Runner) applyBatch(ctx context.Context, envs []events.Envelope) ([]events.Envelope, error) {
+	for _, e := range envs {
+		if faults.Poisoned(r.p.Name(), e.Data) {
+			return nil, fmt.Errorf("chaos: event %s is poison to %s", e.ID, r.p.Name())
+		}
+	}
 	start := time.Now()
 	applied, err := ApplyBatch(ctx, r.pool, r.p, envs)
 	if err == nil {
@@ -302,6 +310,7 @@ func ApplyBatch(ctx context.Context, pool *pgxpool.Pool, p Projector, envs []eve
 	if applied, err = applyInTx(ctx, tx, p, envs); err != nil {
 		return nil, err
 	}
+	faults.Crash("projector.batch")
 	if err = tx.Commit(ctx); err != nil {
 		return nil, err
 	}

@@ -14,6 +14,7 @@ import (
 
 	"github.com/chatbotsaas/chatbotd/events"
 	"github.com/chatbotsaas/chatbotd/internal/broker"
+	"github.com/chatbotsaas/chatbotd/internal/faults"
 	"github.com/chatbotsaas/chatbotd/internal/metrics"
 )
 
@@ -58,6 +59,7 @@ func (s queueSubscriber) Subscribe(ctx context.Context, queue string) (<-chan *m
 				if !ok {
 					return
 				}
+				faults.Duplicate(ch, queue, d)
 				msg := message.NewMessage(d.MessageId, d.Body)
 				msg.SetContext(ctx)
 				select {

@@ -49,14 +49,16 @@ func (m *Main) projectionsCommand(ctx context.Context, cfg config.Config, logger
 			return m.deadLetters(ctx, cfg, logger, args[0], args[1:])
 		}
 	}
-	if len(args) == 0 || args[0] != "rebuild" {
-		return errors.New("usage: chatbotd projections rebuild NAME|--all [--restore-pruned] | status | dead-letters NAME | redrive NAME")
+	if len(args) == 0 || (args[0] != "rebuild" && args[0] != "verify") {
+		return errors.New("usage: chatbotd projections rebuild NAME|--all [--restore-pruned] | verify NAME|--all [--wait D] | status | dead-letters NAME | redrive NAME")
 	}
-	fs := flag.NewFlagSet("projections rebuild", flag.ContinueOnError)
+	verb := args[0]
+	fs := flag.NewFlagSet("projections "+verb, flag.ContinueOnError)
 	fs.SetOutput(m.Stderr)
-	all := fs.Bool("all", false, "rebuild every projection")
-	restore := fs.Bool("restore-pruned", false, "audit: bring back the entries that audit prune removed")
+	all := fs.Bool("all", false, verb+" every projection")
+	restore := fs.Bool("restore-pruned", false, "audit: bring back the entries that audit prune removed (rebuild only)")
 	batch := fs.Int("batch", 5000, "events per transaction")
+	wait := fs.Duration("wait", 30*time.Second, "verify: how long a projection that differs is given to catch up")
 	names, err := parseInterspersed(fs, args[1:])
 	if err != nil {
 		return err
@@ -80,21 +82,53 @@ func (m *Main) projectionsCommand(ctx context.Context, cfg config.Config, logger
 			chosen = append(chosen, p)
 		}
 	default:
-		return fmt.Errorf("name the projections to rebuild (%s), or give --all", strings.Join(list, ", "))
+		return fmt.Errorf("name the projections to %s (%s), or give --all", verb, strings.Join(list, ", "))
 	}
 	pool, err := openPool(ctx, cfg, logger)
 	if err != nil {
 		return err
 	}
 	defer pool.Close()
+	if verb == "verify" {
+		return m.verifyProjections(ctx, pool, chosen, *batch, *wait)
+	}
 	for _, p := range chosen {
-		rb := &projections.Rebuild{Pool: pool, Projector: p, BatchSize: *batch, Progress: progressPrinter(m.Stderr)}
+		rb := &projections.Rebuild{Pool: pool, Projector: p, BatchSize: *batch, Progress: progressPrinter(m.Stderr, "rebuild")}
 		if p.Name() == projections.AuditName {
 			rb.BeforeSwap = auditRetention(*restore)
 		}
 		if err := rb.Run(ctx); err != nil {
 			return fmt.Errorf("rebuild %s: %w", p.Name(), err)
 		}
+	}
+	return nil
+}
+
+// verifyProjections compares each projection with a replay of the log and prints one
+// line per table; it fails when one differs.
+func (m *Main) verifyProjections(ctx context.Context, pool *pgxpool.Pool, chosen []projections.Rebuildable, batch int, wait time.Duration) error {
+	var differ []string
+	for _, p := range chosen {
+		rb := &projections.Rebuild{Pool: pool, Projector: p, BatchSize: batch, Progress: progressPrinter(m.Stderr, "verify")}
+		if p.Name() == projections.AuditName {
+			rb.BeforeSwap = auditRetention(false) // compared as pruned as the live trail is
+		}
+		c, err := rb.Verify(ctx, wait)
+		if err != nil {
+			return fmt.Errorf("verify %s: %w", p.Name(), err)
+		}
+		verdict := "equal to a replay of the log"
+		if !c.Equal {
+			verdict = "DIFFERS from a replay of the log"
+			differ = append(differ, p.Name())
+		}
+		fmt.Fprintf(m.Stdout, "%s: %s\n", p.Name(), verdict)
+		for _, t := range c.Tables {
+			fmt.Fprintf(m.Stdout, "  %s: %d rows, %d only live, %d only in the replay\n", t.Table, t.Rows, t.OnlyLive, t.OnlyRebuilt)
+		}
+	}
+	if len(differ) > 0 {
+		return fmt.Errorf("%s differ from a replay of the log (a rebuild replaces them)", strings.Join(differ, ", "))
 	}
 	return nil
 }
@@ -113,7 +147,7 @@ func auditRetention(restore bool) func(ctx context.Context, tx pgx.Tx) error {
 }
 
 // progressPrinter prints a rebuild's progress at most once a second, and at each phase.
-func progressPrinter(w io.Writer) func(projections.Progress) {
+func progressPrinter(w io.Writer, verb string) func(projections.Progress) {
 	var last time.Time
 	var phase string
 	return func(p projections.Progress) {
@@ -125,7 +159,7 @@ func progressPrinter(w io.Writer) func(projections.Progress) {
 		if p.Total > 0 {
 			pct = min(100, 100*float64(p.Done)/float64(p.Total))
 		}
-		fmt.Fprintf(w, "rebuild %s: %s, %d/%d events (%.0f%%), %.0f events/s, %s left\n", p.Projection, p.Phase,
+		fmt.Fprintf(w, "%s %s: %s, %d/%d events (%.0f%%), %.0f events/s, %s left\n", verb, p.Projection, p.Phase,
 			p.Done, p.Total, pct, p.Rate(), p.Left().Round(time.Second))
 	}
 }

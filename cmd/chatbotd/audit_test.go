@@ -310,6 +310,10 @@ func TestAuditPruneExportAndRestore(t *testing.T) {
 	out, err = run("audit", "verify")
 	require.NoError(t, err, "pruned entries are not tampering: %s", out)
 
+	out, err = run("projections", "verify", "audit", "--wait", "0s")
+	require.NoError(t, err, "a pruned trail is compared as pruned: %s", out)
+	assert.Contains(t, out, "audit: equal to a replay of the log")
+	assert.Contains(t, out, "audit_entries: 18 rows, 0 only live, 0 only in the replay")
 	out, err = run("projections", "rebuild", "audit")
 	require.NoError(t, err, out)
 	assert.Contains(t, out, "rebuild audit: done")
@@ -327,6 +331,19 @@ func TestAuditPruneExportAndRestore(t *testing.T) {
 	for _, p := range []string{"accounts", "chatbots", "conversations", "audit"} {
 		assert.Contains(t, out, "rebuild "+p+": done")
 	}
+	out, err = run("projections", "verify", "--all", "--wait", "0s")
+	require.NoError(t, err, out)
+	for _, p := range []string{"accounts", "chatbots", "conversations", "audit", "analytics"} {
+		assert.Contains(t, out, p+": equal to a replay of the log")
+	}
+	_, err = d.Pool.Exec(ctx, `DELETE FROM projection_streams WHERE projection = 'accounts' AND stream_id = (SELECT stream_id
+		FROM projection_streams WHERE projection = 'accounts' LIMIT 1)`)
+	require.NoError(t, err)
+	out, err = run("projections", "verify", "accounts", "audit", "--wait", "0s")
+	require.ErrorContains(t, err, "accounts differ from a replay of the log")
+	assert.Contains(t, out, "accounts: DIFFERS from a replay of the log")
+	assert.Contains(t, out, "projection_streams: 29 rows, 0 only live, 1 only in the replay")
+	assert.Contains(t, out, "audit: equal to a replay of the log")
 	out, err = run("replay", "--type", "user.deactivated", "--from", time.Now().Add(-time.Hour).Format(time.RFC3339))
 	require.NoError(t, err)
 	assert.Equal(t, 18, strings.Count(out, `"type":"user.deactivated"`))

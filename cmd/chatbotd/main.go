@@ -47,6 +47,8 @@ commands:
   migrate                                create the database if missing and apply migrations
   projections rebuild NAME... | --all    replay the log into fresh tables and swap them in
         [--restore-pruned]               (audit: bring back pruned entries) [--batch N]
+  projections verify NAME... | --all     replay the log into scratch tables and compare them with
+        [--wait 30s]                     the live ones, row by row; fails if one differs
   projections status [--json]            the relay's and each projection's position, lag, dead letters
   projections dead-letters NAME [--limit N]   list a projection's dead-lettered events (JSON lines)
   projections redrive NAME [--limit N]   send them back to the projection's queue, after a fix
