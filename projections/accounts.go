@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"time"
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
@@ -138,32 +139,100 @@ func changed(c map[string]events.Change, field string) *string {
 
 // AfterCommit writes each changed user's committed state into the cache. The cache
 // refuses an older version over a newer one, so a late or repeated call is harmless.
-func (a *Accounts) AfterCommit(ctx context.Context, applied []events.Envelope) {
+// Users it cannot write (Redis down) are recorded in cache_repairs for RepairCache; it
+// fails only when that record cannot be written either, and the batch then comes back.
+func (a *Accounts) AfterCommit(ctx context.Context, batch []events.Envelope) error {
 	if a.cache == nil {
-		return
+		return nil
 	}
 	seen := map[uuid.UUID]bool{}
 	var ids []uuid.UUID
-	for _, e := range applied {
+	for _, e := range batch {
 		if e.StreamType == events.StreamUser && !seen[e.StreamID] {
 			seen[e.StreamID] = true
 			ids = append(ids, e.StreamID)
 		}
 	}
 	if len(ids) == 0 {
-		return
+		return nil
 	}
-	// One query and one Redis round trip for the batch's users.
+	err := a.refresh(ctx, ids)
+	if err == nil {
+		return nil
+	}
+	a.logger.Warn("cache refresh failed: users recorded for repair", "users", len(ids), "error", err)
+	if _, rerr := a.pool.Exec(ctx, `INSERT INTO cache_repairs (kind, id) SELECT 'user', unnest($1::uuid[])
+		ON CONFLICT DO NOTHING`, ids); rerr != nil {
+		return fmt.Errorf("cache refresh: %w; recording the repair: %w", err, rerr)
+	}
+	return nil
+}
+
+// refresh writes the users' committed state into the cache: one query and one Redis
+// round trip.
+func (a *Accounts) refresh(ctx context.Context, ids []uuid.UUID) error {
 	entries, err := readmodel.UserEntries(ctx, a.pool, ids)
 	if err != nil {
-		a.logger.Warn("cache refresh: load users", "users", len(ids), "error", err)
-		return
+		return err
 	}
 	keys, values := make([]string, len(ids)), make([]cache.Entry, len(ids))
 	for i, id := range ids {
 		keys[i], values[i] = a.cache.Key("user", id.String()), entries[id]
 	}
-	if err := a.cache.SetMany(ctx, keys, values); err != nil {
-		a.logger.Warn("cache refresh: write users", "users", len(ids), "error", err)
+	return a.cache.SetMany(ctx, keys, values)
+}
+
+// RepairCache rewrites, every interval until ctx ends, the cache entries recorded in
+// cache_repairs, and forgets them once written. Several processes may run it: each
+// takes rows the others have not locked.
+func (a *Accounts) RepairCache(ctx context.Context, interval time.Duration) {
+	if a.cache == nil {
+		return
 	}
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		for {
+			n, err := a.repairSome(ctx, 500)
+			if err != nil {
+				a.logger.Debug("cache repair: will try again", "error", err)
+				break
+			}
+			if n > 0 {
+				a.logger.Info("cache repaired", "users", n)
+			}
+			if n < 500 {
+				break
+			}
+		}
+	}
+}
+
+// repairSome rewrites up to limit recorded entries and forgets them, in one transaction:
+// when Redis fails, they stay recorded.
+func (a *Accounts) repairSome(ctx context.Context, limit int) (int, error) {
+	var n int
+	err := pgx.BeginFunc(ctx, a.pool, func(tx pgx.Tx) error {
+		rows, err := tx.Query(ctx, `SELECT id FROM cache_repairs WHERE kind = 'user' ORDER BY noted_at
+			LIMIT $1 FOR UPDATE SKIP LOCKED`, limit)
+		if err != nil {
+			return err
+		}
+		ids, err := pgx.CollectRows(rows, pgx.RowTo[uuid.UUID])
+		if err != nil || len(ids) == 0 {
+			return err
+		}
+		if err := a.refresh(ctx, ids); err != nil {
+			return err
+		}
+		n = len(ids)
+		_, err = tx.Exec(ctx, `DELETE FROM cache_repairs WHERE kind = 'user' AND id = ANY($1)`, ids)
+		return err
+	})
+	return n, err
 }

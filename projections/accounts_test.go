@@ -3,6 +3,7 @@ package projections_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"sync/atomic"
@@ -12,12 +13,14 @@ import (
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/chatbotsaas/chatbotd/events"
 	"github.com/chatbotsaas/chatbotd/internal/broker"
 	"github.com/chatbotsaas/chatbotd/internal/cache"
+	"github.com/chatbotsaas/chatbotd/internal/readmodel"
 	"github.com/chatbotsaas/chatbotd/internal/testenv"
 	"github.com/chatbotsaas/chatbotd/projections"
 )
@@ -252,4 +255,81 @@ func TestPipelinedBatchFailingAtTheFlushLeavesNothingApplied(t *testing.T) {
 	assert.Len(t, applied, 2)
 	require.NoError(t, d.Pool.QueryRow(ctx, `SELECT count(*) FROM users`).Scan(&users))
 	assert.Equal(t, 2, users)
+}
+
+// Users whose cache entries could not be written while Redis was down are recorded, and
+// rewritten once it is back: no stale entry waits for its TTL. With the database down
+// too, the after-commit work fails, so the batch comes back.
+func TestCacheWritesThatFailAreRecordedAndRepaired(t *testing.T) {
+	ctx := context.Background()
+	d := testenv.MustDatabase(t)
+	r := testenv.MustRedis(t)
+	store := events.NewStore(d.Pool)
+	all := history(t, store)
+	live := cache.New(r.Client, r.Prefix, time.Minute)
+	dead := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1", MaxRetries: -1})
+	defer dead.Close()
+	down := cache.New(dead, r.Prefix, time.Minute)
+
+	// The history is cached; then every user is renamed while Redis is down.
+	up := projections.NewAccounts(d.Pool, live, testenv.Logger(t))
+	_, err := projections.ApplyBatch(ctx, d.Pool, up, all)
+	require.NoError(t, err)
+	require.NoError(t, up.AfterCommit(ctx, all))
+	users := map[uuid.UUID]bool{}
+	for _, e := range all {
+		if e.StreamType == events.StreamUser {
+			users[e.StreamID] = true
+		}
+	}
+	for id := range users {
+		_, err := store.Append(ctx, events.AppendRequest{StreamType: events.StreamUser, StreamID: id, ExpectedVersion: events.AnyVersion,
+			OrganizationID: all[0].OrganizationID, Events: []events.Event{events.UserUpdated{Changes: map[string]events.Change{"name": {Old: "x", New: "during the outage"}}}}, Meta: system})
+		require.NoError(t, err)
+	}
+	everything, _, err := events.ReadCommitted(ctx, d.Pool, events.Checkpoint{}, 100000)
+	require.NoError(t, err)
+	renames := everything[len(all):]
+	require.Len(t, renames, len(users))
+	outage := projections.NewAccounts(d.Pool, down, testenv.Logger(t))
+	_, err = projections.ApplyBatch(ctx, d.Pool, outage, renames)
+	require.NoError(t, err)
+	require.NoError(t, outage.AfterCommit(ctx, renames), "recorded for repair, not failed")
+	stale := func() (n int) {
+		for id := range users {
+			want, err := readmodel.UserEntry(ctx, d.Pool, id)
+			require.NoError(t, err)
+			got, err := live.Get(ctx, live.Key("user", id.String()))
+			if errors.Is(err, cache.ErrMiss) {
+				continue
+			}
+			require.NoError(t, err)
+			if got.Version != want.Version || string(got.Payload) != string(want.Payload) {
+				n++
+			}
+		}
+		return n
+	}
+	require.Equal(t, len(users), stale(), "the outage left entries older than the read model")
+	var recorded int
+	require.NoError(t, d.Pool.QueryRow(ctx, `SELECT count(*) FROM cache_repairs`).Scan(&recorded))
+	assert.Positive(t, recorded)
+
+	rctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go up.RepairCache(rctx, 20*time.Millisecond)
+	testenv.Eventually(t, 10*time.Second, func() error {
+		var left int
+		if err := d.Pool.QueryRow(ctx, `SELECT count(*) FROM cache_repairs`).Scan(&left); err != nil || left > 0 {
+			return fmt.Errorf("%d repairs left (%v)", left, err)
+		}
+		return nil
+	})
+	assert.Zero(t, stale(), "every entry equals the read model")
+
+	// Redis and PostgreSQL both down: the work cannot be recorded, so it fails.
+	gone, err := pgxpool.New(ctx, "postgres://postgres@127.0.0.1:1/none?connect_timeout=1")
+	require.NoError(t, err)
+	defer gone.Close()
+	assert.Error(t, projections.NewAccounts(gone, down, testenv.Logger(t)).AfterCommit(ctx, renames))
 }

@@ -111,7 +111,10 @@ func (r Responder) DeadLettered(ctx context.Context, e events.Envelope, cause er
 }
 
 // AfterCommit wakes the relay for the replies just committed.
-func (r Responder) AfterCommit(context.Context, []events.Envelope) { r.Store.Notify() }
+func (r Responder) AfterCommit(context.Context, []events.Envelope) error {
+	r.Store.Notify()
+	return nil
+}
 
 type botState struct {
 	deleted   bool

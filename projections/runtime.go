@@ -37,9 +37,13 @@ type Projector interface {
 }
 
 // AfterCommitter is implemented by projectors that do work after their transaction
-// commits (writing caches). It must tolerate being called again for the same events.
+// commits (writing caches). It is given every event of the batch, those applied and
+// those skipped as applied before: a delivery that comes back because the process died
+// between the commit and this work gets the work done then. So it must tolerate being
+// called again for the same events. An error leaves the batch unacknowledged: it is
+// delivered again, and the work redone.
 type AfterCommitter interface {
-	AfterCommit(ctx context.Context, applied []events.Envelope)
+	AfterCommit(ctx context.Context, batch []events.Envelope) error
 }
 
 // DeadLetterer is implemented by projectors that record a dead-lettered event (so that a
@@ -211,7 +215,9 @@ func (r *Runner) handle(ctx context.Context, batch []amqp.Delivery) error {
 	}
 	applied, err := r.applyBatch(ctx, envs)
 	if err == nil {
-		r.afterCommit(ctx, applied)
+		if err := r.afterCommit(ctx, applied, envs); err != nil {
+			return err
+		}
 		return ackAll(good)
 	}
 	if db.IsUnavailable(err) {
@@ -233,7 +239,9 @@ func (r *Runner) handle(ctx context.Context, batch []amqp.Delivery) error {
 		}
 		switch {
 		case err == nil:
-			r.afterCommit(ctx, applied)
+			if err := r.afterCommit(ctx, applied, envs[i:i+1]); err != nil {
+				return err
+			}
 			_ = good[i].Ack(false)
 		case db.IsUnavailable(err):
 			return err
@@ -260,10 +268,10 @@ func ackAll(ds []amqp.Delivery) error {
 	return ds[len(ds)-1].Ack(true)
 }
 
-// afterCommit runs the projector's after-commit work and traces each applied event: at
-// debug level, one line per event with its correlation id, so that one request can be
-// followed through every projector.
-func (r *Runner) afterCommit(ctx context.Context, applied []events.Envelope) {
+// afterCommit runs the projector's after-commit work for what was applied and what was
+// delivered, and traces each applied event: at debug level, one line per event with its
+// correlation id, so that one request can be followed through every projector.
+func (r *Runner) afterCommit(ctx context.Context, applied, delivered []events.Envelope) error {
 	if r.log.Enabled(ctx, slog.LevelDebug) {
 		for _, e := range applied {
 			r.log.LogAttrs(ctx, slog.LevelDebug, "event applied", slog.String("event_id", e.ID.String()),
@@ -271,9 +279,14 @@ func (r *Runner) afterCommit(ctx context.Context, applied []events.Envelope) {
 				slog.String("correlation_id", e.CorrelationID), slog.String("causation_id", e.CausationID))
 		}
 	}
-	if ac, ok := r.p.(AfterCommitter); ok && len(applied) > 0 {
-		ac.AfterCommit(ctx, applied)
+	if ac, ok := r.p.(AfterCommitter); ok {
+		// Applied events read from the log to fill a gap belong to delivered streams.
+		if err := ac.AfterCommit(ctx, delivered); err != nil {
+			r.log.Warn("after-commit work failed: the batch comes back", "error", err)
+			return err
+		}
 	}
+	return nil
 }
 
 func (r *Runner) applyBatch(ctx context.Context, envs []events.Envelope) ([]events.Envelope, error) {

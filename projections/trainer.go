@@ -94,7 +94,10 @@ func (t Trainer) Apply(ctx context.Context, tx pgx.Tx, e events.Envelope) error 
 }
 
 // AfterCommit wakes the relay for the training.completed events just committed.
-func (t Trainer) AfterCommit(context.Context, []events.Envelope) { t.Store.Notify() }
+func (t Trainer) AfterCommit(context.Context, []events.Envelope) error {
+	t.Store.Notify()
+	return nil
+}
 
 // DeadLettered records that a training request failed for good, unless a newer one came.
 func (t Trainer) DeadLettered(ctx context.Context, e events.Envelope, cause error) {

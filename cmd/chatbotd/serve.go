@@ -173,6 +173,10 @@ func (m *Main) serve(ctx context.Context, cfg config.Config, roles map[string]bo
 		}
 		start("mailer", mailer.Run)
 		start("message partitions", func(ctx context.Context) error { return keepPartitions(ctx, d) })
+		start("cache repair", func(ctx context.Context) error {
+			projections.NewAccounts(d.pool, d.cache, logger.With("component", "cache-repair")).RepairCache(ctx, time.Second)
+			return nil
+		})
 	}
 
 	var srv *http.Server

@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -32,6 +33,25 @@ type Cache struct {
 	group  singleflight.Group
 	// metrics counts Get's hits and misses (nil: not counted).
 	metrics *metrics.Metrics
+	// downUntil (unix nanoseconds): after Redis failed, the cache answers ErrUnavailable
+	// at once until then, rather than make every request wait for Redis's timeout.
+	downUntil atomic.Int64
+}
+
+// ErrUnavailable is returned while Redis is taken for down after a failure.
+var ErrUnavailable = errors.New("cache: redis unavailable")
+
+// downFor is how long Redis is left alone after a failure.
+const downFor = 2 * time.Second
+
+func (c *Cache) up() bool { return time.Now().UnixNano() >= c.downUntil.Load() }
+
+// observe takes Redis for down after a failure of its own (a caller giving up is not one).
+func (c *Cache) observe(ctx context.Context, err error) error {
+	if err != nil && ctx.Err() == nil && !errors.Is(err, ErrMiss) && !errors.Is(err, redis.Nil) && !errors.Is(err, ErrUnavailable) {
+		c.downUntil.Store(time.Now().Add(downFor).UnixNano())
+	}
+	return err
 }
 
 // Instrument counts lookups in m (set once, before the cache is used).
@@ -69,9 +89,12 @@ func (c *Cache) Get(ctx context.Context, key string) (Entry, error) {
 }
 
 func (c *Cache) get(ctx context.Context, key string) (Entry, error) {
+	if !c.up() {
+		return Entry{}, ErrUnavailable
+	}
 	vals, err := c.rdb.HMGet(ctx, key, "v", "d").Result()
 	if err != nil {
-		return Entry{}, err
+		return Entry{}, c.observe(ctx, err)
 	}
 	vs, ok1 := vals[0].(string)
 	ds, ok2 := vals[1].(string)
@@ -87,7 +110,10 @@ func (c *Cache) get(ctx context.Context, key string) (Entry, error) {
 
 // Set stores an entry unless a newer one is there.
 func (c *Cache) Set(ctx context.Context, key string, e Entry) error {
-	return setIfNewer.Run(ctx, c.rdb, []string{key}, e.Version, e.Payload, c.ttl.Milliseconds()).Err()
+	if !c.up() {
+		return ErrUnavailable
+	}
+	return c.observe(ctx, setIfNewer.Run(ctx, c.rdb, []string{key}, e.Version, e.Payload, c.ttl.Milliseconds()).Err())
 }
 
 // SetMany stores each entry under its key, unless a newer one is there, in one round
@@ -95,6 +121,9 @@ func (c *Cache) Set(ctx context.Context, key string, e Entry) error {
 func (c *Cache) SetMany(ctx context.Context, keys []string, entries []Entry) error {
 	if len(keys) == 0 {
 		return nil
+	}
+	if !c.up() {
+		return ErrUnavailable
 	}
 	run := func(eval func(redis.Pipeliner, string, Entry)) error {
 		pipe := c.rdb.Pipeline()
@@ -114,7 +143,7 @@ func (c *Cache) SetMany(ctx context.Context, keys []string, entries []Entry) err
 			setIfNewer.Eval(ctx, p, []string{k}, e.Version, e.Payload, ttl)
 		})
 	}
-	return err
+	return c.observe(ctx, err)
 }
 
 // Fill loads a missing entry once however many callers miss at the same time (no

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -95,4 +96,34 @@ func TestSetManyKeepsEachKeysNewestVersionInOneRoundTrip(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, cache.Entry{Version: 3, Payload: []byte{}}, got)
 	require.NoError(t, c.SetMany(ctx, nil, nil))
+}
+
+// After Redis fails, the cache answers ErrUnavailable at once for a while instead of
+// making every request wait for Redis's timeout; a caller's own cancellation is no failure.
+func TestUnavailableRedisIsLeftAloneForAWhile(t *testing.T) {
+	ctx := context.Background()
+	dead := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1", MaxRetries: -1, DialTimeout: time.Second})
+	defer dead.Close()
+	c := cache.New(dead, "test:", time.Minute)
+
+	cancelled, cancel := context.WithCancel(ctx)
+	cancel()
+	_, err := c.Get(cancelled, c.Key("user", "1"))
+	require.Error(t, err)
+	_, err = c.Get(ctx, c.Key("user", "1"))
+	require.Error(t, err)
+	assert.NotErrorIs(t, err, cache.ErrUnavailable, "a cancelled call did not open the breaker: Redis was tried")
+
+	_, err = c.Get(ctx, c.Key("user", "1"))
+	assert.ErrorIs(t, err, cache.ErrUnavailable)
+	assert.ErrorIs(t, c.Set(ctx, c.Key("user", "1"), cache.Entry{Version: 1, Payload: []byte("x")}), cache.ErrUnavailable)
+	assert.ErrorIs(t, c.SetMany(ctx, []string{c.Key("user", "1")}, []cache.Entry{{Version: 1, Payload: []byte("x")}}), cache.ErrUnavailable)
+	loads := 0
+	e, err := c.Fill(ctx, c.Key("user", "1"), func(context.Context) (cache.Entry, error) {
+		loads++
+		return cache.Entry{Version: 3, Payload: []byte("y")}, nil
+	})
+	require.NoError(t, err, "a fill still answers from its loader")
+	assert.Equal(t, 3, e.Version)
+	assert.Equal(t, 1, loads)
 }
