@@ -2,7 +2,7 @@
 GO ?= go
 PKGS := ./...
 
-.PHONY: run test bench bench-quick fuzz services lint build migrate
+.PHONY: run test bench bench-quick fuzz chaos soak services lint build migrate
 
 ## run: start the whole system (creates the database, applies migrations, serves API, relay, projectors)
 run: services
@@ -32,6 +32,18 @@ fuzz:
 		pkg=$${t%%:*}; name=$${t##*:}; echo "fuzz $$pkg $$name ($(FUZZTIME))"; \
 		$(GO) test -run '^$$' -fuzz "^$$name\$$" -fuzztime $(FUZZTIME) $$pkg; \
 	done
+
+## chaos: the fault suite; it stops and starts the local services (and restores them)
+CHAOS ?=
+chaos: services
+	$(GO) build -tags chaos -o bin/chatbotd-chaos ./cmd/chatbotd
+	$(GO) run ./cmd/chaos -binary bin/chatbotd-chaos $(if $(CHAOS),-run $(CHAOS))
+
+## soak: SOAK (default 30m) of paced mixed load; writes its curves into BENCHMARKS.md
+SOAK ?= 30m
+soak: services
+	$(GO) build -tags chaos -o bin/chatbotd-chaos ./cmd/chatbotd
+	$(GO) run ./cmd/chaos -binary bin/chatbotd-chaos -soak $(SOAK) -out BENCHMARKS.md
 
 ## services: start (or install) PostgreSQL, Redis and RabbitMQ locally
 services:

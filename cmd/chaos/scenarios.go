@@ -1,0 +1,348 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+// scenario is one fault and its recovery.
+type scenario struct {
+	name, about string
+	servers     int      // chatbotd processes (1 when 0)
+	env         []string // extra environment of the first start of each process
+	// inject runs while the load runs: it breaks something, adds the results it can see
+	// while broken, and repairs it (or has chatbotd restarted). The load goes on for a
+	// while after it returns.
+	inject func(ctx context.Context, r *scenarioRun) error
+	// after runs once the system has settled, before the common invariants.
+	after func(ctx context.Context, r *scenarioRun) error
+}
+
+var scenarios = []scenario{
+	{name: "rabbitmq-kill", about: "RabbitMQ killed with SIGKILL mid-load, twice, then started again", inject: rabbitKill},
+	{name: "postgres-stop", about: "PostgreSQL stopped in immediate mode mid-load, then started", inject: postgresStop},
+	{name: "redis-down", about: "Redis unresponsive (SIGSTOP) for 30 s, its data kept, then continued", inject: redisDown},
+	{name: "kill-projector-batch", about: "chatbotd SIGKILLed in the middle of a projector batch (written, not committed), restarted",
+		env: []string{"CHAOS_CRASH_AT=projector.batch:400"}, inject: crashed("projector.batch")},
+	{name: "kill-relay-batch", about: "chatbotd SIGKILLed in the middle of a relay batch (published and confirmed, checkpoint not saved), restarted",
+		env: []string{"CHAOS_CRASH_AT=relay.batch:150"}, inject: crashed("relay.batch")},
+	{name: "duplicates-poison", about: "every message delivered twice, and one poison event: dead-lettered, the rest flows; redriven after the fix",
+		env: []string{"CHAOS_DUPLICATE_DELIVERY=1", "CHAOS_POISON=chatbots:chaos-poison"}, inject: poison, after: redrivePoison},
+	{name: "disk-alarm", about: "RabbitMQ disk alarm (disk_free_limit above free space): publishing blocks, then drains", inject: diskAlarm},
+	{name: "two-servers", about: "two chatbotd serve processes; the relay leader SIGKILLed, the standby takes over", servers: 2, inject: leaderKill},
+}
+
+func scenarioNames() []string {
+	var out []string
+	for _, s := range scenarios {
+		out = append(out, s.name)
+	}
+	return out
+}
+
+func pick(list string) ([]scenario, error) {
+	if list == "" {
+		return scenarios, nil
+	}
+	var out []scenario
+	for _, name := range strings.Split(list, ",") {
+		found := false
+		for _, s := range scenarios {
+			if s.name == strings.TrimSpace(name) {
+				out, found = append(out, s), true
+			}
+		}
+		if !found {
+			return nil, fmt.Errorf("no scenario %q (scenarios: %s)", name, strings.Join(scenarioNames(), ", "))
+		}
+	}
+	return out, nil
+}
+
+// scenarioRun is a scenario in progress.
+type scenarioRun struct {
+	sc    scenario
+	sys   *system
+	n     names
+	dbURL string
+	pool  *pgxpool.Pool
+	procs []*proc
+	logs  []string
+	c     *client
+	f     *fixture
+	l     *load
+	chk   *checker
+	// killed marks processes the scenario killed on purpose.
+	killed map[*proc]bool
+}
+
+// restart starts process i again on its address, without the scenario's extra
+// environment (the fault is over).
+func (r *scenarioRun) restart(ctx context.Context, i int, extra ...string) error {
+	p, err := r.sys.start(ctx, r.sys.serveEnv(r.dbURL, r.n, r.procs[i].addr, extra...), r.procs[i].addr, r.logs[i])
+	if err != nil {
+		return err
+	}
+	r.procs[i] = p
+	return nil
+}
+
+func runScenario(ctx context.Context, sys *system, o options, sc scenario) []result {
+	n := namesFor(sc.name)
+	sys.cleanup(n, true)
+	r := &scenarioRun{sc: sc, sys: sys, n: n, killed: map[*proc]bool{}}
+	r.chk = &checker{sc: sc.name, sys: sys, n: n}
+	fail := func(what string, err error) []result {
+		r.chk.add(what, false, "%v", err)
+		for _, p := range r.procs {
+			if p.alive() {
+				p.stop()
+			}
+		}
+		fmt.Fprintf(os.Stderr, "%s: kept database %s, logs %s\n", sc.name, n.database, strings.Join(r.logs, " "))
+		return r.chk.out
+	}
+	var err error
+	if r.dbURL, err = sys.recreate(ctx, n.database); err != nil {
+		return fail("set up", err)
+	}
+	if r.pool, err = pgxpool.New(ctx, r.dbURL); err != nil {
+		return fail("set up", err)
+	}
+	defer r.pool.Close()
+	r.chk.pool, r.chk.dbURL = r.pool, r.dbURL
+	servers := max(sc.servers, 1)
+	var bases []string
+	for i := range servers {
+		addr := freePort()
+		r.logs = append(r.logs, logPath(sc.name, i))
+		_ = os.Remove(r.logs[i])
+		p, err := sys.start(ctx, sys.serveEnv(r.dbURL, n, addr, sc.env...), addr, r.logs[i])
+		if err != nil {
+			return fail("chatbotd started", err)
+		}
+		r.procs = append(r.procs, p)
+		bases = append(bases, p.base)
+	}
+	r.c = &client{http: &http.Client{Timeout: 20 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 64}}, bases: bases}
+	if r.f, err = setup(ctx, r.c); err != nil {
+		return fail("fixture", err)
+	}
+	r.l = startLoad(ctx, r.c, r.f, o.workers, 0)
+	r.chk.l = r.l
+	sleep(ctx, o.loadFor)
+	began := time.Now()
+	injectErr := sc.inject(ctx, r)
+	fmt.Fprintf(os.Stderr, "%s: fault injected and repaired in %s (%v)\n", sc.name, time.Since(began).Round(time.Millisecond), injectErr)
+	sleep(ctx, o.loadFor)
+	r.l.stop()
+	if injectErr != nil {
+		return fail("fault injected and repaired", injectErr)
+	}
+	for i, p := range r.procs {
+		if !p.alive() {
+			return fail("chatbotd stayed up", fmt.Errorf("process %d exited: %v (see %s)", i, p.err, r.logs[i]))
+		}
+	}
+	took, err := settle(ctx, r.pool, n, 3*time.Minute)
+	if err != nil {
+		busy, _ := busyQueues(ctx, n)
+		return fail("caught up after the load", fmt.Errorf("%w; busy queues %v", err, busy))
+	}
+	r.chk.add("caught up after the load", took < 2*time.Minute, "relay and every queue drained %s after the load stopped", took.Round(10*time.Millisecond))
+	if sc.after != nil {
+		if err := sc.after(ctx, r); err != nil {
+			return fail("after the fault", err)
+		}
+	}
+	r.chk.common(ctx)
+	for _, p := range r.procs {
+		p.stop()
+	}
+	ok := true
+	for _, res := range r.chk.out {
+		ok = ok && res.ok
+	}
+	sys.cleanup(n, ok && !o.keep)
+	if !ok || o.keep {
+		fmt.Fprintf(os.Stderr, "%s: kept database %s, logs %s\n", sc.name, n.database, strings.Join(r.logs, " "))
+	}
+	return r.chk.out
+}
+
+func sleep(ctx context.Context, d time.Duration) {
+	select {
+	case <-ctx.Done():
+	case <-time.After(d):
+	}
+}
+
+// during runs the load for d and returns the answers it got meanwhile.
+func (r *scenarioRun) during(ctx context.Context, d time.Duration) map[int]int {
+	before := r.l.snapshot()
+	sleep(ctx, d)
+	return diff(r.l.snapshot(), before)
+}
+
+func twoXX(m map[int]int) int { return m[200] + m[201] + m[202] }
+
+func rabbitKill(ctx context.Context, r *scenarioRun) error {
+	for round := 1; round <= 2; round++ {
+		before := r.l.snapshot()
+		if err := r.sys.killRabbit(); err != nil {
+			return err
+		}
+		sleep(ctx, 3*time.Second)
+		if err := r.sys.startRabbit(ctx); err != nil {
+			return err
+		}
+		got := diff(r.l.snapshot(), before)
+		r.chk.add(fmt.Sprintf("commands answered, broker down (%d)", round), twoXX(got) > 0 && got[500] == 0,
+			"while the broker was down and restarting: %s", statusLine(got))
+		if round == 1 {
+			sleep(ctx, 5*time.Second)
+		}
+	}
+	return nil
+}
+
+func postgresStop(ctx context.Context, r *scenarioRun) error {
+	if err := r.sys.stopPostgresImmediate(ctx); err != nil {
+		return err
+	}
+	got := r.during(ctx, 8*time.Second)
+	startErr := r.sys.startPostgres(ctx)
+	r.chk.add("503 while PostgreSQL is down, no 500", got[503] > 0 && got[500] == 0 && twoXX(got) == 0,
+		"in 8 s down: %s", statusLine(got))
+	return startErr
+}
+
+func redisDown(ctx context.Context, r *scenarioRun) error {
+	if err := pauseRedis(true); err != nil {
+		return err
+	}
+	got := r.during(ctx, 30*time.Second)
+	contErr := pauseRedis(false)
+	r.chk.add("reads and commands served, Redis down", got[200] > 0 && got[201]+got[202] > 0 && got[500]+got[503]+got[429] == 0,
+		"in 30 s down (cache and rate limits fall back): %s", statusLine(got))
+	return contErr
+}
+
+// crashed waits for the process to kill itself at point (CHAOS_CRASH_AT) and restarts it.
+func crashed(point string) func(ctx context.Context, r *scenarioRun) error {
+	return func(ctx context.Context, r *scenarioRun) error {
+		p := r.procs[0]
+		select {
+		case <-p.exited:
+		case <-time.After(90 * time.Second):
+			return fmt.Errorf("chatbotd did not reach %s within 90 s", point)
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		var exit *exec.ExitError
+		killed := errors.As(p.err, &exit) && strings.Contains(exit.String(), "killed")
+		r.chk.add("killed at "+point, killed, "chatbotd exited: %v", p.err)
+		r.killed[p] = true
+		return r.restart(ctx, 0)
+	}
+}
+
+const poisonName = "chaos-poison bot"
+
+func poison(ctx context.Context, r *scenarioRun) error {
+	if _, err := r.c.must(ctx, 201, "POST", "/api/v1/chatbots", map[string]string{"name": poisonName}); err != nil {
+		return err
+	}
+	// The poison event is tried a bounded number of times, then dead-lettered, with its
+	// duplicate: two messages.
+	return waitFor(ctx, time.Minute, func() (bool, error) {
+		dead, err := deadLetters(ctx, r.n)
+		return err == nil && dead["chatbots"] == 2, nil
+	})
+}
+
+// redrivePoison checks that only the poison is missing, then deploys the fix (a restart
+// without CHAOS_POISON) and redrives the dead letters.
+func redrivePoison(ctx context.Context, r *scenarioRun) error {
+	var streams, projected, poisoned int
+	if err := r.pool.QueryRow(ctx, `SELECT (SELECT count(DISTINCT stream_id) FROM events WHERE stream_type = 'chatbot'),
+		(SELECT count(*) FROM chatbots), (SELECT count(*) FROM chatbots WHERE name = $1)`, poisonName).Scan(&streams, &projected, &poisoned); err != nil {
+		return err
+	}
+	dead, err := deadLetters(ctx, r.n)
+	if err != nil {
+		return err
+	}
+	r.chk.add("poison dead-lettered, the rest flowed", dead["chatbots"] == 2 && len(dead) == 1 && projected == streams-1 && poisoned == 0,
+		"dead letters %v (the event and its duplicate); %d of %d chatbots projected, the poison's not", dead, projected, streams)
+	r.procs[0].stop()
+	if err := r.restart(ctx, 0, "CHAOS_DUPLICATE_DELIVERY=1"); err != nil {
+		return err
+	}
+	cmd := exec.CommandContext(ctx, r.sys.o.binary, "projections", "redrive", "chatbots")
+	cmd.Env = r.sys.serveEnv(r.dbURL, r.n, r.procs[0].addr)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("redrive: %v: %s", err, out)
+	}
+	took, err := settle(ctx, r.pool, r.n, time.Minute)
+	r.chk.add("redriven after the fix", err == nil, "settled in %s (%v)", took.Round(10*time.Millisecond), err)
+	return err
+}
+
+func diskAlarm(ctx context.Context, r *scenarioRun) error {
+	ctl := func(args ...string) (string, error) { return sh(ctx, "rabbitmqctl", append([]string{"-q"}, args...)...) }
+	if _, err := ctl("set_disk_free_limit", "1000000GB"); err != nil {
+		return err
+	}
+	if err := waitFor(ctx, 30*time.Second, func() (bool, error) {
+		out, err := ctl("eval", "rabbit_alarm:get_alarms().")
+		return err == nil && strings.Contains(out, "disk"), nil
+	}); err != nil {
+		return fmt.Errorf("no disk alarm: %w", err)
+	}
+	// What was in flight when the alarm rose settles; after that nothing is marked sent.
+	sleep(ctx, 3*time.Second)
+	var cp1, head1, cp2, head2 int64
+	query := `SELECT coalesce((SELECT max(position) FROM relay_checkpoints WHERE name = 'default'), 0), coalesce((SELECT max(position) FROM events), 0)`
+	if err := r.pool.QueryRow(ctx, query).Scan(&cp1, &head1); err != nil {
+		return err
+	}
+	got := r.during(ctx, 12*time.Second)
+	if err := r.pool.QueryRow(ctx, query).Scan(&cp2, &head2); err != nil {
+		return err
+	}
+	r.chk.add("publishing blocked, nothing marked sent", cp2 == cp1 && head2 > head1 && twoXX(got) > 0,
+		"under the alarm for 12 s: checkpoint %d → %d while the log grew %d → %d; answers %s", cp1, cp2, head1, head2, statusLine(got))
+	return r.sys.restore()
+}
+
+func leaderKill(ctx context.Context, r *scenarioRun) error {
+	// The first process took the relay's lock first: it leads, the second stands by.
+	leader := r.procs[0]
+	leader.kill()
+	r.killed[leader] = true
+	var head, cp int64
+	if err := r.pool.QueryRow(ctx, `SELECT coalesce(max(position), 0) FROM events`).Scan(&head); err != nil {
+		return err
+	}
+	start := time.Now()
+	err := waitFor(ctx, time.Minute, func() (bool, error) {
+		if err := r.pool.QueryRow(ctx, `SELECT coalesce((SELECT max(position) FROM relay_checkpoints WHERE name = 'default'), 0)`).Scan(&cp); err != nil {
+			return false, err
+		}
+		return cp >= head, nil
+	})
+	r.chk.add("the standby relay took over", err == nil, "the log's head at the kill (%d) published %s later by the standby", head,
+		time.Since(start).Round(10*time.Millisecond))
+	got := r.during(ctx, 3*time.Second)
+	r.chk.add("the survivor answers", twoXX(got) > 0 && got[500] == 0, "with one process dead: %s", statusLine(got))
+	return r.restart(ctx, 0)
+}
