@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"net"
+	"strconv"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -13,6 +15,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+	amqp "github.com/rabbitmq/amqp091-go"
 	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -332,4 +335,71 @@ func TestCacheWritesThatFailAreRecordedAndRepaired(t *testing.T) {
 	require.NoError(t, err)
 	defer gone.Close()
 	assert.Error(t, projections.NewAccounts(gone, down, testenv.Logger(t)).AfterCommit(ctx, renames))
+}
+
+// While PostgreSQL is down, a projector holds its batch and tries again instead of giving
+// the deliveries back: an outage longer than the delivery limit's worth of redeliveries
+// dead-letters nothing, and everything applies once the database is back.
+func TestRunnerHoldsItsBatchWhileTheDatabaseIsDown(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	d := testenv.MustDatabase(t)
+	a := testenv.MustAMQP(t)
+	a.Queue(projections.AccountsName)
+	pg := testenv.MustProxy(t, "127.0.0.1:5432")
+	cfg, err := pgxpool.ParseConfig(d.URL)
+	require.NoError(t, err)
+	cfg.ConnConfig.Host, cfg.ConnConfig.Port = "127.0.0.1", mustPort(t, pg.Addr())
+	cfg.ConnConfig.ConnectTimeout = time.Second
+	viaProxy, err := pgxpool.NewWithConfig(ctx, cfg)
+	require.NoError(t, err)
+	defer viaProxy.Close()
+	conn := broker.Dial(a.URL, testenv.Logger(t))
+	defer conn.Close()
+
+	runner, err := projections.NewRunner(viaProxy, conn, projections.NewAccounts(viaProxy, nil, testenv.Logger(t)), projections.Config{
+		Exchange: a.Exchange, QueuePrefix: a.QueuePrefix, Logger: testenv.Logger(t), DeliveryLimit: 2})
+	require.NoError(t, err)
+	relay, err := events.NewRelay(d.Pool, conn, events.RelayConfig{Exchange: a.Exchange, Logger: testenv.Logger(t)})
+	require.NoError(t, err)
+	go runner.Run(ctx)
+	a.WaitConsumer(runner.Queue().Name)
+	go relay.Run(ctx)
+
+	pg.Cut()
+	store := events.NewStore(d.Pool)
+	org := uuid.New()
+	var users []uuid.UUID
+	for i := range 5 {
+		u := uuid.New()
+		users = append(users, u)
+		_, err := store.Append(ctx, events.AppendRequest{StreamType: events.StreamUser, StreamID: u, OrganizationID: &org, Meta: system,
+			Events: []events.Event{events.UserCreated{Name: fmt.Sprint("user ", i), Email: fmt.Sprintf("u%d@example.com", i), Roles: []string{"member"}, Status: "active"}}})
+		require.NoError(t, err)
+	}
+	// Long enough for several attempts: more than the delivery limit (2) of redeliveries.
+	time.Sleep(4 * time.Second)
+	pg.Restore()
+	testenv.Eventually(t, 20*time.Second, func() error {
+		var n int
+		if err := d.Pool.QueryRow(ctx, `SELECT count(*) FROM users WHERE id = ANY($1)`, users).Scan(&n); err != nil || n != 5 {
+			return fmt.Errorf("%d of 5 users projected (%v)", n, err)
+		}
+		return nil
+	})
+	ch, err := conn.Channel(ctx)
+	require.NoError(t, err)
+	defer ch.Close()
+	q, err := ch.QueueDeclarePassive(runner.Queue().DeadQueue(), true, false, false, false, amqp.Table{"x-queue-type": "quorum"})
+	require.NoError(t, err)
+	assert.Zero(t, q.Messages, "nothing dead-lettered by the outage")
+}
+
+func mustPort(t *testing.T, addr string) uint16 {
+	t.Helper()
+	_, port, err := net.SplitHostPort(addr)
+	require.NoError(t, err)
+	p, err := strconv.Atoi(port)
+	require.NoError(t, err)
+	return uint16(p)
 }

@@ -187,16 +187,19 @@ func (r *Runner) consume(ctx context.Context) error {
 		}
 		linger.Stop()
 		// The batch is finished even when ctx ends meanwhile, so what is acked was applied.
-		if err := r.handle(context.WithoutCancel(ctx), batch); err != nil {
+		if err := r.handle(context.WithoutCancel(ctx), ctx.Done(), batch); err != nil {
 			return err
 		}
 	}
 }
 
-// handle applies a batch and settles every delivery of it. It returns an error only for
-// failures that are not the events' fault (database down): the deliveries are then left
-// unacknowledged and come back.
-func (r *Runner) handle(ctx context.Context, batch []amqp.Delivery) error {
+// handle applies a batch and settles every delivery of it. While the database is
+// unavailable it holds the batch and tries again, until stop: giving the deliveries back
+// would count each outage against their delivery limit, and a long one would dead-letter
+// events that did nothing wrong. It returns an error for failures that are not the
+// events' fault (stopped while the database is down, after-commit work that failed): the
+// deliveries are then left unacknowledged and come back.
+func (r *Runner) handle(ctx context.Context, stop <-chan struct{}, batch []amqp.Delivery) error {
 	envs := make([]events.Envelope, 0, len(batch))
 	good := make([]amqp.Delivery, 0, len(batch))
 	for _, d := range batch {
@@ -213,7 +216,7 @@ func (r *Runner) handle(ctx context.Context, batch []amqp.Delivery) error {
 	if len(envs) == 0 {
 		return nil
 	}
-	applied, err := r.applyBatch(ctx, envs)
+	applied, err := r.applyWaiting(ctx, stop, envs)
 	if err == nil {
 		if err := r.afterCommit(ctx, applied, envs); err != nil {
 			return err
@@ -230,7 +233,7 @@ func (r *Runner) handle(ctx context.Context, batch []amqp.Delivery) error {
 		var applied []events.Envelope
 		var err error
 		for attempt := 1; attempt <= r.cfg.Attempts; attempt++ {
-			applied, err = r.applyBatch(ctx, []events.Envelope{e})
+			applied, err = r.applyWaiting(ctx, stop, []events.Envelope{e})
 			if err == nil || db.IsUnavailable(err) {
 				break
 			}
@@ -287,6 +290,25 @@ func (r *Runner) afterCommit(ctx context.Context, applied, delivered []events.En
 		}
 	}
 	return nil
+}
+
+// applyWaiting applies envs, trying again with a growing pause while the database is
+// unavailable, until stop.
+func (r *Runner) applyWaiting(ctx context.Context, stop <-chan struct{}, envs []events.Envelope) ([]events.Envelope, error) {
+	backoff := 100 * time.Millisecond
+	for {
+		applied, err := r.applyBatch(ctx, envs)
+		if !db.IsUnavailable(err) {
+			return applied, err
+		}
+		r.log.Warn("database unavailable: holding the batch", "error", err, "size", len(envs), "retry_in", backoff)
+		select {
+		case <-stop:
+			return nil, err
+		case <-time.After(backoff):
+		}
+		backoff = min(backoff*2, 5*time.Second)
+	}
 }
 
 func (r *Runner) applyBatch(ctx context.Context, envs []events.Envelope) ([]events.Envelope, error) {

@@ -231,8 +231,10 @@ func settle(ctx context.Context, pool *pgxpool.Pool, queuePrefix string) error {
 	start := time.Now()
 	err := waitFor(ctx, 5*time.Minute, func() (bool, error) {
 		var behind bool
-		if err := pool.QueryRow(ctx, `SELECT coalesce((SELECT max(position) FROM events), 0) >
-			coalesce((SELECT max(position) FROM relay_checkpoints WHERE name = 'default'), 0)`).Scan(&behind); err != nil || behind {
+		// Behind in the relay's order (transaction id, then position), not by position alone:
+		// the highest position may belong to an earlier transaction, already published.
+		if err := pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM events e WHERE NOT EXISTS (SELECT 1 FROM relay_checkpoints c
+			WHERE c.name = 'default' AND (c.transaction_id, c.position) >= (e.transaction_id, e.position)))`).Scan(&behind); err != nil || behind {
 			return false, err
 		}
 		out, err := exec.CommandContext(ctx, "rabbitmqctl", "list_queues", "-q", "name", "messages").Output()

@@ -22,9 +22,8 @@ func settle(ctx context.Context, pool *pgxpool.Pool, n names, bound time.Duratio
 	start := time.Now()
 	quiet := 0
 	err := waitFor(ctx, bound, func() (bool, error) {
-		var behind bool
-		if err := pool.QueryRow(ctx, `SELECT coalesce((SELECT max(position) FROM events), 0) >
-			coalesce((SELECT max(position) FROM relay_checkpoints WHERE name = 'default'), 0)`).Scan(&behind); err != nil {
+		behind, err := relayBehind(ctx, pool, nil)
+		if err != nil {
 			quiet = 0
 			return false, nil // the database may be coming back
 		}
@@ -40,6 +39,41 @@ func settle(ctx context.Context, pool *pgxpool.Pool, n names, bound time.Duratio
 		return quiet >= 3, nil
 	})
 	return time.Since(start), err
+}
+
+// relayBehind reports whether an event after the relay's checkpoint (in commit order:
+// transaction id, then position; not position alone) is waiting: any event, or with
+// upTo, that event or an earlier one.
+func relayBehind(ctx context.Context, pool *pgxpool.Pool, upTo *commitPoint) (bool, error) {
+	var behind bool
+	if upTo != nil {
+		err := pool.QueryRow(ctx, `SELECT NOT EXISTS (SELECT 1 FROM relay_checkpoints c WHERE c.name = 'default'
+			AND (c.transaction_id, c.position) >= ($1::text::xid8, $2::bigint))`, upTo.xid, upTo.position).Scan(&behind)
+		return behind, err
+	}
+	err := pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM events e WHERE NOT EXISTS (SELECT 1 FROM relay_checkpoints c
+		WHERE c.name = 'default' AND (c.transaction_id, c.position) >= (e.transaction_id, e.position)))`).Scan(&behind)
+	return behind, err
+}
+
+// commitPoint is a place in the relay's order.
+type commitPoint struct {
+	xid      string
+	position int64
+}
+
+// head is the last committed event in the relay's order.
+func head(ctx context.Context, pool *pgxpool.Pool) (commitPoint, error) {
+	var p commitPoint
+	err := pool.QueryRow(ctx, `SELECT transaction_id::text, position FROM events ORDER BY transaction_id DESC, position DESC LIMIT 1`).Scan(&p.xid, &p.position)
+	return p, err
+}
+
+// checkpoint is where the relay is.
+func checkpoint(ctx context.Context, pool *pgxpool.Pool) (commitPoint, error) {
+	var p commitPoint
+	err := pool.QueryRow(ctx, `SELECT transaction_id::text, position FROM relay_checkpoints WHERE name = 'default'`).Scan(&p.xid, &p.position)
+	return p, err
 }
 
 // busyQueues lists the scenario's work queues that hold messages (ready or unacked).

@@ -295,6 +295,7 @@ func (l *load) one(ctx context.Context, rng *rand.Rand, w, i int) {
 	st, env, err := l.c.do(rctx, method, path, body)
 	if err != nil && st == 0 {
 		l.count(0, "")
+		sleep(ctx, 50*time.Millisecond) // the process is down: no point in spinning
 		return
 	}
 	detail := ""

@@ -310,17 +310,26 @@ func diskAlarm(ctx context.Context, r *scenarioRun) error {
 	}
 	// What was in flight when the alarm rose settles; after that nothing is marked sent.
 	sleep(ctx, 3*time.Second)
-	var cp1, head1, cp2, head2 int64
-	query := `SELECT coalesce((SELECT max(position) FROM relay_checkpoints WHERE name = 'default'), 0), coalesce((SELECT max(position) FROM events), 0)`
-	if err := r.pool.QueryRow(ctx, query).Scan(&cp1, &head1); err != nil {
+	cp1, err := checkpoint(ctx, r.pool)
+	if err != nil {
+		return err
+	}
+	head1, err := head(ctx, r.pool)
+	if err != nil {
 		return err
 	}
 	got := r.during(ctx, 12*time.Second)
-	if err := r.pool.QueryRow(ctx, query).Scan(&cp2, &head2); err != nil {
+	cp2, err := checkpoint(ctx, r.pool)
+	if err != nil {
 		return err
 	}
-	r.chk.add("publishing blocked, nothing marked sent", cp2 == cp1 && head2 > head1 && twoXX(got) > 0,
-		"under the alarm for 12 s: checkpoint %d → %d while the log grew %d → %d; answers %s", cp1, cp2, head1, head2, statusLine(got))
+	head2, err := head(ctx, r.pool)
+	if err != nil {
+		return err
+	}
+	r.chk.add("publishing blocked, nothing marked sent", cp2 == cp1 && head2.position != head1.position && twoXX(got) > 0,
+		"under the alarm for 12 s: the checkpoint stayed at %d while the log grew from %d to %d; answers %s",
+		cp1.position, head1.position, head2.position, statusLine(got))
 	return r.sys.restore()
 }
 
@@ -329,19 +338,17 @@ func leaderKill(ctx context.Context, r *scenarioRun) error {
 	leader := r.procs[0]
 	leader.kill()
 	r.killed[leader] = true
-	var head, cp int64
-	if err := r.pool.QueryRow(ctx, `SELECT coalesce(max(position), 0) FROM events`).Scan(&head); err != nil {
+	last, err := head(ctx, r.pool)
+	if err != nil {
 		return err
 	}
 	start := time.Now()
-	err := waitFor(ctx, time.Minute, func() (bool, error) {
-		if err := r.pool.QueryRow(ctx, `SELECT coalesce((SELECT max(position) FROM relay_checkpoints WHERE name = 'default'), 0)`).Scan(&cp); err != nil {
-			return false, err
-		}
-		return cp >= head, nil
+	err = waitFor(ctx, time.Minute, func() (bool, error) {
+		behind, err := relayBehind(ctx, r.pool, &last)
+		return err == nil && !behind, nil
 	})
-	r.chk.add("the standby relay took over", err == nil, "the log's head at the kill (%d) published %s later by the standby", head,
-		time.Since(start).Round(10*time.Millisecond))
+	r.chk.add("the standby relay took over", err == nil, "the last event at the kill (position %d) published %s later by the standby",
+		last.position, time.Since(start).Round(10*time.Millisecond))
 	got := r.during(ctx, 3*time.Second)
 	r.chk.add("the survivor answers", twoXX(got) > 0 && got[500] == 0, "with one process dead: %s", statusLine(got))
 	return r.restart(ctx, 0)

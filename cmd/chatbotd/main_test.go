@@ -33,8 +33,8 @@ type app struct {
 	base   string
 	db     testenv.Database
 	mq     *testenv.AMQP
-	pg     *proxy
-	amqp   *proxy
+	pg     *testenv.Proxy
+	amqp   *testenv.Proxy
 	stop   context.CancelFunc
 	done   chan error
 	client *http.Client
@@ -57,10 +57,10 @@ func startApp(t *testing.T, extraEnv ...string) *app {
 	a.Queue("analytics")
 	a.Queue("webhooks")
 	a.Queue("notifications")
-	pg := mustProxy(t, "127.0.0.1:5432")
-	mq := mustProxy(t, "127.0.0.1:5672")
-	dbURL := strings.Replace(d.URL, "127.0.0.1:5432", pg.addr(), 1)
-	amqpURL := strings.Replace(a.URL, "127.0.0.1:5672", mq.addr(), 1)
+	pg := testenv.MustProxy(t, "127.0.0.1:5432")
+	mq := testenv.MustProxy(t, "127.0.0.1:5672")
+	dbURL := strings.Replace(d.URL, "127.0.0.1:5432", pg.Addr(), 1)
+	amqpURL := strings.Replace(a.URL, "127.0.0.1:5672", mq.Addr(), 1)
 	env := []string{
 		"DATABASE_URL=" + dbURL, "REDIS_URL=" + r.URL, "REDIS_PREFIX=" + r.Prefix,
 		"AMQP_URL=" + amqpURL, "AMQP_EXCHANGE=" + a.Exchange, "AMQP_QUEUE_PREFIX=" + a.QueuePrefix,
@@ -512,7 +512,7 @@ func TestEndToEndOutagesAnswer503AndRecover(t *testing.T) {
 	_, token := a.register("Outage Inc", "Olive", "olive@example.com")
 
 	// PostgreSQL down: 503 on commands and queries and /health, no internals.
-	a.pg.cut()
+	a.pg.Cut()
 	res := a.do(req{method: "POST", path: "/api/v1/users", token: token,
 		body: map[string]string{"name": "Pat", "email": "pat@example.com", "password": "password1", "password_confirmation": "password1"}})
 	assert.Equal(t, 503, res.Status, string(res.Raw))
@@ -522,7 +522,7 @@ func TestEndToEndOutagesAnswer503AndRecover(t *testing.T) {
 	}
 	h := a.expect(req{method: "GET", path: "/health"}, 503)
 	assert.Contains(t, string(h.Body.Data), `"database":"down"`)
-	a.pg.restore()
+	a.pg.Restore()
 	testenv.Eventually(t, 15*time.Second, func() error {
 		if r := a.do(req{method: "GET", path: "/health"}); r.Status != 200 {
 			return fmt.Errorf("health %d", r.Status)
@@ -533,7 +533,7 @@ func TestEndToEndOutagesAnswer503AndRecover(t *testing.T) {
 
 	// RabbitMQ down: /health says so, commands still succeed (the log is the truth), and
 	// once it is back the relay publishes what was written meanwhile.
-	a.amqp.cut()
+	a.amqp.Cut()
 	testenv.Eventually(t, 15*time.Second, func() error {
 		if r := a.do(req{method: "GET", path: "/health"}); !strings.Contains(string(r.Raw), `"broker":"down"`) || r.Status != 503 {
 			return fmt.Errorf("health: %d %s", r.Status, r.Raw)
@@ -541,7 +541,7 @@ func TestEndToEndOutagesAnswer503AndRecover(t *testing.T) {
 		return nil
 	})
 	quinn, _ := a.createUser(token, "Quinn", "quinn@example.com", "member", nil)
-	a.amqp.restore()
+	a.amqp.Restore()
 	testenv.Eventually(t, 30*time.Second, func() error {
 		if r := a.do(req{method: "GET", path: "/api/v1/users/" + quinn.ID, token: token}); r.Status != 200 {
 			return fmt.Errorf("user written during the outage not projected: %d", r.Status)

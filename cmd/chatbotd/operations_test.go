@@ -429,7 +429,7 @@ func TestProjectionStatusDeadLettersAndRedrive(t *testing.T) {
 
 	// The broker down: the status still answers from the database, with the broker's
 	// figures unknown; dead letters cannot be read and say so with 503.
-	a.amqp.cut()
+	a.amqp.Cut()
 	var down status
 	a.expect(req{method: "GET", path: "/api/v1/admin/projections", token: op}, 200).data(t, &down)
 	require.NotEmpty(t, down.Projections)
@@ -438,5 +438,5 @@ func TestProjectionStatusDeadLettersAndRedrive(t *testing.T) {
 		assert.Nil(t, p.DeadLettered, p.Name)
 	}
 	a.expectError(req{method: "GET", path: "/api/v1/admin/projections/chatbots/dead-letters", token: op}, 503, "SERVICE_UNAVAILABLE")
-	a.amqp.restore()
+	a.amqp.Restore()
 }

@@ -1,4 +1,4 @@
-package main
+package testenv
 
 import (
 	"io"
@@ -7,9 +7,9 @@ import (
 	"testing"
 )
 
-// proxy is a TCP proxy in front of a real service, so a test can take the service
+// Proxy is a TCP proxy in front of a real service, so a test can take the service
 // "down" for the program under test without stopping the shared server.
-type proxy struct {
+type Proxy struct {
 	ln     net.Listener
 	target string
 	mu     sync.Mutex
@@ -17,21 +17,23 @@ type proxy struct {
 	conns  map[net.Conn]bool
 }
 
-func mustProxy(t *testing.T, target string) *proxy {
-	t.Helper()
+// MustProxy listens on a local port and forwards to target until the test ends.
+func MustProxy(tb testing.TB, target string) *Proxy {
+	tb.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		t.Fatal(err)
+		tb.Fatal(err)
 	}
-	p := &proxy{ln: ln, target: target, conns: map[net.Conn]bool{}}
+	p := &Proxy{ln: ln, target: target, conns: map[net.Conn]bool{}}
 	go p.serve()
-	t.Cleanup(func() { ln.Close(); p.cut() })
+	tb.Cleanup(func() { ln.Close(); p.Cut() })
 	return p
 }
 
-func (p *proxy) addr() string { return p.ln.Addr().String() }
+// Addr is the proxy's address (host:port).
+func (p *Proxy) Addr() string { return p.ln.Addr().String() }
 
-func (p *proxy) serve() {
+func (p *Proxy) serve() {
 	for {
 		c, err := p.ln.Accept()
 		if err != nil {
@@ -56,14 +58,14 @@ func (p *proxy) serve() {
 	}
 }
 
-func (p *proxy) pipe(dst, src net.Conn) {
+func (p *Proxy) pipe(dst, src net.Conn) {
 	_, _ = io.Copy(dst, src)
 	dst.Close()
 	src.Close()
 }
 
-// cut drops every connection and refuses new ones.
-func (p *proxy) cut() {
+// Cut drops every connection and refuses new ones.
+func (p *Proxy) Cut() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.down = true
@@ -73,8 +75,8 @@ func (p *proxy) cut() {
 	p.conns = map[net.Conn]bool{}
 }
 
-// restore accepts connections again.
-func (p *proxy) restore() {
+// Restore accepts connections again.
+func (p *Proxy) Restore() {
 	p.mu.Lock()
 	p.down = false
 	p.mu.Unlock()
