@@ -403,3 +403,16 @@ func mustPort(t *testing.T, addr string) uint16 {
 	require.NoError(t, err)
 	return uint16(p)
 }
+
+// Only the responder, whose messages are independent streams, takes competing consumers.
+func TestOnlyIndependentProjectorsShareTheirQueueActively(t *testing.T) {
+	for _, c := range []struct {
+		p   projections.Projector
+		sac bool
+	}{{projections.Responder{}, false}, {projections.Chatbots{}, true}, {projections.Audit{}, true},
+		{projections.Conversations{}, true}, {projections.NewAccounts(nil, nil, nil), true}, {projections.Trainer{}, true}} {
+		r, err := projections.NewRunner(nil, nil, c.p, projections.Config{Exchange: "x"})
+		require.NoError(t, err)
+		assert.Equal(t, c.sac, r.Queue().SingleActiveConsumer, c.p.Name())
+	}
+}

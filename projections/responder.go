@@ -35,6 +35,10 @@ func (Responder) Name() string { return ResponderName }
 
 func (Responder) Bindings() []string { return []string{"message.posted"} }
 
+// Independent: each message is a stream of its own and is answered on its own, so the
+// responder's queue takes competing consumers (RESPONDER_WORKERS in each process).
+func (Responder) Independent() bool { return true }
+
 // Match thresholds: trigram similarity of the question (or of the words of the question
 // within an entry's question), with a full-text match lowering the bar.
 const (

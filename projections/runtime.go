@@ -106,13 +106,23 @@ func NewRunner(pool *pgxpool.Pool, b events.Channeler, p Projector, cfg Config) 
 // Name is the projector's name.
 func (r *Runner) Name() string { return r.p.Name() }
 
+// Independent is implemented by projectors whose events never depend on each other
+// across streams (each chat message is a stream of its own, answered on its own): their
+// queue takes competing consumers. Every other projector's queue has a single active
+// consumer, so that two processes never apply its events side by side, out of order.
+type Independent interface {
+	Independent() bool
+}
+
 // Queue is the projector's queue.
 func (r *Runner) Queue() broker.QueueSpec {
+	ind, ok := r.p.(Independent)
 	return broker.QueueSpec{
-		Name:          r.cfg.QueuePrefix + r.p.Name(),
-		Exchange:      r.cfg.Exchange,
-		Bindings:      r.p.Bindings(),
-		DeliveryLimit: r.cfg.DeliveryLimit,
+		Name:                 r.cfg.QueuePrefix + r.p.Name(),
+		Exchange:             r.cfg.Exchange,
+		Bindings:             r.p.Bindings(),
+		DeliveryLimit:        r.cfg.DeliveryLimit,
+		SingleActiveConsumer: !ok || !ind.Independent(),
 	}
 }
 

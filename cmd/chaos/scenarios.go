@@ -298,7 +298,9 @@ func redrivePoison(ctx context.Context, r *scenarioRun) error {
 }
 
 func diskAlarm(ctx context.Context, r *scenarioRun) error {
-	ctl := func(args ...string) (string, error) { return sh(ctx, "rabbitmqctl", append([]string{"-q"}, args...)...) }
+	ctl := func(args ...string) (string, error) {
+		return sh(ctx, "rabbitmqctl", append([]string{"-q"}, args...)...)
+	}
 	if _, err := ctl("set_disk_free_limit", "1000000GB"); err != nil {
 		return err
 	}

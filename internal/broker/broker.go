@@ -133,6 +133,11 @@ type QueueSpec struct {
 	Exchange      string
 	Bindings      []string // routing patterns on Exchange
 	DeliveryLimit int      // redeliveries before the broker dead-letters a message
+	// SingleActiveConsumer makes the broker deliver to one consumer at a time; the others
+	// stand by and the next takes over when it goes away. A projector whose events depend
+	// on each other across streams needs it once two processes consume its queue: two
+	// active consumers would apply a chatbot's training before its creation.
+	SingleActiveConsumer bool
 }
 
 // DeadLetterExchange is where a queue's rejected and over-delivered messages go.
@@ -154,12 +159,21 @@ func DeclareQueue(ch *amqp.Channel, q QueueSpec) error {
 	if err := ch.QueueBind(q.DeadQueue(), q.Name, dlx, false, nil); err != nil {
 		return fmt.Errorf("bind queue %s: %w", q.DeadQueue(), err)
 	}
-	if _, err := ch.QueueDeclare(q.Name, true, false, false, false, amqp.Table{
+	args := amqp.Table{
 		"x-queue-type":              "quorum",
 		"x-delivery-limit":          q.DeliveryLimit,
 		"x-dead-letter-exchange":    dlx,
 		"x-dead-letter-routing-key": q.Name,
-	}); err != nil {
+	}
+	if q.SingleActiveConsumer {
+		args["x-single-active-consumer"] = true
+	}
+	if _, err := ch.QueueDeclare(q.Name, true, false, false, false, args); err != nil {
+		var amqpErr *amqp.Error
+		if errors.As(err, &amqpErr) && amqpErr.Code == amqp.PreconditionFailed {
+			return fmt.Errorf("declare queue %s: it exists with other arguments (an earlier version, or another "+
+				"PROJECTOR_DELIVERY_LIMIT): once it is drained, delete it (rabbitmqctl delete_queue %s) and start again: %w", q.Name, q.Name, err)
+		}
 		return fmt.Errorf("declare queue %s: %w", q.Name, err)
 	}
 	for _, b := range q.Bindings {
