@@ -34,6 +34,7 @@ import (
 
 	"github.com/chatbotsaas/chatbotd/events"
 	"github.com/chatbotsaas/chatbotd/internal/db"
+	"github.com/chatbotsaas/chatbotd/internal/measure"
 )
 
 func main() {
@@ -122,7 +123,7 @@ func run(ctx context.Context) error {
 	began := time.Now()
 	var report strings.Builder
 	fmt.Fprintf(&report, "Run on %s: %s, %d cores, %s; %s; PostgreSQL %s.\n\n",
-		time.Now().UTC().Format("2006-01-02"), cpuModel(), runtime.NumCPU(), memTotal(), runtime.Version(), pgVersion(ctx, pool))
+		time.Now().UTC().Format("2006-01-02"), measure.CPUModel(), runtime.NumCPU(), measure.MemTotal(), runtime.Version(), pgVersion(ctx, pool))
 	command := fmt.Sprintf("`make bench` (`go run ./cmd/bench -binary bin/chatbotd-bench -duration %s -samples %d`)", o.duration, o.samples)
 	if o.quick {
 		command = fmt.Sprintf("`make bench-quick` (`go run ./cmd/bench -quick -binary bin/chatbotd-bench -duration %s`)", o.duration)
@@ -144,7 +145,7 @@ func run(ctx context.Context) error {
 	}
 	// 3. The whole binary over HTTP, on a database of its own (the phases above left
 	// backlogs the relay would otherwise publish first).
-	e2eURL, err := recreate(ctx, o.server, o.database+"_e2e")
+	e2eURL, err := db.Recreate(ctx, o.server, o.database+"_e2e")
 	if err != nil {
 		return err
 	}
@@ -266,7 +267,7 @@ func run(ctx context.Context) error {
 // freshDatabase (re)creates the run's database with suffix and opens it migrated; it
 // returns the pool and the database's URL (for pgbench).
 func freshDatabase(ctx context.Context, o options, suffix string) (*pgxpool.Pool, string, error) {
-	url, err := recreate(ctx, o.server, o.database+suffix)
+	url, err := db.Recreate(ctx, o.server, o.database+suffix)
 	if err != nil {
 		return nil, "", err
 	}
@@ -287,22 +288,6 @@ func openMigrated(ctx context.Context, url string) (*pgxpool.Pool, error) {
 }
 
 func ms(d time.Duration) string { return fmt.Sprintf("%.1f ms", float64(d.Microseconds())/1000) }
-
-func recreate(ctx context.Context, server, name string) (string, error) {
-	conn, err := pgx.Connect(ctx, server)
-	if err != nil {
-		return "", err
-	}
-	defer conn.Close(ctx)
-	if _, err := conn.Exec(ctx, "DROP DATABASE IF EXISTS "+pgx.Identifier{name}.Sanitize()+" WITH (FORCE)"); err != nil {
-		return "", err
-	}
-	if _, err := conn.Exec(ctx, "CREATE DATABASE "+pgx.Identifier{name}.Sanitize()); err != nil {
-		return "", err
-	}
-	cfg := conn.Config()
-	return fmt.Sprintf("postgres://%s@%s:%d/%s?sslmode=disable", cfg.User, cfg.Host, cfg.Port, name), nil
-}
 
 // appendFigures measures appends per second at 1, 8 and 32 writers against pgbench
 // inserting the same row, one row per transaction, in the same run.
@@ -661,51 +646,7 @@ func (s *server) postCost(conv string, total int) (first, last time.Duration, er
 	return firsts[len(firsts)/2], lasts[len(lasts)/2], nil
 }
 
-const (
-	beginMarker = "<!-- bench:begin (written by make bench) -->"
-	endMarker   = "<!-- bench:end -->"
-)
-
-func writeBetweenMarkers(path, body string) error {
-	old, err := os.ReadFile(path)
-	if err != nil && !os.IsNotExist(err) {
-		return err
-	}
-	s := string(old)
-	i, j := strings.Index(s, beginMarker), strings.Index(s, endMarker)
-	block := beginMarker + "\n" + body + "\n" + endMarker
-	if i < 0 || j < i {
-		s = strings.TrimRight(s, "\n") + "\n\n" + block + "\n"
-	} else {
-		s = s[:i] + block + s[j+len(endMarker):]
-	}
-	return os.WriteFile(path, []byte(s), 0o644)
-}
-
-func cpuModel() string {
-	b, err := os.ReadFile("/proc/cpuinfo")
-	if err != nil {
-		return runtime.GOARCH
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if strings.HasPrefix(line, "model name") {
-			if _, v, ok := strings.Cut(line, ":"); ok {
-				return strings.TrimSpace(v)
-			}
-		}
-	}
-	return runtime.GOARCH
-}
-
-func memTotal() string {
-	b, err := os.ReadFile("/proc/meminfo")
-	if err != nil {
-		return "unknown memory"
-	}
-	var kb int
-	fmt.Sscanf(strings.TrimPrefix(strings.Split(string(b), "\n")[0], "MemTotal:"), "%d", &kb)
-	return fmt.Sprintf("%.0f GiB RAM", float64(kb)/1024/1024)
-}
+func writeBetweenMarkers(path, body string) error { return measure.WriteBlock(path, "bench", "", body) }
 
 func pgVersion(ctx context.Context, pool interface {
 	QueryRow(context.Context, string, ...any) pgx.Row

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/chatbotsaas/chatbotd/internal/db"
 )
 
 // scenario is one fault and its recovery.
@@ -111,7 +113,7 @@ func runScenario(ctx context.Context, sys *system, o options, sc scenario) []res
 		return r.chk.out
 	}
 	var err error
-	if r.dbURL, err = sys.recreate(ctx, n.database); err != nil {
+	if r.dbURL, err = db.Recreate(ctx, sys.o.server, n.database); err != nil {
 		return fail("set up", err)
 	}
 	if r.pool, err = pgxpool.New(ctx, r.dbURL); err != nil {

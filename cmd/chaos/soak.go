@@ -13,6 +13,9 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/chatbotsaas/chatbotd/internal/db"
+	"github.com/chatbotsaas/chatbotd/internal/measure"
 )
 
 // sample is the soak's view of chatbotd at one moment.
@@ -33,7 +36,7 @@ type sample struct {
 func soak(ctx context.Context, sys *system, o options) error {
 	n := namesFor("soak")
 	sys.cleanup(n, true)
-	dbURL, err := sys.recreate(ctx, n.database)
+	dbURL, err := db.Recreate(ctx, sys.o.server, n.database)
 	if err != nil {
 		return err
 	}
@@ -149,7 +152,7 @@ func soakReport(s []sample, rs []result, o options) string {
 	fmt.Fprintf(&b, "Run on %s: %s, %d cores; %s. Command: `make soak` (`go run ./cmd/chaos -soak %s -sample %s -workers %d`): "+
 		"%d clients, each pausing 40 ms between requests, with the scenarios' mix (35%% chat messages answered by the knowledge-base "+
 		"responder, 30%% chatbot creations and renames, 15%% user creations and renames, 20%% cached reads).\n\n",
-		time.Now().UTC().Format("2006-01-02"), cpuModel(), runtime.NumCPU(), runtime.Version(), o.soak, o.sample, o.workers, o.workers)
+		time.Now().UTC().Format("2006-01-02"), measure.CPUModel(), runtime.NumCPU(), runtime.Version(), o.soak, o.sample, o.workers, o.workers)
 	b.WriteString("| time | resident MiB | heap in use MiB | goroutines | open files | PostgreSQL connections | requests | events in the log |\n")
 	b.WriteString("|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 	step := max(1, len(s)/20) // about twenty rows
@@ -209,38 +212,6 @@ func scrape(base string) map[string]float64 {
 	return out
 }
 
-func cpuModel() string {
-	b, err := os.ReadFile("/proc/cpuinfo")
-	if err != nil {
-		return runtime.GOARCH
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if strings.HasPrefix(line, "model name") {
-			if _, v, ok := strings.Cut(line, ":"); ok {
-				return strings.TrimSpace(v)
-			}
-		}
-	}
-	return runtime.GOARCH
-}
-
-const (
-	beginMarker = "<!-- soak:begin (written by make soak) -->"
-	endMarker   = "<!-- soak:end -->"
-)
-
 func writeBetweenMarkers(path, body string) error {
-	old, err := os.ReadFile(path)
-	if err != nil && !os.IsNotExist(err) {
-		return err
-	}
-	s := string(old)
-	i, j := strings.Index(s, beginMarker), strings.Index(s, endMarker)
-	block := beginMarker + "\n" + body + "\n" + endMarker
-	if i < 0 || j < i {
-		s = strings.TrimRight(s, "\n") + "\n\n## Soak (issue 9)\n\n" + block + "\n"
-	} else {
-		s = s[:i] + block + s[j+len(endMarker):]
-	}
-	return os.WriteFile(path, []byte(s), 0o644)
+	return measure.WriteBlock(path, "soak", "## Soak (issue 9)", body)
 }

@@ -184,23 +184,6 @@ func namesFor(scenario string) names {
 		queuePrefix: "chaos." + scenario + ".", redisPrefix: "chaos:" + scenario + ":"}
 }
 
-// recreate drops and creates the database and returns its URL.
-func (s *system) recreate(ctx context.Context, name string) (string, error) {
-	conn, err := pgx.Connect(ctx, s.o.server)
-	if err != nil {
-		return "", err
-	}
-	defer conn.Close(ctx)
-	if _, err := conn.Exec(ctx, "DROP DATABASE IF EXISTS "+pgx.Identifier{name}.Sanitize()+" WITH (FORCE)"); err != nil {
-		return "", err
-	}
-	if _, err := conn.Exec(ctx, "CREATE DATABASE "+pgx.Identifier{name}.Sanitize()); err != nil {
-		return "", err
-	}
-	cfg := conn.Config()
-	return fmt.Sprintf("postgres://%s@%s:%d/%s?sslmode=disable", cfg.User, cfg.Host, cfg.Port, name), nil
-}
-
 // cleanup removes a scenario's queues, exchanges and Redis keys, and its database unless
 // kept.
 func (s *system) cleanup(n names, dropDatabase bool) {

@@ -76,6 +76,25 @@ func EnsureDatabase(ctx context.Context, url string) error {
 	return nil
 }
 
+// Recreate drops the database name on the server at serverURL (closing its sessions) and
+// creates it empty; it returns the new database's URL. For the measuring commands, which
+// start from nothing.
+func Recreate(ctx context.Context, serverURL, name string) (string, error) {
+	conn, err := pgx.Connect(ctx, serverURL)
+	if err != nil {
+		return "", err
+	}
+	defer conn.Close(ctx)
+	if _, err := conn.Exec(ctx, "DROP DATABASE IF EXISTS "+pgx.Identifier{name}.Sanitize()+" WITH (FORCE)"); err != nil {
+		return "", err
+	}
+	if _, err := conn.Exec(ctx, "CREATE DATABASE "+pgx.Identifier{name}.Sanitize()); err != nil {
+		return "", err
+	}
+	cfg := conn.Config()
+	return fmt.Sprintf("postgres://%s@%s:%d/%s?sslmode=disable", cfg.User, cfg.Host, cfg.Port, name), nil
+}
+
 // Migrate applies every pending migration. Concurrent starters are serialised by goose's
 // advisory-lock session locker.
 func Migrate(ctx context.Context, pool *pgxpool.Pool, logger *slog.Logger) error {
