@@ -14,6 +14,7 @@ import (
 
 	"github.com/chatbotsaas/chatbotd/events"
 	"github.com/chatbotsaas/chatbotd/internal/broker"
+	"github.com/chatbotsaas/chatbotd/internal/db"
 	"github.com/chatbotsaas/chatbotd/internal/faults"
 	"github.com/chatbotsaas/chatbotd/internal/metrics"
 )
@@ -90,7 +91,8 @@ func (queueSubscriber) Close() error { return nil }
 // consumers with side effects outside the database (HTTP calls), which must not run
 // inside a projector's batch transaction. Up to Workers messages are handled at once. A
 // handler error nacks the message; RabbitMQ redelivers it up to the queue's delivery
-// limit, then dead-letters it.
+// limit, then dead-letters it. An unavailable database is no such error: the message is
+// held and tried again (holdWhileUnavailable).
 type Consumer struct {
 	Conn    *broker.Conn
 	Queue   broker.QueueSpec
@@ -115,6 +117,29 @@ func (c Consumer) Run(ctx context.Context) error {
 		case <-time.After(backoff):
 		}
 		backoff = min(backoff*2, 5*time.Second)
+	}
+}
+
+// holdWhileUnavailable tries a message again, with a growing pause, while its handler
+// fails because the database is unavailable, until the consumer stops: nacking it would
+// count each outage against the queue's delivery limit, and a long one would dead-letter
+// messages that did nothing wrong.
+func (c Consumer) holdWhileUnavailable(h message.HandlerFunc) message.HandlerFunc {
+	return func(m *message.Message) ([]*message.Message, error) {
+		backoff := 100 * time.Millisecond
+		for {
+			out, err := h(m)
+			if !db.IsUnavailable(err) {
+				return out, err
+			}
+			c.Logger.Warn("database unavailable: holding the message", "queue", c.Queue.Name, "error", err, "retry_in", backoff)
+			select {
+			case <-m.Context().Done():
+				return out, err
+			case <-time.After(backoff):
+			}
+			backoff = min(backoff*2, 5*time.Second)
+		}
 	}
 }
 
@@ -156,7 +181,7 @@ func (c Consumer) run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	router.AddMiddleware(middleware.Recoverer, c.observe)
+	router.AddMiddleware(middleware.Recoverer, c.observe, c.holdWhileUnavailable)
 	router.AddConsumerHandler(c.Queue.Name, c.Queue.Name, queueSubscriber{conn: c.Conn, prefetch: max(c.Workers, 1)}, c.Handle)
 	if err := router.Run(ctx); err != nil {
 		return err

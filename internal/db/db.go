@@ -159,6 +159,9 @@ func IsUnavailable(err error) bool {
 	if err == nil {
 		return false
 	}
+	if apperr.CodeOf(err) == apperr.CodeUnavailable { // classified already
+		return true
+	}
 	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) {
 		// Class 08: connection exception; 57P01..57P03: admin shutdown, crash shutdown,
