@@ -231,7 +231,22 @@ func redisDown(ctx context.Context, r *scenarioRun) error {
 	if err := pauseRedis(true); err != nil {
 		return err
 	}
-	got := r.during(ctx, 30*time.Second)
+	before := r.l.snapshot()
+	sleep(ctx, 5*time.Second)
+	// The limits fall back to each process's own limiter: wrong passwords for one
+	// address are still cut off after LOGIN_FAILURES_PER_MINUTE (5).
+	logins := map[int]int{}
+	email := "nobody-" + fmt.Sprint(time.Now().UnixNano()) + "@chaos.example"
+	for range 8 {
+		st, _, err := r.c.do(ctx, "POST", "/api/v1/auth/login", map[string]string{"email": email, "password": "wrong-password"})
+		if err == nil {
+			logins[st]++
+		}
+	}
+	r.chk.add("login failures limited, Redis down", logins[429] > 0 && logins[401] > 0 && logins[500]+logins[503] == 0,
+		"8 wrong passwords for one address: %s", statusLine(logins))
+	sleep(ctx, 25*time.Second)
+	got := diff(r.l.snapshot(), before)
 	contErr := pauseRedis(false)
 	r.chk.add("reads and commands served, Redis down", got[200] > 0 && got[201]+got[202] > 0 && got[500]+got[503]+got[429] == 0,
 		"in 30 s down (cache and rate limits fall back): %s", statusLine(got))
