@@ -71,7 +71,6 @@ func pick(list string) ([]scenario, error) {
 
 // scenarioRun is a scenario in progress.
 type scenarioRun struct {
-	sc    scenario
 	sys   *system
 	n     names
 	dbURL string
@@ -82,8 +81,6 @@ type scenarioRun struct {
 	f     *fixture
 	l     *load
 	chk   *checker
-	// killed marks processes the scenario killed on purpose.
-	killed map[*proc]bool
 }
 
 // restart starts process i again on its address, without the scenario's extra
@@ -100,7 +97,7 @@ func (r *scenarioRun) restart(ctx context.Context, i int, extra ...string) error
 func runScenario(ctx context.Context, sys *system, o options, sc scenario) []result {
 	n := namesFor(sc.name)
 	sys.cleanup(n, true)
-	r := &scenarioRun{sc: sc, sys: sys, n: n, killed: map[*proc]bool{}}
+	r := &scenarioRun{sys: sys, n: n}
 	r.chk = &checker{sc: sc.name, sys: sys, n: n}
 	fail := func(what string, err error) []result {
 		r.chk.add(what, false, "%v", err)
@@ -267,7 +264,6 @@ func crashed(point string) func(ctx context.Context, r *scenarioRun) error {
 		var exit *exec.ExitError
 		killed := errors.As(p.err, &exit) && strings.Contains(exit.String(), "killed")
 		r.chk.add("killed at "+point, killed, "chatbotd exited: %v", p.err)
-		r.killed[p] = true
 		return r.restart(ctx, 0)
 	}
 }
@@ -356,7 +352,6 @@ func leaderKill(ctx context.Context, r *scenarioRun) error {
 	// The first process took the relay's lock first: it leads, the second stands by.
 	leader := r.procs[0]
 	leader.kill()
-	r.killed[leader] = true
 	last, err := head(ctx, r.pool)
 	if err != nil {
 		return err
