@@ -273,17 +273,8 @@ func TestVerifyComparesWithAReplay(t *testing.T) {
 	for range 5 {
 		require.NoError(t, conversation(ctx, store, uuid.New(), 3))
 	}
-	// The history is read below the cluster's oldest running transaction: under parallel
-	// tests the last events may take a moment to be readable.
-	var all []events.Envelope
-	testenv.Eventually(t, 30*time.Second, func() error {
-		var err error
-		all, _, err = events.ReadHistory(ctx, d.Pool, events.HistoryFilter{}, events.Checkpoint{}, 1000)
-		if err == nil && len(all) != 25 {
-			err = fmt.Errorf("%d of 25 events readable", len(all))
-		}
-		return err
-	})
+	all := readableLog(t, d.Pool)
+	require.Len(t, all, 25)
 	p := projections.Conversations{}
 	_, err := projections.ApplyBatch(ctx, d.Pool, p, all)
 	require.NoError(t, err)
