@@ -511,7 +511,8 @@ type Comparison struct {
 
 // Verify replays the log into fresh copies of the projection's tables, as a rebuild does,
 // and compares them with the live tables, row by row, and the stream versions the
-// projector has recorded; then it drops the copies. The live tables are not changed. A
+// projector has recorded; then it drops the copies. The live tables are not changed, but
+// the live projector waits while a comparison runs (it scans every table once). A
 // live projector that is still catching up differs by what it has not applied yet, so a
 // difference is compared again, once a second, for up to wait.
 func (r *Rebuild) Verify(ctx context.Context, wait time.Duration) (Comparison, error) {

@@ -15,6 +15,8 @@ import (
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/redis/go-redis/v9"
+
+	"github.com/chatbotsaas/chatbotd/events"
 )
 
 // httpFigures measures the whole binary over HTTP against a bare Gin service and the
@@ -230,11 +232,9 @@ func httpFigures(ctx context.Context, o options, srv *server, pool *pgxpool.Pool
 func settle(ctx context.Context, pool *pgxpool.Pool, queuePrefix string) error {
 	start := time.Now()
 	err := waitFor(ctx, 5*time.Minute, func() (bool, error) {
-		var behind bool
 		// Behind in the relay's order (transaction id, then position), not by position alone:
 		// the highest position may belong to an earlier transaction, already published.
-		if err := pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM events e WHERE NOT EXISTS (SELECT 1 FROM relay_checkpoints c
-			WHERE c.name = 'default' AND (c.transaction_id, c.position) >= (e.transaction_id, e.position)))`).Scan(&behind); err != nil || behind {
+		if relay, err := events.RelayLag(ctx, pool, ""); err != nil || relay.Behind > 0 {
 			return false, err
 		}
 		out, err := exec.CommandContext(ctx, "rabbitmqctl", "list_queues", "-q", "name", "messages").Output()

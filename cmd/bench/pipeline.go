@@ -20,6 +20,7 @@ import (
 	"github.com/chatbotsaas/chatbotd/events"
 	"github.com/chatbotsaas/chatbotd/internal/broker"
 	"github.com/chatbotsaas/chatbotd/internal/cache"
+	"github.com/chatbotsaas/chatbotd/internal/measure"
 	"github.com/chatbotsaas/chatbotd/projections"
 )
 
@@ -172,21 +173,7 @@ func pipelineFigures(ctx context.Context, o options, w io.Writer) error {
 
 // waitFor polls done every 5 ms until it holds, fails, or limit passes.
 func waitFor(ctx context.Context, limit time.Duration, done func() (bool, error)) error {
-	deadline := time.Now().Add(limit)
-	for {
-		ok, err := done()
-		if err != nil || ok {
-			return err
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("not done after %s", limit)
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(5 * time.Millisecond):
-		}
-	}
+	return measure.Poll(ctx, limit, 5*time.Millisecond, done)
 }
 
 // envelopeBodies reads the first n events of the log and encodes them as the relay does.

@@ -13,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/chatbotsaas/chatbotd/events"
 	"github.com/chatbotsaas/chatbotd/internal/readmodel"
 )
 
@@ -22,11 +23,12 @@ func settle(ctx context.Context, pool *pgxpool.Pool, n names, bound time.Duratio
 	start := time.Now()
 	quiet := 0
 	err := waitFor(ctx, bound, func() (bool, error) {
-		behind, err := relayBehind(ctx, pool, nil)
+		relay, err := events.RelayLag(ctx, pool, "")
 		if err != nil {
 			quiet = 0
 			return false, nil // the database may be coming back
 		}
+		behind := relay.Behind > 0
 		busy, err := busyQueues(ctx, n)
 		if err != nil || behind || len(busy) > 0 {
 			quiet = 0
@@ -41,19 +43,13 @@ func settle(ctx context.Context, pool *pgxpool.Pool, n names, bound time.Duratio
 	return time.Since(start), err
 }
 
-// relayBehind reports whether an event after the relay's checkpoint (in commit order:
-// transaction id, then position; not position alone) is waiting: any event, or with
-// upTo, that event or an earlier one.
-func relayBehind(ctx context.Context, pool *pgxpool.Pool, upTo *commitPoint) (bool, error) {
-	var behind bool
-	if upTo != nil {
-		err := pool.QueryRow(ctx, `SELECT NOT EXISTS (SELECT 1 FROM relay_checkpoints c WHERE c.name = 'default'
-			AND (c.transaction_id, c.position) >= ($1::text::xid8, $2::bigint))`, upTo.xid, upTo.position).Scan(&behind)
-		return behind, err
-	}
-	err := pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM events e WHERE NOT EXISTS (SELECT 1 FROM relay_checkpoints c
-		WHERE c.name = 'default' AND (c.transaction_id, c.position) >= (e.transaction_id, e.position)))`).Scan(&behind)
-	return behind, err
+// published reports whether the relay has published the event at p and everything
+// before it in commit order (transaction id, then position: not position alone).
+func published(ctx context.Context, pool *pgxpool.Pool, p commitPoint) (bool, error) {
+	var done bool
+	err := pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM relay_checkpoints c WHERE c.name = 'default'
+		AND (c.transaction_id, c.position) >= ($1::text::xid8, $2::bigint))`, p.xid, p.position).Scan(&done)
+	return done, err
 }
 
 // commitPoint is a place in the relay's order.
@@ -66,13 +62,6 @@ type commitPoint struct {
 func head(ctx context.Context, pool *pgxpool.Pool) (commitPoint, error) {
 	var p commitPoint
 	err := pool.QueryRow(ctx, `SELECT transaction_id::text, position FROM events ORDER BY transaction_id DESC, position DESC LIMIT 1`).Scan(&p.xid, &p.position)
-	return p, err
-}
-
-// checkpoint is where the relay is.
-func checkpoint(ctx context.Context, pool *pgxpool.Pool) (commitPoint, error) {
-	var p commitPoint
-	err := pool.QueryRow(ctx, `SELECT transaction_id::text, position FROM relay_checkpoints WHERE name = 'default'`).Scan(&p.xid, &p.position)
 	return p, err
 }
 
@@ -183,7 +172,7 @@ func (c *checker) projections(ctx context.Context) {
 			differ = append(differ, strings.TrimSpace(line))
 		}
 	}
-	rows := 0
+	rows, verified := 0, strings.Count(string(out), ": equal to a replay of the log")
 	for _, line := range strings.Split(string(out), "\n") {
 		var table string
 		var n int
@@ -195,7 +184,7 @@ func (c *checker) projections(ctx context.Context) {
 		c.add("projections equal a replay of the log", false, "%v: %s", err, strings.Join(differ, "; "))
 		return
 	}
-	c.add("projections equal a replay of the log", true, "5 projections, %d rows compared", rows)
+	c.add("projections equal a replay of the log", true, "%d projections, %d rows compared", verified, rows)
 }
 
 // audit: one audit entry per event, and the chains verify.

@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+
+	"github.com/chatbotsaas/chatbotd/internal/measure"
 )
 
 // client talks to chatbotd as one organization's owner.
@@ -184,24 +186,7 @@ func newUser(i int) map[string]string {
 }
 
 func waitFor(ctx context.Context, d time.Duration, done func() (bool, error)) error {
-	deadline := time.Now().Add(d)
-	for {
-		ok, err := done()
-		if err != nil {
-			return err
-		}
-		if ok {
-			return nil
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("not within %s", d)
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(100 * time.Millisecond):
-		}
-	}
+	return measure.Poll(ctx, d, 100*time.Millisecond, done)
 }
 
 // entry is one acknowledged command: its stream, the version and position the 2xx named.

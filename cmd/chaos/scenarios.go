@@ -12,6 +12,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/chatbotsaas/chatbotd/events"
 	"github.com/chatbotsaas/chatbotd/internal/db"
 )
 
@@ -325,26 +326,18 @@ func diskAlarm(ctx context.Context, r *scenarioRun) error {
 	}
 	// What was in flight when the alarm rose settles; after that nothing is marked sent.
 	sleep(ctx, 3*time.Second)
-	cp1, err := checkpoint(ctx, r.pool)
-	if err != nil {
-		return err
-	}
-	head1, err := head(ctx, r.pool)
+	before, err := events.RelayLag(ctx, r.pool, "")
 	if err != nil {
 		return err
 	}
 	got := r.during(ctx, 12*time.Second)
-	cp2, err := checkpoint(ctx, r.pool)
+	after, err := events.RelayLag(ctx, r.pool, "")
 	if err != nil {
 		return err
 	}
-	head2, err := head(ctx, r.pool)
-	if err != nil {
-		return err
-	}
-	r.chk.add("publishing blocked, nothing marked sent", cp2 == cp1 && head2.position != head1.position && twoXX(got) > 0,
-		"under the alarm for 12 s: the checkpoint stayed at %d while the log grew from %d to %d; answers %s",
-		cp1.position, head1.position, head2.position, statusLine(got))
+	r.chk.add("publishing blocked, nothing marked sent", after.Position == before.Position && after.Behind > before.Behind && twoXX(got) > 0,
+		"under the alarm for 12 s: the checkpoint stayed at %d while the events waiting grew from %d to %d; answers %s",
+		before.Position, before.Behind, after.Behind, statusLine(got))
 	return r.sys.restore()
 }
 
@@ -358,8 +351,8 @@ func leaderKill(ctx context.Context, r *scenarioRun) error {
 	}
 	start := time.Now()
 	err = waitFor(ctx, time.Minute, func() (bool, error) {
-		behind, err := relayBehind(ctx, r.pool, &last)
-		return err == nil && !behind, nil
+		done, err := published(ctx, r.pool, last)
+		return err == nil && done, nil
 	})
 	r.chk.add("the standby relay took over", err == nil, "the last event at the kill (position %d) published %s later by the standby",
 		last.position, time.Since(start).Round(10*time.Millisecond))

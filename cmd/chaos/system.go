@@ -77,13 +77,10 @@ func (s *system) restore() error {
 	return errors.Join(errs...)
 }
 
+// waitUntil polls ok until it holds, naming what did not come within d.
 func waitUntil(ctx context.Context, d time.Duration, ok func() bool, what string) error {
-	deadline := time.Now().Add(d)
-	for !ok() {
-		if time.Now().After(deadline) || ctx.Err() != nil {
-			return fmt.Errorf("%s did not come up within %s", what, d)
-		}
-		time.Sleep(200 * time.Millisecond)
+	if err := waitFor(ctx, d, func() (bool, error) { return ok(), nil }); err != nil {
+		return fmt.Errorf("%s: %w", what, err)
 	}
 	return nil
 }

@@ -3,10 +3,12 @@
 package measure
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"runtime"
 	"strings"
+	"time"
 )
 
 // CPUModel is the processor's model name (the architecture when unknown).
@@ -57,4 +59,23 @@ func WriteBlock(path, name, heading, body string) error {
 		s = strings.TrimRight(s, "\n") + "\n\n" + block + "\n"
 	}
 	return os.WriteFile(path, []byte(s), 0o644)
+}
+
+// Poll calls done every interval until it holds, fails, ctx ends or limit passes.
+func Poll(ctx context.Context, limit, interval time.Duration, done func() (bool, error)) error {
+	deadline := time.Now().Add(limit)
+	for {
+		ok, err := done()
+		if err != nil || ok {
+			return err
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("not done within %s", limit)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(interval):
+		}
+	}
 }
