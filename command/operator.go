@@ -101,6 +101,7 @@ func (s *Service) setSuspended(ctx context.Context, meta events.Meta, p auth.Pri
 		also: func(Organization) func(context.Context, pgx.Tx) error {
 			return func(ctx context.Context, tx pgx.Tx) error { return setOrganizationState(ctx, tx, id, suspended, false) }
 		}}.run(ctx, s.store)
+	s.forgetOrganization(err, id)
 	if err != nil {
 		return Result[readmodel.Organization]{}, err
 	}

@@ -261,7 +261,7 @@ func (s *Service) UpdateRole(ctx context.Context, meta events.Meta, p auth.Princ
 	if err := c.Validate(); err != nil {
 		return Result[RoleView]{}, err
 	}
-	return s.changeRole(ctx, meta, p, name, ifMatch,
+	res, err := s.changeRole(ctx, meta, p, name, ifMatch,
 		func(r Role) ([]events.Event, error) { return DecideUpdateRole(r, p, c) },
 		func(id uuid.UUID, r Role) func(context.Context, pgx.Tx) error {
 			return func(ctx context.Context, tx pgx.Tx) error {
@@ -288,6 +288,8 @@ func (s *Service) UpdateRole(ctx context.Context, meta events.Meta, p auth.Princ
 				return err
 			}
 		})
+	s.forgetOrganization(err, p.OrganizationID) // the holders' permissions
+	return res, err
 }
 
 // DeleteRole deletes a custom role that nobody holds.

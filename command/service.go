@@ -29,17 +29,27 @@ type LoginThrottle interface {
 	Failed(ctx context.Context, ip, email string)
 }
 
+// AuthInvalidator forgets cached authentication state. Commands that change a user's or
+// an organization's (sessions, activity, roles, permissions, tokens, suspension) tell it
+// after their commit, so that this process's very next request sees the change; other
+// processes learn it from the database's NOTIFY (migration 00016).
+type AuthInvalidator interface {
+	ForgetUser(id uuid.UUID)
+	ForgetOrganization(id uuid.UUID)
+}
+
 // Service handles commands: it loads the aggregate, authorizes, decides and appends.
 type Service struct {
-	store      *events.Store
-	hasher     *auth.Hasher
-	tokens     *auth.Tokens
-	throttle   LoginThrottle
-	guard      netguard.Guard
-	box        *secretbox.Box
-	refreshTTL time.Duration
-	logger     *slog.Logger
-	now        func() time.Time
+	authChanged AuthInvalidator
+	store       *events.Store
+	hasher      *auth.Hasher
+	tokens      *auth.Tokens
+	throttle    LoginThrottle
+	guard       netguard.Guard
+	box         *secretbox.Box
+	refreshTTL  time.Duration
+	logger      *slog.Logger
+	now         func() time.Time
 }
 
 // Deps are what the command service works with.
@@ -52,13 +62,29 @@ type Deps struct {
 	Box        *secretbox.Box // seals webhook secrets
 	RefreshTTL time.Duration
 	Logger     *slog.Logger
+	// AuthChanged, when set, is told of committed changes to authentication state.
+	AuthChanged AuthInvalidator
 }
 
 // NewService returns the command service.
 func NewService(d Deps) *Service {
-	return &Service{store: d.Store, hasher: d.Hasher, tokens: d.Tokens, throttle: d.Throttle, guard: d.Guard, box: d.Box,
+	return &Service{authChanged: d.AuthChanged, store: d.Store, hasher: d.Hasher, tokens: d.Tokens, throttle: d.Throttle, guard: d.Guard, box: d.Box,
 		refreshTTL: d.RefreshTTL,
 		logger:     d.Logger, now: func() time.Time { return time.Now().UTC() }}
+}
+
+// forgetUser and forgetOrganization tell the authentication cache, after a commit, whose
+// state changed; err is the command's outcome (nothing committed, nothing to forget).
+func (s *Service) forgetUser(err error, id uuid.UUID) {
+	if err == nil && s.authChanged != nil {
+		s.authChanged.ForgetUser(id)
+	}
+}
+
+func (s *Service) forgetOrganization(err error, id uuid.UUID) {
+	if err == nil && s.authChanged != nil {
+		s.authChanged.ForgetOrganization(id)
+	}
 }
 
 // Result is what a command returns: the record's view and the consistency token.
@@ -411,6 +437,9 @@ func (s *Service) Refresh(ctx context.Context, meta events.Meta, c Refresh) (Res
 			if err != nil {
 				return res, err
 			}
+			if refused != nil {
+				s.forgetUser(nil, l.State.UserID) // the session is revoked
+			}
 		}
 		if refused != nil {
 			return res, refused
@@ -438,6 +467,7 @@ func (s *Service) Logout(ctx context.Context, meta events.Meta, p auth.Principal
 		res.Token, err = s.store.Append(ctx, events.AppendRequest{StreamType: events.StreamSession, StreamID: p.SessionID,
 			ExpectedVersion: l.Version, OrganizationID: &p.OrganizationID, Events: evs, Meta: meta,
 			Also: func(ctx context.Context, tx pgx.Tx) error { return setSession(ctx, tx, p.SessionID, p.UserID, true) }})
+		s.forgetUser(err, p.UserID)
 		return res, err
 	})
 }

@@ -142,5 +142,6 @@ func (s *Service) RevokeToken(ctx context.Context, meta events.Meta, p auth.Prin
 				return err
 			}
 		}}.run(ctx, s.store)
+	s.forgetUser(err, p.UserID) // the token's owner: the cache keeps tokens under their owner
 	return Result[struct{}]{Token: tok}, err
 }

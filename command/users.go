@@ -104,7 +104,7 @@ func (s *Service) UpdateUser(ctx context.Context, meta events.Meta, p auth.Princ
 		return Result[readmodel.User]{}, err
 	}
 	c.Actor = p.UserID
-	return s.changeUser(ctx, meta, p, id, ifMatch,
+	res, err := s.changeUser(ctx, meta, p, id, ifMatch,
 		func(u User) ([]events.Event, error) { return DecideUpdateUser(id, u, c) },
 		func(u User) func(context.Context, pgx.Tx) error {
 			return func(ctx context.Context, tx pgx.Tx) error {
@@ -132,6 +132,10 @@ func (s *Service) UpdateUser(ctx context.Context, meta events.Meta, p auth.Princ
 				return nil
 			}
 		})
+	// Status and roles are authentication state (a name or an email change forgets too:
+	// one reload of one user).
+	s.forgetUser(err, id)
+	return res, err
 }
 
 // DeleteUser soft-deletes a user: the email is free again and the history stays.
@@ -139,7 +143,7 @@ func (s *Service) DeleteUser(ctx context.Context, meta events.Meta, p auth.Princ
 	if err := p.Require(auth.UsersWrite); err != nil {
 		return Result[readmodel.User]{}, err
 	}
-	return s.changeUser(ctx, meta, p, id, ifMatch,
+	res, err := s.changeUser(ctx, meta, p, id, ifMatch,
 		func(u User) ([]events.Event, error) { return DecideDeleteUser(id, u, p.UserID) },
 		func(u User) func(context.Context, pgx.Tx) error {
 			return func(ctx context.Context, tx pgx.Tx) error {
@@ -162,6 +166,10 @@ func (s *Service) DeleteUser(ctx context.Context, meta events.Meta, p auth.Princ
 				return err
 			}
 		})
+	// Status and roles are authentication state (a name or an email change forgets too:
+	// one reload of one user).
+	s.forgetUser(err, id)
+	return res, err
 }
 
 // AssignRole gives a user a role (built-in or custom) the caller could grant.
@@ -169,13 +177,17 @@ func (s *Service) AssignRole(ctx context.Context, meta events.Meta, p auth.Princ
 	if err := s.canManageRole(ctx, p, role); err != nil {
 		return Result[readmodel.User]{}, err
 	}
-	return s.changeUser(ctx, meta, p, id, nil,
+	res, err := s.changeUser(ctx, meta, p, id, nil,
 		func(u User) ([]events.Event, error) { return DecideAssignRole(u, role, true) },
 		func(u User) func(context.Context, pgx.Tx) error {
 			return func(ctx context.Context, tx pgx.Tx) error {
 				return assignRole(ctx, tx, p.OrganizationID, id, role, u.Status == StatusActive)
 			}
 		})
+	// Status and roles are authentication state (a name or an email change forgets too:
+	// one reload of one user).
+	s.forgetUser(err, id)
+	return res, err
 }
 
 // RemoveRole takes a role from a user; the organization keeps at least one active owner.
@@ -183,7 +195,7 @@ func (s *Service) RemoveRole(ctx context.Context, meta events.Meta, p auth.Princ
 	if err := s.canManageRole(ctx, p, role); err != nil {
 		return Result[readmodel.User]{}, err
 	}
-	return s.changeUser(ctx, meta, p, id, nil,
+	res, err := s.changeUser(ctx, meta, p, id, nil,
 		func(u User) ([]events.Event, error) { return DecideRemoveRole(u, role) },
 		func(u User) func(context.Context, pgx.Tx) error {
 			return func(ctx context.Context, tx pgx.Tx) error {
@@ -196,6 +208,10 @@ func (s *Service) RemoveRole(ctx context.Context, meta events.Meta, p auth.Princ
 				return err
 			}
 		})
+	// Status and roles are authentication state (a name or an email change forgets too:
+	// one reload of one user).
+	s.forgetUser(err, id)
+	return res, err
 }
 
 func (s *Service) canManageRole(ctx context.Context, p auth.Principal, role string) error {

@@ -183,7 +183,7 @@ func (m *Main) serve(ctx context.Context, cfg config.Config, roles map[string]bo
 	serveErr := make(chan error, 1)
 	var ready atomic.Bool
 	if roles[roleAPI] {
-		handler, err := newAPI(ctx, d, box, chain, &ready)
+		handler, err := newAPI(ctx, d, box, chain, &ready, start)
 		if err != nil {
 			return err
 		}
@@ -240,7 +240,9 @@ func (m *Main) serve(ctx context.Context, cfg config.Config, roles map[string]bo
 }
 
 // newAPI builds the Gin engine with every route.
-func newAPI(ctx context.Context, d *deps, box *secretbox.Box, chain events.ChainKey, ready *atomic.Bool) (http.Handler, error) {
+// start runs its background work (the authentication cache's listener).
+func newAPI(ctx context.Context, d *deps, box *secretbox.Box, chain events.ChainKey, ready *atomic.Bool,
+	start func(name string, run func(context.Context) error)) (http.Handler, error) {
 	cfg := d.cfg
 	keys, err := auth.KeysFromConfig(cfg.JWTSigningKeys)
 	if err != nil {
@@ -259,11 +261,13 @@ func newAPI(ctx context.Context, d *deps, box *secretbox.Box, chain events.Chain
 		return nil, err
 	}
 	limiter := ratelimit.New(d.rdb, cfg.RedisPrefix, d.logger)
+	authn := auth.NewAuthenticator(tokens, d.pool, cfg.AuthCacheTTL)
+	authn.Logger = d.logger.With("component", "auth")
+	start("auth cache", authn.Listen)
 	svc := command.NewService(command.Deps{Store: d.store, Hasher: auth.NewHasher(cfg.PasswordHashConcurrency),
-		Tokens: tokens, RefreshTTL: cfg.RefreshTTL, Logger: d.logger, Box: box,
+		Tokens: tokens, RefreshTTL: cfg.RefreshTTL, Logger: d.logger, Box: box, AuthChanged: authn,
 		Guard:    netguard.Guard{AllowPrivate: cfg.AllowPrivateTargets},
 		Throttle: ratelimit.NewLoginThrottle(limiter, cfg.LoginFailuresPerIP, cfg.LoginFailuresPerEmail)})
-	authn := auth.NewAuthenticator(tokens, d.pool)
 	authn.OnDenied = func(c *gin.Context, p auth.Principal, permission string) {
 		if err := svc.RecordAccessDenied(c, command.Meta(c), p, c.Request.Method, c.FullPath(), permission); err != nil {
 			d.logger.Warn("record access denied", "error", err, "request_id", httpx.RequestIDOf(c))

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/subtle"
 	"errors"
+	"log/slog"
 	"slices"
 	"strings"
 	"sync"
@@ -20,15 +21,18 @@ import (
 )
 
 // Authenticator turns a bearer credential (an access token or an API token) into a
-// Principal. It checks on every request, in one query on the primary database, the rows
-// that commands write in the same transaction as their events: the session is not
-// revoked, the user exists and is active, and their roles and the roles' permissions are
-// as they are now. So a logout, a deactivation or a role change counts on the very next
-// request, without waiting for any projection.
+// Principal. It decides from the rows that commands write in the same transaction as
+// their events: the session is not revoked, the user exists and is active, and their
+// roles and the roles' permissions are as they are now. It reads them in one query on
+// the primary database, or from its cache of them (see stateCache), which those same
+// transactions invalidate. So a logout, a deactivation or a role change counts on the
+// very next request, without waiting for any projection.
 type Authenticator struct {
 	// OnDenied, when set, is told of every request refused for a missing permission (the
 	// security event of the audit trail). It runs on the request path: keep it short.
 	OnDenied func(c *gin.Context, p Principal, permission string)
+	// Logger, when set, is told when the state cache turns off and on.
+	Logger *slog.Logger
 
 	tokens *Tokens
 	// creds is the primary database (never a replica: a revocation must count at once).
@@ -36,6 +40,8 @@ type Authenticator struct {
 	// lastUsed debounces last_used_at writes to one a minute per token.
 	lastUsed sync.Map
 	verified verifiedTokens
+	// cache is nil when the state cache is off: every request reads the database.
+	cache *stateCache
 }
 
 // verifiedTokens remembers access tokens whose signature and claims were verified. A
@@ -69,9 +75,11 @@ func (v *verifiedTokens) verify(raw string, verify func(string) (Claims, error))
 	return c, nil
 }
 
-// NewAuthenticator returns an authenticator over the primary database.
-func NewAuthenticator(tokens *Tokens, creds *pgxpool.Pool) *Authenticator {
-	return &Authenticator{tokens: tokens, creds: creds}
+// NewAuthenticator returns an authenticator over the primary database. With a positive
+// cacheTTL it keeps authentication state in memory for up to that long, trusted only
+// while Listen runs (see stateCache); zero reads the database on every request.
+func NewAuthenticator(tokens *Tokens, creds *pgxpool.Pool, cacheTTL time.Duration) *Authenticator {
+	return &Authenticator{tokens: tokens, creds: creds, cache: newStateCache(cacheTTL)}
 }
 
 var errUnauthenticated = apperr.New(apperr.CodeUnauthenticated, "Missing, expired or invalid credentials")
@@ -103,7 +111,7 @@ func (a *Authenticator) Authenticate(ctx context.Context, authorization string) 
 	if err1 != nil || err2 != nil {
 		return Principal{}, errUnauthenticated
 	}
-	st, err := a.state(ctx, userID, sessionID)
+	st, err := a.sessionState(ctx, userID, sessionID)
 	if err != nil {
 		return Principal{}, err
 	}
@@ -134,6 +142,20 @@ type authState struct {
 	sessionLive       bool
 	suspended         bool // the user's organization is suspended
 	operator          bool // a platform operator
+}
+
+// sessionState is a session's state, from the cache or the database.
+func (a *Authenticator) sessionState(ctx context.Context, user, session uuid.UUID) (authState, error) {
+	k := cacheKey{id: session}
+	v, gen, ok := a.cache.get(k, time.Now())
+	if ok && v.user == user {
+		return v.state, nil
+	}
+	st, err := a.state(ctx, user, session)
+	if err == nil {
+		a.cache.put(k, cachedAuth{user: user, org: st.org, state: st, loaded: time.Now()}, gen)
+	}
+	return st, err
 }
 
 func (a *Authenticator) state(ctx context.Context, user, session uuid.UUID) (authState, error) {
@@ -173,6 +195,17 @@ func (a *Authenticator) addCustomPermissions(ctx context.Context, st *authState)
 	return db.Classify(err)
 }
 
+// tokenState is an API token's row and its owner's state.
+type tokenState struct {
+	user, org uuid.UUID
+	stored    []byte
+	abilities []string
+	expires   *time.Time
+	ownerOrg  *uuid.UUID
+	active    *bool
+	owner     authState
+}
+
 // authenticateAPIToken checks an API token against its stored hash; the token acts with
 // the intersection of its abilities and its owner's permissions as they are now, and
 // stops working when the owner is deactivated or deleted.
@@ -181,49 +214,59 @@ func (a *Authenticator) authenticateAPIToken(ctx context.Context, raw string) (P
 	if !ok {
 		return Principal{}, errUnauthenticated
 	}
-	var userID, orgID uuid.UUID
-	var stored []byte
-	var abilities []string
-	var expires *time.Time
-	var userOrg *uuid.UUID
-	var active *bool
-	st := authState{found: true}
+	t, found, err := a.tokenState(ctx, id)
+	if err != nil {
+		return Principal{}, err
+	}
+	if !found || subtle.ConstantTimeCompare(t.stored, hash) != 1 || (t.expires != nil && time.Now().After(*t.expires)) {
+		return Principal{}, errUnauthenticated
+	}
+	if t.ownerOrg == nil || t.active == nil || !*t.active || *t.ownerOrg != t.org {
+		return Principal{}, errUnauthenticated
+	}
+	if t.owner.suspended {
+		return Principal{}, errSuspended
+	}
+	a.touch(id)
+	owner := PermissionsOf(t.owner.roles, t.owner.customPermissions)
+	perms := make([]string, 0, len(t.abilities))
+	for _, ab := range t.abilities {
+		if slices.Contains(owner, ab) {
+			perms = append(perms, ab)
+		}
+	}
+	return Principal{Credential: "token:" + id.String(), UserID: t.user, OrganizationID: t.org, TokenID: id,
+		Roles: t.owner.roles, Permissions: perms}, nil
+}
+
+// tokenState is an API token's state, from the cache or the database; found is false
+// for a token that does not exist (never cached: anyone can make up token ids).
+func (a *Authenticator) tokenState(ctx context.Context, id uuid.UUID) (*tokenState, bool, error) {
+	k := cacheKey{token: true, id: id}
+	v, gen, ok := a.cache.get(k, time.Now())
+	if ok {
+		return v.token, true, nil
+	}
+	t := &tokenState{owner: authState{found: true}}
 	// The token and its owner's state in one round trip.
 	err := a.creds.QueryRow(ctx, `SELECT t.user_id, t.organization_id, t.secret_hash, t.abilities, t.expires_at,
 			c.organization_id, c.active, ARRAY(SELECT role FROM role_assignments WHERE user_id = t.user_id ORDER BY role),
 			coalesce((SELECT suspended FROM organization_states WHERE organization_id = t.organization_id), false)
 		FROM api_token_credentials t LEFT JOIN user_credentials c ON c.user_id = t.user_id
-		WHERE t.token_id = $1`, id).Scan(&userID, &orgID, &stored, &abilities, &expires, &userOrg, &active, &st.roles,
-		&st.suspended)
+		WHERE t.token_id = $1`, id).Scan(&t.user, &t.org, &t.stored, &t.abilities, &t.expires, &t.ownerOrg, &t.active,
+		&t.owner.roles, &t.owner.suspended)
 	if errors.Is(err, pgx.ErrNoRows) {
-		return Principal{}, errUnauthenticated
+		return nil, false, nil
 	}
 	if err != nil {
-		return Principal{}, db.Classify(err)
+		return nil, false, db.Classify(err)
 	}
-	if subtle.ConstantTimeCompare(stored, hash) != 1 || (expires != nil && time.Now().After(*expires)) {
-		return Principal{}, errUnauthenticated
+	t.owner.org, t.owner.active = t.org, t.active != nil && *t.active
+	if err := a.addCustomPermissions(ctx, &t.owner); err != nil {
+		return nil, false, err
 	}
-	if userOrg == nil || active == nil || !*active || *userOrg != orgID {
-		return Principal{}, errUnauthenticated
-	}
-	if st.suspended {
-		return Principal{}, errSuspended
-	}
-	st.org, st.active = orgID, true
-	if err := a.addCustomPermissions(ctx, &st); err != nil {
-		return Principal{}, err
-	}
-	a.touch(id)
-	owner := PermissionsOf(st.roles, st.customPermissions)
-	perms := make([]string, 0, len(abilities))
-	for _, ab := range abilities {
-		if slices.Contains(owner, ab) {
-			perms = append(perms, ab)
-		}
-	}
-	return Principal{Credential: "token:" + id.String(), UserID: userID, OrganizationID: orgID, TokenID: id,
-		Roles: st.roles, Permissions: perms}, nil
+	a.cache.put(k, cachedAuth{user: t.user, org: t.org, token: t, loaded: time.Now()}, gen)
+	return t, true, nil
 }
 
 // touch records a token's use, at most once a minute, off the request path.

@@ -48,6 +48,11 @@ type Config struct {
 	// the others still verify (key rotation). Empty: a key is created once and kept in the
 	// database, which is right for one developer machine and wrong for production.
 	JWTSigningKeys []string `env:"JWT_SIGNING_KEYS" envSeparator:","`
+	// AuthCacheTTL is how long a process may keep a session's or an API token's
+	// authentication state in memory. The transactions that change that state invalidate
+	// it in every process (NOTIFY), so this is only a bound; 0 reads the database on
+	// every request.
+	AuthCacheTTL time.Duration `env:"AUTH_CACHE_TTL" envDefault:"1m"`
 
 	// SecretsKey (base64, 32 bytes) seals webhook secrets at rest. Empty: a key is made
 	// once and kept in the database (development only).
