@@ -191,8 +191,14 @@ func send(client *http.Client, next request, i int) (int, error) {
 	if err != nil {
 		return 0, err
 	}
+	defer res.Body.Close()
+	if res.StatusCode >= 400 {
+		// A failure's answer says why (its error code and message): keep its start.
+		b, _ := io.ReadAll(io.LimitReader(res.Body, 300))
+		_, _ = io.Copy(io.Discard, res.Body)
+		return res.StatusCode, fmt.Errorf("answer %s", b)
+	}
 	_, _ = io.Copy(io.Discard, res.Body)
-	res.Body.Close()
 	return res.StatusCode, nil
 }
 

@@ -277,7 +277,7 @@ func commandToRead(srv *server, rate float64, d time.Duration) (cmd, read loadRe
 			get := jsonRequest("GET", srv.base+"/api/v1/chatbots/"+env.Data.ID, srv.token, nil)
 			for {
 				st, err := send(srv.client, get, 0)
-				if err != nil {
+				if err != nil && st != http.StatusNotFound { // not projected yet: poll again
 					return 0, false, err
 				}
 				if st == 200 {

@@ -77,6 +77,7 @@ func run(ctx context.Context) error {
 	integrationsOnly := flag.Bool("integrations-only", false, "only the analytics and webhook figures (printed, not written)")
 	appendsOnly := flag.Bool("appends-only", false, "only the event store appends against pgbench (printed, not written)")
 	pipelineOnly := flag.Bool("pipeline-only", false, "only the relay and projector figures (printed, not written)")
+	httpOnly := flag.Bool("http-only", false, "only the commands, read model and cached read figures over HTTP (printed, not written; no pgbench ratio)")
 	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of this process (the in-process relay, projector and appends) to this file")
 	flag.Parse()
 	if *cpuProfile != "" {
@@ -135,13 +136,15 @@ func run(ctx context.Context) error {
 		return err
 	}
 	// 1. Appends against pgbench.
-	pgbench32, err := appendFigures(ctx, pool, dbURL, o, &report)
-	if err != nil {
-		return err
-	}
-	// 2. The relay and a projector against their baselines.
-	if err := pipelineFigures(ctx, o, &report); err != nil {
-		return err
+	var pgbench32 float64
+	if !*httpOnly {
+		if pgbench32, err = appendFigures(ctx, pool, dbURL, o, &report); err != nil {
+			return err
+		}
+		// 2. The relay and a projector against their baselines.
+		if err := pipelineFigures(ctx, o, &report); err != nil {
+			return err
+		}
 	}
 	// 3. The whole binary over HTTP, on a database of its own (the phases above left
 	// backlogs the relay would otherwise publish first).
@@ -154,13 +157,22 @@ func run(ctx context.Context) error {
 		return err
 	}
 	defer srv.stop()
-	e2ePool, err := db.Open(ctx, e2eURL, 40)
+	// PostgreSQL's 100 connections are shared by the server (its pool of 32 and its
+	// dedicated LISTEN connections), the bare service and this process: the appends'
+	// idle connections are closed first, and the bare service's pool matches its 32
+	// clients.
+	pool.Reset()
+	e2ePool, err := db.Open(ctx, e2eURL, 34)
 	if err != nil {
 		return err
 	}
 	defer e2ePool.Close()
 	if err := httpFigures(ctx, o, srv, e2ePool, pgbench32, &report); err != nil {
 		return err
+	}
+	if *httpOnly {
+		fmt.Print(report.String())
+		return nil
 	}
 
 	// 4. Conversations: the knowledge-base responder.
@@ -412,13 +424,23 @@ func startServer(ctx context.Context, o options, dbURL string) (*server, error) 
 		"AMQP_EXCHANGE=bench.serve.events", "AMQP_QUEUE_PREFIX=bench.serve.", "REDIS_PREFIX=bench:", "PPROF_ADDR="+pprofAddr,
 		// The limits would throttle the load generator, not measure chatbotd.
 		"RATE_LIMIT_API_PER_MINUTE=100000000", "RATE_LIMIT_PUBLIC_PER_MINUTE=100000000")
-	cmd.Stdout, cmd.Stderr = io.Discard, os.Stderr
+	// Its log (warnings and failed requests) is kept beside the binary, for when a figure
+	// fails or looks wrong.
+	logPath := o.binary + ".log"
+	logFile, err := os.Create(logPath)
+	if err != nil {
+		cancel()
+		return nil, err
+	}
+	cmd.Stdout, cmd.Stderr = logFile, logFile
 	cmd.Cancel = func() error { return cmd.Process.Signal(os.Interrupt) }
 	if err := cmd.Start(); err != nil {
 		cancel()
+		logFile.Close()
 		return nil, fmt.Errorf("start %s (make bench builds it): %w", o.binary, err)
 	}
-	s := &server{base: "http://" + addr, pprof: "http://" + pprofAddr, pid: cmd.Process.Pid, ctx: ctx, stop: func() { cancel(); _ = cmd.Wait() }, // SIGINT, then a clean shutdown
+	fmt.Fprintf(os.Stderr, "chatbotd serve logs to %s\n", logPath)
+	s := &server{base: "http://" + addr, pprof: "http://" + pprofAddr, pid: cmd.Process.Pid, ctx: ctx, stop: func() { cancel(); _ = cmd.Wait(); logFile.Close() }, // SIGINT, then a clean shutdown
 		client: &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 256}}}
 	for i := 0; ; i++ {
 		if res, err := s.client.Get(s.base + "/ready"); err == nil {
