@@ -41,9 +41,36 @@ type Limiter struct {
 	// request.
 	downUntil atomic.Int64
 
-	mu    sync.Mutex
-	local map[string]*localEntry
+	mu     sync.Mutex
+	local  map[string]*localEntry
+	leases map[string]*lease
 }
+
+// lease is a share of a key's quota taken from Redis ahead of use, so that a busy key
+// costs one round trip per lease instead of one per request. Every event is still taken
+// from the GCRA bucket in Redis, so the limit holds across all processes; what a lease
+// may cost is the events it took and did not use before it expired (they are counted
+// and lost). Its size adapts to the key's rate in this process: it doubles while each
+// lease is used up within half its life and halves when one expires unused, so a key
+// below about 20 events a second in one process takes them one at a time, exactly as
+// without leases. Small limits never lease (see maxLease).
+//
+// Hand-written: redis_rate has no notion of taking ahead; AllowAtMost is its building
+// block for it.
+type lease struct {
+	mu        sync.Mutex
+	left      int       // events taken from Redis and not used yet
+	remaining int       // the bucket's remaining events in Redis after the last take
+	taken     time.Time // when the last lease was taken
+	size      int       // how many events the next take asks for
+	seen      time.Time // guarded by the Limiter's mu, not the lease's
+}
+
+// leaseLife is how long a lease's events may be used.
+const leaseLife = 100 * time.Millisecond
+
+// maxLease bounds a lease: at most a twentieth of the burst and 64 events.
+func maxLease(lim Limit) int { return min(max(lim.Burst/20, 1), 64) }
 
 // redisDownFor is how long the limiter stays local after a Redis error.
 const redisDownFor = 5 * time.Second
@@ -64,7 +91,8 @@ type localEntry struct {
 
 // New returns a limiter whose keys start with prefix.
 func New(rdb redis.UniversalClient, prefix string, logger *slog.Logger) *Limiter {
-	return &Limiter{redis: redis_rate.NewLimiter(rdb), prefix: prefix + "rl:", logger: logger, local: map[string]*localEntry{}}
+	return &Limiter{redis: redis_rate.NewLimiter(rdb), prefix: prefix + "rl:", logger: logger, local: map[string]*localEntry{},
+		leases: map[string]*lease{}}
 }
 
 func emission(l Limit) time.Duration { return l.Period / time.Duration(l.Rate) }
@@ -74,12 +102,71 @@ func (l *Limiter) Take(ctx context.Context, key string, lim Limit) Decision {
 	if !l.redisUp() {
 		return l.takeLocal(key, lim, 1)
 	}
-	res, err := l.redis.Allow(ctx, l.prefix+key, lim)
+	le := l.lease(key)
+	le.mu.Lock()
+	defer le.mu.Unlock()
+	now := time.Now()
+	if le.left > 0 && now.Sub(le.taken) < leaseLife {
+		le.left--
+		return Decision{Allowed: true, Limit: lim.Burst, Remaining: le.remaining + le.left}
+	}
+	switch {
+	case le.size == 0:
+		le.size = 1
+	case le.left == 0 && now.Sub(le.taken) < leaseLife/2:
+		le.size = min(le.size*2, maxLease(lim)) // used up fast: take more at once
+	case le.left > 0:
+		le.size = max(le.size/2, 1) // expired unused: take fewer
+	}
+	le.left = 0
+	res, err := l.redis.AllowAtMost(ctx, l.prefix+key, lim, min(le.size, maxLease(lim)))
 	if err != nil {
 		l.redisFailed(err)
 		return l.takeLocal(key, lim, 1)
 	}
-	return Decision{Allowed: res.Allowed > 0, Limit: lim.Burst, Remaining: res.Remaining, RetryAfter: max(res.RetryAfter, 0)}
+	if res.Allowed == 0 {
+		return Decision{Limit: lim.Burst, Remaining: res.Remaining, RetryAfter: max(res.RetryAfter, 0)}
+	}
+	le.left, le.remaining, le.taken = res.Allowed-1, res.Remaining, now
+	return Decision{Allowed: true, Limit: lim.Burst, Remaining: le.remaining + le.left}
+}
+
+// lease returns key's lease, made on first use; leases not used for a minute are dropped
+// when there are many.
+func (l *Limiter) lease(key string) *lease {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	now := time.Now()
+	le, ok := l.leases[key]
+	if !ok {
+		if len(l.leases) > 50000 {
+			for k, v := range l.leases {
+				if now.Sub(v.seen) > time.Minute { // seen is guarded by l.mu
+					delete(l.leases, k)
+				}
+			}
+		}
+		le = &lease{}
+		l.leases[key] = le
+	}
+	le.seen = now
+	return le
+}
+
+// leased is how many of key's events this process holds in an unexpired lease.
+func (l *Limiter) leased(key string) int {
+	l.mu.Lock()
+	le, ok := l.leases[key]
+	l.mu.Unlock()
+	if !ok {
+		return 0
+	}
+	le.mu.Lock()
+	defer le.mu.Unlock()
+	if time.Since(le.taken) >= leaseLife {
+		return 0
+	}
+	return le.left
 }
 
 // Peek says whether one more event would be allowed, counting nothing.
@@ -92,7 +179,8 @@ func (l *Limiter) Peek(ctx context.Context, key string, lim Limit) Decision {
 		l.redisFailed(err)
 		return l.takeLocal(key, lim, 0)
 	}
-	d := Decision{Allowed: res.Remaining > 0, Limit: lim.Burst, Remaining: res.Remaining}
+	held := l.leased(key)
+	d := Decision{Allowed: res.Remaining+held > 0, Limit: lim.Burst, Remaining: res.Remaining + held}
 	if !d.Allowed {
 		// ResetAfter is until the bucket is full again; one slot frees one emission
 		// interval after it starts refilling.

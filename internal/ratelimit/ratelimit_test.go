@@ -3,6 +3,8 @@ package ratelimit_test
 import (
 	"context"
 	"log/slog"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -63,4 +65,65 @@ func TestLoginThrottleCountsFailuresPerIPAndEmail(t *testing.T) {
 	}
 	_, blocked = th.Blocked(ctx, "3.3.3.3", "a@example.com")
 	assert.True(t, blocked)
+}
+
+// countCommands counts the commands a client sends to Redis.
+type countCommands struct{ n atomic.Int64 }
+
+func (c *countCommands) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (c *countCommands) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error { c.n.Add(1); return next(ctx, cmd) }
+}
+func (c *countCommands) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
+}
+
+func TestBusyKeysLeaseTheirQuotaAndNeverExceedIt(t *testing.T) {
+	r := testenv.MustRedis(t)
+	var sent countCommands
+	r.Client.AddHook(&sent)
+	// Two processes share one credential's limit of 600 a minute (burst 600).
+	lim := ratelimit.PerMinute(600)
+	limiters := []*ratelimit.Limiter{ratelimit.New(r.Client, r.Prefix, slog.New(slog.DiscardHandler)),
+		ratelimit.New(r.Client, r.Prefix, slog.New(slog.DiscardHandler))}
+	var allowed, requests atomic.Int64
+	start := time.Now()
+	var wg sync.WaitGroup
+	for _, l := range limiters {
+		for range 8 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for denied := 0; denied < 3; {
+					requests.Add(1)
+					if l.Take(context.Background(), "busy", lim).Allowed {
+						allowed.Add(1)
+						denied = 0
+					} else {
+						denied++
+					}
+				}
+			}()
+		}
+	}
+	wg.Wait()
+	refilled := int64(time.Since(start)/(100*time.Millisecond)) + 1 // 10 a second
+	t.Logf("%d allowed of %d requests in %v, %d Redis commands", allowed.Load(), requests.Load(), time.Since(start), sent.n.Load())
+	assert.LessOrEqual(t, allowed.Load(), 600+refilled, "never more than the limit across processes")
+	assert.GreaterOrEqual(t, allowed.Load(), int64(600-2*30), "at most a lease per process unused")
+	assert.Less(t, sent.n.Load(), allowed.Load()/4, "a busy key takes its events in leases")
+}
+
+func TestQuietKeysTakeOneEventAtATime(t *testing.T) {
+	r := testenv.MustRedis(t)
+	l := ratelimit.New(r.Client, r.Prefix, slog.New(slog.DiscardHandler))
+	other := ratelimit.New(r.Client, r.Prefix, slog.New(slog.DiscardHandler)) // another process
+	lim := ratelimit.Limit{Rate: 600, Burst: 600, Period: time.Hour}          // no refill during the test
+	for i := range 5 {
+		d := l.Take(context.Background(), "quiet", lim)
+		assert.True(t, d.Allowed)
+		assert.Equal(t, 599-i, d.Remaining)
+		assert.Equal(t, 599-i, other.Peek(context.Background(), "quiet", lim).Remaining, "nothing taken ahead in Redis")
+		time.Sleep(60 * time.Millisecond) // 16 a second: below a lease's pace
+	}
 }
