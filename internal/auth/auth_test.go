@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -126,4 +127,25 @@ func TestBuiltinRoles(t *testing.T) {
 	assert.ElementsMatch(t, []string{UsersRead, ChatbotsRead, ConversationsRead, AnalyticsRead}, roles[RoleViewer])
 	assert.NotContains(t, roles[RoleMember], AuditRead)
 	assert.Contains(t, roles[RoleMember], ChatbotsWrite)
+}
+
+func TestHasherGivesItsMemoryBackWhenIdle(t *testing.T) {
+	h := newHasher(2, 20*time.Millisecond)
+	held := func() uint64 {
+		var m runtime.MemStats
+		runtime.ReadMemStats(&m)
+		return m.HeapSys - m.HeapReleased // mapped heap the process keeps
+	}
+	time.Sleep(50 * time.Millisecond) // the start-up hash's give-back
+	before := held()
+	_, err := h.Hash(context.Background(), "correct horse")
+	require.NoError(t, err)
+	// 19 MiB were allocated and are garbage now; once hashing pauses they are returned.
+	deadline := time.Now().Add(time.Second)
+	for held() > before+8<<20 {
+		if time.Now().After(deadline) {
+			t.Fatalf("still holding %d MiB more than before the hash", (held()-before)>>20)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }
