@@ -81,6 +81,8 @@ type Relay struct {
 	afterConfirm func(ctx context.Context, batch []Envelope) error
 	// leading, when set (tests, metrics), is told when leadership is won and lost.
 	leading func(bool)
+	// sent, when set (tests), is told how many events are in flight after each batch is sent.
+	sent func(outstanding int)
 }
 
 // NewRelay returns a relay; Run starts it.
@@ -158,39 +160,99 @@ func (r *Relay) lead(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	for {
-		batch, next, err := ReadCommitted(ctx, r.pool, cp, r.cfg.BatchSize)
-		if err != nil {
+	// Batches are published without waiting for the confirms of the ones before: up to
+	// window events are in flight, so the broker's confirm latency (a quorum queue's
+	// replication and fsync) and the checkpoint's commit are not paid once per batch.
+	// Confirms come back in publish order (amqp091 resequences them), so the oldest
+	// batch is always the next to be wholly confirmed, and the checkpoint moves past a
+	// batch only once it and every batch before it are. Under load the checkpoint is
+	// saved at most every checkpointEvery (a crash re-publishes what was confirmed
+	// since, at least once); whenever nothing is left in flight it is saved at once.
+	window := 2 * r.cfg.BatchSize
+	read := cp // where the next read starts: past everything published
+	var pending []*inflight
+	outstanding := 0
+	saved, lastSave := cp, time.Now()
+	save := func() error {
+		if cp == saved {
+			return nil
+		}
+		if err := r.saveCheckpoint(ctx, cp); err != nil {
 			return err
 		}
-		if len(batch) > 0 {
-			if err := pub.publish(ctx, batch); err != nil {
+		saved, lastSave = cp, time.Now()
+		return nil
+	}
+	// What was confirmed is recorded however the relay stops (a batch whose after-confirm
+	// step failed is not: cp has not moved past it).
+	defer func() { _ = save() }()
+	finish := func() error {
+		head := pending[0]
+		if r.afterConfirm != nil {
+			if err := r.afterConfirm(ctx, head.batch); err != nil {
 				return err
 			}
-			if r.afterConfirm != nil {
-				if err := r.afterConfirm(ctx, batch); err != nil {
+		}
+		faults.Crash("relay.batch")
+		pending, outstanding, cp = pending[1:], outstanding-len(head.batch), head.next
+		r.published(ctx, head.batch)
+		if len(pending) == 0 || time.Since(lastSave) >= checkpointEvery {
+			return save()
+		}
+		return nil
+	}
+	for {
+		if outstanding < window {
+			batch, next, err := ReadCommitted(ctx, r.pool, read, r.cfg.BatchSize)
+			if err != nil {
+				return err
+			}
+			if len(batch) > 0 {
+				if err := pub.send(ctx, batch); err != nil {
 					return err
 				}
+				pending = append(pending, &inflight{batch: batch, next: next})
+				outstanding += len(batch)
+				read = next
+				if r.sent != nil {
+					r.sent(outstanding)
+				}
+				for len(pending) > 0 { // settle what is confirmed already, without waiting
+					done, err := pub.confirm(pending[0], false)
+					if err != nil {
+						return err
+					}
+					if !done {
+						break
+					}
+					if err := finish(); err != nil {
+						return err
+					}
+				}
+				continue
 			}
-			faults.Crash("relay.batch")
-			if err := r.saveCheckpoint(ctx, next); err != nil {
+		}
+		if len(pending) > 0 {
+			// Nothing more to read yet, or the window is full: wait for the oldest batch.
+			if _, err := pub.confirm(pending[0], true); err != nil {
 				return err
 			}
-			r.published(ctx, batch)
-			cp = next
+			if err := finish(); err != nil {
+				return err
+			}
 			continue
 		}
 		// Nothing readable. Rows after the checkpoint that are not readable yet belong to
 		// transactions behind a running one: look again soon. Otherwise sleep until a
 		// commit notifies us.
-		var pending bool
+		var behind bool
 		if err := r.pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM events
 			WHERE (transaction_id, position) > ($1::text::xid8, $2::bigint))`,
-			strconv.FormatUint(cp.TransactionID, 10), cp.Position).Scan(&pending); err != nil {
+			strconv.FormatUint(cp.TransactionID, 10), cp.Position).Scan(&behind); err != nil {
 			return err
 		}
 		wait := r.cfg.IdleWait
-		if pending {
+		if behind {
 			wait = 5 * time.Millisecond
 		}
 		wctx, cancel := context.WithTimeout(ctx, wait)
@@ -294,7 +356,7 @@ func (r *Relay) openPublisher(ctx context.Context) (*publisher, error) {
 		ch.Close()
 		return nil, fmt.Errorf("confirm mode: %w", err)
 	}
-	n := r.cfg.BatchSize + 1
+	n := 3*r.cfg.BatchSize + 1 // the most in flight: a window of 2 batches, and one more read
 	return &publisher{
 		ch:       ch,
 		exchange: r.cfg.Exchange,
@@ -307,10 +369,19 @@ func (r *Relay) openPublisher(ctx context.Context) (*publisher, error) {
 
 func (p *publisher) close() { _ = p.ch.Close() }
 
-// publish sends the batch with mandatory routing and waits for every confirm. A nack, a
-// returned (unroutable) message, a closed channel or a timeout fails the whole batch,
-// which is then published again: duplicates are allowed, loss is not.
-func (p *publisher) publish(ctx context.Context, batch []Envelope) error {
+// checkpointEvery is how often, at most, the checkpoint is saved while batches are in
+// flight.
+const checkpointEvery = 100 * time.Millisecond
+
+// inflight is a published batch and how many of its confirms have come back.
+type inflight struct {
+	batch []Envelope
+	next  Checkpoint
+	acked int
+}
+
+// send publishes the batch with mandatory routing, without waiting for its confirms.
+func (p *publisher) send(ctx context.Context, batch []Envelope) error {
 	for _, e := range batch {
 		body, err := json.Marshal(e)
 		if err != nil {
@@ -329,30 +400,65 @@ func (p *publisher) publish(ctx context.Context, batch []Envelope) error {
 			return fmt.Errorf("publish event %s: %w", e.ID, err)
 		}
 	}
-	deadline := time.NewTimer(p.timeout)
-	defer deadline.Stop()
-	var failed error
-	for range batch {
-		select {
-		case c, ok := <-p.confirms:
-			if !ok {
-				return errors.New("channel closed while waiting for confirms")
+	return nil
+}
+
+// confirm counts the confirms of b, the oldest batch in flight, and reports whether it
+// is wholly confirmed; with block it waits (up to the confirm timeout) until it is. A
+// nack, a returned (unroutable) message, a closed channel or a timeout is an error: the
+// relay then starts again from its checkpoint and publishes again, since duplicates are
+// allowed and loss is not.
+func (p *publisher) confirm(b *inflight, block bool) (bool, error) {
+	var deadline <-chan time.Time
+	if block {
+		t := time.NewTimer(p.timeout)
+		defer t.Stop()
+		deadline = t.C
+	}
+	for b.acked < len(b.batch) {
+		var c amqp.Confirmation
+		var ok bool
+		if block {
+			select {
+			case c, ok = <-p.confirms:
+			case err := <-p.closed:
+				return false, fmt.Errorf("channel closed while waiting for confirms: %v", err)
+			case <-deadline:
+				return false, errors.New("timed out waiting for publisher confirms")
 			}
-			if !c.Ack && failed == nil {
-				failed = fmt.Errorf("broker nacked delivery %d", c.DeliveryTag)
+		} else {
+			select {
+			case c, ok = <-p.confirms:
+			case err := <-p.closed:
+				return false, fmt.Errorf("channel closed while waiting for confirms: %v", err)
+			default:
+				return false, nil
 			}
-		case err := <-p.closed:
-			return fmt.Errorf("channel closed while waiting for confirms: %v", err)
-		case <-deadline.C:
-			return errors.New("timed out waiting for publisher confirms")
 		}
+		if !ok {
+			return false, errors.New("channel closed while waiting for confirms")
+		}
+		if !c.Ack {
+			return false, fmt.Errorf("broker nacked delivery %d", c.DeliveryTag)
+		}
+		b.acked++
 	}
 	// RabbitMQ sends basic.return before the basic.ack of the same message, and amqp091
-	// dispatches frames in order, so every return for this batch is queued by now.
+	// dispatches frames in order, so every return for this batch is queued by now (one
+	// of a later batch may be too: it fails this one, and both are published again).
 	select {
 	case ret := <-p.returns:
-		return fmt.Errorf("event %s (%s) was unroutable: %s", ret.MessageId, ret.RoutingKey, ret.ReplyText)
+		return false, fmt.Errorf("event %s (%s) was unroutable: %s", ret.MessageId, ret.RoutingKey, ret.ReplyText)
 	default:
 	}
-	return failed
+	return true, nil
+}
+
+// publish sends one batch and waits for all its confirms.
+func (p *publisher) publish(ctx context.Context, batch []Envelope) error {
+	if err := p.send(ctx, batch); err != nil {
+		return err
+	}
+	_, err := p.confirm(&inflight{batch: batch}, true)
+	return err
 }

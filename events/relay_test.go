@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"math/rand/v2"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -330,6 +331,51 @@ func TestRelayDeclaresQueuesBeforePublishing(t *testing.T) {
 		}
 		if msg.MessageId != first.id.String() {
 			return errorf("unexpected message", msg.MessageId)
+		}
+		return nil
+	})
+}
+
+func TestRelayKeepsSeveralBatchesInFlight(t *testing.T) {
+	d := testenv.MustDatabase(t)
+	a := testenv.MustAMQP(t)
+	c := mustCollector(t, a)
+	s := NewStore(d.Pool)
+	stream := uuid.New()
+	const n = 150
+	for range n {
+		appendDelayed(t, s, stream, time.Microsecond)
+	}
+	r, err := NewRelay(d.Pool, mustBroker(t, a), RelayConfig{Exchange: a.Exchange, BatchSize: 7, Logger: testenv.Logger(t)})
+	require.NoError(t, err)
+	var most atomic.Int64
+	r.sent = func(outstanding int) {
+		if int64(outstanding) > most.Load() {
+			most.Store(int64(outstanding))
+		}
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = r.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+
+	c.waitFor(t, n)
+	_, uniq := c.firstSeen()
+	for i, e := range uniq {
+		require.Equal(t, i+1, e.StreamVersion, "published in order")
+	}
+	// A batch is sent before the ones before it are confirmed, within the window of two
+	// batches (plus the one read when the window still had room).
+	assert.Greater(t, most.Load(), int64(7), "never more than one batch in flight")
+	assert.LessOrEqual(t, most.Load(), int64(3*7))
+	// Once nothing is in flight, the checkpoint is the last event's.
+	testenv.Eventually(t, 5*time.Second, func() error {
+		var cp int64
+		if err := d.Pool.QueryRow(ctx, `SELECT coalesce(max(position), 0) FROM relay_checkpoints`).Scan(&cp); err != nil {
+			return err
+		}
+		if cp != uniq[n-1].Position {
+			return errorf("checkpoint at %d, last event at %d", cp, uniq[n-1].Position)
 		}
 		return nil
 	})
