@@ -45,8 +45,14 @@ func httpFigures(ctx context.Context, o options, srv *server, pool *pgxpool.Pool
 			"password": "password1", "password_confirmation": "password1"}
 	}
 	noauth := fmt.Sprintf("?org=%s&user=%s", srv.org, srv.user)
-	// measure settles the pipeline, then runs next from every client for the duration.
+	// measure warms the service up with the same load (its pool's connections opened,
+	// its statements prepared, its caches filled: else the first figure of a run pays
+	// for what the later ones find ready), settles the pipeline, then runs next from
+	// every client for the duration.
 	measure := func(what string, want int, next request) (loadResult, error) {
+		if _, err := closedLoop(srv.client, next, want, clients, min(time.Second, o.duration/2)); err != nil {
+			return loadResult{}, fmt.Errorf("%s, warming up: %w", what, err)
+		}
 		if err := settle(ctx, pool, "bench.serve."); err != nil {
 			return loadResult{}, err
 		}
