@@ -176,8 +176,9 @@ func httpFigures(ctx context.Context, o options, srv *server, pool *pgxpool.Pool
 
 	fmt.Fprint(w, "\n### Commands over HTTP\n\n")
 	fmt.Fprintf(w, "The whole binary (`chatbotd serve` with every role, built with `-tags benchnoauth`), %d keep-alive clients in this "+
-		"process, %s each. A command is authenticated (JWT: signature, then one query for the session, the user's state and "+
-		"roles), validated, decided, appended (durable, group commit), and answered with its consistency token. "+
+		"process, %s each. Each figure follows a warm-up of one second with the same load. A command is "+
+		"authenticated (JWT: signature, then the session's and the user's state and roles, read from the process's cache, "+
+		"which the transactions that change them invalidate), rate limited (GCRA in Redis, taken in leases), validated, decided, appended (durable, group commit), and answered with its consistency token. "+
 		"`POST /api/v1/chatbots` is the command class of `POST /api/v1/users` without its password: one event, a new stream. "+
 		"`POST /api/v1/users` also hashes the password with argon2id (19 MiB, 2 passes; at most 4 at once) and reserves the email. "+
 		"The bare service is Gin in this process: bind, validate, one INSERT of the same row into a copy of the read model's table, "+
@@ -213,7 +214,8 @@ func httpFigures(ctx context.Context, o options, srv *server, pool *pgxpool.Pool
 	fmt.Fprint(w, "\n### Cached reads\n\n")
 	fmt.Fprintf(w, "`GET /api/v1/users/{id}`, a hit in Redis, from %d keep-alive clients, %s each. The bare service is Gin in this "+
 		"process doing the same Redis GET and answering its bytes. Authorization off is chatbotd's very handler mounted without "+
-		"authentication (a route only the bench build has). redis-benchmark runs GET of 300 bytes from %d connections, without "+
+		"authentication (a route only the bench build has); with a JWT or an API token the request is also authenticated "+
+		"(from the process's cache) and rate limited (in leases from Redis). redis-benchmark runs GET of 300 bytes from %d connections, without "+
 		"pipelining: the ceiling of Redis itself. Then the JWT read is sent at half its peak on a fixed schedule for %s.\n\n",
 		clients, o.duration, clients, 2*o.duration)
 	fmt.Fprint(w, "| read | requests/s | p50 | p99 | ratio to bare Gin |\n|---|---:|---:|---:|---:|\n")
@@ -227,8 +229,9 @@ func httpFigures(ctx context.Context, o options, srv *server, pool *pgxpool.Pool
 	fmt.Fprintf(w, "| JWT at %.0f/s (half its peak), open loop | %.0f | %s | %s | |\n", getJWT.rate/2, getHalf.rate, ms(getHalf.p50), ms(getHalf.p99))
 
 	fmt.Fprint(w, "\n### Resident memory of `chatbotd serve`\n\n")
-	fmt.Fprint(w, "`VmRSS` of the process once it is ready and idle (every role running, pools open), and `VmHWM` (its peak) after "+
-		"the loads above.\n\n")
+	fmt.Fprint(w, "`VmRSS` of the process once it is ready and idle (every role running, pools open, the owner registered and "+
+		"logged in), and `VmHWM` (its peak) after the loads above; with the default soft memory limit (`GOMEMLIMIT` unset: "+
+		"150 MiB).\n\n")
 	fmt.Fprintf(w, "| idle | peak | goals |\n|---:|---:|---|\n| %.0f MiB | %.0f MiB | ≤ 60 MB idle, ≤ 200 MB at peak |\n", idle, peak)
 	return nil
 }
