@@ -45,7 +45,7 @@ func startBare(ctx context.Context, pool *pgxpool.Pool, rdb *redis.Client) (*bar
 	gin.SetMode(gin.ReleaseMode)
 	r := gin.New()
 	r.Use(gin.Recovery())
-	hasher := auth.NewHasher(4) // PASSWORD_HASH_CONCURRENCY's default
+	hasher := auth.NewHasher(0) // PASSWORD_HASH_CONCURRENCY's default: one per core
 	org := uuid.New()
 	// POST /crud/chatbots: validate, insert the row, answer it.
 	r.POST("/crud/chatbots", func(c *gin.Context) {

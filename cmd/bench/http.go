@@ -180,7 +180,7 @@ func httpFigures(ctx context.Context, o options, srv *server, pool *pgxpool.Pool
 		"authenticated (JWT: signature, then the session's and the user's state and roles, read from the process's cache, "+
 		"which the transactions that change them invalidate), rate limited (GCRA in Redis, taken in leases), validated, decided, appended (durable, group commit), and answered with its consistency token. "+
 		"`POST /api/v1/chatbots` is the command class of `POST /api/v1/users` without its password: one event, a new stream. "+
-		"`POST /api/v1/users` also hashes the password with argon2id (19 MiB, 2 passes; at most 4 at once) and reserves the email. "+
+		"`POST /api/v1/users` also hashes the password with argon2id (19 MiB, 2 passes; at most one per core at once) and reserves the email. "+
 		"The bare service is Gin in this process: bind, validate, one INSERT of the same row into a copy of the read model's table, "+
 		"answer it (no authentication, no log, no projection); its users handler hashes with the same argon2id. "+
 		"pgbench appends one event per transaction at 32 clients (the 32-writer row of the appends table).\n\n", clients, o.duration)

@@ -77,6 +77,7 @@ func run(ctx context.Context) error {
 	integrationsOnly := flag.Bool("integrations-only", false, "only the analytics and webhook figures (printed, not written)")
 	appendsOnly := flag.Bool("appends-only", false, "only the event store appends against pgbench (printed, not written)")
 	pipelineOnly := flag.Bool("pipeline-only", false, "only the relay and projector figures (printed, not written)")
+	conversationsOnly := flag.Bool("conversations-only", false, "only the knowledge-base responder figures (printed, not written)")
 	httpOnly := flag.Bool("http-only", false, "only the commands, read model and cached read figures over HTTP (printed, not written; no pgbench ratio)")
 	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of this process (the in-process relay, projector and appends) to this file")
 	flag.Parse()
@@ -137,7 +138,7 @@ func run(ctx context.Context) error {
 	}
 	// 1. Appends against pgbench.
 	var pgbench32 float64
-	if !*httpOnly {
+	if !*httpOnly && !*conversationsOnly {
 		if pgbench32, err = appendFigures(ctx, pool, dbURL, o, &report); err != nil {
 			return err
 		}
@@ -167,8 +168,10 @@ func run(ctx context.Context) error {
 		return err
 	}
 	defer e2ePool.Close()
-	if err := httpFigures(ctx, o, srv, e2ePool, pgbench32, &report); err != nil {
-		return err
+	if !*conversationsOnly {
+		if err := httpFigures(ctx, o, srv, e2ePool, pgbench32, &report); err != nil {
+			return err
+		}
 	}
 	if *httpOnly {
 		fmt.Print(report.String())
@@ -205,6 +208,10 @@ func run(ctx context.Context) error {
 		}
 		fmt.Fprintf(&report, "| %d | %.0f | %d | %s | %s |\n", n, rate, o.replySamples, ms(p50), ms(p99))
 		fmt.Fprintf(os.Stderr, "responder, %d entries: %.0f replies/s, p50 %s p99 %s\n", n, rate, ms(p50), ms(p99))
+	}
+	if *conversationsOnly {
+		fmt.Print(report.String())
+		return nil
 	}
 	if _, peak, err := residentMB(srv.pid); err == nil {
 		fmt.Fprintf(&report, "\nResident memory peak of `chatbotd serve` after these conversations too: %.0f MiB.\n", peak)

@@ -149,3 +149,8 @@ func TestHasherGivesItsMemoryBackWhenIdle(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+func TestHasherRunsOneHashPerCoreByDefault(t *testing.T) {
+	assert.Equal(t, runtime.GOMAXPROCS(0), cap(NewHasher(0).slots))
+	assert.Equal(t, 3, cap(NewHasher(3).slots))
+}

@@ -97,8 +97,9 @@ type Config struct {
 	SMTPFrom string `env:"SMTP_FROM" envDefault:"chatbotd <no-reply@chatbotd.localhost>"`
 
 	// PasswordHashConcurrency bounds how many argon2id hashes run at once (each takes
+	// 19 MiB and one core); 0, the default, is the number of cores Go runs on
 	// 19 MiB), so a login storm cannot exhaust memory.
-	PasswordHashConcurrency int `env:"PASSWORD_HASH_CONCURRENCY" envDefault:"4"`
+	PasswordHashConcurrency int `env:"PASSWORD_HASH_CONCURRENCY" envDefault:"0"`
 
 	// Rate limits, per minute: API calls per credential, unauthenticated calls per client
 	// IP, failed logins per (IP, email) and per email from any IP.
@@ -217,7 +218,7 @@ func (c Config) Validate() error {
 		"WEBHOOK_DELIVERY_WORKERS, WEBHOOK_DELIVERY_ATTEMPTS, WEBHOOK_RETRY_BASE and WEBHOOK_DISABLE_AFTER must be positive, WEBHOOK_RETRY_MAX at least WEBHOOK_RETRY_BASE")
 	_, ferr := mail.ParseAddress(c.SMTPFrom)
 	check(ferr == nil, "SMTP_FROM must be an email address, e.g. chatbotd <no-reply@example.com>")
-	check(c.PasswordHashConcurrency >= 1, "PASSWORD_HASH_CONCURRENCY must be at least 1")
+	check(c.PasswordHashConcurrency >= 0, "PASSWORD_HASH_CONCURRENCY must be 0 (one per core) or more")
 	check(c.RelayBatchSize >= 1 && c.RelayBatchSize <= 10000, "RELAY_BATCH_SIZE must be 1..10000")
 	check(c.ProjectorBatchSize >= 1 && c.ProjectorBatchSize <= 5000, "PROJECTOR_BATCH_SIZE must be 1..5000")
 	check(c.ProjectorDeliveryLimit >= 1, "PROJECTOR_DELIVERY_LIMIT must be at least 1")
