@@ -208,29 +208,20 @@ func TestAuthenticationStateIsCachedAndInvalidatedInEveryProcess(t *testing.T) {
 	assert.Contains(t, p.Permissions, ChatbotsRead)
 	_, err = d.Pool.Exec(ctx, `UPDATE role_assignments SET role = 'reporter' WHERE user_id = $1`, f.user)
 	require.NoError(t, err)
-	testenv.Eventually(t, 2*time.Second, func() error {
-		p, err := b.Authenticate(ctx, bearer(f.apiToken))
-		if err != nil {
+	tokenCan := func(want func(Principal) bool) func() error {
+		return func() error {
+			p, err := b.Authenticate(ctx, bearer(f.apiToken))
+			if err == nil && !want(p) {
+				err = fmt.Errorf("permissions %v", p.Permissions)
+			}
 			return err
 		}
-		if p.Can(ChatbotsRead) || !p.Can(AnalyticsRead) {
-			return fmt.Errorf("permissions %v", p.Permissions)
-		}
-		return nil
-	})
+	}
+	testenv.Eventually(t, 2*time.Second, tokenCan(func(p Principal) bool { return !p.Can(ChatbotsRead) && p.Can(AnalyticsRead) }))
 	// A custom role's permissions change for its whole organization.
 	_, err = d.Pool.Exec(ctx, `UPDATE role_names SET permissions = '{}' WHERE organization_id = $1`, f.org)
 	require.NoError(t, err)
-	testenv.Eventually(t, 2*time.Second, func() error {
-		p, err := b.Authenticate(ctx, bearer(f.apiToken))
-		if err != nil {
-			return err
-		}
-		if len(p.Permissions) != 0 {
-			return fmt.Errorf("permissions %v", p.Permissions)
-		}
-		return nil
-	})
+	testenv.Eventually(t, 2*time.Second, tokenCan(func(p Principal) bool { return len(p.Permissions) == 0 }))
 	// Suspension, then revocation of the token.
 	_, err = d.Pool.Exec(ctx, `INSERT INTO organization_states (organization_id, suspended) VALUES ($1, true)`, f.org)
 	require.NoError(t, err)

@@ -139,13 +139,7 @@ func (l *Limiter) lease(key string) *lease {
 	now := time.Now()
 	le, ok := l.leases[key]
 	if !ok {
-		if len(l.leases) > 50000 {
-			for k, v := range l.leases {
-				if now.Sub(v.seen) > time.Minute { // seen is guarded by l.mu
-					delete(l.leases, k)
-				}
-			}
-		}
+		sweep(l.leases, func(v *lease) time.Time { return v.seen }, now, time.Minute)
 		le = &lease{}
 		l.leases[key] = le
 	}
@@ -189,19 +183,29 @@ func (l *Limiter) Peek(ctx context.Context, key string, lim Limit) Decision {
 	return d
 }
 
+// maxKeys is how many keys a limiter remembers before it drops the ones not seen lately.
+const maxKeys = 50000
+
+// sweep drops the entries of m not seen within idle, once m holds more than maxKeys. The
+// caller holds the limiter's mu (which guards seen).
+func sweep[V any](m map[string]V, seen func(V) time.Time, now time.Time, idle time.Duration) {
+	if len(m) <= maxKeys {
+		return
+	}
+	for k, v := range m {
+		if now.Sub(seen(v)) > idle {
+			delete(m, k)
+		}
+	}
+}
+
 func (l *Limiter) takeLocal(key string, lim Limit, n int) Decision {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	now := time.Now()
 	e, ok := l.local[key]
 	if !ok {
-		if len(l.local) > 50000 {
-			for k, v := range l.local {
-				if now.Sub(v.seen) > 2*lim.Period {
-					delete(l.local, k)
-				}
-			}
-		}
+		sweep(l.local, func(v *localEntry) time.Time { return v.seen }, now, 2*lim.Period)
 		e = &localEntry{lim: rate.NewLimiter(rate.Every(emission(lim)), lim.Burst)}
 		l.local[key] = e
 	}
