@@ -92,6 +92,9 @@ func (s *Service) changeUser(ctx context.Context, meta events.Meta, p auth.Princ
 	if err != nil {
 		return Result[readmodel.User]{}, err
 	}
+	// Status and roles are authentication state; any change of the user forgets it (a
+	// name, an email or a password change costs one reload of one user).
+	s.forgetUser(nil, id)
 	return Result[readmodel.User]{Data: userView(id, l), Token: tok}, nil
 }
 
@@ -104,7 +107,7 @@ func (s *Service) UpdateUser(ctx context.Context, meta events.Meta, p auth.Princ
 		return Result[readmodel.User]{}, err
 	}
 	c.Actor = p.UserID
-	res, err := s.changeUser(ctx, meta, p, id, ifMatch,
+	return s.changeUser(ctx, meta, p, id, ifMatch,
 		func(u User) ([]events.Event, error) { return DecideUpdateUser(id, u, c) },
 		func(u User) func(context.Context, pgx.Tx) error {
 			return func(ctx context.Context, tx pgx.Tx) error {
@@ -132,10 +135,6 @@ func (s *Service) UpdateUser(ctx context.Context, meta events.Meta, p auth.Princ
 				return nil
 			}
 		})
-	// Status and roles are authentication state (a name or an email change forgets too:
-	// one reload of one user).
-	s.forgetUser(err, id)
-	return res, err
 }
 
 // DeleteUser soft-deletes a user: the email is free again and the history stays.
@@ -143,7 +142,7 @@ func (s *Service) DeleteUser(ctx context.Context, meta events.Meta, p auth.Princ
 	if err := p.Require(auth.UsersWrite); err != nil {
 		return Result[readmodel.User]{}, err
 	}
-	res, err := s.changeUser(ctx, meta, p, id, ifMatch,
+	return s.changeUser(ctx, meta, p, id, ifMatch,
 		func(u User) ([]events.Event, error) { return DecideDeleteUser(id, u, p.UserID) },
 		func(u User) func(context.Context, pgx.Tx) error {
 			return func(ctx context.Context, tx pgx.Tx) error {
@@ -166,10 +165,6 @@ func (s *Service) DeleteUser(ctx context.Context, meta events.Meta, p auth.Princ
 				return err
 			}
 		})
-	// Status and roles are authentication state (a name or an email change forgets too:
-	// one reload of one user).
-	s.forgetUser(err, id)
-	return res, err
 }
 
 // AssignRole gives a user a role (built-in or custom) the caller could grant.
@@ -177,17 +172,13 @@ func (s *Service) AssignRole(ctx context.Context, meta events.Meta, p auth.Princ
 	if err := s.canManageRole(ctx, p, role); err != nil {
 		return Result[readmodel.User]{}, err
 	}
-	res, err := s.changeUser(ctx, meta, p, id, nil,
+	return s.changeUser(ctx, meta, p, id, nil,
 		func(u User) ([]events.Event, error) { return DecideAssignRole(u, role, true) },
 		func(u User) func(context.Context, pgx.Tx) error {
 			return func(ctx context.Context, tx pgx.Tx) error {
 				return assignRole(ctx, tx, p.OrganizationID, id, role, u.Status == StatusActive)
 			}
 		})
-	// Status and roles are authentication state (a name or an email change forgets too:
-	// one reload of one user).
-	s.forgetUser(err, id)
-	return res, err
 }
 
 // RemoveRole takes a role from a user; the organization keeps at least one active owner.
@@ -195,7 +186,7 @@ func (s *Service) RemoveRole(ctx context.Context, meta events.Meta, p auth.Princ
 	if err := s.canManageRole(ctx, p, role); err != nil {
 		return Result[readmodel.User]{}, err
 	}
-	res, err := s.changeUser(ctx, meta, p, id, nil,
+	return s.changeUser(ctx, meta, p, id, nil,
 		func(u User) ([]events.Event, error) { return DecideRemoveRole(u, role) },
 		func(u User) func(context.Context, pgx.Tx) error {
 			return func(ctx context.Context, tx pgx.Tx) error {
@@ -208,10 +199,6 @@ func (s *Service) RemoveRole(ctx context.Context, meta events.Meta, p auth.Princ
 				return err
 			}
 		})
-	// Status and roles are authentication state (a name or an email change forgets too:
-	// one reload of one user).
-	s.forgetUser(err, id)
-	return res, err
 }
 
 func (s *Service) canManageRole(ctx context.Context, p auth.Principal, role string) error {

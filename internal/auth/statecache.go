@@ -227,13 +227,3 @@ func (a *Authenticator) listen(ctx context.Context) error {
 		a.cache.apply(n.Payload)
 	}
 }
-
-// cacheLive reports whether the cache is trusted now (tests wait for it).
-func (a *Authenticator) cacheLive() bool {
-	if a.cache == nil {
-		return false
-	}
-	a.cache.mu.Lock()
-	defer a.cache.mu.Unlock()
-	return a.cache.live
-}

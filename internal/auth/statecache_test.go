@@ -15,6 +15,16 @@ import (
 	"github.com/chatbotsaas/chatbotd/internal/testenv"
 )
 
+// cacheLive reports whether a's cache is trusted now.
+func (a *Authenticator) cacheLive() bool {
+	if a.cache == nil {
+		return false
+	}
+	a.cache.mu.Lock()
+	defer a.cache.mu.Unlock()
+	return a.cache.live
+}
+
 func liveCache(ttl time.Duration) *stateCache {
 	c := newStateCache(ttl)
 	c.setLive(true)

@@ -102,6 +102,8 @@ func (l *Limiter) Take(ctx context.Context, key string, lim Limit) Decision {
 	if !l.redisUp() {
 		return l.takeLocal(key, lim, 1)
 	}
+	// The key's lease stays locked while a new one is asked of Redis: a busy key's other
+	// requests wait for that one round trip instead of each making its own.
 	le := l.lease(key)
 	le.mu.Lock()
 	defer le.mu.Unlock()
