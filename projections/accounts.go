@@ -2,6 +2,7 @@ package projections
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"log/slog"
 	"time"
@@ -123,6 +124,51 @@ func (a *Accounts) Apply(ctx context.Context, tx pgx.Tx, e events.Envelope) erro
 		}
 	}
 	return err
+}
+
+// ApplySet writes a run of user.created events as one INSERT (a batch of sign-ups, an
+// import, a replay); every other event is applied alone, in order.
+func (a *Accounts) ApplySet(ctx context.Context, tx pgx.Tx, envs []events.Envelope) error {
+	var (
+		ids                         []uuid.UUID
+		orgs                        []*uuid.UUID
+		names, emails, statuses, rs []string
+		versions                    []int32
+		times                       []time.Time
+	)
+	take := func(e events.Envelope) (bool, error) {
+		if e.Type != (events.UserCreated{}).EventType() {
+			return false, nil
+		}
+		ev, err := e.Decode()
+		if err != nil {
+			return false, err
+		}
+		u, ok := ev.(events.UserCreated)
+		if !ok || u.Roles == nil {
+			return false, nil // Apply says what is wrong with it
+		}
+		roles, err := json.Marshal(u.Roles)
+		if err != nil {
+			return false, err
+		}
+		ids, orgs, names, emails = append(ids, e.StreamID), append(orgs, e.OrganizationID), append(names, u.Name), append(emails, u.Email)
+		statuses, rs, versions, times = append(statuses, u.Status), append(rs, string(roles)), append(versions, int32(e.StreamVersion)), append(times, e.OccurredAt)
+		return true, nil
+	}
+	flush := func() error {
+		if len(ids) == 0 {
+			return nil
+		}
+		_, err := tx.Exec(ctx, `INSERT INTO users (id, organization_id, name, email, status, roles, version, created_at, updated_at)
+			SELECT u.id, u.org, u.name, u.email, u.status, ARRAY(SELECT jsonb_array_elements_text(u.roles::jsonb)), u.v, u.at, u.at
+			FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int[], $8::timestamptz[])
+				AS u(id, org, name, email, status, roles, v, at)`, ids, orgs, names, emails, statuses, rs, versions, times)
+		// New slices: a pipelined statement holds its arguments until it is sent.
+		ids, orgs, names, emails, statuses, rs, versions, times = nil, nil, nil, nil, nil, nil, nil, nil
+		return err
+	}
+	return applyRuns(envs, take, flush, func(e events.Envelope) error { return a.Apply(ctx, tx, e) })
 }
 
 func (a *Accounts) setUser(ctx context.Context, tx pgx.Tx, id uuid.UUID, v int, at any, set string) error {

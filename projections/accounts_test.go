@@ -144,6 +144,22 @@ func (f *failing) Apply(ctx context.Context, tx pgx.Tx, e events.Envelope) error
 	return f.Accounts.Apply(ctx, tx, e)
 }
 
+// ApplySet goes through the Apply above, one event at a time.
+func (f *failing) ApplySet(ctx context.Context, tx pgx.Tx, envs []events.Envelope) error {
+	return eachApply(ctx, tx, envs, f.Apply)
+}
+
+// eachApply applies envs one at a time: a test's wrapper that changes Apply hides the
+// wrapped projector's ApplySet with it.
+func eachApply(ctx context.Context, tx pgx.Tx, envs []events.Envelope, apply func(context.Context, pgx.Tx, events.Envelope) error) error {
+	for _, e := range envs {
+		if err := apply(ctx, tx, e); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 func TestRunnerThroughRabbitMQDeadLettersPoisonAndKeepsFlowing(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -224,6 +240,10 @@ func (f *failingWrite) Apply(ctx context.Context, tx pgx.Tx, e events.Envelope) 
 		return err // nil while queued: the statement has not run yet
 	}
 	return f.Accounts.Apply(ctx, tx, e)
+}
+
+func (f *failingWrite) ApplySet(ctx context.Context, tx pgx.Tx, envs []events.Envelope) error {
+	return eachApply(ctx, tx, envs, f.Apply)
 }
 
 // TestPipelinedBatchFailingAtTheFlushLeavesNothingApplied: a write that fails when the

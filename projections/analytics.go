@@ -3,6 +3,7 @@ package projections
 import (
 	"context"
 	"fmt"
+	"time"
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
@@ -83,4 +84,88 @@ func (Analytics) Apply(ctx context.Context, tx pgx.Tx, e events.Envelope) error 
 		return count(ev.ChatbotID, "failed", 0)
 	}
 	return nil
+}
+
+// ApplySet counts a run of conversation.started and message.posted events with two
+// statements: the messages' reply rows, and one upsert of the run's counts per
+// organization, day and chatbot. Counts add up in any order; a reply or a failure ends
+// the run (it needs its message's row) and is applied alone, in order.
+func (a Analytics) ApplySet(ctx context.Context, tx pgx.Tx, envs []events.Envelope) error {
+	type key struct {
+		org, bot uuid.UUID
+		day      string
+	}
+	type counts struct{ conversations, messages int32 }
+	var (
+		sums                []key
+		byKey               = map[key]*counts{}
+		msgs, msgOrgs, bots []uuid.UUID
+		posted              []time.Time
+	)
+	take := func(e events.Envelope) (bool, error) {
+		if e.OrganizationID == nil || (e.Type != (events.ConversationStarted{}).EventType() && e.Type != (events.MessagePosted{}).EventType()) {
+			return false, nil
+		}
+		ev, err := e.Decode()
+		if err != nil {
+			return false, err
+		}
+		var chatbot string
+		switch ev := ev.(type) {
+		case events.ConversationStarted:
+			chatbot = ev.ChatbotID
+		case events.MessagePosted:
+			chatbot = ev.ChatbotID
+		default:
+			return false, nil
+		}
+		bot, err := uuid.Parse(chatbot)
+		if err != nil {
+			return false, nil // Apply says what is wrong with it
+		}
+		k := key{org: *e.OrganizationID, bot: bot, day: e.OccurredAt.UTC().Format("2006-01-02")}
+		c := byKey[k]
+		if c == nil {
+			c = &counts{}
+			byKey[k] = c
+			sums = append(sums, k)
+		}
+		if e.Type == (events.MessagePosted{}).EventType() {
+			c.messages++
+			msgs, msgOrgs, bots, posted = append(msgs, e.StreamID), append(msgOrgs, *e.OrganizationID), append(bots, bot), append(posted, e.OccurredAt)
+		} else {
+			c.conversations++
+		}
+		return true, nil
+	}
+	flush := func() error {
+		if len(sums) == 0 {
+			return nil
+		}
+		if len(msgs) > 0 {
+			if _, err := tx.Exec(ctx, `INSERT INTO analytics_replies (message_id, organization_id, chatbot_id, posted_at)
+				SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::timestamptz[]) ON CONFLICT (message_id) DO NOTHING`,
+				msgs, msgOrgs, bots, posted); err != nil {
+				return err
+			}
+		}
+		orgs, days, chatbots := make([]uuid.UUID, len(sums)), make([]string, len(sums)), make([]uuid.UUID, len(sums))
+		convs, messages := make([]int32, len(sums)), make([]int32, len(sums))
+		for i, k := range sums {
+			orgs[i], days[i], chatbots[i] = k.org, k.day, k.bot
+			convs[i], messages[i] = byKey[k].conversations, byKey[k].messages
+		}
+		// Each key once in the statement (an upsert may not touch a row twice).
+		if _, err := tx.Exec(ctx, `INSERT INTO analytics_daily AS a (organization_id, day, chatbot_id, conversations, messages)
+			SELECT * FROM unnest($1::uuid[], $2::date[], $3::uuid[], $4::int[], $5::int[])
+			ON CONFLICT (organization_id, day, chatbot_id) DO UPDATE SET
+				conversations = a.conversations + excluded.conversations, messages = a.messages + excluded.messages`,
+			orgs, days, chatbots, convs, messages); err != nil {
+			return err
+		}
+		// New ones: a pipelined statement holds its arguments until it is sent.
+		sums, byKey, msgs, msgOrgs, bots, posted = nil, map[key]*counts{}, nil, nil, nil, nil
+		return nil
+	}
+	return applyRuns(envs, take, flush, func(e events.Envelope) error { return a.Apply(ctx, tx, e) })
 }

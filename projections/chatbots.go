@@ -3,7 +3,9 @@ package projections
 import (
 	"context"
 	"encoding/json"
+	"time"
 
+	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 
 	"github.com/chatbotsaas/chatbotd/events"
@@ -77,6 +79,53 @@ func (Chatbots) Apply(ctx context.Context, tx pgx.Tx, e events.Envelope) error {
 		_, err = tx.Exec(ctx, `UPDATE knowledge_entries SET deleted_at = $2, updated_at = $2 WHERE id = $1`, ev.EntryID, at)
 	}
 	return err
+}
+
+// ApplySet writes a run of chatbot.created events as one INSERT; every other event is
+// applied alone, in order.
+func (c Chatbots) ApplySet(ctx context.Context, tx pgx.Tx, envs []events.Envelope) error {
+	var (
+		ids, orgs                                     []uuid.UUID
+		names, descs, welcomes, fallbacks, responders []string
+		versions                                      []int32
+		times                                         []time.Time
+	)
+	take := func(e events.Envelope) (bool, error) {
+		if e.Type != (events.ChatbotCreated{}).EventType() || e.OrganizationID == nil {
+			return false, nil
+		}
+		ev, err := e.Decode()
+		if err != nil {
+			return false, err
+		}
+		b, ok := ev.(events.ChatbotCreated)
+		if !ok {
+			return false, nil
+		}
+		responder, err := json.Marshal(b.Responder)
+		if err != nil {
+			return false, err
+		}
+		ids, orgs, names, descs = append(ids, e.StreamID), append(orgs, *e.OrganizationID), append(names, b.Name), append(descs, b.Description)
+		welcomes, fallbacks, responders = append(welcomes, b.WelcomeMessage), append(fallbacks, b.FallbackMessage), append(responders, string(responder))
+		versions, times = append(versions, int32(e.StreamVersion)), append(times, e.OccurredAt)
+		return true, nil
+	}
+	flush := func() error {
+		if len(ids) == 0 {
+			return nil
+		}
+		_, err := tx.Exec(ctx, `INSERT INTO chatbots (id, organization_id, name, description, welcome_message,
+			fallback_message, status, responder, version, created_at, updated_at)
+			SELECT u.id, u.org, u.name, u.descr, u.welcome, u.fallback, 'draft', u.responder::jsonb, u.v, u.at, u.at
+			FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::int[], $9::timestamptz[])
+				AS u(id, org, name, descr, welcome, fallback, responder, v, at)`,
+			ids, orgs, names, descs, welcomes, fallbacks, responders, versions, times)
+		// New slices: a pipelined statement holds its arguments until it is sent.
+		ids, orgs, names, descs, welcomes, fallbacks, responders, versions, times = nil, nil, nil, nil, nil, nil, nil, nil, nil
+		return err
+	}
+	return applyRuns(envs, take, flush, func(e events.Envelope) error { return c.Apply(ctx, tx, e) })
 }
 
 func tagsOf(e events.KnowledgeEntry) []string {

@@ -364,16 +364,11 @@ func ApplyBatch(ctx context.Context, pool *pgxpool.Pool, p Projector, envs []eve
 // order: current holds each stream's last applied version and is updated; an early later
 // version has its predecessors read from the store first, and they are skipped when they
 // come. It returns what it applied, in order. The live runtime and rebuilds share it.
+//
+// What to apply is settled first (the gaps read), then applied: by one ApplySet when the
+// projector has it, else by Apply for each event.
 func applyInOrder(ctx context.Context, tx pgx.Tx, p Projector, envs []events.Envelope, current map[uuid.UUID]int) ([]events.Envelope, error) {
-	var applied []events.Envelope
-	apply := func(e events.Envelope) error {
-		if err := p.Apply(ctx, tx, e); err != nil {
-			return fmt.Errorf("apply %s %s v%d: %w", e.Type, e.StreamID, e.StreamVersion, err)
-		}
-		applied = append(applied, e)
-		current[e.StreamID] = e.StreamVersion
-		return nil
-	}
+	applied := make([]events.Envelope, 0, len(envs))
 	for _, e := range envs {
 		s, cur := e.StreamID, current[e.StreamID]
 		if e.StreamVersion <= cur {
@@ -388,14 +383,24 @@ func applyInOrder(ctx context.Context, tx pgx.Tx, p Projector, envs []events.Env
 				return nil, fmt.Errorf("stream %s: versions %d..%d are missing from the event store",
 					s, cur+1, e.StreamVersion-1)
 			}
-			for _, m := range missing {
-				if err := apply(m); err != nil {
-					return nil, err
-				}
-			}
+			applied = append(applied, missing...)
 		}
-		if err := apply(e); err != nil {
-			return nil, err
+		applied = append(applied, e)
+		current[s] = e.StreamVersion
+	}
+	if sa, ok := p.(SetApplier); ok && len(applied) > 0 {
+		if err := sa.ApplySet(ctx, tx, applied); err != nil {
+			if len(applied) == 1 {
+				e := applied[0]
+				return nil, fmt.Errorf("apply %s %s v%d: %w", e.Type, e.StreamID, e.StreamVersion, err)
+			}
+			return nil, fmt.Errorf("apply %d events: %w", len(applied), err)
+		}
+		return applied, nil
+	}
+	for _, e := range applied {
+		if err := p.Apply(ctx, tx, e); err != nil {
+			return nil, fmt.Errorf("apply %s %s v%d: %w", e.Type, e.StreamID, e.StreamVersion, err)
 		}
 	}
 	return applied, nil

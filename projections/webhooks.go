@@ -83,6 +83,106 @@ func (Webhooks) Apply(ctx context.Context, tx pgx.Tx, e events.Envelope) error {
 	return err
 }
 
+// ApplySet writes the deliveries of a run of events with one query for the run's
+// organizations' subscriptions and one INSERT, where Apply takes a query per event. An
+// event of a subscription's own stream ends the run (it changes what later events
+// match) and is applied alone, in order.
+func (w Webhooks) ApplySet(ctx context.Context, tx pgx.Tx, envs []events.Envelope) error {
+	var held []events.Envelope
+	take := func(e events.Envelope) (bool, error) {
+		if e.StreamType == events.StreamWebhook {
+			return false, nil
+		}
+		if e.OrganizationID != nil { // without one, no subscription can match
+			held = append(held, e)
+		}
+		return true, nil
+	}
+	flush := func() error {
+		if len(held) == 0 {
+			return nil
+		}
+		err := writeDeliveries(ctx, tx, held)
+		held = nil
+		return err
+	}
+	return applyRuns(envs, take, flush, func(e events.Envelope) error { return w.Apply(ctx, tx, e) })
+}
+
+// writeDeliveries writes one delivery per event and matching active subscription of its
+// organization, and wakes the deliverers.
+func writeDeliveries(ctx context.Context, tx pgx.Tx, envs []events.Envelope) error {
+	seen := map[uuid.UUID]bool{}
+	var orgs []uuid.UUID
+	for _, e := range envs {
+		if !seen[*e.OrganizationID] {
+			seen[*e.OrganizationID] = true
+			orgs = append(orgs, *e.OrganizationID)
+		}
+	}
+	type sub struct {
+		id      uuid.UUID
+		matches func(string) bool
+	}
+	subs := map[uuid.UUID][]sub{}
+	rows, err := tx.Query(ctx, `SELECT id, organization_id, events FROM webhooks
+		WHERE organization_id = ANY($1) AND status = 'active' ORDER BY created_at, id`, orgs)
+	if err != nil {
+		return err
+	}
+	for rows.Next() {
+		var id, org uuid.UUID
+		var patterns []string
+		if err := rows.Scan(&id, &org, &patterns); err != nil {
+			rows.Close()
+			return err
+		}
+		subs[org] = append(subs[org], sub{id, topicMatcher(patterns)})
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil || len(subs) == 0 {
+		return err
+	}
+	var (
+		ids, hooks, dorgs, eventIDs, streams []uuid.UUID
+		types                                []string
+		versions                             []int32
+		positions                            []int64
+		payloads                             [][]byte
+	)
+	for _, e := range envs {
+		var payload []byte
+		for _, s := range subs[*e.OrganizationID] {
+			if !s.matches(e.Type) {
+				continue
+			}
+			if payload == nil {
+				if payload, err = json.Marshal(e); err != nil {
+					return err
+				}
+			}
+			ids, hooks, dorgs, eventIDs = append(ids, uuid.Must(uuid.NewV7())), append(hooks, s.id), append(dorgs, *e.OrganizationID), append(eventIDs, e.ID)
+			streams, types, versions = append(streams, e.StreamID), append(types, e.Type), append(versions, int32(e.StreamVersion))
+			positions, payloads = append(positions, e.Position), append(payloads, payload)
+		}
+	}
+	if len(ids) == 0 {
+		return nil
+	}
+	if _, err := tx.Exec(ctx, `INSERT INTO webhook_deliveries (id, webhook_id, organization_id, event_id, event_type,
+		stream_id, stream_version, position, payload, status, next_attempt_at)
+		SELECT u.id, u.hook, u.org, u.event, u.type, u.stream, u.v, u.pos, u.payload, 'pending', now()
+		FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::text[], $6::uuid[], $7::int[], $8::bigint[], $9::bytea[])
+			AS u(id, hook, org, event, type, stream, v, pos, payload)
+		ON CONFLICT (webhook_id, event_id) DO NOTHING`,
+		ids, hooks, dorgs, eventIDs, types, streams, versions, positions, payloads); err != nil {
+		return err
+	}
+	// Delivered at commit; several in one transaction fold into one.
+	_, err = tx.Exec(ctx, `SELECT pg_notify($1, '')`, webhookNotifyChannel)
+	return err
+}
+
 // matchers caches each subscription's compiled patterns; there are few distinct sets.
 var matchers sync.Map
 

@@ -92,7 +92,7 @@ func auditFigures(ctx context.Context, o options, report *strings.Builder) error
 	}
 	defer pool.Close()
 	org := uuid.New()
-	const conversations, perConv = 10000, 99
+	conversations, perConv := o.historyConversations, 99
 	start := time.Now()
 	if err := seedHistory(ctx, pool, org, conversations, perConv); err != nil {
 		return err
@@ -128,13 +128,20 @@ func auditFigures(ctx context.Context, o options, report *strings.Builder) error
 
 	rebuilds := map[string]float64{}
 	for _, p := range []projections.Rebuildable{projections.Audit{}, projections.Conversations{}} {
-		rb := &projections.Rebuild{Pool: pool, Projector: p, BatchSize: 5000}
+		// Where the time goes: the phases' durations, told by the rebuild's progress.
+		phases, last, lastPhase := map[string]time.Duration{}, time.Duration(0), "replay"
+		rb := &projections.Rebuild{Pool: pool, Projector: p, BatchSize: 5000, Progress: func(pr projections.Progress) {
+			if pr.Phase != lastPhase {
+				phases[lastPhase], last, lastPhase = pr.Elapsed-last, pr.Elapsed, pr.Phase
+			}
+		}}
 		start := time.Now()
 		if err := rb.Run(ctx); err != nil {
 			return err
 		}
 		rebuilds[p.Name()] = float64(total) / time.Since(start).Seconds()
-		fmt.Fprintf(os.Stderr, "audit: rebuild %s %.0f events/s\n", p.Name(), rebuilds[p.Name()])
+		fmt.Fprintf(os.Stderr, "audit: rebuild %s %.0f events/s (replay %s, analyze and swap %s)\n", p.Name(), rebuilds[p.Name()],
+			phases["replay"].Round(time.Millisecond), phases["swap"].Round(time.Millisecond))
 	}
 
 	start = time.Now()

@@ -60,6 +60,8 @@ type options struct {
 	watermillEvents int
 	knowledge       []int
 	replySamples    int
+	// conversations of 100 events in the audit part's log (a million events in all)
+	historyConversations int
 }
 
 func run(ctx context.Context) error {
@@ -92,8 +94,10 @@ func run(ctx context.Context) error {
 		defer pprof.StopCPUProfile()
 	}
 	o.writers, o.pipelineEvents, o.watermillEvents, o.knowledge, o.replySamples = []int{1, 8, 32}, 100_000, 5_000, []int{1000, 10000}, o.samples
+	o.historyConversations = 10_000
 	if o.quick {
 		o.writers, o.pipelineEvents, o.watermillEvents, o.knowledge, o.replySamples = []int{32}, 20_000, 2_000, []int{1000}, 50
+		o.historyConversations = 1_000 // only with -audit-only: the quick run leaves the audit part out
 		o.out = ""
 	}
 	if *integrationsOnly {
