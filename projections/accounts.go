@@ -137,16 +137,9 @@ func (a *Accounts) ApplySet(ctx context.Context, tx pgx.Tx, envs []events.Envelo
 		times                       []time.Time
 	)
 	take := func(e events.Envelope) (bool, error) {
-		if e.Type != (events.UserCreated{}).EventType() {
-			return false, nil
-		}
-		ev, err := e.Decode()
-		if err != nil {
+		u, ok, err := decodeAs[events.UserCreated](e)
+		if err != nil || !ok || u.Roles == nil { // without roles, Apply says what is wrong
 			return false, err
-		}
-		u, ok := ev.(events.UserCreated)
-		if !ok || u.Roles == nil {
-			return false, nil // Apply says what is wrong with it
 		}
 		roles, err := json.Marshal(u.Roles)
 		if err != nil {

@@ -91,16 +91,9 @@ func (c Chatbots) ApplySet(ctx context.Context, tx pgx.Tx, envs []events.Envelop
 		times                                         []time.Time
 	)
 	take := func(e events.Envelope) (bool, error) {
-		if e.Type != (events.ChatbotCreated{}).EventType() || e.OrganizationID == nil {
-			return false, nil
-		}
-		ev, err := e.Decode()
-		if err != nil {
+		b, ok, err := decodeAs[events.ChatbotCreated](e)
+		if err != nil || !ok || e.OrganizationID == nil {
 			return false, err
-		}
-		b, ok := ev.(events.ChatbotCreated)
-		if !ok {
-			return false, nil
 		}
 		responder, err := json.Marshal(b.Responder)
 		if err != nil {

@@ -86,16 +86,9 @@ func (c Conversations) ApplySet(ctx context.Context, tx pgx.Tx, envs []events.En
 		times                  []time.Time
 	)
 	take := func(e events.Envelope) (bool, error) {
-		if e.Type != (events.MessagePosted{}).EventType() || e.OrganizationID == nil {
-			return false, nil
-		}
-		ev, err := e.Decode()
-		if err != nil {
+		m, ok, err := decodeAs[events.MessagePosted](e)
+		if err != nil || !ok || e.OrganizationID == nil {
 			return false, err
-		}
-		m, ok := ev.(events.MessagePosted)
-		if !ok {
-			return false, nil
 		}
 		conv, err1 := uuid.Parse(m.ConversationID)
 		bot, err2 := uuid.Parse(m.ChatbotID)

@@ -49,6 +49,20 @@ func applyRuns(envs []events.Envelope, take func(events.Envelope) (bool, error),
 	return flush()
 }
 
+// decodeAs decodes e when it is an event of type T; ok is false for any other type, which
+// is not decoded.
+func decodeAs[T events.Event](e events.Envelope) (ev T, ok bool, err error) {
+	if e.Type != ev.EventType() {
+		return ev, false, nil
+	}
+	d, err := e.Decode()
+	if err != nil {
+		return ev, false, err
+	}
+	ev, ok = d.(T)
+	return ev, ok, nil
+}
+
 type replayKey struct{}
 
 // withReplay marks ctx as a rebuild's replay (see replaying).
