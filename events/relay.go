@@ -453,12 +453,3 @@ func (p *publisher) confirm(b *inflight, block bool) (bool, error) {
 	}
 	return true, nil
 }
-
-// publish sends one batch and waits for all its confirms.
-func (p *publisher) publish(ctx context.Context, batch []Envelope) error {
-	if err := p.send(ctx, batch); err != nil {
-		return err
-	}
-	_, err := p.confirm(&inflight{batch: batch}, true)
-	return err
-}

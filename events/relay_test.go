@@ -380,3 +380,12 @@ func TestRelayKeepsSeveralBatchesInFlight(t *testing.T) {
 		return nil
 	})
 }
+
+// publish sends one batch and waits for all its confirms.
+func (p *publisher) publish(ctx context.Context, batch []Envelope) error {
+	if err := p.send(ctx, batch); err != nil {
+		return err
+	}
+	_, err := p.confirm(&inflight{batch: batch}, true)
+	return err
+}

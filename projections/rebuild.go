@@ -211,7 +211,7 @@ type read struct {
 
 // prefetch reads the log from cp on a connection of the pool, a batch ahead of the
 // replay: the next batch is read and decoded while PostgreSQL writes this one (on two
-// cores that was a seventh of a replay's time). The sequence ends after the last batch
+// cores reading was an eighth of a replay's time). The sequence ends after the last batch
 // or an error; stopping early (ctx ending, or the loop left) stops the reader.
 func (r *Rebuild) prefetch(ctx context.Context, filter events.HistoryFilter, cp events.Checkpoint, size int) iter.Seq[read] {
 	return func(yield func(read) bool) {

@@ -97,8 +97,8 @@ type Config struct {
 	SMTPFrom string `env:"SMTP_FROM" envDefault:"chatbotd <no-reply@chatbotd.localhost>"`
 
 	// PasswordHashConcurrency bounds how many argon2id hashes run at once (each takes
-	// 19 MiB and one core); 0, the default, is the number of cores Go runs on
-	// 19 MiB), so a login storm cannot exhaust memory.
+	// 19 MiB and one core), so a login storm cannot exhaust memory; 0, the default, is
+	// the number of cores Go runs on.
 	PasswordHashConcurrency int `env:"PASSWORD_HASH_CONCURRENCY" envDefault:"0"`
 
 	// Rate limits, per minute: API calls per credential, unauthenticated calls per client
