@@ -17,13 +17,14 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/chatbotsaas/chatbotd/events"
+	"github.com/chatbotsaas/chatbotd/internal/db"
 )
 
 // httpFigures measures the whole binary over HTTP against a bare Gin service and the
 // services' own tools, in the same run: commands at 32 connections, the time from a
 // command's 2xx to its read model at half the peak command rate, cached reads, and the
 // process's resident memory.
-func httpFigures(ctx context.Context, o options, srv *server, pool *pgxpool.Pool, pgbench32 float64, w io.Writer) error {
+func httpFigures(ctx context.Context, o options, srv *server, pool *pgxpool.Pool, pgbench32 float64, alone commandSide, w io.Writer) error {
 	rdb := redis.NewClient(&redis.Options{Addr: o.redisAddr, PoolSize: 64})
 	defer rdb.Close()
 	b, err := startBare(ctx, pool, rdb)
@@ -36,10 +37,7 @@ func httpFigures(ctx context.Context, o options, srv *server, pool *pgxpool.Pool
 	if err != nil {
 		return err
 	}
-	const clients = 32
-	chatbot := func(i int) any {
-		return map[string]string{"name": fmt.Sprintf("Bench bot %d", i), "description": "A chatbot made by the benchmark"}
-	}
+	const clients = benchClients
 	user := func(i int) any {
 		return map[string]string{"name": "Bench User", "email": fmt.Sprintf("u%d-%s@bench.example", i, uuid.NewString()[:8]),
 			"password": "password1", "password_confirmation": "password1"}
@@ -48,7 +46,9 @@ func httpFigures(ctx context.Context, o options, srv *server, pool *pgxpool.Pool
 	// measure warms the service up with the same load (its pool's connections opened,
 	// its statements prepared, its caches filled: else the first figure of a run pays
 	// for what the later ones find ready), settles the pipeline, then runs next from
-	// every client for the duration.
+	// every client for the duration. shares is the CPU of that last part (only: the
+	// warm-up and the settling would dilute it with time the cores were idle).
+	var shares map[string]float64
 	measure := func(what string, want int, next request) (loadResult, error) {
 		if _, err := closedLoop(srv.client, next, want, clients, min(time.Second, o.duration/2)); err != nil {
 			return loadResult{}, fmt.Errorf("%s, warming up: %w", what, err)
@@ -56,7 +56,12 @@ func httpFigures(ctx context.Context, o options, srv *server, pool *pgxpool.Pool
 		if err := settle(ctx, pool, "bench.serve."); err != nil {
 			return loadResult{}, err
 		}
-		r, err := closedLoop(srv.client, next, want, clients, o.duration)
+		var r loadResult
+		var err error
+		shares, err = cpuShares(func() (err error) {
+			r, err = closedLoop(srv.client, next, want, clients, o.duration)
+			return err
+		})
 		if err != nil {
 			return r, fmt.Errorf("%s: %w", what, err)
 		}
@@ -64,19 +69,16 @@ func httpFigures(ctx context.Context, o options, srv *server, pool *pgxpool.Pool
 		return r, nil
 	}
 	cmd := func(name string, next request) (loadResult, error) { return measure("commands, "+name, 201, next) }
-	var chatbotsJWT loadResult
-	shares, err := cpuShares(func() (err error) {
-		chatbotsJWT, err = cmd("POST /api/v1/chatbots", jsonRequest("POST", srv.base+"/api/v1/chatbots", srv.token, chatbot))
-		return err
-	})
+	chatbotsJWT, err := cmd("POST /api/v1/chatbots", jsonRequest("POST", srv.base+"/api/v1/chatbots", srv.token, chatbotBody))
 	if err != nil {
 		return err
 	}
-	chatbotsOff, err := cmd("POST /bench/noauth/chatbots", jsonRequest("POST", srv.base+"/bench/noauth/chatbots"+noauth, "", chatbot))
+	jwtShares := shares
+	chatbotsOff, err := cmd("POST /bench/noauth/chatbots", jsonRequest("POST", srv.base+"/bench/noauth/chatbots"+noauth, "", chatbotBody))
 	if err != nil {
 		return err
 	}
-	chatbotsBare, err := cmd("bare POST /crud/chatbots", jsonRequest("POST", b.base+"/crud/chatbots", "", chatbot))
+	chatbotsBare, err := cmd("bare POST /crud/chatbots", jsonRequest("POST", b.base+"/crud/chatbots", "", chatbotBody))
 	if err != nil {
 		return err
 	}
@@ -93,7 +95,7 @@ func httpFigures(ctx context.Context, o options, srv *server, pool *pgxpool.Pool
 	}
 	profile := "bin/profile-commands.pb.gz"
 	top, err := profileTop(ctx, srv.pprof, int(o.duration.Seconds()), profile, func() error {
-		_, err := closedLoop(srv.client, jsonRequest("POST", srv.base+"/api/v1/chatbots", srv.token, chatbot), 201, clients, o.duration)
+		_, err := closedLoop(srv.client, jsonRequest("POST", srv.base+"/api/v1/chatbots", srv.token, chatbotBody), 201, clients, o.duration)
 		return err
 	})
 	if err != nil {
@@ -183,17 +185,30 @@ func httpFigures(ctx context.Context, o options, srv *server, pool *pgxpool.Pool
 		"`POST /api/v1/users` also hashes the password with argon2id (19 MiB, 2 passes; at most one per core at once) and reserves the email. "+
 		"The bare service is Gin in this process: bind, validate, one INSERT of the same row into a copy of the read model's table, "+
 		"answer it (no authentication, no log, no projection); its users handler hashes with the same argon2id. "+
-		"pgbench appends one event per transaction at 32 clients (the 32-writer row of the appends table).\n\n", clients, o.duration)
+		"pgbench appends one event per transaction at 32 clients (the 32-writer row of the appends table). "+
+		"`serve --roles api` alone is the command side by itself, as when the relay and the projectors run on other machines: "+
+		"the same binary on a database of its own with no relay and no projector, measured before the whole binary starts, "+
+		"so that its events stay in the log and nothing else runs on the cores.\n\n", clients, o.duration)
 	fmt.Fprint(w, "| command | commands/s | p50 | p99 | ratio to bare Gin | ratio to pgbench |\n|---|---:|---:|---:|---:|---:|\n")
 	row := func(name string, r, bare loadResult) {
-		fmt.Fprintf(w, "| %s | %.0f | %s | %s | %.2f× | %.2f× |\n", name, r.rate, ms(r.p50), ms(r.p99), r.rate/bare.rate, r.rate/pgbench32)
+		toPgbench := "—" // -http-only runs no pgbench
+		if pgbench32 > 0 {
+			toPgbench = fmt.Sprintf("%.2f×", r.rate/pgbench32)
+		}
+		fmt.Fprintf(w, "| %s | %.0f | %s | %s | %.2f× | %s |\n", name, r.rate, ms(r.p50), ms(r.p99), r.rate/bare.rate, toPgbench)
 	}
 	row("bare Gin, insert chatbot row (baseline)", chatbotsBare, chatbotsBare)
 	row("`POST /api/v1/chatbots`, JWT", chatbotsJWT, chatbotsBare)
 	row("`POST /api/v1/chatbots`, authorization off", chatbotsOff, chatbotsBare)
+	if alone.load.rate > 0 {
+		row("`POST /api/v1/chatbots`, JWT, `serve --roles api` alone", alone.load, chatbotsBare)
+	}
 	row("bare Gin, argon2id + insert user row (baseline)", usersBare, usersBare)
 	row("`POST /api/v1/users`, JWT", usersJWT, usersBare)
-	fmt.Fprintf(w, "\nCPU while `POST /api/v1/chatbots` ran at its peak, in cores of the machine's %d: %s.\n", runtime.NumCPU(), formatShares(shares))
+	fmt.Fprintf(w, "\nCPU while `POST /api/v1/chatbots` ran at its peak, in cores of the machine's %d: %s.\n", runtime.NumCPU(), formatShares(jwtShares))
+	if alone.load.rate > 0 {
+		fmt.Fprintf(w, "\nThe same with `serve --roles api` alone: %s.\n", formatShares(alone.shares))
+	}
 	fmt.Fprintf(w, "\nThe first lines of a %s CPU profile of `chatbotd serve` during the same load (`PPROF_ADDR`; the profile is `%s`):\n\n```\n%s```\n",
 		o.duration, profile, trimTop(top, 16))
 
@@ -325,4 +340,46 @@ func trimTop(top string, n int) string {
 		}
 	}
 	return strings.Join(keep, "\n") + "\n"
+}
+
+// benchClients is the load generator's keep-alive clients for the figures over HTTP.
+const benchClients = 32
+
+func chatbotBody(i int) any {
+	return map[string]string{"name": fmt.Sprintf("Bench bot %d", i), "description": "A chatbot made by the benchmark"}
+}
+
+// commandSide is the command side's figure alone, and the CPU it used.
+type commandSide struct {
+	load   loadResult
+	shares map[string]float64
+}
+
+// commandsAlone measures POST /api/v1/chatbots against `serve --roles api` on a database
+// of its own: the command path (authentication, rate limit, validation, decision, group
+// commit) without the relay and projectors that share the cores in the whole binary.
+func commandsAlone(ctx context.Context, o options) (commandSide, error) {
+	url, err := db.Recreate(ctx, o.server, o.database+"_api")
+	if err != nil {
+		return commandSide{}, err
+	}
+	srv, err := startServer(ctx, o, url, "api")
+	if err != nil {
+		return commandSide{}, err
+	}
+	defer srv.stop()
+	next := jsonRequest("POST", srv.base+"/api/v1/chatbots", srv.token, chatbotBody)
+	if _, err := closedLoop(srv.client, next, 201, benchClients, min(time.Second, o.duration/2)); err != nil {
+		return commandSide{}, fmt.Errorf("commands, api role alone, warming up: %w", err)
+	}
+	var r loadResult
+	shares, err := cpuShares(func() (err error) {
+		r, err = closedLoop(srv.client, next, 201, benchClients, o.duration)
+		return err
+	})
+	if err != nil {
+		return commandSide{}, fmt.Errorf("commands, api role alone: %w", err)
+	}
+	fmt.Fprintf(os.Stderr, "commands, POST /api/v1/chatbots, api role alone: %.0f/s, p99 %s\n", r.rate, ms(r.p99))
+	return commandSide{load: r, shares: shares}, nil
 }

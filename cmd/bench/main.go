@@ -151,29 +151,37 @@ func run(ctx context.Context) error {
 			return err
 		}
 	}
-	// 3. The whole binary over HTTP, on a database of its own (the phases above left
+	// 3. The command side alone (`serve --roles api`), before the whole binary starts,
+	// so that nothing else runs on the cores.
+	pool.Reset()
+	var alone commandSide
+	if !*conversationsOnly {
+		if alone, err = commandsAlone(ctx, o); err != nil {
+			return err
+		}
+	}
+	// 4. The whole binary over HTTP, on a database of its own (the phases above left
 	// backlogs the relay would otherwise publish first).
 	e2eURL, err := db.Recreate(ctx, o.server, o.database+"_e2e")
 	if err != nil {
 		return err
 	}
-	srv, err := startServer(ctx, o, e2eURL)
+	srv, err := startServer(ctx, o, e2eURL, "")
 	if err != nil {
 		return err
 	}
 	defer srv.stop()
 	// PostgreSQL's 100 connections are shared by the server (its pool of 32 and its
 	// dedicated LISTEN connections), the bare service and this process: the appends'
-	// idle connections are closed first, and the bare service's pool matches its 32
+	// idle connections were closed above, and the bare service's pool matches its 32
 	// clients.
-	pool.Reset()
 	e2ePool, err := db.Open(ctx, e2eURL, 34)
 	if err != nil {
 		return err
 	}
 	defer e2ePool.Close()
 	if !*conversationsOnly {
-		if err := httpFigures(ctx, o, srv, e2ePool, pgbench32, &report); err != nil {
+		if err := httpFigures(ctx, o, srv, e2ePool, pgbench32, alone, &report); err != nil {
 			return err
 		}
 	}
@@ -182,7 +190,7 @@ func run(ctx context.Context) error {
 		return nil
 	}
 
-	// 4. Conversations: the knowledge-base responder.
+	// 5. Conversations: the knowledge-base responder.
 	report.WriteString("\n### Conversations answered by the knowledge-base responder\n\n")
 	report.WriteString("A published chatbot whose trained knowledge base holds the given number of entries; 8 clients post 300 questions " +
 		"that each match one entry, and the rate is replies per second from the first post to the last `message.replied` in the log. " +
@@ -244,7 +252,7 @@ func run(ctx context.Context) error {
 		ms(first), ms(last), float64(last)/float64(first))
 	fmt.Fprintf(os.Stderr, "posting: first %s, last %s\n", ms(first), ms(last))
 
-	// 5. Exporting the audit trail through the API, a million entries.
+	// 6. Exporting the audit trail through the API, a million entries.
 	const exported = 300_000
 	if err := seedAuditEntries(ctx, e2ePool, srv.org, exported); err != nil {
 		return err
@@ -269,11 +277,11 @@ func run(ctx context.Context) error {
 	}
 	srv.stop()
 
-	// 6. Chain, rebuild and verify over a million events.
+	// 7. Chain, rebuild and verify over a million events.
 	if err := auditFigures(ctx, o, &report); err != nil {
 		return err
 	}
-	// 7. Analytics projector and webhook deliveries.
+	// 8. Analytics projector and webhook deliveries.
 	if err := integrationFigures(ctx, o, &report); err != nil {
 		return err
 	}
@@ -427,10 +435,16 @@ type server struct {
 	stop   func()
 }
 
-func startServer(ctx context.Context, o options, dbURL string) (*server, error) {
+// startServer starts chatbotd serve on dbURL with roles ("" for every role), waits until
+// it is ready, and registers and logs in an owner.
+func startServer(ctx context.Context, o options, dbURL, roles string) (*server, error) {
 	const addr, pprofAddr = "127.0.0.1:18097", "127.0.0.1:18098"
 	ctx, cancel := context.WithCancel(ctx)
-	cmd := exec.CommandContext(ctx, o.binary, "serve")
+	args := []string{"serve"}
+	if roles != "" {
+		args = append(args, "--roles", roles)
+	}
+	cmd := exec.CommandContext(ctx, o.binary, args...)
 	cmd.Env = append(os.Environ(), "DATABASE_URL="+dbURL, "HTTP_ADDR="+addr, "LOG_LEVEL=warn",
 		"AMQP_EXCHANGE=bench.serve.events", "AMQP_QUEUE_PREFIX=bench.serve.", "REDIS_PREFIX=bench:", "PPROF_ADDR="+pprofAddr,
 		// The limits would throttle the load generator, not measure chatbotd.
