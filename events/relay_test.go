@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"math/rand/v2"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -388,4 +389,84 @@ func (p *publisher) publish(ctx context.Context, batch []Envelope) error {
 	}
 	_, err := p.confirm(&inflight{batch: batch}, true)
 	return err
+}
+
+// The relay's idle check walks the commit-order index to the first row after the
+// checkpoint, whatever the statistics say and whatever the parameters: the EXISTS it
+// replaced was planned, on a log grown since it was last analyzed, as a sequential scan
+// of the whole log, on every idle turn.
+func TestRelayIdleCheckReadsTheIndexNotTheLog(t *testing.T) {
+	ctx := context.Background()
+	d := testenv.MustDatabase(t)
+	for range 200 { // 20,000 events in 200 transactions
+		_, err := d.Pool.Exec(ctx, `INSERT INTO events (id, stream_type, stream_id, stream_version, type, schema_version,
+				actor_type, data, occurred_at)
+			SELECT gen_random_uuid(), 'user', gen_random_uuid(), 1, 'user.created', 1, 'system', '{}', now()
+			FROM generate_series(1, 100)`)
+		require.NoError(t, err)
+	}
+	// No ANALYZE: the log has grown since its statistics were taken, as it does between
+	// autovacuum's visits.
+	var txid string
+	var pos int64
+	require.NoError(t, d.Pool.QueryRow(ctx, `SELECT transaction_id::text, position FROM events
+		ORDER BY transaction_id DESC, position DESC LIMIT 1`).Scan(&txid, &pos))
+	// The relay's connection prepares the statement; after a few runs PostgreSQL may
+	// plan it once for any parameters (a generic plan), which is the plan to check.
+	tx, err := d.Pool.Begin(ctx)
+	require.NoError(t, err)
+	defer tx.Rollback(ctx)
+	_, err = tx.Exec(ctx, `SET LOCAL plan_cache_mode = force_generic_plan`)
+	require.NoError(t, err)
+	rows, err := tx.Query(ctx, `EXPLAIN `+behindQuery, txid, pos)
+	require.NoError(t, err)
+	var plan []string
+	for rows.Next() {
+		var line string
+		require.NoError(t, rows.Scan(&line))
+		plan = append(plan, line)
+	}
+	require.NoError(t, rows.Err())
+	joined := strings.Join(plan, "\n")
+	assert.Contains(t, joined, "events_commit_order_idx", joined)
+	assert.NotContains(t, joined, "Seq Scan", joined)
+}
+
+// A burst of notifications that arrived while the relay was busy wakes it once, not
+// once each: it takes every notification that has arrived when it wakes.
+func TestRelayTakesABurstOfNotificationsInFewTurns(t *testing.T) {
+	ctx := context.Background()
+	d := testenv.MustDatabase(t)
+	a := testenv.MustAMQP(t)
+	c := mustCollector(t, a)
+	r, err := NewRelay(d.Pool, mustBroker(t, a), RelayConfig{Exchange: a.Exchange, Logger: testenv.Logger(t)})
+	require.NoError(t, err)
+	var turns atomic.Int64
+	r.idle = func() { turns.Add(1) }
+	rctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { defer close(done); _ = r.Run(rctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	testenv.Eventually(t, 5*time.Second, func() error {
+		if turns.Load() == 0 {
+			return errorf("the relay has not gone idle yet")
+		}
+		return nil
+	})
+
+	// Each NOTIFY in a transaction of its own: PostgreSQL folds only a transaction's
+	// identical notifications into one.
+	const burst = 300
+	before := turns.Load()
+	for range burst {
+		_, err := d.Pool.Exec(ctx, `SELECT pg_notify($1, '')`, NotifyChannel)
+		require.NoError(t, err)
+	}
+	time.Sleep(500 * time.Millisecond) // the relay takes what has come
+	took := turns.Load() - before
+	assert.Less(t, took, int64(burst/3), "%d turns for %d notifications", took, burst)
+
+	// And it still relays.
+	appendDelayed(t, NewStore(d.Pool), uuid.New(), time.Microsecond)
+	c.waitFor(t, 1)
 }
