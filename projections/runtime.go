@@ -65,6 +65,9 @@ type Config struct {
 	Attempts int
 	Logger   *slog.Logger
 	Metrics  *metrics.Metrics
+	// Applied, when set, is told after each committed batch that applied something, to
+	// wake the queries waiting for this projection.
+	Applied *AppliedNotifier
 }
 
 func (c *Config) setDefaults() {
@@ -337,6 +340,9 @@ func (r *Runner) applyBatch(ctx context.Context, envs []events.Envelope) ([]even
 	applied, err := ApplyBatch(ctx, r.pool, r.p, envs)
 	if err == nil {
 		r.cfg.Metrics.Applied(r.p.Name(), len(applied), time.Since(start))
+		if len(applied) > 0 {
+			r.cfg.Applied.Applied(r.p.Name())
+		}
 	}
 	return applied, err
 }

@@ -37,12 +37,15 @@ type HTTP struct {
 	tokens   *auth.Tokens
 	// ConsistencyWait bounds how long a query waits for X-Consistency-Token.
 	consistencyWait time.Duration
+	applied         *readmodel.Applied
 }
 
 // NewHTTP returns the query endpoints over the read pool and the cache; primary and
 // chainKey verify the audit chain.
-func NewHTTP(read, primary *pgxpool.Pool, c *cache.Cache, tokens *auth.Tokens, chainKey events.ChainKey) *HTTP {
-	return &HTTP{read: read, primary: primary, chainKey: chainKey, cache: c, tokens: tokens, consistencyWait: 5 * time.Second}
+//
+// applied wakes the reads that wait for a consistency token; when nil, they poll.
+func NewHTTP(read, primary *pgxpool.Pool, c *cache.Cache, tokens *auth.Tokens, chainKey events.ChainKey, applied *readmodel.Applied) *HTTP {
+	return &HTTP{read: read, primary: primary, chainKey: chainKey, cache: c, tokens: tokens, applied: applied, consistencyWait: 5 * time.Second}
 }
 
 // projectionOf names, for each stream type, the projection that reads it: the one a
@@ -118,7 +121,7 @@ func (h *HTTP) Consistency() gin.HandlerFunc {
 		}
 		if ok {
 			ctx, cancel := context.WithTimeout(c.Request.Context(), h.consistencyWait)
-			reached, err := readmodel.WaitApplied(ctx, h.read, projection, tok.StreamID, tok.Version)
+			reached, err := h.applied.WaitApplied(ctx, h.read, projection, tok.StreamID, tok.Version)
 			cancel()
 			if err != nil {
 				httpx.Fail(c, err)
@@ -191,7 +194,7 @@ func (h *HTTP) me(c *gin.Context) {
 		// The caller is authenticated, so the user exists: a brand-new one may not be
 		// projected yet. Wait for it as a consistency token would.
 		wctx, cancel := context.WithTimeout(ctx, h.consistencyWait)
-		_, err = readmodel.WaitApplied(wctx, h.read, readmodel.AccountsProjection, p.UserID, 1)
+		_, err = h.applied.WaitApplied(wctx, h.read, readmodel.AccountsProjection, p.UserID, 1)
 		cancel()
 		if err == nil {
 			u, err = readmodel.CachedUser(ctx, h.cache, h.read, p.UserID, 1)

@@ -27,6 +27,7 @@ import (
 	"github.com/chatbotsaas/chatbotd/internal/metrics"
 	"github.com/chatbotsaas/chatbotd/internal/netguard"
 	"github.com/chatbotsaas/chatbotd/internal/ratelimit"
+	"github.com/chatbotsaas/chatbotd/internal/readmodel"
 	"github.com/chatbotsaas/chatbotd/internal/secretbox"
 	"github.com/chatbotsaas/chatbotd/projections"
 	"github.com/chatbotsaas/chatbotd/query"
@@ -43,6 +44,8 @@ type deps struct {
 	broker  *broker.Conn
 	store   *events.Store
 	metrics *metrics.Metrics
+	// applied tells waiting reads that a projector committed a batch (set by serve).
+	applied *projections.AppliedNotifier
 }
 
 func openDeps(ctx context.Context, cfg config.Config, logger *slog.Logger) (*deps, error) {
@@ -94,6 +97,7 @@ func (m *Main) serve(ctx context.Context, cfg config.Config, roles map[string]bo
 	var workers sync.WaitGroup
 	// Every projector's runner is built whatever the roles: their queues are declared
 	// before any event is published, so no event is published before its queues exist.
+	d.applied = projections.NewAppliedNotifier(d.pool, logger.With("component", "projection-notifications"))
 	runners, err := d.runners()
 	if err != nil {
 		return err
@@ -155,6 +159,7 @@ func (m *Main) serve(ctx context.Context, cfg config.Config, roles map[string]bo
 				start("projector "+r.Name(), r.Run)
 			}
 		}
+		start("projection notifications", d.applied.Run)
 		start("webhook responder", webhooks.Run)
 		deliverer := &projections.WebhookDeliverer{Pool: d.pool, Store: d.store, Box: box,
 			Client: projections.WebhookClient(guard, cfg.WebhookTimeout), Timeout: cfg.WebhookTimeout,
@@ -240,7 +245,8 @@ func (m *Main) serve(ctx context.Context, cfg config.Config, roles map[string]bo
 }
 
 // newAPI builds the Gin engine with every route.
-// start runs its background work (the authentication cache's listener).
+// start runs its background work (the listeners of the authentication cache and of the
+// consistency waits).
 func newAPI(ctx context.Context, d *deps, box *secretbox.Box, chain events.ChainKey, ready *atomic.Bool,
 	start func(name string, run func(context.Context) error)) (http.Handler, error) {
 	cfg := d.cfg
@@ -297,7 +303,11 @@ func newAPI(ctx context.Context, d *deps, box *secretbox.Box, chain events.Chain
 		p, _ := auth.PrincipalOf(c)
 		return p.Credential
 	})
-	queries := query.NewHTTP(d.read, d.pool, d.cache, tokens, chain)
+	// Reads that wait for a consistency token wake when a projector, in any process,
+	// commits (its own connection, to the primary: a standby cannot LISTEN).
+	applied := readmodel.NewApplied(d.pool.Config().ConnConfig, d.logger.With("component", "consistency"))
+	start("consistency notifications", applied.Listen)
+	queries := query.NewHTTP(d.read, d.pool, d.cache, tokens, chain, applied)
 	r.Use(queries.Consistency())
 	routes := apiRoutes(command.NewHTTP(svc), queries, &operations{d: d, ready: ready})
 	for _, rt := range routes {
@@ -344,7 +354,7 @@ func (d *deps) runners() ([]*projections.Runner, error) {
 	} {
 		r, err := projections.NewRunner(d.pool, d.broker, p, projections.Config{Exchange: cfg.AMQPExchange,
 			QueuePrefix: cfg.AMQPQueuePrefix, BatchSize: cfg.ProjectorBatchSize,
-			DeliveryLimit: cfg.ProjectorDeliveryLimit, Logger: logger, Metrics: d.metrics})
+			DeliveryLimit: cfg.ProjectorDeliveryLimit, Logger: logger, Metrics: d.metrics, Applied: d.applied})
 		if err != nil {
 			return nil, err
 		}

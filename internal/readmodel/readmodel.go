@@ -123,30 +123,6 @@ func AppliedVersion(ctx context.Context, q Querier, projection string, stream uu
 	return v, err
 }
 
-// WaitApplied waits until projection has applied stream up to version, or ctx ends. It
-// reports whether the version was reached.
-func WaitApplied(ctx context.Context, q Querier, projection string, stream uuid.UUID, version int) (bool, error) {
-	delay := 2 * time.Millisecond
-	for {
-		v, err := AppliedVersion(ctx, q, projection, stream)
-		if err != nil {
-			if ctx.Err() != nil {
-				return false, nil
-			}
-			return false, err
-		}
-		if v >= version {
-			return true, nil
-		}
-		select {
-		case <-ctx.Done():
-			return false, nil
-		case <-time.After(delay):
-		}
-		delay = min(delay*2, 50*time.Millisecond)
-	}
-}
-
 // UserEntry is a user's cache entry as of the read model now: the user's JSON, or a
 // tombstone for a deleted one.
 func UserEntry(ctx context.Context, q Querier, id uuid.UUID) (cache.Entry, error) {

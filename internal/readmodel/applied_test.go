@@ -1,0 +1,122 @@
+package readmodel_test
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/chatbotsaas/chatbotd/internal/readmodel"
+	"github.com/chatbotsaas/chatbotd/internal/testenv"
+)
+
+// listening starts a's listener until the test ends and waits until it hears.
+func listening(t *testing.T, a *readmodel.Applied) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = a.Listen(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	testenv.Eventually(t, 5*time.Second, func() error {
+		if !a.Live() {
+			return errors.New("not listening yet")
+		}
+		return nil
+	})
+}
+
+type waited struct {
+	reached bool
+	err     error
+}
+
+// waitInBackground waits for projection's stream to reach version, for at most 10 s.
+func waitInBackground(a *readmodel.Applied, d testenv.Database, projection string, stream uuid.UUID, version int) <-chan waited {
+	out := make(chan waited, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		reached, err := a.WaitApplied(ctx, d.Pool, projection, stream, version)
+		out <- waited{reached, err}
+	}()
+	return out
+}
+
+func stillWaiting(t *testing.T, w <-chan waited, why string) {
+	t.Helper()
+	select {
+	case r := <-w:
+		t.Fatalf("%s, yet the wait ended: %+v", why, r)
+	case <-time.After(300 * time.Millisecond):
+	}
+}
+
+func reached(t *testing.T, w <-chan waited) {
+	t.Helper()
+	r := <-w
+	require.NoError(t, r.err)
+	assert.True(t, r.reached, "the wait ended without the version (after its 10 s)")
+}
+
+// While its listener hears, a consistency wait looks again when its projection's
+// notification comes, not on a timer: a version committed without one stays unseen
+// (the safety poll is an hour here), another projection's notification does not wake
+// it, and its own does.
+func TestConsistencyWaitWakesOnItsProjectionsNotification(t *testing.T) {
+	ctx := context.Background()
+	d := testenv.MustDatabase(t)
+	a := readmodel.NewApplied(d.Pool.Config().ConnConfig, testenv.Logger(t))
+	a.SafetyPoll = time.Hour
+	listening(t, a)
+	stream := uuid.New()
+	w := waitInBackground(a, d, "chatbots", stream, 2)
+
+	_, err := d.Pool.Exec(ctx, `INSERT INTO projection_streams (projection, stream_id, version) VALUES ('chatbots', $1, 1)`, stream)
+	require.NoError(t, err)
+	_, err = d.Pool.Exec(ctx, `SELECT pg_notify($1, 'chatbots')`, readmodel.AppliedChannel)
+	require.NoError(t, err)
+	stillWaiting(t, w, "version 1 of 2 was notified")
+
+	_, err = d.Pool.Exec(ctx, `UPDATE projection_streams SET version = 2 WHERE projection = 'chatbots' AND stream_id = $1`, stream)
+	require.NoError(t, err)
+	stillWaiting(t, w, "nothing was notified")
+	_, err = d.Pool.Exec(ctx, `SELECT pg_notify($1, 'accounts,audit')`, readmodel.AppliedChannel)
+	require.NoError(t, err)
+	stillWaiting(t, w, "only other projections were notified")
+
+	_, err = d.Pool.Exec(ctx, `SELECT pg_notify($1, 'audit,chatbots')`, readmodel.AppliedChannel)
+	require.NoError(t, err)
+	reached(t, w)
+}
+
+// When the listener's connection dies, waits poll again (they never hang on
+// notifications nobody hears), and a nil Applied always polls.
+func TestConsistencyWaitPollsWithoutItsListener(t *testing.T) {
+	ctx := context.Background()
+	d := testenv.MustDatabase(t)
+	a := readmodel.NewApplied(d.Pool.Config().ConnConfig, testenv.Logger(t))
+	a.SafetyPoll = time.Hour
+	listening(t, a)
+	stream := uuid.New()
+	w := waitInBackground(a, d, "chatbots", stream, 1)
+	stillWaiting(t, w, "nothing was written")
+
+	_, err := d.Pool.Exec(ctx, `SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+		WHERE datname = current_database() AND query LIKE 'LISTEN%'`)
+	require.NoError(t, err)
+	_, err = d.Pool.Exec(ctx, `INSERT INTO projection_streams (projection, stream_id, version) VALUES ('chatbots', $1, 1)`, stream)
+	require.NoError(t, err)
+	reached(t, w)
+
+	var none *readmodel.Applied
+	other := uuid.New()
+	w = waitInBackground(none, d, "chatbots", other, 1)
+	stillWaiting(t, w, "nothing was written")
+	_, err = d.Pool.Exec(ctx, `INSERT INTO projection_streams (projection, stream_id, version) VALUES ('chatbots', $1, 1)`, other)
+	require.NoError(t, err)
+	reached(t, w)
+}

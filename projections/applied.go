@@ -1,0 +1,76 @@
+package projections
+
+import (
+	"context"
+	"log/slog"
+	"slices"
+	"strings"
+	"sync"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/chatbotsaas/chatbotd/internal/readmodel"
+)
+
+// AppliedNotifier tells the queries waiting for a consistency token, in every process,
+// that projections committed a batch: a NOTIFY on readmodel.AppliedChannel with their
+// names. It is sent after the commit, never inside the batch's transaction (a NOTIFY
+// there would take PostgreSQL's global notification lock at every projector's commit),
+// by one goroutine that folds every batch committed meanwhile into the next NOTIFY. A
+// notification that is lost (the process dies after the commit, the database is down)
+// costs a waiter at most its safety poll. A nil *AppliedNotifier sends nothing.
+type AppliedNotifier struct {
+	pool   *pgxpool.Pool
+	logger *slog.Logger
+
+	mu      sync.Mutex
+	pending map[string]bool
+	kick    chan struct{}
+}
+
+// NewAppliedNotifier returns a notifier sending through pool; Run sends.
+func NewAppliedNotifier(pool *pgxpool.Pool, logger *slog.Logger) *AppliedNotifier {
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	return &AppliedNotifier{pool: pool, logger: logger, pending: map[string]bool{}, kick: make(chan struct{}, 1)}
+}
+
+// Applied records that projection committed a batch; it never blocks.
+func (n *AppliedNotifier) Applied(projection string) {
+	if n == nil {
+		return
+	}
+	n.mu.Lock()
+	n.pending[projection] = true
+	n.mu.Unlock()
+	select {
+	case n.kick <- struct{}{}:
+	default:
+	}
+}
+
+// Run sends the notifications until ctx ends.
+func (n *AppliedNotifier) Run(ctx context.Context) error {
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-n.kick:
+		}
+		n.mu.Lock()
+		names := make([]string, 0, len(n.pending))
+		for name := range n.pending {
+			names = append(names, name)
+		}
+		clear(n.pending)
+		n.mu.Unlock()
+		if len(names) == 0 {
+			continue
+		}
+		slices.Sort(names)
+		if _, err := n.pool.Exec(ctx, `SELECT pg_notify($1, $2)`, readmodel.AppliedChannel, strings.Join(names, ",")); err != nil && ctx.Err() == nil {
+			n.logger.Debug("projection notification not sent: waiters find it by polling", "error", err)
+		}
+	}
+}
