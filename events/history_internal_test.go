@@ -26,16 +26,23 @@ func TestHistoryReadsFollowTheCommitOrderIndex(t *testing.T) {
 		// the index cannot give the order.
 		_, err = tx.Exec(ctx, `SET LOCAL enable_seqscan = off; SET LOCAL enable_bitmapscan = off; SET LOCAL enable_sort = off`)
 		require.NoError(t, err)
-		rows, err := tx.Query(ctx, `EXPLAIN `+sql, args...)
-		require.NoError(t, err)
-		var plan []string
-		for rows.Next() {
-			var line string
-			require.NoError(t, rows.Scan(&line))
-			plan = append(plan, line)
-		}
-		require.NoError(t, rows.Err())
+		plan := explain(t, tx, sql, args...)
 		require.NoError(t, tx.Rollback(ctx))
-		assert.NotContains(t, strings.Join(plan, "\n"), "Sort", "%+v:\n%s", f, strings.Join(plan, "\n"))
+		assert.NotContains(t, plan, "Sort", "%+v:\n%s", f, plan)
 	}
+}
+
+// explain is PostgreSQL's plan of sql with args, in q (a transaction with its settings).
+func explain(t *testing.T, q Querier, sql string, args ...any) string {
+	t.Helper()
+	rows, err := q.Query(context.Background(), `EXPLAIN `+sql, args...)
+	require.NoError(t, err)
+	var plan []string
+	for rows.Next() {
+		var line string
+		require.NoError(t, rows.Scan(&line))
+		plan = append(plan, line)
+	}
+	require.NoError(t, rows.Err())
+	return strings.Join(plan, "\n")
 }

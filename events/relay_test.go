@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"math/rand/v2"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -418,18 +417,9 @@ func TestRelayIdleCheckReadsTheIndexNotTheLog(t *testing.T) {
 	defer tx.Rollback(ctx)
 	_, err = tx.Exec(ctx, `SET LOCAL plan_cache_mode = force_generic_plan`)
 	require.NoError(t, err)
-	rows, err := tx.Query(ctx, `EXPLAIN `+behindQuery, txid, pos)
-	require.NoError(t, err)
-	var plan []string
-	for rows.Next() {
-		var line string
-		require.NoError(t, rows.Scan(&line))
-		plan = append(plan, line)
-	}
-	require.NoError(t, rows.Err())
-	joined := strings.Join(plan, "\n")
-	assert.Contains(t, joined, "events_commit_order_idx", joined)
-	assert.NotContains(t, joined, "Seq Scan", joined)
+	plan := explain(t, tx, behindQuery, txid, pos)
+	assert.Contains(t, plan, "events_commit_order_idx", plan)
+	assert.NotContains(t, plan, "Seq Scan", plan)
 }
 
 // A burst of notifications that arrived while the relay was busy wakes it once, not

@@ -7,8 +7,8 @@ import (
 	"time"
 
 	"github.com/google/uuid"
-	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/chatbotsaas/chatbotd/internal/db"
 )
 
 // AuthChangedChannel is the LISTEN/NOTIFY channel on which the triggers of migration
@@ -167,63 +167,15 @@ func (a *Authenticator) Listen(ctx context.Context) error {
 	if a.cache == nil {
 		return nil
 	}
-	for ctx.Err() == nil {
-		err := a.listen(ctx)
-		a.cache.setLive(false)
-		if ctx.Err() != nil {
-			break
+	db.KeepListening(ctx, a.creds.Config().ConnConfig, AuthChangedChannel, func(live bool) {
+		a.cache.setLive(live)
+		if live && a.Logger != nil {
+			a.Logger.Debug("authentication cache on")
 		}
+	}, a.cache.apply, func(err error) {
 		if a.Logger != nil {
 			a.Logger.Warn("authentication cache off: its LISTEN connection failed", "error", err)
 		}
-		select {
-		case <-ctx.Done():
-		case <-time.After(time.Second):
-		}
-	}
+	})
 	return nil
-}
-
-// listenIdleCheck is how long the LISTEN connection may stay quiet before it is pinged:
-// a connection that died silently must not leave the cache trusted.
-const listenIdleCheck = 10 * time.Second
-
-func (a *Authenticator) listen(ctx context.Context) error {
-	conn, err := pgx.ConnectConfig(ctx, a.creds.Config().ConnConfig.Copy())
-	if err != nil {
-		return err
-	}
-	defer func() {
-		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
-		defer cancel()
-		_ = conn.Close(cctx)
-	}()
-	if _, err := conn.Exec(ctx, "LISTEN "+pgx.Identifier{AuthChangedChannel}.Sanitize()); err != nil {
-		return err
-	}
-	a.cache.setLive(true)
-	if a.Logger != nil {
-		a.Logger.Debug("authentication cache on")
-	}
-	for {
-		wctx, cancel := context.WithTimeout(ctx, listenIdleCheck)
-		n, err := conn.WaitForNotification(wctx)
-		cancel()
-		if err != nil {
-			if ctx.Err() != nil {
-				return nil
-			}
-			if !pgconn.Timeout(err) {
-				return err
-			}
-			pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-			err = conn.Ping(pctx) // notifications that arrive meanwhile are kept for the next wait
-			cancel()
-			if err != nil {
-				return err
-			}
-			continue
-		}
-		a.cache.apply(n.Payload)
-	}
 }

@@ -9,7 +9,8 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/chatbotsaas/chatbotd/internal/db"
 )
 
 // AppliedChannel is the LISTEN/NOTIFY channel on which projector runtimes say, after a
@@ -67,58 +68,10 @@ func (a *Applied) Live() bool {
 // Listen keeps the LISTEN connection until ctx ends, connecting again a second after
 // a failure.
 func (a *Applied) Listen(ctx context.Context) error {
-	for ctx.Err() == nil {
-		err := a.listen(ctx)
-		a.setLive(false)
-		if ctx.Err() != nil {
-			break
-		}
-		a.logger.Warn("consistency waits poll: their LISTEN connection failed", "error", err)
-		select {
-		case <-ctx.Done():
-		case <-time.After(time.Second):
-		}
-	}
+	db.KeepListening(ctx, a.config, AppliedChannel, a.setLive,
+		func(payload string) { a.wake(strings.Split(payload, ",")...) },
+		func(err error) { a.logger.Warn("consistency waits poll: their LISTEN connection failed", "error", err) })
 	return nil
-}
-
-func (a *Applied) listen(ctx context.Context) error {
-	conn, err := pgx.ConnectConfig(ctx, a.config.Copy())
-	if err != nil {
-		return err
-	}
-	defer func() {
-		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
-		defer cancel()
-		_ = conn.Close(cctx)
-	}()
-	if _, err := conn.Exec(ctx, "LISTEN "+pgx.Identifier{AppliedChannel}.Sanitize()); err != nil {
-		return err
-	}
-	a.setLive(true)
-	for {
-		// A quiet connection is pinged now and then: one that died silently must not
-		// leave waiters trusting notifications that no longer come.
-		wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		n, err := conn.WaitForNotification(wctx)
-		cancel()
-		if err != nil {
-			if ctx.Err() != nil {
-				return nil
-			}
-			if !pgconn.Timeout(err) {
-				return err
-			}
-			pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-			err = conn.Ping(pctx)
-			cancel()
-			if err != nil {
-				return err
-			}
-			continue
-		}
-		a.wake(strings.Split(n.Payload, ",")...)
-	}
 }
 
 func (a *Applied) setLive(live bool) {
