@@ -83,7 +83,7 @@ type Relay struct {
 	leading func(bool)
 	// sent, when set (tests), is told how many events are in flight after each batch is sent.
 	sent func(outstanding int)
-	// idle, when set, is called at each turn that found nothing to read.
+	// idle, when set (tests), is called at each turn that found nothing to read.
 	idle func()
 }
 
@@ -276,10 +276,10 @@ func (r *Relay) lead(ctx context.Context) error {
 }
 
 // behindQuery finds a row after the checkpoint. It walks the commit-order index (ORDER BY
-// its columns, LIMIT 1) and stops at the first row. Written as EXISTS it was planned as a
-// sequential scan of the whole log (a row comparison with parameters is estimated to
-// match a third of the table), which found nothing after reading every row: 10 ms at
-// 34,000 events, on every idle turn.
+// its columns, LIMIT 1) and stops at the first row, whatever the statistics say. Written
+// as EXISTS, on a log that had grown since it was last analyzed (the planner then
+// guesses that a third of the rows match), it was planned as a sequential scan, which
+// found nothing after reading every row: 10 ms at 34,000 events, on every idle turn.
 const behindQuery = `SELECT 1 FROM events WHERE (transaction_id, position) > ($1::text::xid8, $2::bigint)
 	ORDER BY transaction_id, position LIMIT 1`
 
