@@ -303,11 +303,10 @@ func commandToRead(srv *server, rate float64, d time.Duration) (cmd, read loadRe
 			// The read that a client wanting its own write sends: with the command's
 			// consistency token the server answers once the projection has applied it.
 			t0 := time.Now()
-			req, err := http.NewRequest("GET", srv.base+"/api/v1/chatbots/"+env.Data.ID, nil)
+			req, err := jsonRequest("GET", srv.base+"/api/v1/chatbots/"+env.Data.ID, srv.token, nil)(i)
 			if err != nil {
 				return 0, false, err
 			}
-			req.Header.Set("Authorization", "Bearer "+srv.token)
 			req.Header.Set("X-Consistency-Token", res.Header.Get("X-Consistency-Token"))
 			got, err := srv.client.Do(req)
 			if err != nil {

@@ -26,8 +26,8 @@ const AppliedChannel = "projection_applied"
 // safetyPoll, in case a notification is missed. The zero value is not usable: use
 // NewApplied.
 type Applied struct {
-	// SafetyPoll, when set before Listen, replaces how often a waiter looks again while
-	// notifications are live (default 100 ms).
+	// SafetyPoll is how often a waiter looks again while notifications are live (100 ms
+	// from NewApplied); set it before the first wait.
 	SafetyPoll time.Duration
 
 	config *pgx.ConnConfig

@@ -29,6 +29,17 @@ func listening(t *testing.T, a *readmodel.Applied) {
 	})
 }
 
+// hearing is a database and an Applied listening to it whose waits look again only when
+// told (their safety poll is an hour).
+func hearing(t *testing.T) (testenv.Database, *readmodel.Applied) {
+	t.Helper()
+	d := testenv.MustDatabase(t)
+	a := readmodel.NewApplied(d.Pool.Config().ConnConfig, testenv.Logger(t))
+	a.SafetyPoll = time.Hour
+	listening(t, a)
+	return d, a
+}
+
 type waited struct {
 	reached bool
 	err     error
@@ -68,10 +79,7 @@ func reached(t *testing.T, w <-chan waited) {
 // it, and its own does.
 func TestConsistencyWaitWakesOnItsProjectionsNotification(t *testing.T) {
 	ctx := context.Background()
-	d := testenv.MustDatabase(t)
-	a := readmodel.NewApplied(d.Pool.Config().ConnConfig, testenv.Logger(t))
-	a.SafetyPoll = time.Hour
-	listening(t, a)
+	d, a := hearing(t)
 	stream := uuid.New()
 	w := waitInBackground(a, d, "chatbots", stream, 2)
 
@@ -97,10 +105,7 @@ func TestConsistencyWaitWakesOnItsProjectionsNotification(t *testing.T) {
 // notifications nobody hears), and a nil Applied always polls.
 func TestConsistencyWaitPollsWithoutItsListener(t *testing.T) {
 	ctx := context.Background()
-	d := testenv.MustDatabase(t)
-	a := readmodel.NewApplied(d.Pool.Config().ConnConfig, testenv.Logger(t))
-	a.SafetyPoll = time.Hour
-	listening(t, a)
+	d, a := hearing(t)
 	stream := uuid.New()
 	w := waitInBackground(a, d, "chatbots", stream, 1)
 	stillWaiting(t, w, "nothing was written")
