@@ -90,7 +90,7 @@ type pendingEmail struct {
 
 // Run sends until ctx ends.
 func (m *Mailer) Run(ctx context.Context) error {
-	outboxLoop{pool: m.Pool, channel: notificationsNotifyChannel, step: m.Step, logger: m.Logger,
+	outboxLoop{pool: m.Pool, projection: NotificationsName, step: m.Step, logger: m.Logger,
 		nextDue: `SELECT min(next_attempt_at) FROM notifications WHERE status = 'pending' AND next_attempt_at > now()`}.run(ctx)
 	return nil
 }

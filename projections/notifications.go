@@ -13,8 +13,6 @@ import (
 // NotificationsName is the notifications projector's name.
 const NotificationsName = "notifications"
 
-const notificationsNotifyChannel = "chatbotd_notifications"
-
 // Notification kinds.
 const (
 	NotifyWelcome         = "welcome"
@@ -83,14 +81,10 @@ func (Notifications) Apply(ctx context.Context, tx pgx.Tx, e events.Envelope) er
 // notify writes one email to the event's user ({name} in body is their name). A user
 // without a known address (deleted) gets none.
 func notify(ctx context.Context, tx pgx.Tx, e events.Envelope, kind, subject, body string) error {
-	tag, err := tx.Exec(ctx, `INSERT INTO notifications (id, organization_id, user_id, kind, to_name, to_address, subject, body,
+	_, err := tx.Exec(ctx, `INSERT INTO notifications (id, organization_id, user_id, kind, to_name, to_address, subject, body,
 			status, next_attempt_at, correlation_id)
 		SELECT $1, r.organization_id, r.user_id, $3, r.name, r.email, $4, replace($5, '{name}', r.name), 'pending', now(), $6
 		FROM notification_recipients r WHERE r.user_id = $2
 		ON CONFLICT (id) DO NOTHING`, e.ID, e.StreamID, kind, subject, body, e.CorrelationID)
-	if err != nil || tag.RowsAffected() == 0 {
-		return err
-	}
-	_, err = tx.Exec(ctx, `SELECT pg_notify($1, '')`, notificationsNotifyChannel)
 	return err
 }

@@ -3,22 +3,29 @@ package projections
 import (
 	"context"
 	"log/slog"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/chatbotsaas/chatbotd/internal/readmodel"
 )
 
 // outboxLoop drives a worker over a table of due rows that a projector writes (webhook
 // deliveries, emails): step works off what is due now; when nothing is, the loop sleeps
 // until the next scheduled row (nextDue, a query of one nullable timestamptz), at most
-// 5 s, or until the projector NOTIFYs channel.
+// 5 s, or until the projector named projection commits a batch. It learns that from
+// the runtime's notification after the commit (readmodel.AppliedChannel, see
+// AppliedNotifier), never from a NOTIFY inside the projector's transaction, which would
+// take PostgreSQL's global notification lock at each of its commits.
 type outboxLoop struct {
-	pool    *pgxpool.Pool
-	channel string
-	nextDue string
-	step    func(context.Context) (int, error)
-	every   func(context.Context) // run at most hourly (housekeeping); may be nil
-	logger  *slog.Logger
+	pool       *pgxpool.Pool
+	projection string
+	nextDue    string
+	step       func(context.Context) (int, error)
+	every      func(context.Context) // run at most hourly (housekeeping); may be nil
+	logger     *slog.Logger
 }
 
 func (l outboxLoop) run(ctx context.Context) {
@@ -68,7 +75,7 @@ func (l outboxLoop) idleWait(ctx context.Context) time.Duration {
 	return min(max(time.Until(*next), 10*time.Millisecond), 5*time.Second)
 }
 
-// listen turns the projector's notifications into wake-ups.
+// listen turns the notifications of the projector's commits into wake-ups.
 func (l outboxLoop) listen(ctx context.Context, wake chan<- struct{}) {
 	for ctx.Err() == nil {
 		err := func() error {
@@ -77,13 +84,17 @@ func (l outboxLoop) listen(ctx context.Context, wake chan<- struct{}) {
 				return err
 			}
 			defer conn.Release()
-			if _, err := conn.Exec(ctx, `LISTEN `+l.channel); err != nil {
+			if _, err := conn.Exec(ctx, `LISTEN `+readmodel.AppliedChannel); err != nil {
 				return err
 			}
 			defer func() { _, _ = conn.Exec(context.WithoutCancel(ctx), `UNLISTEN *`) }()
 			for {
-				if _, err := conn.Conn().WaitForNotification(ctx); err != nil {
+				n, err := conn.Conn().WaitForNotification(ctx)
+				if err != nil {
 					return err
+				}
+				if !slices.Contains(strings.Split(n.Payload, ","), l.projection) {
+					continue
 				}
 				select {
 				case wake <- struct{}{}:

@@ -16,9 +16,6 @@ import (
 // WebhooksName is the webhooks projector's name.
 const WebhooksName = readmodel.WebhooksProjection
 
-// webhookNotifyChannel is where the projector tells deliverers that deliveries are due.
-const webhookNotifyChannel = "chatbotd_webhook_deliveries"
-
 // Webhooks keeps the subscriptions (webhooks) and turns every event of an organization
 // into one delivery per matching active subscription (webhook_deliveries). Both happen
 // in one projector, so events and subscriptions are seen in one order, the relay's commit
@@ -78,9 +75,7 @@ func (Webhooks) Apply(ctx context.Context, tx pgx.Tx, e events.Envelope) error {
 		deliveries, ids, e.OrganizationID, e.ID, e.Type, e.StreamID, e.StreamVersion, e.Position, payload); err != nil {
 		return err
 	}
-	// Delivered at commit; several in one transaction fold into one.
-	_, err = tx.Exec(ctx, `SELECT pg_notify($1, '')`, webhookNotifyChannel)
-	return err
+	return nil
 }
 
 // ApplySet writes the deliveries of a run of events with one query for the run's
@@ -178,21 +173,31 @@ func writeDeliveries(ctx context.Context, tx pgx.Tx, envs []events.Envelope) err
 		ids, hooks, dorgs, eventIDs, types, streams, versions, positions, payloads); err != nil {
 		return err
 	}
-	// Delivered at commit; several in one transaction fold into one.
-	_, err = tx.Exec(ctx, `SELECT pg_notify($1, '')`, webhookNotifyChannel)
-	return err
+	return nil
 }
 
-// matchers caches each subscription's compiled patterns; there are few distinct sets.
-var matchers sync.Map
+// matchers caches compiled subscription patterns. Tenants choose the patterns, so the
+// cache is bounded: when it holds maxMatchers sets it starts again empty (there are
+// usually few distinct sets, and compiling one again is cheap).
+var matchers = struct {
+	sync.Mutex
+	m map[string]func(string) bool
+}{}
+
+const maxMatchers = 1024
 
 func topicMatcher(patterns []string) func(string) bool {
 	key := strings.Join(patterns, " ")
-	if m, ok := matchers.Load(key); ok {
-		return m.(func(string) bool)
+	matchers.Lock()
+	defer matchers.Unlock()
+	if m, ok := matchers.m[key]; ok {
+		return m
+	}
+	if matchers.m == nil || len(matchers.m) >= maxMatchers {
+		matchers.m = make(map[string]func(string) bool, 64)
 	}
 	m := events.TopicMatcher(patterns)
-	matchers.Store(key, m)
+	matchers.m[key] = m
 	return m
 }
 
