@@ -17,8 +17,17 @@ import (
 	"github.com/caarlos0/env/v11"
 )
 
+// Environments: in production every key must come from the configuration.
+const (
+	Development = "development"
+	Production  = "production"
+)
+
 // Config is everything chatbotd can be told from its environment.
 type Config struct {
+	// AppEnv is development (the default: keys left unset are made once and kept in the
+	// database) or production (a key left unset refuses the start, naming it).
+	AppEnv          string `env:"APP_ENV" envDefault:"development"`
 	DatabaseURL     string `env:"DATABASE_URL" envDefault:"postgres://postgres@127.0.0.1:5432/chatbotd?sslmode=disable"`
 	DatabaseReadURL string `env:"DATABASE_READ_URL"` // defaults to DatabaseURL
 	DatabaseMaxConn int32  `env:"DATABASE_MAX_CONNS" envDefault:"32"`
@@ -169,6 +178,15 @@ func (c Config) Validate() error {
 	check := func(ok bool, format string, args ...any) {
 		if !ok {
 			errs = append(errs, fmt.Errorf(format, args...))
+		}
+	}
+	check(c.AppEnv == Development || c.AppEnv == Production, "APP_ENV must be development or production")
+	if c.AppEnv == Production {
+		// A key kept in the database is readable by anyone who reads the database: they
+		// could mint access tokens, open webhook secrets, or re-sign a rewritten audit chain.
+		for _, k := range []struct{ name, value string }{{"JWT_SIGNING_KEYS", strings.Join(c.JWTSigningKeys, "")},
+			{"SECRETS_KEY", c.SecretsKey}, {"AUDIT_SIGNING_KEY", c.AuditSigningKey}} {
+			check(strings.TrimSpace(k.value) != "", "%s must be set when APP_ENV=production (make one with: openssl rand -base64 32)", k.name)
 		}
 	}
 	for name, raw := range map[string]string{"DATABASE_URL": c.DatabaseURL, "DATABASE_READ_URL": c.DatabaseReadURL} {

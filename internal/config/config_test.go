@@ -24,3 +24,23 @@ func TestEveryBadValueIsReported(t *testing.T) {
 	_, err = Load([]string{"HTTP_READ_TIMEOUT=soon"})
 	assert.ErrorContains(t, err, "HTTP_READ_TIMEOUT")
 }
+
+func TestProductionNeedsEveryKey(t *testing.T) {
+	_, err := Load([]string{"APP_ENV=production"})
+	require.Error(t, err)
+	for _, name := range []string{"JWT_SIGNING_KEYS", "SECRETS_KEY", "AUDIT_SIGNING_KEY"} {
+		assert.Contains(t, err.Error(), name+" must be set when APP_ENV=production")
+	}
+	key := "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=" // 32 bytes
+	_, err = Load([]string{"APP_ENV=production", "JWT_SIGNING_KEYS=" + key, "SECRETS_KEY=" + key})
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "AUDIT_SIGNING_KEY")
+	assert.NotContains(t, err.Error(), "SECRETS_KEY")
+	_, err = Load([]string{"APP_ENV=production", "JWT_SIGNING_KEYS=" + key, "SECRETS_KEY=" + key, "AUDIT_SIGNING_KEY=" + key})
+	require.NoError(t, err)
+	c, err := Load(nil)
+	require.NoError(t, err)
+	assert.Equal(t, Development, c.AppEnv, "make run needs no keys")
+	_, err = Load([]string{"APP_ENV=staging"})
+	assert.ErrorContains(t, err, "APP_ENV")
+}
