@@ -390,3 +390,28 @@ func TestEvolveKnowledge(t *testing.T) {
 	_, err := DecideUpdateEntry(k, bot, uuid.MustParse("00000000-0000-0000-0000-00000000000a"), EntryInput{})
 	assert.Equal(t, apperr.CodeNotFound, apperr.CodeOf(err))
 }
+
+func TestCheckActOnUser(t *testing.T) {
+	actor, other := uuid.New(), uuid.New()
+	owner := User{Exists: true, Roles: []string{auth.RoleOwner}}
+	member := User{Exists: true, Roles: []string{auth.RoleMember, auth.RoleAdmin}}
+	for _, c := range []struct {
+		name          string
+		target        uuid.UUID
+		mayGrantOwner bool
+		user          User
+		refused       bool
+	}{
+		{"an admin acts on a member", other, false, member, false},
+		{"an admin acts on an owner", other, false, owner, true},
+		{"an owner acts on an owner", other, true, owner, false},
+		{"an owner acts on themselves", actor, false, owner, false},
+	} {
+		err := CheckActOnUser(actor, c.target, c.mayGrantOwner, c.user)
+		if c.refused {
+			assert.Equal(t, apperr.CodeForbidden, apperr.CodeOf(err), c.name)
+		} else {
+			assert.NoError(t, err, c.name)
+		}
+	}
+}

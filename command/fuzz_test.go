@@ -2,11 +2,15 @@ package command
 
 import (
 	"bytes"
+	"fmt"
+	"math"
 	"net/http"
 	"net/http/httptest"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/gin-gonic/gin"
 	"github.com/google/uuid"
@@ -62,6 +66,9 @@ func input[T any](validate func(*T) error) func([]byte) (error, error) {
 		if err := httpx.Decode(c, &in); err != nil {
 			return err, nil
 		}
+		if err := storable(reflect.ValueOf(in), 0); err != nil {
+			return errUnstorable{err}, nil
+		}
 		if err := validate(&in); err != nil {
 			return nil, err
 		}
@@ -73,6 +80,56 @@ func input[T any](validate func(*T) error) func([]byte) (error, error) {
 }
 
 type errAgain struct{ error }
+
+// errUnstorable: the decoder accepted what PostgreSQL refuses to store.
+type errUnstorable struct{ error }
+
+// storable checks what PostgreSQL will be asked to store of a decoded input: every
+// string valid UTF-8 without NUL (text and jsonb refuse it), every number finite,
+// nesting within httpx.MaxDepth.
+func storable(v reflect.Value, depth int) error {
+	if depth > httpx.MaxDepth+2 { // the input struct and its field add two levels
+		return fmt.Errorf("nested %d levels deep", depth)
+	}
+	switch v.Kind() {
+	case reflect.String:
+		if s := v.String(); !utf8.ValidString(s) || strings.ContainsRune(s, 0) {
+			return fmt.Errorf("string %q cannot be stored", s)
+		}
+	case reflect.Float32, reflect.Float64:
+		if f := v.Float(); math.IsInf(f, 0) || math.IsNaN(f) {
+			return fmt.Errorf("number %v cannot be stored", f)
+		}
+	case reflect.Pointer, reflect.Interface:
+		if !v.IsNil() {
+			return storable(v.Elem(), depth)
+		}
+	case reflect.Struct:
+		for i := range v.NumField() {
+			if v.Type().Field(i).IsExported() {
+				if err := storable(v.Field(i), depth+1); err != nil {
+					return err
+				}
+			}
+		}
+	case reflect.Slice, reflect.Array:
+		for i := range v.Len() {
+			if err := storable(v.Index(i), depth+1); err != nil {
+				return err
+			}
+		}
+	case reflect.Map:
+		for _, k := range v.MapKeys() {
+			if err := storable(k, depth); err != nil {
+				return err
+			}
+			if err := storable(v.MapIndex(k), depth+1); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
 
 // clientError: the code an answer of 4xx carries, never INTERNAL_ERROR or no code at all.
 func clientError(t *testing.T, what string, err error) {
@@ -86,7 +143,8 @@ func clientError(t *testing.T, what string, err error) {
 
 // FuzzCommandInputs: any body, for any command, is decoded and validated without a
 // panic, and is either accepted or refused with a client error in the API's envelope
-// (never a 500); an accepted input validates again unchanged.
+// (never a 500); what the decoder accepts PostgreSQL can store (no NUL, no runaway
+// nesting, finite numbers); an accepted input validates again unchanged.
 func FuzzCommandInputs(f *testing.F) {
 	for _, seed := range []string{
 		``, `{}`, `[]`, `null`, `{"name":"Ann","email":"ann@example.com","password":"password1","password_confirmation":"password1"}`,
@@ -98,6 +156,9 @@ func FuzzCommandInputs(f *testing.F) {
 		`{"name":"Role","permissions":["users.read","nope"]}`, `{"url":"http://10.0.0.1/","events":["user.*"]}`,
 		`{"content":"hello"}`, `{"metadata":{"a":[1,{"b":null}]}}`, `{"reason":"abuse"}`, `{"name":1}`, `{"unknown":true}`,
 		`{"name":"a"}{"name":"b"}`, `{"name":"\u0000\ud800"}`, `{"email":"a@b","role":"owner"}`, "\xff\xfe{",
+		`{"content":"a\\u0000b"}`, `{"password":"x\u0000"}`, "{\"name\":\"a\x00\"}",
+		`{"metadata":` + strings.Repeat(`{"a":[`, 20) + `1` + strings.Repeat(`]}`, 20) + `}`,
+		`{"metadata":{"n":1e308,"m":-1e400,"k":123456789012345678901234567890}}`, `{"expires_at":"9999-12-31T23:59:59Z"}`,
 	} {
 		for i := range commandInputs {
 			f.Add(uint8(i), []byte(seed))
@@ -106,6 +167,9 @@ func FuzzCommandInputs(f *testing.F) {
 	f.Fuzz(func(t *testing.T, which uint8, body []byte) {
 		cmd := commandInputs[int(which)%len(commandInputs)]
 		decodeErr, validateErr := cmd.validate(body)
+		if bad, ok := decodeErr.(errUnstorable); ok {
+			t.Fatalf("%s: decoded what PostgreSQL cannot store: %v", cmd.name, bad.error)
+		}
 		if decodeErr != nil {
 			clientError(t, cmd.name+" decode", decodeErr)
 			return

@@ -29,8 +29,8 @@ func (h *HTTP) Routes() []httpx.Route {
 		httpx.R(http.MethodPost, "/api/v1/auth/register", auth.Public, handle(http.StatusCreated, "Registered", h.register)),
 		httpx.R(http.MethodPost, "/api/v1/auth/login", auth.Public, handle(http.StatusOK, "Logged in", h.login)).WithCredentials(),
 		httpx.R(http.MethodPost, "/api/v1/auth/refresh", auth.Public, handle(http.StatusOK, "Token refreshed", h.refresh)).WithCredentials(),
-		httpx.R(http.MethodPost, "/api/v1/auth/logout", auth.Authenticated, handle(http.StatusOK, "Logged out", h.logout)),
-		httpx.R(http.MethodPut, "/api/v1/auth/password", auth.Authenticated, handle(http.StatusOK, "Password changed", h.changePassword)),
+		httpx.R(http.MethodPost, "/api/v1/auth/logout", auth.Authenticated, handle(http.StatusOK, "Logged out", h.logout)).WithSession(),
+		httpx.R(http.MethodPut, "/api/v1/auth/password", auth.Authenticated, handle(http.StatusOK, "Password changed", h.changePassword)).WithSession(),
 		httpx.R(http.MethodPost, "/api/v1/users", auth.UsersWrite, handle(http.StatusCreated, "User created", h.createUser)),
 		httpx.R(http.MethodPatch, "/api/v1/users/:id", auth.UsersWrite, handle(http.StatusOK, "User updated", h.updateUser)),
 		httpx.R(http.MethodDelete, "/api/v1/users/:id", auth.UsersWrite, handle(http.StatusOK, "User deleted", h.deleteUser)),
@@ -52,8 +52,8 @@ func (h *HTTP) Routes() []httpx.Route {
 		httpx.R(http.MethodPost, "/api/v1/chatbots/:id/train", auth.ChatbotsWrite, handle(http.StatusAccepted, "Training requested", h.train)),
 		httpx.R(http.MethodPost, "/api/v1/chatbots/:id/conversations", auth.ConversationsWrite, handle(http.StatusCreated, "Conversation started", h.startConversation)),
 		httpx.R(http.MethodPost, "/api/v1/conversations/:id/messages", auth.ConversationsWrite, handle(http.StatusAccepted, "Message queued", h.postMessage)),
-		httpx.R(http.MethodPost, "/api/v1/tokens", auth.TokensWrite, handle(http.StatusCreated, "Token created", h.createToken)).WithCredentials(),
-		httpx.R(http.MethodDelete, "/api/v1/tokens/:id", auth.TokensWrite, handle(http.StatusOK, "Token revoked", h.revokeToken)),
+		httpx.R(http.MethodPost, "/api/v1/tokens", auth.TokensWrite, handle(http.StatusCreated, "Token created", h.createToken)).WithCredentials().WithSession(),
+		httpx.R(http.MethodDelete, "/api/v1/tokens/:id", auth.TokensWrite, handle(http.StatusOK, "Token revoked", h.revokeToken)).WithSession(),
 		httpx.R(http.MethodPost, "/api/v1/webhooks", auth.WebhooksWrite, handle(http.StatusCreated, "Webhook created", h.createWebhook)),
 		httpx.R(http.MethodDelete, "/api/v1/webhooks/:id", auth.WebhooksWrite, handle(http.StatusOK, "Webhook deleted", h.deleteWebhook)),
 		httpx.R(http.MethodPost, "/api/v1/admin/organizations/:id/suspend", auth.PlatformOperate, handle(http.StatusOK, "Organization suspended", h.suspendOrganization)),
@@ -131,12 +131,24 @@ func (h *HTTP) register(c *gin.Context) (Result[Registered], error) {
 	return h.svc.Register(c, Meta(c), in)
 }
 
+// DeviceCookie carries the device token to browsers; other clients send the token in
+// the login body.
+const DeviceCookie = "chatbotd_device"
+
 func (h *HTTP) login(c *gin.Context) (Result[TokenPair], error) {
 	in, err := body[Login](c)
 	if err != nil {
 		return Result[TokenPair]{}, err
 	}
-	return h.svc.Login(c, Meta(c), in)
+	if in.DeviceToken == "" {
+		in.DeviceToken, _ = c.Cookie(DeviceCookie)
+	}
+	res, err := h.svc.Login(c, Meta(c), in)
+	if err == nil && res.Data.DeviceToken != "" {
+		c.SetSameSite(http.SameSiteStrictMode)
+		c.SetCookie(DeviceCookie, res.Data.DeviceToken, int(auth.DeviceTokenTTL.Seconds()), "/api/v1/auth/login", "", true, true)
+	}
+	return res, err
 }
 
 func (h *HTTP) refresh(c *gin.Context) (Result[TokenPair], error) {
@@ -154,10 +166,10 @@ func (h *HTTP) logout(c *gin.Context) (Result[struct{}], error) {
 	return h.svc.Logout(c, Meta(c), principal(c))
 }
 
-func (h *HTTP) changePassword(c *gin.Context) (Result[struct{}], error) {
+func (h *HTTP) changePassword(c *gin.Context) (Result[PasswordChanged], error) {
 	in, err := body[ChangePassword](c)
 	if err != nil {
-		return Result[struct{}]{}, err
+		return Result[PasswordChanged]{}, err
 	}
 	return h.svc.ChangePassword(c, Meta(c), principal(c), in)
 }

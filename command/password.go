@@ -2,7 +2,11 @@ package command
 
 import (
 	"context"
+	"fmt"
+	"math"
+	"slices"
 
+	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 
 	"github.com/chatbotsaas/chatbotd/events"
@@ -34,34 +38,138 @@ func (c *ChangePassword) Validate() error {
 	return f.Err()
 }
 
-// ChangePassword checks the caller's current password, stores the new one's hash and
-// records user.password_changed (which notifies the user by email).
-func (s *Service) ChangePassword(ctx context.Context, meta events.Meta, p auth.Principal, c ChangePassword) (Result[struct{}], error) {
+// PasswordChanged is what changing one's password answers.
+type PasswordChanged struct {
+	// SessionsEnded is how many of the user's other live sessions the change ended.
+	SessionsEnded int `json:"sessions_ended"`
+}
+
+// ReasonPasswordChanged ends a user's other sessions when their password changes.
+const ReasonPasswordChanged = "password_changed"
+
+// ChangePassword checks the caller's current password, stores the new one's hash, ends
+// every other live session of the user, and records user.password_changed (which
+// notifies the user by email) with a session.revoked for each ended session, in one
+// transaction. Only a login session may do it. A wrong current password counts against
+// the same limits as a failed login and is recorded as access.password_change_failed.
+func (s *Service) ChangePassword(ctx context.Context, meta events.Meta, p auth.Principal, c ChangePassword) (Result[PasswordChanged], error) {
+	var res Result[PasswordChanged]
+	if err := p.RequireSession(); err != nil {
+		return res, err
+	}
 	if err := c.Validate(); err != nil {
-		return Result[struct{}]{}, err
+		return res, err
+	}
+	user, err := load(ctx, s.store, p.UserID, EvolveUser)
+	if err != nil {
+		return res, err
+	}
+	if !user.State.Live() {
+		return res, apperr.NotFound("user")
+	}
+	email, ip := user.State.Email, meta.Metadata.IPAddress
+	if retry, blocked := s.throttle.Blocked(ctx, ip, email, ""); blocked {
+		secs := int(math.Ceil(retry.Seconds()))
+		return res, &apperr.Error{Code: apperr.CodeRateLimited, RetryAfter: retry,
+			Message: fmt.Sprintf("Too many wrong passwords; retry in %d s", secs)}
 	}
 	var current string
 	if err := s.store.Pool().QueryRow(ctx, `SELECT password_hash FROM user_credentials WHERE user_id = $1`, p.UserID).Scan(&current); err != nil {
-		return Result[struct{}]{}, db.Classify(err)
+		return res, db.Classify(err)
 	}
 	ok, err := s.hasher.Verify(ctx, current, c.CurrentPassword)
 	if err != nil {
-		return Result[struct{}]{}, err
+		return res, err
 	}
 	if !ok {
-		return Result[struct{}]{}, apperr.Invalid("current_password", "is not your current password")
+		s.throttle.Failed(ctx, ip, email, "")
+		if _, err := s.store.Append(ctx, events.AppendRequest{StreamType: events.StreamAccess,
+			StreamID: uuid.NewSHA1(accessNamespace, p.UserID[:]), ExpectedVersion: events.AnyVersion,
+			OrganizationID: &p.OrganizationID, Meta: actor(p, meta),
+			Events: []events.Event{events.PasswordChangeFailed{UserID: p.UserID.String(), Credential: p.Credential,
+				Reason: "wrong_current_password"}}}); err != nil {
+			return res, err
+		}
+		return res, apperr.Invalid("current_password", "is not your current password")
 	}
 	hash, err := s.hasher.Hash(ctx, c.Password)
 	if err != nil {
-		return Result[struct{}]{}, err
+		return res, err
 	}
-	res, err := s.changeUser(ctx, meta, p, p.UserID, nil,
-		func(User) ([]events.Event, error) { return []events.Event{events.UserPasswordChanged{}}, nil },
-		func(User) func(context.Context, pgx.Tx) error {
-			return func(ctx context.Context, tx pgx.Tx) error {
-				_, err := tx.Exec(ctx, `UPDATE user_credentials SET password_hash = $2 WHERE user_id = $1`, p.UserID, hash)
+	res, err = retryOnConflict(false, func() (Result[PasswordChanged], error) {
+		return s.changePassword(ctx, meta, p, current, hash)
+	})
+	s.forgetUser(err, p.UserID)
+	return res, err
+}
+
+// changePassword is one attempt: it decides the end of the other live sessions it finds,
+// and appends that with the change. Its transaction locks the credentials row (which new
+// logins share-lock, see startSession) and then looks at the sessions again: one started
+// in between is a conflict, and the attempt is made again.
+func (s *Service) changePassword(ctx context.Context, meta events.Meta, p auth.Principal, oldHash, newHash string) (Result[PasswordChanged], error) {
+	var res Result[PasswordChanged]
+	user, err := load(ctx, s.store, p.UserID, EvolveUser)
+	if err != nil {
+		return res, err
+	}
+	if !user.State.Live() || user.OrganizationID != p.OrganizationID {
+		return res, apperr.NotFound("user")
+	}
+	others, err := liveSessions(ctx, s.store.Pool(), p.UserID, p.SessionID)
+	if err != nil {
+		return res, err
+	}
+	var ended []uuid.UUID
+	var more []events.AppendRequest
+	for _, id := range others {
+		l, err := load(ctx, s.store, id, EvolveSession)
+		if err != nil {
+			return res, err
+		}
+		if l.State.UserID != p.UserID || s.now().After(l.State.ExpiresAt) {
+			continue // expired: its tokens are dead already
+		}
+		evs, err := DecideRevokeSession(l.State, ReasonPasswordChanged)
+		if err != nil || len(evs) == 0 {
+			continue
+		}
+		ended = append(ended, id)
+		more = append(more, events.AppendRequest{StreamType: events.StreamSession, StreamID: id,
+			ExpectedVersion: l.Version, OrganizationID: &p.OrganizationID, Events: evs})
+	}
+	res.Token, err = s.store.Append(ctx, events.AppendRequest{StreamType: events.StreamUser, StreamID: p.UserID,
+		ExpectedVersion: user.Version, OrganizationID: &p.OrganizationID, Meta: actor(p, meta),
+		Events: []events.Event{events.UserPasswordChanged{}}, More: more,
+		Also: func(ctx context.Context, tx pgx.Tx) error {
+			tag, err := tx.Exec(ctx, `UPDATE user_credentials SET password_hash = $3 WHERE user_id = $1 AND password_hash = $2`,
+				p.UserID, oldHash, newHash)
+			if err != nil {
 				return err
 			}
-		})
-	return Result[struct{}]{Token: res.Token}, err
+			if tag.RowsAffected() == 0 {
+				return apperr.Invalid("current_password", "is not your current password")
+			}
+			now, err := liveSessions(ctx, tx, p.UserID, p.SessionID)
+			if err != nil {
+				return err
+			}
+			if slices.ContainsFunc(now, func(id uuid.UUID) bool { return !slices.Contains(others, id) }) {
+				return apperr.Conflict("a session started during the password change")
+			}
+			_, err = tx.Exec(ctx, `UPDATE session_credentials SET revoked = true WHERE session_id = ANY($1)`, ended)
+			return err
+		}})
+	res.Data.SessionsEnded = len(ended)
+	return res, err
+}
+
+// liveSessions lists the user's sessions that are not revoked, but the one given.
+func liveSessions(ctx context.Context, q events.Querier, user, but uuid.UUID) ([]uuid.UUID, error) {
+	rows, err := q.Query(ctx, `SELECT session_id FROM session_credentials
+		WHERE user_id = $1 AND NOT revoked AND session_id <> $2 ORDER BY session_id`, user, but)
+	if err != nil {
+		return nil, err
+	}
+	return pgx.CollectRows(rows, pgx.RowTo[uuid.UUID])
 }

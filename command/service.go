@@ -23,10 +23,14 @@ import (
 	"github.com/chatbotsaas/chatbotd/internal/secretbox"
 )
 
-// LoginThrottle refuses logins for an email after repeated failures.
+// LoginThrottle refuses password checks (logins, password changes) for an email after
+// repeated failures. device is the id of a valid device token the client presented for
+// that email, or "" (see ratelimit.LoginThrottle).
 type LoginThrottle interface {
-	Blocked(ctx context.Context, ip, email string) (time.Duration, bool)
-	Failed(ctx context.Context, ip, email string)
+	Blocked(ctx context.Context, ip, email, device string) (time.Duration, bool)
+	Failed(ctx context.Context, ip, email, device string)
+	// Record reports whether a refusal is worth an event (a bounded number per email).
+	Record(ctx context.Context, email string) bool
 }
 
 // AuthInvalidator forgets cached authentication state. Commands that change a user's or
@@ -45,6 +49,7 @@ type Service struct {
 	hasher      *auth.Hasher
 	tokens      *auth.Tokens
 	throttle    LoginThrottle
+	devices     *auth.Devices
 	guard       netguard.Guard
 	box         *secretbox.Box
 	refreshTTL  time.Duration
@@ -58,6 +63,7 @@ type Deps struct {
 	Hasher     *auth.Hasher
 	Tokens     *auth.Tokens
 	Throttle   LoginThrottle
+	Devices    *auth.Devices  // device tokens that exempt known clients from the per-email login limit
 	Guard      netguard.Guard // outgoing targets (webhook responders)
 	Box        *secretbox.Box // seals webhook secrets
 	RefreshTTL time.Duration
@@ -68,7 +74,7 @@ type Deps struct {
 
 // NewService returns the command service.
 func NewService(d Deps) *Service {
-	return &Service{authChanged: d.AuthChanged, store: d.Store, hasher: d.Hasher, tokens: d.Tokens, throttle: d.Throttle, guard: d.Guard, box: d.Box,
+	return &Service{authChanged: d.AuthChanged, store: d.Store, hasher: d.Hasher, tokens: d.Tokens, throttle: d.Throttle, devices: d.Devices, guard: d.Guard, box: d.Box,
 		refreshTTL: d.RefreshTTL,
 		logger:     d.Logger, now: func() time.Time { return time.Now().UTC() }}
 }
@@ -267,6 +273,9 @@ func setSession(ctx context.Context, tx pgx.Tx, session, user uuid.UUID, revoked
 type Login struct {
 	Email    string `json:"email"`
 	Password string `json:"password"`
+	// DeviceToken is what an earlier successful login from this client returned (also
+	// read from the device cookie): with it, other people's failures never block it.
+	DeviceToken string `json:"device_token,omitempty"`
 }
 
 // Validate checks the input's presence (not its format: a bad login is a 401 like any).
@@ -289,6 +298,9 @@ type TokenPair struct {
 	TokenType    string          `json:"token_type"`
 	ExpiresIn    int             `json:"expires_in"`
 	User         *readmodel.User `json:"user,omitempty"`
+	// DeviceToken (login only) marks this client as one that logged in successfully as
+	// the user: sent with later logins, it exempts them from the per-email limit.
+	DeviceToken string `json:"device_token,omitempty"`
 }
 
 var errBadLogin = apperr.New(apperr.CodeUnauthenticated, "Invalid email or password")
@@ -305,12 +317,15 @@ func (s *Service) Login(ctx context.Context, meta events.Meta, c Login) (Result[
 	}
 	meta.Actor = events.Actor{Type: events.ActorAnonymous}
 	ip := meta.Metadata.IPAddress
-	if retry, blocked := s.throttle.Blocked(ctx, ip, c.Email); blocked {
+	device, _ := s.devices.Check(c.DeviceToken, c.Email)
+	if retry, blocked := s.throttle.Blocked(ctx, ip, c.Email, device); blocked {
 		secs := int(math.Ceil(retry.Seconds()))
-		if _, err := s.store.Append(ctx, events.AppendRequest{StreamType: events.StreamLogin,
-			StreamID: uuid.NewSHA1(loginNamespace, []byte(c.Email)), ExpectedVersion: events.AnyVersion,
-			Events: []events.Event{events.LoginRateLimited{Email: c.Email, RetryAfterSeconds: secs}}, Meta: meta}); err != nil {
-			return res, err
+		if s.throttle.Record(ctx, c.Email) {
+			if _, err := s.store.Append(ctx, events.AppendRequest{StreamType: events.StreamLogin,
+				StreamID: uuid.NewSHA1(loginNamespace, []byte(c.Email)), ExpectedVersion: events.AnyVersion,
+				Events: []events.Event{events.LoginRateLimited{Email: c.Email, RetryAfterSeconds: secs}}, Meta: meta}); err != nil {
+				return res, err
+			}
 		}
 		return res, &apperr.Error{Code: apperr.CodeRateLimited, RetryAfter: retry,
 			Message: fmt.Sprintf("Too many failed logins; retry in %d s", secs)}
@@ -327,7 +342,7 @@ func (s *Service) Login(ctx context.Context, meta events.Meta, c Login) (Result[
 		return res, verr
 	}
 	if hash == "" {
-		return res, s.loginFailed(ctx, meta, c.Email, nil, "unknown_email")
+		return res, s.loginFailed(ctx, meta, c.Email, device, nil, "unknown_email")
 	}
 	l, err := load(ctx, s.store, userID, EvolveUser)
 	if err != nil {
@@ -336,16 +351,16 @@ func (s *Service) Login(ctx context.Context, meta events.Meta, c Login) (Result[
 	org := l.OrganizationID
 	switch {
 	case !l.State.Live():
-		return res, s.loginFailed(ctx, meta, c.Email, &org, "unknown_email")
+		return res, s.loginFailed(ctx, meta, c.Email, device, &org, "unknown_email")
 	case !ok:
-		return res, s.loginFailed(ctx, meta, c.Email, &org, "bad_password")
+		return res, s.loginFailed(ctx, meta, c.Email, device, &org, "bad_password")
 	case l.State.Status != StatusActive:
-		return res, s.loginFailed(ctx, meta, c.Email, &org, "user_deactivated")
+		return res, s.loginFailed(ctx, meta, c.Email, device, &org, "user_deactivated")
 	}
 	// Only someone who knows the password learns that the organization is suspended.
 	if suspended, err := s.organizationSuspended(ctx, org); err != nil || suspended {
 		if err == nil {
-			err = s.loginFailed(ctx, meta, c.Email, &org, "organization_suspended")
+			err = s.loginFailed(ctx, meta, c.Email, device, &org, "organization_suspended")
 			if apperr.CodeOf(err) == apperr.CodeUnauthenticated {
 				err = errSuspended
 			}
@@ -360,18 +375,38 @@ func (s *Service) Login(ctx context.Context, meta events.Meta, c Login) (Result[
 	}
 	res.Token, err = s.store.Append(ctx, events.AppendRequest{StreamType: events.StreamSession, StreamID: sessionID,
 		ExpectedVersion: 0, OrganizationID: &org, Events: evs, Meta: meta,
-		Also: func(ctx context.Context, tx pgx.Tx) error { return setSession(ctx, tx, sessionID, userID, false) }})
+		Also: func(ctx context.Context, tx pgx.Tx) error { return startSession(ctx, tx, sessionID, userID, hash) }})
 	if err != nil {
 		return res, err
 	}
 	view := userView(userID, l)
 	res.Data, err = s.pair(userID, org, sessionID, 1)
 	res.Data.User = &view
+	if s.devices != nil {
+		res.Data.DeviceToken = s.devices.Issue(c.Email)
+	}
 	return res, err
 }
 
-func (s *Service) loginFailed(ctx context.Context, meta events.Meta, email string, org *uuid.UUID, reason string) error {
-	s.throttle.Failed(ctx, meta.Metadata.IPAddress, email)
+// startSession records a new login session, unless the password it was checked against
+// has changed since: the user's credentials row is share-locked and must still hold that
+// hash. A password change locks the row before it ends the user's sessions, so a login
+// that raced with it either ends with them or fails here.
+func startSession(ctx context.Context, tx pgx.Tx, session, user uuid.UUID, checkedHash string) error {
+	tag, err := tx.Exec(ctx, `INSERT INTO session_credentials (session_id, user_id, revoked)
+		SELECT $1, user_id, false FROM (SELECT user_id FROM user_credentials
+			WHERE user_id = $2 AND password_hash = $3 FOR SHARE) c`, session, user, checkedHash)
+	if err != nil {
+		return err
+	}
+	if tag.RowsAffected() == 0 {
+		return errBadLogin
+	}
+	return nil
+}
+
+func (s *Service) loginFailed(ctx context.Context, meta events.Meta, email, device string, org *uuid.UUID, reason string) error {
+	s.throttle.Failed(ctx, meta.Metadata.IPAddress, email, device)
 	_, err := s.store.Append(ctx, events.AppendRequest{StreamType: events.StreamLogin,
 		StreamID: uuid.NewSHA1(loginNamespace, []byte(email)), ExpectedVersion: events.AnyVersion, OrganizationID: org,
 		Events: []events.Event{events.LoginFailed{Email: email, Reason: reason}}, Meta: meta})
@@ -452,7 +487,7 @@ func (s *Service) Refresh(ctx context.Context, meta events.Meta, c Refresh) (Res
 // Logout revokes the caller's session.
 func (s *Service) Logout(ctx context.Context, meta events.Meta, p auth.Principal) (Result[struct{}], error) {
 	if p.SessionID == uuid.Nil {
-		return Result[struct{}]{}, apperr.New(apperr.CodeBadRequest, "An API token has no session to log out of; revoke it with DELETE /api/v1/tokens/{id}")
+		return Result[struct{}]{}, apperr.New(apperr.CodeSessionRequired, "An API token has no session to log out of; revoke it with DELETE /api/v1/tokens/{id}")
 	}
 	return retryOnConflict(false, func() (Result[struct{}], error) {
 		var res Result[struct{}]

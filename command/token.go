@@ -103,6 +103,9 @@ func (s *Service) CreateToken(ctx context.Context, meta events.Meta, p auth.Prin
 	if err := p.Require(auth.TokensWrite); err != nil {
 		return res, err
 	}
+	if err := p.RequireSession(); err != nil {
+		return res, err
+	}
 	if err := c.Validate(s.now()); err != nil {
 		return res, err
 	}
@@ -131,6 +134,9 @@ func (s *Service) CreateToken(ctx context.Context, meta events.Meta, p auth.Prin
 // RevokeToken revokes one of the caller's tokens; it stops working at once.
 func (s *Service) RevokeToken(ctx context.Context, meta events.Meta, p auth.Principal, id uuid.UUID) (Result[struct{}], error) {
 	if err := p.Require(auth.TokensWrite); err != nil {
+		return Result[struct{}]{}, err
+	}
+	if err := p.RequireSession(); err != nil {
 		return Result[struct{}]{}, err
 	}
 	_, tok, err := change[Token]{streamType: events.StreamToken, id: id, org: p.OrganizationID, notFound: "token",

@@ -150,6 +150,21 @@ func DecideUpdateUser(id uuid.UUID, u User, c UpdateUser) ([]events.Event, error
 	return out, nil
 }
 
+// errOwnerProtected refuses a change of an owner by someone who could not make one.
+var errOwnerProtected = apperr.New(apperr.CodeForbidden,
+	"Only someone who can grant the owner role can change, deactivate or delete an owner, or change their roles")
+
+// CheckActOnUser is the one rule for acting on another user: acting on an owner (their
+// name or email, their status, deleting them, their roles) needs what granting the
+// owner role needs (mayGrantOwner: every permission an owner holds). Otherwise an admin,
+// who cannot make anyone an owner, could take an owner's account by changing its email.
+func CheckActOnUser(actor, target uuid.UUID, mayGrantOwner bool, u User) error {
+	if actor != target && slices.Contains(u.Roles, auth.RoleOwner) && !mayGrantOwner {
+		return errOwnerProtected
+	}
+	return nil
+}
+
 // DecideDeleteUser soft-deletes a user; nobody deletes themselves.
 func DecideDeleteUser(id uuid.UUID, u User, actor uuid.UUID) ([]events.Event, error) {
 	if !u.Live() {

@@ -77,7 +77,8 @@ func (s *Service) CreateUser(ctx context.Context, meta events.Meta, p auth.Princ
 	return res, nil
 }
 
-// changeUser runs a command on a live user of the caller's organization.
+// changeUser runs a command on a live user of the caller's organization; acting on an
+// owner needs what granting the owner role needs (CheckActOnUser).
 func (s *Service) changeUser(ctx context.Context, meta events.Meta, p auth.Principal, id uuid.UUID, ifMatch IfMatch,
 	decide func(User) ([]events.Event, error), also func(User) func(context.Context, pgx.Tx) error,
 ) (Result[readmodel.User], error) {
@@ -86,6 +87,9 @@ func (s *Service) changeUser(ctx context.Context, meta events.Meta, p auth.Princ
 		decide: func(u User) ([]events.Event, error) {
 			if !u.Live() {
 				return nil, apperr.NotFound("user")
+			}
+			if err := CheckActOnUser(p.UserID, id, canGrant(p, auth.BuiltinRoles()[auth.RoleOwner]), u); err != nil {
+				return nil, err
 			}
 			return decide(u)
 		}}.run(ctx, s.store)

@@ -198,6 +198,15 @@ type AccessDenied struct {
 	Permission string `json:"permission"`
 }
 
+// PasswordChangeFailed: a signed-in user asked to change their password and the current
+// password they gave was wrong. It holds no password material; like AccessDenied it is
+// on the user's access stream.
+type PasswordChangeFailed struct {
+	UserID     string `json:"user_id"`
+	Credential string `json:"credential"`
+	Reason     string `json:"reason"`
+}
+
 // Responder is how a chatbot answers. A webhook's secret is never in an event: SecretSet
 // says one is stored (sealed) beside the log.
 type Responder struct {
@@ -378,6 +387,7 @@ func (RoleCreated) EventType() string          { return "role.created" }
 func (RoleUpdated) EventType() string          { return "role.updated" }
 func (RoleDeleted) EventType() string          { return "role.deleted" }
 func (AccessDenied) EventType() string         { return "access.denied" }
+func (PasswordChangeFailed) EventType() string { return "access.password_change_failed" }
 func (ChatbotCreated) EventType() string       { return "chatbot.created" }
 func (ChatbotUpdated) EventType() string       { return "chatbot.updated" }
 func (ChatbotPublished) EventType() string     { return "chatbot.published" }
@@ -420,7 +430,7 @@ var specs = func() map[string]Spec {
 		{1, LoginFailed{}}, {1, LoginRateLimited{}},
 		{1, TokenCreated{}}, {1, TokenRevoked{}},
 		{1, RoleCreated{}}, {1, RoleUpdated{}}, {1, RoleDeleted{}},
-		{1, AccessDenied{}},
+		{1, AccessDenied{}}, {1, PasswordChangeFailed{}},
 		{1, ChatbotCreated{}}, {1, ChatbotUpdated{}}, {1, ChatbotPublished{}}, {1, ChatbotUnpublished{}}, {1, ChatbotDeleted{}},
 		{1, KnowledgeEntryAdded{}}, {1, KnowledgeEntryUpdated{}}, {1, KnowledgeEntryRemoved{}}, {1, KnowledgeImported{}},
 		{1, TrainingRequested{}}, {1, TrainingCompleted{}}, {1, TrainingFailed{}},

@@ -11,6 +11,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/gin-gonic/gin"
@@ -38,6 +39,8 @@ type HTTP struct {
 	// ConsistencyWait bounds how long a query waits for X-Consistency-Token.
 	consistencyWait time.Duration
 	applied         *readmodel.Applied
+	streams         streamOwners
+	waits           chan struct{} // a slot per running consistency wait
 }
 
 // NewHTTP returns the query endpoints over the read pool and the cache; primary and
@@ -45,7 +48,8 @@ type HTTP struct {
 //
 // applied wakes the reads that wait for a consistency token; when nil, they poll.
 func NewHTTP(read, primary *pgxpool.Pool, c *cache.Cache, tokens *auth.Tokens, chainKey events.ChainKey, applied *readmodel.Applied) *HTTP {
-	return &HTTP{read: read, primary: primary, chainKey: chainKey, cache: c, tokens: tokens, applied: applied, consistencyWait: 5 * time.Second}
+	return &HTTP{read: read, primary: primary, chainKey: chainKey, cache: c, tokens: tokens, applied: applied, consistencyWait: 5 * time.Second,
+		waits: make(chan struct{}, maxWaits)}
 }
 
 // projectionOf names, for each stream type, the projection that reads it: the one a
@@ -96,9 +100,13 @@ func (h *HTTP) Routes() []httpx.Route {
 }
 
 // Consistency honours X-Consistency-Token on reads: the request waits (up to 5 s) until
-// the projection that applies the token's stream has reached its version. It runs before
-// authentication, because the authenticator reads that projection too (a logout's token
-// must find the session revoked).
+// the projection that applies the token's stream has reached its version. It runs after
+// authentication and the rate limit (an anonymous or throttled caller makes nobody
+// wait), and only for a stream of the caller's organization: a token naming any other
+// stream, another tenant's or one that does not exist, is the same 400, so it tells
+// nothing about other tenants. At most maxWaits requests wait at once in one process;
+// one that gets no turn before its deadline answers at once, marked X-Consistency:
+// timeout, like a wait that ran out.
 func (h *HTTP) Consistency() gin.HandlerFunc {
 	return func(c *gin.Context) {
 		raw := c.GetHeader("X-Consistency-Token")
@@ -119,21 +127,83 @@ func (h *HTTP) Consistency() gin.HandlerFunc {
 		case strings.HasPrefix(c.FullPath(), "/api/v1/analytics"):
 			projection = readmodel.AnalyticsProjection
 		}
-		if ok {
-			ctx, cancel := context.WithTimeout(c.Request.Context(), h.consistencyWait)
-			reached, err := h.applied.WaitApplied(ctx, h.read, projection, tok.StreamID, tok.Version)
-			cancel()
+		if !ok || tok.Version == 0 {
+			c.Next()
+			return
+		}
+		ctx, cancel := context.WithTimeout(c.Request.Context(), h.consistencyWait)
+		defer cancel()
+		mine, err := h.streams.belongs(ctx, h.primary, principal(c), tok.StreamID, tok.Version)
+		if err != nil {
+			httpx.Fail(c, err)
+			return
+		}
+		if !mine {
+			httpx.Fail(c, apperr.New(apperr.CodeBadRequest, "X-Consistency-Token names no write of your organization"))
+			return
+		}
+		reached := false
+		select {
+		case h.waits <- struct{}{}:
+			reached, err = h.applied.WaitApplied(ctx, h.read, projection, tok.StreamID, tok.Version)
+			<-h.waits
 			if err != nil {
 				httpx.Fail(c, err)
 				return
 			}
-			if !reached {
-				c.Header("X-Consistency", "timeout")
-			}
-			c.Set(awaitedKey, tok)
+		case <-ctx.Done():
 		}
+		if !reached {
+			c.Header("X-Consistency", "timeout")
+		}
+		c.Set(awaitedKey, tok)
 		c.Next()
 	}
+}
+
+// maxWaits bounds the consistency waits of one process: each looks at the read model
+// every 100 ms (every 2 to 50 ms while notifications are down).
+const maxWaits = 128
+
+// streamOwners remembers which organization each stream a token named belongs to (a
+// stream never changes organization), so that a read with a token costs one look at the
+// log per stream, not per request. The look is at the log on the primary, not at a read
+// model: the command that returned the token committed there before it answered.
+type streamOwners struct {
+	mu sync.Mutex
+	m  map[uuid.UUID]uuid.UUID
+}
+
+const maxStreamOwners = 10000
+
+// belongs reports whether stream, at version, is a stream of p's organization (any
+// stream, for a platform operator, whose commands act on other organizations).
+func (s *streamOwners) belongs(ctx context.Context, primary *pgxpool.Pool, p auth.Principal, stream uuid.UUID, version int) (bool, error) {
+	if p.Can(auth.PlatformOperate) {
+		return true, nil
+	}
+	s.mu.Lock()
+	org, ok := s.m[stream]
+	s.mu.Unlock()
+	if ok {
+		return org == p.OrganizationID, nil
+	}
+	var owner *uuid.UUID
+	err := primary.QueryRow(ctx, `SELECT organization_id FROM events WHERE stream_id = $1 AND stream_version = $2`,
+		stream, version).Scan(&owner)
+	if errors.Is(err, pgx.ErrNoRows) || (err == nil && owner == nil) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	s.mu.Lock()
+	if s.m == nil || len(s.m) >= maxStreamOwners {
+		s.m = make(map[uuid.UUID]uuid.UUID, 1024) // forget everything: simple, bounded, rare
+	}
+	s.m[stream] = *owner
+	s.mu.Unlock()
+	return *owner == p.OrganizationID, nil
 }
 
 const awaitedKey = "consistency_token"

@@ -31,7 +31,8 @@ func fill(path string, params map[string]string) string {
 
 // TestRouteAccessMatrix calls every route of the router, as every built-in role and as
 // an API token with fewer abilities, and checks that exactly the declared permission
-// decides between 403 and not 403. A route without a declared access fails it, and so
+// (and, for acts on one's own credentials, a login session) decides between 403 and not
+// 403. A route without a declared access fails it, and so
 // does a handler that lets through what its route declares it must not.
 func TestRouteAccessMatrix(t *testing.T) {
 	a := startApp(t, "RATE_LIMIT_PUBLIC_PER_MINUTE=10000", "RATE_LIMIT_API_PER_MINUTE=10000")
@@ -52,6 +53,9 @@ func TestRouteAccessMatrix(t *testing.T) {
 	narrow := []string{auth.UsersRead, auth.RolesRead}
 	a.expect(req{method: "POST", path: "/api/v1/tokens", token: ownerToken, body: map[string]any{"name": "narrow", "abilities": narrow}}, 201).data(t, &tok)
 	callers = append(callers, caller{name: "token(users.read,roles.read)", token: tok.Token, perms: narrow})
+	all := auth.BuiltinRoles()[auth.RoleOwner]
+	a.expect(req{method: "POST", path: "/api/v1/tokens", token: ownerToken, body: map[string]any{"name": "all", "abilities": all}}, 201).data(t, &tok)
+	callers = append(callers, caller{name: "token(all)", token: tok.Token, perms: all})
 
 	params := map[string]string{"id": uuid.NewString(), "role": auth.RoleViewer, "name": "no-such-role", "entry_id": uuid.NewString()}
 	routes := apiRoutes(nil, nil, nil)
@@ -74,6 +78,12 @@ func TestRouteAccessMatrix(t *testing.T) {
 			}
 			r := a.do(req{method: rt.Method, path: path, body: body, token: token})
 			want := rt.Access == auth.Public || rt.Access == auth.Authenticated || slices.Contains(c.perms, rt.Access)
+			if want && rt.Session && strings.HasPrefix(token, "cbt_") {
+				// Acts on one's own credentials: never an API token's, whatever it holds.
+				assert.Equal(t, 403, r.Status, "%s %s as %s needs a session: %s", rt.Method, rt.Path, c.name, r.Raw)
+				assert.Contains(t, string(r.Raw), "SESSION_REQUIRED")
+				continue
+			}
 			if want {
 				assert.NotContains(t, []int{401, 403, 500}, r.Status, "%s %s as %s must be allowed: %s", rt.Method, rt.Path, c.name, r.Raw)
 			} else {

@@ -206,9 +206,10 @@ func (o *operations) redrive(c *gin.Context) {
 	httpx.OK(c, http.StatusOK, "Dead letters redriven", gin.H{"projection": t.Name, "redriven": moved}, nil)
 }
 
-// brokerError answers a broker failure with 503: the broker is down or not ready.
+// brokerError answers a broker failure with 503: the broker is down or not ready. The
+// broker's own text (queue names, AMQP codes) goes to the log line only.
 func brokerError(err error) error {
-	return apperr.New(apperr.CodeUnavailable, "The message broker did not answer: "+err.Error())
+	return apperr.Wrap(apperr.CodeUnavailable, "The message broker did not answer", err)
 }
 
 // gauges are the scrape-time figures of /metrics that live in the database and the

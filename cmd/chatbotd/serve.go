@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -90,11 +89,10 @@ func (m *Main) serve(ctx context.Context, cfg config.Config, roles map[string]bo
 	}
 	defer d.close()
 
-	// Workers get their own context: they stop after the HTTP server has drained, so a
-	// command answered during shutdown is still relayed and projected.
-	workCtx, stopWork := context.WithCancel(context.WithoutCancel(ctx))
-	defer stopWork()
-	var workers sync.WaitGroup
+	// Every return from here on waits for the workers started so far (deferred after
+	// d.close, so it runs first): none of them outlives serve or uses a closed pool.
+	work := newWorkers(ctx, logger)
+	defer work.stop()
 	// Every projector's runner is built whatever the roles: their queues are declared
 	// before any event is published, so no event is published before its queues exist.
 	d.applied = projections.NewAppliedNotifier(d.pool, logger.With("component", "projection-notifications"))
@@ -102,13 +100,23 @@ func (m *Main) serve(ctx context.Context, cfg config.Config, roles map[string]bo
 	if err != nil {
 		return err
 	}
-	box, err := secretBox(ctx, d)
+	secrets, err := configuredKey(ctx, d.pool, logger, "SECRETS_KEY", cfg.SecretsKey, "secretbox")
+	if err != nil {
+		return err
+	}
+	box, err := secretbox.New(secrets)
 	if err != nil {
 		return err
 	}
 	chain, err := chainKey(ctx, d.pool, logger, cfg.AuditSigningKey)
 	if err != nil {
 		return err
+	}
+	var smtp *projections.SMTP
+	if cfg.SMTPURL != "" {
+		if smtp, err = projections.ParseSMTPURL(cfg.SMTPURL); err != nil {
+			return err
+		}
 	}
 	guard := netguard.Guard{AllowPrivate: cfg.AllowPrivateTargets}
 	webhooks := projections.Consumer{Conn: d.broker, Workers: cfg.WebhookWorkers, Logger: logger.With("consumer", projections.WebhookResponderName),
@@ -123,31 +131,21 @@ func (m *Main) serve(ctx context.Context, cfg config.Config, roles map[string]bo
 	// starts: RabbitMQ 3.10 answers concurrent declarations of one new quorum queue with
 	// INTERNAL_ERROR, which closes the whole connection.
 	topology := make(chan struct{})
-	go declareTopology(workCtx, d, cfg.AMQPExchange, queues, topology)
-	errs := make(chan error, len(queues)+cfg.ResponderWorkers+4) // one per worker at most: never blocks
-	start := func(name string, run func(context.Context) error) {
-		workers.Add(1)
-		go func() {
-			defer workers.Done()
-			select {
-			case <-topology:
-			case <-workCtx.Done():
-				return
-			}
-			if err := run(workCtx); err != nil {
-				errs <- fmt.Errorf("%s: %w", name, err)
-			}
-		}()
-	}
+	work.wg.Add(1)
+	go func() {
+		defer work.wg.Done()
+		declareTopology(work.ctx, d, cfg.AMQPExchange, queues, topology)
+	}()
+	work.ready = topology
 	if roles[roleRelay] {
 		relay, err := events.NewRelay(d.pool, d.broker, events.RelayConfig{Exchange: cfg.AMQPExchange,
 			BatchSize: cfg.RelayBatchSize, Queues: queues, Logger: logger.With("component", "relay"), Metrics: d.metrics})
 		if err != nil {
 			return err
 		}
-		start("relay", relay.Run)
+		work.start("relay", relay.Run)
 		chainer := &events.Chainer{Pool: d.pool, Key: chain, BatchSize: cfg.RelayBatchSize, Logger: logger.With("component", "audit-chain")}
-		start("audit chain", chainer.Run)
+		work.start("audit chain", chainer.Run)
 	}
 	if roles[roleProjectors] {
 		for _, r := range runners {
@@ -156,29 +154,25 @@ func (m *Main) serve(ctx context.Context, cfg config.Config, roles map[string]bo
 				n = cfg.ResponderWorkers // competing consumers: messages are independent streams
 			}
 			for range n {
-				start("projector "+r.Name(), r.Run)
+				work.start("projector "+r.Name(), r.Run)
 			}
 		}
-		start("projection notifications", d.applied.Run)
-		start("webhook responder", webhooks.Run)
+		work.start("projection notifications", d.applied.Run)
+		work.start("webhook responder", webhooks.Run)
 		deliverer := &projections.WebhookDeliverer{Pool: d.pool, Store: d.store, Box: box,
 			Client: projections.WebhookClient(guard, cfg.WebhookTimeout), Timeout: cfg.WebhookTimeout,
 			Workers: cfg.WebhookDeliveryWorkers, Attempts: cfg.WebhookDeliveryAttempts, RetryBase: cfg.WebhookRetryBase,
 			RetryMax: cfg.WebhookRetryMax, DisableAfter: cfg.WebhookDisableAfter, Retention: cfg.WebhookDeliveryRetention,
 			Logger: logger.With("component", "webhook-deliveries"), Metrics: d.metrics}
-		start("webhook deliveries", deliverer.Run)
+		work.start("webhook deliveries", deliverer.Run)
 		mailer := &projections.Mailer{Pool: d.pool, From: cfg.SMTPFrom, Timeout: 30 * time.Second, Attempts: 8,
-			RetryBase: time.Minute, Logger: logger.With("component", "mailer"), Metrics: d.metrics}
-		if cfg.SMTPURL != "" {
-			if mailer.SMTP, err = projections.ParseSMTPURL(cfg.SMTPURL); err != nil {
-				return err
-			}
-		} else {
+			RetryBase: time.Minute, Logger: logger.With("component", "mailer"), Metrics: d.metrics, SMTP: smtp}
+		if smtp == nil {
 			logger.Warn("SMTP_URL is not set: emails are written to the log")
 		}
-		start("mailer", mailer.Run)
-		start("message partitions", func(ctx context.Context) error { return keepPartitions(ctx, d) })
-		start("cache repair", func(ctx context.Context) error {
+		work.start("mailer", mailer.Run)
+		work.start("message partitions", func(ctx context.Context) error { return keepPartitions(ctx, d) })
+		work.start("cache repair", func(ctx context.Context) error {
 			projections.NewAccounts(d.pool, d.cache, logger.With("component", "cache-repair")).RepairCache(ctx, time.Second)
 			return nil
 		})
@@ -188,7 +182,7 @@ func (m *Main) serve(ctx context.Context, cfg config.Config, roles map[string]bo
 	serveErr := make(chan error, 1)
 	var ready atomic.Bool
 	if roles[roleAPI] {
-		handler, err := newAPI(ctx, d, box, chain, &ready, start)
+		handler, err := newAPI(ctx, d, secrets, chain, &ready, work.start)
 		if err != nil {
 			return err
 		}
@@ -219,14 +213,14 @@ func (m *Main) serve(ctx context.Context, cfg config.Config, roles map[string]bo
 		}
 		defer stopPprof()
 	}
-	logger.Info("chatbotd started", "roles", roles)
+	logger.Info("chatbotd started", "roles", roles, "env", cfg.AppEnv)
 
 	var runErr error
 	select {
 	case <-ctx.Done():
 	case err := <-serveErr:
 		runErr = fmt.Errorf("http server: %w", err)
-	case err := <-errs:
+	case err := <-work.failed:
 		runErr = err
 	}
 	logger.Info("shutting down")
@@ -238,16 +232,16 @@ func (m *Main) serve(ctx context.Context, cfg config.Config, roles map[string]bo
 		}
 		cancel()
 	}
-	stopWork()
-	workers.Wait()
+	work.stop()
 	logger.Info("stopped")
 	return runErr
 }
 
-// newAPI builds the Gin engine with every route.
-// start runs its background work (the listeners of the authentication cache and of the
-// consistency waits).
-func newAPI(ctx context.Context, d *deps, box *secretbox.Box, chain events.ChainKey, ready *atomic.Bool,
+// newAPI builds the Gin engine with every route. secrets is SECRETS_KEY's key: the keys
+// of device tokens and of the idempotency table derive from it. start runs its
+// background work (the listeners of the authentication cache and of the consistency
+// waits).
+func newAPI(ctx context.Context, d *deps, secrets []byte, chain events.ChainKey, ready *atomic.Bool,
 	start func(name string, run func(context.Context) error)) (http.Handler, error) {
 	cfg := d.cfg
 	keys, err := auth.KeysFromConfig(cfg.JWTSigningKeys)
@@ -266,6 +260,10 @@ func newAPI(ctx context.Context, d *deps, box *secretbox.Box, chain events.Chain
 	if err != nil {
 		return nil, err
 	}
+	box, err := secretbox.New(secrets)
+	if err != nil {
+		return nil, err
+	}
 	limiter := ratelimit.New(d.rdb, cfg.RedisPrefix, d.logger)
 	authn := auth.NewAuthenticator(tokens, d.pool, cfg.AuthCacheTTL)
 	authn.Logger = d.logger.With("component", "auth")
@@ -273,7 +271,8 @@ func newAPI(ctx context.Context, d *deps, box *secretbox.Box, chain events.Chain
 	svc := command.NewService(command.Deps{Store: d.store, Hasher: auth.NewHasher(cfg.PasswordHashConcurrency),
 		Tokens: tokens, RefreshTTL: cfg.RefreshTTL, Logger: d.logger, Box: box, AuthChanged: authn,
 		Guard:    netguard.Guard{AllowPrivate: cfg.AllowPrivateTargets},
-		Throttle: ratelimit.NewLoginThrottle(limiter, cfg.LoginFailuresPerIP, cfg.LoginFailuresPerEmail)})
+		Throttle: ratelimit.NewLoginThrottle(limiter, cfg.LoginFailuresPerIP, cfg.LoginFailuresPerEmail),
+		Devices:  auth.NewDevices(secretbox.Derive(secrets, "device-tokens"))})
 	authn.OnDenied = func(c *gin.Context, p auth.Principal, permission string) {
 		if err := svc.RecordAccessDenied(c, command.Meta(c), p, c.Request.Method, c.FullPath(), permission); err != nil {
 			d.logger.Warn("record access denied", "error", err, "request_id", httpx.RequestIDOf(c))
@@ -287,17 +286,18 @@ func newAPI(ctx context.Context, d *deps, box *secretbox.Box, chain events.Chain
 	if err := r.SetTrustedProxies(cfg.TrustedProxies); err != nil {
 		return nil, fmt.Errorf("TRUSTED_PROXIES: %w", err)
 	}
-	r.NoRoute(httpx.RequestID(), httpx.NoRoute)
-	r.NoMethod(httpx.RequestID(), httpx.NoMethod)
-	r.Use(httpx.RequestID(), d.metrics.HTTP(), httpx.Recover(), httpx.Logger(d.logger))
+	r.NoRoute(httpx.RequestID(), httpx.SecurityHeaders(), httpx.NoRoute)
+	r.NoMethod(httpx.RequestID(), httpx.SecurityHeaders(), httpx.NoMethod)
+	r.Use(httpx.RequestID(), httpx.SecurityHeaders(), d.metrics.HTTP(), httpx.Recover(), httpx.Logger(d.logger), httpx.PlainText())
 	d.metrics.RegisterGauges("status", 5*time.Second, d.gauges)
 
-	idem := httpx.Idempotency(d.pool, func(c *gin.Context) string {
-		if p, ok := auth.PrincipalOf(c); ok {
-			return "user:" + p.UserID.String()
-		}
-		return "ip:" + c.ClientIP()
-	})
+	idem := httpx.Idempotency(d.pool, httpx.IdempotencyKeys{HashKey: secretbox.Derive(secrets, "idempotency"), Box: box},
+		func(c *gin.Context) string {
+			if p, ok := auth.PrincipalOf(c); ok {
+				return "user:" + p.UserID.String()
+			}
+			return "ip:" + c.ClientIP()
+		})
 	publicLimit := limiter.Middleware(ratelimit.PerMinute(cfg.RateLimitPublic), func(c *gin.Context) string { return "ip:" + c.ClientIP() })
 	apiLimit := limiter.Middleware(ratelimit.PerMinute(cfg.RateLimitAPI), func(c *gin.Context) string {
 		p, _ := auth.PrincipalOf(c)
@@ -308,28 +308,37 @@ func newAPI(ctx context.Context, d *deps, box *secretbox.Box, chain events.Chain
 	applied := readmodel.NewApplied(d.pool.Config().ConnConfig, d.logger.With("component", "consistency"))
 	start("consistency notifications", applied.Listen)
 	queries := query.NewHTTP(d.read, d.pool, d.cache, tokens, chain, applied)
-	r.Use(queries.Consistency())
 	routes := apiRoutes(command.NewHTTP(svc), queries, &operations{d: d, ready: ready})
 	for _, rt := range routes {
 		if rt.Access == "" {
 			return nil, fmt.Errorf("route %s %s declares no access", rt.Method, rt.Path)
 		}
-		chain := []gin.HandlerFunc{httpx.Body(rt.MaxBody, rt.CSV)}
+		handlers := []gin.HandlerFunc{httpx.Body(rt.MaxBody, rt.CSV)}
 		if rt.Method != http.MethodGet {
-			chain = append(chain, countCommand(d.metrics, rt.Method+" "+rt.Path))
+			handlers = append(handlers, countCommand(d.metrics, rt.Method+" "+rt.Path))
+		}
+		if rt.Credentials {
+			handlers = append(handlers, httpx.NoStore())
 		}
 		switch {
 		case unlimited(rt.Path):
-			chain = append(chain, authn.Middleware(rt.Access)) // probes are never limited
+			handlers = append(handlers, authn.Middleware(rt.Access)) // probes are never limited
 		case rt.Access == auth.Public:
-			chain = append(chain, publicLimit, authn.Middleware(rt.Access))
+			handlers = append(handlers, publicLimit, authn.Middleware(rt.Access))
 		default:
-			chain = append(chain, authn.Middleware(rt.Access), apiLimit)
+			handlers = append(handlers, authn.Middleware(rt.Access), apiLimit)
+		}
+		if rt.Session {
+			handlers = append(handlers, auth.SessionOnly())
+		}
+		if rt.Method == http.MethodGet && rt.Access != auth.Public {
+			// After authentication and the rate limit: nobody else makes a read wait.
+			handlers = append(handlers, queries.Consistency())
 		}
 		if !rt.Credentials {
-			chain = append(chain, idem)
+			handlers = append(handlers, idem)
 		}
-		r.Handle(rt.Method, rt.Path, append(chain, rt.Handler)...)
+		r.Handle(rt.Method, rt.Path, append(handlers, rt.Handler)...)
 	}
 	registerBenchRoutes(r, routes)
 	return r, nil
@@ -446,16 +455,6 @@ func keepPartitions(ctx context.Context, d *deps) error {
 		case <-time.After(12 * time.Hour):
 		}
 	}
-}
-
-// secretBox opens the box that seals webhook secrets: SECRETS_KEY, or (development) a key
-// made once and kept in the database.
-func secretBox(ctx context.Context, d *deps) (*secretbox.Box, error) {
-	key, err := configuredKey(ctx, d.pool, d.logger, "SECRETS_KEY", d.cfg.SecretsKey, "secretbox")
-	if err != nil {
-		return nil, err
-	}
-	return secretbox.New(key)
 }
 
 // chainKey is the key that signs the audit chain: AUDIT_SIGNING_KEY, or (development) a

@@ -13,11 +13,14 @@ import (
 type Code string
 
 const (
-	CodeValidation       Code = "VALIDATION_ERROR"
-	CodeBadRequest       Code = "BAD_REQUEST"
-	CodeUnauthenticated  Code = "UNAUTHENTICATED"
-	CodeForbidden        Code = "FORBIDDEN"
-	CodeOrgSuspended     Code = "ORGANIZATION_SUSPENDED"
+	CodeValidation      Code = "VALIDATION_ERROR"
+	CodeBadRequest      Code = "BAD_REQUEST"
+	CodeUnauthenticated Code = "UNAUTHENTICATED"
+	CodeForbidden       Code = "FORBIDDEN"
+	CodeOrgSuspended    Code = "ORGANIZATION_SUSPENDED"
+	// CodeSessionRequired refuses an API token an act on its user's own credentials
+	// (password, tokens, sessions): those need a login session.
+	CodeSessionRequired  Code = "SESSION_REQUIRED"
 	CodeNotFound         Code = "NOT_FOUND"
 	CodeConflict         Code = "CONFLICT"
 	CodeEmailTaken       Code = "EMAIL_TAKEN"

@@ -312,6 +312,19 @@ func (a *Authenticator) Middleware(access string) gin.HandlerFunc {
 	}
 }
 
+// SessionOnly refuses, after Middleware, a caller that is not a login session (403
+// SESSION_REQUIRED): for routes that act on the caller's own credentials.
+func SessionOnly() gin.HandlerFunc {
+	return func(c *gin.Context) {
+		p, _ := PrincipalOf(c)
+		if err := p.RequireSession(); err != nil {
+			httpx.Fail(c, err)
+			return
+		}
+		c.Next()
+	}
+}
+
 // PrincipalOf returns the authenticated caller; ok is false on public routes.
 func PrincipalOf(c *gin.Context) (Principal, bool) {
 	v, ok := c.Get(PrincipalKey)

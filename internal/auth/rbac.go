@@ -135,6 +135,18 @@ type Principal struct {
 // Can reports whether the principal holds the permission.
 func (p Principal) Can(permission string) bool { return slices.Contains(p.Permissions, permission) }
 
+var errSessionRequired = apperr.New(apperr.CodeSessionRequired,
+	"This needs a login session: API tokens cannot change passwords, tokens or sessions")
+
+// RequireSession is SESSION_REQUIRED unless the principal is a login session: acts on
+// one's own credentials (password, tokens, sessions) are never an API token's.
+func (p Principal) RequireSession() error {
+	if p.SessionID == uuid.Nil {
+		return errSessionRequired
+	}
+	return nil
+}
+
 // Require is FORBIDDEN unless the principal holds the permission.
 func (p Principal) Require(permission string) error {
 	if !p.Can(permission) {

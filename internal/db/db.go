@@ -186,5 +186,12 @@ func Classify(err error) error {
 	if IsUnavailable(err) {
 		return apperr.Wrap(apperr.CodeUnavailable, "the database is unavailable", err)
 	}
+	// Text PostgreSQL refuses (NUL, invalid UTF-8) came from a request that the decoders
+	// should have refused already (httpx.Storable, httpx.PlainText): still the client's
+	// input, so never a 500.
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) && (pgErr.Code == "22021" || pgErr.Code == "22P05") {
+		return apperr.Wrap(apperr.CodeBadRequest, "The request holds text that cannot be stored", err)
+	}
 	return err
 }

@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/gin-gonic/gin"
 	"github.com/google/uuid"
@@ -33,6 +34,7 @@ var statusOf = map[apperr.Code]int{
 	apperr.CodeUnauthenticated:  http.StatusUnauthorized,
 	apperr.CodeForbidden:        http.StatusForbidden,
 	apperr.CodeOrgSuspended:     http.StatusForbidden,
+	apperr.CodeSessionRequired:  http.StatusForbidden,
 	apperr.CodeNotFound:         http.StatusNotFound,
 	apperr.CodeConflict:         http.StatusConflict,
 	apperr.CodeEmailTaken:       http.StatusConflict,
@@ -84,6 +86,25 @@ func RequestID() gin.HandlerFunc {
 		c.Set(correlationIDKey, corr)
 		c.Header("X-Request-ID", id)
 		c.Header("X-Correlation-ID", corr)
+		c.Next()
+	}
+}
+
+// SecurityHeaders sets what every answer carries: X-Content-Type-Options: nosniff, so
+// that a browser never sniffs a JSON answer (which may echo input) into HTML.
+func SecurityHeaders() gin.HandlerFunc {
+	return func(c *gin.Context) {
+		c.Header("X-Content-Type-Options", "nosniff")
+		c.Next()
+	}
+}
+
+// NoStore marks answers that carry credentials (tokens): no cache, shared or private,
+// may keep them.
+func NoStore() gin.HandlerFunc {
+	return func(c *gin.Context) {
+		c.Header("Cache-Control", "no-store")
+		c.Header("Pragma", "no-cache")
 		c.Next()
 	}
 }
@@ -254,7 +275,82 @@ func Decode(c *gin.Context, dst any) error {
 	if dec.More() {
 		return apperr.New(apperr.CodeBadRequest, "Malformed JSON: more than one value")
 	}
+	return Storable(body)
+}
+
+// MaxDepth bounds how deeply a body's arrays and objects nest. PostgreSQL's jsonb parser
+// recurses once a level and fails (an internal error, not the client's) long before a
+// 16 KiB metadata object runs out of brackets; no command needs more than a few levels.
+const MaxDepth = 32
+
+var (
+	errNUL  = apperr.New(apperr.CodeBadRequest, `Strings must not contain the NUL character (\u0000)`)
+	errDeep = apperr.New(apperr.CodeBadRequest, fmt.Sprintf("JSON nests deeper than %d levels", MaxDepth))
+)
+
+// Storable refuses a well-formed JSON text that Go decodes but PostgreSQL cannot store:
+// a string holding NUL (text and jsonb refuse it: SQLSTATE 22021 and 22P05, which would
+// surface as a 500) or nesting deeper than MaxDepth. Invalid UTF-8 needs no check here:
+// encoding/json turns it into U+FFFD. It walks the text once, without decoding it.
+func Storable(b []byte) error {
+	depth, inString := 0, false
+	for i := 0; i < len(b); i++ {
+		c := b[i]
+		if inString {
+			switch c {
+			case '\\':
+				if i+5 < len(b) && b[i+1] == 'u' && string(b[i+2:i+6]) == "0000" {
+					return errNUL
+				}
+				i++ // the escaped character cannot end the string
+			case '"':
+				inString = false
+			case 0:
+				return errNUL
+			}
+			continue
+		}
+		switch c {
+		case '"':
+			inString = true
+		case '[', '{':
+			if depth++; depth > MaxDepth {
+				return errDeep
+			}
+		case ']', '}':
+			depth--
+		}
+	}
 	return nil
+}
+
+// PlainText refuses a request whose path or query string, once decoded, holds NUL or
+// invalid UTF-8 (400): handlers pass path and query values to PostgreSQL, which refuses
+// both (SQLSTATE 22021).
+func PlainText() gin.HandlerFunc {
+	bad := apperr.New(apperr.CodeBadRequest, "The path and query string must be UTF-8 text without NUL characters")
+	ok := func(s string) bool { return utf8.ValidString(s) && !strings.ContainsRune(s, 0) }
+	return func(c *gin.Context) {
+		if !ok(c.Request.URL.Path) {
+			Fail(c, bad)
+			return
+		}
+		if c.Request.URL.RawQuery != "" {
+			for k, vs := range c.Request.URL.Query() {
+				if !ok(k) {
+					Fail(c, bad)
+					return
+				}
+				for _, v := range vs {
+					if !ok(v) {
+						Fail(c, bad)
+						return
+					}
+				}
+			}
+		}
+		c.Next()
+	}
 }
 
 func jsonType(kind string) string {
@@ -300,6 +396,9 @@ type Route struct {
 	// Credentials marks answers that carry tokens: they are never stored, so
 	// Idempotency-Key does not apply to them.
 	Credentials bool
+	// Session marks an act on the caller's own credentials (password, tokens, session):
+	// it needs a login session, and an API token gets 403 SESSION_REQUIRED.
+	Session bool
 	// MaxBody overrides the 1 MiB body limit; CSV accepts text/csv bodies too.
 	MaxBody int64
 	CSV     bool
@@ -315,3 +414,6 @@ func (r Route) WithCSV(limit int64) Route { r.CSV, r.MaxBody = true, limit; retu
 
 // WithCredentials marks a route whose answer carries tokens.
 func (r Route) WithCredentials() Route { r.Credentials = true; return r }
+
+// WithSession marks a route that only a login session may call.
+func (r Route) WithSession() Route { r.Session = true; return r }

@@ -3,12 +3,14 @@ package httpx
 import (
 	"bytes"
 	"context"
+	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/gin-gonic/gin"
@@ -16,6 +18,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/chatbotsaas/chatbotd/internal/apperr"
+	"github.com/chatbotsaas/chatbotd/internal/secretbox"
 )
 
 // IdempotencyTTL is how long a key's first answer is replayed.
@@ -39,19 +42,30 @@ func (w *capture) WriteString(s string) (int, error) {
 	return w.ResponseWriter.WriteString(s)
 }
 
+// IdempotencyKeys protect what the idempotency table keeps, so that a reader of the
+// database learns no secret from it. HashKey keys the request hash (HMAC-SHA256): a body
+// may hold a password, and a plain hash of it could be tested against guesses offline.
+// Box seals the stored answer, which may carry a credential (a webhook's generated
+// secret): only this server can open it to replay it.
+type IdempotencyKeys struct {
+	HashKey []byte
+	Box     *secretbox.Box
+}
+
 // Idempotency makes a POST with an Idempotency-Key header answer a repeat (same key,
 // same body, same caller) with the first answer, without running the command again.
 // scope names the caller: the same key from two callers is two keys. A request still
 // running under the key is answered 409; a 5xx answer is not kept, so it can be retried.
-func Idempotency(pool *pgxpool.Pool, scope func(*gin.Context) string) gin.HandlerFunc {
+// A stored answer that cannot be opened any more (SECRETS_KEY changed) is 409 too.
+func Idempotency(pool *pgxpool.Pool, keys IdempotencyKeys, scope func(*gin.Context) string) gin.HandlerFunc {
 	return func(c *gin.Context) {
 		key := c.GetHeader("Idempotency-Key")
 		if c.Request.Method != http.MethodPost || key == "" {
 			c.Next()
 			return
 		}
-		if len(key) > 255 {
-			Fail(c, apperr.Invalid("Idempotency-Key", "must be 1 to 255 characters"))
+		if len(key) > 255 || strings.ContainsFunc(key, func(r rune) bool { return r < ' ' || r > '~' }) {
+			Fail(c, apperr.Invalid("Idempotency-Key", "must be 1 to 255 printable ASCII characters"))
 			return
 		}
 		body, err := io.ReadAll(c.Request.Body)
@@ -65,11 +79,11 @@ func Idempotency(pool *pgxpool.Pool, scope func(*gin.Context) string) gin.Handle
 			return
 		}
 		c.Request.Body = io.NopCloser(bytes.NewReader(body))
-		h := sha256.New()
-		h.Write([]byte(c.Request.Method + " " + c.FullPath() + "\n"))
+		sc := scope(c) + " " + c.FullPath()
+		h := hmac.New(sha256.New, keys.HashKey)
+		h.Write([]byte(c.Request.Method + " " + sc + "\n"))
 		h.Write(body)
 		hash := h.Sum(nil)
-		sc := scope(c) + " " + c.FullPath()
 		ctx := c.Request.Context()
 
 		claimed, err := claimKey(ctx, pool, sc, key, hash)
@@ -78,7 +92,7 @@ func Idempotency(pool *pgxpool.Pool, scope func(*gin.Context) string) gin.Handle
 			return
 		}
 		if !claimed {
-			replay(c, pool, sc, key, hash)
+			replay(c, pool, keys.Box, sc, key, hash)
 			return
 		}
 		w := &capture{ResponseWriter: c.Writer}
@@ -97,8 +111,9 @@ func Idempotency(pool *pgxpool.Pool, scope func(*gin.Context) string) gin.Handle
 			}
 		}
 		hj, _ := json.Marshal(headers)
+		sealed := keys.Box.Seal(w.buf.Bytes(), sealContext(sc, key))
 		_, _ = pool.Exec(bg, `UPDATE idempotency_keys SET status = $3, headers = $4, body = $5
-			WHERE scope = $1 AND key = $2`, sc, key, w.Status(), hj, w.buf.Bytes())
+			WHERE scope = $1 AND key = $2`, sc, key, w.Status(), hj, sealed)
 	}
 }
 
@@ -121,7 +136,10 @@ func claimKey(ctx context.Context, pool *pgxpool.Pool, scope, key string, hash [
 	return tag.RowsAffected() == 1, nil
 }
 
-func replay(c *gin.Context, pool *pgxpool.Pool, scope, key string, hash []byte) {
+// sealContext binds a sealed answer to its row: moved to another key, it does not open.
+func sealContext(scope, key string) []byte { return []byte("idempotency\x00" + scope + "\x00" + key) }
+
+func replay(c *gin.Context, pool *pgxpool.Pool, box *secretbox.Box, scope, key string, hash []byte) {
 	var stored []byte
 	var status *int
 	var headers map[string]string
@@ -136,12 +154,17 @@ func replay(c *gin.Context, pool *pgxpool.Pool, scope, key string, hash []byte) 
 		Fail(c, err)
 		return
 	}
-	if !bytes.Equal(stored, hash) {
+	if !hmac.Equal(stored, hash) {
 		Fail(c, apperr.Invalid("Idempotency-Key", "was already used with a different request body"))
 		return
 	}
 	if status == nil {
 		Fail(c, apperr.Conflict("A request with this Idempotency-Key is still in progress"))
+		return
+	}
+	body, err = box.Open(body, sealContext(scope, key))
+	if err != nil {
+		Fail(c, apperr.Conflict("The first answer to this Idempotency-Key can no longer be replayed (the server's key changed); use a new key"))
 		return
 	}
 	for k, v := range headers {

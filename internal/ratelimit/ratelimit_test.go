@@ -2,6 +2,7 @@ package ratelimit_test
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"sync"
 	"sync/atomic"
@@ -50,21 +51,46 @@ func TestLoginThrottleCountsFailuresPerIPAndEmail(t *testing.T) {
 	th := ratelimit.NewLoginThrottle(ratelimit.New(r.Client, r.Prefix, slog.New(slog.DiscardHandler)), 5, 8)
 	ctx := context.Background()
 	for i := 0; i < 5; i++ {
-		_, blocked := th.Blocked(ctx, "1.1.1.1", "a@example.com")
+		_, blocked := th.Blocked(ctx, "1.1.1.1", "a@example.com", "")
 		assert.False(t, blocked)
-		th.Failed(ctx, "1.1.1.1", "a@example.com")
+		th.Failed(ctx, "1.1.1.1", "a@example.com", "")
 	}
-	retry, blocked := th.Blocked(ctx, "1.1.1.1", "a@example.com")
+	retry, blocked := th.Blocked(ctx, "1.1.1.1", "a@example.com", "")
 	assert.True(t, blocked)
 	assert.Greater(t, retry, time.Duration(0))
-	_, blocked = th.Blocked(ctx, "1.1.1.1", "b@example.com")
+	_, blocked = th.Blocked(ctx, "1.1.1.1", "b@example.com", "")
 	assert.False(t, blocked, "another email is not slowed")
 	// Across IPs, the per-email limit (8) holds.
 	for i := 0; i < 3; i++ {
-		th.Failed(ctx, "2.2.2.2", "a@example.com")
+		th.Failed(ctx, "2.2.2.2", "a@example.com", "")
 	}
-	_, blocked = th.Blocked(ctx, "3.3.3.3", "a@example.com")
+	_, blocked = th.Blocked(ctx, "3.3.3.3", "a@example.com", "")
 	assert.True(t, blocked)
+	// ...but not for a client with a device token: only its own failures count.
+	_, blocked = th.Blocked(ctx, "3.3.3.3", "a@example.com", "device-1")
+	assert.False(t, blocked, "a known device is not held back by others' failures")
+	for i := 0; i < 5; i++ {
+		th.Failed(ctx, fmt.Sprint("4.4.4.", i), "a@example.com", "device-1")
+	}
+	_, blocked = th.Blocked(ctx, "5.5.5.5", "a@example.com", "device-1")
+	assert.True(t, blocked, "a device token's own failures count, from any IP")
+	_, blocked = th.Blocked(ctx, "5.5.5.5", "a@example.com", "device-2")
+	assert.False(t, blocked, "and only against that token")
+}
+
+// A refused login is recorded once a minute per email, however often it is tried.
+func TestLoginThrottleRecordsRefusalsBounded(t *testing.T) {
+	r := testenv.MustRedis(t)
+	th := ratelimit.NewLoginThrottle(ratelimit.New(r.Client, r.Prefix, slog.New(slog.DiscardHandler)), 5, 8)
+	ctx := context.Background()
+	recorded := 0
+	for range 50 {
+		if th.Record(ctx, "a@example.com") {
+			recorded++
+		}
+	}
+	assert.Equal(t, 1, recorded)
+	assert.True(t, th.Record(ctx, "b@example.com"))
 }
 
 // countCommands counts the commands a client sends to Redis.

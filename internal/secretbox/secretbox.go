@@ -5,7 +5,9 @@ package secretbox
 import (
 	"crypto/aes"
 	"crypto/cipher"
+	"crypto/hmac"
 	"crypto/rand"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 )
@@ -46,4 +48,12 @@ func (b *Box) Open(sealed, context []byte) ([]byte, error) {
 		return nil, errors.New("secretbox: ciphertext too short")
 	}
 	return b.aead.Open(nil, sealed[:n], sealed[n:], context)
+}
+
+// Derive returns the 32-byte key for purpose under master (HMAC-SHA256 of the purpose):
+// one configured secret serves several uses, and no use's key tells another's.
+func Derive(master []byte, purpose string) []byte {
+	h := hmac.New(sha256.New, master)
+	h.Write([]byte("chatbotd key derivation\x00" + purpose))
+	return h.Sum(nil)
 }

@@ -1,0 +1,65 @@
+package query
+
+import (
+	"context"
+	"net/http"
+	"net/http/httptest"
+	"testing"
+	"time"
+
+	"github.com/gin-gonic/gin"
+	"github.com/google/uuid"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/chatbotsaas/chatbotd/events"
+	"github.com/chatbotsaas/chatbotd/internal/auth"
+	"github.com/chatbotsaas/chatbotd/internal/readmodel"
+	"github.com/chatbotsaas/chatbotd/internal/testenv"
+)
+
+// At most maxWaits reads wait for a consistency token at once in one process: while
+// every turn is taken, a read answers at its deadline without looking at the read
+// model, and as soon as a turn frees it waits (and here finds its write applied).
+func TestConsistencyWaitsAreBoundedPerProcess(t *testing.T) {
+	ctx := context.Background()
+	d := testenv.MustDatabase(t)
+	org, bot := uuid.New(), uuid.New()
+	tok, err := events.NewStore(d.Pool).Append(ctx, events.AppendRequest{StreamType: events.StreamChatbot, StreamID: bot,
+		ExpectedVersion: 0, OrganizationID: &org, Meta: events.Meta{Actor: events.Actor{Type: events.ActorSystem}},
+		Events: []events.Event{events.ChatbotCreated{Name: "Bot", Responder: events.Responder{Type: "knowledge_base"}}}})
+	require.NoError(t, err)
+	_, err = d.Pool.Exec(ctx, `INSERT INTO projection_streams (projection, stream_id, version) VALUES ($1, $2, 1)`,
+		readmodel.ChatbotsProjection, bot)
+	require.NoError(t, err)
+
+	h := NewHTTP(d.Pool, d.Pool, nil, nil, nil, nil)
+	h.consistencyWait = 300 * time.Millisecond
+	gin.SetMode(gin.TestMode)
+	read := func(principal auth.Principal) *httptest.ResponseRecorder {
+		w := httptest.NewRecorder()
+		c, _ := gin.CreateTestContext(w)
+		c.Request = httptest.NewRequest(http.MethodGet, "/api/v1/chatbots", nil)
+		c.Request.Header.Set("X-Consistency-Token", tok.Token())
+		c.Set(auth.PrincipalKey, principal)
+		h.Consistency()(c)
+		if !c.IsAborted() {
+			c.Status(http.StatusOK)
+		}
+		return w
+	}
+	mine := auth.Principal{OrganizationID: org}
+	assert.Empty(t, read(mine).Header().Get("X-Consistency"), "a free turn: the wait finds the write applied")
+
+	for range maxWaits {
+		h.waits <- struct{}{}
+	}
+	assert.Equal(t, "timeout", read(mine).Header().Get("X-Consistency"), "no turn: no wait, however applied the write")
+	done := make(chan *httptest.ResponseRecorder)
+	go func() { done <- read(mine) }()
+	<-h.waits // a turn frees while the read waits for one
+	assert.Empty(t, (<-done).Header().Get("X-Consistency"))
+
+	other := read(auth.Principal{OrganizationID: uuid.New()})
+	assert.Equal(t, http.StatusBadRequest, other.Code, "another organization's write")
+}
