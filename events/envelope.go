@@ -1,5 +1,5 @@
 // Package events is the contract between the write side and everything that reads the
-// log: the envelope of API.md, the catalog of event types, the PostgreSQL event store and
+// log: the envelope of the API contract, the catalog of event types, the PostgreSQL event store and
 // the relay that publishes committed events to RabbitMQ in commit order.
 package events
 
@@ -32,7 +32,7 @@ type Metadata struct {
 	UserAgent string `json:"user_agent,omitempty"`
 }
 
-// Envelope is one stored event as API.md defines it: what the relay publishes, what
+// Envelope is one stored event as the API contract defines it: what the relay publishes, what
 // GET /api/v1/events streams and what webhooks POST.
 type Envelope struct {
 	ID             uuid.UUID       `json:"id"`
@@ -87,3 +87,9 @@ func DecodeEnvelope(body []byte) (Envelope, error) {
 
 // Decode returns the typed event carried by the envelope.
 func (e Envelope) Decode() (Event, error) { return decodeData(e.Type, e.SchemaVersion, e.Data) }
+
+// CausedBy is the context of events that a consumer appends in reaction to e (a reply, a
+// training's outcome): the system acts, within e's correlation and request, caused by e.
+func CausedBy(e Envelope) Meta {
+	return Meta{Actor: Actor{Type: ActorSystem}, CorrelationID: e.CorrelationID, CausationID: e.ID.String(), RequestID: e.RequestID}
+}

@@ -73,8 +73,7 @@ func (r Responder) Apply(ctx context.Context, tx pgx.Tx, e events.Envelope) erro
 	if err != nil {
 		return err
 	}
-	meta := events.Meta{Actor: events.Actor{Type: events.ActorSystem}, CorrelationID: e.CorrelationID,
-		CausationID: e.ID.String(), RequestID: e.RequestID}
+	meta := events.CausedBy(e)
 	var out events.Event
 	switch {
 	case bot.deleted:
@@ -111,7 +110,7 @@ func (r Responder) DeadLettered(ctx context.Context, e events.Envelope, cause er
 		ExpectedVersion: e.StreamVersion, OrganizationID: e.OrganizationID,
 		Events: []events.Event{events.MessageFailed{ConversationID: posted.ConversationID, ChatbotID: posted.ChatbotID,
 			Code: events.FailureUndeliverable, Reason: "the message could not be answered"}},
-		Meta: events.Meta{Actor: events.Actor{Type: events.ActorSystem}, CorrelationID: e.CorrelationID, CausationID: e.ID.String()}})
+		Meta: events.CausedBy(e)})
 }
 
 // AfterCommit wakes the relay for the replies just committed.

@@ -88,8 +88,7 @@ func (t Trainer) Apply(ctx context.Context, tx pgx.Tx, e events.Envelope) error 
 	_, err = t.Store.AppendTx(ctx, tx, events.AppendRequest{StreamType: events.StreamTraining, StreamID: e.StreamID,
 		ExpectedVersion: e.StreamVersion, OrganizationID: e.OrganizationID,
 		Events: []events.Event{events.TrainingCompleted{ChatbotID: req.ChatbotID, Entries: len(entries), KnowledgeVersion: req.KnowledgeVersion}},
-		Meta: events.Meta{Actor: events.Actor{Type: events.ActorSystem}, CorrelationID: e.CorrelationID,
-			CausationID: e.ID.String(), RequestID: e.RequestID}})
+		Meta:   events.CausedBy(e)})
 	return err
 }
 
@@ -109,5 +108,5 @@ func (t Trainer) DeadLettered(ctx context.Context, e events.Envelope, cause erro
 	_, _ = t.Store.Append(ctx, events.AppendRequest{StreamType: events.StreamTraining, StreamID: e.StreamID,
 		ExpectedVersion: e.StreamVersion, OrganizationID: e.OrganizationID,
 		Events: []events.Event{events.TrainingFailed{ChatbotID: req.ChatbotID, Reason: "building the index failed"}},
-		Meta:   events.Meta{Actor: events.Actor{Type: events.ActorSystem}, CorrelationID: e.CorrelationID, CausationID: e.ID.String()}})
+		Meta:   events.CausedBy(e)})
 }

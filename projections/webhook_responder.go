@@ -137,8 +137,7 @@ func (w WebhookResponder) Handle(msg *message.Message) error {
 func (w WebhookResponder) answer(ctx context.Context, e events.Envelope, out events.Event) error {
 	_, err := w.Store.Append(ctx, events.AppendRequest{StreamType: events.StreamMessage, StreamID: e.StreamID,
 		ExpectedVersion: 1, OrganizationID: e.OrganizationID, Events: []events.Event{out},
-		Meta: events.Meta{Actor: events.Actor{Type: events.ActorSystem}, CorrelationID: e.CorrelationID,
-			CausationID: e.ID.String(), RequestID: e.RequestID}})
+		Meta: events.CausedBy(e)})
 	if apperr.CodeOf(err) == apperr.CodeConflict {
 		return nil
 	}
