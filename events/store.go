@@ -57,7 +57,7 @@ type AppendRequest struct {
 	Also func(ctx context.Context, tx pgx.Tx) error
 }
 
-// AppendResult is the consistency token of API.md.
+// AppendResult is the consistency token of the API contract.
 type AppendResult struct {
 	StreamType string    `json:"-"`
 	StreamID   uuid.UUID `json:"stream_id"`

@@ -35,7 +35,9 @@ type Rebuildable interface {
 func (*Accounts) Tables() []string {
 	return []string{"organizations", "users", "sessions", "roles", "api_tokens"}
 }
-func (Chatbots) Tables() []string      { return []string{"chatbots", "knowledge_entries"} }
+
+func (Chatbots) Tables() []string { return []string{"chatbots", "knowledge_entries"} }
+
 func (Conversations) Tables() []string { return []string{"conversations", "messages"} }
 
 // Progress is where a rebuild is.
@@ -78,10 +80,6 @@ type Rebuild struct {
 	// on the search path (the audit trail drops pruned entries there).
 	BeforeSwap func(ctx context.Context, tx pgx.Tx) error
 }
-
-// liveLockKey is the lock that each live batch of a projector holds shared and the swap
-// holds exclusive.
-func liveLockKey(projection string) int64 { return db.LockKey("chatbotd.projection." + projection) }
 
 // Run rebuilds the projection. A failure at any point leaves the live tables as they
 // were; the next run starts over.
@@ -446,69 +444,6 @@ func partitionsOf(ctx context.Context, q events.Querier, schema, table string) (
 	return pgx.CollectRows(rows, pgx.RowTo[string])
 }
 
-// pipeTx sends a rebuildable projector's writes in pipelined batches instead of one
-// round trip each: such projectors only Exec, and a batch (live or rebuild) that meets
-// an error is undone as a whole anyway, so the errors may as well come back together. A
-// read (gap repair, a projector's own query) sends what is queued first, and the caller
-// flushes before it commits. Without it a replay waits on the network for every row (it
-// ran at a third of its present speed), and so did a live batch.
-type pipeTx struct {
-	pgx.Tx
-	batch pgx.Batch
-}
-
-const pipeDepth = 1000
-
-func (t *pipeTx) Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error) {
-	t.batch.Queue(sql, args...)
-	if t.batch.Len() >= pipeDepth {
-		return pgconn.CommandTag{}, t.flush(ctx)
-	}
-	return pgconn.CommandTag{}, nil
-}
-
-func (t *pipeTx) Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error) {
-	if err := t.flush(ctx); err != nil {
-		return nil, err
-	}
-	return t.Tx.Query(ctx, sql, args...)
-}
-
-func (t *pipeTx) QueryRow(ctx context.Context, sql string, args ...any) pgx.Row {
-	if err := t.flush(ctx); err != nil {
-		return errRow{err}
-	}
-	return t.Tx.QueryRow(ctx, sql, args...)
-}
-
-func (t *pipeTx) CopyFrom(ctx context.Context, table pgx.Identifier, columns []string, src pgx.CopyFromSource) (int64, error) {
-	if err := t.flush(ctx); err != nil {
-		return 0, err
-	}
-	return t.Tx.CopyFrom(ctx, table, columns, src)
-}
-
-func (t *pipeTx) flush(ctx context.Context) error {
-	n := t.batch.Len()
-	if n == 0 {
-		return nil
-	}
-	b := t.batch // the batch is read as its results are: it must not change meanwhile
-	t.batch = pgx.Batch{}
-	br := t.Tx.SendBatch(ctx, &b)
-	for range n {
-		if _, err := br.Exec(); err != nil {
-			_ = br.Close()
-			return err
-		}
-	}
-	return br.Close()
-}
-
-type errRow struct{ err error }
-
-func (r errRow) Scan(...any) error { return r.err }
-
 // replayer applies the log, read once in commit order, to a rebuild's tables. It keeps
 // each stream's version in memory (the rebuild is the only writer of its tables), so it
 // needs none of the live runtime's per-stream locking. The order within a stream is
@@ -575,89 +510,3 @@ func qualified(schema string, tables []string) []string {
 	}
 	return out
 }
-
-// TableComparison is one table of a projection compared with its rebuild: rows (as
-// whole rows, duplicates counted) found only in the live table or only in the rebuilt one.
-type TableComparison struct {
-	Table       string `json:"table"`
-	Rows        int64  `json:"rows"`
-	OnlyLive    int64  `json:"only_live"`
-	OnlyRebuilt int64  `json:"only_rebuilt"`
-}
-
-// Comparison is a projection compared with a replay of the whole log.
-type Comparison struct {
-	Projection string            `json:"projection"`
-	Equal      bool              `json:"equal"`
-	Tables     []TableComparison `json:"tables"`
-}
-
-// Verify replays the log into fresh copies of the projection's tables, as a rebuild does,
-// and compares them with the live tables, row by row, and the stream versions the
-// projector has recorded; then it drops the copies. The live tables are not changed, but
-// the live projector waits while a comparison runs (it scans every table once). A
-// live projector that is still catching up differs by what it has not applied yet, so a
-// difference is compared again, once a second, for up to wait.
-func (r *Rebuild) Verify(ctx context.Context, wait time.Duration) (Comparison, error) {
-	sh, err := r.replay(ctx, "verify_")
-	if err != nil {
-		return Comparison{}, err
-	}
-	defer sh.close(ctx)
-	defer func() { _, _ = sh.conn.Exec(context.WithoutCancel(ctx), `DROP SCHEMA IF EXISTS `+sh.quoted+` CASCADE`) }()
-	sh.report("compare")
-	deadline := time.Now().Add(wait)
-	for {
-		c, err := r.compare(ctx, sh)
-		if err != nil || c.Equal || time.Now().After(deadline) {
-			return c, err
-		}
-		select {
-		case <-ctx.Done():
-			return c, ctx.Err()
-		case <-time.After(time.Second):
-		}
-	}
-}
-
-func (r *Rebuild) compare(ctx context.Context, sh *shadow) (Comparison, error) {
-	p := r.Projector
-	tx, err := r.holdLive(ctx, sh, false)
-	if err != nil {
-		return Comparison{}, err
-	}
-	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
-	c := Comparison{Projection: p.Name(), Equal: true}
-	diff := func(table, live, rebuilt string) error {
-		tc := TableComparison{Table: table}
-		// Rows compared as their text: every column type has one, not every type has "=".
-		err := tx.QueryRow(ctx, `WITH l AS (SELECT r::text AS t FROM `+live+` r), b AS (SELECT r::text AS t FROM `+rebuilt+` r)
-			SELECT (SELECT count(*) FROM l), (SELECT count(*) FROM (SELECT t FROM l EXCEPT ALL SELECT t FROM b) x),
-				(SELECT count(*) FROM (SELECT t FROM b EXCEPT ALL SELECT t FROM l) y)`).Scan(&tc.Rows, &tc.OnlyLive, &tc.OnlyRebuilt)
-		if err != nil {
-			return err
-		}
-		if tc.OnlyLive > 0 || tc.OnlyRebuilt > 0 {
-			c.Equal = false
-		}
-		c.Tables = append(c.Tables, tc)
-		return nil
-	}
-	for _, t := range p.Tables() {
-		if err := diff(t, pgx.Identifier{"public", t}.Sanitize(), sh.quoted+"."+pgx.Identifier{t}.Sanitize()); err != nil {
-			return Comparison{}, err
-		}
-	}
-	streams := func(schema string) string {
-		return `(SELECT stream_id, version FROM ` + schema + `.projection_streams WHERE projection = ` + quoteLiteral(p.Name()) + `)`
-	}
-	if err := diff("projection_streams", streams("public"), streams(sh.quoted)); err != nil {
-		return Comparison{}, err
-	}
-	// The copies keep what holdLive caught up with; the live projector is let go.
-	return c, tx.Commit(ctx)
-}
-
-// quoteLiteral quotes s as an SQL string literal (projection names are constants, but a
-// literal is quoted all the same).
-func quoteLiteral(s string) string { return "'" + strings.ReplaceAll(s, "'", "''") + "'" }

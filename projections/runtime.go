@@ -557,3 +557,7 @@ func recordPosition(ctx context.Context, tx pgx.Tx, projection string, applied [
 		projection, last.Position, last.OccurredAt, len(applied))
 	return err
 }
+
+// liveLockKey is the lock that each live batch of a projector holds shared and the swap
+// holds exclusive.
+func liveLockKey(projection string) int64 { return db.LockKey("chatbotd.projection." + projection) }

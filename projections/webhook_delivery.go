@@ -259,7 +259,7 @@ func (d *WebhookDeliverer) targets(ctx context.Context, claimed []claimedDeliver
 }
 
 // WebhookHeaders are the headers of a delivery: X-Signature is "sha256=" and the hex
-// HMAC-SHA256 of the body (API.md); X-Webhook-Signature, "t=<X-Webhook-Timestamp>,v1=" and
+// HMAC-SHA256 of the body (the API contract); X-Webhook-Signature, "t=<X-Webhook-Timestamp>,v1=" and
 // the hex HMAC-SHA256 of "<timestamp>.<body>", lets a receiver refuse a replayed request
 // by its age.
 func WebhookHeaders(secret, body []byte, at time.Time) http.Header {

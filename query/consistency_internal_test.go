@@ -33,7 +33,7 @@ func TestConsistencyWaitsAreBoundedPerProcess(t *testing.T) {
 		readmodel.ChatbotsProjection, bot)
 	require.NoError(t, err)
 
-	h := NewHTTP(d.Pool, d.Pool, nil, nil, nil, nil)
+	h := NewHTTP(d.Pool, d.Pool, nil, nil, nil, nil, map[string]string{events.StreamChatbot: readmodel.ChatbotsProjection})
 	h.consistencyWait = 300 * time.Millisecond
 	gin.SetMode(gin.TestMode)
 	read := func(principal auth.Principal) *httptest.ResponseRecorder {

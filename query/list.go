@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"net/http"
 	"slices"
+	"sort"
+	"strconv"
 	"strings"
 
 	"github.com/gin-gonic/gin"
@@ -64,4 +66,57 @@ func respondPage[T any](c *gin.Context, h *HTTP, message string, q listQuery, sc
 	}
 	httpx.OK(c, http.StatusOK, message, items, gin.H{"pagination": Pagination{Page: q.page, PerPage: q.perPage, Total: total,
 		LastPage: max(1, (total+q.perPage-1)/q.perPage)}})
+}
+
+// pageParams reads page and per_page: page from 1, per_page 1..100 (larger is clamped).
+func pageParams(c *gin.Context, f apperr.Fields) (page, perPage int) {
+	page, perPage = 1, 15
+	if v := c.Query("page"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 {
+			f.Add("page", "must be a whole number from 1")
+		}
+		page = n
+	}
+	if v := c.Query("per_page"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 {
+			f.Add("per_page", "must be a whole number from 1 to 100")
+		}
+		perPage = min(n, 100)
+	}
+	return page, perPage
+}
+
+// sortParam maps ?sort=field|-field onto an ORDER BY clause from the allowed columns.
+func sortParam(c *gin.Context, f apperr.Fields, allowed map[string]string, def string) string {
+	v := c.DefaultQuery("sort", def)
+	desc := strings.HasPrefix(v, "-")
+	col, ok := allowed[strings.TrimPrefix(v, "-")]
+	if !ok {
+		keys := make([]string, 0, len(allowed))
+		for k := range allowed {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		f.Add("sort", "must be one of "+strings.Join(keys, ", ")+", optionally prefixed with -")
+		return ""
+	}
+	if desc {
+		return col + " DESC, id DESC"
+	}
+	return col + " ASC, id ASC"
+}
+
+func likePattern(s string) string {
+	r := strings.NewReplacer(`\`, `\\`, `%`, `\%`, `_`, `\_`)
+	return "%" + r.Replace(strings.ToLower(s)) + "%"
+}
+
+// Pagination is meta.pagination of every list.
+type Pagination struct {
+	Page     int `json:"page"`
+	PerPage  int `json:"per_page"`
+	Total    int `json:"total"`
+	LastPage int `json:"last_page"`
 }

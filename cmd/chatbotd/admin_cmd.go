@@ -12,8 +12,6 @@ import (
 	"os"
 	"slices"
 	"strings"
-	"text/tabwriter"
-	"time"
 
 	"github.com/google/uuid"
 
@@ -22,117 +20,18 @@ import (
 	"github.com/chatbotsaas/chatbotd/internal/apperr"
 	"github.com/chatbotsaas/chatbotd/internal/auth"
 	"github.com/chatbotsaas/chatbotd/internal/config"
-	"github.com/chatbotsaas/chatbotd/projections"
 )
 
-// The platform operators' commands: projections status, dead letters and redrive, and
-// admin create. Like the others they apply pending migrations first and write results
-// to stdout.
+// `chatbotd admin create`: a platform operator's account. Like every operator command it
+// applies pending migrations first and writes its result to stdout.
 
-// operatorDeps opens what these commands need (the database and the broker).
+// operatorDeps opens what the operator commands that ask the broker need (the database
+// and the broker).
 func operatorDeps(ctx context.Context, cfg config.Config, logger *slog.Logger) (*deps, error) {
 	if err := migrate(ctx, cfg, logger); err != nil {
 		return nil, err
 	}
 	return openDeps(ctx, cfg, logger)
-}
-
-// projectionsStatus prints the relay's and each projection's progress: a table, or the
-// JSON of GET /api/v1/admin/projections with --json.
-func (m *Main) projectionsStatus(ctx context.Context, cfg config.Config, logger *slog.Logger, args []string) error {
-	fs := flag.NewFlagSet("projections status", flag.ContinueOnError)
-	fs.SetOutput(m.Stderr)
-	asJSON := fs.Bool("json", false, "print JSON instead of a table")
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	d, err := operatorDeps(ctx, cfg, logger)
-	if err != nil {
-		return err
-	}
-	defer d.close()
-	st, err := d.status(ctx)
-	if err != nil {
-		return err
-	}
-	if *asJSON {
-		enc := json.NewEncoder(m.Stdout)
-		enc.SetIndent("", "  ")
-		return enc.Encode(st)
-	}
-	fmt.Fprintf(m.Stdout, "relay: position %d, %d events behind, lag %.1fs\n\n", st.Relay.Position, st.Relay.Behind, st.Relay.LagSeconds)
-	w := tabwriter.NewWriter(m.Stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(w, "PROJECTION\tPOSITION\tAPPLIED\tQUEUED\tLAG\tDEAD\tCONSUMERS\tLAST BATCH")
-	num := func(p *int) string {
-		if p == nil {
-			return "?"
-		}
-		return fmt.Sprint(*p)
-	}
-	for _, p := range st.Projections {
-		pos, last, lag := "-", "-", "-"
-		if p.Position != nil {
-			pos = fmt.Sprint(*p.Position)
-		}
-		if p.UpdatedAt != nil {
-			last = p.UpdatedAt.UTC().Format(time.RFC3339)
-		}
-		if p.LagSeconds != nil {
-			lag = fmt.Sprintf("%.1fs", *p.LagSeconds)
-		}
-		fmt.Fprintf(w, "%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\n", p.Name, pos, p.EventsApplied, num(p.Queued), lag,
-			num(p.DeadLettered), num(p.Consumers), last)
-	}
-	return w.Flush()
-}
-
-// deadLetters lists (as JSON lines) or redrives a projection's dead-lettered events.
-func (m *Main) deadLetters(ctx context.Context, cfg config.Config, logger *slog.Logger, verb string, args []string) error {
-	fs := flag.NewFlagSet("projections "+verb, flag.ContinueOnError)
-	fs.SetOutput(m.Stderr)
-	limit := fs.Int("limit", 1000, "at most this many events")
-	names, err := parseInterspersed(fs, args)
-	if err != nil {
-		return err
-	}
-	if len(names) != 1 || *limit < 1 {
-		return fmt.Errorf("usage: chatbotd projections %s NAME [--limit N]", verb)
-	}
-	d, err := operatorDeps(ctx, cfg, logger)
-	if err != nil {
-		return err
-	}
-	defer d.close()
-	tracked, err := d.tracked()
-	if err != nil {
-		return err
-	}
-	var known []string
-	for _, t := range tracked {
-		known = append(known, t.Name)
-		if t.Name != names[0] {
-			continue
-		}
-		bctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-		defer cancel()
-		if verb == "redrive" {
-			moved, err := projections.Redrive(bctx, d.broker, t.Queue, *limit)
-			fmt.Fprintf(m.Stdout, "%d dead-lettered events of %s sent back to %s\n", moved, t.Name, t.Queue.Name)
-			return err
-		}
-		list, err := projections.ListDeadLetters(bctx, d.broker, t.Queue, *limit)
-		if err != nil {
-			return err
-		}
-		enc := json.NewEncoder(m.Stdout)
-		for _, l := range list {
-			if err := enc.Encode(l); err != nil {
-				return err
-			}
-		}
-		return nil
-	}
-	return fmt.Errorf("no projection %q (projections: %s)", names[0], strings.Join(known, ", "))
 }
 
 // adminCommand is `chatbotd admin create`: it makes a platform operator account. The

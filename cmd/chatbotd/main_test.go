@@ -47,16 +47,9 @@ func startApp(t *testing.T, extraEnv ...string) *app {
 	d := testenv.MustDatabase(t)
 	r := testenv.MustRedis(t)
 	a := testenv.MustAMQP(t)
-	a.Queue("accounts")
-	a.Queue("chatbots")
-	a.Queue("trainer")
-	a.Queue("conversations")
-	a.Queue("responder")
-	a.Queue("webhook-responder")
-	a.Queue("audit")
-	a.Queue("analytics")
-	a.Queue("webhooks")
-	a.Queue("notifications")
+	for _, p := range projections.Parts() {
+		a.Queue(p.Name) // removed at the end, with its dead letters
+	}
 	pg := testenv.MustProxy(t, "127.0.0.1:5432")
 	mq := testenv.MustProxy(t, "127.0.0.1:5672")
 	dbURL := strings.Replace(d.URL, "127.0.0.1:5432", pg.Addr(), 1)

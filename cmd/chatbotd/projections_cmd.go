@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -9,23 +8,22 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"os"
 	"strings"
+	"text/tabwriter"
 	"time"
 
-	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
-	"github.com/chatbotsaas/chatbotd/events"
 	"github.com/chatbotsaas/chatbotd/internal/config"
 	"github.com/chatbotsaas/chatbotd/internal/db"
 	"github.com/chatbotsaas/chatbotd/projections"
 )
 
-// The operators' commands: rebuild projections, verify and prune the audit trail, replay
-// history. Each opens its own connections, applies pending migrations first (like serve)
-// and writes its results to stdout, its progress and logs to stderr.
+// The operators' commands on projections: rebuild, verify, status, dead letters and
+// redrive (the audit trail's are in audit_cmd.go, replay in replay_cmd.go). Each opens
+// its own connections, applies pending migrations first (like serve) and writes its
+// results to stdout, its progress and logs to stderr.
 
 func openPool(ctx context.Context, cfg config.Config, logger *slog.Logger) (*pgxpool.Pool, error) {
 	if err := migrate(ctx, cfg, logger); err != nil {
@@ -34,11 +32,9 @@ func openPool(ctx context.Context, cfg config.Config, logger *slog.Logger) (*pgx
 	return db.Open(ctx, cfg.DatabaseURL, 4)
 }
 
-// rebuildable lists the projections a rebuild can replace, by name.
-func rebuildable() []projections.Rebuildable {
-	return []projections.Rebuildable{projections.NewAccounts(nil, nil, nil), projections.Chatbots{},
-		projections.Conversations{}, projections.Audit{}, projections.Analytics{}}
-}
+// rebuildable lists the projections a rebuild can replace (the registry's rebuildable
+// parts).
+func rebuildable() []projections.Rebuildable { return projections.Rebuildables(projections.Deps{}) }
 
 func (m *Main) projectionsCommand(ctx context.Context, cfg config.Config, logger *slog.Logger, args []string) error {
 	if len(args) > 0 {
@@ -164,268 +160,6 @@ func progressPrinter(w io.Writer, verb string) func(projections.Progress) {
 	}
 }
 
-func (m *Main) auditCommand(ctx context.Context, cfg config.Config, logger *slog.Logger, args []string) error {
-	if len(args) == 0 {
-		return errors.New("usage: chatbotd audit verify [--organization ID] | audit prune [--days N] [--export FILE]")
-	}
-	switch args[0] {
-	case "verify":
-		return m.auditVerify(ctx, cfg, logger, args[1:])
-	case "prune":
-		return m.auditPrune(ctx, cfg, logger, args[1:])
-	default:
-		return fmt.Errorf("unknown audit command %q (verify, prune)", args[0])
-	}
-}
-
-// auditVerify recomputes the chains (one organization's, or every one's) and prints a
-// report per chain as a JSON line. It fails when any chain is bad.
-func (m *Main) auditVerify(ctx context.Context, cfg config.Config, logger *slog.Logger, args []string) error {
-	fs := flag.NewFlagSet("audit verify", flag.ContinueOnError)
-	fs.SetOutput(m.Stderr)
-	orgFlag := fs.String("organization", "", "verify one organization (its id); default: every chain")
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	pool, err := openPool(ctx, cfg, logger)
-	if err != nil {
-		return err
-	}
-	defer pool.Close()
-	key, err := chainKey(ctx, pool, logger, cfg.AuditSigningKey)
-	if err != nil {
-		return err
-	}
-	var orgs []uuid.UUID
-	if *orgFlag != "" {
-		id, err := uuid.Parse(*orgFlag)
-		if err != nil {
-			return fmt.Errorf("--organization: %w", err)
-		}
-		orgs = []uuid.UUID{id}
-	} else {
-		rows, err := pool.Query(ctx, `SELECT organization_id FROM audit_chain_heads ORDER BY organization_id`)
-		if err != nil {
-			return err
-		}
-		if orgs, err = pgx.CollectRows(rows, pgx.RowTo[uuid.UUID]); err != nil {
-			return err
-		}
-	}
-	enc := json.NewEncoder(m.Stdout)
-	start := time.Now()
-	var checked int64
-	var bad int
-	for _, org := range orgs {
-		rep, err := events.VerifyChain(ctx, pool, org, key)
-		if err != nil {
-			return fmt.Errorf("verify %s: %w", org, err)
-		}
-		checked += rep.Checked
-		if !rep.OK {
-			bad++
-		}
-		if err := enc.Encode(struct {
-			OrganizationID uuid.UUID `json:"organization_id"`
-			events.VerifyReport
-		}{org, rep}); err != nil {
-			return err
-		}
-	}
-	took := time.Since(start)
-	fmt.Fprintf(m.Stderr, "verified %d chains, %d events in %s (%.0f events/s): %d bad\n", len(orgs), checked,
-		took.Round(time.Millisecond), float64(checked)/max(took.Seconds(), 1e-9), bad)
-	if bad > 0 {
-		return fmt.Errorf("%d of %d chains do not match the history", bad, len(orgs))
-	}
-	return nil
-}
-
-// auditPrune removes audit entries older than the retention from the read model, after
-// writing them to --export when given. Export and delete share one snapshot, so exactly
-// the exported entries are removed. The event log keeps every event; `projections
-// rebuild audit --restore-pruned` brings the entries back.
-func (m *Main) auditPrune(ctx context.Context, cfg config.Config, logger *slog.Logger, args []string) error {
-	fs := flag.NewFlagSet("audit prune", flag.ContinueOnError)
-	fs.SetOutput(m.Stderr)
-	days := fs.Int("days", cfg.AuditRetentionDays, "keep this many days of entries (default AUDIT_RETENTION_DAYS)")
-	export := fs.String("export", "", "write the pruned entries to this file first, as NDJSON")
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	if *days <= 0 {
-		return errors.New("nothing to prune: give --days N or set AUDIT_RETENTION_DAYS")
-	}
-	before := time.Now().UTC().Add(-time.Duration(*days) * 24 * time.Hour)
-	pool, err := openPool(ctx, cfg, logger)
-	if err != nil {
-		return err
-	}
-	defer pool.Close()
-	tx, err := pool.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead})
-	if err != nil {
-		return err
-	}
-	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
-	var exported int64
-	if *export != "" {
-		if exported, err = exportOld(ctx, tx, before, *export); err != nil {
-			return err
-		}
-	}
-	tag, err := tx.Exec(ctx, `DELETE FROM audit_entries WHERE occurred_at < $1`, before)
-	if err != nil {
-		return err
-	}
-	if *export != "" && tag.RowsAffected() != exported {
-		return fmt.Errorf("exported %d entries but %d match: nothing pruned", exported, tag.RowsAffected())
-	}
-	if _, err := tx.Exec(ctx, `INSERT INTO audit_prunes (before, entries) VALUES ($1, $2)`, before, tag.RowsAffected()); err != nil {
-		return err
-	}
-	if err := tx.Commit(ctx); err != nil {
-		return err
-	}
-	fmt.Fprintf(m.Stderr, "pruned %d audit entries that occurred before %s\n", tag.RowsAffected(), before.Format(time.RFC3339))
-	return nil
-}
-
-func exportOld(ctx context.Context, tx pgx.Tx, before time.Time, path string) (int64, error) {
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if err != nil {
-		return 0, fmt.Errorf("--export: %w", err)
-	}
-	w := bufio.NewWriterSize(f, 1<<20)
-	enc := json.NewEncoder(w)
-	var n int64
-	var after int64 = -1
-	for {
-		rows, err := tx.Query(ctx, `SELECT `+events.AuditColumns+` FROM audit_entries WHERE occurred_at < $1 AND position > $2
-			ORDER BY position LIMIT 5000`, before, after)
-		if err != nil {
-			f.Close()
-			return n, err
-		}
-		page, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (events.AuditEntry, error) { return events.ScanAuditEntry(r) })
-		if err != nil {
-			f.Close()
-			return n, err
-		}
-		for _, a := range page {
-			if err := enc.Encode(a); err != nil {
-				f.Close()
-				return n, err
-			}
-		}
-		n += int64(len(page))
-		if len(page) < 5000 {
-			break
-		}
-		after = page[len(page)-1].Position
-	}
-	if err := w.Flush(); err != nil {
-		f.Close()
-		return n, err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return n, err
-	}
-	return n, f.Close()
-}
-
-// replay writes the event log to stdout as NDJSON envelopes, in commit order.
-func (m *Main) replay(ctx context.Context, cfg config.Config, logger *slog.Logger, args []string) error {
-	fs := flag.NewFlagSet("replay", flag.ContinueOnError)
-	fs.SetOutput(m.Stderr)
-	orgFlag := fs.String("organization", "", `one organization's events (its id, or "none" for events of no organization); default: all`)
-	stream := fs.String("stream", "", "one stream's events (its id)")
-	types := fs.String("type", "", "event types, comma-separated")
-	from := fs.String("from", "", "events that occurred at or after this RFC 3339 time")
-	to := fs.String("to", "", "events that occurred before this RFC 3339 time")
-	after := fs.Int64("after", 0, "resume after the event at this position")
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	var f events.HistoryFilter
-	switch *orgFlag {
-	case "":
-	case "none":
-		f.NoOrganization = true
-	default:
-		id, err := uuid.Parse(*orgFlag)
-		if err != nil {
-			return fmt.Errorf("--organization: %w", err)
-		}
-		f.Organization = &id
-	}
-	if *stream != "" {
-		id, err := uuid.Parse(*stream)
-		if err != nil {
-			return fmt.Errorf("--stream: %w", err)
-		}
-		f.StreamID = &id
-	}
-	if *types != "" {
-		for _, t := range strings.Split(*types, ",") {
-			t = strings.TrimSpace(t)
-			if _, ok := events.SchemaVersionOf(t); !ok {
-				return fmt.Errorf("--type: %q is not an event type", t)
-			}
-			f.Types = append(f.Types, t)
-		}
-	}
-	for _, tf := range []struct {
-		flag string
-		raw  string
-		dst  **time.Time
-	}{{"--from", *from, &f.From}, {"--to", *to, &f.To}} {
-		if tf.raw == "" {
-			continue
-		}
-		t, err := time.Parse(time.RFC3339Nano, tf.raw)
-		if err != nil {
-			return fmt.Errorf("%s: %w", tf.flag, err)
-		}
-		*tf.dst = &t
-	}
-	pool, err := openPool(ctx, cfg, logger)
-	if err != nil {
-		return err
-	}
-	defer pool.Close()
-	var cp events.Checkpoint
-	if *after > 0 {
-		if cp, err = events.ResumeAfter(ctx, pool, *after, nil); err != nil {
-			return fmt.Errorf("--after: %w", err)
-		}
-	}
-	w := bufio.NewWriterSize(m.Stdout, 1<<20)
-	enc := json.NewEncoder(w)
-	var n int64
-	for {
-		batch, next, err := events.ReadHistory(ctx, pool, f, cp, 5000)
-		if err != nil {
-			return err
-		}
-		for _, e := range batch {
-			if err := enc.Encode(e); err != nil {
-				return err
-			}
-		}
-		n += int64(len(batch))
-		if len(batch) < 5000 {
-			break
-		}
-		cp = next
-	}
-	if err := w.Flush(); err != nil {
-		return err
-	}
-	fmt.Fprintf(m.Stderr, "replayed %d events\n", n)
-	return nil
-}
-
 // parseInterspersed parses flags that may come before or after the positional
 // arguments, which it returns.
 func parseInterspersed(fs *flag.FlagSet, args []string) ([]string, error) {
@@ -441,4 +175,102 @@ func parseInterspersed(fs *flag.FlagSet, args []string) ([]string, error) {
 		pos = append(pos, args[0])
 		args = args[1:]
 	}
+}
+
+// projectionsStatus prints the relay's and each projection's progress: a table, or the
+// JSON of GET /api/v1/admin/projections with --json.
+func (m *Main) projectionsStatus(ctx context.Context, cfg config.Config, logger *slog.Logger, args []string) error {
+	fs := flag.NewFlagSet("projections status", flag.ContinueOnError)
+	fs.SetOutput(m.Stderr)
+	asJSON := fs.Bool("json", false, "print JSON instead of a table")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	d, err := operatorDeps(ctx, cfg, logger)
+	if err != nil {
+		return err
+	}
+	defer d.close()
+	st, err := d.status(ctx)
+	if err != nil {
+		return err
+	}
+	if *asJSON {
+		enc := json.NewEncoder(m.Stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(st)
+	}
+	fmt.Fprintf(m.Stdout, "relay: position %d, %d events behind, lag %.1fs\n\n", st.Relay.Position, st.Relay.Behind, st.Relay.LagSeconds)
+	w := tabwriter.NewWriter(m.Stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(w, "PROJECTION\tPOSITION\tAPPLIED\tQUEUED\tLAG\tDEAD\tCONSUMERS\tLAST BATCH")
+	num := func(p *int) string {
+		if p == nil {
+			return "?"
+		}
+		return fmt.Sprint(*p)
+	}
+	for _, p := range st.Projections {
+		pos, last, lag := "-", "-", "-"
+		if p.Position != nil {
+			pos = fmt.Sprint(*p.Position)
+		}
+		if p.UpdatedAt != nil {
+			last = p.UpdatedAt.UTC().Format(time.RFC3339)
+		}
+		if p.LagSeconds != nil {
+			lag = fmt.Sprintf("%.1fs", *p.LagSeconds)
+		}
+		fmt.Fprintf(w, "%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\n", p.Name, pos, p.EventsApplied, num(p.Queued), lag,
+			num(p.DeadLettered), num(p.Consumers), last)
+	}
+	return w.Flush()
+}
+
+// deadLetters lists (as JSON lines) or redrives a projection's dead-lettered events.
+func (m *Main) deadLetters(ctx context.Context, cfg config.Config, logger *slog.Logger, verb string, args []string) error {
+	fs := flag.NewFlagSet("projections "+verb, flag.ContinueOnError)
+	fs.SetOutput(m.Stderr)
+	limit := fs.Int("limit", 1000, "at most this many events")
+	names, err := parseInterspersed(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(names) != 1 || *limit < 1 {
+		return fmt.Errorf("usage: chatbotd projections %s NAME [--limit N]", verb)
+	}
+	d, err := operatorDeps(ctx, cfg, logger)
+	if err != nil {
+		return err
+	}
+	defer d.close()
+	tracked, err := d.tracked()
+	if err != nil {
+		return err
+	}
+	var known []string
+	for _, t := range tracked {
+		known = append(known, t.Name)
+		if t.Name != names[0] {
+			continue
+		}
+		bctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+		if verb == "redrive" {
+			moved, err := projections.Redrive(bctx, d.broker, t.Queue, *limit)
+			fmt.Fprintf(m.Stdout, "%d dead-lettered events of %s sent back to %s\n", moved, t.Name, t.Queue.Name)
+			return err
+		}
+		list, err := projections.ListDeadLetters(bctx, d.broker, t.Queue, *limit)
+		if err != nil {
+			return err
+		}
+		enc := json.NewEncoder(m.Stdout)
+		for _, l := range list {
+			if err := enc.Encode(l); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	return fmt.Errorf("no projection %q (projections: %s)", names[0], strings.Join(known, ", "))
 }

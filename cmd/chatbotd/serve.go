@@ -307,7 +307,7 @@ func newAPI(ctx context.Context, d *deps, secrets []byte, chain events.ChainKey,
 	// commits (its own connection, to the primary: a standby cannot LISTEN).
 	applied := readmodel.NewApplied(d.pool.Config().ConnConfig, d.logger.With("component", "consistency"))
 	start("consistency notifications", applied.Listen)
-	queries := query.NewHTTP(d.read, d.pool, d.cache, tokens, chain, applied)
+	queries := query.NewHTTP(d.read, d.pool, d.cache, tokens, chain, applied, projections.WaitsFor())
 	routes := apiRoutes(command.NewHTTP(svc), queries, &operations{d: d, ready: ready})
 	for _, rt := range routes {
 		if rt.Access == "" {
@@ -344,26 +344,21 @@ func newAPI(ctx context.Context, d *deps, secrets []byte, chain events.ChainKey,
 	return r, nil
 }
 
-// runners builds every projector's runner. They are built whatever the roles: their
-// queues are declared before any event is published, so no event is published before its
-// queues exist; and the operators' commands read their queues' names and bindings.
+// runners builds the runner of every part of the registry that the projector runtime
+// runs. They are built whatever the roles: their queues are declared before any event is
+// published, so no event is published before its queues exist; and the operators'
+// commands read their queues' names and bindings.
 func (d *deps) runners() ([]*projections.Runner, error) {
-	cfg, logger := d.cfg, d.logger
+	cfg := d.cfg
 	var runners []*projections.Runner
-	for _, p := range []projections.Projector{
-		projections.NewAccounts(d.pool, d.cache, logger.With("projector", projections.AccountsName)),
-		projections.Chatbots{},
-		projections.Trainer{Store: d.store},
-		projections.Conversations{},
-		projections.Responder{Store: d.store},
-		projections.Audit{},
-		projections.Analytics{},
-		projections.Webhooks{},
-		projections.Notifications{},
-	} {
+	for _, part := range projections.Parts() {
+		if part.Projector == nil {
+			continue // a runtime of its own
+		}
+		p := part.Projector(projections.Deps{Pool: d.pool, Cache: d.cache, Store: d.store, Logger: d.logger})
 		r, err := projections.NewRunner(d.pool, d.broker, p, projections.Config{Exchange: cfg.AMQPExchange,
 			QueuePrefix: cfg.AMQPQueuePrefix, BatchSize: cfg.ProjectorBatchSize,
-			DeliveryLimit: cfg.ProjectorDeliveryLimit, Logger: logger, Metrics: d.metrics, Applied: d.applied})
+			DeliveryLimit: cfg.ProjectorDeliveryLimit, Logger: d.logger, Metrics: d.metrics, Applied: d.applied})
 		if err != nil {
 			return nil, err
 		}
@@ -374,25 +369,35 @@ func (d *deps) runners() ([]*projections.Runner, error) {
 
 // webhookResponderQueue is the queue of the consumer that calls chatbots' webhooks.
 func webhookResponderQueue(cfg config.Config) broker.QueueSpec {
+	var bindings []string
+	for _, p := range projections.Parts() {
+		if p.Name == projections.WebhookResponderName {
+			bindings = p.Bindings
+		}
+	}
 	return broker.QueueSpec{Name: cfg.AMQPQueuePrefix + projections.WebhookResponderName, Exchange: cfg.AMQPExchange,
-		Bindings: []string{"message.posted"}, DeliveryLimit: cfg.ProjectorDeliveryLimit}
+		Bindings: bindings, DeliveryLimit: cfg.ProjectorDeliveryLimit}
 }
 
-// tracked lists every consumer whose progress operators watch, by name.
+// tracked lists every part of the registry, whose progress operators watch, by name.
 func (d *deps) tracked() ([]projections.Tracked, error) {
 	runners, err := d.runners()
 	if err != nil {
 		return nil, err
 	}
-	canRebuild := map[string]bool{}
-	for _, p := range rebuildable() {
-		canRebuild[p.Name()] = true
+	queues := map[string]broker.QueueSpec{projections.WebhookResponderName: webhookResponderQueue(d.cfg)}
+	for _, r := range runners {
+		queues[r.Name()] = r.Queue()
 	}
 	var out []projections.Tracked
-	for _, r := range runners {
-		out = append(out, projections.Tracked{Name: r.Name(), Queue: r.Queue(), Positions: true, Rebuildable: canRebuild[r.Name()]})
+	for _, p := range projections.Parts() {
+		q, ok := queues[p.Name]
+		if !ok {
+			return nil, fmt.Errorf("part %s has no queue", p.Name)
+		}
+		out = append(out, projections.Tracked{Name: p.Name, Queue: q, Positions: p.Projector != nil, Rebuildable: p.Rebuildable})
 	}
-	return append(out, projections.Tracked{Name: projections.WebhookResponderName, Queue: webhookResponderQueue(d.cfg)}), nil
+	return out, nil
 }
 
 // countCommand counts a command by its outcome once it is answered: "ok", or the error

@@ -21,7 +21,7 @@ import (
 	amqp "github.com/rabbitmq/amqp091-go"
 )
 
-// Envelope is the event stream's message body (API.md, "Event stream").
+// Envelope is the event stream's message body (the API contract's "Event stream", in the README).
 type Envelope struct {
 	ID             string          `json:"id"`
 	Type           string          `json:"type"`

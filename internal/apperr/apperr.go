@@ -9,7 +9,7 @@ import (
 	"time"
 )
 
-// Code is the machine-readable error code of API.md.
+// Code is the machine-readable error code of the API contract.
 type Code string
 
 const (

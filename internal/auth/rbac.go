@@ -77,7 +77,7 @@ const (
 	RoleViewer = "viewer"
 )
 
-// BuiltinRoles maps each built-in role to its permissions, as API.md defines them.
+// BuiltinRoles maps each built-in role to its permissions, as the API contract defines them.
 func BuiltinRoles() map[string][]string {
 	all := make([]string, 0, 14)
 	for _, p := range Permissions() {

@@ -1,4 +1,4 @@
-// Package httpx is the HTTP conventions of API.md: the envelope, request ids, error codes
+// Package httpx is the HTTP conventions of the API contract (internal/apidoc/openapi.yaml): the envelope, request ids, error codes
 // mapped to statuses in one table, strict JSON decoding and body limits.
 package httpx
 
@@ -24,7 +24,7 @@ import (
 	"github.com/chatbotsaas/chatbotd/internal/db"
 )
 
-// MaxBody is the largest request body accepted (API.md: 1 MiB).
+// MaxBody is the largest request body accepted (the contract: 1 MiB).
 const MaxBody = 1 << 20
 
 // statusOf is the one table from error code to HTTP status.

@@ -1,0 +1,140 @@
+package query
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"strings"
+	"sync"
+
+	"github.com/gin-gonic/gin"
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/chatbotsaas/chatbotd/events"
+	"github.com/chatbotsaas/chatbotd/internal/apperr"
+	"github.com/chatbotsaas/chatbotd/internal/auth"
+	"github.com/chatbotsaas/chatbotd/internal/httpx"
+	"github.com/chatbotsaas/chatbotd/internal/readmodel"
+)
+
+// Consistency honours X-Consistency-Token on reads: the request waits (up to 5 s) until
+// the projection that applies the token's stream has reached its version. It runs after
+// authentication and the rate limit (an anonymous or throttled caller makes nobody
+// wait), and only for a stream of the caller's organization: a token naming any other
+// stream, another tenant's or one that does not exist, is the same 400, so it tells
+// nothing about other tenants. At most maxWaits requests wait at once in one process;
+// one that gets no turn before its deadline answers at once, marked X-Consistency:
+// timeout, like a wait that ran out.
+func (h *HTTP) Consistency() gin.HandlerFunc {
+	return func(c *gin.Context) {
+		raw := c.GetHeader("X-Consistency-Token")
+		if raw == "" || (c.Request.Method != http.MethodGet && c.Request.Method != http.MethodHead) {
+			c.Next()
+			return
+		}
+		tok, err := events.ParseToken(raw)
+		if err != nil {
+			httpx.Fail(c, apperr.New(apperr.CodeBadRequest, "X-Consistency-Token: "+err.Error()))
+			return
+		}
+		projection, ok := h.projectionOf[tok.StreamType]
+		switch {
+		case strings.HasPrefix(c.FullPath(), "/api/v1/audit-logs"):
+			// Every stream is audited: the token waits for the audit trail instead.
+			projection, ok = readmodel.AuditProjection, true
+		case strings.HasPrefix(c.FullPath(), "/api/v1/analytics"):
+			projection = readmodel.AnalyticsProjection
+		}
+		if !ok || tok.Version == 0 {
+			c.Next()
+			return
+		}
+		ctx, cancel := context.WithTimeout(c.Request.Context(), h.consistencyWait)
+		defer cancel()
+		mine, err := h.streams.belongs(ctx, h.primary, principal(c), tok.StreamID, tok.Version)
+		if err != nil {
+			httpx.Fail(c, err)
+			return
+		}
+		if !mine {
+			httpx.Fail(c, apperr.New(apperr.CodeBadRequest, "X-Consistency-Token names no write of your organization"))
+			return
+		}
+		reached := false
+		select {
+		case h.waits <- struct{}{}:
+			reached, err = h.applied.WaitApplied(ctx, h.read, projection, tok.StreamID, tok.Version)
+			<-h.waits
+			if err != nil {
+				httpx.Fail(c, err)
+				return
+			}
+		case <-ctx.Done():
+		}
+		if !reached {
+			c.Header("X-Consistency", "timeout")
+		}
+		c.Set(awaitedKey, tok)
+		c.Next()
+	}
+}
+
+// maxWaits bounds the consistency waits of one process: each looks at the read model
+// every 100 ms (every 2 to 50 ms while notifications are down).
+const maxWaits = 128
+
+// streamOwners remembers which organization each stream a token named belongs to (a
+// stream never changes organization), so that a read with a token costs one look at the
+// log per stream, not per request. The look is at the log on the primary, not at a read
+// model: the command that returned the token committed there before it answered.
+type streamOwners struct {
+	mu sync.Mutex
+	m  map[uuid.UUID]uuid.UUID
+}
+
+const maxStreamOwners = 10000
+
+// belongs reports whether stream, at version, is a stream of p's organization (any
+// stream, for a platform operator, whose commands act on other organizations).
+func (s *streamOwners) belongs(ctx context.Context, primary *pgxpool.Pool, p auth.Principal, stream uuid.UUID, version int) (bool, error) {
+	if p.Can(auth.PlatformOperate) {
+		return true, nil
+	}
+	s.mu.Lock()
+	org, ok := s.m[stream]
+	s.mu.Unlock()
+	if ok {
+		return org == p.OrganizationID, nil
+	}
+	var owner *uuid.UUID
+	err := primary.QueryRow(ctx, `SELECT organization_id FROM events WHERE stream_id = $1 AND stream_version = $2`,
+		stream, version).Scan(&owner)
+	if errors.Is(err, pgx.ErrNoRows) || (err == nil && owner == nil) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	s.mu.Lock()
+	if s.m == nil || len(s.m) >= maxStreamOwners {
+		s.m = make(map[uuid.UUID]uuid.UUID, 1024) // forget everything: simple, bounded, rare
+	}
+	s.m[stream] = *owner
+	s.mu.Unlock()
+	return *owner == p.OrganizationID, nil
+}
+
+const awaitedKey = "consistency_token"
+
+// awaited is the stream version the request's consistency token waited for, when the
+// token names stream (0 otherwise): a reader through a cache must not answer older.
+func awaited(c *gin.Context, stream uuid.UUID) int {
+	if v, ok := c.Get(awaitedKey); ok {
+		if tok, ok := v.(events.AppendResult); ok && tok.StreamID == stream {
+			return tok.Version
+		}
+	}
+	return 0
+}
