@@ -10,6 +10,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/chatbotsaas/chatbotd/events"
+	"github.com/chatbotsaas/chatbotd/events/eventstore"
 	"github.com/chatbotsaas/chatbotd/internal/apperr"
 )
 
@@ -24,7 +25,7 @@ type loaded[S any] struct {
 }
 
 // load folds a stream through evolve.
-func load[S any](ctx context.Context, store *events.Store, id uuid.UUID, evolve func(S, events.Event) S) (loaded[S], error) {
+func load[S any](ctx context.Context, store *eventstore.Store, id uuid.UUID, evolve func(S, events.Event) S) (loaded[S], error) {
 	var l loaded[S]
 	envs, err := store.ReadStream(ctx, id, 1, 0)
 	if err != nil {
@@ -67,7 +68,7 @@ type change[S any] struct {
 // loaded version, deciding again when another request won the race (unless If-Match
 // pinned the version). Nothing decided: nothing appended, and the token is the current
 // version. It returns the aggregate as it is after the command.
-func (c change[S]) run(ctx context.Context, store *events.Store) (loaded[S], events.AppendResult, error) {
+func (c change[S]) run(ctx context.Context, store *eventstore.Store) (loaded[S], events.AppendResult, error) {
 	type out struct {
 		l   loaded[S]
 		tok events.AppendResult
@@ -91,7 +92,7 @@ func (c change[S]) run(ctx context.Context, store *events.Store) (loaded[S], eve
 		if len(evs) == 0 {
 			return out{l, events.AppendResult{StreamType: c.streamType, StreamID: c.id, Version: l.Version}}, nil
 		}
-		req := events.AppendRequest{StreamType: c.streamType, StreamID: c.id, ExpectedVersion: version,
+		req := eventstore.AppendRequest{StreamType: c.streamType, StreamID: c.id, ExpectedVersion: version,
 			OrganizationID: &c.org, Events: evs, Meta: c.meta}
 		if c.also != nil {
 			req.Also = c.also(l.State)

@@ -9,6 +9,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/chatbotsaas/chatbotd/events"
+	"github.com/chatbotsaas/chatbotd/events/eventstore"
 	"github.com/chatbotsaas/chatbotd/internal/apperr"
 	"github.com/chatbotsaas/chatbotd/internal/auth"
 	"github.com/chatbotsaas/chatbotd/internal/readmodel"
@@ -300,7 +301,7 @@ func (s *Service) CreateChatbot(ctx context.Context, meta events.Meta, p auth.Pr
 	if c.Responder.Type == ResponderWebhook {
 		also = s.sealSecret(id, c.Responder)
 	}
-	res.Token, err = s.store.Append(ctx, events.AppendRequest{StreamType: events.StreamChatbot, StreamID: id, ExpectedVersion: 0,
+	res.Token, err = s.store.Append(ctx, eventstore.AppendRequest{StreamType: events.StreamChatbot, StreamID: id, ExpectedVersion: 0,
 		OrganizationID: &p.OrganizationID, Events: evs, Meta: actor(p, meta), Also: also})
 	if err != nil {
 		return res, err

@@ -11,6 +11,7 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/chatbotsaas/chatbotd/events"
+	"github.com/chatbotsaas/chatbotd/events/eventstore"
 	"github.com/chatbotsaas/chatbotd/internal/apperr"
 	"github.com/chatbotsaas/chatbotd/internal/auth"
 	"github.com/chatbotsaas/chatbotd/internal/httpx"
@@ -127,7 +128,7 @@ func (s *Service) StartConversation(ctx context.Context, meta events.Meta, p aut
 		return res, err
 	}
 	id := uuid.Must(uuid.NewV7())
-	res.Token, err = s.store.Append(ctx, events.AppendRequest{StreamType: events.StreamConversation, StreamID: id,
+	res.Token, err = s.store.Append(ctx, eventstore.AppendRequest{StreamType: events.StreamConversation, StreamID: id,
 		ExpectedVersion: 0, OrganizationID: &p.OrganizationID, Events: evs, Meta: actor(p, meta)})
 	started := evs[0].(events.ConversationStarted)
 	res.Data = ConversationView{ID: id, ChatbotID: chatbot, OrganizationID: p.OrganizationID, Metadata: started.Metadata,
@@ -165,7 +166,7 @@ func (s *Service) PostMessage(ctx context.Context, meta events.Meta, p auth.Prin
 		return res, apperr.NotFound("conversation")
 	}
 	id := uuid.Must(uuid.NewV7())
-	res.Token, err = s.store.Append(ctx, events.AppendRequest{StreamType: events.StreamMessage, StreamID: id,
+	res.Token, err = s.store.Append(ctx, eventstore.AppendRequest{StreamType: events.StreamMessage, StreamID: id,
 		ExpectedVersion: 0, OrganizationID: &p.OrganizationID, Meta: actor(p, meta),
 		Events: []events.Event{events.MessagePosted{ConversationID: conversation.String(), ChatbotID: conv.State.ChatbotID.String(), Content: c.Content}}})
 	res.Data = Queued{ID: id, ConversationID: conversation, Status: MessageQueued}

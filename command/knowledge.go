@@ -10,6 +10,7 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/chatbotsaas/chatbotd/events"
+	"github.com/chatbotsaas/chatbotd/events/eventstore"
 	"github.com/chatbotsaas/chatbotd/internal/apperr"
 	"github.com/chatbotsaas/chatbotd/internal/auth"
 	"github.com/chatbotsaas/chatbotd/internal/readmodel"
@@ -50,7 +51,7 @@ func EvolveKnowledge(k Knowledge, e events.Event, at time.Time) Knowledge {
 }
 
 // loadKnowledge folds a knowledge stream, returning the state and its version.
-func loadKnowledge(ctx context.Context, store *events.Store, stream uuid.UUID) (Knowledge, int, error) {
+func loadKnowledge(ctx context.Context, store *eventstore.Store, stream uuid.UUID) (Knowledge, int, error) {
 	k := Knowledge{Entries: map[string]time.Time{}}
 	envs, err := store.ReadStream(ctx, stream, 1, 0)
 	if err != nil {
@@ -180,8 +181,8 @@ func (s *Service) RequestTraining(ctx context.Context, meta events.Meta, p auth.
 		return Result[Training]{}, err
 	}
 	version := len(envs)
-	tok, err := s.store.Append(ctx, events.AppendRequest{StreamType: events.StreamTraining, StreamID: events.TrainingStreamID(chatbot),
-		ExpectedVersion: events.AnyVersion, OrganizationID: &p.OrganizationID, Meta: actor(p, meta),
+	tok, err := s.store.Append(ctx, eventstore.AppendRequest{StreamType: events.StreamTraining, StreamID: events.TrainingStreamID(chatbot),
+		ExpectedVersion: eventstore.AnyVersion, OrganizationID: &p.OrganizationID, Meta: actor(p, meta),
 		Events: []events.Event{events.TrainingRequested{ChatbotID: chatbot.String(), KnowledgeVersion: version}}})
 	return Result[Training]{Data: Training{Status: "pending", KnowledgeVersion: version}, Token: tok}, err
 }
@@ -210,7 +211,7 @@ func (s *Service) knowledgeChange(ctx context.Context, meta events.Meta, p auth.
 		if err != nil {
 			return events.AppendResult{}, err
 		}
-		return s.store.Append(ctx, events.AppendRequest{StreamType: events.StreamKnowledge, StreamID: stream,
+		return s.store.Append(ctx, eventstore.AppendRequest{StreamType: events.StreamKnowledge, StreamID: stream,
 			ExpectedVersion: version, OrganizationID: &p.OrganizationID, Events: evs, Meta: actor(p, meta)})
 	})
 	return tok, seen, err

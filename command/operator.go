@@ -9,6 +9,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/chatbotsaas/chatbotd/events"
+	"github.com/chatbotsaas/chatbotd/events/eventstore"
 	"github.com/chatbotsaas/chatbotd/internal/apperr"
 	"github.com/chatbotsaas/chatbotd/internal/auth"
 	"github.com/chatbotsaas/chatbotd/internal/db"
@@ -184,12 +185,12 @@ func (s *Service) createOperator(ctx context.Context, meta events.Meta, c Create
 	}
 	userID := uuid.Must(uuid.NewV7())
 	meta.Actor = events.Actor{Type: events.ActorSystem}
-	req := events.AppendRequest{StreamType: events.StreamUser, StreamID: userID, ExpectedVersion: 0, OrganizationID: &orgID,
+	req := eventstore.AppendRequest{StreamType: events.StreamUser, StreamID: userID, ExpectedVersion: 0, OrganizationID: &orgID,
 		Events: []events.Event{events.UserCreated{Name: c.Name, Email: c.Email, Roles: []string{auth.RoleOwner},
 			Status: StatusActive, PlatformOperator: true}}, Meta: meta}
 	slug := "platform-operators-" + randomHex(3)
 	if newOrg {
-		req.More = []events.AppendRequest{{StreamType: events.StreamOrganization, StreamID: orgID, ExpectedVersion: 0,
+		req.More = []eventstore.AppendRequest{{StreamType: events.StreamOrganization, StreamID: orgID, ExpectedVersion: 0,
 			OrganizationID: &orgID, Events: []events.Event{events.OrganizationCreated{Name: PlatformOrganizationName,
 				Slug: slug, Status: "active", Platform: true}}}}
 	}

@@ -10,6 +10,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/chatbotsaas/chatbotd/events"
+	"github.com/chatbotsaas/chatbotd/events/eventstore"
 	"github.com/chatbotsaas/chatbotd/internal/apperr"
 	"github.com/chatbotsaas/chatbotd/internal/auth"
 	"github.com/chatbotsaas/chatbotd/internal/db"
@@ -83,8 +84,8 @@ func (s *Service) ChangePassword(ctx context.Context, meta events.Meta, p auth.P
 	}
 	if !ok {
 		s.throttle.Failed(ctx, ip, email, "")
-		if _, err := s.store.Append(ctx, events.AppendRequest{StreamType: events.StreamAccess,
-			StreamID: uuid.NewSHA1(accessNamespace, p.UserID[:]), ExpectedVersion: events.AnyVersion,
+		if _, err := s.store.Append(ctx, eventstore.AppendRequest{StreamType: events.StreamAccess,
+			StreamID: uuid.NewSHA1(accessNamespace, p.UserID[:]), ExpectedVersion: eventstore.AnyVersion,
 			OrganizationID: &p.OrganizationID, Meta: actor(p, meta),
 			Events: []events.Event{events.PasswordChangeFailed{UserID: p.UserID.String(), Credential: p.Credential,
 				Reason: "wrong_current_password"}}}); err != nil {
@@ -121,7 +122,7 @@ func (s *Service) changePassword(ctx context.Context, meta events.Meta, p auth.P
 		return res, err
 	}
 	var ended []uuid.UUID
-	var more []events.AppendRequest
+	var more []eventstore.AppendRequest
 	for _, id := range others {
 		l, err := load(ctx, s.store, id, EvolveSession)
 		if err != nil {
@@ -135,10 +136,10 @@ func (s *Service) changePassword(ctx context.Context, meta events.Meta, p auth.P
 			continue
 		}
 		ended = append(ended, id)
-		more = append(more, events.AppendRequest{StreamType: events.StreamSession, StreamID: id,
+		more = append(more, eventstore.AppendRequest{StreamType: events.StreamSession, StreamID: id,
 			ExpectedVersion: l.Version, OrganizationID: &p.OrganizationID, Events: evs})
 	}
-	res.Token, err = s.store.Append(ctx, events.AppendRequest{StreamType: events.StreamUser, StreamID: p.UserID,
+	res.Token, err = s.store.Append(ctx, eventstore.AppendRequest{StreamType: events.StreamUser, StreamID: p.UserID,
 		ExpectedVersion: user.Version, OrganizationID: &p.OrganizationID, Meta: actor(p, meta),
 		Events: []events.Event{events.UserPasswordChanged{}}, More: more,
 		Also: func(ctx context.Context, tx pgx.Tx) error {
@@ -165,7 +166,7 @@ func (s *Service) changePassword(ctx context.Context, meta events.Meta, p auth.P
 }
 
 // liveSessions lists the user's sessions that are not revoked, but the one given.
-func liveSessions(ctx context.Context, q events.Querier, user, but uuid.UUID) ([]uuid.UUID, error) {
+func liveSessions(ctx context.Context, q eventstore.Querier, user, but uuid.UUID) ([]uuid.UUID, error) {
 	rows, err := q.Query(ctx, `SELECT session_id FROM session_credentials
 		WHERE user_id = $1 AND NOT revoked AND session_id <> $2 ORDER BY session_id`, user, but)
 	if err != nil {

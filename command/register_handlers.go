@@ -11,6 +11,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/chatbotsaas/chatbotd/events"
+	"github.com/chatbotsaas/chatbotd/events/eventstore"
 	"github.com/chatbotsaas/chatbotd/internal/apperr"
 	"github.com/chatbotsaas/chatbotd/internal/auth"
 	"github.com/chatbotsaas/chatbotd/internal/db"
@@ -70,10 +71,10 @@ func (s *Service) Register(ctx context.Context, meta events.Meta, c Register) (R
 		if err != nil {
 			return res, err
 		}
-		token, err := s.store.Append(ctx, events.AppendRequest{
+		token, err := s.store.Append(ctx, eventstore.AppendRequest{
 			StreamType: events.StreamUser, StreamID: userID, ExpectedVersion: 0, OrganizationID: &orgID,
 			Events: userEvents, Meta: meta,
-			More: []events.AppendRequest{{StreamType: events.StreamOrganization, StreamID: orgID, ExpectedVersion: 0,
+			More: []eventstore.AppendRequest{{StreamType: events.StreamOrganization, StreamID: orgID, ExpectedVersion: 0,
 				OrganizationID: &orgID, Events: orgEvents}},
 			Also: func(ctx context.Context, tx pgx.Tx) error {
 				if err := reserveEmail(ctx, tx, c.Email, userID); err != nil {

@@ -12,6 +12,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/chatbotsaas/chatbotd/events"
+	"github.com/chatbotsaas/chatbotd/events/eventstore"
 	"github.com/chatbotsaas/chatbotd/internal/apperr"
 	"github.com/chatbotsaas/chatbotd/internal/auth"
 	"github.com/chatbotsaas/chatbotd/internal/db"
@@ -163,7 +164,7 @@ type RoleView struct {
 var errBuiltinRole = apperr.New(apperr.CodeForbidden, "Built-in roles cannot be changed")
 
 // roleID finds a custom role by name; ok is false when there is none.
-func roleID(ctx context.Context, q events.Querier, org uuid.UUID, name string, lock string) (uuid.UUID, bool, error) {
+func roleID(ctx context.Context, q eventstore.Querier, org uuid.UUID, name string, lock string) (uuid.UUID, bool, error) {
 	var id uuid.UUID
 	err := q.QueryRow(ctx, `SELECT role_id FROM role_names WHERE organization_id = $1 AND name = $2 `+lock, org, name).Scan(&id)
 	if errors.Is(err, pgx.ErrNoRows) {
@@ -202,7 +203,7 @@ func (s *Service) CreateRole(ctx context.Context, meta events.Meta, p auth.Princ
 		return res, err
 	}
 	id := uuid.Must(uuid.NewV7())
-	res.Token, err = s.store.Append(ctx, events.AppendRequest{StreamType: events.StreamRole, StreamID: id, ExpectedVersion: 0,
+	res.Token, err = s.store.Append(ctx, eventstore.AppendRequest{StreamType: events.StreamRole, StreamID: id, ExpectedVersion: 0,
 		OrganizationID: &p.OrganizationID, Events: evs, Meta: actor(p, meta),
 		Also: func(ctx context.Context, tx pgx.Tx) error {
 			_, err := tx.Exec(ctx, `INSERT INTO role_names (organization_id, name, role_id, permissions) VALUES ($1, $2, $3, $4)`,

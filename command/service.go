@@ -8,6 +8,7 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/chatbotsaas/chatbotd/events"
+	"github.com/chatbotsaas/chatbotd/events/eventstore"
 	"github.com/chatbotsaas/chatbotd/internal/apperr"
 	"github.com/chatbotsaas/chatbotd/internal/auth"
 	"github.com/chatbotsaas/chatbotd/internal/netguard"
@@ -37,7 +38,7 @@ type AuthInvalidator interface {
 // Service handles commands: it loads the aggregate, authorizes, decides and appends.
 type Service struct {
 	authChanged AuthInvalidator
-	store       *events.Store
+	store       *eventstore.Store
 	hasher      *auth.Hasher
 	tokens      *auth.Tokens
 	throttle    LoginThrottle
@@ -51,7 +52,7 @@ type Service struct {
 
 // Deps are what the command service works with.
 type Deps struct {
-	Store      *events.Store
+	Store      *eventstore.Store
 	Hasher     *auth.Hasher
 	Tokens     *auth.Tokens
 	Throttle   LoginThrottle

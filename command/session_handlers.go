@@ -11,6 +11,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/chatbotsaas/chatbotd/events"
+	"github.com/chatbotsaas/chatbotd/events/eventstore"
 	"github.com/chatbotsaas/chatbotd/internal/apperr"
 	"github.com/chatbotsaas/chatbotd/internal/auth"
 	"github.com/chatbotsaas/chatbotd/internal/db"
@@ -76,8 +77,8 @@ func (s *Service) Login(ctx context.Context, meta events.Meta, c Login) (Result[
 	if retry, blocked := s.throttle.Blocked(ctx, ip, c.Email, device); blocked {
 		secs := int(math.Ceil(retry.Seconds()))
 		if s.throttle.Record(ctx, c.Email) {
-			if _, err := s.store.Append(ctx, events.AppendRequest{StreamType: events.StreamLogin,
-				StreamID: uuid.NewSHA1(loginNamespace, []byte(c.Email)), ExpectedVersion: events.AnyVersion,
+			if _, err := s.store.Append(ctx, eventstore.AppendRequest{StreamType: events.StreamLogin,
+				StreamID: uuid.NewSHA1(loginNamespace, []byte(c.Email)), ExpectedVersion: eventstore.AnyVersion,
 				Events: []events.Event{events.LoginRateLimited{Email: c.Email, RetryAfterSeconds: secs}}, Meta: meta}); err != nil {
 				return res, err
 			}
@@ -128,7 +129,7 @@ func (s *Service) Login(ctx context.Context, meta events.Meta, c Login) (Result[
 	if err != nil {
 		return res, err
 	}
-	res.Token, err = s.store.Append(ctx, events.AppendRequest{StreamType: events.StreamSession, StreamID: sessionID,
+	res.Token, err = s.store.Append(ctx, eventstore.AppendRequest{StreamType: events.StreamSession, StreamID: sessionID,
 		ExpectedVersion: 0, OrganizationID: &org, Events: evs, Meta: meta,
 		Also: func(ctx context.Context, tx pgx.Tx) error { return startSession(ctx, tx, sessionID, userID, hash) }})
 	if err != nil {
@@ -162,8 +163,8 @@ func startSession(ctx context.Context, tx pgx.Tx, session, user uuid.UUID, check
 
 func (s *Service) loginFailed(ctx context.Context, meta events.Meta, email, device string, org *uuid.UUID, reason string) error {
 	s.throttle.Failed(ctx, meta.Metadata.IPAddress, email, device)
-	_, err := s.store.Append(ctx, events.AppendRequest{StreamType: events.StreamLogin,
-		StreamID: uuid.NewSHA1(loginNamespace, []byte(email)), ExpectedVersion: events.AnyVersion, OrganizationID: org,
+	_, err := s.store.Append(ctx, eventstore.AppendRequest{StreamType: events.StreamLogin,
+		StreamID: uuid.NewSHA1(loginNamespace, []byte(email)), ExpectedVersion: eventstore.AnyVersion, OrganizationID: org,
 		Events: []events.Event{events.LoginFailed{Email: email, Reason: reason}}, Meta: meta})
 	if err != nil {
 		return err
@@ -219,7 +220,7 @@ func (s *Service) Refresh(ctx context.Context, meta events.Meta, c Refresh) (Res
 			evs, refused = []events.Event{events.SessionRevoked{Reason: "user_inactive"}}, errBadRefresh
 		}
 		if len(evs) > 0 {
-			res.Token, err = s.store.Append(ctx, events.AppendRequest{StreamType: events.StreamSession, StreamID: sessionID,
+			res.Token, err = s.store.Append(ctx, eventstore.AppendRequest{StreamType: events.StreamSession, StreamID: sessionID,
 				ExpectedVersion: l.Version, OrganizationID: &org, Events: evs, Meta: meta,
 				Also: func(ctx context.Context, tx pgx.Tx) error {
 					return setSession(ctx, tx, sessionID, l.State.UserID, refused != nil)
@@ -254,7 +255,7 @@ func (s *Service) Logout(ctx context.Context, meta events.Meta, p auth.Principal
 		if err != nil || len(evs) == 0 {
 			return res, err
 		}
-		res.Token, err = s.store.Append(ctx, events.AppendRequest{StreamType: events.StreamSession, StreamID: p.SessionID,
+		res.Token, err = s.store.Append(ctx, eventstore.AppendRequest{StreamType: events.StreamSession, StreamID: p.SessionID,
 			ExpectedVersion: l.Version, OrganizationID: &p.OrganizationID, Events: evs, Meta: meta,
 			Also: func(ctx context.Context, tx pgx.Tx) error { return setSession(ctx, tx, p.SessionID, p.UserID, true) }})
 		s.forgetUser(err, p.UserID)
@@ -268,8 +269,8 @@ var accessNamespace = uuid.MustParse("2d0f4f0e-6a39-4c7c-9f3a-0b6f1c9d7e55")
 
 // RecordAccessDenied appends an access.denied event for the audit trail.
 func (s *Service) RecordAccessDenied(ctx context.Context, meta events.Meta, p auth.Principal, method, route, permission string) error {
-	_, err := s.store.Append(ctx, events.AppendRequest{StreamType: events.StreamAccess,
-		StreamID: uuid.NewSHA1(accessNamespace, p.UserID[:]), ExpectedVersion: events.AnyVersion,
+	_, err := s.store.Append(ctx, eventstore.AppendRequest{StreamType: events.StreamAccess,
+		StreamID: uuid.NewSHA1(accessNamespace, p.UserID[:]), ExpectedVersion: eventstore.AnyVersion,
 		OrganizationID: &p.OrganizationID, Meta: actor(p, meta),
 		Events: []events.Event{events.AccessDenied{UserID: p.UserID.String(), Credential: p.Credential,
 			Method: method, Route: route, Permission: permission}}})

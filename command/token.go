@@ -10,6 +10,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/chatbotsaas/chatbotd/events"
+	"github.com/chatbotsaas/chatbotd/events/eventstore"
 	"github.com/chatbotsaas/chatbotd/internal/apperr"
 	"github.com/chatbotsaas/chatbotd/internal/auth"
 )
@@ -115,7 +116,7 @@ func (s *Service) CreateToken(ctx context.Context, meta events.Meta, p auth.Prin
 	}
 	id := uuid.Must(uuid.NewV7())
 	plaintext, hash := auth.NewAPIToken(id)
-	res.Token, err = s.store.Append(ctx, events.AppendRequest{StreamType: events.StreamToken, StreamID: id,
+	res.Token, err = s.store.Append(ctx, eventstore.AppendRequest{StreamType: events.StreamToken, StreamID: id,
 		ExpectedVersion: 0, OrganizationID: &p.OrganizationID, Events: evs, Meta: actor(p, meta),
 		Also: func(ctx context.Context, tx pgx.Tx) error {
 			_, err := tx.Exec(ctx, `INSERT INTO api_token_credentials

@@ -8,6 +8,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/chatbotsaas/chatbotd/events"
+	"github.com/chatbotsaas/chatbotd/events/eventstore"
 	"github.com/chatbotsaas/chatbotd/internal/apperr"
 	"github.com/chatbotsaas/chatbotd/internal/auth"
 	"github.com/chatbotsaas/chatbotd/internal/readmodel"
@@ -59,7 +60,7 @@ func (s *Service) CreateUser(ctx context.Context, meta events.Meta, p auth.Princ
 		return res, err
 	}
 	id := uuid.Must(uuid.NewV7())
-	res.Token, err = s.store.Append(ctx, events.AppendRequest{StreamType: events.StreamUser, StreamID: id,
+	res.Token, err = s.store.Append(ctx, eventstore.AppendRequest{StreamType: events.StreamUser, StreamID: id,
 		ExpectedVersion: 0, OrganizationID: &p.OrganizationID, Events: evs, Meta: actor(p, meta),
 		Also: func(ctx context.Context, tx pgx.Tx) error {
 			if err := reserveEmail(ctx, tx, c.Email, id); err != nil {

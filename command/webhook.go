@@ -11,6 +11,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/chatbotsaas/chatbotd/events"
+	"github.com/chatbotsaas/chatbotd/events/eventstore"
 	"github.com/chatbotsaas/chatbotd/internal/apperr"
 	"github.com/chatbotsaas/chatbotd/internal/auth"
 )
@@ -138,7 +139,7 @@ func (s *Service) CreateWebhook(ctx context.Context, meta events.Meta, p auth.Pr
 		secret = *c.Secret
 	}
 	sealed := s.box.Seal([]byte(secret), id[:])
-	res.Token, err = s.store.Append(ctx, events.AppendRequest{StreamType: events.StreamWebhook, StreamID: id, ExpectedVersion: 0,
+	res.Token, err = s.store.Append(ctx, eventstore.AppendRequest{StreamType: events.StreamWebhook, StreamID: id, ExpectedVersion: 0,
 		OrganizationID: &p.OrganizationID, Events: evs, Meta: actor(p, meta),
 		Also: func(ctx context.Context, tx pgx.Tx) error {
 			_, err := tx.Exec(ctx, `INSERT INTO webhook_secrets (webhook_id, sealed) VALUES ($1, $2)`, id, sealed)

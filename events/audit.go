@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/google/uuid"
-	"github.com/jackc/pgx/v5"
 )
 
 // AuditEntry is one entry of the audit trail. It is derived from one event by AuditEntryOf
@@ -119,23 +118,8 @@ func redact(v any) any {
 	}
 }
 
-// AuditColumns are audit_entries' columns in ScanAuditEntry's order.
-const AuditColumns = `id, action, actor_id, actor_type, subject_type, subject_id, organization_id, request_id,
-	correlation_id, causation_id, ip_address, user_agent, changes, occurred_at, position`
-
-// ScanAuditEntry reads one row selected with AuditColumns.
-func ScanAuditEntry(row pgx.Row) (AuditEntry, error) {
-	var a AuditEntry
-	var changes []byte
-	err := row.Scan(&a.ID, &a.Action, &a.ActorID, &a.ActorType, &a.SubjectType, &a.SubjectID, &a.OrganizationID,
-		&a.RequestID, &a.CorrelationID, &a.CausationID, &a.IPAddress, &a.UserAgent, &changes, &a.OccurredAt, &a.Position)
-	a.Changes = changes
-	a.OccurredAt = a.OccurredAt.UTC()
-	return a, err
-}
-
-// sameAs reports whether a stored entry is the one its event derives.
-func (a AuditEntry) sameAs(b AuditEntry) bool {
+// SameAs reports whether a stored entry is the one its event derives.
+func (a AuditEntry) SameAs(b AuditEntry) bool {
 	eqID := func(x, y *uuid.UUID) bool { return (x == nil) == (y == nil) && (x == nil || *x == *y) }
 	eqStr := func(x, y *string) bool { return (x == nil) == (y == nil) && (x == nil || *x == *y) }
 	return a.ID == b.ID && a.Action == b.Action && eqID(a.ActorID, b.ActorID) && a.ActorType == b.ActorType &&

@@ -12,6 +12,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/chatbotsaas/chatbotd/events"
+	"github.com/chatbotsaas/chatbotd/events/eventstore"
 	"github.com/chatbotsaas/chatbotd/internal/testenv"
 	"github.com/chatbotsaas/chatbotd/projections"
 )
@@ -30,12 +31,12 @@ func newChained(t *testing.T) chained {
 	t.Helper()
 	ctx := context.Background()
 	d := testenv.MustDatabase(t)
-	s := events.NewStore(d.Pool)
+	s := eventstore.NewStore(d.Pool)
 	c := chained{pool: d.Pool, org: uuid.New()}
 	other := uuid.New()
 	for i, org := range []uuid.UUID{c.org, other, c.org, other, c.org, c.org, c.org, c.org} {
 		u := uuid.New()
-		res, err := s.Append(ctx, events.AppendRequest{StreamType: events.StreamUser, StreamID: u, OrganizationID: &org,
+		res, err := s.Append(ctx, eventstore.AppendRequest{StreamType: events.StreamUser, StreamID: u, OrganizationID: &org,
 			Events: []events.Event{userCreated(u.String()[:8]), events.UserRoleAssigned{Role: "admin"}},
 			Meta: events.Meta{Actor: events.Actor{Type: events.ActorSystem}, RequestID: "req-" + string(rune('a'+i)),
 				Metadata: events.Metadata{IPAddress: "203.0.113.7", UserAgent: "tests"}}})
@@ -45,12 +46,12 @@ func newChained(t *testing.T) chained {
 		}
 	}
 	// A failed login of an unknown email belongs to no organization.
-	_, err := s.Append(ctx, events.AppendRequest{StreamType: events.StreamLogin, StreamID: uuid.New(),
+	_, err := s.Append(ctx, eventstore.AppendRequest{StreamType: events.StreamLogin, StreamID: uuid.New(),
 		Events: []events.Event{events.LoginFailed{Email: "nobody@example.com", Reason: "unknown_email"}},
 		Meta:   events.Meta{Actor: events.Actor{Type: events.ActorAnonymous}}})
 	require.NoError(t, err)
 
-	ch := &events.Chainer{Pool: d.Pool, Key: chainKey, BatchSize: 3} // several batches
+	ch := &eventstore.Chainer{Pool: d.Pool, Key: chainKey, BatchSize: 3} // several batches
 	// A transaction running elsewhere on the server (another test's) holds back what is
 	// readable: step until every event is linked.
 	testenv.Eventually(t, 20*time.Second, func() error {
@@ -66,16 +67,16 @@ func newChained(t *testing.T) chained {
 		}
 		return nil
 	})
-	all, _, err := events.ReadHistory(ctx, d.Pool, events.HistoryFilter{}, events.Checkpoint{}, 1000)
+	all, _, err := eventstore.ReadHistory(ctx, d.Pool, eventstore.HistoryFilter{}, eventstore.Checkpoint{}, 1000)
 	require.NoError(t, err)
 	_, err = projections.ApplyBatch(ctx, d.Pool, projections.Audit{}, all)
 	require.NoError(t, err)
 	return c
 }
 
-func (c chained) verify(t *testing.T, org uuid.UUID) events.VerifyReport {
+func (c chained) verify(t *testing.T, org uuid.UUID) eventstore.VerifyReport {
 	t.Helper()
-	rep, err := events.VerifyChain(context.Background(), c.pool, org, chainKey)
+	rep, err := eventstore.VerifyChain(context.Background(), c.pool, org, chainKey)
 	require.NoError(t, err)
 	return rep
 }
@@ -92,7 +93,7 @@ func (c chained) tamper(t *testing.T) {
 	c.exec(t, `ALTER TABLE events DISABLE TRIGGER USER`)
 }
 
-func assertBadAt(t *testing.T, rep events.VerifyReport, position int64, reason string) {
+func assertBadAt(t *testing.T, rep eventstore.VerifyReport, position int64, reason string) {
 	t.Helper()
 	assert.False(t, rep.OK)
 	if assert.NotNil(t, rep.FirstBadPosition, rep.Reason) {
@@ -219,7 +220,7 @@ func relink(t *testing.T, c chained, at int64) {
 		if err != nil {
 			break
 		}
-		evs, _, err := events.ReadHistory(ctx, c.pool, events.HistoryFilter{Organization: &c.org}, events.Checkpoint{}, 1000)
+		evs, _, err := eventstore.ReadHistory(ctx, c.pool, eventstore.HistoryFilter{Organization: &c.org}, eventstore.Checkpoint{}, 1000)
 		require.NoError(t, err)
 		var ev events.Envelope
 		for _, e := range evs {

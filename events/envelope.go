@@ -93,3 +93,7 @@ func (e Envelope) Decode() (Event, error) { return decodeData(e.Type, e.SchemaVe
 func CausedBy(e Envelope) Meta {
 	return Meta{Actor: Actor{Type: ActorSystem}, CorrelationID: e.CorrelationID, CausationID: e.ID.String(), RequestID: e.RequestID}
 }
+
+// KeepStoredMetadata records the metadata exactly as stored, for a store that read e:
+// the tamper-evidence hash (EventHash) covers the stored bytes, not their decoding.
+func (e *Envelope) KeepStoredMetadata(raw []byte) { e.rawMetadata = raw }

@@ -10,6 +10,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/chatbotsaas/chatbotd/events"
+	"github.com/chatbotsaas/chatbotd/events/eventstore"
 	"github.com/chatbotsaas/chatbotd/internal/apperr"
 	"github.com/chatbotsaas/chatbotd/internal/testenv"
 )
@@ -21,7 +22,7 @@ import (
 // in (transaction id, position) order, the relay's order, every stream's versions rise.
 func TestGroupCommitKeepsEachAppendsCheckAndResult(t *testing.T) {
 	d := testenv.MustDatabase(t)
-	s := events.NewStore(d.Pool)
+	s := eventstore.NewStore(d.Pool)
 	defer s.Close()
 	ctx := context.Background()
 	shared := uuid.New()

@@ -12,6 +12,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/chatbotsaas/chatbotd/events"
+	"github.com/chatbotsaas/chatbotd/events/eventstore"
 	"github.com/chatbotsaas/chatbotd/internal/apperr"
 	"github.com/chatbotsaas/chatbotd/internal/testenv"
 )
@@ -20,10 +21,10 @@ func userCreated(name string) events.Event {
 	return events.UserCreated{Name: name, Email: name + "@example.com", Roles: []string{"member"}, Status: "active"}
 }
 
-func appendUser(t *testing.T, s *events.Store, stream uuid.UUID, expected int, evs ...events.Event) (events.AppendResult, error) {
+func appendUser(t *testing.T, s *eventstore.Store, stream uuid.UUID, expected int, evs ...events.Event) (events.AppendResult, error) {
 	t.Helper()
 	org := uuid.New()
-	return s.Append(context.Background(), events.AppendRequest{
+	return s.Append(context.Background(), eventstore.AppendRequest{
 		StreamType: events.StreamUser, StreamID: stream, ExpectedVersion: expected, OrganizationID: &org,
 		Events: evs, Meta: events.Meta{Actor: events.Actor{Type: events.ActorSystem}},
 	})
@@ -31,7 +32,7 @@ func appendUser(t *testing.T, s *events.Store, stream uuid.UUID, expected int, e
 
 func TestAppendConcurrentSameExpectedVersionOneWins(t *testing.T) {
 	d := testenv.MustDatabase(t)
-	s := events.NewStore(d.Pool)
+	s := eventstore.NewStore(d.Pool)
 	stream := uuid.New()
 	_, err := appendUser(t, s, stream, 0, userCreated("a"))
 	require.NoError(t, err)
@@ -67,14 +68,14 @@ func TestAppendConcurrentSameExpectedVersionOneWins(t *testing.T) {
 
 func TestAppendAnyVersionRetriesConcurrentWriters(t *testing.T) {
 	d := testenv.MustDatabase(t)
-	s := events.NewStore(d.Pool)
+	s := eventstore.NewStore(d.Pool)
 	stream := uuid.New()
 	var wg sync.WaitGroup
 	for i := 0; i < 6; i++ {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			_, err := appendUser(t, s, stream, events.AnyVersion, events.UserRoleAssigned{Role: "admin"})
+			_, err := appendUser(t, s, stream, eventstore.AnyVersion, events.UserRoleAssigned{Role: "admin"})
 			assert.NoError(t, err)
 		}()
 	}
@@ -89,9 +90,9 @@ func TestAppendAnyVersionRetriesConcurrentWriters(t *testing.T) {
 
 func TestAppendIsIdempotentByEventID(t *testing.T) {
 	d := testenv.MustDatabase(t)
-	s := events.NewStore(d.Pool)
+	s := eventstore.NewStore(d.Pool)
 	stream, org := uuid.New(), uuid.New()
-	req := events.AppendRequest{
+	req := eventstore.AppendRequest{
 		StreamType: events.StreamUser, StreamID: stream, ExpectedVersion: 0, OrganizationID: &org,
 		Events:   []events.Event{userCreated("x"), events.UserRoleAssigned{Role: "admin"}},
 		EventIDs: []uuid.UUID{uuid.New(), uuid.New()},
@@ -114,9 +115,9 @@ func TestAppendIsIdempotentByEventID(t *testing.T) {
 
 func TestAppendRollsBackWhenAlsoFails(t *testing.T) {
 	d := testenv.MustDatabase(t)
-	s := events.NewStore(d.Pool)
+	s := eventstore.NewStore(d.Pool)
 	stream, org := uuid.New(), uuid.New()
-	_, err := s.Append(context.Background(), events.AppendRequest{
+	_, err := s.Append(context.Background(), eventstore.AppendRequest{
 		StreamType: events.StreamUser, StreamID: stream, OrganizationID: &org,
 		Events: []events.Event{userCreated("y")}, Meta: events.Meta{Actor: events.Actor{Type: events.ActorSystem}},
 		Also: func(ctx context.Context, tx pgx.Tx) error { return apperr.New(apperr.CodeEmailTaken, "taken") },
@@ -129,8 +130,8 @@ func TestAppendRollsBackWhenAlsoFails(t *testing.T) {
 
 func TestAppendRefusesEventOfAnotherStreamType(t *testing.T) {
 	d := testenv.MustDatabase(t)
-	s := events.NewStore(d.Pool)
-	_, err := s.Append(context.Background(), events.AppendRequest{
+	s := eventstore.NewStore(d.Pool)
+	_, err := s.Append(context.Background(), eventstore.AppendRequest{
 		StreamType: events.StreamSession, StreamID: uuid.New(),
 		Events: []events.Event{userCreated("z")}, Meta: events.Meta{Actor: events.Actor{Type: events.ActorSystem}},
 	})
@@ -139,7 +140,7 @@ func TestAppendRefusesEventOfAnotherStreamType(t *testing.T) {
 
 func TestEventLogIsAppendOnly(t *testing.T) {
 	d := testenv.MustDatabase(t)
-	s := events.NewStore(d.Pool)
+	s := eventstore.NewStore(d.Pool)
 	_, err := appendUser(t, s, uuid.New(), 0, userCreated("q"))
 	require.NoError(t, err)
 	_, err = d.Pool.Exec(context.Background(), `UPDATE events SET data = '{}'`)

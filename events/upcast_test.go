@@ -12,6 +12,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/chatbotsaas/chatbotd/events"
+	"github.com/chatbotsaas/chatbotd/events/eventstore"
 	"github.com/chatbotsaas/chatbotd/internal/testenv"
 	"github.com/chatbotsaas/chatbotd/projections"
 )
@@ -89,8 +90,8 @@ func TestStoredOldVersionIsReadAsCurrentAndStillVerifies(t *testing.T) {
 	ctx := context.Background()
 	d := testenv.MustDatabase(t)
 	org, msg := uuid.New(), uuid.New()
-	s := events.NewStore(d.Pool)
-	_, err := s.Append(ctx, events.AppendRequest{StreamType: events.StreamMessage, StreamID: msg, OrganizationID: &org,
+	s := eventstore.NewStore(d.Pool)
+	_, err := s.Append(ctx, eventstore.AppendRequest{StreamType: events.StreamMessage, StreamID: msg, OrganizationID: &org,
 		Events: []events.Event{events.MessagePosted{ConversationID: "c", ChatbotID: "b", Content: "hello"}},
 		Meta:   events.Meta{Actor: events.Actor{Type: events.ActorSystem}}})
 	require.NoError(t, err)
@@ -112,7 +113,7 @@ func TestStoredOldVersionIsReadAsCurrentAndStillVerifies(t *testing.T) {
 	check(stream[0])
 	var history []events.Envelope
 	testenv.Eventually(t, 10*time.Second, func() error {
-		history, _, err = events.ReadHistory(ctx, d.Pool, events.HistoryFilter{StreamID: &msg}, events.Checkpoint{}, 10)
+		history, _, err = eventstore.ReadHistory(ctx, d.Pool, eventstore.HistoryFilter{StreamID: &msg}, eventstore.Checkpoint{}, 10)
 		if err != nil || len(history) != 2 {
 			return fmt.Errorf("%d events readable (%v)", len(history), err)
 		}
@@ -127,7 +128,7 @@ func TestStoredOldVersionIsReadAsCurrentAndStillVerifies(t *testing.T) {
 	check(published)
 
 	// The chain hashes the stored v1 row; verification reads it again and agrees.
-	ch := &events.Chainer{Pool: d.Pool, Key: chainKey}
+	ch := &eventstore.Chainer{Pool: d.Pool, Key: chainKey}
 	testenv.Eventually(t, 10*time.Second, func() error {
 		n, err := ch.Step(ctx)
 		if err == nil && n == 0 {
@@ -140,7 +141,7 @@ func TestStoredOldVersionIsReadAsCurrentAndStillVerifies(t *testing.T) {
 	})
 	_, err = projections.ApplyBatch(ctx, d.Pool, projections.Audit{}, history)
 	require.NoError(t, err)
-	rep, err := events.VerifyChain(ctx, d.Pool, org, chainKey)
+	rep, err := eventstore.VerifyChain(ctx, d.Pool, org, chainKey)
 	require.NoError(t, err)
 	assert.True(t, rep.OK, "%+v", rep)
 	assert.EqualValues(t, 2, rep.Checked)

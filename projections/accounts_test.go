@@ -21,6 +21,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/chatbotsaas/chatbotd/events"
+	"github.com/chatbotsaas/chatbotd/events/eventstore"
 	"github.com/chatbotsaas/chatbotd/internal/broker"
 	"github.com/chatbotsaas/chatbotd/internal/cache"
 	"github.com/chatbotsaas/chatbotd/internal/readmodel"
@@ -32,12 +33,12 @@ var system = events.Meta{Actor: events.Actor{Type: events.ActorSystem}}
 
 // history appends a realistic history to the store: an organization, users created,
 // renamed, re-roled, deactivated, deleted, and sessions started, refreshed and revoked.
-func history(t *testing.T, s *events.Store) []events.Envelope {
+func history(t *testing.T, s *eventstore.Store) []events.Envelope {
 	t.Helper()
 	ctx := context.Background()
 	org := uuid.New()
 	must := func(stype string, id uuid.UUID, evs ...events.Event) {
-		_, err := s.Append(ctx, events.AppendRequest{StreamType: stype, StreamID: id, ExpectedVersion: events.AnyVersion,
+		_, err := s.Append(ctx, eventstore.AppendRequest{StreamType: stype, StreamID: id, ExpectedVersion: eventstore.AnyVersion,
 			OrganizationID: &org, Events: evs, Meta: system})
 		require.NoError(t, err)
 	}
@@ -60,7 +61,7 @@ func history(t *testing.T, s *events.Store) []events.Envelope {
 			must(events.StreamSession, sess, events.SessionReuseDetected{PresentedGeneration: 1, CurrentGeneration: 2}, events.SessionRevoked{Reason: "refresh_token_reuse"})
 		}
 	}
-	all, _, err := events.ReadCommitted(ctx, s.Pool(), events.Checkpoint{}, 100000)
+	all, _, err := eventstore.ReadCommitted(ctx, s.Pool(), eventstore.Checkpoint{}, 100000)
 	require.NoError(t, err)
 	return all
 }
@@ -87,7 +88,7 @@ func dump(t *testing.T, pool *pgxpool.Pool) string {
 func TestAccountsDuplicatedShuffledDeliveryEqualsOrderly(t *testing.T) {
 	ctx := context.Background()
 	orderly := testenv.MustDatabase(t)
-	all := history(t, events.NewStore(orderly.Pool))
+	all := history(t, eventstore.NewStore(orderly.Pool))
 	p := projections.NewAccounts(orderly.Pool, nil, nil)
 	_, err := projections.ApplyBatch(ctx, orderly.Pool, p, all)
 	require.NoError(t, err)
@@ -167,7 +168,7 @@ func TestRunnerThroughRabbitMQDeadLettersPoisonAndKeepsFlowing(t *testing.T) {
 	r := testenv.MustRedis(t)
 	a := testenv.MustAMQP(t)
 	a.Queue(projections.AccountsName)
-	store := events.NewStore(d.Pool)
+	store := eventstore.NewStore(d.Pool)
 	conn := broker.Dial(a.URL, testenv.Logger(t))
 	defer conn.Close()
 
@@ -178,7 +179,7 @@ func TestRunnerThroughRabbitMQDeadLettersPoisonAndKeepsFlowing(t *testing.T) {
 	runner, err := projections.NewRunner(d.Pool, conn, p, projections.Config{
 		Exchange: a.Exchange, QueuePrefix: a.QueuePrefix, Logger: testenv.Logger(t), Attempts: 2})
 	require.NoError(t, err)
-	relay, err := events.NewRelay(d.Pool, conn, events.RelayConfig{Exchange: a.Exchange, Logger: testenv.Logger(t)})
+	relay, err := eventstore.NewRelay(d.Pool, conn, eventstore.RelayConfig{Exchange: a.Exchange, Logger: testenv.Logger(t)})
 	require.NoError(t, err)
 	go runner.Run(ctx)
 	go relay.Run(ctx)
@@ -187,8 +188,8 @@ func TestRunnerThroughRabbitMQDeadLettersPoisonAndKeepsFlowing(t *testing.T) {
 	a.WaitConsumer(runner.Queue().Name)
 
 	appendOne := func(stream uuid.UUID, id uuid.UUID, ev events.Event) {
-		_, err := store.Append(ctx, events.AppendRequest{StreamType: events.StreamUser, StreamID: stream,
-			ExpectedVersion: events.AnyVersion, OrganizationID: &org, Events: []events.Event{ev},
+		_, err := store.Append(ctx, eventstore.AppendRequest{StreamType: events.StreamUser, StreamID: stream,
+			ExpectedVersion: eventstore.AnyVersion, OrganizationID: &org, Events: []events.Event{ev},
 			EventIDs: []uuid.UUID{id}, Meta: system})
 		require.NoError(t, err)
 	}
@@ -252,15 +253,15 @@ func (f *failingWrite) ApplySet(ctx context.Context, tx pgx.Tx, envs []events.En
 func TestPipelinedBatchFailingAtTheFlushLeavesNothingApplied(t *testing.T) {
 	ctx := context.Background()
 	d := testenv.MustDatabase(t)
-	store := events.NewStore(d.Pool)
+	store := eventstore.NewStore(d.Pool)
 	org := uuid.New()
 	var envs []events.Envelope
 	for i := range 3 {
-		res, err := store.Append(ctx, events.AppendRequest{StreamType: events.StreamUser, StreamID: uuid.New(),
+		res, err := store.Append(ctx, eventstore.AppendRequest{StreamType: events.StreamUser, StreamID: uuid.New(),
 			OrganizationID: &org, Meta: system, Events: []events.Event{
 				events.UserCreated{Name: fmt.Sprintf("User %d", i), Email: fmt.Sprintf("u%d@example.com", i), Status: "active", Roles: []string{}}}})
 		require.NoError(t, err)
-		got, err := events.ReadStream(ctx, d.Pool, res.StreamID, 1, 1)
+		got, err := eventstore.ReadStream(ctx, d.Pool, res.StreamID, 1, 1)
 		require.NoError(t, err)
 		envs = append(envs, got...)
 	}
@@ -287,7 +288,7 @@ func TestCacheWritesThatFailAreRecordedAndRepaired(t *testing.T) {
 	ctx := context.Background()
 	d := testenv.MustDatabase(t)
 	r := testenv.MustRedis(t)
-	store := events.NewStore(d.Pool)
+	store := eventstore.NewStore(d.Pool)
 	history(t, store)
 	all := readableLog(t, d.Pool)
 	live := cache.New(r.Client, r.Prefix, time.Minute)
@@ -307,7 +308,7 @@ func TestCacheWritesThatFailAreRecordedAndRepaired(t *testing.T) {
 		}
 	}
 	for id := range users {
-		_, err := store.Append(ctx, events.AppendRequest{StreamType: events.StreamUser, StreamID: id, ExpectedVersion: events.AnyVersion,
+		_, err := store.Append(ctx, eventstore.AppendRequest{StreamType: events.StreamUser, StreamID: id, ExpectedVersion: eventstore.AnyVersion,
 			OrganizationID: all[0].OrganizationID, Events: []events.Event{events.UserUpdated{Changes: map[string]events.Change{"name": {Old: "x", New: "during the outage"}}}}, Meta: system})
 		require.NoError(t, err)
 	}
@@ -379,20 +380,20 @@ func TestRunnerHoldsItsBatchWhileTheDatabaseIsDown(t *testing.T) {
 	runner, err := projections.NewRunner(viaProxy, conn, projections.NewAccounts(viaProxy, nil, testenv.Logger(t)), projections.Config{
 		Exchange: a.Exchange, QueuePrefix: a.QueuePrefix, Logger: testenv.Logger(t), DeliveryLimit: 2})
 	require.NoError(t, err)
-	relay, err := events.NewRelay(d.Pool, conn, events.RelayConfig{Exchange: a.Exchange, Logger: testenv.Logger(t)})
+	relay, err := eventstore.NewRelay(d.Pool, conn, eventstore.RelayConfig{Exchange: a.Exchange, Logger: testenv.Logger(t)})
 	require.NoError(t, err)
 	go runner.Run(ctx)
 	a.WaitConsumer(runner.Queue().Name)
 	go relay.Run(ctx)
 
 	pg.Cut()
-	store := events.NewStore(d.Pool)
+	store := eventstore.NewStore(d.Pool)
 	org := uuid.New()
 	var users []uuid.UUID
 	for i := range 5 {
 		u := uuid.New()
 		users = append(users, u)
-		_, err := store.Append(ctx, events.AppendRequest{StreamType: events.StreamUser, StreamID: u, OrganizationID: &org, Meta: system,
+		_, err := store.Append(ctx, eventstore.AppendRequest{StreamType: events.StreamUser, StreamID: u, OrganizationID: &org, Meta: system,
 			Events: []events.Event{events.UserCreated{Name: fmt.Sprint("user ", i), Email: fmt.Sprintf("u%d@example.com", i), Roles: []string{"member"}, Status: "active"}}})
 		require.NoError(t, err)
 	}
@@ -449,7 +450,7 @@ func readableLog(t *testing.T, pool *pgxpool.Pool) []events.Envelope {
 			return err
 		}
 		var err error
-		if all, _, err = events.ReadCommitted(ctx, pool, events.Checkpoint{}, 100000); err == nil && len(all) != n {
+		if all, _, err = eventstore.ReadCommitted(ctx, pool, eventstore.Checkpoint{}, 100000); err == nil && len(all) != n {
 			err = fmt.Errorf("%d of %d events readable", len(all), n)
 		}
 		return err

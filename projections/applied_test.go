@@ -11,6 +11,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/chatbotsaas/chatbotd/events"
+	"github.com/chatbotsaas/chatbotd/events/eventstore"
 	"github.com/chatbotsaas/chatbotd/internal/broker"
 	"github.com/chatbotsaas/chatbotd/internal/readmodel"
 	"github.com/chatbotsaas/chatbotd/internal/testenv"
@@ -34,7 +35,7 @@ func TestRunnerWakesTheConsistencyWaitsOfItsProjection(t *testing.T) {
 	runner, err := projections.NewRunner(d.Pool, conn, projections.Chatbots{}, projections.Config{
 		Exchange: a.Exchange, QueuePrefix: a.QueuePrefix, Logger: testenv.Logger(t), Applied: notifier})
 	require.NoError(t, err)
-	relay, err := events.NewRelay(d.Pool, conn, events.RelayConfig{Exchange: a.Exchange, Logger: testenv.Logger(t)})
+	relay, err := eventstore.NewRelay(d.Pool, conn, eventstore.RelayConfig{Exchange: a.Exchange, Logger: testenv.Logger(t)})
 	require.NoError(t, err)
 	go runner.Run(ctx)
 	go relay.Run(ctx)
@@ -51,7 +52,7 @@ func TestRunnerWakesTheConsistencyWaitsOfItsProjection(t *testing.T) {
 	})
 
 	org, bot := uuid.New(), uuid.New()
-	res, err := events.NewStore(d.Pool).Append(ctx, events.AppendRequest{StreamType: events.StreamChatbot, StreamID: bot,
+	res, err := eventstore.NewStore(d.Pool).Append(ctx, eventstore.AppendRequest{StreamType: events.StreamChatbot, StreamID: bot,
 		OrganizationID: &org, Meta: system, Events: []events.Event{events.ChatbotCreated{Name: "Bot", Description: "d",
 			WelcomeMessage: "hi", FallbackMessage: "sorry", Responder: events.Responder{Type: "knowledge_base"}}}})
 	require.NoError(t, err)

@@ -13,6 +13,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/chatbotsaas/chatbotd/events"
+	"github.com/chatbotsaas/chatbotd/events/eventstore"
 	"github.com/chatbotsaas/chatbotd/internal/broker"
 	"github.com/chatbotsaas/chatbotd/internal/testenv"
 	"github.com/chatbotsaas/chatbotd/projections"
@@ -27,14 +28,14 @@ func TestAuditEveryEventTypeExactlyOnceOverRabbitMQ(t *testing.T) {
 	d := testenv.MustDatabase(t)
 	a := testenv.MustAMQP(t)
 	a.Queue(projections.AuditName)
-	store := events.NewStore(d.Pool)
+	store := eventstore.NewStore(d.Pool)
 	conn := broker.Dial(a.URL, testenv.Logger(t))
 	defer conn.Close()
 
 	runner, err := projections.NewRunner(d.Pool, conn, projections.Audit{}, projections.Config{
 		Exchange: a.Exchange, QueuePrefix: a.QueuePrefix, Logger: testenv.Logger(t)})
 	require.NoError(t, err)
-	relay, err := events.NewRelay(d.Pool, conn, events.RelayConfig{Exchange: a.Exchange, Queues: []broker.QueueSpec{runner.Queue()},
+	relay, err := eventstore.NewRelay(d.Pool, conn, eventstore.RelayConfig{Exchange: a.Exchange, Queues: []broker.QueueSpec{runner.Queue()},
 		Logger: testenv.Logger(t)})
 	require.NoError(t, err)
 
@@ -43,7 +44,7 @@ func TestAuditEveryEventTypeExactlyOnceOverRabbitMQ(t *testing.T) {
 	for i, spec := range catalog {
 		org := orgs[i%2]
 		actor := uuid.New()
-		_, err := store.Append(ctx, events.AppendRequest{StreamType: events.StreamTypeOf(spec.Type), StreamID: uuid.New(),
+		_, err := store.Append(ctx, eventstore.AppendRequest{StreamType: events.StreamTypeOf(spec.Type), StreamID: uuid.New(),
 			OrganizationID: &org, Events: []events.Event{spec.Zero()},
 			Meta: events.Meta{Actor: events.Actor{Type: events.ActorUser, ID: &actor}, RequestID: "req-" + spec.Type,
 				Metadata: events.Metadata{IPAddress: "203.0.113.9", UserAgent: "audit-test/1.0"}}})
@@ -64,7 +65,7 @@ func TestAuditEveryEventTypeExactlyOnceOverRabbitMQ(t *testing.T) {
 	})
 
 	// Deliver everything again, straight to the queue.
-	all, _, err := events.ReadHistory(ctx, d.Pool, events.HistoryFilter{}, events.Checkpoint{}, 1000)
+	all, _, err := eventstore.ReadHistory(ctx, d.Pool, eventstore.HistoryFilter{}, eventstore.Checkpoint{}, 1000)
 	require.NoError(t, err)
 	ch, err := conn.Channel(ctx)
 	require.NoError(t, err)
@@ -83,7 +84,7 @@ func TestAuditEveryEventTypeExactlyOnceOverRabbitMQ(t *testing.T) {
 	// A last event, published after the duplicates are queued: once its entry is there,
 	// the queue (first in, first out) has been worked through.
 	org := orgs[0]
-	_, err = store.Append(ctx, events.AppendRequest{StreamType: events.StreamUser, StreamID: uuid.New(), OrganizationID: &org,
+	_, err = store.Append(ctx, eventstore.AppendRequest{StreamType: events.StreamUser, StreamID: uuid.New(), OrganizationID: &org,
 		Events: []events.Event{events.UserDeleted{}}, Meta: system})
 	require.NoError(t, err)
 	testenv.Eventually(t, 20*time.Second, func() error {
@@ -120,7 +121,7 @@ func TestAuditEveryEventTypeExactlyOnceOverRabbitMQ(t *testing.T) {
 	}
 	// Each entry carries who, from where, on what.
 	var e events.AuditEntry
-	e, err = events.ScanAuditEntry(d.Pool.QueryRow(ctx, `SELECT `+events.AuditColumns+` FROM audit_entries WHERE action = 'user.updated'`))
+	e, err = eventstore.ScanAuditEntry(d.Pool.QueryRow(ctx, `SELECT `+eventstore.AuditColumns+` FROM audit_entries WHERE action = 'user.updated'`))
 	require.NoError(t, err)
 	assert.Equal(t, "user", e.ActorType)
 	assert.NotNil(t, e.ActorID)

@@ -13,6 +13,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/chatbotsaas/chatbotd/events"
+	"github.com/chatbotsaas/chatbotd/events/eventstore"
 	"github.com/chatbotsaas/chatbotd/internal/testenv"
 	"github.com/chatbotsaas/chatbotd/projections"
 )
@@ -50,10 +51,10 @@ func (s *statements) matching(re *regexp.Regexp) []string {
 func TestWorkRowProjectorsNotifyNothingInTheirTransactions(t *testing.T) {
 	ctx := context.Background()
 	d := testenv.MustDatabase(t)
-	store := events.NewStore(d.Pool)
+	store := eventstore.NewStore(d.Pool)
 	mixedHistory(t, store)
 	org, user := uuid.New(), uuid.New()
-	_, err := store.Append(ctx, events.AppendRequest{StreamType: events.StreamUser, StreamID: user, ExpectedVersion: 0,
+	_, err := store.Append(ctx, eventstore.AppendRequest{StreamType: events.StreamUser, StreamID: user, ExpectedVersion: 0,
 		OrganizationID: &org, Meta: system, Events: []events.Event{
 			events.UserCreated{Name: "Nia", Email: "nia@example.com", Roles: []string{"member"}, Status: "active"},
 			events.UserPasswordChanged{}, events.UserRoleAssigned{Role: "viewer"}}})

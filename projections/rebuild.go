@@ -17,6 +17,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/chatbotsaas/chatbotd/events"
+	"github.com/chatbotsaas/chatbotd/events/eventstore"
 	"github.com/chatbotsaas/chatbotd/internal/db"
 )
 
@@ -119,7 +120,7 @@ type shadow struct {
 	schema string
 	quoted string
 	rp     *replayer
-	cp     events.Checkpoint
+	cp     eventstore.Checkpoint
 	prog   Progress
 	size   int
 	report func(phase string)
@@ -169,10 +170,10 @@ func (r *Rebuild) replay(ctx context.Context, prefix string) (*shadow, error) {
 		return nil, err
 	}
 
-	filter := events.HistoryFilter{TypePatterns: p.Bindings()}
+	filter := eventstore.HistoryFilter{TypePatterns: p.Bindings()}
 	start := time.Now()
 	sh.prog = Progress{Projection: name, Phase: "replay"}
-	if sh.prog.Total, err = events.CountHistory(ctx, sh.conn, filter); err != nil {
+	if sh.prog.Total, err = eventstore.CountHistory(ctx, sh.conn, filter); err != nil {
 		return nil, err
 	}
 	sh.report = func(phase string) {
@@ -203,7 +204,7 @@ func (r *Rebuild) replay(ctx context.Context, prefix string) (*shadow, error) {
 // read is one batch of the log and the checkpoint after it.
 type read struct {
 	batch []events.Envelope
-	next  events.Checkpoint
+	next  eventstore.Checkpoint
 	err   error
 }
 
@@ -211,7 +212,7 @@ type read struct {
 // replay: the next batch is read and decoded while PostgreSQL writes this one (on two
 // cores reading was an eighth of a replay's time). The sequence ends after the last batch
 // or an error; stopping early (ctx ending, or the loop left) stops the reader.
-func (r *Rebuild) prefetch(ctx context.Context, filter events.HistoryFilter, cp events.Checkpoint, size int) iter.Seq[read] {
+func (r *Rebuild) prefetch(ctx context.Context, filter eventstore.HistoryFilter, cp eventstore.Checkpoint, size int) iter.Seq[read] {
 	return func(yield func(read) bool) {
 		ctx, cancel := context.WithCancel(ctx)
 		defer cancel()
@@ -219,7 +220,7 @@ func (r *Rebuild) prefetch(ctx context.Context, filter events.HistoryFilter, cp 
 		go func() {
 			defer close(reads)
 			for {
-				batch, next, err := events.ReadHistory(ctx, r.Pool, filter, cp, size)
+				batch, next, err := eventstore.ReadHistory(ctx, r.Pool, filter, cp, size)
 				if err == nil && len(batch) == 0 {
 					return
 				}
@@ -279,9 +280,9 @@ func (r *Rebuild) holdLive(ctx context.Context, sh *shadow, lockTables bool) (pg
 			return fail(err)
 		}
 	}
-	filter := events.HistoryFilter{TypePatterns: p.Bindings()}
+	filter := eventstore.HistoryFilter{TypePatterns: p.Bindings()}
 	for {
-		batch, next, err := events.ReadHistory(ctx, tx, filter, sh.cp, sh.size)
+		batch, next, err := eventstore.ReadHistory(ctx, tx, filter, sh.cp, sh.size)
 		if err != nil {
 			return fail(err)
 		}
@@ -435,7 +436,7 @@ func createIndexes(ctx context.Context, conn *pgx.Conn, shadow string, tables []
 	return nil
 }
 
-func partitionsOf(ctx context.Context, q events.Querier, schema, table string) ([]string, error) {
+func partitionsOf(ctx context.Context, q eventstore.Querier, schema, table string) ([]string, error) {
 	rows, err := q.Query(ctx, `SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
 		WHERE i.inhparent = $1::regclass`, pgx.Identifier{schema, table}.Sanitize())
 	if err != nil {

@@ -16,15 +16,16 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/chatbotsaas/chatbotd/events"
+	"github.com/chatbotsaas/chatbotd/events/eventstore"
 	"github.com/chatbotsaas/chatbotd/internal/broker"
 	"github.com/chatbotsaas/chatbotd/internal/testenv"
 	"github.com/chatbotsaas/chatbotd/projections"
 )
 
 // conversation appends a conversation with n messages, one of them answered.
-func conversation(ctx context.Context, s *events.Store, org uuid.UUID, n int) error {
+func conversation(ctx context.Context, s *eventstore.Store, org uuid.UUID, n int) error {
 	conv, bot := uuid.New(), uuid.New()
-	if _, err := s.Append(ctx, events.AppendRequest{StreamType: events.StreamConversation, StreamID: conv, OrganizationID: &org,
+	if _, err := s.Append(ctx, eventstore.AppendRequest{StreamType: events.StreamConversation, StreamID: conv, OrganizationID: &org,
 		Events: []events.Event{events.ConversationStarted{ChatbotID: bot.String(), Metadata: map[string]any{"channel": "web"}}},
 		Meta:   system}); err != nil {
 		return err
@@ -36,7 +37,7 @@ func conversation(ctx context.Context, s *events.Store, org uuid.UUID, n int) er
 			evs = append(evs, events.MessageReplied{ConversationID: conv.String(), ChatbotID: bot.String(),
 				ReplyID: uuid.NewString(), Content: "answer", Source: "fallback"})
 		}
-		if _, err := s.Append(ctx, events.AppendRequest{StreamType: events.StreamMessage, StreamID: msg, OrganizationID: &org,
+		if _, err := s.Append(ctx, eventstore.AppendRequest{StreamType: events.StreamMessage, StreamID: msg, OrganizationID: &org,
 			Events: evs, Meta: system}); err != nil {
 			return err
 		}
@@ -77,7 +78,7 @@ func TestRebuildWhileWritesContinueEqualsLive(t *testing.T) {
 	defer cancel()
 	d := testenv.MustDatabase(t)
 	a := testenv.MustAMQP(t)
-	store := events.NewStore(d.Pool)
+	store := eventstore.NewStore(d.Pool)
 	conn := broker.Dial(a.URL, testenv.Logger(t))
 	defer conn.Close()
 	org := uuid.New()
@@ -92,7 +93,7 @@ func TestRebuildWhileWritesContinueEqualsLive(t *testing.T) {
 		require.NoError(t, err)
 		runners, queues = append(runners, r), append(queues, r.Queue())
 	}
-	relay, err := events.NewRelay(d.Pool, conn, events.RelayConfig{Exchange: a.Exchange, Queues: queues, Logger: testenv.Logger(t)})
+	relay, err := eventstore.NewRelay(d.Pool, conn, eventstore.RelayConfig{Exchange: a.Exchange, Queues: queues, Logger: testenv.Logger(t)})
 	require.NoError(t, err)
 	go relay.Run(ctx)
 	for _, r := range runners {
@@ -130,10 +131,10 @@ func TestRebuildWhileWritesContinueEqualsLive(t *testing.T) {
 					WHERE c.organization_id = $1`, org).Scan(&n)
 				if err == nil {
 					var rows pgx.Rows
-					rows, err = d.Pool.Query(ctx, `SELECT `+events.AuditColumns+` FROM audit_entries WHERE organization_id = $1
+					rows, err = d.Pool.Query(ctx, `SELECT `+eventstore.AuditColumns+` FROM audit_entries WHERE organization_id = $1
 						ORDER BY occurred_at DESC, position DESC LIMIT 15`, org)
 					if err == nil {
-						_, err = pgx.CollectRows(rows, func(r pgx.CollectableRow) (events.AuditEntry, error) { return events.ScanAuditEntry(r) })
+						_, err = pgx.CollectRows(rows, func(r pgx.CollectableRow) (events.AuditEntry, error) { return eventstore.ScanAuditEntry(r) })
 					}
 				}
 				queries.Add(1)
@@ -178,7 +179,7 @@ func TestRebuildWhileWritesContinueEqualsLive(t *testing.T) {
 	})
 	ref := testenv.MustDatabase(t)
 	copyAllEvents(t, d.Pool, ref.Pool)
-	all, _, err := events.ReadHistory(ctx, ref.Pool, events.HistoryFilter{}, events.Checkpoint{}, 1<<20)
+	all, _, err := eventstore.ReadHistory(ctx, ref.Pool, eventstore.HistoryFilter{}, eventstore.Checkpoint{}, 1<<20)
 	require.NoError(t, err)
 	for _, p := range live {
 		_, err := projections.ApplyBatch(ctx, ref.Pool, p, all)
@@ -238,11 +239,11 @@ func deref(s *string) string {
 func TestConversationsShuffledDeliveryEqualsOrderly(t *testing.T) {
 	ctx := context.Background()
 	orderly := testenv.MustDatabase(t)
-	store := events.NewStore(orderly.Pool)
+	store := eventstore.NewStore(orderly.Pool)
 	for range 6 {
 		require.NoError(t, conversation(ctx, store, uuid.New(), 4))
 	}
-	all, _, err := events.ReadHistory(ctx, orderly.Pool, events.HistoryFilter{}, events.Checkpoint{}, 1000)
+	all, _, err := eventstore.ReadHistory(ctx, orderly.Pool, eventstore.HistoryFilter{}, eventstore.Checkpoint{}, 1000)
 	require.NoError(t, err)
 	for _, e := range all {
 		_, err := projections.ApplyBatch(ctx, orderly.Pool, projections.Conversations{}, []events.Envelope{e})
@@ -269,7 +270,7 @@ func TestConversationsShuffledDeliveryEqualsOrderly(t *testing.T) {
 func TestVerifyComparesWithAReplay(t *testing.T) {
 	ctx := context.Background()
 	d := testenv.MustDatabase(t)
-	store := events.NewStore(d.Pool)
+	store := eventstore.NewStore(d.Pool)
 	for range 5 {
 		require.NoError(t, conversation(ctx, store, uuid.New(), 3))
 	}

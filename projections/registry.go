@@ -6,6 +6,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/chatbotsaas/chatbotd/events"
+	"github.com/chatbotsaas/chatbotd/events/eventstore"
 	"github.com/chatbotsaas/chatbotd/internal/cache"
 )
 
@@ -14,7 +15,7 @@ import (
 type Deps struct {
 	Pool   *pgxpool.Pool
 	Cache  *cache.Cache
-	Store  *events.Store
+	Store  *eventstore.Store
 	Logger *slog.Logger
 }
 

@@ -10,6 +10,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/chatbotsaas/chatbotd/events"
+	"github.com/chatbotsaas/chatbotd/events/eventstore"
 )
 
 // ResponderName is the knowledge-base responder's name (its queue is chatbotd.responder).
@@ -28,7 +29,7 @@ func ReplyID(message uuid.UUID) uuid.UUID { return uuid.NewSHA1(replyNamespace, 
 // answered once however often it is delivered, and a crash before the commit leaves it
 // to be answered on redelivery.
 type Responder struct {
-	Store *events.Store
+	Store *eventstore.Store
 }
 
 func (Responder) Name() string { return ResponderName }
@@ -93,7 +94,7 @@ func (r Responder) Apply(ctx context.Context, tx pgx.Tx, e events.Envelope) erro
 		}
 		out = reply
 	}
-	_, err = r.Store.AppendTx(ctx, tx, events.AppendRequest{StreamType: events.StreamMessage, StreamID: e.StreamID,
+	_, err = r.Store.AppendTx(ctx, tx, eventstore.AppendRequest{StreamType: events.StreamMessage, StreamID: e.StreamID,
 		ExpectedVersion: e.StreamVersion, OrganizationID: e.OrganizationID, Events: []events.Event{out}, Meta: meta})
 	return err
 }
@@ -106,7 +107,7 @@ func (r Responder) DeadLettered(ctx context.Context, e events.Envelope, cause er
 	if err != nil || !ok {
 		return
 	}
-	_, _ = r.Store.Append(ctx, events.AppendRequest{StreamType: events.StreamMessage, StreamID: e.StreamID,
+	_, _ = r.Store.Append(ctx, eventstore.AppendRequest{StreamType: events.StreamMessage, StreamID: e.StreamID,
 		ExpectedVersion: e.StreamVersion, OrganizationID: e.OrganizationID,
 		Events: []events.Event{events.MessageFailed{ConversationID: posted.ConversationID, ChatbotID: posted.ChatbotID,
 			Code: events.FailureUndeliverable, Reason: "the message could not be answered"}},
@@ -127,9 +128,9 @@ type botState struct {
 }
 
 // chatbotState folds the chatbot's stream (authoritative, and short).
-func chatbotState(ctx context.Context, q events.Querier, id uuid.UUID) (botState, error) {
+func chatbotState(ctx context.Context, q eventstore.Querier, id uuid.UUID) (botState, error) {
 	var b botState
-	envs, err := events.ReadStream(ctx, q, id, 1, 0)
+	envs, err := eventstore.ReadStream(ctx, q, id, 1, 0)
 	if err != nil {
 		return b, err
 	}

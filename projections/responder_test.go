@@ -10,6 +10,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/chatbotsaas/chatbotd/events"
+	"github.com/chatbotsaas/chatbotd/events/eventstore"
 	"github.com/chatbotsaas/chatbotd/internal/testenv"
 	"github.com/chatbotsaas/chatbotd/projections"
 )
@@ -17,11 +18,11 @@ import (
 func TestResponderAnswersOnce(t *testing.T) {
 	ctx := context.Background()
 	d := testenv.MustDatabase(t)
-	store := events.NewStore(d.Pool)
+	store := eventstore.NewStore(d.Pool)
 	defer store.Close()
 	org, bot, conv := uuid.New(), uuid.New(), uuid.New()
 	appendOne := func(stype string, id uuid.UUID, ev events.Event) events.Envelope {
-		_, err := store.Append(ctx, events.AppendRequest{StreamType: stype, StreamID: id, ExpectedVersion: events.AnyVersion,
+		_, err := store.Append(ctx, eventstore.AppendRequest{StreamType: stype, StreamID: id, ExpectedVersion: eventstore.AnyVersion,
 			OrganizationID: &org, Events: []events.Event{ev}, Meta: system})
 		require.NoError(t, err)
 		envs, err := store.ReadStream(ctx, id, 1, 0)

@@ -18,6 +18,7 @@ import (
 	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/chatbotsaas/chatbotd/events"
+	"github.com/chatbotsaas/chatbotd/events/eventstore"
 	"github.com/chatbotsaas/chatbotd/internal/broker"
 	"github.com/chatbotsaas/chatbotd/internal/db"
 	"github.com/chatbotsaas/chatbotd/internal/faults"
@@ -91,14 +92,14 @@ func (c *Config) setDefaults() {
 // Runner consumes one projector's queue.
 type Runner struct {
 	pool   *pgxpool.Pool
-	broker events.Channeler
+	broker eventstore.Channeler
 	p      Projector
 	cfg    Config
 	log    *slog.Logger
 }
 
 // NewRunner returns a runner for p; Run starts it.
-func NewRunner(pool *pgxpool.Pool, b events.Channeler, p Projector, cfg Config) (*Runner, error) {
+func NewRunner(pool *pgxpool.Pool, b eventstore.Channeler, p Projector, cfg Config) (*Runner, error) {
 	cfg.setDefaults()
 	if cfg.Exchange == "" {
 		return nil, errors.New("projections: Exchange is required")
@@ -387,7 +388,7 @@ func applyInOrder(ctx context.Context, tx pgx.Tx, p Projector, envs []events.Env
 			continue // a duplicate, or already applied
 		}
 		if e.StreamVersion > cur+1 {
-			missing, err := events.ReadStream(ctx, tx, s, cur+1, e.StreamVersion-1)
+			missing, err := eventstore.ReadStream(ctx, tx, s, cur+1, e.StreamVersion-1)
 			if err != nil {
 				return nil, err
 			}

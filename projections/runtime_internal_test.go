@@ -10,6 +10,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/chatbotsaas/chatbotd/events"
+	"github.com/chatbotsaas/chatbotd/events/eventstore"
 	"github.com/chatbotsaas/chatbotd/internal/testenv"
 )
 
@@ -29,19 +30,19 @@ func (c *counting) Apply(context.Context, pgx.Tx, events.Envelope) error {
 func TestBatchWritesEachStreamRowOnce(t *testing.T) {
 	ctx := context.Background()
 	d := testenv.MustDatabase(t)
-	store := events.NewStore(d.Pool)
+	store := eventstore.NewStore(d.Pool)
 	org := uuid.New()
 	meta := events.Meta{Actor: events.Actor{Type: events.ActorSystem}}
 	stream := func(n int) []events.Envelope {
 		t.Helper()
 		id := uuid.New()
 		for i := range n {
-			_, err := store.Append(ctx, events.AppendRequest{StreamType: events.StreamUser, StreamID: id, ExpectedVersion: i,
+			_, err := store.Append(ctx, eventstore.AppendRequest{StreamType: events.StreamUser, StreamID: id, ExpectedVersion: i,
 				OrganizationID: &org, Events: []events.Event{events.UserUpdated{Changes: map[string]events.Change{
 					"name": {Old: "a", New: "b"}}}}, Meta: meta})
 			require.NoError(t, err)
 		}
-		envs, err := events.ReadStream(ctx, d.Pool, id, 1, n)
+		envs, err := eventstore.ReadStream(ctx, d.Pool, id, 1, n)
 		require.NoError(t, err)
 		require.Len(t, envs, n)
 		return envs

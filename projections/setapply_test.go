@@ -13,6 +13,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/chatbotsaas/chatbotd/events"
+	"github.com/chatbotsaas/chatbotd/events/eventstore"
 	"github.com/chatbotsaas/chatbotd/internal/testenv"
 	"github.com/chatbotsaas/chatbotd/projections"
 )
@@ -24,14 +25,14 @@ type oneByOne struct{ projections.Projector }
 // between the events that end a run: accounts, chatbots with their knowledge, a
 // subscription that starts, then stops, matching; conversations whose messages are
 // posted, answered and failed.
-func mixedHistory(t *testing.T, s *events.Store) []events.Envelope {
+func mixedHistory(t *testing.T, s *eventstore.Store) []events.Envelope {
 	t.Helper()
 	ctx := context.Background()
 	history(t, s)
 	org := uuid.New()
 	must := func(stype string, id uuid.UUID, evs ...events.Event) {
 		t.Helper()
-		_, err := s.Append(ctx, events.AppendRequest{StreamType: stype, StreamID: id, ExpectedVersion: events.AnyVersion,
+		_, err := s.Append(ctx, eventstore.AppendRequest{StreamType: stype, StreamID: id, ExpectedVersion: eventstore.AnyVersion,
 			OrganizationID: &org, Events: evs, Meta: system})
 		require.NoError(t, err)
 	}
@@ -92,7 +93,7 @@ func deliveries(t *testing.T, pool *pgxpool.Pool) []string {
 func TestApplySetEqualsApplyOneByOne(t *testing.T) {
 	ctx := context.Background()
 	ref := testenv.MustDatabase(t)
-	all := mixedHistory(t, events.NewStore(ref.Pool))
+	all := mixedHistory(t, eventstore.NewStore(ref.Pool))
 	set := testenv.MustDatabase(t)
 	copyAllEvents(t, ref.Pool, set.Pool)
 	batches := testenv.MustDatabase(t)
@@ -171,7 +172,7 @@ func (r *recordingSet) ApplySet(ctx context.Context, tx pgx.Tx, envs []events.En
 func TestRuntimeGivesApplySetTheBatchInApplyOrder(t *testing.T) {
 	ctx := context.Background()
 	d := testenv.MustDatabase(t)
-	store := events.NewStore(d.Pool)
+	store := eventstore.NewStore(d.Pool)
 	for range 2 {
 		require.NoError(t, conversation(ctx, store, uuid.New(), 2))
 	}

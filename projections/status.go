@@ -10,6 +10,7 @@ import (
 	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/chatbotsaas/chatbotd/events"
+	"github.com/chatbotsaas/chatbotd/events/eventstore"
 	"github.com/chatbotsaas/chatbotd/internal/broker"
 	"github.com/chatbotsaas/chatbotd/internal/db"
 )
@@ -47,7 +48,7 @@ type Status struct {
 // Statuses reads every tracked consumer's status: positions from the database, queue
 // depths from the broker. A broker that does not answer within ctx leaves the broker's
 // figures nil; a database error is returned.
-func Statuses(ctx context.Context, pool *pgxpool.Pool, b events.Channeler, tracked []Tracked) ([]Status, error) {
+func Statuses(ctx context.Context, pool *pgxpool.Pool, b eventstore.Channeler, tracked []Tracked) ([]Status, error) {
 	type row struct {
 		position      int64
 		lastEventAt   time.Time
@@ -99,7 +100,7 @@ type depth struct{ queued, consumers, dead int }
 // queueDepths asks the broker for each queue's ready messages and consumers and for its
 // dead-letter queue's messages, by passive declarations (a queue not declared yet counts
 // as empty). It gives up, returning what it has, when the broker does not answer.
-func queueDepths(ctx context.Context, b events.Channeler, tracked []Tracked) map[string]depth {
+func queueDepths(ctx context.Context, b eventstore.Channeler, tracked []Tracked) map[string]depth {
 	out := map[string]depth{}
 	var ch *amqp.Channel
 	defer func() {
@@ -198,7 +199,7 @@ type DeadLetter struct {
 // ListDeadLetters returns up to limit messages of q's dead-letter queue, oldest first,
 // and leaves them there: they are taken unacknowledged and returned when the channel
 // closes.
-func ListDeadLetters(ctx context.Context, b events.Channeler, q broker.QueueSpec, limit int) ([]DeadLetter, error) {
+func ListDeadLetters(ctx context.Context, b eventstore.Channeler, q broker.QueueSpec, limit int) ([]DeadLetter, error) {
 	ch, err := b.Channel(ctx)
 	if err != nil {
 		return nil, err
@@ -257,7 +258,7 @@ func deadLetterOf(m amqp.Delivery) DeadLetter {
 // default exchange, so no other consumer gets them again), each confirmed by the broker
 // before it leaves the dead-letter queue. The projector dedupes what it already applied.
 // It returns how many it moved.
-func Redrive(ctx context.Context, b events.Channeler, q broker.QueueSpec, limit int) (int, error) {
+func Redrive(ctx context.Context, b eventstore.Channeler, q broker.QueueSpec, limit int) (int, error) {
 	ch, err := b.Channel(ctx)
 	if err != nil {
 		return 0, err

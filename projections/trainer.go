@@ -8,6 +8,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/chatbotsaas/chatbotd/events"
+	"github.com/chatbotsaas/chatbotd/events/eventstore"
 )
 
 // TrainerName is the trainer's name (its queue is chatbotd.trainer).
@@ -18,7 +19,7 @@ const TrainerName = "trainer"
 // training.completed event it appends, so the index and the event exist together and
 // once. A request that a newer one superseded is skipped.
 type Trainer struct {
-	Store *events.Store
+	Store *eventstore.Store
 }
 
 func (Trainer) Name() string { return TrainerName }
@@ -48,7 +49,7 @@ func (t Trainer) Apply(ctx context.Context, tx pgx.Tx, e events.Envelope) error 
 	}
 	var history []events.Envelope
 	if req.KnowledgeVersion > 0 { // 0: an empty knowledge base, an empty index
-		if history, err = events.ReadStream(ctx, tx, events.KnowledgeStreamID(chatbot), 1, req.KnowledgeVersion); err != nil {
+		if history, err = eventstore.ReadStream(ctx, tx, events.KnowledgeStreamID(chatbot), 1, req.KnowledgeVersion); err != nil {
 			return err
 		}
 	}
@@ -85,7 +86,7 @@ func (t Trainer) Apply(ctx context.Context, tx pgx.Tx, e events.Envelope) error 
 		chatbot, ids, questions, answers); err != nil {
 		return err
 	}
-	_, err = t.Store.AppendTx(ctx, tx, events.AppendRequest{StreamType: events.StreamTraining, StreamID: e.StreamID,
+	_, err = t.Store.AppendTx(ctx, tx, eventstore.AppendRequest{StreamType: events.StreamTraining, StreamID: e.StreamID,
 		ExpectedVersion: e.StreamVersion, OrganizationID: e.OrganizationID,
 		Events: []events.Event{events.TrainingCompleted{ChatbotID: req.ChatbotID, Entries: len(entries), KnowledgeVersion: req.KnowledgeVersion}},
 		Meta:   events.CausedBy(e)})
@@ -105,7 +106,7 @@ func (t Trainer) DeadLettered(ctx context.Context, e events.Envelope, cause erro
 	if err != nil || !ok {
 		return
 	}
-	_, _ = t.Store.Append(ctx, events.AppendRequest{StreamType: events.StreamTraining, StreamID: e.StreamID,
+	_, _ = t.Store.Append(ctx, eventstore.AppendRequest{StreamType: events.StreamTraining, StreamID: e.StreamID,
 		ExpectedVersion: e.StreamVersion, OrganizationID: e.OrganizationID,
 		Events: []events.Event{events.TrainingFailed{ChatbotID: req.ChatbotID, Reason: "building the index failed"}},
 		Meta:   events.CausedBy(e)})

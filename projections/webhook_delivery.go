@@ -20,6 +20,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/chatbotsaas/chatbotd/events"
+	"github.com/chatbotsaas/chatbotd/events/eventstore"
 	"github.com/chatbotsaas/chatbotd/internal/metrics"
 	"github.com/chatbotsaas/chatbotd/internal/secretbox"
 )
@@ -44,7 +45,7 @@ import (
 //     envelope's id (also in X-Event-ID).
 type WebhookDeliverer struct {
 	Pool         *pgxpool.Pool
-	Store        *events.Store
+	Store        *eventstore.Store
 	Box          *secretbox.Box
 	Client       *http.Client
 	Timeout      time.Duration // the client's; a claim's lease is longer
@@ -418,7 +419,7 @@ func (d *WebhookDeliverer) disable(ctx context.Context, tx pgx.Tx, c claimedDeli
 	if err != nil {
 		return err
 	}
-	_, err = d.Store.AppendTx(ctx, sp, events.AppendRequest{StreamType: events.StreamWebhook, StreamID: c.webhook,
+	_, err = d.Store.AppendTx(ctx, sp, eventstore.AppendRequest{StreamType: events.StreamWebhook, StreamID: c.webhook,
 		ExpectedVersion: version, OrganizationID: &c.org,
 		Events: []events.Event{events.WebhookDisabled{Reason: fmt.Sprintf("%d consecutive failed deliveries", failures),
 			ConsecutiveFailures: failures, LastError: lastError}},

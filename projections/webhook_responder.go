@@ -22,6 +22,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/chatbotsaas/chatbotd/events"
+	"github.com/chatbotsaas/chatbotd/events/eventstore"
 	"github.com/chatbotsaas/chatbotd/internal/apperr"
 	"github.com/chatbotsaas/chatbotd/internal/netguard"
 	"github.com/chatbotsaas/chatbotd/internal/secretbox"
@@ -52,7 +53,7 @@ func WebhookClient(guard netguard.Guard, timeout time.Duration) *http.Client {
 // stream, so a message gets one answer even when it is delivered or handled twice (the
 // URL may then be called twice: at least once, answered once).
 type WebhookResponder struct {
-	Store    *events.Store
+	Store    *eventstore.Store
 	Pool     *pgxpool.Pool
 	Box      *secretbox.Box
 	Client   *http.Client
@@ -135,7 +136,7 @@ func (w WebhookResponder) Handle(msg *message.Message) error {
 // answer appends the reply or failure as version 2; a conflict means another worker
 // answered first, which is fine.
 func (w WebhookResponder) answer(ctx context.Context, e events.Envelope, out events.Event) error {
-	_, err := w.Store.Append(ctx, events.AppendRequest{StreamType: events.StreamMessage, StreamID: e.StreamID,
+	_, err := w.Store.Append(ctx, eventstore.AppendRequest{StreamType: events.StreamMessage, StreamID: e.StreamID,
 		ExpectedVersion: 1, OrganizationID: e.OrganizationID, Events: []events.Event{out},
 		Meta: events.CausedBy(e)})
 	if apperr.CodeOf(err) == apperr.CodeConflict {
@@ -144,7 +145,7 @@ func (w WebhookResponder) answer(ctx context.Context, e events.Envelope, out eve
 	return err
 }
 
-func conversationMetadata(ctx context.Context, store *events.Store, conversation string) (map[string]any, error) {
+func conversationMetadata(ctx context.Context, store *eventstore.Store, conversation string) (map[string]any, error) {
 	id, err := uuid.Parse(conversation)
 	if err != nil {
 		return nil, err

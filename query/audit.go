@@ -16,6 +16,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/chatbotsaas/chatbotd/events"
+	"github.com/chatbotsaas/chatbotd/events/eventstore"
 	"github.com/chatbotsaas/chatbotd/internal/apperr"
 	"github.com/chatbotsaas/chatbotd/internal/auth"
 	"github.com/chatbotsaas/chatbotd/internal/httpx"
@@ -95,9 +96,9 @@ func (h *HTTP) listAuditLogs(c *gin.Context) {
 		httpx.Fail(c, err)
 		return
 	}
-	respondPage(c, h, "Audit logs", listQuery{from: "audit_entries", columns: events.AuditColumns,
+	respondPage(c, h, "Audit logs", listQuery{from: "audit_entries", columns: eventstore.AuditColumns,
 		where: strings.Join(where, " AND "), order: auditOrder, args: args, page: page, perPage: perPage},
-		func(r pgx.CollectableRow) (events.AuditEntry, error) { return events.ScanAuditEntry(r) })
+		func(r pgx.CollectableRow) (events.AuditEntry, error) { return eventstore.ScanAuditEntry(r) })
 }
 
 // exportPage is how many entries an export reads per query. Pages follow each other by
@@ -179,12 +180,12 @@ func (h *HTTP) auditPage(c *gin.Context, where []string, args []any, after *even
 		a = append(append([]any{}, args...), after.OccurredAt, after.Position)
 		w = append(append([]string{}, where...), fmt.Sprintf("(occurred_at, position) < ($%d, $%d)", len(a)-1, len(a)))
 	}
-	rows, err := h.read.Query(c.Request.Context(), `SELECT `+events.AuditColumns+` FROM audit_entries WHERE `+
+	rows, err := h.read.Query(c.Request.Context(), `SELECT `+eventstore.AuditColumns+` FROM audit_entries WHERE `+
 		strings.Join(w, " AND ")+` ORDER BY `+auditOrder+` LIMIT `+strconv.Itoa(exportPage), a...)
 	if err != nil {
 		return nil, err
 	}
-	return pgx.CollectRows(rows, func(r pgx.CollectableRow) (events.AuditEntry, error) { return events.ScanAuditEntry(r) })
+	return pgx.CollectRows(rows, func(r pgx.CollectableRow) (events.AuditEntry, error) { return eventstore.ScanAuditEntry(r) })
 }
 
 var auditCSVHeader = []string{"id", "action", "actor_type", "actor_id", "subject_type", "subject_id", "organization_id",
@@ -230,7 +231,7 @@ func (h *HTTP) listEvents(c *gin.Context) {
 	}
 	f := apperr.Fields{}
 	org := principal(c).OrganizationID
-	filter := events.HistoryFilter{Organization: &org}
+	filter := eventstore.HistoryFilter{Organization: &org}
 	limit := 1000
 	if v := c.Query("limit"); v != "" {
 		n, err := strconv.Atoi(v)
@@ -268,10 +269,10 @@ func (h *HTTP) listEvents(c *gin.Context) {
 		return
 	}
 	ctx := c.Request.Context()
-	var cp events.Checkpoint
+	var cp eventstore.Checkpoint
 	if after > 0 {
 		var err error
-		if cp, err = events.ResumeAfter(ctx, h.read, after, &org); errors.Is(err, events.ErrUnknownPosition) {
+		if cp, err = eventstore.ResumeAfter(ctx, h.read, after, &org); errors.Is(err, eventstore.ErrUnknownPosition) {
 			httpx.Fail(c, apperr.Invalid("after", "is not the position of an event of this organization"))
 			return
 		} else if err != nil {
@@ -279,7 +280,7 @@ func (h *HTTP) listEvents(c *gin.Context) {
 			return
 		}
 	}
-	batch, next, err := events.ReadHistory(ctx, h.read, filter, cp, min(limit, 1000))
+	batch, next, err := eventstore.ReadHistory(ctx, h.read, filter, cp, min(limit, 1000))
 	if err != nil {
 		httpx.Fail(c, err)
 		return
@@ -300,7 +301,7 @@ func (h *HTTP) listEvents(c *gin.Context) {
 		if sent >= limit || len(batch) < min(limit, 1000) {
 			break
 		}
-		if batch, next, err = events.ReadHistory(ctx, h.read, filter, next, min(limit-sent, 1000)); err != nil {
+		if batch, next, err = eventstore.ReadHistory(ctx, h.read, filter, next, min(limit-sent, 1000)); err != nil {
 			httpx.NoteError(c, fmt.Errorf("event replay interrupted: %w", err))
 			_ = bw.Flush()
 			panic(http.ErrAbortHandler)
@@ -315,7 +316,7 @@ func (h *HTTP) verifyAuditLogs(c *gin.Context) {
 	if !allowed(c, auth.AuditRead) {
 		return
 	}
-	rep, err := events.VerifyChain(c.Request.Context(), h.primary, principal(c).OrganizationID, h.chainKey)
+	rep, err := eventstore.VerifyChain(c.Request.Context(), h.primary, principal(c).OrganizationID, h.chainKey)
 	if err != nil {
 		httpx.Fail(c, err)
 		return

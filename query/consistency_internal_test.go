@@ -13,6 +13,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/chatbotsaas/chatbotd/events"
+	"github.com/chatbotsaas/chatbotd/events/eventstore"
 	"github.com/chatbotsaas/chatbotd/internal/auth"
 	"github.com/chatbotsaas/chatbotd/internal/readmodel"
 	"github.com/chatbotsaas/chatbotd/internal/testenv"
@@ -25,7 +26,7 @@ func TestConsistencyWaitsAreBoundedPerProcess(t *testing.T) {
 	ctx := context.Background()
 	d := testenv.MustDatabase(t)
 	org, bot := uuid.New(), uuid.New()
-	tok, err := events.NewStore(d.Pool).Append(ctx, events.AppendRequest{StreamType: events.StreamChatbot, StreamID: bot,
+	tok, err := eventstore.NewStore(d.Pool).Append(ctx, eventstore.AppendRequest{StreamType: events.StreamChatbot, StreamID: bot,
 		ExpectedVersion: 0, OrganizationID: &org, Meta: events.Meta{Actor: events.Actor{Type: events.ActorSystem}},
 		Events: []events.Event{events.ChatbotCreated{Name: "Bot", Responder: events.Responder{Type: "knowledge_base"}}}})
 	require.NoError(t, err)

@@ -15,6 +15,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/chatbotsaas/chatbotd/events"
+	"github.com/chatbotsaas/chatbotd/events/eventstore"
 	"github.com/chatbotsaas/chatbotd/projections"
 )
 
@@ -104,7 +105,7 @@ func auditFigures(ctx context.Context, o options, report *strings.Builder) error
 	if err != nil {
 		return err
 	}
-	chainer := &events.Chainer{Pool: pool, Key: key, BatchSize: 2000}
+	chainer := &eventstore.Chainer{Pool: pool, Key: key, BatchSize: 2000}
 	start = time.Now()
 	linked := 0
 	for {
@@ -145,7 +146,7 @@ func auditFigures(ctx context.Context, o options, report *strings.Builder) error
 	}
 
 	start = time.Now()
-	rep, err := events.VerifyChain(ctx, pool, org, key)
+	rep, err := eventstore.VerifyChain(ctx, pool, org, key)
 	if err != nil {
 		return err
 	}
@@ -245,7 +246,7 @@ func copyOutRate(ctx context.Context, pool *pgxpool.Pool, org string) (float64, 
 	}
 	defer conn.Release()
 	start := time.Now()
-	tag, err := conn.Conn().PgConn().CopyTo(ctx, io.Discard, `COPY (SELECT `+events.AuditColumns+` FROM audit_entries
+	tag, err := conn.Conn().PgConn().CopyTo(ctx, io.Discard, `COPY (SELECT `+eventstore.AuditColumns+` FROM audit_entries
 		WHERE organization_id = '`+id.String()+`' ORDER BY occurred_at DESC, position DESC) TO STDOUT (FORMAT csv)`)
 	if err != nil {
 		return 0, err

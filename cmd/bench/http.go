@@ -16,7 +16,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/redis/go-redis/v9"
 
-	"github.com/chatbotsaas/chatbotd/events"
+	"github.com/chatbotsaas/chatbotd/events/eventstore"
 	"github.com/chatbotsaas/chatbotd/internal/db"
 )
 
@@ -261,7 +261,7 @@ func settle(ctx context.Context, pool *pgxpool.Pool, queuePrefix string) error {
 	err := waitFor(ctx, 5*time.Minute, func() (bool, error) {
 		// Behind in the relay's order (transaction id, then position), not by position alone:
 		// the highest position may belong to an earlier transaction, already published.
-		if relay, err := events.RelayLag(ctx, pool, ""); err != nil || relay.Behind > 0 {
+		if relay, err := eventstore.RelayLag(ctx, pool, ""); err != nil || relay.Behind > 0 {
 			return false, err
 		}
 		out, err := exec.CommandContext(ctx, "rabbitmqctl", "list_queues", "-q", "name", "messages").Output()

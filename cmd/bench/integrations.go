@@ -19,6 +19,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/chatbotsaas/chatbotd/events"
+	"github.com/chatbotsaas/chatbotd/events/eventstore"
 	"github.com/chatbotsaas/chatbotd/internal/netguard"
 	"github.com/chatbotsaas/chatbotd/internal/secretbox"
 	"github.com/chatbotsaas/chatbotd/projections"
@@ -42,9 +43,9 @@ func integrationFigures(ctx context.Context, o options, report *strings.Builder)
 	}
 	total := conversations * (1 + perConv)
 	var all []events.Envelope
-	cp := events.Checkpoint{}
+	cp := eventstore.Checkpoint{}
 	for {
-		batch, next, err := events.ReadHistory(ctx, pool, events.HistoryFilter{}, cp, 10000)
+		batch, next, err := eventstore.ReadHistory(ctx, pool, eventstore.HistoryFilter{}, cp, 10000)
 		if err != nil {
 			return err
 		}
@@ -167,7 +168,7 @@ func webhookFigures(ctx context.Context, pool *pgxpool.Pool, org uuid.UUID, all 
 	if _, err := pool.Exec(ctx, `ANALYZE webhook_deliveries`); err != nil {
 		return err
 	}
-	deliverer := &projections.WebhookDeliverer{Pool: pool, Store: events.NewStore(pool), Box: box, Client: client, Timeout: 10 * time.Second,
+	deliverer := &projections.WebhookDeliverer{Pool: pool, Store: eventstore.NewStore(pool), Box: box, Client: client, Timeout: 10 * time.Second,
 		Workers: workers, Attempts: 12, RetryBase: 30 * time.Second, RetryMax: 6 * time.Hour, DisableAfter: 20,
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
 	received.Store(0)

@@ -33,6 +33,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/chatbotsaas/chatbotd/events"
+	"github.com/chatbotsaas/chatbotd/events/eventstore"
 	"github.com/chatbotsaas/chatbotd/internal/db"
 	"github.com/chatbotsaas/chatbotd/internal/measure"
 )
@@ -328,9 +329,9 @@ func appendFigures(ctx context.Context, pool *pgxpool.Pool, dbURL string, o opti
 		"An append alone is one statement; appends that arrive while others are in flight are committed together (group commit: one version read, one INSERT, one commit for the group, each append keeping its own check and result). ")
 	fmt.Fprint(w, "The baseline is pgbench, in the same run, inserting the same row into the same `events` table, one row per transaction.\n\n")
 	fmt.Fprint(w, "| writers | chatbotd appends/s | without group commit | pgbench inserts/s | ratio | ratio without |\n|---:|---:|---:|---:|---:|---:|\n")
-	store := events.NewStore(pool)
+	store := eventstore.NewStore(pool)
 	defer store.Close()
-	single := events.NewStore(pool)
+	single := eventstore.NewStore(pool)
 	single.DisableGroupCommit()
 	defer single.Close()
 	for _, n := range o.writers {
@@ -355,7 +356,7 @@ func appendFigures(ctx context.Context, pool *pgxpool.Pool, dbURL string, o opti
 	return pgbench32, nil
 }
 
-func appendRate(ctx context.Context, store *events.Store, writers int, d time.Duration) (float64, error) {
+func appendRate(ctx context.Context, store *eventstore.Store, writers int, d time.Duration) (float64, error) {
 	var n atomic.Int64
 	var firstErr error
 	var once sync.Once
@@ -368,7 +369,7 @@ func appendRate(ctx context.Context, store *events.Store, writers int, d time.Du
 		go func() {
 			defer wg.Done()
 			for time.Now().Before(deadline) {
-				_, err := store.Append(ctx, events.AppendRequest{StreamType: events.StreamUser, StreamID: uuid.New(),
+				_, err := store.Append(ctx, eventstore.AppendRequest{StreamType: events.StreamUser, StreamID: uuid.New(),
 					ExpectedVersion: 0, OrganizationID: &org, Meta: events.Meta{Actor: events.Actor{Type: events.ActorSystem}},
 					Events: []events.Event{events.UserCreated{Name: "Bench User", Email: "bench@example.com", Roles: []string{"member"}, Status: "active"}}})
 				if err != nil {

@@ -17,7 +17,7 @@ import (
 	amqp "github.com/rabbitmq/amqp091-go"
 	"github.com/redis/go-redis/v9"
 
-	"github.com/chatbotsaas/chatbotd/events"
+	"github.com/chatbotsaas/chatbotd/events/eventstore"
 	"github.com/chatbotsaas/chatbotd/internal/broker"
 	"github.com/chatbotsaas/chatbotd/internal/cache"
 	"github.com/chatbotsaas/chatbotd/internal/measure"
@@ -71,7 +71,7 @@ func pipelineFigures(ctx context.Context, o options, w io.Writer) error {
 	defer deleteQueues(conn, exchange, queue, baselineQueue)
 
 	// The relay: from its start to its checkpoint at the last event.
-	relay, err := events.NewRelay(pool, conn, events.RelayConfig{Name: "bench-" + suffix, Exchange: exchange, Queues: []broker.QueueSpec{queue}})
+	relay, err := eventstore.NewRelay(pool, conn, eventstore.RelayConfig{Name: "bench-" + suffix, Exchange: exchange, Queues: []broker.QueueSpec{queue}})
 	if err != nil {
 		return err
 	}
@@ -180,9 +180,9 @@ func waitFor(ctx context.Context, limit time.Duration, done func() (bool, error)
 // envelopeBodies reads the first n events of the log and encodes them as the relay does.
 func envelopeBodies(ctx context.Context, pool *pgxpool.Pool, n int) ([][]byte, error) {
 	var bodies [][]byte
-	cp := events.Checkpoint{}
+	cp := eventstore.Checkpoint{}
 	for len(bodies) < n {
-		batch, next, err := events.ReadCommitted(ctx, pool, cp, 10000)
+		batch, next, err := eventstore.ReadCommitted(ctx, pool, cp, 10000)
 		if err != nil {
 			return nil, err
 		}

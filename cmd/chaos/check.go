@@ -13,7 +13,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/redis/go-redis/v9"
 
-	"github.com/chatbotsaas/chatbotd/events"
+	"github.com/chatbotsaas/chatbotd/events/eventstore"
 	"github.com/chatbotsaas/chatbotd/internal/readmodel"
 )
 
@@ -23,7 +23,7 @@ func settle(ctx context.Context, pool *pgxpool.Pool, n names, bound time.Duratio
 	start := time.Now()
 	quiet := 0
 	err := waitFor(ctx, bound, func() (bool, error) {
-		relay, err := events.RelayLag(ctx, pool, "")
+		relay, err := eventstore.RelayLag(ctx, pool, "")
 		if err != nil {
 			quiet = 0
 			return false, nil // the database may be coming back

@@ -12,7 +12,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
-	"github.com/chatbotsaas/chatbotd/events"
+	"github.com/chatbotsaas/chatbotd/events/eventstore"
 	"github.com/chatbotsaas/chatbotd/internal/db"
 )
 
@@ -326,12 +326,12 @@ func diskAlarm(ctx context.Context, r *scenarioRun) error {
 	}
 	// What was in flight when the alarm rose settles; after that nothing is marked sent.
 	sleep(ctx, 3*time.Second)
-	before, err := events.RelayLag(ctx, r.pool, "")
+	before, err := eventstore.RelayLag(ctx, r.pool, "")
 	if err != nil {
 		return err
 	}
 	got := r.during(ctx, 12*time.Second)
-	after, err := events.RelayLag(ctx, r.pool, "")
+	after, err := eventstore.RelayLag(ctx, r.pool, "")
 	if err != nil {
 		return err
 	}

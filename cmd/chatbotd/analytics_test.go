@@ -13,6 +13,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/chatbotsaas/chatbotd/events"
+	"github.com/chatbotsaas/chatbotd/events/eventstore"
 	"github.com/chatbotsaas/chatbotd/internal/testenv"
 )
 
@@ -168,8 +169,8 @@ func TestAnalyticsOverviewMatchesAHandComputedScenario(t *testing.T) {
 	assert.Equal(t, events.FailureChatbotDeleted, *code)
 
 	// Duplicates, straight to the analytics queue: nothing changes.
-	hist, _, err := events.ReadHistory(context.Background(), a.db.Pool, events.HistoryFilter{Organization: &org,
-		TypePatterns: []string{"conversation.*", "message.*"}}, events.Checkpoint{}, 1000)
+	hist, _, err := eventstore.ReadHistory(context.Background(), a.db.Pool, eventstore.HistoryFilter{Organization: &org,
+		TypePatterns: []string{"conversation.*", "message.*"}}, eventstore.Checkpoint{}, 1000)
 	require.NoError(t, err)
 	require.Len(t, hist, 3+8*2)
 	a.redeliver("analytics", hist)

@@ -15,6 +15,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/chatbotsaas/chatbotd/events"
+	"github.com/chatbotsaas/chatbotd/events/eventstore"
 	"github.com/chatbotsaas/chatbotd/internal/config"
 )
 
@@ -73,7 +74,7 @@ func (m *Main) auditVerify(ctx context.Context, cfg config.Config, logger *slog.
 	var checked int64
 	var bad int
 	for _, org := range orgs {
-		rep, err := events.VerifyChain(ctx, pool, org, key)
+		rep, err := eventstore.VerifyChain(ctx, pool, org, key)
 		if err != nil {
 			return fmt.Errorf("verify %s: %w", org, err)
 		}
@@ -83,7 +84,7 @@ func (m *Main) auditVerify(ctx context.Context, cfg config.Config, logger *slog.
 		}
 		if err := enc.Encode(struct {
 			OrganizationID uuid.UUID `json:"organization_id"`
-			events.VerifyReport
+			eventstore.VerifyReport
 		}{org, rep}); err != nil {
 			return err
 		}
@@ -156,13 +157,13 @@ func exportOld(ctx context.Context, tx pgx.Tx, before time.Time, path string) (i
 	var n int64
 	var after int64 = -1
 	for {
-		rows, err := tx.Query(ctx, `SELECT `+events.AuditColumns+` FROM audit_entries WHERE occurred_at < $1 AND position > $2
+		rows, err := tx.Query(ctx, `SELECT `+eventstore.AuditColumns+` FROM audit_entries WHERE occurred_at < $1 AND position > $2
 			ORDER BY position LIMIT 5000`, before, after)
 		if err != nil {
 			f.Close()
 			return n, err
 		}
-		page, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (events.AuditEntry, error) { return events.ScanAuditEntry(r) })
+		page, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (events.AuditEntry, error) { return eventstore.ScanAuditEntry(r) })
 		if err != nil {
 			f.Close()
 			return n, err

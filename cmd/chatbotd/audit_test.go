@@ -20,6 +20,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/chatbotsaas/chatbotd/events"
+	"github.com/chatbotsaas/chatbotd/events/eventstore"
 	"github.com/chatbotsaas/chatbotd/internal/testenv"
 	"github.com/chatbotsaas/chatbotd/projections"
 )
@@ -202,7 +203,7 @@ func TestAuditTrailHistoryAndVerifyEndToEnd(t *testing.T) {
 	a.expectError(req{method: "GET", path: "/api/v1/events?type=user.exploded", token: token}, 422, "VALIDATION_ERROR")
 
 	// Verify: the chain over the organization's history holds...
-	var rep events.VerifyReport
+	var rep eventstore.VerifyReport
 	testenv.Eventually(t, 10*time.Second, func() error {
 		a.expect(req{method: "GET", path: "/api/v1/audit-logs/verify", token: token}, 200).data(t, &rep)
 		if !rep.OK || rep.Checked != int64(orgEvents) {
@@ -265,7 +266,7 @@ func TestAuditPruneExportAndRestore(t *testing.T) {
 	}
 	key := events.ChainKey(bytes.Repeat([]byte("k"), 32))
 	testenv.Eventually(t, 20*time.Second, func() error {
-		n, err := (&events.Chainer{Pool: d.Pool, Key: key}).Step(ctx)
+		n, err := (&eventstore.Chainer{Pool: d.Pool, Key: key}).Step(ctx)
 		if err != nil || n == 0 {
 			var links int
 			_ = d.Pool.QueryRow(ctx, `SELECT count(*) FROM audit_chain`).Scan(&links)
@@ -276,7 +277,7 @@ func TestAuditPruneExportAndRestore(t *testing.T) {
 		}
 		return fmt.Errorf("still linking")
 	})
-	all, _, err := events.ReadHistory(ctx, d.Pool, events.HistoryFilter{}, events.Checkpoint{}, 100)
+	all, _, err := eventstore.ReadHistory(ctx, d.Pool, eventstore.HistoryFilter{}, eventstore.Checkpoint{}, 100)
 	require.NoError(t, err)
 	_, err = projections.ApplyBatch(ctx, d.Pool, projections.Audit{}, all)
 	require.NoError(t, err)

@@ -16,7 +16,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/chatbotsaas/chatbotd/events"
+	"github.com/chatbotsaas/chatbotd/events/eventstore"
 	"github.com/chatbotsaas/chatbotd/internal/testenv"
 )
 
@@ -147,8 +147,8 @@ func TestEmailNotificationsOverSMTPOncePerEvent(t *testing.T) {
 		401, "UNAUTHENTICATED")
 
 	// Every event published again, straight to the notifications queue: no second email.
-	hist, _, err := events.ReadHistory(context.Background(), a.db.Pool, events.HistoryFilter{TypePatterns: []string{"user.*"}},
-		events.Checkpoint{}, 1000)
+	hist, _, err := eventstore.ReadHistory(context.Background(), a.db.Pool, eventstore.HistoryFilter{TypePatterns: []string{"user.*"}},
+		eventstore.Checkpoint{}, 1000)
 	require.NoError(t, err)
 	a.redeliver("notifications", hist)
 	// A marker after them: once its email is in, the duplicates were handled.

@@ -11,7 +11,7 @@ import (
 
 	"github.com/gin-gonic/gin"
 
-	"github.com/chatbotsaas/chatbotd/events"
+	"github.com/chatbotsaas/chatbotd/events/eventstore"
 	"github.com/chatbotsaas/chatbotd/internal/apidoc"
 	"github.com/chatbotsaas/chatbotd/internal/apperr"
 	"github.com/chatbotsaas/chatbotd/internal/auth"
@@ -101,8 +101,8 @@ func (o *operations) metrics(c *gin.Context) {
 
 // Projections is GET /admin/projections: the relay's and every projection's progress.
 type Projections struct {
-	Relay       events.RelayStatus   `json:"relay"`
-	Projections []projections.Status `json:"projections"`
+	Relay       eventstore.RelayStatus `json:"relay"`
+	Projections []projections.Status   `json:"projections"`
 }
 
 // status reads the relay's and the projections' progress; the broker gets 2 s to answer.
@@ -111,7 +111,7 @@ func (d *deps) status(ctx context.Context) (Projections, error) {
 	if err != nil {
 		return Projections{}, err
 	}
-	relay, err := events.RelayLag(ctx, d.pool, "")
+	relay, err := eventstore.RelayLag(ctx, d.pool, "")
 	if err != nil {
 		return Projections{}, err
 	}

@@ -13,6 +13,7 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/chatbotsaas/chatbotd/events"
+	"github.com/chatbotsaas/chatbotd/events/eventstore"
 	"github.com/chatbotsaas/chatbotd/internal/config"
 )
 
@@ -29,7 +30,7 @@ func (m *Main) replay(ctx context.Context, cfg config.Config, logger *slog.Logge
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	var f events.HistoryFilter
+	var f eventstore.HistoryFilter
 	switch *orgFlag {
 	case "":
 	case "none":
@@ -76,9 +77,9 @@ func (m *Main) replay(ctx context.Context, cfg config.Config, logger *slog.Logge
 		return err
 	}
 	defer pool.Close()
-	var cp events.Checkpoint
+	var cp eventstore.Checkpoint
 	if *after > 0 {
-		if cp, err = events.ResumeAfter(ctx, pool, *after, nil); err != nil {
+		if cp, err = eventstore.ResumeAfter(ctx, pool, *after, nil); err != nil {
 			return fmt.Errorf("--after: %w", err)
 		}
 	}
@@ -86,7 +87,7 @@ func (m *Main) replay(ctx context.Context, cfg config.Config, logger *slog.Logge
 	enc := json.NewEncoder(w)
 	var n int64
 	for {
-		batch, next, err := events.ReadHistory(ctx, pool, f, cp, 5000)
+		batch, next, err := eventstore.ReadHistory(ctx, pool, f, cp, 5000)
 		if err != nil {
 			return err
 		}

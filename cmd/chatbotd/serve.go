@@ -17,6 +17,7 @@ import (
 
 	"github.com/chatbotsaas/chatbotd/command"
 	"github.com/chatbotsaas/chatbotd/events"
+	"github.com/chatbotsaas/chatbotd/events/eventstore"
 	"github.com/chatbotsaas/chatbotd/internal/auth"
 	"github.com/chatbotsaas/chatbotd/internal/broker"
 	"github.com/chatbotsaas/chatbotd/internal/cache"
@@ -41,7 +42,7 @@ type deps struct {
 	rdb     *redis.Client
 	cache   *cache.Cache
 	broker  *broker.Conn
-	store   *events.Store
+	store   *eventstore.Store
 	metrics *metrics.Metrics
 	// applied tells waiting reads that a projector committed a batch (set by serve).
 	applied *projections.AppliedNotifier
@@ -66,7 +67,7 @@ func openDeps(ctx context.Context, cfg config.Config, logger *slog.Logger) (*dep
 	d.cache = cache.New(d.rdb, cfg.RedisPrefix, 10*time.Minute)
 	d.cache.Instrument(d.metrics)
 	d.broker = broker.Dial(cfg.AMQPURL, logger)
-	d.store = events.NewStore(d.pool)
+	d.store = eventstore.NewStore(d.pool)
 	d.store.Instrument(d.metrics)
 	return d, nil
 }
@@ -138,13 +139,13 @@ func (m *Main) serve(ctx context.Context, cfg config.Config, roles map[string]bo
 	}()
 	work.ready = topology
 	if roles[roleRelay] {
-		relay, err := events.NewRelay(d.pool, d.broker, events.RelayConfig{Exchange: cfg.AMQPExchange,
+		relay, err := eventstore.NewRelay(d.pool, d.broker, eventstore.RelayConfig{Exchange: cfg.AMQPExchange,
 			BatchSize: cfg.RelayBatchSize, Queues: queues, Logger: logger.With("component", "relay"), Metrics: d.metrics})
 		if err != nil {
 			return err
 		}
 		work.start("relay", relay.Run)
-		chainer := &events.Chainer{Pool: d.pool, Key: chain, BatchSize: cfg.RelayBatchSize, Logger: logger.With("component", "audit-chain")}
+		chainer := &eventstore.Chainer{Pool: d.pool, Key: chain, BatchSize: cfg.RelayBatchSize, Logger: logger.With("component", "audit-chain")}
 		work.start("audit chain", chainer.Run)
 	}
 	if roles[roleProjectors] {

@@ -1,14 +1,14 @@
 // Command consumer is an outside consumer of the event stream, as an analytics team or
 // an integration would write it: it binds its own durable queue to the topic exchange
-// chatbot.events with the routing patterns it wants, reads each envelope, drops
-// redeliveries by event id, and prints one line per event.
+// chatbot.events with the routing patterns it wants, reads each envelope with the event
+// contract's own decoder (package events imports no infrastructure), drops redeliveries
+// by event id, and prints one line per event.
 //
 //	go run ./cmd/example-consumer -queue analytics.conversations -bind 'conversation.#' -bind 'message.#'
 package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -18,22 +18,11 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/google/uuid"
 	amqp "github.com/rabbitmq/amqp091-go"
-)
 
-// Envelope is the event stream's message body (the API contract's "Event stream", in the README).
-type Envelope struct {
-	ID             string          `json:"id"`
-	Type           string          `json:"type"`
-	SchemaVersion  int             `json:"schema_version"`
-	StreamType     string          `json:"stream_type"`
-	StreamID       string          `json:"stream_id"`
-	StreamVersion  int             `json:"stream_version"`
-	Position       int64           `json:"position"`
-	OrganizationID *string         `json:"organization_id"`
-	OccurredAt     string          `json:"occurred_at"`
-	Data           json.RawMessage `json:"data"`
-}
+	"github.com/chatbotsaas/chatbotd/events"
+)
 
 type patterns []string
 
@@ -98,7 +87,7 @@ func Run(ctx context.Context, cfg Config, out io.Writer) error {
 	}
 	// Delivery is at least once: remember the ids seen. A real consumer keeps them with
 	// its own writes (a unique key on the event id), so that a restart remembers too.
-	seen := map[string]bool{}
+	seen := map[uuid.UUID]bool{}
 	printed := 0
 	for {
 		select {
@@ -108,8 +97,10 @@ func Run(ctx context.Context, cfg Config, out io.Writer) error {
 			if !ok {
 				return errors.New("the broker closed the channel")
 			}
-			var e Envelope
-			if err := json.Unmarshal(m.Body, &e); err != nil || e.ID == "" {
+			// The envelope type of the event contract: package events imports no
+			// infrastructure, so an outside consumer can take it as it is.
+			e, err := events.DecodeEnvelope(m.Body)
+			if err != nil || e.ID == uuid.Nil {
 				_ = m.Nack(false, false) // not an envelope: to the queue's dead letters, if any
 				continue
 			}

@@ -14,6 +14,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/chatbotsaas/chatbotd/events"
+	"github.com/chatbotsaas/chatbotd/events/eventstore"
 	"github.com/chatbotsaas/chatbotd/internal/broker"
 	"github.com/chatbotsaas/chatbotd/internal/testenv"
 )
@@ -41,13 +42,13 @@ func TestConsumerGetsItsEventsOnce(t *testing.T) {
 	// Run binds before it consumes: once it consumes, the events below reach its queue.
 	a.WaitConsumer(queue)
 
-	store := events.NewStore(d.Pool)
-	relay, err := events.NewRelay(d.Pool, conn, events.RelayConfig{Exchange: a.Exchange, Logger: testenv.Logger(t)})
+	store := eventstore.NewStore(d.Pool)
+	relay, err := eventstore.NewRelay(d.Pool, conn, eventstore.RelayConfig{Exchange: a.Exchange, Logger: testenv.Logger(t)})
 	require.NoError(t, err)
 	go relay.Run(ctx)
 	org, user := uuid.New(), uuid.New()
 	appendOne := func(stype string, id uuid.UUID, e events.Event) events.AppendResult {
-		res, err := store.Append(ctx, events.AppendRequest{StreamType: stype, StreamID: id, ExpectedVersion: events.AnyVersion,
+		res, err := store.Append(ctx, eventstore.AppendRequest{StreamType: stype, StreamID: id, ExpectedVersion: eventstore.AnyVersion,
 			OrganizationID: &org, Events: []events.Event{e}, Meta: events.Meta{Actor: events.Actor{Type: events.ActorSystem}}})
 		require.NoError(t, err)
 		return res
@@ -56,7 +57,7 @@ func TestConsumerGetsItsEventsOnce(t *testing.T) {
 	appendOne(events.StreamConversation, uuid.New(), events.ConversationStarted{ChatbotID: uuid.NewString()})
 	appendOne(events.StreamUser, user, events.UserUpdated{Changes: map[string]events.Change{"name": {Old: "Ann", New: "Anna"}}})
 	// A redelivery of the first event.
-	first, err := events.ReadStream(ctx, d.Pool, user, 1, 1)
+	first, err := eventstore.ReadStream(ctx, d.Pool, user, 1, 1)
 	require.NoError(t, err)
 	body, err := json.Marshal(first[0])
 	require.NoError(t, err)

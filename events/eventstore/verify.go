@@ -1,4 +1,4 @@
-package events
+package eventstore
 
 import (
 	"bytes"
@@ -14,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/chatbotsaas/chatbotd/events"
 	"github.com/chatbotsaas/chatbotd/internal/db"
 )
 
@@ -55,7 +56,7 @@ const verifyPage = 5000
 // VerifyChain recomputes an organization's chain (uuid.Nil: events of no organization)
 // from the event log in one snapshot: each link's event, hash and signature, each audit
 // entry against its event, and that no event or audit entry lies outside the chain.
-func VerifyChain(ctx context.Context, pool *pgxpool.Pool, org uuid.UUID, key ChainKey) (VerifyReport, error) {
+func VerifyChain(ctx context.Context, pool *pgxpool.Pool, org uuid.UUID, key events.ChainKey) (VerifyReport, error) {
 	rep := VerifyReport{OK: true}
 	tx, err := pool.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly})
 	if err != nil {
@@ -159,7 +160,7 @@ func readLinks(ctx context.Context, tx pgx.Tx, org uuid.UUID, from int64) ([]lin
 	return out, db.Classify(err)
 }
 
-func checkLinks(ctx context.Context, tx pgx.Tx, rep *VerifyReport, org uuid.UUID, key ChainKey, links []link,
+func checkLinks(ctx context.Context, tx pgx.Tx, rep *VerifyReport, org uuid.UUID, key events.ChainKey, links []link,
 	prev *[]byte, expect *int64, prunedBefore time.Time) error {
 	positions := make([]int64, len(links))
 	for i, l := range links {
@@ -169,11 +170,11 @@ func checkLinks(ctx context.Context, tx pgx.Tx, rep *VerifyReport, org uuid.UUID
 	if err != nil {
 		return db.Classify(err)
 	}
-	stored, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (Envelope, error) { return scanEnvelope(r) })
+	stored, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (events.Envelope, error) { return scanEnvelope(r) })
 	if err != nil {
 		return db.Classify(err)
 	}
-	evs := make(map[int64]Envelope, len(stored))
+	evs := make(map[int64]events.Envelope, len(stored))
 	streams := make([]uuid.UUID, 0, len(stored))
 	for _, e := range stored {
 		evs[e.Position] = e
@@ -183,11 +184,11 @@ func checkLinks(ctx context.Context, tx pgx.Tx, rep *VerifyReport, org uuid.UUID
 	if err != nil {
 		return db.Classify(err)
 	}
-	entries, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (AuditEntry, error) { return ScanAuditEntry(r) })
+	entries, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (events.AuditEntry, error) { return ScanAuditEntry(r) })
 	if err != nil {
 		return db.Classify(err)
 	}
-	audits := make(map[int64]AuditEntry, len(entries))
+	audits := make(map[int64]events.AuditEntry, len(entries))
 	for _, a := range entries {
 		audits[a.Position] = a
 	}
@@ -215,10 +216,10 @@ func checkLinks(ctx context.Context, tx pgx.Tx, rep *VerifyReport, org uuid.UUID
 			rep.bad(l.position, "the event is missing from the log: deleted")
 		case chainOrg(e) != org:
 			rep.bad(l.position, "the event now belongs to another organization")
-		case !bytes.Equal(EventHash(e), l.eventHash):
+		case !bytes.Equal(events.EventHash(e), l.eventHash):
 			rep.bad(l.position, "the event differs from the one chained: changed or moved")
 		}
-		if !bytes.Equal(LinkHash(*prev, l.eventHash, l.seq, l.position), l.hash) {
+		if !bytes.Equal(events.LinkHash(*prev, l.eventHash, l.seq, l.position), l.hash) {
 			rep.bad(l.position, "the link does not follow from the one before it")
 		}
 		if !hmac.Equal(key.Sign(org, l.seq, l.position, l.hash), l.signed) {
@@ -228,8 +229,8 @@ func checkLinks(ctx context.Context, tx pgx.Tx, rep *VerifyReport, org uuid.UUID
 			a, has := audits[l.position]
 			switch {
 			case has:
-				want, err := AuditEntryOf(e)
-				if err != nil || !want.sameAs(a) {
+				want, err := events.AuditEntryOf(e)
+				if err != nil || !want.SameAs(a) {
 					rep.bad(l.position, "the audit entry differs from its event")
 				}
 			case !e.OccurredAt.Before(prunedBefore) && applied[e.StreamID] >= e.StreamVersion:

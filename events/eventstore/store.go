@@ -1,12 +1,10 @@
-package events
+package eventstore
 
 import (
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -15,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/chatbotsaas/chatbotd/events"
 	"github.com/chatbotsaas/chatbotd/internal/apperr"
 	"github.com/chatbotsaas/chatbotd/internal/db"
 	"github.com/chatbotsaas/chatbotd/internal/metrics"
@@ -26,15 +25,6 @@ const AnyVersion = -1
 // NotifyChannel is the LISTEN/NOTIFY channel that wakes the relay after an append commits.
 const NotifyChannel = "chatbot_events"
 
-// Meta is the context every event of one append shares.
-type Meta struct {
-	Actor         Actor
-	CorrelationID string
-	CausationID   string
-	RequestID     string
-	Metadata      Metadata
-}
-
 // AppendRequest is one command's write: events for one stream, at an expected version,
 // plus any rows that must commit or fail with them (reservations, credentials).
 type AppendRequest struct {
@@ -42,12 +32,12 @@ type AppendRequest struct {
 	StreamID        uuid.UUID
 	ExpectedVersion int // AnyVersion, 0 for "must not exist", or the current version
 	OrganizationID  *uuid.UUID
-	Events          []Event
+	Events          []events.Event
 	// EventIDs, when set, name the events (one per event). Appending ids that are
 	// already stored is a no-op that returns the stored result: a retried command with
 	// deterministic ids appends once.
 	EventIDs []uuid.UUID
-	Meta     Meta
+	Meta     events.Meta
 	// More are other streams' events appended in the same transaction (their Meta and
 	// Also are not used); each has its own expected version check. Only the first
 	// stream's version is read before the transaction id is taken, so More is for new
@@ -55,16 +45,6 @@ type AppendRequest struct {
 	More []AppendRequest
 	// Also runs in the append's transaction after the events are inserted.
 	Also func(ctx context.Context, tx pgx.Tx) error
-}
-
-// AppendResult is the consistency token of the API contract.
-type AppendResult struct {
-	StreamType string    `json:"-"`
-	StreamID   uuid.UUID `json:"stream_id"`
-	Version    int       `json:"stream_version"`
-	Position   int64     `json:"position"`
-	// OccurredAt is the time the events were stamped with.
-	OccurredAt time.Time `json:"-"`
 }
 
 // Store is the PostgreSQL event store. It is safe for concurrent use.
@@ -162,7 +142,7 @@ const maxAnyVersionRetries = 8
 // Append writes the events in one transaction, checking the expected version. A stale
 // expected version gives apperr CONFLICT; with AnyVersion a concurrent writer is retried
 // a bounded number of times.
-func (s *Store) Append(ctx context.Context, req AppendRequest) (AppendResult, error) {
+func (s *Store) Append(ctx context.Context, req AppendRequest) (events.AppendResult, error) {
 	if !s.noGroups && req.Also == nil && len(req.More) == 0 && req.ExpectedVersion != AnyVersion {
 		busy := s.inflight.Add(1) > 1
 		defer s.inflight.Add(-1)
@@ -184,18 +164,18 @@ func (s *Store) Append(ctx context.Context, req AppendRequest) (AppendResult, er
 			if req.ExpectedVersion == AnyVersion && attempt < maxAnyVersionRetries {
 				continue
 			}
-			return AppendResult{}, apperr.Conflict("the resource was changed by another request")
+			return events.AppendResult{}, apperr.Conflict("the resource was changed by another request")
 		}
-		return AppendResult{}, db.Classify(err)
+		return events.AppendResult{}, db.Classify(err)
 	}
 }
 
-func (s *Store) appendOnce(ctx context.Context, req AppendRequest) (res AppendResult, err error) {
+func (s *Store) appendOnce(ctx context.Context, req AppendRequest) (res events.AppendResult, err error) {
 	meta, err := json.Marshal(req.Meta.Metadata)
 	if err != nil {
 		return res, err
 	}
-	res = AppendResult{StreamType: req.StreamType, StreamID: req.StreamID, OccurredAt: s.now()}
+	res = events.AppendResult{StreamType: req.StreamType, StreamID: req.StreamID, OccurredAt: s.now()}
 	if req.Also == nil && len(req.More) == 0 && req.ExpectedVersion != AnyVersion {
 		// One statement is its own transaction: one round trip, like a plain INSERT.
 		res.Version, res.Position, err = s.insertStream(ctx, s.pool, req, req.Meta, meta, res.OccurredAt)
@@ -257,15 +237,15 @@ var errAlreadyAppended = errors.New("events already appended")
 // whose own writes and the events it decides must commit together (exactly once). The
 // expected version must be exact (not AnyVersion), and the caller commits; the relay is
 // woken when the store's next append commits, or by its poll.
-func (s *Store) AppendTx(ctx context.Context, tx pgx.Tx, req AppendRequest) (AppendResult, error) {
+func (s *Store) AppendTx(ctx context.Context, tx pgx.Tx, req AppendRequest) (events.AppendResult, error) {
 	if req.ExpectedVersion == AnyVersion || req.Also != nil || len(req.More) > 0 {
-		return AppendResult{}, errors.New("AppendTx takes one stream at an exact expected version")
+		return events.AppendResult{}, errors.New("AppendTx takes one stream at an exact expected version")
 	}
 	meta, err := json.Marshal(req.Meta.Metadata)
 	if err != nil {
-		return AppendResult{}, err
+		return events.AppendResult{}, err
 	}
-	res := AppendResult{StreamType: req.StreamType, StreamID: req.StreamID, OccurredAt: s.now()}
+	res := events.AppendResult{StreamType: req.StreamType, StreamID: req.StreamID, OccurredAt: s.now()}
 	res.Version, res.Position, err = s.insertStream(ctx, tx, req, req.Meta, meta, res.OccurredAt)
 	if err == nil {
 		// Counted when inserted: the caller's commit is out of sight (a rollback is rare).
@@ -302,11 +282,11 @@ func encodeEvents(req AppendRequest) (encoded, error) {
 			e.ids[i] = uuid.Must(uuid.NewV7())
 		}
 		e.types[i] = ev.EventType()
-		v, ok := SchemaVersionOf(e.types[i])
+		v, ok := events.SchemaVersionOf(e.types[i])
 		if !ok {
 			return encoded{}, fmt.Errorf("append: event type %q is not in the catalog", e.types[i])
 		}
-		if StreamTypeOf(e.types[i]) != req.StreamType {
+		if events.StreamTypeOf(e.types[i]) != req.StreamType {
 			return encoded{}, fmt.Errorf("append: event %q does not belong to a %q stream", e.types[i], req.StreamType)
 		}
 		e.schemas[i] = int32(v)
@@ -325,7 +305,7 @@ func encodeEvents(req AppendRequest) (encoded, error) {
 // The statement reads the stream's version from a snapshot taken before its insert
 // assigns the transaction id, so that id comes after the commit of every event of the
 // stream it saw; (transaction id, position) order therefore keeps each stream's order.
-func (s *Store) insertStream(ctx context.Context, q Querier, req AppendRequest, m Meta, meta []byte, at time.Time) (int, int64, error) {
+func (s *Store) insertStream(ctx context.Context, q Querier, req AppendRequest, m events.Meta, meta []byte, at time.Time) (int, int64, error) {
 	enc, err := encodeEvents(req)
 	if err != nil {
 		return 0, 0, err
@@ -385,8 +365,8 @@ func (s *Store) insertStream(ctx context.Context, q Querier, req AppendRequest, 
 }
 
 // resultOf answers a repeated append of already stored event ids.
-func (s *Store) resultOf(ctx context.Context, req AppendRequest) (AppendResult, error) {
-	res := AppendResult{StreamType: req.StreamType, StreamID: req.StreamID}
+func (s *Store) resultOf(ctx context.Context, req AppendRequest) (events.AppendResult, error) {
+	res := events.AppendResult{StreamType: req.StreamType, StreamID: req.StreamID}
 	err := s.pool.QueryRow(ctx, `SELECT max(stream_version), max(position), max(occurred_at) FROM events
 		WHERE id = ANY($1) AND stream_id = $2`, req.EventIDs, req.StreamID).Scan(&res.Version, &res.Position, &res.OccurredAt)
 	res.OccurredAt = res.OccurredAt.UTC()
@@ -400,8 +380,8 @@ const envelopeColumns = `id, type, schema_version, stream_type, stream_id, strea
 	organization_id, occurred_at, actor_type, actor_id, correlation_id, causation_id, request_id, metadata, data`
 
 // scanEnvelope reads one row selected with envelopeColumns, then any extra columns.
-func scanEnvelope(row pgx.Row, extra ...any) (Envelope, error) {
-	var e Envelope
+func scanEnvelope(row pgx.Row, extra ...any) (events.Envelope, error) {
+	var e events.Envelope
 	var meta, data []byte
 	dest := append([]any{&e.ID, &e.Type, &e.SchemaVersion, &e.StreamType, &e.StreamID, &e.StreamVersion, &e.Position,
 		&e.OrganizationID, &e.OccurredAt, &e.Actor.Type, &e.Actor.ID, &e.CorrelationID, &e.CausationID,
@@ -412,13 +392,13 @@ func scanEnvelope(row pgx.Row, extra ...any) (Envelope, error) {
 	}
 	e.OccurredAt = e.OccurredAt.UTC()
 	e.Data = data
-	e.rawMetadata = meta
+	e.KeepStoredMetadata(meta)
 	if len(meta) > 0 {
 		if err := json.Unmarshal(meta, &e.Metadata); err != nil {
 			return e, fmt.Errorf("event %s metadata: %w", e.ID, err)
 		}
 	}
-	return Upcast(e)
+	return events.Upcast(e)
 }
 
 // Querier is a pool or a transaction.
@@ -428,12 +408,12 @@ type Querier interface {
 }
 
 // ReadStream returns a stream's events with from <= version <= to (to 0: to the end).
-func (s *Store) ReadStream(ctx context.Context, streamID uuid.UUID, from, to int) ([]Envelope, error) {
+func (s *Store) ReadStream(ctx context.Context, streamID uuid.UUID, from, to int) ([]events.Envelope, error) {
 	return ReadStream(ctx, s.pool, streamID, from, to)
 }
 
 // ReadStream is Store.ReadStream on any querier (e.g. a projector's transaction).
-func ReadStream(ctx context.Context, q Querier, streamID uuid.UUID, from, to int) ([]Envelope, error) {
+func ReadStream(ctx context.Context, q Querier, streamID uuid.UUID, from, to int) ([]events.Envelope, error) {
 	if to <= 0 {
 		to = 1<<31 - 1
 	}
@@ -442,7 +422,7 @@ func ReadStream(ctx context.Context, q Querier, streamID uuid.UUID, from, to int
 	if err != nil {
 		return nil, db.Classify(err)
 	}
-	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (Envelope, error) { return scanEnvelope(r) })
+	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (events.Envelope, error) { return scanEnvelope(r) })
 	return out, db.Classify(err)
 }
 
@@ -456,32 +436,6 @@ type Checkpoint struct {
 // transactions that are older than every transaction still running, so that no event
 // can later appear before the last one returned. It also returns the checkpoint of the
 // last event returned (cp when none).
-func ReadCommitted(ctx context.Context, q Querier, cp Checkpoint, limit int) ([]Envelope, Checkpoint, error) {
+func ReadCommitted(ctx context.Context, q Querier, cp Checkpoint, limit int) ([]events.Envelope, Checkpoint, error) {
 	return ReadHistory(ctx, q, HistoryFilter{}, cp, limit)
-}
-
-// Token is the consistency token's header form: "<stream_type>:<stream_id>:<version>:<position>".
-func (r AppendResult) Token() string {
-	return fmt.Sprintf("%s:%s:%d:%d", r.StreamType, r.StreamID, r.Version, r.Position)
-}
-
-// ParseToken reads a consistency token.
-func ParseToken(s string) (AppendResult, error) {
-	var r AppendResult
-	parts := strings.Split(s, ":")
-	if len(parts) != 4 || parts[0] == "" {
-		return r, errors.New("consistency token must be <stream_type>:<stream_id>:<version>:<position>")
-	}
-	var err error
-	if r.StreamID, err = uuid.Parse(parts[1]); err != nil {
-		return r, errors.New("consistency token: bad stream id")
-	}
-	if r.Version, err = strconv.Atoi(parts[2]); err != nil || r.Version < 0 {
-		return r, errors.New("consistency token: bad version")
-	}
-	if r.Position, err = strconv.ParseInt(parts[3], 10, 64); err != nil || r.Position < 0 {
-		return r, errors.New("consistency token: bad position")
-	}
-	r.StreamType = parts[0]
-	return r, nil
 }

@@ -1,4 +1,4 @@
-package events
+package eventstore
 
 import (
 	"context"
@@ -7,6 +7,7 @@ import (
 
 	"github.com/google/uuid"
 
+	"github.com/chatbotsaas/chatbotd/events"
 	"github.com/chatbotsaas/chatbotd/internal/db"
 )
 
@@ -46,7 +47,7 @@ type groupedAppend struct {
 }
 
 type groupResult struct {
-	res AppendResult
+	res events.AppendResult
 	err error
 	// alone asks the caller to append on its own (it failed its check in the group, or
 	// the group failed for a reason that may be another append's).
@@ -54,29 +55,29 @@ type groupResult struct {
 }
 
 // grouped tries to append req in a group; ok is false when it must be done alone.
-func (s *Store) grouped(ctx context.Context, req AppendRequest) (AppendResult, bool, error) {
+func (s *Store) grouped(ctx context.Context, req AppendRequest) (events.AppendResult, bool, error) {
 	enc, err := encodeEvents(req)
 	if err != nil {
-		return AppendResult{}, true, err
+		return events.AppendResult{}, true, err
 	}
 	meta, err := json.Marshal(req.Meta.Metadata)
 	if err != nil {
-		return AppendResult{}, true, err
+		return events.AppendResult{}, true, err
 	}
 	g := &groupedAppend{req: req, enc: enc, meta: meta, at: s.now(), done: make(chan groupResult, 1)}
 	s.startGroups()
 	select {
 	case s.groups <- g:
 	case <-s.stopped:
-		return AppendResult{}, false, nil
+		return events.AppendResult{}, false, nil
 	case <-ctx.Done():
-		return AppendResult{}, true, ctx.Err()
+		return events.AppendResult{}, true, ctx.Err()
 	}
 	// Once handed over, the append's fate is the group's: wait for it whatever ctx says,
 	// so that an answer never contradicts what was committed.
 	r := <-g.done
 	if r.alone {
-		return AppendResult{}, false, nil
+		return events.AppendResult{}, false, nil
 	}
 	return r.res, true, r.err
 }
@@ -184,7 +185,7 @@ func (s *Store) insertGroup(ctx context.Context, batch []*groupedAppend) ([]grou
 			owner[g.enc.ids[k]] = i
 		}
 		// Until the insert says otherwise, the append did not happen.
-		results[i] = groupResult{alone: true, res: AppendResult{StreamType: r.StreamType, StreamID: r.StreamID,
+		results[i] = groupResult{alone: true, res: events.AppendResult{StreamType: r.StreamType, StreamID: r.StreamID,
 			Version: r.ExpectedVersion + len(g.enc.ids), OccurredAt: g.at}}
 	}
 	// The streams' versions are read by the statement's snapshot, before its INSERT takes

@@ -1,4 +1,4 @@
-package events
+package eventstore
 
 import (
 	"context"
@@ -15,6 +15,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/chatbotsaas/chatbotd/events"
 	"github.com/chatbotsaas/chatbotd/internal/broker"
 	"github.com/chatbotsaas/chatbotd/internal/testenv"
 )
@@ -22,7 +23,7 @@ import (
 // collector binds a queue to the test exchange and records every delivery in order.
 type collector struct {
 	mu   sync.Mutex
-	got  []Envelope
+	got  []events.Envelope
 	conn *amqp.Connection
 }
 
@@ -43,7 +44,7 @@ func mustCollector(t *testing.T, a *testenv.AMQP) *collector {
 	c := &collector{conn: conn}
 	go func() {
 		for d := range deliveries {
-			e, err := DecodeEnvelope(d.Body)
+			e, err := events.DecodeEnvelope(d.Body)
 			if err != nil {
 				t.Errorf("bad envelope: %v", err)
 				continue
@@ -58,11 +59,11 @@ func mustCollector(t *testing.T, a *testenv.AMQP) *collector {
 }
 
 // firstSeen returns each event id's index of first arrival.
-func (c *collector) firstSeen() (map[uuid.UUID]int, []Envelope) {
+func (c *collector) firstSeen() (map[uuid.UUID]int, []events.Envelope) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	idx := map[uuid.UUID]int{}
-	var uniq []Envelope
+	var uniq []events.Envelope
 	for _, e := range c.got {
 		if _, ok := idx[e.ID]; !ok {
 			idx[e.ID] = len(uniq)
@@ -91,7 +92,7 @@ type testError struct {
 
 func (e *testError) Error() string { b, _ := json.Marshal(e.args); return e.msg + " " + string(b) }
 
-func startRelay(t *testing.T, d testenv.Database, a *testenv.AMQP, conn *broker.Conn, hook func(context.Context, []Envelope) error) (*Relay, context.CancelFunc, chan struct{}) {
+func startRelay(t *testing.T, d testenv.Database, a *testenv.AMQP, conn *broker.Conn, hook func(context.Context, []events.Envelope) error) (*Relay, context.CancelFunc, chan struct{}) {
 	t.Helper()
 	r, err := NewRelay(d.Pool, conn, RelayConfig{Exchange: a.Exchange, BatchSize: 7, Logger: testenv.Logger(t)})
 	require.NoError(t, err)
@@ -121,9 +122,9 @@ func appendDelayed(t *testing.T, s *Store, stream uuid.UUID, maxDelay time.Durat
 	a := appended{id: id, start: time.Now()}
 	org := uuid.New()
 	_, err := s.Append(context.Background(), AppendRequest{
-		StreamType: StreamUser, StreamID: stream, ExpectedVersion: AnyVersion, OrganizationID: &org,
-		Events: []Event{UserRoleAssigned{Role: "member"}}, EventIDs: []uuid.UUID{id},
-		Meta: Meta{Actor: Actor{Type: ActorSystem}},
+		StreamType: events.StreamUser, StreamID: stream, ExpectedVersion: AnyVersion, OrganizationID: &org,
+		Events: []events.Event{events.UserRoleAssigned{Role: "member"}}, EventIDs: []uuid.UUID{id},
+		Meta: events.Meta{Actor: events.Actor{Type: events.ActorSystem}},
 		Also: func(ctx context.Context, tx pgx.Tx) error {
 			time.Sleep(time.Duration(rand.Int64N(int64(maxDelay))))
 			return nil
@@ -199,7 +200,7 @@ func TestRelayStoppedBetweenConfirmAndCheckpointLosesNothing(t *testing.T) {
 	}
 
 	killed := make(chan struct{})
-	_, cancel, done := startRelay(t, d, a, mustBroker(t, a), func(ctx context.Context, batch []Envelope) error {
+	_, cancel, done := startRelay(t, d, a, mustBroker(t, a), func(ctx context.Context, batch []events.Envelope) error {
 		close(killed)
 		<-ctx.Done()
 		return ctx.Err() // dies before the checkpoint of this batch
@@ -285,8 +286,8 @@ func TestPublisherTreatsUnroutableAsNotSent(t *testing.T) {
 		confirms: ch.NotifyPublish(make(chan amqp.Confirmation, 4)),
 		returns:  ch.NotifyReturn(make(chan amqp.Return, 4)),
 		closed:   ch.NotifyClose(make(chan *amqp.Error, 1))}
-	e := Envelope{ID: uuid.New(), Type: "user.created", StreamID: uuid.New(), StreamVersion: 1, Data: json.RawMessage(`{}`)}
-	err = p.publish(context.Background(), []Envelope{e})
+	e := events.Envelope{ID: uuid.New(), Type: "user.created", StreamID: uuid.New(), StreamVersion: 1, Data: json.RawMessage(`{}`)}
+	err = p.publish(context.Background(), []events.Envelope{e})
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), "unroutable")
 
@@ -294,7 +295,7 @@ func TestPublisherTreatsUnroutableAsNotSent(t *testing.T) {
 	_, err = ch.QueueDeclare(q, true, false, false, false, nil)
 	require.NoError(t, err)
 	require.NoError(t, ch.QueueBind(q, "user.*", a.Exchange, false, nil))
-	require.NoError(t, p.publish(context.Background(), []Envelope{e}))
+	require.NoError(t, p.publish(context.Background(), []events.Envelope{e}))
 }
 
 func TestRelayDeclaresQueuesBeforePublishing(t *testing.T) {
@@ -382,7 +383,7 @@ func TestRelayKeepsSeveralBatchesInFlight(t *testing.T) {
 }
 
 // publish sends one batch and waits for all its confirms.
-func (p *publisher) publish(ctx context.Context, batch []Envelope) error {
+func (p *publisher) publish(ctx context.Context, batch []events.Envelope) error {
 	if err := p.send(ctx, batch); err != nil {
 		return err
 	}

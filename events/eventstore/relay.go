@@ -1,4 +1,4 @@
-package events
+package eventstore
 
 import (
 	"context"
@@ -14,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	amqp "github.com/rabbitmq/amqp091-go"
 
+	"github.com/chatbotsaas/chatbotd/events"
 	"github.com/chatbotsaas/chatbotd/internal/broker"
 	"github.com/chatbotsaas/chatbotd/internal/db"
 	"github.com/chatbotsaas/chatbotd/internal/faults"
@@ -78,7 +79,7 @@ type Relay struct {
 	cfg    RelayConfig
 	// afterConfirm, when set (tests), runs after a batch is confirmed and before its
 	// checkpoint is saved; an error stops the relay there, as a crash would.
-	afterConfirm func(ctx context.Context, batch []Envelope) error
+	afterConfirm func(ctx context.Context, batch []events.Envelope) error
 	// leading, when set (tests, metrics), is told when leadership is won and lost.
 	leading func(bool)
 	// sent, when set (tests), is told how many events are in flight after each batch is sent.
@@ -307,7 +308,7 @@ func drainNotifications(ctx context.Context, conn *pgx.Conn) error {
 
 // published counts a confirmed batch and traces each event at debug level, with its
 // correlation id, so that one request can be followed from the API to the projectors.
-func (r *Relay) published(ctx context.Context, batch []Envelope) {
+func (r *Relay) published(ctx context.Context, batch []events.Envelope) {
 	r.cfg.Metrics.Published(len(batch))
 	if !r.cfg.Logger.Enabled(ctx, slog.LevelDebug) {
 		return
@@ -413,13 +414,13 @@ const checkpointEvery = 100 * time.Millisecond
 
 // inflight is a published batch and how many of its confirms have come back.
 type inflight struct {
-	batch []Envelope
+	batch []events.Envelope
 	next  Checkpoint
 	acked int
 }
 
 // send publishes the batch with mandatory routing, without waiting for its confirms.
-func (p *publisher) send(ctx context.Context, batch []Envelope) error {
+func (p *publisher) send(ctx context.Context, batch []events.Envelope) error {
 	for _, e := range batch {
 		body, err := json.Marshal(e)
 		if err != nil {

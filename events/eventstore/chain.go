@@ -1,12 +1,8 @@
-package events
+package eventstore
 
 import (
-	"bytes"
 	"context"
-	"crypto/hmac"
 	"crypto/sha256"
-	"encoding/binary"
-	"encoding/json"
 	"errors"
 	"log/slog"
 	"strconv"
@@ -17,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/chatbotsaas/chatbotd/events"
 	"github.com/chatbotsaas/chatbotd/internal/db"
 )
 
@@ -35,72 +32,9 @@ import (
 // chainCheckpoint is the chainer's place in commit order, kept with the relay's.
 const chainCheckpoint = "audit-chain"
 
-// ChainKey signs chain links.
-type ChainKey []byte
-
-// ErrShortChainKey is returned for a signing key shorter than 32 bytes.
-var ErrShortChainKey = errors.New("audit signing key must be at least 32 bytes")
-
-// NewChainKey checks a signing key.
-func NewChainKey(b []byte) (ChainKey, error) {
-	if len(b) < 32 {
-		return nil, ErrShortChainKey
-	}
-	return ChainKey(bytes.Clone(b)), nil
-}
-
-// Sign is a link's signature.
-func (k ChainKey) Sign(org uuid.UUID, seq, position int64, hash []byte) []byte {
-	m := hmac.New(sha256.New, k)
-	m.Write([]byte("chatbotd.audit-chain.v1"))
-	m.Write(org[:])
-	m.Write(binary.BigEndian.AppendUint64(nil, uint64(seq)))
-	m.Write(binary.BigEndian.AppendUint64(nil, uint64(position)))
-	m.Write(hash)
-	return m.Sum(nil)
-}
-
-// EventHash is the SHA-256 of an event as stored.
-func EventHash(e Envelope) []byte {
-	meta := e.rawMetadata
-	if meta == nil {
-		meta, _ = json.Marshal(e.Metadata)
-	}
-	version, data := e.SchemaVersion, e.Data
-	if e.stored != nil {
-		version, data = e.stored.schemaVersion, e.stored.data
-	}
-	str := func(id *uuid.UUID) string {
-		if id == nil {
-			return ""
-		}
-		return id.String()
-	}
-	// A JSON array of strings: unambiguous field boundaries, and stable.
-	fields, _ := json.Marshal([]string{
-		e.ID.String(), e.Type, strconv.Itoa(version), e.StreamType, e.StreamID.String(),
-		strconv.Itoa(e.StreamVersion), strconv.FormatInt(e.Position, 10), str(e.OrganizationID),
-		e.OccurredAt.UTC().Format(time.RFC3339Nano), e.Actor.Type, str(e.Actor.ID), e.CorrelationID,
-		e.CausationID, e.RequestID, string(meta), string(data),
-	})
-	h := sha256.Sum256(fields)
-	return h[:]
-}
-
-// LinkHash is a link's hash: it follows from the previous link's hash (zeros for the
-// first) and the event's.
-func LinkHash(prev, eventHash []byte, seq, position int64) []byte {
-	h := sha256.New()
-	h.Write(prev)
-	h.Write(eventHash)
-	h.Write(binary.BigEndian.AppendUint64(nil, uint64(seq)))
-	h.Write(binary.BigEndian.AppendUint64(nil, uint64(position)))
-	return h.Sum(nil)
-}
-
 var genesis = make([]byte, sha256.Size)
 
-func chainOrg(e Envelope) uuid.UUID {
+func chainOrg(e events.Envelope) uuid.UUID {
 	if e.OrganizationID == nil {
 		return uuid.Nil
 	}
@@ -111,7 +45,7 @@ func chainOrg(e Envelope) uuid.UUID {
 // each batch is one transaction under a lock, so they take turns.
 type Chainer struct {
 	Pool      *pgxpool.Pool
-	Key       ChainKey
+	Key       events.ChainKey
 	BatchSize int
 	// Idle is how long it sleeps when there is nothing to link.
 	Idle   time.Duration
@@ -215,9 +149,9 @@ func (c *Chainer) Step(ctx context.Context) (n int, err error) {
 		if !ok {
 			h = head{hash: genesis}
 		}
-		ev := EventHash(e)
+		ev := events.EventHash(e)
 		seq := h.seq + 1
-		link := LinkHash(h.hash, ev, seq, e.Position)
+		link := events.LinkHash(h.hash, ev, seq, e.Position)
 		lOrg, lSeq, lPos = append(lOrg, o), append(lSeq, seq), append(lPos, e.Position)
 		lEventHash, lHash, lSigned = append(lEventHash, ev), append(lHash, link), append(lSigned, c.Key.Sign(o, seq, e.Position, link))
 		heads[o] = head{seq: seq, hash: link}

@@ -1,10 +1,9 @@
-package events
+package eventstore
 
 import (
 	"context"
 	"errors"
 	"fmt"
-	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -12,6 +11,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 
+	"github.com/chatbotsaas/chatbotd/events"
 	"github.com/chatbotsaas/chatbotd/internal/db"
 )
 
@@ -68,7 +68,7 @@ func (f HistoryFilter) where(args []any) ([]string, []any) {
 		add("type = ANY($%d)", f.Types)
 	}
 	if len(f.TypePatterns) > 0 {
-		if res, all := topicRegexps(f.TypePatterns); !all {
+		if res, all := events.TopicRegexps(f.TypePatterns); !all {
 			add("type ~ ANY($%d)", res)
 		}
 	}
@@ -79,35 +79,6 @@ func (f HistoryFilter) where(args []any) ([]string, []any) {
 		add("occurred_at < $%d", *f.To)
 	}
 	return where, args
-}
-
-// topicRegexps turns AMQP topic patterns into anchored regular expressions over event
-// types ("*" is one word, "#" zero or more); all reports a pattern that matches anything.
-func topicRegexps(patterns []string) (res []string, all bool) {
-	for _, p := range patterns {
-		if p == "#" {
-			return nil, true
-		}
-		var b strings.Builder
-		b.WriteString("^")
-		for i, w := range strings.Split(p, ".") {
-			dot := ""
-			if i > 0 {
-				dot = `\.`
-			}
-			switch w {
-			case "*":
-				b.WriteString(dot + `[^.]+`)
-			case "#":
-				b.WriteString(`(` + dot + `[^.]+)*`)
-			default:
-				b.WriteString(dot + regexp.QuoteMeta(w))
-			}
-		}
-		b.WriteString("$")
-		res = append(res, b.String())
-	}
-	return res, false
 }
 
 // CountHistory counts the events matching f that are readable now.
@@ -134,14 +105,14 @@ func historyQuery(f HistoryFilter, cp Checkpoint, limit int) (string, []any) {
 // ReadHistory returns up to limit events matching f after cp, in commit order (the order
 // the relay publishes), only from transactions older than every running one: a replay
 // resumed from the last event it returned never misses an event that commits later.
-func ReadHistory(ctx context.Context, q Querier, f HistoryFilter, cp Checkpoint, limit int) ([]Envelope, Checkpoint, error) {
+func ReadHistory(ctx context.Context, q Querier, f HistoryFilter, cp Checkpoint, limit int) ([]events.Envelope, Checkpoint, error) {
 	sql, args := historyQuery(f, cp, limit)
 	rows, err := q.Query(ctx, sql, args...)
 	if err != nil {
 		return nil, cp, db.Classify(err)
 	}
 	defer rows.Close()
-	var out []Envelope
+	var out []events.Envelope
 	for rows.Next() {
 		var txid int64
 		e, err := scanEnvelope(rows, &txid)
@@ -152,42 +123,4 @@ func ReadHistory(ctx context.Context, q Querier, f HistoryFilter, cp Checkpoint,
 		cp = Checkpoint{TransactionID: uint64(txid), Position: e.Position}
 	}
 	return out, cp, db.Classify(rows.Err())
-}
-
-// CheckTopicPattern says what is wrong with an AMQP topic pattern over event types: words
-// of a-z, 0-9 and _ separated by dots, where a word may be "*" (one word) or "#" (any).
-func CheckTopicPattern(p string) error {
-	if p == "" || len(p) > 100 {
-		return fmt.Errorf("must be 1 to 100 characters")
-	}
-	for _, w := range strings.Split(p, ".") {
-		if w == "*" || w == "#" {
-			continue
-		}
-		if w == "" || strings.TrimLeft(w, "abcdefghijklmnopqrstuvwxyz0123456789_") != "" {
-			return fmt.Errorf("%q is not a topic pattern: words of a-z, 0-9 and _, or * or #, separated by dots", p)
-		}
-	}
-	return nil
-}
-
-// TopicMatcher reports whether an event type matches any of patterns (checked with
-// CheckTopicPattern), as RabbitMQ would route it.
-func TopicMatcher(patterns []string) func(eventType string) bool {
-	res, all := topicRegexps(patterns)
-	if all {
-		return func(string) bool { return true }
-	}
-	compiled := make([]*regexp.Regexp, len(res))
-	for i, r := range res {
-		compiled[i] = regexp.MustCompile(r)
-	}
-	return func(t string) bool {
-		for _, r := range compiled {
-			if r.MatchString(t) {
-				return true
-			}
-		}
-		return false
-	}
 }
