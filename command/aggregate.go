@@ -1,5 +1,6 @@
-// Package command is the write side: aggregates with pure decide/evolve functions, the
-// command handlers that load, authorize, decide and append, and their HTTP routes.
+// Package command is the write side's handlers: each loads an aggregate from the event
+// store, authorizes the caller, asks the pure decisions of command/domain, and appends
+// what they decided (with any rows that must commit with it); and their HTTP routes.
 package command
 
 import (

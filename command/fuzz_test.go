@@ -15,6 +15,7 @@ import (
 	"github.com/gin-gonic/gin"
 	"github.com/google/uuid"
 
+	"github.com/chatbotsaas/chatbotd/command/domain"
 	"github.com/chatbotsaas/chatbotd/internal/apperr"
 	"github.com/chatbotsaas/chatbotd/internal/httpx"
 )
@@ -26,33 +27,33 @@ var commandInputs = []struct {
 	name     string
 	validate func(body []byte) (decodeErr, validateErr error)
 }{
-	{"register", input(func(c *Register) error { return c.Validate() })},
-	{"login", input(func(c *Login) error { return c.Validate() })},
-	{"refresh", input(func(c *Refresh) error { return nil })},
-	{"change password", input(func(c *ChangePassword) error { return c.Validate() })},
-	{"create user", input(func(c *CreateUser) error { return c.Validate() })},
-	{"update user", input(func(c *UpdateUser) error { return c.Validate() })},
-	{"create role", input(func(c *CreateRole) error { return c.Validate() })},
-	{"update role", input(func(c *UpdateRole) error { return c.Validate() })},
-	{"update organization", input(func(c *UpdateOrganization) error { return c.Validate() })},
-	{"suspend organization", input(func(c *SuspendOrganization) error { return c.Validate() })},
-	{"create token", input(func(c *CreateToken) error { return c.Validate(time.Now()) })},
-	{"create chatbot", input(func(c *CreateChatbot) error { return c.Validate() })},
-	{"update chatbot", input(func(c *UpdateChatbot) error { return c.Validate(true) })},
-	{"knowledge entry", input(func(c *EntryInput) error {
-		_, err := DecideAddEntry(uuid.New(), uuid.New(), *c)
+	{"register", input(func(c *domain.Register) error { return c.Validate() })},
+	{"login", input(func(c *domain.Login) error { return c.Validate() })},
+	{"refresh", input(func(c *domain.Refresh) error { return nil })},
+	{"change password", input(func(c *domain.ChangePassword) error { return c.Validate() })},
+	{"create user", input(func(c *domain.CreateUser) error { return c.Validate() })},
+	{"update user", input(func(c *domain.UpdateUser) error { return c.Validate() })},
+	{"create role", input(func(c *domain.CreateRole) error { return c.Validate() })},
+	{"update role", input(func(c *domain.UpdateRole) error { return c.Validate() })},
+	{"update organization", input(func(c *domain.UpdateOrganization) error { return c.Validate() })},
+	{"suspend organization", input(func(c *domain.SuspendOrganization) error { return c.Validate() })},
+	{"create token", input(func(c *domain.CreateToken) error { return c.Validate(time.Now()) })},
+	{"create chatbot", input(func(c *domain.CreateChatbot) error { return c.Validate() })},
+	{"update chatbot", input(func(c *domain.UpdateChatbot) error { return c.Validate(true) })},
+	{"knowledge entry", input(func(c *domain.EntryInput) error {
+		_, err := domain.DecideAddEntry(uuid.New(), uuid.New(), *c)
 		return err
 	})},
-	{"knowledge import", input(func(c *[]EntryInput) error {
+	{"knowledge import", input(func(c *[]domain.EntryInput) error {
 		f := apperr.Fields{}
 		for i := range *c {
-			(*c)[i].validate(f, "entries.")
+			(*c)[i].Check(f, "entries.")
 		}
 		return f.Err()
 	})},
-	{"start conversation", input(func(c *StartConversation) error { return nil })},
-	{"post message", input(func(c *PostMessage) error { return nil })},
-	{"create webhook", input(func(c *CreateWebhook) error { return c.Validate() })},
+	{"start conversation", input(func(c *domain.StartConversation) error { return nil })},
+	{"post message", input(func(c *domain.PostMessage) error { return nil })},
+	{"create webhook", input(func(c *domain.CreateWebhook) error { return c.Validate() })},
 }
 
 // input returns a validator for T: decode the body strictly, then validate; a valid

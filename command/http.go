@@ -5,6 +5,8 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/chatbotsaas/chatbotd/command/domain"
+
 	"github.com/gin-gonic/gin"
 	"github.com/google/uuid"
 
@@ -12,6 +14,7 @@ import (
 	"github.com/chatbotsaas/chatbotd/internal/apperr"
 	"github.com/chatbotsaas/chatbotd/internal/auth"
 	"github.com/chatbotsaas/chatbotd/internal/httpx"
+	"github.com/chatbotsaas/chatbotd/internal/rbac"
 	"github.com/chatbotsaas/chatbotd/internal/readmodel"
 )
 
@@ -26,38 +29,38 @@ func NewHTTP(svc *Service) *HTTP { return &HTTP{svc: svc} }
 // Routes lists the command endpoints with their access.
 func (h *HTTP) Routes() []httpx.Route {
 	return []httpx.Route{
-		httpx.R(http.MethodPost, "/api/v1/auth/register", auth.Public, handle(http.StatusCreated, "Registered", h.register)),
-		httpx.R(http.MethodPost, "/api/v1/auth/login", auth.Public, handle(http.StatusOK, "Logged in", h.login)).WithCredentials(),
-		httpx.R(http.MethodPost, "/api/v1/auth/refresh", auth.Public, handle(http.StatusOK, "Token refreshed", h.refresh)).WithCredentials(),
-		httpx.R(http.MethodPost, "/api/v1/auth/logout", auth.Authenticated, handle(http.StatusOK, "Logged out", h.logout)).WithSession(),
-		httpx.R(http.MethodPut, "/api/v1/auth/password", auth.Authenticated, handle(http.StatusOK, "Password changed", h.changePassword)).WithSession(),
-		httpx.R(http.MethodPost, "/api/v1/users", auth.UsersWrite, handle(http.StatusCreated, "User created", h.createUser)),
-		httpx.R(http.MethodPatch, "/api/v1/users/:id", auth.UsersWrite, handle(http.StatusOK, "User updated", h.updateUser)),
-		httpx.R(http.MethodDelete, "/api/v1/users/:id", auth.UsersWrite, handle(http.StatusOK, "User deleted", h.deleteUser)),
-		httpx.R(http.MethodPut, "/api/v1/users/:id/roles/:role", auth.UsersWrite, handle(http.StatusOK, "Role assigned", h.assignRole)),
-		httpx.R(http.MethodDelete, "/api/v1/users/:id/roles/:role", auth.UsersWrite, handle(http.StatusOK, "Role removed", h.removeRole)),
-		httpx.R(http.MethodPatch, "/api/v1/organization", auth.OrganizationWrite, handle(http.StatusOK, "Organization updated", h.updateOrganization)),
-		httpx.R(http.MethodPost, "/api/v1/roles", auth.RolesWrite, handle(http.StatusCreated, "Role created", h.createRole)),
-		httpx.R(http.MethodPatch, "/api/v1/roles/:name", auth.RolesWrite, handle(http.StatusOK, "Role updated", h.updateRole)),
-		httpx.R(http.MethodDelete, "/api/v1/roles/:name", auth.RolesWrite, handle(http.StatusOK, "Role deleted", h.deleteRole)),
-		httpx.R(http.MethodPost, "/api/v1/chatbots", auth.ChatbotsWrite, handle(http.StatusCreated, "Chatbot created", h.createChatbot)),
-		httpx.R(http.MethodPatch, "/api/v1/chatbots/:id", auth.ChatbotsWrite, handle(http.StatusOK, "Chatbot updated", h.updateChatbot)),
-		httpx.R(http.MethodDelete, "/api/v1/chatbots/:id", auth.ChatbotsWrite, handle(http.StatusOK, "Chatbot deleted", h.deleteChatbot)),
-		httpx.R(http.MethodPost, "/api/v1/chatbots/:id/publish", auth.ChatbotsWrite, handle(http.StatusOK, "Chatbot published", h.publishChatbot(true))),
-		httpx.R(http.MethodPost, "/api/v1/chatbots/:id/unpublish", auth.ChatbotsWrite, handle(http.StatusOK, "Chatbot unpublished", h.publishChatbot(false))),
-		httpx.R(http.MethodPost, "/api/v1/chatbots/:id/knowledge", auth.ChatbotsWrite, handle(http.StatusCreated, "Knowledge entry added", h.addEntry)),
-		httpx.R(http.MethodPatch, "/api/v1/chatbots/:id/knowledge/:entry_id", auth.ChatbotsWrite, handle(http.StatusOK, "Knowledge entry updated", h.updateEntry)),
-		httpx.R(http.MethodDelete, "/api/v1/chatbots/:id/knowledge/:entry_id", auth.ChatbotsWrite, handle(http.StatusOK, "Knowledge entry removed", h.removeEntry)),
-		httpx.R(http.MethodPost, "/api/v1/chatbots/:id/knowledge/import", auth.ChatbotsWrite, handle(http.StatusCreated, "Knowledge imported", h.importEntries)).WithCSV(MaxImportBody),
-		httpx.R(http.MethodPost, "/api/v1/chatbots/:id/train", auth.ChatbotsWrite, handle(http.StatusAccepted, "Training requested", h.train)),
-		httpx.R(http.MethodPost, "/api/v1/chatbots/:id/conversations", auth.ConversationsWrite, handle(http.StatusCreated, "Conversation started", h.startConversation)),
-		httpx.R(http.MethodPost, "/api/v1/conversations/:id/messages", auth.ConversationsWrite, handle(http.StatusAccepted, "Message queued", h.postMessage)),
-		httpx.R(http.MethodPost, "/api/v1/tokens", auth.TokensWrite, handle(http.StatusCreated, "Token created", h.createToken)).WithCredentials().WithSession(),
-		httpx.R(http.MethodDelete, "/api/v1/tokens/:id", auth.TokensWrite, handle(http.StatusOK, "Token revoked", h.revokeToken)).WithSession(),
-		httpx.R(http.MethodPost, "/api/v1/webhooks", auth.WebhooksWrite, handle(http.StatusCreated, "Webhook created", h.createWebhook)),
-		httpx.R(http.MethodDelete, "/api/v1/webhooks/:id", auth.WebhooksWrite, handle(http.StatusOK, "Webhook deleted", h.deleteWebhook)),
-		httpx.R(http.MethodPost, "/api/v1/admin/organizations/:id/suspend", auth.PlatformOperate, handle(http.StatusOK, "Organization suspended", h.suspendOrganization)),
-		httpx.R(http.MethodPost, "/api/v1/admin/organizations/:id/resume", auth.PlatformOperate, handle(http.StatusOK, "Organization resumed", h.resumeOrganization)),
+		httpx.R(http.MethodPost, "/api/v1/auth/register", rbac.Public, handle(http.StatusCreated, "Registered", h.register)),
+		httpx.R(http.MethodPost, "/api/v1/auth/login", rbac.Public, handle(http.StatusOK, "Logged in", h.login)).WithCredentials(),
+		httpx.R(http.MethodPost, "/api/v1/auth/refresh", rbac.Public, handle(http.StatusOK, "Token refreshed", h.refresh)).WithCredentials(),
+		httpx.R(http.MethodPost, "/api/v1/auth/logout", rbac.Authenticated, handle(http.StatusOK, "Logged out", h.logout)).WithSession(),
+		httpx.R(http.MethodPut, "/api/v1/auth/password", rbac.Authenticated, handle(http.StatusOK, "Password changed", h.changePassword)).WithSession(),
+		httpx.R(http.MethodPost, "/api/v1/users", rbac.UsersWrite, handle(http.StatusCreated, "User created", h.createUser)),
+		httpx.R(http.MethodPatch, "/api/v1/users/:id", rbac.UsersWrite, handle(http.StatusOK, "User updated", h.updateUser)),
+		httpx.R(http.MethodDelete, "/api/v1/users/:id", rbac.UsersWrite, handle(http.StatusOK, "User deleted", h.deleteUser)),
+		httpx.R(http.MethodPut, "/api/v1/users/:id/roles/:role", rbac.UsersWrite, handle(http.StatusOK, "Role assigned", h.assignRole)),
+		httpx.R(http.MethodDelete, "/api/v1/users/:id/roles/:role", rbac.UsersWrite, handle(http.StatusOK, "Role removed", h.removeRole)),
+		httpx.R(http.MethodPatch, "/api/v1/organization", rbac.OrganizationWrite, handle(http.StatusOK, "Organization updated", h.updateOrganization)),
+		httpx.R(http.MethodPost, "/api/v1/roles", rbac.RolesWrite, handle(http.StatusCreated, "Role created", h.createRole)),
+		httpx.R(http.MethodPatch, "/api/v1/roles/:name", rbac.RolesWrite, handle(http.StatusOK, "Role updated", h.updateRole)),
+		httpx.R(http.MethodDelete, "/api/v1/roles/:name", rbac.RolesWrite, handle(http.StatusOK, "Role deleted", h.deleteRole)),
+		httpx.R(http.MethodPost, "/api/v1/chatbots", rbac.ChatbotsWrite, handle(http.StatusCreated, "Chatbot created", h.createChatbot)),
+		httpx.R(http.MethodPatch, "/api/v1/chatbots/:id", rbac.ChatbotsWrite, handle(http.StatusOK, "Chatbot updated", h.updateChatbot)),
+		httpx.R(http.MethodDelete, "/api/v1/chatbots/:id", rbac.ChatbotsWrite, handle(http.StatusOK, "Chatbot deleted", h.deleteChatbot)),
+		httpx.R(http.MethodPost, "/api/v1/chatbots/:id/publish", rbac.ChatbotsWrite, handle(http.StatusOK, "Chatbot published", h.publishChatbot(true))),
+		httpx.R(http.MethodPost, "/api/v1/chatbots/:id/unpublish", rbac.ChatbotsWrite, handle(http.StatusOK, "Chatbot unpublished", h.publishChatbot(false))),
+		httpx.R(http.MethodPost, "/api/v1/chatbots/:id/knowledge", rbac.ChatbotsWrite, handle(http.StatusCreated, "Knowledge entry added", h.addEntry)),
+		httpx.R(http.MethodPatch, "/api/v1/chatbots/:id/knowledge/:entry_id", rbac.ChatbotsWrite, handle(http.StatusOK, "Knowledge entry updated", h.updateEntry)),
+		httpx.R(http.MethodDelete, "/api/v1/chatbots/:id/knowledge/:entry_id", rbac.ChatbotsWrite, handle(http.StatusOK, "Knowledge entry removed", h.removeEntry)),
+		httpx.R(http.MethodPost, "/api/v1/chatbots/:id/knowledge/import", rbac.ChatbotsWrite, handle(http.StatusCreated, "Knowledge imported", h.importEntries)).WithCSV(MaxImportBody),
+		httpx.R(http.MethodPost, "/api/v1/chatbots/:id/train", rbac.ChatbotsWrite, handle(http.StatusAccepted, "Training requested", h.train)),
+		httpx.R(http.MethodPost, "/api/v1/chatbots/:id/conversations", rbac.ConversationsWrite, handle(http.StatusCreated, "Conversation started", h.startConversation)),
+		httpx.R(http.MethodPost, "/api/v1/conversations/:id/messages", rbac.ConversationsWrite, handle(http.StatusAccepted, "Message queued", h.postMessage)),
+		httpx.R(http.MethodPost, "/api/v1/tokens", rbac.TokensWrite, handle(http.StatusCreated, "Token created", h.createToken)).WithCredentials().WithSession(),
+		httpx.R(http.MethodDelete, "/api/v1/tokens/:id", rbac.TokensWrite, handle(http.StatusOK, "Token revoked", h.revokeToken)).WithSession(),
+		httpx.R(http.MethodPost, "/api/v1/webhooks", rbac.WebhooksWrite, handle(http.StatusCreated, "Webhook created", h.createWebhook)),
+		httpx.R(http.MethodDelete, "/api/v1/webhooks/:id", rbac.WebhooksWrite, handle(http.StatusOK, "Webhook deleted", h.deleteWebhook)),
+		httpx.R(http.MethodPost, "/api/v1/admin/organizations/:id/suspend", rbac.PlatformOperate, handle(http.StatusOK, "Organization suspended", h.suspendOrganization)),
+		httpx.R(http.MethodPost, "/api/v1/admin/organizations/:id/resume", rbac.PlatformOperate, handle(http.StatusOK, "Organization resumed", h.resumeOrganization)),
 	}
 }
 
@@ -124,7 +127,7 @@ func ifMatch(c *gin.Context) (IfMatch, error) {
 }
 
 func (h *HTTP) register(c *gin.Context) (Result[Registered], error) {
-	in, err := body[Register](c)
+	in, err := body[domain.Register](c)
 	if err != nil {
 		return Result[Registered]{}, err
 	}
@@ -136,7 +139,7 @@ func (h *HTTP) register(c *gin.Context) (Result[Registered], error) {
 const DeviceCookie = "chatbotd_device"
 
 func (h *HTTP) login(c *gin.Context) (Result[TokenPair], error) {
-	in, err := body[Login](c)
+	in, err := body[domain.Login](c)
 	if err != nil {
 		return Result[TokenPair]{}, err
 	}
@@ -152,7 +155,7 @@ func (h *HTTP) login(c *gin.Context) (Result[TokenPair], error) {
 }
 
 func (h *HTTP) refresh(c *gin.Context) (Result[TokenPair], error) {
-	in, err := body[Refresh](c)
+	in, err := body[domain.Refresh](c)
 	if err != nil {
 		return Result[TokenPair]{}, err
 	}
@@ -167,7 +170,7 @@ func (h *HTTP) logout(c *gin.Context) (Result[struct{}], error) {
 }
 
 func (h *HTTP) changePassword(c *gin.Context) (Result[PasswordChanged], error) {
-	in, err := body[ChangePassword](c)
+	in, err := body[domain.ChangePassword](c)
 	if err != nil {
 		return Result[PasswordChanged]{}, err
 	}
@@ -175,7 +178,7 @@ func (h *HTTP) changePassword(c *gin.Context) (Result[PasswordChanged], error) {
 }
 
 func (h *HTTP) createUser(c *gin.Context) (Result[readmodel.User], error) {
-	in, err := body[CreateUser](c)
+	in, err := body[domain.CreateUser](c)
 	if err != nil {
 		return Result[readmodel.User]{}, err
 	}
@@ -191,7 +194,7 @@ func (h *HTTP) updateUser(c *gin.Context) (Result[readmodel.User], error) {
 	if err != nil {
 		return Result[readmodel.User]{}, err
 	}
-	in, err := body[UpdateUser](c)
+	in, err := body[domain.UpdateUser](c)
 	if err != nil {
 		return Result[readmodel.User]{}, err
 	}
@@ -227,7 +230,7 @@ func (h *HTTP) updateOrganization(c *gin.Context) (Result[readmodel.Organization
 	if err != nil {
 		return Result[readmodel.Organization]{}, err
 	}
-	in, err := body[UpdateOrganization](c)
+	in, err := body[domain.UpdateOrganization](c)
 	if err != nil {
 		return Result[readmodel.Organization]{}, err
 	}
@@ -235,7 +238,7 @@ func (h *HTTP) updateOrganization(c *gin.Context) (Result[readmodel.Organization
 }
 
 func (h *HTTP) createToken(c *gin.Context) (Result[CreatedToken], error) {
-	in, err := body[CreateToken](c)
+	in, err := body[domain.CreateToken](c)
 	if err != nil {
 		return Result[CreatedToken]{}, err
 	}
@@ -243,7 +246,7 @@ func (h *HTTP) createToken(c *gin.Context) (Result[CreatedToken], error) {
 }
 
 func (h *HTTP) createWebhook(c *gin.Context) (Result[WebhookView], error) {
-	in, err := body[CreateWebhook](c)
+	in, err := body[domain.CreateWebhook](c)
 	if err != nil {
 		return Result[WebhookView]{}, err
 	}
@@ -267,7 +270,7 @@ func (h *HTTP) suspendOrganization(c *gin.Context) (Result[readmodel.Organizatio
 	if err != nil {
 		return Result[readmodel.Organization]{}, err
 	}
-	in, err := body[SuspendOrganization](c)
+	in, err := body[domain.SuspendOrganization](c)
 	if err != nil {
 		return Result[readmodel.Organization]{}, err
 	}
@@ -291,7 +294,7 @@ func (h *HTTP) revokeToken(c *gin.Context) (Result[struct{}], error) {
 }
 
 func (h *HTTP) createRole(c *gin.Context) (Result[RoleView], error) {
-	in, err := body[CreateRole](c)
+	in, err := body[domain.CreateRole](c)
 	if err != nil {
 		return Result[RoleView]{}, err
 	}
@@ -303,7 +306,7 @@ func (h *HTTP) updateRole(c *gin.Context) (Result[RoleView], error) {
 	if err != nil {
 		return Result[RoleView]{}, err
 	}
-	in, err := body[UpdateRole](c)
+	in, err := body[domain.UpdateRole](c)
 	if err != nil {
 		return Result[RoleView]{}, err
 	}
@@ -319,7 +322,7 @@ func (h *HTTP) deleteRole(c *gin.Context) (Result[RoleView], error) {
 }
 
 func (h *HTTP) createChatbot(c *gin.Context) (Result[readmodel.Chatbot], error) {
-	in, err := body[CreateChatbot](c)
+	in, err := body[domain.CreateChatbot](c)
 	if err != nil {
 		return Result[readmodel.Chatbot]{}, err
 	}
@@ -335,7 +338,7 @@ func (h *HTTP) updateChatbot(c *gin.Context) (Result[readmodel.Chatbot], error) 
 	if err != nil {
 		return Result[readmodel.Chatbot]{}, err
 	}
-	in, err := body[UpdateChatbot](c)
+	in, err := body[domain.UpdateChatbot](c)
 	if err != nil {
 		return Result[readmodel.Chatbot]{}, err
 	}

@@ -11,6 +11,7 @@ import (
 
 	"github.com/gin-gonic/gin"
 
+	"github.com/chatbotsaas/chatbotd/command/domain"
 	"github.com/chatbotsaas/chatbotd/internal/apperr"
 	"github.com/chatbotsaas/chatbotd/internal/httpx"
 )
@@ -24,7 +25,7 @@ func (h *HTTP) addEntry(c *gin.Context) (Result[EntryView], error) {
 	if err != nil {
 		return Result[EntryView]{}, err
 	}
-	in, err := body[EntryInput](c)
+	in, err := body[domain.EntryInput](c)
 	if err != nil {
 		return Result[EntryView]{}, err
 	}
@@ -40,7 +41,7 @@ func (h *HTTP) updateEntry(c *gin.Context) (Result[EntryView], error) {
 	if err != nil {
 		return Result[EntryView]{}, err
 	}
-	in, err := body[EntryInput](c)
+	in, err := body[domain.EntryInput](c)
 	if err != nil {
 		return Result[EntryView]{}, err
 	}
@@ -64,11 +65,11 @@ func (h *HTTP) importEntries(c *gin.Context) (Result[Imported], error) {
 	if err != nil {
 		return Result[Imported]{}, err
 	}
-	var rows []EntryInput
+	var rows []domain.EntryInput
 	if mt, _, _ := mime.ParseMediaType(c.GetHeader("Content-Type")); mt == "text/csv" {
 		rows, err = ParseCSV(c.Request.Body)
 	} else {
-		rows, err = body[[]EntryInput](c)
+		rows, err = body[[]domain.EntryInput](c)
 	}
 	if err != nil {
 		return Result[Imported]{}, err
@@ -78,7 +79,7 @@ func (h *HTTP) importEntries(c *gin.Context) (Result[Imported], error) {
 
 // ParseCSV reads an import in CSV: a header row "question,answer,tags", then one entry a
 // row, tags separated by ";". Malformed rows are named in the VALIDATION_ERROR.
-func ParseCSV(r io.Reader) ([]EntryInput, error) {
+func ParseCSV(r io.Reader) ([]domain.EntryInput, error) {
 	cr := csv.NewReader(r)
 	cr.FieldsPerRecord = -1
 	cr.ReuseRecord = false
@@ -100,7 +101,7 @@ func ParseCSV(r io.Reader) ([]EntryInput, error) {
 		return nil, apperr.Invalid("csv", "the header row must be question,answer,tags")
 	}
 	f := apperr.Fields{}
-	var rows []EntryInput
+	var rows []domain.EntryInput
 	for line := 2; ; line++ {
 		rec, err := cr.Read()
 		if errors.Is(err, io.EOF) {
@@ -119,7 +120,7 @@ func ParseCSV(r io.Reader) ([]EntryInput, error) {
 		if len(rec) < 2 || len(rec) > 3 {
 			f.Add(fmt.Sprintf("entries[%d]", len(rows)), fmt.Sprintf("row %d: must have question,answer[,tags]", line))
 		}
-		in := EntryInput{}
+		in := domain.EntryInput{}
 		if len(rec) > 0 {
 			in.Question = rec[0]
 		}
@@ -130,8 +131,8 @@ func ParseCSV(r io.Reader) ([]EntryInput, error) {
 			in.Tags = strings.Split(rec[2], ";")
 		}
 		rows = append(rows, in)
-		if len(rows) > MaxImport {
-			break // ValidateImport names the excess
+		if len(rows) > domain.MaxImport {
+			break // domain.ValidateImport names the excess
 		}
 	}
 	if err := f.Err(); err != nil {

@@ -3,103 +3,55 @@ package command
 import (
 	"context"
 	"errors"
-	"strings"
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 
+	"github.com/chatbotsaas/chatbotd/command/domain"
 	"github.com/chatbotsaas/chatbotd/events"
 	"github.com/chatbotsaas/chatbotd/events/eventstore"
 	"github.com/chatbotsaas/chatbotd/internal/apperr"
 	"github.com/chatbotsaas/chatbotd/internal/auth"
 	"github.com/chatbotsaas/chatbotd/internal/db"
+	"github.com/chatbotsaas/chatbotd/internal/rbac"
 	"github.com/chatbotsaas/chatbotd/internal/readmodel"
 )
 
 // Platform operators are users of one organization, the platform's, made by
 // `chatbotd admin create` and never by the API. They sign in like anyone; the flag on
-// their credentials gives them auth.PlatformOperate, the only way to act across
+// their credentials gives them rbac.PlatformOperate, the only way to act across
 // organizations. The platform organization cannot be suspended.
-
-// OrganizationSuspendedStatus is an organization's status while suspended.
-const OrganizationSuspendedStatus = "suspended"
-
-// PlatformOrganizationName is the name of the organization that holds the operators.
-const PlatformOrganizationName = "Platform operators"
-
-// DecideSuspendOrganization suspends an active organization; suspending a suspended one
-// changes nothing.
-func DecideSuspendOrganization(o Organization, reason string) ([]events.Event, error) {
-	switch {
-	case !o.Exists:
-		return nil, apperr.NotFound("organization")
-	case o.Platform:
-		return nil, apperr.Conflict("the platform operators' organization cannot be suspended")
-	case o.Status == OrganizationSuspendedStatus:
-		return nil, nil
-	}
-	return []events.Event{events.OrganizationSuspended{Reason: reason}}, nil
-}
-
-// DecideResumeOrganization lifts a suspension; resuming an active organization changes
-// nothing.
-func DecideResumeOrganization(o Organization) ([]events.Event, error) {
-	switch {
-	case !o.Exists:
-		return nil, apperr.NotFound("organization")
-	case o.Status != OrganizationSuspendedStatus:
-		return nil, nil
-	}
-	return []events.Event{events.OrganizationResumed{}}, nil
-}
-
-// SuspendOrganization is POST /admin/organizations/{id}/suspend.
-type SuspendOrganization struct {
-	Reason string `json:"reason"`
-}
-
-// Validate checks the reason.
-func (c *SuspendOrganization) Validate() error {
-	f := apperr.Fields{}
-	c.Reason = strings.TrimSpace(c.Reason)
-	if c.Reason == "" {
-		f.Add("reason", "is required")
-	} else if len([]rune(c.Reason)) > 500 {
-		f.Add("reason", "must be at most 500 characters")
-	}
-	return f.Err()
-}
 
 // SuspendOrganization suspends an organization: in the same transaction as the event,
 // authentication's row says so, and every request of its users and tokens gets 403
 // ORGANIZATION_SUSPENDED from the next one on.
-func (s *Service) SuspendOrganization(ctx context.Context, meta events.Meta, p auth.Principal, id uuid.UUID, c SuspendOrganization) (Result[readmodel.Organization], error) {
-	if err := p.Require(auth.PlatformOperate); err != nil {
+func (s *Service) SuspendOrganization(ctx context.Context, meta events.Meta, p auth.Principal, id uuid.UUID, c domain.SuspendOrganization) (Result[readmodel.Organization], error) {
+	if err := p.Require(rbac.PlatformOperate); err != nil {
 		return Result[readmodel.Organization]{}, err
 	}
 	if err := c.Validate(); err != nil {
 		return Result[readmodel.Organization]{}, err
 	}
-	return s.setSuspended(ctx, meta, p, id, true, func(o Organization) ([]events.Event, error) {
-		return DecideSuspendOrganization(o, c.Reason)
+	return s.setSuspended(ctx, meta, p, id, true, func(o domain.Organization) ([]events.Event, error) {
+		return domain.DecideSuspendOrganization(o, c.Reason)
 	})
 }
 
 // ResumeOrganization is POST /admin/organizations/{id}/resume.
 func (s *Service) ResumeOrganization(ctx context.Context, meta events.Meta, p auth.Principal, id uuid.UUID) (Result[readmodel.Organization], error) {
-	if err := p.Require(auth.PlatformOperate); err != nil {
+	if err := p.Require(rbac.PlatformOperate); err != nil {
 		return Result[readmodel.Organization]{}, err
 	}
-	return s.setSuspended(ctx, meta, p, id, false, DecideResumeOrganization)
+	return s.setSuspended(ctx, meta, p, id, false, domain.DecideResumeOrganization)
 }
 
 func (s *Service) setSuspended(ctx context.Context, meta events.Meta, p auth.Principal, id uuid.UUID, suspended bool,
-	decide func(Organization) ([]events.Event, error)) (Result[readmodel.Organization], error) {
+	decide func(domain.Organization) ([]events.Event, error)) (Result[readmodel.Organization], error) {
 	// The operator acts on another organization: the stream's own organization is the
 	// tenant (so the event is in that organization's audit trail), the actor the operator.
-	l, tok, err := change[Organization]{streamType: events.StreamOrganization, id: id, org: id, notFound: "organization",
-		meta: actor(p, meta), evolve: EvolveOrganization, decide: decide,
-		also: func(Organization) func(context.Context, pgx.Tx) error {
+	l, tok, err := change[domain.Organization]{streamType: events.StreamOrganization, id: id, org: id, notFound: "organization",
+		meta: actor(p, meta), evolve: domain.EvolveOrganization, decide: decide,
+		also: func(domain.Organization) func(context.Context, pgx.Tx) error {
 			return func(ctx context.Context, tx pgx.Tx) error { return setOrganizationState(ctx, tx, id, suspended, false) }
 		}}.run(ctx, s.store)
 	s.forgetOrganization(err, id)
@@ -131,28 +83,10 @@ func (s *Service) organizationSuspended(ctx context.Context, org uuid.UUID) (boo
 
 var errSuspended = apperr.New(apperr.CodeOrgSuspended, "This organization is suspended; contact the platform's operators")
 
-// CreateOperator is `chatbotd admin create`.
-type CreateOperator struct {
-	Name     string
-	Email    string
-	Password string
-}
-
-// Validate checks and normalizes the input.
-func (c *CreateOperator) Validate() error {
-	f := apperr.Fields{}
-	c.Name = strings.TrimSpace(c.Name)
-	c.Email = NormalizeEmail(c.Email)
-	checkName(f, "name", c.Name)
-	checkEmail(f, "email", c.Email)
-	checkPassword(f, "password", c.Password)
-	return f.Err()
-}
-
 // CreateOperator makes a platform operator account: a user of the platform organization
 // (made with the first operator) with the operator flag. Its email is reserved like any
 // user's, so it cannot also belong to a tenant.
-func (s *Service) CreateOperator(ctx context.Context, meta events.Meta, c CreateOperator) (Result[readmodel.User], error) {
+func (s *Service) CreateOperator(ctx context.Context, meta events.Meta, c domain.CreateOperator) (Result[readmodel.User], error) {
 	var res Result[readmodel.User]
 	if err := c.Validate(); err != nil {
 		return res, err
@@ -172,7 +106,7 @@ func (s *Service) CreateOperator(ctx context.Context, meta events.Meta, c Create
 	}
 }
 
-func (s *Service) createOperator(ctx context.Context, meta events.Meta, c CreateOperator, hash string) (Result[readmodel.User], error) {
+func (s *Service) createOperator(ctx context.Context, meta events.Meta, c domain.CreateOperator, hash string) (Result[readmodel.User], error) {
 	var res Result[readmodel.User]
 	var orgID uuid.UUID
 	err := s.store.Pool().QueryRow(ctx, `SELECT organization_id FROM organization_states WHERE platform`).Scan(&orgID)
@@ -186,12 +120,12 @@ func (s *Service) createOperator(ctx context.Context, meta events.Meta, c Create
 	userID := uuid.Must(uuid.NewV7())
 	meta.Actor = events.Actor{Type: events.ActorSystem}
 	req := eventstore.AppendRequest{StreamType: events.StreamUser, StreamID: userID, ExpectedVersion: 0, OrganizationID: &orgID,
-		Events: []events.Event{events.UserCreated{Name: c.Name, Email: c.Email, Roles: []string{auth.RoleOwner},
-			Status: StatusActive, PlatformOperator: true}}, Meta: meta}
+		Events: []events.Event{events.UserCreated{Name: c.Name, Email: c.Email, Roles: []string{rbac.RoleOwner},
+			Status: domain.StatusActive, PlatformOperator: true}}, Meta: meta}
 	slug := "platform-operators-" + randomHex(3)
 	if newOrg {
 		req.More = []eventstore.AppendRequest{{StreamType: events.StreamOrganization, StreamID: orgID, ExpectedVersion: 0,
-			OrganizationID: &orgID, Events: []events.Event{events.OrganizationCreated{Name: PlatformOrganizationName,
+			OrganizationID: &orgID, Events: []events.Event{events.OrganizationCreated{Name: domain.PlatformOrganizationName,
 				Slug: slug, Status: "active", Platform: true}}}}
 	}
 	req.Also = func(ctx context.Context, tx pgx.Tx) error {
@@ -212,14 +146,14 @@ func (s *Service) createOperator(ctx context.Context, meta events.Meta, c Create
 		if _, err := tx.Exec(ctx, `UPDATE user_credentials SET platform_operator = true WHERE user_id = $1`, userID); err != nil {
 			return err
 		}
-		return assignRole(ctx, tx, orgID, userID, auth.RoleOwner, true)
+		return assignRole(ctx, tx, orgID, userID, rbac.RoleOwner, true)
 	}
 	tok, err := s.store.Append(ctx, req)
 	if err != nil {
 		return res, err
 	}
 	res.Token = tok
-	res.Data = readmodel.User{ID: userID, OrganizationID: orgID, Name: c.Name, Email: c.Email, Status: StatusActive,
-		Roles: []string{auth.RoleOwner}, CreatedAt: tok.OccurredAt, UpdatedAt: tok.OccurredAt, Version: 1}
+	res.Data = readmodel.User{ID: userID, OrganizationID: orgID, Name: c.Name, Email: c.Email, Status: domain.StatusActive,
+		Roles: []string{rbac.RoleOwner}, CreatedAt: tok.OccurredAt, UpdatedAt: tok.OccurredAt, Version: 1}
 	return res, nil
 }

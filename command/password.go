@@ -6,6 +6,8 @@ import (
 	"math"
 	"slices"
 
+	"github.com/chatbotsaas/chatbotd/command/domain"
+
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 
@@ -15,29 +17,6 @@ import (
 	"github.com/chatbotsaas/chatbotd/internal/auth"
 	"github.com/chatbotsaas/chatbotd/internal/db"
 )
-
-// ChangePassword is PUT /auth/password: the caller changes their own password.
-type ChangePassword struct {
-	CurrentPassword      string `json:"current_password"`
-	Password             string `json:"password"`
-	PasswordConfirmation string `json:"password_confirmation"`
-}
-
-// Validate checks the input.
-func (c *ChangePassword) Validate() error {
-	f := apperr.Fields{}
-	if c.CurrentPassword == "" {
-		f.Add("current_password", "is required")
-	}
-	checkPassword(f, "password", c.Password)
-	if c.PasswordConfirmation != c.Password {
-		f.Add("password_confirmation", "must match password")
-	}
-	if c.Password != "" && c.Password == c.CurrentPassword {
-		f.Add("password", "must differ from the current password")
-	}
-	return f.Err()
-}
 
 // PasswordChanged is what changing one's password answers.
 type PasswordChanged struct {
@@ -53,7 +32,7 @@ const ReasonPasswordChanged = "password_changed"
 // notifies the user by email) with a session.revoked for each ended session, in one
 // transaction. Only a login session may do it. A wrong current password counts against
 // the same limits as a failed login and is recorded as access.password_change_failed.
-func (s *Service) ChangePassword(ctx context.Context, meta events.Meta, p auth.Principal, c ChangePassword) (Result[PasswordChanged], error) {
+func (s *Service) ChangePassword(ctx context.Context, meta events.Meta, p auth.Principal, c domain.ChangePassword) (Result[PasswordChanged], error) {
 	var res Result[PasswordChanged]
 	if err := p.RequireSession(); err != nil {
 		return res, err
@@ -61,7 +40,7 @@ func (s *Service) ChangePassword(ctx context.Context, meta events.Meta, p auth.P
 	if err := c.Validate(); err != nil {
 		return res, err
 	}
-	user, err := load(ctx, s.store, p.UserID, EvolveUser)
+	user, err := load(ctx, s.store, p.UserID, domain.EvolveUser)
 	if err != nil {
 		return res, err
 	}
@@ -110,7 +89,7 @@ func (s *Service) ChangePassword(ctx context.Context, meta events.Meta, p auth.P
 // in between is a conflict, and the attempt is made again.
 func (s *Service) changePassword(ctx context.Context, meta events.Meta, p auth.Principal, oldHash, newHash string) (Result[PasswordChanged], error) {
 	var res Result[PasswordChanged]
-	user, err := load(ctx, s.store, p.UserID, EvolveUser)
+	user, err := load(ctx, s.store, p.UserID, domain.EvolveUser)
 	if err != nil {
 		return res, err
 	}
@@ -124,14 +103,14 @@ func (s *Service) changePassword(ctx context.Context, meta events.Meta, p auth.P
 	var ended []uuid.UUID
 	var more []eventstore.AppendRequest
 	for _, id := range others {
-		l, err := load(ctx, s.store, id, EvolveSession)
+		l, err := load(ctx, s.store, id, domain.EvolveSession)
 		if err != nil {
 			return res, err
 		}
 		if l.State.UserID != p.UserID || s.now().After(l.State.ExpiresAt) {
 			continue // expired: its tokens are dead already
 		}
-		evs, err := DecideRevokeSession(l.State, ReasonPasswordChanged)
+		evs, err := domain.DecideRevokeSession(l.State, ReasonPasswordChanged)
 		if err != nil || len(evs) == 0 {
 			continue
 		}

@@ -5,7 +5,8 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
-	"strings"
+
+	"github.com/chatbotsaas/chatbotd/command/domain"
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
@@ -13,31 +14,10 @@ import (
 	"github.com/chatbotsaas/chatbotd/events"
 	"github.com/chatbotsaas/chatbotd/events/eventstore"
 	"github.com/chatbotsaas/chatbotd/internal/apperr"
-	"github.com/chatbotsaas/chatbotd/internal/auth"
 	"github.com/chatbotsaas/chatbotd/internal/db"
+	"github.com/chatbotsaas/chatbotd/internal/rbac"
 	"github.com/chatbotsaas/chatbotd/internal/readmodel"
 )
-
-// Register is POST /auth/register.
-type Register struct {
-	OrganizationName string `json:"organization_name"`
-	Name             string `json:"name"`
-	Email            string `json:"email"`
-	Password         string `json:"password"`
-}
-
-// Validate checks and normalizes the input.
-func (c *Register) Validate() error {
-	f := apperr.Fields{}
-	c.OrganizationName = strings.TrimSpace(c.OrganizationName)
-	c.Name = strings.TrimSpace(c.Name)
-	c.Email = NormalizeEmail(c.Email)
-	checkName(f, "organization_name", c.OrganizationName)
-	checkName(f, "name", c.Name)
-	checkEmail(f, "email", c.Email)
-	checkPassword(f, "password", c.Password)
-	return f.Err()
-}
 
 // Registered is what registering returns.
 type Registered struct {
@@ -46,7 +26,7 @@ type Registered struct {
 }
 
 // Register creates an organization and its owner in one transaction.
-func (s *Service) Register(ctx context.Context, meta events.Meta, c Register) (Result[Registered], error) {
+func (s *Service) Register(ctx context.Context, meta events.Meta, c domain.Register) (Result[Registered], error) {
 	var res Result[Registered]
 	if err := c.Validate(); err != nil {
 		return res, err
@@ -57,17 +37,17 @@ func (s *Service) Register(ctx context.Context, meta events.Meta, c Register) (R
 	}
 	orgID, userID := uuid.Must(uuid.NewV7()), uuid.Must(uuid.NewV7())
 	meta.Actor = events.Actor{Type: events.ActorUser, ID: &userID}
-	base := Slugify(c.OrganizationName)
+	base := domain.Slugify(c.OrganizationName)
 	for attempt := 0; ; attempt++ {
 		slug := base
 		if attempt > 0 {
 			slug = base + "-" + randomHex(3)
 		}
-		orgEvents, err := DecideCreateOrganization(Organization{}, CreateOrganization{Name: c.OrganizationName, Slug: slug})
+		orgEvents, err := domain.DecideCreateOrganization(domain.Organization{}, domain.CreateOrganization{Name: c.OrganizationName, Slug: slug})
 		if err != nil {
 			return res, err
 		}
-		userEvents, err := DecideCreateUser(User{}, CreateUser{Name: c.Name, Email: c.Email, Role: auth.RoleOwner})
+		userEvents, err := domain.DecideCreateUser(domain.User{}, domain.CreateUser{Name: c.Name, Email: c.Email, Role: rbac.RoleOwner})
 		if err != nil {
 			return res, err
 		}
@@ -83,7 +63,7 @@ func (s *Service) Register(ctx context.Context, meta events.Meta, c Register) (R
 				if err := addCredentials(ctx, tx, userID, orgID, hash); err != nil {
 					return err
 				}
-				if err := assignRole(ctx, tx, orgID, userID, auth.RoleOwner, true); err != nil {
+				if err := assignRole(ctx, tx, orgID, userID, rbac.RoleOwner, true); err != nil {
 					return err
 				}
 				return reserveSlug(ctx, tx, slug, orgID)
@@ -98,7 +78,7 @@ func (s *Service) Register(ctx context.Context, meta events.Meta, c Register) (R
 		now := token.OccurredAt
 		res.Token = token
 		res.Data.User = readmodel.User{ID: userID, OrganizationID: orgID, Name: c.Name, Email: c.Email,
-			Status: StatusActive, Roles: []string{auth.RoleOwner}, CreatedAt: now, UpdatedAt: now, Version: 1}
+			Status: domain.StatusActive, Roles: []string{rbac.RoleOwner}, CreatedAt: now, UpdatedAt: now, Version: 1}
 		res.Data.Organization = readmodel.Organization{ID: orgID, Name: c.OrganizationName, Slug: slug,
 			Status: "active", CreatedAt: now, UpdatedAt: now, Version: 1}
 		return res, nil

@@ -7,6 +7,7 @@ import (
 
 	"github.com/google/uuid"
 
+	"github.com/chatbotsaas/chatbotd/command/domain"
 	"github.com/chatbotsaas/chatbotd/events"
 	"github.com/chatbotsaas/chatbotd/events/eventstore"
 	"github.com/chatbotsaas/chatbotd/internal/apperr"
@@ -106,7 +107,7 @@ func retryOnConflict[T any](pinned bool, step func() (T, error)) (T, error) {
 	}
 }
 
-func userView(id uuid.UUID, l loaded[User]) readmodel.User {
+func userView(id uuid.UUID, l loaded[domain.User]) readmodel.User {
 	roles := l.State.Roles
 	if roles == nil {
 		roles = []string{}

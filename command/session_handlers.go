@@ -7,6 +7,8 @@ import (
 	"math"
 	"strings"
 
+	"github.com/chatbotsaas/chatbotd/command/domain"
+
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 
@@ -23,28 +25,6 @@ func setSession(ctx context.Context, tx pgx.Tx, session, user uuid.UUID, revoked
 	_, err := tx.Exec(ctx, `INSERT INTO session_credentials (session_id, user_id, revoked) VALUES ($1, $2, $3)
 		ON CONFLICT (session_id) DO UPDATE SET revoked = excluded.revoked`, session, user, revoked)
 	return err
-}
-
-// Login is POST /auth/login.
-type Login struct {
-	Email    string `json:"email"`
-	Password string `json:"password"`
-	// DeviceToken is what an earlier successful login from this client returned (also
-	// read from the device cookie): with it, other people's failures never block it.
-	DeviceToken string `json:"device_token,omitempty"`
-}
-
-// Validate checks the input's presence (not its format: a bad login is a 401 like any).
-func (c *Login) Validate() error {
-	f := apperr.Fields{}
-	c.Email = NormalizeEmail(c.Email)
-	if c.Email == "" {
-		f.Add("email", "is required")
-	}
-	if c.Password == "" {
-		f.Add("password", "is required")
-	}
-	return f.Err()
 }
 
 // TokenPair is what login and refresh return.
@@ -66,7 +46,7 @@ var loginNamespace = uuid.MustParse("6f1d3e0a-8a43-4a47-9a0d-5d7c1e0b9f21")
 
 // Login checks the password and starts a session. Every failure is the same 401 to the
 // client and a login.failed event with the reason for auditors.
-func (s *Service) Login(ctx context.Context, meta events.Meta, c Login) (Result[TokenPair], error) {
+func (s *Service) Login(ctx context.Context, meta events.Meta, c domain.Login) (Result[TokenPair], error) {
 	var res Result[TokenPair]
 	if err := c.Validate(); err != nil {
 		return res, err
@@ -100,7 +80,7 @@ func (s *Service) Login(ctx context.Context, meta events.Meta, c Login) (Result[
 	if hash == "" {
 		return res, s.loginFailed(ctx, meta, c.Email, device, nil, "unknown_email")
 	}
-	l, err := load(ctx, s.store, userID, EvolveUser)
+	l, err := load(ctx, s.store, userID, domain.EvolveUser)
 	if err != nil {
 		return res, err
 	}
@@ -110,7 +90,7 @@ func (s *Service) Login(ctx context.Context, meta events.Meta, c Login) (Result[
 		return res, s.loginFailed(ctx, meta, c.Email, device, &org, "unknown_email")
 	case !ok:
 		return res, s.loginFailed(ctx, meta, c.Email, device, &org, "bad_password")
-	case l.State.Status != StatusActive:
+	case l.State.Status != domain.StatusActive:
 		return res, s.loginFailed(ctx, meta, c.Email, device, &org, "user_deactivated")
 	}
 	// Only someone who knows the password learns that the organization is suspended.
@@ -125,7 +105,7 @@ func (s *Service) Login(ctx context.Context, meta events.Meta, c Login) (Result[
 	}
 	meta.Actor = events.Actor{Type: events.ActorUser, ID: &userID}
 	sessionID := uuid.Must(uuid.NewV7())
-	evs, err := DecideStartSession(Session{}, userID, s.now().Add(s.refreshTTL))
+	evs, err := domain.DecideStartSession(domain.Session{}, userID, s.now().Add(s.refreshTTL))
 	if err != nil {
 		return res, err
 	}
@@ -181,28 +161,23 @@ func (s *Service) pair(user, org, session uuid.UUID, generation int) (TokenPair,
 		ExpiresIn: int(s.tokens.AccessTTL().Seconds())}, nil
 }
 
-// Refresh is POST /auth/refresh.
-type Refresh struct {
-	RefreshToken string `json:"refresh_token"`
-}
-
 // Refresh rotates a session's refresh token. A token presented twice revokes the session.
-func (s *Service) Refresh(ctx context.Context, meta events.Meta, c Refresh) (Result[TokenPair], error) {
+func (s *Service) Refresh(ctx context.Context, meta events.Meta, c domain.Refresh) (Result[TokenPair], error) {
 	var res Result[TokenPair]
 	if strings.TrimSpace(c.RefreshToken) == "" {
 		return res, apperr.Invalid("refresh_token", "is required")
 	}
 	sessionID, generation, err := s.tokens.ParseRefresh(c.RefreshToken)
 	if err != nil {
-		return res, errBadRefresh
+		return res, domain.ErrBadRefresh
 	}
 	return retryOnConflict(false, func() (Result[TokenPair], error) {
 		var res Result[TokenPair]
-		l, err := load(ctx, s.store, sessionID, EvolveSession)
+		l, err := load(ctx, s.store, sessionID, domain.EvolveSession)
 		if err != nil {
 			return res, err
 		}
-		user, err := load(ctx, s.store, l.State.UserID, EvolveUser)
+		user, err := load(ctx, s.store, l.State.UserID, domain.EvolveUser)
 		if err != nil {
 			return res, err
 		}
@@ -215,9 +190,9 @@ func (s *Service) Refresh(ctx context.Context, meta events.Meta, c Refresh) (Res
 			return res, err
 		}
 		meta.Actor = events.Actor{Type: events.ActorUser, ID: &l.State.UserID}
-		evs, refused := DecideRefreshSession(l.State, generation, s.now(), s.now().Add(s.refreshTTL))
-		if refused == nil && (!user.State.Live() || user.State.Status != StatusActive) {
-			evs, refused = []events.Event{events.SessionRevoked{Reason: "user_inactive"}}, errBadRefresh
+		evs, refused := domain.DecideRefreshSession(l.State, generation, s.now(), s.now().Add(s.refreshTTL))
+		if refused == nil && (!user.State.Live() || user.State.Status != domain.StatusActive) {
+			evs, refused = []events.Event{events.SessionRevoked{Reason: "user_inactive"}}, domain.ErrBadRefresh
 		}
 		if len(evs) > 0 {
 			res.Token, err = s.store.Append(ctx, eventstore.AppendRequest{StreamType: events.StreamSession, StreamID: sessionID,
@@ -247,11 +222,11 @@ func (s *Service) Logout(ctx context.Context, meta events.Meta, p auth.Principal
 	}
 	return retryOnConflict(false, func() (Result[struct{}], error) {
 		var res Result[struct{}]
-		l, err := load(ctx, s.store, p.SessionID, EvolveSession)
+		l, err := load(ctx, s.store, p.SessionID, domain.EvolveSession)
 		if err != nil {
 			return res, err
 		}
-		evs, err := DecideRevokeSession(l.State, ReasonLogout)
+		evs, err := domain.DecideRevokeSession(l.State, domain.ReasonLogout)
 		if err != nil || len(evs) == 0 {
 			return res, err
 		}

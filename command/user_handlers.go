@@ -7,10 +7,12 @@ import (
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 
+	"github.com/chatbotsaas/chatbotd/command/domain"
 	"github.com/chatbotsaas/chatbotd/events"
 	"github.com/chatbotsaas/chatbotd/events/eventstore"
 	"github.com/chatbotsaas/chatbotd/internal/apperr"
 	"github.com/chatbotsaas/chatbotd/internal/auth"
+	"github.com/chatbotsaas/chatbotd/internal/rbac"
 	"github.com/chatbotsaas/chatbotd/internal/readmodel"
 )
 
@@ -33,9 +35,9 @@ func actor(p auth.Principal, meta events.Meta) events.Meta {
 }
 
 // CreateUser adds a user to the caller's organization.
-func (s *Service) CreateUser(ctx context.Context, meta events.Meta, p auth.Principal, c CreateUser) (Result[readmodel.User], error) {
+func (s *Service) CreateUser(ctx context.Context, meta events.Meta, p auth.Principal, c domain.CreateUser) (Result[readmodel.User], error) {
 	var res Result[readmodel.User]
-	if err := p.Require(auth.UsersWrite); err != nil {
+	if err := p.Require(rbac.UsersWrite); err != nil {
 		return res, err
 	}
 	if err := c.Validate(); err != nil {
@@ -51,7 +53,7 @@ func (s *Service) CreateUser(ctx context.Context, meta events.Meta, p auth.Princ
 	if !canGrant(p, perms) {
 		return res, apperr.Invalid("role", "you cannot grant a role with permissions you do not hold")
 	}
-	evs, err := DecideCreateUser(User{}, c)
+	evs, err := domain.DecideCreateUser(domain.User{}, c)
 	if err != nil {
 		return res, err
 	}
@@ -74,22 +76,22 @@ func (s *Service) CreateUser(ctx context.Context, meta events.Meta, p auth.Princ
 	if err != nil {
 		return res, err
 	}
-	res.Data = userView(id, fold(loaded[User]{OrganizationID: p.OrganizationID}, EvolveUser, evs, res.Token.OccurredAt))
+	res.Data = userView(id, fold(loaded[domain.User]{OrganizationID: p.OrganizationID}, domain.EvolveUser, evs, res.Token.OccurredAt))
 	return res, nil
 }
 
 // changeUser runs a command on a live user of the caller's organization; acting on an
 // owner needs what granting the owner role needs (CheckActOnUser).
 func (s *Service) changeUser(ctx context.Context, meta events.Meta, p auth.Principal, id uuid.UUID, ifMatch IfMatch,
-	decide func(User) ([]events.Event, error), also func(User) func(context.Context, pgx.Tx) error,
+	decide func(domain.User) ([]events.Event, error), also func(domain.User) func(context.Context, pgx.Tx) error,
 ) (Result[readmodel.User], error) {
-	l, tok, err := change[User]{streamType: events.StreamUser, id: id, org: p.OrganizationID, notFound: "user",
-		ifMatch: ifMatch, meta: actor(p, meta), evolve: EvolveUser, also: also,
-		decide: func(u User) ([]events.Event, error) {
+	l, tok, err := change[domain.User]{streamType: events.StreamUser, id: id, org: p.OrganizationID, notFound: "user",
+		ifMatch: ifMatch, meta: actor(p, meta), evolve: domain.EvolveUser, also: also,
+		decide: func(u domain.User) ([]events.Event, error) {
 			if !u.Live() {
 				return nil, apperr.NotFound("user")
 			}
-			if err := CheckActOnUser(p.UserID, id, canGrant(p, auth.BuiltinRoles()[auth.RoleOwner]), u); err != nil {
+			if err := domain.CheckActOnUser(p.UserID, id, canGrant(p, rbac.BuiltinRoles()[rbac.RoleOwner]), u); err != nil {
 				return nil, err
 			}
 			return decide(u)
@@ -104,8 +106,8 @@ func (s *Service) changeUser(ctx context.Context, meta events.Meta, p auth.Princ
 }
 
 // UpdateUser changes a user's name, email or status.
-func (s *Service) UpdateUser(ctx context.Context, meta events.Meta, p auth.Principal, id uuid.UUID, ifMatch IfMatch, c UpdateUser) (Result[readmodel.User], error) {
-	if err := p.Require(auth.UsersWrite); err != nil {
+func (s *Service) UpdateUser(ctx context.Context, meta events.Meta, p auth.Principal, id uuid.UUID, ifMatch IfMatch, c domain.UpdateUser) (Result[readmodel.User], error) {
+	if err := p.Require(rbac.UsersWrite); err != nil {
 		return Result[readmodel.User]{}, err
 	}
 	if err := c.Validate(); err != nil {
@@ -113,8 +115,8 @@ func (s *Service) UpdateUser(ctx context.Context, meta events.Meta, p auth.Princ
 	}
 	c.Actor = p.UserID
 	return s.changeUser(ctx, meta, p, id, ifMatch,
-		func(u User) ([]events.Event, error) { return DecideUpdateUser(id, u, c) },
-		func(u User) func(context.Context, pgx.Tx) error {
+		func(u domain.User) ([]events.Event, error) { return domain.DecideUpdateUser(id, u, c) },
+		func(u domain.User) func(context.Context, pgx.Tx) error {
 			return func(ctx context.Context, tx pgx.Tx) error {
 				if c.Email != nil && *c.Email != u.Email {
 					if err := releaseEmail(ctx, tx, id); err != nil {
@@ -125,8 +127,8 @@ func (s *Service) UpdateUser(ctx context.Context, meta events.Meta, p auth.Princ
 					}
 				}
 				if c.Status != nil && *c.Status != u.Status {
-					active := *c.Status == StatusActive
-					if !active && slices.Contains(u.Roles, auth.RoleOwner) {
+					active := *c.Status == domain.StatusActive
+					if !active && slices.Contains(u.Roles, rbac.RoleOwner) {
 						if err := keepAnOwner(ctx, tx, p.OrganizationID, id, "status"); err != nil {
 							return err
 						}
@@ -144,14 +146,14 @@ func (s *Service) UpdateUser(ctx context.Context, meta events.Meta, p auth.Princ
 
 // DeleteUser soft-deletes a user: the email is free again and the history stays.
 func (s *Service) DeleteUser(ctx context.Context, meta events.Meta, p auth.Principal, id uuid.UUID, ifMatch IfMatch) (Result[readmodel.User], error) {
-	if err := p.Require(auth.UsersWrite); err != nil {
+	if err := p.Require(rbac.UsersWrite); err != nil {
 		return Result[readmodel.User]{}, err
 	}
 	return s.changeUser(ctx, meta, p, id, ifMatch,
-		func(u User) ([]events.Event, error) { return DecideDeleteUser(id, u, p.UserID) },
-		func(u User) func(context.Context, pgx.Tx) error {
+		func(u domain.User) ([]events.Event, error) { return domain.DecideDeleteUser(id, u, p.UserID) },
+		func(u domain.User) func(context.Context, pgx.Tx) error {
 			return func(ctx context.Context, tx pgx.Tx) error {
-				if slices.Contains(u.Roles, auth.RoleOwner) && u.Status == StatusActive {
+				if slices.Contains(u.Roles, rbac.RoleOwner) && u.Status == domain.StatusActive {
 					if err := keepAnOwner(ctx, tx, p.OrganizationID, id, "id"); err != nil {
 						return err
 					}
@@ -178,10 +180,10 @@ func (s *Service) AssignRole(ctx context.Context, meta events.Meta, p auth.Princ
 		return Result[readmodel.User]{}, err
 	}
 	return s.changeUser(ctx, meta, p, id, nil,
-		func(u User) ([]events.Event, error) { return DecideAssignRole(u, role, true) },
-		func(u User) func(context.Context, pgx.Tx) error {
+		func(u domain.User) ([]events.Event, error) { return domain.DecideAssignRole(u, role, true) },
+		func(u domain.User) func(context.Context, pgx.Tx) error {
 			return func(ctx context.Context, tx pgx.Tx) error {
-				return assignRole(ctx, tx, p.OrganizationID, id, role, u.Status == StatusActive)
+				return assignRole(ctx, tx, p.OrganizationID, id, role, u.Status == domain.StatusActive)
 			}
 		})
 }
@@ -192,10 +194,10 @@ func (s *Service) RemoveRole(ctx context.Context, meta events.Meta, p auth.Princ
 		return Result[readmodel.User]{}, err
 	}
 	return s.changeUser(ctx, meta, p, id, nil,
-		func(u User) ([]events.Event, error) { return DecideRemoveRole(u, role) },
-		func(u User) func(context.Context, pgx.Tx) error {
+		func(u domain.User) ([]events.Event, error) { return domain.DecideRemoveRole(u, role) },
+		func(u domain.User) func(context.Context, pgx.Tx) error {
 			return func(ctx context.Context, tx pgx.Tx) error {
-				if role == auth.RoleOwner && u.Status == StatusActive {
+				if role == rbac.RoleOwner && u.Status == domain.StatusActive {
 					if err := keepAnOwner(ctx, tx, p.OrganizationID, id, "role"); err != nil {
 						return err
 					}
@@ -207,7 +209,7 @@ func (s *Service) RemoveRole(ctx context.Context, meta events.Meta, p auth.Princ
 }
 
 func (s *Service) canManageRole(ctx context.Context, p auth.Principal, role string) error {
-	if err := p.Require(auth.UsersWrite); err != nil {
+	if err := p.Require(rbac.UsersWrite); err != nil {
 		return err
 	}
 	perms, known, err := s.rolePermissions(ctx, p.OrganizationID, role)
@@ -236,7 +238,7 @@ func canGrant(p auth.Principal, perms []string) bool {
 // assignRole records a role assignment; a custom role's name row is share-locked so that
 // the role cannot be deleted or renamed under the assignment.
 func assignRole(ctx context.Context, tx pgx.Tx, org, user uuid.UUID, role string, active bool) error {
-	if !auth.IsBuiltinRole(role) {
+	if !rbac.IsBuiltinRole(role) {
 		var ok bool
 		if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM role_names WHERE organization_id = $1 AND name = $2 FOR SHARE)`,
 			org, role).Scan(&ok); err != nil {

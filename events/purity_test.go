@@ -15,11 +15,13 @@ var infrastructure = []string{
 	"github.com/redis/", "github.com/ThreeDotsLabs/",
 }
 
-// The event contract (types, envelope, catalog, schemas, upcasters, consistency token,
-// chain hashes) imports no infrastructure: an outside consumer takes it as it is, and
-// the store and relay (events/eventstore) stand beside it, not in it.
+// The pure core imports no infrastructure: the event contract (types, envelope,
+// catalog, schemas, upcasters, consistency token, chain hashes), which an outside
+// consumer takes as it is, with the store and relay beside it in events/eventstore; and
+// the domain's decisions (command/domain: aggregates, Decide*, Evolve*, inputs and their
+// validation), which the command handlers and the reactors call, with plain values.
 func TestTheCoreImportsNoInfrastructure(t *testing.T) {
-	for _, pkg := range []string{"github.com/chatbotsaas/chatbotd/events"} {
+	for _, pkg := range []string{"github.com/chatbotsaas/chatbotd/events", "github.com/chatbotsaas/chatbotd/command/domain"} {
 		out, err := exec.Command(filepath.Join(runtime.GOROOT(), "bin", "go"), "list", "-deps", pkg).CombinedOutput()
 		if err != nil {
 			t.Fatalf("go list -deps %s: %v\n%s", pkg, err, out)

@@ -15,13 +15,13 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/chatbotsaas/chatbotd/internal/apperr"
-	"github.com/chatbotsaas/chatbotd/internal/auth"
 	"github.com/chatbotsaas/chatbotd/internal/httpx"
+	"github.com/chatbotsaas/chatbotd/internal/rbac"
 	"github.com/chatbotsaas/chatbotd/internal/readmodel"
 )
 
 func (h *HTTP) me(c *gin.Context) {
-	if !allowed(c, auth.Authenticated) {
+	if !allowed(c, rbac.Authenticated) {
 		return
 	}
 	p := principal(c)
@@ -74,7 +74,7 @@ func notFound(err error, what string) error {
 }
 
 func (h *HTTP) getUser(c *gin.Context) {
-	if !allowed(c, auth.UsersRead) {
+	if !allowed(c, rbac.UsersRead) {
 		return
 	}
 	id, err := httpx.PathUUID(c, "id")
@@ -95,7 +95,7 @@ func (h *HTTP) getUser(c *gin.Context) {
 }
 
 func (h *HTTP) checkEmail(c *gin.Context) {
-	if !allowed(c, auth.UsersRead) {
+	if !allowed(c, rbac.UsersRead) {
 		return
 	}
 	email := strings.ToLower(strings.TrimSpace(c.Query("email")))
@@ -115,7 +115,7 @@ func (h *HTTP) checkEmail(c *gin.Context) {
 }
 
 func (h *HTTP) organization(c *gin.Context) {
-	if !allowed(c, auth.Authenticated) {
+	if !allowed(c, rbac.Authenticated) {
 		return
 	}
 	o, err := readmodel.LoadOrganization(c.Request.Context(), h.read, principal(c).OrganizationID)
@@ -129,15 +129,15 @@ func (h *HTTP) organization(c *gin.Context) {
 
 // roles lists the built-in roles, then the organization's custom roles by name.
 func (h *HTTP) roles(c *gin.Context) {
-	if !allowed(c, auth.RolesRead) {
+	if !allowed(c, rbac.RolesRead) {
 		return
 	}
 	var out []Role
-	for name, perms := range auth.BuiltinRoles() {
+	for name, perms := range rbac.BuiltinRoles() {
 		sort.Strings(perms)
 		out = append(out, Role{Name: name, Builtin: true, Permissions: perms})
 	}
-	order := map[string]int{auth.RoleOwner: 0, auth.RoleAdmin: 1, auth.RoleMember: 2, auth.RoleViewer: 3}
+	order := map[string]int{rbac.RoleOwner: 0, rbac.RoleAdmin: 1, rbac.RoleMember: 2, rbac.RoleViewer: 3}
 	sort.Slice(out, func(i, j int) bool { return order[out[i].Name] < order[out[j].Name] })
 	custom, err := readmodel.CustomRoles(c.Request.Context(), h.read, principal(c).OrganizationID, nil)
 	if err != nil {
@@ -151,14 +151,14 @@ func (h *HTTP) roles(c *gin.Context) {
 }
 
 func (h *HTTP) permissions(c *gin.Context) {
-	if !allowed(c, auth.RolesRead) {
+	if !allowed(c, rbac.RolesRead) {
 		return
 	}
-	httpx.OK(c, http.StatusOK, "Permissions", auth.Permissions(), nil)
+	httpx.OK(c, http.StatusOK, "Permissions", rbac.Permissions(), nil)
 }
 
 func (h *HTTP) listUsers(c *gin.Context) {
-	if !allowed(c, auth.UsersRead) {
+	if !allowed(c, rbac.UsersRead) {
 		return
 	}
 	f := apperr.Fields{}
@@ -195,7 +195,7 @@ func (h *HTTP) listUsers(c *gin.Context) {
 
 // listTokens lists the caller's live tokens, newest first.
 func (h *HTTP) listTokens(c *gin.Context) {
-	if !allowed(c, auth.TokensWrite) {
+	if !allowed(c, rbac.TokensWrite) {
 		return
 	}
 	p := principal(c)

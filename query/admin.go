@@ -8,8 +8,8 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/chatbotsaas/chatbotd/internal/apperr"
-	"github.com/chatbotsaas/chatbotd/internal/auth"
 	"github.com/chatbotsaas/chatbotd/internal/httpx"
+	"github.com/chatbotsaas/chatbotd/internal/rbac"
 	"github.com/chatbotsaas/chatbotd/internal/readmodel"
 )
 
@@ -24,7 +24,7 @@ type AdminOrganization struct {
 // listOrganizations is GET /admin/organizations: every organization of the platform, for
 // platform operators only, filtered by status and a search over name and slug.
 func (h *HTTP) listOrganizations(c *gin.Context) {
-	if !allowed(c, auth.PlatformOperate) {
+	if !allowed(c, rbac.PlatformOperate) {
 		return
 	}
 	f := apperr.Fields{}

@@ -10,8 +10,8 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/chatbotsaas/chatbotd/internal/apperr"
-	"github.com/chatbotsaas/chatbotd/internal/auth"
 	"github.com/chatbotsaas/chatbotd/internal/httpx"
+	"github.com/chatbotsaas/chatbotd/internal/rbac"
 )
 
 // Overview is GET /api/v1/analytics/overview's data. Messages are the users' messages;
@@ -69,7 +69,7 @@ func dayParam(c *gin.Context, f apperr.Fields, name string) *time.Time {
 // organization's (or one chatbot's) figures over the days from..to, both included (by
 // default the last 30 days), with a figure for every day of the range.
 func (h *HTTP) analyticsOverview(c *gin.Context) {
-	if !allowed(c, auth.AnalyticsRead) {
+	if !allowed(c, rbac.AnalyticsRead) {
 		return
 	}
 	f := apperr.Fields{}

@@ -18,8 +18,8 @@ import (
 	"github.com/chatbotsaas/chatbotd/events"
 	"github.com/chatbotsaas/chatbotd/events/eventstore"
 	"github.com/chatbotsaas/chatbotd/internal/apperr"
-	"github.com/chatbotsaas/chatbotd/internal/auth"
 	"github.com/chatbotsaas/chatbotd/internal/httpx"
+	"github.com/chatbotsaas/chatbotd/internal/rbac"
 )
 
 // auditFilter turns the audit-log filters of the query string into SQL over
@@ -86,7 +86,7 @@ const auditOrder = "occurred_at DESC, position DESC"
 
 // listAuditLogs is GET /api/v1/audit-logs: the organization's audit entries, newest first.
 func (h *HTTP) listAuditLogs(c *gin.Context) {
-	if !allowed(c, auth.AuditRead) {
+	if !allowed(c, rbac.AuditRead) {
 		return
 	}
 	f := apperr.Fields{}
@@ -108,7 +108,7 @@ const exportPage = 2000
 // exportAuditLogs is GET /api/v1/audit-logs/export: every matching entry, newest first,
 // streamed as NDJSON (default) or CSV.
 func (h *HTTP) exportAuditLogs(c *gin.Context) {
-	if !allowed(c, auth.AuditRead) {
+	if !allowed(c, rbac.AuditRead) {
 		return
 	}
 	f := apperr.Fields{}
@@ -226,7 +226,7 @@ const maxEventsLimit = 10000
 // client has; the next response starts right after it in that order, so a replay that
 // always resumes from its last line never misses an event, even one that commits late.
 func (h *HTTP) listEvents(c *gin.Context) {
-	if !allowed(c, auth.AuditRead) {
+	if !allowed(c, rbac.AuditRead) {
 		return
 	}
 	f := apperr.Fields{}
@@ -313,7 +313,7 @@ func (h *HTTP) listEvents(c *gin.Context) {
 // verifyAuditLogs is GET /api/v1/audit-logs/verify: the organization's chain recomputed
 // from the event log.
 func (h *HTTP) verifyAuditLogs(c *gin.Context) {
-	if !allowed(c, auth.AuditRead) {
+	if !allowed(c, rbac.AuditRead) {
 		return
 	}
 	rep, err := eventstore.VerifyChain(c.Request.Context(), h.primary, principal(c).OrganizationID, h.chainKey)

@@ -7,8 +7,8 @@ import (
 	"github.com/gin-gonic/gin"
 
 	"github.com/chatbotsaas/chatbotd/events"
-	"github.com/chatbotsaas/chatbotd/internal/auth"
 	"github.com/chatbotsaas/chatbotd/internal/httpx"
+	"github.com/chatbotsaas/chatbotd/internal/rbac"
 )
 
 // CatalogEntry is one event type of GET /api/v1/events/catalog.
@@ -26,7 +26,7 @@ type CatalogEntry struct {
 // eventCatalog lists every event type with its schema version and the JSON Schema of its
 // data: the contract of the event stream, for integrators.
 func (h *HTTP) eventCatalog(c *gin.Context) {
-	if !allowed(c, auth.Authenticated) {
+	if !allowed(c, rbac.Authenticated) {
 		return
 	}
 	specs := events.Catalog()

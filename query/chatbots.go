@@ -10,15 +10,15 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/chatbotsaas/chatbotd/internal/apperr"
-	"github.com/chatbotsaas/chatbotd/internal/auth"
 	"github.com/chatbotsaas/chatbotd/internal/httpx"
+	"github.com/chatbotsaas/chatbotd/internal/rbac"
 	"github.com/chatbotsaas/chatbotd/internal/readmodel"
 )
 
 // listChatbots lists the organization's chatbots: filter status (draft, published),
 // full-text search over name and description, sort by name or created_at.
 func (h *HTTP) listChatbots(c *gin.Context) {
-	if !allowed(c, auth.ChatbotsRead) {
+	if !allowed(c, rbac.ChatbotsRead) {
 		return
 	}
 	f := apperr.Fields{}
@@ -48,7 +48,7 @@ func (h *HTTP) listChatbots(c *gin.Context) {
 }
 
 func (h *HTTP) getChatbot(c *gin.Context) {
-	if !allowed(c, auth.ChatbotsRead) {
+	if !allowed(c, rbac.ChatbotsRead) {
 		return
 	}
 	b, ok := inOrganization(c, h, "chatbot", `SELECT `+readmodel.ChatbotColumns+`
@@ -63,7 +63,7 @@ func (h *HTTP) getChatbot(c *gin.Context) {
 // listKnowledge lists a chatbot's knowledge entries, oldest first; search over question
 // and answer, filter by tag.
 func (h *HTTP) listKnowledge(c *gin.Context) {
-	if !allowed(c, auth.ChatbotsRead) {
+	if !allowed(c, rbac.ChatbotsRead) {
 		return
 	}
 	bot, err := httpx.PathUUID(c, "id")

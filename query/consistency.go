@@ -16,6 +16,7 @@ import (
 	"github.com/chatbotsaas/chatbotd/internal/apperr"
 	"github.com/chatbotsaas/chatbotd/internal/auth"
 	"github.com/chatbotsaas/chatbotd/internal/httpx"
+	"github.com/chatbotsaas/chatbotd/internal/rbac"
 	"github.com/chatbotsaas/chatbotd/internal/readmodel"
 )
 
@@ -99,7 +100,7 @@ const maxStreamOwners = 10000
 // belongs reports whether stream, at version, is a stream of p's organization (any
 // stream, for a platform operator, whose commands act on other organizations).
 func (s *streamOwners) belongs(ctx context.Context, primary *pgxpool.Pool, p auth.Principal, stream uuid.UUID, version int) (bool, error) {
-	if p.Can(auth.PlatformOperate) {
+	if p.Can(rbac.PlatformOperate) {
 		return true, nil
 	}
 	s.mu.Lock()

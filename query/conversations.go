@@ -10,8 +10,8 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/chatbotsaas/chatbotd/internal/apperr"
-	"github.com/chatbotsaas/chatbotd/internal/auth"
 	"github.com/chatbotsaas/chatbotd/internal/httpx"
+	"github.com/chatbotsaas/chatbotd/internal/rbac"
 )
 
 // Conversation is a conversation as listed.
@@ -43,7 +43,7 @@ func scanConversation(row pgx.Row) (Conversation, error) {
 // listConversations lists the organization's conversations, newest first, optionally
 // of one chatbot.
 func (h *HTTP) listConversations(c *gin.Context) {
-	if !allowed(c, auth.ConversationsRead) {
+	if !allowed(c, rbac.ConversationsRead) {
 		return
 	}
 	f := apperr.Fields{}
@@ -73,7 +73,7 @@ func (h *HTTP) conversation(c *gin.Context) (Conversation, bool) {
 }
 
 func (h *HTTP) getConversation(c *gin.Context) {
-	if !allowed(c, auth.ConversationsRead) {
+	if !allowed(c, rbac.ConversationsRead) {
 		return
 	}
 	if conv, ok := h.conversation(c); ok {
@@ -95,7 +95,7 @@ type Message struct {
 
 // listMessages lists a conversation's messages, oldest first.
 func (h *HTTP) listMessages(c *gin.Context) {
-	if !allowed(c, auth.ConversationsRead) {
+	if !allowed(c, rbac.ConversationsRead) {
 		return
 	}
 	f := apperr.Fields{}

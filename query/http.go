@@ -14,6 +14,7 @@ import (
 	"github.com/chatbotsaas/chatbotd/internal/auth"
 	"github.com/chatbotsaas/chatbotd/internal/cache"
 	"github.com/chatbotsaas/chatbotd/internal/httpx"
+	"github.com/chatbotsaas/chatbotd/internal/rbac"
 	"github.com/chatbotsaas/chatbotd/internal/readmodel"
 )
 
@@ -50,31 +51,31 @@ func NewHTTP(read, primary *pgxpool.Pool, c *cache.Cache, tokens *auth.Tokens, c
 // Routes lists the query endpoints with their access.
 func (h *HTTP) Routes() []httpx.Route {
 	return []httpx.Route{
-		httpx.R(http.MethodGet, "/.well-known/jwks.json", auth.Public, h.jwks),
-		httpx.R(http.MethodGet, "/api/v1/auth/me", auth.Authenticated, h.me),
-		httpx.R(http.MethodGet, "/api/v1/users", auth.UsersRead, h.listUsers),
-		httpx.R(http.MethodGet, "/api/v1/users/check-email", auth.UsersRead, h.checkEmail),
-		httpx.R(http.MethodGet, "/api/v1/users/:id", auth.UsersRead, h.getUser),
-		httpx.R(http.MethodGet, "/api/v1/organization", auth.Authenticated, h.organization),
-		httpx.R(http.MethodGet, "/api/v1/roles", auth.RolesRead, h.roles),
-		httpx.R(http.MethodGet, "/api/v1/permissions", auth.RolesRead, h.permissions),
-		httpx.R(http.MethodGet, "/api/v1/tokens", auth.TokensWrite, h.listTokens),
-		httpx.R(http.MethodGet, "/api/v1/chatbots", auth.ChatbotsRead, h.listChatbots),
-		httpx.R(http.MethodGet, "/api/v1/chatbots/:id", auth.ChatbotsRead, h.getChatbot),
-		httpx.R(http.MethodGet, "/api/v1/chatbots/:id/knowledge", auth.ChatbotsRead, h.listKnowledge),
-		httpx.R(http.MethodGet, "/api/v1/conversations", auth.ConversationsRead, h.listConversations),
-		httpx.R(http.MethodGet, "/api/v1/conversations/:id", auth.ConversationsRead, h.getConversation),
-		httpx.R(http.MethodGet, "/api/v1/conversations/:id/messages", auth.ConversationsRead, h.listMessages),
-		httpx.R(http.MethodGet, "/api/v1/audit-logs", auth.AuditRead, h.listAuditLogs),
-		httpx.R(http.MethodGet, "/api/v1/audit-logs/export", auth.AuditRead, h.exportAuditLogs),
-		httpx.R(http.MethodGet, "/api/v1/audit-logs/verify", auth.AuditRead, h.verifyAuditLogs),
-		httpx.R(http.MethodGet, "/api/v1/events", auth.AuditRead, h.listEvents),
-		httpx.R(http.MethodGet, "/api/v1/events/catalog", auth.Authenticated, h.eventCatalog),
-		httpx.R(http.MethodGet, "/api/v1/analytics/overview", auth.AnalyticsRead, h.analyticsOverview),
-		httpx.R(http.MethodGet, "/api/v1/webhooks", auth.WebhooksRead, h.listWebhooks),
-		httpx.R(http.MethodGet, "/api/v1/webhooks/:id", auth.WebhooksRead, h.getWebhook),
-		httpx.R(http.MethodGet, "/api/v1/webhooks/:id/deliveries", auth.WebhooksRead, h.listDeliveries),
-		httpx.R(http.MethodGet, "/api/v1/admin/organizations", auth.PlatformOperate, h.listOrganizations),
+		httpx.R(http.MethodGet, "/.well-known/jwks.json", rbac.Public, h.jwks),
+		httpx.R(http.MethodGet, "/api/v1/auth/me", rbac.Authenticated, h.me),
+		httpx.R(http.MethodGet, "/api/v1/users", rbac.UsersRead, h.listUsers),
+		httpx.R(http.MethodGet, "/api/v1/users/check-email", rbac.UsersRead, h.checkEmail),
+		httpx.R(http.MethodGet, "/api/v1/users/:id", rbac.UsersRead, h.getUser),
+		httpx.R(http.MethodGet, "/api/v1/organization", rbac.Authenticated, h.organization),
+		httpx.R(http.MethodGet, "/api/v1/roles", rbac.RolesRead, h.roles),
+		httpx.R(http.MethodGet, "/api/v1/permissions", rbac.RolesRead, h.permissions),
+		httpx.R(http.MethodGet, "/api/v1/tokens", rbac.TokensWrite, h.listTokens),
+		httpx.R(http.MethodGet, "/api/v1/chatbots", rbac.ChatbotsRead, h.listChatbots),
+		httpx.R(http.MethodGet, "/api/v1/chatbots/:id", rbac.ChatbotsRead, h.getChatbot),
+		httpx.R(http.MethodGet, "/api/v1/chatbots/:id/knowledge", rbac.ChatbotsRead, h.listKnowledge),
+		httpx.R(http.MethodGet, "/api/v1/conversations", rbac.ConversationsRead, h.listConversations),
+		httpx.R(http.MethodGet, "/api/v1/conversations/:id", rbac.ConversationsRead, h.getConversation),
+		httpx.R(http.MethodGet, "/api/v1/conversations/:id/messages", rbac.ConversationsRead, h.listMessages),
+		httpx.R(http.MethodGet, "/api/v1/audit-logs", rbac.AuditRead, h.listAuditLogs),
+		httpx.R(http.MethodGet, "/api/v1/audit-logs/export", rbac.AuditRead, h.exportAuditLogs),
+		httpx.R(http.MethodGet, "/api/v1/audit-logs/verify", rbac.AuditRead, h.verifyAuditLogs),
+		httpx.R(http.MethodGet, "/api/v1/events", rbac.AuditRead, h.listEvents),
+		httpx.R(http.MethodGet, "/api/v1/events/catalog", rbac.Authenticated, h.eventCatalog),
+		httpx.R(http.MethodGet, "/api/v1/analytics/overview", rbac.AnalyticsRead, h.analyticsOverview),
+		httpx.R(http.MethodGet, "/api/v1/webhooks", rbac.WebhooksRead, h.listWebhooks),
+		httpx.R(http.MethodGet, "/api/v1/webhooks/:id", rbac.WebhooksRead, h.getWebhook),
+		httpx.R(http.MethodGet, "/api/v1/webhooks/:id/deliveries", rbac.WebhooksRead, h.listDeliveries),
+		httpx.R(http.MethodGet, "/api/v1/admin/organizations", rbac.PlatformOperate, h.listOrganizations),
 	}
 }
 
@@ -86,7 +87,7 @@ func allowed(c *gin.Context, permission string) bool {
 		httpx.Fail(c, apperr.New(apperr.CodeUnauthenticated, "Missing, expired or invalid credentials"))
 		return false
 	}
-	if permission == auth.Authenticated {
+	if permission == rbac.Authenticated {
 		return true
 	}
 	if err := p.Require(permission); err != nil {

@@ -10,8 +10,8 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/chatbotsaas/chatbotd/internal/apperr"
-	"github.com/chatbotsaas/chatbotd/internal/auth"
 	"github.com/chatbotsaas/chatbotd/internal/httpx"
+	"github.com/chatbotsaas/chatbotd/internal/rbac"
 )
 
 // Webhook is a webhook subscription as listed. The secret is never shown again.
@@ -37,7 +37,7 @@ func scanWebhook(r pgx.Row) (Webhook, error) {
 
 // listWebhooks is GET /api/v1/webhooks: the organization's subscriptions, newest first.
 func (h *HTTP) listWebhooks(c *gin.Context) {
-	if !allowed(c, auth.WebhooksRead) {
+	if !allowed(c, rbac.WebhooksRead) {
 		return
 	}
 	f := apperr.Fields{}
@@ -59,7 +59,7 @@ func (h *HTTP) webhook(c *gin.Context) (Webhook, bool) {
 }
 
 func (h *HTTP) getWebhook(c *gin.Context) {
-	if !allowed(c, auth.WebhooksRead) {
+	if !allowed(c, rbac.WebhooksRead) {
 		return
 	}
 	if w, ok := h.webhook(c); ok {
@@ -97,7 +97,7 @@ type Attempt struct {
 // listDeliveries is GET /api/v1/webhooks/{id}/deliveries: newest first, each with its
 // attempts; ?status= filters.
 func (h *HTTP) listDeliveries(c *gin.Context) {
-	if !allowed(c, auth.WebhooksRead) {
+	if !allowed(c, rbac.WebhooksRead) {
 		return
 	}
 	f := apperr.Fields{}

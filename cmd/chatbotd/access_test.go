@@ -17,7 +17,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/chatbotsaas/chatbotd/internal/auth"
+	"github.com/chatbotsaas/chatbotd/internal/rbac"
 	"github.com/chatbotsaas/chatbotd/internal/testenv"
 )
 
@@ -43,21 +43,21 @@ func TestRouteAccessMatrix(t *testing.T) {
 		perms []string
 		email string // to log in again, for logout
 	}
-	callers := []caller{{name: "owner", token: ownerToken, perms: auth.BuiltinRoles()[auth.RoleOwner], email: "olga@example.com"}}
-	for _, role := range []string{auth.RoleAdmin, auth.RoleMember, auth.RoleViewer} {
+	callers := []caller{{name: "owner", token: ownerToken, perms: rbac.BuiltinRoles()[rbac.RoleOwner], email: "olga@example.com"}}
+	for _, role := range []string{rbac.RoleAdmin, rbac.RoleMember, rbac.RoleViewer} {
 		email := role + "@matrix.example"
 		a.createUser(ownerToken, "A "+role, email, role, nil)
-		callers = append(callers, caller{name: role, token: a.login(email, "password1").AccessToken, perms: auth.BuiltinRoles()[role], email: email})
+		callers = append(callers, caller{name: role, token: a.login(email, "password1").AccessToken, perms: rbac.BuiltinRoles()[role], email: email})
 	}
 	var tok struct{ Token string }
-	narrow := []string{auth.UsersRead, auth.RolesRead}
+	narrow := []string{rbac.UsersRead, rbac.RolesRead}
 	a.expect(req{method: "POST", path: "/api/v1/tokens", token: ownerToken, body: map[string]any{"name": "narrow", "abilities": narrow}}, 201).data(t, &tok)
 	callers = append(callers, caller{name: "token(users.read,roles.read)", token: tok.Token, perms: narrow})
-	all := auth.BuiltinRoles()[auth.RoleOwner]
+	all := rbac.BuiltinRoles()[rbac.RoleOwner]
 	a.expect(req{method: "POST", path: "/api/v1/tokens", token: ownerToken, body: map[string]any{"name": "all", "abilities": all}}, 201).data(t, &tok)
 	callers = append(callers, caller{name: "token(all)", token: tok.Token, perms: all})
 
-	params := map[string]string{"id": uuid.NewString(), "role": auth.RoleViewer, "name": "no-such-role", "entry_id": uuid.NewString()}
+	params := map[string]string{"id": uuid.NewString(), "role": rbac.RoleViewer, "name": "no-such-role", "entry_id": uuid.NewString()}
 	routes := apiRoutes(nil, nil, nil)
 	require.NotEmpty(t, routes)
 	for _, rt := range routes {
@@ -67,7 +67,7 @@ func TestRouteAccessMatrix(t *testing.T) {
 		if rt.Method != http.MethodGet {
 			body = map[string]any{}
 		}
-		if rt.Access != auth.Public {
+		if rt.Access != rbac.Public {
 			r := a.do(req{method: rt.Method, path: path, body: body})
 			assert.Equal(t, 401, r.Status, "%s %s without credentials: %s", rt.Method, rt.Path, r.Raw)
 		}
@@ -77,7 +77,7 @@ func TestRouteAccessMatrix(t *testing.T) {
 				token = a.login(c.email, map[bool]string{true: "correct horse", false: "password1"}[c.name == "owner"]).AccessToken
 			}
 			r := a.do(req{method: rt.Method, path: path, body: body, token: token})
-			want := rt.Access == auth.Public || rt.Access == auth.Authenticated || slices.Contains(c.perms, rt.Access)
+			want := rt.Access == rbac.Public || rt.Access == rbac.Authenticated || slices.Contains(c.perms, rt.Access)
 			if want && rt.Session && strings.HasPrefix(token, "cbt_") {
 				// Acts on one's own credentials: never an API token's, whatever it holds.
 				assert.Equal(t, 403, r.Status, "%s %s as %s needs a session: %s", rt.Method, rt.Path, c.name, r.Raw)
@@ -129,10 +129,10 @@ func TestCrossTenantSweep(t *testing.T) {
 		"/api/v1/conversations": conv.ID, "/api/v1/webhooks": hook.ID}
 	swept := 0
 	for _, rt := range apiRoutes(nil, nil, nil) {
-		if !strings.Contains(rt.Path, ":") || rt.Access == auth.PlatformOperate {
+		if !strings.Contains(rt.Path, ":") || rt.Access == rbac.PlatformOperate {
 			continue // platform operators' routes are cross-organization by design: a tenant gets 403 (TestRouteAccessMatrix)
 		}
-		params := map[string]string{"role": auth.RoleViewer, "name": "victim-role", "entry_id": entryID}
+		params := map[string]string{"role": rbac.RoleViewer, "name": "victim-role", "entry_id": entryID}
 		for prefix, id := range ids {
 			if strings.HasPrefix(rt.Path, prefix+"/") {
 				params["id"] = id

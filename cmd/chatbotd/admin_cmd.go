@@ -13,6 +13,8 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/chatbotsaas/chatbotd/command/domain"
+
 	"github.com/google/uuid"
 
 	"github.com/chatbotsaas/chatbotd/command"
@@ -64,7 +66,7 @@ func (m *Main) adminCommand(ctx context.Context, cfg config.Config, logger *slog
 	svc := command.NewService(command.Deps{Store: d.store, Hasher: auth.NewHasher(cfg.PasswordHashConcurrency), Logger: logger})
 	rid := "cli-" + uuid.NewString()
 	res, err := svc.CreateOperator(ctx, events.Meta{RequestID: rid, CorrelationID: rid},
-		command.CreateOperator{Name: *name, Email: *email, Password: password})
+		domain.CreateOperator{Name: *name, Email: *email, Password: password})
 	var ae *apperr.Error
 	if errors.As(err, &ae) && len(ae.Fields) > 0 {
 		var parts []string

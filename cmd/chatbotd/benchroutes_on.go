@@ -10,6 +10,7 @@ import (
 
 	"github.com/chatbotsaas/chatbotd/internal/auth"
 	"github.com/chatbotsaas/chatbotd/internal/httpx"
+	"github.com/chatbotsaas/chatbotd/internal/rbac"
 )
 
 // benchRoutes are the routes `make bench` also calls with authentication turned off, to
@@ -33,7 +34,7 @@ func registerBenchRoutes(r *gin.Engine, routes []httpx.Route) {
 			org, _ := uuid.Parse(c.Query("org"))
 			user, _ := uuid.Parse(c.Query("user"))
 			c.Set(auth.PrincipalKey, auth.Principal{Credential: "user:" + user.String(), UserID: user,
-				OrganizationID: org, Roles: []string{"owner"}, Permissions: auth.PermissionsOf([]string{"owner"})})
+				OrganizationID: org, Roles: []string{"owner"}, Permissions: rbac.PermissionsOf([]string{"owner"})})
 			handler(c)
 		})
 	}

@@ -14,10 +14,10 @@ import (
 	"github.com/chatbotsaas/chatbotd/events/eventstore"
 	"github.com/chatbotsaas/chatbotd/internal/apidoc"
 	"github.com/chatbotsaas/chatbotd/internal/apperr"
-	"github.com/chatbotsaas/chatbotd/internal/auth"
 	"github.com/chatbotsaas/chatbotd/internal/db"
 	"github.com/chatbotsaas/chatbotd/internal/httpx"
 	"github.com/chatbotsaas/chatbotd/internal/metrics"
+	"github.com/chatbotsaas/chatbotd/internal/rbac"
 	"github.com/chatbotsaas/chatbotd/projections"
 )
 
@@ -31,15 +31,15 @@ type operations struct {
 func (o *operations) routes() []httpx.Route {
 	page, assets := apidoc.Page()
 	return []httpx.Route{
-		httpx.R(http.MethodGet, "/health", auth.Public, o.health),
-		httpx.R(http.MethodGet, "/ready", auth.Public, o.readyz),
-		httpx.R(http.MethodGet, "/metrics", auth.Public, o.metrics),
-		httpx.R(http.MethodGet, "/api/v1/openapi.json", auth.Public, apidoc.Handler()),
-		httpx.R(http.MethodGet, "/docs", auth.Public, page),
-		httpx.R(http.MethodGet, "/docs/assets/:file", auth.Public, assets),
-		httpx.R(http.MethodGet, "/api/v1/admin/projections", auth.PlatformOperate, o.projections),
-		httpx.R(http.MethodGet, "/api/v1/admin/projections/:name/dead-letters", auth.PlatformOperate, o.deadLetters),
-		httpx.R(http.MethodPost, "/api/v1/admin/projections/:name/redrive", auth.PlatformOperate, o.redrive),
+		httpx.R(http.MethodGet, "/health", rbac.Public, o.health),
+		httpx.R(http.MethodGet, "/ready", rbac.Public, o.readyz),
+		httpx.R(http.MethodGet, "/metrics", rbac.Public, o.metrics),
+		httpx.R(http.MethodGet, "/api/v1/openapi.json", rbac.Public, apidoc.Handler()),
+		httpx.R(http.MethodGet, "/docs", rbac.Public, page),
+		httpx.R(http.MethodGet, "/docs/assets/:file", rbac.Public, assets),
+		httpx.R(http.MethodGet, "/api/v1/admin/projections", rbac.PlatformOperate, o.projections),
+		httpx.R(http.MethodGet, "/api/v1/admin/projections/:name/dead-letters", rbac.PlatformOperate, o.deadLetters),
+		httpx.R(http.MethodPost, "/api/v1/admin/projections/:name/redrive", rbac.PlatformOperate, o.redrive),
 	}
 }
 

@@ -27,6 +27,7 @@ import (
 	"github.com/chatbotsaas/chatbotd/internal/metrics"
 	"github.com/chatbotsaas/chatbotd/internal/netguard"
 	"github.com/chatbotsaas/chatbotd/internal/ratelimit"
+	"github.com/chatbotsaas/chatbotd/internal/rbac"
 	"github.com/chatbotsaas/chatbotd/internal/readmodel"
 	"github.com/chatbotsaas/chatbotd/internal/secretbox"
 	"github.com/chatbotsaas/chatbotd/projections"
@@ -324,7 +325,7 @@ func newAPI(ctx context.Context, d *deps, secrets []byte, chain events.ChainKey,
 		switch {
 		case unlimited(rt.Path):
 			handlers = append(handlers, authn.Middleware(rt.Access)) // probes are never limited
-		case rt.Access == auth.Public:
+		case rt.Access == rbac.Public:
 			handlers = append(handlers, publicLimit, authn.Middleware(rt.Access))
 		default:
 			handlers = append(handlers, authn.Middleware(rt.Access), apiLimit)
@@ -332,7 +333,7 @@ func newAPI(ctx context.Context, d *deps, secrets []byte, chain events.ChainKey,
 		if rt.Session {
 			handlers = append(handlers, auth.SessionOnly())
 		}
-		if rt.Method == http.MethodGet && rt.Access != auth.Public {
+		if rt.Method == http.MethodGet && rt.Access != rbac.Public {
 			// After authentication and the rate limit: nobody else makes a read wait.
 			handlers = append(handlers, queries.Consistency())
 		}

@@ -13,6 +13,8 @@ import (
 	"github.com/google/uuid"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/chatbotsaas/chatbotd/internal/rbac"
 )
 
 func newKey(t *testing.T) Key {
@@ -120,13 +122,13 @@ func TestRefreshTokens(t *testing.T) {
 }
 
 func TestBuiltinRoles(t *testing.T) {
-	roles := BuiltinRoles()
-	assert.Len(t, roles[RoleOwner], len(Permissions()))
-	assert.NotContains(t, roles[RoleAdmin], OrganizationWrite)
-	assert.Len(t, roles[RoleAdmin], len(Permissions())-1)
-	assert.ElementsMatch(t, []string{UsersRead, ChatbotsRead, ConversationsRead, AnalyticsRead}, roles[RoleViewer])
-	assert.NotContains(t, roles[RoleMember], AuditRead)
-	assert.Contains(t, roles[RoleMember], ChatbotsWrite)
+	roles := rbac.BuiltinRoles()
+	assert.Len(t, roles[rbac.RoleOwner], len(rbac.Permissions()))
+	assert.NotContains(t, roles[rbac.RoleAdmin], rbac.OrganizationWrite)
+	assert.Len(t, roles[rbac.RoleAdmin], len(rbac.Permissions())-1)
+	assert.ElementsMatch(t, []string{rbac.UsersRead, rbac.ChatbotsRead, rbac.ConversationsRead, rbac.AnalyticsRead}, roles[rbac.RoleViewer])
+	assert.NotContains(t, roles[rbac.RoleMember], rbac.AuditRead)
+	assert.Contains(t, roles[rbac.RoleMember], rbac.ChatbotsWrite)
 }
 
 func TestHasherGivesItsMemoryBackWhenIdle(t *testing.T) {

@@ -18,6 +18,7 @@ import (
 	"github.com/chatbotsaas/chatbotd/internal/apperr"
 	"github.com/chatbotsaas/chatbotd/internal/db"
 	"github.com/chatbotsaas/chatbotd/internal/httpx"
+	"github.com/chatbotsaas/chatbotd/internal/rbac"
 )
 
 // Authenticator turns a bearer credential (an access token or an API token) into a
@@ -121,10 +122,10 @@ func (a *Authenticator) Authenticate(ctx context.Context, authorization string) 
 	if st.suspended {
 		return Principal{}, errSuspended
 	}
-	perms := PermissionsOf(st.roles, st.customPermissions)
+	perms := rbac.PermissionsOf(st.roles, st.customPermissions)
 	if st.operator {
 		// Only a login session of an operator account: API tokens never carry it.
-		perms = append(perms, PlatformOperate)
+		perms = append(perms, rbac.PlatformOperate)
 	}
 	return Principal{Credential: "user:" + userID.String(), UserID: userID, OrganizationID: orgID, SessionID: sessionID,
 		Roles: st.roles, Permissions: perms}, nil
@@ -183,7 +184,7 @@ func (a *Authenticator) state(ctx context.Context, user, session uuid.UUID) (aut
 func (a *Authenticator) addCustomPermissions(ctx context.Context, st *authState) error {
 	var custom []string
 	for _, r := range st.roles {
-		if !IsBuiltinRole(r) {
+		if !rbac.IsBuiltinRole(r) {
 			custom = append(custom, r)
 		}
 	}
@@ -228,7 +229,7 @@ func (a *Authenticator) authenticateAPIToken(ctx context.Context, raw string) (P
 		return Principal{}, errSuspended
 	}
 	a.touch(id)
-	owner := PermissionsOf(t.owner.roles, t.owner.customPermissions)
+	owner := rbac.PermissionsOf(t.owner.roles, t.owner.customPermissions)
 	perms := make([]string, 0, len(t.abilities))
 	for _, ab := range t.abilities {
 		if slices.Contains(owner, ab) {
@@ -289,7 +290,7 @@ const PrincipalKey = "principal"
 // Middleware enforces a route's access level: Public, Authenticated or a permission.
 func (a *Authenticator) Middleware(access string) gin.HandlerFunc {
 	return func(c *gin.Context) {
-		if access == Public {
+		if access == rbac.Public {
 			c.Next()
 			return
 		}
@@ -298,7 +299,7 @@ func (a *Authenticator) Middleware(access string) gin.HandlerFunc {
 			httpx.Fail(c, err)
 			return
 		}
-		if access != Authenticated {
+		if access != rbac.Authenticated {
 			if err := p.Require(access); err != nil {
 				if a.OnDenied != nil {
 					a.OnDenied(c, p, access)

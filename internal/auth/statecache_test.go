@@ -12,6 +12,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/chatbotsaas/chatbotd/internal/apperr"
+	"github.com/chatbotsaas/chatbotd/internal/rbac"
 	"github.com/chatbotsaas/chatbotd/internal/testenv"
 )
 
@@ -215,7 +216,7 @@ func TestAuthenticationStateIsCachedAndInvalidatedInEveryProcess(t *testing.T) {
 	// The owner's role, through the token: member's chatbots:read goes with the role.
 	p, err := b.Authenticate(ctx, bearer(f.apiToken))
 	require.NoError(t, err)
-	assert.Contains(t, p.Permissions, ChatbotsRead)
+	assert.Contains(t, p.Permissions, rbac.ChatbotsRead)
 	_, err = d.Pool.Exec(ctx, `UPDATE role_assignments SET role = 'reporter' WHERE user_id = $1`, f.user)
 	require.NoError(t, err)
 	tokenCan := func(want func(Principal) bool) func() error {
@@ -227,7 +228,7 @@ func TestAuthenticationStateIsCachedAndInvalidatedInEveryProcess(t *testing.T) {
 			return err
 		}
 	}
-	testenv.Eventually(t, 2*time.Second, tokenCan(func(p Principal) bool { return !p.Can(ChatbotsRead) && p.Can(AnalyticsRead) }))
+	testenv.Eventually(t, 2*time.Second, tokenCan(func(p Principal) bool { return !p.Can(rbac.ChatbotsRead) && p.Can(rbac.AnalyticsRead) }))
 	// A custom role's permissions change for its whole organization.
 	_, err = d.Pool.Exec(ctx, `UPDATE role_names SET permissions = '{}' WHERE organization_id = $1`, f.org)
 	require.NoError(t, err)

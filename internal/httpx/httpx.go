@@ -386,7 +386,7 @@ func NoMethod(c *gin.Context) {
 		ErrorCode: "METHOD_NOT_ALLOWED", Timestamp: Timestamp(), RequestID: RequestIDOf(c)})
 }
 
-// Route is one endpoint with its declared access: auth.Public, auth.Authenticated or a
+// Route is one endpoint with its declared access: rbac.Public, rbac.Authenticated or a
 // permission. Every route declares one; the server refuses to start otherwise.
 type Route struct {
 	Method  string

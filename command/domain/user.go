@@ -1,4 +1,4 @@
-package command
+package domain
 
 import (
 	"slices"
@@ -8,7 +8,7 @@ import (
 
 	"github.com/chatbotsaas/chatbotd/events"
 	"github.com/chatbotsaas/chatbotd/internal/apperr"
-	"github.com/chatbotsaas/chatbotd/internal/auth"
+	"github.com/chatbotsaas/chatbotd/internal/rbac"
 )
 
 // User statuses.
@@ -79,9 +79,9 @@ func (c *CreateUser) Validate() error {
 		f.Add("password_confirmation", "must match password")
 	}
 	if c.Role == "" {
-		c.Role = auth.RoleMember
+		c.Role = rbac.RoleMember
 	}
-	if !auth.IsBuiltinRole(c.Role) && !roleNamePattern.MatchString(c.Role) {
+	if !rbac.IsBuiltinRole(c.Role) && !roleNamePattern.MatchString(c.Role) {
 		f.Add("role", "must be a built-in role (owner, admin, member, viewer) or a custom role's name")
 	}
 	return f.Err()
@@ -159,7 +159,7 @@ var errOwnerProtected = apperr.New(apperr.CodeForbidden,
 // owner role needs (mayGrantOwner: every permission an owner holds). Otherwise an admin,
 // who cannot make anyone an owner, could take an owner's account by changing its email.
 func CheckActOnUser(actor, target uuid.UUID, mayGrantOwner bool, u User) error {
-	if actor != target && slices.Contains(u.Roles, auth.RoleOwner) && !mayGrantOwner {
+	if actor != target && slices.Contains(u.Roles, rbac.RoleOwner) && !mayGrantOwner {
 		return errOwnerProtected
 	}
 	return nil
@@ -200,4 +200,27 @@ func DecideRemoveRole(u User, role string) ([]events.Event, error) {
 		return nil, nil
 	}
 	return []events.Event{events.UserRoleRemoved{Role: role}}, nil
+}
+
+// ChangePassword is PUT /auth/password: the caller changes their own password.
+type ChangePassword struct {
+	CurrentPassword      string `json:"current_password"`
+	Password             string `json:"password"`
+	PasswordConfirmation string `json:"password_confirmation"`
+}
+
+// Validate checks the input.
+func (c *ChangePassword) Validate() error {
+	f := apperr.Fields{}
+	if c.CurrentPassword == "" {
+		f.Add("current_password", "is required")
+	}
+	checkPassword(f, "password", c.Password)
+	if c.PasswordConfirmation != c.Password {
+		f.Add("password_confirmation", "must match password")
+	}
+	if c.Password != "" && c.Password == c.CurrentPassword {
+		f.Add("password", "must differ from the current password")
+	}
+	return f.Err()
 }

@@ -1,4 +1,4 @@
-package command
+package domain
 
 import (
 	"strings"
@@ -11,6 +11,7 @@ import (
 	"github.com/chatbotsaas/chatbotd/events"
 	"github.com/chatbotsaas/chatbotd/internal/apperr"
 	"github.com/chatbotsaas/chatbotd/internal/auth"
+	"github.com/chatbotsaas/chatbotd/internal/rbac"
 )
 
 func ptr[T any](v T) *T { return &v }
@@ -260,8 +261,8 @@ func TestSlugify(t *testing.T) {
 }
 
 func TestDecideRole(t *testing.T) {
-	admin := auth.Principal{Permissions: auth.PermissionsOf([]string{auth.RoleAdmin})}
-	createdRole := events.RoleCreated{Name: "support", Permissions: []string{auth.UsersRead}}
+	admin := auth.Principal{Permissions: rbac.PermissionsOf([]string{rbac.RoleAdmin})}
+	createdRole := events.RoleCreated{Name: "support", Permissions: []string{rbac.UsersRead}}
 	tests := []struct {
 		name    string
 		history []events.Event
@@ -270,27 +271,27 @@ func TestDecideRole(t *testing.T) {
 		code    apperr.Code
 	}{
 		{"create", nil, func(r Role) ([]events.Event, error) {
-			return DecideCreateRole(r, admin, CreateRole{Name: "support", Permissions: []string{auth.UsersRead}})
+			return DecideCreateRole(r, admin.Can, CreateRole{Name: "support", Permissions: []string{rbac.UsersRead}})
 		}, []events.Event{createdRole}, ""},
 		{"create with a permission the creator lacks", nil, func(r Role) ([]events.Event, error) {
-			return DecideCreateRole(r, admin, CreateRole{Name: "boss", Permissions: []string{auth.OrganizationWrite}})
+			return DecideCreateRole(r, admin.Can, CreateRole{Name: "boss", Permissions: []string{rbac.OrganizationWrite}})
 		}, nil, apperr.CodeValidation},
 		{"change permissions", []events.Event{createdRole}, func(r Role) ([]events.Event, error) {
-			return DecideUpdateRole(r, admin, UpdateRole{Permissions: &[]string{auth.UsersRead, auth.UsersWrite}})
-		}, []events.Event{events.RoleUpdated{Permissions: []string{auth.UsersRead, auth.UsersWrite}, PreviousPermissions: []string{auth.UsersRead}}}, ""},
+			return DecideUpdateRole(r, admin.Can, UpdateRole{Permissions: &[]string{rbac.UsersRead, rbac.UsersWrite}})
+		}, []events.Event{events.RoleUpdated{Permissions: []string{rbac.UsersRead, rbac.UsersWrite}, PreviousPermissions: []string{rbac.UsersRead}}}, ""},
 		{"rename", []events.Event{createdRole}, func(r Role) ([]events.Event, error) {
-			return DecideUpdateRole(r, admin, UpdateRole{Name: ptr("helpdesk")})
+			return DecideUpdateRole(r, admin.Can, UpdateRole{Name: ptr("helpdesk")})
 		}, []events.Event{events.RoleUpdated{Name: &events.Change{Old: "support", New: "helpdesk"}}}, ""},
 		{"no change", []events.Event{createdRole}, func(r Role) ([]events.Event, error) {
-			return DecideUpdateRole(r, admin, UpdateRole{Name: ptr("support"), Permissions: &[]string{auth.UsersRead}})
+			return DecideUpdateRole(r, admin.Can, UpdateRole{Name: ptr("support"), Permissions: &[]string{rbac.UsersRead}})
 		}, nil, ""},
 		{"grant beyond the caller", []events.Event{createdRole}, func(r Role) ([]events.Event, error) {
-			return DecideUpdateRole(r, admin, UpdateRole{Permissions: &[]string{auth.OrganizationWrite}})
+			return DecideUpdateRole(r, admin.Can, UpdateRole{Permissions: &[]string{rbac.OrganizationWrite}})
 		}, nil, apperr.CodeValidation},
 		{"delete", []events.Event{createdRole}, DecideDeleteRole, []events.Event{events.RoleDeleted{Name: "support"}}, ""},
 		{"delete twice", []events.Event{createdRole, events.RoleDeleted{Name: "support"}}, DecideDeleteRole, nil, apperr.CodeNotFound},
 		{"update deleted", []events.Event{createdRole, events.RoleDeleted{Name: "support"}}, func(r Role) ([]events.Event, error) {
-			return DecideUpdateRole(r, admin, UpdateRole{Name: ptr("x")})
+			return DecideUpdateRole(r, admin.Can, UpdateRole{Name: ptr("x")})
 		}, nil, apperr.CodeNotFound},
 	}
 	for _, tt := range tests {
@@ -354,33 +355,6 @@ func TestDecideChatbot(t *testing.T) {
 	assert.ErrorContains(t, err, "VALIDATION_ERROR")
 }
 
-func TestParseCSV(t *testing.T) {
-	rows, err := ParseCSV(strings.NewReader("question,answer,tags\n\"How do I pay?\",By card,billing;payments\nWhere are you?,\"Berlin, Germany\",\n"))
-	assert.NoError(t, err)
-	assert.Equal(t, []EntryInput{
-		{Question: "How do I pay?", Answer: "By card", Tags: []string{"billing", "payments"}},
-		{Question: "Where are you?", Answer: "Berlin, Germany"},
-	}, rows)
-	_, err = ParseCSV(strings.NewReader("q,a\nx,y\n"))
-	var he *apperr.Error
-	if assert.ErrorAs(t, err, &he) {
-		assert.Contains(t, he.Fields["csv"][0], "header row")
-	}
-	_, err = ParseCSV(strings.NewReader(""))
-	assert.Error(t, err)
-	_, err = ParseCSV(strings.NewReader("question,answer,tags\nonly one field\n"))
-	assert.ErrorContains(t, err, "VALIDATION_ERROR")
-	// Row validation names each bad row; nothing partial.
-	rows, err = ParseCSV(strings.NewReader("question,answer\nfine,ok\n,missing question\n"))
-	assert.NoError(t, err)
-	err = ValidateImport(rows)
-	var e *apperr.Error
-	if assert.ErrorAs(t, err, &e) {
-		assert.Contains(t, e.Fields, "entries[1].question")
-		assert.NotContains(t, e.Fields, "entries[0].question")
-	}
-}
-
 func TestEvolveKnowledge(t *testing.T) {
 	at := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	k := EvolveKnowledge(Knowledge{}, events.KnowledgeImported{Entries: []events.KnowledgeEntry{{ID: "a"}, {ID: "b"}}}, at)
@@ -393,8 +367,8 @@ func TestEvolveKnowledge(t *testing.T) {
 
 func TestCheckActOnUser(t *testing.T) {
 	actor, other := uuid.New(), uuid.New()
-	owner := User{Exists: true, Roles: []string{auth.RoleOwner}}
-	member := User{Exists: true, Roles: []string{auth.RoleMember, auth.RoleAdmin}}
+	owner := User{Exists: true, Roles: []string{rbac.RoleOwner}}
+	member := User{Exists: true, Roles: []string{rbac.RoleMember, rbac.RoleAdmin}}
 	for _, c := range []struct {
 		name          string
 		target        uuid.UUID

@@ -1,4 +1,4 @@
-package command
+package domain
 
 import (
 	"time"
@@ -49,7 +49,7 @@ func DecideStartSession(s Session, user uuid.UUID, expires time.Time) ([]events.
 	return []events.Event{events.SessionStarted{UserID: user.String(), ExpiresAt: expires.UTC().Format(time.RFC3339)}}, nil
 }
 
-var errBadRefresh = apperr.New(apperr.CodeUnauthenticated, "The refresh token is invalid, expired or revoked")
+var ErrBadRefresh = apperr.New(apperr.CodeUnauthenticated, "The refresh token is invalid, expired or revoked")
 
 // DecideRefreshSession rotates the refresh token. A presented generation older than the
 // current one is reuse: the returned events revoke the session and must be appended even
@@ -57,12 +57,12 @@ var errBadRefresh = apperr.New(apperr.CodeUnauthenticated, "The refresh token is
 func DecideRefreshSession(s Session, presented int, now, expires time.Time) ([]events.Event, error) {
 	switch {
 	case !s.Exists || s.Revoked || now.After(s.ExpiresAt) || presented > s.Generation:
-		return nil, errBadRefresh
+		return nil, ErrBadRefresh
 	case presented < s.Generation:
 		return []events.Event{
 			events.SessionReuseDetected{PresentedGeneration: presented, CurrentGeneration: s.Generation},
 			events.SessionRevoked{Reason: ReasonReuse},
-		}, errBadRefresh
+		}, ErrBadRefresh
 	}
 	return []events.Event{events.SessionRefreshed{Generation: s.Generation + 1, ExpiresAt: expires.UTC().Format(time.RFC3339)}}, nil
 }
@@ -70,10 +70,37 @@ func DecideRefreshSession(s Session, presented int, now, expires time.Time) ([]e
 // DecideRevokeSession ends a session; an ended one stays ended (no event).
 func DecideRevokeSession(s Session, reason string) ([]events.Event, error) {
 	if !s.Exists {
-		return nil, errBadRefresh
+		return nil, ErrBadRefresh
 	}
 	if s.Revoked {
 		return nil, nil
 	}
 	return []events.Event{events.SessionRevoked{Reason: reason}}, nil
+}
+
+// Login is POST /auth/login.
+type Login struct {
+	Email    string `json:"email"`
+	Password string `json:"password"`
+	// DeviceToken is what an earlier successful login from this client returned (also
+	// read from the device cookie): with it, other people's failures never block it.
+	DeviceToken string `json:"device_token,omitempty"`
+}
+
+// Validate checks the input's presence (not its format: a bad login is a 401 like any).
+func (c *Login) Validate() error {
+	f := apperr.Fields{}
+	c.Email = NormalizeEmail(c.Email)
+	if c.Email == "" {
+		f.Add("email", "is required")
+	}
+	if c.Password == "" {
+		f.Add("password", "is required")
+	}
+	return f.Err()
+}
+
+// Refresh is POST /auth/refresh.
+type Refresh struct {
+	RefreshToken string `json:"refresh_token"`
 }
