@@ -27,6 +27,7 @@ import (
 	"github.com/chatbotsaas/chatbotd/internal/readmodel"
 	"github.com/chatbotsaas/chatbotd/internal/testenv"
 	"github.com/chatbotsaas/chatbotd/projections"
+	"github.com/chatbotsaas/chatbotd/projections/reactors"
 )
 
 var system = events.Meta{Actor: events.Actor{Type: events.ActorSystem}}
@@ -429,8 +430,8 @@ func TestOnlyIndependentProjectorsShareTheirQueueActively(t *testing.T) {
 	for _, c := range []struct {
 		p   projections.Projector
 		sac bool
-	}{{projections.Responder{}, false}, {projections.Chatbots{}, true}, {projections.Audit{}, true},
-		{projections.Conversations{}, true}, {projections.NewAccounts(nil, nil, nil), true}, {projections.Trainer{}, true}} {
+	}{{reactors.Responder{}, false}, {projections.Chatbots{}, true}, {projections.Audit{}, true},
+		{projections.Conversations{}, true}, {projections.NewAccounts(nil, nil, nil), true}, {reactors.Trainer{}, true}} {
 		r, err := projections.NewRunner(nil, nil, c.p, projections.Config{Exchange: "x"})
 		require.NoError(t, err)
 		assert.Equal(t, c.sac, r.Queue().SingleActiveConsumer, c.p.Name())

@@ -8,10 +8,11 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/chatbotsaas/chatbotd/events"
+	"github.com/chatbotsaas/chatbotd/internal/readmodel"
 )
 
 // NotificationsName is the notifications projector's name.
-const NotificationsName = "notifications"
+const NotificationsName = readmodel.NotificationsProjection
 
 // Notification kinds.
 const (

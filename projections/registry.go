@@ -8,6 +8,7 @@ import (
 	"github.com/chatbotsaas/chatbotd/events"
 	"github.com/chatbotsaas/chatbotd/events/eventstore"
 	"github.com/chatbotsaas/chatbotd/internal/cache"
+	"github.com/chatbotsaas/chatbotd/projections/reactors"
 )
 
 // Deps are what the registry's parts are built with. A part that needs none of them
@@ -58,15 +59,15 @@ func Parts() []Part {
 			Projector: func(d Deps) Projector { return NewAccounts(d.Pool, d.Cache, named(d, AccountsName)) }},
 		{Name: ChatbotsName, Rebuildable: true, Streams: []string{events.StreamChatbot, events.StreamKnowledge, events.StreamTraining},
 			Projector: func(Deps) Projector { return Chatbots{} }},
-		{Name: TrainerName, Reactor: true, Projector: func(d Deps) Projector { return Trainer{Store: d.Store} }},
+		{Name: reactors.TrainerName, Reactor: true, Projector: func(d Deps) Projector { return reactors.Trainer{Store: d.Store} }},
 		{Name: ConversationsName, Rebuildable: true, Streams: []string{events.StreamConversation, events.StreamMessage},
 			Projector: func(Deps) Projector { return Conversations{} }},
-		{Name: ResponderName, Reactor: true, Projector: func(d Deps) Projector { return Responder{Store: d.Store} }},
+		{Name: reactors.ResponderName, Reactor: true, Projector: func(d Deps) Projector { return reactors.Responder{Store: d.Store} }},
 		{Name: AuditName, Rebuildable: true, Projector: func(Deps) Projector { return Audit{} }},
 		{Name: AnalyticsName, Rebuildable: true, Projector: func(Deps) Projector { return Analytics{} }},
 		{Name: WebhooksName, Streams: []string{events.StreamWebhook}, Projector: func(Deps) Projector { return Webhooks{} }},
 		{Name: NotificationsName, Projector: func(Deps) Projector { return Notifications{} }},
-		{Name: WebhookResponderName, Reactor: true, Bindings: []string{"message.posted"}},
+		{Name: reactors.WebhookResponderName, Reactor: true, Bindings: []string{"message.posted"}},
 	}
 }
 

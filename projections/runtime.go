@@ -163,10 +163,9 @@ func (r *Runner) consume(ctx context.Context) error {
 		return err
 	}
 	// Two batches in flight for a queue with one consumer: the next batch arrives while
-	// this one is applied, instead of after its ack (accounts projector on a backlog:
-	// 6,900 → 8,300 events/s). A queue of competing consumers (the responder's) gets one
-	// batch each: with two, one consumer took a whole burst while the others idled
-	// (replies/s fell from 170 to 75).
+	// this one is applied, instead of after its ack. A queue of competing consumers (the
+	// responder's) gets one batch each: with two, one consumer took a whole burst while
+	// the others idled. BENCHMARKS.md has the figures of both.
 	prefetch := r.cfg.BatchSize
 	if q.SingleActiveConsumer {
 		prefetch *= 2
@@ -449,8 +448,8 @@ func applyInTx(ctx context.Context, tx pgx.Tx, p Projector, envs []events.Envelo
 	// at, and the row is this transaction's until it commits (another instance's insert of
 	// the same stream waits for it, then finds the row). Inserting it at 0 and raising it
 	// after the apply wrote each new stream's row twice, and most events start a stream
-	// (a user, a chatbot, a message): a batch of 200 of them took the runtime 3.8 ms and
-	// 118 kB of WAL, now 2.5 ms and 62 kB (BenchmarkBatchOfNewStreams).
+	// (a user, a chatbot, a message); BenchmarkBatchOfNewStreams measures it, and
+	// BENCHMARKS.md has the before and after.
 	created := map[uuid.UUID]bool{}
 	prelude.Queue(`INSERT INTO projection_streams (projection, stream_id, version)
 		SELECT $1, u.s, u.v FROM unnest($2::uuid[], $3::int[]) AS u(s, v) ORDER BY u.s

@@ -14,6 +14,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/chatbotsaas/chatbotd/projections/reactors"
+
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -108,7 +110,7 @@ func webhookFigures(ctx context.Context, pool *pgxpool.Pool, org uuid.UUID, all 
 	go func() { _ = receiver.Serve(ln) }()
 	defer receiver.Close()
 	target := "http://" + ln.Addr().String() + "/hook"
-	client := projections.WebhookClient(netguard.Guard{AllowPrivate: true}, 10*time.Second)
+	client := reactors.WebhookClient(netguard.Guard{AllowPrivate: true}, 10*time.Second)
 
 	// The baseline: the same bodies, signed, POSTed by 16 goroutines, nothing recorded.
 	bodies := make([][]byte, n)
@@ -127,7 +129,7 @@ func webhookFigures(ctx context.Context, pool *pgxpool.Pool, org uuid.UUID, all 
 			defer wg.Done()
 			for i := next.Add(1) - 1; i < n; i = next.Add(1) - 1 {
 				req, _ := http.NewRequestWithContext(ctx, http.MethodPost, target, strings.NewReader(string(bodies[i])))
-				req.Header = projections.WebhookHeaders(secret, bodies[i], time.Now())
+				req.Header = reactors.WebhookHeaders(secret, bodies[i], time.Now())
 				if res, err := client.Do(req); err == nil {
 					_, _ = io.Copy(io.Discard, res.Body)
 					_ = res.Body.Close()
@@ -168,7 +170,7 @@ func webhookFigures(ctx context.Context, pool *pgxpool.Pool, org uuid.UUID, all 
 	if _, err := pool.Exec(ctx, `ANALYZE webhook_deliveries`); err != nil {
 		return err
 	}
-	deliverer := &projections.WebhookDeliverer{Pool: pool, Store: eventstore.NewStore(pool), Box: box, Client: client, Timeout: 10 * time.Second,
+	deliverer := &reactors.WebhookDeliverer{Pool: pool, Store: eventstore.NewStore(pool), Box: box, Client: client, Timeout: 10 * time.Second,
 		Workers: workers, Attempts: 12, RetryBase: 30 * time.Second, RetryMax: 6 * time.Hour, DisableAfter: 20,
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
 	received.Store(0)

@@ -16,6 +16,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/chatbotsaas/chatbotd/projections/reactors"
+
 	"github.com/google/uuid"
 	amqp091 "github.com/rabbitmq/amqp091-go"
 	"github.com/stretchr/testify/assert"
@@ -1084,7 +1086,7 @@ func TestConversationsAnsweredByAWebhook(t *testing.T) {
 			Metadata                                      map[string]any
 		}
 		_ = json.Unmarshal(body, &in)
-		if r.Header.Get("X-Signature") != projections.Sign([]byte(secret), body) || in.Metadata["channel"] != "sms" {
+		if r.Header.Get("X-Signature") != reactors.Sign([]byte(secret), body) || in.Metadata["channel"] != "sms" {
 			http.Error(w, "bad request", http.StatusBadRequest)
 			return
 		}

@@ -11,6 +11,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/chatbotsaas/chatbotd/projections/reactors"
+
 	"github.com/gin-gonic/gin"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/redis/go-redis/v9"
@@ -114,17 +116,17 @@ func (m *Main) serve(ctx context.Context, cfg config.Config, roles map[string]bo
 	if err != nil {
 		return err
 	}
-	var smtp *projections.SMTP
+	var smtp *reactors.SMTP
 	if cfg.SMTPURL != "" {
-		if smtp, err = projections.ParseSMTPURL(cfg.SMTPURL); err != nil {
+		if smtp, err = reactors.ParseSMTPURL(cfg.SMTPURL); err != nil {
 			return err
 		}
 	}
 	guard := netguard.Guard{AllowPrivate: cfg.AllowPrivateTargets}
-	webhooks := projections.Consumer{Conn: d.broker, Workers: cfg.WebhookWorkers, Logger: logger.With("consumer", projections.WebhookResponderName),
+	webhooks := reactors.Consumer{Conn: d.broker, Workers: cfg.WebhookWorkers, Logger: logger.With("consumer", reactors.WebhookResponderName),
 		Queue: webhookResponderQueue(cfg), Metrics: d.metrics,
-		Handle: projections.WebhookResponder{Store: d.store, Pool: d.pool, Box: box, Client: projections.WebhookClient(guard, cfg.WebhookTimeout),
-			Attempts: cfg.WebhookAttempts, Backoff: cfg.WebhookBackoff, Logger: logger.With("consumer", projections.WebhookResponderName)}.Handle}
+		Handle: reactors.WebhookResponder{Store: d.store, Pool: d.pool, Box: box, Client: reactors.WebhookClient(guard, cfg.WebhookTimeout),
+			Attempts: cfg.WebhookAttempts, Backoff: cfg.WebhookBackoff, Logger: logger.With("consumer", reactors.WebhookResponderName)}.Handle}
 	queues := []broker.QueueSpec{webhooks.Queue}
 	for _, r := range runners {
 		queues = append(queues, r.Queue())
@@ -152,7 +154,7 @@ func (m *Main) serve(ctx context.Context, cfg config.Config, roles map[string]bo
 	if roles[roleProjectors] {
 		for _, r := range runners {
 			n := 1
-			if r.Name() == projections.ResponderName {
+			if r.Name() == reactors.ResponderName {
 				n = cfg.ResponderWorkers // competing consumers: messages are independent streams
 			}
 			for range n {
@@ -161,13 +163,13 @@ func (m *Main) serve(ctx context.Context, cfg config.Config, roles map[string]bo
 		}
 		work.start("projection notifications", d.applied.Run)
 		work.start("webhook responder", webhooks.Run)
-		deliverer := &projections.WebhookDeliverer{Pool: d.pool, Store: d.store, Box: box,
-			Client: projections.WebhookClient(guard, cfg.WebhookTimeout), Timeout: cfg.WebhookTimeout,
+		deliverer := &reactors.WebhookDeliverer{Pool: d.pool, Store: d.store, Box: box,
+			Client: reactors.WebhookClient(guard, cfg.WebhookTimeout), Timeout: cfg.WebhookTimeout,
 			Workers: cfg.WebhookDeliveryWorkers, Attempts: cfg.WebhookDeliveryAttempts, RetryBase: cfg.WebhookRetryBase,
 			RetryMax: cfg.WebhookRetryMax, DisableAfter: cfg.WebhookDisableAfter, Retention: cfg.WebhookDeliveryRetention,
 			Logger: logger.With("component", "webhook-deliveries"), Metrics: d.metrics}
 		work.start("webhook deliveries", deliverer.Run)
-		mailer := &projections.Mailer{Pool: d.pool, From: cfg.SMTPFrom, Timeout: 30 * time.Second, Attempts: 8,
+		mailer := &reactors.Mailer{Pool: d.pool, From: cfg.SMTPFrom, Timeout: 30 * time.Second, Attempts: 8,
 			RetryBase: time.Minute, Logger: logger.With("component", "mailer"), Metrics: d.metrics, SMTP: smtp}
 		if smtp == nil {
 			logger.Warn("SMTP_URL is not set: emails are written to the log")
@@ -373,11 +375,11 @@ func (d *deps) runners() ([]*projections.Runner, error) {
 func webhookResponderQueue(cfg config.Config) broker.QueueSpec {
 	var bindings []string
 	for _, p := range projections.Parts() {
-		if p.Name == projections.WebhookResponderName {
+		if p.Name == reactors.WebhookResponderName {
 			bindings = p.Bindings
 		}
 	}
-	return broker.QueueSpec{Name: cfg.AMQPQueuePrefix + projections.WebhookResponderName, Exchange: cfg.AMQPExchange,
+	return broker.QueueSpec{Name: cfg.AMQPQueuePrefix + reactors.WebhookResponderName, Exchange: cfg.AMQPExchange,
 		Bindings: bindings, DeliveryLimit: cfg.ProjectorDeliveryLimit}
 }
 
@@ -387,7 +389,7 @@ func (d *deps) tracked() ([]projections.Tracked, error) {
 	if err != nil {
 		return nil, err
 	}
-	queues := map[string]broker.QueueSpec{projections.WebhookResponderName: webhookResponderQueue(d.cfg)}
+	queues := map[string]broker.QueueSpec{reactors.WebhookResponderName: webhookResponderQueue(d.cfg)}
 	for _, r := range runners {
 		queues[r.Name()] = r.Queue()
 	}

@@ -35,6 +35,11 @@ type Message struct {
 	Status string
 }
 
+// Awaiting reports whether the message still waits for its one answer (a reply or a
+// failure). A responder asks before it does costly or outward work; DecideReply and
+// DecideFail ask again when the answer is appended.
+func (m Message) Awaiting() bool { return m.Exists && m.Status == MessageQueued }
+
 // EvolveMessage applies one event.
 func EvolveMessage(m Message, e events.Event) Message {
 	switch e.(type) {
@@ -68,7 +73,7 @@ func DecideReply(m Message, reply events.MessageReplied) ([]events.Event, error)
 	if !m.Exists {
 		return nil, apperr.NotFound("message")
 	}
-	if m.Status != MessageQueued {
+	if !m.Awaiting() {
 		return nil, nil
 	}
 	return []events.Event{reply}, nil
@@ -79,7 +84,7 @@ func DecideFail(m Message, failed events.MessageFailed) ([]events.Event, error) 
 	if !m.Exists {
 		return nil, apperr.NotFound("message")
 	}
-	if m.Status != MessageQueued {
+	if !m.Awaiting() {
 		return nil, nil
 	}
 	return []events.Event{failed}, nil

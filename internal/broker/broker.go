@@ -7,7 +7,7 @@
 // and the projector runtime drive amqp091 channels themselves: watermill's publisher
 // waits for one confirm per message and ignores basic.return, and its subscriber waits for
 // each ack before the next delivery, so neither could batch. Per-message consumers still
-// run on watermill's router (projections.Consumer).
+// run on watermill's router (reactors.Consumer).
 package broker
 
 import (

@@ -100,7 +100,7 @@ type Config struct {
 	WebhookDeliveryRetention time.Duration `env:"WEBHOOK_DELIVERY_RETENTION" envDefault:"720h"`
 
 	// SMTPURL is where email notifications go (smtp://user:password@host:587 with
-	// STARTTLS, smtps://... with TLS; see projections.ParseSMTPURL). Empty: emails are
+	// STARTTLS, smtps://... with TLS; see reactors.ParseSMTPURL). Empty: emails are
 	// written to the log instead.
 	SMTPURL  string `env:"SMTP_URL"`
 	SMTPFrom string `env:"SMTP_FROM" envDefault:"chatbotd <no-reply@chatbotd.localhost>"`

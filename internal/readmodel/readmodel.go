@@ -188,6 +188,9 @@ const WebhooksProjection = "webhooks"
 // AnalyticsProjection is the projection that counts conversations, messages and replies.
 const AnalyticsProjection = "analytics"
 
+// NotificationsProjection writes the emails the mailer sends.
+const NotificationsProjection = "notifications"
+
 // CachedUser reads a user through the cache: a hit answers from Redis, a miss is filled
 // once from the read model; with Redis down it reads the read model.
 //

@@ -1,4 +1,4 @@
-package projections
+package reactors
 
 import (
 	"context"
@@ -9,6 +9,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 
+	"github.com/chatbotsaas/chatbotd/command/domain"
 	"github.com/chatbotsaas/chatbotd/events"
 	"github.com/chatbotsaas/chatbotd/events/eventstore"
 )
@@ -59,33 +60,29 @@ func (r Responder) Apply(ctx context.Context, tx pgx.Tx, e events.Envelope) erro
 		return err
 	}
 	posted := ev.(events.MessagePosted)
-	var current int
-	if err := tx.QueryRow(ctx, `SELECT coalesce(max(stream_version), 0) FROM events WHERE stream_id = $1`, e.StreamID).Scan(&current); err != nil {
-		return err
+	msg, version, err := messageState(ctx, tx, e.StreamID)
+	if err != nil || !msg.Awaiting() {
+		return err // answered (or failed) already
 	}
-	if current != e.StreamVersion {
-		return nil // answered (or failed) already
-	}
-	chatbot, err := uuid.Parse(posted.ChatbotID)
+	id, err := uuid.Parse(posted.ChatbotID)
 	if err != nil {
 		return fmt.Errorf("message.posted: chatbot_id: %w", err)
 	}
-	bot, err := chatbotState(ctx, tx, chatbot)
+	bot, err := chatbotState(ctx, tx, id)
 	if err != nil {
 		return err
 	}
-	meta := events.CausedBy(e)
 	var out events.Event
 	switch {
-	case bot.deleted:
+	case !bot.Live():
 		out = events.MessageFailed{ConversationID: posted.ConversationID, ChatbotID: posted.ChatbotID,
 			Code: events.FailureChatbotDeleted, Reason: "the chatbot was deleted"}
-	case bot.responder != "knowledge_base":
+	case bot.Responder.Type != domain.ResponderKnowledgeBase:
 		return nil // another responder answers it
 	default:
 		reply := events.MessageReplied{ConversationID: posted.ConversationID, ChatbotID: posted.ChatbotID,
-			ReplyID: ReplyID(e.StreamID).String(), Content: bot.fallback, Source: fallbackSource}
-		entry, answer, found, err := bestMatch(ctx, tx, chatbot, posted.Content)
+			ReplyID: ReplyID(e.StreamID).String(), Content: bot.FallbackMessage, Source: fallbackSource}
+		entry, answer, found, err := bestMatch(ctx, tx, id, posted.Content)
 		if err != nil {
 			return err
 		}
@@ -94,8 +91,11 @@ func (r Responder) Apply(ctx context.Context, tx pgx.Tx, e events.Envelope) erro
 		}
 		out = reply
 	}
-	_, err = r.Store.AppendTx(ctx, tx, eventstore.AppendRequest{StreamType: events.StreamMessage, StreamID: e.StreamID,
-		ExpectedVersion: e.StreamVersion, OrganizationID: e.OrganizationID, Events: []events.Event{out}, Meta: meta})
+	evs, err := decideAnswer(msg, out)
+	if err != nil || len(evs) == 0 {
+		return err
+	}
+	_, err = r.Store.AppendTx(ctx, tx, answerRequest(e, version, evs))
 	return err
 }
 
@@ -107,56 +107,22 @@ func (r Responder) DeadLettered(ctx context.Context, e events.Envelope, cause er
 	if err != nil || !ok {
 		return
 	}
-	_, _ = r.Store.Append(ctx, eventstore.AppendRequest{StreamType: events.StreamMessage, StreamID: e.StreamID,
-		ExpectedVersion: e.StreamVersion, OrganizationID: e.OrganizationID,
-		Events: []events.Event{events.MessageFailed{ConversationID: posted.ConversationID, ChatbotID: posted.ChatbotID,
-			Code: events.FailureUndeliverable, Reason: "the message could not be answered"}},
-		Meta: events.CausedBy(e)})
+	msg, version, err := messageState(ctx, r.Store.Pool(), e.StreamID)
+	if err != nil {
+		return
+	}
+	evs, err := decideAnswer(msg, events.MessageFailed{ConversationID: posted.ConversationID, ChatbotID: posted.ChatbotID,
+		Code: events.FailureUndeliverable, Reason: "the message could not be answered"})
+	if err != nil || len(evs) == 0 {
+		return
+	}
+	_, _ = r.Store.Append(ctx, answerRequest(e, version, evs))
 }
 
 // AfterCommit wakes the relay for the replies just committed.
 func (r Responder) AfterCommit(context.Context, []events.Envelope) error {
 	r.Store.Notify()
 	return nil
-}
-
-type botState struct {
-	deleted   bool
-	fallback  string
-	responder string
-	url       string
-}
-
-// chatbotState folds the chatbot's stream (authoritative, and short).
-func chatbotState(ctx context.Context, q eventstore.Querier, id uuid.UUID) (botState, error) {
-	var b botState
-	envs, err := eventstore.ReadStream(ctx, q, id, 1, 0)
-	if err != nil {
-		return b, err
-	}
-	if len(envs) == 0 {
-		return botState{deleted: true}, nil
-	}
-	for _, env := range envs {
-		ev, err := env.Decode()
-		if err != nil {
-			return b, err
-		}
-		switch ev := ev.(type) {
-		case events.ChatbotCreated:
-			b = botState{fallback: ev.FallbackMessage, responder: ev.Responder.Type, url: ev.Responder.URL}
-		case events.ChatbotUpdated:
-			if c, ok := ev.Changes["fallback_message"]; ok {
-				b.fallback = c.New
-			}
-			if ev.Responder != nil {
-				b.responder, b.url = ev.Responder.Type, ev.Responder.URL
-			}
-		case events.ChatbotDeleted:
-			b.deleted = true
-		}
-	}
-	return b, nil
 }
 
 // orQuery turns a question into a full-text query matching any of its words.

@@ -1,4 +1,4 @@
-package projections
+package reactors
 
 import (
 	"bytes"
@@ -21,6 +21,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/chatbotsaas/chatbotd/internal/metrics"
+	"github.com/chatbotsaas/chatbotd/internal/readmodel"
 )
 
 // SMTP is where the Mailer sends, parsed from SMTP_URL:
@@ -90,7 +91,7 @@ type pendingEmail struct {
 
 // Run sends until ctx ends.
 func (m *Mailer) Run(ctx context.Context) error {
-	outboxLoop{pool: m.Pool, projection: NotificationsName, step: m.Step, logger: m.Logger,
+	outboxLoop{pool: m.Pool, projection: readmodel.NotificationsProjection, step: m.Step, logger: m.Logger,
 		nextDue: `SELECT min(next_attempt_at) FROM notifications WHERE status = 'pending' AND next_attempt_at > now()`}.run(ctx)
 	return nil
 }

@@ -1,9 +1,11 @@
-package projections_test
+package reactors_test
 
 import (
 	"context"
 	"sync"
 	"testing"
+
+	"github.com/chatbotsaas/chatbotd/projections/reactors"
 
 	"github.com/google/uuid"
 	"github.com/stretchr/testify/assert"
@@ -23,7 +25,7 @@ func TestResponderAnswersOnce(t *testing.T) {
 	org, bot, conv := uuid.New(), uuid.New(), uuid.New()
 	appendOne := func(stype string, id uuid.UUID, ev events.Event) events.Envelope {
 		_, err := store.Append(ctx, eventstore.AppendRequest{StreamType: stype, StreamID: id, ExpectedVersion: eventstore.AnyVersion,
-			OrganizationID: &org, Events: []events.Event{ev}, Meta: system})
+			OrganizationID: &org, Events: []events.Event{ev}, Meta: events.Meta{Actor: events.Actor{Type: events.ActorSystem}}})
 		require.NoError(t, err)
 		envs, err := store.ReadStream(ctx, id, 1, 0)
 		require.NoError(t, err)
@@ -41,7 +43,7 @@ func TestResponderAnswersOnce(t *testing.T) {
 		require.NoError(t, err)
 		return envs
 	}
-	r := projections.Responder{Store: store}
+	r := reactors.Responder{Store: store}
 
 	// Delivered again after its reply committed (a worker killed before it acked): one reply.
 	m := post("what is the price?")
@@ -54,7 +56,7 @@ func TestResponderAnswersOnce(t *testing.T) {
 	ev, err := got[0].Decode()
 	require.NoError(t, err)
 	assert.Equal(t, "10 euros", ev.(events.MessageReplied).Content)
-	assert.Equal(t, projections.ReplyID(m.StreamID).String(), ev.(events.MessageReplied).ReplyID)
+	assert.Equal(t, reactors.ReplyID(m.StreamID).String(), ev.(events.MessageReplied).ReplyID)
 
 	// Two workers racing for one message: one reply.
 	m2 := post("what is the price?")

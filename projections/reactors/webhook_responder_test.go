@@ -1,4 +1,4 @@
-package projections_test
+package reactors_test
 
 import (
 	"context"
@@ -11,14 +11,15 @@ import (
 	"testing"
 	"time"
 
+	"github.com/chatbotsaas/chatbotd/projections/reactors"
+
 	"github.com/stretchr/testify/assert"
 
 	"github.com/chatbotsaas/chatbotd/internal/netguard"
-	"github.com/chatbotsaas/chatbotd/projections"
 )
 
-func responder(timeout time.Duration, allowPrivate bool) projections.WebhookResponder {
-	return projections.WebhookResponder{Client: projections.WebhookClient(netguard.Guard{AllowPrivate: allowPrivate}, timeout),
+func responder(timeout time.Duration, allowPrivate bool) reactors.WebhookResponder {
+	return reactors.WebhookResponder{Client: reactors.WebhookClient(netguard.Guard{AllowPrivate: allowPrivate}, timeout),
 		Attempts: 3, Backoff: 10 * time.Millisecond}
 }
 
@@ -30,7 +31,7 @@ func TestWebhookCall(t *testing.T) {
 		"/ok": func(w http.ResponseWriter, r *http.Request) {
 			got, _ := io.ReadAll(r.Body)
 			// The receiver can check the signature with the shared secret.
-			if r.Header.Get("X-Signature") != projections.Sign(secret, got) {
+			if r.Header.Get("X-Signature") != reactors.Sign(secret, got) {
 				http.Error(w, "bad signature", http.StatusUnauthorized)
 				return
 			}

@@ -1,4 +1,4 @@
-package projections
+package reactors
 
 import (
 	"context"
@@ -19,7 +19,7 @@ func TestOutboxWakesOnItsProjectorsCommit(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	wake := make(chan struct{}, 1)
-	go outboxLoop{pool: d.Pool, projection: NotificationsName, logger: slog.New(slog.DiscardHandler)}.listen(ctx, wake)
+	go outboxLoop{pool: d.Pool, projection: readmodel.NotificationsProjection, logger: slog.New(slog.DiscardHandler)}.listen(ctx, wake)
 	notify := func(payload string) {
 		_, err := d.Pool.Exec(ctx, `SELECT pg_notify($1, $2)`, readmodel.AppliedChannel, payload)
 		require.NoError(t, err)
@@ -34,13 +34,13 @@ func TestOutboxWakesOnItsProjectorsCommit(t *testing.T) {
 	}
 	// Listening has begun once a notification naming the projector wakes it.
 	deadline := time.Now().Add(10 * time.Second)
-	for notify(NotificationsName); !woken(50 * time.Millisecond); notify(NotificationsName) {
+	for notify(readmodel.NotificationsProjection); !woken(50 * time.Millisecond); notify(readmodel.NotificationsProjection) {
 		require.True(t, time.Now().Before(deadline), "never woken")
 	}
 	for woken(200 * time.Millisecond) { // drain the extra wake-ups of the loop above
 	}
-	notify(AccountsName + "," + WebhooksName)
+	notify(readmodel.AccountsProjection + "," + readmodel.WebhooksProjection)
 	require.False(t, woken(300*time.Millisecond), "woken by other projectors' commits")
-	notify(AccountsName + "," + NotificationsName)
+	notify(readmodel.AccountsProjection + "," + readmodel.NotificationsProjection)
 	require.True(t, woken(5*time.Second))
 }

@@ -1,4 +1,4 @@
-package projections
+package reactors
 
 import (
 	"bytes"
@@ -22,6 +22,7 @@ import (
 	"github.com/chatbotsaas/chatbotd/events"
 	"github.com/chatbotsaas/chatbotd/events/eventstore"
 	"github.com/chatbotsaas/chatbotd/internal/metrics"
+	"github.com/chatbotsaas/chatbotd/internal/readmodel"
 	"github.com/chatbotsaas/chatbotd/internal/secretbox"
 )
 
@@ -81,7 +82,7 @@ type webhookTarget struct {
 // slot for at most Timeout and never the others. Outcomes are recorded in batches, one
 // transaction for all that finished meanwhile.
 func (d *WebhookDeliverer) Run(ctx context.Context) error {
-	loop := outboxLoop{pool: d.Pool, projection: WebhooksName, logger: d.Logger,
+	loop := outboxLoop{pool: d.Pool, projection: readmodel.WebhooksProjection, logger: d.Logger,
 		nextDue: `SELECT min(next_attempt_at) FROM webhook_deliveries WHERE status = 'pending' AND next_attempt_at > now()`}
 	wake := make(chan struct{}, 1)
 	go loop.listen(ctx, wake)

@@ -1,4 +1,4 @@
-package projections
+package reactors
 
 import (
 	"bytes"
@@ -21,6 +21,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/chatbotsaas/chatbotd/command/domain"
 	"github.com/chatbotsaas/chatbotd/events"
 	"github.com/chatbotsaas/chatbotd/events/eventstore"
 	"github.com/chatbotsaas/chatbotd/internal/apperr"
@@ -88,7 +89,8 @@ func (w WebhookResponder) Handle(msg *message.Message) error {
 		return nil
 	}
 	ctx := msg.Context()
-	if envs, err := w.Store.ReadStream(ctx, e.StreamID, 2, 2); err != nil || len(envs) > 0 {
+	// Asked before the call: a message answered already is not sent out again.
+	if m, _, err := messageState(ctx, w.Pool, e.StreamID); err != nil || !m.Awaiting() {
 		return err // answered already (or the store is down: retry)
 	}
 	ev, err := e.Decode()
@@ -101,7 +103,7 @@ func (w WebhookResponder) Handle(msg *message.Message) error {
 		return err
 	}
 	bot, err := chatbotState(ctx, w.Pool, chatbot)
-	if err != nil || bot.deleted || bot.responder != "webhook" {
+	if err != nil || !bot.Live() || bot.Responder.Type != domain.ResponderWebhook {
 		return err // the knowledge-base responder answers these (and fails deleted bots)
 	}
 	var sealed []byte
@@ -122,7 +124,7 @@ func (w WebhookResponder) Handle(msg *message.Message) error {
 	if err != nil {
 		return err
 	}
-	reply, reason := w.Call(ctx, bot.url, secret, body)
+	reply, reason := w.Call(ctx, bot.Responder.URL, secret, body)
 	if reason != "" {
 		w.Logger.Warn("webhook responder failed", "message_id", e.StreamID, "chatbot_id", chatbot, "reason", reason,
 			"correlation_id", e.CorrelationID)
@@ -133,12 +135,19 @@ func (w WebhookResponder) Handle(msg *message.Message) error {
 		ReplyID: ReplyID(e.StreamID).String(), Content: reply, Source: "webhook"})
 }
 
-// answer appends the reply or failure as version 2; a conflict means another worker
+// answer appends the reply or failure, as the domain decides on the message as it is
+// now (nothing, when it was answered meanwhile); a conflict means another worker
 // answered first, which is fine.
 func (w WebhookResponder) answer(ctx context.Context, e events.Envelope, out events.Event) error {
-	_, err := w.Store.Append(ctx, eventstore.AppendRequest{StreamType: events.StreamMessage, StreamID: e.StreamID,
-		ExpectedVersion: 1, OrganizationID: e.OrganizationID, Events: []events.Event{out},
-		Meta: events.CausedBy(e)})
+	m, version, err := messageState(ctx, w.Pool, e.StreamID)
+	if err != nil {
+		return err
+	}
+	evs, err := decideAnswer(m, out)
+	if err != nil || len(evs) == 0 {
+		return err
+	}
+	_, err = w.Store.Append(ctx, answerRequest(e, version, evs))
 	if apperr.CodeOf(err) == apperr.CodeConflict {
 		return nil
 	}

@@ -1,4 +1,4 @@
-package projections
+package reactors
 
 import (
 	"net/mail"
@@ -37,7 +37,7 @@ func TestParseSMTPURLKeepsCredentialsOffPlainConnections(t *testing.T) {
 func TestMailerMessageEncodesHeadersAndBody(t *testing.T) {
 	m := &Mailer{From: "Chatbot SaaS <no-reply@chatbot.example>"}
 	id := uuid.New()
-	raw, err := m.Message(pendingEmail{id: id, kind: NotifyWelcome, toName: "Eve\r\nBcc: victim@example.com",
+	raw, err := m.Message(pendingEmail{id: id, kind: "welcome", toName: "Eve\r\nBcc: victim@example.com",
 		toAddress: "eve@example.com", subject: "Grüße", body: "Hallo Zoë\n"}, time.Date(2026, 3, 1, 10, 0, 0, 0, time.UTC))
 	require.NoError(t, err)
 	msg, err := mail.ReadMessage(strings.NewReader(string(raw)))

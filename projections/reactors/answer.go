@@ -1,0 +1,63 @@
+package reactors
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/google/uuid"
+
+	"github.com/chatbotsaas/chatbotd/command/domain"
+	"github.com/chatbotsaas/chatbotd/events"
+	"github.com/chatbotsaas/chatbotd/events/eventstore"
+)
+
+// fold reads a stream and folds it with one of the domain's Evolve functions (the same
+// the command side loads aggregates with): a reactor never re-implements a decision's
+// state. It returns the state and the stream's version.
+func fold[S any](ctx context.Context, q eventstore.Querier, id uuid.UUID, evolve func(S, events.Event) S) (S, int, error) {
+	var s S
+	envs, err := eventstore.ReadStream(ctx, q, id, 1, 0)
+	if err != nil {
+		return s, 0, err
+	}
+	version := 0
+	for _, env := range envs {
+		ev, err := env.Decode()
+		if err != nil {
+			return s, 0, err
+		}
+		s, version = evolve(s, ev), env.StreamVersion
+	}
+	return s, version, nil
+}
+
+// messageState is a posted message as the domain sees it, with its stream's version.
+func messageState(ctx context.Context, q eventstore.Querier, id uuid.UUID) (domain.Message, int, error) {
+	return fold(ctx, q, id, domain.EvolveMessage)
+}
+
+// chatbotState is a chatbot as the domain sees it.
+func chatbotState(ctx context.Context, q eventstore.Querier, id uuid.UUID) (domain.Chatbot, error) {
+	b, _, err := fold(ctx, q, id, domain.EvolveChatbot)
+	return b, err
+}
+
+// decideAnswer is the one reply-once rule for every responder and every dead letter:
+// the domain's DecideReply or DecideFail on the message as it is now. Nothing decided
+// means the message has its answer already.
+func decideAnswer(m domain.Message, answer events.Event) ([]events.Event, error) {
+	switch a := answer.(type) {
+	case events.MessageReplied:
+		return domain.DecideReply(m, a)
+	case events.MessageFailed:
+		return domain.DecideFail(m, a)
+	}
+	return nil, fmt.Errorf("%s is no answer to a message", answer.EventType())
+}
+
+// answerRequest is the append of a message's answer, decided on the message as loaded at
+// version: the stream's expected version makes a concurrent second answer a conflict.
+func answerRequest(e events.Envelope, version int, evs []events.Event) eventstore.AppendRequest {
+	return eventstore.AppendRequest{StreamType: events.StreamMessage, StreamID: e.StreamID, ExpectedVersion: version,
+		OrganizationID: e.OrganizationID, Events: evs, Meta: events.CausedBy(e)}
+}
