@@ -17,7 +17,7 @@ import (
 
 // loadKnowledge folds a knowledge stream, returning the state and its version.
 func loadKnowledge(ctx context.Context, store *eventstore.Store, stream uuid.UUID) (domain.Knowledge, int, error) {
-	k := domain.Knowledge{Entries: map[string]time.Time{}}
+	var k domain.Knowledge
 	envs, err := store.ReadStream(ctx, stream, 1, 0)
 	if err != nil {
 		return k, 0, err
@@ -132,7 +132,7 @@ func (s *Service) UpdateEntry(ctx context.Context, meta events.Meta, p auth.Prin
 		return Result[EntryView]{}, err
 	}
 	tok, k, err := s.knowledgeChange(ctx, meta, p, chatbot, func(k domain.Knowledge) ([]events.Event, error) { return domain.DecideUpdateEntry(k, chatbot, id, in) })
-	return Result[EntryView]{Data: entryView(chatbot, id, in, k.Entries[id.String()], tok.OccurredAt), Token: tok}, err
+	return Result[EntryView]{Data: entryView(chatbot, id, in, k.Created[id.String()], tok.OccurredAt), Token: tok}, err
 }
 
 // RemoveEntry removes one knowledge entry.

@@ -357,9 +357,12 @@ func TestDecideChatbot(t *testing.T) {
 
 func TestEvolveKnowledge(t *testing.T) {
 	at := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
-	k := EvolveKnowledge(Knowledge{}, events.KnowledgeImported{Entries: []events.KnowledgeEntry{{ID: "a"}, {ID: "b"}}}, at)
+	k := EvolveKnowledge(Knowledge{}, events.KnowledgeImported{Entries: []events.KnowledgeEntry{{ID: "a"}, {ID: "b", Question: "q"}}}, at)
 	k = EvolveKnowledge(k, events.KnowledgeEntryRemoved{EntryID: "a"}, at.Add(time.Hour))
-	assert.Equal(t, map[string]time.Time{"b": at}, k.Entries)
+	k = EvolveKnowledge(k, events.KnowledgeEntryUpdated{Entry: events.KnowledgeEntry{ID: "b", Question: "q2", Answer: "a2"}}, at.Add(2*time.Hour))
+	assert.Equal(t, map[string]time.Time{"b": at}, k.Created, "an update keeps the creation time")
+	assert.Equal(t, map[string]events.KnowledgeEntry{"b": {ID: "b", Question: "q2", Answer: "a2"}}, k.Contents,
+		"what the trainer indexes: the live entries as they read now")
 	bot := uuid.New()
 	_, err := DecideUpdateEntry(k, bot, uuid.MustParse("00000000-0000-0000-0000-00000000000a"), EntryInput{})
 	assert.Equal(t, apperr.CodeNotFound, apperr.CodeOf(err))

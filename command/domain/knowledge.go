@@ -15,33 +15,34 @@ import (
 // MaxImport is the most entries one import may carry.
 const MaxImport = 10000
 
-// knowledgeNamespace derives each chatbot's knowledge stream id from the chatbot's id.
-var knowledgeNamespace = uuid.MustParse("9a4f1e3c-54d2-4b0e-8d5c-7f1a2b3c4d5e")
-
 // KnowledgeStream is the id of a chatbot's knowledge stream.
-func KnowledgeStream(chatbot uuid.UUID) uuid.UUID {
-	return uuid.NewSHA1(knowledgeNamespace, chatbot[:])
-}
+func KnowledgeStream(chatbot uuid.UUID) uuid.UUID { return events.KnowledgeStreamID(chatbot) }
 
-// Knowledge is a knowledge base's state: the live entries, with when each was created.
+// Knowledge is a knowledge base's state: the live entries, with when each was created
+// (Created) and what each says now (Contents). The command side and the trainer fold the
+// stream with EvolveKnowledge alike.
 type Knowledge struct {
-	Entries map[string]time.Time
+	Created  map[string]time.Time
+	Contents map[string]events.KnowledgeEntry
 }
 
 // EvolveKnowledge applies one event that happened at the given time.
 func EvolveKnowledge(k Knowledge, e events.Event, at time.Time) Knowledge {
-	if k.Entries == nil {
-		k.Entries = map[string]time.Time{}
+	if k.Created == nil {
+		k.Created, k.Contents = map[string]time.Time{}, map[string]events.KnowledgeEntry{}
 	}
 	switch e := e.(type) {
 	case events.KnowledgeEntryAdded:
-		k.Entries[e.Entry.ID] = at
+		k.Created[e.Entry.ID], k.Contents[e.Entry.ID] = at, e.Entry
+	case events.KnowledgeEntryUpdated:
+		k.Contents[e.Entry.ID] = e.Entry
 	case events.KnowledgeImported:
 		for _, en := range e.Entries {
-			k.Entries[en.ID] = at
+			k.Created[en.ID], k.Contents[en.ID] = at, en
 		}
 	case events.KnowledgeEntryRemoved:
-		delete(k.Entries, e.EntryID)
+		delete(k.Created, e.EntryID)
+		delete(k.Contents, e.EntryID)
 	}
 	return k
 }
@@ -53,7 +54,7 @@ type EntryInput struct {
 	Tags     []string `json:"tags"`
 }
 
-// validate checks the entry, naming fields with prefix (e.g. "entries[3].").
+// Check checks and trims the entry, naming fields with prefix (e.g. "entries[3].").
 func (in *EntryInput) Check(f apperr.Fields, prefix string) {
 	in.Question, in.Answer = strings.TrimSpace(in.Question), strings.TrimSpace(in.Answer)
 	switch n := utf8.RuneCountInString(in.Question); {
@@ -94,7 +95,7 @@ func DecideAddEntry(chatbot uuid.UUID, id uuid.UUID, in EntryInput) ([]events.Ev
 
 // DecideUpdateEntry replaces an existing entry.
 func DecideUpdateEntry(k Knowledge, chatbot, id uuid.UUID, in EntryInput) ([]events.Event, error) {
-	if _, ok := k.Entries[id.String()]; !ok {
+	if _, ok := k.Created[id.String()]; !ok {
 		return nil, apperr.NotFound("knowledge entry")
 	}
 	return []events.Event{events.KnowledgeEntryUpdated{ChatbotID: chatbot.String(), Entry: in.Entry(id)}}, nil
@@ -102,7 +103,7 @@ func DecideUpdateEntry(k Knowledge, chatbot, id uuid.UUID, in EntryInput) ([]eve
 
 // DecideRemoveEntry removes an existing entry.
 func DecideRemoveEntry(k Knowledge, chatbot, id uuid.UUID) ([]events.Event, error) {
-	if _, ok := k.Entries[id.String()]; !ok {
+	if _, ok := k.Created[id.String()]; !ok {
 		return nil, apperr.NotFound("knowledge entry")
 	}
 	return []events.Event{events.KnowledgeEntryRemoved{ChatbotID: chatbot.String(), EntryID: id.String()}}, nil

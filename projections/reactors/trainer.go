@@ -7,6 +7,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 
+	"github.com/chatbotsaas/chatbotd/command/domain"
 	"github.com/chatbotsaas/chatbotd/events"
 	"github.com/chatbotsaas/chatbotd/events/eventstore"
 )
@@ -53,25 +54,16 @@ func (t Trainer) Apply(ctx context.Context, tx pgx.Tx, e events.Envelope) error 
 			return err
 		}
 	}
-	entries := map[string]events.KnowledgeEntry{}
+	// The knowledge base as the command side sees it, folded the same way.
+	var k domain.Knowledge
 	for _, h := range history {
 		kev, err := h.Decode()
 		if err != nil {
 			return err
 		}
-		switch k := kev.(type) {
-		case events.KnowledgeEntryAdded:
-			entries[k.Entry.ID] = k.Entry
-		case events.KnowledgeEntryUpdated:
-			entries[k.Entry.ID] = k.Entry
-		case events.KnowledgeImported:
-			for _, en := range k.Entries {
-				entries[en.ID] = en
-			}
-		case events.KnowledgeEntryRemoved:
-			delete(entries, k.EntryID)
-		}
+		k = domain.EvolveKnowledge(k, kev, h.OccurredAt)
 	}
+	entries := k.Contents
 	if _, err := tx.Exec(ctx, `DELETE FROM knowledge_index WHERE chatbot_id = $1`, chatbot); err != nil {
 		return err
 	}
