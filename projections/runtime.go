@@ -23,6 +23,7 @@ import (
 	"github.com/chatbotsaas/chatbotd/internal/db"
 	"github.com/chatbotsaas/chatbotd/internal/faults"
 	"github.com/chatbotsaas/chatbotd/internal/metrics"
+	"github.com/chatbotsaas/chatbotd/internal/retry"
 )
 
 // Projector is one read model. Apply is called inside the batch's transaction, exactly
@@ -133,19 +134,17 @@ func (r *Runner) Queue() broker.QueueSpec {
 // Run consumes until ctx ends, reconnecting after failures. On return nothing unfinished
 // was acknowledged: RabbitMQ redelivers it.
 func (r *Runner) Run(ctx context.Context) error {
-	backoff := 100 * time.Millisecond
+	var pause retry.Backoff
 	for {
 		err := r.consume(ctx)
 		if ctx.Err() != nil {
 			return nil
 		}
-		r.log.Warn("projector interrupted, retrying", "error", err, "in", backoff)
-		select {
-		case <-ctx.Done():
+		d := pause.Next()
+		r.log.Warn("projector interrupted, retrying", "error", err, "in", d)
+		if !retry.Sleep(ctx.Done(), d) {
 			return nil
-		case <-time.After(backoff):
 		}
-		backoff = min(backoff*2, 5*time.Second)
 	}
 }
 
@@ -314,19 +313,17 @@ func (r *Runner) afterCommit(ctx context.Context, applied, delivered []events.En
 // applyWaiting applies envs, trying again with a growing pause while the database is
 // unavailable, until stop.
 func (r *Runner) applyWaiting(ctx context.Context, stop <-chan struct{}, envs []events.Envelope) ([]events.Envelope, error) {
-	backoff := 100 * time.Millisecond
+	var pause retry.Backoff
 	for {
 		applied, err := r.applyBatch(ctx, envs)
 		if !db.IsUnavailable(err) {
 			return applied, err
 		}
-		r.log.Warn("database unavailable: holding the batch", "error", err, "size", len(envs), "retry_in", backoff)
-		select {
-		case <-stop:
+		d := pause.Next()
+		r.log.Warn("database unavailable: holding the batch", "error", err, "size", len(envs), "retry_in", d)
+		if !retry.Sleep(stop, d) {
 			return nil, err
-		case <-time.After(backoff):
 		}
-		backoff = min(backoff*2, 5*time.Second)
 	}
 }
 

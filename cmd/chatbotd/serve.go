@@ -31,6 +31,7 @@ import (
 	"github.com/chatbotsaas/chatbotd/internal/ratelimit"
 	"github.com/chatbotsaas/chatbotd/internal/rbac"
 	"github.com/chatbotsaas/chatbotd/internal/readmodel"
+	"github.com/chatbotsaas/chatbotd/internal/retry"
 	"github.com/chatbotsaas/chatbotd/internal/secretbox"
 	"github.com/chatbotsaas/chatbotd/projections"
 	"github.com/chatbotsaas/chatbotd/query"
@@ -416,7 +417,7 @@ func countCommand(m *metrics.Metrics, name string) gin.HandlerFunc {
 // declareTopology declares the event exchange and the queues, retrying until the broker
 // answers, then closes done.
 func declareTopology(ctx context.Context, d *deps, exchange string, queues []broker.QueueSpec, done chan<- struct{}) {
-	backoff := 100 * time.Millisecond
+	var pause retry.Backoff
 	for {
 		err := func() error {
 			ch, err := d.broker.Channel(ctx)
@@ -441,13 +442,11 @@ func declareTopology(ctx context.Context, d *deps, exchange string, queues []bro
 		if ctx.Err() != nil {
 			return
 		}
-		d.logger.Warn("declare broker topology, retrying", "error", err, "in", backoff)
-		select {
-		case <-ctx.Done():
+		wait := pause.Next()
+		d.logger.Warn("declare broker topology, retrying", "error", err, "in", wait)
+		if !retry.Sleep(ctx.Done(), wait) {
 			return
-		case <-time.After(backoff):
 		}
-		backoff = min(backoff*2, 5*time.Second)
 	}
 }
 

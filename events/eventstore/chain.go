@@ -15,6 +15,7 @@ import (
 
 	"github.com/chatbotsaas/chatbotd/events"
 	"github.com/chatbotsaas/chatbotd/internal/db"
+	"github.com/chatbotsaas/chatbotd/internal/retry"
 )
 
 // The tamper-evidence chain. Every event is linked, in commit order (the relay's order),
@@ -60,22 +61,20 @@ func (c *Chainer) Run(ctx context.Context) error {
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
-	backoff := 100 * time.Millisecond
+	var pause retry.Backoff
 	for ctx.Err() == nil {
 		n, err := c.Step(ctx)
 		wait := time.Duration(0)
 		switch {
 		case err != nil && ctx.Err() == nil:
-			c.Logger.Warn("audit chain interrupted, retrying", "error", err, "in", backoff)
-			wait, backoff = backoff, min(backoff*2, 5*time.Second)
+			wait = pause.Next()
+			c.Logger.Warn("audit chain interrupted, retrying", "error", err, "in", wait)
 		case err == nil && n == 0:
-			wait, backoff = c.Idle, 100*time.Millisecond
+			wait = c.Idle
+			pause.Reset()
 		}
 		if wait > 0 {
-			select {
-			case <-ctx.Done():
-			case <-time.After(wait):
-			}
+			retry.Sleep(ctx.Done(), wait)
 		}
 	}
 	return nil

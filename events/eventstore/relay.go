@@ -19,6 +19,7 @@ import (
 	"github.com/chatbotsaas/chatbotd/internal/db"
 	"github.com/chatbotsaas/chatbotd/internal/faults"
 	"github.com/chatbotsaas/chatbotd/internal/metrics"
+	"github.com/chatbotsaas/chatbotd/internal/retry"
 )
 
 // RelayConfig configures a Relay.
@@ -100,21 +101,19 @@ func NewRelay(pool *pgxpool.Pool, b Channeler, cfg RelayConfig) (*Relay, error) 
 // Run relays until ctx ends. Failures (database or broker down) are logged and retried
 // with backoff; Run returns nil when ctx is cancelled.
 func (r *Relay) Run(ctx context.Context) error {
-	backoff := 100 * time.Millisecond
+	var pause retry.Backoff
 	for {
 		err := r.lead(ctx)
 		if ctx.Err() != nil {
 			return nil
 		}
+		d := pause.Next()
 		if err != nil {
-			r.cfg.Logger.Warn("relay interrupted, retrying", "error", err, "in", backoff)
+			r.cfg.Logger.Warn("relay interrupted, retrying", "error", err, "in", d)
 		}
-		select {
-		case <-ctx.Done():
+		if !retry.Sleep(ctx.Done(), d) {
 			return nil
-		case <-time.After(backoff):
 		}
-		backoff = min(backoff*2, 5*time.Second)
 	}
 }
 

@@ -19,6 +19,8 @@ import (
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/chatbotsaas/chatbotd/internal/retry"
 )
 
 // ErrUnavailable is returned while the broker cannot be reached.
@@ -72,7 +74,7 @@ func (c *Conn) Connected() bool {
 
 // Channel opens a new channel, (re)connecting as needed until ctx ends.
 func (c *Conn) Channel(ctx context.Context) (*amqp.Channel, error) {
-	backoff := 100 * time.Millisecond
+	pause := retry.Backoff{Max: 2 * time.Second}
 	for {
 		conn, err := c.connection()
 		if err == nil {
@@ -87,9 +89,8 @@ func (c *Conn) Channel(ctx context.Context) (*amqp.Channel, error) {
 			return nil, err
 		case <-c.closed:
 			return nil, ErrUnavailable
-		case <-time.After(backoff):
+		case <-time.After(pause.Next()):
 		}
-		backoff = min(backoff*2, 2*time.Second)
 	}
 }
 

@@ -10,6 +10,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/chatbotsaas/chatbotd/internal/readmodel"
+	"github.com/chatbotsaas/chatbotd/internal/retry"
 )
 
 // outboxLoop drives a worker over a table of due rows that a projector writes (webhook
@@ -32,7 +33,7 @@ func (l outboxLoop) run(ctx context.Context) {
 	wake := make(chan struct{}, 1)
 	go l.listen(ctx, wake)
 	var lastEvery time.Time
-	backoff := 100 * time.Millisecond
+	var pause retry.Backoff
 	for ctx.Err() == nil {
 		if l.every != nil && time.Since(lastEvery) > time.Hour {
 			l.every(ctx)
@@ -43,12 +44,12 @@ func (l outboxLoop) run(ctx context.Context) {
 			if ctx.Err() != nil {
 				return
 			}
-			l.logger.Warn("step failed", "error", err, "retry_in", backoff)
-			sleep(ctx, backoff)
-			backoff = min(backoff*2, 5*time.Second)
+			d := pause.Next()
+			l.logger.Warn("step failed", "error", err, "retry_in", d)
+			retry.Sleep(ctx.Done(), d)
 			continue
 		}
-		backoff = 100 * time.Millisecond
+		pause.Reset()
 		if n > 0 {
 			continue
 		}

@@ -17,6 +17,7 @@ import (
 	"github.com/chatbotsaas/chatbotd/internal/db"
 	"github.com/chatbotsaas/chatbotd/internal/faults"
 	"github.com/chatbotsaas/chatbotd/internal/metrics"
+	"github.com/chatbotsaas/chatbotd/internal/retry"
 )
 
 // queueSubscriber is a watermill Subscriber over one of our durable queues. Unlike
@@ -104,19 +105,17 @@ type Consumer struct {
 
 // Run consumes until ctx ends, reconnecting after failures.
 func (c Consumer) Run(ctx context.Context) error {
-	backoff := 200 * time.Millisecond
+	pause := retry.Backoff{First: 200 * time.Millisecond}
 	for {
 		err := c.run(ctx)
 		if ctx.Err() != nil {
 			return nil
 		}
-		c.Logger.Warn("consumer interrupted, retrying", "queue", c.Queue.Name, "error", err, "in", backoff)
-		select {
-		case <-ctx.Done():
+		d := pause.Next()
+		c.Logger.Warn("consumer interrupted, retrying", "queue", c.Queue.Name, "error", err, "in", d)
+		if !retry.Sleep(ctx.Done(), d) {
 			return nil
-		case <-time.After(backoff):
 		}
-		backoff = min(backoff*2, 5*time.Second)
 	}
 }
 
@@ -126,19 +125,17 @@ func (c Consumer) Run(ctx context.Context) error {
 // messages that did nothing wrong.
 func (c Consumer) holdWhileUnavailable(h message.HandlerFunc) message.HandlerFunc {
 	return func(m *message.Message) ([]*message.Message, error) {
-		backoff := 100 * time.Millisecond
+		var pause retry.Backoff
 		for {
 			out, err := h(m)
 			if !db.IsUnavailable(err) {
 				return out, err
 			}
-			c.Logger.Warn("database unavailable: holding the message", "queue", c.Queue.Name, "error", err, "retry_in", backoff)
-			select {
-			case <-m.Context().Done():
+			d := pause.Next()
+			c.Logger.Warn("database unavailable: holding the message", "queue", c.Queue.Name, "error", err, "retry_in", d)
+			if !retry.Sleep(m.Context().Done(), d) {
 				return out, err
-			case <-time.After(backoff):
 			}
-			backoff = min(backoff*2, 5*time.Second)
 		}
 	}
 }

@@ -23,6 +23,7 @@ import (
 	"github.com/chatbotsaas/chatbotd/events/eventstore"
 	"github.com/chatbotsaas/chatbotd/internal/metrics"
 	"github.com/chatbotsaas/chatbotd/internal/readmodel"
+	"github.com/chatbotsaas/chatbotd/internal/retry"
 	"github.com/chatbotsaas/chatbotd/internal/secretbox"
 )
 
@@ -90,7 +91,7 @@ func (d *WebhookDeliverer) Run(ctx context.Context) error {
 	results := make(chan outcome, workers)
 	inFlight := 0
 	var lastPrune time.Time
-	backoff := 100 * time.Millisecond
+	var pause retry.Backoff
 	for {
 		if ctx.Err() != nil {
 			for ; inFlight > 0; inFlight-- {
@@ -108,12 +109,12 @@ func (d *WebhookDeliverer) Run(ctx context.Context) error {
 		if free := workers - inFlight; free > 0 {
 			n, err := d.launch(ctx, free, results)
 			if err != nil && ctx.Err() == nil {
-				d.Logger.Warn("webhook deliveries: claim failed", "error", err, "retry_in", backoff)
-				sleep(ctx, backoff)
-				backoff = min(backoff*2, 5*time.Second)
+				wait := pause.Next()
+				d.Logger.Warn("webhook deliveries: claim failed", "error", err, "retry_in", wait)
+				retry.Sleep(ctx.Done(), wait)
 				continue
 			}
-			backoff = 100 * time.Millisecond
+			pause.Reset()
 			claimed, inFlight = n, inFlight+n
 		}
 		var idle <-chan time.Time
