@@ -313,18 +313,11 @@ func (r *Runner) afterCommit(ctx context.Context, applied, delivered []events.En
 // applyWaiting applies envs, trying again with a growing pause while the database is
 // unavailable, until stop.
 func (r *Runner) applyWaiting(ctx context.Context, stop <-chan struct{}, envs []events.Envelope) ([]events.Envelope, error) {
-	var pause retry.Backoff
-	for {
-		applied, err := r.applyBatch(ctx, envs)
-		if !db.IsUnavailable(err) {
-			return applied, err
-		}
-		d := pause.Next()
-		r.log.Warn("database unavailable: holding the batch", "error", err, "size", len(envs), "retry_in", d)
-		if !retry.Sleep(stop, d) {
-			return nil, err
-		}
-	}
+	return retry.Hold(stop, db.IsUnavailable,
+		func(err error, d time.Duration) {
+			r.log.Warn("database unavailable: holding the batch", "error", err, "size", len(envs), "retry_in", d)
+		},
+		func() ([]events.Envelope, error) { return r.applyBatch(ctx, envs) })
 }
 
 func (r *Runner) applyBatch(ctx context.Context, envs []events.Envelope) ([]events.Envelope, error) {

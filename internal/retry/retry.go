@@ -45,3 +45,26 @@ func Sleep(done <-chan struct{}, d time.Duration) bool {
 		return true
 	}
 }
+
+// Hold tries again, pausing with a fresh Backoff, while try fails with an error for
+// which again reports true, until done is closed; it returns try's last outcome. It is
+// the one hold-while-the-database-is-down of the consumer runtimes: work that fails only
+// because a dependency is unavailable did nothing wrong, and counting it as a failure
+// would dead-letter it after a long enough outage. waiting, when set, is told of each
+// pause before it starts.
+func Hold[T any](done <-chan struct{}, again func(error) bool, waiting func(err error, pause time.Duration), try func() (T, error)) (T, error) {
+	var b Backoff
+	for {
+		out, err := try()
+		if err == nil || !again(err) {
+			return out, err
+		}
+		d := b.Next()
+		if waiting != nil {
+			waiting(err, d)
+		}
+		if !Sleep(done, d) {
+			return out, err
+		}
+	}
+}

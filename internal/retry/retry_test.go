@@ -1,6 +1,7 @@
 package retry
 
 import (
+	"errors"
 	"testing"
 	"time"
 
@@ -27,4 +28,33 @@ func TestSleepEndsWhenDoneCloses(t *testing.T) {
 	close(done)
 	assert.False(t, Sleep(done, time.Hour))
 	assert.True(t, Sleep(make(chan struct{}), time.Millisecond))
+}
+
+func TestHoldTriesAgainOnlyWhileTheErrorSaysSo(t *testing.T) {
+	down := errors.New("down")
+	broken := errors.New("broken")
+	never := make(chan struct{})
+	calls, waits := 0, 0
+	out, err := Hold(never, func(err error) bool { return errors.Is(err, down) }, func(error, time.Duration) { waits++ },
+		func() (int, error) {
+			calls++
+			if calls < 3 {
+				return 0, down
+			}
+			return 42, nil
+		})
+	assert.NoError(t, err)
+	assert.Equal(t, 42, out)
+	assert.Equal(t, 3, calls)
+	assert.Equal(t, 2, waits)
+
+	calls = 0
+	_, err = Hold(never, func(err error) bool { return errors.Is(err, down) }, nil, func() (int, error) { calls++; return 0, broken })
+	assert.ErrorIs(t, err, broken, "another error is returned at once")
+	assert.Equal(t, 1, calls)
+
+	stopped := make(chan struct{})
+	close(stopped)
+	_, err = Hold(stopped, func(error) bool { return true }, nil, func() (int, error) { return 0, down })
+	assert.ErrorIs(t, err, down, "a stopped hold returns the last failure")
 }

@@ -125,18 +125,11 @@ func (c Consumer) Run(ctx context.Context) error {
 // messages that did nothing wrong.
 func (c Consumer) holdWhileUnavailable(h message.HandlerFunc) message.HandlerFunc {
 	return func(m *message.Message) ([]*message.Message, error) {
-		var pause retry.Backoff
-		for {
-			out, err := h(m)
-			if !db.IsUnavailable(err) {
-				return out, err
-			}
-			d := pause.Next()
-			c.Logger.Warn("database unavailable: holding the message", "queue", c.Queue.Name, "error", err, "retry_in", d)
-			if !retry.Sleep(m.Context().Done(), d) {
-				return out, err
-			}
-		}
+		return retry.Hold(m.Context().Done(), db.IsUnavailable,
+			func(err error, d time.Duration) {
+				c.Logger.Warn("database unavailable: holding the message", "queue", c.Queue.Name, "error", err, "retry_in", d)
+			},
+			func() ([]*message.Message, error) { return h(m) })
 	}
 }
 
