@@ -61,7 +61,7 @@ func (d *Devices) Check(token, email string) (id string, ok bool) {
 	if d.now().Unix() >= int64(binary.BigEndian.Uint64(body[16:])) {
 		return "", false
 	}
-	return b64body[:22], true // the random part: 16 bytes, 22 characters
+	return base64.RawURLEncoding.EncodeToString(body[:16]), true // the random part
 }
 
 func (d *Devices) mac(body []byte, email string) []byte {
