@@ -5,11 +5,10 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/chatbotsaas/chatbotd/command/domain"
-
 	"github.com/gin-gonic/gin"
 	"github.com/google/uuid"
 
+	"github.com/chatbotsaas/chatbotd/command/domain"
 	"github.com/chatbotsaas/chatbotd/events"
 	"github.com/chatbotsaas/chatbotd/internal/apperr"
 	"github.com/chatbotsaas/chatbotd/internal/auth"

@@ -4,10 +4,9 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/chatbotsaas/chatbotd/command/domain"
-
 	"github.com/stretchr/testify/assert"
 
+	"github.com/chatbotsaas/chatbotd/command/domain"
 	"github.com/chatbotsaas/chatbotd/internal/apperr"
 )
 

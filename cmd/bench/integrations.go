@@ -14,8 +14,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/chatbotsaas/chatbotd/projections/reactors"
-
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -25,6 +23,7 @@ import (
 	"github.com/chatbotsaas/chatbotd/internal/netguard"
 	"github.com/chatbotsaas/chatbotd/internal/secretbox"
 	"github.com/chatbotsaas/chatbotd/projections"
+	"github.com/chatbotsaas/chatbotd/projections/reactors"
 )
 
 // integrationFigures measures the analytics projector (live batches and a rebuild)

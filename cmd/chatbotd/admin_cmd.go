@@ -13,11 +13,10 @@ import (
 	"slices"
 	"strings"
 
-	"github.com/chatbotsaas/chatbotd/command/domain"
-
 	"github.com/google/uuid"
 
 	"github.com/chatbotsaas/chatbotd/command"
+	"github.com/chatbotsaas/chatbotd/command/domain"
 	"github.com/chatbotsaas/chatbotd/events"
 	"github.com/chatbotsaas/chatbotd/internal/apperr"
 	"github.com/chatbotsaas/chatbotd/internal/auth"

@@ -16,8 +16,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/chatbotsaas/chatbotd/projections/reactors"
-
 	"github.com/google/uuid"
 	amqp091 "github.com/rabbitmq/amqp091-go"
 	"github.com/stretchr/testify/assert"
@@ -26,6 +24,7 @@ import (
 	"github.com/chatbotsaas/chatbotd/events"
 	"github.com/chatbotsaas/chatbotd/internal/testenv"
 	"github.com/chatbotsaas/chatbotd/projections"
+	"github.com/chatbotsaas/chatbotd/projections/reactors"
 )
 
 // app is the whole program started in-process on :0, its database and broker behind

@@ -11,8 +11,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/chatbotsaas/chatbotd/projections/reactors"
-
 	"github.com/gin-gonic/gin"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/redis/go-redis/v9"
@@ -34,6 +32,7 @@ import (
 	"github.com/chatbotsaas/chatbotd/internal/retry"
 	"github.com/chatbotsaas/chatbotd/internal/secretbox"
 	"github.com/chatbotsaas/chatbotd/projections"
+	"github.com/chatbotsaas/chatbotd/projections/reactors"
 	"github.com/chatbotsaas/chatbotd/query"
 )
 

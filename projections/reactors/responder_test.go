@@ -5,8 +5,6 @@ import (
 	"sync"
 	"testing"
 
-	"github.com/chatbotsaas/chatbotd/projections/reactors"
-
 	"github.com/google/uuid"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -15,6 +13,7 @@ import (
 	"github.com/chatbotsaas/chatbotd/events/eventstore"
 	"github.com/chatbotsaas/chatbotd/internal/testenv"
 	"github.com/chatbotsaas/chatbotd/projections"
+	"github.com/chatbotsaas/chatbotd/projections/reactors"
 )
 
 func TestResponderAnswersOnce(t *testing.T) {

@@ -11,11 +11,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/chatbotsaas/chatbotd/projections/reactors"
-
 	"github.com/stretchr/testify/assert"
 
 	"github.com/chatbotsaas/chatbotd/internal/netguard"
+	"github.com/chatbotsaas/chatbotd/projections/reactors"
 )
 
 func responder(timeout time.Duration, allowPrivate bool) reactors.WebhookResponder {
