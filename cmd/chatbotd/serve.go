@@ -123,10 +123,10 @@ func (m *Main) serve(ctx context.Context, cfg config.Config, roles map[string]bo
 		}
 	}
 	guard := netguard.Guard{AllowPrivate: cfg.AllowPrivateTargets}
+	responder := reactors.WebhookResponder{Store: d.store, Pool: d.pool, Box: box, Client: reactors.WebhookClient(guard, cfg.WebhookTimeout),
+		Attempts: cfg.WebhookAttempts, Backoff: cfg.WebhookBackoff, Logger: logger.With("consumer", reactors.WebhookResponderName)}
 	webhooks := reactors.Consumer{Conn: d.broker, Workers: cfg.WebhookWorkers, Logger: logger.With("consumer", reactors.WebhookResponderName),
-		Queue: webhookResponderQueue(cfg), Metrics: d.metrics,
-		Handle: reactors.WebhookResponder{Store: d.store, Pool: d.pool, Box: box, Client: reactors.WebhookClient(guard, cfg.WebhookTimeout),
-			Attempts: cfg.WebhookAttempts, Backoff: cfg.WebhookBackoff, Logger: logger.With("consumer", reactors.WebhookResponderName)}.Handle}
+		Queue: webhookResponderQueue(cfg), Metrics: d.metrics, Handle: responder.Handle, DeadLettered: responder.DeadLettered}
 	queues := []broker.QueueSpec{webhooks.Queue}
 	for _, r := range runners {
 		queues = append(queues, r.Queue())

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strconv"
 	"sync"
 	"time"
 
@@ -64,6 +65,11 @@ func (s queueSubscriber) Subscribe(ctx context.Context, queue string) (<-chan *m
 				faults.Duplicate(ch, queue, d)
 				msg := message.NewMessage(d.MessageId, d.Body)
 				msg.SetContext(ctx)
+				// A quorum queue counts a message's failed deliveries in this header
+				// (absent on the first): the handler's last try is known.
+				if n, ok := d.Headers["x-delivery-count"].(int64); ok {
+					msg.Metadata.Set(deliveryCountKey, strconv.FormatInt(n, 10))
+				}
 				select {
 				case out <- msg:
 				case <-ctx.Done():
@@ -99,8 +105,34 @@ type Consumer struct {
 	Queue   broker.QueueSpec
 	Workers int
 	Handle  func(*message.Message) error
-	Logger  *slog.Logger
-	Metrics *metrics.Metrics
+	// DeadLettered, when set, is told of a message whose last delivery failed (the
+	// queue's delivery limit then dead-letters it), as the projector runtime tells a
+	// DeadLetterer: so that, for one, a message nobody could answer is marked failed
+	// rather than left queued.
+	DeadLettered func(ctx context.Context, e events.Envelope, cause error)
+	Logger       *slog.Logger
+	Metrics      *metrics.Metrics
+}
+
+// deliveryCountKey is the metadata key of a message's failed deliveries so far.
+const deliveryCountKey = "x-delivery-count"
+
+// lastTry tells DeadLettered of a failure on a message's last delivery: one that the
+// queue's delivery limit dead-letters when it is nacked.
+func (c Consumer) lastTry(h message.HandlerFunc) message.HandlerFunc {
+	return func(m *message.Message) ([]*message.Message, error) {
+		out, err := h(m)
+		if err == nil || c.DeadLettered == nil || db.IsUnavailable(err) {
+			return out, err
+		}
+		n, _ := strconv.Atoi(m.Metadata.Get(deliveryCountKey))
+		if n >= c.Queue.DeliveryLimit {
+			if e, derr := events.DecodeEnvelope(m.Payload); derr == nil {
+				c.DeadLettered(m.Context(), e, err)
+			}
+		}
+		return out, err
+	}
 }
 
 // Run consumes until ctx ends, reconnecting after failures.
@@ -171,7 +203,7 @@ func (c Consumer) run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	router.AddMiddleware(middleware.Recoverer, c.observe, c.holdWhileUnavailable)
+	router.AddMiddleware(middleware.Recoverer, c.observe, c.lastTry, c.holdWhileUnavailable)
 	router.AddConsumerHandler(c.Queue.Name, c.Queue.Name, queueSubscriber{conn: c.Conn, prefetch: max(c.Workers, 1)}, c.Handle)
 	if err := router.Run(ctx); err != nil {
 		return err

@@ -8,7 +8,11 @@ import (
 	"testing"
 
 	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/google/uuid"
 	"github.com/stretchr/testify/assert"
+
+	"github.com/chatbotsaas/chatbotd/events"
+	"github.com/chatbotsaas/chatbotd/internal/broker"
 )
 
 // A handler failing because the database is down is tried again until it succeeds or
@@ -40,4 +44,39 @@ func TestHoldWhileUnavailable(t *testing.T) {
 	msg.SetContext(ctx)
 	_, err = c.holdWhileUnavailable(func(*message.Message) ([]*message.Message, error) { return nil, io.ErrUnexpectedEOF })(msg)
 	assert.ErrorIs(t, err, io.ErrUnexpectedEOF, "a stopping consumer gives the message back")
+}
+
+// A failure on a message's last delivery (the queue's delivery limit then dead-letters
+// it) is told to DeadLettered, once; earlier failures, successes and an unavailable
+// database are not.
+func TestLastTryTellsDeadLettered(t *testing.T) {
+	var told []string
+	c := Consumer{Queue: broker.QueueSpec{DeliveryLimit: 3},
+		DeadLettered: func(_ context.Context, e events.Envelope, cause error) {
+			told = append(told, e.Type+": "+cause.Error())
+		}}
+	body := `{"id":"` + uuid.NewString() + `","type":"message.posted","schema_version":1,"stream_type":"message","stream_id":"` +
+		uuid.NewString() + `","stream_version":1,"position":1,"occurred_at":"2026-12-05T10:00:00Z","data":{}}`
+	fails := c.lastTry(func(*message.Message) ([]*message.Message, error) { return nil, errors.New("webhook down") })
+	down := c.lastTry(func(*message.Message) ([]*message.Message, error) { return nil, io.ErrUnexpectedEOF })
+	works := c.lastTry(func(*message.Message) ([]*message.Message, error) { return nil, nil })
+	delivery := func(count string) *message.Message {
+		m := message.NewMessage("1", []byte(body))
+		m.SetContext(context.Background())
+		if count != "" {
+			m.Metadata.Set(deliveryCountKey, count)
+		}
+		return m
+	}
+	for _, count := range []string{"", "1", "2"} {
+		_, err := fails(delivery(count))
+		assert.Error(t, err)
+	}
+	assert.Empty(t, told, "not the last delivery yet")
+	_, _ = works(delivery("3"))
+	_, _ = down(delivery("3"))
+	assert.Empty(t, told, "a success, or a database that is down, is no dead letter")
+	_, err := fails(delivery("3"))
+	assert.Error(t, err, "still nacked, so that the queue dead-letters it")
+	assert.Equal(t, []string{"message.posted: webhook down"}, told)
 }

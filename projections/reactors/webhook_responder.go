@@ -135,6 +135,21 @@ func (w WebhookResponder) Handle(msg *message.Message) error {
 		ReplyID: ReplyID(e.StreamID).String(), Content: reply, Source: "webhook"})
 }
 
+// DeadLettered marks a message whose every delivery failed as failed, unless it was
+// answered meanwhile: nothing stays "queued" forever (the knowledge-base responder's
+// rule, through the same decision).
+func (w WebhookResponder) DeadLettered(ctx context.Context, e events.Envelope, cause error) {
+	ev, err := e.Decode()
+	posted, ok := ev.(events.MessagePosted)
+	if err != nil || !ok {
+		return
+	}
+	if err := w.answer(ctx, e, events.MessageFailed{ConversationID: posted.ConversationID, ChatbotID: posted.ChatbotID,
+		Code: events.FailureUndeliverable, Reason: "the message could not be answered"}); err != nil && w.Logger != nil {
+		w.Logger.Warn("webhook responder: marking a dead-lettered message failed", "message_id", e.StreamID, "error", err)
+	}
+}
+
 // answer appends the reply or failure, as the domain decides on the message as it is
 // now (nothing, when it was answered meanwhile); a conflict means another worker
 // answered first, which is fine.
