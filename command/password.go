@@ -2,8 +2,6 @@ package command
 
 import (
 	"context"
-	"fmt"
-	"math"
 	"slices"
 
 	"github.com/google/uuid"
@@ -48,9 +46,7 @@ func (s *Service) ChangePassword(ctx context.Context, meta events.Meta, p auth.P
 	}
 	email, ip := user.State.Email, meta.Metadata.IPAddress
 	if retry, blocked := s.throttle.Blocked(ctx, ip, email, ""); blocked {
-		secs := int(math.Ceil(retry.Seconds()))
-		return res, &apperr.Error{Code: apperr.CodeRateLimited, RetryAfter: retry,
-			Message: fmt.Sprintf("Too many wrong passwords; retry in %d s", secs)}
+		return res, tooManyFailures(retry, "wrong passwords")
 	}
 	var current string
 	if err := s.store.Pool().QueryRow(ctx, `SELECT password_hash FROM user_credentials WHERE user_id = $1`, p.UserID).Scan(&current); err != nil {
@@ -62,11 +58,8 @@ func (s *Service) ChangePassword(ctx context.Context, meta events.Meta, p auth.P
 	}
 	if !ok {
 		s.throttle.Failed(ctx, ip, email, "")
-		if _, err := s.store.Append(ctx, eventstore.AppendRequest{StreamType: events.StreamAccess,
-			StreamID: uuid.NewSHA1(accessNamespace, p.UserID[:]), ExpectedVersion: eventstore.AnyVersion,
-			OrganizationID: &p.OrganizationID, Meta: actor(p, meta),
-			Events: []events.Event{events.PasswordChangeFailed{UserID: p.UserID.String(), Credential: p.Credential,
-				Reason: "wrong_current_password"}}}); err != nil {
+		if err := s.recordAccess(ctx, meta, p, events.PasswordChangeFailed{UserID: p.UserID.String(),
+			Credential: p.Credential, Reason: "wrong_current_password"}); err != nil {
 			return res, err
 		}
 		return res, apperr.Invalid("current_password", "is not your current password")

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math"
 	"strings"
+	"time"
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
@@ -62,8 +63,7 @@ func (s *Service) Login(ctx context.Context, meta events.Meta, c domain.Login) (
 				return res, err
 			}
 		}
-		return res, &apperr.Error{Code: apperr.CodeRateLimited, RetryAfter: retry,
-			Message: fmt.Sprintf("Too many failed logins; retry in %d s", secs)}
+		return res, tooManyFailures(retry, "failed logins")
 	}
 	var userID uuid.UUID
 	var hash string
@@ -243,10 +243,21 @@ var accessNamespace = uuid.MustParse("2d0f4f0e-6a39-4c7c-9f3a-0b6f1c9d7e55")
 
 // RecordAccessDenied appends an access.denied event for the audit trail.
 func (s *Service) RecordAccessDenied(ctx context.Context, meta events.Meta, p auth.Principal, method, route, permission string) error {
+	return s.recordAccess(ctx, meta, p, events.AccessDenied{UserID: p.UserID.String(), Credential: p.Credential,
+		Method: method, Route: route, Permission: permission})
+}
+
+// recordAccess appends a security event of p's access stream.
+func (s *Service) recordAccess(ctx context.Context, meta events.Meta, p auth.Principal, e events.Event) error {
 	_, err := s.store.Append(ctx, eventstore.AppendRequest{StreamType: events.StreamAccess,
 		StreamID: uuid.NewSHA1(accessNamespace, p.UserID[:]), ExpectedVersion: eventstore.AnyVersion,
-		OrganizationID: &p.OrganizationID, Meta: actor(p, meta),
-		Events: []events.Event{events.AccessDenied{UserID: p.UserID.String(), Credential: p.Credential,
-			Method: method, Route: route, Permission: permission}}})
+		OrganizationID: &p.OrganizationID, Meta: actor(p, meta), Events: []events.Event{e}})
 	return err
+}
+
+// tooManyFailures is the 429 of a throttled password check (failed logins, wrong
+// current passwords), with its Retry-After.
+func tooManyFailures(retry time.Duration, what string) error {
+	return &apperr.Error{Code: apperr.CodeRateLimited, RetryAfter: retry,
+		Message: fmt.Sprintf("Too many %s; retry in %d s", what, int(math.Ceil(retry.Seconds())))}
 }

@@ -15,9 +15,6 @@ import (
 // MaxImport is the most entries one import may carry.
 const MaxImport = 10000
 
-// KnowledgeStream is the id of a chatbot's knowledge stream.
-func KnowledgeStream(chatbot uuid.UUID) uuid.UUID { return events.KnowledgeStreamID(chatbot) }
-
 // Knowledge is a knowledge base's state: the live entries, with when each was created
 // (Created) and what each says now (Contents). The command side and the trainer fold the
 // stream with EvolveKnowledge alike.

@@ -61,13 +61,6 @@ func (l outboxLoop) run(ctx context.Context) {
 	}
 }
 
-func sleep(ctx context.Context, d time.Duration) {
-	select {
-	case <-ctx.Done():
-	case <-time.After(d):
-	}
-}
-
 func (l outboxLoop) idleWait(ctx context.Context) time.Duration {
 	var next *time.Time
 	if err := l.pool.QueryRow(ctx, l.nextDue).Scan(&next); err != nil || next == nil {
@@ -105,7 +98,7 @@ func (l outboxLoop) listen(ctx context.Context, wake chan<- struct{}) {
 		}()
 		if ctx.Err() == nil {
 			l.logger.Debug("listen interrupted", "error", err)
-			sleep(ctx, time.Second)
+			retry.Sleep(ctx.Done(), time.Second)
 		}
 	}
 }

@@ -200,7 +200,7 @@ func (d *WebhookDeliverer) Deliver(ctx context.Context) error {
 			cancel()
 			return <-done
 		}
-		sleep(ctx, 20*time.Millisecond)
+		retry.Sleep(ctx.Done(), 20*time.Millisecond)
 	}
 }
 
