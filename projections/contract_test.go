@@ -89,7 +89,8 @@ func run(f func(context.Context) error) func() {
 
 // The contract every consumer runtime keeps, whatever it runs: each message is handled
 // and acknowledged; a poison message goes to the dead letters (its hook told once) while
-// the rest flows; a database that is down holds the work instead of dead-lettering it.
+// the rest flows; a database that is down holds the work instead of dead-lettering it;
+// work unfinished at shutdown stays in the queue for the next process.
 func TestConsumerRuntimesKeepOneContract(t *testing.T) {
 	for _, rt := range runtimes {
 		t.Run(rt.name, func(t *testing.T) {
@@ -216,6 +217,30 @@ func TestConsumerRuntimesKeepOneContract(t *testing.T) {
 			s.Lock()
 			assert.Empty(t, s.dead)
 			s.Unlock()
+
+			// Shut down with work in hand (held while the database is down): the work is
+			// neither acknowledged nor dead-lettered, and the next process does it.
+			unfinished := uuid.New()
+			s, queue, stop = scenario("contract-shutdown", func(uuid.UUID, int) error {
+				return fmt.Errorf("the database went away: %w", io.ErrUnexpectedEOF)
+			})
+			publish(unfinished)
+			testenv.Eventually(t, 15*time.Second, handledAll(s, unfinished))
+			stop()
+			s.Lock()
+			assert.Empty(t, s.dead, "shutting down dead-letters nothing")
+			s.Unlock()
+			testenv.Eventually(t, 10*time.Second, func() error { // the broker requeues it when the channel closes
+				if n := queueLen(queue); n != 1 {
+					return fmt.Errorf("%d messages ready in %s, want the unfinished one", n, queue)
+				}
+				return nil
+			})
+			assert.Zero(t, queueLen(queue+".dead"))
+			s, queue, stop = scenario("contract-shutdown", func(uuid.UUID, int) error { return nil })
+			testenv.Eventually(t, 15*time.Second, handledAll(s, unfinished))
+			testenv.Eventually(t, 15*time.Second, drained(queue))
+			stop()
 		})
 	}
 }
