@@ -169,7 +169,7 @@ func (m *Main) serve(ctx context.Context, cfg config.Config, roles map[string]bo
 			RetryMax: cfg.WebhookRetryMax, DisableAfter: cfg.WebhookDisableAfter, Retention: cfg.WebhookDeliveryRetention,
 			Logger: logger.With("component", "webhook-deliveries"), Metrics: d.metrics}
 		work.start("webhook deliveries", deliverer.Run)
-		mailer := &reactors.Mailer{Pool: d.pool, From: cfg.SMTPFrom, Timeout: 30 * time.Second, Attempts: 8,
+		mailer := &reactors.Mailer{Pool: d.pool, From: cfg.SMTPFrom, Timeout: 30 * time.Second, Attempts: 8, Workers: 4,
 			RetryBase: time.Minute, Logger: logger.With("component", "mailer"), Metrics: d.metrics, SMTP: smtp}
 		if smtp == nil {
 			logger.Warn("SMTP_URL is not set: emails are written to the log")

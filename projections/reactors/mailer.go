@@ -78,6 +78,7 @@ type Mailer struct {
 	Timeout   time.Duration
 	Attempts  int
 	RetryBase time.Duration
+	Workers   int // sends at once
 	Logger    *slog.Logger
 	Metrics   *metrics.Metrics
 }
@@ -89,71 +90,82 @@ type pendingEmail struct {
 	attempt                          int
 }
 
-// Run sends until ctx ends.
+// Run sends until ctx ends, on the outbox runtime (Workers sends at once).
 func (m *Mailer) Run(ctx context.Context) error {
-	outboxLoop{pool: m.Pool, projection: readmodel.NotificationsProjection, step: m.Step, logger: m.Logger,
-		nextDue: `SELECT min(next_attempt_at) FROM notifications WHERE status = 'pending' AND next_attempt_at > now()`}.run(ctx)
+	outbox[pendingEmail, sentEmail]{name: "emails", pool: m.Pool, projection: readmodel.NotificationsProjection,
+		nextDue: `SELECT min(next_attempt_at) FROM notifications WHERE status = 'pending' AND next_attempt_at > now()`,
+		workers: m.Workers, claim: m.claim, call: m.call, record: m.record, logger: m.Logger}.run(ctx)
 	return nil
 }
 
-// Step sends what is due and returns how many it took.
-func (m *Mailer) Step(ctx context.Context) (int, error) {
+type sentEmail struct {
+	p   pendingEmail
+	err error
+}
+
+// claim leases up to n due emails.
+func (m *Mailer) claim(ctx context.Context, n int) ([]pendingEmail, error) {
 	rows, err := m.Pool.Query(ctx, `WITH due AS (
 			SELECT id FROM notifications WHERE status = 'pending' AND next_attempt_at <= now()
-			ORDER BY next_attempt_at LIMIT 20 FOR UPDATE SKIP LOCKED)
+			ORDER BY next_attempt_at LIMIT $2 FOR UPDATE SKIP LOCKED)
 		UPDATE notifications n SET attempts = n.attempts + 1, next_attempt_at = now() + $1::interval
 		FROM due WHERE n.id = due.id
-		RETURNING n.id, n.kind, n.to_name, n.to_address, n.subject, n.body, n.attempts, n.correlation_id`, m.Timeout+time.Minute)
+		RETURNING n.id, n.kind, n.to_name, n.to_address, n.subject, n.body, n.attempts, n.correlation_id`, m.Timeout+time.Minute, n)
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
-	due, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (pendingEmail, error) {
+	return pgx.CollectRows(rows, func(r pgx.CollectableRow) (pendingEmail, error) {
 		var p pendingEmail
 		err := r.Scan(&p.id, &p.kind, &p.toName, &p.toAddress, &p.subject, &p.body, &p.attempt, &p.correlationID)
 		return p, err
 	})
-	if err != nil {
-		return 0, err
+}
+
+// call sends one email, or logs it when SMTP is not set.
+func (m *Mailer) call(ctx context.Context, p pendingEmail) sentEmail {
+	if m.SMTP == nil {
+		m.Logger.Info("email (SMTP_URL is not set, so it is logged instead of sent)", "to", p.toAddress, "kind", p.kind,
+			"subject", p.subject, "body", p.body, "message_id", p.id, "correlation_id", p.correlationID)
+		return sentEmail{p: p}
 	}
-	for _, p := range due {
-		status, sendErr := "sent", error(nil)
-		if m.SMTP == nil {
-			status = "logged"
-			m.Logger.Info("email (SMTP_URL is not set, so it is logged instead of sent)", "to", p.toAddress, "kind", p.kind,
-				"subject", p.subject, "body", p.body, "message_id", p.id, "correlation_id", p.correlationID)
-		} else {
-			sendErr = m.send(ctx, p)
-		}
-		if ctx.Err() != nil {
-			return len(due), nil // the lease expires and it is sent again
-		}
-		if sendErr != nil {
+	return sentEmail{p: p, err: m.send(ctx, p)}
+}
+
+// record stores what became of the sends, in one transaction: sent (or logged), retried
+// after RetryBase doubling, or failed after Attempts.
+func (m *Mailer) record(ctx context.Context, done []sentEmail) error {
+	tx, err := m.Pool.Begin(ctx)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = tx.Rollback(ctx) }()
+	for _, s := range done {
+		p := s.p
+		status := map[bool]string{true: "logged", false: "sent"}[m.SMTP == nil]
+		if s.err != nil {
 			status = "failed"
 		}
 		m.Metrics.WorkerOutcome("email", status)
 		m.Logger.Debug("email handled", "message_id", p.id, "kind", p.kind, "status", status, "correlation_id", p.correlationID)
-		if err := m.record(ctx, p, status, sendErr); err != nil {
-			return len(due), err
+		switch {
+		case s.err == nil:
+			_, err = tx.Exec(ctx, `UPDATE notifications SET status = $2, sent_at = now(), last_error = NULL WHERE id = $1`, p.id, status)
+		case p.attempt >= m.Attempts:
+			m.Logger.Warn("email not sent, given up", "to", p.toAddress, "kind", p.kind, "attempt", p.attempt, "error", s.err,
+				"correlation_id", p.correlationID)
+			_, err = tx.Exec(ctx, `UPDATE notifications SET status = 'failed', last_error = $2 WHERE id = $1`,
+				p.id, truncate(s.err.Error(), maxErrorText))
+		default:
+			m.Logger.Warn("email not sent", "to", p.toAddress, "kind", p.kind, "attempt", p.attempt, "error", s.err,
+				"correlation_id", p.correlationID)
+			_, err = tx.Exec(ctx, `UPDATE notifications SET last_error = $2, next_attempt_at = now() + $3::interval WHERE id = $1`,
+				p.id, truncate(s.err.Error(), maxErrorText), m.RetryBase<<min(p.attempt-1, 20))
+		}
+		if err != nil {
+			return err
 		}
 	}
-	return len(due), nil
-}
-
-func (m *Mailer) record(ctx context.Context, p pendingEmail, status string, sendErr error) error {
-	if sendErr == nil {
-		_, err := m.Pool.Exec(ctx, `UPDATE notifications SET status = $2, sent_at = now(), last_error = NULL WHERE id = $1`, p.id, status)
-		return err
-	}
-	m.Logger.Warn("email not sent", "to", p.toAddress, "kind", p.kind, "attempt", p.attempt, "error", sendErr,
-		"correlation_id", p.correlationID)
-	if p.attempt >= m.Attempts {
-		_, err := m.Pool.Exec(ctx, `UPDATE notifications SET status = 'failed', last_error = $2 WHERE id = $1`, p.id, truncate(sendErr.Error(), maxErrorText))
-		return err
-	}
-	delay := m.RetryBase << min(p.attempt-1, 20)
-	_, err := m.Pool.Exec(ctx, `UPDATE notifications SET last_error = $2, next_attempt_at = now() + $3::interval WHERE id = $1`,
-		p.id, truncate(sendErr.Error(), maxErrorText), delay)
-	return err
+	return tx.Commit(ctx)
 }
 
 // Message renders an email as RFC 5322 text: quoted-printable UTF-8, encoded headers, and
@@ -191,6 +203,9 @@ func (m *Mailer) send(ctx context.Context, p pendingEmail) error {
 		return err
 	}
 	_ = conn.SetDeadline(time.Now().Add(m.Timeout))
+	// Shutting down does not wait for a slow server: the email is not recorded, and the
+	// next process sends it once its lease runs out.
+	defer context.AfterFunc(ctx, func() { _ = conn.Close() })()
 	tlsConfig := &tls.Config{ServerName: m.SMTP.Host, MinVersion: tls.VersionTLS12}
 	var c *smtp.Client
 	switch {

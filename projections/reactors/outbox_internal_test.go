@@ -19,7 +19,7 @@ func TestOutboxWakesOnItsProjectorsCommit(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	wake := make(chan struct{}, 1)
-	go outboxLoop{pool: d.Pool, projection: readmodel.NotificationsProjection, logger: slog.New(slog.DiscardHandler)}.listen(ctx, wake)
+	go outbox[struct{}, struct{}]{pool: d.Pool, projection: readmodel.NotificationsProjection, logger: slog.New(slog.DiscardHandler)}.listen(ctx, wake)
 	notify := func(payload string) {
 		_, err := d.Pool.Exec(ctx, `SELECT pg_notify($1, $2)`, readmodel.AppliedChannel, payload)
 		require.NoError(t, err)

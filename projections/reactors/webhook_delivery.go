@@ -71,6 +71,7 @@ type claimedDelivery struct {
 	eventType               string
 	payload                 []byte
 	attempt                 int
+	target                  *webhookTarget // nil: the subscription was deleted meanwhile
 }
 
 type webhookTarget struct {
@@ -78,75 +79,14 @@ type webhookTarget struct {
 	secret []byte
 }
 
-// Run delivers until ctx ends. It is a pipeline: up to Workers calls are in flight at
-// any time, and a free slot is refilled at once, so a slow or dead endpoint holds one
-// slot for at most Timeout and never the others. Outcomes are recorded in batches, one
-// transaction for all that finished meanwhile.
+// Run delivers until ctx ends, on the outbox runtime: up to Workers calls are in flight
+// at any time, and outcomes are recorded in batches, one transaction for all that
+// finished meanwhile.
 func (d *WebhookDeliverer) Run(ctx context.Context) error {
-	loop := outboxLoop{pool: d.Pool, projection: readmodel.WebhooksProjection, logger: d.Logger,
-		nextDue: `SELECT min(next_attempt_at) FROM webhook_deliveries WHERE status = 'pending' AND next_attempt_at > now()`}
-	wake := make(chan struct{}, 1)
-	go loop.listen(ctx, wake)
-	workers := max(d.Workers, 1)
-	results := make(chan outcome, workers)
-	inFlight := 0
-	var lastPrune time.Time
-	var pause retry.Backoff
-	for {
-		if ctx.Err() != nil {
-			for ; inFlight > 0; inFlight-- {
-				<-results // calls end with ctx; their leases expire and they are made again
-			}
-			return nil
-		}
-		if time.Since(lastPrune) > time.Hour {
-			if err := d.prune(ctx); err != nil && ctx.Err() == nil {
-				d.Logger.Warn("webhook deliveries: prune failed", "error", err)
-			}
-			lastPrune = time.Now()
-		}
-		claimed := 0
-		if free := workers - inFlight; free > 0 {
-			n, err := d.launch(ctx, free, results)
-			if err != nil && ctx.Err() == nil {
-				wait := pause.Next()
-				d.Logger.Warn("webhook deliveries: claim failed", "error", err, "retry_in", wait)
-				retry.Sleep(ctx.Done(), wait)
-				continue
-			}
-			pause.Reset()
-			claimed, inFlight = n, inFlight+n
-		}
-		var idle <-chan time.Time
-		switch {
-		case claimed > 0 && inFlight < workers:
-			idle = time.After(0) // more may be due: claim again at once
-		case inFlight < workers:
-			// A free slot: wake for the next retry or lease expiry, even while calls run.
-			idle = time.After(loop.idleWait(ctx))
-		}
-		select {
-		case <-ctx.Done():
-		case <-wake:
-		case <-idle:
-		case r := <-results:
-			batch := []outcome{r}
-			for len(batch) < inFlight {
-				select {
-				case r := <-results:
-					batch = append(batch, r)
-					continue
-				default:
-				}
-				break
-			}
-			inFlight -= len(batch)
-			if err := d.recordAll(context.WithoutCancel(ctx), batch); err != nil {
-				d.Logger.Warn("webhook deliveries: record failed (the calls are made again when their leases expire)",
-					"error", err, "deliveries", len(batch))
-			}
-		}
-	}
+	outbox[claimedDelivery, outcome]{name: "webhook deliveries", pool: d.Pool, projection: readmodel.WebhooksProjection,
+		nextDue: `SELECT min(next_attempt_at) FROM webhook_deliveries WHERE status = 'pending' AND next_attempt_at > now()`,
+		workers: d.Workers, claim: d.claim, call: d.call, record: d.recordAll, every: d.prune, logger: d.Logger}.run(ctx)
+	return nil
 }
 
 type outcome struct {
@@ -157,29 +97,12 @@ type outcome struct {
 	skip    bool // not called: no target (deleted meanwhile)
 }
 
-// launch claims up to n due deliveries and starts their calls; each sends its outcome on
-// results. It returns how many it started.
-func (d *WebhookDeliverer) launch(ctx context.Context, n int, results chan<- outcome) (int, error) {
-	claimed, err := d.claim(ctx, n)
-	if err != nil || len(claimed) == 0 {
-		return 0, err
+func (d *WebhookDeliverer) call(ctx context.Context, c claimedDelivery) outcome {
+	if c.target == nil {
+		return outcome{c: c, skip: true}
 	}
-	targets, err := d.targets(ctx, claimed)
-	if err != nil {
-		return 0, err // the leases expire and the deliveries come back
-	}
-	for _, c := range claimed {
-		go func() {
-			t, ok := targets[c.webhook]
-			if !ok {
-				results <- outcome{c: c, skip: true}
-				return
-			}
-			code, errText, took := d.send(ctx, t, c)
-			results <- outcome{c: c, code: code, errText: errText, took: took, skip: ctx.Err() != nil}
-		}()
-	}
-	return len(claimed), nil
+	code, errText, took := d.send(ctx, *c.target, c)
+	return outcome{c: c, code: code, errText: errText, took: took}
 }
 
 // Deliver runs the deliverer until nothing pending is due or in flight (benchmarks,
@@ -225,11 +148,24 @@ func (d *WebhookDeliverer) claim(ctx context.Context, n int) ([]claimedDelivery,
 	if err != nil {
 		return nil, err
 	}
-	return pgx.CollectRows(rows, func(r pgx.CollectableRow) (claimedDelivery, error) {
+	claimed, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (claimedDelivery, error) {
 		var c claimedDelivery
 		err := r.Scan(&c.id, &c.webhook, &c.org, &c.event, &c.eventType, &c.payload, &c.attempt)
 		return c, err
 	})
+	if err != nil || len(claimed) == 0 {
+		return nil, err
+	}
+	targets, err := d.targets(ctx, claimed)
+	if err != nil {
+		return nil, err // the leases expire and the deliveries come back
+	}
+	for i := range claimed {
+		if t, ok := targets[claimed[i].webhook]; ok {
+			claimed[i].target = &t
+		}
+	}
+	return claimed, nil
 }
 
 func (d *WebhookDeliverer) targets(ctx context.Context, claimed []claimedDelivery) (map[uuid.UUID]webhookTarget, error) {
