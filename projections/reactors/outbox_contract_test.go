@@ -155,7 +155,9 @@ type smtpBackend struct {
 	ctx context.Context // ends with the test
 }
 
-func (b smtpBackend) NewSession(*smtp.Conn) (smtp.Session, error) { return &smtpSession{r: b.r, ctx: b.ctx}, nil }
+func (b smtpBackend) NewSession(*smtp.Conn) (smtp.Session, error) {
+	return &smtpSession{r: b.r, ctx: b.ctx}, nil
+}
 
 type smtpSession struct {
 	r   *receiver
@@ -163,9 +165,9 @@ type smtpSession struct {
 	to  uuid.UUID
 }
 
-func (s *smtpSession) Reset()                                 {}
-func (s *smtpSession) Logout() error                          { return nil }
-func (s *smtpSession) Mail(string, *smtp.MailOptions) error   { return nil }
+func (s *smtpSession) Reset()                               {}
+func (s *smtpSession) Logout() error                        { return nil }
+func (s *smtpSession) Mail(string, *smtp.MailOptions) error { return nil }
 func (s *smtpSession) Rcpt(to string, _ *smtp.RcptOptions) error {
 	s.to, _ = uuid.Parse(strings.Split(to, "@")[0])
 	return nil
