@@ -92,45 +92,22 @@ func (m *Main) serve(ctx context.Context, cfg config.Config, roles map[string]bo
 		return err
 	}
 	defer d.close()
+	keys, err := d.loadKeys(ctx)
+	if err != nil {
+		return err
+	}
+	// Every part is built whatever the roles: their queues are declared before any event
+	// is published, so no event is published before its queues exist.
+	d.applied = projections.NewAppliedNotifier(d.pool, logger.With("component", "projection-notifications"))
+	parts, err := d.buildParts(keys)
+	if err != nil {
+		return err
+	}
 
 	// Every return from here on waits for the workers started so far (deferred after
 	// d.close, so it runs first): none of them outlives serve or uses a closed pool.
 	work := newWorkers(ctx, logger)
 	defer work.stop()
-	// Every projector's runner is built whatever the roles: their queues are declared
-	// before any event is published, so no event is published before its queues exist.
-	d.applied = projections.NewAppliedNotifier(d.pool, logger.With("component", "projection-notifications"))
-	runners, err := d.runners()
-	if err != nil {
-		return err
-	}
-	secrets, err := configuredKey(ctx, d.pool, logger, "SECRETS_KEY", cfg.SecretsKey, "secretbox")
-	if err != nil {
-		return err
-	}
-	box, err := secretbox.New(secrets)
-	if err != nil {
-		return err
-	}
-	chain, err := chainKey(ctx, d.pool, logger, cfg.AuditSigningKey)
-	if err != nil {
-		return err
-	}
-	var smtp *reactors.SMTP
-	if cfg.SMTPURL != "" {
-		if smtp, err = reactors.ParseSMTPURL(cfg.SMTPURL); err != nil {
-			return err
-		}
-	}
-	guard := netguard.Guard{AllowPrivate: cfg.AllowPrivateTargets}
-	responder := reactors.WebhookResponder{Store: d.store, Pool: d.pool, Box: box, Client: reactors.WebhookClient(guard, cfg.WebhookTimeout),
-		Attempts: cfg.WebhookAttempts, Backoff: cfg.WebhookBackoff, Logger: logger.With("consumer", reactors.WebhookResponderName)}
-	webhooks := reactors.Consumer{Conn: d.broker, Workers: cfg.WebhookWorkers, Logger: logger.With("consumer", reactors.WebhookResponderName),
-		Queue: webhookResponderQueue(cfg), Metrics: d.metrics, Handle: responder.Handle, DeadLettered: responder.DeadLettered}
-	queues := []broker.QueueSpec{webhooks.Queue}
-	for _, r := range runners {
-		queues = append(queues, r.Queue())
-	}
 	// The exchange and every queue are declared once, on one channel, before any worker
 	// starts: RabbitMQ 3.10 answers concurrent declarations of one new quorum queue with
 	// INTERNAL_ERROR, which closes the whole connection.
@@ -138,76 +115,23 @@ func (m *Main) serve(ctx context.Context, cfg config.Config, roles map[string]bo
 	work.wg.Add(1)
 	go func() {
 		defer work.wg.Done()
-		declareTopology(work.ctx, d, cfg.AMQPExchange, queues, topology)
+		declareTopology(work.ctx, d, cfg.AMQPExchange, parts.queues(), topology)
 	}()
 	work.ready = topology
 	if roles[roleRelay] {
-		relay, err := eventstore.NewRelay(d.pool, d.broker, eventstore.RelayConfig{Exchange: cfg.AMQPExchange,
-			BatchSize: cfg.RelayBatchSize, Queues: queues, Logger: logger.With("component", "relay"), Metrics: d.metrics})
-		if err != nil {
+		if err := d.startRelay(work, parts.queues(), keys.chain); err != nil {
 			return err
 		}
-		work.start("relay", relay.Run)
-		chainer := &eventstore.Chainer{Pool: d.pool, Key: chain, BatchSize: cfg.RelayBatchSize, Logger: logger.With("component", "audit-chain")}
-		work.start("audit chain", chainer.Run)
 	}
 	if roles[roleProjectors] {
-		for _, r := range runners {
-			n := 1
-			if r.Name() == reactors.ResponderName {
-				n = cfg.ResponderWorkers // competing consumers: messages are independent streams
-			}
-			for range n {
-				work.start("projector "+r.Name(), r.Run)
-			}
-		}
-		work.start("projection notifications", d.applied.Run)
-		work.start("webhook responder", webhooks.Run)
-		deliverer := &reactors.WebhookDeliverer{Pool: d.pool, Store: d.store, Box: box,
-			Client: reactors.WebhookClient(guard, cfg.WebhookTimeout), Timeout: cfg.WebhookTimeout,
-			Workers: cfg.WebhookDeliveryWorkers, Attempts: cfg.WebhookDeliveryAttempts, RetryBase: cfg.WebhookRetryBase,
-			RetryMax: cfg.WebhookRetryMax, DisableAfter: cfg.WebhookDisableAfter, Retention: cfg.WebhookDeliveryRetention,
-			Logger: logger.With("component", "webhook-deliveries"), Metrics: d.metrics}
-		work.start("webhook deliveries", deliverer.Run)
-		mailer := &reactors.Mailer{Pool: d.pool, From: cfg.SMTPFrom, Timeout: 30 * time.Second, Attempts: 8, Workers: 4,
-			RetryBase: time.Minute, Logger: logger.With("component", "mailer"), Metrics: d.metrics, SMTP: smtp}
-		if smtp == nil {
-			logger.Warn("SMTP_URL is not set: emails are written to the log")
-		}
-		work.start("mailer", mailer.Run)
-		work.start("message partitions", func(ctx context.Context) error { return keepPartitions(ctx, d) })
-		work.start("cache repair", func(ctx context.Context) error {
-			projections.NewAccounts(d.pool, d.cache, logger.With("component", "cache-repair")).RepairCache(ctx, time.Second)
-			return nil
-		})
+		d.startConsumers(work, parts)
 	}
-
+	var ready atomic.Bool
 	var srv *http.Server
 	serveErr := make(chan error, 1)
-	var ready atomic.Bool
 	if roles[roleAPI] {
-		handler, err := newAPI(ctx, d, secrets, chain, &ready, work.start)
-		if err != nil {
+		if srv, err = m.listen(ctx, d, keys, &ready, work, serveErr); err != nil {
 			return err
-		}
-		ln, err := net.Listen("tcp", cfg.HTTPAddr)
-		if err != nil {
-			return fmt.Errorf("listen on %s: %w", cfg.HTTPAddr, err)
-		}
-		srv = &http.Server{
-			Handler:           handler,
-			ReadHeaderTimeout: cfg.ReadHeaderTimeout,
-			ReadTimeout:       cfg.ReadTimeout,
-			WriteTimeout:      cfg.WriteTimeout,
-			IdleTimeout:       cfg.IdleTimeout,
-			MaxHeaderBytes:    64 << 10,
-			ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
-		}
-		go func() { serveErr <- srv.Serve(ln) }()
-		ready.Store(true)
-		logger.Info("api listening", "addr", ln.Addr().String())
-		if m.Listening != nil {
-			m.Listening <- ln.Addr().String()
 		}
 	}
 	if cfg.PprofAddr != "" {
@@ -239,6 +163,150 @@ func (m *Main) serve(ctx context.Context, cfg config.Config, roles map[string]bo
 	work.stop()
 	logger.Info("stopped")
 	return runErr
+}
+
+// processKeys are the process's secrets: SECRETS_KEY's (webhook secrets, device tokens,
+// idempotency rows) and the audit chain's.
+type processKeys struct {
+	secrets []byte
+	box     *secretbox.Box
+	chain   events.ChainKey
+}
+
+func (d *deps) loadKeys(ctx context.Context) (processKeys, error) {
+	var k processKeys
+	var err error
+	if k.secrets, err = configuredKey(ctx, d.pool, d.logger, "SECRETS_KEY", d.cfg.SecretsKey, "secretbox"); err != nil {
+		return k, err
+	}
+	if k.box, err = secretbox.New(k.secrets); err != nil {
+		return k, err
+	}
+	k.chain, err = chainKey(ctx, d.pool, d.logger, d.cfg.AuditSigningKey)
+	return k, err
+}
+
+// parts are the consumers of the stream a process may run, built from the registry
+// (projections.Parts): a Runner per projector and reactor on the projector runtime, the
+// webhook responder on the watermill consumer, and the outbox workers the projectors
+// feed.
+type parts struct {
+	runners  []*projections.Runner
+	webhooks reactors.Consumer
+	outboxes []namedRun
+}
+
+type namedRun struct {
+	name string
+	run  func(context.Context) error
+}
+
+// queues are every queue the parts consume.
+func (p parts) queues() []broker.QueueSpec {
+	queues := []broker.QueueSpec{p.webhooks.Queue}
+	for _, r := range p.runners {
+		queues = append(queues, r.Queue())
+	}
+	return queues
+}
+
+func (d *deps) buildParts(k processKeys) (parts, error) {
+	cfg, logger := d.cfg, d.logger
+	runners, err := d.runners()
+	if err != nil {
+		return parts{}, err
+	}
+	var smtp *reactors.SMTP
+	if cfg.SMTPURL != "" {
+		if smtp, err = reactors.ParseSMTPURL(cfg.SMTPURL); err != nil {
+			return parts{}, err
+		}
+	}
+	guard := netguard.Guard{AllowPrivate: cfg.AllowPrivateTargets}
+	responder := reactors.WebhookResponder{Store: d.store, Pool: d.pool, Box: k.box, Client: reactors.WebhookClient(guard, cfg.WebhookTimeout),
+		Attempts: cfg.WebhookAttempts, Backoff: cfg.WebhookBackoff, Logger: logger.With("consumer", reactors.WebhookResponderName)}
+	deliverer := &reactors.WebhookDeliverer{Pool: d.pool, Store: d.store, Box: k.box,
+		Client: reactors.WebhookClient(guard, cfg.WebhookTimeout), Timeout: cfg.WebhookTimeout,
+		Workers: cfg.WebhookDeliveryWorkers, Attempts: cfg.WebhookDeliveryAttempts, RetryBase: cfg.WebhookRetryBase,
+		RetryMax: cfg.WebhookRetryMax, DisableAfter: cfg.WebhookDisableAfter, Retention: cfg.WebhookDeliveryRetention,
+		Logger: logger.With("component", "webhook-deliveries"), Metrics: d.metrics}
+	mailer := &reactors.Mailer{Pool: d.pool, From: cfg.SMTPFrom, Timeout: 30 * time.Second, Attempts: 8, Workers: 4,
+		RetryBase: time.Minute, Logger: logger.With("component", "mailer"), Metrics: d.metrics, SMTP: smtp}
+	return parts{runners: runners,
+		webhooks: reactors.Consumer{Conn: d.broker, Workers: cfg.WebhookWorkers, Logger: logger.With("consumer", reactors.WebhookResponderName),
+			Queue: webhookResponderQueue(cfg), Metrics: d.metrics, Handle: responder.Handle, DeadLettered: responder.DeadLettered},
+		outboxes: []namedRun{{"webhook deliveries", deliverer.Run}, {"mailer", mailer.Run}},
+	}, nil
+}
+
+// startRelay starts the relay (which publishes only once queues are declared) and the
+// audit chainer; both run on every relay-role process and one of each is active.
+func (d *deps) startRelay(work *workers, queues []broker.QueueSpec, chain events.ChainKey) error {
+	relay, err := eventstore.NewRelay(d.pool, d.broker, eventstore.RelayConfig{Exchange: d.cfg.AMQPExchange,
+		BatchSize: d.cfg.RelayBatchSize, Queues: queues, Logger: d.logger.With("component", "relay"), Metrics: d.metrics})
+	if err != nil {
+		return err
+	}
+	work.start("relay", relay.Run)
+	chainer := &eventstore.Chainer{Pool: d.pool, Key: chain, BatchSize: d.cfg.RelayBatchSize, Logger: d.logger.With("component", "audit-chain")}
+	work.start("audit chain", chainer.Run)
+	return nil
+}
+
+// startConsumers starts every part, and the housekeeping of what they write.
+func (d *deps) startConsumers(work *workers, p parts) {
+	for _, r := range p.runners {
+		n := 1
+		if r.Name() == reactors.ResponderName {
+			n = d.cfg.ResponderWorkers // competing consumers: messages are independent streams
+		}
+		for range n {
+			work.start("projector "+r.Name(), r.Run)
+		}
+	}
+	work.start("projection notifications", d.applied.Run)
+	work.start("webhook responder", p.webhooks.Run)
+	if d.cfg.SMTPURL == "" {
+		d.logger.Warn("SMTP_URL is not set: emails are written to the log")
+	}
+	for _, o := range p.outboxes {
+		work.start(o.name, o.run)
+	}
+	work.start("message partitions", func(ctx context.Context) error { return keepPartitions(ctx, d) })
+	work.start("cache repair", func(ctx context.Context) error {
+		projections.NewAccounts(d.pool, d.cache, d.logger.With("component", "cache-repair")).RepairCache(ctx, time.Second)
+		return nil
+	})
+}
+
+// listen serves the API on HTTP_ADDR until the returned server is shut down; the
+// server's end is sent on serveErr. ready is /ready's answer.
+func (m *Main) listen(ctx context.Context, d *deps, k processKeys, ready *atomic.Bool, work *workers, serveErr chan<- error) (*http.Server, error) {
+	cfg := d.cfg
+	handler, err := newAPI(ctx, d, k.secrets, k.chain, ready, work.start)
+	if err != nil {
+		return nil, err
+	}
+	ln, err := net.Listen("tcp", cfg.HTTPAddr)
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s: %w", cfg.HTTPAddr, err)
+	}
+	srv := &http.Server{
+		Handler:           handler,
+		ReadHeaderTimeout: cfg.ReadHeaderTimeout,
+		ReadTimeout:       cfg.ReadTimeout,
+		WriteTimeout:      cfg.WriteTimeout,
+		IdleTimeout:       cfg.IdleTimeout,
+		MaxHeaderBytes:    64 << 10,
+		ErrorLog:          slog.NewLogLogger(d.logger.Handler(), slog.LevelWarn),
+	}
+	go func() { serveErr <- srv.Serve(ln) }()
+	ready.Store(true)
+	d.logger.Info("api listening", "addr", ln.Addr().String())
+	if m.Listening != nil {
+		m.Listening <- ln.Addr().String()
+	}
+	return srv, nil
 }
 
 // newAPI builds the Gin engine with every route. secrets is SECRETS_KEY's key: the keys
