@@ -4,12 +4,12 @@ import (
 	"context"
 	"encoding/json"
 	"strings"
-	"sync"
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 
 	"github.com/chatbotsaas/chatbotd/events"
+	"github.com/chatbotsaas/chatbotd/internal/bounded"
 	"github.com/chatbotsaas/chatbotd/internal/readmodel"
 )
 
@@ -179,25 +179,17 @@ func writeDeliveries(ctx context.Context, tx pgx.Tx, envs []events.Envelope) err
 // matchers caches compiled subscription patterns. Tenants choose the patterns, so the
 // cache is bounded: when it holds maxMatchers sets it starts again empty (there are
 // usually few distinct sets, and compiling one again is cheap).
-var matchers = struct {
-	sync.Mutex
-	m map[string]func(string) bool
-}{}
+var matchers = bounded.New[string, func(string) bool](maxMatchers)
 
 const maxMatchers = 1024
 
 func topicMatcher(patterns []string) func(string) bool {
 	key := strings.Join(patterns, " ")
-	matchers.Lock()
-	defer matchers.Unlock()
-	if m, ok := matchers.m[key]; ok {
+	if m, ok := matchers.Get(key); ok {
 		return m
 	}
-	if matchers.m == nil || len(matchers.m) >= maxMatchers {
-		matchers.m = make(map[string]func(string) bool, 64)
-	}
 	m := events.TopicMatcher(patterns)
-	matchers.m[key] = m
+	matchers.Put(key, m)
 	return m
 }
 

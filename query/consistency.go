@@ -5,7 +5,6 @@ import (
 	"errors"
 	"net/http"
 	"strings"
-	"sync"
 
 	"github.com/gin-gonic/gin"
 	"github.com/google/uuid"
@@ -15,6 +14,7 @@ import (
 	"github.com/chatbotsaas/chatbotd/events"
 	"github.com/chatbotsaas/chatbotd/internal/apperr"
 	"github.com/chatbotsaas/chatbotd/internal/auth"
+	"github.com/chatbotsaas/chatbotd/internal/bounded"
 	"github.com/chatbotsaas/chatbotd/internal/httpx"
 	"github.com/chatbotsaas/chatbotd/internal/rbac"
 	"github.com/chatbotsaas/chatbotd/internal/readmodel"
@@ -91,22 +91,18 @@ const maxWaits = 128
 // log per stream, not per request. The look is at the log on the primary, not at a read
 // model: the command that returned the token committed there before it answered.
 type streamOwners struct {
-	mu sync.Mutex
-	m  map[uuid.UUID]uuid.UUID
+	m *bounded.Map[uuid.UUID, uuid.UUID]
 }
 
 const maxStreamOwners = 10000
 
 // belongs reports whether stream, at version, is a stream of p's organization (any
 // stream, for a platform operator, whose commands act on other organizations).
-func (s *streamOwners) belongs(ctx context.Context, primary *pgxpool.Pool, p auth.Principal, stream uuid.UUID, version int) (bool, error) {
+func (s streamOwners) belongs(ctx context.Context, primary *pgxpool.Pool, p auth.Principal, stream uuid.UUID, version int) (bool, error) {
 	if p.Can(rbac.PlatformOperate) {
 		return true, nil
 	}
-	s.mu.Lock()
-	org, ok := s.m[stream]
-	s.mu.Unlock()
-	if ok {
+	if org, ok := s.m.Get(stream); ok {
 		return org == p.OrganizationID, nil
 	}
 	var owner *uuid.UUID
@@ -118,12 +114,7 @@ func (s *streamOwners) belongs(ctx context.Context, primary *pgxpool.Pool, p aut
 	if err != nil {
 		return false, err
 	}
-	s.mu.Lock()
-	if s.m == nil || len(s.m) >= maxStreamOwners {
-		s.m = make(map[uuid.UUID]uuid.UUID, 1024) // forget everything: simple, bounded, rare
-	}
-	s.m[stream] = *owner
-	s.mu.Unlock()
+	s.m.Put(stream, *owner)
 	return *owner == p.OrganizationID, nil
 }
 

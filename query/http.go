@@ -7,11 +7,13 @@ import (
 	"time"
 
 	"github.com/gin-gonic/gin"
+	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/chatbotsaas/chatbotd/events"
 	"github.com/chatbotsaas/chatbotd/internal/apperr"
 	"github.com/chatbotsaas/chatbotd/internal/auth"
+	"github.com/chatbotsaas/chatbotd/internal/bounded"
 	"github.com/chatbotsaas/chatbotd/internal/cache"
 	"github.com/chatbotsaas/chatbotd/internal/httpx"
 	"github.com/chatbotsaas/chatbotd/internal/rbac"
@@ -45,7 +47,7 @@ type HTTP struct {
 func NewHTTP(read, primary *pgxpool.Pool, c *cache.Cache, tokens *auth.Tokens, chainKey events.ChainKey, applied *readmodel.Applied,
 	waitsFor map[string]string) *HTTP {
 	return &HTTP{read: read, primary: primary, chainKey: chainKey, cache: c, tokens: tokens, applied: applied, consistencyWait: 5 * time.Second,
-		waits: make(chan struct{}, maxWaits), projectionOf: waitsFor}
+		waits: make(chan struct{}, maxWaits), projectionOf: waitsFor, streams: streamOwners{bounded.New[uuid.UUID, uuid.UUID](maxStreamOwners)}}
 }
 
 // Routes lists the query endpoints with their access.

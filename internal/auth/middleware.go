@@ -16,6 +16,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/chatbotsaas/chatbotd/internal/apperr"
+	"github.com/chatbotsaas/chatbotd/internal/bounded"
 	"github.com/chatbotsaas/chatbotd/internal/db"
 	"github.com/chatbotsaas/chatbotd/internal/httpx"
 	"github.com/chatbotsaas/chatbotd/internal/rbac"
@@ -49,17 +50,12 @@ type Authenticator struct {
 // JWT's content cannot change, so verifying it once is enough; expiry is checked again
 // on every use, and what can change (the session, the user) is read on every request.
 // Ed25519 verification costs about 60 µs, a large share of a cached read.
-type verifiedTokens struct {
-	mu sync.Mutex
-	m  map[string]Claims
-}
+type verifiedTokens struct{ m *bounded.Map[string, Claims] }
 
 const maxVerifiedTokens = 10000
 
-func (v *verifiedTokens) verify(raw string, verify func(string) (Claims, error)) (Claims, error) {
-	v.mu.Lock()
-	c, ok := v.m[raw]
-	v.mu.Unlock()
+func (v verifiedTokens) verify(raw string, verify func(string) (Claims, error)) (Claims, error) {
+	c, ok := v.m.Get(raw)
 	if ok && c.ExpiresAt != nil && time.Now().Before(c.ExpiresAt.Time) {
 		return c, nil
 	}
@@ -67,12 +63,7 @@ func (v *verifiedTokens) verify(raw string, verify func(string) (Claims, error))
 	if err != nil {
 		return c, err
 	}
-	v.mu.Lock()
-	if v.m == nil || len(v.m) >= maxVerifiedTokens {
-		v.m = make(map[string]Claims, 1024) // forget everything: simple, bounded, rare
-	}
-	v.m[raw] = c
-	v.mu.Unlock()
+	v.m.Put(raw, c)
 	return c, nil
 }
 
@@ -80,7 +71,8 @@ func (v *verifiedTokens) verify(raw string, verify func(string) (Claims, error))
 // cacheTTL it keeps authentication state in memory for up to that long, trusted only
 // while Listen runs (see stateCache); zero reads the database on every request.
 func NewAuthenticator(tokens *Tokens, creds *pgxpool.Pool, cacheTTL time.Duration) *Authenticator {
-	return &Authenticator{tokens: tokens, creds: creds, cache: newStateCache(cacheTTL)}
+	return &Authenticator{tokens: tokens, creds: creds, cache: newStateCache(cacheTTL),
+		verified: verifiedTokens{bounded.New[string, Claims](maxVerifiedTokens)}}
 }
 
 var errUnauthenticated = apperr.New(apperr.CodeUnauthenticated, "Missing, expired or invalid credentials")
