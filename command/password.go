@@ -41,7 +41,7 @@ func (s *Service) ChangePassword(ctx context.Context, meta events.Meta, p auth.P
 	if err != nil {
 		return res, err
 	}
-	if !user.State.Live() {
+	if !user.State.Live() || user.OrganizationID != p.OrganizationID {
 		return res, apperr.NotFound("user")
 	}
 	email, ip := user.State.Email, meta.Metadata.IPAddress
@@ -68,25 +68,32 @@ func (s *Service) ChangePassword(ctx context.Context, meta events.Meta, p auth.P
 	if err != nil {
 		return res, err
 	}
+	first := &user // the first attempt decides on the user loaded above; a retry loads it again
 	res, err = retryOnConflict(false, func() (Result[PasswordChanged], error) {
-		return s.changePassword(ctx, meta, p, current, hash)
+		u := first
+		first = nil
+		return s.changePassword(ctx, meta, p, u, current, hash)
 	})
 	s.forgetUser(err, p.UserID)
 	return res, err
 }
 
 // changePassword is one attempt: it decides the end of the other live sessions it finds,
-// and appends that with the change. Its transaction locks the credentials row (which new
+// and appends that with the change (to user, or to the user loaded again when nil). Its transaction locks the credentials row (which new
 // logins share-lock, see startSession) and then looks at the sessions again: one started
 // in between is a conflict, and the attempt is made again.
-func (s *Service) changePassword(ctx context.Context, meta events.Meta, p auth.Principal, oldHash, newHash string) (Result[PasswordChanged], error) {
+func (s *Service) changePassword(ctx context.Context, meta events.Meta, p auth.Principal, user *loaded[domain.User],
+	oldHash, newHash string) (Result[PasswordChanged], error) {
 	var res Result[PasswordChanged]
-	user, err := load(ctx, s.store, p.UserID, domain.EvolveUser)
-	if err != nil {
-		return res, err
-	}
-	if !user.State.Live() || user.OrganizationID != p.OrganizationID {
-		return res, apperr.NotFound("user")
+	if user == nil {
+		l, err := load(ctx, s.store, p.UserID, domain.EvolveUser)
+		if err != nil {
+			return res, err
+		}
+		if !l.State.Live() || l.OrganizationID != p.OrganizationID {
+			return res, apperr.NotFound("user")
+		}
+		user = &l
 	}
 	others, err := liveSessions(ctx, s.store.Pool(), p.UserID, p.SessionID)
 	if err != nil {
