@@ -50,6 +50,10 @@ type Envelope struct {
 	RequestID      string          `json:"request_id"`
 	Metadata       Metadata        `json:"metadata"`
 	Data           json.RawMessage `json:"data"`
+	// StoreID names the event store that wrote the event (set by the relay, and on
+	// what is read from the store's API). Deployments that share a broker tell their
+	// events apart by it; an envelope without one was published before it existed.
+	StoreID *uuid.UUID `json:"store_id,omitempty"`
 
 	// rawMetadata is the metadata as stored, when the envelope was read from the store:
 	// the tamper-evidence hash covers the stored bytes, not what this version decodes.
@@ -61,6 +65,12 @@ type Envelope struct {
 type storedForm struct {
 	schemaVersion int
 	data          json.RawMessage
+}
+
+// OfStore reports whether e is an event of store: it names store, or names none (it was
+// published before envelopes carried their store), or store is uuid.Nil (any store).
+func (e Envelope) OfStore(store uuid.UUID) bool {
+	return store == uuid.Nil || e.StoreID == nil || *e.StoreID == store
 }
 
 // DecodeEnvelope parses a message body, rejecting one that lacks what consumers rely on.

@@ -53,18 +53,22 @@ func (h hook) DeadLettered(_ context.Context, e events.Envelope, _ error) { h.de
 
 const contractDeliveryLimit = 2
 
+// contractStore is the event store the runtimes consume for.
+var contractStore = uuid.New()
+
 var runtimes = []consumerRuntime{
 	{name: "projector runtime (Runner)", start: func(t *testing.T, env *contractEnv, name string, handle func(events.Envelope) error,
 		dead func(events.Envelope)) func() {
 		r, err := projections.NewRunner(env.db.Pool, env.conn, hook{name: name, handle: handle, dead: dead}, projections.Config{
 			Exchange: env.amqp.Exchange, QueuePrefix: env.amqp.QueuePrefix, DeliveryLimit: contractDeliveryLimit, Attempts: 2,
+			Store: contractStore,
 			Logger: testenv.Logger(t)})
 		require.NoError(t, err)
 		return run(r.Run)
 	}},
 	{name: "watermill consumer (Consumer)", start: func(t *testing.T, env *contractEnv, name string, handle func(events.Envelope) error,
 		dead func(events.Envelope)) func() {
-		c := reactors.Consumer{Conn: env.conn, Workers: 4, Logger: testenv.Logger(t),
+		c := reactors.Consumer{Conn: env.conn, Workers: 4, Logger: testenv.Logger(t), Store: contractStore,
 			Queue: broker.QueueSpec{Name: env.amqp.QueuePrefix + name, Exchange: env.amqp.Exchange, Bindings: []string{"contract.*"},
 				DeliveryLimit: contractDeliveryLimit},
 			Handle: func(m *message.Message) error {
@@ -90,7 +94,8 @@ func run(f func(context.Context) error) func() {
 // The contract every consumer runtime keeps, whatever it runs: each message is handled
 // and acknowledged; a poison message goes to the dead letters (its hook told once) while
 // the rest flows; a database that is down holds the work instead of dead-lettering it;
-// work unfinished at shutdown stays in the queue for the next process.
+// work unfinished at shutdown stays in the queue for the next process; another event
+// store's message is acknowledged and never handled.
 func TestConsumerRuntimesKeepOneContract(t *testing.T) {
 	for _, rt := range runtimes {
 		t.Run(rt.name, func(t *testing.T) {
@@ -102,14 +107,15 @@ func TestConsumerRuntimesKeepOneContract(t *testing.T) {
 			defer raw.Close()
 			ch, err := raw.Channel()
 			require.NoError(t, err)
-			publish := func(id uuid.UUID) {
+			publishFor := func(store uuid.UUID, id uuid.UUID) {
 				body, err := json.Marshal(events.Envelope{ID: id, Type: "contract.happened", SchemaVersion: 1,
 					StreamType: "contract", StreamID: uuid.New(), StreamVersion: 1, Position: 1,
-					OccurredAt: time.Now().UTC(), Data: json.RawMessage(`{}`)})
+					OccurredAt: time.Now().UTC(), Data: json.RawMessage(`{}`), StoreID: &store})
 				require.NoError(t, err)
 				require.NoError(t, ch.Publish(env.amqp.Exchange, "contract.happened", true, false,
 					amqp.Publishing{MessageId: id.String(), Body: body}))
 			}
+			publish := func(id uuid.UUID) { publishFor(contractStore, id) }
 			queueLen := func(name string) int {
 				q, err := ch.QueueDeclarePassive(name, true, false, false, false, amqp.Table{"x-queue-type": "quorum"})
 				require.NoError(t, err)
@@ -156,15 +162,21 @@ func TestConsumerRuntimesKeepOneContract(t *testing.T) {
 				}
 			}
 
-			// Handled and acknowledged.
+			// Handled and acknowledged; another store's event acknowledged, never handled.
 			s, queue, stop := scenario("contract-flow", func(uuid.UUID, int) error { return nil })
 			ids := []uuid.UUID{uuid.New(), uuid.New(), uuid.New()}
+			foreign := uuid.New()
+			publishFor(uuid.New(), foreign)
 			for _, id := range ids {
 				publish(id)
 			}
 			testenv.Eventually(t, 15*time.Second, handledAll(s, ids...))
 			stop() // acknowledgements are settled before a runtime returns
 			assert.Zero(t, queueLen(queue), "every message acknowledged")
+			assert.Zero(t, queueLen(queue+".dead"))
+			s.Lock()
+			assert.Zero(t, s.handled[foreign], "another store's event is not handled")
+			s.Unlock()
 
 			// Poison to the dead letters; the rest flows.
 			poison := uuid.New()

@@ -57,8 +57,12 @@ type DeadLetterer interface {
 
 // Config configures a Runner.
 type Config struct {
-	Exchange      string
-	QueuePrefix   string
+	Exchange    string
+	QueuePrefix string
+	// Store is the event store whose events are applied (eventstore.Identity): an
+	// envelope naming another store (a deployment sharing the exchange) is acknowledged
+	// and skipped. uuid.Nil applies every envelope (tests of the runtime alone).
+	Store         uuid.UUID
 	BatchSize     int
 	DeliveryLimit int
 	// Linger is how long a batch waits for more messages after the first one.
@@ -226,6 +230,13 @@ func (r *Runner) handle(ctx context.Context, stop <-chan struct{}, batch []amqp.
 			r.log.Error("undecodable message dead-lettered", "error", err, "message_id", d.MessageId)
 			_ = d.Nack(false, false)
 			r.cfg.Metrics.DeadLettered(r.p.Name())
+			continue
+		}
+		if !e.OfStore(r.cfg.Store) {
+			// Its own deployment's queues hold their copy: acknowledging this one loses nothing.
+			r.log.Debug("event of another store skipped", "event_id", e.ID, "store_id", e.StoreID)
+			_ = d.Ack(false)
+			r.cfg.Metrics.Foreign(r.p.Name())
 			continue
 		}
 		envs = append(envs, e)

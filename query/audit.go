@@ -285,6 +285,16 @@ func (h *HTTP) listEvents(c *gin.Context) {
 		httpx.Fail(c, err)
 		return
 	}
+	store := h.store.Load()
+	if store == nil {
+		id, err := eventstore.Identity(ctx, h.read)
+		if err != nil {
+			httpx.Fail(c, err)
+			return
+		}
+		store = &id
+		h.store.Store(store)
+	}
 	c.Header("Content-Type", "application/x-ndjson")
 	c.Header("Cache-Control", "no-store")
 	c.Status(http.StatusOK)
@@ -293,6 +303,7 @@ func (h *HTTP) listEvents(c *gin.Context) {
 	sent := 0
 	for len(batch) > 0 {
 		for _, e := range batch {
+			e.StoreID = store
 			if err := enc.Encode(e); err != nil {
 				return
 			}

@@ -4,6 +4,7 @@ package query
 
 import (
 	"net/http"
+	"sync/atomic"
 	"time"
 
 	"github.com/gin-gonic/gin"
@@ -36,6 +37,9 @@ type HTTP struct {
 	waits           chan struct{} // a slot per running consistency wait
 	// projectionOf names, for each stream type, the projection its tokens wait for.
 	projectionOf map[string]string
+	// store is the event store's identity once read (eventstore.Identity), stamped on
+	// the envelopes GET /api/v1/events streams as the relay stamps what it publishes.
+	store atomic.Pointer[uuid.UUID]
 }
 
 // NewHTTP returns the query endpoints over the read pool and the cache; primary and

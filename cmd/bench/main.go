@@ -28,12 +28,15 @@ import (
 	"sync/atomic"
 	"time"
 
+	amqp "github.com/rabbitmq/amqp091-go"
+
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/chatbotsaas/chatbotd/events"
 	"github.com/chatbotsaas/chatbotd/events/eventstore"
+	"github.com/chatbotsaas/chatbotd/internal/broker"
 	"github.com/chatbotsaas/chatbotd/internal/db"
 	"github.com/chatbotsaas/chatbotd/internal/measure"
 )
@@ -440,6 +443,12 @@ type server struct {
 // it is ready, and registers and logs in an owner.
 func startServer(ctx context.Context, o options, dbURL, roles string) (*server, error) {
 	const addr, pprofAddr = "127.0.0.1:18097", "127.0.0.1:18098"
+	// Each server the bench starts serves a fresh database on the same queue names, after
+	// the one before it stopped: the names' claim by the old store is let go (what the
+	// old store left in the queues is skipped by its store id).
+	if err := releaseClaim(o.amqpURL, "bench.serve."); err != nil {
+		return nil, err
+	}
 	ctx, cancel := context.WithCancel(ctx)
 	args := []string{"serve"}
 	if roles != "" {
@@ -706,4 +715,21 @@ func pgVersion(ctx context.Context, pool interface {
 	var v string
 	_ = pool.QueryRow(ctx, "SHOW server_version").Scan(&v)
 	return v
+}
+
+// releaseClaim deletes the queue that records which store the queues named with prefix
+// serve (broker.ClaimQueues).
+func releaseClaim(amqpURL, prefix string) error {
+	conn, err := amqp.Dial(amqpURL)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	ch, err := conn.Channel()
+	if err != nil {
+		return err
+	}
+	defer ch.Close()
+	_, err = ch.QueueDelete(prefix+broker.ClaimSuffix, false, false, false)
+	return err
 }

@@ -66,11 +66,11 @@ func (o *operations) health(c *gin.Context) {
 	brokerOK := o.d.broker.Connected()
 	services := gin.H{"database": status(dbOK), "redis": status(redisOK), "broker": status(brokerOK)}
 	if dbOK && redisOK && brokerOK {
-		httpx.OK(c, http.StatusOK, "Healthy", gin.H{"status": "healthy", "services": services}, nil)
+		httpx.OK(c, http.StatusOK, "Healthy", gin.H{"status": "healthy", "services": services, "store_id": o.d.storeID}, nil)
 		return
 	}
 	c.JSON(http.StatusServiceUnavailable, httpx.Envelope{Success: false, Message: "A dependency is down",
-		ErrorCode: apperr.CodeUnavailable, Data: gin.H{"status": "unhealthy", "services": services},
+		ErrorCode: apperr.CodeUnavailable, Data: gin.H{"status": "unhealthy", "services": services, "store_id": o.d.storeID},
 		Timestamp: httpx.Timestamp(), RequestID: httpx.RequestIDOf(c)})
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/base64"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -12,6 +13,7 @@ import (
 	"time"
 
 	"github.com/gin-gonic/gin"
+	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/redis/go-redis/v9"
 
@@ -46,6 +48,7 @@ type deps struct {
 	cache   *cache.Cache
 	broker  *broker.Conn
 	store   *eventstore.Store
+	storeID uuid.UUID // the store's identity: stamped on what the relay publishes, kept to by consumers
 	metrics *metrics.Metrics
 	// applied tells waiting reads that a projector committed a batch (set by serve).
 	applied *projections.AppliedNotifier
@@ -69,6 +72,11 @@ func openDeps(ctx context.Context, cfg config.Config, logger *slog.Logger) (*dep
 	d.rdb = redis.NewClient(opt)
 	d.cache = cache.New(d.rdb, cfg.RedisPrefix, 10*time.Minute)
 	d.cache.Instrument(d.metrics)
+	if d.storeID, err = eventstore.Identity(ctx, d.pool); err != nil {
+		d.read.Close()
+		d.pool.Close()
+		return nil, err
+	}
 	d.broker = broker.Dial(cfg.AMQPURL, logger)
 	d.store = eventstore.NewStore(d.pool)
 	d.store.Instrument(d.metrics)
@@ -115,7 +123,12 @@ func (m *Main) serve(ctx context.Context, cfg config.Config, roles map[string]bo
 	work.wg.Add(1)
 	go func() {
 		defer work.wg.Done()
-		declareTopology(work.ctx, d, cfg.AMQPExchange, parts.queues(), topology)
+		if err := declareTopology(work.ctx, d, cfg.AMQPExchange, parts.queues(), topology); err != nil {
+			select { // the first failure: nothing has started yet
+			case work.failed <- err:
+			default:
+			}
+		}
 	}()
 	work.ready = topology
 	if roles[roleRelay] {
@@ -234,7 +247,8 @@ func (d *deps) buildParts(k processKeys) (parts, error) {
 		RetryBase: time.Minute, Logger: logger.With("component", "mailer"), Metrics: d.metrics, SMTP: smtp}
 	return parts{runners: runners,
 		webhooks: reactors.Consumer{Conn: d.broker, Workers: cfg.WebhookWorkers, Logger: logger.With("consumer", reactors.WebhookResponderName),
-			Queue: webhookResponderQueue(cfg), Metrics: d.metrics, Handle: responder.Handle, DeadLettered: responder.DeadLettered},
+			Queue: webhookResponderQueue(cfg), Metrics: d.metrics, Handle: responder.Handle, DeadLettered: responder.DeadLettered,
+			Store: d.storeID},
 		outboxes: []namedRun{{"webhook deliveries", deliverer.Run}, {"mailer", mailer.Run}},
 	}, nil
 }
@@ -430,7 +444,7 @@ func (d *deps) runners() ([]*projections.Runner, error) {
 		p := part.Projector(projections.Deps{Pool: d.pool, Cache: d.cache, Store: d.store, Logger: d.logger})
 		r, err := projections.NewRunner(d.pool, d.broker, p, projections.Config{Exchange: cfg.AMQPExchange,
 			QueuePrefix: cfg.AMQPQueuePrefix, BatchSize: cfg.ProjectorBatchSize,
-			DeliveryLimit: cfg.ProjectorDeliveryLimit, Logger: d.logger, Metrics: d.metrics, Applied: d.applied})
+			DeliveryLimit: cfg.ProjectorDeliveryLimit, Logger: d.logger, Metrics: d.metrics, Applied: d.applied, Store: d.storeID})
 		if err != nil {
 			return nil, err
 		}
@@ -483,10 +497,19 @@ func countCommand(m *metrics.Metrics, name string) gin.HandlerFunc {
 
 // declareTopology declares the event exchange and the queues, retrying until the broker
 // answers, then closes done.
-func declareTopology(ctx context.Context, d *deps, exchange string, queues []broker.QueueSpec, done chan<- struct{}) {
+func declareTopology(ctx context.Context, d *deps, exchange string, queues []broker.QueueSpec, done chan<- struct{}) error {
 	var pause retry.Backoff
 	for {
 		err := func() error {
+			claim, err := d.broker.Channel(ctx)
+			if err != nil {
+				return err
+			}
+			err = broker.ClaimQueues(ctx, claim, d.cfg.AMQPQueuePrefix, d.storeID.String())
+			claim.Close()
+			if err != nil {
+				return err
+			}
 			ch, err := d.broker.Channel(ctx)
 			if err != nil {
 				return err
@@ -504,15 +527,18 @@ func declareTopology(ctx context.Context, d *deps, exchange string, queues []bro
 		}()
 		if err == nil {
 			close(done)
-			return
+			return nil
+		}
+		if errors.Is(err, broker.ErrClaimed) {
+			return err
 		}
 		if ctx.Err() != nil {
-			return
+			return nil
 		}
 		wait := pause.Next()
 		d.logger.Warn("declare broker topology, retrying", "error", err, "in", wait)
 		if !retry.Sleep(ctx.Done(), wait) {
-			return
+			return nil
 		}
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -152,11 +153,16 @@ func (r *Relay) lead(ctx context.Context) error {
 	if _, err := conn.Exec(ctx, "LISTEN "+pgx.Identifier{NotifyChannel}.Sanitize()); err != nil {
 		return err
 	}
+	store, err := Identity(ctx, conn)
+	if err != nil {
+		return err
+	}
 	pub, err := r.openPublisher(ctx)
 	if err != nil {
 		return err
 	}
 	defer pub.close()
+	pub.store = &store
 
 	cp, err := r.loadCheckpoint(ctx)
 	if err != nil {
@@ -369,6 +375,7 @@ func (r *Relay) saveCheckpoint(ctx context.Context, cp Checkpoint) error {
 type publisher struct {
 	ch       *amqp.Channel
 	exchange string
+	store    *uuid.UUID // stamped on every envelope
 	confirms chan amqp.Confirmation
 	returns  chan amqp.Return
 	closed   chan *amqp.Error
@@ -421,6 +428,7 @@ type inflight struct {
 // send publishes the batch with mandatory routing, without waiting for its confirms.
 func (p *publisher) send(ctx context.Context, batch []events.Envelope) error {
 	for _, e := range batch {
+		e.StoreID = p.store
 		body, err := json.Marshal(e)
 		if err != nil {
 			return fmt.Errorf("encode event %s: %w", e.ID, err)

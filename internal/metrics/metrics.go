@@ -26,6 +26,7 @@ type Metrics struct {
 	applied        *prometheus.CounterVec
 	retries        *prometheus.CounterVec
 	deadLettered   *prometheus.CounterVec
+	foreign        *prometheus.CounterVec
 	batchDuration  *prometheus.HistogramVec
 	cache          *prometheus.CounterVec
 	workerOutcomes *prometheus.CounterVec
@@ -60,6 +61,10 @@ func New() *Metrics {
 	m.deadLettered = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "chatbotd_projector_dead_lettered_total", Help: "Events a projector or consumer sent to its dead-letter queue.",
 	}, []string{"projector"})
+	m.foreign = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "chatbotd_consumer_foreign_events_total",
+		Help: "Events of another store (a deployment sharing the exchange) a consumer acknowledged without applying.",
+	}, []string{"projector"})
 	m.batchDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Name: "chatbotd_projector_batch_duration_seconds", Help: "Time to apply and commit one batch.",
 		Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5},
@@ -71,7 +76,7 @@ func New() *Metrics {
 		Name: "chatbotd_worker_outcomes_total", Help: "Side effects of workers (webhook deliveries, emails, bot replies) by outcome.",
 	}, []string{"worker", "outcome"})
 	for _, c := range []prometheus.Collector{m.httpDuration, m.commands, m.appended, m.published, m.applied,
-		m.retries, m.deadLettered, m.batchDuration, m.cache, m.workerOutcomes} {
+		m.retries, m.deadLettered, m.foreign, m.batchDuration, m.cache, m.workerOutcomes} {
 		f(c)
 	}
 	return m
@@ -139,6 +144,13 @@ func (m *Metrics) Applied(projector string, n int, took time.Duration) {
 func (m *Metrics) Retried(projector string) {
 	if m != nil {
 		m.retries.WithLabelValues(projector).Inc()
+	}
+}
+
+// Foreign counts an event of another store a consumer skipped.
+func (m *Metrics) Foreign(projector string) {
+	if m != nil {
+		m.foreign.WithLabelValues(projector).Inc()
 	}
 }
 

@@ -21,6 +21,7 @@ import (
 	amqp "github.com/rabbitmq/amqp091-go"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/chatbotsaas/chatbotd/internal/broker"
 	"github.com/chatbotsaas/chatbotd/internal/db"
 	"github.com/chatbotsaas/chatbotd/migrations"
 )
@@ -142,6 +143,10 @@ func MustDatabase(tb testing.TB) Database {
 	if err != nil {
 		tb.Fatalf("open test database: %v", err)
 	}
+	// A clone is another store, as a database migrated afresh would be.
+	if _, err := d.Pool.Exec(ctx, `UPDATE store_identity SET id = gen_random_uuid()`); err != nil {
+		tb.Fatalf("give the test database its own store identity: %v", err)
+	}
 	tb.Cleanup(func() {
 		d.Pool.Close()
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -254,7 +259,7 @@ func (a *AMQP) cleanup() {
 		return
 	}
 	defer conn.Close()
-	for _, q := range append(a.queues, a.Exchange+".unrouted") {
+	for _, q := range append(a.queues, a.Exchange+".unrouted", a.QueuePrefix+broker.ClaimSuffix) {
 		if ch, err := conn.Channel(); err == nil {
 			_, _ = ch.QueueDelete(q, false, false, false)
 			ch.Close()

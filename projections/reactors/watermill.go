@@ -2,6 +2,7 @@ package reactors
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -12,6 +13,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/ThreeDotsLabs/watermill/message/router/middleware"
+	"github.com/google/uuid"
 
 	"github.com/chatbotsaas/chatbotd/events"
 	"github.com/chatbotsaas/chatbotd/internal/broker"
@@ -110,8 +112,11 @@ type Consumer struct {
 	// DeadLetterer: so that, for one, a message nobody could answer is marked failed
 	// rather than left queued.
 	DeadLettered func(ctx context.Context, e events.Envelope, cause error)
-	Logger       *slog.Logger
-	Metrics      *metrics.Metrics
+	// Store is the event store whose events are handled, as for the projector runtime
+	// (projections.Config.Store): another store's are acknowledged and skipped.
+	Store   uuid.UUID
+	Logger  *slog.Logger
+	Metrics *metrics.Metrics
 }
 
 // deliveryCountKey is the metadata key of a message's failed deliveries so far.
@@ -148,6 +153,25 @@ func (c Consumer) Run(ctx context.Context) error {
 		if !retry.Sleep(ctx.Done(), d) {
 			return nil
 		}
+	}
+}
+
+// ofStore acknowledges, without handling, a message of another store: its own
+// deployment's queue holds its copy.
+func (c Consumer) ofStore(h message.HandlerFunc) message.HandlerFunc {
+	if c.Store == uuid.Nil {
+		return h
+	}
+	return func(m *message.Message) ([]*message.Message, error) {
+		var peek struct {
+			StoreID *uuid.UUID `json:"store_id"`
+		}
+		if json.Unmarshal(m.Payload, &peek) == nil && !(events.Envelope{StoreID: peek.StoreID}).OfStore(c.Store) {
+			c.Logger.Debug("event of another store skipped", "queue", c.Queue.Name, "store_id", peek.StoreID)
+			c.Metrics.Foreign(c.Queue.Name)
+			return nil, nil
+		}
+		return h(m)
 	}
 }
 
@@ -203,7 +227,7 @@ func (c Consumer) run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	router.AddMiddleware(middleware.Recoverer, c.observe, c.lastTry, c.holdWhileUnavailable)
+	router.AddMiddleware(middleware.Recoverer, c.ofStore, c.observe, c.lastTry, c.holdWhileUnavailable)
 	router.AddConsumerHandler(c.Queue.Name, c.Queue.Name, queueSubscriber{conn: c.Conn, prefetch: max(c.Workers, 1)}, c.Handle)
 	if err := router.Run(ctx); err != nil {
 		return err
