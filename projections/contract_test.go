@@ -61,7 +61,7 @@ var runtimes = []consumerRuntime{
 		dead func(events.Envelope)) func() {
 		r, err := projections.NewRunner(env.db.Pool, env.conn, hook{name: name, handle: handle, dead: dead}, projections.Config{
 			Exchange: env.amqp.Exchange, QueuePrefix: env.amqp.QueuePrefix, DeliveryLimit: contractDeliveryLimit, Attempts: 2,
-			Store: contractStore,
+			Store:  contractStore,
 			Logger: testenv.Logger(t)})
 		require.NoError(t, err)
 		return run(r.Run)
