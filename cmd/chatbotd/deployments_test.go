@@ -77,3 +77,37 @@ func TestDeploymentsSharingABrokerCannotSteal(t *testing.T) {
 	metrics := string(b.expect(req{method: "GET", path: "/metrics"}, 200).Raw)
 	assert.Contains(t, metrics, "chatbotd_consumer_foreign_events_total", "the other store's events were seen and skipped")
 }
+
+// AMQP_URL lists a cluster's nodes: when the node the process is connected to goes away
+// (and stays away), the relay and every consumer carry on through another, and commands
+// keep reaching the read models.
+func TestRelayAndConsumersCarryOnThroughAnotherNode(t *testing.T) {
+	nodes := []*testenv.Proxy{testenv.MustProxy(t, "127.0.0.1:5672"), testenv.MustProxy(t, "127.0.0.1:5672")}
+	var urls []string
+	for _, n := range nodes {
+		urls = append(urls, strings.Replace(testenv.AMQPURL(), "127.0.0.1:5672", n.Addr(), 1))
+	}
+	a := startApp(t, "AMQP_URL="+strings.Join(urls, ","))
+	_, token := a.register("Acme", "Ada", "ada@example.com")
+	u, res := a.createUser(token, "Bob", "bob@example.com", "member", nil)
+	a.expect(req{method: "GET", path: "/api/v1/users/" + u.ID, token: token, headers: consistent(res)}, 200)
+	var used, spare *testenv.Proxy
+	for i, n := range nodes {
+		if n.Conns() > 0 {
+			used, spare = n, nodes[1-i]
+		}
+	}
+	require.NotNil(t, used, "connected through one of the nodes")
+	assert.Zero(t, spare.Conns(), "one connection per process, on one node")
+	used.Cut()
+	for i := range 3 {
+		u, res := a.createUser(token, "User", fmt.Sprintf("user%d@example.com", i), "member", nil)
+		testenv.Eventually(t, 30*time.Second, func() error {
+			if r := a.do(req{method: "GET", path: "/api/v1/users/" + u.ID, token: token, headers: consistent(res)}); r.Status != 200 {
+				return fmt.Errorf("GET user: %d %s", r.Status, r.Raw)
+			}
+			return nil
+		})
+	}
+	assert.Positive(t, spare.Conns(), "the relay and the consumers moved to the other node")
+}

@@ -15,6 +15,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
+	"net/url"
+	"strings"
 	"sync"
 	"time"
 
@@ -26,24 +29,49 @@ import (
 // ErrUnavailable is returned while the broker cannot be reached.
 var ErrUnavailable = errors.New("the message broker is unavailable")
 
-// Conn is a self-healing connection. It can be created while RabbitMQ is down: Channel
-// connects (again) when needed, waiting with backoff within the caller's deadline.
+// Conn is a self-healing connection to one RabbitMQ node or to a cluster reached
+// through a list of nodes. It can be created while RabbitMQ is down: Channel connects
+// (again) when needed, waiting with backoff within the caller's deadline.
+//
+// With several nodes it keeps to the one it reached until that connection is lost; it
+// then tries the others in turn, beginning with the node after the lost one, so that the
+// relay and every consumer of the process carry on through a live node. The order is
+// shuffled once per process, so processes spread over the nodes.
 type Conn struct {
-	url    string
+	urls   []string
 	logger *slog.Logger
 
 	mu     sync.Mutex // held while dialling, so one dial serves every waiter
 	conn   *amqp.Connection
+	node   int // the index in urls of conn's node, or of the next node to try
 	closed chan struct{}
 	once   sync.Once
 }
 
-// Dial returns a connection that connects on first use.
-func Dial(url string, logger *slog.Logger) *Conn {
-	return &Conn{url: url, logger: logger, closed: make(chan struct{})}
+// SplitURLs parses AMQP_URL: one amqp:// (or amqps://) URL per node, separated by
+// commas, each with its own credentials and virtual host.
+func SplitURLs(list string) []string {
+	var out []string
+	for _, u := range strings.Split(list, ",") {
+		if u = strings.TrimSpace(u); u != "" {
+			out = append(out, u)
+		}
+	}
+	return out
 }
 
-// connection returns the live connection, dialling once if there is none.
+// Dial returns a connection to the nodes of urls (a comma-separated list, see
+// SplitURLs) that connects on first use.
+func Dial(urls string, logger *slog.Logger) *Conn {
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	list := SplitURLs(urls)
+	rand.Shuffle(len(list), func(i, j int) { list[i], list[j] = list[j], list[i] })
+	return &Conn{urls: list, logger: logger, closed: make(chan struct{})}
+}
+
+// connection returns the live connection, dialling the nodes in turn if there is none.
 func (c *Conn) connection() (*amqp.Connection, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -55,15 +83,47 @@ func (c *Conn) connection() (*amqp.Connection, error) {
 	if c.conn != nil && !c.conn.IsClosed() {
 		return c.conn, nil
 	}
-	conn, err := amqp.DialConfig(c.url, amqp.Config{Heartbeat: 10 * time.Second, Dial: amqp.DefaultDial(5 * time.Second)})
-	if err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrUnavailable, err)
+	lost := c.conn != nil
+	if lost && len(c.urls) > 1 {
+		c.node = (c.node + 1) % len(c.urls) // the lost node is tried last
 	}
-	if c.conn != nil {
-		c.logger.Info("reconnected to rabbitmq")
+	var errs []error
+	for i := range c.urls {
+		n := (c.node + i) % len(c.urls)
+		conn, err := amqp.DialConfig(c.urls[n], amqp.Config{Heartbeat: 10 * time.Second, Dial: amqp.DefaultDial(5 * time.Second)})
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: %v", redact(c.urls[n]), err))
+			continue
+		}
+		if lost {
+			c.logger.Info("reconnected to rabbitmq", "node", redact(c.urls[n]))
+		}
+		c.conn, c.node = conn, n
+		return conn, nil
 	}
-	c.conn = conn
-	return conn, nil
+	if len(c.urls) == 0 {
+		errs = append(errs, errors.New("no AMQP_URL"))
+	}
+	return nil, fmt.Errorf("%w: %v", ErrUnavailable, errors.Join(errs...))
+}
+
+// Node is the address (host:port) of the node the connection is on, or "" when it is
+// not connected.
+func (c *Conn) Node() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.conn == nil || c.conn.IsClosed() {
+		return ""
+	}
+	return redact(c.urls[c.node])
+}
+
+// redact is a node's URL as logs and errors show it: host and port only.
+func redact(raw string) string {
+	if u, err := url.Parse(raw); err == nil && u.Host != "" {
+		return u.Host
+	}
+	return "(unparsable AMQP_URL entry)"
 }
 
 // Connected reports whether the broker answers now (for /health): it connects if needed.

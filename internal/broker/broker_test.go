@@ -3,6 +3,7 @@ package broker_test
 import (
 	"context"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -74,4 +75,50 @@ func TestSingleActiveConsumerFailsOver(t *testing.T) {
 	q.SingleActiveConsumer = false
 	err = broker.DeclareQueue(other, q)
 	require.ErrorContains(t, err, "exists with other arguments")
+}
+
+// With a list of nodes, losing the node in use moves the connection to another, and a
+// node that comes back is used again when the others are lost.
+func TestConnCarriesOnThroughAnotherNode(t *testing.T) {
+	nodes := []*testenv.Proxy{testenv.MustProxy(t, "127.0.0.1:5672"), testenv.MustProxy(t, "127.0.0.1:5672"),
+		testenv.MustProxy(t, "127.0.0.1:5672")}
+	var urls []string
+	for _, n := range nodes {
+		urls = append(urls, strings.Replace(testenv.AMQPURL(), "127.0.0.1:5672", n.Addr(), 1))
+	}
+	c := broker.Dial(strings.Join(urls, " , "), testenv.Logger(t))
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	inUse := func() *testenv.Proxy {
+		t.Helper()
+		ch, err := c.Channel(ctx)
+		require.NoError(t, err)
+		defer ch.Close()
+		for _, n := range nodes {
+			if n.Addr() == c.Node() {
+				return n
+			}
+		}
+		t.Fatalf("connected to %q, not one of the nodes", c.Node())
+		return nil
+	}
+	first := inUse()
+	first.Cut()
+	second := inUse()
+	assert.NotEqual(t, first.Addr(), second.Addr(), "moved to another node")
+	first.Restore()
+	second.Cut()
+	third := inUse()
+	assert.NotEqual(t, second.Addr(), third.Addr())
+	for _, n := range nodes {
+		n.Cut()
+	}
+	short, cancelShort := context.WithTimeout(context.Background(), time.Second)
+	defer cancelShort()
+	_, err := c.Channel(short)
+	require.ErrorIs(t, err, broker.ErrUnavailable, "every node down: unavailable, naming no credentials")
+	assert.NotContains(t, err.Error(), "guest")
+	nodes[1].Restore()
+	assert.Equal(t, nodes[1].Addr(), inUse().Addr(), "the one node back is found")
 }

@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"github.com/caarlos0/env/v11"
+
+	"github.com/chatbotsaas/chatbotd/internal/broker"
 )
 
 // Environments: in production every key must come from the configuration.
@@ -33,7 +35,8 @@ type Config struct {
 	DatabaseMaxConn int32  `env:"DATABASE_MAX_CONNS" envDefault:"32"`
 	RedisURL        string `env:"REDIS_URL" envDefault:"redis://127.0.0.1:6379/0"`
 	RedisPrefix     string `env:"REDIS_PREFIX" envDefault:"chatbotd:"`
-	AMQPURL         string `env:"AMQP_URL" envDefault:"amqp://guest:guest@127.0.0.1:5672/"`
+	// AMQPURL is one node, or a comma-separated list of a cluster's nodes (broker.Dial).
+	AMQPURL string `env:"AMQP_URL" envDefault:"amqp://guest:guest@127.0.0.1:5672/"`
 	// AMQPExchange is the durable topic exchange every event is published to. It is part
 	// of the API contract; it is configurable only so that tests can isolate themselves.
 	AMQPExchange    string `env:"AMQP_EXCHANGE" envDefault:"chatbot.events"`
@@ -196,8 +199,13 @@ func (c Config) Validate() error {
 	if u, err := url.Parse(c.RedisURL); err != nil || (u.Scheme != "redis" && u.Scheme != "rediss") {
 		check(false, "REDIS_URL must be a redis:// URL")
 	}
-	if u, err := url.Parse(c.AMQPURL); err != nil || (u.Scheme != "amqp" && u.Scheme != "amqps") {
-		check(false, "AMQP_URL must be an amqp:// URL")
+	nodes := broker.SplitURLs(c.AMQPURL)
+	check(len(nodes) > 0, "AMQP_URL must be an amqp:// URL, or a comma-separated list of them (one per cluster node)")
+	for _, n := range nodes {
+		if u, err := url.Parse(n); err != nil || (u.Scheme != "amqp" && u.Scheme != "amqps") || u.Host == "" {
+			check(false, "AMQP_URL must be an amqp:// URL, or a comma-separated list of them (one per cluster node)")
+			break
+		}
 	}
 	check(c.AMQPExchange != "", "AMQP_EXCHANGE must not be empty")
 	check(c.HTTPAddr != "", "HTTP_ADDR must not be empty")

@@ -44,3 +44,14 @@ func TestProductionNeedsEveryKey(t *testing.T) {
 	_, err = Load([]string{"APP_ENV=staging"})
 	assert.ErrorContains(t, err, "APP_ENV")
 }
+
+// AMQP_URL takes a cluster's nodes as a comma-separated list; each must be an AMQP URL.
+func TestAMQPURLListsNodes(t *testing.T) {
+	c, err := Load([]string{"AMQP_URL=amqp://u:p@rabbit-1:5672/, amqp://u:p@rabbit-2:5672/,amqps://u:p@rabbit-3:5671/"})
+	require.NoError(t, err)
+	assert.Contains(t, c.AMQPURL, "rabbit-3")
+	for _, bad := range []string{"amqp://rabbit-1:5672/,http://rabbit-2", ",", "amqp://"} {
+		_, err := Load([]string{"AMQP_URL=" + bad})
+		assert.ErrorContains(t, err, "AMQP_URL", bad)
+	}
+}
