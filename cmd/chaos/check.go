@@ -67,7 +67,7 @@ func head(ctx context.Context, pool *pgxpool.Pool) (commitPoint, error) {
 
 // busyQueues lists the scenario's work queues that hold messages (ready or unacked).
 func busyQueues(ctx context.Context, n names) ([]string, error) {
-	out, err := sh(ctx, "rabbitmqctl", "-q", "list_queues", "name", "messages")
+	out, err := listQueues(ctx, n, "name", "messages")
 	if err != nil {
 		return nil, err
 	}
@@ -84,7 +84,7 @@ func busyQueues(ctx context.Context, n names) ([]string, error) {
 
 // deadLetters counts the messages in each dead-letter queue of the scenario.
 func deadLetters(ctx context.Context, n names) (map[string]int, error) {
-	out, err := sh(ctx, "rabbitmqctl", "-q", "list_queues", "name", "messages")
+	out, err := listQueues(ctx, n, "name", "messages")
 	if err != nil {
 		return nil, err
 	}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -38,6 +39,22 @@ type envelope struct {
 
 // do sends a request to the next process and decodes the envelope.
 func (c *client) do(ctx context.Context, method, path string, body any) (int, envelope, error) {
+	a, err := c.raw(ctx, method, path, body, nil)
+	if err != nil && a.status != 0 {
+		err = fmt.Errorf("%s %s: %d, not an envelope: %w", method, path, a.status, err)
+	}
+	return a.status, a.env, err
+}
+
+// answer is a whole answer: status, headers and envelope.
+type answer struct {
+	status int
+	header http.Header
+	env    envelope
+}
+
+// raw sends one request with extra headers to the next process.
+func (c *client) raw(ctx context.Context, method, path string, body any, headers map[string]string) (answer, error) {
 	var r io.Reader
 	if body != nil {
 		b, _ := json.Marshal(body)
@@ -46,28 +63,25 @@ func (c *client) do(ctx context.Context, method, path string, body any) (int, en
 	base := c.bases[int(c.next.Add(1))%len(c.bases)]
 	req, err := http.NewRequestWithContext(ctx, method, base+path, r)
 	if err != nil {
-		return 0, envelope{}, err
+		return answer{}, err
 	}
 	req.Header.Set("Content-Type", "application/json")
 	if c.token != "" {
 		req.Header.Set("Authorization", "Bearer "+c.token)
 	}
+	for k, v := range headers {
+		req.Header.Set(k, v)
+	}
 	res, err := c.http.Do(req)
 	if err != nil {
-		return 0, envelope{}, err
+		return answer{}, err
 	}
 	defer res.Body.Close()
-	raw, err := io.ReadAll(res.Body)
-	if err != nil {
-		return res.StatusCode, envelope{}, err
+	a := answer{status: res.StatusCode, header: res.Header}
+	if err := json.NewDecoder(res.Body).Decode(&a.env); err != nil && !errors.Is(err, io.EOF) {
+		return a, err
 	}
-	var env envelope
-	if len(raw) > 0 {
-		if err := json.Unmarshal(raw, &env); err != nil {
-			return res.StatusCode, env, fmt.Errorf("%s %s: %d, not an envelope: %.200s", method, path, res.StatusCode, raw)
-		}
-	}
-	return res.StatusCode, env, nil
+	return a, nil
 }
 
 // must sends a request until it gets want (the setup runs before any fault, but a

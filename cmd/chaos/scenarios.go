@@ -21,6 +21,13 @@ type scenario struct {
 	name, about string
 	servers     int      // chatbotd processes (1 when 0)
 	env         []string // extra environment of the first start of each process
+	// rabbitNodes, when set, runs the scenario on a RabbitMQ cluster of its own with that
+	// many nodes (AMQP_URL lists them), torn down afterwards.
+	rabbitNodes int
+	// replicaDelay, when set, runs the scenario on a PostgreSQL primary and streaming
+	// replica of its own (pgPair) that applies with that delay: DATABASE_URL names both
+	// (the one that takes writes serves), DATABASE_READ_URL the replica.
+	replicaDelay time.Duration
 	// inject runs while the load runs: it breaks something, adds the results it can see
 	// while broken, and repairs it (or has chatbotd restarted). The load goes on for a
 	// while after it returns.
@@ -40,6 +47,10 @@ var scenarios = []scenario{
 	{name: "duplicates-poison", about: "every message delivered twice, and one poison event: dead-lettered, the rest flows; redriven after the fix",
 		env: []string{"CHAOS_DUPLICATE_DELIVERY=1", "CHAOS_POISON=chatbots:chaos-poison"}, inject: poison, after: redrivePoison},
 	{name: "disk-alarm", about: "RabbitMQ disk alarm (disk_free_limit above free space): publishing blocks, then drains", inject: diskAlarm},
+	{name: "rabbitmq-node-kill", about: "a 3-node RabbitMQ cluster; the node chatbotd is connected to SIGKILLed, restarted, then the next one",
+		rabbitNodes: 3, inject: rabbitNodeKill},
+	{name: "replica-lag", about: "queries served from a streaming replica 300 ms behind; then the primary crashes and the replica is promoted",
+		replicaDelay: 300 * time.Millisecond, inject: replicaLag},
 	{name: "two-servers", about: "two chatbotd serve processes; the relay leader SIGKILLed, the standby takes over", servers: 2, inject: leaderKill},
 }
 
@@ -78,6 +89,11 @@ type scenarioRun struct {
 	pool  *pgxpool.Pool
 	procs []*proc
 	logs  []string
+	// cluster is the scenario's own RabbitMQ cluster, if it has one; env is what every
+	// start of chatbotd gets for it.
+	cluster *rabbitCluster
+	pg      *pgPair
+	env     []string
 	c     *client
 	f     *fixture
 	l     *load
@@ -87,7 +103,7 @@ type scenarioRun struct {
 // restart starts process i again on its address, without the scenario's extra
 // environment (the fault is over).
 func (r *scenarioRun) restart(ctx context.Context, i int, extra ...string) error {
-	p, err := r.sys.start(ctx, r.sys.serveEnv(r.dbURL, r.n, r.procs[i].addr, extra...), r.procs[i].addr, r.logs[i])
+	p, err := r.sys.start(ctx, r.sys.serveEnv(r.dbURL, r.n, r.procs[i].addr, append(r.env, extra...)...), r.procs[i].addr, r.logs[i])
 	if err != nil {
 		return err
 	}
@@ -111,7 +127,31 @@ func runScenario(ctx context.Context, sys *system, o options, sc scenario) []res
 		return r.chk.out
 	}
 	var err error
-	if r.dbURL, err = db.Recreate(ctx, sys.o.server, n.database); err != nil {
+	if sc.rabbitNodes > 0 {
+		began := time.Now()
+		if r.cluster, err = startRabbitCluster(ctx, sc.rabbitNodes); err != nil {
+			return fail("rabbitmq cluster started", err)
+		}
+		defer r.cluster.stop()
+		fmt.Fprintf(os.Stderr, "%s: a RabbitMQ cluster of %d nodes started in %s\n", sc.name, sc.rabbitNodes,
+			time.Since(began).Round(time.Second))
+		r.n.rabbitNodes = r.cluster.nodeNames()
+		r.chk.n, n = r.n, r.n
+		r.env = []string{"AMQP_URL=" + r.cluster.urls()}
+	}
+	if sc.replicaDelay > 0 {
+		began := time.Now()
+		if r.pg, err = startPGPair(ctx, sys.cluster, sc.replicaDelay); err != nil {
+			return fail("postgresql primary and replica started", err)
+		}
+		defer r.pg.drop()
+		fmt.Fprintf(os.Stderr, "%s: a PostgreSQL primary and replica started in %s\n", sc.name, time.Since(began).Round(time.Second))
+		if _, err = db.Recreate(ctx, r.pg.url(r.pg.primaryPort, "postgres"), n.database); err != nil {
+			return fail("set up", err)
+		}
+		r.dbURL = r.pg.writeURL(n.database)
+		r.env = append(r.env, "DATABASE_READ_URL="+r.pg.url(r.pg.replicaPort, n.database))
+	} else if r.dbURL, err = db.Recreate(ctx, sys.o.server, n.database); err != nil {
 		return fail("set up", err)
 	}
 	if r.pool, err = pgxpool.New(ctx, r.dbURL); err != nil {
@@ -125,7 +165,7 @@ func runScenario(ctx context.Context, sys *system, o options, sc scenario) []res
 		addr := freePort()
 		r.logs = append(r.logs, logPath(sc.name, i))
 		_ = os.Remove(r.logs[i])
-		p, err := sys.start(ctx, sys.serveEnv(r.dbURL, n, addr, sc.env...), addr, r.logs[i])
+		p, err := sys.start(ctx, sys.serveEnv(r.dbURL, n, addr, append(r.env, sc.env...)...), addr, r.logs[i])
 		if err != nil {
 			return fail("chatbotd started", err)
 		}
@@ -359,4 +399,46 @@ func leaderKill(ctx context.Context, r *scenarioRun) error {
 	got := r.during(ctx, 3*time.Second)
 	r.chk.add("the survivor answers", twoXX(got) > 0 && got[500] == 0, "with one process dead: %s", statusLine(got))
 	return r.restart(ctx, 0)
+}
+
+// rabbitNodeKill kills, twice, the node of the scenario's cluster that chatbotd is
+// connected to (SIGKILL), and starts it again once chatbotd carries on without it. The
+// recovery time is from the kill until the relay has published what was committed a
+// second after it: the relay and the projectors reconnected through another node.
+func rabbitNodeKill(ctx context.Context, r *scenarioRun) error {
+	for round := 1; round <= 2; round++ {
+		i, err := r.cluster.serving(ctx)
+		if err != nil {
+			return err
+		}
+		node := r.cluster.nodes[i].name
+		killed := time.Now()
+		if err := r.cluster.kill(i); err != nil {
+			return err
+		}
+		sleep(ctx, time.Second)
+		last, err := head(ctx, r.pool)
+		if err != nil {
+			return err
+		}
+		err = waitFor(ctx, 2*time.Minute, func() (bool, error) {
+			done, err := published(ctx, r.pool, last)
+			return err == nil && done, nil
+		})
+		recovered := time.Since(killed)
+		got := r.during(ctx, 5*time.Second)
+		moved, _ := r.cluster.serving(ctx)
+		r.chk.add(fmt.Sprintf("carried on without %s (kill %d)", node, round), err == nil && twoXX(got) > 0 && got[500] == 0 && moved != i,
+			"publishing again %s after the kill (through %s); then %s", recovered.Round(10*time.Millisecond), r.cluster.nodes[moved].name,
+			statusLine(got))
+		if err != nil {
+			return fmt.Errorf("not recovered from the loss of %s: %w", node, err)
+		}
+		began := time.Now()
+		if err := r.cluster.start(ctx, i); err != nil {
+			return err
+		}
+		fmt.Fprintf(os.Stderr, "rabbitmq-node-kill: %s back in the cluster in %s\n", node, time.Since(began).Round(time.Second))
+	}
+	return nil
 }

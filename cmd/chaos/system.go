@@ -174,6 +174,25 @@ func pauseRedis(stop bool) error {
 // names are a scenario's own database, exchange, queues and Redis prefix.
 type names struct {
 	database, exchange, queuePrefix, redisPrefix string
+	// rabbitNodes are the nodes rabbitmqctl asks about the scenario's queues (any live
+	// one answers for a cluster); none: the shared node.
+	rabbitNodes []string
+}
+
+// listQueues is rabbitmqctl's list of the broker's queues with columns.
+func listQueues(ctx context.Context, n names, columns ...string) (string, error) {
+	args := append([]string{"-q", "list_queues"}, columns...)
+	if len(n.rabbitNodes) == 0 {
+		return sh(ctx, "rabbitmqctl", args...)
+	}
+	var err error
+	for _, node := range n.rabbitNodes {
+		var out string
+		if out, err = sh(ctx, "rabbitmqctl", append([]string{"-n", node}, args...)...); err == nil {
+			return out, nil
+		}
+	}
+	return "", err
 }
 
 func namesFor(scenario string) names {

@@ -280,7 +280,10 @@ func TestEndToEndAccountsSlice(t *testing.T) {
 
 	// Operations.
 	health := a.expect(req{method: "GET", path: "/health"}, 200)
-	assert.JSONEq(t, `{"status":"healthy","services":{"database":"up","redis":"up","broker":"up"}}`, string(health.Body.Data))
+	var store string
+	require.NoError(t, a.db.Pool.QueryRow(context.Background(), `SELECT id::text FROM store_identity`).Scan(&store))
+	assert.JSONEq(t, `{"status":"healthy","services":{"database":"up","redis":"up","broker":"up"},"store_id":"`+store+`"}`,
+		string(health.Body.Data))
 	a.expect(req{method: "GET", path: "/ready"}, 200)
 	jwks := a.expect(req{method: "GET", path: "/.well-known/jwks.json"}, 200)
 	assert.Contains(t, string(jwks.Raw), `"alg":"EdDSA"`)

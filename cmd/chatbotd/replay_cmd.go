@@ -84,6 +84,10 @@ func (m *Main) replay(ctx context.Context, cfg config.Config, logger *slog.Logge
 		}
 	}
 	w := bufio.NewWriterSize(m.Stdout, 1<<20)
+	store, err := eventstore.Identity(ctx, pool)
+	if err != nil {
+		return err
+	}
 	enc := json.NewEncoder(w)
 	var n int64
 	for {
@@ -92,6 +96,7 @@ func (m *Main) replay(ctx context.Context, cfg config.Config, logger *slog.Logge
 			return err
 		}
 		for _, e := range batch {
+			e.StoreID = &store // as the relay publishes it
 			if err := enc.Encode(e); err != nil {
 				return err
 			}
