@@ -94,10 +94,10 @@ type scenarioRun struct {
 	cluster *rabbitCluster
 	pg      *pgPair
 	env     []string
-	c     *client
-	f     *fixture
-	l     *load
-	chk   *checker
+	c       *client
+	f       *fixture
+	l       *load
+	chk     *checker
 }
 
 // restart starts process i again on its address, without the scenario's extra
