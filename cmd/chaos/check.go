@@ -14,6 +14,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/chatbotsaas/chatbotd/events/eventstore"
+	"github.com/chatbotsaas/chatbotd/internal/broker"
 	"github.com/chatbotsaas/chatbotd/internal/readmodel"
 )
 
@@ -74,8 +75,9 @@ func busyQueues(ctx context.Context, n names) ([]string, error) {
 	var busy []string
 	for _, line := range strings.Split(out, "\n") {
 		f := strings.Fields(line)
+		// The claim of the names (broker.ClaimQueues) always holds its one message.
 		if len(f) == 2 && strings.HasPrefix(f[0], n.queuePrefix) && !strings.HasSuffix(f[0], ".dead") &&
-			!strings.HasSuffix(f[0], ".unrouted") && f[1] != "0" {
+			!strings.HasSuffix(f[0], ".unrouted") && f[0] != n.queuePrefix+broker.ClaimSuffix && f[1] != "0" {
 			busy = append(busy, f[0]+"="+f[1])
 		}
 	}

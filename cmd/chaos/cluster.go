@@ -96,6 +96,14 @@ func (c *rabbitCluster) start(ctx context.Context, i int) error {
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return fmt.Errorf("start %s: %v: %s", n.name, err, out)
 	}
+	// -detached returns before the node has registered with epmd, and await_startup
+	// gives up at once on a node that is not there yet.
+	if err := waitUntil(ctx, 90*time.Second, func() bool {
+		_, err := c.ctl(ctx, n, "ping")
+		return err == nil
+	}, n.name+" answering"); err != nil {
+		return fmt.Errorf("%w (its log: %s)", err, filepath.Join(n.dir, "log"))
+	}
 	if _, err := c.ctl(ctx, n, "await_startup", "--timeout", "120"); err != nil {
 		return err
 	}
