@@ -43,10 +43,18 @@ func startPGPair(ctx context.Context, version string, delay time.Duration) (*pgP
 		p.drop()
 		return nil, err
 	}
+	// pg_basebackup fills the new cluster's (emptied) data directory, which postgres owns.
 	data := filepath.Join("/var/lib/postgresql", version, p.replica)
-	if err := os.RemoveAll(data); err != nil {
+	entries, err := os.ReadDir(data)
+	if err != nil {
 		p.drop()
 		return nil, err
+	}
+	for _, e := range entries {
+		if err := os.RemoveAll(filepath.Join(data, e.Name())); err != nil {
+			p.drop()
+			return nil, err
+		}
 	}
 	if _, err := sh(ctx, "runuser", "-u", "postgres", "--", filepath.Join("/usr/lib/postgresql", version, "bin", "pg_basebackup"),
 		"-h", "127.0.0.1", "-p", fmt.Sprint(p.primaryPort), "-U", "postgres", "-D", data, "-R", "-X", "stream"); err != nil {
@@ -62,7 +70,7 @@ func startPGPair(ctx context.Context, version string, delay time.Duration) (*pgP
 		p.drop()
 		return nil, err
 	}
-	err := waitFor(ctx, time.Minute, func() (bool, error) {
+	err = waitFor(ctx, time.Minute, func() (bool, error) {
 		conn, err := pgx.Connect(ctx, p.url(p.primaryPort, "postgres"))
 		if err != nil {
 			return false, nil
