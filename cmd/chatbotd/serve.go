@@ -44,7 +44,7 @@ type deps struct {
 	logger  *slog.Logger
 	pool    *pgxpool.Pool // primary: the event store and the projectors
 	read    *pgxpool.Pool // the query side (a replica when DATABASE_READ_URL says so)
-	rdb     *redis.Client
+	rdb     redis.UniversalClient
 	cache   *cache.Cache
 	broker  *broker.Conn
 	store   *eventstore.Store
@@ -64,13 +64,15 @@ func openDeps(ctx context.Context, cfg config.Config, logger *slog.Logger) (*dep
 		d.pool.Close()
 		return nil, err
 	}
-	opt, err := redis.ParseURL(cfg.RedisURL)
+	rdb, epoch, err := cache.Open(cfg.RedisURL)
 	if err != nil {
-		return nil, fmt.Errorf("REDIS_URL: %w", err)
+		d.read.Close()
+		d.pool.Close()
+		return nil, err
 	}
-	opt.DialTimeout, opt.ReadTimeout, opt.WriteTimeout = 2*time.Second, time.Second, time.Second
-	d.rdb = redis.NewClient(opt)
+	d.rdb = rdb
 	d.cache = cache.New(d.rdb, cfg.RedisPrefix, 10*time.Minute)
+	d.cache.FollowMasters(epoch)
 	d.cache.Instrument(d.metrics)
 	if d.storeID, err = eventstore.Identity(ctx, d.pool); err != nil {
 		d.read.Close()

@@ -16,12 +16,14 @@ import (
 	"github.com/chatbotsaas/chatbotd/internal/metrics"
 )
 
-// setIfNewer stores (version, payload) unless the stored version is at least as new.
-// An empty payload is a tombstone: the record is gone as of that version.
+// setIfNewer stores (version, payload, epoch) unless the stored version is at least as
+// new and was written under the same epoch (an entry of another master's time is
+// replaced whatever its version). An empty payload is a tombstone: the record is gone as
+// of that version.
 var setIfNewer = redis.NewScript(`
-local cur = redis.call('HGET', KEYS[1], 'v')
-if cur and tonumber(cur) >= tonumber(ARGV[1]) then return 0 end
-redis.call('HSET', KEYS[1], 'v', ARGV[1], 'd', ARGV[2])
+local cur = redis.call('HMGET', KEYS[1], 'v', 'e')
+if cur[1] and (cur[2] or '') == ARGV[4] and tonumber(cur[1]) >= tonumber(ARGV[1]) then return 0 end
+redis.call('HSET', KEYS[1], 'v', ARGV[1], 'd', ARGV[2], 'e', ARGV[4])
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return 1`)
 
@@ -30,6 +32,8 @@ type Cache struct {
 	rdb    redis.UniversalClient
 	prefix string
 	ttl    time.Duration
+	// epoch is the master's identity (Open); nil: entries carry none (tests, Cluster).
+	epoch *Epoch
 	group  singleflight.Group
 	// metrics counts Get's hits and misses (nil: not counted).
 	metrics *metrics.Metrics
@@ -62,6 +66,10 @@ func New(rdb redis.UniversalClient, prefix string, ttl time.Duration) *Cache {
 	return &Cache{rdb: rdb, prefix: prefix, ttl: ttl}
 }
 
+// FollowMasters makes entries written under another master than the current one misses
+// (see Epoch). Call it once, before the cache is used.
+func (c *Cache) FollowMasters(e *Epoch) { c.epoch = e }
+
 // Key builds a key from parts.
 func (c *Cache) Key(kind, id string) string { return c.prefix + kind + ":" + id }
 
@@ -92,13 +100,16 @@ func (c *Cache) get(ctx context.Context, key string) (Entry, error) {
 	if !c.up() {
 		return Entry{}, ErrUnavailable
 	}
-	vals, err := c.rdb.HMGet(ctx, key, "v", "d").Result()
+	vals, err := c.rdb.HMGet(ctx, key, "v", "d", "e").Result()
 	if err != nil {
 		return Entry{}, c.observe(ctx, err)
 	}
 	vs, ok1 := vals[0].(string)
 	ds, ok2 := vals[1].(string)
-	if !ok1 || !ok2 {
+	es, _ := vals[2].(string)
+	// The epoch is read after the command: a command that reached a new master ran on a
+	// connection whose OnConnect has already learnt it.
+	if !ok1 || !ok2 || es != c.epoch.current() {
 		return Entry{}, ErrMiss
 	}
 	v, err := strconv.Atoi(vs)
@@ -113,7 +124,7 @@ func (c *Cache) Set(ctx context.Context, key string, e Entry) error {
 	if !c.up() {
 		return ErrUnavailable
 	}
-	return c.observe(ctx, setIfNewer.Run(ctx, c.rdb, []string{key}, e.Version, e.Payload, c.ttl.Milliseconds()).Err())
+	return c.observe(ctx, setIfNewer.Run(ctx, c.rdb, []string{key}, e.Version, e.Payload, c.ttl.Milliseconds(), c.epoch.current()).Err())
 }
 
 // SetMany stores each entry under its key, unless a newer one is there, in one round
@@ -133,14 +144,14 @@ func (c *Cache) SetMany(ctx context.Context, keys []string, entries []Entry) err
 		_, err := pipe.Exec(ctx)
 		return err
 	}
-	ttl := c.ttl.Milliseconds()
+	ttl, epoch := c.ttl.Milliseconds(), c.epoch.current()
 	err := run(func(p redis.Pipeliner, k string, e Entry) {
-		setIfNewer.EvalSha(ctx, p, []string{k}, e.Version, e.Payload, ttl)
+		setIfNewer.EvalSha(ctx, p, []string{k}, e.Version, e.Payload, ttl, epoch)
 	})
 	if err != nil && redis.HasErrorPrefix(err, "NOSCRIPT") {
 		// The script is not loaded yet (a new or flushed Redis): send its text this once.
 		err = run(func(p redis.Pipeliner, k string, e Entry) {
-			setIfNewer.Eval(ctx, p, []string{k}, e.Version, e.Payload, ttl)
+			setIfNewer.Eval(ctx, p, []string{k}, e.Version, e.Payload, ttl, epoch)
 		})
 	}
 	return c.observe(ctx, err)

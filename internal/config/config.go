@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"net/url"
 	"reflect"
+	"slices"
 	"strings"
 	"time"
 
@@ -196,8 +197,9 @@ func (c Config) Validate() error {
 		u, err := url.Parse(raw)
 		check(err == nil && (u.Scheme == "postgres" || u.Scheme == "postgresql"), "%s must be a postgres:// URL", name)
 	}
-	if u, err := url.Parse(c.RedisURL); err != nil || (u.Scheme != "redis" && u.Scheme != "rediss") {
-		check(false, "REDIS_URL must be a redis:// URL")
+	if u, err := url.Parse(c.RedisURL); err != nil || !slices.Contains([]string{"redis", "rediss", "redis-sentinel",
+		"rediss-sentinel", "redis-cluster", "rediss-cluster"}, u.Scheme) {
+		check(false, "REDIS_URL must be a redis:// URL (or redis-sentinel://, redis-cluster://)")
 	}
 	nodes := broker.SplitURLs(c.AMQPURL)
 	check(len(nodes) > 0, "AMQP_URL must be an amqp:// URL, or a comma-separated list of them (one per cluster node)")

@@ -1,0 +1,111 @@
+package cache
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// Epoch is the identity (run id) of the Redis master the process talks to now, learned
+// on every new connection. Entries carry the epoch they were written under and are
+// misses under another: after a failover, what the old master acknowledged and never
+// passed to the promoted replica (a newer entry, or a tombstone) is lost, and the
+// replica's older copy would otherwise be served as if current until its TTL.
+type Epoch struct{ v atomic.Pointer[string] }
+
+func (e *Epoch) current() string {
+	if e == nil {
+		return ""
+	}
+	if p := e.v.Load(); p != nil {
+		return *p
+	}
+	return ""
+}
+
+// learn reads the run id of the server a new connection reached.
+func (e *Epoch) learn(ctx context.Context, cn *redis.Conn) error {
+	info, err := cn.Info(ctx, "server").Result()
+	if err != nil {
+		return err
+	}
+	var id string
+	for _, line := range strings.Split(info, "\n") {
+		line = strings.TrimSpace(line)
+		if line == "redis_mode:sentinel" {
+			return nil // go-redis gives the sentinels' connections the same hook
+		}
+		if v, ok := strings.CutPrefix(line, "run_id:"); ok {
+			id = v
+		}
+	}
+	if id != "" {
+		e.v.Store(&id)
+	}
+	return nil
+}
+
+// Open connects to REDIS_URL:
+//
+//	redis://[user:password@]host:port/db            one server (rediss:// with TLS)
+//	redis-sentinel://[user:password@]sentinel:port/db?master_name=NAME&addr=sentinel2:port&addr=...
+//	redis-cluster://[user:password@]node:port?addr=node2:port&addr=...
+//
+// Behind Sentinel (or on one server) the returned epoch follows the master, and a cache
+// built with it never serves an entry written under another master. A Cluster has a
+// master per shard, so there it is nil: a shard's failover may serve an entry whose
+// later invalidation was lost, until its TTL.
+func Open(raw string) (redis.UniversalClient, *Epoch, error) {
+	scheme, rest, ok := strings.Cut(raw, "://")
+	if !ok {
+		return nil, nil, fmt.Errorf("REDIS_URL: not a URL")
+	}
+	tls := strings.HasPrefix(scheme, "rediss")
+	base := map[bool]string{true: "rediss://", false: "redis://"}[tls]
+	epoch := &Epoch{}
+	const dial, read = 2 * time.Second, time.Second
+	switch strings.TrimPrefix(scheme, map[bool]string{true: "rediss", false: "redis"}[tls]) {
+	case "":
+		opt, err := redis.ParseURL(raw)
+		if err != nil {
+			return nil, nil, fmt.Errorf("REDIS_URL: %w", err)
+		}
+		opt.DialTimeout, opt.ReadTimeout, opt.WriteTimeout = dial, read, read
+		opt.OnConnect = epoch.learn
+		return learnt(redis.NewClient(opt)), epoch, nil
+	case "-sentinel":
+		opt, err := redis.ParseFailoverURL(base + rest)
+		if err != nil {
+			return nil, nil, fmt.Errorf("REDIS_URL: %w", err)
+		}
+		if opt.MasterName == "" {
+			return nil, nil, fmt.Errorf("REDIS_URL: a redis-sentinel:// URL needs master_name")
+		}
+		opt.DialTimeout, opt.ReadTimeout, opt.WriteTimeout = dial, read, read
+		opt.OnConnect = epoch.learn
+		return learnt(redis.NewFailoverClient(opt)), epoch, nil
+	case "-cluster":
+		opt, err := redis.ParseClusterURL(base + rest)
+		if err != nil {
+			return nil, nil, fmt.Errorf("REDIS_URL: %w", err)
+		}
+		opt.DialTimeout, opt.ReadTimeout, opt.WriteTimeout = dial, read, read
+		return redis.NewClusterClient(opt), nil, nil
+	}
+	return nil, nil, fmt.Errorf("REDIS_URL: scheme %q is not redis, rediss, redis-sentinel or redis-cluster", scheme)
+}
+
+// learnt connects once, so that the first writes already carry the master's epoch (an
+// entry written before it is known carries none, and is a miss later: safe, but a
+// waste). Redis being down now is not an error: the epoch is learnt on the first
+// connection that succeeds.
+func learnt(c *redis.Client) *redis.Client {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	_ = c.Ping(ctx).Err()
+	return c
+}
