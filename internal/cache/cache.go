@@ -34,7 +34,7 @@ type Cache struct {
 	ttl    time.Duration
 	// epoch is the master's identity (Open); nil: entries carry none (tests, Cluster).
 	epoch *Epoch
-	group  singleflight.Group
+	group singleflight.Group
 	// metrics counts Get's hits and misses (nil: not counted).
 	metrics *metrics.Metrics
 	// downUntil (unix nanoseconds): after Redis failed, the cache answers ErrUnavailable
