@@ -129,3 +129,40 @@ func TestAFailoverNeverServesAnEntryTheOldMasterReplaced(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, 1, got.Version, "an entry written under the new master is served")
 }
+
+// REDIS_URL may name a Redis Cluster: the cache's reads, its script and its pipelines of
+// many keys (each key in its own hash slot, on three masters) work through it.
+func TestTheCacheWorksOnARedisCluster(t *testing.T) {
+	if _, err := exec.LookPath("redis-cli"); err != nil {
+		t.Skip("redis-cli is not installed")
+	}
+	ctx := context.Background()
+	var nodes []string
+	for range 3 {
+		nodes = append(nodes, startRedis(t, "cluster-enabled yes\ncluster-node-timeout 2000\n", false).addr())
+	}
+	out, err := exec.Command("redis-cli", append(append([]string{"--cluster", "create"}, nodes...),
+		"--cluster-replicas", "0", "--cluster-yes")...).CombinedOutput()
+	require.NoError(t, err, "%s", out)
+	rdb, epoch, err := cache.Open("redis-cluster://" + nodes[0] + "?addr=" + nodes[1] + "&addr=" + nodes[2])
+	require.NoError(t, err)
+	defer rdb.Close()
+	assert.Nil(t, epoch, "a cluster has a master per shard: no one epoch")
+	c := cache.New(rdb, "cluster:", time.Hour)
+	testenv.Eventually(t, 20*time.Second, func() error { // the slots are being assigned
+		return c.Set(ctx, c.Key("user", "probe"), cache.Entry{Version: 1, Payload: []byte("x")})
+	})
+	var keys []string
+	var entries []cache.Entry
+	for i := range 50 {
+		keys = append(keys, c.Key("user", strconv.Itoa(i)))
+		entries = append(entries, cache.Entry{Version: 2, Payload: []byte("v2-" + strconv.Itoa(i))})
+	}
+	require.NoError(t, c.SetMany(ctx, keys, entries))
+	require.NoError(t, c.Set(ctx, keys[7], cache.Entry{Version: 1, Payload: []byte("older")}))
+	for i, k := range keys {
+		got, err := c.Get(ctx, k)
+		require.NoError(t, err, k)
+		assert.Equal(t, entries[i], got, "the newest version of %s, on whichever master holds it", k)
+	}
+}
