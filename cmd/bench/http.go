@@ -17,6 +17,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/chatbotsaas/chatbotd/events/eventstore"
+	"github.com/chatbotsaas/chatbotd/internal/broker"
 	"github.com/chatbotsaas/chatbotd/internal/db"
 )
 
@@ -270,7 +271,9 @@ func settle(ctx context.Context, pool *pgxpool.Pool, queuePrefix string) error {
 		}
 		for _, line := range strings.Split(string(out), "\n") {
 			f := strings.Fields(line)
-			if len(f) == 2 && strings.HasPrefix(f[0], queuePrefix) && !strings.HasSuffix(f[0], ".dead") && !strings.HasSuffix(f[0], ".unrouted") && f[1] != "0" {
+			// The claim of the names (broker.ClaimQueues) always holds its one message.
+			if len(f) == 2 && strings.HasPrefix(f[0], queuePrefix) && !strings.HasSuffix(f[0], ".dead") && !strings.HasSuffix(f[0], ".unrouted") &&
+				f[0] != queuePrefix+broker.ClaimSuffix && f[1] != "0" {
 				return false, nil
 			}
 		}
