@@ -8,8 +8,9 @@ PKGS := ./...
 run: services
 	$(GO) run ./cmd/chatbotd serve
 
-## test: every test, unit and integration, against the local services
-test:
+## test: every test, unit and integration, against the local services (started, or
+## installed with Chromium for the docs page's test, first)
+test: services
 	$(GO) vet $(PKGS)
 	$(GO) test -race -count=1 -timeout 12m $(PKGS)
 

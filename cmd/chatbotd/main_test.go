@@ -1132,4 +1132,8 @@ func TestConversationsAnsweredByAWebhook(t *testing.T) {
 	assert.Equal(t, 1, n)
 	require.NoError(t, a.db.Pool.QueryRow(context.Background(), `SELECT count(*) FROM events WHERE data::text LIKE '%' || $1 || '%'`, secret).Scan(&n))
 	assert.Zero(t, n, "the secret is in no event")
+	metrics := string(a.expect(req{method: "GET", path: "/metrics"}, 200).Raw)
+	assert.Contains(t, metrics, `chatbotd_projector_events_applied_total{projector="webhook-responder"}`,
+		"labelled by its name in the registry, like the other consumers")
+	assert.NotContains(t, metrics, a.mq.QueuePrefix+`webhook-responder"`)
 }

@@ -248,7 +248,7 @@ func (d *deps) buildParts(k processKeys) (parts, error) {
 	mailer := &reactors.Mailer{Pool: d.pool, From: cfg.SMTPFrom, Timeout: 30 * time.Second, Attempts: 8, Workers: 4,
 		RetryBase: time.Minute, Logger: logger.With("component", "mailer"), Metrics: d.metrics, SMTP: smtp}
 	return parts{runners: runners,
-		webhooks: reactors.Consumer{Conn: d.broker, Workers: cfg.WebhookWorkers, Logger: logger.With("consumer", reactors.WebhookResponderName),
+		webhooks: reactors.Consumer{Name: reactors.WebhookResponderName, Conn: d.broker, Workers: cfg.WebhookWorkers, Logger: logger.With("consumer", reactors.WebhookResponderName),
 			Queue: webhookResponderQueue(cfg), Metrics: d.metrics, Handle: responder.Handle, DeadLettered: responder.DeadLettered,
 			Store: d.storeID},
 		outboxes: []namedRun{{"webhook deliveries", deliverer.Run}, {"mailer", mailer.Run}},

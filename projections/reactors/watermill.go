@@ -103,6 +103,9 @@ func (queueSubscriber) Close() error { return nil }
 // limit, then dead-letters it. An unavailable database is no such error: the message is
 // held and tried again (holdWhileUnavailable).
 type Consumer struct {
+	// Name is the consumer's name in the registry, its label in metrics (the queue's
+	// name, prefix included, when empty).
+	Name    string
 	Conn    *broker.Conn
 	Queue   broker.QueueSpec
 	Workers int
@@ -156,6 +159,13 @@ func (c Consumer) Run(ctx context.Context) error {
 	}
 }
 
+func (c Consumer) label() string {
+	if c.Name != "" {
+		return c.Name
+	}
+	return c.Queue.Name
+}
+
 // ofStore acknowledges, without handling, a message of another store: its own
 // deployment's queue holds its copy.
 func (c Consumer) ofStore(h message.HandlerFunc) message.HandlerFunc {
@@ -168,7 +178,7 @@ func (c Consumer) ofStore(h message.HandlerFunc) message.HandlerFunc {
 		}
 		if json.Unmarshal(m.Payload, &peek) == nil && !(events.Envelope{StoreID: peek.StoreID}).OfStore(c.Store) {
 			c.Logger.Debug("event of another store skipped", "queue", c.Queue.Name, "store_id", peek.StoreID)
-			c.Metrics.Foreign(c.Queue.Name)
+			c.Metrics.Foreign(c.label())
 			return nil, nil
 		}
 		return h(m)
@@ -192,7 +202,7 @@ func (c Consumer) holdWhileUnavailable(h message.HandlerFunc) message.HandlerFun
 // observe counts each message's outcome and traces it at debug level with the event's
 // correlation id.
 func (c Consumer) observe(h message.HandlerFunc) message.HandlerFunc {
-	name := c.Queue.Name
+	name := c.label()
 	return func(m *message.Message) ([]*message.Message, error) {
 		start := time.Now()
 		out, err := h(m)
