@@ -24,6 +24,13 @@ type Guard struct {
 // ErrForbiddenAddress is returned for a target in a refused range.
 var ErrForbiddenAddress = errors.New("the address is not a public one")
 
+// allowHint names the setting that lifts the rules, for whoever tries a local target.
+const allowHint = "ALLOW_PRIVATE_TARGETS=true, for development only"
+
+// errPrivateTarget is ErrForbiddenAddress as CheckURL answers it, with the hint.
+var errPrivateTarget = fmt.Errorf("%w (private and loopback targets are accepted only where the server runs with %s)",
+	ErrForbiddenAddress, allowHint)
+
 // Public reports whether ip is a public unicast address: not loopback, private,
 // link-local (which holds cloud metadata at 169.254.169.254), shared (CGNAT),
 // unspecified, multicast or reserved.
@@ -59,7 +66,7 @@ func (g Guard) CheckURL(ctx context.Context, raw string) error {
 		return errors.New("must be an absolute URL")
 	}
 	if u.Scheme != "https" && !(g.AllowPrivate && u.Scheme == "http") {
-		return errors.New("must use https")
+		return errors.New("must use https (plain http is accepted only where the server runs with " + allowHint + ")")
 	}
 	if u.User != nil {
 		return errors.New("must not carry credentials")
@@ -70,7 +77,7 @@ func (g Guard) CheckURL(ctx context.Context, raw string) error {
 	host := u.Hostname()
 	if ip, err := netip.ParseAddr(host); err == nil {
 		if !Public(ip) {
-			return ErrForbiddenAddress
+			return errPrivateTarget
 		}
 		return nil
 	}
@@ -84,7 +91,7 @@ func (g Guard) CheckURL(ctx context.Context, raw string) error {
 	}
 	for _, a := range addrs {
 		if !Public(a) {
-			return ErrForbiddenAddress
+			return errPrivateTarget
 		}
 	}
 	return nil

@@ -28,6 +28,9 @@ func TestCheckURL(t *testing.T) {
 		assert.Error(t, g.CheckURL(ctx, u), u)
 	}
 	assert.ErrorIs(t, g.CheckURL(ctx, "https://127.0.0.1/hook"), ErrForbiddenAddress)
+	// Whoever tries a local target learns what lifts the rule, and that it is for development.
+	assert.ErrorContains(t, g.CheckURL(ctx, "https://10.0.0.1/x"), "ALLOW_PRIVATE_TARGETS=true, for development only")
+	assert.ErrorContains(t, g.CheckURL(ctx, "http://93.184.216.34/x"), "ALLOW_PRIVATE_TARGETS=true, for development only")
 	for _, u := range []string{"http://93.184.216.34/x", "ftp://x", "https://user:pw@93.184.216.34/", "not a url", "/relative"} {
 		assert.Error(t, g.CheckURL(ctx, u), u)
 	}
