@@ -30,7 +30,7 @@ import (
 // timeout, like a wait that ran out.
 func (h *HTTP) Consistency() gin.HandlerFunc {
 	return func(c *gin.Context) {
-		raw := c.GetHeader("X-Consistency-Token")
+		raw := c.GetHeader(httpx.ConsistencyTokenHeader)
 		if raw == "" || (c.Request.Method != http.MethodGet && c.Request.Method != http.MethodHead) {
 			c.Next()
 			return

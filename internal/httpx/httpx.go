@@ -142,9 +142,23 @@ func Fail(c *gin.Context, err error) {
 		c.Header("Retry-After", strconv.Itoa(int(math.Ceil(e.RetryAfter.Seconds()))))
 	}
 	c.Set(ErrorCodeKey, string(e.Code))
-	c.AbortWithStatusJSON(status, Envelope{Success: false, Message: e.Message, ErrorCode: e.Code, Errors: e.Fields,
+	msg := e.Message
+	if e.Code == apperr.CodeNotFound && c.Request.Method == http.MethodGet && c.FullPath() != "" &&
+		c.GetHeader(ConsistencyTokenHeader) == "" {
+		// Every such 404 says it, another tenant's id included, so it tells nothing.
+		msg += notVisibleYet
+	}
+	c.AbortWithStatusJSON(status, Envelope{Success: false, Message: msg, ErrorCode: e.Code, Errors: e.Fields,
 		Timestamp: Timestamp(), RequestID: RequestIDOf(c)})
 }
+
+// ConsistencyTokenHeader carries a command's consistency token, and a read's wait for it.
+const ConsistencyTokenHeader = "X-Consistency-Token"
+
+// notVisibleYet ends the message of a 404 to a read sent without a consistency token:
+// reads answer from the read models, which follow a command by milliseconds.
+const notVisibleYet = " (if it was written just now, it may not be visible yet: send the X-Consistency-Token " +
+	"header its command returned, and the read waits for it)"
 
 // Recover answers a panic with a 500 envelope and logs it.
 // A handler that has already sent its status and cannot finish (a streamed export whose
