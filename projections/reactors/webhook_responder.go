@@ -11,10 +11,12 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"mime"
 	"net"
 	"net/http"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/google/uuid"
@@ -246,17 +248,45 @@ func (w WebhookResponder) call(ctx context.Context, url string, secret, body []b
 	if err != nil {
 		return "", errors.New("reading the answer failed")
 	}
-	if res.StatusCode != http.StatusOK {
+	switch {
+	case res.StatusCode == http.StatusRequestTimeout || res.StatusCode == http.StatusTooManyRequests || res.StatusCode >= 500:
 		return "", fmt.Errorf("status %d", res.StatusCode)
-	}
-	if len(data) > maxReply {
+	case res.StatusCode < 200 || res.StatusCode > 299:
+		// Another call would get the same answer (and run the workflow again).
+		return "", errPermanent{fmt.Sprintf("status %d", res.StatusCode)}
+	case len(data) > maxReply:
 		return "", errPermanent{"the answer is larger than 64 KiB"}
 	}
-	var out struct {
+	reply, err := replyOf(res.Header.Get("Content-Type"), data)
+	if err != nil {
+		return "", errPermanent{err.Error()} // the workflow ran: calling again would run it again
+	}
+	return reply, nil
+}
+
+// replyOf reads the reply out of a 2xx answer, in the forms n8n's "Respond to Webhook"
+// sends: a JSON object's "reply"; a JSON array of items (its "all incoming items"), the
+// first item with a reply; or a text/plain body, the text itself.
+func replyOf(contentType string, data []byte) (string, error) {
+	type item struct {
 		Reply string `json:"reply"`
 	}
-	if err := json.Unmarshal(data, &out); err != nil || strings.TrimSpace(out.Reply) == "" {
-		return "", errors.New(`the answer is not JSON with a non-empty "reply"`)
+	body := bytes.TrimSpace(data)
+	var one item
+	if json.Unmarshal(body, &one) == nil && strings.TrimSpace(one.Reply) != "" {
+		return one.Reply, nil
 	}
-	return out.Reply, nil
+	var many []item
+	if json.Unmarshal(body, &many) == nil {
+		for _, it := range many {
+			if strings.TrimSpace(it.Reply) != "" {
+				return it.Reply, nil
+			}
+		}
+	}
+	if mt, _, _ := mime.ParseMediaType(contentType); mt == "text/plain" && len(body) > 0 && utf8.Valid(body) &&
+		!json.Valid(body) {
+		return string(body), nil
+	}
+	return "", errors.New(`the answer has no reply: JSON with a non-empty "reply" (an object, or an array of them), or text/plain, is expected`)
 }

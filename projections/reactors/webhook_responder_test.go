@@ -90,3 +90,52 @@ func TestWebhookCall(t *testing.T) {
 	_, reason = responder(time.Second, false).Call(ctx, srv.URL+"/ok", secret, body)
 	assert.Contains(t, reason, "not public")
 }
+
+// A workflow's answer is taken in each form n8n's "Respond to Webhook" sends, from any
+// 2xx; an answer that another call would not change (a 4xx other than 408 and 429, or a
+// 2xx without a reply) is not asked again, since each call runs the workflow.
+func TestWebhookAnswersInEveryFormAndRetriesOnlyWhatCanSucceed(t *testing.T) {
+	cases := []struct {
+		name        string
+		status      int
+		contentType string
+		body        string
+		reply       string // "" when it fails
+		calls       int32
+	}{
+		{"object", 200, "application/json", `{"reply":"hi"}`, "hi", 1},
+		{"created", 201, "application/json", `{"reply":"made"}`, "made", 1},
+		{"all incoming items", 200, "application/json", `[{"reply":"first"},{"reply":"second"}]`, "first", 1},
+		{"items, the first without a reply", 200, "application/json", `[{"other":1},{"reply":"second"}]`, "second", 1},
+		{"plain text", 200, "text/plain; charset=utf-8", "  Hello <b>&</b> you\n", "Hello <b>&</b> you", 1},
+		{"accepted, json without its header", 202, "", `{"reply":"sniffed"}`, "sniffed", 1},
+		{"no content", 204, "", "", "", 1},
+		{"json without a reply", 200, "application/json", `{"answer":"x"}`, "", 1},
+		{"html", 200, "text/html", "<p>hi</p>", "", 1},
+		{"bad request", 400, "application/json", `{"error":"no"}`, "", 1},
+		{"not found", 404, "text/plain", "gone", "", 1},
+		{"request timeout", 408, "", "", "", 3},
+		{"too many requests", 429, "", "", "", 3},
+		{"server error", 502, "", "", "", 3},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			var calls atomic.Int32
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				calls.Add(1)
+				if c.contentType != "" {
+					w.Header().Set("Content-Type", c.contentType)
+				}
+				w.WriteHeader(c.status)
+				_, _ = w.Write([]byte(c.body))
+			}))
+			defer srv.Close()
+			reply, reason := responder(time.Second, true).Call(context.Background(), srv.URL, []byte("secret-0123456789abcdef"), []byte(`{}`))
+			assert.Equal(t, c.reply, reply, reason)
+			if c.reply == "" {
+				assert.NotEmpty(t, reason)
+			}
+			assert.Equal(t, c.calls, calls.Load(), "calls")
+		})
+	}
+}
