@@ -117,3 +117,34 @@ func TestDocsAssetsAreCompressedCachedAndBounded(t *testing.T) {
 	assert.Equal(t, 404, get("/docs/assets/nope.js").Code)
 	assert.Equal(t, 404, get("/docs/assets/index.html").Code)
 }
+
+// A nullable enum lists null among its values: strict validators (and OpenAPI 3.0.3's
+// own clarification) reject a null that the enum does not list, whatever "nullable" says.
+func TestNullableEnumsListNull(t *testing.T) {
+	doc, err := apidoc.Load()
+	require.NoError(t, err)
+	seen := map[*openapi3.Schema]bool{}
+	var walk func(path string, s *openapi3.SchemaRef)
+	walk = func(path string, ref *openapi3.SchemaRef) {
+		if ref == nil || ref.Value == nil || seen[ref.Value] {
+			return
+		}
+		s := ref.Value
+		seen[s] = true
+		if s.Nullable && len(s.Enum) > 0 {
+			assert.Contains(t, s.Enum, nil, "%s: nullable, and its enum lacks null", path)
+		}
+		for name, p := range s.Properties {
+			walk(path+"."+name, p)
+		}
+		walk(path+"[]", s.Items)
+		for _, group := range [][]*openapi3.SchemaRef{s.AllOf, s.AnyOf, s.OneOf} {
+			for _, sub := range group {
+				walk(path, sub)
+			}
+		}
+	}
+	for name, s := range doc.Components.Schemas {
+		walk(name, s)
+	}
+}
