@@ -49,6 +49,7 @@ func (h *HTTP) Routes() []httpx.Route {
 		httpx.R(http.MethodPost, "/api/v1/chatbots/:id/unpublish", rbac.ChatbotsWrite, handle(http.StatusOK, "Chatbot unpublished", h.publishChatbot(false))),
 		httpx.R(http.MethodPost, "/api/v1/chatbots/:id/knowledge", rbac.ChatbotsWrite, handle(http.StatusCreated, "Knowledge entry added", h.addEntry)),
 		httpx.R(http.MethodPatch, "/api/v1/chatbots/:id/knowledge/:entry_id", rbac.ChatbotsWrite, handle(http.StatusOK, "Knowledge entry updated", h.updateEntry)),
+		httpx.R(http.MethodPut, "/api/v1/chatbots/:id/knowledge/:entry_id", rbac.ChatbotsWrite, handle(http.StatusOK, "Knowledge entry replaced", h.updateEntry)),
 		httpx.R(http.MethodDelete, "/api/v1/chatbots/:id/knowledge/:entry_id", rbac.ChatbotsWrite, handle(http.StatusOK, "Knowledge entry removed", h.removeEntry)),
 		httpx.R(http.MethodPost, "/api/v1/chatbots/:id/knowledge/import", rbac.ChatbotsWrite, handle(http.StatusCreated, "Knowledge imported", h.importEntries)).WithCSV(MaxImportBody),
 		httpx.R(http.MethodPost, "/api/v1/chatbots/:id/train", rbac.ChatbotsWrite, handle(http.StatusAccepted, "Training requested", h.train)),

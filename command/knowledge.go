@@ -135,6 +135,18 @@ func (s *Service) UpdateEntry(ctx context.Context, meta events.Meta, p auth.Prin
 	return Result[EntryView]{Data: entryView(chatbot, id, in, k.Created[id.String()], tok.OccurredAt), Token: tok}, err
 }
 
+// PatchEntry changes the fields of one knowledge entry that p carries (PATCH); the others
+// stay as they are.
+func (s *Service) PatchEntry(ctx context.Context, meta events.Meta, p auth.Principal, chatbot, id uuid.UUID, patch domain.EntryPatch) (Result[EntryView], error) {
+	var merged domain.EntryInput
+	tok, k, err := s.knowledgeChange(ctx, meta, p, chatbot, func(k domain.Knowledge) ([]events.Event, error) {
+		in, evs, err := domain.DecidePatchEntry(k, chatbot, id, patch)
+		merged = in
+		return evs, err
+	})
+	return Result[EntryView]{Data: entryView(chatbot, id, merged, k.Created[id.String()], tok.OccurredAt), Token: tok}, err
+}
+
 // RemoveEntry removes one knowledge entry.
 func (s *Service) RemoveEntry(ctx context.Context, meta events.Meta, p auth.Principal, chatbot, id uuid.UUID) (Result[struct{}], error) {
 	tok, _, err := s.knowledgeChange(ctx, meta, p, chatbot, func(k domain.Knowledge) ([]events.Event, error) { return domain.DecideRemoveEntry(k, chatbot, id) })

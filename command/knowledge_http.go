@@ -41,11 +41,18 @@ func (h *HTTP) updateEntry(c *gin.Context) (Result[EntryView], error) {
 	if err != nil {
 		return Result[EntryView]{}, err
 	}
-	in, err := body[domain.EntryInput](c)
+	if c.Request.Method == http.MethodPut {
+		in, err := body[domain.EntryInput](c)
+		if err != nil {
+			return Result[EntryView]{}, err
+		}
+		return h.svc.UpdateEntry(c, Meta(c), principal(c), bot, id, in)
+	}
+	patch, err := body[domain.EntryPatch](c)
 	if err != nil {
 		return Result[EntryView]{}, err
 	}
-	return h.svc.UpdateEntry(c, Meta(c), principal(c), bot, id, in)
+	return h.svc.PatchEntry(c, Meta(c), principal(c), bot, id, patch)
 }
 
 func (h *HTTP) removeEntry(c *gin.Context) (Result[struct{}], error) {

@@ -154,7 +154,9 @@ func TestEveryRouteAnswersAsDocumented(t *testing.T) {
 	entry := data(send("POST /api/v1/chatbots/{id}/knowledge", "/api/v1/chatbots/"+bot+"/knowledge",
 		map[string]any{"question": "What are your opening hours?", "answer": "9:00 to 17:00, Monday to Friday."}, 201)).ID
 	send("PATCH /api/v1/chatbots/{id}/knowledge/{entry_id}", "/api/v1/chatbots/"+bot+"/knowledge/"+entry,
-		map[string]any{"question": "What are your opening hours?", "answer": "9:00 to 18:00, Monday to Friday."}, 200)
+		map[string]any{"answer": "9:00 to 18:00, Monday to Friday."}, 200)
+	send("PUT /api/v1/chatbots/{id}/knowledge/{entry_id}", "/api/v1/chatbots/"+bot+"/knowledge/"+entry,
+		map[string]any{"question": "When are you open?", "answer": "9:00 to 18:00, Monday to Friday.", "tags": []string{"hours"}}, 200)
 	send("POST /api/v1/chatbots/{id}/knowledge/import", "/api/v1/chatbots/"+bot+"/knowledge/import", []map[string]any{
 		{"question": "How do I reset my password?", "answer": "Click 'Forgot password' on the sign-in page."},
 		{"question": "Do you ship internationally?", "answer": "Yes, to 40 countries."}}, 201)

@@ -1137,3 +1137,35 @@ func TestConversationsAnsweredByAWebhook(t *testing.T) {
 		"labelled by its name in the registry, like the other consumers")
 	assert.NotContains(t, metrics, a.mq.QueuePrefix+`webhook-responder"`)
 }
+
+// PATCH of a knowledge entry merges (what it omits stays); PUT replaces it whole.
+func TestKnowledgeEntryPatchMergesAndPutReplaces(t *testing.T) {
+	a := startApp(t)
+	_, token := a.register("Acme", "Ada", "ada@example.com")
+	var bot struct{ ID string }
+	a.expect(req{method: "POST", path: "/api/v1/chatbots", token: token, body: map[string]any{"name": "Helpdesk"}}, 201).data(t, &bot)
+	var entry struct {
+		ID       string   `json:"id"`
+		Question string   `json:"question"`
+		Answer   string   `json:"answer"`
+		Tags     []string `json:"tags"`
+	}
+	base := "/api/v1/chatbots/" + bot.ID + "/knowledge"
+	a.expect(req{method: "POST", path: base, token: token, body: map[string]any{"question": "Hours?", "answer": "9 to 5",
+		"tags": []string{"hours", "office"}}}, 201).data(t, &entry)
+	path := base + "/" + entry.ID
+	a.expect(req{method: "PATCH", path: path, token: token, body: map[string]any{"answer": "9 to 6"}}, 200).data(t, &entry)
+	assert.Equal(t, "Hours?", entry.Question, "PATCH keeps what it omits")
+	assert.Equal(t, "9 to 6", entry.Answer)
+	assert.Equal(t, []string{"hours", "office"}, entry.Tags, "omitting tags keeps them")
+	a.expectError(req{method: "PATCH", path: path, token: token, body: map[string]any{"question": "  "}}, 422, "VALIDATION_ERROR")
+	a.expect(req{method: "PATCH", path: path, token: token, body: map[string]any{"tags": []string{}}}, 200).data(t, &entry)
+	assert.Empty(t, entry.Tags, "an empty list clears them")
+	assert.Equal(t, "9 to 6", entry.Answer)
+	a.expect(req{method: "PUT", path: path, token: token, body: map[string]any{"question": "When?", "answer": "Always",
+		"tags": []string{"x"}}}, 200).data(t, &entry)
+	a.expect(req{method: "PUT", path: path, token: token, body: map[string]any{"question": "When?", "answer": "Never"}}, 200).data(t, &entry)
+	assert.Empty(t, entry.Tags, "PUT replaces: omitted tags are none")
+	a.expectError(req{method: "PUT", path: path, token: token, body: map[string]any{"answer": "no question"}}, 422, "VALIDATION_ERROR")
+	a.expectError(req{method: "PATCH", path: base + "/" + uuid.NewString(), token: token, body: map[string]any{"answer": "x"}}, 404, "NOT_FOUND")
+}

@@ -98,6 +98,40 @@ func DecideUpdateEntry(k Knowledge, chatbot, id uuid.UUID, in EntryInput) ([]eve
 	return []events.Event{events.KnowledgeEntryUpdated{ChatbotID: chatbot.String(), Entry: in.Entry(id)}}, nil
 }
 
+// EntryPatch is a partial change of an entry (PATCH): the fields it carries replace the
+// entry's, the others stay as they are.
+type EntryPatch struct {
+	Question *string   `json:"question"`
+	Answer   *string   `json:"answer"`
+	Tags     *[]string `json:"tags"`
+}
+
+// DecidePatchEntry merges p into the entry as it is, checks the result, and updates the
+// entry to it; it returns the merged entry.
+func DecidePatchEntry(k Knowledge, chatbot, id uuid.UUID, p EntryPatch) (EntryInput, []events.Event, error) {
+	cur, ok := k.Contents[id.String()]
+	if _, created := k.Created[id.String()]; !ok || !created {
+		return EntryInput{}, nil, apperr.NotFound("knowledge entry")
+	}
+	in := EntryInput{Question: cur.Question, Answer: cur.Answer, Tags: cur.Tags}
+	if p.Question != nil {
+		in.Question = *p.Question
+	}
+	if p.Answer != nil {
+		in.Answer = *p.Answer
+	}
+	if p.Tags != nil {
+		in.Tags = *p.Tags
+	}
+	f := apperr.Fields{}
+	in.Check(f, "")
+	if err := f.Err(); err != nil {
+		return EntryInput{}, nil, err
+	}
+	evs, err := DecideUpdateEntry(k, chatbot, id, in)
+	return in, evs, err
+}
+
 // DecideRemoveEntry removes an existing entry.
 func DecideRemoveEntry(k Knowledge, chatbot, id uuid.UUID) ([]events.Event, error) {
 	if _, ok := k.Created[id.String()]; !ok {
