@@ -368,6 +368,38 @@ func TestEvolveKnowledge(t *testing.T) {
 	assert.Equal(t, apperr.CodeNotFound, apperr.CodeOf(err))
 }
 
+func TestDecidePatchEntry(t *testing.T) {
+	bot, id := uuid.New(), uuid.MustParse("00000000-0000-0000-0000-00000000000b")
+	k := EvolveKnowledge(Knowledge{}, events.KnowledgeEntryAdded{Entry: events.KnowledgeEntry{ID: id.String(), Question: "Hours?",
+		Answer: "9 to 5", Tags: []string{"hours"}}}, time.Now())
+	cases := []struct {
+		name  string
+		patch EntryPatch
+		want  EntryInput
+		code  apperr.Code
+	}{
+		{"answer only: the rest stays", EntryPatch{Answer: ptr(" 9 to 6 ")}, EntryInput{Question: "Hours?", Answer: "9 to 6", Tags: []string{"hours"}}, ""},
+		{"tags cleared", EntryPatch{Tags: ptr([]string{})}, EntryInput{Question: "Hours?", Answer: "9 to 5", Tags: []string{}}, ""},
+		{"nothing: unchanged", EntryPatch{}, EntryInput{Question: "Hours?", Answer: "9 to 5", Tags: []string{"hours"}}, ""},
+		{"the merged entry is checked", EntryPatch{Question: ptr(" ")}, EntryInput{}, apperr.CodeValidation},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			got, evs, err := DecidePatchEntry(k, bot, id, c.patch)
+			if c.code != "" {
+				assert.Equal(t, c.code, apperr.CodeOf(err))
+				assert.Empty(t, evs)
+				return
+			}
+			assert.NoError(t, err)
+			assert.Equal(t, c.want, got)
+			assert.Equal(t, []events.Event{events.KnowledgeEntryUpdated{ChatbotID: bot.String(), Entry: c.want.Entry(id)}}, evs)
+		})
+	}
+	_, _, err := DecidePatchEntry(k, bot, uuid.New(), EntryPatch{Answer: ptr("x")})
+	assert.Equal(t, apperr.CodeNotFound, apperr.CodeOf(err))
+}
+
 func TestCheckActOnUser(t *testing.T) {
 	actor, other := uuid.New(), uuid.New()
 	owner := User{Exists: true, Roles: []string{rbac.RoleOwner}}
