@@ -1,6 +1,8 @@
 // Package events is the contract between the write side and everything that reads the
-// log: the envelope of the API contract, the catalog of event types, the PostgreSQL event store and
-// the relay that publishes committed events to RabbitMQ in commit order.
+// log: the envelope of the API contract (API.md), the catalog of event types, their
+// schemas and upcasters. It imports no infrastructure; the PostgreSQL event store and
+// the relay that publishes committed events in commit order are beside it, in
+// events/eventstore.
 package events
 
 import (
