@@ -74,6 +74,19 @@ type WebhookRequest struct {
 	Metadata       map[string]any `json:"metadata"`
 }
 
+// RequestBody is the JSON a workflow receives, without HTML escaping: a message's "&",
+// "<" and ">" arrive as they were typed, so that a receiver that signs its own
+// JSON.stringify of the parsed body (n8n's usual recipe) gets the bytes that were signed.
+func RequestBody(r WebhookRequest) ([]byte, error) {
+	var b bytes.Buffer
+	enc := json.NewEncoder(&b)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(r); err != nil {
+		return nil, err
+	}
+	return bytes.TrimSuffix(b.Bytes(), []byte("\n")), nil
+}
+
 // Sign is the X-Signature header value of a body: "sha256=" and the hex HMAC-SHA256.
 func Sign(secret, body []byte) string {
 	m := hmac.New(sha256.New, secret)
@@ -121,7 +134,7 @@ func (w WebhookResponder) Handle(msg *message.Message) error {
 	if err != nil {
 		return err
 	}
-	body, err := json.Marshal(WebhookRequest{ChatbotID: posted.ChatbotID, ConversationID: posted.ConversationID,
+	body, err := RequestBody(WebhookRequest{ChatbotID: posted.ChatbotID, ConversationID: posted.ConversationID,
 		MessageID: e.StreamID.String(), Content: posted.Content, Metadata: metadata})
 	if err != nil {
 		return err
@@ -227,8 +240,13 @@ func (w WebhookResponder) call(ctx context.Context, url string, secret, body []b
 		return "", errPermanent{"bad URL"}
 	}
 	req.Header.Set("Content-Type", "application/json")
+	// Signed as outgoing webhooks are: X-Signature over the body, and X-Webhook-Signature
+	// "t=<unix time>,v1=<hex HMAC of t.body>" with X-Webhook-Timestamp, so that a receiver
+	// can refuse a replayed call (its timestamp too old).
+	for k, v := range WebhookHeaders(secret, body, time.Now()) {
+		req.Header[k] = v
+	}
 	req.Header.Set("User-Agent", "chatbotd-webhook-responder")
-	req.Header.Set("X-Signature", Sign(secret, body))
 	res, err := w.Client.Do(req)
 	if err != nil {
 		if errors.Is(err, netguard.ErrForbiddenAddress) {

@@ -2,16 +2,21 @@ package reactors_test
 
 import (
 	"context"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 
 	"github.com/chatbotsaas/chatbotd/internal/netguard"
 	"github.com/chatbotsaas/chatbotd/projections/reactors"
@@ -138,4 +143,41 @@ func TestWebhookAnswersInEveryFormAndRetriesOnlyWhatCanSucceed(t *testing.T) {
 			assert.Equal(t, c.calls, calls.Load(), "calls")
 		})
 	}
+}
+
+// What a workflow receives is the message as typed ("&", "<", ">" unescaped, so that the
+// JSON.stringify of the parsed body is the signed bytes), signed twice: X-Signature over
+// the body, and X-Webhook-Signature over "<timestamp>.<body>" with X-Webhook-Timestamp.
+func TestWebhookRequestIsUnescapedAndSignedWithATimestamp(t *testing.T) {
+	secret := []byte("shared-secret-0123456789")
+	body, err := reactors.RequestBody(reactors.WebhookRequest{ChatbotID: "b", ConversationID: "c", MessageID: "m",
+		Content: "Tom & Jerry <3 > all"})
+	require.NoError(t, err)
+	assert.Contains(t, string(body), `"content":"Tom & Jerry <3 > all"`)
+	var got http.Header
+	var gotBody []byte
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got, gotBody = r.Header.Clone(), must(io.ReadAll(r.Body))
+		_, _ = w.Write([]byte(`{"reply":"ok"}`))
+	}))
+	defer srv.Close()
+	before := time.Now().Unix()
+	_, reason := responder(time.Second, true).Call(context.Background(), srv.URL, secret, body)
+	require.Empty(t, reason)
+	assert.Equal(t, body, gotBody)
+	assert.Equal(t, reactors.Sign(secret, body), got.Get("X-Signature"))
+	ts, err := strconv.ParseInt(got.Get("X-Webhook-Timestamp"), 10, 64)
+	require.NoError(t, err)
+	assert.GreaterOrEqual(t, ts, before)
+	m := hmac.New(sha256.New, secret)
+	m.Write([]byte(got.Get("X-Webhook-Timestamp") + "."))
+	m.Write(body)
+	assert.Equal(t, "t="+got.Get("X-Webhook-Timestamp")+",v1="+hex.EncodeToString(m.Sum(nil)), got.Get("X-Webhook-Signature"))
+}
+
+func must[T any](v T, err error) T {
+	if err != nil {
+		panic(err)
+	}
+	return v
 }
