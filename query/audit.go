@@ -235,10 +235,11 @@ func (h *HTTP) listEvents(c *gin.Context) {
 	limit := 1000
 	if v := c.Query("limit"); v != "" {
 		n, err := strconv.Atoi(v)
-		if err != nil || n < 1 {
+		// One rule both ways: out of range is 422, as the message says (never clamped).
+		if err != nil || n < 1 || n > maxEventsLimit {
 			f.Add("limit", fmt.Sprintf("must be a whole number from 1 to %d", maxEventsLimit))
 		}
-		limit = min(n, maxEventsLimit)
+		limit = n
 	}
 	if v := c.Query("stream_id"); v != "" {
 		id, err := uuid.Parse(v)

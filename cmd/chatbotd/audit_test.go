@@ -201,6 +201,10 @@ func TestAuditTrailHistoryAndVerifyEndToEnd(t *testing.T) {
 	a.expectError(req{method: "GET", path: fmt.Sprintf("/api/v1/events?after=%.0f", theirLines[0]["position"].(float64)), token: token},
 		422, "VALIDATION_ERROR")
 	a.expectError(req{method: "GET", path: "/api/v1/events?type=user.exploded", token: token}, 422, "VALIDATION_ERROR")
+	for _, limit := range []string{"0", "10001", "ten"} { // one rule: out of range is refused, never clamped
+		res := a.expectError(req{method: "GET", path: "/api/v1/events?limit=" + limit, token: token}, 422, "VALIDATION_ERROR")
+		assert.Contains(t, res.Body.Errors["limit"], "must be a whole number from 1 to 10000", limit)
+	}
 
 	// Verify: the chain over the organization's history holds...
 	var rep eventstore.VerifyReport
