@@ -148,3 +148,19 @@ func TestNullableEnumsListNull(t *testing.T) {
 		walk(name, s)
 	}
 }
+
+// Every object the server answers with declares which of its fields are always there, so
+// that a strict client may rely on them (inputs, whose fields are optional or declared on
+// their own, are exempt). The live answers are checked against these lists by
+// TestEveryRouteAnswersAsDocumented (cmd/chatbotd).
+func TestResourceSchemasDeclareRequiredFields(t *testing.T) {
+	doc, err := apidoc.Load()
+	require.NoError(t, err)
+	for name, ref := range doc.Components.Schemas {
+		s := ref.Value
+		if len(s.Properties) == 0 || strings.HasSuffix(name, "Input") || strings.HasSuffix(name, "Patch") {
+			continue
+		}
+		assert.NotEmpty(t, s.Required, "%s declares no required field", name)
+	}
+}
