@@ -497,8 +497,10 @@ func countCommand(m *metrics.Metrics, name string) gin.HandlerFunc {
 	}
 }
 
-// declareTopology declares the event exchange and the queues, retrying until the broker
-// answers, then closes done.
+// declareTopology claims the queue names for this deployment's store
+// (broker.ClaimQueues), declares the event exchange and the queues, retrying until the
+// broker answers, then closes done. Names claimed by another store are an error that
+// ends serve: retrying would not change it.
 func declareTopology(ctx context.Context, d *deps, exchange string, queues []broker.QueueSpec, done chan<- struct{}) error {
 	var pause retry.Backoff
 	for {
