@@ -106,12 +106,18 @@ func (p *pgPair) failover(ctx context.Context) error {
 	return err
 }
 
-// drop stops and removes both clusters.
+// drop stops and removes both clusters. pg_dropcluster leaves a cluster's configuration
+// behind when its data directory is gone already (it calls the cluster corrupted), and
+// pg_createcluster then refuses the name: what it leaves is removed too.
 func (p *pgPair) drop() {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	for _, c := range []string{p.replica, p.primary} {
+		_, _ = sh(ctx, "pg_ctlcluster", "--skip-systemctl-redirect", p.version, c, "stop", "-m", "immediate")
 		_, _ = sh(ctx, "pg_dropcluster", "--stop", p.version, c)
+		_ = os.RemoveAll(filepath.Join("/etc/postgresql", p.version, c))
+		_ = os.RemoveAll(filepath.Join("/var/lib/postgresql", p.version, c))
+		_ = os.Remove(filepath.Join("/var/log/postgresql", "postgresql-"+p.version+"-"+c+".log"))
 	}
 }
 
