@@ -292,7 +292,8 @@ func (r *Runner) handle(ctx context.Context, stop <-chan struct{}, batch []amqp.
 
 // ackAll acknowledges a batch with one frame: the last delivery's ack with "multiple"
 // covers every earlier one still unsettled on the channel, which are this batch's (the
-// batches before it were settled, and the undecodable ones of this batch were nacked).
+// batches before it were settled, the undecodable ones of this batch were nacked and
+// another store's acknowledged one by one).
 func ackAll(ds []amqp.Delivery) error {
 	if len(ds) == 0 {
 		return nil

@@ -7,7 +7,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/google/uuid"
 	amqp091 "github.com/rabbitmq/amqp091-go"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -111,25 +110,4 @@ func TestRelayAndConsumersCarryOnThroughAnotherNode(t *testing.T) {
 		})
 	}
 	assert.Positive(t, spare.Conns(), "the relay and the consumers moved to the other node")
-}
-
-// A 404 to a read without a consistency token says that a write made just now may not be
-// visible yet, and names the header that waits for it; every such 404 says it (another
-// tenant's id too), and a read that sent a token, or a path that is no route, does not.
-func TestA404WithoutATokenNamesTheConsistencyToken(t *testing.T) {
-	a := startApp(t)
-	_, token := a.register("Acme", "Ada", "ada@example.com")
-	_, other := a.register("Other", "Olga", "olga@example.com")
-	theirs, _ := a.createUser(other, "Their user", "their@example.com", "member", nil)
-	missing := a.expectError(req{method: "GET", path: "/api/v1/users/" + uuid.NewString(), token: token}, 404, "NOT_FOUND")
-	assert.Contains(t, missing.Body.Message, "may not be visible yet")
-	assert.Contains(t, missing.Body.Message, "X-Consistency-Token")
-	foreign := a.expectError(req{method: "GET", path: "/api/v1/users/" + theirs.ID, token: token}, 404, "NOT_FOUND")
-	assert.Equal(t, missing.Body.Message, foreign.Body.Message, "another tenant's id reads the same")
-	_, res := a.createUser(token, "Bob", "bob@example.com", "member", nil)
-	waited := a.expectError(req{method: "GET", path: "/api/v1/users/" + uuid.NewString(), token: token, headers: consistent(res)}, 404, "NOT_FOUND")
-	assert.NotContains(t, waited.Body.Message, "X-Consistency-Token", "it waited: the hint does not apply")
-	noRoute := a.do(req{method: "GET", path: "/api/v1/no-such-thing", token: token})
-	assert.Equal(t, 404, noRoute.Status)
-	assert.NotContains(t, string(noRoute.Raw), "X-Consistency-Token")
 }

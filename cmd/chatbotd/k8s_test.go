@@ -26,7 +26,7 @@ import (
 // exist, the probes name routes it serves on the port it listens on, and every variable
 // the ConfigMap and the Secret set is one the configuration reads.
 func TestKubernetesManifestsAgreeWithTheBinary(t *testing.T) {
-	dir := filepath.Join("k8s")
+	const dir = "k8s"
 	var kust struct {
 		APIVersion string   `json:"apiVersion"`
 		Kind       string   `json:"kind"`

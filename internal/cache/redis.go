@@ -49,6 +49,10 @@ func (e *Epoch) learn(ctx context.Context, cn *redis.Conn) error {
 	return nil
 }
 
+// URLSchemes are the schemes REDIS_URL may have (Open): one server, Sentinel, Cluster,
+// each with or without TLS.
+var URLSchemes = []string{"redis", "rediss", "redis-sentinel", "rediss-sentinel", "redis-cluster", "rediss-cluster"}
+
 // Open connects to REDIS_URL:
 //
 //	redis://[user:password@]host:port/db            one server (rediss:// with TLS)

@@ -18,6 +18,7 @@ import (
 	"github.com/caarlos0/env/v11"
 
 	"github.com/chatbotsaas/chatbotd/internal/broker"
+	"github.com/chatbotsaas/chatbotd/internal/cache"
 )
 
 // Environments: in production every key must come from the configuration.
@@ -197,8 +198,7 @@ func (c Config) Validate() error {
 		u, err := url.Parse(raw)
 		check(err == nil && (u.Scheme == "postgres" || u.Scheme == "postgresql"), "%s must be a postgres:// URL", name)
 	}
-	if u, err := url.Parse(c.RedisURL); err != nil || !slices.Contains([]string{"redis", "rediss", "redis-sentinel",
-		"rediss-sentinel", "redis-cluster", "rediss-cluster"}, u.Scheme) {
+	if u, err := url.Parse(c.RedisURL); err != nil || !slices.Contains(cache.URLSchemes, u.Scheme) {
 		check(false, "REDIS_URL must be a redis:// URL (or redis-sentinel://, redis-cluster://)")
 	}
 	nodes := broker.SplitURLs(c.AMQPURL)
