@@ -101,6 +101,17 @@ type Runner struct {
 	p      Projector
 	cfg    Config
 	log    *slog.Logger
+	// partition, when set, is the one queue of a partitioned layout this runner consumes
+	// (see Partitions); the layout's owner declares it, never the runner.
+	partition *broker.QueueSpec
+}
+
+// forQueue is a runner of the same projector that consumes partition queue q.
+func (r *Runner) forQueue(q broker.QueueSpec) *Runner {
+	c := *r
+	c.partition = &q
+	c.log = r.log.With("queue", q.Name)
+	return &c
 }
 
 // NewRunner returns a runner for p; Run starts it.
@@ -158,12 +169,18 @@ func (r *Runner) consume(ctx context.Context) error {
 		return err
 	}
 	defer ch.Close()
-	if err := broker.DeclareEventExchange(ch, r.cfg.Exchange); err != nil {
-		return err
-	}
 	q := r.Queue()
-	if err := broker.DeclareQueue(ch, q); err != nil {
-		return err
+	if r.partition != nil {
+		// Not declared here: a partition's queue that is gone was removed after its drain,
+		// and declaring it again would bind it again.
+		q = *r.partition
+	} else {
+		if err := broker.DeclareEventExchange(ch, r.cfg.Exchange); err != nil {
+			return err
+		}
+		if err := broker.DeclareQueue(ch, q); err != nil {
+			return err
+		}
 	}
 	// Two batches in flight for a queue with one consumer: the next batch arrives while
 	// this one is applied, instead of after its ack. A queue of competing consumers (the
@@ -224,7 +241,12 @@ func (r *Runner) consume(ctx context.Context) error {
 func (r *Runner) handle(ctx context.Context, stop <-chan struct{}, batch []amqp.Delivery) error {
 	envs := make([]events.Envelope, 0, len(batch))
 	good := make([]amqp.Delivery, 0, len(batch))
+	var fences []amqp.Delivery
 	for _, d := range batch {
+		if _, ok := d.Headers[broker.FenceHeader]; ok {
+			fences = append(fences, d)
+			continue
+		}
 		e, err := events.DecodeEnvelope(d.Body)
 		if err != nil {
 			r.log.Error("undecodable message dead-lettered", "error", err, "message_id", d.MessageId)
@@ -243,11 +265,16 @@ func (r *Runner) handle(ctx context.Context, stop <-chan struct{}, batch []amqp.
 		good = append(good, d)
 	}
 	if len(envs) == 0 {
-		return nil
+		return r.passFences(ctx, stop, fences)
 	}
 	applied, err := r.applyWaiting(ctx, stop, envs)
 	if err == nil {
 		if err := r.afterCommit(ctx, applied, envs); err != nil {
+			return err
+		}
+		// A fence comes after every event of its queue: recorded once they are applied,
+		// and before the acknowledgement of the batch, which covers it.
+		if err := r.passFences(ctx, stop, fences); err != nil {
 			return err
 		}
 		return ackAll(good)
@@ -285,6 +312,26 @@ func (r *Runner) handle(ctx context.Context, stop <-chan struct{}, batch []amqp.
 			if dl, ok := r.p.(DeadLetterer); ok {
 				dl.DeadLettered(ctx, e, err)
 			}
+		}
+	}
+	return r.passFences(ctx, stop, fences)
+}
+
+// passFences records that the fences of a layout switch were reached (see Partitions),
+// waiting while the database is unavailable, and acknowledges them. The events before a
+// fence are applied and settled before it is passed.
+func (r *Runner) passFences(ctx context.Context, stop <-chan struct{}, fences []amqp.Delivery) error {
+	for _, d := range fences {
+		fence, _ := d.Headers[broker.FenceHeader].(string)
+		_, err := retry.Hold(stop, db.IsUnavailable, func(err error, wait time.Duration) {
+			r.log.Warn("database unavailable: holding the fence", "error", err, "retry_in", wait)
+		}, func() (struct{}, error) { return struct{}{}, recordFence(ctx, r.pool, r.p.Name(), fence) })
+		if err != nil {
+			return err
+		}
+		r.log.Info("old partition drained", "fence", fence)
+		if err := d.Ack(false); err != nil {
+			return err
 		}
 	}
 	return nil

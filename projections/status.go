@@ -22,6 +22,26 @@ type Tracked struct {
 	Queue       broker.QueueSpec
 	Positions   bool // records its progress in projection_positions
 	Rebuildable bool
+	// Partitioned consumers may be split over several queues (see Partitions): their
+	// status sums the queues of the recorded layout, and of the layout being drained.
+	Partitioned bool
+}
+
+// queues are the names of t's queues in the recorded layouts.
+func (t Tracked) queues(layouts map[string]layoutRow) []string {
+	if !t.Partitioned {
+		return []string{t.Queue.Name}
+	}
+	row := rowOf(layouts, t.Name)
+	var out []string
+	for _, n := range []int{row.draining, row.partitions} {
+		if n > 0 {
+			for _, q := range layoutOf(t.Queue, n).Queues() {
+				out = append(out, q.Name)
+			}
+		}
+	}
+	return out
 }
 
 // Status is where one projection (or consumer) is. The broker's figures are nil while the
@@ -36,7 +56,12 @@ type Status struct {
 	LastEventAt   *time.Time `json:"last_event_at"`
 	EventsApplied int64      `json:"events_applied"`
 	UpdatedAt     *time.Time `json:"updated_at"`
-	// Queued counts the events waiting in the queue: the lag in events.
+	// Partitions is how many queues the consumer's events are split over (the recorded
+	// layout, see Partitions), and Draining the count of a former layout whose queues are
+	// still consumed before the new ones.
+	Partitions int  `json:"partitions"`
+	Draining   *int `json:"draining,omitempty"`
+	// Queued counts the events waiting in the queue (in every partition's): the lag in events.
 	Queued       *int `json:"queued"`
 	Consumers    *int `json:"consumers"`
 	DeadLettered *int `json:"dead_lettered"`
@@ -73,14 +98,25 @@ func Statuses(ctx context.Context, pool *pgxpool.Pool, b eventstore.Channeler, t
 	if err := rows.Err(); err != nil {
 		return nil, db.Classify(err)
 	}
-	depths := queueDepths(ctx, b, tracked)
+	layouts, err := readLayouts(ctx, pool)
+	if err != nil {
+		return nil, db.Classify(err)
+	}
+	depths := queueDepths(ctx, b, tracked, layouts)
 	out := make([]Status, 0, len(tracked))
 	for _, t := range tracked {
-		st := Status{Name: t.Name, Queue: t.Queue.Name, Rebuildable: t.Rebuildable}
+		st := Status{Name: t.Name, Queue: t.Queue.Name, Rebuildable: t.Rebuildable, Partitions: 1}
+		if t.Partitioned {
+			row := rowOf(layouts, t.Name)
+			st.Partitions = row.partitions
+			if row.draining > 0 {
+				st.Draining = &row.draining
+			}
+		}
 		if r, ok := positions[t.Name]; ok {
 			st.Position, st.LastEventAt, st.EventsApplied, st.UpdatedAt = &r.position, &r.lastEventAt, r.eventsApplied, &r.updatedAt
 		}
-		if d, ok := depths[t.Queue.Name]; ok {
+		if d, ok := depths[t.Name]; ok {
 			st.Queued, st.Consumers, st.DeadLettered = &d.queued, &d.consumers, &d.dead
 			if t.Positions {
 				lag, err := lagSeconds(ctx, pool, t.Queue.Bindings, st.Position, d.queued)
@@ -97,10 +133,11 @@ func Statuses(ctx context.Context, pool *pgxpool.Pool, b eventstore.Channeler, t
 
 type depth struct{ queued, consumers, dead int }
 
-// queueDepths asks the broker for each queue's ready messages and consumers and for its
-// dead-letter queue's messages, by passive declarations (a queue not declared yet counts
-// as empty). It gives up, returning what it has, when the broker does not answer.
-func queueDepths(ctx context.Context, b eventstore.Channeler, tracked []Tracked) map[string]depth {
+// queueDepths asks the broker for each consumer's ready messages and consumers, summed
+// over its queues, and for its dead-letter queue's messages, by passive declarations (a
+// queue not declared yet counts as empty). It gives up, returning what it has, when the
+// broker does not answer.
+func queueDepths(ctx context.Context, b eventstore.Channeler, tracked []Tracked, layouts map[string]layoutRow) map[string]depth {
 	out := map[string]depth{}
 	var ch *amqp.Channel
 	defer func() {
@@ -126,15 +163,21 @@ func queueDepths(ctx context.Context, b eventstore.Channeler, tracked []Tracked)
 		return q, true
 	}
 	for _, t := range tracked {
-		q, ok := inspect(t.Queue.Name)
-		if !ok {
-			return out
+		var d depth
+		for _, name := range t.queues(layouts) {
+			q, ok := inspect(name)
+			if !ok {
+				return out
+			}
+			d.queued += q.Messages
+			d.consumers += q.Consumers
 		}
 		dq, ok := inspect(t.Queue.DeadQueue())
 		if !ok {
 			return out
 		}
-		out[t.Queue.Name] = depth{queued: q.Messages, consumers: q.Consumers, dead: dq.Messages}
+		d.dead = dq.Messages
+		out[t.Name] = d
 	}
 	return out
 }
@@ -254,11 +297,24 @@ func deadLetterOf(m amqp.Delivery) DeadLetter {
 	return d
 }
 
-// Redrive moves up to limit messages from q's dead-letter queue back into q (through the
-// default exchange, so no other consumer gets them again), each confirmed by the broker
-// before it leaves the dead-letter queue. The projector dedupes what it already applied.
-// It returns how many it moved.
-func Redrive(ctx context.Context, b eventstore.Channeler, q broker.QueueSpec, limit int) (int, error) {
+// Redrive moves up to limit messages from t's dead-letter queue back into t's queue
+// (through the default exchange, so no other consumer gets them again; for a consumer
+// split over partitions, through its split exchange, which gives each message to its
+// organization's partition), each confirmed by the broker before it leaves the
+// dead-letter queue. The projector dedupes what it already applied. It returns how many
+// it moved.
+func Redrive(ctx context.Context, pool *pgxpool.Pool, b eventstore.Channeler, t Tracked, limit int) (int, error) {
+	q := t.Queue
+	exchange, key := "", q.Name
+	if t.Partitioned {
+		layouts, err := readLayouts(ctx, pool)
+		if err != nil {
+			return 0, db.Classify(err)
+		}
+		if n := rowOf(layouts, t.Name).partitions; n > 1 {
+			exchange, key = layoutOf(q, n).SplitExchange(), ""
+		}
+	}
 	ch, err := b.Channel(ctx)
 	if err != nil {
 		return 0, err
@@ -278,7 +334,7 @@ func Redrive(ctx context.Context, b eventstore.Channeler, q broker.QueueSpec, li
 		if !ok {
 			return moved, nil
 		}
-		err = ch.PublishWithContext(ctx, "", q.Name, true, false, amqp.Publishing{Headers: m.Headers,
+		err = ch.PublishWithContext(ctx, exchange, key, true, false, amqp.Publishing{Headers: m.Headers,
 			ContentType: m.ContentType, DeliveryMode: amqp.Persistent, MessageId: m.MessageId,
 			CorrelationId: m.CorrelationId, Type: m.Type, Timestamp: m.Timestamp, Body: m.Body})
 		if err != nil {

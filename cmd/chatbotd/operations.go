@@ -194,7 +194,7 @@ func (o *operations) redrive(c *gin.Context) {
 	}
 	ctx, cancel := context.WithTimeout(c.Request.Context(), 20*time.Second)
 	defer cancel()
-	moved, err := projections.Redrive(ctx, o.d.broker, t.Queue, limit)
+	moved, err := projections.Redrive(ctx, o.d.pool, o.d.broker, t, limit)
 	if err != nil && moved == 0 {
 		httpx.Fail(c, brokerError(err))
 		return

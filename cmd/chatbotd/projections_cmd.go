@@ -256,7 +256,7 @@ func (m *Main) deadLetters(ctx context.Context, cfg config.Config, logger *slog.
 		bctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 		defer cancel()
 		if verb == "redrive" {
-			moved, err := projections.Redrive(bctx, d.broker, t.Queue, *limit)
+			moved, err := projections.Redrive(bctx, d.pool, d.broker, t, *limit)
 			fmt.Fprintf(m.Stdout, "%d dead-lettered events of %s sent back to %s\n", moved, t.Name, t.Queue.Name)
 			return err
 		}

@@ -15,6 +15,7 @@ import (
 	"github.com/gin-gonic/gin"
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5/pgxpool"
+	amqp "github.com/rabbitmq/amqp091-go"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/chatbotsaas/chatbotd/command"
@@ -125,7 +126,7 @@ func (m *Main) serve(ctx context.Context, cfg config.Config, roles map[string]bo
 	work.wg.Add(1)
 	go func() {
 		defer work.wg.Done()
-		if err := declareTopology(work.ctx, d, cfg.AMQPExchange, parts.queues(), topology); err != nil {
+		if err := declareTopology(work.ctx, d, parts, roles[roleProjectors], topology); err != nil {
 			select { // the first failure: nothing has started yet
 			case work.failed <- err:
 			default:
@@ -134,7 +135,7 @@ func (m *Main) serve(ctx context.Context, cfg config.Config, roles map[string]bo
 	}()
 	work.ready = topology
 	if roles[roleRelay] {
-		if err := d.startRelay(work, parts.queues(), keys.chain); err != nil {
+		if err := d.startRelay(work, parts, keys.chain); err != nil {
 			return err
 		}
 	}
@@ -206,9 +207,12 @@ func (d *deps) loadKeys(ctx context.Context) (processKeys, error) {
 // webhook responder on the watermill consumer, and the outbox workers the projectors
 // feed.
 type parts struct {
-	runners  []*projections.Runner
-	webhooks reactors.Consumer
-	outboxes []namedRun
+	runners []*projections.Runner
+	// partitioned are the projectors run by partitions (projections.Partitions); their
+	// queues follow the layout recorded in the database.
+	partitioned []*projections.Runner
+	webhooks    reactors.Consumer
+	outboxes    []namedRun
 }
 
 type namedRun struct {
@@ -216,7 +220,8 @@ type namedRun struct {
 	run  func(context.Context) error
 }
 
-// queues are every queue the parts consume.
+// queues are every queue the parts consume, but the partitioned projectors' (see
+// declareLayouts).
 func (p parts) queues() []broker.QueueSpec {
 	queues := []broker.QueueSpec{p.webhooks.Queue}
 	for _, r := range p.runners {
@@ -227,9 +232,17 @@ func (p parts) queues() []broker.QueueSpec {
 
 func (d *deps) buildParts(k processKeys) (parts, error) {
 	cfg, logger := d.cfg, d.logger
-	runners, err := d.runners()
+	all, err := d.runners()
 	if err != nil {
 		return parts{}, err
+	}
+	var runners, partitioned []*projections.Runner
+	for _, r := range all {
+		if projections.Partitionable(r) {
+			partitioned = append(partitioned, r)
+		} else {
+			runners = append(runners, r)
+		}
 	}
 	var smtp *reactors.SMTP
 	if cfg.SMTPURL != "" {
@@ -247,7 +260,7 @@ func (d *deps) buildParts(k processKeys) (parts, error) {
 		Logger: logger.With("component", "webhook-deliveries"), Metrics: d.metrics}
 	mailer := &reactors.Mailer{Pool: d.pool, From: cfg.SMTPFrom, Timeout: 30 * time.Second, Attempts: 8, Workers: 4,
 		RetryBase: time.Minute, Logger: logger.With("component", "mailer"), Metrics: d.metrics, SMTP: smtp}
-	return parts{runners: runners,
+	return parts{runners: runners, partitioned: partitioned,
 		webhooks: reactors.Consumer{Name: reactors.WebhookResponderName, Conn: d.broker, Workers: cfg.WebhookWorkers, Logger: logger.With("consumer", reactors.WebhookResponderName),
 			Queue: webhookResponderQueue(cfg), Metrics: d.metrics, Handle: responder.Handle, DeadLettered: responder.DeadLettered,
 			Store: d.storeID},
@@ -257,9 +270,12 @@ func (d *deps) buildParts(k processKeys) (parts, error) {
 
 // startRelay starts the relay (which publishes only once queues are declared) and the
 // audit chainer; both run on every relay-role process and one of each is active.
-func (d *deps) startRelay(work *workers, queues []broker.QueueSpec, chain events.ChainKey) error {
+func (d *deps) startRelay(work *workers, p parts, chain events.ChainKey) error {
 	relay, err := eventstore.NewRelay(d.pool, d.broker, eventstore.RelayConfig{Exchange: d.cfg.AMQPExchange,
-		BatchSize: d.cfg.RelayBatchSize, Queues: queues, Logger: d.logger.With("component", "relay"), Metrics: d.metrics})
+		BatchSize: d.cfg.RelayBatchSize, Queues: p.queues(), Logger: d.logger.With("component", "relay"), Metrics: d.metrics,
+		Declare: func(ctx context.Context, ch *amqp.Channel) error {
+			return projections.DeclareLayouts(ctx, d.pool, ch, p.partitioned)
+		}})
 	if err != nil {
 		return err
 	}
@@ -280,6 +296,9 @@ func (d *deps) startConsumers(work *workers, p parts) {
 			work.start("projector "+r.Name(), r.Run)
 		}
 	}
+	partitions := &projections.Partitions{Pool: d.pool, Broker: d.broker, Runners: p.partitioned,
+		Partitions: d.cfg.ProjectorPartitions, Logger: d.logger}
+	work.start("projector partitions", partitions.Run)
 	work.start("projection notifications", d.applied.Run)
 	work.start("webhook responder", p.webhooks.Run)
 	if d.cfg.SMTPURL == "" {
@@ -474,8 +493,10 @@ func (d *deps) tracked() ([]projections.Tracked, error) {
 		return nil, err
 	}
 	queues := map[string]broker.QueueSpec{reactors.WebhookResponderName: webhookResponderQueue(d.cfg)}
+	partitioned := map[string]bool{}
 	for _, r := range runners {
 		queues[r.Name()] = r.Queue()
+		partitioned[r.Name()] = projections.Partitionable(r)
 	}
 	var out []projections.Tracked
 	for _, p := range projections.Parts() {
@@ -483,7 +504,8 @@ func (d *deps) tracked() ([]projections.Tracked, error) {
 		if !ok {
 			return nil, fmt.Errorf("part %s has no queue", p.Name)
 		}
-		out = append(out, projections.Tracked{Name: p.Name, Queue: q, Positions: p.Projector != nil, Rebuildable: p.Rebuildable})
+		out = append(out, projections.Tracked{Name: p.Name, Queue: q, Positions: p.Projector != nil, Rebuildable: p.Rebuildable,
+			Partitioned: partitioned[p.Name]})
 	}
 	return out, nil
 }
@@ -500,8 +522,12 @@ func countCommand(m *metrics.Metrics, name string) gin.HandlerFunc {
 // declareTopology claims the queue names for this deployment's store
 // (broker.ClaimQueues), declares the event exchange and the queues, retrying until the
 // broker answers, then closes done. Names claimed by another store are an error that
-// ends serve: retrying would not change it.
-func declareTopology(ctx context.Context, d *deps, exchange string, queues []broker.QueueSpec, done chan<- struct{}) error {
+// ends serve: retrying would not change it. A process of the projectors role first
+// switches the partitioned projectors' layout to its PROJECTOR_PARTITIONS where it can
+// (projections.Switch; a layout whose queues were never declared is switched at once, with
+// nothing to drain); projections.Partitions carries on with what is left.
+func declareTopology(ctx context.Context, d *deps, p parts, projectors bool, done chan<- struct{}) error {
+	exchange, queues := d.cfg.AMQPExchange, p.queues()
 	var pause retry.Backoff
 	for {
 		err := func() error {
@@ -527,7 +553,15 @@ func declareTopology(ctx context.Context, d *deps, exchange string, queues []bro
 					return err
 				}
 			}
-			return nil
+			if projectors {
+				for _, r := range p.partitioned {
+					if _, err := projections.Switch(ctx, d.pool, d.broker, r, d.cfg.ProjectorPartitions); err != nil &&
+						!errors.Is(err, projections.ErrDraining) {
+						return err
+					}
+				}
+			}
+			return projections.DeclareLayouts(ctx, d.pool, ch, p.partitioned)
 		}()
 		if err == nil {
 			close(done)

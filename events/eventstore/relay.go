@@ -35,7 +35,10 @@ type RelayConfig struct {
 	IdleWait time.Duration
 	// Queues are declared (with their bindings) before anything is published, so that no
 	// event reaches the exchange before the queues that must receive it exist.
-	Queues  []broker.QueueSpec
+	Queues []broker.QueueSpec
+	// Declare, when set, declares the rest of the topology on the same occasions: the
+	// partitioned projectors' queues, whose layout is kept in the database.
+	Declare func(ctx context.Context, ch *amqp.Channel) error
 	Logger  *slog.Logger
 	Metrics *metrics.Metrics
 }
@@ -397,6 +400,12 @@ func (r *Relay) openPublisher(ctx context.Context) (*publisher, error) {
 			return nil, err
 		}
 	}
+	if r.cfg.Declare != nil {
+		if err := r.cfg.Declare(ctx, ch); err != nil {
+			ch.Close()
+			return nil, err
+		}
+	}
 	if err := ch.Confirm(false); err != nil {
 		ch.Close()
 		return nil, fmt.Errorf("confirm mode: %w", err)
@@ -434,6 +443,8 @@ func (p *publisher) send(ctx context.Context, batch []events.Envelope) error {
 			return fmt.Errorf("encode event %s: %w", e.ID, err)
 		}
 		err = p.ch.PublishWithContext(ctx, p.exchange, e.Type, true, false, amqp.Publishing{
+			// The organization's bucket, which partitioned projectors' queues are bound by.
+			Headers:       amqp.Table{events.PartitionHeader: events.PartitionValue(events.PartitionBucket(e.OrganizationID))},
 			ContentType:   "application/json",
 			DeliveryMode:  amqp.Persistent,
 			MessageId:     e.ID.String(),

@@ -199,13 +199,32 @@ type QueueSpec struct {
 	// on each other across streams needs it once two processes consume its queue: two
 	// active consumers would apply a chatbot's training before its creation.
 	SingleActiveConsumer bool
+	// DeadLetterTo names the queue whose dead-letter queue this one shares (a partition's
+	// base queue, see Layout); empty for the queue's own.
+	DeadLetterTo string
+	// DeadLetterVia is the exchange of the dead-letter queue's queue (the event exchange,
+	// for a partition whose Exchange is the split exchange); empty for Exchange.
+	DeadLetterVia string
+}
+
+// deadLetterKey is the routing key (the queue name) that the dead-letter queue is bound by.
+func (q QueueSpec) deadLetterKey() string {
+	if q.DeadLetterTo != "" {
+		return q.DeadLetterTo
+	}
+	return q.Name
 }
 
 // DeadLetterExchange is where a queue's rejected and over-delivered messages go.
-func (q QueueSpec) DeadLetterExchange() string { return q.Exchange + ".dlx" }
+func (q QueueSpec) DeadLetterExchange() string {
+	if q.DeadLetterVia != "" {
+		return q.DeadLetterVia + ".dlx"
+	}
+	return q.Exchange + ".dlx"
+}
 
 // DeadQueue holds the dead-lettered messages of queue q.
-func (q QueueSpec) DeadQueue() string { return q.Name + ".dead" }
+func (q QueueSpec) DeadQueue() string { return q.deadLetterKey() + ".dead" }
 
 // DeclareQueue declares a quorum queue with a delivery limit and a dead-letter exchange,
 // its dead-letter queue, and its bindings.
@@ -217,14 +236,14 @@ func DeclareQueue(ch *amqp.Channel, q QueueSpec) error {
 	if _, err := ch.QueueDeclare(q.DeadQueue(), true, false, false, false, amqp.Table{"x-queue-type": "quorum"}); err != nil {
 		return fmt.Errorf("declare queue %s: %w", q.DeadQueue(), err)
 	}
-	if err := ch.QueueBind(q.DeadQueue(), q.Name, dlx, false, nil); err != nil {
+	if err := ch.QueueBind(q.DeadQueue(), q.deadLetterKey(), dlx, false, nil); err != nil {
 		return fmt.Errorf("bind queue %s: %w", q.DeadQueue(), err)
 	}
 	args := amqp.Table{
 		"x-queue-type":              "quorum",
 		"x-delivery-limit":          q.DeliveryLimit,
 		"x-dead-letter-exchange":    dlx,
-		"x-dead-letter-routing-key": q.Name,
+		"x-dead-letter-routing-key": q.deadLetterKey(),
 	}
 	if q.SingleActiveConsumer {
 		args["x-single-active-consumer"] = true

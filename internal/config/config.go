@@ -135,6 +135,11 @@ type Config struct {
 	// ProjectorDeliveryLimit is how often RabbitMQ redelivers one message (e.g. after
 	// consumers crashed on it) before dead-lettering it.
 	ProjectorDeliveryLimit int `env:"PROJECTOR_DELIVERY_LIMIT" envDefault:"5"`
+	// ProjectorPartitions splits each projector's events over this many queues by
+	// organization, so that as many processes of the projectors role share it. The
+	// deployment's layout is recorded: a process started with another value switches it
+	// (the old queues drain first); running processes follow.
+	ProjectorPartitions int `env:"PROJECTOR_PARTITIONS" envDefault:"1"`
 }
 
 // Load reads the environment (given as KEY=VALUE pairs, so tests can pass their own) and validates.
@@ -250,6 +255,7 @@ func (c Config) Validate() error {
 	check(c.RelayBatchSize >= 1 && c.RelayBatchSize <= 10000, "RELAY_BATCH_SIZE must be 1..10000")
 	check(c.ProjectorBatchSize >= 1 && c.ProjectorBatchSize <= 5000, "PROJECTOR_BATCH_SIZE must be 1..5000")
 	check(c.ProjectorDeliveryLimit >= 1, "PROJECTOR_DELIVERY_LIMIT must be at least 1")
+	check(c.ProjectorPartitions >= 1 && c.ProjectorPartitions <= 64, "PROJECTOR_PARTITIONS must be 1..64")
 	switch strings.ToLower(c.LogLevel) {
 	case "debug", "info", "warn", "error":
 	default:
