@@ -278,7 +278,8 @@ func finishDrain(ctx context.Context, pool *pgxpool.Pool, b eventstore.Channeler
 
 // recordFence records that partition k of the draining layout of n partitions reached its
 // fence. A fence of a layout that is not draining (a second fence of a switch that was
-// retried) changes nothing.
+// retried) changes nothing. It waits for the switch that published the fence: the fences
+// are published inside the switch's transaction, and may be consumed before it commits.
 func recordFence(ctx context.Context, pool *pgxpool.Pool, projection, fence string) error {
 	n, k, ok := strings.Cut(fence, "/")
 	nn, err1 := strconv.Atoi(n)
@@ -286,9 +287,14 @@ func recordFence(ctx context.Context, pool *pgxpool.Pool, projection, fence stri
 	if !ok || err1 != nil || err2 != nil {
 		return fmt.Errorf("malformed fence %q", fence)
 	}
-	_, err := pool.Exec(ctx, `UPDATE projection_layouts SET drained = array_append(drained, $3)
-		WHERE projection = $1 AND draining = $2 AND NOT ($3 = ANY (drained))`, projection, nn, kk)
-	return err
+	return pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock_shared($1)`, layoutsLockKey); err != nil {
+			return err
+		}
+		_, err := tx.Exec(ctx, `UPDATE projection_layouts SET drained = array_append(drained, $3)
+			WHERE projection = $1 AND draining = $2 AND NOT ($3 = ANY (drained))`, projection, nn, kk)
+		return err
+	})
 }
 
 // Partitions runs the partitioned projectors of one process: it keeps the process's
@@ -372,7 +378,7 @@ func (p *Partitions) tick(ctx context.Context, log *slog.Logger, m *membership, 
 			return err
 		}
 		if switched {
-			log.Info("projector layout switched: its old queues drain first", "projector", r.Name(), "partitions", p.Partitions)
+			log.Info("projector layout switched", "projector", r.Name(), "partitions", p.Partitions)
 		}
 		settled[r.Name()] = true
 	}
