@@ -83,6 +83,7 @@ func run(ctx context.Context) error {
 	integrationsOnly := flag.Bool("integrations-only", false, "only the analytics and webhook figures (printed, not written)")
 	appendsOnly := flag.Bool("appends-only", false, "only the event store appends against pgbench (printed, not written)")
 	pipelineOnly := flag.Bool("pipeline-only", false, "only the relay and projector figures (printed, not written)")
+	partitionsOnly := flag.Bool("partitions-only", false, "only the partitioned projectors' figures (printed, not written)")
 	conversationsOnly := flag.Bool("conversations-only", false, "only the knowledge-base responder figures (printed, not written)")
 	httpOnly := flag.Bool("http-only", false, "only the commands, read model and cached read figures over HTTP (printed, not written; no pgbench ratio)")
 	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of this process (the in-process relay, projector and appends) to this file")
@@ -123,6 +124,9 @@ func run(ctx context.Context) error {
 	if *pipelineOnly {
 		return pipelineFigures(ctx, o, os.Stdout)
 	}
+	if *partitionsOnly {
+		return partitionFigures(ctx, o, os.Stdout)
+	}
 
 	pool, dbURL, err := freshDatabase(ctx, o, "")
 	if err != nil {
@@ -153,6 +157,11 @@ func run(ctx context.Context) error {
 		// 2. The relay and a projector against their baselines.
 		if err := pipelineFigures(ctx, o, &report); err != nil {
 			return err
+		}
+		if !o.quick {
+			if err := partitionFigures(ctx, o, &report); err != nil {
+				return err
+			}
 		}
 	}
 	// 3. The command side alone (`serve --roles api`), before the whole binary starts,

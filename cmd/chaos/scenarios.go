@@ -52,6 +52,8 @@ var scenarios = []scenario{
 	{name: "replica-lag", about: "queries served from a streaming replica 300 ms behind; then the primary crashes and the replica is promoted",
 		replicaDelay: 300 * time.Millisecond, inject: replicaLag},
 	{name: "two-servers", about: "two chatbotd serve processes; the relay leader SIGKILLed, the standby takes over", servers: 2, inject: leaderKill},
+	{name: "partitions-kill", about: "projectors in 4 partitions shared by two processes; one SIGKILLed, the other takes its partitions, then it rejoins",
+		servers: 2, env: []string{"PROJECTOR_PARTITIONS=4"}, inject: partitionsKill},
 }
 
 func scenarioNames() []string {
@@ -441,4 +443,65 @@ func rabbitNodeKill(ctx context.Context, r *scenarioRun) error {
 		fmt.Fprintf(os.Stderr, "rabbitmq-node-kill: %s back in the cluster in %s\n", node, time.Since(began).Round(time.Second))
 	}
 	return nil
+}
+
+// partitionsKill checks that two processes share the partitions of every projector, kills
+// the second one (not the relay's leader: the projectors alone are at stake) and times
+// how long until every partition has a consumer again, then starts it again with the
+// same setting.
+func partitionsKill(ctx context.Context, r *scenarioRun) error {
+	applied := func(i int) float64 {
+		sum := 0.0
+		for k, v := range scrape(r.procs[i].base) {
+			if strings.HasPrefix(k, "chatbotd_projector_events_applied_total{") {
+				sum += v
+			}
+		}
+		return sum
+	}
+	a, b := applied(0), applied(1)
+	r.chk.add("both processes apply events", a > 0 && b > 0, "events applied before the kill: %.0f by the first process, %.0f by the second", a, b)
+	partitions, err := partitionConsumers(ctx, r.n)
+	if err != nil {
+		return err
+	}
+	r.procs[1].kill()
+	start := time.Now()
+	err = waitFor(ctx, time.Minute, func() (bool, error) {
+		got, err := partitionConsumers(ctx, r.n)
+		if err != nil {
+			return false, nil
+		}
+		for _, c := range got {
+			if c == 0 {
+				return false, nil
+			}
+		}
+		return len(got) == len(partitions), nil
+	})
+	r.chk.add("the survivor took every partition", err == nil && len(partitions) > 0, "%d partition queues consumed again %s after the kill",
+		len(partitions), time.Since(start).Round(10*time.Millisecond))
+	before := applied(0)
+	got := r.during(ctx, 3*time.Second)
+	r.chk.add("the survivor applies and answers", applied(0) > before && twoXX(got) > 0 && got[500] == 0,
+		"with one process dead: %s; %.0f events applied by the survivor in 3 s", statusLine(got), applied(0)-before)
+	return r.restart(ctx, 1, "PROJECTOR_PARTITIONS=4")
+}
+
+// partitionConsumers counts the consumers of each partition queue of the scenario.
+func partitionConsumers(ctx context.Context, n names) (map[string]int, error) {
+	out, err := listQueues(ctx, n, "name", "consumers")
+	if err != nil {
+		return nil, err
+	}
+	got := map[string]int{}
+	for _, line := range strings.Split(out, "\n") {
+		f := strings.Fields(line)
+		if len(f) == 2 && strings.HasPrefix(f[0], n.queuePrefix) && strings.Contains(f[0], "of4") && !strings.HasSuffix(f[0], ".dead") {
+			var c int
+			fmt.Sscan(f[1], &c)
+			got[f[0]] = c
+		}
+	}
+	return got, nil
 }

@@ -50,6 +50,8 @@ func mustCollector(t *testing.T, a *testenv.AMQP) *collector {
 				continue
 			}
 			assert.Equal(t, e.Type, d.RoutingKey)
+			assert.Equal(t, events.PartitionValue(events.PartitionBucket(e.OrganizationID)), d.Headers[events.PartitionHeader],
+				"the organization's bucket, which partitioned queues are bound by")
 			c.mu.Lock()
 			c.got = append(c.got, e)
 			c.mu.Unlock()

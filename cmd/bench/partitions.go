@@ -1,0 +1,209 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/chatbotsaas/chatbotd/projections"
+)
+
+// partitionFigures measures the projectors split into 1, 2 and 4 partitions
+// (PROJECTOR_PARTITIONS) and run by 1 and 2 processes (`chatbotd serve --roles
+// projectors`, the binary itself): a backlog of user.created events of 256 organizations
+// is published by the relay into the recorded layout's queues, then the processes start
+// and the rate runs until the accounts projector, and the audit trail, have applied every
+// event.
+func partitionFigures(ctx context.Context, o options, w io.Writer) error {
+	n := o.pipelineEvents / 2
+	type figure struct {
+		partitions, processes int
+		accounts, audit       float64
+	}
+	var figures []figure
+	for _, partitions := range []int{1, 2, 4} {
+		for _, processes := range []int{1, 2} {
+			acc, aud, err := partitionRate(ctx, o, n, partitions, processes)
+			if err != nil {
+				return fmt.Errorf("%d partitions, %d processes: %w", partitions, processes, err)
+			}
+			fmt.Fprintf(os.Stderr, "partitions: %d partitions over %d processes: accounts %.0f events/s, audit %.0f events/s\n",
+				partitions, processes, acc, aud)
+			figures = append(figures, figure{partitions, processes, acc, aud})
+		}
+	}
+	fmt.Fprint(w, "\n### Partitioned projectors\n\n")
+	fmt.Fprintf(w, "A backlog of %d `user.created` events of 256 organizations (one stream each), written straight into the log and "+
+		"published by the relay (`serve --roles relay`) into the queues of the layout recorded for the run; then 1 or 2 "+
+		"`chatbotd serve --roles projectors` processes with `PROJECTOR_PARTITIONS` set start, and the rate runs from their start "+
+		"until the accounts projector (read model and cache), and the audit trail, have applied every event. Every projector "+
+		"runs meanwhile, as in production (the analytics, notifications and webhook projectors take their share of the cores). "+
+		"The ratio is against 1 partition in 1 process.\n\n", n)
+	fmt.Fprint(w, "| partitions | processes | accounts events/s | ratio | audit events/s | ratio |\n|---:|---:|---:|---:|---:|---:|\n")
+	for _, f := range figures {
+		fmt.Fprintf(w, "| %d | %d | %.0f | %.2f× | %.0f | %.2f× |\n", f.partitions, f.processes, f.accounts,
+			f.accounts/figures[0].accounts, f.audit, f.audit/figures[0].audit)
+	}
+	return nil
+}
+
+// partitionRate runs one configuration on a database and queue names of its own.
+func partitionRate(ctx context.Context, o options, n, partitions, processes int) (accounts, audit float64, err error) {
+	suffix := fmt.Sprintf("_parts%dx%d", partitions, processes)
+	pool, dbURL, err := freshDatabase(ctx, o, suffix)
+	if err != nil {
+		return 0, 0, err
+	}
+	defer pool.Close()
+	if _, err := pool.Exec(ctx, `INSERT INTO events (id, stream_type, stream_id, stream_version, type, schema_version,
+			organization_id, actor_type, data, occurred_at)
+		SELECT gen_random_uuid(), 'user', gen_random_uuid(), 1, 'user.created', 1, orgs.ids[1 + i % 256], 'system',
+			jsonb_build_object('name', 'Bench User ' || i, 'email', 'user' || i || '@bench.example',
+				'roles', '["member"]'::jsonb, 'status', 'active'), clock_timestamp()
+		FROM generate_series(1, $1) AS i,
+			(SELECT array_agg(gen_random_uuid()) AS ids FROM generate_series(1, 256)) AS orgs`, n); err != nil {
+		return 0, 0, fmt.Errorf("seed: %w", err)
+	}
+	var last int64
+	if err := pool.QueryRow(ctx, `SELECT max(position) FROM events`).Scan(&last); err != nil {
+		return 0, 0, err
+	}
+	// The layout is recorded before the relay declares the queues, as a projectors process
+	// would have switched it.
+	for _, p := range projections.Parts() {
+		if p.Projector == nil {
+			continue
+		}
+		r, err := projections.NewRunner(nil, nil, p.Projector(projections.Deps{}), projections.Config{Exchange: "x"})
+		if err != nil {
+			return 0, 0, err
+		}
+		if projections.Partitionable(r) && partitions > 1 {
+			if _, err := pool.Exec(ctx, `INSERT INTO projection_layouts (projection, partitions) VALUES ($1, $2)`, p.Name, partitions); err != nil {
+				return 0, 0, err
+			}
+		}
+	}
+	names := "bench.parts." + strconv.FormatInt(time.Now().UnixNano(), 36) + "."
+	defer removeByPrefix(o.amqpURL, names)
+	env := []string{"DATABASE_URL=" + dbURL, "LOG_LEVEL=warn", "AMQP_EXCHANGE=" + names + "events", "AMQP_QUEUE_PREFIX=" + names,
+		"REDIS_PREFIX=bench:parts:", "PROJECTOR_PARTITIONS=" + strconv.Itoa(partitions)}
+
+	relay, err := startRole(ctx, o, env, "relay", 0)
+	if err != nil {
+		return 0, 0, err
+	}
+	err = waitFor(ctx, 5*time.Minute, func() (bool, error) {
+		var pos int64
+		err := pool.QueryRow(ctx, `SELECT coalesce(max(position), 0) FROM relay_checkpoints`).Scan(&pos)
+		return pos >= last, err
+	})
+	relay()
+	if err != nil {
+		return 0, 0, fmt.Errorf("relay: %w", err)
+	}
+
+	start := time.Now()
+	for i := range processes {
+		stop, err := startRole(ctx, o, env, "projectors", i+1)
+		if err != nil {
+			return 0, 0, err
+		}
+		defer stop()
+	}
+	applied := func(name string) func() (bool, error) {
+		return func() (bool, error) {
+			var got int64
+			err := pool.QueryRow(ctx, `SELECT coalesce(max(events_applied), 0) FROM projection_positions WHERE projection = $1`,
+				name).Scan(&got)
+			return got >= int64(n), err
+		}
+	}
+	if err := waitFor(ctx, 10*time.Minute, applied(projections.AccountsName)); err != nil {
+		return 0, 0, fmt.Errorf("accounts: %w", err)
+	}
+	accounts = float64(n) / time.Since(start).Seconds()
+	if err := waitFor(ctx, 10*time.Minute, applied(projections.AuditName)); err != nil {
+		return 0, 0, fmt.Errorf("audit: %w", err)
+	}
+	audit = float64(n) / time.Since(start).Seconds()
+	if err := checkLayout(ctx, pool, partitions); err != nil {
+		return 0, 0, err
+	}
+	return accounts, audit, nil
+}
+
+// checkLayout checks that the run consumed the layout it was meant to.
+func checkLayout(ctx context.Context, pool *pgxpool.Pool, partitions int) error {
+	var got int
+	err := pool.QueryRow(ctx, `SELECT coalesce(max(partitions), 1) FROM projection_layouts WHERE projection = $1`,
+		projections.AccountsName).Scan(&got)
+	if err == nil && got != partitions {
+		err = fmt.Errorf("the accounts projector ran with %d partitions, not %d", got, partitions)
+	}
+	return err
+}
+
+// startRole starts `chatbotd serve --roles role` with env; the returned function stops it
+// (SIGINT, then a clean shutdown).
+func startRole(ctx context.Context, o options, env []string, role string, i int) (func(), error) {
+	ctx, cancel := context.WithCancel(ctx)
+	cmd := exec.CommandContext(ctx, o.binary, "serve", "--roles", role)
+	cmd.Env = append(append(os.Environ(), env...), "HTTP_ADDR=127.0.0.1:0")
+	logPath := fmt.Sprintf("%s.%s-%d.log", o.binary, role, i)
+	logFile, err := os.Create(logPath)
+	if err != nil {
+		cancel()
+		return nil, err
+	}
+	cmd.Stdout, cmd.Stderr = logFile, logFile
+	cmd.Cancel = func() error { return cmd.Process.Signal(os.Interrupt) }
+	if err := cmd.Start(); err != nil {
+		cancel()
+		logFile.Close()
+		return nil, fmt.Errorf("start %s (make bench builds it): %w", o.binary, err)
+	}
+	return func() { cancel(); _ = cmd.Wait(); logFile.Close() }, nil
+}
+
+// removeByPrefix deletes the queues and exchanges whose names begin with prefix.
+func removeByPrefix(amqpURL, prefix string) {
+	conn, err := amqp.Dial(amqpURL)
+	if err != nil {
+		return
+	}
+	defer conn.Close()
+	for _, kind := range []string{"list_queues", "list_exchanges"} {
+		out, err := exec.Command("rabbitmqctl", "-q", kind, "name").Output()
+		if err != nil {
+			continue
+		}
+		for _, name := range strings.Fields(string(out)) {
+			if !strings.HasPrefix(name, prefix) {
+				continue
+			}
+			ch, err := conn.Channel()
+			if err != nil {
+				return
+			}
+			if kind == "list_queues" {
+				_, err = ch.QueueDelete(name, false, false, false)
+			} else {
+				err = ch.ExchangeDelete(name, false, false)
+			}
+			if err != nil && !errors.Is(err, amqp.ErrClosed) {
+				fmt.Fprintf(os.Stderr, "remove %s: %v\n", name, err)
+			}
+			ch.Close()
+		}
+	}
+}
