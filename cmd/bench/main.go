@@ -66,6 +66,9 @@ type options struct {
 	replySamples    int
 	// conversations of 100 events in the audit part's log (a million events in all)
 	historyConversations int
+	// partitionRuns, when set, picks some of the partitioned projectors' runs ("4x2,1x1":
+	// partitions x processes)
+	partitionRuns string
 }
 
 func run(ctx context.Context) error {
@@ -84,6 +87,7 @@ func run(ctx context.Context) error {
 	appendsOnly := flag.Bool("appends-only", false, "only the event store appends against pgbench (printed, not written)")
 	pipelineOnly := flag.Bool("pipeline-only", false, "only the relay and projector figures (printed, not written)")
 	partitionsOnly := flag.Bool("partitions-only", false, "only the partitioned projectors' figures (printed, not written)")
+	flag.StringVar(&o.partitionRuns, "partition-runs", "", "with -partitions-only: the runs to make, as partitions x processes (\"4x2,1x1\"); all when empty")
 	conversationsOnly := flag.Bool("conversations-only", false, "only the knowledge-base responder figures (printed, not written)")
 	httpOnly := flag.Bool("http-only", false, "only the commands, read model and cached read figures over HTTP (printed, not written; no pgbench ratio)")
 	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of this process (the in-process relay, projector and appends) to this file")
