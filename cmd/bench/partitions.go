@@ -140,7 +140,12 @@ func partitionRate(ctx context.Context, o options, n, partitions, processes int)
 	if err := waitFor(ctx, 10*time.Minute, reached(projections.AccountsName, 0.1)); err != nil {
 		return 0, 0, "", fmt.Errorf("accounts: %w", err)
 	}
-	from, auditFrom := applied(projections.AccountsName), applied(projections.AuditName)
+	commits := func() int64 {
+		var c int64
+		_ = pool.QueryRow(ctx, `SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()`).Scan(&c)
+		return c
+	}
+	from, auditFrom, commitsFrom := applied(projections.AccountsName), applied(projections.AuditName), commits()
 	start := time.Now()
 	shares, err := cpuShares(func() error { return waitFor(ctx, 10*time.Minute, reached(projections.AccountsName, 0.9)) })
 	if err != nil {
@@ -150,6 +155,10 @@ func partitionRate(ctx context.Context, o options, n, partitions, processes int)
 	accounts = float64(applied(projections.AccountsName)-from) / took
 	audit = float64(applied(projections.AuditName)-auditFrom) / took
 	cpu = formatShares(shares)
+	// Every projector's batch is one transaction: how many events each carried, on average.
+	if c := commits() - commitsFrom; c > 0 {
+		cpu += fmt.Sprintf("; %.0f transactions/s", float64(c)/took)
+	}
 	if err := waitFor(ctx, 10*time.Minute, reached(projections.AuditName, 1)); err != nil {
 		return 0, 0, "", fmt.Errorf("audit: %w", err)
 	}

@@ -50,6 +50,13 @@ func startApp(t *testing.T, extraEnv ...string) *app {
 	a := testenv.MustAMQP(t)
 	for _, p := range projections.Parts() {
 		a.Queue(p.Name) // removed at the end, with its dead letters
+		for _, e := range extraEnv {
+			if v, ok := strings.CutPrefix(e, "PROJECTOR_PARTITIONS="); ok {
+				n, err := strconv.Atoi(v)
+				require.NoError(t, err)
+				a.Partitioned(p.Name, n)
+			}
+		}
 	}
 	pg := testenv.MustProxy(t, "127.0.0.1:5432")
 	mq := testenv.MustProxy(t, "127.0.0.1:5672")

@@ -440,3 +440,72 @@ func TestProjectionStatusDeadLettersAndRedrive(t *testing.T) {
 	a.expectError(req{method: "GET", path: "/api/v1/admin/projections/chatbots/dead-letters", token: op}, 503, "SERVICE_UNAVAILABLE")
 	a.amqp.Restore()
 }
+
+// With PROJECTOR_PARTITIONS, the whole binary reads its writes through partitioned
+// projectors, shows the layout in the status, dead-letters a partition's poison into the
+// projector's one dead-letter queue, and redrives it into its organization's partition.
+func TestPartitionedProjectorsServeAndRedrive(t *testing.T) {
+	a := startApp(t, "PROJECTOR_PARTITIONS=3")
+	ctx := context.Background()
+	_, op := a.operator("ops@platform.example")
+	owners := make([]string, 4)
+	for i := range owners {
+		_, owners[i] = a.register(fmt.Sprintf("Tenant %d", i), "Owner", fmt.Sprintf("owner%d@tenant.example", i))
+	}
+	// Read-your-writes through every tenant's partition.
+	for i, owner := range owners {
+		created := a.expect(req{method: "POST", path: "/api/v1/chatbots", token: owner, body: map[string]any{"name": fmt.Sprintf("Bot %d", i)}}, 201)
+		var bot struct{ ID string }
+		created.data(t, &bot)
+		a.expect(req{method: "GET", path: "/api/v1/chatbots/" + bot.ID, token: owner, headers: consistent(created)}, 200)
+	}
+
+	type projection struct {
+		Name         string
+		Partitions   int
+		Consumers    *int
+		DeadLettered *int `json:"dead_lettered"`
+	}
+	status := func() map[string]projection {
+		var s struct{ Projections []projection }
+		a.expect(req{method: "GET", path: "/api/v1/admin/projections", token: op}, 200).data(t, &s)
+		out := map[string]projection{}
+		for _, p := range s.Projections {
+			out[p.Name] = p
+		}
+		return out
+	}
+	st := status()
+	assert.Equal(t, 3, st["chatbots"].Partitions)
+	assert.Equal(t, 1, st["responder"].Partitions, "competing consumers are not partitioned")
+	require.NotNil(t, st["chatbots"].Consumers)
+	assert.Equal(t, 3, *st["chatbots"].Consumers, "one consumer per partition")
+	var layouts int
+	require.NoError(t, a.db.Pool.QueryRow(ctx, `SELECT count(*) FROM projection_layouts WHERE partitions = 3 AND draining IS NULL`).Scan(&layouts))
+	assert.Equal(t, 8, layouts, "every projector but the responder")
+
+	_, err := a.db.Pool.Exec(ctx, `ALTER TABLE chatbots ADD CONSTRAINT no_poison CHECK (name <> 'Poison')`)
+	require.NoError(t, err)
+	var bot struct{ ID string }
+	a.expect(req{method: "POST", path: "/api/v1/chatbots", token: owners[2], body: map[string]any{"name": "Poison"}}, 201).data(t, &bot)
+	testenv.Eventually(t, 20*time.Second, func() error {
+		time.Sleep(50 * time.Millisecond)
+		if p := status()["chatbots"]; p.DeadLettered == nil || *p.DeadLettered != 1 {
+			return fmt.Errorf("chatbots dead letters: %v", p.DeadLettered)
+		}
+		return nil
+	})
+	_, err = a.db.Pool.Exec(ctx, `ALTER TABLE chatbots DROP CONSTRAINT no_poison`)
+	require.NoError(t, err)
+	var moved struct{ Redriven int }
+	a.expect(req{method: "POST", path: "/api/v1/admin/projections/chatbots/redrive", token: op}, 200).data(t, &moved)
+	assert.Equal(t, 1, moved.Redriven)
+	testenv.Eventually(t, 10*time.Second, func() error {
+		time.Sleep(50 * time.Millisecond)
+		if r := a.do(req{method: "GET", path: "/api/v1/chatbots/" + bot.ID, token: owners[2]}); r.Status != 200 {
+			return fmt.Errorf("chatbot: %d", r.Status)
+		}
+		return nil
+	})
+	assert.Zero(t, *status()["chatbots"].DeadLettered)
+}

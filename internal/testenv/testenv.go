@@ -199,6 +199,7 @@ type AMQP struct {
 	Exchange    string
 	QueuePrefix string
 	queues      []string
+	exchanges   []string
 	tb          testing.TB
 }
 
@@ -223,6 +224,16 @@ func (a *AMQP) Queue(name string) string {
 	q := a.QueuePrefix + name
 	a.queues = append(a.queues, q, q+".dead")
 	return q
+}
+
+// Partitioned names the queues and split exchange of the consumer name split over n
+// partitions (broker.Layout) and deletes them at the end.
+func (a *AMQP) Partitioned(name string, n int) {
+	l := broker.Layout{Base: broker.QueueSpec{Name: a.QueuePrefix + name}, Partitions: n}
+	for _, q := range l.Queues() {
+		a.queues = append(a.queues, q.Name)
+	}
+	a.exchanges = append(a.exchanges, l.SplitExchange())
 }
 
 // WaitConsumer waits until queue has a consumer. A consumer that binds its queue before it
@@ -265,7 +276,7 @@ func (a *AMQP) cleanup() {
 			ch.Close()
 		}
 	}
-	for _, x := range []string{a.Exchange, a.Exchange + ".unrouted", a.Exchange + ".dlx"} {
+	for _, x := range append(a.exchanges, a.Exchange, a.Exchange+".unrouted", a.Exchange+".dlx") {
 		if ch, err := conn.Channel(); err == nil {
 			_ = ch.ExchangeDelete(x, false, false)
 			ch.Close()
