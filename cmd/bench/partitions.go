@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -100,7 +101,7 @@ func partitionRate(ctx context.Context, o options, n, partitions, processes int)
 	}
 	names := "bench.parts." + strconv.FormatInt(time.Now().UnixNano(), 36) + "."
 	defer removeByPrefix(o.amqpURL, names)
-	env := []string{"DATABASE_URL=" + dbURL, "LOG_LEVEL=warn", "AMQP_EXCHANGE=" + names + "events", "AMQP_QUEUE_PREFIX=" + names,
+	env := []string{"DATABASE_URL=" + dbURL, "LOG_LEVEL=" + cmp.Or(os.Getenv("BENCH_LOG_LEVEL"), "warn"), "AMQP_EXCHANGE=" + names + "events", "AMQP_QUEUE_PREFIX=" + names,
 		"REDIS_PREFIX=bench:parts:", "PROJECTOR_PARTITIONS=" + strconv.Itoa(partitions)}
 
 	relay, err := startRole(ctx, o, env, "relay", 0)
