@@ -1,16 +1,25 @@
 package main
 
 import (
+	"bufio"
+	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/getkin/kin-openapi/openapi3"
+	"github.com/getkin/kin-openapi/openapi3filter"
+	"github.com/getkin/kin-openapi/routers"
+	"github.com/getkin/kin-openapi/routers/legacy"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -25,7 +34,77 @@ type recorder struct {
 	t        *testing.T
 	a        *app
 	doc      *openapi3.T
+	router   routers.Router
 	examples map[string]apidoc.Example
+}
+
+// registerDecoders teaches kin-openapi the server's other content types: pages and
+// scripts are strings, and an NDJSON stream is valid when every line is valid against the
+// schema (the document gives the schema of one line).
+var registerDecoders = sync.OnceFunc(func() {
+	for _, ct := range []string{"text/html", "text/javascript", "text/css"} {
+		openapi3filter.RegisterBodyDecoder(ct, openapi3filter.PlainBodyDecoder)
+	}
+	openapi3filter.RegisterBodyDecoder("application/x-ndjson", func(body io.Reader, _ http.Header, schema *openapi3.SchemaRef,
+		_ openapi3filter.EncodingFn) (any, error) {
+		var first any
+		sc := bufio.NewScanner(body)
+		sc.Buffer(make([]byte, 1<<20), 1<<20)
+		for n := 1; sc.Scan(); n++ {
+			var line any
+			if err := json.Unmarshal(sc.Bytes(), &line); err != nil {
+				return nil, fmt.Errorf("line %d: %w", n, err)
+			}
+			if err := schema.Value.VisitJSON(line); err != nil {
+				return nil, fmt.Errorf("line %d: %w", n, err)
+			}
+			if first == nil {
+				first = line
+			}
+		}
+		return first, sc.Err()
+	})
+})
+
+// strict checks an exchange as an outside client's validator would: kin-openapi's
+// request and response validation (path and query parameters, headers, content types,
+// bodies), failing on a status the operation does not list.
+func (x *recorder) strict(route string, r req, res response) {
+	x.t.Helper()
+	registerDecoders()
+	var body io.Reader
+	var raw []byte
+	switch b := r.body.(type) {
+	case nil:
+	case string:
+		raw = []byte(b)
+	case []byte:
+		raw = b
+	default:
+		raw, _ = json.Marshal(b)
+	}
+	if raw != nil {
+		body = bytes.NewReader(raw)
+	}
+	hr, err := http.NewRequest(r.method, "http://chatbotd.test"+r.path, body)
+	require.NoError(x.t, err)
+	if body != nil {
+		hr.Header.Set("Content-Type", "application/json")
+	}
+	if r.token != "" {
+		hr.Header.Set("Authorization", "Bearer "+r.token)
+	}
+	for k, v := range r.headers {
+		hr.Header.Set(k, v)
+	}
+	found, params, err := x.router.FindRoute(hr)
+	require.NoError(x.t, err, "%s: no route in the document", route)
+	opts := &openapi3filter.Options{AuthenticationFunc: openapi3filter.NoopAuthenticationFunc, IncludeResponseStatus: true, MultiError: true}
+	in := &openapi3filter.RequestValidationInput{Request: hr, PathParams: params, Route: found, Options: opts}
+	assert.NoError(x.t, openapi3filter.ValidateRequest(context.Background(), in), "%s: the request does not conform", route)
+	out := &openapi3filter.ResponseValidationInput{RequestValidationInput: in, Status: res.Status, Header: res.Header, Options: opts}
+	out.SetBodyBytes(res.Raw)
+	assert.NoError(x.t, openapi3filter.ValidateResponse(context.Background(), out), "%s %d: the answer does not conform: %s", route, res.Status, res.Raw)
 }
 
 // call sends r (its path filled in) to the route whose template is route ("METHOD
@@ -39,6 +118,7 @@ func (x *recorder) call(route string, r req, status int) response {
 	operation := op.GetOperation(method)
 	require.NotNil(x.t, operation, "%s is not in the document", route)
 	res := x.a.expect(r, status)
+	x.strict(route, r, res)
 	if r.body != nil && operation.RequestBody != nil {
 		media := operation.RequestBody.Value.Content.Get("application/json")
 		require.NotNil(x.t, media, "%s takes no JSON body in the document", route)
@@ -98,7 +178,14 @@ func TestEveryRouteAnswersAsDocumented(t *testing.T) {
 	a := startApp(t, "RATE_LIMIT_PUBLIC_PER_MINUTE=10000", "RATE_LIMIT_API_PER_MINUTE=10000")
 	doc, err := apidoc.Load()
 	require.NoError(t, err)
-	x := &recorder{t: t, a: a, doc: doc, examples: map[string]apidoc.Example{}}
+	// The router matches requests against the document's servers: "/" is relative, so it
+	// routes a copy of the document that names the test's host.
+	routed, err := apidoc.Load()
+	require.NoError(t, err)
+	routed.Servers = openapi3.Servers{{URL: "http://chatbotd.test"}}
+	router, err := legacy.NewRouter(routed)
+	require.NoError(t, err)
+	x := &recorder{t: t, a: a, doc: doc, router: router, examples: map[string]apidoc.Example{}}
 	type id struct{ ID string }
 	data := func(r response) (v id) { r.data(t, &v); return v }
 
