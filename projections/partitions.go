@@ -422,7 +422,7 @@ func (p *Partitions) tick(ctx context.Context, log *slog.Logger, m *membership, 
 		go func() {
 			defer wg.Done()
 			defer close(run.done)
-			_ = r.forQueue(q).Run(rctx)
+			_ = r.forQueue(q, PositionsKey(r.Name(), key.n, key.k)).Run(rctx)
 		}()
 		log.Debug("partition consumed", "queue", q.Name)
 	}
@@ -438,6 +438,17 @@ func (p *Partitions) stop(runs map[partitionKey]running, match func(partitionKey
 			delete(runs, key)
 		}
 	}
+}
+
+// PositionsKey is the row of projection_positions that partition k of a layout of n
+// partitions advances: the projector's name for one partition, "<name>#p<k>" for more
+// (shared by every layout's partition k, so that a switch adds no rows). Status sums a
+// projector's rows.
+func PositionsKey(name string, n, k int) string {
+	if n <= 1 {
+		return name
+	}
+	return name + "#p" + strconv.Itoa(k)
 }
 
 // owner is the member that consumes partition k of the named projector: members taken in

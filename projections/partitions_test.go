@@ -205,6 +205,12 @@ func TestPartitionsShareAProjectorInOrder(t *testing.T) {
 	}
 	stopB()
 	stopC()
+	// Each partition advanced a row of its own; together they counted every event once.
+	var rows, counted int
+	require.NoError(t, d.Pool.QueryRow(context.Background(), `SELECT count(*), sum(events_applied)
+		FROM projection_positions WHERE split_part(projection, '#', 1) = 'parted'`).Scan(&rows, &counted))
+	assert.Equal(t, total, counted)
+	assert.Equal(t, 4, rows, "one row per partition index (the 2-partition layout reuses p0 and p1)")
 
 	log.Lock()
 	defer log.Unlock()

@@ -104,12 +104,17 @@ type Runner struct {
 	// partition, when set, is the one queue of a partitioned layout this runner consumes
 	// (see Partitions); the layout's owner declares it, never the runner.
 	partition *broker.QueueSpec
+	// positions is the row of projection_positions its batches advance: the projector's
+	// name, or a partition's own (PositionsKey), so that partitions do not queue behind
+	// each other's commits for one row.
+	positions string
 }
 
-// forQueue is a runner of the same projector that consumes partition queue q.
-func (r *Runner) forQueue(q broker.QueueSpec) *Runner {
+// forQueue is a runner of the same projector that consumes partition queue q and
+// records its progress under positions.
+func (r *Runner) forQueue(q broker.QueueSpec, positions string) *Runner {
 	c := *r
-	c.partition = &q
+	c.partition, c.positions = &q, positions
 	c.log = r.log.With("queue", q.Name)
 	return &c
 }
@@ -120,7 +125,7 @@ func NewRunner(pool *pgxpool.Pool, b eventstore.Channeler, p Projector, cfg Conf
 	if cfg.Exchange == "" {
 		return nil, errors.New("projections: Exchange is required")
 	}
-	return &Runner{pool: pool, broker: b, p: p, cfg: cfg, log: cfg.Logger.With("projector", p.Name())}, nil
+	return &Runner{pool: pool, broker: b, p: p, cfg: cfg, log: cfg.Logger.With("projector", p.Name()), positions: p.Name()}, nil
 }
 
 // Name is the projector's name.
@@ -386,7 +391,7 @@ func (r *Runner) applyBatch(ctx context.Context, envs []events.Envelope) ([]even
 		}
 	}
 	start := time.Now()
-	applied, err := ApplyBatch(ctx, r.pool, r.p, envs)
+	applied, err := applyBatch(ctx, r.pool, r.p, envs, r.positions)
 	if err == nil {
 		r.cfg.Metrics.Applied(r.p.Name(), len(applied), time.Since(start))
 		if len(applied) > 0 {
@@ -400,6 +405,11 @@ func (r *Runner) applyBatch(ctx context.Context, envs []events.Envelope) ([]even
 // versions are skipped, a missing earlier version is read from the event store and
 // applied first. It returns what was applied, in order.
 func ApplyBatch(ctx context.Context, pool *pgxpool.Pool, p Projector, envs []events.Envelope) (applied []events.Envelope, err error) {
+	return applyBatch(ctx, pool, p, envs, p.Name())
+}
+
+// applyBatch is ApplyBatch advancing the positions row named positions.
+func applyBatch(ctx context.Context, pool *pgxpool.Pool, p Projector, envs []events.Envelope, positions string) (applied []events.Envelope, err error) {
 	tx, err := pool.Begin(ctx)
 	if err != nil {
 		return nil, err
@@ -409,7 +419,7 @@ func ApplyBatch(ctx context.Context, pool *pgxpool.Pool, p Projector, envs []eve
 			_ = tx.Rollback(ctx)
 		}
 	}()
-	if applied, err = applyInTx(ctx, tx, p, envs); err != nil {
+	if applied, err = applyInTx(ctx, tx, p, envs, positions); err != nil {
 		return nil, err
 	}
 	faults.Crash("projector.batch")
@@ -467,8 +477,9 @@ func applyInOrder(ctx context.Context, tx pgx.Tx, p Projector, envs []events.Env
 	return applied, nil
 }
 
-// applyInTx is ApplyBatch inside a transaction.
-func applyInTx(ctx context.Context, tx pgx.Tx, p Projector, envs []events.Envelope) (applied []events.Envelope, err error) {
+// applyInTx is ApplyBatch inside a transaction; it advances the positions row named
+// positions.
+func applyInTx(ctx context.Context, tx pgx.Tx, p Projector, envs []events.Envelope, positions string) (applied []events.Envelope, err error) {
 	// Each stream's highest version in the batch: where the stream is new to the
 	// projection, every one of its events up to it is applied (a gap is read from the
 	// store), so that is the version its row ends at.
@@ -573,7 +584,7 @@ func applyInTx(ctx context.Context, tx pgx.Tx, p Projector, envs []events.Envelo
 			return nil, err
 		}
 	}
-	if err = recordPosition(ctx, w, p.Name(), applied); err != nil {
+	if err = recordPosition(ctx, w, positions, applied); err != nil {
 		return nil, err
 	}
 	if pipe != nil {
@@ -584,9 +595,10 @@ func applyInTx(ctx context.Context, tx pgx.Tx, p Projector, envs []events.Envelo
 	return applied, nil
 }
 
-// recordPosition advances the projection's row in projection_positions: its highest
-// applied position, that event's time, and its count of applied events. It is the
-// batch's last statement, so the row is locked only until the commit.
+// recordPosition advances the projection's row (or its partition's, see PositionsKey) in
+// projection_positions: its highest applied position, that event's time, and its count of
+// applied events. It is the batch's last statement, so the row is locked only until the
+// commit.
 func recordPosition(ctx context.Context, tx pgx.Tx, projection string, applied []events.Envelope) error {
 	if len(applied) == 0 {
 		return nil

@@ -67,7 +67,7 @@ func TestBatchWritesEachStreamRowOnce(t *testing.T) {
 	// known goes on from 1 (its v3 before its v2), done comes again, fresh is new, and
 	// gapped is new with its first version missing from the batch.
 	batch := []events.Envelope{known[2], known[1], done[0], fresh[0], fresh[1], gapped[2], gapped[1]}
-	applied, err := applyInTx(ctx, tx, p, batch)
+	applied, err := applyInTx(ctx, tx, p, batch, p.Name())
 	require.NoError(t, err)
 	assert.Len(t, applied, 2+2+3)
 

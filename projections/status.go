@@ -80,7 +80,11 @@ func Statuses(ctx context.Context, pool *pgxpool.Pool, b eventstore.Channeler, t
 		eventsApplied int64
 		updatedAt     time.Time
 	}
-	rows, err := pool.Query(ctx, `SELECT projection, position, last_event_at, events_applied, updated_at FROM projection_positions`)
+	// A partitioned projector has a row per partition (PositionsKey): its position is the
+	// highest, its count the sum.
+	rows, err := pool.Query(ctx, `SELECT split_part(projection, '#', 1), max(position),
+			(array_agg(last_event_at ORDER BY position DESC))[1], sum(events_applied)::bigint, max(updated_at)
+		FROM projection_positions GROUP BY 1`)
 	if err != nil {
 		return nil, db.Classify(err)
 	}

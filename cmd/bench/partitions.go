@@ -131,8 +131,8 @@ func partitionRate(ctx context.Context, o options, n, partitions, processes int)
 	// meanwhile.
 	applied := func(name string) int64 {
 		var got int64
-		_ = pool.QueryRow(ctx, `SELECT coalesce(max(events_applied), 0) FROM projection_positions WHERE projection = $1`,
-			name).Scan(&got)
+		_ = pool.QueryRow(ctx, `SELECT coalesce(sum(events_applied), 0)::bigint FROM projection_positions
+			WHERE split_part(projection, '#', 1) = $1`, name).Scan(&got)
 		return got
 	}
 	reached := func(name string, share float64) func() (bool, error) {
