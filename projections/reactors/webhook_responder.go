@@ -84,7 +84,32 @@ func RequestBody(r WebhookRequest) ([]byte, error) {
 	if err := enc.Encode(r); err != nil {
 		return nil, err
 	}
-	return bytes.TrimSuffix(b.Bytes(), []byte("\n")), nil
+	return unescapeLineSeparators(bytes.TrimSuffix(b.Bytes(), []byte("\n"))), nil
+}
+
+// unescapeLineSeparators writes U+2028 and U+2029 as themselves, as JSON.stringify does:
+// encoding/json always escapes them (for JSONP), which would make a receiver's
+// JSON.stringify of the parsed body differ from the signed bytes. An escaped backslash
+// followed by "u2028" is left alone: escapes are read pairwise.
+func unescapeLineSeparators(js []byte) []byte {
+	if !bytes.Contains(js, []byte(`\u202`)) {
+		return js
+	}
+	out := make([]byte, 0, len(js))
+	for i := 0; i < len(js); i++ {
+		if js[i] != '\\' || i+1 >= len(js) {
+			out = append(out, js[i])
+			continue
+		}
+		if js[i+1] == 'u' && i+5 < len(js) && (string(js[i+2:i+6]) == "2028" || string(js[i+2:i+6]) == "2029") {
+			out = utf8.AppendRune(out, rune(0x2028+int(js[i+5]-'8')))
+			i += 5
+			continue
+		}
+		out = append(out, js[i], js[i+1])
+		i++
+	}
+	return out
 }
 
 // Sign is the X-Signature header value of a body: "sha256=" and the hex HMAC-SHA256.
