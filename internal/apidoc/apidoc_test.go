@@ -11,6 +11,7 @@ import (
 	"github.com/gin-gonic/gin"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"go.yaml.in/yaml/v3"
 
 	"github.com/chatbotsaas/chatbotd/internal/apidoc"
 )
@@ -18,6 +19,15 @@ import (
 func TestDocumentIsValidOpenAPI(t *testing.T) {
 	_, err := apidoc.Load()
 	require.NoError(t, err)
+}
+
+// The document has no key twice in one mapping. kin-openapi's loader keeps the last of
+// them without a word, while the linters outside clients run (Spectral, Redocly) refuse
+// the document; YAML 1.2 says such a mapping is invalid.
+func TestDocumentHasNoDuplicateKeys(t *testing.T) {
+	var doc any
+	require.NoError(t, yaml.Unmarshal(apidoc.YAML, &doc))
+	require.Error(t, yaml.Unmarshal([]byte("a:\n  x: 1\n  x: 2\n"), &doc), "the check finds a duplicate")
 }
 
 // TestEveryOperationHasSchemasAndValidExamples: every parameter and request body has a
