@@ -31,6 +31,16 @@ type AuditEntry struct {
 	Position       int64           `json:"position"`
 }
 
+// MarshalJSON writes an absent correlation or causation id as null, as the envelope does.
+func (a AuditEntry) MarshalJSON() ([]byte, error) {
+	type plain AuditEntry
+	return json.Marshal(struct {
+		plain
+		CorrelationID *string `json:"correlation_id"`
+		CausationID   *string `json:"causation_id"`
+	}{plain(a), orNull(a.CorrelationID), orNull(a.CausationID)})
+}
+
 // Redacted replaces the value of a secret-looking field in an audit entry's changes.
 const Redacted = "[REDACTED]"
 

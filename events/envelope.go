@@ -69,6 +69,26 @@ type storedForm struct {
 	data          json.RawMessage
 }
 
+// MarshalJSON writes an absent correlation or causation id (a root event has no cause;
+// an event no request started has no correlation) as null, as the envelope's schema says,
+// never as an empty string. Decoding takes null or a string.
+func (e Envelope) MarshalJSON() ([]byte, error) {
+	type plain Envelope
+	return json.Marshal(struct {
+		plain
+		CorrelationID *string `json:"correlation_id"`
+		CausationID   *string `json:"causation_id"`
+	}{plain(e), orNull(e.CorrelationID), orNull(e.CausationID)})
+}
+
+// orNull is an optional id as JSON carries it: nil (null) when empty.
+func orNull(id string) *string {
+	if id == "" {
+		return nil
+	}
+	return &id
+}
+
 // OfStore reports whether e is an event of store: it names store, or names none (it was
 // published before envelopes carried their store), or store is uuid.Nil (any store).
 func (e Envelope) OfStore(store uuid.UUID) bool {

@@ -225,6 +225,14 @@ func lagSeconds(ctx context.Context, pool *pgxpool.Pool, bindings []string, posi
 	return max(0, time.Since(last).Seconds()), nil
 }
 
+// optional is an id that JSON carries as null when it is empty.
+func optional(id string) *string {
+	if id == "" {
+		return nil
+	}
+	return &id
+}
+
 // DeadLetter is one event in a dead-letter queue.
 type DeadLetter struct {
 	EventID        string     `json:"event_id"`
@@ -233,7 +241,7 @@ type DeadLetter struct {
 	StreamVersion  int        `json:"stream_version"`
 	Position       int64      `json:"position"`
 	OrganizationID string     `json:"organization_id,omitempty"`
-	CorrelationID  string     `json:"correlation_id"`
+	CorrelationID  *string    `json:"correlation_id"` // null when the event has none
 	OccurredAt     *time.Time `json:"occurred_at"`
 	// Reason is the broker's: "rejected" (the consumer gave up on it) or
 	// "delivery_limit" (redelivered too often).
@@ -279,7 +287,7 @@ func deadLetterOf(m amqp.Delivery) DeadLetter {
 	if e, err := events.DecodeEnvelope(m.Body); err == nil {
 		at := e.OccurredAt.UTC()
 		d = DeadLetter{EventID: e.ID.String(), Type: e.Type, StreamID: e.StreamID.String(), StreamVersion: e.StreamVersion,
-			Position: e.Position, CorrelationID: e.CorrelationID, OccurredAt: &at}
+			Position: e.Position, CorrelationID: optional(e.CorrelationID), OccurredAt: &at}
 		if e.OrganizationID != nil {
 			d.OrganizationID = e.OrganizationID.String()
 		}
