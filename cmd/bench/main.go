@@ -462,33 +462,24 @@ func startServer(ctx context.Context, o options, dbURL, roles string) (*server, 
 	if err := releaseClaim(o.amqpURL, "bench.serve."); err != nil {
 		return nil, err
 	}
-	ctx, cancel := context.WithCancel(ctx)
 	args := []string{"serve"}
 	if roles != "" {
 		args = append(args, "--roles", roles)
 	}
-	cmd := exec.CommandContext(ctx, o.binary, args...)
-	cmd.Env = append(os.Environ(), "DATABASE_URL="+dbURL, "HTTP_ADDR="+addr, "LOG_LEVEL=warn",
-		"AMQP_EXCHANGE=bench.serve.events", "AMQP_QUEUE_PREFIX=bench.serve.", "REDIS_PREFIX=bench:", "PPROF_ADDR="+pprofAddr,
-		// The limits would throttle the load generator, not measure chatbotd.
-		"RATE_LIMIT_API_PER_MINUTE=100000000", "RATE_LIMIT_PUBLIC_PER_MINUTE=100000000")
 	// Its log (warnings and failed requests) is kept beside the binary, for when a figure
 	// fails or looks wrong.
 	logPath := o.binary + ".log"
-	logFile, err := os.Create(logPath)
+	ctx, cancel := context.WithCancel(ctx)
+	stop, pid, err := spawn(ctx, o, args, []string{"DATABASE_URL=" + dbURL, "HTTP_ADDR=" + addr, "LOG_LEVEL=warn",
+		"AMQP_EXCHANGE=bench.serve.events", "AMQP_QUEUE_PREFIX=bench.serve.", "REDIS_PREFIX=bench:", "PPROF_ADDR=" + pprofAddr,
+		// The limits would throttle the load generator, not measure chatbotd.
+		"RATE_LIMIT_API_PER_MINUTE=100000000", "RATE_LIMIT_PUBLIC_PER_MINUTE=100000000"}, logPath)
 	if err != nil {
 		cancel()
 		return nil, err
 	}
-	cmd.Stdout, cmd.Stderr = logFile, logFile
-	cmd.Cancel = func() error { return cmd.Process.Signal(os.Interrupt) }
-	if err := cmd.Start(); err != nil {
-		cancel()
-		logFile.Close()
-		return nil, fmt.Errorf("start %s (make bench builds it): %w", o.binary, err)
-	}
 	fmt.Fprintf(os.Stderr, "chatbotd serve logs to %s\n", logPath)
-	s := &server{base: "http://" + addr, pprof: "http://" + pprofAddr, pid: cmd.Process.Pid, ctx: ctx, stop: func() { cancel(); _ = cmd.Wait(); logFile.Close() }, // SIGINT, then a clean shutdown
+	s := &server{base: "http://" + addr, pprof: "http://" + pprofAddr, pid: pid, ctx: ctx, stop: func() { cancel(); stop() },
 		client: &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 256}}}
 	for i := 0; ; i++ {
 		if res, err := s.client.Get(s.base + "/ready"); err == nil {
@@ -518,6 +509,27 @@ func startServer(ctx context.Context, o options, dbURL, roles string) (*server, 
 	}
 	s.token = env["data"].(map[string]any)["access_token"].(string)
 	return s, nil
+}
+
+// spawn starts the chatbotd binary with args and env (added to this process's), its
+// output to logPath; stop stops it (SIGINT, then a clean shutdown) and waits.
+func spawn(ctx context.Context, o options, args, env []string, logPath string) (stop func(), pid int, err error) {
+	ctx, cancel := context.WithCancel(ctx)
+	cmd := exec.CommandContext(ctx, o.binary, args...)
+	cmd.Env = append(os.Environ(), env...)
+	logFile, err := os.Create(logPath)
+	if err != nil {
+		cancel()
+		return nil, 0, err
+	}
+	cmd.Stdout, cmd.Stderr = logFile, logFile
+	cmd.Cancel = func() error { return cmd.Process.Signal(os.Interrupt) }
+	if err := cmd.Start(); err != nil {
+		cancel()
+		logFile.Close()
+		return nil, 0, fmt.Errorf("start %s (make bench builds it): %w", o.binary, err)
+	}
+	return func() { cancel(); _ = cmd.Wait(); logFile.Close() }, cmd.Process.Pid, nil
 }
 
 func (s *server) call(method, path, token string, body any) (int, map[string]any, error) {

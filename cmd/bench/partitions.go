@@ -183,23 +183,9 @@ func checkLayout(ctx context.Context, pool *pgxpool.Pool, partitions int) error 
 // startRole starts `chatbotd serve --roles role` with env; the returned function stops it
 // (SIGINT, then a clean shutdown).
 func startRole(ctx context.Context, o options, env []string, role string, i int) (func(), error) {
-	ctx, cancel := context.WithCancel(ctx)
-	cmd := exec.CommandContext(ctx, o.binary, "serve", "--roles", role)
-	cmd.Env = append(append(os.Environ(), env...), "HTTP_ADDR=127.0.0.1:0")
-	logPath := fmt.Sprintf("%s.%s-%d.log", o.binary, role, i)
-	logFile, err := os.Create(logPath)
-	if err != nil {
-		cancel()
-		return nil, err
-	}
-	cmd.Stdout, cmd.Stderr = logFile, logFile
-	cmd.Cancel = func() error { return cmd.Process.Signal(os.Interrupt) }
-	if err := cmd.Start(); err != nil {
-		cancel()
-		logFile.Close()
-		return nil, fmt.Errorf("start %s (make bench builds it): %w", o.binary, err)
-	}
-	return func() { cancel(); _ = cmd.Wait(); logFile.Close() }, nil
+	stop, _, err := spawn(ctx, o, []string{"serve", "--roles", role}, append(env, "HTTP_ADDR=127.0.0.1:0"),
+		fmt.Sprintf("%s.%s-%d.log", o.binary, role, i))
+	return stop, err
 }
 
 // removeByPrefix deletes the queues and exchanges whose names begin with prefix.

@@ -2,7 +2,6 @@ package main
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -72,31 +71,8 @@ var registerDecoders = sync.OnceFunc(func() {
 func (x *recorder) strict(route string, r req, res response) {
 	x.t.Helper()
 	registerDecoders()
-	var body io.Reader
-	var raw []byte
-	switch b := r.body.(type) {
-	case nil:
-	case string:
-		raw = []byte(b)
-	case []byte:
-		raw = b
-	default:
-		raw, _ = json.Marshal(b)
-	}
-	if raw != nil {
-		body = bytes.NewReader(raw)
-	}
-	hr, err := http.NewRequest(r.method, "http://chatbotd.test"+r.path, body)
+	hr, err := r.request("http://chatbotd.test")
 	require.NoError(x.t, err)
-	if body != nil {
-		hr.Header.Set("Content-Type", "application/json")
-	}
-	if r.token != "" {
-		hr.Header.Set("Authorization", "Bearer "+r.token)
-	}
-	for k, v := range r.headers {
-		hr.Header.Set(k, v)
-	}
 	found, params, err := x.router.FindRoute(hr)
 	require.NoError(x.t, err, "%s: no route in the document", route)
 	opts := &openapi3filter.Options{AuthenticationFunc: openapi3filter.NoopAuthenticationFunc, IncludeResponseStatus: true, MultiError: true}

@@ -173,8 +173,8 @@ type req struct {
 	headers      map[string]string
 }
 
-func (a *app) do(r req) response {
-	a.t.Helper()
+// request is r as an HTTP request to the server at base.
+func (r req) request(base string) (*http.Request, error) {
 	var body io.Reader
 	switch b := r.body.(type) {
 	case nil:
@@ -184,11 +184,15 @@ func (a *app) do(r req) response {
 		body = bytes.NewReader(b)
 	default:
 		j, err := json.Marshal(b)
-		require.NoError(a.t, err)
+		if err != nil {
+			return nil, err
+		}
 		body = bytes.NewReader(j)
 	}
-	hr, err := http.NewRequest(r.method, a.base+r.path, body)
-	require.NoError(a.t, err)
+	hr, err := http.NewRequest(r.method, base+r.path, body)
+	if err != nil {
+		return nil, err
+	}
 	if body != nil {
 		hr.Header.Set("Content-Type", "application/json")
 	}
@@ -198,6 +202,13 @@ func (a *app) do(r req) response {
 	for k, v := range r.headers {
 		hr.Header.Set(k, v)
 	}
+	return hr, nil
+}
+
+func (a *app) do(r req) response {
+	a.t.Helper()
+	hr, err := r.request(a.base)
+	require.NoError(a.t, err)
 	res, err := a.client.Do(hr)
 	require.NoError(a.t, err)
 	defer res.Body.Close()
