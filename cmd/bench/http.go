@@ -94,6 +94,14 @@ func httpFigures(ctx context.Context, o options, srv *server, pool *pgxpool.Pool
 	if err := settle(ctx, pool, "bench.serve."); err != nil {
 		return err
 	}
+	// The same command and its baseline again, driven from a process of their own.
+	var outside strings.Builder
+	if err := outOfProcess(ctx, o, srv, b, 2, &outside); err != nil {
+		return err
+	}
+	if err := settle(ctx, pool, "bench.serve."); err != nil {
+		return err
+	}
 	profile := "bin/profile-commands.pb.gz"
 	top, err := profileTop(ctx, srv.pprof, int(o.duration.Seconds()), profile, func() error {
 		_, err := closedLoop(srv.client, jsonRequest("POST", srv.base+"/api/v1/chatbots", srv.token, chatbotBody), 201, clients, o.duration)
@@ -212,6 +220,7 @@ func httpFigures(ctx context.Context, o options, srv *server, pool *pgxpool.Pool
 	}
 	fmt.Fprintf(w, "\nThe first lines of a %s CPU profile of `chatbotd serve` during the same load (`PPROF_ADDR`; the profile is `%s`):\n\n```\n%s```\n",
 		o.duration, profile, trimTop(top, 16))
+	w.Write([]byte(outside.String()))
 
 	fmt.Fprint(w, "\n### From a command's 2xx to the read model, at half the peak command rate\n\n")
 	fmt.Fprintf(w, "`POST /api/v1/chatbots` sent at %.0f/s (half the peak above), then at a quarter, for %s each on a fixed schedule (open loop: a request "+

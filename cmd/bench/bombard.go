@@ -1,0 +1,109 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"time"
+)
+
+// bombardier is the load generator in its own process: codesenberg/bombardier, a tool of
+// the module, built once into bin/ by the bench. A load generator in the bench's own
+// process takes its share of the same two cores as the service it measures, and puts
+// its own garbage collector in every figure; this one does too (one machine), but as an
+// outside client would, and the same for chatbotd and the baseline.
+type bombardier struct{ path string }
+
+func buildBombardier(ctx context.Context) (bombardier, error) {
+	path := "bin/bombardier"
+	cmd := exec.CommandContext(ctx, "go", "build", "-o", path, "github.com/codesenberg/bombardier")
+	cmd.Stderr = os.Stderr
+	if err := cmd.Run(); err != nil {
+		return bombardier{}, fmt.Errorf("build bombardier: %w", err)
+	}
+	return bombardier{path: path}, nil
+}
+
+// bombardResult is one run: 2xx answers per second, and latency percentiles of every
+// answer.
+type bombardResult struct {
+	rate          float64
+	p50, p99      time.Duration
+	other, errors uint64 // answers that were not 2xx, and failed requests
+}
+
+// post sends the same JSON body to url from clients connections for d.
+func (b bombardier) post(ctx context.Context, url, token string, body []byte, clients int, d time.Duration) (bombardResult, error) {
+	args := []string{"-c", fmt.Sprint(clients), "-d", d.String(), "-m", "POST", "-H", "Content-Type: application/json",
+		"-b", string(body), "-l", "-p", "r", "-o", "json"}
+	if token != "" {
+		args = append(args, "-H", "Authorization: Bearer "+token)
+	}
+	out, err := exec.CommandContext(ctx, b.path, append(args, url)...).Output()
+	if err != nil {
+		return bombardResult{}, fmt.Errorf("bombardier %s: %w", url, err)
+	}
+	var r struct {
+		Result struct {
+			TimeTakenSeconds               float64
+			Req2xx, Req1xx, Req3xx, Req4xx uint64
+			Req5xx, Others                 uint64
+			Latency                        struct{ Percentiles map[string]float64 }
+		}
+	}
+	if err := json.Unmarshal(out, &r); err != nil {
+		return bombardResult{}, fmt.Errorf("bombardier's output: %w: %s", err, out)
+	}
+	res := r.Result
+	us := func(p string) time.Duration {
+		return time.Duration(res.Latency.Percentiles[p] * float64(time.Microsecond))
+	}
+	return bombardResult{rate: float64(res.Req2xx) / res.TimeTakenSeconds, p50: us("50"), p99: us("99"),
+		other: res.Req1xx + res.Req3xx + res.Req4xx + res.Req5xx, errors: res.Others}, nil
+}
+
+// outOfProcess measures the whole binary's POST /api/v1/chatbots (a real JWT) against
+// the bare Gin + pgx handler's POST /crud/chatbots, each driven by bombardier with 32
+// connections, in alternating rounds, and writes the table.
+func outOfProcess(ctx context.Context, o options, srv *server, b *bare, rounds int, w io.Writer) error {
+	bomb, err := buildBombardier(ctx)
+	if err != nil {
+		return err
+	}
+	body, err := json.Marshal(map[string]string{"name": "Bombarded bot", "description": "the same body every time"})
+	if err != nil {
+		return err
+	}
+	const clients = 32
+	var ours, theirs []bombardResult
+	for i := range rounds {
+		for _, run := range []struct {
+			url, token string
+			into       *[]bombardResult
+		}{{srv.base + "/api/v1/chatbots", srv.token, &ours}, {b.base + "/crud/chatbots", "", &theirs}} {
+			r, err := bomb.post(ctx, run.url, run.token, body, clients, o.duration)
+			if err != nil {
+				return err
+			}
+			if r.other > 0 || r.errors > 0 {
+				return fmt.Errorf("round %d, %s: %d answers not 2xx, %d failed requests", i+1, run.url, r.other, r.errors)
+			}
+			*run.into = append(*run.into, r)
+			fmt.Fprintf(os.Stderr, "bombardier round %d %s: %.0f/s, p99 %s\n", i+1, run.url, r.rate, ms(r.p99))
+		}
+	}
+	fmt.Fprint(w, "\n### Commands driven by a load generator in its own process\n\n")
+	fmt.Fprintf(w, "bombardier (a tool of the module, built by the bench) with %d connections for %s per round, rounds "+
+		"alternating between chatbotd's `POST /api/v1/chatbots` with a real JWT (the whole binary: every role) and the bare "+
+		"Gin + pgx handler inserting the same row (`POST /crud/chatbots`); the same body every time.\n\n", clients, o.duration)
+	fmt.Fprint(w, "| round | chatbotd 2xx/s | p50 | p99 | bare 2xx/s | p50 | p99 | ratio | p99 ratio |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+	for i := range ours {
+		a, c := ours[i], theirs[i]
+		fmt.Fprintf(w, "| %d | %.0f | %s | %s | %.0f | %s | %s | %.2f× | %.1f× |\n", i+1, a.rate, ms(a.p50), ms(a.p99),
+			c.rate, ms(c.p50), ms(c.p99), a.rate/c.rate, float64(a.p99)/float64(c.p99))
+	}
+	return nil
+}
