@@ -38,7 +38,7 @@ func (a AuditEntry) MarshalJSON() ([]byte, error) {
 		plain
 		CorrelationID *string `json:"correlation_id"`
 		CausationID   *string `json:"causation_id"`
-	}{plain(a), orNull(a.CorrelationID), orNull(a.CausationID)})
+	}{plain(a), OptionalID(a.CorrelationID), OptionalID(a.CausationID)})
 }
 
 // Redacted replaces the value of a secret-looking field in an audit entry's changes.

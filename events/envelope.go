@@ -78,11 +78,11 @@ func (e Envelope) MarshalJSON() ([]byte, error) {
 		plain
 		CorrelationID *string `json:"correlation_id"`
 		CausationID   *string `json:"causation_id"`
-	}{plain(e), orNull(e.CorrelationID), orNull(e.CausationID)})
+	}{plain(e), OptionalID(e.CorrelationID), OptionalID(e.CausationID)})
 }
 
-// orNull is an optional id as JSON carries it: nil (null) when empty.
-func orNull(id string) *string {
+// OptionalID is an optional id as JSON carries it: nil (null) when empty.
+func OptionalID(id string) *string {
 	if id == "" {
 		return nil
 	}

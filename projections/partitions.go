@@ -83,7 +83,7 @@ func (l layoutRow) consumed() (n int, parts []int) {
 		n = l.draining
 	}
 	for k := range n {
-		if !slices.Contains(l.drained, k) || l.draining == 0 {
+		if !slices.Contains(l.drained, k) { // drained is empty unless a layout drains
 			parts = append(parts, k)
 		}
 	}
@@ -336,7 +336,7 @@ func (p *Partitions) Run(ctx context.Context) error {
 	}
 	log := p.Logger.With("component", "projector-partitions")
 	m := &membership{pool: p.Pool, id: rand.Int32N(math.MaxInt32-1) + 1}
-	defer m.leave()
+	defer m.drop() // leaves: the lock goes with the connection
 	runs := map[partitionKey]running{}
 	var wg sync.WaitGroup
 	defer func() {
@@ -346,9 +346,8 @@ func (p *Partitions) Run(ctx context.Context) error {
 		wg.Wait()
 	}()
 	settled := map[string]bool{} // projectors whose layout is Partitions
-	var members []int32
 	for {
-		if err := p.tick(ctx, log, m, settled, &members, runs, &wg); err != nil && ctx.Err() == nil {
+		if err := p.tick(ctx, log, m, settled, runs, &wg); err != nil && ctx.Err() == nil {
 			log.Warn("partitions: keeping the partitions as they are", "error", err)
 		}
 		select {
@@ -360,12 +359,11 @@ func (p *Partitions) Run(ctx context.Context) error {
 }
 
 func (p *Partitions) tick(ctx context.Context, log *slog.Logger, m *membership, settled map[string]bool,
-	members *[]int32, runs map[partitionKey]running, wg *sync.WaitGroup) error {
+	runs map[partitionKey]running, wg *sync.WaitGroup) error {
 	ms, err := m.members(ctx)
 	if err != nil {
 		return err
 	}
-	*members = ms
 	for _, r := range p.Runners {
 		if settled[r.Name()] {
 			continue
@@ -511,5 +509,3 @@ func (m *membership) drop() {
 		m.conn = nil
 	}
 }
-
-func (m *membership) leave() { m.drop() }

@@ -225,14 +225,6 @@ func lagSeconds(ctx context.Context, pool *pgxpool.Pool, bindings []string, posi
 	return max(0, time.Since(last).Seconds()), nil
 }
 
-// optional is an id that JSON carries as null when it is empty.
-func optional(id string) *string {
-	if id == "" {
-		return nil
-	}
-	return &id
-}
-
 // DeadLetter is one event in a dead-letter queue.
 type DeadLetter struct {
 	EventID        string     `json:"event_id"`
@@ -287,7 +279,7 @@ func deadLetterOf(m amqp.Delivery) DeadLetter {
 	if e, err := events.DecodeEnvelope(m.Body); err == nil {
 		at := e.OccurredAt.UTC()
 		d = DeadLetter{EventID: e.ID.String(), Type: e.Type, StreamID: e.StreamID.String(), StreamVersion: e.StreamVersion,
-			Position: e.Position, CorrelationID: optional(e.CorrelationID), OccurredAt: &at}
+			Position: e.Position, CorrelationID: events.OptionalID(e.CorrelationID), OccurredAt: &at}
 		if e.OrganizationID != nil {
 			d.OrganizationID = e.OrganizationID.String()
 		}
