@@ -408,18 +408,7 @@ func TestProjectionStatusDeadLettersAndRedrive(t *testing.T) {
 	a.expectError(req{method: "GET", path: "/api/v1/chatbots/" + bot.ID, token: owner}, 404, "NOT_FOUND")
 
 	// Fixed, redriven: the chatbot appears, and nothing is left dead.
-	_, err = a.db.Pool.Exec(ctx, `ALTER TABLE chatbots DROP CONSTRAINT no_poison`)
-	require.NoError(t, err)
-	var moved struct{ Redriven int }
-	a.expect(req{method: "POST", path: "/api/v1/admin/projections/chatbots/redrive", token: op}, 200).data(t, &moved)
-	assert.Equal(t, 1, moved.Redriven)
-	testenv.Eventually(t, 10*time.Second, func() error {
-		time.Sleep(50 * time.Millisecond)
-		if r := a.do(req{method: "GET", path: "/api/v1/chatbots/" + bot.ID, token: owner}); r.Status != 200 {
-			return fmt.Errorf("chatbot: %d", r.Status)
-		}
-		return nil
-	})
+	a.fixAndRedrive(op, owner, bot.ID)
 	a.expect(req{method: "GET", path: "/api/v1/admin/projections", token: op}, 200).data(t, &s)
 	dead, _ = find(s, "chatbots")
 	assert.Equal(t, 0, dead)
@@ -495,17 +484,24 @@ func TestPartitionedProjectorsServeAndRedrive(t *testing.T) {
 		}
 		return nil
 	})
-	_, err = a.db.Pool.Exec(ctx, `ALTER TABLE chatbots DROP CONSTRAINT no_poison`)
-	require.NoError(t, err)
+	a.fixAndRedrive(op, owners[2], bot.ID)
+	assert.Zero(t, *status()["chatbots"].DeadLettered)
+}
+
+// fixAndRedrive drops the constraint that poisoned the chatbots projection, redrives its
+// one dead letter and waits until the chatbot reads back.
+func (a *app) fixAndRedrive(operator, owner, bot string) {
+	a.t.Helper()
+	_, err := a.db.Pool.Exec(context.Background(), `ALTER TABLE chatbots DROP CONSTRAINT no_poison`)
+	require.NoError(a.t, err)
 	var moved struct{ Redriven int }
-	a.expect(req{method: "POST", path: "/api/v1/admin/projections/chatbots/redrive", token: op}, 200).data(t, &moved)
-	assert.Equal(t, 1, moved.Redriven)
-	testenv.Eventually(t, 10*time.Second, func() error {
+	a.expect(req{method: "POST", path: "/api/v1/admin/projections/chatbots/redrive", token: operator}, 200).data(a.t, &moved)
+	assert.Equal(a.t, 1, moved.Redriven)
+	testenv.Eventually(a.t, 10*time.Second, func() error {
 		time.Sleep(50 * time.Millisecond)
-		if r := a.do(req{method: "GET", path: "/api/v1/chatbots/" + bot.ID, token: owners[2]}); r.Status != 200 {
+		if r := a.do(req{method: "GET", path: "/api/v1/chatbots/" + bot, token: owner}); r.Status != 200 {
 			return fmt.Errorf("chatbot: %d", r.Status)
 		}
 		return nil
 	})
-	assert.Zero(t, *status()["chatbots"].DeadLettered)
 }

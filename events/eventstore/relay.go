@@ -423,6 +423,15 @@ func (r *Relay) openPublisher(ctx context.Context) (*publisher, error) {
 
 func (p *publisher) close() { _ = p.ch.Close() }
 
+// partitionHeaders are the headers of each bucket, made once: the relay publishes every
+// event with one, and amqp091 only reads them.
+var partitionHeaders = func() (out [events.PartitionBuckets]amqp.Table) {
+	for b := range out {
+		out[b] = amqp.Table{events.PartitionHeader: events.PartitionValue(b)}
+	}
+	return out
+}()
+
 // checkpointEvery is how often, at most, the checkpoint is saved while batches are in
 // flight.
 const checkpointEvery = 100 * time.Millisecond
@@ -444,7 +453,7 @@ func (p *publisher) send(ctx context.Context, batch []events.Envelope) error {
 		}
 		err = p.ch.PublishWithContext(ctx, p.exchange, e.Type, true, false, amqp.Publishing{
 			// The organization's bucket, which partitioned projectors' queues are bound by.
-			Headers:       amqp.Table{events.PartitionHeader: events.PartitionValue(events.PartitionBucket(e.OrganizationID))},
+			Headers:       partitionHeaders[events.PartitionBucket(e.OrganizationID)],
 			ContentType:   "application/json",
 			DeliveryMode:  amqp.Persistent,
 			MessageId:     e.ID.String(),
