@@ -31,6 +31,7 @@ func buildBombardier(ctx context.Context) (bombardier, error) {
 // answer.
 type bombardResult struct {
 	rate          float64
+	count         uint64 // 2xx answers
 	p50, p99      time.Duration
 	other, errors uint64 // answers that were not 2xx, and failed requests
 }
@@ -61,7 +62,7 @@ func (b bombardier) post(ctx context.Context, url, token string, body []byte, cl
 	us := func(p string) time.Duration {
 		return time.Duration(res.Latency.Percentiles[p] * float64(time.Microsecond))
 	}
-	return bombardResult{rate: float64(res.Req2xx) / res.TimeTakenSeconds, p50: us("50"), p99: us("99"),
+	return bombardResult{rate: float64(res.Req2xx) / res.TimeTakenSeconds, count: res.Req2xx, p50: us("50"), p99: us("99"),
 		other: res.Req1xx + res.Req3xx + res.Req4xx + res.Req5xx, errors: res.Others}, nil
 }
 

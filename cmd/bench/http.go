@@ -99,6 +99,10 @@ func httpFigures(ctx context.Context, o options, srv *server, pool *pgxpool.Pool
 	if err := outOfProcess(ctx, o, srv, b, 2, &outside); err != nil {
 		return err
 	}
+	// And through watermill's documented pipeline.
+	if err := peerFigures(ctx, o, srv, pool, &outside); err != nil {
+		return err
+	}
 	if err := settle(ctx, pool, "bench.serve."); err != nil {
 		return err
 	}

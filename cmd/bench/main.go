@@ -89,6 +89,7 @@ func run(ctx context.Context) error {
 	partitionsOnly := flag.Bool("partitions-only", false, "only the partitioned projectors' figures (printed, not written)")
 	flag.StringVar(&o.partitionRuns, "partition-runs", "", "with -partitions-only: the runs to make, as partitions x processes (\"4x2,1x1\"); all when empty")
 	conversationsOnly := flag.Bool("conversations-only", false, "only the knowledge-base responder figures (printed, not written)")
+	peerOnly := flag.Bool("peer-only", false, "only the whole binary against watermill's documented pipeline (printed, not written)")
 	httpOnly := flag.Bool("http-only", false, "only the commands, read model and cached read figures over HTTP (printed, not written; no pgbench ratio)")
 	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of this process (the in-process relay, projector and appends) to this file")
 	flag.Parse()
@@ -154,7 +155,7 @@ func run(ctx context.Context) error {
 	}
 	// 1. Appends against pgbench.
 	var pgbench32 float64
-	if !*httpOnly && !*conversationsOnly {
+	if !*httpOnly && !*conversationsOnly && !*peerOnly {
 		if pgbench32, err = appendFigures(ctx, pool, dbURL, o, &report); err != nil {
 			return err
 		}
@@ -172,7 +173,7 @@ func run(ctx context.Context) error {
 	// so that nothing else runs on the cores.
 	pool.Reset()
 	var alone commandSide
-	if !*conversationsOnly {
+	if !*conversationsOnly && !*peerOnly {
 		if alone, err = commandsAlone(ctx, o); err != nil {
 			return err
 		}
@@ -197,6 +198,13 @@ func run(ctx context.Context) error {
 		return err
 	}
 	defer e2ePool.Close()
+	if *peerOnly {
+		if err := peerFigures(ctx, o, srv, e2ePool, &report); err != nil {
+			return err
+		}
+		fmt.Print(report.String())
+		return nil
+	}
 	if !*conversationsOnly {
 		if err := httpFigures(ctx, o, srv, e2ePool, pgbench32, alone, &report); err != nil {
 			return err
