@@ -148,9 +148,11 @@ func startPeer(ctx context.Context, pool *pgxpool.Pool, amqpURL string) (*peer, 
 	commandTopic := func(name string) string { return peerPrefix + "commands." + name }
 	eventTopic := func(name string) string { return peerPrefix + "events." + name }
 	commandBus, err := cqrs.NewCommandBusWithConfig(commandPublisher, cqrs.CommandBusConfig{
-		GeneratePublishTopic: func(p cqrs.CommandBusGeneratePublishTopicParams) (string, error) { return commandTopic(p.CommandName), nil },
-		Marshaler:            cqrs.JSONMarshaler{},
-		Logger:               logger,
+		GeneratePublishTopic: func(p cqrs.CommandBusGeneratePublishTopicParams) (string, error) {
+			return commandTopic(p.CommandName), nil
+		},
+		Marshaler: cqrs.JSONMarshaler{},
+		Logger:    logger,
 	})
 	if err != nil {
 		return fail(err)
