@@ -46,22 +46,82 @@ type outbox[J, O any] struct {
 }
 
 // run works until ctx ends and the calls in flight have returned.
+//
+// Claims and records are batched, and each runs beside the calls, because each is a
+// round trip (a record also a commit) that would otherwise be paid per call, with the
+// workers idle meanwhile:
+//   - a claim leases up to lookahead rows less those held already (claimed and not yet
+//     called, or in flight), in a goroutine of its own; the next one starts when fewer
+//     than workers rows wait to be called, so the workers never wait for it under load;
+//   - the outcomes that finish while a record commits are recorded together by the
+//     next one, also in a goroutine of its own. At most one claim and one record run at
+//     a time.
+//
+// Rows claimed but not yet called when ctx ends keep their leases, which expire, as do
+// those of calls cut short: the next process makes them then.
 func (o outbox[J, O]) run(ctx context.Context) {
 	wake := make(chan struct{}, 1)
 	go o.listen(ctx, wake)
 	workers := max(o.workers, 1)
+	lookahead := 4 * workers
 	type finished struct {
 		out      O
 		canceled bool
 	}
+	type claimResult struct {
+		jobs []J
+		err  error
+	}
 	results := make(chan finished, workers)
+	claims := make(chan claimResult, 1)
+	recorded := make(chan struct{}, 1)
 	inFlight := 0
-	var lastEvery time.Time
+	var ready []J // claimed, not called yet
+	var outcomes []O
+	claiming, recording := false, false
+	// more: the last claim found rows, or something may have become due since; a claim
+	// that finds none waits for a wake-up, the next due row or a retry.
+	more := true
+	var retryAt time.Time
 	var pause retry.Backoff
+	record := func() {
+		if recording || len(outcomes) == 0 {
+			return
+		}
+		done := outcomes
+		outcomes, recording = nil, true
+		go func() {
+			if err := o.record(context.WithoutCancel(ctx), done); err != nil {
+				o.logger.Warn(o.name+": record failed (the calls are made again when their leases expire)",
+					"error", err, "outcomes", len(done))
+			}
+			recorded <- struct{}{}
+		}()
+	}
+	finish := func(f finished) {
+		inFlight--
+		if !f.canceled {
+			outcomes = append(outcomes, f.out)
+		}
+	}
+	var lastEvery time.Time
 	for {
 		if ctx.Err() != nil {
-			for ; inFlight > 0; inFlight-- {
-				<-results // calls end with ctx; their leases expire and they are made again
+			// Calls end with ctx; the ones cut short are not recorded, the ones that
+			// finished are.
+			for inFlight > 0 {
+				finish(<-results)
+			}
+			if claiming {
+				<-claims
+			}
+			if recording {
+				<-recorded
+				recording = false
+			}
+			record()
+			if recording {
+				<-recorded
 			}
 			return
 		}
@@ -71,63 +131,66 @@ func (o outbox[J, O]) run(ctx context.Context) {
 			}
 			lastEvery = time.Now()
 		}
-		claimed := 0
-		if free := workers - inFlight; free > 0 {
-			jobs, err := o.claim(ctx, free)
-			if err != nil {
-				if ctx.Err() == nil {
-					wait := pause.Next()
-					o.logger.Warn(o.name+": claim failed", "error", err, "retry_in", wait)
-					retry.Sleep(ctx.Done(), wait)
-				}
-				continue
-			}
-			pause.Reset()
-			for _, j := range jobs {
-				go func() {
-					out := o.call(ctx, j)
-					results <- finished{out: out, canceled: ctx.Err() != nil}
-				}()
-			}
-			claimed, inFlight = len(jobs), inFlight+len(jobs)
+		if room := lookahead - len(ready) - inFlight; more && !claiming && len(ready) < workers && room > 0 && !time.Now().Before(retryAt) {
+			claiming = true
+			go func() {
+				jobs, err := o.claim(ctx, room)
+				claims <- claimResult{jobs: jobs, err: err}
+			}()
+		}
+		for ; len(ready) > 0 && inFlight < workers; inFlight++ {
+			j := ready[0]
+			ready = ready[1:]
+			go func() {
+				out := o.call(ctx, j)
+				results <- finished{out: out, canceled: ctx.Err() != nil}
+			}()
 		}
 		var idle <-chan time.Time
 		switch {
-		case claimed > 0 && inFlight < workers:
-			idle = time.After(0) // more may be due: claim again at once
-		case inFlight < workers:
+		case claiming || len(ready) > 0:
+			// A claim's answer or a free slot comes next.
+		case !retryAt.IsZero():
+			idle = time.After(time.Until(retryAt))
+		case !more && inFlight < workers:
 			// A free slot: wake for the next retry or lease expiry, even while calls run.
 			idle = time.After(o.idleWait(ctx))
 		}
 		select {
 		case <-ctx.Done():
 		case <-wake:
+			more = true
 		case <-idle:
-		case r := <-results:
-			batch := []finished{r}
-			for len(batch) < inFlight {
-				select {
-				case r := <-results:
-					batch = append(batch, r)
-					continue
-				default:
+			more, retryAt = true, time.Time{}
+		case c := <-claims:
+			claiming = false
+			if c.err != nil {
+				if ctx.Err() == nil {
+					wait := pause.Next()
+					o.logger.Warn(o.name+": claim failed", "error", c.err, "retry_in", wait)
+					retryAt = time.Now().Add(wait)
 				}
-				break
-			}
-			inFlight -= len(batch)
-			done := make([]O, 0, len(batch))
-			for _, f := range batch {
-				if !f.canceled {
-					done = append(done, f.out)
-				}
-			}
-			if len(done) == 0 {
 				continue
 			}
-			if err := o.record(context.WithoutCancel(ctx), done); err != nil {
-				o.logger.Warn(o.name+": record failed (the calls are made again when their leases expire)",
-					"error", err, "outcomes", len(done))
+			pause.Reset()
+			ready = append(ready, c.jobs...)
+			more = len(c.jobs) > 0
+		case <-recorded:
+			recording = false
+			// What it recorded may let the next rows of their streams be claimed.
+			more = true
+			record()
+		case f := <-results:
+			finish(f)
+			for drained := false; !drained && inFlight > 0; {
+				select {
+				case f := <-results:
+					finish(f)
+				default:
+					drained = true
+				}
 			}
+			record()
 		}
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net/http"
+	"slices"
 	"strconv"
 	"time"
 
@@ -279,21 +280,72 @@ func (d *WebhookDeliverer) retryDelay(attempt int) time.Duration {
 }
 
 // recordAll stores attempts and what follows from them, in one transaction.
+// recordAll records a batch of outcomes in one transaction, in their order. Successes,
+// nearly all of them under load, are recorded a run at a time by one statement (the
+// attempts, the deliveries and the subscriptions' failure counts together): one round
+// trip for the run instead of three per delivery. A failure is recorded on its own, as
+// it may disable its subscription, so runs end at failures and the counts see the same
+// order either way.
 func (d *WebhookDeliverer) recordAll(ctx context.Context, batch []outcome) error {
 	tx, err := d.Pool.Begin(ctx)
 	if err != nil {
 		return err
 	}
 	defer func() { _ = tx.Rollback(ctx) }()
+	var run []outcome
 	for _, o := range batch {
-		if o.skip {
-			continue
-		}
-		if err := d.record(ctx, tx, o.c, o.code, o.errText, o.took); err != nil {
-			return err
+		switch {
+		case o.skip:
+		case o.errText == "":
+			run = append(run, o)
+		default:
+			if err := d.recordDelivered(ctx, tx, run); err != nil {
+				return err
+			}
+			run = run[:0]
+			if err := d.record(ctx, tx, o.c, o.code, o.errText, o.took); err != nil {
+				return err
+			}
 		}
 	}
+	if err := d.recordDelivered(ctx, tx, run); err != nil {
+		return err
+	}
 	return tx.Commit(ctx)
+}
+
+// recordDelivered records successful attempts in one statement: what record does for
+// each, set-wise.
+func (d *WebhookDeliverer) recordDelivered(ctx context.Context, tx pgx.Tx, run []outcome) error {
+	if len(run) == 0 {
+		return nil
+	}
+	ids := make([]uuid.UUID, len(run))
+	attempts := make([]int32, len(run))
+	codes := make([]*int32, len(run))
+	took := make([]int64, len(run))
+	hooks := make([]uuid.UUID, 0, 1)
+	for i, o := range run {
+		ids[i], attempts[i], took[i] = o.c.id, int32(o.c.attempt), o.took.Milliseconds()
+		if o.code != 0 {
+			code := int32(o.code)
+			codes[i] = &code
+		}
+		if !slices.Contains(hooks, o.c.webhook) {
+			hooks = append(hooks, o.c.webhook)
+		}
+	}
+	_, err := tx.Exec(ctx, `WITH done AS (
+			SELECT * FROM unnest($1::uuid[], $2::int[], $3::int[], $4::bigint[]) AS t(id, attempt, code, took)),
+		attempts AS (
+			INSERT INTO webhook_attempts (delivery_id, attempt, status_code, error, duration_ms, attempted_at)
+			SELECT id, attempt, code, NULL, took, now() FROM done ON CONFLICT DO NOTHING),
+		delivered AS (
+			UPDATE webhook_deliveries d SET status = 'delivered', last_status_code = done.code, last_error = NULL, finished_at = now()
+			FROM done WHERE d.id = done.id AND d.status = 'pending')
+		UPDATE webhooks SET consecutive_failures = 0 WHERE id = ANY($5) AND consecutive_failures <> 0`,
+		ids, attempts, codes, took, hooks)
+	return err
 }
 
 // record stores one attempt and what follows from it.
