@@ -81,10 +81,31 @@ func (f HistoryFilter) where(args []any) ([]string, []any) {
 	return where, args
 }
 
+// readable is the condition of an event that every reader in commit order may take: its
+// transaction is older than every transaction of this database still running, so none
+// that commits later can come before it.
+//
+// The statement's snapshot lists the transactions running when it was taken
+// (pg_snapshot_xip); their least, or the snapshot's xmax when none runs, was the
+// horizon, pg_snapshot_xmin. But that list is the whole server's: a transaction left
+// open in another database (an idle session of another application, another
+// deployment's long rebuild) held every reader here back for as long as it ran, the
+// relay included. So the transactions that pg_stat_activity shows running in another
+// database are left out. That is safe whenever it is read: a backend is connected to
+// one database for its life, so a transaction id it holds belongs to that database and
+// cannot have written these rows; a transaction whose database cannot be told (it has
+// ended since the snapshot, it is prepared, or its backend is another role's and hidden)
+// still counts. The ids are matched on their low 32 bits (pg_stat_activity's xid): the
+// running ids are within 2^31 of each other, so no two share them.
+const readable = `transaction_id < (SELECT least(pg_snapshot_xmax(snap), (SELECT min(id) FROM pg_snapshot_xip(snap) AS x(id)
+		WHERE (id::text::bigint % 4294967296) NOT IN (SELECT backend_xid::text::bigint FROM pg_stat_activity
+			WHERE backend_xid IS NOT NULL AND datid <> (SELECT oid FROM pg_database WHERE datname = current_database()))))
+	FROM (SELECT pg_current_snapshot() AS snap) AS s)`
+
 // CountHistory counts the events matching f that are readable now.
 func CountHistory(ctx context.Context, q Querier, f HistoryFilter) (int64, error) {
 	where, args := f.where(nil)
-	where = append(where, `transaction_id < pg_snapshot_xmin(pg_current_snapshot())`)
+	where = append(where, readable)
 	var n int64
 	err := q.QueryRow(ctx, `SELECT count(*) FROM events WHERE `+strings.Join(where, " AND "), args...).Scan(&n)
 	return n, db.Classify(err)
@@ -95,8 +116,7 @@ func CountHistory(ctx context.Context, q Querier, f HistoryFilter) (int64, error
 // cast instead of the index, and every read would scan and sort the whole log.
 func historyQuery(f HistoryFilter, cp Checkpoint, limit int) (string, []any) {
 	where, args := f.where([]any{strconv.FormatUint(cp.TransactionID, 10), cp.Position})
-	where = append(where, `(transaction_id, position) > ($1::text::xid8, $2::bigint)`,
-		`transaction_id < pg_snapshot_xmin(pg_current_snapshot())`)
+	where = append(where, `(transaction_id, position) > ($1::text::xid8, $2::bigint)`, readable)
 	args = append(args, limit)
 	return `SELECT ` + envelopeColumns + `, transaction_id::text::bigint AS txid FROM events
 		WHERE ` + strings.Join(where, " AND ") + ` ORDER BY transaction_id, position LIMIT $` + strconv.Itoa(len(args)), args

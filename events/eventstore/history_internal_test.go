@@ -6,9 +6,11 @@ import (
 	"testing"
 
 	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/chatbotsaas/chatbotd/events"
 	"github.com/chatbotsaas/chatbotd/internal/testenv"
 )
 
@@ -45,4 +47,52 @@ func explain(t *testing.T, q Querier, sql string, args ...any) string {
 	}
 	require.NoError(t, rows.Err())
 	return strings.Join(plan, "\n")
+}
+
+// Readers in commit order wait for the transactions running in their own database only:
+// one left open in another database of the server (with transactions committed after
+// it) holds nothing up here, where before it held the relay back for as long as it ran;
+// one open in this database still does.
+func TestReadersWaitForTheirOwnDatabaseOnly(t *testing.T) {
+	ctx := context.Background()
+	d, other := testenv.MustDatabase(t), testenv.MustDatabase(t)
+	store := NewStore(d.Pool)
+	defer store.Close()
+	org := uuid.New()
+	appendOne := func() {
+		_, err := store.Append(ctx, AppendRequest{StreamType: events.StreamUser, StreamID: uuid.New(), OrganizationID: &org,
+			Meta:   events.Meta{Actor: events.Actor{Type: events.ActorSystem}},
+			Events: []events.Event{events.UserCreated{Name: "Ada", Email: "ada@example.com", Roles: []string{"member"}, Status: "active"}}})
+		require.NoError(t, err)
+	}
+	// hold opens a transaction with a transaction id in pool's database.
+	hold := func(pool *pgxpool.Pool) (release func()) {
+		tx, err := pool.Begin(ctx)
+		require.NoError(t, err)
+		_, err = tx.Exec(ctx, `SELECT pg_current_xact_id()`)
+		require.NoError(t, err)
+		return func() { require.NoError(t, tx.Rollback(ctx)) }
+	}
+	readable := func(cp Checkpoint) ([]events.Envelope, Checkpoint) {
+		batch, next, err := ReadCommitted(ctx, d.Pool, cp, 100)
+		require.NoError(t, err)
+		n, err := CountHistory(ctx, d.Pool, HistoryFilter{})
+		require.NoError(t, err)
+		assert.Equal(t, int64(cp.Position)+int64(len(batch)), n, "CountHistory takes the same horizon")
+		return batch, next
+	}
+
+	release := hold(other.Pool)
+	appendOne()
+	batch, cp := readable(Checkpoint{})
+	assert.Len(t, batch, 1, "a transaction of another database holds nothing up")
+	release()
+
+	release = hold(d.Pool)
+	appendOne()
+	batch, _ = readable(cp)
+	assert.Empty(t, batch, "a transaction of this database, older than the append, may still commit events before it")
+	release()
+	batch, _ = readable(cp)
+	assert.Len(t, batch, 1)
 }
