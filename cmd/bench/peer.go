@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"os"
@@ -23,6 +24,8 @@ import (
 	"github.com/gin-gonic/gin"
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/chatbotsaas/chatbotd/internal/db"
 )
 
 // The peer pipeline: the same command, POST a chatbot and see it in a read model, built
@@ -66,6 +69,7 @@ type ChatbotCreated struct {
 // peer is the running peer pipeline.
 type peer struct {
 	base    string
+	pool    *pgxpool.Pool // its own database, as a service of its own would have
 	applied *appliedLog
 	stop    func()
 }
@@ -116,17 +120,34 @@ func (l *appliedLog) wait(id uuid.UUID, limit time.Duration) (time.Time, error) 
 	}
 }
 
-func startPeer(ctx context.Context, pool *pgxpool.Pool, amqpURL string) (*peer, error) {
+// startPeer starts the peer on a database of its own (migrated, for the shape of the
+// chatbots table): in chatbotd's, its transactions would be chatbotd's relay's to wait
+// for.
+func startPeer(ctx context.Context, o options) (*peer, error) {
+	amqpURL := o.amqpURL
 	removeByPrefix(amqpURL, peerPrefix)
-	if _, err := pool.Exec(ctx, `DROP TABLE IF EXISTS peer_chatbots_write, peer_chatbots, watermill_`+peerForwarderTopic+`,
-			watermill_offsets_`+peerForwarderTopic+`;
-		CREATE TABLE peer_chatbots_write (LIKE chatbots INCLUDING ALL);
+	url, err := db.Recreate(ctx, o.server, o.database+"_peer")
+	if err != nil {
+		return nil, err
+	}
+	// Few connections: its handlers take one message at a time, and PostgreSQL's 100 are
+	// shared with chatbotd and the bench.
+	pool, err := db.Open(ctx, url, 8)
+	if err != nil {
+		return nil, err
+	}
+	if err := db.Migrate(ctx, pool, slog.New(slog.DiscardHandler)); err != nil {
+		pool.Close()
+		return nil, err
+	}
+	if _, err := pool.Exec(ctx, `CREATE TABLE peer_chatbots_write (LIKE chatbots INCLUDING ALL);
 		CREATE TABLE peer_chatbots (LIKE chatbots INCLUDING ALL)`); err != nil {
+		pool.Close()
 		return nil, err
 	}
 	logger := watermill.NopLogger{}
 	ctx, cancel := context.WithCancel(ctx)
-	var closers []func() error
+	closers := []func() error{func() error { pool.Close(); return nil }}
 	stop := func() {
 		cancel()
 		for i := len(closers) - 1; i >= 0; i-- {
@@ -308,7 +329,7 @@ func startPeer(ctx context.Context, pool *pgxpool.Pool, amqpURL string) (*peer, 
 	srv := &http.Server{Handler: r, ReadHeaderTimeout: 5 * time.Second}
 	go func() { _ = srv.Serve(ln) }()
 	closers = append(closers, srv.Close)
-	return &peer{base: "http://" + ln.Addr().String(), applied: applied, stop: func() {
+	return &peer{base: "http://" + ln.Addr().String(), pool: pool, applied: applied, stop: func() {
 		stop()
 		removeByPrefix(amqpURL, peerPrefix)
 	}}, nil
@@ -359,7 +380,7 @@ func pipelineThroughput(ctx context.Context, bomb bombardier, pool *pgxpool.Pool
 // throughput into the read model under bombardier's load (alternating rounds), then the
 // time from a 2xx to the read model at the same fixed rate for both.
 func peerFigures(ctx context.Context, o options, srv *server, pool *pgxpool.Pool, w io.Writer) error {
-	p, err := startPeer(ctx, pool, o.amqpURL)
+	p, err := startPeer(ctx, o)
 	if err != nil {
 		return err
 	}
@@ -382,7 +403,7 @@ func peerFigures(ctx context.Context, o options, srv *server, pool *pgxpool.Pool
 			return err
 		}
 		fmt.Fprintf(os.Stderr, "pipeline round %d, chatbotd: %.0f 2xx/s, %.0f into the read model/s (drained %s after)\n", i+1, a.load.rate, a.through, a.drain.Round(time.Millisecond))
-		b, err := pipelineThroughput(ctx, bomb, pool, "peer_chatbots", p.base+"/peer/chatbots", "", body, o.duration)
+		b, err := pipelineThroughput(ctx, bomb, p.pool, "peer_chatbots", p.base+"/peer/chatbots", "", body, o.duration)
 		if err != nil {
 			return err
 		}
