@@ -49,12 +49,8 @@ func startBare(ctx context.Context, pool *pgxpool.Pool, rdb *redis.Client) (*bar
 	org := uuid.New()
 	// POST /crud/chatbots: validate, insert the row, answer it.
 	r.POST("/crud/chatbots", func(c *gin.Context) {
-		var in struct {
-			Name        string `json:"name"`
-			Description string `json:"description"`
-		}
-		if err := c.ShouldBindJSON(&in); err != nil || strings.TrimSpace(in.Name) == "" || len(in.Name) > 100 {
-			c.JSON(422, gin.H{"error": gin.H{"code": "VALIDATION_FAILED"}})
+		in, ok := bindChatbot(c)
+		if !ok {
 			return
 		}
 		id, now := uuid.Must(uuid.NewV7()), time.Now().UTC()
@@ -115,6 +111,22 @@ func startBare(ctx context.Context, pool *pgxpool.Pool, rdb *redis.Client) (*bar
 	srv := &http.Server{Handler: r, ReadHeaderTimeout: 5 * time.Second}
 	go func() { _ = srv.Serve(ln) }()
 	return &bare{base: "http://" + ln.Addr().String(), stop: func() { _ = srv.Close() }}, nil
+}
+
+// chatbotInput is the body of the baselines' POST of a chatbot.
+type chatbotInput struct {
+	Name        string `json:"name"`
+	Description string `json:"description"`
+}
+
+// bindChatbot binds and validates a baseline's chatbot body, answering 422 when it fails.
+func bindChatbot(c *gin.Context) (chatbotInput, bool) {
+	var in chatbotInput
+	if err := c.ShouldBindJSON(&in); err != nil || strings.TrimSpace(in.Name) == "" || len(in.Name) > 100 {
+		c.JSON(422, gin.H{"error": gin.H{"code": "VALIDATION_FAILED"}})
+		return in, false
+	}
+	return in, true
 }
 
 // request builds one request of a load.

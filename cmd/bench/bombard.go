@@ -27,6 +27,16 @@ func buildBombardier(ctx context.Context) (bombardier, error) {
 	return bombardier{path: path}, nil
 }
 
+// bombardChatbots builds bombardier and the one body its POSTs of a chatbot send.
+func bombardChatbots(ctx context.Context) (bombardier, []byte, error) {
+	bomb, err := buildBombardier(ctx)
+	if err != nil {
+		return bomb, nil, err
+	}
+	body, err := json.Marshal(chatbotInput{Name: "Bombarded bot", Description: "the same body every time"})
+	return bomb, body, err
+}
+
 // bombardResult is one run: 2xx answers per second, and latency percentiles of every
 // answer.
 type bombardResult struct {
@@ -70,11 +80,7 @@ func (b bombardier) post(ctx context.Context, url, token string, body []byte, cl
 // the bare Gin + pgx handler's POST /crud/chatbots, each driven by bombardier with 32
 // connections, in alternating rounds, and writes the table.
 func outOfProcess(ctx context.Context, o options, srv *server, b *bare, rounds int, w io.Writer) error {
-	bomb, err := buildBombardier(ctx)
-	if err != nil {
-		return err
-	}
-	body, err := json.Marshal(map[string]string{"name": "Bombarded bot", "description": "the same body every time"})
+	bomb, body, err := bombardChatbots(ctx)
 	if err != nil {
 		return err
 	}

@@ -10,7 +10,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"strings"
 	"sync"
 	"time"
 
@@ -307,12 +306,8 @@ func startPeer(ctx context.Context, o options) (*peer, error) {
 	r.Use(gin.Recovery())
 	org := uuid.New()
 	r.POST("/peer/chatbots", func(c *gin.Context) {
-		var in struct {
-			Name        string `json:"name"`
-			Description string `json:"description"`
-		}
-		if err := c.ShouldBindJSON(&in); err != nil || strings.TrimSpace(in.Name) == "" || len(in.Name) > 100 {
-			c.JSON(422, gin.H{"error": gin.H{"code": "VALIDATION_FAILED"}})
+		in, ok := bindChatbot(c)
+		if !ok {
 			return
 		}
 		id := uuid.Must(uuid.NewV7())
@@ -385,11 +380,7 @@ func peerFigures(ctx context.Context, o options, srv *server, pool *pgxpool.Pool
 		return err
 	}
 	defer p.stop()
-	bomb, err := buildBombardier(ctx)
-	if err != nil {
-		return err
-	}
-	body, err := json.Marshal(map[string]string{"name": "Bombarded bot", "description": "the same body every time"})
+	bomb, body, err := bombardChatbots(ctx)
 	if err != nil {
 		return err
 	}
