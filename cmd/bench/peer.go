@@ -338,8 +338,8 @@ type pipelineRun struct {
 	drain   time.Duration // from the load's end until the read model held every command
 }
 
-// pipelineThroughput drives url with bombardier for d, then waits until the read model
-// (count, counted with table) holds every command it accepted.
+// pipelineThroughput drives url with bombardier for d, then waits until the read model's
+// table (in pool's database) holds a row for every command answered 2xx.
 func pipelineThroughput(ctx context.Context, bomb bombardier, pool *pgxpool.Pool, table, url, token string, body []byte, d time.Duration) (pipelineRun, error) {
 	count := func() (int64, error) {
 		var n int64
