@@ -82,7 +82,7 @@ func (h *HTTP) getUser(c *gin.Context) {
 		httpx.Fail(c, err)
 		return
 	}
-	u, err := readmodel.CachedUser(c.Request.Context(), h.cache, h.read, id, awaited(c, id))
+	u, err := readmodel.CachedUserDocument(c.Request.Context(), h.cache, h.read, id, awaited(c, id))
 	if err == nil && u.OrganizationID != principal(c).OrganizationID {
 		err = readmodel.ErrNotFound // another tenant's user does not exist for this caller
 	}
@@ -91,7 +91,7 @@ func (h *HTTP) getUser(c *gin.Context) {
 		return
 	}
 	c.Header("ETag", strconv.Quote(strconv.Itoa(u.Version)))
-	httpx.OK(c, http.StatusOK, "User", u, nil)
+	httpx.OK(c, http.StatusOK, "User", u.JSON, nil)
 }
 
 func (h *HTTP) checkEmail(c *gin.Context) {

@@ -114,10 +114,11 @@ func (a *Authenticator) Authenticate(ctx context.Context, authorization string) 
 	if st.suspended {
 		return Principal{}, errSuspended
 	}
-	perms := rbac.PermissionsOf(st.roles, st.customPermissions)
+	perms := st.permissions
 	if st.operator {
-		// Only a login session of an operator account: API tokens never carry it.
-		perms = append(perms, rbac.PlatformOperate)
+		// Only a login session of an operator account: API tokens never carry it. A copy:
+		// the cached state's slice is shared by every request of the session.
+		perms = append(slices.Clip(perms), rbac.PlatformOperate)
 	}
 	return Principal{Credential: "user:" + userID.String(), UserID: userID, OrganizationID: orgID, SessionID: sessionID,
 		Roles: st.roles, Permissions: perms}, nil
@@ -127,14 +128,17 @@ var errSuspended = apperr.New(apperr.CodeOrgSuspended, "This organization is sus
 
 // authState is what authentication knows of a user (and a session) right now.
 type authState struct {
-	found             bool
-	org               uuid.UUID
-	active            bool
-	roles             []string
-	customPermissions []string
-	sessionLive       bool
-	suspended         bool // the user's organization is suspended
-	operator          bool // a platform operator
+	found  bool
+	org    uuid.UUID
+	active bool
+	roles  []string
+	// permissions are the roles' (built-in and custom) as rbac.PermissionsOf sorts them,
+	// worked out once when the state is read, not on every request it authenticates.
+	// Shared by those requests: read only.
+	permissions []string
+	sessionLive bool
+	suspended   bool // the user's organization is suspended
+	operator    bool // a platform operator
 }
 
 // sessionState is a session's state, from the cache or the database.
@@ -168,24 +172,29 @@ func (a *Authenticator) state(ctx context.Context, user, session uuid.UUID) (aut
 		return authState{}, db.Classify(err)
 	}
 	st.sessionLive = live != nil && *live
-	return st, a.addCustomPermissions(ctx, &st)
+	return st, a.addPermissions(ctx, &st)
 }
 
-// addCustomPermissions reads the permissions of the custom roles the user holds; most
-// users hold built-in roles only and cost no query here.
-func (a *Authenticator) addCustomPermissions(ctx context.Context, st *authState) error {
+// addPermissions sets the state's permissions: those of its built-in roles, and those of
+// the custom roles it holds, read from the database (most users hold built-in roles only
+// and cost no query here).
+func (a *Authenticator) addPermissions(ctx context.Context, st *authState) error {
 	var custom []string
 	for _, r := range st.roles {
 		if !rbac.IsBuiltinRole(r) {
 			custom = append(custom, r)
 		}
 	}
-	if len(custom) == 0 {
-		return nil
+	var customPermissions []string
+	if len(custom) > 0 {
+		err := a.creds.QueryRow(ctx, `SELECT coalesce(array_agg(DISTINCT p), '{}') FROM role_names, unnest(permissions) AS p
+			WHERE organization_id = $1 AND name = ANY($2)`, st.org, custom).Scan(&customPermissions)
+		if err != nil {
+			return db.Classify(err)
+		}
 	}
-	err := a.creds.QueryRow(ctx, `SELECT coalesce(array_agg(DISTINCT p), '{}') FROM role_names, unnest(permissions) AS p
-		WHERE organization_id = $1 AND name = ANY($2)`, st.org, custom).Scan(&st.customPermissions)
-	return db.Classify(err)
+	st.permissions = rbac.PermissionsOf(st.roles, customPermissions)
+	return nil
 }
 
 // tokenState is an API token's row and its owner's state.
@@ -221,10 +230,9 @@ func (a *Authenticator) authenticateAPIToken(ctx context.Context, raw string) (P
 		return Principal{}, errSuspended
 	}
 	a.touch(id)
-	owner := rbac.PermissionsOf(t.owner.roles, t.owner.customPermissions)
 	perms := make([]string, 0, len(t.abilities))
 	for _, ab := range t.abilities {
-		if slices.Contains(owner, ab) {
+		if _, found := slices.BinarySearch(t.owner.permissions, ab); found {
 			perms = append(perms, ab)
 		}
 	}
@@ -255,7 +263,7 @@ func (a *Authenticator) tokenState(ctx context.Context, id uuid.UUID) (*tokenSta
 		return nil, false, db.Classify(err)
 	}
 	t.owner.org, t.owner.active = t.org, t.active != nil && *t.active
-	if err := a.addCustomPermissions(ctx, &t.owner); err != nil {
+	if err := a.addPermissions(ctx, &t.owner); err != nil {
 		return nil, false, err
 	}
 	a.cache.put(k, cachedAuth{user: t.user, org: t.org, token: t, loaded: time.Now()}, gen)

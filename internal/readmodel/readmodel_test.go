@@ -72,3 +72,35 @@ func TestUserEntriesReadsManyUsersAsUserEntryDoes(t *testing.T) {
 	assert.Equal(t, cache.Entry{Version: 3}, got[deleted])
 	assert.Equal(t, cache.Entry{}, got[missing])
 }
+
+// TestCachedUserDocumentIsTheUserAsCachedUserEncodesIt: the document answered as it is
+// is byte for byte what encoding the decoded user gives, with its organization and
+// version; a deleted user is not found, as with CachedUser.
+func TestCachedUserDocumentIsTheUserAsCachedUserEncodesIt(t *testing.T) {
+	d := testenv.MustDatabase(t)
+	r := testenv.MustRedis(t)
+	c := cache.New(r.Client, r.Prefix, time.Minute)
+	ctx := context.Background()
+	live, deleted, org := uuid.New(), uuid.New(), uuid.New()
+	now := time.Now().UTC()
+	_, err := d.Pool.Exec(ctx, `INSERT INTO users (id, organization_id, name, email, status, roles, version, created_at, updated_at, deleted_at)
+		VALUES ($1, $3, 'Live "quoted" <name>', 'l@example.com', 'active', '{admin,member}', 4, $4, $4, NULL),
+		       ($2, $3, 'Gone', 'g@example.com', 'active', '{member}', 3, $4, $4, $4)`, live, deleted, org, now)
+	require.NoError(t, err)
+
+	for _, fromCache := range []bool{false, true} { // a miss filled from the read model, then a hit
+		doc, err := readmodel.CachedUserDocument(ctx, c, d.Pool, live, 0)
+		require.NoError(t, err, "from the cache: %v", fromCache)
+		u, err := readmodel.CachedUser(ctx, c, d.Pool, live, 0)
+		require.NoError(t, err)
+		want, err := json.Marshal(u)
+		require.NoError(t, err)
+		assert.Equal(t, string(want), string(doc.JSON))
+		assert.Equal(t, org, doc.OrganizationID)
+		assert.Equal(t, 4, doc.Version)
+	}
+	_, err = readmodel.CachedUserDocument(ctx, c, d.Pool, deleted, 0)
+	assert.ErrorIs(t, err, readmodel.ErrNotFound)
+	_, err = readmodel.CachedUserDocument(ctx, c, d.Pool, uuid.New(), 0)
+	assert.ErrorIs(t, err, readmodel.ErrNotFound)
+}
