@@ -48,8 +48,21 @@ type bombardResult struct {
 
 // post sends the same JSON body to url from clients connections for d.
 func (b bombardier) post(ctx context.Context, url, token string, body []byte, clients int, d time.Duration) (bombardResult, error) {
-	args := []string{"-c", fmt.Sprint(clients), "-d", d.String(), "-m", "POST", "-H", "Content-Type: application/json",
-		"-b", string(body), "-l", "-p", "r", "-o", "json"}
+	return b.run(ctx, url, token, clients, d, "-m", "POST", "-H", "Content-Type: application/json", "-b", string(body))
+}
+
+// get sends GETs of url from clients connections for d; at a rate (per second) when rate
+// is above 0, else as fast as the answers come.
+func (b bombardier) get(ctx context.Context, url, token string, clients int, d time.Duration, rate float64) (bombardResult, error) {
+	var args []string
+	if rate > 0 {
+		args = []string{"-r", fmt.Sprint(int(rate))}
+	}
+	return b.run(ctx, url, token, clients, d, args...)
+}
+
+func (b bombardier) run(ctx context.Context, url, token string, clients int, d time.Duration, more ...string) (bombardResult, error) {
+	args := append([]string{"-c", fmt.Sprint(clients), "-d", d.String(), "-l", "-p", "r", "-o", "json"}, more...)
 	if token != "" {
 		args = append(args, "-H", "Authorization: Bearer "+token)
 	}
@@ -112,5 +125,55 @@ func outOfProcess(ctx context.Context, o options, srv *server, b *bare, rounds i
 		fmt.Fprintf(w, "| %d | %.0f | %s | %s | %.0f | %s | %s | %.2f× | %.1f× |\n", i+1, a.rate, ms(a.p50), ms(a.p99),
 			c.rate, ms(c.p50), ms(c.p99), a.rate/c.rate, float64(a.p99)/float64(c.p99))
 	}
+	return nil
+}
+
+// outOfProcessReads measures the cached GET of a user with a JWT against the bare Gin +
+// Redis handler's GET of the same entry, each driven by bombardier with 32 connections in
+// alternating rounds, then chatbotd's at half its peak, and writes the table.
+func outOfProcessReads(ctx context.Context, o options, srv *server, b *bare, path, key string, rounds int, w io.Writer) error {
+	bomb, err := buildBombardier(ctx)
+	if err != nil {
+		return err
+	}
+	const clients = 32
+	var ours, theirs []bombardResult
+	for i := range rounds {
+		for _, run := range []struct {
+			url, token string
+			into       *[]bombardResult
+		}{{srv.base + path, srv.token, &ours}, {b.base + "/crud/cache?key=" + key, "", &theirs}} {
+			r, err := bomb.get(ctx, run.url, run.token, clients, o.duration, 0)
+			if err != nil {
+				return err
+			}
+			if r.other > 0 || r.errors > 0 {
+				return fmt.Errorf("round %d, %s: %d answers not 2xx, %d failed requests", i+1, run.url, r.other, r.errors)
+			}
+			*run.into = append(*run.into, r)
+			fmt.Fprintf(os.Stderr, "bombardier round %d GET %s: %.0f/s, p99 %s\n", i+1, run.url, r.rate, ms(r.p99))
+		}
+	}
+	var peak float64
+	for _, r := range ours {
+		peak = max(peak, r.rate)
+	}
+	half, err := bomb.get(ctx, srv.base+path, srv.token, clients, 2*o.duration, peak/2)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(os.Stderr, "bombardier GET at %.0f/s: p50 %s p99 %s\n", peak/2, ms(half.p50), ms(half.p99))
+	fmt.Fprint(w, "\n### Cached reads driven by a load generator in its own process\n\n")
+	fmt.Fprintf(w, "bombardier with %d connections for %s per round, rounds alternating between chatbotd's `GET /api/v1/users/{id}` "+
+		"with a real JWT (a hit in Redis) and the bare Gin + Redis handler's GET of the same entry; then chatbotd's at half its "+
+		"best round's rate (bombardier's `-r`: paced, so a late answer delays the next request on its connection) for %s.\n\n",
+		clients, o.duration, 2*o.duration)
+	fmt.Fprint(w, "| round | chatbotd 2xx/s | p50 | p99 | bare 2xx/s | p50 | p99 | ratio | p99 ratio |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+	for i := range ours {
+		a, c := ours[i], theirs[i]
+		fmt.Fprintf(w, "| %d | %.0f | %s | %s | %.0f | %s | %s | %.2f× | %.1f× |\n", i+1, a.rate, ms(a.p50), ms(a.p99),
+			c.rate, ms(c.p50), ms(c.p99), a.rate/c.rate, float64(a.p99)/float64(c.p99))
+	}
+	fmt.Fprintf(w, "| at %.0f/s (half) | %.0f | %s | %s | | | | | |\n", peak/2, half.rate, ms(half.p50), ms(half.p99))
 	return nil
 }

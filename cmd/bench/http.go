@@ -183,6 +183,10 @@ func httpFigures(ctx context.Context, o options, srv *server, pool *pgxpool.Pool
 		return fmt.Errorf("half-peak GET: %w", err)
 	}
 	fmt.Fprintf(os.Stderr, "cached GET at %.0f/s: p50 %s p99 %s\n", getJWT.rate/2, ms(getHalf.p50), ms(getHalf.p99))
+	var outsideReads strings.Builder
+	if err := outOfProcessReads(ctx, o, srv, b, path, key, 2, &outsideReads); err != nil {
+		return err
+	}
 	rss, peak, err := residentMB(srv.pid)
 	if err != nil {
 		return err
@@ -259,6 +263,7 @@ func httpFigures(ctx context.Context, o options, srv *server, pool *pgxpool.Pool
 		fmt.Fprintf(w, "| %s | %.0f | %s | %s | %.2f× |\n", r.name, r.res.rate, ms(r.res.p50), ms(r.res.p99), r.res.rate/getBare.rate)
 	}
 	fmt.Fprintf(w, "| JWT at %.0f/s (half its peak), open loop | %.0f | %s | %s | |\n", getJWT.rate/2, getHalf.rate, ms(getHalf.p50), ms(getHalf.p99))
+	w.Write([]byte(outsideReads.String()))
 
 	fmt.Fprint(w, "\n### Resident memory of `chatbotd serve`\n\n")
 	fmt.Fprint(w, "`VmRSS` of the process once it is ready and idle (every role running, pools open, the owner registered and "+
