@@ -13,7 +13,7 @@ import (
 	"github.com/chatbotsaas/chatbotd/internal/readmodel"
 )
 
-// AuditName is the audit projector's name (its queue is chatbotd.audit).
+// AuditName is the audit projector's name (its dead-letter queue is chatbotd.audit.dead).
 const AuditName = readmodel.AuditProjection
 
 // Audit writes one audit entry per event of every type. It knows no event type: the entry

@@ -12,7 +12,7 @@ import (
 	"github.com/chatbotsaas/chatbotd/internal/readmodel"
 )
 
-// ChatbotsName is the chatbots projector's name (its queue is chatbotd.chatbots).
+// ChatbotsName is the chatbots projector's name (its dead-letter queue is chatbotd.chatbots.dead).
 const ChatbotsName = readmodel.ChatbotsProjection
 
 // Chatbots builds the chatbots read model.

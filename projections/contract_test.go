@@ -66,6 +66,21 @@ var runtimes = []consumerRuntime{
 		require.NoError(t, err)
 		return run(r.Run)
 	}},
+	{name: "projector group (Runner of a Group)", start: func(t *testing.T, env *contractEnv, name string, handle func(events.Envelope) error,
+		dead func(events.Envelope)) func() {
+		// The contract's projector shares the group's queue with a member that takes every
+		// event; the contract's dead letters are its own (named as the group, its dead-letter
+		// queue is the one the contract reads).
+		env.amqp.Queue(name + "-bystander")
+		bystander := hook{name: name + "-bystander", handle: func(events.Envelope) error { return nil }, dead: func(events.Envelope) {}}
+		g := projections.NewGroup(name, hook{name: name, handle: handle, dead: dead}, bystander)
+		r, err := projections.NewRunner(env.db.Pool, env.conn, g, projections.Config{
+			Exchange: env.amqp.Exchange, QueuePrefix: env.amqp.QueuePrefix, DeliveryLimit: contractDeliveryLimit, Attempts: 2,
+			Store:  contractStore,
+			Logger: testenv.Logger(t)})
+		require.NoError(t, err)
+		return run(r.Run)
+	}},
 	{name: "watermill consumer (Consumer)", start: func(t *testing.T, env *contractEnv, name string, handle func(events.Envelope) error,
 		dead func(events.Envelope)) func() {
 		c := reactors.Consumer{Conn: env.conn, Workers: 4, Logger: testenv.Logger(t), Store: contractStore,

@@ -150,6 +150,10 @@ var ErrDraining = errors.New("the previous layout is still draining")
 // never declared takes n at once; otherwise the old layout's queues are detached and
 // fenced and drain before the new ones are consumed (see the package comment above). It
 // answers ErrDraining while an earlier switch drains: try again later.
+//
+// n = 0 retires the projector's own queues: a member of the group (Group) whose queues
+// an earlier version consumed. They drain as an old layout does, and none replaces them:
+// the group's queue, bound before, takes the projector's events.
 func Switch(ctx context.Context, pool *pgxpool.Pool, b eventstore.Channeler, r *Runner, n int) (switched bool, err error) {
 	err = pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
 		if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, layoutsLockKey); err != nil {
@@ -182,8 +186,10 @@ func Switch(ctx context.Context, pool *pgxpool.Pool, b eventstore.Channeler, r *
 				return err
 			}
 		}
-		if err := next.Declare(ch); err != nil {
-			return err
+		if n > 0 {
+			if err := next.Declare(ch); err != nil {
+				return err
+			}
 		}
 		draining := any(row.partitions)
 		if fresh {
@@ -255,7 +261,7 @@ func finishDrain(ctx context.Context, pool *pgxpool.Pool, b eventstore.Channeler
 				return err
 			}
 		}
-		if row.partitions == 1 && old.Partitions > 1 {
+		if row.partitions <= 1 && old.Partitions > 1 {
 			ch, err := b.Channel(ctx)
 			if err != nil {
 				return err
@@ -305,6 +311,14 @@ type Partitions struct {
 	Broker eventstore.Channeler
 	// Runners are the partitionable projectors (Partitionable).
 	Runners []*Runner
+	// Retired are the projectors of the group (Group, one of Runners), each on a runner
+	// of its own: their own queues, which an earlier version consumed, are retired
+	// (Switch to 0) once the group's layout is settled, and drained. The group's runner
+	// consumes only once they are all drained and removed, so that no event of a member
+	// is applied before the member's events that waited in its old queue.
+	Retired []*Runner
+	// Group is the name of the group's runner among Runners: GroupName when empty.
+	Group string
 	// Partitions is the process's setting, PROJECTOR_PARTITIONS.
 	Partitions int
 	// Tick is how often membership and layouts are read again (1 s by default): how long
@@ -380,12 +394,41 @@ func (p *Partitions) tick(ctx context.Context, log *slog.Logger, m *membership, 
 		}
 		settled[r.Name()] = true
 	}
+	group := p.Group
+	if group == "" {
+		group = GroupName
+	}
+	for _, r := range p.Retired {
+		if settled[r.Name()] || !settled[group] {
+			continue
+		}
+		switched, err := Switch(ctx, p.Pool, p.Broker, r, 0)
+		switch {
+		case errors.Is(err, ErrDraining):
+			continue
+		case err != nil:
+			return err
+		}
+		if switched {
+			log.Info("projector's own queues retired: its events go to the group's queue", "projector", r.Name(), "group", group)
+		}
+		settled[r.Name()] = true
+	}
 	rows, err := readLayouts(ctx, p.Pool)
 	if err != nil {
 		return err
 	}
+	retiring := false
+	for _, r := range p.Retired {
+		if row := rowOf(rows, r.Name()); row.partitions != 0 || row.draining > 0 {
+			retiring = true
+		}
+	}
 	wanted := map[partitionKey]*Runner{}
-	for _, r := range p.Runners {
+	for _, r := range append(slices.Clip(p.Runners), p.Retired...) {
+		if r.Name() == group && retiring {
+			continue // after its members' old queues
+		}
 		row := rowOf(rows, r.Name())
 		if row.draining > 0 && len(row.drained) >= row.draining {
 			p.stop(runs, func(key partitionKey) bool { return key.name == r.Name() })
@@ -420,7 +463,7 @@ func (p *Partitions) tick(ctx context.Context, log *slog.Logger, m *membership, 
 		go func() {
 			defer wg.Done()
 			defer close(run.done)
-			_ = r.forQueue(q, PositionsKey(r.Name(), key.n, key.k)).Run(rctx)
+			_ = r.forQueue(q, key.n, key.k).Run(rctx)
 		}()
 		log.Debug("partition consumed", "queue", q.Name)
 	}

@@ -71,6 +71,23 @@ func Parts() []Part {
 	}
 }
 
+// Grouped reports whether the part is a member of the group (GroupName) that serving
+// runs on one queue: every projector on the projector runtime. Reactors keep queues of
+// their own: they call out, and a slow call must not hold the read models back.
+func (p Part) Grouped() bool { return !p.Reactor && p.Projector != nil }
+
+// NewProjectorGroup builds the group of every Grouped part's projector, in the registry's
+// order.
+func NewProjectorGroup(d Deps) *Group {
+	var members []Projector
+	for _, p := range Parts() {
+		if p.Grouped() {
+			members = append(members, p.Projector(d))
+		}
+	}
+	return NewGroup(GroupName, members...)
+}
+
 // Rebuildables builds every rebuildable part's projector.
 func Rebuildables(d Deps) []Rebuildable {
 	var out []Rebuildable

@@ -104,19 +104,97 @@ type Runner struct {
 	// partition, when set, is the one queue of a partitioned layout this runner consumes
 	// (see Partitions); the layout's owner declares it, never the runner.
 	partition *broker.QueueSpec
-	// positions is the row of projection_positions its batches advance: the projector's
-	// name, or a partition's own (PositionsKey), so that partitions do not queue behind
-	// each other's commits for one row.
-	positions string
+	// n and k are the layout (its partition count) and the partition the runner consumes,
+	// 1 and 0 without partitions: its projectors' rows of projection_positions are
+	// PositionsKey(name, n, k), so that partitions do not queue behind each other's
+	// commits for one row.
+	n, k int
+	// deadLetters is the channel a group's runner publishes a member's dead letters on
+	// (see deadLetter), opened on first use; consume closes it.
+	deadLetters *amqp.Channel
 }
 
-// forQueue is a runner of the same projector that consumes partition queue q and
-// records its progress under positions.
-func (r *Runner) forQueue(q broker.QueueSpec, positions string) *Runner {
+// forQueue is a runner of the same projector that consumes queue q, partition k of a
+// layout of n partitions.
+func (r *Runner) forQueue(q broker.QueueSpec, n, k int) *Runner {
 	c := *r
-	c.partition, c.positions = &q, positions
+	c.partition, c.n, c.k, c.deadLetters = &q, n, k, nil
 	c.log = r.log.With("queue", q.Name)
 	return &c
+}
+
+// Members are the names of the projectors the runner applies: a group's members, or its
+// projector's.
+func (r *Runner) Members() []string {
+	var out []string
+	for _, p := range r.members() {
+		out = append(out, p.Name())
+	}
+	return out
+}
+
+// members are the projectors the runner applies: a group's members, or its projector.
+func (r *Runner) members() []Projector {
+	if g, ok := r.p.(*Group); ok {
+		return g.members
+	}
+	return []Projector{r.p}
+}
+
+// share is a member's share of a batch: the indexes of its events.
+type share struct {
+	p   Projector
+	idx []int
+}
+
+// shares splits envs between the runner's members (all of them to a lone projector).
+func (r *Runner) shares(envs []events.Envelope) []share {
+	g, ok := r.p.(*Group)
+	if !ok {
+		all := make([]int, len(envs))
+		for i := range all {
+			all[i] = i
+		}
+		return []share{{p: r.p, idx: all}}
+	}
+	out := make([]share, len(g.members))
+	for i, m := range g.members {
+		out[i].p = m
+	}
+	for j, e := range envs {
+		for i, match := range g.match {
+			if match(e.Type) {
+				out[i].idx = append(out[i].idx, j)
+			}
+		}
+	}
+	return out
+}
+
+func pick(envs []events.Envelope, idx []int) []events.Envelope {
+	out := make([]events.Envelope, len(idx))
+	for i, j := range idx {
+		out[i] = envs[j]
+	}
+	return out
+}
+
+// MemberQueue is the queue that member m of the runner's group is consumed from, with m's
+// bindings and m's own dead-letter queue (DeadQueue); for a lone projector, Queue.
+// Operators list and redrive a member's dead letters through it: a redriven event goes
+// back to the group's queue, where the other members skip it as applied.
+func (r *Runner) MemberQueue(m string) broker.QueueSpec {
+	q := r.Queue()
+	if _, ok := r.p.(*Group); !ok {
+		return q
+	}
+	for _, p := range r.members() {
+		if p.Name() == m {
+			q.Bindings = p.Bindings()
+		}
+	}
+	q.DeadLetterTo = r.cfg.QueuePrefix + m
+	return q
 }
 
 // NewRunner returns a runner for p; Run starts it.
@@ -125,7 +203,11 @@ func NewRunner(pool *pgxpool.Pool, b eventstore.Channeler, p Projector, cfg Conf
 	if cfg.Exchange == "" {
 		return nil, errors.New("projections: Exchange is required")
 	}
-	return &Runner{pool: pool, broker: b, p: p, cfg: cfg, log: cfg.Logger.With("projector", p.Name()), positions: p.Name()}, nil
+	log := cfg.Logger.With("projector", p.Name())
+	if _, ok := p.(*Group); ok {
+		log = cfg.Logger.With("group", p.Name()) // each line of a member's says which
+	}
+	return &Runner{pool: pool, broker: b, p: p, cfg: cfg, log: log, n: 1}, nil
 }
 
 // Name is the projector's name.
@@ -174,6 +256,12 @@ func (r *Runner) consume(ctx context.Context) error {
 		return err
 	}
 	defer ch.Close()
+	defer func() {
+		if r.deadLetters != nil {
+			_ = r.deadLetters.Close()
+			r.deadLetters = nil
+		}
+	}()
 	q := r.Queue()
 	if r.partition != nil {
 		// Not declared here: a partition's queue that is gone was removed after its drain,
@@ -185,6 +273,13 @@ func (r *Runner) consume(ctx context.Context) error {
 		}
 		if err := broker.DeclareQueue(ch, q); err != nil {
 			return err
+		}
+	}
+	if _, ok := r.p.(*Group); ok {
+		for _, m := range r.members() {
+			if err := broker.DeclareDeadQueue(ch, r.MemberQueue(m.Name())); err != nil {
+				return err
+			}
 		}
 	}
 	// Two batches in flight for a queue with one consumer: the next batch arrives while
@@ -272,9 +367,9 @@ func (r *Runner) handle(ctx context.Context, stop <-chan struct{}, batch []amqp.
 	if len(envs) == 0 {
 		return r.passFences(ctx, stop, fences)
 	}
-	applied, err := r.applyWaiting(ctx, stop, envs)
+	err := r.applyWaiting(ctx, stop, r.shares(envs), envs)
 	if err == nil {
-		if err := r.afterCommit(ctx, applied, envs); err != nil {
+		if err := r.afterCommit(ctx, r.p, envs); err != nil {
 			return err
 		}
 		// A fence comes after every event of its queue: recorded once they are applied,
@@ -288,38 +383,115 @@ func (r *Runner) handle(ctx context.Context, stop <-chan struct{}, batch []amqp.
 		return err
 	}
 	r.log.Warn("batch failed, applying one by one", "error", err, "size", len(envs))
-	r.cfg.Metrics.Retried(r.p.Name())
-	// Isolate the poison event: the others go through, it alone is dead-lettered.
-	for i, e := range envs {
-		var applied []events.Envelope
-		var err error
-		for attempt := 1; attempt <= r.cfg.Attempts; attempt++ {
-			applied, err = r.applyWaiting(ctx, stop, []events.Envelope{e})
-			if err == nil || db.IsUnavailable(err) {
-				break
-			}
-			r.cfg.Metrics.Retried(r.p.Name())
-			time.Sleep(time.Duration(attempt*attempt) * 50 * time.Millisecond)
+	// Isolate the poison event: the others go through, it alone is dead-lettered (for the
+	// member it is poison to, in a group). Every delivery is settled at the end: in a
+	// group one delivery may be applied by a member and dead-lettered for another.
+	_, group := r.p.(*Group)
+	rejected := make([]bool, len(envs))
+	for _, sh := range r.shares(envs) {
+		if len(sh.idx) == 0 {
+			continue
 		}
-		switch {
-		case err == nil:
-			if err := r.afterCommit(ctx, applied, envs[i:i+1]); err != nil {
+		name := sh.p.Name()
+		if group {
+			// Most members of a failed group batch are not the cause: their share goes in one
+			// transaction.
+			err := r.applyWaiting(ctx, stop, []share{{p: sh.p, idx: sh.idx}}, envs)
+			if err == nil {
+				if err := r.afterCommit(ctx, sh.p, pick(envs, sh.idx)); err != nil {
+					return err
+				}
+				continue
+			}
+			if db.IsUnavailable(err) {
 				return err
 			}
-			_ = good[i].Ack(false)
-		case db.IsUnavailable(err):
-			return err
-		default:
-			r.log.Error("event dead-lettered", "error", err, "event_id", e.ID, "type", e.Type,
-				"stream_id", e.StreamID, "stream_version", e.StreamVersion, "correlation_id", e.CorrelationID)
-			_ = good[i].Nack(false, false)
-			r.cfg.Metrics.DeadLettered(r.p.Name())
-			if dl, ok := r.p.(DeadLetterer); ok {
-				dl.DeadLettered(ctx, e, err)
+		}
+		r.cfg.Metrics.Retried(name)
+		for _, i := range sh.idx {
+			e := envs[i]
+			one := []share{{p: sh.p, idx: []int{i}}}
+			var err error
+			for attempt := 1; attempt <= r.cfg.Attempts; attempt++ {
+				err = r.applyWaiting(ctx, stop, one, envs)
+				if err == nil || db.IsUnavailable(err) {
+					break
+				}
+				r.cfg.Metrics.Retried(name)
+				time.Sleep(time.Duration(attempt*attempt) * 50 * time.Millisecond)
+			}
+			switch {
+			case err == nil:
+				if err := r.afterCommit(ctx, sh.p, envs[i:i+1]); err != nil {
+					return err
+				}
+			case db.IsUnavailable(err):
+				return err
+			default:
+				r.log.Error("event dead-lettered", "error", err, "projection", name, "event_id", e.ID, "type", e.Type,
+					"stream_id", e.StreamID, "stream_version", e.StreamVersion, "correlation_id", e.CorrelationID)
+				if group {
+					if err := r.deadLetter(ctx, name, good[i]); err != nil {
+						return err
+					}
+				} else {
+					_ = good[i].Nack(false, false)
+					rejected[i] = true
+				}
+				r.cfg.Metrics.DeadLettered(name)
+				if dl, ok := sh.p.(DeadLetterer); ok {
+					dl.DeadLettered(ctx, e, err)
+				}
 			}
 		}
 	}
+	for i, d := range good {
+		if !rejected[i] {
+			_ = d.Ack(false)
+		}
+	}
 	return r.passFences(ctx, stop, fences)
+}
+
+// deadLetter puts a copy of d into the dead-letter queue of member of the runner's group,
+// with the headers the broker gives what it dead-letters, and waits for the broker's
+// confirm. The delivery itself is acknowledged with its batch: the group's other members
+// applied it.
+func (r *Runner) deadLetter(ctx context.Context, member string, d amqp.Delivery) error {
+	if r.deadLetters == nil || r.deadLetters.IsClosed() {
+		ch, err := r.broker.Channel(ctx)
+		if err != nil {
+			return err
+		}
+		if err := ch.Confirm(false); err != nil {
+			_ = ch.Close()
+			return err
+		}
+		r.deadLetters = ch
+	}
+	q := r.MemberQueue(member)
+	headers := amqp.Table{}
+	for k, v := range d.Headers {
+		headers[k] = v
+	}
+	now := time.Now().UTC().Truncate(time.Second)
+	headers["x-first-death-reason"], headers["x-first-death-queue"] = "rejected", d.RoutingKey
+	headers["x-death"] = []any{amqp.Table{"reason": "rejected", "queue": q.Name, "time": now, "count": int64(1),
+		"exchange": d.Exchange, "routing-keys": []any{d.RoutingKey}}}
+	conf, err := r.deadLetters.PublishWithDeferredConfirmWithContext(ctx, q.DeadLetterExchange(), q.DeadLetterTo, true, false,
+		amqp.Publishing{Headers: headers, ContentType: d.ContentType, DeliveryMode: amqp.Persistent, MessageId: d.MessageId,
+			CorrelationId: d.CorrelationId, Type: d.Type, Timestamp: d.Timestamp, Body: d.Body})
+	if err != nil {
+		return err
+	}
+	ok, err := conf.WaitContext(ctx)
+	if err != nil {
+		return err
+	}
+	if !ok {
+		return fmt.Errorf("the broker did not confirm dead letter %s for %s", d.MessageId, member)
+	}
+	return nil
 }
 
 // passFences records that the fences of a layout switch were reached (see Partitions),
@@ -353,18 +525,9 @@ func ackAll(ds []amqp.Delivery) error {
 	return ds[len(ds)-1].Ack(true)
 }
 
-// afterCommit runs the projector's after-commit work for what was applied and what was
-// delivered, and traces each applied event: at debug level, one line per event with its
-// correlation id, so that one request can be followed through every projector.
-func (r *Runner) afterCommit(ctx context.Context, applied, delivered []events.Envelope) error {
-	if r.log.Enabled(ctx, slog.LevelDebug) {
-		for _, e := range applied {
-			r.log.LogAttrs(ctx, slog.LevelDebug, "event applied", slog.String("event_id", e.ID.String()),
-				slog.String("type", e.Type), slog.Int64("position", e.Position),
-				slog.String("correlation_id", e.CorrelationID), slog.String("causation_id", e.CausationID))
-		}
-	}
-	if ac, ok := r.p.(AfterCommitter); ok {
+// afterCommit runs the projector's after-commit work for what was delivered.
+func (r *Runner) afterCommit(ctx context.Context, p Projector, delivered []events.Envelope) error {
+	if ac, ok := p.(AfterCommitter); ok {
 		// Applied events read from the log to fill a gap belong to delivered streams.
 		if err := ac.AfterCommit(ctx, delivered); err != nil {
 			r.log.Warn("after-commit work failed: the batch comes back", "error", err)
@@ -374,31 +537,81 @@ func (r *Runner) afterCommit(ctx context.Context, applied, delivered []events.En
 	return nil
 }
 
-// applyWaiting applies envs, trying again with a growing pause while the database is
-// unavailable, until stop.
-func (r *Runner) applyWaiting(ctx context.Context, stop <-chan struct{}, envs []events.Envelope) ([]events.Envelope, error) {
-	return retry.Hold(stop, db.IsUnavailable,
+// applyWaiting applies the shares of envs, trying again with a growing pause while the
+// database is unavailable, until stop.
+func (r *Runner) applyWaiting(ctx context.Context, stop <-chan struct{}, shares []share, envs []events.Envelope) error {
+	_, err := retry.Hold(stop, db.IsUnavailable,
 		func(err error, d time.Duration) {
 			r.log.Warn("database unavailable: holding the batch", "error", err, "size", len(envs), "retry_in", d)
 		},
-		func() ([]events.Envelope, error) { return r.applyBatch(ctx, envs) })
+		func() (struct{}, error) { return struct{}{}, r.applyBatch(ctx, shares, envs) })
+	return err
 }
 
-func (r *Runner) applyBatch(ctx context.Context, envs []events.Envelope) ([]events.Envelope, error) {
-	for _, e := range envs {
-		if faults.Poisoned(r.p.Name(), e.Data) {
-			return nil, fmt.Errorf("chaos: event %s is poison to %s", e.ID, r.p.Name())
+// applyBatch applies each share of envs to its projector, all in one transaction.
+func (r *Runner) applyBatch(ctx context.Context, shares []share, envs []events.Envelope) (err error) {
+	for _, sh := range shares {
+		for _, i := range sh.idx {
+			if faults.Poisoned(sh.p.Name(), envs[i].Data) {
+				return fmt.Errorf("chaos: event %s is poison to %s", envs[i].ID, sh.p.Name())
+			}
 		}
 	}
 	start := time.Now()
-	applied, err := applyBatch(ctx, r.pool, r.p, envs, r.positions)
-	if err == nil {
-		r.cfg.Metrics.Applied(r.p.Name(), len(applied), time.Since(start))
-		if len(applied) > 0 {
-			r.cfg.Applied.Applied(r.p.Name())
+	tx, err := r.pool.Begin(ctx)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err != nil {
+			_ = tx.Rollback(ctx)
+		}
+	}()
+	each := make([][]events.Envelope, len(shares))
+	for i, sh := range shares {
+		if len(sh.idx) == 0 {
+			continue
+		}
+		if each[i], err = applyInTx(ctx, tx, sh.p, pick(envs, sh.idx), PositionsKey(sh.p.Name(), r.n, r.k)); err != nil {
+			if _, group := r.p.(*Group); group {
+				err = fmt.Errorf("%s: %w", sh.p.Name(), err)
+			}
+			return err
 		}
 	}
-	return applied, err
+	faults.Crash("projector.batch")
+	if err = tx.Commit(ctx); err != nil {
+		return err
+	}
+	took := time.Since(start)
+	for i, sh := range shares {
+		if len(sh.idx) == 0 {
+			continue
+		}
+		r.cfg.Metrics.Applied(sh.p.Name(), len(each[i]), took)
+		if len(each[i]) > 0 {
+			r.cfg.Applied.Applied(sh.p.Name())
+		}
+		r.trace(ctx, sh.p, each[i])
+	}
+	return nil
+}
+
+// trace logs each event p applied at debug level, one line per event with its
+// correlation id, so that one request can be followed through every projector.
+func (r *Runner) trace(ctx context.Context, p Projector, applied []events.Envelope) {
+	if !r.log.Enabled(ctx, slog.LevelDebug) {
+		return
+	}
+	log := r.log
+	if p != r.p {
+		log = log.With("projector", p.Name())
+	}
+	for _, e := range applied {
+		log.LogAttrs(ctx, slog.LevelDebug, "event applied", slog.String("event_id", e.ID.String()),
+			slog.String("type", e.Type), slog.Int64("position", e.Position),
+			slog.String("correlation_id", e.CorrelationID), slog.String("causation_id", e.CausationID))
+	}
 }
 
 // ApplyBatch applies events to p in one transaction: duplicates and already applied

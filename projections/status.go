@@ -25,6 +25,17 @@ type Tracked struct {
 	// Partitioned consumers may be split over several queues (see Partitions): their
 	// status sums the queues of the recorded layout, and of the layout being drained.
 	Partitioned bool
+	// Layout names the layout the queues follow (projection_layouts): the group's
+	// (GroupName) for a member of it; empty for the consumer's own.
+	Layout string
+}
+
+// layout is the name t's layout is recorded under.
+func (t Tracked) layout() string {
+	if t.Layout != "" {
+		return t.Layout
+	}
+	return t.Name
 }
 
 // queues are the names of t's queues in the recorded layouts.
@@ -32,7 +43,7 @@ func (t Tracked) queues(layouts map[string]layoutRow) []string {
 	if !t.Partitioned {
 		return []string{t.Queue.Name}
 	}
-	row := rowOf(layouts, t.Name)
+	row := rowOf(layouts, t.layout())
 	var out []string
 	for _, n := range []int{row.draining, row.partitions} {
 		if n > 0 {
@@ -61,7 +72,8 @@ type Status struct {
 	// still consumed before the new ones.
 	Partitions int  `json:"partitions"`
 	Draining   *int `json:"draining,omitempty"`
-	// Queued counts the events waiting in the queue (in every partition's): the lag in events.
+	// Queued counts the events waiting in the queue (in every partition's): the lag in
+	// events. A member of the group counts the group's queue, which holds every member's.
 	Queued       *int `json:"queued"`
 	Consumers    *int `json:"consumers"`
 	DeadLettered *int `json:"dead_lettered"`
@@ -111,7 +123,7 @@ func Statuses(ctx context.Context, pool *pgxpool.Pool, b eventstore.Channeler, t
 	for _, t := range tracked {
 		st := Status{Name: t.Name, Queue: t.Queue.Name, Rebuildable: t.Rebuildable, Partitions: 1}
 		if t.Partitioned {
-			row := rowOf(layouts, t.Name)
+			row := rowOf(layouts, t.layout())
 			st.Partitions = row.partitions
 			if row.draining > 0 {
 				st.Draining = &row.draining
@@ -315,7 +327,7 @@ func Redrive(ctx context.Context, pool *pgxpool.Pool, b eventstore.Channeler, t 
 		if err != nil {
 			return 0, db.Classify(err)
 		}
-		if n := rowOf(layouts, t.Name).partitions; n > 1 {
+		if n := rowOf(layouts, t.layout()).partitions; n > 1 {
 			exchange, key = layoutOf(q, n).SplitExchange(), ""
 		}
 	}

@@ -211,8 +211,11 @@ type parts struct {
 	// partitioned are the projectors run by partitions (projections.Partitions); their
 	// queues follow the layout recorded in the database.
 	partitioned []*projections.Runner
-	webhooks    reactors.Consumer
-	outboxes    []namedRun
+	// retired are the group's members on runners of their own, for the queues an earlier
+	// version gave each of them (projections.Partitions.Retired).
+	retired  []*projections.Runner
+	webhooks reactors.Consumer
+	outboxes []namedRun
 }
 
 type namedRun struct {
@@ -233,6 +236,10 @@ func (p parts) queues() []broker.QueueSpec {
 func (d *deps) buildParts(k processKeys) (parts, error) {
 	cfg, logger := d.cfg, d.logger
 	all, err := d.runners()
+	if err != nil {
+		return parts{}, err
+	}
+	retired, err := d.retiredRunners()
 	if err != nil {
 		return parts{}, err
 	}
@@ -260,7 +267,7 @@ func (d *deps) buildParts(k processKeys) (parts, error) {
 		Logger: logger.With("component", "webhook-deliveries"), Metrics: d.metrics}
 	mailer := &reactors.Mailer{Pool: d.pool, From: cfg.SMTPFrom, Timeout: 30 * time.Second, Attempts: 8, Workers: 4,
 		RetryBase: time.Minute, Logger: logger.With("component", "mailer"), Metrics: d.metrics, SMTP: smtp}
-	return parts{runners: runners, partitioned: partitioned,
+	return parts{runners: runners, partitioned: partitioned, retired: retired,
 		webhooks: reactors.Consumer{Name: reactors.WebhookResponderName, Conn: d.broker, Workers: cfg.WebhookWorkers, Logger: logger.With("consumer", reactors.WebhookResponderName),
 			Queue: webhookResponderQueue(cfg), Metrics: d.metrics, Handle: responder.Handle, DeadLettered: responder.DeadLettered,
 			Store: d.storeID},
@@ -296,7 +303,7 @@ func (d *deps) startConsumers(work *workers, p parts) {
 			work.start("projector "+r.Name(), r.Run)
 		}
 	}
-	partitions := &projections.Partitions{Pool: d.pool, Broker: d.broker, Runners: p.partitioned,
+	partitions := &projections.Partitions{Pool: d.pool, Broker: d.broker, Runners: p.partitioned, Retired: p.retired,
 		Partitions: d.cfg.ProjectorPartitions, Logger: d.logger}
 	work.start("projector partitions", partitions.Run)
 	work.start("projection notifications", d.applied.Run)
@@ -456,22 +463,43 @@ func newAPI(ctx context.Context, d *deps, secrets []byte, chain events.ChainKey,
 // published, so no event is published before its queues exist; and the operators'
 // commands read their queues' names and bindings.
 func (d *deps) runners() ([]*projections.Runner, error) {
-	cfg := d.cfg
-	var runners []*projections.Runner
+	deps := projections.Deps{Pool: d.pool, Cache: d.cache, Store: d.store, Logger: d.logger}
+	group, err := d.runner(projections.NewProjectorGroup(deps))
+	if err != nil {
+		return nil, err
+	}
+	runners := []*projections.Runner{group}
 	for _, part := range projections.Parts() {
-		if part.Projector == nil {
-			continue // a runtime of its own
+		if part.Projector == nil || part.Grouped() {
+			continue // a runtime of its own, or the group's
 		}
-		p := part.Projector(projections.Deps{Pool: d.pool, Cache: d.cache, Store: d.store, Logger: d.logger})
-		r, err := projections.NewRunner(d.pool, d.broker, p, projections.Config{Exchange: cfg.AMQPExchange,
-			QueuePrefix: cfg.AMQPQueuePrefix, BatchSize: cfg.ProjectorBatchSize,
-			DeliveryLimit: cfg.ProjectorDeliveryLimit, Logger: d.logger, Metrics: d.metrics, Applied: d.applied, Store: d.storeID})
+		r, err := d.runner(part.Projector(deps))
 		if err != nil {
 			return nil, err
 		}
 		runners = append(runners, r)
 	}
 	return runners, nil
+}
+
+// retiredRunners are a runner for each member of the group alone (see parts.retired).
+func (d *deps) retiredRunners() ([]*projections.Runner, error) {
+	var out []*projections.Runner
+	for _, m := range projections.NewProjectorGroup(projections.Deps{Pool: d.pool, Cache: d.cache, Store: d.store, Logger: d.logger}).Members() {
+		r, err := d.runner(m)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, r)
+	}
+	return out, nil
+}
+
+func (d *deps) runner(p projections.Projector) (*projections.Runner, error) {
+	cfg := d.cfg
+	return projections.NewRunner(d.pool, d.broker, p, projections.Config{Exchange: cfg.AMQPExchange,
+		QueuePrefix: cfg.AMQPQueuePrefix, BatchSize: cfg.ProjectorBatchSize,
+		DeliveryLimit: cfg.ProjectorDeliveryLimit, Logger: d.logger, Metrics: d.metrics, Applied: d.applied, Store: d.storeID})
 }
 
 // webhookResponderQueue is the queue of the consumer that calls chatbots' webhooks.
@@ -494,9 +522,15 @@ func (d *deps) tracked() ([]projections.Tracked, error) {
 	}
 	queues := map[string]broker.QueueSpec{reactors.WebhookResponderName: webhookResponderQueue(d.cfg)}
 	partitioned := map[string]bool{}
+	layouts := map[string]string{}
 	for _, r := range runners {
 		queues[r.Name()] = r.Queue()
 		partitioned[r.Name()] = projections.Partitionable(r)
+		if r.Name() == projections.GroupName {
+			for _, m := range r.Members() {
+				queues[m], partitioned[m], layouts[m] = r.MemberQueue(m), projections.Partitionable(r), projections.GroupName
+			}
+		}
 	}
 	var out []projections.Tracked
 	for _, p := range projections.Parts() {
@@ -505,9 +539,12 @@ func (d *deps) tracked() ([]projections.Tracked, error) {
 			return nil, fmt.Errorf("part %s has no queue", p.Name)
 		}
 		out = append(out, projections.Tracked{Name: p.Name, Queue: q, Positions: p.Projector != nil, Rebuildable: p.Rebuildable,
-			Partitioned: partitioned[p.Name]})
+			Partitioned: partitioned[p.Name], Layout: layouts[p.Name]})
 	}
-	return out, nil
+	// The group's own line: its queue, and its dead letters, which are no one projector's
+	// (an undecodable message, one redelivered past PROJECTOR_DELIVERY_LIMIT).
+	return append(out, projections.Tracked{Name: projections.GroupName, Queue: queues[projections.GroupName],
+		Partitioned: partitioned[projections.GroupName]}), nil
 }
 
 // countCommand counts a command by its outcome once it is answered: "ok", or the error

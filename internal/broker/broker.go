@@ -226,9 +226,9 @@ func (q QueueSpec) DeadLetterExchange() string {
 // DeadQueue holds the dead-lettered messages of queue q.
 func (q QueueSpec) DeadQueue() string { return q.deadLetterKey() + ".dead" }
 
-// DeclareQueue declares a quorum queue with a delivery limit and a dead-letter exchange,
-// its dead-letter queue, and its bindings.
-func DeclareQueue(ch *amqp.Channel, q QueueSpec) error {
+// DeclareDeadQueue declares q's dead-letter exchange and queue, bound by q's
+// dead-letter key.
+func DeclareDeadQueue(ch *amqp.Channel, q QueueSpec) error {
 	dlx := q.DeadLetterExchange()
 	if err := ch.ExchangeDeclare(dlx, amqp.ExchangeDirect, true, false, false, false, nil); err != nil {
 		return fmt.Errorf("declare exchange %s: %w", dlx, err)
@@ -239,6 +239,16 @@ func DeclareQueue(ch *amqp.Channel, q QueueSpec) error {
 	if err := ch.QueueBind(q.DeadQueue(), q.deadLetterKey(), dlx, false, nil); err != nil {
 		return fmt.Errorf("bind queue %s: %w", q.DeadQueue(), err)
 	}
+	return nil
+}
+
+// DeclareQueue declares a quorum queue with a delivery limit and a dead-letter exchange,
+// its dead-letter queue, and its bindings.
+func DeclareQueue(ch *amqp.Channel, q QueueSpec) error {
+	if err := DeclareDeadQueue(ch, q); err != nil {
+		return err
+	}
+	dlx := q.DeadLetterExchange()
 	args := amqp.Table{
 		"x-queue-type":              "quorum",
 		"x-delivery-limit":          q.DeliveryLimit,
