@@ -378,41 +378,41 @@ func (p *Partitions) tick(ctx context.Context, log *slog.Logger, m *membership, 
 	if err != nil {
 		return err
 	}
-	for _, r := range p.Runners {
+	// settle switches r to n partitions, once: a switch that waits for a drain is tried
+	// again at the next tick.
+	settle := func(r *Runner, n int, done string, attrs ...any) error {
 		if settled[r.Name()] {
-			continue
+			return nil
 		}
-		switched, err := Switch(ctx, p.Pool, p.Broker, r, p.Partitions)
+		switched, err := Switch(ctx, p.Pool, p.Broker, r, n)
 		switch {
 		case errors.Is(err, ErrDraining):
-			continue
+			return nil
 		case err != nil:
 			return err
 		}
 		if switched {
-			log.Info("projector layout switched", "projector", r.Name(), "partitions", p.Partitions)
+			log.Info(done, append([]any{"projector", r.Name()}, attrs...)...)
 		}
 		settled[r.Name()] = true
+		return nil
+	}
+	for _, r := range p.Runners {
+		if err := settle(r, p.Partitions, "projector layout switched", "partitions", p.Partitions); err != nil {
+			return err
+		}
 	}
 	group := p.Group
 	if group == "" {
 		group = GroupName
 	}
 	for _, r := range p.Retired {
-		if settled[r.Name()] || !settled[group] {
-			continue
+		if !settled[group] {
+			break
 		}
-		switched, err := Switch(ctx, p.Pool, p.Broker, r, 0)
-		switch {
-		case errors.Is(err, ErrDraining):
-			continue
-		case err != nil:
+		if err := settle(r, 0, "projector's own queues retired: its events go to the group's queue", "group", group); err != nil {
 			return err
 		}
-		if switched {
-			log.Info("projector's own queues retired: its events go to the group's queue", "projector", r.Name(), "group", group)
-		}
-		settled[r.Name()] = true
 	}
 	rows, err := readLayouts(ctx, p.Pool)
 	if err != nil {

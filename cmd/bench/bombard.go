@@ -98,34 +98,54 @@ func outOfProcess(ctx context.Context, o options, srv *server, b *bare, rounds i
 		return err
 	}
 	const clients = 32
-	var ours, theirs []bombardResult
-	for i := range rounds {
-		for _, run := range []struct {
-			url, token string
-			into       *[]bombardResult
-		}{{srv.base + "/api/v1/chatbots", srv.token, &ours}, {b.base + "/crud/chatbots", "", &theirs}} {
-			r, err := bomb.post(ctx, run.url, run.token, body, clients, o.duration)
-			if err != nil {
-				return err
-			}
-			if r.other > 0 || r.errors > 0 {
-				return fmt.Errorf("round %d, %s: %d answers not 2xx, %d failed requests", i+1, run.url, r.other, r.errors)
-			}
-			*run.into = append(*run.into, r)
-			fmt.Fprintf(os.Stderr, "bombardier round %d %s: %.0f/s, p99 %s\n", i+1, run.url, r.rate, ms(r.p99))
-		}
+	ours, theirs, err := alternate(rounds, target{srv.base + "/api/v1/chatbots", srv.token}, target{b.base + "/crud/chatbots", ""},
+		func(t target) (bombardResult, error) {
+			return bomb.post(ctx, t.url, t.token, body, clients, o.duration)
+		})
+	if err != nil {
+		return err
 	}
 	fmt.Fprint(w, "\n### Commands driven by a load generator in its own process\n\n")
 	fmt.Fprintf(w, "bombardier (a tool of the module, built by the bench) with %d connections for %s per round, rounds "+
 		"alternating between chatbotd's `POST /api/v1/chatbots` with a real JWT (the whole binary: every role) and the bare "+
 		"Gin + pgx handler inserting the same row (`POST /crud/chatbots`); the same body every time.\n\n", clients, o.duration)
+	writeRounds(w, ours, theirs)
+	return nil
+}
+
+// target is a URL bombarded, with its bearer token ("": none).
+type target struct{ url, token string }
+
+// alternate runs call on ours, then on the baseline, rounds times, and returns the
+// results of each side; a round with an answer that is not 2xx is an error.
+func alternate(rounds int, ours, baseline target, call func(target) (bombardResult, error)) (a, b []bombardResult, err error) {
+	for i := range rounds {
+		for _, run := range []struct {
+			t    target
+			into *[]bombardResult
+		}{{ours, &a}, {baseline, &b}} {
+			r, err := call(run.t)
+			if err != nil {
+				return nil, nil, err
+			}
+			if r.other > 0 || r.errors > 0 {
+				return nil, nil, fmt.Errorf("round %d, %s: %d answers not 2xx, %d failed requests", i+1, run.t.url, r.other, r.errors)
+			}
+			*run.into = append(*run.into, r)
+			fmt.Fprintf(os.Stderr, "bombardier round %d %s: %.0f/s, p99 %s\n", i+1, run.t.url, r.rate, ms(r.p99))
+		}
+	}
+	return a, b, nil
+}
+
+// writeRounds writes the table of alternating rounds.
+func writeRounds(w io.Writer, ours, theirs []bombardResult) {
 	fmt.Fprint(w, "| round | chatbotd 2xx/s | p50 | p99 | bare 2xx/s | p50 | p99 | ratio | p99 ratio |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 	for i := range ours {
 		a, c := ours[i], theirs[i]
 		fmt.Fprintf(w, "| %d | %.0f | %s | %s | %.0f | %s | %s | %.2f× | %.1f× |\n", i+1, a.rate, ms(a.p50), ms(a.p99),
 			c.rate, ms(c.p50), ms(c.p99), a.rate/c.rate, float64(a.p99)/float64(c.p99))
 	}
-	return nil
 }
 
 // outOfProcessReads measures the cached GET of a user with a JWT against the bare Gin +
@@ -137,22 +157,10 @@ func outOfProcessReads(ctx context.Context, o options, srv *server, b *bare, pat
 		return err
 	}
 	const clients = 32
-	var ours, theirs []bombardResult
-	for i := range rounds {
-		for _, run := range []struct {
-			url, token string
-			into       *[]bombardResult
-		}{{srv.base + path, srv.token, &ours}, {b.base + "/crud/cache?key=" + key, "", &theirs}} {
-			r, err := bomb.get(ctx, run.url, run.token, clients, o.duration, 0)
-			if err != nil {
-				return err
-			}
-			if r.other > 0 || r.errors > 0 {
-				return fmt.Errorf("round %d, %s: %d answers not 2xx, %d failed requests", i+1, run.url, r.other, r.errors)
-			}
-			*run.into = append(*run.into, r)
-			fmt.Fprintf(os.Stderr, "bombardier round %d GET %s: %.0f/s, p99 %s\n", i+1, run.url, r.rate, ms(r.p99))
-		}
+	ours, theirs, err := alternate(rounds, target{srv.base + path, srv.token}, target{b.base + "/crud/cache?key=" + key, ""},
+		func(t target) (bombardResult, error) { return bomb.get(ctx, t.url, t.token, clients, o.duration, 0) })
+	if err != nil {
+		return err
 	}
 	var peak float64
 	for _, r := range ours {
@@ -168,12 +176,7 @@ func outOfProcessReads(ctx context.Context, o options, srv *server, b *bare, pat
 		"with a real JWT (a hit in Redis) and the bare Gin + Redis handler's GET of the same entry; then chatbotd's at half its "+
 		"best round's rate (bombardier's `-r`: paced, so a late answer delays the next request on its connection) for %s.\n\n",
 		clients, o.duration, 2*o.duration)
-	fmt.Fprint(w, "| round | chatbotd 2xx/s | p50 | p99 | bare 2xx/s | p50 | p99 | ratio | p99 ratio |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
-	for i := range ours {
-		a, c := ours[i], theirs[i]
-		fmt.Fprintf(w, "| %d | %.0f | %s | %s | %.0f | %s | %s | %.2f× | %.1f× |\n", i+1, a.rate, ms(a.p50), ms(a.p99),
-			c.rate, ms(c.p50), ms(c.p99), a.rate/c.rate, float64(a.p99)/float64(c.p99))
-	}
+	writeRounds(w, ours, theirs)
 	fmt.Fprintf(w, "| at %.0f/s (half) | %.0f | %s | %s | | | | | |\n", peak/2, half.rate, ms(half.p50), ms(half.p99))
 	return nil
 }
