@@ -67,8 +67,8 @@ func TestDeploymentsSharingABrokerCannotSteal(t *testing.T) {
 	ch, err := conn.Channel()
 	require.NoError(t, err)
 	for _, d := range []*app{a, b} {
-		for _, p := range projections.Parts() {
-			q, err := ch.QueueDeclarePassive(d.mq.QueuePrefix+p.Name+".dead", true, false, false, false,
+		for _, name := range append(partNames(), projections.GroupName) {
+			q, err := ch.QueueDeclarePassive(d.mq.QueuePrefix+name+".dead", true, false, false, false,
 				amqp091.Table{"x-queue-type": "quorum"})
 			require.NoError(t, err)
 			assert.Zero(t, q.Messages, "nothing dead-lettered in %s", q.Name)

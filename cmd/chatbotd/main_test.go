@@ -43,18 +43,30 @@ type app struct {
 	env    []string      // chatbotd's environment, for running its other commands
 }
 
+// partNames are the names of the registry's parts.
+func partNames() []string {
+	var out []string
+	for _, p := range projections.Parts() {
+		out = append(out, p.Name)
+	}
+	return out
+}
+
 func startApp(t *testing.T, extraEnv ...string) *app {
 	t.Helper()
 	d := testenv.MustDatabase(t)
 	r := testenv.MustRedis(t)
 	a := testenv.MustAMQP(t)
-	for _, p := range projections.Parts() {
-		a.Queue(p.Name) // removed at the end, with its dead letters
+	// Every queue the process may declare: the registry's parts' (a projector's is its
+	// dead-letter queue, or its own queue of an earlier layout) and the projectors'
+	// shared one.
+	for _, name := range append(partNames(), projections.GroupName) {
+		a.Queue(name) // removed at the end, with its dead letters
 		for _, e := range extraEnv {
 			if v, ok := strings.CutPrefix(e, "PROJECTOR_PARTITIONS="); ok {
 				n, err := strconv.Atoi(v)
 				require.NoError(t, err)
-				a.Partitioned(p.Name, n)
+				a.Partitioned(name, n)
 			}
 		}
 	}
