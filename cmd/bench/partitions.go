@@ -85,16 +85,20 @@ func partitionRate(ctx context.Context, o options, n, partitions, processes int)
 	}
 	// The layout is recorded before the relay declares the queues, as a projectors process
 	// would have switched it.
+	// The projectors share the group's queue; the reactors have their own.
+	consumers := []projections.Projector{projections.NewProjectorGroup(projections.Deps{})}
 	for _, p := range projections.Parts() {
-		if p.Projector == nil {
-			continue
+		if p.Projector != nil && !p.Grouped() {
+			consumers = append(consumers, p.Projector(projections.Deps{}))
 		}
-		r, err := projections.NewRunner(nil, nil, p.Projector(projections.Deps{}), projections.Config{Exchange: "x"})
+	}
+	for _, p := range consumers {
+		r, err := projections.NewRunner(nil, nil, p, projections.Config{Exchange: "x"})
 		if err != nil {
 			return 0, 0, "", err
 		}
 		if projections.Partitionable(r) && partitions > 1 {
-			if _, err := pool.Exec(ctx, `INSERT INTO projection_layouts (projection, partitions) VALUES ($1, $2)`, p.Name, partitions); err != nil {
+			if _, err := pool.Exec(ctx, `INSERT INTO projection_layouts (projection, partitions) VALUES ($1, $2)`, p.Name(), partitions); err != nil {
 				return 0, 0, "", err
 			}
 		}
@@ -173,9 +177,9 @@ func partitionRate(ctx context.Context, o options, n, partitions, processes int)
 func checkLayout(ctx context.Context, pool *pgxpool.Pool, partitions int) error {
 	var got int
 	err := pool.QueryRow(ctx, `SELECT coalesce(max(partitions), 1) FROM projection_layouts WHERE projection = $1`,
-		projections.AccountsName).Scan(&got)
+		projections.GroupName).Scan(&got)
 	if err == nil && got != partitions {
-		err = fmt.Errorf("the accounts projector ran with %d partitions, not %d", got, partitions)
+		err = fmt.Errorf("the projectors ran with %d partitions, not %d", got, partitions)
 	}
 	return err
 }
