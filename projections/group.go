@@ -27,7 +27,8 @@ const GroupName = "projections"
 // after-commit work. A failed batch is applied again member by member, so that one
 // member's poison event is dead-lettered for that member alone.
 type Group struct {
-	name    string
+	name string
+	// members are applied in this order in every instance of the group: one lock order.
 	members []Projector
 	match   []func(eventType string) bool
 }
@@ -44,10 +45,6 @@ func NewGroup(name string, members ...Projector) *Group {
 // Name is the group's name.
 func (g *Group) Name() string { return g.name }
 
-// Members are the group's projectors, in the order their shares are applied (one lock
-// order for every instance of the group).
-func (g *Group) Members() []Projector { return g.members }
-
 // Bindings are every member's bindings, each once.
 func (g *Group) Bindings() []string {
 	var out []string
@@ -63,29 +60,5 @@ func (g *Group) Bindings() []string {
 
 var errGroupApply = errors.New("projections: a group is applied through its members")
 
-// Apply is never called: the runtime applies each member's share (applyShares).
+// Apply is never called: the runtime applies each member's share (Runner.shares).
 func (g *Group) Apply(context.Context, pgx.Tx, events.Envelope) error { return errGroupApply }
-
-// shares splits envs into each member's share, in their order.
-func (g *Group) shares(envs []events.Envelope) [][]events.Envelope {
-	out := make([][]events.Envelope, len(g.members))
-	for _, e := range envs {
-		for i, match := range g.match {
-			if match(e.Type) {
-				out[i] = append(out[i], e)
-			}
-		}
-	}
-	return out
-}
-
-// AfterCommit runs each member's after-commit work on its share.
-func (g *Group) AfterCommit(ctx context.Context, batch []events.Envelope) error {
-	var errs []error
-	for i, share := range g.shares(batch) {
-		if ac, ok := g.members[i].(AfterCommitter); ok && len(share) > 0 {
-			errs = append(errs, ac.AfterCommit(ctx, share))
-		}
-	}
-	return errors.Join(errs...)
-}

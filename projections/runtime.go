@@ -367,10 +367,13 @@ func (r *Runner) handle(ctx context.Context, stop <-chan struct{}, batch []amqp.
 	if len(envs) == 0 {
 		return r.passFences(ctx, stop, fences)
 	}
-	err := r.applyWaiting(ctx, stop, r.shares(envs), envs)
+	shares := r.shares(envs)
+	err := r.applyWaiting(ctx, stop, shares, envs)
 	if err == nil {
-		if err := r.afterCommit(ctx, r.p, envs); err != nil {
-			return err
+		for _, sh := range shares {
+			if err := r.afterCommit(ctx, sh.p, pick(envs, sh.idx)); err != nil {
+				return err
+			}
 		}
 		// A fence comes after every event of its queue: recorded once they are applied,
 		// and before the acknowledgement of the batch, which covers it.
@@ -388,7 +391,7 @@ func (r *Runner) handle(ctx context.Context, stop <-chan struct{}, batch []amqp.
 	// group one delivery may be applied by a member and dead-lettered for another.
 	_, group := r.p.(*Group)
 	rejected := make([]bool, len(envs))
-	for _, sh := range r.shares(envs) {
+	for _, sh := range shares {
 		if len(sh.idx) == 0 {
 			continue
 		}
@@ -396,7 +399,7 @@ func (r *Runner) handle(ctx context.Context, stop <-chan struct{}, batch []amqp.
 		if group {
 			// Most members of a failed group batch are not the cause: their share goes in one
 			// transaction.
-			err := r.applyWaiting(ctx, stop, []share{{p: sh.p, idx: sh.idx}}, envs)
+			err := r.applyWaiting(ctx, stop, []share{sh}, envs)
 			if err == nil {
 				if err := r.afterCommit(ctx, sh.p, pick(envs, sh.idx)); err != nil {
 					return err
@@ -525,9 +528,10 @@ func ackAll(ds []amqp.Delivery) error {
 	return ds[len(ds)-1].Ack(true)
 }
 
-// afterCommit runs the projector's after-commit work for what was delivered.
+// afterCommit runs the projector's after-commit work for what was delivered of its share
+// (nothing when it had none).
 func (r *Runner) afterCommit(ctx context.Context, p Projector, delivered []events.Envelope) error {
-	if ac, ok := p.(AfterCommitter); ok {
+	if ac, ok := p.(AfterCommitter); ok && len(delivered) > 0 {
 		// Applied events read from the log to fill a gap belong to delivered streams.
 		if err := ac.AfterCommit(ctx, delivered); err != nil {
 			r.log.Warn("after-commit work failed: the batch comes back", "error", err)

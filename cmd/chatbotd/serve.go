@@ -484,9 +484,13 @@ func (d *deps) runners() ([]*projections.Runner, error) {
 
 // retiredRunners are a runner for each member of the group alone (see parts.retired).
 func (d *deps) retiredRunners() ([]*projections.Runner, error) {
+	deps := projections.Deps{Pool: d.pool, Cache: d.cache, Store: d.store, Logger: d.logger}
 	var out []*projections.Runner
-	for _, m := range projections.NewProjectorGroup(projections.Deps{Pool: d.pool, Cache: d.cache, Store: d.store, Logger: d.logger}).Members() {
-		r, err := d.runner(m)
+	for _, part := range projections.Parts() {
+		if !part.Grouped() {
+			continue
+		}
+		r, err := d.runner(part.Projector(deps))
 		if err != nil {
 			return nil, err
 		}
