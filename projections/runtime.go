@@ -282,13 +282,13 @@ func (r *Runner) consume(ctx context.Context) error {
 			}
 		}
 	}
-	// Two batches in flight for a queue with one consumer: the next batch arrives while
-	// this one is applied, instead of after its ack. A queue of competing consumers (the
-	// responder's) gets one batch each: with two, one consumer took a whole burst while
-	// the others idled. BENCHMARKS.md has the figures of both.
+	// Three batches in flight for a queue with one consumer: one being settled (see
+	// settler), one applied, and the next arriving meanwhile, instead of after an ack. A
+	// queue of competing consumers (the responder's) gets one batch each: with two, one
+	// consumer took a whole burst while the others idled. BENCHMARKS.md has the figures.
 	prefetch := r.cfg.BatchSize
 	if q.SingleActiveConsumer {
-		prefetch *= 2
+		prefetch *= 3
 	}
 	if err := ch.Qos(prefetch, 0, false); err != nil {
 		return err
@@ -298,11 +298,16 @@ func (r *Runner) consume(ctx context.Context) error {
 		return err
 	}
 	r.log.Info("projector consuming", "queue", q.Name)
+	// The batches are finished even when ctx ends meanwhile, so what is acked was applied.
+	settle := newSettler(context.WithoutCancel(ctx), ctx.Done(), r)
+	defer settle.close()
 	for {
 		var batch []amqp.Delivery
 		select {
 		case <-ctx.Done():
 			return nil
+		case <-settle.broken:
+			return settle.failed()
 		case d, ok := <-deliveries:
 			if !ok {
 				return errors.New("delivery channel closed")
@@ -325,20 +330,20 @@ func (r *Runner) consume(ctx context.Context) error {
 			}
 		}
 		linger.Stop()
-		// The batch is finished even when ctx ends meanwhile, so what is acked was applied.
-		if err := r.handle(context.WithoutCancel(ctx), ctx.Done(), batch); err != nil {
+		if err := r.handle(context.WithoutCancel(ctx), ctx.Done(), settle, batch); err != nil {
 			return err
 		}
 	}
 }
 
-// handle applies a batch and settles every delivery of it. While the database is
+// handle applies a batch and settles every delivery of it: a committed batch through
+// settle, which does it while the next batch is applied. While the database is
 // unavailable it holds the batch and tries again, until stop: giving the deliveries back
 // would count each outage against their delivery limit, and a long one would dead-letter
 // events that did nothing wrong. It returns an error for failures that are not the
 // events' fault (stopped while the database is down, after-commit work that failed): the
 // deliveries are then left unacknowledged and come back.
-func (r *Runner) handle(ctx context.Context, stop <-chan struct{}, batch []amqp.Delivery) error {
+func (r *Runner) handle(ctx context.Context, stop <-chan struct{}, settle *settler, batch []amqp.Delivery) error {
 	envs := make([]events.Envelope, 0, len(batch))
 	good := make([]amqp.Delivery, 0, len(batch))
 	var fences []amqp.Delivery
@@ -365,22 +370,19 @@ func (r *Runner) handle(ctx context.Context, stop <-chan struct{}, batch []amqp.
 		good = append(good, d)
 	}
 	if len(envs) == 0 {
+		if err := settle.wait(); err != nil {
+			return err
+		}
 		return r.passFences(ctx, stop, fences)
 	}
 	shares := r.shares(envs)
 	err := r.applyWaiting(ctx, stop, shares, envs)
 	if err == nil {
-		for _, sh := range shares {
-			if err := r.afterCommit(ctx, sh.p, pick(envs, sh.idx)); err != nil {
-				return err
-			}
-		}
-		// A fence comes after every event of its queue: recorded once they are applied,
-		// and before the acknowledgement of the batch, which covers it.
-		if err := r.passFences(ctx, stop, fences); err != nil {
-			return err
-		}
-		return ackAll(good)
+		return settle.submit(settlement{shares: shares, envs: envs, fences: fences, good: good})
+	}
+	// What follows settles deliveries here, after the batches before it.
+	if err := settle.wait(); err != nil {
+		return err
 	}
 	if db.IsUnavailable(err) {
 		return err
@@ -608,7 +610,7 @@ func (r *Runner) trace(ctx context.Context, p Projector, applied []events.Envelo
 		return
 	}
 	log := r.log
-	if p != r.p {
+	if p.Name() != r.p.Name() { // not p != r.p: a projector may be a value of an uncomparable type
 		log = log.With("projector", p.Name())
 	}
 	for _, e := range applied {

@@ -1,0 +1,108 @@
+package projections_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/stretchr/testify/assert"
+
+	"github.com/chatbotsaas/chatbotd/events"
+	"github.com/chatbotsaas/chatbotd/internal/testenv"
+)
+
+// cacher is a member whose after-commit work (its cache) is held at its first call until
+// release, and then fails.
+type cacher struct {
+	member
+	mu      *sync.Mutex
+	calls   *[][]uuid.UUID
+	entered chan struct{}
+	release chan struct{}
+}
+
+func (c cacher) AfterCommit(_ context.Context, batch []events.Envelope) error {
+	ids := make([]uuid.UUID, len(batch))
+	for i, e := range batch {
+		ids[i] = e.ID
+	}
+	c.mu.Lock()
+	*c.calls = append(*c.calls, ids)
+	first := len(*c.calls) == 1
+	c.mu.Unlock()
+	if !first {
+		return nil
+	}
+	close(c.entered)
+	<-c.release
+	return errors.New("the cache went away")
+}
+
+func (c cacher) after() [][]uuid.UUID {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return slices.Clone(*c.calls)
+}
+
+// A committed batch is settled (its after-commit work, then its acknowledgement) while the
+// next batch is applied, and never acknowledged before its after-commit work succeeded:
+// when that work fails, the batch and the one applied meanwhile come back, each event is
+// applied once, and the after-commit work is done for both.
+func TestRunnerAppliesTheNextBatchWhileItSettlesOne(t *testing.T) {
+	env := newGroupEnv(t)
+	c := cacher{member: env.member("settle", "settle.*"), mu: &sync.Mutex{}, calls: &[][]uuid.UUID{},
+		entered: make(chan struct{}), release: make(chan struct{})}
+	queue := env.a.Queue("settle")
+	stop := run(env.runner(c).Run)
+	var released sync.Once
+	release := func() { released.Do(func() { close(c.release) }) }
+	defer func() { release(); stop() }() // a runner stops after the work in hand
+	env.a.WaitConsumer(queue)
+
+	first := env.publish("settle.first")
+	select {
+	case <-c.entered:
+	case <-time.After(15 * time.Second):
+		t.Fatal("the first batch's after-commit work never started")
+	}
+	second := []uuid.UUID{env.publish("settle.second"), env.publish("settle.second")}
+	testenv.Eventually(t, 15*time.Second, func() error {
+		applied, _ := c.seen()
+		for _, id := range second {
+			if !slices.Contains(applied, id) {
+				return fmt.Errorf("%s not applied while the first batch is settled", id)
+			}
+		}
+		return nil
+	})
+	assert.Len(t, c.after(), 1, "the second batch's after-commit work waits for the first's")
+	release()
+
+	all := append([]uuid.UUID{first}, second...)
+	testenv.Eventually(t, 30*time.Second, func() error {
+		calls := c.after()
+		var done []uuid.UUID
+		for _, ids := range calls[1:] {
+			done = append(done, ids...)
+		}
+		for _, id := range all {
+			if !slices.Contains(done, id) {
+				return fmt.Errorf("%s: no after-commit work since the failure", id)
+			}
+		}
+		if n, _ := env.depth(queue); n != 0 {
+			return fmt.Errorf("%d messages in the queue", n)
+		}
+		return nil
+	})
+	assert.Equal(t, []uuid.UUID{first}, c.after()[0])
+	applied, _ := c.seen()
+	assert.ElementsMatch(t, all, applied, "each event applied once, the redelivered ones skipped")
+	n, _ := env.depth(queue + ".dead")
+	assert.Zero(t, n)
+}
