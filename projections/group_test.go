@@ -275,3 +275,86 @@ func TestRetiredQueuesDrainBeforeTheGroupConsumes(t *testing.T) {
 		assert.Nil(t, draining)
 	}
 }
+
+// cutter is a member that cuts the broker's connection in the middle of its last attempt
+// at the poison event, just before the runtime would copy it into its dead letters.
+type cutter struct {
+	member
+	proxy *testenv.Proxy
+	calls *int
+	cut   chan struct{}
+}
+
+func (c cutter) Apply(ctx context.Context, tx pgx.Tx, e events.Envelope) error {
+	err := c.member.Apply(ctx, tx, e)
+	if err == nil {
+		return nil
+	}
+	c.mu.Lock()
+	*c.calls++
+	last := *c.calls == 4 // the batch, the member's share, and two attempts (Attempts: 2)
+	c.mu.Unlock()
+	if last {
+		c.proxy.Cut()
+		time.Sleep(300 * time.Millisecond) // the client sees its connection closed
+		close(c.cut)
+	}
+	return err
+}
+
+// The broker goes away while a member's poison event is being dead-lettered: the delivery
+// can no longer be acknowledged, so it is not copied then; the batch comes back once the
+// broker does, and the poison is dead-lettered once, the other member having applied
+// every event once.
+func TestGroupDeadLetterWhenTheBrokerGoesAway(t *testing.T) {
+	env := newGroupEnv(t)
+	proxy := testenv.MustProxy(t, "127.0.0.1:5672")
+	conn := broker.Dial("amqp://guest:guest@"+proxy.Addr()+"/", testenv.Logger(t))
+	t.Cleanup(func() { conn.Close() })
+	a := cutter{member: env.member("cut-a", "cut.*"), proxy: proxy, calls: new(int), cut: make(chan struct{})}
+	b := env.member("cut-b", "cut.*")
+	for _, name := range []string{"cut", "cut-a", "cut-b"} {
+		env.a.Queue(name)
+	}
+	r, err := projections.NewRunner(env.d.Pool, conn, projections.NewGroup("cut", a, b), projections.Config{Exchange: env.a.Exchange,
+		QueuePrefix: env.a.QueuePrefix, DeliveryLimit: 3, Attempts: 2, Logger: testenv.Logger(t)})
+	require.NoError(t, err)
+	stop := run(r.Run)
+	defer func() { stop() }()
+	env.a.WaitConsumer(env.a.QueuePrefix + "cut")
+
+	*a.poison, *a.poisoned = uuid.New(), true
+	first := env.publish("cut.first")
+	body, err := json.Marshal(events.Envelope{ID: *a.poison, Type: "cut.poison", SchemaVersion: 1, StreamType: "grp",
+		StreamID: uuid.New(), StreamVersion: 1, Position: 2, OccurredAt: time.Now().UTC(), Data: json.RawMessage(`{}`)})
+	require.NoError(t, err)
+	require.NoError(t, env.ch.Publish(env.a.Exchange, "cut.poison", true, false,
+		amqp.Publishing{MessageId: a.poison.String(), DeliveryMode: amqp.Persistent, Body: body}))
+	last := env.publish("cut.last")
+
+	select {
+	case <-a.cut:
+	case <-time.After(20 * time.Second):
+		t.Fatal("the poison's last attempt never came")
+	}
+	time.Sleep(500 * time.Millisecond)
+	proxy.Restore()
+	testenv.Eventually(t, 30*time.Second, func() error {
+		if n, _ := env.depth(env.a.QueuePrefix + "cut-a.dead"); n == 0 {
+			return errors.New("not dead-lettered yet")
+		}
+		if n, _ := env.depth(env.a.QueuePrefix + "cut"); n != 0 {
+			return fmt.Errorf("%d messages left in the group's queue", n)
+		}
+		return nil
+	})
+	time.Sleep(500 * time.Millisecond) // a second copy would be made by now
+	stop()
+	appliedA, deadA := a.seen()
+	appliedB, _ := b.seen()
+	assert.ElementsMatch(t, []uuid.UUID{first, last}, appliedA)
+	assert.ElementsMatch(t, []uuid.UUID{first, *a.poison, last}, appliedB, "each event applied once by the other member")
+	assert.Equal(t, []uuid.UUID{*a.poison}, deadA, "the dead-letter hook is told once")
+	n, _ := env.depth(env.a.QueuePrefix + "cut-a.dead")
+	assert.Equal(t, 1, n, "one copy in the member's dead letters")
+}

@@ -463,6 +463,14 @@ func (r *Runner) handle(ctx context.Context, stop <-chan struct{}, settle *settl
 // confirm. The delivery itself is acknowledged with its batch: the group's other members
 // applied it.
 func (r *Runner) deadLetter(ctx context.Context, member string, d amqp.Delivery) error {
+	// The copy and the acknowledgement are two steps, so a copy made when the delivery
+	// cannot be acknowledged any more (its channel went with the connection) is made again
+	// when the delivery comes back: a duplicate in the dead letters. Such a batch comes
+	// back whole instead. (The connection can still go between the copy's confirm and the
+	// acknowledgement: a member's dead letters are at least once.)
+	if ch, ok := d.Acknowledger.(*amqp.Channel); ok && ch.IsClosed() {
+		return fmt.Errorf("dead letter %s for %s: the delivery's channel is closed", d.MessageId, member)
+	}
 	if r.deadLetters == nil || r.deadLetters.IsClosed() {
 		ch, err := r.broker.Channel(ctx)
 		if err != nil {
