@@ -3,6 +3,8 @@ package projections_test
 import (
 	"context"
 	"regexp"
+	"slices"
+	"strings"
 	"sync"
 	"testing"
 
@@ -18,10 +20,11 @@ import (
 	"github.com/chatbotsaas/chatbotd/projections"
 )
 
-// statements records every SQL statement a pool runs.
+// statements records every SQL statement a pool runs, alone or in a batch.
 type statements struct {
-	mu  sync.Mutex
-	sql []string
+	mu      sync.Mutex
+	sql     []string
+	batched []string // those sent in a batch
 }
 
 func (s *statements) TraceQueryStart(ctx context.Context, _ *pgx.Conn, data pgx.TraceQueryStartData) context.Context {
@@ -32,6 +35,19 @@ func (s *statements) TraceQueryStart(ctx context.Context, _ *pgx.Conn, data pgx.
 }
 
 func (s *statements) TraceQueryEnd(context.Context, *pgx.Conn, pgx.TraceQueryEndData) {}
+
+// The statements of a batch (a pipelined projector's writes) are recorded too.
+func (s *statements) TraceBatchStart(ctx context.Context, _ *pgx.Conn, _ pgx.TraceBatchStartData) context.Context {
+	return ctx
+}
+
+func (s *statements) TraceBatchQuery(_ context.Context, _ *pgx.Conn, data pgx.TraceBatchQueryData) {
+	s.mu.Lock()
+	s.sql, s.batched = append(s.sql, data.SQL), append(s.batched, data.SQL)
+	s.mu.Unlock()
+}
+
+func (s *statements) TraceBatchEnd(context.Context, *pgx.Conn, pgx.TraceBatchEndData) {}
 
 func (s *statements) matching(re *regexp.Regexp) []string {
 	s.mu.Lock()
@@ -75,4 +91,8 @@ func TestWorkRowProjectorsNotifyNothingInTheirTransactions(t *testing.T) {
 	require.NotEmpty(t, traced.matching(regexp.MustCompile(`INSERT INTO webhook_deliveries`)), "the tracer sees the projectors' writes")
 	require.NotEmpty(t, traced.matching(regexp.MustCompile(`INSERT INTO notifications`)))
 	assert.Empty(t, traced.matching(regexp.MustCompile(`(?i)notify`)))
+	traced.mu.Lock()
+	defer traced.mu.Unlock()
+	assert.True(t, slices.ContainsFunc(traced.batched, func(q string) bool { return strings.Contains(q, "INSERT INTO notifications") }),
+		"the emails' writes are pipelined (WriteOnly), not a round trip each")
 }

@@ -48,6 +48,14 @@ type AfterCommitter interface {
 	AfterCommit(ctx context.Context, batch []events.Envelope) error
 }
 
+// WriteOnly is implemented by projectors that are not rebuildable but, like those, only
+// Exec in Apply: no statement of theirs reads what an earlier one returned, so the
+// runtime may pipeline their writes (see pipeTx). A statement may still read what an
+// earlier one wrote: a pipeline runs them in order, in the batch's transaction.
+type WriteOnly interface {
+	WriteOnly()
+}
+
 // DeadLetterer is implemented by projectors that record a dead-lettered event (so that a
 // user sees "failed" rather than waiting forever). It is called once the event has been
 // dead-lettered, best effort.
@@ -781,13 +789,15 @@ func applyInTx(ctx context.Context, tx pgx.Tx, p Projector, envs []events.Envelo
 	}
 
 	start := maps.Clone(current)
-	// A rebuildable projector's writes are pipelined, as in a rebuild: the batch goes to
-	// PostgreSQL in a few round trips instead of one per statement. Its errors come back
-	// together at the flush, and a failed batch is applied again one event at a time,
-	// which says which event failed.
+	// A rebuildable projector's writes are pipelined, as in a rebuild, and so are those of
+	// a projector that says it only writes (WriteOnly): the batch goes to PostgreSQL in a
+	// few round trips instead of one per statement. Its errors come back together at the
+	// flush, and a failed batch is applied again one event at a time, which says which
+	// event failed.
 	w := tx
 	var pipe *pipeTx
-	if _, ok := p.(Rebuildable); ok {
+	_, rebuildable := p.(Rebuildable)
+	if _, writeOnly := p.(WriteOnly); rebuildable || writeOnly {
 		pipe = &pipeTx{Tx: tx}
 		w = pipe
 	}
