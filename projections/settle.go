@@ -22,10 +22,11 @@ type settlement struct {
 // goroutine of its own, while the consumer applies the next batch. One batch is settled
 // while the next one is applied, never more: submit waits for the settler to be free.
 //
-// Why a stage of its own: with a queue per projector, one projector's after-commit work
-// (the accounts projector reads its rows back and writes them to Redis) overlapped
-// another's transaction. With one queue for the projectors, doing them in turn drained a
-// backlog 37% slower (BENCHMARKS.md, "What the group costs").
+// Why a stage of its own: a batch's after-commit work (the accounts projector reads its
+// rows back and writes them to Redis) otherwise runs while PostgreSQL has nothing of the
+// consumer's to do, and the next batch waits for it. Overlapped, the accounts projector
+// alone drained a backlog 14% faster on average (BENCHMARKS.md, "Settling a batch while
+// the next one is applied").
 //
 // Order is kept where it matters: a batch's after-commit work runs after every earlier
 // batch's, so a cache never gets an older batch's entries after a newer one's; a batch is
