@@ -19,8 +19,7 @@ import (
 // cacher is a member whose after-commit work (its cache) is held at its first call until
 // release, and then fails.
 type cacher struct {
-	member
-	mu      *sync.Mutex
+	member  // its mu guards calls too
 	calls   *[][]uuid.UUID
 	entered chan struct{}
 	release chan struct{}
@@ -55,7 +54,7 @@ func (c cacher) after() [][]uuid.UUID {
 // applied once, and the after-commit work is done for both.
 func TestRunnerAppliesTheNextBatchWhileItSettlesOne(t *testing.T) {
 	env := newGroupEnv(t)
-	c := cacher{member: env.member("settle", "settle.*"), mu: &sync.Mutex{}, calls: &[][]uuid.UUID{},
+	c := cacher{member: env.member("settle", "settle.*"), calls: &[][]uuid.UUID{},
 		entered: make(chan struct{}), release: make(chan struct{})}
 	queue := env.a.Queue("settle")
 	stop := run(env.runner(c).Run)
