@@ -31,10 +31,10 @@ type Notifications struct{}
 
 func (Notifications) Name() string { return NotificationsName }
 
-// WriteOnly says that Apply only Execs (each email's statement reads the recipient the
+// Pipelined says that Apply only Execs (each email's statement reads the recipient the
 // one before it wrote, which a pipeline keeps in order): the runtime pipelines a batch's
 // writes. A batch of 200 sign-ups was 400 round trips.
-func (Notifications) WriteOnly() {}
+func (Notifications) Pipelined() {}
 
 func (Notifications) Bindings() []string {
 	return []string{"user.created", "user.updated", "user.deleted", "user.password_changed", "user.role_assigned", "user.role_removed"}

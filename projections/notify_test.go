@@ -95,5 +95,5 @@ func TestWorkRowProjectorsNotifyNothingInTheirTransactions(t *testing.T) {
 	require.NotEmpty(t, traced.matching(regexp.MustCompile(`INSERT INTO notifications`)))
 	assert.Empty(t, traced.matching(regexp.MustCompile(`(?i)notify`)))
 	assert.NotEmpty(t, traced.batchedMatching(regexp.MustCompile(`INSERT INTO notifications`)),
-		"the emails' writes are pipelined (WriteOnly), not a round trip each")
+		"the emails' writes are pipelined (Pipelined), not a round trip each")
 }

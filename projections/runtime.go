@@ -48,12 +48,12 @@ type AfterCommitter interface {
 	AfterCommit(ctx context.Context, batch []events.Envelope) error
 }
 
-// WriteOnly is implemented by projectors that are not rebuildable but, like those, only
-// Exec in Apply: no statement of theirs reads what an earlier one returned, so the
-// runtime may pipeline their writes (see pipeTx). A statement may still read what an
-// earlier one wrote: a pipeline runs them in order, in the batch's transaction.
-type WriteOnly interface {
-	WriteOnly()
+// Pipelined is implemented by projectors that are not rebuildable but, like those, never
+// depend on what an Exec returns (its command tag), so the runtime may pipeline their
+// writes (see pipeTx). They may read: a read is sent after every write queued before
+// it, in the batch's transaction, so it sees them.
+type Pipelined interface {
+	Pipelined()
 }
 
 // DeadLetterer is implemented by projectors that record a dead-lettered event (so that a
@@ -589,17 +589,23 @@ func (r *Runner) applyBatch(ctx context.Context, shares []share, envs []events.E
 			_ = tx.Rollback(ctx)
 		}
 	}()
-	each := make([][]events.Envelope, len(shares))
+	// Every member's share in one transaction, with the round trips of one (applyMembers).
+	var ms []*memberBatch
+	var of []int // the share of each of ms
 	for i, sh := range shares {
-		if len(sh.idx) == 0 {
-			continue
+		if len(sh.idx) > 0 {
+			ms = append(ms, newMemberBatch(sh.p, pick(envs, sh.idx), PositionsKey(sh.p.Name(), r.n, r.k)))
+			of = append(of, i)
 		}
-		if each[i], err = applyInTx(ctx, tx, sh.p, pick(envs, sh.idx), PositionsKey(sh.p.Name(), r.n, r.k)); err != nil {
-			if _, group := r.p.(*Group); group {
-				err = fmt.Errorf("%s: %w", sh.p.Name(), err)
-			}
-			return err
-		}
+	}
+	_, group := r.p.(*Group)
+	applied, err := applyMembers(ctx, tx, ms, group)
+	if err != nil {
+		return err
+	}
+	each := make([][]events.Envelope, len(shares))
+	for j, i := range of {
+		each[i] = applied[j]
 	}
 	faults.Crash("projector.batch")
 	if err = tx.Commit(ctx); err != nil {
@@ -714,48 +720,69 @@ func applyInOrder(ctx context.Context, tx pgx.Tx, p Projector, envs []events.Env
 
 // applyInTx is ApplyBatch inside a transaction; it advances the positions row named
 // positions.
-func applyInTx(ctx context.Context, tx pgx.Tx, p Projector, envs []events.Envelope, positions string) (applied []events.Envelope, err error) {
+func applyInTx(ctx context.Context, tx pgx.Tx, p Projector, envs []events.Envelope, positions string) ([]events.Envelope, error) {
+	applied, err := applyMembers(ctx, tx, []*memberBatch{newMemberBatch(p, envs, positions)}, false)
+	if err != nil {
+		return nil, err
+	}
+	return applied[0], nil
+}
+
+// memberBatch is one projector's share of a batch in the batch's transaction: its
+// streams, the version each was at, and the row each new one got.
+type memberBatch struct {
+	p         Projector
+	envs      []events.Envelope
+	positions string
+	// streams are the batch's streams in one lock order for every instance of the
+	// projector, so two never deadlock; last is each one's highest version in the batch.
+	streams []uuid.UUID
+	last    map[uuid.UUID]int
+	created map[uuid.UUID]bool // streams new to the projection: their rows were inserted
+	current map[uuid.UUID]int  // each stream's applied version, as the apply goes on
+}
+
+func newMemberBatch(p Projector, envs []events.Envelope, positions string) *memberBatch {
 	// Each stream's highest version in the batch: where the stream is new to the
 	// projection, every one of its events up to it is applied (a gap is read from the
 	// store), so that is the version its row ends at.
-	last := map[uuid.UUID]int{}
-	streams := make([]uuid.UUID, 0, len(envs))
+	m := &memberBatch{p: p, envs: envs, positions: positions, last: map[uuid.UUID]int{}, created: map[uuid.UUID]bool{}}
 	for _, e := range envs {
-		v, ok := last[e.StreamID]
+		v, ok := m.last[e.StreamID]
 		if !ok {
-			streams = append(streams, e.StreamID)
+			m.streams = append(m.streams, e.StreamID)
 		}
-		last[e.StreamID] = max(v, e.StreamVersion)
+		m.last[e.StreamID] = max(v, e.StreamVersion)
 	}
-	// One lock order for every instance of the projector, so two never deadlock.
-	slices.SortFunc(streams, func(a, b uuid.UUID) int { return slices.Compare(a[:], b[:]) })
-	lasts := make([]int32, len(streams))
-	for i, s := range streams {
-		lasts[i] = int32(last[s])
-	}
+	slices.SortFunc(m.streams, func(a, b uuid.UUID) int { return slices.Compare(a[:], b[:]) })
+	m.current = make(map[uuid.UUID]int, len(m.streams))
+	return m
+}
 
-	// The projector's lock, its streams' rows and their versions: three statements in one
-	// round trip (a small batch under a steady load pays per round trip, not per row).
-	var prelude pgx.Batch
+// queuePrelude queues the member's lock, its streams' rows and their versions.
+func (m *memberBatch) queuePrelude(b *pgx.Batch) {
+	lasts := make([]int32, len(m.streams))
+	for i, s := range m.streams {
+		lasts[i] = int32(m.last[s])
+	}
 	// Shared with every other batch of the projector; a rebuild's swap takes it alone.
-	prelude.Queue(`SELECT pg_advisory_xact_lock_shared($1)`, liveLockKey(p.Name()))
+	b.Queue(`SELECT pg_advisory_xact_lock_shared($1)`, liveLockKey(m.p.Name()))
 	// A stream new to the projection gets its row here, at the version the batch leaves it
 	// at, and the row is this transaction's until it commits (another instance's insert of
 	// the same stream waits for it, then finds the row). Inserting it at 0 and raising it
 	// after the apply wrote each new stream's row twice, and most events start a stream
 	// (a user, a chatbot, a message); BenchmarkBatchOfNewStreams measures it, and
 	// BENCHMARKS.md has the before and after.
-	created := map[uuid.UUID]bool{}
-	prelude.Queue(`INSERT INTO projection_streams (projection, stream_id, version)
+	b.Queue(`INSERT INTO projection_streams (projection, stream_id, version)
 		SELECT $1, u.s, u.v FROM unnest($2::uuid[], $3::int[]) AS u(s, v) ORDER BY u.s
-		ON CONFLICT DO NOTHING RETURNING stream_id`, p.Name(), streams, lasts).
+		ON CONFLICT DO NOTHING RETURNING stream_id`, m.p.Name(), m.streams, lasts).
 		Query(func(rows pgx.Rows) error {
 			for rows.Next() {
 				var s uuid.UUID
 				if err := rows.Scan(&s); err != nil {
 					return err
 				}
-				created[s] = true
+				m.created[s] = true
 			}
 			return rows.Err()
 		})
@@ -764,10 +791,9 @@ func applyInTx(ctx context.Context, tx pgx.Tx, p Projector, envs []events.Envelo
 	// had grown fast since it was last analyzed, as a scan of every stream of the
 	// projection: 130 ms a batch at 50,000 streams. OFFSET 0 keeps the lateral subquery
 	// from being flattened into such a join.
-	current := make(map[uuid.UUID]int, len(streams))
-	prelude.Queue(`SELECT ps.stream_id, ps.version FROM unnest($2::uuid[]) AS s(id),
+	b.Queue(`SELECT ps.stream_id, ps.version FROM unnest($2::uuid[]) AS s(id),
 		LATERAL (SELECT stream_id, version FROM projection_streams
-			WHERE projection = $1 AND stream_id = s.id OFFSET 0 FOR UPDATE) AS ps`, p.Name(), streams).
+			WHERE projection = $1 AND stream_id = s.id OFFSET 0 FOR UPDATE) AS ps`, m.p.Name(), m.streams).
 		Query(func(rows pgx.Rows) error {
 			for rows.Next() {
 				var s uuid.UUID
@@ -775,59 +801,95 @@ func applyInTx(ctx context.Context, tx pgx.Tx, p Projector, envs []events.Envelo
 				if err := rows.Scan(&s, &v); err != nil {
 					return err
 				}
-				current[s] = v
+				m.current[s] = v
 			}
 			return rows.Err()
 		})
-	if err = tx.SendBatch(ctx, &prelude).Close(); err != nil {
+}
+
+// applyMembers applies each member's share in tx, in the members' order, and returns
+// what each applied. The round trips are the batch's, not each member's: every
+// member's prelude (its lock, its streams' rows and versions) goes in one, and the
+// members' writes, stream versions and positions are pipelined together (pipe), sent
+// when a read needs them or at the end. A group batch of one chatbot's creation for
+// three members was nine round trips and is five (BENCHMARKS.md has the figures).
+//
+// A member that is not Pipelined writes straight to tx, after what the members before
+// it queued has been sent: each member sees every write of those before it, as when
+// each was applied on its own. named puts the member's name on its errors (a group's).
+func applyMembers(ctx context.Context, tx pgx.Tx, ms []*memberBatch, named bool) ([][]events.Envelope, error) {
+	if len(ms) == 0 {
+		return nil, nil
+	}
+	var prelude pgx.Batch
+	for _, m := range ms {
+		m.queuePrelude(&prelude)
+	}
+	if err := tx.SendBatch(ctx, &prelude).Close(); err != nil {
 		return nil, err
 	}
-	// The lookup sees the rows just inserted at their final version; nothing of those
-	// streams is applied yet.
-	for s := range created {
-		current[s] = 0
+	pipe := &pipeTx{Tx: tx}
+	out := make([][]events.Envelope, len(ms))
+	for i, m := range ms {
+		applied, err := m.apply(ctx, pipe)
+		if err != nil {
+			if named {
+				err = fmt.Errorf("%s: %w", m.p.Name(), err)
+			}
+			return nil, err
+		}
+		out[i] = applied
 	}
+	if err := pipe.flush(ctx); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
 
-	start := maps.Clone(current)
-	// A rebuildable projector's writes are pipelined, as in a rebuild, and so are those of
-	// a projector that says it only writes (WriteOnly): the batch goes to PostgreSQL in a
-	// few round trips instead of one per statement. Its errors come back together at the
-	// flush, and a failed batch is applied again one event at a time, which says which
-	// event failed.
-	w := tx
-	var pipe *pipeTx
-	_, rebuildable := p.(Rebuildable)
-	if _, writeOnly := p.(WriteOnly); rebuildable || writeOnly {
-		pipe = &pipeTx{Tx: tx}
-		w = pipe
+// apply applies the member's share after its prelude, and queues its stream versions
+// and position into pipe.
+func (m *memberBatch) apply(ctx context.Context, pipe *pipeTx) ([]events.Envelope, error) {
+	// The lookup saw the rows just inserted at their final version; nothing of those
+	// streams is applied yet.
+	for s := range m.created {
+		m.current[s] = 0
 	}
-	if applied, err = applyInOrder(ctx, w, p, envs, current); err != nil {
+	start := maps.Clone(m.current)
+	// A rebuildable projector's writes are pipelined, as in a rebuild, and so are those of
+	// a projector that says they may be (Pipelined). Their errors come back together at
+	// the flush, and a failed batch is applied again one event at a time, which says
+	// which event failed.
+	var w pgx.Tx = pipe
+	_, rebuildable := m.p.(Rebuildable)
+	if _, pipelined := m.p.(Pipelined); !rebuildable && !pipelined {
+		if err := pipe.flush(ctx); err != nil {
+			return nil, err
+		}
+		w = pipe.Tx
+	}
+	applied, err := applyInOrder(ctx, w, m.p, m.envs, m.current)
+	if err != nil {
 		return nil, err
 	}
 	var changedIDs []uuid.UUID
 	var changedVersions []int32
-	for _, s := range streams {
-		if current[s] != start[s] && !(created[s] && current[s] == last[s]) {
+	for _, s := range m.streams {
+		if m.current[s] != start[s] && !(m.created[s] && m.current[s] == m.last[s]) {
 			changedIDs = append(changedIDs, s)
-			changedVersions = append(changedVersions, int32(current[s]))
+			changedVersions = append(changedVersions, int32(m.current[s]))
 		}
 	}
 	if len(changedIDs) > 0 {
 		// An upsert of rows that exist (and are locked): its arbiter index finds each row,
 		// where an UPDATE … FROM unnest could be planned as a hash join over every stream.
-		if _, err = w.Exec(ctx, `INSERT INTO projection_streams (projection, stream_id, version)
+		if _, err = pipe.Exec(ctx, `INSERT INTO projection_streams (projection, stream_id, version)
 			SELECT $1, u.stream_id, u.version FROM unnest($2::uuid[], $3::int[]) AS u(stream_id, version)
-			ON CONFLICT (projection, stream_id) DO UPDATE SET version = excluded.version`, p.Name(), changedIDs, changedVersions); err != nil {
+			ON CONFLICT (projection, stream_id) DO UPDATE SET version = excluded.version`, m.p.Name(), changedIDs, changedVersions); err != nil {
 			return nil, err
 		}
 	}
-	if err = recordPosition(ctx, w, positions, applied); err != nil {
+	if err = recordPosition(ctx, pipe, m.positions, applied); err != nil {
 		return nil, err
-	}
-	if pipe != nil {
-		if err = pipe.flush(ctx); err != nil {
-			return nil, err
-		}
 	}
 	return applied, nil
 }

@@ -2,6 +2,7 @@ package projections
 
 import (
 	"context"
+	"fmt"
 	"testing"
 
 	"github.com/google/uuid"
@@ -122,4 +123,43 @@ func BenchmarkBatchOfNewStreams(b *testing.B) {
 		b.StartTimer()
 	}
 	b.ReportMetric(float64(wal)/float64(b.N), "WAL-bytes/batch")
+}
+
+// BenchmarkGroupBatch is what serving's group costs for a small batch, the batch a
+// steady command load brings: n chatbots created, each a new stream applied by the
+// chatbots, audit and webhooks members in one transaction (their preludes, writes,
+// versions and positions, and the commit).
+//
+//	go test -run '^$' -bench GroupBatch -benchtime 300x ./projections
+func BenchmarkGroupBatch(b *testing.B) {
+	for _, n := range []int{1, 10} {
+		b.Run(fmt.Sprintf("chatbots=%d", n), func(b *testing.B) {
+			ctx := context.Background()
+			d := testenv.MustDatabase(b)
+			store := eventstore.NewStore(d.Pool)
+			org := uuid.New()
+			r, err := NewRunner(d.Pool, nil, NewProjectorGroup(Deps{Pool: d.Pool, Store: store}), Config{Exchange: "bench"})
+			require.NoError(b, err)
+			meta := events.Meta{Actor: events.Actor{Type: events.ActorSystem}}
+			batch := make([]events.Envelope, n)
+			b.ResetTimer()
+			for range b.N {
+				b.StopTimer()
+				for i := range batch {
+					id := uuid.New()
+					_, err := store.Append(ctx, eventstore.AppendRequest{StreamType: events.StreamChatbot, StreamID: id,
+						OrganizationID: &org, Events: []events.Event{events.ChatbotCreated{Name: "Bench bot",
+							Responder: events.Responder{Type: "knowledge_base"}}}, Meta: meta})
+					require.NoError(b, err)
+					envs, err := eventstore.ReadStream(ctx, d.Pool, id, 1, 1)
+					require.NoError(b, err)
+					batch[i] = envs[0]
+				}
+				b.StartTimer()
+				if err := r.applyBatch(ctx, r.shares(batch), batch); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
 }

@@ -28,6 +28,11 @@ type Webhooks struct{}
 
 func (Webhooks) Name() string { return WebhooksName }
 
+// Pipelined says that Apply never uses what an Exec returns: the runtime pipelines its
+// writes with the batch's other members'. Its query of the subscriptions sends what is
+// queued first, so it sees a subscription written earlier in the batch.
+func (Webhooks) Pipelined() {}
+
 func (Webhooks) Bindings() []string { return []string{"#"} }
 
 // Apply keeps the subscriptions and writes the event's deliveries.
