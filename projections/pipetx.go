@@ -10,8 +10,8 @@ import (
 // pipeTx sends a rebuildable projector's writes in pipelined batches instead of one
 // round trip each: such projectors only Exec, and a batch (live or rebuild) that meets
 // an error is undone as a whole anyway, so the errors may as well come back together. A
-// read (gap repair, a projector's own query) sends what is queued first, and the caller
-// flushes before it commits. Without it a replay, and a live batch, waits on the network
+// read (gap repair, a projector's own query) goes in the same round trip as what is
+// queued, after it, and the caller flushes before it commits. Without it a replay, and a live batch, waits on the network
 // for every row (BENCHMARKS.md has the figures).
 type pipeTx struct {
 	pgx.Tx
@@ -28,18 +28,92 @@ func (t *pipeTx) Exec(ctx context.Context, sql string, args ...any) (pgconn.Comm
 	return pgconn.CommandTag{}, nil
 }
 
+// Query sends what is queued and the query in one round trip: the query is the batch's
+// last statement, so it sees every write before it.
 func (t *pipeTx) Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error) {
-	if err := t.flush(ctx); err != nil {
+	if t.batch.Len() == 0 {
+		return t.Tx.Query(ctx, sql, args...)
+	}
+	br, err := t.send(ctx, sql, args)
+	if err != nil {
 		return nil, err
 	}
-	return t.Tx.Query(ctx, sql, args...)
+	rows, err := br.Query()
+	if err != nil {
+		_ = br.Close()
+		return nil, err
+	}
+	return &batchRows{Rows: rows, br: br}, nil
 }
 
+// QueryRow is Query for one row.
 func (t *pipeTx) QueryRow(ctx context.Context, sql string, args ...any) pgx.Row {
-	if err := t.flush(ctx); err != nil {
+	if t.batch.Len() == 0 {
+		return t.Tx.QueryRow(ctx, sql, args...)
+	}
+	br, err := t.send(ctx, sql, args)
+	if err != nil {
 		return errRow{err}
 	}
-	return t.Tx.QueryRow(ctx, sql, args...)
+	return batchRow{Row: br.QueryRow(), br: br}
+}
+
+// send sends what is queued with sql last, and reads the queued statements' results.
+func (t *pipeTx) send(ctx context.Context, sql string, args []any) (pgx.BatchResults, error) {
+	n := t.batch.Len()
+	b := t.batch
+	t.batch = pgx.Batch{}
+	b.Queue(sql, args...)
+	br := t.Tx.SendBatch(ctx, &b)
+	for range n {
+		if _, err := br.Exec(); err != nil {
+			_ = br.Close()
+			return nil, err
+		}
+	}
+	return br, nil
+}
+
+// batchRows are a query's rows at the end of a batch: closing them closes the batch.
+type batchRows struct {
+	pgx.Rows
+	br  pgx.BatchResults
+	err error
+}
+
+func (r *batchRows) Close() {
+	r.Rows.Close()
+	if r.br != nil {
+		r.err, r.br = r.br.Close(), nil
+	}
+}
+
+func (r *batchRows) Err() error {
+	if err := r.Rows.Err(); err != nil {
+		return err
+	}
+	return r.err
+}
+
+func (r *batchRows) Next() bool {
+	if r.Rows.Next() {
+		return true
+	}
+	r.Close() // as pgx's rows close themselves at the end
+	return false
+}
+
+type batchRow struct {
+	pgx.Row
+	br pgx.BatchResults
+}
+
+func (r batchRow) Scan(dest ...any) error {
+	err := r.Row.Scan(dest...)
+	if cerr := r.br.Close(); err == nil {
+		err = cerr
+	}
+	return err
 }
 
 func (t *pipeTx) CopyFrom(ctx context.Context, table pgx.Identifier, columns []string, src pgx.CopyFromSource) (int64, error) {

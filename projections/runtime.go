@@ -811,8 +811,9 @@ func (m *memberBatch) queuePrelude(b *pgx.Batch) {
 // what each applied. The round trips are the batch's, not each member's: every
 // member's prelude (its lock, its streams' rows and versions) goes in one, and the
 // members' writes, stream versions and positions are pipelined together (pipe), sent
-// when a read needs them or at the end. A group batch of one chatbot's creation for
-// three members was nine round trips and is five (BENCHMARKS.md has the figures).
+// with a read that needs them or at the end. A group batch of one chatbot's creation
+// for three members was nine round trips and is five (TestGroupBatchRoundTrips;
+// BENCHMARKS.md has the figures).
 //
 // A member that is not Pipelined writes straight to tx, after what the members before
 // it queued has been sent: each member sees every write of those before it, as when

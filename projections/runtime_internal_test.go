@@ -3,10 +3,14 @@ package projections
 import (
 	"context"
 	"fmt"
+	"slices"
+	"strings"
+	"sync"
 	"testing"
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -162,4 +166,131 @@ func BenchmarkGroupBatch(b *testing.B) {
 			}
 		})
 	}
+}
+
+// roundTrips counts what a pool sends to PostgreSQL: each statement sent alone, and each
+// batch (with its statements), is a round trip.
+type roundTrips struct {
+	mu      sync.Mutex
+	alone   []string
+	batches [][]string
+}
+
+func (r *roundTrips) TraceQueryStart(ctx context.Context, _ *pgx.Conn, d pgx.TraceQueryStartData) context.Context {
+	r.mu.Lock()
+	r.alone = append(r.alone, d.SQL)
+	r.mu.Unlock()
+	return ctx
+}
+func (r *roundTrips) TraceQueryEnd(context.Context, *pgx.Conn, pgx.TraceQueryEndData) {}
+func (r *roundTrips) TraceBatchStart(ctx context.Context, _ *pgx.Conn, _ pgx.TraceBatchStartData) context.Context {
+	r.mu.Lock()
+	r.batches = append(r.batches, nil)
+	r.mu.Unlock()
+	return ctx
+}
+func (r *roundTrips) TraceBatchQuery(_ context.Context, _ *pgx.Conn, d pgx.TraceBatchQueryData) {
+	r.mu.Lock()
+	r.batches[len(r.batches)-1] = append(r.batches[len(r.batches)-1], d.SQL)
+	r.mu.Unlock()
+}
+func (r *roundTrips) TraceBatchEnd(context.Context, *pgx.Conn, pgx.TraceBatchEndData) {}
+
+// A group batch pays the round trips of one transaction, not of each member: every
+// member's prelude goes in one, and their writes, versions and positions in one pipeline.
+// A chatbot's creation concerns three members (chatbots, audit, webhooks); applied member
+// by member it was nine round trips.
+func TestGroupBatchRoundTrips(t *testing.T) {
+	ctx := context.Background()
+	d := testenv.MustDatabase(t)
+	store := eventstore.NewStore(d.Pool)
+	org, id := uuid.New(), uuid.New()
+	_, err := store.Append(ctx, eventstore.AppendRequest{StreamType: events.StreamChatbot, StreamID: id, OrganizationID: &org,
+		Events: []events.Event{events.ChatbotCreated{Name: "Traced bot", Responder: events.Responder{Type: "knowledge_base"}}},
+		Meta:   events.Meta{Actor: events.Actor{Type: events.ActorSystem}}})
+	require.NoError(t, err)
+	batch, err := eventstore.ReadStream(ctx, d.Pool, id, 1, 1)
+	require.NoError(t, err)
+
+	cfg, err := pgxpool.ParseConfig(d.URL)
+	require.NoError(t, err)
+	traced := &roundTrips{}
+	cfg.ConnConfig.Tracer = traced
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	require.NoError(t, err)
+	defer pool.Close()
+	r, err := NewRunner(pool, nil, NewProjectorGroup(Deps{Pool: pool, Store: store}), Config{Exchange: "test"})
+	require.NoError(t, err)
+	shares := r.shares(batch)
+	var members []string
+	for _, sh := range shares {
+		if len(sh.idx) > 0 {
+			members = append(members, sh.p.Name())
+		}
+	}
+	require.Equal(t, []string{ChatbotsName, AuditName, WebhooksName}, members)
+
+	require.NoError(t, r.applyBatch(ctx, shares, batch))
+	var got struct{ name string }
+	require.NoError(t, d.Pool.QueryRow(ctx, `SELECT name FROM chatbots WHERE id = $1`, id).Scan(&got.name))
+	assert.Equal(t, "Traced bot", got.name)
+
+	traced.mu.Lock()
+	defer traced.mu.Unlock()
+	var preludes [][]string
+	for _, b := range traced.batches {
+		if slices.ContainsFunc(b, func(q string) bool { return strings.Contains(q, "pg_advisory_xact_lock_shared") }) {
+			preludes = append(preludes, b)
+		}
+	}
+	require.Len(t, preludes, 1, "one round trip for every member's prelude")
+	assert.Len(t, preludes[0], 3*len(members), "each member's lock, new stream rows and versions")
+	// begin, the preludes, the webhooks' query of the subscriptions with what is queued
+	// before it, what is queued after it, commit.
+	assert.LessOrEqual(t, len(traced.alone)+len(traced.batches), 5,
+		"round trips: %d alone %q, %d batches %q", len(traced.alone), traced.alone, len(traced.batches), traced.batches)
+}
+
+// A read through the pipeline goes after the writes queued before it, in their round
+// trip, and sees them; a queued write's error comes back from the read.
+func TestPipelineReadsAfterItsWrites(t *testing.T) {
+	ctx := context.Background()
+	d := testenv.MustDatabase(t)
+	cfg, err := pgxpool.ParseConfig(d.URL)
+	require.NoError(t, err)
+	traced := &roundTrips{}
+	cfg.ConnConfig.Tracer = traced
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	require.NoError(t, err)
+	defer pool.Close()
+	tx, err := pool.Begin(ctx)
+	require.NoError(t, err)
+	defer tx.Rollback(ctx)
+	_, err = tx.Exec(ctx, `CREATE TEMP TABLE piped (n int PRIMARY KEY)`)
+	require.NoError(t, err)
+	pipe := &pipeTx{Tx: tx}
+	before := len(traced.alone) + len(traced.batches)
+
+	for i := range 3 {
+		_, err := pipe.Exec(ctx, `INSERT INTO piped VALUES ($1)`, i)
+		require.NoError(t, err)
+	}
+	rows, err := pipe.Query(ctx, `SELECT n FROM piped ORDER BY n`)
+	require.NoError(t, err)
+	got, err := pgx.CollectRows(rows, pgx.RowTo[int])
+	require.NoError(t, err)
+	assert.Equal(t, []int{0, 1, 2}, got)
+	assert.Equal(t, 1, len(traced.alone)+len(traced.batches)-before, "the writes and the read in one round trip")
+
+	_, err = pipe.Exec(ctx, `INSERT INTO piped VALUES (3)`)
+	require.NoError(t, err)
+	var n int
+	require.NoError(t, pipe.QueryRow(ctx, `SELECT count(*) FROM piped`).Scan(&n))
+	assert.Equal(t, 4, n)
+	assert.Equal(t, 2, len(traced.alone)+len(traced.batches)-before)
+
+	_, err = pipe.Exec(ctx, `INSERT INTO piped VALUES (0)`) // taken
+	require.NoError(t, err)
+	_, err = pipe.Query(ctx, `SELECT n FROM piped`)
+	assert.ErrorContains(t, err, "23505", "the queued write's error")
 }

@@ -29,8 +29,9 @@ type Webhooks struct{}
 func (Webhooks) Name() string { return WebhooksName }
 
 // Pipelined says that Apply never uses what an Exec returns: the runtime pipelines its
-// writes with the batch's other members'. Its query of the subscriptions sends what is
-// queued first, so it sees a subscription written earlier in the batch.
+// writes with the batch's other members'. Its query of the subscriptions goes after
+// what is queued, in the same round trip, so it sees a subscription written earlier in
+// the batch.
 func (Webhooks) Pipelined() {}
 
 func (Webhooks) Bindings() []string { return []string{"#"} }
