@@ -82,6 +82,14 @@ type Config struct {
 	// Applied, when set, is told after each committed batch that applied something, to
 	// wake the queries waiting for this projection.
 	Applied *AppliedNotifier
+	// DeferFlush is for projectors that only build read models, never append events
+	// (serving's group): a batch then commits without waiting for its WAL to reach the
+	// disk, and is acknowledged once it has (see Runner.durable). The next batch is
+	// applied meanwhile: the wait is the settler's, beside it. A crash of PostgreSQL
+	// may lose such a batch, whole; its messages were not acknowledged, so they come
+	// back and it is applied again. Never for a reactor: an event it appended could be
+	// published, then lost.
+	DeferFlush bool
 }
 
 func (c *Config) setDefaults() {
@@ -120,6 +128,8 @@ type Runner struct {
 	// deadLetters is the channel a group's runner publishes a member's dead letters on
 	// (see deadLetter), opened on first use; consume closes it.
 	deadLetters *amqp.Channel
+	// flushWAL makes every transaction committed so far durable (see durable).
+	flushWAL func(ctx context.Context) error
 }
 
 // forQueue is a runner of the same projector that consumes queue q, partition k of a
@@ -215,7 +225,29 @@ func NewRunner(pool *pgxpool.Pool, b eventstore.Channeler, p Projector, cfg Conf
 	if _, ok := p.(*Group); ok {
 		log = cfg.Logger.With("group", p.Name()) // each line of a member's says which
 	}
-	return &Runner{pool: pool, broker: b, p: p, cfg: cfg, log: log, n: 1}, nil
+	r := &Runner{pool: pool, broker: b, p: p, cfg: cfg, log: log, n: 1}
+	r.flushWAL = r.syncCommit
+	return r, nil
+}
+
+// durable returns once the batches the runner committed are on disk: at once unless
+// DeferFlush. Whatever acknowledges a batch, or acts on it outside PostgreSQL (its
+// after-commit work), calls it first.
+func (r *Runner) durable(ctx context.Context) error {
+	if !r.cfg.DeferFlush {
+		return nil
+	}
+	return r.flushWAL(ctx)
+}
+
+// syncCommit commits a transaction that has a transaction id, with the session's
+// synchronous_commit (on by default), so its commit record is flushed, and with it the
+// WAL of every commit before it: the runner's deferred ones. PostgreSQL has no function
+// to flush the WAL for a client; a poll of pg_current_wal_flush_lsn would wait for the
+// WAL writer, up to wal_writer_delay.
+func (r *Runner) syncCommit(ctx context.Context) error {
+	_, err := r.pool.Exec(ctx, `SELECT txid_current()`)
+	return err
 }
 
 // Name is the projector's name.
@@ -411,6 +443,9 @@ func (r *Runner) handle(ctx context.Context, stop <-chan struct{}, settle *settl
 			// transaction.
 			err := r.applyWaiting(ctx, stop, []share{sh}, envs)
 			if err == nil {
+				if err := r.durable(ctx); err != nil {
+					return err
+				}
 				if err := r.afterCommit(ctx, sh.p, pick(envs, sh.idx)); err != nil {
 					return err
 				}
@@ -435,6 +470,9 @@ func (r *Runner) handle(ctx context.Context, stop <-chan struct{}, settle *settl
 			}
 			switch {
 			case err == nil:
+				if err := r.durable(ctx); err != nil {
+					return err
+				}
 				if err := r.afterCommit(ctx, sh.p, envs[i:i+1]); err != nil {
 					return err
 				}
@@ -457,6 +495,9 @@ func (r *Runner) handle(ctx context.Context, stop <-chan struct{}, settle *settl
 				}
 			}
 		}
+	}
+	if err := r.durable(ctx); err != nil {
+		return err
 	}
 	for i, d := range good {
 		if !rejected[i] {
@@ -599,7 +640,7 @@ func (r *Runner) applyBatch(ctx context.Context, shares []share, envs []events.E
 		}
 	}
 	_, group := r.p.(*Group)
-	applied, err := applyMembers(ctx, tx, ms, group)
+	applied, err := applyMembers(ctx, tx, ms, group, r.cfg.DeferFlush)
 	if err != nil {
 		return err
 	}
@@ -721,7 +762,7 @@ func applyInOrder(ctx context.Context, tx pgx.Tx, p Projector, envs []events.Env
 // applyInTx is ApplyBatch inside a transaction; it advances the positions row named
 // positions.
 func applyInTx(ctx context.Context, tx pgx.Tx, p Projector, envs []events.Envelope, positions string) ([]events.Envelope, error) {
-	applied, err := applyMembers(ctx, tx, []*memberBatch{newMemberBatch(p, envs, positions)}, false)
+	applied, err := applyMembers(ctx, tx, []*memberBatch{newMemberBatch(p, envs, positions)}, false, false)
 	if err != nil {
 		return nil, err
 	}
@@ -817,12 +858,16 @@ func (m *memberBatch) queuePrelude(b *pgx.Batch) {
 //
 // A member that is not Pipelined writes straight to tx, after what the members before
 // it queued has been sent: each member sees every write of those before it, as when
-// each was applied on its own. named puts the member's name on its errors (a group's).
-func applyMembers(ctx context.Context, tx pgx.Tx, ms []*memberBatch, named bool) ([][]events.Envelope, error) {
+// each was applied on its own. named puts the member's name on its errors (a group's);
+// deferFlush commits tx without waiting for the disk (Config.DeferFlush).
+func applyMembers(ctx context.Context, tx pgx.Tx, ms []*memberBatch, named, deferFlush bool) ([][]events.Envelope, error) {
 	if len(ms) == 0 {
 		return nil, nil
 	}
 	var prelude pgx.Batch
+	if deferFlush {
+		prelude.Queue(`SELECT set_config('synchronous_commit', 'off', true)`)
+	}
 	for _, m := range ms {
 		m.queuePrelude(&prelude)
 	}

@@ -72,8 +72,12 @@ func (s *settler) run() {
 	}
 }
 
-// settle runs a batch's after-commit work, passes its fences, and acknowledges it.
+// settle waits for the batch's commit to be on disk (Config.DeferFlush), runs its
+// after-commit work, passes its fences, and acknowledges it.
 func (s *settler) settle(b settlement) error {
+	if err := s.r.durable(s.ctx); err != nil {
+		return err
+	}
 	for _, sh := range b.shares {
 		if err := s.r.afterCommit(s.ctx, sh.p, pick(b.envs, sh.idx)); err != nil {
 			return err

@@ -501,9 +501,13 @@ func (d *deps) retiredRunners() ([]*projections.Runner, error) {
 
 func (d *deps) runner(p projections.Projector) (*projections.Runner, error) {
 	cfg := d.cfg
+	// The group's members build read models and append nothing: its batches may commit
+	// without waiting for the disk, and are acknowledged once they are on it.
+	_, group := p.(*projections.Group)
 	return projections.NewRunner(d.pool, d.broker, p, projections.Config{Exchange: cfg.AMQPExchange,
 		QueuePrefix: cfg.AMQPQueuePrefix, BatchSize: cfg.ProjectorBatchSize,
-		DeliveryLimit: cfg.ProjectorDeliveryLimit, Logger: d.logger, Metrics: d.metrics, Applied: d.applied, Store: d.storeID})
+		DeliveryLimit: cfg.ProjectorDeliveryLimit, Logger: d.logger, Metrics: d.metrics, Applied: d.applied, Store: d.storeID,
+		DeferFlush: group})
 }
 
 // webhookResponderQueue is the queue of the consumer that calls chatbots' webhooks.
