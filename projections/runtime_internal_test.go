@@ -149,21 +149,13 @@ func BenchmarkGroupBatch(b *testing.B) {
 				r, err := NewRunner(d.Pool, nil, NewProjectorGroup(Deps{Pool: d.Pool, Store: store}),
 					Config{Exchange: "bench", DeferFlush: deferred})
 				require.NoError(b, err)
-				meta := events.Meta{Actor: events.Actor{Type: events.ActorSystem}}
 				batch := make([]events.Envelope, n)
 				var flush time.Duration
 				b.ResetTimer()
 				for range b.N {
 					b.StopTimer()
 					for i := range batch {
-						id := uuid.New()
-						_, err := store.Append(ctx, eventstore.AppendRequest{StreamType: events.StreamChatbot, StreamID: id,
-							OrganizationID: &org, Events: []events.Event{events.ChatbotCreated{Name: "Bench bot",
-								Responder: events.Responder{Type: "knowledge_base"}}}, Meta: meta})
-						require.NoError(b, err)
-						envs, err := eventstore.ReadStream(ctx, d.Pool, id, 1, 1)
-						require.NoError(b, err)
-						batch[i] = envs[0]
+						batch[i] = mustChatbotCreated(b, store, org)
 					}
 					b.StartTimer()
 					if err := r.applyBatch(ctx, r.shares(batch), batch); err != nil {
@@ -209,6 +201,32 @@ func (r *roundTrips) TraceBatchQuery(_ context.Context, _ *pgx.Conn, d pgx.Trace
 }
 func (r *roundTrips) TraceBatchEnd(context.Context, *pgx.Conn, pgx.TraceBatchEndData) {}
 
+// mustTracedPool is a pool on url whose round trips are counted; it is closed with tb.
+func mustTracedPool(tb testing.TB, url string) (*pgxpool.Pool, *roundTrips) {
+	tb.Helper()
+	cfg, err := pgxpool.ParseConfig(url)
+	require.NoError(tb, err)
+	traced := &roundTrips{}
+	cfg.ConnConfig.Tracer = traced
+	pool, err := pgxpool.NewWithConfig(context.Background(), cfg)
+	require.NoError(tb, err)
+	tb.Cleanup(pool.Close)
+	return pool, traced
+}
+
+// mustChatbotCreated appends a chatbot's creation to store and returns its envelope.
+func mustChatbotCreated(tb testing.TB, store *eventstore.Store, org uuid.UUID) events.Envelope {
+	tb.Helper()
+	ctx, id := context.Background(), uuid.New()
+	_, err := store.Append(ctx, eventstore.AppendRequest{StreamType: events.StreamChatbot, StreamID: id, OrganizationID: &org,
+		Events: []events.Event{events.ChatbotCreated{Name: "Bench bot", Responder: events.Responder{Type: "knowledge_base"}}},
+		Meta:   events.Meta{Actor: events.Actor{Type: events.ActorSystem}}})
+	require.NoError(tb, err)
+	envs, err := store.ReadStream(ctx, id, 1, 1)
+	require.NoError(tb, err)
+	return envs[0]
+}
+
 // A group batch pays the round trips of one transaction, not of each member: every
 // member's prelude goes in one, and their writes, versions and positions in one pipeline.
 // A chatbot's creation concerns three members (chatbots, audit, webhooks); applied member
@@ -217,21 +235,10 @@ func TestGroupBatchRoundTrips(t *testing.T) {
 	ctx := context.Background()
 	d := testenv.MustDatabase(t)
 	store := eventstore.NewStore(d.Pool)
-	org, id := uuid.New(), uuid.New()
-	_, err := store.Append(ctx, eventstore.AppendRequest{StreamType: events.StreamChatbot, StreamID: id, OrganizationID: &org,
-		Events: []events.Event{events.ChatbotCreated{Name: "Traced bot", Responder: events.Responder{Type: "knowledge_base"}}},
-		Meta:   events.Meta{Actor: events.Actor{Type: events.ActorSystem}}})
-	require.NoError(t, err)
-	batch, err := eventstore.ReadStream(ctx, d.Pool, id, 1, 1)
-	require.NoError(t, err)
+	created := mustChatbotCreated(t, store, uuid.New())
+	batch, id := []events.Envelope{created}, created.StreamID
 
-	cfg, err := pgxpool.ParseConfig(d.URL)
-	require.NoError(t, err)
-	traced := &roundTrips{}
-	cfg.ConnConfig.Tracer = traced
-	pool, err := pgxpool.NewWithConfig(ctx, cfg)
-	require.NoError(t, err)
-	defer pool.Close()
+	pool, traced := mustTracedPool(t, d.URL)
 	r, err := NewRunner(pool, nil, NewProjectorGroup(Deps{Pool: pool, Store: store}), Config{Exchange: "test"})
 	require.NoError(t, err)
 	shares := r.shares(batch)
@@ -246,7 +253,7 @@ func TestGroupBatchRoundTrips(t *testing.T) {
 	require.NoError(t, r.applyBatch(ctx, shares, batch))
 	var got struct{ name string }
 	require.NoError(t, d.Pool.QueryRow(ctx, `SELECT name FROM chatbots WHERE id = $1`, id).Scan(&got.name))
-	assert.Equal(t, "Traced bot", got.name)
+	assert.Equal(t, "Bench bot", got.name)
 
 	traced.mu.Lock()
 	defer traced.mu.Unlock()
@@ -269,13 +276,7 @@ func TestGroupBatchRoundTrips(t *testing.T) {
 func TestPipelineReadsAfterItsWrites(t *testing.T) {
 	ctx := context.Background()
 	d := testenv.MustDatabase(t)
-	cfg, err := pgxpool.ParseConfig(d.URL)
-	require.NoError(t, err)
-	traced := &roundTrips{}
-	cfg.ConnConfig.Tracer = traced
-	pool, err := pgxpool.NewWithConfig(ctx, cfg)
-	require.NoError(t, err)
-	defer pool.Close()
+	pool, traced := mustTracedPool(t, d.URL)
 	tx, err := pool.Begin(ctx)
 	require.NoError(t, err)
 	defer tx.Rollback(ctx)
