@@ -7,12 +7,13 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 )
 
-// pipeTx sends a rebuildable projector's writes in pipelined batches instead of one
-// round trip each: such projectors only Exec, and a batch (live or rebuild) that meets
-// an error is undone as a whole anyway, so the errors may as well come back together. A
-// read (gap repair, a projector's own query) goes in the same round trip as what is
-// queued, after it, and the caller flushes before it commits. Without it a replay, and a live batch, waits on the network
-// for every row (BENCHMARKS.md has the figures).
+// pipeTx sends a projector's writes in pipelined batches instead of one round trip each.
+// It is for projectors that never depend on what an Exec returns (the rebuildable ones,
+// and those that say so: Pipelined); a batch (live or rebuild) that meets an error is
+// undone as a whole anyway, so the errors may as well come back together. A read (gap
+// repair, a projector's own query) goes in the round trip of what is queued, after it,
+// and the caller flushes before it commits. Without it a replay, and a live batch, waits
+// on the network for every row (BENCHMARKS.md has the figures).
 type pipeTx struct {
 	pgx.Tx
 	batch pgx.Batch
