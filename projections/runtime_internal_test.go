@@ -80,6 +80,18 @@ func TestBatchWritesEachStreamRowOnce(t *testing.T) {
 	ins1, upd1 := writes()
 	assert.Equal(t, 2, ins1-ins0, "the new streams, fresh and gapped, each inserted once")
 	assert.Equal(t, 1, upd1-upd0, "known raised once; done, fully applied before, left alone; the new ones not raised")
+	// A known stream's row is locked; a new one is not locked again (the insert made it
+	// this transaction's): a lock would write a WAL record per new stream.
+	locked := func(e events.Envelope) bool {
+		t.Helper()
+		var mine bool
+		require.NoError(t, tx.QueryRow(ctx, `SELECT xmax = pg_current_xact_id()::xid FROM projection_streams
+			WHERE projection = 'counting' AND stream_id = $1`, e.StreamID).Scan(&mine))
+		return mine
+	}
+	assert.True(t, locked(done[0]), "done's row is locked")
+	assert.False(t, locked(fresh[0]), "fresh's row is not locked again")
+	assert.False(t, locked(gapped[0]), "gapped's row is not locked again")
 
 	rows, err := tx.Query(ctx, `SELECT stream_id, version FROM projection_streams WHERE projection = 'counting'`)
 	require.NoError(t, err)
