@@ -59,12 +59,15 @@ func (t *pipeTx) QueryRow(ctx context.Context, sql string, args ...any) pgx.Row 
 	return batchRow{Row: br.QueryRow(), br: br}
 }
 
-// send sends what is queued with sql last, and reads the queued statements' results.
+// send sends what is queued, with sql last unless it is empty, and reads the queued
+// statements' results; the caller reads sql's and closes the results.
 func (t *pipeTx) send(ctx context.Context, sql string, args []any) (pgx.BatchResults, error) {
 	n := t.batch.Len()
-	b := t.batch
+	b := t.batch // the batch is read as its results are: it must not change meanwhile
 	t.batch = pgx.Batch{}
-	b.Queue(sql, args...)
+	if sql != "" {
+		b.Queue(sql, args...)
+	}
 	br := t.Tx.SendBatch(ctx, &b)
 	for range n {
 		if _, err := br.Exec(); err != nil {
@@ -125,18 +128,12 @@ func (t *pipeTx) CopyFrom(ctx context.Context, table pgx.Identifier, columns []s
 }
 
 func (t *pipeTx) flush(ctx context.Context) error {
-	n := t.batch.Len()
-	if n == 0 {
+	if t.batch.Len() == 0 {
 		return nil
 	}
-	b := t.batch // the batch is read as its results are: it must not change meanwhile
-	t.batch = pgx.Batch{}
-	br := t.Tx.SendBatch(ctx, &b)
-	for range n {
-		if _, err := br.Exec(); err != nil {
-			_ = br.Close()
-			return err
-		}
+	br, err := t.send(ctx, "", nil)
+	if err != nil {
+		return err
 	}
 	return br.Close()
 }

@@ -443,10 +443,7 @@ func (r *Runner) handle(ctx context.Context, stop <-chan struct{}, settle *settl
 			// transaction.
 			err := r.applyWaiting(ctx, stop, []share{sh}, envs)
 			if err == nil {
-				if err := r.durable(ctx); err != nil {
-					return err
-				}
-				if err := r.afterCommit(ctx, sh.p, pick(envs, sh.idx)); err != nil {
+				if err := r.afterOwnCommit(ctx, sh.p, pick(envs, sh.idx)); err != nil {
 					return err
 				}
 				continue
@@ -470,10 +467,7 @@ func (r *Runner) handle(ctx context.Context, stop <-chan struct{}, settle *settl
 			}
 			switch {
 			case err == nil:
-				if err := r.durable(ctx); err != nil {
-					return err
-				}
-				if err := r.afterCommit(ctx, sh.p, envs[i:i+1]); err != nil {
+				if err := r.afterOwnCommit(ctx, sh.p, envs[i:i+1]); err != nil {
 					return err
 				}
 			case db.IsUnavailable(err):
@@ -598,6 +592,19 @@ func (r *Runner) afterCommit(ctx context.Context, p Projector, delivered []event
 		}
 	}
 	return nil
+}
+
+// afterOwnCommit is afterCommit for a transaction the consumer committed and settles
+// itself (a failed batch applied again): the commit is made durable first, when there is
+// after-commit work to do. Its acknowledgement waits for durable too.
+func (r *Runner) afterOwnCommit(ctx context.Context, p Projector, delivered []events.Envelope) error {
+	if _, ok := p.(AfterCommitter); !ok || len(delivered) == 0 {
+		return nil
+	}
+	if err := r.durable(ctx); err != nil {
+		return err
+	}
+	return r.afterCommit(ctx, p, delivered)
 }
 
 // applyWaiting applies the shares of envs, trying again with a growing pause while the
@@ -897,11 +904,8 @@ func applyMembers(ctx context.Context, tx pgx.Tx, ms []*memberBatch, named, defe
 // apply applies the member's share after its prelude, and queues its stream versions
 // and position into pipe.
 func (m *memberBatch) apply(ctx context.Context, pipe *pipeTx) ([]events.Envelope, error) {
-	// The lookup saw the rows just inserted at their final version; nothing of those
-	// streams is applied yet.
-	for s := range m.created {
-		m.current[s] = 0
-	}
+	// The lookup left out the rows the insert just made (they are this transaction's):
+	// those streams are at 0 in current, nothing of them applied yet.
 	start := maps.Clone(m.current)
 	// A rebuildable projector's writes are pipelined, as in a rebuild, and so are those of
 	// a projector that says they may be (Pipelined). Their errors come back together at
