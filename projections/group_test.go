@@ -257,6 +257,13 @@ func TestRetiredQueuesDrainBeforeTheGroupConsumes(t *testing.T) {
 			if _, exists := env.depth(env.a.QueuePrefix + own); exists {
 				return fmt.Errorf("%s's own queue is still there", own)
 			}
+			// The drain's end is recorded in the transaction that removes the queues, and
+			// commits after them.
+			var draining *int
+			if err := env.d.Pool.QueryRow(context.Background(),
+				`SELECT draining FROM projection_layouts WHERE projection = $1`, own).Scan(&draining); err != nil || draining != nil {
+				return fmt.Errorf("%s's drain not recorded as ended (%v)", own, err)
+			}
 		}
 		return nil
 	})
