@@ -90,11 +90,14 @@ type pendingEmail struct {
 	attempt                          int
 }
 
+// emailLeaseMargin is how much longer than a send's timeout a claim's lease runs.
+const emailLeaseMargin = time.Minute
+
 // Run sends until ctx ends, on the outbox runtime (Workers sends at once).
 func (m *Mailer) Run(ctx context.Context) error {
 	outbox[pendingEmail, sentEmail]{name: "emails", pool: m.Pool, projection: readmodel.NotificationsProjection,
 		nextDue: `SELECT min(next_attempt_at) FROM notifications WHERE status = 'pending' AND next_attempt_at > now()`,
-		workers: m.Workers, claim: m.claim, call: m.call, record: m.record, logger: m.Logger}.run(ctx)
+		workers: m.Workers, hold: emailLeaseMargin, claim: m.claim, call: m.call, record: m.record, logger: m.Logger}.run(ctx)
 	return nil
 }
 
@@ -110,7 +113,7 @@ func (m *Mailer) claim(ctx context.Context, n int) ([]pendingEmail, error) {
 			ORDER BY next_attempt_at LIMIT $2 FOR UPDATE SKIP LOCKED)
 		UPDATE notifications n SET attempts = n.attempts + 1, next_attempt_at = now() + $1::interval
 		FROM due WHERE n.id = due.id
-		RETURNING n.id, n.kind, n.to_name, n.to_address, n.subject, n.body, n.attempts, n.correlation_id`, m.Timeout+time.Minute, n)
+		RETURNING n.id, n.kind, n.to_name, n.to_address, n.subject, n.body, n.attempts, n.correlation_id`, m.Timeout+emailLeaseMargin, n)
 	if err != nil {
 		return nil, err
 	}

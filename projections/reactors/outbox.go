@@ -3,6 +3,7 @@ package reactors
 import (
 	"context"
 	"log/slog"
+	"math"
 	"slices"
 	"strings"
 	"time"
@@ -38,11 +39,14 @@ type outbox[J, O any] struct {
 	projection string
 	nextDue    string
 	workers    int
-	claim      func(ctx context.Context, n int) ([]J, error)
-	call       func(ctx context.Context, job J) O
-	record     func(ctx context.Context, done []O) error
-	every      func(ctx context.Context) error // run at most hourly (housekeeping); may be nil
-	logger     *slog.Logger
+	// hold is how long a claimed row may wait for a free worker and still be called
+	// within its lease: the lease less the call's timeout.
+	hold   time.Duration
+	claim  func(ctx context.Context, n int) ([]J, error)
+	call   func(ctx context.Context, job J) O
+	record func(ctx context.Context, done []O) error
+	every  func(ctx context.Context) error // run at most hourly (housekeeping); may be nil
+	logger *slog.Logger
 }
 
 // run works until ctx ends and the calls in flight have returned.
@@ -50,9 +54,9 @@ type outbox[J, O any] struct {
 // Claims and records are batched, and each runs beside the calls, because each is a
 // round trip (a record also a commit) that would otherwise be paid per call, with the
 // workers idle meanwhile:
-//   - a claim leases up to lookahead rows less those held already (claimed and not yet
-//     called, or in flight), in a goroutine of its own; the next one starts when fewer
-//     than workers rows wait to be called, so the workers never wait for it under load;
+//   - a claim runs in a goroutine of its own; the next one starts when fewer than
+//     pace.depth rows wait to be called, and leases twice that less those waiting, so
+//     the workers never wait for it under load (see pace);
 //   - the outcomes that finish while a record commits are recorded together by the
 //     next one, also in a goroutine of its own. At most one claim and one record run at
 //     a time.
@@ -63,14 +67,16 @@ func (o outbox[J, O]) run(ctx context.Context) {
 	wake := make(chan struct{}, 1)
 	go o.listen(ctx, wake)
 	workers := max(o.workers, 1)
-	lookahead := 4 * workers
+	p := pace{workers: workers, hold: o.hold}
 	type finished struct {
 		out      O
 		canceled bool
+		took     time.Duration
 	}
 	type claimResult struct {
 		jobs []J
 		err  error
+		took time.Duration
 	}
 	results := make(chan finished, workers)
 	claims := make(chan claimResult, 1)
@@ -102,6 +108,7 @@ func (o outbox[J, O]) run(ctx context.Context) {
 		inFlight--
 		if !f.canceled {
 			outcomes = append(outcomes, f.out)
+			p.call = movingAverage(p.call, f.took)
 		}
 	}
 	var lastEvery time.Time
@@ -131,19 +138,22 @@ func (o outbox[J, O]) run(ctx context.Context) {
 			}
 			lastEvery = time.Now()
 		}
-		if room := lookahead - len(ready) - inFlight; more && !claiming && len(ready) < workers && room > 0 && !time.Now().Before(retryAt) {
+		if depth := p.depth(); more && !claiming && len(ready) < depth && !time.Now().Before(retryAt) {
 			claiming = true
+			n := 2*depth - len(ready)
 			go func() {
-				jobs, err := o.claim(ctx, room)
-				claims <- claimResult{jobs: jobs, err: err}
+				start := time.Now()
+				jobs, err := o.claim(ctx, n)
+				claims <- claimResult{jobs: jobs, err: err, took: time.Since(start)}
 			}()
 		}
 		for ; len(ready) > 0 && inFlight < workers; inFlight++ {
 			j := ready[0]
 			ready = ready[1:]
 			go func() {
+				start := time.Now()
 				out := o.call(ctx, j)
-				results <- finished{out: out, canceled: ctx.Err() != nil}
+				results <- finished{out: out, canceled: ctx.Err() != nil, took: time.Since(start)}
 			}()
 		}
 		var idle <-chan time.Time
@@ -173,6 +183,9 @@ func (o outbox[J, O]) run(ctx context.Context) {
 				continue
 			}
 			pause.Reset()
+			if len(c.jobs) > 0 {
+				p.claim = movingAverage(p.claim, c.took)
+			}
 			ready = append(ready, c.jobs...)
 			more = len(c.jobs) > 0
 		case <-recorded:
@@ -193,6 +206,41 @@ func (o outbox[J, O]) run(ctx context.Context) {
 			record()
 		}
 	}
+}
+
+// pace sizes an outbox's claims from how long its calls and its claims take (moving
+// averages, zero until measured).
+type pace struct {
+	workers     int
+	hold        time.Duration
+	call, claim time.Duration
+}
+
+// depth is how many claimed rows to keep waiting for a free worker. Enough for the
+// workers to go on calling for two claims' time, so that against a fast receiver they
+// never wait for the next claim, and claims are large (a claim's cost is mostly per
+// round trip); at least one row a worker and at most eight. But never so many that the last of a claim
+// (2 × depth rows waiting) would wait past half of hold for its call: against a slow
+// receiver, a row claimed far ahead would see its lease run out before its call, and
+// another claim would make the call again. Until both are measured it is workers.
+func (p pace) depth() int {
+	w := p.workers
+	if p.call <= 0 || p.claim <= 0 {
+		return w
+	}
+	d := min(max(int(math.Ceil(float64(w)*2*float64(p.claim)/float64(p.call))), w), 8*w)
+	if p.hold > 0 {
+		d = min(d, int(float64(w)*float64(p.hold)/(4*float64(p.call))))
+	}
+	return max(d, 1)
+}
+
+// movingAverage weighs a new duration a fifth.
+func movingAverage(avg, d time.Duration) time.Duration {
+	if avg <= 0 {
+		return d
+	}
+	return avg + (d-avg)/5
 }
 
 func (o outbox[J, O]) idleWait(ctx context.Context) time.Duration {

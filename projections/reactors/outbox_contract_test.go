@@ -66,10 +66,13 @@ type outboxWorker struct {
 	// add writes a due row and returns its id; table names the rows' table.
 	add   func(t *testing.T, pool *pgxpool.Pool) uuid.UUID
 	table string
+	// expire runs a row's lease out ($1: its id).
+	expire string
 }
 
 var outboxWorkers = []outboxWorker{
 	{name: "webhook deliverer", done: "delivered", table: "webhook_deliveries",
+		expire: `UPDATE webhook_deliveries SET leased_until = now() WHERE id = $1`,
 		start: func(t *testing.T, setup, pool *pgxpool.Pool, r *receiver, attempts int) func() {
 			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 				_, _ = io.Copy(io.Discard, req.Body) // then the request's context ends when the caller hangs up
@@ -96,6 +99,7 @@ var outboxWorkers = []outboxWorker{
 			return id
 		}},
 	{name: "mailer", done: "sent", table: "notifications",
+		expire: `UPDATE notifications SET next_attempt_at = now() WHERE id = $1`,
 		start: func(t *testing.T, setup, pool *pgxpool.Pool, r *receiver, attempts int) func() {
 			m := &Mailer{Pool: pool, SMTP: &SMTP{Addr: contractSMTP(t, r), Host: "127.0.0.1", NoTLS: true},
 				From: "Chatbot SaaS <no-reply@chatbot.example>", Timeout: 5 * time.Second, Workers: 4, Attempts: attempts,
@@ -274,7 +278,7 @@ func TestOutboxWorkersKeepOneContract(t *testing.T) {
 			s, n = status(unfinished)
 			assert.Equal(t, "pending", s, "a call cut by shutdown is not recorded")
 			assert.Equal(t, 1, n)
-			_, err = d.Pool.Exec(ctx, `UPDATE `+w.table+` SET next_attempt_at = now() WHERE id = $1`, unfinished) // the lease runs out
+			_, err = d.Pool.Exec(ctx, w.expire, unfinished) // the lease runs out
 			require.NoError(t, err)
 			r = &receiver{calls: map[uuid.UUID]int{}, behave: fine}
 			stop = w.start(t, d.Pool, d.Pool, r, 2)

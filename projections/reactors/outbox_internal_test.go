@@ -2,11 +2,13 @@ package reactors
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"testing"
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -93,4 +95,94 @@ func TestWebhookOutcomesAreRecordedInTheirOrder(t *testing.T) {
 		assert.Equal(t, want.code, code, "delivery %d", i)
 		assert.Equal(t, 1, attempts, "delivery %d: one attempt row (the same attempt recorded twice is one)", i)
 	}
+}
+
+// A claim leases deliveries without touching an indexed column: next_attempt_at stays,
+// leased_until moves, and PostgreSQL writes each claim as a heap-only update (no new
+// index entries). A leased row is not claimed again until its lease runs out.
+func TestWebhookClaimIsAHeapOnlyUpdate(t *testing.T) {
+	d := testenv.MustDatabase(t)
+	ctx := context.Background()
+	hook := contractWebhook(t, d.Pool)
+	const n = 40
+	_, err := d.Pool.Exec(ctx, `INSERT INTO webhook_deliveries (id, webhook_id, organization_id, event_id, event_type,
+		stream_id, stream_version, position, payload, status, next_attempt_at)
+		SELECT gen_random_uuid(), id, organization_id, gen_random_uuid(), 'contract.happened', gen_random_uuid(), 1, i,
+			convert_to(repeat('x', 600), 'UTF8'), 'pending', now() - interval '1 minute'
+		FROM webhooks, generate_series(1, $2) AS i WHERE id = $1`, hook, n)
+	require.NoError(t, err)
+	// One connection, so that the claim's statistics are flushed by the statement after it.
+	cfg, err := pgxpool.ParseConfig(d.URL)
+	require.NoError(t, err)
+	cfg.MaxConns = 1
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	require.NoError(t, err)
+	t.Cleanup(pool.Close)
+	hotUpdates := func() int64 {
+		var hot int64
+		require.NoError(t, pool.QueryRow(ctx, `SELECT n_tup_hot_upd FROM pg_stat_user_tables WHERE relname = 'webhook_deliveries'`).Scan(&hot))
+		return hot
+	}
+	_, err = pool.Exec(ctx, `SELECT pg_stat_force_next_flush()`)
+	require.NoError(t, err)
+	before := hotUpdates()
+
+	del := &WebhookDeliverer{Pool: pool, Box: contractBox(t), Timeout: 5 * time.Second, DisableAfter: 100, Logger: testenv.Logger(t)}
+	claimed, err := del.claim(ctx, n)
+	require.NoError(t, err)
+	require.Len(t, claimed, n)
+	_, err = pool.Exec(ctx, `SELECT pg_stat_force_next_flush()`)
+	require.NoError(t, err)
+	testenv.Eventually(t, 10*time.Second, func() error {
+		if hot := hotUpdates() - before; hot != n {
+			return fmt.Errorf("%d of %d claims were heap-only updates", hot, n)
+		}
+		return nil
+	})
+	var moved, leased int
+	require.NoError(t, pool.QueryRow(ctx, `SELECT count(*) FILTER (WHERE next_attempt_at > now()),
+		count(*) FILTER (WHERE leased_until > now() AND attempts = 1) FROM webhook_deliveries`).Scan(&moved, &leased))
+	assert.Zero(t, moved, "a claim leaves next_attempt_at as it was")
+	assert.Equal(t, n, leased)
+
+	again, err := del.claim(ctx, n)
+	require.NoError(t, err)
+	assert.Empty(t, again, "leased rows are not claimed again")
+	_, err = pool.Exec(ctx, `UPDATE webhook_deliveries SET leased_until = now() WHERE id = $1`, claimed[0].id)
+	require.NoError(t, err)
+	again, err = del.claim(ctx, n)
+	require.NoError(t, err)
+	require.Len(t, again, 1, "a lease that ran out is claimed again")
+	assert.Equal(t, claimed[0].id, again[0].id)
+	assert.Equal(t, 2, again[0].attempt)
+}
+
+// An outbox keeps enough claimed rows waiting to cover two claims against a fast
+// receiver, and few enough against a slow one that none waits past half its lease.
+func TestOutboxPaceSizesClaimsByCallsAndLeases(t *testing.T) {
+	ms := time.Millisecond
+	for _, tc := range []struct {
+		name        string
+		call, claim time.Duration
+		want        int
+	}{
+		{"not measured yet: one row a worker", 0, 0, 16},
+		{"fast calls: two claims' worth", ms, 3 * ms, 96},
+		{"very fast calls: at most eight rows a worker", ms / 10, 5 * ms, 128},
+		{"calls slower than claims: one row a worker", 50 * ms, ms, 16},
+		{"slow receiver: the last row's wait within half the hold", 10 * time.Second, 2 * ms, 12},
+		{"receiver timing out: fewer", 30 * time.Second, 2 * ms, 4},
+		{"calls longer than the hold: one row", 5 * time.Minute, 2 * ms, 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := pace{workers: 16, hold: 30 * time.Second, call: tc.call, claim: tc.claim}
+			got := p.depth()
+			assert.Equal(t, tc.want, got)
+			if tc.call > 0 && got > 1 {
+				assert.LessOrEqual(t, time.Duration(2*got)*tc.call/16, p.hold/2, "the last of a claim starts its call in time")
+			}
+		})
+	}
+	assert.Equal(t, 10*ms, movingAverage(0, 10*ms))
+	assert.Equal(t, 12*ms, movingAverage(10*ms, 20*ms))
 }
