@@ -186,3 +186,44 @@ func TestOutboxPaceSizesClaimsByCallsAndLeases(t *testing.T) {
 	assert.Equal(t, 10*ms, movingAverage(0, 10*ms))
 	assert.Equal(t, 12*ms, movingAverage(10*ms, 20*ms))
 }
+
+// Pruning deletes the finished deliveries older than the retention, with their attempts,
+// and keeps the rest: pending ones, recent ones, and the attempts of both.
+func TestWebhookPruneDeletesOldDeliveriesWithTheirAttempts(t *testing.T) {
+	d := testenv.MustDatabase(t)
+	ctx := context.Background()
+	hook := contractWebhook(t, d.Pool)
+	add := func(status string, finishedAgo time.Duration) uuid.UUID {
+		id := uuid.New()
+		var finished *time.Time
+		if status != "pending" {
+			at := time.Now().Add(-finishedAgo)
+			finished = &at
+		}
+		_, err := d.Pool.Exec(ctx, `INSERT INTO webhook_deliveries (id, webhook_id, organization_id, event_id, event_type,
+			stream_id, stream_version, position, payload, status, next_attempt_at, attempts, finished_at)
+			SELECT $1, id, organization_id, $1, 'contract.happened', $1, 1, 1, '{}', $3, now(), 1, $4 FROM webhooks WHERE id = $2`,
+			id, hook, status, finished)
+		require.NoError(t, err)
+		_, err = d.Pool.Exec(ctx, `INSERT INTO webhook_attempts (delivery_id, attempt, status_code, duration_ms, attempted_at)
+			VALUES ($1, 1, 204, 1, now())`, id)
+		require.NoError(t, err)
+		return id
+	}
+	old := []uuid.UUID{add("delivered", 48*time.Hour), add("failed", 30*time.Hour)}
+	kept := []uuid.UUID{add("delivered", time.Hour), add("pending", 0)}
+
+	del := &WebhookDeliverer{Pool: d.Pool, Retention: 24 * time.Hour, Logger: testenv.Logger(t)}
+	require.NoError(t, del.prune(ctx))
+	count := func(ids []uuid.UUID) (deliveries, attempts int) {
+		require.NoError(t, d.Pool.QueryRow(ctx, `SELECT (SELECT count(*) FROM webhook_deliveries WHERE id = ANY($1)),
+			(SELECT count(*) FROM webhook_attempts WHERE delivery_id = ANY($1))`, ids).Scan(&deliveries, &attempts))
+		return deliveries, attempts
+	}
+	deliveries, attempts := count(old)
+	assert.Zero(t, deliveries, "old finished deliveries pruned")
+	assert.Zero(t, attempts, "with their attempts")
+	deliveries, attempts = count(kept)
+	assert.Equal(t, 2, deliveries, "recent and pending deliveries kept")
+	assert.Equal(t, 2, attempts)
+}

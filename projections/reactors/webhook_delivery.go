@@ -440,18 +440,23 @@ func (d *WebhookDeliverer) disable(ctx context.Context, tx pgx.Tx, c claimedDeli
 	return sp.Commit(ctx)
 }
 
-// prune deletes finished deliveries (and their attempts) older than Retention.
+// prune deletes finished deliveries older than Retention, and their attempts (which
+// have no foreign key to them: its check cost every record a lock of the delivery).
 func (d *WebhookDeliverer) prune(ctx context.Context) error {
 	if d.Retention <= 0 {
 		return nil
 	}
 	for {
-		tag, err := d.Pool.Exec(ctx, `DELETE FROM webhook_deliveries WHERE id IN (SELECT id FROM webhook_deliveries
-			WHERE finished_at < now() - $1::interval LIMIT 5000)`, d.Retention)
-		if err != nil {
+		var n int
+		if err := d.Pool.QueryRow(ctx, `WITH gone AS (
+				DELETE FROM webhook_deliveries WHERE id IN (SELECT id FROM webhook_deliveries
+					WHERE finished_at < now() - $1::interval LIMIT 5000)
+				RETURNING id),
+			attempts AS (DELETE FROM webhook_attempts WHERE delivery_id IN (SELECT id FROM gone))
+			SELECT count(*) FROM gone`, d.Retention).Scan(&n); err != nil {
 			return err
 		}
-		if tag.RowsAffected() < 5000 {
+		if n < 5000 {
 			return nil
 		}
 	}
