@@ -91,7 +91,7 @@ func (h *HTTP) getUser(c *gin.Context) {
 		return
 	}
 	c.Header("ETag", strconv.Quote(strconv.Itoa(u.Version)))
-	httpx.OK(c, http.StatusOK, "User", u.JSON, nil)
+	httpx.OKDocument(c, http.StatusOK, "User", u.JSON)
 }
 
 func (h *HTTP) checkEmail(c *gin.Context) {
