@@ -54,7 +54,7 @@ func BenchmarkEnvelope(b *testing.B) {
 	doc, _ := json.Marshal(map[string]any{"id": "0193a5f2-7c1e-7e4a-9d2b-3f4e5a6b7c8d", "organization_id": "0193a5f2-7c1e-7e4a-9d2b-3f4e5a6b7c8e",
 		"name": "Ada Lovelace", "email": "ada@example.com", "status": "active", "roles": []string{"owner"},
 		"permissions": []string{"users.read", "users.write", "roles.read", "roles.write", "chatbots.read"},
-		"created_at": "2026-12-06T01:04:57.231789Z", "updated_at": "2026-12-06T01:04:57.231789Z", "version": 1})
+		"created_at":  "2026-12-06T01:04:57.231789Z", "updated_at": "2026-12-06T01:04:57.231789Z", "version": 1})
 	for _, bc := range []struct {
 		name  string
 		write func(c *gin.Context)
