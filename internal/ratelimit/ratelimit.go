@@ -64,6 +64,13 @@ type lease struct {
 	taken     time.Time // when the last lease was taken
 	size      int       // how many events the next take asks for
 	seen      time.Time // guarded by the Limiter's mu, not the lease's
+	// deniedUntil is when Redis said, denying an event of limit denied, that the next
+	// one frees. Until then the key's events are denied here, without asking Redis: none
+	// can free sooner (other processes only take more), and a key flooded past its limit
+	// would otherwise make one Redis round trip per request, each under mu, its requests
+	// queueing behind one another.
+	deniedUntil time.Time
+	denied      Limit
 }
 
 // leaseLife is how long a lease's events may be used.
@@ -112,6 +119,9 @@ func (l *Limiter) Take(ctx context.Context, key string, lim Limit) Decision {
 		le.left--
 		return Decision{Allowed: true, Limit: lim.Burst, Remaining: le.remaining + le.left}
 	}
+	if now.Before(le.deniedUntil) && le.denied == lim {
+		return Decision{Limit: lim.Burst, RetryAfter: le.deniedUntil.Sub(now)}
+	}
 	switch {
 	case le.size == 0:
 		le.size = 1
@@ -127,7 +137,9 @@ func (l *Limiter) Take(ctx context.Context, key string, lim Limit) Decision {
 		return l.takeLocal(key, lim, 1)
 	}
 	if res.Allowed == 0 {
-		return Decision{Limit: lim.Burst, Remaining: res.Remaining, RetryAfter: max(res.RetryAfter, 0)}
+		retry := max(res.RetryAfter, 0)
+		le.deniedUntil, le.denied = now.Add(retry), lim
+		return Decision{Limit: lim.Burst, Remaining: res.Remaining, RetryAfter: retry}
 	}
 	le.left, le.remaining, le.taken = res.Allowed-1, res.Remaining, now
 	return Decision{Allowed: true, Limit: lim.Burst, Remaining: le.remaining + le.left}

@@ -11,6 +11,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 
 	"github.com/chatbotsaas/chatbotd/internal/ratelimit"
 	"github.com/chatbotsaas/chatbotd/internal/testenv"
@@ -152,4 +153,27 @@ func TestQuietKeysTakeOneEventAtATime(t *testing.T) {
 		assert.Equal(t, 599-i, other.Peek(context.Background(), "quiet", lim).Remaining, "nothing taken ahead in Redis")
 		time.Sleep(60 * time.Millisecond) // 16 a second: below a lease's pace
 	}
+}
+
+// A key flooded past its limit is denied in the process until Redis's retry time, one
+// Redis command for the whole flood, each answer with its Retry-After; a request under
+// another limit for the key still asks Redis.
+func TestAFloodedKeyIsDeniedWithoutAskingRedisAgain(t *testing.T) {
+	r := testenv.MustRedis(t)
+	var sent countCommands
+	r.Client.AddHook(&sent)
+	l := ratelimit.New(r.Client, r.Prefix, slog.New(slog.DiscardHandler))
+	lim := ratelimit.Limit{Rate: 5, Burst: 5, Period: time.Hour}
+	for range 5 {
+		require.True(t, l.Take(context.Background(), "flood", lim).Allowed)
+	}
+	before := sent.n.Load()
+	for i := range 100 {
+		d := l.Take(context.Background(), "flood", lim)
+		require.False(t, d.Allowed, "request %d", i)
+		assert.Greater(t, d.RetryAfter, 10*time.Minute, "request %d: the next event frees in about 12 minutes", i)
+	}
+	assert.Equal(t, int64(1), sent.n.Load()-before, "only the first denial asks Redis")
+	raised := ratelimit.Limit{Rate: 1000, Burst: 1000, Period: 2 * time.Hour} // Redis allows it: a longer tolerance
+	assert.True(t, l.Take(context.Background(), "flood", raised).Allowed, "a raised limit is asked of Redis")
 }
