@@ -219,10 +219,11 @@ type pace struct {
 // depth is how many claimed rows to keep waiting for a free worker. Enough for the
 // workers to go on calling for two claims' time, so that against a fast receiver they
 // never wait for the next claim, and claims are large (a claim's cost is mostly per
-// round trip); at least one row a worker and at most eight. But never so many that the last of a claim
-// (2 × depth rows waiting) would wait past half of hold for its call: against a slow
-// receiver, a row claimed far ahead would see its lease run out before its call, and
-// another claim would make the call again. Until both are measured it is workers.
+// round trip); at least one row a worker and at most eight. But never so many that the
+// last of a claim (2 × depth rows waiting) would wait past half of hold for its call:
+// against a slow receiver, a row claimed far ahead would see its lease run out before
+// its call, and another claim would make the call again. Until both are measured it is
+// workers.
 func (p pace) depth() int {
 	w := p.workers
 	if p.call <= 0 || p.claim <= 0 {
