@@ -22,6 +22,12 @@ func (l *Limiter) Middleware(lim Limit, keyOf func(*gin.Context) string) gin.Han
 			return
 		}
 		d := l.Take(c.Request.Context(), key, lim)
+		if !d.Allowed && c.Request.Context().Err() != nil {
+			// The client left (or the server is stopping) while the key waited for
+			// Redis: nothing was counted, and nobody reads the answer.
+			httpx.Fail(c, apperr.New(apperr.CodeUnavailable, "Request cancelled"))
+			return
+		}
 		c.Header("X-RateLimit-Limit", strconv.Itoa(d.Limit))
 		c.Header("X-RateLimit-Remaining", strconv.Itoa(d.Remaining))
 		if !d.Allowed {

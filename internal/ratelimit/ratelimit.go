@@ -41,9 +41,13 @@ type Limiter struct {
 	// request.
 	downUntil atomic.Int64
 
-	mu     sync.Mutex
-	local  map[string]*localEntry
-	leases map[string]*lease
+	// leases is key → *lease. A sync.Map because every request reads it and keys are
+	// rarely added: its reads take no lock that a busy process's requests would queue on.
+	leases  sync.Map
+	nLeases atomic.Int64
+
+	mu    sync.Mutex // guards local, and sweeps of leases
+	local map[string]*localEntry
 }
 
 // lease is a share of a key's quota taken from Redis ahead of use, so that a busy key
@@ -55,29 +59,52 @@ type Limiter struct {
 // below about 20 events a second in one process takes them one at a time, exactly as
 // without leases. Small limits never lease (see maxLease).
 //
+// A request takes an event from the current grant with one atomic decrement. When the
+// grant is used up or expired, one request asks Redis for the next while the key's other
+// requests wait for it, and wake together when it ends. No lock is held across the
+// round trip: a lock would hand itself to its waiters one at a time, each first having
+// to be scheduled, so that under a backlog of requests the key served fewer the longer
+// its queue grew (the collapse BENCHMARKS.md's open-loop section describes).
+//
 // Hand-written: redis_rate has no notion of taking ahead; AllowAtMost is its building
 // block for it.
 type lease struct {
-	mu        sync.Mutex
-	left      int       // events taken from Redis and not used yet
-	remaining int       // the bucket's remaining events in Redis after the last take
-	taken     time.Time // when the last lease was taken
-	size      int       // how many events the next take asks for
-	seen      time.Time // guarded by the Limiter's mu, not the lease's
+	cur  atomic.Pointer[grant] // the last grant Redis gave; nil before the first
+	seen atomic.Int64          // unix nanoseconds of the key's last request, for sweeps
+
+	mu sync.Mutex // guards the fields below; never held across a round trip
+	// refill, while a take from Redis is in flight, is closed when it ends.
+	refill chan struct{}
+	// waiting counts the requests waiting on refill; demand is how many waited on the
+	// last one, which the next take asks for at least (they use them at once).
+	waiting, demand int
+	size            int // how many events the next take asks for, by the key's pace
 	// deniedUntil is when Redis said, denying an event of limit denied, that the next
 	// one frees. Until then the key's events are denied here, without asking Redis: none
 	// can free sooner (other processes only take more), and a key flooded past its limit
-	// would otherwise make one Redis round trip per request, each under mu, its requests
-	// queueing behind one another.
+	// would otherwise make one Redis round trip per request.
 	deniedUntil time.Time
 	denied      Limit
+}
+
+// grant is what one take from Redis gave.
+type grant struct {
+	left      atomic.Int64 // events not used yet; below zero once overdrawn
+	remaining int          // the bucket's remaining events in Redis after the take
+	taken     time.Time
 }
 
 // leaseLife is how long a lease's events may be used.
 const leaseLife = 100 * time.Millisecond
 
-// maxLease bounds a lease: at most a twentieth of the burst and 64 events.
+// maxLease bounds a lease sized by the key's pace: at most a twentieth of the burst and
+// 64 events.
 func maxLease(lim Limit) int { return min(max(lim.Burst/20, 1), 64) }
+
+// maxDemand bounds a lease sized by the requests that waited for the last one: at most a
+// twentieth of the burst and 1,024 events. Those are used as soon as they come, so a
+// larger lease here loses nothing.
+func maxDemand(lim Limit) int { return min(max(lim.Burst/20, 1), 1024) }
 
 // redisDownFor is how long the limiter stays local after a Redis error.
 const redisDownFor = 5 * time.Second
@@ -98,83 +125,128 @@ type localEntry struct {
 
 // New returns a limiter whose keys start with prefix.
 func New(rdb redis.UniversalClient, prefix string, logger *slog.Logger) *Limiter {
-	return &Limiter{redis: redis_rate.NewLimiter(rdb), prefix: prefix + "rl:", logger: logger, local: map[string]*localEntry{},
-		leases: map[string]*lease{}}
+	return &Limiter{redis: redis_rate.NewLimiter(rdb), prefix: prefix + "rl:", logger: logger, local: map[string]*localEntry{}}
 }
 
 func emission(l Limit) time.Duration { return l.Period / time.Duration(l.Rate) }
 
-// Take counts one event against key and says whether it was allowed.
+// Take counts one event against key and says whether it was allowed. When ctx ends
+// while the key waits for Redis, the event is not allowed and not counted (RetryAfter 0):
+// its request is gone.
 func (l *Limiter) Take(ctx context.Context, key string, lim Limit) Decision {
-	if !l.redisUp() {
-		return l.takeLocal(key, lim, 1)
+	le := l.lease(key, time.Now())
+	for {
+		if !l.redisUp() {
+			return l.takeLocal(key, lim, 1)
+		}
+		now := time.Now()
+		g := le.cur.Load()
+		if g != nil && now.Sub(g.taken) < leaseLife {
+			if left := g.left.Add(-1); left >= 0 {
+				return Decision{Allowed: true, Limit: lim.Burst, Remaining: g.remaining + int(left)}
+			}
+		}
+		le.mu.Lock()
+		if now.Before(le.deniedUntil) && le.denied == lim {
+			le.mu.Unlock()
+			return Decision{Limit: lim.Burst, RetryAfter: le.deniedUntil.Sub(now)}
+		}
+		if le.cur.Load() != g { // a take ended since: try its grant
+			le.mu.Unlock()
+			continue
+		}
+		if wait := le.refill; wait != nil {
+			le.waiting++
+			le.mu.Unlock()
+			select {
+			case <-wait:
+				continue
+			case <-ctx.Done():
+				return Decision{Limit: lim.Burst}
+			}
+		}
+		n := le.nextSize(g, now, lim)
+		done := make(chan struct{})
+		le.refill = done
+		le.mu.Unlock()
+
+		res, err := l.redis.AllowAtMost(ctx, l.prefix+key, lim, n)
+
+		le.mu.Lock()
+		le.refill, le.demand, le.waiting = nil, le.waiting, 0
+		var d Decision
+		switch {
+		case err != nil:
+		case res.Allowed == 0:
+			retry := max(res.RetryAfter, 0)
+			le.deniedUntil, le.denied = now.Add(retry), lim
+			d = Decision{Limit: lim.Burst, Remaining: res.Remaining, RetryAfter: retry}
+		default:
+			ng := &grant{remaining: res.Remaining, taken: now}
+			ng.left.Store(int64(res.Allowed - 1))
+			le.cur.Store(ng)
+			d = Decision{Allowed: true, Limit: lim.Burst, Remaining: res.Remaining + res.Allowed - 1}
+		}
+		le.mu.Unlock()
+		close(done)
+		if err != nil {
+			if ctx.Err() != nil { // this request is gone; Redis is not down
+				return Decision{Limit: lim.Burst}
+			}
+			l.redisFailed(err)
+			return l.takeLocal(key, lim, 1)
+		}
+		return d
 	}
-	// The key's lease stays locked while a new one is asked of Redis: a busy key's other
-	// requests wait for that one round trip instead of each making its own.
-	le := l.lease(key)
-	le.mu.Lock()
-	defer le.mu.Unlock()
-	now := time.Now()
-	if le.left > 0 && now.Sub(le.taken) < leaseLife {
-		le.left--
-		return Decision{Allowed: true, Limit: lim.Burst, Remaining: le.remaining + le.left}
-	}
-	if now.Before(le.deniedUntil) && le.denied == lim {
-		return Decision{Limit: lim.Burst, RetryAfter: le.deniedUntil.Sub(now)}
-	}
+}
+
+// nextSize is how many events the next take asks for, after grant g; the caller holds
+// le.mu.
+func (le *lease) nextSize(g *grant, now time.Time, lim Limit) int {
 	switch {
-	case le.size == 0:
+	case g == nil || le.size == 0:
 		le.size = 1
-	case le.left == 0 && now.Sub(le.taken) < leaseLife/2:
+	case g.left.Load() <= 0 && now.Sub(g.taken) < leaseLife/2:
 		le.size = min(le.size*2, maxLease(lim)) // used up fast: take more at once
-	case le.left > 0:
+	case g.left.Load() > 0:
 		le.size = max(le.size/2, 1) // expired unused: take fewer
 	}
-	le.left = 0
-	res, err := l.redis.AllowAtMost(ctx, l.prefix+key, lim, min(le.size, maxLease(lim)))
-	if err != nil {
-		l.redisFailed(err)
-		return l.takeLocal(key, lim, 1)
-	}
-	if res.Allowed == 0 {
-		retry := max(res.RetryAfter, 0)
-		le.deniedUntil, le.denied = now.Add(retry), lim
-		return Decision{Limit: lim.Burst, Remaining: res.Remaining, RetryAfter: retry}
-	}
-	le.left, le.remaining, le.taken = res.Allowed-1, res.Remaining, now
-	return Decision{Allowed: true, Limit: lim.Burst, Remaining: le.remaining + le.left}
+	return min(max(le.size, le.demand), maxDemand(lim))
 }
 
 // lease returns key's lease, made on first use; leases not used for a minute are dropped
 // when there are many.
-func (l *Limiter) lease(key string) *lease {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	now := time.Now()
-	le, ok := l.leases[key]
+func (l *Limiter) lease(key string, now time.Time) *lease {
+	v, ok := l.leases.Load(key)
 	if !ok {
-		sweep(l.leases, func(v *lease) time.Time { return v.seen }, now, time.Minute)
-		le = &lease{}
-		l.leases[key] = le
+		var loaded bool
+		if v, loaded = l.leases.LoadOrStore(key, &lease{}); !loaded && l.nLeases.Add(1) > maxKeys && l.mu.TryLock() {
+			l.leases.Range(func(k, v any) bool {
+				if now.Sub(time.Unix(0, v.(*lease).seen.Load())) > time.Minute && k != key {
+					l.leases.Delete(k)
+					l.nLeases.Add(-1)
+				}
+				return true
+			})
+			l.mu.Unlock()
+		}
 	}
-	le.seen = now
+	le := v.(*lease)
+	le.seen.Store(now.UnixNano())
 	return le
 }
 
 // leased is how many of key's events this process holds in an unexpired lease.
 func (l *Limiter) leased(key string) int {
-	l.mu.Lock()
-	le, ok := l.leases[key]
-	l.mu.Unlock()
+	v, ok := l.leases.Load(key)
 	if !ok {
 		return 0
 	}
-	le.mu.Lock()
-	defer le.mu.Unlock()
-	if time.Since(le.taken) >= leaseLife {
+	g := v.(*lease).cur.Load()
+	if g == nil || time.Since(g.taken) >= leaseLife {
 		return 0
 	}
-	return le.left
+	return max(int(g.left.Load()), 0)
 }
 
 // Peek says whether one more event would be allowed, counting nothing.
@@ -184,7 +256,9 @@ func (l *Limiter) Peek(ctx context.Context, key string, lim Limit) Decision {
 	}
 	res, err := l.redis.AllowN(ctx, l.prefix+key, lim, 0)
 	if err != nil {
-		l.redisFailed(err)
+		if ctx.Err() == nil {
+			l.redisFailed(err)
+		}
 		return l.takeLocal(key, lim, 0)
 	}
 	held := l.leased(key)
@@ -200,26 +274,19 @@ func (l *Limiter) Peek(ctx context.Context, key string, lim Limit) Decision {
 // maxKeys is how many keys a limiter remembers before it drops the ones not seen lately.
 const maxKeys = 50000
 
-// sweep drops the entries of m not seen within idle, once m holds more than maxKeys. The
-// caller holds the limiter's mu (which guards seen).
-func sweep[V any](m map[string]V, seen func(V) time.Time, now time.Time, idle time.Duration) {
-	if len(m) <= maxKeys {
-		return
-	}
-	for k, v := range m {
-		if now.Sub(seen(v)) > idle {
-			delete(m, k)
-		}
-	}
-}
-
 func (l *Limiter) takeLocal(key string, lim Limit, n int) Decision {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	now := time.Now()
 	e, ok := l.local[key]
 	if !ok {
-		sweep(l.local, func(v *localEntry) time.Time { return v.seen }, now, 2*lim.Period)
+		if len(l.local) > maxKeys {
+			for k, v := range l.local {
+				if now.Sub(v.seen) > 2*lim.Period {
+					delete(l.local, k)
+				}
+			}
+		}
 		e = &localEntry{lim: rate.NewLimiter(rate.Every(emission(lim)), lim.Burst)}
 		l.local[key] = e
 	}
