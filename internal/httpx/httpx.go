@@ -3,6 +3,7 @@
 package httpx
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -159,8 +160,13 @@ func appendString(b []byte, s string) []byte {
 }
 
 // Fail writes the error envelope for err. Errors without a code are internal: logged with
-// their details, answered with "Internal error" only.
+// their details, answered with "Internal error" only. An error that is only the request's
+// own context ending (its client left) is ClientGone's.
 func Fail(c *gin.Context, err error) {
+	if errors.Is(err, context.Canceled) && c.Request.Context().Err() != nil {
+		ClientGone(c)
+		return
+	}
 	err = db.Classify(err)
 	var e *apperr.Error
 	if !errors.As(err, &e) {
@@ -185,6 +191,19 @@ func Fail(c *gin.Context, err error) {
 	}
 	c.AbortWithStatusJSON(status, Envelope{Success: false, Message: msg, ErrorCode: e.Code, Errors: e.Fields,
 		Timestamp: Timestamp(), RequestID: RequestIDOf(c)})
+}
+
+// StatusClientClosed is the status logged and counted for a request whose client left
+// before its answer (nginx's 499): nobody reads it.
+const StatusClientClosed = 499
+
+// ClientGone ends a request whose client closed the connection (or whose server is
+// stopping) before it was answered. It is no error of the server's: it is logged at
+// info level and counted as 499, not as a 500 that would page someone when a load
+// balancer's or a client's timeout cuts many requests at once.
+func ClientGone(c *gin.Context) {
+	c.Set(causeKey, "the client closed the request")
+	c.AbortWithStatus(StatusClientClosed)
 }
 
 // ConsistencyTokenHeader carries a command's consistency token, and a read's wait for it.

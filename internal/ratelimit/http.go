@@ -24,8 +24,8 @@ func (l *Limiter) Middleware(lim Limit, keyOf func(*gin.Context) string) gin.Han
 		d := l.Take(c.Request.Context(), key, lim)
 		if !d.Allowed && c.Request.Context().Err() != nil {
 			// The client left (or the server is stopping) while the key waited for
-			// Redis: nothing was counted, and nobody reads the answer.
-			httpx.Fail(c, apperr.New(apperr.CodeUnavailable, "Request cancelled"))
+			// Redis: nothing was counted.
+			httpx.ClientGone(c)
 			return
 		}
 		c.Header("X-RateLimit-Limit", strconv.Itoa(d.Limit))
