@@ -136,30 +136,70 @@ func orQuery(question string) string {
 // misspelt questions) and entries containing all of the question's words (full text,
 // stemmed); only those few are scored, so a large knowledge base costs little more than
 // a small one.
+//
+// The nearest questions must come from the GiST index in its order, never from sorting
+// every entry of the chatbot by trigram distance (about 30 µs an entry: 300 ms for 10,000).
+// The planner chooses the sort when it expects few entries, and it expects few when the
+// knowledge base was trained after the table's last ANALYZE; worse, the generic plan that
+// a prepared statement settles on after five runs is then kept by the connection however
+// much the table grows (BENCHMARKS.md, issue 23, seventh pass: 424 of 427 slow searches
+// of a bench run sorted). So the search is planned under searchPlanning.
 func bestMatch(ctx context.Context, tx pgx.Tx, chatbot uuid.UUID, question string) (string, string, bool, error) {
 	var entry, answer string
 	var sim, rank float64
-	err := tx.QueryRow(ctx, `
-		WITH candidates AS (
-			(SELECT entry_id, question, answer, search FROM knowledge_index
-				WHERE chatbot_id = $1 ORDER BY question <-> $2 LIMIT 10)
-			UNION
-			(SELECT entry_id, question, answer, search FROM knowledge_index
-				WHERE chatbot_id = $1 AND search @@ plainto_tsquery('english', $2) LIMIT 20)
-		)
-		SELECT entry_id, answer, sim, rank FROM (
-			SELECT entry_id::text AS entry_id, answer,
-				greatest(similarity(question, $2), word_similarity($2, question)) AS sim,
-				ts_rank_cd(search, websearch_to_tsquery('english', $3)) AS rank
-			FROM candidates
-		) scored
-		ORDER BY sim + least(rank, 1) DESC, entry_id
-		LIMIT 1`, chatbot, question, orQuery(question)).Scan(&entry, &answer, &sim, &rank)
-	if err == pgx.ErrNoRows {
-		return "", "", false, nil
-	}
-	if err != nil {
+	found := false
+	b := &pgx.Batch{}
+	b.Queue(searchPlanning)
+	b.Queue(knowledgeSearch, chatbot, question, orQuery(question)).Query(func(rows pgx.Rows) error {
+		// No row is an answer too (nothing trained matches), not an error: a batch's error
+		// would drop its statements from the connection's cache.
+		for rows.Next() {
+			found = true
+			if err := rows.Scan(&entry, &answer, &sim, &rank); err != nil {
+				return err
+			}
+		}
+		return rows.Err()
+	})
+	b.Queue(searchPlanningEnd)
+	if err := tx.SendBatch(ctx, b).Close(); err != nil {
 		return "", "", false, err
+	}
+	if !found {
+		return "", "", false, nil
 	}
 	return entry, answer, sim >= matchSimilarity || (rank > 0 && sim >= matchWithFullText), nil
 }
+
+// knowledgeSearch is bestMatch's query: $1 the chatbot, $2 the question, $3 its words
+// joined by "or" (orQuery). The questions' tsqueries are subqueries, computed once: in a
+// generic plan (a prepared statement's, after five runs) a function of a parameter is
+// not folded into a constant, and plainto_tsquery was parsed again for each of the
+// chatbot's entries (133 ms for 1,000, measured with auto_explain).
+const knowledgeSearch = `
+	WITH candidates AS (
+		(SELECT entry_id, question, answer, search FROM knowledge_index
+			WHERE chatbot_id = $1 ORDER BY question <-> $2 LIMIT 10)
+		UNION
+		(SELECT entry_id, question, answer, search FROM knowledge_index
+			WHERE chatbot_id = $1 AND search @@ (SELECT plainto_tsquery('english', $2)) LIMIT 20)
+	)
+	SELECT entry_id, answer, sim, rank FROM (
+		SELECT entry_id::text AS entry_id, answer,
+			greatest(similarity(question, $2), word_similarity($2, question)) AS sim,
+			ts_rank_cd(search, (SELECT websearch_to_tsquery('english', $3))) AS rank
+		FROM candidates
+	) scored
+	ORDER BY sim + least(rank, 1) DESC, entry_id
+	LIMIT 1`
+
+// searchPlanning prices sorts out of knowledgeSearch's plan (enable_sort, until
+// searchPlanningEnd in the same transaction): where an order can come from an index it
+// does, and the sorts the query cannot do without (the candidates' union and the best
+// score, a few dozen rows) stay. A plan with sorts priced out costs more than JIT's
+// thresholds, so JIT is off too: it compiled each search anew, 0.8 s for a 5 ms query
+// (measured with auto_explain).
+const searchPlanning = `SELECT set_config('enable_sort', 'off', true), set_config('jit', 'off', true)`
+
+// searchPlanningEnd gives enable_sort and jit back the values they had before.
+const searchPlanningEnd = `SELECT set_config(name, reset_val, true) FROM pg_settings WHERE name IN ('enable_sort', 'jit')`
