@@ -138,12 +138,12 @@ func orQuery(question string) string {
 // a small one.
 //
 // The nearest questions must come from the GiST index in its order, never from sorting
-// every entry of the chatbot by trigram distance (about 30 µs an entry: 300 ms for 10,000).
-// The planner chooses the sort when it expects few entries, and it expects few when the
-// knowledge base was trained after the table's last ANALYZE; worse, the generic plan that
-// a prepared statement settles on after five runs is then kept by the connection however
-// much the table grows (BENCHMARKS.md, issue 23, seventh pass: 424 of 427 slow searches
-// of a bench run sorted). So the search is planned under searchPlanning.
+// every entry of the chatbot by trigram distance (10-30 µs an entry: up to 320 ms for
+// 10,000). The planner chooses the sort when it expects few entries, and it expects few
+// when the knowledge base was trained after the table's last ANALYZE; worse, the generic
+// plan that a prepared statement settles on after five runs is then kept by the
+// connection however much the table grows (BENCHMARKS.md, issue 23, seventh pass: 424 of
+// 427 slow searches of a bench run sorted). So the search is planned under searchPlanning.
 func bestMatch(ctx context.Context, tx pgx.Tx, chatbot uuid.UUID, question string) (string, string, bool, error) {
 	var entry, answer string
 	var sim, rank float64
@@ -161,7 +161,9 @@ func bestMatch(ctx context.Context, tx pgx.Tx, chatbot uuid.UUID, question strin
 		}
 		return rows.Err()
 	})
-	b.Queue(searchPlanningEnd)
+	for _, end := range searchPlanningEnd {
+		b.Queue(end)
+	}
 	if err := tx.SendBatch(ctx, b).Close(); err != nil {
 		return "", "", false, err
 	}
@@ -197,9 +199,10 @@ const knowledgeSearch = `
 // searchPlanningEnd in the same transaction): where an order can come from an index it
 // does, and the sorts the query cannot do without (the candidates' union and the best
 // score, a few dozen rows) stay. A plan with sorts priced out costs more than JIT's
-// thresholds, so JIT is off too: it compiled each search anew, 0.8 s for a 5 ms query
-// (measured with auto_explain).
+// thresholds, so JIT is off too: it compiled each search anew, about half a second for a
+// 5 ms query (measured with auto_explain).
 const searchPlanning = `SELECT set_config('enable_sort', 'off', true), set_config('jit', 'off', true)`
 
-// searchPlanningEnd gives enable_sort and jit back the values they had before.
-const searchPlanningEnd = `SELECT set_config(name, reset_val, true) FROM pg_settings WHERE name IN ('enable_sort', 'jit')`
+// searchPlanningEnd gives enable_sort and jit back the values the session started with
+// (two statements: reading them from pg_settings took longer than the search).
+var searchPlanningEnd = []string{`RESET enable_sort`, `RESET jit`}
