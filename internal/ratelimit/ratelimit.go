@@ -220,20 +220,30 @@ func (l *Limiter) lease(key string, now time.Time) *lease {
 	v, ok := l.leases.Load(key)
 	if !ok {
 		var loaded bool
-		if v, loaded = l.leases.LoadOrStore(key, &lease{}); !loaded && l.nLeases.Add(1) > maxKeys && l.mu.TryLock() {
-			l.leases.Range(func(k, v any) bool {
-				if now.Sub(time.Unix(0, v.(*lease).seen.Load())) > time.Minute && k != key {
-					l.leases.Delete(k)
-					l.nLeases.Add(-1)
-				}
-				return true
-			})
-			l.mu.Unlock()
+		v, loaded = l.leases.LoadOrStore(key, &lease{})
+		if !loaded && l.nLeases.Add(1) > maxKeys {
+			l.sweepLeases(key, now)
 		}
 	}
 	le := v.(*lease)
 	le.seen.Store(now.UnixNano())
 	return le
+}
+
+// sweepLeases drops the leases not used for a minute, but fresh's (just made). One sweep
+// runs at a time; a key made meanwhile does not wait for it.
+func (l *Limiter) sweepLeases(fresh string, now time.Time) {
+	if !l.mu.TryLock() {
+		return
+	}
+	defer l.mu.Unlock()
+	l.leases.Range(func(k, v any) bool {
+		if k != fresh && now.Sub(time.Unix(0, v.(*lease).seen.Load())) > time.Minute {
+			l.leases.Delete(k)
+			l.nLeases.Add(-1)
+		}
+		return true
+	})
 }
 
 // leased is how many of key's events this process holds in an unexpired lease.

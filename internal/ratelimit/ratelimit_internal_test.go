@@ -2,6 +2,7 @@ package ratelimit
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"sync"
 	"sync/atomic"
@@ -116,4 +117,21 @@ func TestARequestThatLeavesNeitherWaitsNorTurnsRedisOff(t *testing.T) {
 	before := h.sent.Load()
 	assert.True(t, l.Take(context.Background(), "fresh", lim).Allowed)
 	assert.Equal(t, before+1, h.sent.Load(), "the next request still asks Redis")
+}
+
+// Past maxKeys, a new key sweeps out the leases not used for a minute; the new key's own
+// lease (not used yet) and the recent ones stay.
+func TestLeasesNotUsedForAMinuteAreSweptPastMaxKeys(t *testing.T) {
+	l := New(nil, "x:", slog.New(slog.DiscardHandler))
+	now := time.Now()
+	for i := range maxKeys - 1 {
+		l.lease(fmt.Sprint("old-", i), now.Add(-2*time.Minute))
+	}
+	l.lease("recent", now.Add(-time.Second))
+	require.Equal(t, int64(maxKeys), l.nLeases.Load(), "no sweep up to maxKeys")
+	l.lease("fresh", now) // one past maxKeys: sweeps
+	var left []string
+	l.leases.Range(func(k, _ any) bool { left = append(left, k.(string)); return true })
+	assert.ElementsMatch(t, []string{"recent", "fresh"}, left)
+	assert.Equal(t, int64(2), l.nLeases.Load())
 }

@@ -55,8 +55,9 @@ func TestKnowledgeSearchNeverSortsTheWholeKnowledgeBase(t *testing.T) {
 			`SELECT coalesce(pg_stat_get_xact_function_calls('similarity_dist(text,text)'::regprocedure), 0)`).Scan(&n))
 		return n
 	}
+	question := "How do I configure feature 7000 of product line 7?" // nothing to quote (EXECUTE below)
 	before := distances()
-	_, answer, found, err := bestMatch(ctx, tx, large, "How do I configure feature 7000 of product line 7?")
+	_, answer, found, err := bestMatch(ctx, tx, large, question)
 	require.NoError(t, err)
 	assert.True(t, found)
 	assert.Equal(t, "Open settings, choose feature 7000, and follow the steps.", answer)
@@ -73,7 +74,7 @@ func TestKnowledgeSearchNeverSortsTheWholeKnowledgeBase(t *testing.T) {
 	require.NoError(t, err)
 	var plan string
 	require.NoError(t, tx.QueryRow(ctx, `EXPLAIN (ANALYZE, FORMAT JSON) `+knowledgeSearch,
-		large, "How do I configure feature 7000 of product line 7?", orQuery("How do I configure feature 7000 of product line 7?")).Scan(&plan))
+		large, question, orQuery(question)).Scan(&plan))
 	assert.Contains(t, plan, `"Index Name": "knowledge_index_knn_idx"`)
 	assert.NotContains(t, plan, `"JIT"`)
 	for _, end := range searchPlanningEnd {
@@ -87,13 +88,12 @@ func TestKnowledgeSearchNeverSortsTheWholeKnowledgeBase(t *testing.T) {
 	require.NoError(t, err)
 	_, err = tx.Exec(ctx, `SET LOCAL plan_cache_mode = force_generic_plan`)
 	require.NoError(t, err)
-	question := "How do I configure feature 7000 of product line 7?" // nothing to quote
 	require.NoError(t, tx.QueryRow(ctx, fmt.Sprintf(`EXPLAIN (FORMAT JSON) EXECUTE generic_search('%s', '%s', '%s')`,
 		large, question, orQuery(question))).Scan(&plan))
 	assert.Contains(t, plan, `"Subplan Name": "InitPlan`)
 	assert.NotContains(t, plan, `@@ plainto_tsquery`, "the tsquery is not a per-row expression of a scan")
 
-	_, _, found, err = bestMatch(ctx, tx, uuid.New(), "How do I configure feature 7000 of product line 7?")
+	_, _, found, err = bestMatch(ctx, tx, uuid.New(), question)
 	require.NoError(t, err)
 	assert.False(t, found, "a chatbot with no entries has no answer, and that is no error")
 }
