@@ -20,7 +20,6 @@ import (
 	"github.com/jackc/pgx/v5/stdlib"
 	"github.com/pressly/goose/v3"
 	"github.com/pressly/goose/v3/lock"
-	pgxuuid "github.com/vgarvardt/pgx-google-uuid/v5"
 
 	"github.com/chatbotsaas/chatbotd/internal/apperr"
 	"github.com/chatbotsaas/chatbotd/migrations"
@@ -42,7 +41,7 @@ func Open(ctx context.Context, url string, maxConns int32) (*pgxpool.Pool, error
 		// its driver.Valuer (a string, parsed again), and an array of them failed the
 		// binary plan first, building an error for each: half the CPU a projector batch
 		// spent in Go.
-		pgxuuid.Register(conn.TypeMap())
+		RegisterUUID(conn.TypeMap())
 		return nil
 	}
 	return pgxpool.NewWithConfig(ctx, cfg)
