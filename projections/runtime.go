@@ -341,29 +341,37 @@ func (r *Runner) consume(ctx context.Context) error {
 	// The batches are finished even when ctx ends meanwhile, so what is acked was applied.
 	settle := newSettler(context.WithoutCancel(ctx), ctx.Done(), r)
 	defer settle.close()
+	// Deliveries are decoded as they arrive, up to the prefetch ahead, while the batch
+	// before them is applied: the apply mostly waits for PostgreSQL, and decoding a
+	// batch on this goroutine between two applies took a seventh of the projector's time.
+	// What is decoded and not handled when this returns goes back with the channel.
+	decoded := make(chan received, prefetch)
+	stopDecoding := make(chan struct{})
+	defer close(stopDecoding)
+	go decodeAhead(deliveries, decoded, stopDecoding)
 	for {
-		var batch []amqp.Delivery
+		var batch []received
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-settle.broken:
 			return settle.failed()
-		case d, ok := <-deliveries:
+		case d, ok := <-decoded:
 			if !ok {
 				return errors.New("delivery channel closed")
 			}
-			faults.Duplicate(ch, q.Name, d)
+			faults.Duplicate(ch, q.Name, d.d)
 			batch = append(batch, d)
 		}
 		linger := time.NewTimer(r.cfg.Linger)
 	fill:
 		for len(batch) < r.cfg.BatchSize {
 			select {
-			case d, ok := <-deliveries:
+			case d, ok := <-decoded:
 				if !ok {
 					break fill
 				}
-				faults.Duplicate(ch, q.Name, d)
+				faults.Duplicate(ch, q.Name, d.d)
 				batch = append(batch, d)
 			case <-linger.C:
 				break fill
@@ -383,16 +391,16 @@ func (r *Runner) consume(ctx context.Context) error {
 // events that did nothing wrong. It returns an error for failures that are not the
 // events' fault (stopped while the database is down, after-commit work that failed): the
 // deliveries are then left unacknowledged and come back.
-func (r *Runner) handle(ctx context.Context, stop <-chan struct{}, settle *settler, batch []amqp.Delivery) error {
+func (r *Runner) handle(ctx context.Context, stop <-chan struct{}, settle *settler, batch []received) error {
 	envs := make([]events.Envelope, 0, len(batch))
 	good := make([]amqp.Delivery, 0, len(batch))
 	var fences []amqp.Delivery
-	for _, d := range batch {
-		if _, ok := d.Headers[broker.FenceHeader]; ok {
+	for _, rd := range batch {
+		d, e, err := rd.d, rd.e, rd.err
+		if rd.fence {
 			fences = append(fences, d)
 			continue
 		}
-		e, err := events.DecodeEnvelope(d.Body)
 		if err != nil {
 			r.log.Error("undecodable message dead-lettered", "error", err, "message_id", d.MessageId)
 			_ = d.Nack(false, false)
@@ -499,6 +507,33 @@ func (r *Runner) handle(ctx context.Context, stop <-chan struct{}, settle *settl
 		}
 	}
 	return r.passFences(ctx, stop, fences)
+}
+
+// received is a delivery as decodeAhead hands it on.
+type received struct {
+	d     amqp.Delivery
+	e     events.Envelope
+	err   error // the body is no envelope
+	fence bool  // a fence (broker.FenceHeader), which has no envelope
+}
+
+// decodeAhead decodes each delivery in the order they come and hands it on, until
+// deliveries closes (then it closes out) or stop.
+func decodeAhead(deliveries <-chan amqp.Delivery, out chan<- received, stop <-chan struct{}) {
+	defer close(out)
+	for d := range deliveries {
+		rd := received{d: d}
+		if _, ok := d.Headers[broker.FenceHeader]; ok {
+			rd.fence = true
+		} else {
+			rd.e, rd.err = events.DecodeEnvelope(d.Body)
+		}
+		select {
+		case out <- rd:
+		case <-stop:
+			return
+		}
+	}
 }
 
 // deadLetter puts a copy of d into the dead-letter queue of member of the runner's group,
