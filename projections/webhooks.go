@@ -74,10 +74,13 @@ func (Webhooks) Apply(ctx context.Context, tx pgx.Tx, e events.Envelope) error {
 	for i := range ids {
 		deliveries[i] = uuid.Must(uuid.NewV7())
 	}
-	if _, err := tx.Exec(ctx, `INSERT INTO webhook_deliveries (id, webhook_id, organization_id, event_id, event_type,
-		stream_id, stream_version, position, payload, status, next_attempt_at)
-		SELECT d, w, $3, $4, $5, $6, $7, $8, $9, 'pending', now() FROM unnest($1::uuid[], $2::uuid[]) AS u(d, w)
-		ON CONFLICT (webhook_id, event_id) DO NOTHING`,
+	if _, err := tx.Exec(ctx, `WITH d AS (
+			INSERT INTO webhook_deliveries (id, webhook_id, organization_id, event_id, event_type,
+				stream_id, stream_version, position, payload, status, next_attempt_at)
+			SELECT d, w, $3, $4, $5, $6, $7, $8, $9, 'pending', now() FROM unnest($1::uuid[], $2::uuid[]) AS u(d, w)
+			ON CONFLICT (webhook_id, event_id) DO NOTHING
+			RETURNING id, webhook_id, stream_id, stream_version, position, next_attempt_at)
+		`+enqueueDeliveries,
 		deliveries, ids, e.OrganizationID, e.ID, e.Type, e.StreamID, e.StreamVersion, e.Position, payload); err != nil {
 		return err
 	}
@@ -170,17 +173,26 @@ func writeDeliveries(ctx context.Context, tx pgx.Tx, envs []events.Envelope) err
 	if len(ids) == 0 {
 		return nil
 	}
-	if _, err := tx.Exec(ctx, `INSERT INTO webhook_deliveries (id, webhook_id, organization_id, event_id, event_type,
-		stream_id, stream_version, position, payload, status, next_attempt_at)
-		SELECT u.id, u.hook, u.org, u.event, u.type, u.stream, u.v, u.pos, u.payload, 'pending', now()
-		FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::text[], $6::uuid[], $7::int[], $8::bigint[], $9::bytea[])
-			AS u(id, hook, org, event, type, stream, v, pos, payload)
-		ON CONFLICT (webhook_id, event_id) DO NOTHING`,
+	if _, err := tx.Exec(ctx, `WITH d AS (
+			INSERT INTO webhook_deliveries (id, webhook_id, organization_id, event_id, event_type,
+				stream_id, stream_version, position, payload, status, next_attempt_at)
+			SELECT u.id, u.hook, u.org, u.event, u.type, u.stream, u.v, u.pos, u.payload, 'pending', now()
+			FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::text[], $6::uuid[], $7::int[], $8::bigint[], $9::bytea[])
+				AS u(id, hook, org, event, type, stream, v, pos, payload)
+			ON CONFLICT (webhook_id, event_id) DO NOTHING
+			RETURNING id, webhook_id, stream_id, stream_version, position, next_attempt_at)
+		`+enqueueDeliveries,
 		ids, hooks, dorgs, eventIDs, types, streams, versions, positions, payloads); err != nil {
 		return err
 	}
 	return nil
 }
+
+// enqueueDeliveries follows a CTE d of the deliveries just inserted: each pending
+// delivery has its row in webhook_queue (migration 00021), written in the same
+// statement, which the deliverer claims from.
+const enqueueDeliveries = `INSERT INTO webhook_queue (delivery_id, webhook_id, stream_id, stream_version, position, next_attempt_at)
+	SELECT id, webhook_id, stream_id, stream_version, position, next_attempt_at FROM d`
 
 // matchers caches compiled subscription patterns. Tenants choose the patterns, so the
 // cache is bounded: when it holds maxMatchers sets it starts again empty (there are
@@ -221,8 +233,10 @@ func applyWebhook(ctx context.Context, tx pgx.Tx, e events.Envelope) error {
 			WHERE id = $1`, e.StreamID, status, reason, e.StreamVersion, e.OccurredAt); err != nil {
 			return err
 		}
-		_, err = tx.Exec(ctx, `UPDATE webhook_deliveries SET status = 'cancelled', finished_at = $2
-			WHERE webhook_id = $1 AND status = 'pending'`, e.StreamID, e.OccurredAt)
+		// Found through the queue, which holds exactly the pending ones.
+		_, err = tx.Exec(ctx, `WITH dequeued AS (DELETE FROM webhook_queue WHERE webhook_id = $1 RETURNING delivery_id)
+			UPDATE webhook_deliveries SET status = 'cancelled', finished_at = $2
+			WHERE id IN (SELECT delivery_id FROM dequeued) AND status = 'pending'`, e.StreamID, e.OccurredAt)
 		return err
 	}
 	return nil

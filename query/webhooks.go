@@ -124,8 +124,11 @@ func (h *HTTP) listDeliveries(c *gin.Context) {
 		args = append(args, status)
 	}
 	respondPage(c, h, "Deliveries", listQuery{from: "webhook_deliveries d",
-		columns: `id, event_id, event_type, stream_id, stream_version, status, attempts,
-			CASE WHEN status = 'pending' THEN greatest(next_attempt_at, leased_until) END, last_status_code, last_error, created_at, finished_at,
+		// A pending delivery's lease and its claims so far are in webhook_queue.
+		columns: `id, event_id, event_type, stream_id, stream_version, status,
+			coalesce((SELECT q.attempts FROM webhook_queue q WHERE q.delivery_id = d.id), attempts),
+			(SELECT greatest(q.next_attempt_at, q.leased_until) FROM webhook_queue q WHERE q.delivery_id = d.id),
+			last_status_code, last_error, created_at, finished_at,
 			(SELECT coalesce(json_agg(json_build_object('attempt', a.attempt, 'status_code', a.status_code, 'error', a.error,
 				'duration_ms', a.duration_ms, 'attempted_at', a.attempted_at) ORDER BY a.attempt), '[]')
 			 FROM webhook_attempts a WHERE a.delivery_id = d.id)`,

@@ -166,7 +166,11 @@ func webhookFigures(ctx context.Context, pool *pgxpool.Pool, org uuid.UUID, all 
 		"event_type", "stream_id", "stream_version", "position", "payload", "status", "next_attempt_at"}, pgx.CopyFromRows(rows)); err != nil {
 		return err
 	}
-	if _, err := pool.Exec(ctx, `ANALYZE webhook_deliveries`); err != nil {
+	if _, err := pool.Exec(ctx, `INSERT INTO webhook_queue (delivery_id, webhook_id, stream_id, stream_version, position, next_attempt_at)
+		SELECT id, webhook_id, stream_id, stream_version, position, next_attempt_at FROM webhook_deliveries WHERE status = 'pending'`); err != nil {
+		return err
+	}
+	if _, err := pool.Exec(ctx, `ANALYZE webhook_deliveries, webhook_queue`); err != nil {
 		return err
 	}
 	deliverer := &reactors.WebhookDeliverer{Pool: pool, Store: eventstore.NewStore(pool), Box: box, Client: client, Timeout: 10 * time.Second,

@@ -63,16 +63,21 @@ type outboxWorker struct {
 	// start points the worker at r (set up through setup) and runs it against pool with
 	// attempts per row until the returned function is called (it waits).
 	start func(t *testing.T, setup, pool *pgxpool.Pool, r *receiver, attempts int) (stop func())
-	// add writes a due row and returns its id; table names the rows' table.
-	add   func(t *testing.T, pool *pgxpool.Pool) uuid.UUID
-	table string
+	// add writes a due row and returns its id; status reads a row's status and its
+	// attempts so far, counting one in flight ($1: its id).
+	add    func(t *testing.T, pool *pgxpool.Pool) uuid.UUID
+	status string
 	// expire runs a row's lease out ($1: its id).
 	expire string
 }
 
 var outboxWorkers = []outboxWorker{
-	{name: "webhook deliverer", done: "delivered", table: "webhook_deliveries",
-		expire: `UPDATE webhook_deliveries SET leased_until = now() WHERE id = $1`,
+	{name: "webhook deliverer", done: "delivered",
+		// A pending delivery's claims are counted in its queue row, its recorded attempts
+		// in the delivery.
+		status: `SELECT status, coalesce((SELECT attempts FROM webhook_queue WHERE delivery_id = d.id), attempts)
+			FROM webhook_deliveries d WHERE id = $1`,
+		expire: `UPDATE webhook_queue SET leased_until = now() WHERE delivery_id = $1`,
 		start: func(t *testing.T, setup, pool *pgxpool.Pool, r *receiver, attempts int) func() {
 			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 				_, _ = io.Copy(io.Discard, req.Body) // then the request's context ends when the caller hangs up
@@ -96,9 +101,10 @@ var outboxWorkers = []outboxWorker{
 				SELECT $1, id, organization_id, $1, 'contract.happened', $1, 1, 1, '{}', 'pending', now() FROM webhooks WHERE id = $2`,
 				id, contractWebhook(t, pool))
 			require.NoError(t, err)
+			enqueuePending(t, pool)
 			return id
 		}},
-	{name: "mailer", done: "sent", table: "notifications",
+	{name: "mailer", done: "sent", status: `SELECT status, attempts FROM notifications WHERE id = $1`,
 		expire: `UPDATE notifications SET next_attempt_at = now() WHERE id = $1`,
 		start: func(t *testing.T, setup, pool *pgxpool.Pool, r *receiver, attempts int) func() {
 			m := &Mailer{Pool: pool, SMTP: &SMTP{Addr: contractSMTP(t, r), Host: "127.0.0.1", NoTLS: true},
@@ -115,6 +121,18 @@ var outboxWorkers = []outboxWorker{
 			require.NoError(t, err)
 			return id
 		}},
+}
+
+// enqueuePending gives each pending delivery a test wrote straight into
+// webhook_deliveries its queue row, as the webhooks projector writes it (with the
+// delivery's attempts so far).
+func enqueuePending(t *testing.T, pool *pgxpool.Pool) {
+	t.Helper()
+	_, err := pool.Exec(context.Background(), `INSERT INTO webhook_queue (delivery_id, webhook_id, stream_id, stream_version,
+			position, next_attempt_at, attempts)
+		SELECT id, webhook_id, stream_id, stream_version, position, next_attempt_at, attempts FROM webhook_deliveries d
+		WHERE status = 'pending' AND NOT EXISTS (SELECT 1 FROM webhook_queue q WHERE q.delivery_id = d.id)`)
+	require.NoError(t, err)
 }
 
 // contractWebhook is the one subscription the contract's deliveries are for.
@@ -205,7 +223,7 @@ func TestOutboxWorkersKeepOneContract(t *testing.T) {
 			status := func(id uuid.UUID) (string, int) {
 				var s string
 				var n int
-				require.NoError(t, d.Pool.QueryRow(ctx, `SELECT status, attempts FROM `+w.table+` WHERE id = $1`, id).Scan(&s, &n))
+				require.NoError(t, d.Pool.QueryRow(ctx, w.status, id).Scan(&s, &n))
 				return s, n
 			}
 			reached := func(id uuid.UUID, want string) func() error {

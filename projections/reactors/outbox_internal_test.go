@@ -65,6 +65,7 @@ func TestWebhookOutcomesAreRecordedInTheirOrder(t *testing.T) {
 			ids[i], i+1, hook)
 		require.NoError(t, err)
 	}
+	enqueuePending(t, d.Pool)
 	del := &WebhookDeliverer{Pool: d.Pool, Attempts: 3, RetryBase: time.Minute, RetryMax: time.Hour, DisableAfter: 100,
 		Logger: testenv.Logger(t)}
 	out := func(i, code int, errText string) outcome {
@@ -99,8 +100,10 @@ func TestWebhookOutcomesAreRecordedInTheirOrder(t *testing.T) {
 
 // A claim leases deliveries without touching an indexed column: next_attempt_at stays,
 // leased_until moves, and PostgreSQL writes each claim as a heap-only update (no new
-// index entries). A leased row is not claimed again until its lease runs out.
-func TestWebhookClaimIsAHeapOnlyUpdate(t *testing.T) {
+// index entries) of the delivery's queue row. A leased row is not claimed again until
+// its lease runs out. An outcome deletes the queue row and writes the delivery as a
+// heap-only update too.
+func TestWebhookClaimsAndOutcomesAreHeapOnlyUpdates(t *testing.T) {
 	d := testenv.MustDatabase(t)
 	ctx := context.Background()
 	hook := contractWebhook(t, d.Pool)
@@ -111,6 +114,7 @@ func TestWebhookClaimIsAHeapOnlyUpdate(t *testing.T) {
 			convert_to(repeat('x', 600), 'UTF8'), 'pending', now() - interval '1 minute'
 		FROM webhooks, generate_series(1, $2) AS i WHERE id = $1`, hook, n)
 	require.NoError(t, err)
+	enqueuePending(t, d.Pool)
 	// One connection, so that the claim's statistics are flushed by the statement after it.
 	cfg, err := pgxpool.ParseConfig(d.URL)
 	require.NoError(t, err)
@@ -118,14 +122,14 @@ func TestWebhookClaimIsAHeapOnlyUpdate(t *testing.T) {
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	require.NoError(t, err)
 	t.Cleanup(pool.Close)
-	hotUpdates := func() int64 {
+	hotUpdates := func(table string) int64 {
 		var hot int64
-		require.NoError(t, pool.QueryRow(ctx, `SELECT n_tup_hot_upd FROM pg_stat_user_tables WHERE relname = 'webhook_deliveries'`).Scan(&hot))
+		require.NoError(t, pool.QueryRow(ctx, `SELECT n_tup_hot_upd FROM pg_stat_user_tables WHERE relname = $1`, table).Scan(&hot))
 		return hot
 	}
 	_, err = pool.Exec(ctx, `SELECT pg_stat_force_next_flush()`)
 	require.NoError(t, err)
-	before := hotUpdates()
+	before := hotUpdates("webhook_queue")
 
 	del := &WebhookDeliverer{Pool: pool, Box: contractBox(t), Timeout: 5 * time.Second, DisableAfter: 100, Logger: testenv.Logger(t)}
 	claimed, err := del.claim(ctx, n)
@@ -134,27 +138,52 @@ func TestWebhookClaimIsAHeapOnlyUpdate(t *testing.T) {
 	_, err = pool.Exec(ctx, `SELECT pg_stat_force_next_flush()`)
 	require.NoError(t, err)
 	testenv.Eventually(t, 10*time.Second, func() error {
-		if hot := hotUpdates() - before; hot != n {
+		if hot := hotUpdates("webhook_queue") - before; hot != n {
 			return fmt.Errorf("%d of %d claims were heap-only updates", hot, n)
 		}
 		return nil
 	})
 	var moved, leased int
 	require.NoError(t, pool.QueryRow(ctx, `SELECT count(*) FILTER (WHERE next_attempt_at > now()),
-		count(*) FILTER (WHERE leased_until > now() AND attempts = 1) FROM webhook_deliveries`).Scan(&moved, &leased))
+		count(*) FILTER (WHERE leased_until > now() AND attempts = 1) FROM webhook_queue`).Scan(&moved, &leased))
 	assert.Zero(t, moved, "a claim leaves next_attempt_at as it was")
 	assert.Equal(t, n, leased)
 
 	again, err := del.claim(ctx, n)
 	require.NoError(t, err)
 	assert.Empty(t, again, "leased rows are not claimed again")
-	_, err = pool.Exec(ctx, `UPDATE webhook_deliveries SET leased_until = now() WHERE id = $1`, claimed[0].id)
+	_, err = pool.Exec(ctx, `UPDATE webhook_queue SET leased_until = now() WHERE delivery_id = $1`, claimed[0].id)
 	require.NoError(t, err)
 	again, err = del.claim(ctx, n)
 	require.NoError(t, err)
 	require.Len(t, again, 1, "a lease that ran out is claimed again")
 	assert.Equal(t, claimed[0].id, again[0].id)
 	assert.Equal(t, 2, again[0].attempt)
+
+	// The outcomes: each delivery's row is written once more, in place.
+	claimed[0] = again[0]
+	outcomes := make([]outcome, len(claimed))
+	for i, c := range claimed {
+		outcomes[i] = outcome{c: c, code: 204, took: time.Millisecond}
+	}
+	_, err = pool.Exec(ctx, `SELECT pg_stat_force_next_flush()`)
+	require.NoError(t, err)
+	before = hotUpdates("webhook_deliveries")
+	require.NoError(t, del.recordAll(ctx, outcomes))
+	_, err = pool.Exec(ctx, `SELECT pg_stat_force_next_flush()`)
+	require.NoError(t, err)
+	testenv.Eventually(t, 10*time.Second, func() error {
+		if hot := hotUpdates("webhook_deliveries") - before; hot != n {
+			return fmt.Errorf("%d of %d outcomes were heap-only updates", hot, n)
+		}
+		return nil
+	})
+	var queued, delivered, attempts int
+	require.NoError(t, pool.QueryRow(ctx, `SELECT (SELECT count(*) FROM webhook_queue), count(*) FILTER (WHERE status = 'delivered'),
+		sum(attempts) FROM webhook_deliveries`).Scan(&queued, &delivered, &attempts))
+	assert.Zero(t, queued, "a delivered delivery leaves the queue")
+	assert.Equal(t, n, delivered)
+	assert.Equal(t, n+1, attempts, "each delivery's attempts, the one claimed twice with 2")
 }
 
 // An outbox keeps enough claimed rows waiting to cover two claims against a fast
@@ -200,11 +229,14 @@ func TestWebhookPruneDeletesOldDeliveriesWithTheirAttempts(t *testing.T) {
 			at := time.Now().Add(-finishedAgo)
 			finished = &at
 		}
+		// Created a minute before it finished, if it did.
 		_, err := d.Pool.Exec(ctx, `INSERT INTO webhook_deliveries (id, webhook_id, organization_id, event_id, event_type,
-			stream_id, stream_version, position, payload, status, next_attempt_at, attempts, finished_at)
-			SELECT $1, id, organization_id, $1, 'contract.happened', $1, 1, 1, '{}', $3, now(), 1, $4 FROM webhooks WHERE id = $2`,
+			stream_id, stream_version, position, payload, status, next_attempt_at, attempts, finished_at, created_at)
+			SELECT $1, id, organization_id, $1, 'contract.happened', $1, 1, 1, '{}', $3, now(), 1, $4,
+				coalesce($4::timestamptz - interval '1 minute', now()) FROM webhooks WHERE id = $2`,
 			id, hook, status, finished)
 		require.NoError(t, err)
+		enqueuePending(t, d.Pool)
 		_, err = d.Pool.Exec(ctx, `INSERT INTO webhook_attempts (delivery_id, attempt, status_code, duration_ms, attempted_at)
 			VALUES ($1, 1, 204, 1, now())`, id)
 		require.NoError(t, err)

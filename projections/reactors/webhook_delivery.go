@@ -88,9 +88,8 @@ type webhookTarget struct {
 func (d *WebhookDeliverer) Run(ctx context.Context) error {
 	outbox[claimedDelivery, outcome]{name: "webhook deliveries", pool: d.Pool, projection: readmodel.WebhooksProjection,
 		nextDue: `SELECT least(
-			(SELECT min(next_attempt_at) FROM webhook_deliveries WHERE status = 'pending' AND next_attempt_at > now()),
-			(SELECT min(leased_until) FROM webhook_deliveries WHERE status = 'pending' AND next_attempt_at <= now()
-				AND leased_until > now()))`,
+			(SELECT min(next_attempt_at) FROM webhook_queue WHERE next_attempt_at > now()),
+			(SELECT min(leased_until) FROM webhook_queue WHERE next_attempt_at <= now() AND leased_until > now()))`,
 		workers: d.Workers, hold: webhookLeaseMargin, claim: d.claim, call: d.call, record: d.recordAll, every: d.prune, logger: d.Logger}.run(ctx)
 	return nil
 }
@@ -121,8 +120,8 @@ func (d *WebhookDeliverer) Deliver(ctx context.Context) error {
 	go func() { done <- d.Run(ctx) }()
 	for {
 		var due bool
-		if err := d.Pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM webhook_deliveries
-			WHERE status = 'pending' AND greatest(next_attempt_at, leased_until) <= now() + $1::interval)`, lease).Scan(&due); err != nil {
+		if err := d.Pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM webhook_queue
+			WHERE greatest(next_attempt_at, leased_until) <= now() + $1::interval)`, lease).Scan(&due); err != nil {
 			return err
 		}
 		if !due {
@@ -134,33 +133,39 @@ func (d *WebhookDeliverer) Deliver(ctx context.Context) error {
 }
 
 // claim leases up to n due deliveries of active subscriptions, none of which has an
-// earlier event of its stream still pending for its subscription.
+// earlier event of its stream still pending for its subscription, and reads them.
 //
-// The lease is leased_until, which no index names, and next_attempt_at stays as it was:
-// the claim is then a heap-only update on a page with room (the table's fillfactor),
-// with no new entry in any index, where moving next_attempt_at wrote one in each of
-// them. Leased rows keep their place at the front of the due index and are passed over.
+// Claims read and lease rows of webhook_queue (one small row per pending delivery), not
+// the deliveries. The lease is leased_until, which no index names, and next_attempt_at
+// stays as it was: the claim is then a heap-only update on a page with room (the
+// table's fillfactor), with no new entry in any index. Leased rows keep their place at
+// the front of the due index and are passed over.
 //
 // The ORDER BY ... LIMIT is read off the due index, which has both sort keys. The
 // subscription is checked by a subquery per row, not a join: a join's estimate (with a
 // small webhooks table that autovacuum never analyzes, one row) made PostgreSQL expect a
-// few dozen due rows in all, and sort the whole backlog for every claim.
+// few dozen due rows in all, and sort the whole backlog for every claim. The leased rows
+// are updated and their deliveries read by key, one index lookup each (= ANY, and a
+// lateral subquery that OFFSET 0 keeps from becoming a join): joins were planned as
+// scans of the whole queue, or of every delivery kept.
 func (d *WebhookDeliverer) claim(ctx context.Context, n int) ([]claimedDelivery, error) {
 	lease := d.Timeout + webhookLeaseMargin
 	rows, err := d.Pool.Query(ctx, `WITH due AS (
-			SELECT d.id FROM webhook_deliveries d
-			WHERE d.status = 'pending' AND d.next_attempt_at <= now()
-			  AND (d.leased_until IS NULL OR d.leased_until <= now())
-			  AND (SELECT w.status = 'active' AND w.consecutive_failures < $3 FROM webhooks w WHERE w.id = d.webhook_id)
-			  AND NOT EXISTS (SELECT 1 FROM webhook_deliveries p
-				WHERE p.webhook_id = d.webhook_id AND p.stream_id = d.stream_id
-				  AND p.status = 'pending' AND p.stream_version < d.stream_version)
-			ORDER BY d.next_attempt_at, d.position
+			SELECT q.delivery_id FROM webhook_queue q
+			WHERE q.next_attempt_at <= now() AND (q.leased_until IS NULL OR q.leased_until <= now())
+			  AND (SELECT w.status = 'active' AND w.consecutive_failures < $3 FROM webhooks w WHERE w.id = q.webhook_id)
+			  AND NOT EXISTS (SELECT 1 FROM webhook_queue p
+				WHERE p.webhook_id = q.webhook_id AND p.stream_id = q.stream_id AND p.stream_version < q.stream_version)
+			ORDER BY q.next_attempt_at, q.position
 			LIMIT $1
-			FOR UPDATE OF d SKIP LOCKED)
-		UPDATE webhook_deliveries d SET attempts = d.attempts + 1, leased_until = now() + $2::interval
-		FROM due WHERE d.id = due.id
-		RETURNING d.id, d.webhook_id, d.organization_id, d.event_id, d.event_type, d.payload, d.attempts`,
+			FOR UPDATE OF q SKIP LOCKED),
+		leased AS (
+			UPDATE webhook_queue q SET attempts = q.attempts + 1, leased_until = now() + $2::interval
+			WHERE q.delivery_id = ANY (ARRAY(SELECT delivery_id FROM due))
+			RETURNING q.delivery_id, q.attempts, q.position)
+		SELECT d.id, d.webhook_id, d.organization_id, d.event_id, d.event_type, d.payload, l.attempts
+		FROM leased l, LATERAL (SELECT * FROM webhook_deliveries d WHERE d.id = l.delivery_id OFFSET 0) d
+		ORDER BY l.position`,
 		n, lease, d.DisableAfter)
 	if err != nil {
 		return nil, err
@@ -356,9 +361,10 @@ func (d *WebhookDeliverer) recordDelivered(ctx context.Context, tx pgx.Tx, run [
 		attempts AS (
 			INSERT INTO webhook_attempts (delivery_id, attempt, status_code, error, duration_ms, attempted_at)
 			SELECT id, attempt, code, NULL, took, now() FROM done ON CONFLICT DO NOTHING),
+		dequeued AS (DELETE FROM webhook_queue WHERE delivery_id = ANY($1)),
 		delivered AS (
-			UPDATE webhook_deliveries d SET status = 'delivered', last_status_code = done.code, last_error = NULL, finished_at = now(),
-				leased_until = NULL
+			UPDATE webhook_deliveries d SET status = 'delivered', attempts = done.attempt, last_status_code = done.code,
+				last_error = NULL, finished_at = now()
 			FROM done WHERE d.id = done.id AND d.status = 'pending')
 		UPDATE webhooks SET consecutive_failures = 0 WHERE id = ANY($5) AND consecutive_failures <> 0`,
 		ids, attempts, codes, took, hooks)
@@ -380,8 +386,9 @@ func (d *WebhookDeliverer) record(ctx context.Context, tx pgx.Tx, c claimedDeliv
 		return err
 	}
 	if errText == "" {
-		if _, err := tx.Exec(ctx, `UPDATE webhook_deliveries SET status = 'delivered', last_status_code = $2, last_error = NULL,
-			finished_at = now(), leased_until = NULL WHERE id = $1 AND status = 'pending'`, c.id, status); err != nil {
+		if _, err := tx.Exec(ctx, `WITH dequeued AS (DELETE FROM webhook_queue WHERE delivery_id = $1)
+			UPDATE webhook_deliveries SET status = 'delivered', attempts = $3, last_status_code = $2, last_error = NULL,
+			finished_at = now() WHERE id = $1 AND status = 'pending'`, c.id, status, c.attempt); err != nil {
 			return err
 		}
 		if _, err := tx.Exec(ctx, `UPDATE webhooks SET consecutive_failures = 0 WHERE id = $1 AND consecutive_failures <> 0`, c.webhook); err != nil {
@@ -391,12 +398,17 @@ func (d *WebhookDeliverer) record(ctx context.Context, tx pgx.Tx, c claimedDeliv
 	}
 	var err error
 	if c.attempt >= d.Attempts {
-		_, err = tx.Exec(ctx, `UPDATE webhook_deliveries SET status = 'failed', last_status_code = $2, last_error = $3,
-			finished_at = now(), leased_until = NULL WHERE id = $1 AND status = 'pending'`, c.id, status, errText)
+		_, err = tx.Exec(ctx, `WITH dequeued AS (DELETE FROM webhook_queue WHERE delivery_id = $1)
+			UPDATE webhook_deliveries SET status = 'failed', attempts = $4, last_status_code = $2, last_error = $3,
+			finished_at = now() WHERE id = $1 AND status = 'pending'`, c.id, status, errText, c.attempt)
 	} else {
-		_, err = tx.Exec(ctx, `UPDATE webhook_deliveries SET last_status_code = $2, last_error = $3,
-			next_attempt_at = now() + $4::interval, leased_until = NULL WHERE id = $1 AND status = 'pending'`,
-			c.id, status, errText, d.retryDelay(c.attempt))
+		_, err = tx.Exec(ctx, `WITH requeued AS (
+				UPDATE webhook_queue SET next_attempt_at = now() + $4::interval, leased_until = NULL WHERE delivery_id = $1
+				RETURNING next_attempt_at)
+			UPDATE webhook_deliveries SET attempts = $5, last_status_code = $2, last_error = $3,
+			next_attempt_at = (SELECT next_attempt_at FROM requeued) WHERE id = $1 AND status = 'pending'
+			  AND EXISTS (SELECT 1 FROM requeued)`,
+			c.id, status, errText, d.retryDelay(c.attempt), c.attempt)
 	}
 	if err != nil {
 		return err
@@ -441,7 +453,10 @@ func (d *WebhookDeliverer) disable(ctx context.Context, tx pgx.Tx, c claimedDeli
 }
 
 // prune deletes finished deliveries older than Retention, and their attempts (which
-// have no foreign key to them: its check cost every record a lock of the delivery).
+// have no foreign key to them: its check cost every record a lock of the delivery). It
+// finds them by created_at, which is indexed and never changes (finished_at is not
+// indexed: setting it would make every outcome rewrite an index); a delivery finishes
+// after it was created, so every one it should delete is in that range.
 func (d *WebhookDeliverer) prune(ctx context.Context) error {
 	if d.Retention <= 0 {
 		return nil
@@ -450,7 +465,7 @@ func (d *WebhookDeliverer) prune(ctx context.Context) error {
 		var n int
 		if err := d.Pool.QueryRow(ctx, `WITH gone AS (
 				DELETE FROM webhook_deliveries WHERE id IN (SELECT id FROM webhook_deliveries
-					WHERE finished_at < now() - $1::interval LIMIT 5000)
+					WHERE created_at < now() - $1::interval AND finished_at < now() - $1::interval LIMIT 5000)
 				RETURNING id),
 			attempts AS (DELETE FROM webhook_attempts WHERE delivery_id IN (SELECT id FROM gone))
 			SELECT count(*) FROM gone`, d.Retention).Scan(&n); err != nil {
