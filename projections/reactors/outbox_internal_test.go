@@ -122,26 +122,32 @@ func TestWebhookClaimsAndOutcomesAreHeapOnlyUpdates(t *testing.T) {
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	require.NoError(t, err)
 	t.Cleanup(pool.Close)
-	hotUpdates := func(table string) int64 {
-		var hot int64
-		require.NoError(t, pool.QueryRow(ctx, `SELECT n_tup_hot_upd FROM pg_stat_user_tables WHERE relname = $1`, table).Scan(&hot))
-		return hot
+	// heapOnly runs do and checks that it updated n rows of table, each a heap-only update.
+	heapOnly := func(table, what string, do func()) {
+		t.Helper()
+		hotUpdates := func() int64 {
+			var hot int64
+			_, err := pool.Exec(ctx, `SELECT pg_stat_force_next_flush()`)
+			require.NoError(t, err)
+			require.NoError(t, pool.QueryRow(ctx, `SELECT n_tup_hot_upd FROM pg_stat_user_tables WHERE relname = $1`, table).Scan(&hot))
+			return hot
+		}
+		before := hotUpdates()
+		do()
+		testenv.Eventually(t, 10*time.Second, func() error {
+			if hot := hotUpdates() - before; hot != n {
+				return fmt.Errorf("%d of %d %s were heap-only updates", hot, n, what)
+			}
+			return nil
+		})
 	}
-	_, err = pool.Exec(ctx, `SELECT pg_stat_force_next_flush()`)
-	require.NoError(t, err)
-	before := hotUpdates("webhook_queue")
 
 	del := &WebhookDeliverer{Pool: pool, Box: contractBox(t), Timeout: 5 * time.Second, DisableAfter: 100, Logger: testenv.Logger(t)}
-	claimed, err := del.claim(ctx, n)
-	require.NoError(t, err)
-	require.Len(t, claimed, n)
-	_, err = pool.Exec(ctx, `SELECT pg_stat_force_next_flush()`)
-	require.NoError(t, err)
-	testenv.Eventually(t, 10*time.Second, func() error {
-		if hot := hotUpdates("webhook_queue") - before; hot != n {
-			return fmt.Errorf("%d of %d claims were heap-only updates", hot, n)
-		}
-		return nil
+	var claimed []claimedDelivery
+	heapOnly("webhook_queue", "claims", func() {
+		claimed, err = del.claim(ctx, n)
+		require.NoError(t, err)
+		require.Len(t, claimed, n)
 	})
 	var moved, leased int
 	require.NoError(t, pool.QueryRow(ctx, `SELECT count(*) FILTER (WHERE next_attempt_at > now()),
@@ -166,18 +172,7 @@ func TestWebhookClaimsAndOutcomesAreHeapOnlyUpdates(t *testing.T) {
 	for i, c := range claimed {
 		outcomes[i] = outcome{c: c, code: 204, took: time.Millisecond}
 	}
-	_, err = pool.Exec(ctx, `SELECT pg_stat_force_next_flush()`)
-	require.NoError(t, err)
-	before = hotUpdates("webhook_deliveries")
-	require.NoError(t, del.recordAll(ctx, outcomes))
-	_, err = pool.Exec(ctx, `SELECT pg_stat_force_next_flush()`)
-	require.NoError(t, err)
-	testenv.Eventually(t, 10*time.Second, func() error {
-		if hot := hotUpdates("webhook_deliveries") - before; hot != n {
-			return fmt.Errorf("%d of %d outcomes were heap-only updates", hot, n)
-		}
-		return nil
-	})
+	heapOnly("webhook_deliveries", "outcomes", func() { require.NoError(t, del.recordAll(ctx, outcomes)) })
 	var queued, delivered, attempts int
 	require.NoError(t, pool.QueryRow(ctx, `SELECT (SELECT count(*) FROM webhook_queue), count(*) FILTER (WHERE status = 'delivered'),
 		sum(attempts) FROM webhook_deliveries`).Scan(&queued, &delivered, &attempts))
