@@ -233,10 +233,12 @@ func applyWebhook(ctx context.Context, tx pgx.Tx, e events.Envelope) error {
 			WHERE id = $1`, e.StreamID, status, reason, e.StreamVersion, e.OccurredAt); err != nil {
 			return err
 		}
-		// Found through the queue, which holds exactly the pending ones.
+		// Found through the queue, which holds exactly the pending ones, and updated by
+		// key: a join could be planned as a scan of every delivery kept, inside the
+		// projectors' transaction.
 		_, err = tx.Exec(ctx, `WITH dequeued AS (DELETE FROM webhook_queue WHERE webhook_id = $1 RETURNING delivery_id)
 			UPDATE webhook_deliveries SET status = 'cancelled', finished_at = $2
-			WHERE id IN (SELECT delivery_id FROM dequeued) AND status = 'pending'`, e.StreamID, e.OccurredAt)
+			WHERE id = ANY (ARRAY(SELECT delivery_id FROM dequeued)) AND status = 'pending'`, e.StreamID, e.OccurredAt)
 		return err
 	}
 	return nil
