@@ -404,10 +404,9 @@ func (d *WebhookDeliverer) record(ctx context.Context, tx pgx.Tx, c claimedDeliv
 	} else {
 		_, err = tx.Exec(ctx, `WITH requeued AS (
 				UPDATE webhook_queue SET next_attempt_at = now() + $4::interval, leased_until = NULL WHERE delivery_id = $1
-				RETURNING next_attempt_at)
-			UPDATE webhook_deliveries SET attempts = $5, last_status_code = $2, last_error = $3,
-			next_attempt_at = (SELECT next_attempt_at FROM requeued) WHERE id = $1 AND status = 'pending'
-			  AND EXISTS (SELECT 1 FROM requeued)`,
+				RETURNING delivery_id, next_attempt_at)
+			UPDATE webhook_deliveries d SET attempts = $5, last_status_code = $2, last_error = $3, next_attempt_at = r.next_attempt_at
+			FROM requeued r WHERE d.id = r.delivery_id AND d.status = 'pending'`,
 			c.id, status, errText, d.retryDelay(c.attempt), c.attempt)
 	}
 	if err != nil {
