@@ -98,6 +98,61 @@ func TestWebhookOutcomesAreRecordedInTheirOrder(t *testing.T) {
 	}
 }
 
+// An outcome moves the delivery's queue row: a success or a last failure deletes it with
+// the delivery's status; a failure with attempts left keeps it, unleased and due later,
+// and the delivery shows that time. A record that comes after the delivery was
+// cancelled changes neither.
+func TestWebhookOutcomesMoveTheQueue(t *testing.T) {
+	d := testenv.MustDatabase(t)
+	ctx := context.Background()
+	hook := contractWebhook(t, d.Pool)
+	ids := make([]uuid.UUID, 4)
+	for i := range ids {
+		ids[i] = uuid.New()
+		_, err := d.Pool.Exec(ctx, `INSERT INTO webhook_deliveries (id, webhook_id, organization_id, event_id, event_type,
+			stream_id, stream_version, position, payload, status, next_attempt_at)
+			SELECT $1, id, organization_id, $1, 'contract.happened', $1, 1, $2, '{}', 'pending', now() FROM webhooks WHERE id = $3`,
+			ids[i], i+1, hook)
+		require.NoError(t, err)
+	}
+	enqueuePending(t, d.Pool)
+	_, err := d.Pool.Exec(ctx, `UPDATE webhook_queue SET leased_until = now() + interval '1 minute'`)
+	require.NoError(t, err)
+	// The last one's subscription went away meanwhile: cancelled, as the projector does it.
+	_, err = d.Pool.Exec(ctx, `WITH dequeued AS (DELETE FROM webhook_queue WHERE delivery_id = $1 RETURNING delivery_id)
+		UPDATE webhook_deliveries SET status = 'cancelled', finished_at = now() WHERE id IN (SELECT delivery_id FROM dequeued)`, ids[3])
+	require.NoError(t, err)
+
+	del := &WebhookDeliverer{Pool: d.Pool, Attempts: 3, RetryBase: time.Minute, RetryMax: time.Hour, DisableAfter: 100,
+		Logger: testenv.Logger(t)}
+	out := func(i, attempt, code int, errText string) outcome {
+		return outcome{c: claimedDelivery{id: ids[i], webhook: hook, attempt: attempt}, code: code, errText: errText, took: time.Millisecond}
+	}
+	require.NoError(t, del.recordAll(ctx, []outcome{out(0, 1, 204, ""), out(1, 1, 503, "status 503"), out(2, 3, 500, "status 500"),
+		out(3, 1, 204, "")}))
+
+	for i, want := range []struct {
+		status   string
+		attempts int
+		queued   bool
+	}{{"delivered", 1, false}, {"pending", 1, true}, {"failed", 3, false}, {"cancelled", 0, false}} {
+		var status string
+		var attempts int
+		var queued, unleased, later, shown bool
+		require.NoError(t, d.Pool.QueryRow(ctx, `SELECT d.status, d.attempts, q.delivery_id IS NOT NULL,
+				coalesce(q.leased_until IS NULL, false), coalesce(q.next_attempt_at > now() + interval '30 seconds', false),
+				coalesce(q.next_attempt_at = d.next_attempt_at, false)
+			FROM webhook_deliveries d LEFT JOIN webhook_queue q ON q.delivery_id = d.id WHERE d.id = $1`, ids[i]).
+			Scan(&status, &attempts, &queued, &unleased, &later, &shown))
+		assert.Equal(t, want.status, status, "delivery %d", i)
+		assert.Equal(t, want.attempts, attempts, "delivery %d", i)
+		assert.Equal(t, want.queued, queued, "delivery %d", i)
+		if want.queued {
+			assert.True(t, unleased && later && shown, "delivery %d: requeued unleased, for a retry later, shown on the delivery", i)
+		}
+	}
+}
+
 // A claim leases deliveries without touching an indexed column: next_attempt_at stays,
 // leased_until moves, and PostgreSQL writes each claim as a heap-only update (no new
 // index entries) of the delivery's queue row. A leased row is not claimed again until
