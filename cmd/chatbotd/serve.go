@@ -65,7 +65,7 @@ func openDeps(ctx context.Context, cfg config.Config, logger *slog.Logger) (*dep
 		d.pool.Close()
 		return nil, err
 	}
-	rdb, epoch, err := cache.Open(cfg.RedisURL)
+	rdb, epoch, err := cache.Open(cfg.RedisURL, cache.Local{Entries: cfg.RedisLocalEntries, MaxStaleness: cfg.RedisLocalMaxStaleness})
 	if err != nil {
 		d.read.Close()
 		d.pool.Close()

@@ -83,7 +83,7 @@ func TestAFailoverNeverServesAnEntryTheOldMasterReplaced(t *testing.T) {
 		return nil
 	})
 
-	rdb, epoch, err := cache.Open("redis-sentinel://" + sentinel.addr() + "/0?master_name=chatbotd")
+	rdb, epoch, err := cache.Open("redis-sentinel://"+sentinel.addr()+"/0?master_name=chatbotd", cache.Local{})
 	require.NoError(t, err)
 	defer rdb.Close()
 	c := cache.New(rdb, "failover:", time.Hour)
@@ -144,7 +144,7 @@ func TestTheCacheWorksOnARedisCluster(t *testing.T) {
 	out, err := exec.Command("redis-cli", append(append([]string{"--cluster", "create"}, nodes...),
 		"--cluster-replicas", "0", "--cluster-yes")...).CombinedOutput()
 	require.NoError(t, err, "%s", out)
-	rdb, epoch, err := cache.Open("redis-cluster://" + nodes[0] + "?addr=" + nodes[1] + "&addr=" + nodes[2])
+	rdb, epoch, err := cache.Open("redis-cluster://"+nodes[0]+"?addr="+nodes[1]+"&addr="+nodes[2], cache.Local{})
 	require.NoError(t, err)
 	defer rdb.Close()
 	assert.Nil(t, epoch, "a cluster has a master per shard: no one epoch")

@@ -37,6 +37,11 @@ type Config struct {
 	DatabaseMaxConn int32  `env:"DATABASE_MAX_CONNS" envDefault:"32"`
 	RedisURL        string `env:"REDIS_URL" envDefault:"redis://127.0.0.1:6379/0"`
 	RedisPrefix     string `env:"REDIS_PREFIX" envDefault:"chatbotd:"`
+	// RedisLocalEntries is how many cache entries a process keeps a copy of, kept fresh
+	// by Redis's invalidations (cache.Local); 0 reads Redis every time.
+	RedisLocalEntries int `env:"REDIS_LOCAL_CACHE_ENTRIES" envDefault:"10000"`
+	// RedisLocalMaxStaleness bounds how long a copy is served without reading Redis.
+	RedisLocalMaxStaleness time.Duration `env:"REDIS_LOCAL_CACHE_MAX_STALENESS" envDefault:"1s"`
 	// AMQPURL is one node, or a comma-separated list of a cluster's nodes (broker.Dial).
 	AMQPURL string `env:"AMQP_URL" envDefault:"amqp://guest:guest@127.0.0.1:5672/"`
 	// AMQPExchange is the durable topic exchange every event is published to. It is part
@@ -214,6 +219,9 @@ func (c Config) Validate() error {
 			break
 		}
 	}
+	check(c.RedisLocalEntries >= 0, "REDIS_LOCAL_CACHE_ENTRIES must be 0 (off) or more")
+	check(c.RedisLocalMaxStaleness >= 100*time.Millisecond && c.RedisLocalMaxStaleness <= time.Hour,
+		"REDIS_LOCAL_CACHE_MAX_STALENESS must be between 100ms and 1h")
 	check(c.AMQPExchange != "", "AMQP_EXCHANGE must not be empty")
 	check(c.HTTPAddr != "", "HTTP_ADDR must not be empty")
 	check(c.DatabaseMaxConn >= 4, "DATABASE_MAX_CONNS must be at least 4")
