@@ -180,7 +180,7 @@ func outOfProcessReads(ctx context.Context, o options, srv *server, b *bare, pat
 	fmt.Fprintf(os.Stderr, "bombardier bare GET at %.0f/s: p50 %s p99 %s\n", peak/2, ms(bareHalf.p50), ms(bareHalf.p99))
 	fmt.Fprint(w, "\n### Cached reads driven by a load generator in its own process\n\n")
 	fmt.Fprintf(w, "bombardier with %d connections for %s per round, rounds alternating between chatbotd's `GET /api/v1/users/{id}` "+
-		"with a real JWT (a hit in Redis) and the bare Gin + Redis handler's GET of the same entry; then chatbotd's at half its "+
+		"with a real JWT (a hit in the process's copy of the Redis entry, as above) and the bare Gin + Redis handler's GET of the same entry; then chatbotd's at half its "+
 		"best round's rate (bombardier's `-r`: paced, so a late answer delays the next request on its connection) for %s, "+
 		"and the bare handler's at the same rate.\n\n",
 		clients, o.duration, 2*o.duration)
