@@ -488,7 +488,12 @@ func startServer(ctx context.Context, o options, dbURL, roles string) (*server, 
 	}
 	fmt.Fprintf(os.Stderr, "chatbotd serve logs to %s\n", logPath)
 	s := &server{base: "http://" + addr, pprof: "http://" + pprofAddr, pid: pid, ctx: ctx, stop: func() { cancel(); stop() },
-		client: &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 256}}}
+		// At most 256 connections, as a client's pool would have: an open loop's request
+		// that finds them all busy waits for one, its latency counted from when it was due.
+		// Without the bound, a moment behind made the loop dial a connection per late
+		// request, and their setup put the server further behind: at 12,000 reads/s the
+		// bench ran out of file descriptors (20,000) in a collapse of its own making.
+		client: &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 256, MaxConnsPerHost: 256}}}
 	for i := 0; ; i++ {
 		if res, err := s.client.Get(s.base + "/ready"); err == nil {
 			res.Body.Close()
