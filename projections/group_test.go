@@ -97,8 +97,14 @@ func newGroupEnv(t *testing.T) *groupEnv {
 }
 
 func (env *groupEnv) runner(p projections.Projector) *projections.Runner {
+	return env.runnerLingering(p, 0)
+}
+
+// runnerLingering is runner with a batch waiting up to linger for more messages after
+// its first (0: the default).
+func (env *groupEnv) runnerLingering(p projections.Projector, linger time.Duration) *projections.Runner {
 	r, err := projections.NewRunner(env.d.Pool, env.conn, p, projections.Config{Exchange: env.a.Exchange,
-		QueuePrefix: env.a.QueuePrefix, DeliveryLimit: 3, Attempts: 2, Logger: testenv.Logger(env.t)})
+		QueuePrefix: env.a.QueuePrefix, DeliveryLimit: 3, Attempts: 2, Linger: linger, Logger: testenv.Logger(env.t)})
 	require.NoError(env.t, err)
 	return r
 }

@@ -57,7 +57,10 @@ func TestRunnerAppliesTheNextBatchWhileItSettlesOne(t *testing.T) {
 	c := cacher{member: env.member("settle", "settle.*"), calls: &[][]uuid.UUID{},
 		entered: make(chan struct{}), release: make(chan struct{})}
 	queue := env.a.Queue("settle")
-	stop := run(env.runner(c).Run)
+	// The two events published after the first batch must make one batch: with the
+	// default 2 ms linger, a busy machine (make test) delivered them further apart, and
+	// the second waited, as it should, behind the first's settlement.
+	stop := run(env.runnerLingering(c, 500*time.Millisecond).Run)
 	var released sync.Once
 	release := func() { released.Do(func() { close(c.release) }) }
 	defer func() { release(); stop() }() // a runner stops after the work in hand
