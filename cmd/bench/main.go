@@ -490,9 +490,9 @@ func startServer(ctx context.Context, o options, dbURL, roles string) (*server, 
 	s := &server{base: "http://" + addr, pprof: "http://" + pprofAddr, pid: pid, ctx: ctx, stop: func() { cancel(); stop() },
 		// At most 256 connections, as a client's pool would have: an open loop's request
 		// that finds them all busy waits for one, its latency counted from when it was due.
-		// Without the bound, a moment behind made the loop dial a connection per late
-		// request, and their setup put the server further behind: at 12,000 reads/s the
-		// bench ran out of file descriptors (20,000) in a collapse of its own making.
+		// Without the bound, a loop that fell behind dialed a connection per late request,
+		// whose setup put the server further behind, until the bench ran out of file
+		// descriptors (BENCHMARKS.md, issue 23's ninth pass).
 		client: &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 256, MaxConnsPerHost: 256}}}
 	for i := 0; ; i++ {
 		if res, err := s.client.Get(s.base + "/ready"); err == nil {
