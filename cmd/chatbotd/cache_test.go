@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"net/http"
 	"testing"
 	"time"
@@ -17,23 +16,10 @@ import (
 // it, without a consistency token, within a second.
 func TestAnotherProcessesCopyOfACachedUserFollowsItsChange(t *testing.T) {
 	a := startApp(t)
-	listening := make(chan string, 1)
 	env := append(append([]string{}, a.env...), "REDIS_LOCAL_CACHE_MAX_STALENESS=1h")
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() {
-		done <- (&Main{Stdout: &syncWriter{}, Stderr: &syncWriter{}, Environ: env, Listening: listening}).Run(ctx, []string{"serve", "--roles", "api"})
-	}()
-	t.Cleanup(func() { cancel(); <-done })
-	api := &app{t: t, client: &http.Client{Timeout: 15 * time.Second}}
-	select {
-	case addr := <-listening:
-		api.base = "http://" + addr
-	case err := <-done:
-		t.Fatalf("serve --roles api exited: %v", err)
-	case <-time.After(30 * time.Second):
-		t.Fatal("serve --roles api did not start")
-	}
+	base, stop, done := serve(t, &Main{Stdout: &syncWriter{}, Stderr: &syncWriter{}, Environ: env}, "serve", "--roles", "api")
+	t.Cleanup(func() { stop(); <-done })
+	api := &app{t: t, base: base, client: &http.Client{Timeout: 15 * time.Second}}
 
 	owner, token := a.register("Copies", "Owner", "owner@copies.example")
 	read := func(d *app, headers map[string]string) userJSON {

@@ -80,22 +80,10 @@ func startApp(t *testing.T, extraEnv ...string) *app {
 		"HTTP_ADDR=127.0.0.1:0", "LOG_LEVEL=debug", "PASSWORD_HASH_CONCURRENCY=2",
 	}
 	env = append(env, extraEnv...)
-	listening := make(chan string, 1)
 	logs := &syncWriter{}
-	m := &Main{Stdout: logs, Stderr: io.Discard, Environ: env, Listening: listening}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- m.Run(ctx, []string{"serve"}) }()
-	app := &app{t: t, db: d, mq: a, pg: pg, amqp: mq, stop: cancel, done: done, client: &http.Client{Timeout: 15 * time.Second},
-		logs: logs.String, env: env}
-	select {
-	case addr := <-listening:
-		app.base = "http://" + addr
-	case err := <-done:
-		t.Fatalf("chatbotd exited: %v", err)
-	case <-time.After(30 * time.Second):
-		t.Fatal("chatbotd did not start")
-	}
+	base, cancel, done := serve(t, &Main{Stdout: logs, Stderr: io.Discard, Environ: env}, "serve")
+	app := &app{t: t, base: base, db: d, mq: a, pg: pg, amqp: mq, stop: cancel, done: done,
+		client: &http.Client{Timeout: 15 * time.Second}, logs: logs.String, env: env}
 	t.Cleanup(func() {
 		cancel()
 		<-done
@@ -104,6 +92,28 @@ func startApp(t *testing.T, extraEnv ...string) *app {
 		}
 	})
 	return app
+}
+
+// serve runs m with args (serve and its flags) and returns the address it listens on,
+// what stops it, and the channel its end is reported on, once.
+func serve(t *testing.T, m *Main, args ...string) (base string, stop context.CancelFunc, done chan error) {
+	t.Helper()
+	listening := make(chan string, 1)
+	m.Listening = listening
+	ctx, cancel := context.WithCancel(context.Background())
+	done = make(chan error, 1)
+	go func() { done <- m.Run(ctx, args) }()
+	select {
+	case addr := <-listening:
+		return "http://" + addr, cancel, done
+	case err := <-done:
+		cancel()
+		t.Fatalf("chatbotd %s exited: %v", strings.Join(args, " "), err)
+	case <-time.After(30 * time.Second):
+		cancel()
+		t.Fatalf("chatbotd %s did not start", strings.Join(args, " "))
+	}
+	return "", cancel, done
 }
 
 // cli runs one of chatbotd's commands (not serve) against the app's database and broker,
