@@ -48,3 +48,24 @@ func TestAbsentIDsAreNull(t *testing.T) {
 	assert.Contains(t, string(raw), `"correlation_id":null`)
 	assert.Contains(t, string(raw), `"causation_id":null`)
 }
+
+// The relay publishes e.MarshalJSON() rather than json.Marshal(e), which runs the same
+// method and then checks and compacts its output once more: the bytes must be the same,
+// whitespace, HTML characters and line separators in the data included.
+func TestMarshalJSONWritesWhatJSONMarshalWrites(t *testing.T) {
+	org, actor, store := uuid.New(), uuid.New(), uuid.New()
+	for name, e := range map[string]events.Envelope{
+		"root event": {ID: uuid.New(), Type: "chatbot.created", SchemaVersion: 1, StreamType: "chatbot", StreamID: uuid.New(),
+			StreamVersion: 1, Position: 7, OrganizationID: &org, Actor: events.Actor{Type: events.ActorUser, ID: &actor},
+			RequestID: "req", Data: json.RawMessage(`{"name": "A <b>bot</b> & co", "note": "line\u2028sep",` + "\n" + `  "n": [1, 2]}`)},
+		"caused, with a store": {ID: uuid.New(), Type: "message.replied", SchemaVersion: 2, StreamType: "message", StreamID: uuid.New(),
+			StreamVersion: 3, CorrelationID: "corr", CausationID: uuid.NewString(), Metadata: events.Metadata{IPAddress: "127.0.0.1",
+				UserAgent: "agent <1>"}, Actor: events.Actor{Type: events.ActorSystem}, Data: json.RawMessage(`{}`), StoreID: &store},
+	} {
+		want, err := json.Marshal(e)
+		require.NoError(t, err, name)
+		got, err := e.MarshalJSON()
+		require.NoError(t, err, name)
+		assert.Equal(t, string(want), string(got), name)
+	}
+}
