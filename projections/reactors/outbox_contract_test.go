@@ -135,6 +135,23 @@ func enqueuePending(t *testing.T, pool *pgxpool.Pool) {
 	require.NoError(t, err)
 }
 
+// pendingDeliveries writes n pending deliveries of hook, due now, each of a stream of
+// its own, with attempts made so far, and their queue rows; it returns their ids.
+func pendingDeliveries(t *testing.T, pool *pgxpool.Pool, hook uuid.UUID, n, attempts int) []uuid.UUID {
+	t.Helper()
+	ids := make([]uuid.UUID, n)
+	for i := range ids {
+		ids[i] = uuid.New()
+		_, err := pool.Exec(context.Background(), `INSERT INTO webhook_deliveries (id, webhook_id, organization_id, event_id,
+			event_type, stream_id, stream_version, position, payload, status, next_attempt_at, attempts)
+			SELECT $1, id, organization_id, $1, 'contract.happened', $1, 1, $2, '{}', 'pending', now(), $4 FROM webhooks WHERE id = $3`,
+			ids[i], i+1, hook, attempts)
+		require.NoError(t, err)
+	}
+	enqueuePending(t, pool)
+	return ids
+}
+
 // contractWebhook is the one subscription the contract's deliveries are for.
 func contractWebhook(t *testing.T, pool *pgxpool.Pool) uuid.UUID {
 	ctx := context.Background()

@@ -56,16 +56,7 @@ func TestWebhookOutcomesAreRecordedInTheirOrder(t *testing.T) {
 	d := testenv.MustDatabase(t)
 	ctx := context.Background()
 	hook := contractWebhook(t, d.Pool)
-	ids := make([]uuid.UUID, 5)
-	for i := range ids {
-		ids[i] = uuid.New()
-		_, err := d.Pool.Exec(ctx, `INSERT INTO webhook_deliveries (id, webhook_id, organization_id, event_id, event_type,
-			stream_id, stream_version, position, payload, status, next_attempt_at, attempts)
-			SELECT $1, id, organization_id, $1, 'contract.happened', $1, 1, $2, '{}', 'pending', now(), 1 FROM webhooks WHERE id = $3`,
-			ids[i], i+1, hook)
-		require.NoError(t, err)
-	}
-	enqueuePending(t, d.Pool)
+	ids := pendingDeliveries(t, d.Pool, hook, 5, 1)
 	del := &WebhookDeliverer{Pool: d.Pool, Attempts: 3, RetryBase: time.Minute, RetryMax: time.Hour, DisableAfter: 100,
 		Logger: testenv.Logger(t)}
 	out := func(i, code int, errText string) outcome {
@@ -106,16 +97,7 @@ func TestWebhookOutcomesMoveTheQueue(t *testing.T) {
 	d := testenv.MustDatabase(t)
 	ctx := context.Background()
 	hook := contractWebhook(t, d.Pool)
-	ids := make([]uuid.UUID, 4)
-	for i := range ids {
-		ids[i] = uuid.New()
-		_, err := d.Pool.Exec(ctx, `INSERT INTO webhook_deliveries (id, webhook_id, organization_id, event_id, event_type,
-			stream_id, stream_version, position, payload, status, next_attempt_at)
-			SELECT $1, id, organization_id, $1, 'contract.happened', $1, 1, $2, '{}', 'pending', now() FROM webhooks WHERE id = $3`,
-			ids[i], i+1, hook)
-		require.NoError(t, err)
-	}
-	enqueuePending(t, d.Pool)
+	ids := pendingDeliveries(t, d.Pool, hook, 4, 0)
 	_, err := d.Pool.Exec(ctx, `UPDATE webhook_queue SET leased_until = now() + interval '1 minute'`)
 	require.NoError(t, err)
 	// The last one's subscription went away meanwhile: cancelled, as the projector does it.
