@@ -16,7 +16,8 @@ import (
 // on the network for every row (BENCHMARKS.md has the figures).
 type pipeTx struct {
 	pgx.Tx
-	batch pgx.Batch
+	batch     pgx.Batch
+	committed bool // by commit: Tx knows nothing of it and must not be ended again
 }
 
 const pipeDepth = 1000
@@ -136,6 +137,45 @@ func (t *pipeTx) flush(ctx context.Context) error {
 		return err
 	}
 	return br.Close()
+}
+
+// commit sends what is queued and COMMIT in one round trip, where flush and Tx.Commit
+// would take two. pgx's transaction is not told (it has no way to commit in a batch):
+// it must not be used after, and Rollback does nothing. Only for a transaction on a
+// connection the caller releases itself (applyMembers begun on conn): a pool's
+// transaction gives its connection back in its own Commit or Rollback.
+func (t *pipeTx) commit(ctx context.Context) error {
+	b := t.batch
+	t.batch = pgx.Batch{}
+	n := b.Len()
+	b.Queue("COMMIT")
+	br := t.Tx.SendBatch(ctx, &b)
+	for range n {
+		if _, err := br.Exec(); err != nil {
+			_ = br.Close()
+			return err
+		}
+	}
+	tag, err := br.Exec()
+	if cerr := br.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return err
+	}
+	t.committed = true
+	if tag.String() == "ROLLBACK" { // COMMIT of a failed transaction; cannot follow a failed statement in the same batch
+		return pgx.ErrTxCommitRollback
+	}
+	return nil
+}
+
+// Rollback rolls the transaction back, unless commit has ended it.
+func (t *pipeTx) Rollback(ctx context.Context) error {
+	if t.committed {
+		return pgx.ErrTxClosed
+	}
+	return t.Tx.Rollback(ctx)
 }
 
 type errRow struct{ err error }

@@ -663,15 +663,11 @@ func (r *Runner) applyBatch(ctx context.Context, shares []share, envs []events.E
 		}
 	}
 	start := time.Now()
-	tx, err := r.pool.Begin(ctx)
+	c, err := r.pool.Acquire(ctx)
 	if err != nil {
 		return err
 	}
-	defer func() {
-		if err != nil {
-			_ = tx.Rollback(ctx)
-		}
-	}()
+	defer c.Release()
 	// Every member's share in one transaction, with the round trips of one (applyMembers).
 	var ms []*memberBatch
 	var of []int // the share of each of ms
@@ -682,7 +678,14 @@ func (r *Runner) applyBatch(ctx context.Context, shares []share, envs []events.E
 		}
 	}
 	_, group := r.p.(*Group)
-	applied, err := applyMembers(ctx, tx, ms, group, r.cfg.DeferFlush)
+	pipe, applied, err := applyMembers(ctx, c.Conn(), nil, ms, group, r.cfg.DeferFlush)
+	if pipe != nil {
+		defer func() {
+			if err != nil {
+				_ = pipe.Rollback(ctx)
+			}
+		}()
+	}
 	if err != nil {
 		return err
 	}
@@ -691,8 +694,10 @@ func (r *Runner) applyBatch(ctx context.Context, shares []share, envs []events.E
 		each[i] = applied[j]
 	}
 	faults.Crash("projector.batch")
-	if err = tx.Commit(ctx); err != nil {
-		return err
+	if pipe != nil {
+		if err = pipe.commit(ctx); err != nil {
+			return err
+		}
 	}
 	took := time.Since(start)
 	for i, sh := range shares {
@@ -804,7 +809,10 @@ func applyInOrder(ctx context.Context, tx pgx.Tx, p Projector, envs []events.Env
 // applyInTx is ApplyBatch inside a transaction; it advances the positions row named
 // positions.
 func applyInTx(ctx context.Context, tx pgx.Tx, p Projector, envs []events.Envelope, positions string) ([]events.Envelope, error) {
-	applied, err := applyMembers(ctx, tx, []*memberBatch{newMemberBatch(p, envs, positions)}, false, false)
+	pipe, applied, err := applyMembers(ctx, nil, tx, []*memberBatch{newMemberBatch(p, envs, positions)}, false, false)
+	if err == nil {
+		err = pipe.flush(ctx)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -892,33 +900,49 @@ func (m *memberBatch) queuePrelude(b *pgx.Batch) {
 		})
 }
 
-// applyMembers applies each member's share in tx, in the members' order, and returns
-// what each applied. The round trips are the batch's, not each member's: every
-// member's prelude (its lock, its streams' rows and versions) goes in one, and the
+// applyMembers applies each member's share in one transaction, in the members' order,
+// and returns what each applied. The round trips are the batch's, not each member's:
+// every member's prelude (its lock, its streams' rows and versions) goes in one, and the
 // members' writes, stream versions and positions are pipelined together (pipe), sent
-// with a read that needs them or at the end. A group batch of one chatbot's creation
-// for three members was nine round trips and is five (TestGroupBatchRoundTrips;
-// BENCHMARKS.md has the figures).
+// with a read that needs them or with the commit. A group batch of one chatbot's
+// creation for three members was nine round trips and is three
+// (TestGroupBatchRoundTrips; BENCHMARKS.md has the figures).
 //
-// A member that is not Pipelined writes straight to tx, after what the members before
-// it queued has been sent: each member sees every write of those before it, as when
-// each was applied on its own. named puts the member's name on its errors (a group's);
-// deferFlush commits tx without waiting for the disk (Config.DeferFlush).
-func applyMembers(ctx context.Context, tx pgx.Tx, ms []*memberBatch, named, deferFlush bool) ([][]events.Envelope, error) {
+// The transaction is tx, or, when tx is nil, one the prelude begins on conn, in the
+// prelude's round trip (pgx.Batch.BeginTx). The returned pipe holds the last writes,
+// still queued: the caller sends them with its COMMIT (pipe.commit) or flushes them
+// (pipe.flush) before it commits tx. pipe is nil only when no transaction was begun;
+// after an error it is to be rolled back.
+//
+// A member that is not Pipelined writes straight to the transaction, after what the
+// members before it queued has been sent: each member sees every write of those before
+// it, as when each was applied on its own. named puts the member's name on its errors
+// (a group's); deferFlush commits without waiting for the disk (Config.DeferFlush).
+func applyMembers(ctx context.Context, conn *pgx.Conn, tx pgx.Tx, ms []*memberBatch, named, deferFlush bool) (*pipeTx, [][]events.Envelope, error) {
 	if len(ms) == 0 {
-		return nil, nil
+		return nil, nil, nil
 	}
 	var prelude pgx.Batch
+	if tx == nil {
+		prelude.BeginTx(pgx.TxOptions{})
+	}
 	if deferFlush {
 		prelude.Queue(`SELECT set_config('synchronous_commit', 'off', true)`)
 	}
 	for _, m := range ms {
 		m.queuePrelude(&prelude)
 	}
-	if err := tx.SendBatch(ctx, &prelude).Close(); err != nil {
-		return nil, err
+	var br pgx.BatchResults
+	if tx == nil {
+		br = conn.SendBatch(ctx, &prelude)
+		tx = br.Tx()
+	} else {
+		br = tx.SendBatch(ctx, &prelude)
 	}
 	pipe := &pipeTx{Tx: tx}
+	if err := br.Close(); err != nil {
+		return pipe, nil, err
+	}
 	out := make([][]events.Envelope, len(ms))
 	for i, m := range ms {
 		applied, err := m.apply(ctx, pipe)
@@ -926,14 +950,11 @@ func applyMembers(ctx context.Context, tx pgx.Tx, ms []*memberBatch, named, defe
 			if named {
 				err = fmt.Errorf("%s: %w", m.p.Name(), err)
 			}
-			return nil, err
+			return pipe, nil, err
 		}
 		out[i] = applied
 	}
-	if err := pipe.flush(ctx); err != nil {
-		return nil, err
-	}
-	return out, nil
+	return pipe, out, nil
 }
 
 // apply applies the member's share after its prelude, and queues its stream versions

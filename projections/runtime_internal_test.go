@@ -276,11 +276,66 @@ func TestGroupBatchRoundTrips(t *testing.T) {
 		}
 	}
 	require.Len(t, preludes, 1, "one round trip for every member's prelude")
-	assert.Len(t, preludes[0], 3*len(members), "each member's lock, new stream rows and versions")
-	// begin, the preludes, the webhooks' query of the subscriptions with what is queued
-	// before it, what is queued after it, commit.
-	assert.LessOrEqual(t, len(traced.alone)+len(traced.batches), 5,
+	require.Len(t, preludes[0], 1+3*len(members), "begin, then each member's lock, new stream rows and versions")
+	assert.Equal(t, "begin", strings.ToLower(preludes[0][0]), "the transaction begins in the prelude's round trip")
+	last := traced.batches[len(traced.batches)-1]
+	assert.Equal(t, "COMMIT", last[len(last)-1], "the commit goes with the last writes")
+	// The preludes with the begin, the webhooks' query of the subscriptions with what is
+	// queued before it, what is queued after it with the commit.
+	assert.LessOrEqual(t, len(traced.alone)+len(traced.batches), 3,
 		"round trips: %d alone %q, %d batches %q", len(traced.alone), traced.alone, len(traced.batches), traced.batches)
+	assert.Empty(t, traced.alone, "no statement in a round trip of its own")
+	assert.Eventually(t, func() bool { return pool.Stat().AcquiredConns() == 0 }, 5*time.Second, 10*time.Millisecond,
+		"the connection is given back")
+}
+
+// pipedWriter is a Pipelined projector that writes each event's stream version into
+// piped_versions, where a version may be written once: a batch of two streams' first
+// events fails in the database, in the round trip that carries the commit.
+type pipedWriter struct{}
+
+func (pipedWriter) Name() string       { return "piped-writer" }
+func (pipedWriter) Bindings() []string { return []string{"#"} }
+func (pipedWriter) Pipelined()         {}
+func (pipedWriter) Apply(ctx context.Context, tx pgx.Tx, e events.Envelope) error {
+	_, err := tx.Exec(ctx, `INSERT INTO piped_versions (version) VALUES ($1)`, e.StreamVersion)
+	return err
+}
+
+// A batch whose write fails in the round trip that carries its commit leaves nothing
+// behind, and its connection goes back to the pool outside any transaction: the next
+// batch, on the pool's only connection, applies and commits.
+func TestABatchThatFailsWithItsCommitLeavesNothing(t *testing.T) {
+	ctx := context.Background()
+	d := testenv.MustDatabase(t)
+	_, err := d.Pool.Exec(ctx, `CREATE TABLE piped_versions (version int PRIMARY KEY)`)
+	require.NoError(t, err)
+	store := eventstore.NewStore(d.Pool)
+	a, b := mustChatbotCreated(t, store, uuid.New()), mustChatbotCreated(t, store, uuid.New())
+
+	cfg, err := pgxpool.ParseConfig(d.URL)
+	require.NoError(t, err)
+	cfg.MaxConns = 1
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	require.NoError(t, err)
+	t.Cleanup(pool.Close)
+	r, err := NewRunner(pool, nil, pipedWriter{}, Config{Exchange: "test"})
+	require.NoError(t, err)
+
+	both := []events.Envelope{a, b}
+	assert.ErrorContains(t, r.applyBatch(ctx, r.shares(both), both), "23505")
+	var rows, streams, positions int
+	require.NoError(t, d.Pool.QueryRow(ctx, `SELECT (SELECT count(*) FROM piped_versions),
+		(SELECT count(*) FROM projection_streams WHERE projection = 'piped-writer'),
+		(SELECT count(*) FROM projection_positions WHERE projection = 'piped-writer')`).Scan(&rows, &streams, &positions))
+	assert.Equal(t, [3]int{0, 0, 0}, [3]int{rows, streams, positions}, "nothing of the failed batch")
+
+	one := []events.Envelope{b}
+	require.NoError(t, r.applyBatch(ctx, r.shares(one), one))
+	require.NoError(t, d.Pool.QueryRow(ctx, `SELECT (SELECT count(*) FROM piped_versions),
+		(SELECT count(*) FROM projection_streams WHERE projection = 'piped-writer'),
+		(SELECT count(*) FROM projection_positions WHERE projection = 'piped-writer')`).Scan(&rows, &streams, &positions))
+	assert.Equal(t, [3]int{1, 1, 1}, [3]int{rows, streams, positions}, "the next batch committed")
 }
 
 // A read through the pipeline goes after the writes queued before it, in their round
