@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"strconv"
 	"strings"
 	"time"
 
@@ -349,6 +350,68 @@ func commandToRead(srv *server, rate float64, d time.Duration) (cmd, read loadRe
 	}
 	fmt.Fprintf(os.Stderr, "commands at %.0f/s: p99 %s; 2xx to read model p50 %s p99 %s\n", rate, ms(cmd.p99), ms(read.p50), ms(read.p99))
 	return cmd, read, nil
+}
+
+// readModelAt measures the 2xx → read model latency alone, at rate, on the whole binary
+// and a database of its own: the figure the full run takes at half the peak, at a rate
+// chosen for an A/B of two builds. The first -duration is a warm-up, not counted.
+func readModelAt(ctx context.Context, o options, rate float64) error {
+	url, err := db.Recreate(ctx, o.server, o.database+"_e2e")
+	if err != nil {
+		return err
+	}
+	srv, err := startServer(ctx, o, url, "")
+	if err != nil {
+		return err
+	}
+	defer srv.stop()
+	if _, _, err := commandToRead(srv, rate, o.duration); err != nil {
+		return fmt.Errorf("warm-up: %w", err)
+	}
+	before, err := srv.metrics()
+	if err != nil {
+		return err
+	}
+	cmd, read, err := commandToRead(srv, rate, 2*o.duration)
+	if err != nil {
+		return err
+	}
+	after, err := srv.metrics()
+	if err != nil {
+		return err
+	}
+	// The chatbots projector's batches are the group's batches that held a chatbot's
+	// creation: each member's share is timed as the whole batch, commit included.
+	const batches, applied = `chatbotd_projector_batch_duration_seconds_%s{projector="chatbots"}`, `chatbotd_projector_events_applied_total{projector="chatbots"}`
+	delta := func(k string) float64 { return after[k] - before[k] }
+	n := delta(fmt.Sprintf(batches, "count"))
+	fmt.Printf("group batches with a chatbot: %.0f, %.1f chatbots a batch, %.2f ms a batch\n",
+		n, delta(applied)/n, 1000*delta(fmt.Sprintf(batches, "sum"))/n)
+	fmt.Printf("commands at %.0f/s for %s: sent %.0f/s, command p50 %s p99 %s; 2xx → read model p50 %s p99 %s\n",
+		rate, 2*o.duration, cmd.rate, ms(cmd.p50), ms(cmd.p99), ms(read.p50), ms(read.p99))
+	return nil
+}
+
+// metrics reads the server's /metrics: each sample's value by its name and labels.
+func (s *server) metrics() (map[string]float64, error) {
+	res, err := s.client.Get(s.base + "/metrics")
+	if err != nil {
+		return nil, err
+	}
+	defer res.Body.Close()
+	body, err := io.ReadAll(res.Body)
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]float64{}
+	for _, line := range strings.Split(string(body), "\n") {
+		if f := strings.Fields(line); len(f) == 2 && !strings.HasPrefix(line, "#") {
+			if v, err := strconv.ParseFloat(f[1], 64); err == nil {
+				out[f[0]] = v
+			}
+		}
+	}
+	return out, nil
 }
 
 // trimTop keeps pprof's header and the first n rows.
