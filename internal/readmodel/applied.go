@@ -3,6 +3,7 @@ package readmodel
 import (
 	"context"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -22,9 +23,10 @@ const AppliedChannel = "projection_applied"
 // runtime, in any process, says it committed a batch. It keeps a LISTEN connection of
 // its own to the primary (a standby cannot LISTEN). While that connection is down, and
 // for a nil *Applied, waiters poll with a growing pause (2 to 50 ms) as they did before
-// it existed; while it is up, they wake on the notification and poll only every
-// safetyPoll, in case a notification is missed. The zero value is not usable: use
-// NewApplied.
+// it existed; while it is up, a notification has the versions of every waiting stream
+// of its projection read in one query for all of them (check), and each waiter looks
+// on its own only every safetyPoll, in case a notification is missed. The zero value is
+// not usable: use NewApplied.
 type Applied struct {
 	// SafetyPoll is how often a waiter looks again while notifications are live (100 ms
 	// from NewApplied); set it before the first wait.
@@ -35,16 +37,41 @@ type Applied struct {
 
 	mu   sync.Mutex
 	live bool
-	// waiting holds, per projection, a channel closed at its next notification (made
-	// when a waiter first asks for it).
-	waiting map[string]chan struct{}
+	// waiting holds the waiters of each projection, by the Querier they read with.
+	waiting map[waitKey]*waiters
+}
+
+// waitKey groups waiters that one query can serve. q must be comparable, as pools,
+// connections and transactions are (pointers).
+type waitKey struct {
+	projection string
+	q          Querier
+}
+
+// waiters are the waits of one projection and Querier; checking says a check of them is
+// running, again that a notification came meanwhile and they are to be checked once more.
+type waiters struct {
+	set             map[*waiter]struct{}
+	checking, again bool
+}
+
+// waiter is one wait while notifications are live: reached is closed once its stream
+// is at its version, look when it is to look on its own (the listener went down, or a
+// check failed). Either removes it from its waiters.
+type waiter struct {
+	stream        uuid.UUID
+	version       int
+	reached, look chan struct{}
 }
 
 // safetyPoll is how often a waiter looks again while notifications are live: a
-// notification sent before the waiter's first look is never missed (the waiter takes its
-// channel before it looks), so this only covers a standby that lags the notification
+// notification sent after the waiter's first look is never missed (the waiter is
+// registered before it looks), so this only covers a standby that lags the notification
 // and a notification lost with its connection.
 const safetyPoll = 100 * time.Millisecond
+
+// checkTimeout bounds a check's query; its waiters look on their own if it fails.
+const checkTimeout = 5 * time.Second
 
 // NewApplied returns an Applied that will listen with config (the primary's); Listen
 // starts it.
@@ -52,7 +79,7 @@ func NewApplied(config *pgx.ConnConfig, logger *slog.Logger) *Applied {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	return &Applied{SafetyPoll: safetyPoll, config: config, logger: logger, waiting: map[string]chan struct{}{}}
+	return &Applied{SafetyPoll: safetyPoll, config: config, logger: logger, waiting: map[waitKey]*waiters{}}
 }
 
 // Live reports whether waits are woken by notifications now (else they poll).
@@ -79,28 +106,87 @@ func (a *Applied) setLive(live bool) {
 	defer a.mu.Unlock()
 	a.live = live
 	if !live { // every waiter goes back to polling
-		for name, ch := range a.waiting {
-			close(ch)
-			delete(a.waiting, name)
+		for key, ws := range a.waiting {
+			for w := range ws.set {
+				close(w.look)
+				delete(ws.set, w)
+			}
+			delete(a.waiting, key)
 		}
 	}
 }
 
-// wake wakes the waiters of the named projections.
+// wake checks the waiters of the named projections: one query for each projection's
+// waiters, however many they are. Checked one at a time by waiter, the versions were a
+// query per waiter per batch the projector committed, most of a waiting read's cost
+// (BENCHMARKS.md, issue 23's tenth pass).
 func (a *Applied) wake(names ...string) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	for _, name := range names {
-		if ch, ok := a.waiting[name]; ok {
-			close(ch)
-			delete(a.waiting, name)
+	for key, ws := range a.waiting {
+		if !slices.Contains(names, key.projection) {
+			continue
 		}
+		if ws.checking {
+			ws.again = true
+			continue
+		}
+		ws.checking = true
+		go a.check(key, ws)
 	}
 }
 
-// next is the channel closed at projection's next notification, or nil while
-// notifications are not live.
-func (a *Applied) next(projection string) <-chan struct{} {
+// check reads the versions of ws's streams, ends the waits that reached theirs, and
+// does it again while notifications came meanwhile. A waiter registered during a query
+// is not in it, and is checked by the next one, or by its own first look.
+func (a *Applied) check(key waitKey, ws *waiters) {
+	for {
+		a.mu.Lock()
+		ws.again = false
+		streams := make([]uuid.UUID, 0, len(ws.set))
+		for w := range ws.set {
+			if !slices.Contains(streams, w.stream) {
+				streams = append(streams, w.stream)
+			}
+		}
+		a.mu.Unlock()
+		var versions map[uuid.UUID]int
+		var err error
+		if len(streams) > 0 {
+			ctx, cancel := context.WithTimeout(context.Background(), checkTimeout)
+			versions, err = AppliedVersions(ctx, key.q, key.projection, streams)
+			cancel()
+		}
+		a.mu.Lock()
+		if err != nil {
+			a.logger.Debug("consistency waits: a check failed, its waiters look on their own", "error", err)
+		}
+		for w := range ws.set {
+			switch {
+			case !slices.Contains(streams, w.stream):
+			case err != nil:
+				close(w.look)
+				delete(ws.set, w)
+			case versions[w.stream] >= w.version:
+				close(w.reached)
+				delete(ws.set, w)
+			}
+		}
+		if !ws.again || a.waiting[key] != ws {
+			ws.checking = false
+			if len(ws.set) == 0 && a.waiting[key] == ws {
+				delete(a.waiting, key)
+			}
+			a.mu.Unlock()
+			return
+		}
+		a.mu.Unlock()
+	}
+}
+
+// register adds a wait for projection's stream to reach version, read with q, to those
+// the next notification checks; nil while notifications are not live.
+func (a *Applied) register(q Querier, projection string, stream uuid.UUID, version int) *waiter {
 	if a == nil {
 		return nil
 	}
@@ -109,12 +195,31 @@ func (a *Applied) next(projection string) <-chan struct{} {
 	if !a.live {
 		return nil
 	}
-	ch, ok := a.waiting[projection]
+	key := waitKey{projection: projection, q: q}
+	ws, ok := a.waiting[key]
 	if !ok {
-		ch = make(chan struct{})
-		a.waiting[projection] = ch
+		ws = &waiters{set: map[*waiter]struct{}{}}
+		a.waiting[key] = ws
 	}
-	return ch
+	w := &waiter{stream: stream, version: version, reached: make(chan struct{}), look: make(chan struct{})}
+	ws.set[w] = struct{}{}
+	return w
+}
+
+// unregister removes w (nil, or removed already: nothing).
+func (a *Applied) unregister(q Querier, projection string, w *waiter) {
+	if w == nil {
+		return
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	key := waitKey{projection: projection, q: q}
+	if ws, ok := a.waiting[key]; ok {
+		delete(ws.set, w)
+		if len(ws.set) == 0 && !ws.checking {
+			delete(a.waiting, key)
+		}
+	}
 }
 
 // WaitApplied waits until projection has applied stream up to version, or ctx ends. It
@@ -122,21 +227,23 @@ func (a *Applied) next(projection string) <-chan struct{} {
 func (a *Applied) WaitApplied(ctx context.Context, q Querier, projection string, stream uuid.UUID, version int) (bool, error) {
 	delay := 2 * time.Millisecond
 	for {
-		// Taken before the look, so that a batch committed after the look wakes it.
-		woken := a.next(projection)
+		// Registered before the look, so that a batch committed after the look is checked.
+		w := a.register(q, projection, stream, version)
 		v, err := AppliedVersion(ctx, q, projection, stream)
-		if err != nil {
-			if ctx.Err() != nil {
-				return false, nil
+		if err != nil || v >= version {
+			a.unregister(q, projection, w)
+			if err != nil {
+				if ctx.Err() != nil {
+					return false, nil
+				}
+				return false, err
 			}
-			return false, err
-		}
-		if v >= version {
 			return true, nil
 		}
 		pause := delay
-		if woken != nil {
-			pause = a.SafetyPoll
+		var reached, look <-chan struct{}
+		if w != nil {
+			pause, reached, look = a.SafetyPoll, w.reached, w.look
 		} else {
 			delay = min(delay*2, 50*time.Millisecond)
 		}
@@ -144,10 +251,15 @@ func (a *Applied) WaitApplied(ctx context.Context, q Querier, projection string,
 		select {
 		case <-ctx.Done():
 			t.Stop()
+			a.unregister(q, projection, w)
 			return false, nil
-		case <-woken:
+		case <-reached:
+			t.Stop()
+			return true, nil
+		case <-look:
 		case <-t.C:
 		}
 		t.Stop()
+		a.unregister(q, projection, w)
 	}
 }

@@ -3,10 +3,14 @@ package readmodel_test
 import (
 	"context"
 	"errors"
+	"fmt"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -124,4 +128,96 @@ func TestConsistencyWaitPollsWithoutItsListener(t *testing.T) {
 	_, err = d.Pool.Exec(ctx, `INSERT INTO projection_streams (projection, stream_id, version) VALUES ('chatbots', $1, 1)`, other)
 	require.NoError(t, err)
 	reached(t, w)
+}
+
+// countingQuerier counts the queries sent through it, and the rows of QueryRow (a
+// waiter's own look) read; with failQuery its Query (the check's) fails.
+type countingQuerier struct {
+	*pgxpool.Pool
+	n, looked atomic.Int64
+	failQuery bool
+}
+
+type lookedRow struct {
+	pgx.Row
+	looked *atomic.Int64
+}
+
+func (r lookedRow) Scan(dest ...any) error {
+	defer r.looked.Add(1)
+	return r.Row.Scan(dest...)
+}
+
+func (c *countingQuerier) QueryRow(ctx context.Context, sql string, args ...any) pgx.Row {
+	c.n.Add(1)
+	return lookedRow{Row: c.Pool.QueryRow(ctx, sql, args...), looked: &c.looked}
+}
+
+func (c *countingQuerier) Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error) {
+	c.n.Add(1)
+	if c.failQuery {
+		return nil, errors.New("the check's query failed")
+	}
+	return c.Pool.Query(ctx, sql, args...)
+}
+
+// waitsOnStreams starts a wait for version 1 of each of n new streams of chatbots, read
+// through q, and returns the streams and the waits once each has made its first look.
+func waitsOnStreams(t *testing.T, a *readmodel.Applied, q *countingQuerier, n int) ([]uuid.UUID, []<-chan waited) {
+	t.Helper()
+	streams := make([]uuid.UUID, n)
+	waits := make([]<-chan waited, n)
+	for i := range streams {
+		streams[i] = uuid.New()
+		out := make(chan waited, 1)
+		waits[i] = out
+		go func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			reached, err := a.WaitApplied(ctx, q, "chatbots", streams[i], 1)
+			out <- waited{reached, err}
+		}()
+	}
+	testenv.Eventually(t, 5*time.Second, func() error {
+		if got := q.looked.Load(); got < int64(n) {
+			return fmt.Errorf("%d of %d first looks", got, n)
+		}
+		return nil
+	})
+	return streams, waits
+}
+
+// A notification has every waiting stream of its projection read in one query, however
+// many wait: a query per waiter per committed batch was most of a waiting read's cost.
+func TestOneNotificationIsOneLookForEveryWaiter(t *testing.T) {
+	ctx := context.Background()
+	d, a := hearing(t)
+	q := &countingQuerier{Pool: d.Pool}
+	streams, waits := waitsOnStreams(t, a, q, 20)
+	_, err := d.Pool.Exec(ctx, `INSERT INTO projection_streams (projection, stream_id, version)
+		SELECT 'chatbots', s, 1 FROM unnest($1::uuid[]) AS s`, streams)
+	require.NoError(t, err)
+	_, err = d.Pool.Exec(ctx, `SELECT pg_notify($1, 'chatbots')`, readmodel.AppliedChannel)
+	require.NoError(t, err)
+	for _, w := range waits {
+		reached(t, w)
+	}
+	assert.EqualValues(t, 21, q.n.Load(), "20 first looks, then one check for the 20")
+}
+
+// A check that fails has its waiters look on their own: none is left waiting for a
+// notification that was heard.
+func TestAFailedCheckHasItsWaitersLook(t *testing.T) {
+	ctx := context.Background()
+	d, a := hearing(t)
+	q := &countingQuerier{Pool: d.Pool, failQuery: true}
+	streams, waits := waitsOnStreams(t, a, q, 3)
+	_, err := d.Pool.Exec(ctx, `INSERT INTO projection_streams (projection, stream_id, version)
+		SELECT 'chatbots', s, 1 FROM unnest($1::uuid[]) AS s`, streams)
+	require.NoError(t, err)
+	_, err = d.Pool.Exec(ctx, `SELECT pg_notify($1, 'chatbots')`, readmodel.AppliedChannel)
+	require.NoError(t, err)
+	for _, w := range waits {
+		reached(t, w)
+	}
 }
