@@ -1,14 +1,17 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"os"
 	"os/exec"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -372,7 +375,11 @@ func readModelAt(ctx context.Context, o options, rate float64) error {
 	if err != nil {
 		return err
 	}
-	cmd, read, err := commandToRead(srv, rate, 2*o.duration)
+	var cmd, read loadResult
+	shares, err := cpuShares(func() (err error) {
+		cmd, read, err = commandToRead(srv, rate, 2*o.duration)
+		return err
+	})
 	if err != nil {
 		return err
 	}
@@ -387,6 +394,15 @@ func readModelAt(ctx context.Context, o options, rate float64) error {
 	n := delta(fmt.Sprintf(batches, "count"))
 	fmt.Printf("group batches with a chatbot: %.0f, %.1f chatbots a batch, %.2f ms a batch\n",
 		n, delta(applied)/n, 1000*delta(fmt.Sprintf(batches, "sum"))/n)
+	names := slices.Collect(maps.Keys(shares))
+	slices.SortFunc(names, func(a, b string) int { return cmp.Compare(shares[b], shares[a]) })
+	fmt.Print("cores:")
+	for _, name := range names {
+		if shares[name] >= 0.02 {
+			fmt.Printf(" %s %.2f", name, shares[name])
+		}
+	}
+	fmt.Println()
 	fmt.Printf("commands at %.0f/s for %s: sent %.0f/s, command p50 %s p99 %s; 2xx → read model p50 %s p99 %s\n",
 		rate, 2*o.duration, cmd.rate, ms(cmd.p50), ms(cmd.p99), ms(read.p50), ms(read.p99))
 	return nil
