@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"github.com/google/uuid"
@@ -38,6 +39,10 @@ type RelayConfig struct {
 	// Declare, when set, declares the rest of the topology on the same occasions: the
 	// partitioned projectors' queues, whose layout is kept in the database.
 	Declare func(ctx context.Context, ch *amqp.Channel) error
+	// Local is the store this process appends with, if any: while the relay leads, the
+	// store's commits wake it directly, and send no NOTIFY (Store.notify). Appends of
+	// other processes still wake it through its LISTEN.
+	Local   *Store
 	Logger  *slog.Logger
 	Metrics *metrics.Metrics
 }
@@ -155,6 +160,13 @@ func (r *Relay) lead(ctx context.Context) error {
 	if _, err := conn.Exec(ctx, "LISTEN "+pgx.Identifier{NotifyChannel}.Sanitize()); err != nil {
 		return err
 	}
+	// Listening already, so a commit just before this is heard as a NOTIFY.
+	var local chan struct{}
+	if r.cfg.Local != nil {
+		local = make(chan struct{}, 1)
+		r.cfg.Local.wakeHere(local)
+		defer r.cfg.Local.wakeHere(nil)
+	}
 	store, err := Identity(ctx, conn)
 	if err != nil {
 		return err
@@ -268,19 +280,48 @@ func (r *Relay) lead(ctx context.Context) error {
 		if behind {
 			wait = 5 * time.Millisecond
 		}
-		wctx, cancel := context.WithTimeout(ctx, wait)
-		n, err := conn.WaitForNotification(wctx)
-		cancel()
+		n, woken, err := waitForCommit(ctx, conn, local, wait)
 		if err == nil && n != nil {
 			err = drainNotifications(ctx, conn)
 		}
 		if err != nil && ctx.Err() != nil {
 			return nil
 		}
-		if err != nil && !pgconn.Timeout(err) {
+		if err != nil && !woken && !pgconn.Timeout(err) {
 			return fmt.Errorf("wait for notification: %w", err)
 		}
 	}
+}
+
+// waitForCommit waits at most wait for a NOTIFY on conn or a wake-up on local (a commit
+// of this process; nil: none). woken says the wait was cut short by local: its error is
+// the cancelled wait's, and the connection is fine (pgconn ends a wait at its context's
+// end with a deadline, and keeps the connection).
+func waitForCommit(ctx context.Context, conn *pgx.Conn, local <-chan struct{}, wait time.Duration) (n *pgconn.Notification, woken bool, err error) {
+	if local != nil {
+		select {
+		case <-local:
+			return nil, true, nil
+		default:
+		}
+	}
+	wctx, cancel := context.WithTimeout(ctx, wait)
+	defer cancel()
+	var heard atomic.Bool
+	if local != nil {
+		done := make(chan struct{})
+		defer close(done)
+		go func() {
+			select {
+			case <-local:
+				heard.Store(true)
+				cancel()
+			case <-done:
+			}
+		}()
+	}
+	n, err = conn.WaitForNotification(wctx)
+	return n, heard.Load(), err
 }
 
 // behindQuery finds a row after the checkpoint. It walks the commit-order index (ORDER BY

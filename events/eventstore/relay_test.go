@@ -462,3 +462,51 @@ func TestRelayTakesABurstOfNotificationsInFewTurns(t *testing.T) {
 	appendDelayed(t, NewStore(d.Pool), uuid.New(), time.Microsecond)
 	c.waitFor(t, 1)
 }
+
+// While the relay of the appending process leads, its store's commits wake it directly
+// and send no NOTIFY (every LISTENing connection of the database is signalled for each
+// one, whatever its channel); the relay then relays at once although it would otherwise
+// sleep an hour. Once it stops leading, the store notifies again.
+func TestRelayOfTheAppendingProcessIsWokenWithoutNotify(t *testing.T) {
+	ctx := context.Background()
+	d := testenv.MustDatabase(t)
+	a := testenv.MustAMQP(t)
+	c := mustCollector(t, a)
+	store := NewStore(d.Pool)
+	t.Cleanup(store.Close)
+	listener, err := pgx.Connect(ctx, d.URL)
+	require.NoError(t, err)
+	t.Cleanup(func() { listener.Close(context.Background()) })
+	_, err = listener.Exec(ctx, "LISTEN "+pgx.Identifier{NotifyChannel}.Sanitize())
+	require.NoError(t, err)
+	heard := func(within time.Duration) bool {
+		wctx, cancel := context.WithTimeout(ctx, within)
+		defer cancel()
+		n, err := listener.WaitForNotification(wctx)
+		return err == nil && n != nil
+	}
+
+	r, err := NewRelay(d.Pool, mustBroker(t, a), RelayConfig{Exchange: a.Exchange, IdleWait: time.Hour, Local: store, Logger: testenv.Logger(t)})
+	require.NoError(t, err)
+	var turns atomic.Int64
+	r.idle = func() { turns.Add(1) }
+	rctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { defer close(done); _ = r.Run(rctx) }()
+	testenv.Eventually(t, 5*time.Second, func() error {
+		if turns.Load() == 0 {
+			return errorf("the relay has not gone idle yet")
+		}
+		return nil
+	})
+	for i := range 3 {
+		appendDelayed(t, store, uuid.New(), time.Microsecond)
+		c.waitFor(t, i+1)
+	}
+	assert.False(t, heard(300*time.Millisecond), "no NOTIFY while the relay of this process leads")
+
+	cancel()
+	<-done
+	appendDelayed(t, store, uuid.New(), time.Microsecond)
+	assert.True(t, heard(5*time.Second), "a NOTIFY once it has stopped")
+}

@@ -57,8 +57,12 @@ type Store struct {
 	// goroutine that coalesces any number of commits into one pg_notify.
 	wake      chan struct{}
 	startOnce sync.Once
-	stop      context.CancelFunc
-	stopped   chan struct{}
+	// here is the wake-up of this process's relay while it leads (RelayConfig.Local):
+	// commits are told there instead of by a NOTIFY, which PostgreSQL signals to every
+	// connection LISTENing in the database, whatever its channel.
+	here    atomic.Pointer[chan struct{}]
+	stop    context.CancelFunc
+	stopped chan struct{}
 
 	metrics *metrics.Metrics
 
@@ -108,8 +112,25 @@ func (s *Store) Close() {
 	}
 }
 
+// wakeHere makes the store wake ch on each commit instead of sending a NOTIFY (nil: the
+// NOTIFY again).
+func (s *Store) wakeHere(ch chan struct{}) {
+	if ch == nil {
+		s.here.Store(nil)
+		return
+	}
+	s.here.Store(&ch)
+}
+
 // notify tells the relay that events were committed. It never blocks the appender.
 func (s *Store) notify() {
+	if here := s.here.Load(); here != nil {
+		select {
+		case *here <- struct{}{}:
+		default: // a wake-up is pending already and will cover this commit
+		}
+		return
+	}
 	s.startOnce.Do(func() {
 		ctx, cancel := context.WithCancel(context.Background())
 		s.stop = cancel
