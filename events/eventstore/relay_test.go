@@ -427,6 +427,26 @@ func TestRelayIdleCheckReadsTheIndexNotTheLog(t *testing.T) {
 
 // A burst of notifications that arrived while the relay was busy wakes it once, not
 // once each: it takes every notification that has arrived when it wakes.
+// runUntilIdle runs r until stop is called or the test ends, and returns once r has
+// found nothing to read; turns counts the turns that found nothing.
+func runUntilIdle(t *testing.T, r *Relay) (turns *atomic.Int64, stop func()) {
+	t.Helper()
+	turns = new(atomic.Int64)
+	r.idle = func() { turns.Add(1) }
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = r.Run(ctx) }()
+	stop = func() { cancel(); <-done }
+	t.Cleanup(stop)
+	testenv.Eventually(t, 5*time.Second, func() error {
+		if turns.Load() == 0 {
+			return errorf("the relay has not gone idle yet")
+		}
+		return nil
+	})
+	return turns, stop
+}
+
 func TestRelayTakesABurstOfNotificationsInFewTurns(t *testing.T) {
 	ctx := context.Background()
 	d := testenv.MustDatabase(t)
@@ -434,18 +454,7 @@ func TestRelayTakesABurstOfNotificationsInFewTurns(t *testing.T) {
 	c := mustCollector(t, a)
 	r, err := NewRelay(d.Pool, mustBroker(t, a), RelayConfig{Exchange: a.Exchange, Logger: testenv.Logger(t)})
 	require.NoError(t, err)
-	var turns atomic.Int64
-	r.idle = func() { turns.Add(1) }
-	rctx, cancel := context.WithCancel(ctx)
-	done := make(chan struct{})
-	go func() { defer close(done); _ = r.Run(rctx) }()
-	t.Cleanup(func() { cancel(); <-done })
-	testenv.Eventually(t, 5*time.Second, func() error {
-		if turns.Load() == 0 {
-			return errorf("the relay has not gone idle yet")
-		}
-		return nil
-	})
+	turns, _ := runUntilIdle(t, r)
 
 	// 300 notifications that arrive together, as a burst sent while the relay was busy
 	// does: one transaction, each with a payload of its own (PostgreSQL folds only a
@@ -488,25 +497,14 @@ func TestRelayOfTheAppendingProcessIsWokenWithoutNotify(t *testing.T) {
 
 	r, err := NewRelay(d.Pool, mustBroker(t, a), RelayConfig{Exchange: a.Exchange, IdleWait: time.Hour, Local: store, Logger: testenv.Logger(t)})
 	require.NoError(t, err)
-	var turns atomic.Int64
-	r.idle = func() { turns.Add(1) }
-	rctx, cancel := context.WithCancel(ctx)
-	done := make(chan struct{})
-	go func() { defer close(done); _ = r.Run(rctx) }()
-	testenv.Eventually(t, 5*time.Second, func() error {
-		if turns.Load() == 0 {
-			return errorf("the relay has not gone idle yet")
-		}
-		return nil
-	})
+	_, stop := runUntilIdle(t, r)
 	for i := range 3 {
 		appendDelayed(t, store, uuid.New(), time.Microsecond)
 		c.waitFor(t, i+1)
 	}
 	assert.False(t, heard(300*time.Millisecond), "no NOTIFY while the relay of this process leads")
 
-	cancel()
-	<-done
+	stop()
 	appendDelayed(t, store, uuid.New(), time.Microsecond)
 	assert.True(t, heard(5*time.Second), "a NOTIFY once it has stopped")
 }

@@ -187,18 +187,25 @@ func waitsOnStreams(t *testing.T, a *readmodel.Applied, q *countingQuerier, n in
 	return streams, waits
 }
 
-// A notification has every waiting stream of its projection read in one query, however
-// many wait: a query per waiter per committed batch was most of a waiting read's cost.
-func TestOneNotificationIsOneLookForEveryWaiter(t *testing.T) {
+// appliedAndNotified writes version 1 of each of streams for chatbots, then notifies
+// chatbots once, as a runner does after its commit.
+func appliedAndNotified(t *testing.T, d testenv.Database, streams []uuid.UUID) {
+	t.Helper()
 	ctx := context.Background()
-	d, a := hearing(t)
-	q := &countingQuerier{Pool: d.Pool}
-	streams, waits := waitsOnStreams(t, a, q, 20)
 	_, err := d.Pool.Exec(ctx, `INSERT INTO projection_streams (projection, stream_id, version)
 		SELECT 'chatbots', s, 1 FROM unnest($1::uuid[]) AS s`, streams)
 	require.NoError(t, err)
 	_, err = d.Pool.Exec(ctx, `SELECT pg_notify($1, 'chatbots')`, readmodel.AppliedChannel)
 	require.NoError(t, err)
+}
+
+// A notification has every waiting stream of its projection read in one query, however
+// many wait: a query per waiter per committed batch was most of a waiting read's cost.
+func TestOneNotificationIsOneLookForEveryWaiter(t *testing.T) {
+	d, a := hearing(t)
+	q := &countingQuerier{Pool: d.Pool}
+	streams, waits := waitsOnStreams(t, a, q, 20)
+	appliedAndNotified(t, d, streams)
 	for _, w := range waits {
 		reached(t, w)
 	}
@@ -208,15 +215,10 @@ func TestOneNotificationIsOneLookForEveryWaiter(t *testing.T) {
 // A check that fails has its waiters look on their own: none is left waiting for a
 // notification that was heard.
 func TestAFailedCheckHasItsWaitersLook(t *testing.T) {
-	ctx := context.Background()
 	d, a := hearing(t)
 	q := &countingQuerier{Pool: d.Pool, failQuery: true}
 	streams, waits := waitsOnStreams(t, a, q, 3)
-	_, err := d.Pool.Exec(ctx, `INSERT INTO projection_streams (projection, stream_id, version)
-		SELECT 'chatbots', s, 1 FROM unnest($1::uuid[]) AS s`, streams)
-	require.NoError(t, err)
-	_, err = d.Pool.Exec(ctx, `SELECT pg_notify($1, 'chatbots')`, readmodel.AppliedChannel)
-	require.NoError(t, err)
+	appliedAndNotified(t, d, streams)
 	for _, w := range waits {
 		reached(t, w)
 	}
