@@ -41,7 +41,9 @@ type RelayConfig struct {
 	Declare func(ctx context.Context, ch *amqp.Channel) error
 	// Local is the store this process appends with, if any: while the relay leads, the
 	// store's commits wake it directly, and send no NOTIFY (Store.notify). Appends of
-	// other processes still wake it through its LISTEN.
+	// other processes still wake it through its LISTEN. A relay of another Name (serve
+	// runs one name only) hears nothing of this process's commits meanwhile, and finds
+	// them within its IdleWait. At most one relay a store.
 	Local   *Store
 	Logger  *slog.Logger
 	Metrics *metrics.Metrics
