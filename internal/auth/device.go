@@ -53,8 +53,10 @@ func (d *Devices) Check(token, email string) (id string, ok bool) {
 	if !found {
 		return "", false
 	}
-	body, err1 := base64.RawURLEncoding.DecodeString(b64body)
-	mac, err2 := base64.RawURLEncoding.DecodeString(b64mac)
+	// Strict: one token has one spelling (a lenient decoder ignores the last character's
+	// unused bits, so four spellings of each token would pass).
+	body, err1 := base64.RawURLEncoding.Strict().DecodeString(b64body)
+	mac, err2 := base64.RawURLEncoding.Strict().DecodeString(b64mac)
 	if err1 != nil || err2 != nil || len(body) != 24 || !hmac.Equal(mac, d.mac(body, email)) {
 		return "", false
 	}
