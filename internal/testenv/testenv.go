@@ -184,9 +184,12 @@ func MustRedis(tb testing.TB) Redis {
 	}
 	tb.Cleanup(func() {
 		ctx := context.Background()
-		iter := r.Client.Scan(ctx, 0, r.Prefix+"*", 500).Iterator()
-		for iter.Next(ctx) {
-			r.Client.Del(ctx, iter.Val())
+		// redis_rate puts "rate:" before the keys it is given (the rate limiter's).
+		for _, pattern := range []string{r.Prefix + "*", "rate:" + r.Prefix + "*"} {
+			iter := r.Client.Scan(ctx, 0, pattern, 500).Iterator()
+			for iter.Next(ctx) {
+				r.Client.Del(ctx, iter.Val())
+			}
 		}
 		r.Client.Close()
 	})
