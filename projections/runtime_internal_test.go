@@ -17,6 +17,7 @@ import (
 
 	"github.com/chatbotsaas/chatbotd/events"
 	"github.com/chatbotsaas/chatbotd/events/eventstore"
+	"github.com/chatbotsaas/chatbotd/internal/db"
 	"github.com/chatbotsaas/chatbotd/internal/testenv"
 )
 
@@ -313,10 +314,7 @@ func TestABatchThatFailsWithItsCommitLeavesNothing(t *testing.T) {
 	store := eventstore.NewStore(d.Pool)
 	a, b := mustChatbotCreated(t, store, uuid.New()), mustChatbotCreated(t, store, uuid.New())
 
-	cfg, err := pgxpool.ParseConfig(d.URL)
-	require.NoError(t, err)
-	cfg.MaxConns = 1
-	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	pool, err := db.Open(ctx, d.URL, 1)
 	require.NoError(t, err)
 	t.Cleanup(pool.Close)
 	r, err := NewRunner(pool, nil, pipedWriter{}, Config{Exchange: "test"})

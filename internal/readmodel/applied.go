@@ -154,7 +154,7 @@ func (a *Applied) check(key waitKey, ws *waiters) {
 		var err error
 		if len(streams) > 0 {
 			ctx, cancel := context.WithTimeout(context.Background(), checkTimeout)
-			versions, err = AppliedVersions(ctx, key.q, key.projection, streams)
+			versions, err = appliedVersions(ctx, key.q, key.projection, streams)
 			cancel()
 		}
 		a.mu.Lock()

@@ -123,11 +123,11 @@ func AppliedVersion(ctx context.Context, q Querier, projection string, stream uu
 	return v, err
 }
 
-// AppliedVersions is AppliedVersion for several streams in one query; a stream the
+// appliedVersions is AppliedVersion for several streams in one query; a stream the
 // projection has not seen is left out. One index lookup per stream, whatever the
 // statistics say (the lateral subquery, kept from flattening by OFFSET 0): "stream_id =
 // ANY($2)" can be planned as a scan of every stream of the projection.
-func AppliedVersions(ctx context.Context, q Querier, projection string, streams []uuid.UUID) (map[uuid.UUID]int, error) {
+func appliedVersions(ctx context.Context, q Querier, projection string, streams []uuid.UUID) (map[uuid.UUID]int, error) {
 	rows, err := q.Query(ctx, `SELECT ps.stream_id, ps.version FROM unnest($2::uuid[]) AS s(id),
 		LATERAL (SELECT stream_id, version FROM projection_streams WHERE projection = $1 AND stream_id = s.id OFFSET 0) AS ps`,
 		projection, streams)

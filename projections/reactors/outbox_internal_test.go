@@ -8,10 +8,10 @@ import (
 	"time"
 
 	"github.com/google/uuid"
-	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/chatbotsaas/chatbotd/internal/db"
 	"github.com/chatbotsaas/chatbotd/internal/readmodel"
 	"github.com/chatbotsaas/chatbotd/internal/testenv"
 )
@@ -153,10 +153,7 @@ func TestWebhookClaimsAndOutcomesAreHeapOnlyUpdates(t *testing.T) {
 	require.NoError(t, err)
 	enqueuePending(t, d.Pool)
 	// One connection, so that the claim's statistics are flushed by the statement after it.
-	cfg, err := pgxpool.ParseConfig(d.URL)
-	require.NoError(t, err)
-	cfg.MaxConns = 1
-	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	pool, err := db.Open(ctx, d.URL, 1)
 	require.NoError(t, err)
 	t.Cleanup(pool.Close)
 	// heapOnly runs do and checks that it updated n rows of table, each a heap-only update.
