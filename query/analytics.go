@@ -107,7 +107,7 @@ func (h *HTTP) analyticsOverview(c *gin.Context) {
 	if chatbot != nil {
 		// A deleted chatbot keeps its figures; another organization's is not found.
 		var one int
-		err := h.read.QueryRow(ctx, `SELECT 1 FROM chatbots WHERE id = $1 AND organization_id = $2`, *chatbot, org).Scan(&one)
+		err := h.read.QueryRow(ctx, byID("chatbots", "1", "true"), *chatbot, org).Scan(&one)
 		if errors.Is(err, pgx.ErrNoRows) {
 			httpx.Fail(c, apperr.NotFound("chatbot"))
 			return

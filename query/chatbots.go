@@ -51,8 +51,7 @@ func (h *HTTP) getChatbot(c *gin.Context) {
 	if !allowed(c, rbac.ChatbotsRead) {
 		return
 	}
-	b, ok := inOrganization(c, h, "chatbot", `SELECT `+readmodel.ChatbotColumns+`
-		FROM chatbots WHERE id = $1 AND organization_id = $2 AND deleted_at IS NULL`, readmodel.ScanChatbot)
+	b, ok := inOrganization(c, h, "chatbot", byID("chatbots", readmodel.ChatbotColumns, "deleted_at IS NULL"), readmodel.ScanChatbot)
 	if !ok {
 		return
 	}
@@ -76,8 +75,7 @@ func (h *HTTP) listKnowledge(c *gin.Context) {
 	ctx := c.Request.Context()
 	org := principal(c).OrganizationID
 	var exists bool
-	if err := h.read.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM chatbots WHERE id = $1 AND organization_id = $2
-		AND deleted_at IS NULL)`, bot, org).Scan(&exists); err != nil {
+	if err := h.read.QueryRow(ctx, `SELECT EXISTS (`+byID("chatbots", "1", "deleted_at IS NULL")+`)`, bot, org).Scan(&exists); err != nil {
 		httpx.Fail(c, err)
 		return
 	}

@@ -68,8 +68,7 @@ func (h *HTTP) listConversations(c *gin.Context) {
 }
 
 func (h *HTTP) conversation(c *gin.Context) (Conversation, bool) {
-	return inOrganization(c, h, "conversation", `SELECT `+conversationColumns+`
-		FROM conversations WHERE id = $1 AND organization_id = $2`, scanConversation)
+	return inOrganization(c, h, "conversation", byID("conversations", conversationColumns, "true"), scanConversation)
 }
 
 func (h *HTTP) getConversation(c *gin.Context) {

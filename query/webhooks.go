@@ -54,8 +54,7 @@ func (h *HTTP) listWebhooks(c *gin.Context) {
 
 // webhook reads the subscription of the path's id in the caller's organization.
 func (h *HTTP) webhook(c *gin.Context) (Webhook, bool) {
-	return inOrganization(c, h, "webhook", `SELECT `+webhookColumns+` FROM webhooks
-		WHERE id = $1 AND organization_id = $2 AND status <> 'deleted'`, scanWebhook)
+	return inOrganization(c, h, "webhook", byID("webhooks", webhookColumns, "status <> 'deleted'"), scanWebhook)
 }
 
 func (h *HTTP) getWebhook(c *gin.Context) {
