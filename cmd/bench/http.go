@@ -392,8 +392,15 @@ func readModelAt(ctx context.Context, o options, rate float64) error {
 	const batches, applied = `chatbotd_projector_batch_duration_seconds_%s{projector="chatbots"}`, `chatbotd_projector_events_applied_total{projector="chatbots"}`
 	delta := func(k string) float64 { return after[k] - before[k] }
 	n := delta(fmt.Sprintf(batches, "count"))
-	fmt.Printf("group batches with a chatbot: %.0f, %.1f chatbots a batch, %.2f ms a batch\n",
-		n, delta(applied)/n, 1000*delta(fmt.Sprintf(batches, "sum"))/n)
+	fmt.Printf("group batches with a chatbot: %.0f, %.1f chatbots a batch, %.2f ms a batch; more than 100 ms: %.0f\n",
+		n, delta(applied)/n, 1000*delta(fmt.Sprintf(batches, "sum"))/n, n-delta(`chatbotd_projector_batch_duration_seconds_bucket{projector="chatbots",le="0.1"}`))
+	// The relay's batches and the time each waited for the broker's confirms: a stall of
+	// the broker's disk shows here before anywhere else.
+	const confirms = `chatbotd_relay_confirm_duration_seconds_%s`
+	rb := delta(fmt.Sprintf(confirms, "count"))
+	over := func(le string) float64 { return rb - delta(fmt.Sprintf(confirms, `bucket{le="`+le+`"}`)) }
+	fmt.Printf("relay batches: %.0f, %.1f events a batch, confirmed in %.2f ms on average; after more than 100 ms: %.0f, 250 ms: %.0f, 500 ms: %.0f\n",
+		rb, delta("chatbotd_relay_published_total")/rb, 1000*delta(fmt.Sprintf(confirms, "sum"))/rb, over("0.1"), over("0.25"), over("0.5"))
 	names := slices.Collect(maps.Keys(shares))
 	slices.SortFunc(names, func(a, b string) int { return cmp.Compare(shares[b], shares[a]) })
 	fmt.Print("cores:")

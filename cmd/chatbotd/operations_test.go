@@ -217,6 +217,11 @@ func TestMetricsCountAKnownSequenceOfCommands(t *testing.T) {
 	var logged int
 	require.NoError(t, a.db.Pool.QueryRow(context.Background(), `SELECT count(*) FROM events`).Scan(&logged))
 	assert.GreaterOrEqual(t, published, float64(logged))
+	// Each confirmed batch's time to its confirms is observed: a batch has one event or more.
+	batches, ok := sample(m, "chatbotd_relay_confirm_duration_seconds", nil)
+	assert.True(t, ok)
+	assert.Positive(t, batches)
+	assert.LessOrEqual(t, batches, published)
 	audited, _ := sample(m, "chatbotd_projector_events_applied_total", map[string]string{"projector": "audit"})
 	assert.GreaterOrEqual(t, audited, float64(logged), "the audit projector applies every event")
 	position, _ := sample(m, "chatbotd_projection_position", map[string]string{"projection": "audit"})

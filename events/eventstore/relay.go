@@ -219,7 +219,7 @@ func (r *Relay) lead(ctx context.Context) error {
 		}
 		faults.Crash("relay.batch")
 		pending, outstanding, cp = pending[1:], outstanding-len(head.batch), head.next
-		r.published(ctx, head.batch)
+		r.published(ctx, head)
 		if len(pending) == 0 || time.Since(lastSave) >= checkpointEvery {
 			return save()
 		}
@@ -235,7 +235,7 @@ func (r *Relay) lead(ctx context.Context) error {
 				if err := pub.send(ctx, batch); err != nil {
 					return err
 				}
-				pending = append(pending, &inflight{batch: batch, next: next})
+				pending = append(pending, &inflight{batch: batch, next: next, sent: time.Now()})
 				outstanding += len(batch)
 				read = next
 				if r.sent != nil {
@@ -356,14 +356,16 @@ func drainNotifications(ctx context.Context, conn *pgx.Conn) error {
 	return nil
 }
 
-// published counts a confirmed batch and traces each event at debug level, with its
-// correlation id, so that one request can be followed from the API to the projectors.
-func (r *Relay) published(ctx context.Context, batch []events.Envelope) {
-	r.cfg.Metrics.Published(len(batch))
+// published counts a confirmed batch and how long its confirms took (as far as the relay
+// saw: a confirm that came while it read the next batch is seen after the read), and
+// traces each event at debug level, with its correlation id, so that one request can be
+// followed from the API to the projectors.
+func (r *Relay) published(ctx context.Context, b *inflight) {
+	r.cfg.Metrics.Published(len(b.batch), time.Since(b.sent))
 	if !r.cfg.Logger.Enabled(ctx, slog.LevelDebug) {
 		return
 	}
-	for _, e := range batch {
+	for _, e := range b.batch {
 		r.cfg.Logger.LogAttrs(ctx, slog.LevelDebug, "event published", slog.String("event_id", e.ID.String()),
 			slog.String("type", e.Type), slog.Int64("position", e.Position),
 			slog.String("correlation_id", e.CorrelationID), slog.String("causation_id", e.CausationID))
@@ -483,6 +485,7 @@ type inflight struct {
 	batch []events.Envelope
 	next  Checkpoint
 	acked int
+	sent  time.Time
 }
 
 // send publishes the batch with mandatory routing, without waiting for its confirms.

@@ -23,6 +23,7 @@ type Metrics struct {
 	commands       *prometheus.CounterVec
 	appended       *prometheus.CounterVec
 	published      prometheus.Counter
+	confirmed      prometheus.Histogram
 	applied        *prometheus.CounterVec
 	retries        *prometheus.CounterVec
 	deadLettered   *prometheus.CounterVec
@@ -52,6 +53,11 @@ func New() *Metrics {
 	m.published = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "chatbotd_relay_published_total", Help: "Events the relay published and the broker confirmed.",
 	})
+	m.confirmed = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name:    "chatbotd_relay_confirm_duration_seconds",
+		Help:    "Time from the relay's publish of a batch until it has the broker's confirm of all of it (a quorum queue's replication and fsync).",
+		Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5},
+	})
 	m.applied = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "chatbotd_projector_events_applied_total", Help: "Events a projector applied (duplicates skipped are not counted).",
 	}, []string{"projector"})
@@ -75,7 +81,7 @@ func New() *Metrics {
 	m.workerOutcomes = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "chatbotd_worker_outcomes_total", Help: "Side effects of workers (webhook deliveries, emails, bot replies) by outcome.",
 	}, []string{"worker", "outcome"})
-	for _, c := range []prometheus.Collector{m.httpDuration, m.commands, m.appended, m.published, m.applied,
+	for _, c := range []prometheus.Collector{m.httpDuration, m.commands, m.appended, m.published, m.confirmed, m.applied,
 		m.retries, m.deadLettered, m.foreign, m.batchDuration, m.cache, m.workerOutcomes} {
 		f(c)
 	}
@@ -125,10 +131,11 @@ func (m *Metrics) EventsAppended(eventType string, n int) {
 	}
 }
 
-// Published counts events the broker confirmed.
-func (m *Metrics) Published(n int) {
+// Published counts a batch of n events the broker confirmed, took after its publish.
+func (m *Metrics) Published(n int, took time.Duration) {
 	if m != nil {
 		m.published.Add(float64(n))
+		m.confirmed.Observe(took.Seconds())
 	}
 }
 

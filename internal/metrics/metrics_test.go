@@ -19,7 +19,7 @@ func TestNilMetricsCountNothingAndDoNotPanic(t *testing.T) {
 	var m *metrics.Metrics
 	m.Command("POST /x", "")
 	m.EventsAppended("user.created", 1)
-	m.Published(3)
+	m.Published(3, time.Millisecond)
 	m.Applied("audit", 2, time.Millisecond)
 	m.Retried("audit")
 	m.DeadLettered("audit")
