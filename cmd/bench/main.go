@@ -91,6 +91,7 @@ func run(ctx context.Context) error {
 	conversationsOnly := flag.Bool("conversations-only", false, "only the knowledge-base responder figures (printed, not written)")
 	peerOnly := flag.Bool("peer-only", false, "only the whole binary against watermill's documented pipeline (printed, not written)")
 	httpOnly := flag.Bool("http-only", false, "only the commands, read model and cached read figures over HTTP (printed, not written; no pgbench ratio)")
+	framesOnly := flag.Bool("frames-only", false, "only RabbitMQ's CPU per event with one event a message and with a relay batch a message (printed, not written)")
 	readRate := flag.Float64("read-rate", 0, "only the 2xx → read model figure, at this many commands/s for twice -duration after a warm-up (printed, not written)")
 	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of this process (the in-process relay, projector and appends) to this file")
 	flag.Parse()
@@ -135,6 +136,9 @@ func run(ctx context.Context) error {
 	}
 	if *readRate > 0 {
 		return readModelAt(ctx, o, *readRate)
+	}
+	if *framesOnly {
+		return framesFigures(o, os.Stdout)
 	}
 
 	pool, dbURL, err := freshDatabase(ctx, o, "")
