@@ -41,12 +41,24 @@ func main() {
 // that truly needs more gets it, with the collector's CPU capped at half.
 const defaultMemoryLimit = 150 << 20
 
-// softMemoryLimit sets defaultMemoryLimit unless GOMEMLIMIT says otherwise (the runtime
-// has read that already). Only serve has it: tests run Main in-process, and the one-off
-// commands (a rebuild of millions of events) are better off without it.
+// defaultGCPercent is the server's GOGC when GOGC is not set: the heap may grow to five
+// times what is live between cycles, but never past the soft memory limit, near which
+// the collector runs sooner whatever GOGC says. At the default of 100 a small live heap
+// (about 30 MiB serving commands) was collected so often that marking took a sixth of
+// the process's CPU; the peak stays bounded by the limit and the idle size is the same
+// (BENCHMARKS.md has the figures).
+const defaultGCPercent = 400
+
+// softMemoryLimit sets defaultMemoryLimit unless GOMEMLIMIT says otherwise, and
+// defaultGCPercent unless GOGC does (the runtime has read both already). Only serve has
+// them: tests run Main in-process, and the one-off commands (a rebuild of millions of
+// events) are better off without a limit.
 func softMemoryLimit() {
 	if os.Getenv("GOMEMLIMIT") == "" {
 		debug.SetMemoryLimit(defaultMemoryLimit)
+	}
+	if os.Getenv("GOGC") == "" {
+		debug.SetGCPercent(defaultGCPercent)
 	}
 }
 
