@@ -3,7 +3,6 @@ package query
 import (
 	"context"
 	"fmt"
-	"strings"
 	"testing"
 
 	"github.com/google/uuid"
@@ -64,26 +63,13 @@ func TestReadsByIDTakeThePrimaryKey(t *testing.T) {
 		FROM generate_series(1, $2)`, org, n)
 	require.NoError(t, err)
 
-	explain := func(t *testing.T, sql string, args ...any) string {
-		t.Helper()
-		rows, err := conn.Query(ctx, `EXPLAIN (ANALYZE, BUFFERS) `+sql, args...)
-		require.NoError(t, err)
-		var plan []string
-		for rows.Next() {
-			var line string
-			require.NoError(t, rows.Scan(&line))
-			plan = append(plan, line)
-		}
-		require.NoError(t, rows.Err())
-		return strings.Join(plan, "\n")
-	}
 	for i, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			var id uuid.UUID
 			require.NoError(t, conn.QueryRow(ctx, `SELECT id FROM `+c.table+` ORDER BY id OFFSET 1234 LIMIT 1`).Scan(&id))
 			for _, plan := range []string{
-				explain(t, c.sql, id, org),
-				explain(t, fmt.Sprintf(`EXECUTE by_id_%d('%s', '%s')`, i, id, org)),
+				testenv.Explain(t, conn, "ANALYZE, BUFFERS", c.sql, id, org),
+				testenv.Explain(t, conn, "ANALYZE, BUFFERS", fmt.Sprintf(`EXECUTE by_id_%d('%s', '%s')`, i, id, org)),
 			} {
 				assert.Contains(t, plan, c.table+"_pkey", plan)
 				assert.NotContains(t, plan, "_org_", plan)

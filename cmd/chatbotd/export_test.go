@@ -138,7 +138,6 @@ func TestAuditFiltersUseIndexes(t *testing.T) {
 	owner, _ := a.register("Planned", "Pat", "pat@planned.example")
 	_, _ = a.register("Neighbour", "Ned", "ned@neighbour.example")
 	seedAudit(t, a, owner.OrganizationID, 60_000)
-	ctx := context.Background()
 	org := owner.OrganizationID
 	for _, q := range []struct {
 		name, where string
@@ -153,17 +152,9 @@ func TestAuditFiltersUseIndexes(t *testing.T) {
 		{"time range", "organization_id = $1 AND occurred_at >= now() - interval '1 day' AND occurred_at < now()", nil, "audit_entries_org_time_idx"},
 		{"export page", "organization_id = $1 AND (occurred_at, position) < (now() - interval '30 days', 1030000)", nil, "audit_entries_org_time_idx"},
 	} {
-		var plan string
 		args := append([]any{org}, q.args...)
-		rows, err := a.db.Pool.Query(ctx, `EXPLAIN SELECT id FROM audit_entries WHERE `+q.where+
+		plan := testenv.Explain(t, a.db.Pool, "", `SELECT id FROM audit_entries WHERE `+q.where+
 			` ORDER BY occurred_at DESC, position DESC LIMIT 15`, args...)
-		require.NoError(t, err)
-		for rows.Next() {
-			var line string
-			require.NoError(t, rows.Scan(&line))
-			plan += line + "\n"
-		}
-		require.NoError(t, rows.Err())
 		assert.Contains(t, plan, q.index, "%s:\n%s", q.name, plan)
 		assert.NotContains(t, plan, "Seq Scan", "%s:\n%s", q.name, plan)
 		assert.NotContains(t, plan, "Sort", "%s:\n%s", q.name, plan)

@@ -2,7 +2,6 @@ package eventstore
 
 import (
 	"context"
-	"strings"
 	"testing"
 
 	"github.com/google/uuid"
@@ -28,25 +27,10 @@ func TestHistoryReadsFollowTheCommitOrderIndex(t *testing.T) {
 		// the index cannot give the order.
 		_, err = tx.Exec(ctx, `SET LOCAL enable_seqscan = off; SET LOCAL enable_bitmapscan = off; SET LOCAL enable_sort = off`)
 		require.NoError(t, err)
-		plan := explain(t, tx, sql, args...)
+		plan := testenv.Explain(t, tx, "", sql, args...)
 		require.NoError(t, tx.Rollback(ctx))
 		assert.NotContains(t, plan, "Sort", "%+v:\n%s", f, plan)
 	}
-}
-
-// explain is PostgreSQL's plan of sql with args, in q (a transaction with its settings).
-func explain(t *testing.T, q Querier, sql string, args ...any) string {
-	t.Helper()
-	rows, err := q.Query(context.Background(), `EXPLAIN `+sql, args...)
-	require.NoError(t, err)
-	var plan []string
-	for rows.Next() {
-		var line string
-		require.NoError(t, rows.Scan(&line))
-		plan = append(plan, line)
-	}
-	require.NoError(t, rows.Err())
-	return strings.Join(plan, "\n")
 }
 
 // Readers in commit order wait for the transactions running in their own database only:

@@ -420,7 +420,7 @@ func TestRelayIdleCheckReadsTheIndexNotTheLog(t *testing.T) {
 	defer tx.Rollback(ctx)
 	_, err = tx.Exec(ctx, `SET LOCAL plan_cache_mode = force_generic_plan`)
 	require.NoError(t, err)
-	plan := explain(t, tx, behindQuery, txid, pos)
+	plan := testenv.Explain(t, tx, "", behindQuery, txid, pos)
 	assert.Contains(t, plan, "events_commit_order_idx", plan)
 	assert.NotContains(t, plan, "Seq Scan", plan)
 }

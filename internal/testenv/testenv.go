@@ -302,3 +302,34 @@ func Eventually(tb testing.TB, timeout time.Duration, cond func() error) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// Querier runs a query: a pool, a connection or a transaction (with its settings).
+type Querier interface {
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+}
+
+// Explain is PostgreSQL's plan of sql with args on q, one line per line of the plan.
+// options go in EXPLAIN's parentheses ("ANALYZE, BUFFERS"); empty, it only plans.
+func Explain(tb testing.TB, q Querier, options, sql string, args ...any) string {
+	tb.Helper()
+	explain := `EXPLAIN `
+	if options != "" {
+		explain += `(` + options + `) `
+	}
+	rows, err := q.Query(context.Background(), explain+sql, args...)
+	if err != nil {
+		tb.Fatalf("explain: %v", err)
+	}
+	var plan []string
+	for rows.Next() {
+		var line string
+		if err := rows.Scan(&line); err != nil {
+			tb.Fatalf("explain: %v", err)
+		}
+		plan = append(plan, line)
+	}
+	if err := rows.Err(); err != nil {
+		tb.Fatalf("explain: %v", err)
+	}
+	return strings.Join(plan, "\n")
+}
