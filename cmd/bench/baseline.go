@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -233,6 +234,7 @@ func openLoop(client *http.Client, next request, want int, rate float64, d time.
 	interval := time.Duration(float64(time.Second) / rate)
 	var mu sync.Mutex
 	var lat, lat2 []time.Duration
+	var sec, sec2 []int // the second each latency's request was due in
 	var failed atomic.Int64
 	var firstErr atomic.Value
 	var wg sync.WaitGroup
@@ -272,10 +274,11 @@ func openLoop(client *http.Client, next request, want int, rate float64, d time.
 					return
 				}
 			}
+			second := int(time.Duration(i) * interval / time.Second)
 			mu.Lock()
-			lat = append(lat, took)
+			lat, sec = append(lat, took), append(sec, second)
 			if sampled {
-				lat2 = append(lat2, extra)
+				lat2, sec2 = append(lat2, extra), append(sec2, second)
 			}
 			mu.Unlock()
 		}()
@@ -284,7 +287,23 @@ func openLoop(client *http.Client, next request, want int, rate float64, d time.
 	if n := failed.Load(); n > 0 {
 		return loadResult{}, loadResult{}, fmt.Errorf("%d of %d requests failed (first: %v)", n, total, firstErr.Load())
 	}
-	return summarize(lat, time.Since(start)), summarize(lat2, time.Since(start)), nil
+	elapsed := time.Since(start)
+	return worstSecond(summarize(slices.Clone(lat), elapsed), lat, sec), worstSecond(summarize(slices.Clone(lat2), elapsed), lat2, sec2), nil
+}
+
+// worstSecond sets r's worst one-second p99 from the latencies and the second each
+// one's request was due in.
+func worstSecond(r loadResult, lat []time.Duration, sec []int) loadResult {
+	by := map[int][]time.Duration{}
+	for i, l := range lat {
+		by[sec[i]] = append(by[sec[i]], l)
+	}
+	for s, ls := range by {
+		if p99 := summarize(ls, time.Second).p99; p99 > r.worst {
+			r.worst, r.worstAt = p99, s
+		}
+	}
+	return r
 }
 
 var redisBenchLine = regexp.MustCompile(`(?m)^"?GET"?,"?([0-9.]+)"?`)

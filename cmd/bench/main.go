@@ -586,6 +586,11 @@ func (s *server) createUser(i int) (string, error) {
 type loadResult struct {
 	rate     float64
 	p50, p99 time.Duration
+	// worst is the highest p99 of any one second of an open loop (by when the requests
+	// were due), and worstAt that second: a run's p99 made by a stall of a second or two
+	// shows here as one bad second among good ones.
+	worst   time.Duration
+	worstAt int
 }
 
 // chatbotWithKnowledge makes a published knowledge-base chatbot with n trained entries
