@@ -14,8 +14,9 @@ import (
 // the projectors (a persistent publish into one quorum queue, its confirm, its delivery
 // and its acknowledgement), with one event a message as the relay publishes today, and
 // with each relay batch's events in one message (a "frame", which the relay does not
-// make). Events are sent at a fixed rate in relay batches of a given size, the next
-// batch once the last is confirmed, as the relay does; RabbitMQ's CPU is read from /proc.
+// make). Events are sent at a fixed rate in relay batches of a given size, each batch
+// published and confirmed before the next (the relay keeps up to two batches' worth in
+// flight, so under load it pays fewer confirm rounds); RabbitMQ's CPU is read from /proc.
 // The answer says how much frames would save before anyone builds them.
 func framesFigures(o options, w io.Writer) error {
 	conn, err := amqp.Dial(o.amqpURL)

@@ -1,17 +1,14 @@
 package main
 
 import (
-	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
 	"io"
-	"maps"
 	"net/http"
 	"os"
 	"os/exec"
 	"runtime"
-	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -414,15 +411,7 @@ func readModelAt(ctx context.Context, o options, rate float64) error {
 	over := func(le string) float64 { return rb - delta(fmt.Sprintf(confirms, `bucket{le="`+le+`"}`)) }
 	fmt.Printf("relay batches: %.0f, %.1f events a batch, confirmed in %.2f ms on average; after more than 100 ms: %.0f, 250 ms: %.0f, 500 ms: %.0f\n",
 		rb, delta("chatbotd_relay_published_total")/rb, 1000*delta(fmt.Sprintf(confirms, "sum"))/rb, over("0.1"), over("0.25"), over("0.5"))
-	names := slices.Collect(maps.Keys(shares))
-	slices.SortFunc(names, func(a, b string) int { return cmp.Compare(shares[b], shares[a]) })
-	fmt.Print("cores:")
-	for _, name := range names {
-		if shares[name] >= 0.02 {
-			fmt.Printf(" %s %.2f", name, shares[name])
-		}
-	}
-	fmt.Println()
+	fmt.Printf("cores: %s\n", formatShares(shares))
 	fmt.Printf("commands at %.0f/s for %s: sent %.0f/s, command p50 %s p99 %s; 2xx → read model p50 %s p99 %s, worst second's p99 %s (second %d)\n",
 		rate, 2*o.duration, cmd.rate, ms(cmd.p50), ms(cmd.p99), ms(read.p50), ms(read.p99), ms(read.worst), read.worstAt)
 	return nil
