@@ -15,8 +15,8 @@ import (
 
 // TestDecodeAheadDecodesWhileNoBatchIsTaken: deliveries are decoded before the consumer
 // asks for them (it is applying the batch before), in the order they came, with fences
-// and undecodable bodies told apart; closing deliveries closes what it hands on, and
-// stop ends it even while nobody reads.
+// frames and undecodable bodies told apart; closing deliveries closes what it hands on,
+// and stop ends it even while nobody reads.
 func TestDecodeAheadDecodesWhileNoBatchIsTaken(t *testing.T) {
 	body := func(v int) []byte {
 		b, err := json.Marshal(events.Envelope{ID: uuid.New(), Type: "user.created", SchemaVersion: 1, StreamType: events.StreamUser,
@@ -29,17 +29,27 @@ func TestDecodeAheadDecodesWhileNoBatchIsTaken(t *testing.T) {
 	deliveries <- amqp.Delivery{Body: []byte(`{"id":`)}
 	deliveries <- amqp.Delivery{Headers: amqp.Table{broker.FenceHeader: true}}
 	deliveries <- amqp.Delivery{Body: body(2)}
+	frame := events.CloseFrame(events.AppendFrame(events.AppendFrame(nil, body(3)), body(4)))
+	deliveries <- amqp.Delivery{Headers: amqp.Table{broker.FrameHeader: int32(2)}, Body: frame}
+	deliveries <- amqp.Delivery{Headers: amqp.Table{broker.FrameHeader: int32(2)}, Body: []byte(`[` + string(body(5)) + `,{}]`)}
 	out := make(chan received, 8)
 	go decodeAhead(deliveries, out, make(chan struct{}))
-	// Nobody reads yet: all four are decoded and waiting.
-	require.Eventually(t, func() bool { return len(out) == 4 }, 5*time.Second, time.Millisecond)
-	first, bad, fence, second := <-out, <-out, <-out, <-out
+	// Nobody reads yet: all six are decoded and waiting.
+	require.Eventually(t, func() bool { return len(out) == 6 }, 5*time.Second, time.Millisecond)
+	first, bad, fence, second, framed, badFrame := <-out, <-out, <-out, <-out, <-out, <-out
 	require.NoError(t, first.err)
-	require.Equal(t, 1, first.e.StreamVersion)
+	require.Len(t, first.envs, 1)
+	require.Equal(t, 1, first.envs[0].StreamVersion)
 	require.Error(t, bad.err)
+	require.Equal(t, 1, bad.size())
 	require.True(t, fence.fence)
 	require.NoError(t, fence.err)
-	require.Equal(t, 2, second.e.StreamVersion)
+	require.Equal(t, 2, second.envs[0].StreamVersion)
+	require.NoError(t, framed.err)
+	require.Equal(t, 2, framed.size(), "a frame counts for its events in a batch")
+	require.Equal(t, 3, framed.envs[0].StreamVersion)
+	require.Equal(t, 4, framed.envs[1].StreamVersion)
+	require.Error(t, badFrame.err, "a frame with an event that does not decode is rejected whole")
 	close(deliveries)
 	_, open := <-out
 	require.False(t, open, "closing deliveries closes what decodeAhead hands on")

@@ -109,16 +109,24 @@ func (env *groupEnv) runnerLingering(p projections.Projector, linger time.Durati
 	return r
 }
 
-// publish publishes an event of type typ, the first of a stream of its own, and returns
-// its id.
+// event is an event of type typ, the first of a stream of its own.
+func event(typ string) events.Envelope {
+	return events.Envelope{ID: uuid.New(), Type: typ, SchemaVersion: 1, StreamType: "grp", StreamID: uuid.New(),
+		StreamVersion: 1, Position: 1, OccurredAt: time.Now().UTC(), Data: json.RawMessage(`{}`)}
+}
+
+// publish publishes an event of type typ as the relay does (alone, and in a frame of its
+// own), and returns its id.
 func (env *groupEnv) publish(typ string) uuid.UUID {
-	id := uuid.New()
-	body, err := json.Marshal(events.Envelope{ID: id, Type: typ, SchemaVersion: 1, StreamType: "grp", StreamID: uuid.New(),
-		StreamVersion: 1, Position: 1, OccurredAt: time.Now().UTC(), Data: json.RawMessage(`{}`)})
-	require.NoError(env.t, err)
-	require.NoError(env.t, env.ch.Publish(env.a.Exchange, typ, true, false,
-		amqp.Publishing{MessageId: id.String(), DeliveryMode: amqp.Persistent, Body: body}))
-	return id
+	e := event(typ)
+	testenv.PublishEvents(env.t, env.ch, env.a.Exchange, e)
+	return e.ID
+}
+
+// publishFrame publishes envs as the relay publishes one batch of them: each alone, and
+// all in one frame.
+func (env *groupEnv) publishFrame(envs ...events.Envelope) {
+	testenv.PublishEvents(env.t, env.ch, env.a.Exchange, envs...)
 }
 
 func (env *groupEnv) depth(queue string) (int, bool) {
@@ -150,15 +158,12 @@ func TestGroupDeadLettersAPoisonEventForItsMemberOnly(t *testing.T) {
 	defer func() { stop() }()
 	env.a.WaitConsumer(env.a.QueuePrefix + "grp")
 
-	poison := uuid.New()
+	// The poison is in the middle of a frame: the frame's other events are applied, and
+	// the poison alone is dead-lettered, as an event of its own.
+	firstE, poisonE, lastE := event("grp.first"), event("grp.poison"), event("grp.last")
+	first, poison, last := firstE.ID, poisonE.ID, lastE.ID
 	*a.poison, *a.poisoned = poison, true
-	first := env.publish("grp.first")
-	body, err := json.Marshal(events.Envelope{ID: poison, Type: "grp.poison", SchemaVersion: 1, StreamType: "grp",
-		StreamID: uuid.New(), StreamVersion: 1, Position: 2, OccurredAt: time.Now().UTC(), Data: json.RawMessage(`{}`)})
-	require.NoError(t, err)
-	require.NoError(t, env.ch.Publish(env.a.Exchange, "grp.poison", true, false,
-		amqp.Publishing{MessageId: poison.String(), DeliveryMode: amqp.Persistent, Body: body}))
-	last := env.publish("grp.last")
+	env.publishFrame(firstE, poisonE, lastE)
 	other := env.publish("other.only") // b's alone
 
 	testenv.Eventually(t, 20*time.Second, func() error {
@@ -195,6 +200,18 @@ func TestGroupDeadLettersAPoisonEventForItsMemberOnly(t *testing.T) {
 	require.NoError(t, err)
 	require.Len(t, letters, 1)
 	assert.Equal(t, poison.String(), letters[0].EventID)
+	// The dead letter is the poison alone, as the event exchange carries it.
+	dch, err := env.conn.Channel(context.Background())
+	require.NoError(t, err)
+	m, ok, err := dch.Get(env.a.QueuePrefix+"grp-a.dead", false)
+	require.NoError(t, err)
+	require.True(t, ok)
+	_, framed := m.Headers[broker.FrameHeader]
+	assert.False(t, framed)
+	dead, err := events.DecodeEnvelope(m.Body)
+	require.NoError(t, err)
+	assert.Equal(t, poison, dead.ID)
+	require.NoError(t, dch.Close()) // back to the queue
 	assert.Equal(t, "rejected", letters[0].Reason)
 	assert.NotNil(t, letters[0].DeadLetteredAt)
 	a.mu.Lock()
@@ -336,14 +353,10 @@ func TestGroupDeadLetterWhenTheBrokerGoesAway(t *testing.T) {
 	defer func() { stop() }()
 	env.a.WaitConsumer(env.a.QueuePrefix + "cut")
 
-	*a.poison, *a.poisoned = uuid.New(), true
-	first := env.publish("cut.first")
-	body, err := json.Marshal(events.Envelope{ID: *a.poison, Type: "cut.poison", SchemaVersion: 1, StreamType: "grp",
-		StreamID: uuid.New(), StreamVersion: 1, Position: 2, OccurredAt: time.Now().UTC(), Data: json.RawMessage(`{}`)})
-	require.NoError(t, err)
-	require.NoError(t, env.ch.Publish(env.a.Exchange, "cut.poison", true, false,
-		amqp.Publishing{MessageId: a.poison.String(), DeliveryMode: amqp.Persistent, Body: body}))
-	last := env.publish("cut.last")
+	firstE, poisonE, lastE := event("cut.first"), event("cut.poison"), event("cut.last")
+	first, last := firstE.ID, lastE.ID
+	*a.poison, *a.poisoned = poisonE.ID, true
+	env.publishFrame(firstE, poisonE, lastE)
 
 	select {
 	case <-a.cut:

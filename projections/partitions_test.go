@@ -49,8 +49,14 @@ func (o orgOrder) Apply(_ context.Context, _ pgx.Tx, e events.Envelope) error {
 
 // A partitioned projector is shared by the processes that run it, keeps each
 // organization's events in order while processes join and leave, and switches from 4
-// partitions to 2 (the old queues drained first) without losing or reordering an event.
+// partitions to 2 (the old queues drained first) without losing or reordering an event;
+// alone, fed single events, and as a group's member, fed frames.
 func TestPartitionsShareAProjectorInOrder(t *testing.T) {
+	t.Run("single events", func(t *testing.T) { testPartitions(t, false) })
+	t.Run("frames", func(t *testing.T) { testPartitions(t, true) })
+}
+
+func testPartitions(t *testing.T, framed bool) {
 	d, a := testenv.MustDatabase(t), testenv.MustAMQP(t)
 	conn := broker.Dial(a.URL, testenv.Logger(t))
 	defer conn.Close()
@@ -71,7 +77,11 @@ func TestPartitionsShareAProjectorInOrder(t *testing.T) {
 	}()
 
 	start := func(process string, partitions int) func() {
-		r, err := projections.NewRunner(d.Pool, conn, orgOrder{process: process, log: log}, projections.Config{
+		var proj projections.Projector = orgOrder{process: process, log: log}
+		if framed {
+			proj = projections.NewGroup("parted", proj) // its queue takes frames
+		}
+		r, err := projections.NewRunner(d.Pool, conn, proj, projections.Config{
 			Exchange: a.Exchange, QueuePrefix: a.QueuePrefix, BatchSize: 20, Logger: testenv.Logger(t)})
 		require.NoError(t, err)
 		p := &projections.Partitions{Pool: d.Pool, Broker: conn, Runners: []*projections.Runner{r}, Partitions: partitions,
@@ -103,16 +113,27 @@ func TestPartitionsShareAProjectorInOrder(t *testing.T) {
 	}
 	total := 0
 	publish := func(n int) {
+		byOrg := map[uuid.UUID][]events.Envelope{} // framed: a frame per organization of the n
 		for i := range n {
 			org := orgs[i%len(orgs)]
 			next[org]++
-			body, err := json.Marshal(events.Envelope{ID: uuid.New(), Type: "part.done", SchemaVersion: 1, StreamType: "part",
+			e := events.Envelope{ID: uuid.New(), Type: "part.done", SchemaVersion: 1, StreamType: "part",
 				StreamID: uuid.New(), StreamVersion: 1, Position: int64(total + 1), OrganizationID: &org,
-				OccurredAt: time.Now().UTC(), Data: json.RawMessage(fmt.Sprintf(`{"seq":%d}`, next[org]))})
+				OccurredAt: time.Now().UTC(), Data: json.RawMessage(fmt.Sprintf(`{"seq":%d}`, next[org]))}
+			total++
+			if framed {
+				byOrg[org] = append(byOrg[org], e)
+				continue
+			}
+			body, err := json.Marshal(e)
 			require.NoError(t, err)
 			require.NoError(t, pub.Publish(a.Exchange, "part.done", false, false, amqp.Publishing{DeliveryMode: amqp.Persistent,
 				Headers: amqp.Table{events.PartitionHeader: events.PartitionValue(events.PartitionBucket(&org))}, Body: body}))
-			total++
+		}
+		for _, org := range orgs {
+			if envs := byOrg[org]; len(envs) > 0 {
+				testenv.PublishEvents(t, pub, a.Exchange, envs...)
+			}
 		}
 	}
 	appliedAll := func() error {

@@ -261,15 +261,18 @@ type Independent interface {
 	Independent() bool
 }
 
-// Queue is the projector's queue.
+// Queue is the projector's queue. A group's takes frames (broker.FrameHeader): the relay
+// that feeds it must publish them (eventstore.RelayConfig.Frames).
 func (r *Runner) Queue() broker.QueueSpec {
 	ind, ok := r.p.(Independent)
+	_, group := r.p.(*Group)
 	return broker.QueueSpec{
 		Name:                 r.cfg.QueuePrefix + r.p.Name(),
 		Exchange:             r.cfg.Exchange,
 		Bindings:             r.p.Bindings(),
 		DeliveryLimit:        r.cfg.DeliveryLimit,
 		SingleActiveConsumer: !ok || !ind.Independent(),
+		Frames:               group,
 	}
 }
 
@@ -330,6 +333,12 @@ func (r *Runner) consume(ctx context.Context) error {
 	if q.SingleActiveConsumer {
 		prefetch *= 3
 	}
+	if q.Frames || r.partition != nil && r.Queue().Frames {
+		// Counted in messages, and a frame holds up to events.FrameMax events: an eighth
+		// holds three batches of frames of eight events or more, while what a consumer
+		// holds is at most FrameMax/8 times what it held with single events.
+		prefetch = max(prefetch/8, 3)
+	}
 	if err := ch.Qos(prefetch, 0, false); err != nil {
 		return err
 	}
@@ -363,9 +372,12 @@ func (r *Runner) consume(ctx context.Context) error {
 			faults.Duplicate(ch, q.Name, d.d)
 			batch = append(batch, d)
 		}
+		// A batch counts events, and takes frames whole: a frame is acknowledged once,
+		// with the batch that applied every event of it.
+		size := batch[0].size()
 		linger := time.NewTimer(r.cfg.Linger)
 	fill:
-		for len(batch) < r.cfg.BatchSize {
+		for size < r.cfg.BatchSize {
 			select {
 			case d, ok := <-decoded:
 				if !ok {
@@ -373,6 +385,7 @@ func (r *Runner) consume(ctx context.Context) error {
 				}
 				faults.Duplicate(ch, q.Name, d.d)
 				batch = append(batch, d)
+				size += d.size()
 			case <-linger.C:
 				break fill
 			}
@@ -394,9 +407,10 @@ func (r *Runner) consume(ctx context.Context) error {
 func (r *Runner) handle(ctx context.Context, stop <-chan struct{}, settle *settler, batch []received) error {
 	envs := make([]events.Envelope, 0, len(batch))
 	good := make([]amqp.Delivery, 0, len(batch))
+	var from []int // from[i] is the index in good of the delivery that carried envs[i]
 	var fences []amqp.Delivery
 	for _, rd := range batch {
-		d, e, err := rd.d, rd.e, rd.err
+		d, err := rd.d, rd.err
 		if rd.fence {
 			fences = append(fences, d)
 			continue
@@ -407,14 +421,22 @@ func (r *Runner) handle(ctx context.Context, stop <-chan struct{}, settle *settl
 			r.cfg.Metrics.DeadLettered(r.p.Name())
 			continue
 		}
-		if !e.OfStore(r.cfg.Store) {
-			// Its own deployment's queues hold their copy: acknowledging this one loses nothing.
-			r.log.Debug("event of another store skipped", "event_id", e.ID, "store_id", e.StoreID)
+		mine := 0
+		for _, e := range rd.envs {
+			if !e.OfStore(r.cfg.Store) {
+				// Its own deployment's queues hold their copy: skipping this one loses nothing.
+				r.log.Debug("event of another store skipped", "event_id", e.ID, "store_id", e.StoreID)
+				r.cfg.Metrics.Foreign(r.p.Name())
+				continue
+			}
+			envs = append(envs, e)
+			from = append(from, len(good))
+			mine++
+		}
+		if mine == 0 {
 			_ = d.Ack(false)
-			r.cfg.Metrics.Foreign(r.p.Name())
 			continue
 		}
-		envs = append(envs, e)
 		good = append(good, d)
 	}
 	if len(envs) == 0 {
@@ -428,6 +450,14 @@ func (r *Runner) handle(ctx context.Context, stop <-chan struct{}, settle *settl
 	if err == nil {
 		return settle.submit(settlement{shares: shares, envs: envs, fences: fences, good: good})
 	}
+	return r.applyOneByOne(ctx, stop, settle, err, shares, envs, good, from, fences)
+}
+
+// applyOneByOne settles a batch whose transaction failed with err: each member's share is
+// applied again on its own, and a share that fails, one event at a time, until the event
+// that fails is dead-lettered (for that member, in a group) and the rest applied.
+func (r *Runner) applyOneByOne(ctx context.Context, stop <-chan struct{}, settle *settler, err error, shares []share,
+	envs []events.Envelope, good []amqp.Delivery, from []int, fences []amqp.Delivery) error {
 	// What follows settles deliveries here, after the batches before it.
 	if err := settle.wait(); err != nil {
 		return err
@@ -440,7 +470,7 @@ func (r *Runner) handle(ctx context.Context, stop <-chan struct{}, settle *settl
 	// member it is poison to, in a group). Every delivery is settled at the end: in a
 	// group one delivery may be applied by a member and dead-lettered for another.
 	_, group := r.p.(*Group)
-	rejected := make([]bool, len(envs))
+	rejected := make([]bool, len(good))
 	for _, sh := range shares {
 		if len(sh.idx) == 0 {
 			continue
@@ -483,13 +513,18 @@ func (r *Runner) handle(ctx context.Context, stop <-chan struct{}, settle *settl
 			default:
 				r.log.Error("event dead-lettered", "error", err, "projection", name, "event_id", e.ID, "type", e.Type,
 					"stream_id", e.StreamID, "stream_version", e.StreamVersion, "correlation_id", e.CorrelationID)
+				d := good[from[i]]
 				if group {
-					if err := r.deadLetter(ctx, name, good[i]); err != nil {
+					if err := r.deadLetter(ctx, name, d, e); err != nil {
 						return err
 					}
+				} else if _, framed := d.Headers[broker.FrameHeader]; framed {
+					// Never so: only a group's queue takes frames. Were it so, the frame's
+					// other events are applied, and the frame is kept whole, for an operator.
+					return fmt.Errorf("event %s of frame %s is poison to %s", e.ID, d.MessageId, name)
 				} else {
-					_ = good[i].Nack(false, false)
-					rejected[i] = true
+					_ = d.Nack(false, false)
+					rejected[from[i]] = true
 				}
 				r.cfg.Metrics.DeadLettered(name)
 				if dl, ok := sh.p.(DeadLetterer); ok {
@@ -512,10 +547,13 @@ func (r *Runner) handle(ctx context.Context, stop <-chan struct{}, settle *settl
 // received is a delivery as decodeAhead hands it on.
 type received struct {
 	d     amqp.Delivery
-	e     events.Envelope
-	err   error // the body is no envelope
-	fence bool  // a fence (broker.FenceHeader), which has no envelope
+	envs  []events.Envelope // its event, or a frame's events
+	err   error             // the body is no envelope, or no frame of them
+	fence bool              // a fence (broker.FenceHeader), which has no envelope
 }
+
+// size is how many events the delivery counts for in a batch (one, if it has none).
+func (rd received) size() int { return max(len(rd.envs), 1) }
 
 // decodeAhead decodes each delivery in the order they come and hands it on, until
 // deliveries closes (then it closes out) or stop.
@@ -525,8 +563,12 @@ func decodeAhead(deliveries <-chan amqp.Delivery, out chan<- received, stop <-ch
 		rd := received{d: d}
 		if _, ok := d.Headers[broker.FenceHeader]; ok {
 			rd.fence = true
+		} else if _, ok := d.Headers[broker.FrameHeader]; ok {
+			rd.envs, rd.err = events.DecodeFrame(d.Body)
 		} else {
-			rd.e, rd.err = events.DecodeEnvelope(d.Body)
+			var e events.Envelope
+			e, rd.err = events.DecodeEnvelope(d.Body)
+			rd.envs = []events.Envelope{e}
 		}
 		select {
 		case out <- rd:
@@ -536,11 +578,12 @@ func decodeAhead(deliveries <-chan amqp.Delivery, out chan<- received, stop <-ch
 	}
 }
 
-// deadLetter puts a copy of d into the dead-letter queue of member of the runner's group,
-// with the headers the broker gives what it dead-letters, and waits for the broker's
-// confirm. The delivery itself is acknowledged with its batch: the group's other members
-// applied it.
-func (r *Runner) deadLetter(ctx context.Context, member string, d amqp.Delivery) error {
+// deadLetter puts a copy of e, which d carried, into the dead-letter queue of member of
+// the runner's group, with the headers the broker gives what it dead-letters, and waits
+// for the broker's confirm. The delivery itself is acknowledged with its batch: the
+// group's other members applied it. An event of a frame is dead-lettered alone, as the
+// relay publishes it to the event exchange.
+func (r *Runner) deadLetter(ctx context.Context, member string, d amqp.Delivery, e events.Envelope) error {
 	// The copy and the acknowledgement are two steps, so a copy made when the delivery
 	// cannot be acknowledged any more (its channel went with the connection) is made again
 	// when the delivery comes back: a duplicate in the dead letters. Such a batch comes
@@ -561,17 +604,28 @@ func (r *Runner) deadLetter(ctx context.Context, member string, d amqp.Delivery)
 		r.deadLetters = ch
 	}
 	q := r.MemberQueue(member)
+	msg := amqp.Publishing{ContentType: d.ContentType, DeliveryMode: amqp.Persistent, MessageId: d.MessageId,
+		CorrelationId: d.CorrelationId, Type: d.Type, Timestamp: d.Timestamp, Body: d.Body}
+	if _, framed := d.Headers[broker.FrameHeader]; framed {
+		body, err := e.MarshalJSON()
+		if err != nil {
+			return fmt.Errorf("dead letter %s for %s: %w", e.ID, member, err)
+		}
+		msg = amqp.Publishing{ContentType: "application/json", DeliveryMode: amqp.Persistent, MessageId: e.ID.String(),
+			CorrelationId: e.CorrelationID, Type: e.Type, Timestamp: e.OccurredAt, Body: body}
+	}
 	headers := amqp.Table{}
 	for k, v := range d.Headers {
-		headers[k] = v
+		if k != broker.FrameHeader {
+			headers[k] = v
+		}
 	}
 	now := time.Now().UTC().Truncate(time.Second)
 	headers["x-first-death-reason"], headers["x-first-death-queue"] = "rejected", d.RoutingKey
 	headers["x-death"] = []any{amqp.Table{"reason": "rejected", "queue": q.Name, "time": now, "count": int64(1),
 		"exchange": d.Exchange, "routing-keys": []any{d.RoutingKey}}}
-	conf, err := r.deadLetters.PublishWithDeferredConfirmWithContext(ctx, q.DeadLetterExchange(), q.DeadLetterTo, true, false,
-		amqp.Publishing{Headers: headers, ContentType: d.ContentType, DeliveryMode: amqp.Persistent, MessageId: d.MessageId,
-			CorrelationId: d.CorrelationId, Type: d.Type, Timestamp: d.Timestamp, Body: d.Body})
+	msg.Headers = headers
+	conf, err := r.deadLetters.PublishWithDeferredConfirmWithContext(ctx, q.DeadLetterExchange(), q.DeadLetterTo, true, false, msg)
 	if err != nil {
 		return err
 	}

@@ -280,6 +280,7 @@ func (d *deps) buildParts(k processKeys) (parts, error) {
 func (d *deps) startRelay(work *workers, p parts, chain events.ChainKey) error {
 	relay, err := eventstore.NewRelay(d.pool, d.broker, eventstore.RelayConfig{Exchange: d.cfg.AMQPExchange,
 		BatchSize: d.cfg.RelayBatchSize, Queues: p.queues(), Local: d.store, Logger: d.logger.With("component", "relay"), Metrics: d.metrics,
+		Frames: true, // the projectors' group takes frames (projections.Runner.Queue)
 		Declare: func(ctx context.Context, ch *amqp.Channel) error {
 			return projections.DeclareLayouts(ctx, d.pool, ch, p.partitioned)
 		}})

@@ -39,6 +39,14 @@ type RelayConfig struct {
 	// Declare, when set, declares the rest of the topology on the same occasions: the
 	// partitioned projectors' queues, whose layout is kept in the database.
 	Declare func(ctx context.Context, ch *amqp.Channel) error
+	// Frames publishes each batch's events in frames too (broker.FrameHeader): one
+	// message for a batch's events of one organization bucket, up to events.FrameMax, to
+	// the frames exchange, with mandatory routing, for the projectors' group. The single
+	// events, then, are for the queues that want them and nobody else: published without
+	// mandatory routing, so that an event no reactor or outside consumer subscribed to is
+	// dropped by the exchange rather than fail the batch. Without Frames every single
+	// event must be routed.
+	Frames  bool
 	// Local is the store this process appends with, if any: while the relay leads, the
 	// store's commits wake it directly, and send no NOTIFY (Store.notify). Appends of
 	// other processes still wake it through its LISTEN. A relay of another Name (serve
@@ -82,8 +90,9 @@ type Channeler interface {
 
 // Relay publishes committed events to the exchange in commit order. Only the instance that
 // holds the leader lock publishes; the others wait and take over when it goes away. The
-// checkpoint advances only after every event of a batch is confirmed and none was
-// returned unroutable, so a crash at any moment re-publishes (at least once), never skips.
+// checkpoint advances only after every message of a batch is confirmed and none that had
+// to be routed (its frames, or its events without frames) was returned unroutable, so a
+// crash at any moment re-publishes (at least once), never skips.
 type Relay struct {
 	pool   *pgxpool.Pool
 	broker Channeler
@@ -232,10 +241,11 @@ func (r *Relay) lead(ctx context.Context) error {
 				return err
 			}
 			if len(batch) > 0 {
-				if err := pub.send(ctx, batch); err != nil {
+				messages, err := pub.send(ctx, batch)
+				if err != nil {
 					return err
 				}
-				pending = append(pending, &inflight{batch: batch, next: next, sent: time.Now()})
+				pending = append(pending, &inflight{batch: batch, messages: messages, next: next, sent: time.Now()})
 				outstanding += len(batch)
 				read = next
 				if r.sent != nil {
@@ -423,6 +433,7 @@ type publisher struct {
 	ch       *amqp.Channel
 	exchange string
 	store    *uuid.UUID // stamped on every envelope
+	frames   bool
 	confirms chan amqp.Confirmation
 	returns  chan amqp.Return
 	closed   chan *amqp.Error
@@ -455,9 +466,13 @@ func (r *Relay) openPublisher(ctx context.Context) (*publisher, error) {
 		return nil, fmt.Errorf("confirm mode: %w", err)
 	}
 	n := 3*r.cfg.BatchSize + 1 // the most in flight: a window of 2 batches, and one more read
+	if r.cfg.Frames {
+		n *= 2 // and a frame for each event, at most
+	}
 	return &publisher{
 		ch:       ch,
 		exchange: r.cfg.Exchange,
+		frames:   r.cfg.Frames,
 		confirms: ch.NotifyPublish(make(chan amqp.Confirmation, n)),
 		returns:  ch.NotifyReturn(make(chan amqp.Return, n)),
 		closed:   ch.NotifyClose(make(chan *amqp.Error, 1)),
@@ -482,23 +497,39 @@ const checkpointEvery = 100 * time.Millisecond
 
 // inflight is a published batch and how many of its confirms have come back.
 type inflight struct {
-	batch []events.Envelope
-	next  Checkpoint
-	acked int
-	sent  time.Time
+	batch    []events.Envelope
+	messages int // what send published: the events, and their frames
+	next     Checkpoint
+	acked    int
+	sent     time.Time
 }
 
-// send publishes the batch with mandatory routing, without waiting for its confirms.
-func (p *publisher) send(ctx context.Context, batch []events.Envelope) error {
+// frame is a frame being built: events of one bucket.
+type frame struct {
+	body   []byte
+	events int
+	first  events.Envelope
+}
+
+// send publishes the batch, and its frames with Frames, without waiting for the confirms.
+// It returns how many messages it published.
+func (p *publisher) send(ctx context.Context, batch []events.Envelope) (int, error) {
+	var frames map[int]*frame
+	var order []int // buckets in the order of their first event of the batch
+	if p.frames {
+		frames = make(map[int]*frame)
+	}
+	sent := 0
 	for _, e := range batch {
 		e.StoreID = p.store
 		// MarshalJSON rather than json.Marshal: the same bytes, without checking and
 		// compacting them a second time, which was more than half of the encoding's cost.
 		body, err := e.MarshalJSON()
 		if err != nil {
-			return fmt.Errorf("encode event %s: %w", e.ID, err)
+			return sent, fmt.Errorf("encode event %s: %w", e.ID, err)
 		}
-		err = p.ch.PublishWithContext(ctx, p.exchange, e.Type, true, false, amqp.Publishing{
+		bucket := events.PartitionBucket(e.OrganizationID)
+		err = p.ch.PublishWithContext(ctx, p.exchange, e.Type, !p.frames, false, amqp.Publishing{
 			// The organization's bucket, which partitioned projectors' queues are bound by.
 			Headers:       partitionHeaders[events.PartitionBucket(e.OrganizationID)],
 			ContentType:   "application/json",
@@ -510,8 +541,55 @@ func (p *publisher) send(ctx context.Context, batch []events.Envelope) error {
 			Body:          body,
 		})
 		if err != nil {
-			return fmt.Errorf("publish event %s: %w", e.ID, err)
+			return sent, fmt.Errorf("publish event %s: %w", e.ID, err)
 		}
+		sent++
+		if !p.frames {
+			continue
+		}
+		f := frames[bucket]
+		if f == nil {
+			f = &frame{first: e}
+			frames[bucket] = f
+			order = append(order, bucket)
+		}
+		f.body = events.AppendFrame(f.body, body)
+		f.events++
+		if f.events == events.FrameMax {
+			if err := p.sendFrame(ctx, bucket, f); err != nil {
+				return sent, err
+			}
+			sent++
+			*f = frame{}
+		}
+	}
+	for _, b := range order {
+		if f := frames[b]; f.events > 0 {
+			if err := p.sendFrame(ctx, b, f); err != nil {
+				return sent, err
+			}
+			sent++
+		}
+	}
+	return sent, nil
+}
+
+// sendFrame publishes f, a frame of bucket's events, with mandatory routing: the
+// projectors must have it.
+func (p *publisher) sendFrame(ctx context.Context, bucket int, f *frame) error {
+	err := p.ch.PublishWithContext(ctx, broker.FramesExchange(p.exchange), "", true, false, amqp.Publishing{
+		// The bucket's header routes it as its events would be (broker.Layout).
+		Headers: amqp.Table{events.PartitionHeader: partitionHeaders[bucket][events.PartitionHeader],
+			broker.FrameHeader: int32(f.events)},
+		ContentType:   "application/json",
+		DeliveryMode:  amqp.Persistent,
+		MessageId:     "frame:" + f.first.ID.String(),
+		CorrelationId: f.first.CorrelationID,
+		Timestamp:     f.first.OccurredAt,
+		Body:          events.CloseFrame(f.body),
+	})
+	if err != nil {
+		return fmt.Errorf("publish the frame of event %s: %w", f.first.ID, err)
 	}
 	return nil
 }
@@ -528,7 +606,7 @@ func (p *publisher) confirm(b *inflight, block bool) (bool, error) {
 		defer t.Stop()
 		deadline = t.C
 	}
-	for b.acked < len(b.batch) {
+	for b.acked < b.messages {
 		var c amqp.Confirmation
 		var ok bool
 		if block {
@@ -561,7 +639,7 @@ func (p *publisher) confirm(b *inflight, block bool) (bool, error) {
 	// of a later batch may be too: it fails this one, and both are published again).
 	select {
 	case ret := <-p.returns:
-		return false, fmt.Errorf("event %s (%s) was unroutable: %s", ret.MessageId, ret.RoutingKey, ret.ReplyText)
+		return false, fmt.Errorf("message %s (%s %s) was unroutable: %s", ret.MessageId, ret.Exchange, ret.RoutingKey, ret.ReplyText)
 	default:
 	}
 	return true, nil

@@ -386,10 +386,11 @@ func TestRelayKeepsSeveralBatchesInFlight(t *testing.T) {
 
 // publish sends one batch and waits for all its confirms.
 func (p *publisher) publish(ctx context.Context, batch []events.Envelope) error {
-	if err := p.send(ctx, batch); err != nil {
+	n, err := p.send(ctx, batch)
+	if err != nil {
 		return err
 	}
-	_, err := p.confirm(&inflight{batch: batch}, true)
+	_, err = p.confirm(&inflight{batch: batch, messages: n}, true)
 	return err
 }
 
@@ -507,4 +508,122 @@ func TestRelayOfTheAppendingProcessIsWokenWithoutNotify(t *testing.T) {
 	stop()
 	appendDelayed(t, store, uuid.New(), time.Microsecond)
 	assert.True(t, heard(5*time.Second), "a NOTIFY once it has stopped")
+}
+
+// With Frames, the relay publishes each batch's events of a bucket in frames of at most
+// events.FrameMax, in the order of the log, mandatory, to the frames exchange; the
+// single events go to whichever queue wants them, and one that no queue wants holds
+// nothing up. A frame that no queue takes fails its batch.
+func TestRelayPublishesFramesOfABucket(t *testing.T) {
+	d := testenv.MustDatabase(t)
+	a := testenv.MustAMQP(t)
+	s := NewStore(d.Pool)
+	defer s.Close()
+	orgA := uuid.New()
+	orgB := uuid.New()
+	for events.PartitionBucket(&orgB) == events.PartitionBucket(&orgA) {
+		orgB = uuid.New()
+	}
+	var want []uuid.UUID
+	for i := range events.FrameMax + 20 { // a's: 72, b's: 12
+		org := &orgA
+		if i%7 == 3 {
+			org = &orgB
+		}
+		id := uuid.New()
+		_, err := s.Append(context.Background(), AppendRequest{StreamType: events.StreamUser, StreamID: uuid.New(),
+			ExpectedVersion: AnyVersion, OrganizationID: org, Events: []events.Event{events.UserRoleAssigned{Role: "member"}},
+			EventIDs: []uuid.UUID{id}, Meta: events.Meta{Actor: events.Actor{Type: events.ActorSystem}}})
+		require.NoError(t, err)
+		want = append(want, id)
+	}
+	group := broker.QueueSpec{Name: a.Queue("group"), Exchange: a.Exchange, Bindings: []string{"user.*"}, DeliveryLimit: 3, Frames: true}
+	// A reactor's queue that wants none of these events: their single copies are routed
+	// nowhere, and the relay goes on.
+	other := broker.QueueSpec{Name: a.Queue("other"), Exchange: a.Exchange, Bindings: []string{"nothing.*"}, DeliveryLimit: 3}
+	r, err := NewRelay(d.Pool, mustBroker(t, a), RelayConfig{Exchange: a.Exchange, Frames: true, Queues: []broker.QueueSpec{group, other},
+		Logger: testenv.Logger(t)})
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = r.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+
+	conn, err := amqp.Dial(a.URL)
+	require.NoError(t, err)
+	defer conn.Close()
+	ch, err := conn.Channel()
+	require.NoError(t, err)
+	var got []uuid.UUID
+	byBucket := map[string][]int64{}
+	frames := 0
+	testenv.Eventually(t, 15*time.Second, func() error {
+		if ch.IsClosed() { // a get before the relay declared the queue closes the channel
+			if ch, err = conn.Channel(); err != nil {
+				return err
+			}
+		}
+		for {
+			m, ok, err := ch.Get(group.Name, true)
+			if err != nil {
+				return err
+			}
+			if !ok {
+				break
+			}
+			frames++
+			envs, err := events.DecodeFrame(m.Body)
+			if err != nil {
+				return err
+			}
+			if n, _ := m.Headers[broker.FrameHeader].(int32); int(n) != len(envs) || n > events.FrameMax {
+				return errorf("a frame of %d events says %v", len(envs), m.Headers[broker.FrameHeader])
+			}
+			bucket, _ := m.Headers[events.PartitionHeader].(string)
+			for _, e := range envs {
+				if events.PartitionValue(events.PartitionBucket(e.OrganizationID)) != bucket {
+					return errorf("event of another bucket in the frame of bucket", bucket)
+				}
+				got = append(got, e.ID)
+				byBucket[bucket] = append(byBucket[bucket], e.Position)
+			}
+		}
+		if len(got) < len(want) {
+			return errorf("frames held events", len(got))
+		}
+		return nil
+	})
+	assert.ElementsMatch(t, want, got, "every event once, in a frame")
+	assert.Equal(t, 3, frames, "a's events in two frames (FrameMax, and the rest), b's in one")
+	for b, positions := range byBucket {
+		assert.IsIncreasing(t, positions, "bucket %s: in the order of the log", b)
+	}
+	q, err := ch.QueueDeclarePassive(other.Name, true, false, false, false, nil)
+	require.NoError(t, err)
+	assert.Zero(t, q.Messages)
+	testenv.Eventually(t, 5*time.Second, func() error {
+		var cp int64
+		if err := d.Pool.QueryRow(ctx, `SELECT coalesce(max(position), 0) FROM relay_checkpoints`).Scan(&cp); err != nil {
+			return err
+		}
+		if cp == 0 {
+			return errorf("no checkpoint yet")
+		}
+		return nil
+	})
+
+	// A frame no queue takes fails its batch; once a queue takes frames, it goes.
+	x := testenv.MustAMQP(t)
+	require.NoError(t, broker.DeclareEventExchange(ch, x.Exchange))
+	require.NoError(t, ch.Confirm(false))
+	p := &publisher{ch: ch, exchange: x.Exchange, frames: true, timeout: 5 * time.Second,
+		confirms: ch.NotifyPublish(make(chan amqp.Confirmation, 4)),
+		returns:  ch.NotifyReturn(make(chan amqp.Return, 4)),
+		closed:   ch.NotifyClose(make(chan *amqp.Error, 1))}
+	e := events.Envelope{ID: uuid.New(), Type: "user.created", StreamID: uuid.New(), StreamVersion: 1, Data: json.RawMessage(`{}`)}
+	err = p.publish(context.Background(), []events.Envelope{e})
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "unroutable")
+	require.NoError(t, broker.DeclareQueue(ch, broker.QueueSpec{Name: x.Queue("group"), Exchange: x.Exchange, DeliveryLimit: 3, Frames: true}))
+	require.NoError(t, p.publish(context.Background(), []events.Envelope{e}), "the single copy needs no queue")
 }

@@ -165,25 +165,51 @@ func (c *Conn) Close() error {
 	return nil
 }
 
-// UnroutedSuffix names the alternate exchange and queue that keep events no consumer's
-// queue was bound for: they are kept, never dropped.
+// UnroutedSuffix names the event exchange's alternate exchange. Earlier versions bound a
+// queue of the same name to it, which kept every event no queue was bound for; since the
+// projectors receive frames (FrameHeader), that was every event nobody outside the
+// process subscribed to, kept forever. The exchange stays, because the event exchange's
+// arguments name it and RabbitMQ refuses a declaration with other arguments; nothing is
+// bound to it, so a single event that no queue wants is dropped, as a topic exchange
+// does. The log keeps every event, and the projectors' frames are published mandatory.
 const UnroutedSuffix = ".unrouted"
 
-// DeclareEventExchange declares the durable topic exchange with its alternate exchange.
+// FramesSuffix names the exchange of frames (FramesExchange).
+const FramesSuffix = ".frames"
+
+// FrameHeader marks a frame: a message that carries several events of one organization's
+// bucket (a JSON array of envelopes, events.DecodeFrame), in the order of the log. The
+// relay publishes every event twice: alone, to the event exchange, for the reactors' and
+// outside consumers' queues (API.md's event stream), and in a frame, to the frames
+// exchange, for the projectors' group. The broker then writes, delivers and settles one
+// message for a relay batch's events of a bucket where it did one for each event
+// (BENCHMARKS.md: "Frames"). The value is the number of events.
+const FrameHeader = "chatbotd-frame"
+
+// FramesExchange is the fanout exchange of exchange's frames. The projectors' group's
+// queue (QueueSpec.Frames) is bound to it, or, partitioned, the group's split exchange.
+func FramesExchange(exchange string) string { return exchange + FramesSuffix }
+
+// DeclareEventExchange declares the durable topic exchange, its alternate exchange with
+// nothing bound to it (see UnroutedSuffix), and its frames exchange.
 func DeclareEventExchange(ch *amqp.Channel, exchange string) error {
 	ae := exchange + UnroutedSuffix
+	// Deleted and declared again, which drops an earlier version's binding of the
+	// unrouted queue (unbinding a queue that does not exist would close the channel).
+	// The queue and what it kept stay for the operator (OPERATIONS.md).
+	if err := ch.ExchangeDelete(ae, false, false); err != nil {
+		return fmt.Errorf("delete exchange %s: %w", ae, err)
+	}
 	if err := ch.ExchangeDeclare(ae, amqp.ExchangeFanout, true, false, false, false, nil); err != nil {
 		return fmt.Errorf("declare exchange %s: %w", ae, err)
-	}
-	if _, err := ch.QueueDeclare(ae, true, false, false, false, amqp.Table{"x-queue-type": "quorum"}); err != nil {
-		return fmt.Errorf("declare queue %s: %w", ae, err)
-	}
-	if err := ch.QueueBind(ae, "", ae, false, nil); err != nil {
-		return fmt.Errorf("bind queue %s: %w", ae, err)
 	}
 	if err := ch.ExchangeDeclare(exchange, amqp.ExchangeTopic, true, false, false, false,
 		amqp.Table{"alternate-exchange": ae}); err != nil {
 		return fmt.Errorf("declare exchange %s: %w", exchange, err)
+	}
+	frames := FramesExchange(exchange)
+	if err := ch.ExchangeDeclare(frames, amqp.ExchangeFanout, true, false, false, false, nil); err != nil {
+		return fmt.Errorf("declare exchange %s: %w", frames, err)
 	}
 	return nil
 }
@@ -205,6 +231,10 @@ type QueueSpec struct {
 	// DeadLetterVia is the exchange of the dead-letter queue's queue (the event exchange,
 	// for a partition whose Exchange is the split exchange); empty for Exchange.
 	DeadLetterVia string
+	// Frames makes the queue take its events in frames (FrameHeader): it is bound to the
+	// frames exchange of Exchange, and Bindings only say which events its consumer
+	// applies. Every event comes in a frame, whatever its type.
+	Frames bool
 }
 
 // deadLetterKey is the routing key (the queue name) that the dead-letter queue is bound by.
@@ -266,9 +296,29 @@ func DeclareQueue(ch *amqp.Channel, q QueueSpec) error {
 		}
 		return fmt.Errorf("declare queue %s: %w", q.Name, err)
 	}
+	if q.Frames {
+		frames := FramesExchange(q.Exchange)
+		if err := ch.QueueBind(q.Name, "", frames, false, nil); err != nil {
+			return fmt.Errorf("bind queue %s to %s: %w", q.Name, frames, err)
+		}
+		// An earlier version bound the queue by its patterns: its events would come twice
+		// (the second skipped as applied). Bound to the frames first, so none is missed.
+		return unbindEvents(ch, q)
+	}
 	for _, b := range q.Bindings {
 		if err := ch.QueueBind(q.Name, b, q.Exchange, false, nil); err != nil {
 			return fmt.Errorf("bind queue %s to %s: %w", q.Name, b, err)
+		}
+	}
+	return nil
+}
+
+// unbindEvents removes q's bindings by its patterns on the event exchange (not there: no
+// error).
+func unbindEvents(ch *amqp.Channel, q QueueSpec) error {
+	for _, b := range q.Bindings {
+		if err := ch.QueueUnbind(q.Name, b, q.Exchange, nil); err != nil {
+			return fmt.Errorf("unbind queue %s from %s: %w", q.Name, b, err)
 		}
 	}
 	return nil

@@ -15,9 +15,11 @@ const FenceHeader = "chatbotd-fence"
 
 // Layout is how a consumer's events are split over queues: Partitions queues, each fed
 // the organizations whose bucket (the header partitionHeader, 0..buckets-1) is k modulo
-// Partitions. One partition is the consumer's queue, Base, bound on the event exchange.
-// More are queues named "<base>.p<k>of<n>", bound to a headers exchange, "<base>.split",
-// which the event exchange feeds with Base's bindings; they share Base's dead-letter queue.
+// Partitions. One partition is the consumer's queue, Base, bound on the event exchange
+// (on its frames exchange, for Base.Frames). More are queues named "<base>.p<k>of<n>",
+// bound to a headers exchange, "<base>.split", which the event exchange feeds with Base's
+// bindings (the frames exchange feeds it every frame, for Base.Frames: a frame holds one
+// bucket's events and carries its header); they share Base's dead-letter queue.
 type Layout struct {
 	Base       QueueSpec
 	Partitions int
@@ -41,6 +43,7 @@ func (l Layout) Queue(k int) QueueSpec {
 	q.Exchange, q.Bindings = l.SplitExchange(), nil
 	q.DeadLetterTo, q.DeadLetterVia = l.Base.deadLetterKey(), l.Base.Exchange
 	q.SingleActiveConsumer = true
+	q.Frames = false // bound by its buckets; the split exchange takes Base's frames
 	return q
 }
 
@@ -91,6 +94,19 @@ func (l Layout) Declare(ch *amqp.Channel) error {
 			}
 		}
 	}
+	if l.Base.Frames {
+		frames := FramesExchange(l.Base.Exchange)
+		if err := ch.ExchangeBind(split, "", frames, false, nil); err != nil {
+			return fmt.Errorf("bind exchange %s to %s: %w", split, frames, err)
+		}
+		// An earlier version fed the split exchange single events by Base's patterns.
+		for _, b := range l.Base.Bindings {
+			if err := ch.ExchangeUnbind(split, b, l.Base.Exchange, false, nil); err != nil {
+				return fmt.Errorf("unbind exchange %s from %s: %w", split, b, err)
+			}
+		}
+		return nil
+	}
 	for _, b := range l.Base.Bindings {
 		if err := ch.ExchangeBind(split, b, l.Base.Exchange, false, nil); err != nil {
 			return fmt.Errorf("bind exchange %s to %s: %w", split, b, err)
@@ -105,12 +121,13 @@ func (l Layout) Declare(ch *amqp.Channel) error {
 // are not there are no error.
 func (l Layout) Detach(ch *amqp.Channel) error {
 	if l.Partitions <= 1 {
-		for _, b := range l.Base.Bindings {
-			if err := ch.QueueUnbind(l.Base.Name, b, l.Base.Exchange, nil); err != nil {
-				return fmt.Errorf("unbind queue %s from %s: %w", l.Base.Name, b, err)
+		if l.Base.Frames {
+			frames := FramesExchange(l.Base.Exchange)
+			if err := ch.QueueUnbind(l.Base.Name, "", frames, nil); err != nil {
+				return fmt.Errorf("unbind queue %s from %s: %w", l.Base.Name, frames, err)
 			}
 		}
-		return nil
+		return unbindEvents(ch, l.Base)
 	}
 	for k := range l.Partitions {
 		for _, b := range l.buckets(k) {

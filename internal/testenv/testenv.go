@@ -21,6 +21,7 @@ import (
 	amqp "github.com/rabbitmq/amqp091-go"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/chatbotsaas/chatbotd/events"
 	"github.com/chatbotsaas/chatbotd/internal/broker"
 	"github.com/chatbotsaas/chatbotd/internal/db"
 	"github.com/chatbotsaas/chatbotd/migrations"
@@ -279,11 +280,41 @@ func (a *AMQP) cleanup() {
 			ch.Close()
 		}
 	}
-	for _, x := range append(a.exchanges, a.Exchange, a.Exchange+".unrouted", a.Exchange+".dlx") {
+	for _, x := range append(a.exchanges, a.Exchange, a.Exchange+".unrouted", a.Exchange+".dlx", broker.FramesExchange(a.Exchange)) {
 		if ch, err := conn.Channel(); err == nil {
 			_ = ch.ExchangeDelete(x, false, false)
 			ch.Close()
 		}
+	}
+}
+
+// PublishEvents publishes envs as the relay does (eventstore.RelayConfig.Frames): each
+// alone to the event exchange, by its type, for the queues bound by patterns, and all of
+// them in one frame to the frames exchange, for a projectors' group. A frame holds one
+// bucket's events: envs are of one organization, or the test does not partition.
+func PublishEvents(tb testing.TB, ch *amqp.Channel, exchange string, envs ...events.Envelope) {
+	tb.Helper()
+	var frame []byte
+	for _, e := range envs {
+		body, err := e.MarshalJSON()
+		if err != nil {
+			tb.Fatal(err)
+		}
+		bucket := amqp.Table{events.PartitionHeader: events.PartitionValue(events.PartitionBucket(e.OrganizationID))}
+		if err := ch.Publish(exchange, e.Type, false, false, amqp.Publishing{Headers: bucket, MessageId: e.ID.String(),
+			DeliveryMode: amqp.Persistent, Body: body}); err != nil {
+			tb.Fatalf("publish %s: %v", e.ID, err)
+		}
+		frame = events.AppendFrame(frame, body)
+	}
+	if len(envs) == 0 {
+		return
+	}
+	headers := amqp.Table{events.PartitionHeader: events.PartitionValue(events.PartitionBucket(envs[0].OrganizationID)),
+		broker.FrameHeader: int32(len(envs))}
+	if err := ch.Publish(broker.FramesExchange(exchange), "", false, false, amqp.Publishing{Headers: headers,
+		MessageId: "frame:" + envs[0].ID.String(), DeliveryMode: amqp.Persistent, Body: events.CloseFrame(frame)}); err != nil {
+		tb.Fatalf("publish a frame: %v", err)
 	}
 }
 
