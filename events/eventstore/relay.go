@@ -46,7 +46,7 @@ type RelayConfig struct {
 	// mandatory routing, so that an event no reactor or outside consumer subscribed to is
 	// dropped by the exchange rather than fail the batch. Without Frames every single
 	// event must be routed.
-	Frames  bool
+	Frames bool
 	// Local is the store this process appends with, if any: while the relay leads, the
 	// store's commits wake it directly, and send no NOTIFY (Store.notify). Appends of
 	// other processes still wake it through its LISTEN. A relay of another Name (serve
