@@ -101,6 +101,12 @@ func DecodeEnvelope(body []byte) (Envelope, error) {
 	if err := json.Unmarshal(body, &e); err != nil {
 		return e, fmt.Errorf("decode envelope: %w", err)
 	}
+	return checkDecoded(e)
+}
+
+// checkDecoded rejects a decoded envelope that lacks what consumers rely on, and upcasts
+// it to the current version of its type.
+func checkDecoded(e Envelope) (Envelope, error) {
 	switch {
 	case e.ID == uuid.Nil:
 		return e, fmt.Errorf("decode envelope: missing id")

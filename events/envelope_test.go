@@ -3,6 +3,7 @@ package events_test
 import (
 	"encoding/json"
 	"testing"
+	"time"
 
 	"github.com/google/uuid"
 	"github.com/stretchr/testify/assert"
@@ -67,5 +68,41 @@ func TestMarshalJSONWritesWhatJSONMarshalWrites(t *testing.T) {
 		got, err := e.MarshalJSON()
 		require.NoError(t, err, name)
 		assert.Equal(t, string(want), string(got), name)
+	}
+}
+
+// A frame is the envelopes' encoding in a JSON array: it decodes into the same envelopes,
+// in order, each checked as a single one is; an empty frame, or one with an event that
+// does not decode, is rejected whole.
+func TestFramesDecodeIntoTheirEnvelopes(t *testing.T) {
+	org := uuid.New()
+	var want []events.Envelope
+	var frame []byte
+	for v := 1; v <= 3; v++ {
+		e := events.Envelope{ID: uuid.New(), Type: "user.role_assigned", SchemaVersion: 1, StreamType: events.StreamUser,
+			StreamID: uuid.New(), StreamVersion: v, Position: int64(v), OrganizationID: &org,
+			OccurredAt: time.Date(2026, 12, 6, 10, 0, v, 0, time.UTC), CorrelationID: "c", Data: json.RawMessage(`{"role":"member"}`)}
+		body, err := e.MarshalJSON()
+		require.NoError(t, err)
+		frame = events.AppendFrame(frame, body)
+		want = append(want, e)
+	}
+	got, err := events.DecodeFrame(events.CloseFrame(frame))
+	require.NoError(t, err)
+	require.Len(t, got, 3)
+	for i := range want {
+		single, err := want[i].MarshalJSON()
+		require.NoError(t, err)
+		again, err := got[i].MarshalJSON()
+		require.NoError(t, err)
+		assert.JSONEq(t, string(single), string(again), "event %d", i)
+	}
+	for name, body := range map[string]string{
+		"empty":        `[]`,
+		"not an array": string(frame[1:]),
+		"no id":        `[{"type":"user.created","stream_id":"` + uuid.NewString() + `","stream_version":1,"data":{}}]`,
+	} {
+		_, err := events.DecodeFrame([]byte(body))
+		assert.Error(t, err, name)
 	}
 }

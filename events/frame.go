@@ -30,16 +30,15 @@ func CloseFrame(frame []byte) []byte { return append(frame, ']') }
 // upcast as DecodeEnvelope does. A frame with any envelope that does not decode is
 // rejected whole: it is one message, dead-lettered as one.
 func DecodeFrame(body []byte) ([]Envelope, error) {
-	var raw []json.RawMessage
-	if err := json.Unmarshal(body, &raw); err != nil {
+	var out []Envelope
+	if err := json.Unmarshal(body, &out); err != nil {
 		return nil, fmt.Errorf("decode frame: %w", err)
 	}
-	if len(raw) == 0 {
+	if len(out) == 0 {
 		return nil, fmt.Errorf("decode frame: no events")
 	}
-	out := make([]Envelope, len(raw))
-	for i, r := range raw {
-		e, err := DecodeEnvelope(r)
+	for i, e := range out {
+		e, err := checkDecoded(e)
 		if err != nil {
 			return nil, fmt.Errorf("frame event %d: %w", i, err)
 		}
