@@ -194,11 +194,17 @@ type execer interface {
 	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
 }
 
-func saveCheckpoint(ctx context.Context, q execer, name string, cp Checkpoint) error {
-	_, err := q.Exec(ctx, `INSERT INTO relay_checkpoints (name, transaction_id, position, updated_at)
+const saveCheckpointSQL = `INSERT INTO relay_checkpoints (name, transaction_id, position, updated_at)
 		VALUES ($1, $2::text::xid8, $3, now())
 		ON CONFLICT (name) DO UPDATE SET transaction_id = excluded.transaction_id,
-			position = excluded.position, updated_at = now()`,
-		name, strconv.FormatUint(cp.TransactionID, 10), cp.Position)
+			position = excluded.position, updated_at = now()`
+
+func saveCheckpoint(ctx context.Context, q execer, name string, cp Checkpoint) error {
+	_, err := q.Exec(ctx, saveCheckpointSQL, name, strconv.FormatUint(cp.TransactionID, 10), cp.Position)
 	return db.Classify(err)
+}
+
+// queueCheckpoint queues saveCheckpoint's statement in b.
+func queueCheckpoint(b *pgx.Batch, name string, cp Checkpoint) {
+	b.Queue(saveCheckpointSQL, name, strconv.FormatUint(cp.TransactionID, 10), cp.Position)
 }
