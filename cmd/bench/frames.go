@@ -10,14 +10,13 @@ import (
 	amqp "github.com/rabbitmq/amqp091-go"
 )
 
-// framesFigures measures what RabbitMQ spends per event on the path every event takes to
-// the projectors (a persistent publish into one quorum queue, its confirm, its delivery
-// and its acknowledgement), with one event a message as the relay publishes today, and
-// with each relay batch's events in one message (a "frame", which the relay does not
-// make). Events are sent at a fixed rate in relay batches of a given size, each batch
-// published and confirmed before the next (the relay keeps up to two batches' worth in
-// flight, so under load it pays fewer confirm rounds); RabbitMQ's CPU is read from /proc.
-// The answer says how much frames would save before anyone builds them.
+// framesFigures measures what RabbitMQ spends per event on the path of a queue's events
+// (a persistent publish into one quorum queue, its confirm, its delivery and its
+// acknowledgement), with one event a message, as the reactors' queues take them, and with
+// each relay batch's events in one message, as the projectors' frames carry them.
+// Events are sent at a fixed rate in relay batches of a given size, each batch published
+// and confirmed before the next (the relay keeps up to two batches' worth in flight, so
+// under load it pays fewer confirm rounds); RabbitMQ's CPU is read from /proc.
 func framesFigures(o options, w io.Writer) error {
 	conn, err := amqp.Dial(o.amqpURL)
 	if err != nil {
