@@ -559,9 +559,12 @@ func (p *publisher) send(ctx context.Context, batch []events.Envelope) (int, err
 		}
 		f := frames[bucket]
 		if f == nil {
-			f = &frame{first: e}
+			f = &frame{}
 			frames[bucket] = f
 			order = append(order, bucket)
+		}
+		if f.events == 0 {
+			f.first = e
 		}
 		f.body = events.AppendFrame(f.body, body)
 		f.events++

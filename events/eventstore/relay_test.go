@@ -579,6 +579,9 @@ func TestRelayPublishesFramesOfABucket(t *testing.T) {
 			if n, _ := m.Headers[broker.FrameHeader].(int32); int(n) != len(envs) || n > events.FrameMax {
 				return errorf("a frame of %d events says %v", len(envs), m.Headers[broker.FrameHeader])
 			}
+			if m.MessageId != "frame:"+envs[0].ID.String() {
+				return errorf("a frame named after another event than its first", m.MessageId)
+			}
 			bucket, _ := m.Headers[events.PartitionHeader].(string)
 			for _, e := range envs {
 				if events.PartitionValue(events.PartitionBucket(e.OrganizationID)) != bucket {
