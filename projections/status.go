@@ -72,8 +72,10 @@ type Status struct {
 	// still consumed before the new ones.
 	Partitions int  `json:"partitions"`
 	Draining   *int `json:"draining,omitempty"`
-	// Queued counts the events waiting in the queue (in every partition's): the lag in
-	// events. A member of the group counts the group's queue, which holds every member's.
+	// Queued counts the messages waiting in the queue (in every partition's). A member of
+	// the group counts the group's queue, which holds every member's events in frames of
+	// up to events.FrameMax: there it counts frames, not events; LagSeconds says how far
+	// behind the projection is either way.
 	Queued       *int `json:"queued"`
 	Consumers    *int `json:"consumers"`
 	DeadLettered *int `json:"dead_lettered"`

@@ -231,7 +231,7 @@ func (d *deps) gauges(ctx context.Context) ([]metrics.Gauge, error) {
 			add("chatbotd_projection_events_applied", "Events the projection applied, all processes together.", float64(p.EventsApplied))
 		}
 		if p.Queued != nil {
-			add("chatbotd_projection_lag_events", "Events waiting in the projection's queue (its queue depth).", float64(*p.Queued))
+			add("chatbotd_projection_lag_events", "Messages waiting in the projection's queue (its queue depth; the projectors' group's are frames of up to 64 events).", float64(*p.Queued))
 			add("chatbotd_projection_dead_lettered", "Events in the projection's dead-letter queue.", float64(*p.DeadLettered))
 			add("chatbotd_projection_consumers", "Consumers of the projection's queue.", float64(*p.Consumers))
 		}

@@ -284,10 +284,7 @@ func TestPublisherTreatsUnroutableAsNotSent(t *testing.T) {
 	// A bare exchange with no alternate exchange and no queue bound.
 	require.NoError(t, ch.ExchangeDeclare(a.Exchange, amqp.ExchangeTopic, true, false, false, false, nil))
 	require.NoError(t, ch.Confirm(false))
-	p := &publisher{ch: ch, exchange: a.Exchange, timeout: 5 * time.Second,
-		confirms: ch.NotifyPublish(make(chan amqp.Confirmation, 4)),
-		returns:  ch.NotifyReturn(make(chan amqp.Return, 4)),
-		closed:   ch.NotifyClose(make(chan *amqp.Error, 1))}
+	p := testPublisher(ch, a.Exchange, false)
 	e := events.Envelope{ID: uuid.New(), Type: "user.created", StreamID: uuid.New(), StreamVersion: 1, Data: json.RawMessage(`{}`)}
 	err = p.publish(context.Background(), []events.Envelope{e})
 	require.Error(t, err)
@@ -382,6 +379,15 @@ func TestRelayKeepsSeveralBatchesInFlight(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// testPublisher is a publisher on ch, which is in confirm mode, with room for a few
+// confirms and returns.
+func testPublisher(ch *amqp.Channel, exchange string, frames bool) *publisher {
+	return &publisher{ch: ch, exchange: exchange, frames: frames, timeout: 5 * time.Second,
+		confirms: ch.NotifyPublish(make(chan amqp.Confirmation, 4)),
+		returns:  ch.NotifyReturn(make(chan amqp.Return, 4)),
+		closed:   ch.NotifyClose(make(chan *amqp.Error, 1))}
 }
 
 // publish sends one batch and waits for all its confirms.
@@ -619,10 +625,7 @@ func TestRelayPublishesFramesOfABucket(t *testing.T) {
 	x := testenv.MustAMQP(t)
 	require.NoError(t, broker.DeclareEventExchange(ch, x.Exchange))
 	require.NoError(t, ch.Confirm(false))
-	p := &publisher{ch: ch, exchange: x.Exchange, frames: true, timeout: 5 * time.Second,
-		confirms: ch.NotifyPublish(make(chan amqp.Confirmation, 4)),
-		returns:  ch.NotifyReturn(make(chan amqp.Return, 4)),
-		closed:   ch.NotifyClose(make(chan *amqp.Error, 1))}
+	p := testPublisher(ch, x.Exchange, true)
 	e := events.Envelope{ID: uuid.New(), Type: "user.created", StreamID: uuid.New(), StreamVersion: 1, Data: json.RawMessage(`{}`)}
 	err = p.publish(context.Background(), []events.Envelope{e})
 	require.Error(t, err)

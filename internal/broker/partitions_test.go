@@ -17,13 +17,7 @@ import (
 // the old or the new layout at every moment, a fence ends an old queue, and a drained
 // queue is removed only when it has neither messages nor consumers.
 func TestLayoutRoutesBucketsToPartitions(t *testing.T) {
-	a := testenv.MustAMQP(t)
-	conn, err := amqp.Dial(a.URL)
-	require.NoError(t, err)
-	defer conn.Close()
-	ch, err := conn.Channel()
-	require.NoError(t, err)
-	require.NoError(t, broker.DeclareEventExchange(ch, a.Exchange))
+	a, conn, ch := mustEventExchange(t)
 	base := broker.QueueSpec{Name: a.Queue("parted"), Exchange: a.Exchange, Bindings: []string{"part.*"}, DeliveryLimit: 3,
 		SingleActiveConsumer: true}
 	layout := func(n int) broker.Layout {
@@ -39,14 +33,7 @@ func TestLayoutRoutesBucketsToPartitions(t *testing.T) {
 		require.NoError(t, ch.Publish(a.Exchange, "part.done", true, false, amqp.Publishing{
 			Headers: amqp.Table{"partition": strconv.Itoa(bucket)}, Body: []byte(strconv.Itoa(bucket))}))
 	}
-	depth := func(name string) int {
-		c, err := conn.Channel()
-		require.NoError(t, err)
-		defer c.Close()
-		q, err := c.QueueDeclarePassive(name, true, false, false, false, nil)
-		require.NoError(t, err)
-		return q.Messages
-	}
+	depth := queueDepth(t, conn)
 	wantDepths := func(l broker.Layout, want ...int) {
 		t.Helper()
 		testenv.Eventually(t, 5*time.Second, func() error {
@@ -104,6 +91,32 @@ func TestLayoutRoutesBucketsToPartitions(t *testing.T) {
 	require.NoError(t, layout(4).Remove(rm, 0), "a queue already removed")
 }
 
+// mustEventExchange is a test's names, a connection, and a channel on which the test's
+// event exchange is declared.
+func mustEventExchange(t *testing.T) (*testenv.AMQP, *amqp.Connection, *amqp.Channel) {
+	t.Helper()
+	a := testenv.MustAMQP(t)
+	conn, err := amqp.Dial(a.URL)
+	require.NoError(t, err)
+	t.Cleanup(func() { conn.Close() })
+	ch, err := conn.Channel()
+	require.NoError(t, err)
+	require.NoError(t, broker.DeclareEventExchange(ch, a.Exchange))
+	return a, conn, ch
+}
+
+// queueDepth reads a queue's message count, each time on a channel of its own.
+func queueDepth(t *testing.T, conn *amqp.Connection) func(name string) int {
+	return func(name string) int {
+		c, err := conn.Channel()
+		require.NoError(t, err)
+		defer c.Close()
+		q, err := c.QueueDeclarePassive(name, true, false, false, false, nil)
+		require.NoError(t, err)
+		return q.Messages
+	}
+}
+
 type assertErr struct {
 	queue     string
 	got, want int
@@ -119,17 +132,11 @@ func (e assertErr) Error() string {
 // exchange keeps nothing once the event exchange is declared again, whatever an earlier
 // version bound to it.
 func TestFramesTakeThePlaceOfSingleEvents(t *testing.T) {
-	a := testenv.MustAMQP(t)
-	conn, err := amqp.Dial(a.URL)
-	require.NoError(t, err)
-	defer conn.Close()
-	ch, err := conn.Channel()
-	require.NoError(t, err)
-	require.NoError(t, broker.DeclareEventExchange(ch, a.Exchange))
+	a, conn, ch := mustEventExchange(t)
 	unrouted := a.Exchange + broker.UnroutedSuffix
 	// The earlier version's topology: the unrouted queue bound to the alternate exchange,
 	// the group's queue and split exchange bound by patterns.
-	_, err = ch.QueueDeclare(unrouted, true, false, false, false, amqp.Table{"x-queue-type": "quorum"})
+	_, err := ch.QueueDeclare(unrouted, true, false, false, false, amqp.Table{"x-queue-type": "quorum"})
 	require.NoError(t, err)
 	require.NoError(t, ch.QueueBind(unrouted, "", unrouted, false, nil))
 	base := broker.QueueSpec{Name: a.Queue("group"), Exchange: a.Exchange, Bindings: []string{"part.*"}, DeliveryLimit: 3,
@@ -158,14 +165,7 @@ func TestFramesTakeThePlaceOfSingleEvents(t *testing.T) {
 		require.NoError(t, ch.Publish(broker.FramesExchange(a.Exchange), "", false, false, amqp.Publishing{
 			Headers: amqp.Table{"partition": strconv.Itoa(bucket), broker.FrameHeader: int32(1)}, Body: []byte(`[{}]`)}))
 	}
-	depth := func(name string) int {
-		c, err := conn.Channel()
-		require.NoError(t, err)
-		defer c.Close()
-		q, err := c.QueueDeclarePassive(name, true, false, false, false, nil)
-		require.NoError(t, err)
-		return q.Messages
-	}
+	depth := queueDepth(t, conn)
 	want := func(name string, n int) {
 		t.Helper()
 		testenv.Eventually(t, 5*time.Second, func() error {
