@@ -384,3 +384,58 @@ func TestGroupDeadLetterWhenTheBrokerGoesAway(t *testing.T) {
 	n, _ := env.depth(env.a.QueuePrefix + "cut-a.dead")
 	assert.Equal(t, 1, n, "one copy in the member's dead letters")
 }
+
+// A frame dead-lettered whole (past the delivery limit, into the group's own dead letters)
+// is listed event by event, each naming the frame, and a redrive sends it back whole: the
+// members apply its events.
+func TestAGroupsDeadFrameIsListedByEventAndRedrivenWhole(t *testing.T) {
+	env := newGroupEnv(t)
+	a := env.member("dead-a", "grp.*")
+	for _, name := range []string{"dead", "dead-a"} {
+		env.a.Queue(name)
+	}
+	r := env.runner(projections.NewGroup("dead", a))
+	stop := run(r.Run)
+	defer func() { stop() }()
+	env.a.WaitConsumer(env.a.QueuePrefix + "dead")
+
+	envs := []events.Envelope{event("grp.one"), event("grp.two")}
+	var frame []byte
+	for _, e := range envs {
+		body, err := e.MarshalJSON()
+		require.NoError(t, err)
+		frame = events.AppendFrame(frame, body)
+	}
+	require.NoError(t, env.ch.Publish("", r.Queue().DeadQueue(), false, false, amqp.Publishing{DeliveryMode: amqp.Persistent,
+		MessageId: "frame:" + envs[0].ID.String(), Body: events.CloseFrame(frame),
+		Headers: amqp.Table{broker.FrameHeader: int32(2), "x-first-death-reason": "delivery_limit"}}))
+	testenv.Eventually(t, 5*time.Second, func() error {
+		if n, _ := env.depth(r.Queue().DeadQueue()); n != 1 {
+			return fmt.Errorf("%d dead letters", n)
+		}
+		return nil
+	})
+
+	letters, err := projections.ListDeadLetters(context.Background(), env.conn, r.Queue(), 10)
+	require.NoError(t, err)
+	require.Len(t, letters, 2, "one line per event of the frame")
+	for i, l := range letters {
+		assert.Equal(t, envs[i].ID.String(), l.EventID)
+		assert.Equal(t, "frame:"+envs[0].ID.String(), l.Frame)
+		assert.Equal(t, "delivery_limit", l.Reason)
+		assert.False(t, l.Undecodable)
+	}
+
+	moved, err := projections.Redrive(context.Background(), env.d.Pool, env.conn,
+		projections.Tracked{Name: "dead", Queue: r.Queue(), Layout: "dead"}, 10)
+	require.NoError(t, err)
+	assert.Equal(t, 1, moved, "the frame goes back whole")
+	testenv.Eventually(t, 15*time.Second, func() error {
+		if applied, _ := a.seen(); len(applied) != 2 {
+			return fmt.Errorf("applied %d of the frame's events", len(applied))
+		}
+		return nil
+	})
+	applied, _ := a.seen()
+	assert.Equal(t, []uuid.UUID{envs[0].ID, envs[1].ID}, applied)
+}

@@ -253,13 +253,17 @@ type DeadLetter struct {
 	// "delivery_limit" (redelivered too often).
 	Reason         string     `json:"reason"`
 	DeadLetteredAt *time.Time `json:"dead_lettered_at"`
-	// Undecodable is set when the message is not an event envelope.
+	// Undecodable is set when the message is not an event envelope, nor a frame of them.
 	Undecodable bool `json:"undecodable,omitempty"`
+	// Frame names the frame (broker.FrameHeader) that carried the event, when the whole
+	// frame was dead-lettered (past the delivery limit, in the group's own dead letters):
+	// its events are listed one by one, and are redriven together.
+	Frame string `json:"frame,omitempty"`
 }
 
-// ListDeadLetters returns up to limit messages of q's dead-letter queue, oldest first,
-// and leaves them there: they are taken unacknowledged and returned when the channel
-// closes.
+// ListDeadLetters returns the events of up to limit messages of q's dead-letter queue,
+// oldest first (a frame's each), and leaves them there: they are taken unacknowledged and
+// returned when the channel closes.
 func ListDeadLetters(ctx context.Context, b eventstore.Channeler, q broker.QueueSpec, limit int) ([]DeadLetter, error) {
 	ch, err := b.Channel(ctx)
 	if err != nil {
@@ -267,7 +271,7 @@ func ListDeadLetters(ctx context.Context, b eventstore.Channeler, q broker.Queue
 	}
 	defer ch.Close()
 	out := []DeadLetter{}
-	for len(out) < limit {
+	for range limit {
 		m, ok, err := ch.Get(q.DeadQueue(), false)
 		if err != nil {
 			return nil, deadQueueError(q, err)
@@ -275,7 +279,7 @@ func ListDeadLetters(ctx context.Context, b eventstore.Channeler, q broker.Queue
 		if !ok {
 			break
 		}
-		out = append(out, deadLetterOf(m))
+		out = append(out, deadLettersOf(m)...)
 	}
 	return out, nil
 }
@@ -288,17 +292,43 @@ func deadQueueError(q broker.QueueSpec, err error) error {
 	return fmt.Errorf("read %s: %w", q.DeadQueue(), err)
 }
 
-func deadLetterOf(m amqp.Delivery) DeadLetter {
-	d := DeadLetter{EventID: m.MessageId, Type: m.Type}
-	if e, err := events.DecodeEnvelope(m.Body); err == nil {
+// deadLettersOf is the dead letter m holds: its event, a frame's events, or what can be
+// told of a message that is neither.
+func deadLettersOf(m amqp.Delivery) []DeadLetter {
+	var envs []events.Envelope
+	var err error
+	_, framed := m.Headers[broker.FrameHeader]
+	if framed {
+		envs, err = events.DecodeFrame(m.Body)
+	} else {
+		var e events.Envelope
+		e, err = events.DecodeEnvelope(m.Body)
+		envs = []events.Envelope{e}
+	}
+	if err != nil {
+		return []DeadLetter{deadLetterOf(m, nil, "")}
+	}
+	out := make([]DeadLetter, len(envs))
+	for i := range envs {
+		frame := ""
+		if framed {
+			frame = m.MessageId
+		}
+		out[i] = deadLetterOf(m, &envs[i], frame)
+	}
+	return out
+}
+
+// deadLetterOf is e, which m carried (nil: m could not be decoded), as a dead letter.
+func deadLetterOf(m amqp.Delivery, e *events.Envelope, frame string) DeadLetter {
+	d := DeadLetter{EventID: m.MessageId, Type: m.Type, Undecodable: true}
+	if e != nil {
 		at := e.OccurredAt.UTC()
 		d = DeadLetter{EventID: e.ID.String(), Type: e.Type, StreamID: e.StreamID.String(), StreamVersion: e.StreamVersion,
-			Position: e.Position, CorrelationID: events.OptionalID(e.CorrelationID), OccurredAt: &at}
+			Position: e.Position, CorrelationID: events.OptionalID(e.CorrelationID), OccurredAt: &at, Frame: frame}
 		if e.OrganizationID != nil {
 			d.OrganizationID = e.OrganizationID.String()
 		}
-	} else {
-		d.Undecodable = true
 	}
 	if deaths, ok := m.Headers["x-death"].([]any); ok && len(deaths) > 0 {
 		if first, ok := deaths[0].(amqp.Table); ok {

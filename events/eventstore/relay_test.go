@@ -565,9 +565,11 @@ func TestRelayPublishesFramesOfABucket(t *testing.T) {
 	frames := 0
 	testenv.Eventually(t, 15*time.Second, func() error {
 		if ch.IsClosed() { // a get before the relay declared the queue closes the channel
-			if ch, err = conn.Channel(); err != nil {
+			fresh, err := conn.Channel()
+			if err != nil {
 				return err
 			}
+			ch = fresh
 		}
 		for {
 			m, ok, err := ch.Get(group.Name, true)
