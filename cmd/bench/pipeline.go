@@ -327,6 +327,7 @@ func deleteQueues(conn *broker.Conn, exchange string, qs ...broker.QueueSpec) {
 	_ = ch.ExchangeDelete(exchange, false, false)
 	_ = ch.ExchangeDelete(exchange+broker.UnroutedSuffix, false, false)
 	_ = ch.ExchangeDelete(exchange+".dlx", false, false)
+	_ = ch.ExchangeDelete(broker.FramesExchange(exchange), false, false)
 }
 
 func countKeys(ctx context.Context, rdb *redis.Client, pattern string) (int64, error) {

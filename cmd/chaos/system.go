@@ -216,7 +216,9 @@ func (s *system) cleanup(n names, dropDatabase bool) {
 			}
 			if out, err := sh(ctx, "rabbitmqctl", "-q", "list_exchanges", "name"); err == nil {
 				for _, x := range strings.Fields(out) {
-					if strings.HasPrefix(x, n.exchange) {
+					// The event exchange's companions, and the split exchanges of partitioned
+					// queues, which are named after the queues.
+					if strings.HasPrefix(x, n.exchange) || strings.HasPrefix(x, n.queuePrefix) {
 						_ = ch.ExchangeDelete(x, false, false)
 					}
 				}
