@@ -85,13 +85,8 @@ func newGroupEnv(t *testing.T) *groupEnv {
 	env := &groupEnv{t: t, d: testenv.MustDatabase(t), a: testenv.MustAMQP(t)}
 	env.conn = broker.Dial(env.a.URL, testenv.Logger(t))
 	t.Cleanup(func() { env.conn.Close() })
-	raw, err := amqp.Dial(env.a.URL)
-	require.NoError(t, err)
-	t.Cleanup(func() { raw.Close() })
-	env.ch, err = raw.Channel()
-	require.NoError(t, err)
-	require.NoError(t, broker.DeclareEventExchange(env.ch, env.a.Exchange))
-	_, err = env.d.Pool.Exec(context.Background(), `CREATE TABLE grp_applied (n bigserial PRIMARY KEY, member text NOT NULL, event_id uuid NOT NULL)`)
+	_, env.ch = env.a.MustEventChannel(t)
+	_, err := env.d.Pool.Exec(context.Background(), `CREATE TABLE grp_applied (n bigserial PRIMARY KEY, member text NOT NULL, event_id uuid NOT NULL)`)
 	require.NoError(t, err)
 	return env
 }

@@ -333,7 +333,7 @@ func (r *Runner) consume(ctx context.Context) error {
 	if q.SingleActiveConsumer {
 		prefetch *= 3
 	}
-	if q.Frames || r.partition != nil && r.Queue().Frames {
+	if r.Queue().Frames { // a partition of a queue of frames takes them too
 		// Counted in messages, and a frame holds up to events.FrameMax events: an eighth
 		// holds three batches of frames of eight events or more, while what a consumer
 		// holds is at most FrameMax/8 times what it held with single events.

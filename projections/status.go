@@ -308,12 +308,12 @@ func deadLettersOf(m amqp.Delivery) []DeadLetter {
 	if err != nil {
 		return []DeadLetter{deadLetterOf(m, nil, "")}
 	}
+	frame := ""
+	if framed {
+		frame = m.MessageId
+	}
 	out := make([]DeadLetter, len(envs))
 	for i := range envs {
-		frame := ""
-		if framed {
-			frame = m.MessageId
-		}
 		out[i] = deadLetterOf(m, &envs[i], frame)
 	}
 	return out

@@ -29,14 +29,9 @@ type collector struct {
 
 func mustCollector(t *testing.T, a *testenv.AMQP) *collector {
 	t.Helper()
-	conn, err := amqp.Dial(a.URL)
-	require.NoError(t, err)
-	t.Cleanup(func() { conn.Close() })
-	ch, err := conn.Channel()
-	require.NoError(t, err)
-	require.NoError(t, broker.DeclareEventExchange(ch, a.Exchange))
+	conn, ch := a.MustEventChannel(t)
 	q := a.Queue("collector")
-	_, err = ch.QueueDeclare(q, true, false, false, false, amqp.Table{"x-queue-type": "quorum"})
+	_, err := ch.QueueDeclare(q, true, false, false, false, amqp.Table{"x-queue-type": "quorum"})
 	require.NoError(t, err)
 	require.NoError(t, ch.QueueBind(q, "#", a.Exchange, false, nil))
 	deliveries, err := ch.Consume(q, "", true, false, false, false, nil)

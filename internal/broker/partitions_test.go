@@ -17,7 +17,8 @@ import (
 // the old or the new layout at every moment, a fence ends an old queue, and a drained
 // queue is removed only when it has neither messages nor consumers.
 func TestLayoutRoutesBucketsToPartitions(t *testing.T) {
-	a, conn, ch := mustEventExchange(t)
+	a := testenv.MustAMQP(t)
+	conn, ch := a.MustEventChannel(t)
 	base := broker.QueueSpec{Name: a.Queue("parted"), Exchange: a.Exchange, Bindings: []string{"part.*"}, DeliveryLimit: 3,
 		SingleActiveConsumer: true}
 	layout := func(n int) broker.Layout {
@@ -91,20 +92,6 @@ func TestLayoutRoutesBucketsToPartitions(t *testing.T) {
 	require.NoError(t, layout(4).Remove(rm, 0), "a queue already removed")
 }
 
-// mustEventExchange is a test's names, a connection, and a channel on which the test's
-// event exchange is declared.
-func mustEventExchange(t *testing.T) (*testenv.AMQP, *amqp.Connection, *amqp.Channel) {
-	t.Helper()
-	a := testenv.MustAMQP(t)
-	conn, err := amqp.Dial(a.URL)
-	require.NoError(t, err)
-	t.Cleanup(func() { conn.Close() })
-	ch, err := conn.Channel()
-	require.NoError(t, err)
-	require.NoError(t, broker.DeclareEventExchange(ch, a.Exchange))
-	return a, conn, ch
-}
-
 // queueDepth reads a queue's message count, each time on a channel of its own.
 func queueDepth(t *testing.T, conn *amqp.Connection) func(name string) int {
 	return func(name string) int {
@@ -132,7 +119,8 @@ func (e assertErr) Error() string {
 // exchange keeps nothing once the event exchange is declared again, whatever an earlier
 // version bound to it.
 func TestFramesTakeThePlaceOfSingleEvents(t *testing.T) {
-	a, conn, ch := mustEventExchange(t)
+	a := testenv.MustAMQP(t)
+	conn, ch := a.MustEventChannel(t)
 	unrouted := a.Exchange + broker.UnroutedSuffix
 	// The earlier version's topology: the unrouted queue bound to the alternate exchange,
 	// the group's queue and split exchange bound by patterns.

@@ -230,6 +230,25 @@ func (a *AMQP) Queue(name string) string {
 	return q
 }
 
+// MustEventChannel dials RabbitMQ and returns the connection (closed when tb ends) and a
+// channel on which the test's event exchange is declared, with its companions.
+func (a *AMQP) MustEventChannel(tb testing.TB) (*amqp.Connection, *amqp.Channel) {
+	tb.Helper()
+	conn, err := amqp.Dial(a.URL)
+	if err != nil {
+		tb.Fatalf("rabbitmq: %v", err)
+	}
+	tb.Cleanup(func() { conn.Close() })
+	ch, err := conn.Channel()
+	if err != nil {
+		tb.Fatalf("rabbitmq channel: %v", err)
+	}
+	if err := broker.DeclareEventExchange(ch, a.Exchange); err != nil {
+		tb.Fatalf("declare the event exchange: %v", err)
+	}
+	return conn, ch
+}
+
 // Partitioned names the queues and split exchange of the consumer name split over n
 // partitions (broker.Layout) and deletes them at the end.
 func (a *AMQP) Partitioned(name string, n int) {
