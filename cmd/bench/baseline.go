@@ -410,6 +410,25 @@ func formatShares(shares map[string]float64) string {
 	return strings.Join(parts, ", ")
 }
 
+// perItem writes the shares as microseconds of CPU an item at rate items a second, for
+// the processes above 3% of a core, largest first.
+func perItem(shares map[string]float64, rate float64) string {
+	micro := map[string]float64{}
+	var names []string
+	for k, v := range shares {
+		if v >= 0.03 {
+			micro[k] = v / rate * 1e6
+			names = append(names, k)
+		}
+	}
+	sort.Slice(names, func(i, j int) bool { return micro[names[i]] > micro[names[j]] })
+	parts := make([]string, len(names))
+	for i, k := range names {
+		parts[i] = fmt.Sprintf("%s %.0f µs", k, micro[k])
+	}
+	return strings.Join(parts, ", ")
+}
+
 // profileTop fetches a CPU profile of seconds from a pprof endpoint while load runs, and
 // returns `go tool pprof -top`'s first lines.
 func profileTop(ctx context.Context, pprofURL string, seconds int, out string, load func() error) (string, error) {

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"runtime/debug"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -92,10 +93,40 @@ func integrationFigures(ctx context.Context, o options, report *strings.Builder)
 	return webhookFigures(ctx, pool, org, all, report)
 }
 
+// webhookOnlyFigures makes the webhook figures alone, with bodies taken from a smaller
+// history than the analytics figures need.
+func webhookOnlyFigures(ctx context.Context, o options, report *strings.Builder) error {
+	pool, _, err := freshDatabase(ctx, o, "_integrations")
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	org := uuid.New()
+	if err := seedHistory(ctx, pool, org, 20, 99); err != nil {
+		return err
+	}
+	all, _, err := eventstore.ReadHistory(ctx, pool, eventstore.HistoryFilter{}, eventstore.Checkpoint{}, 10000)
+	if err != nil {
+		return err
+	}
+	return webhookFigures(ctx, pool, org, all, report)
+}
+
 // webhookFigures delivers n events to a local receiver through the deliverer, and posts
 // the same bodies with a bare client as the baseline.
 func webhookFigures(ctx context.Context, pool *pgxpool.Pool, org uuid.UUID, all []events.Envelope, report *strings.Builder) error {
 	const n, workers = 20000, 16
+	// Both senders run under the collector settings chatbotd serve gives the process its
+	// deliverer runs in (cmd/chatbotd: GOGC 400 and a soft limit of 150 MiB, unless the
+	// environment sets them), not this process's defaults: at GOGC 100 the deliverer's
+	// claims and records, on this process's small heap, paid a collection every few
+	// milliseconds that serve does not pay.
+	if os.Getenv("GOGC") == "" {
+		defer debug.SetGCPercent(debug.SetGCPercent(400))
+	}
+	if os.Getenv("GOMEMLIMIT") == "" {
+		defer debug.SetMemoryLimit(debug.SetMemoryLimit(150 << 20))
+	}
 	var received atomic.Int64
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -122,23 +153,29 @@ func webhookFigures(ctx context.Context, pool *pgxpool.Pool, org uuid.UUID, all 
 	var next atomic.Int64
 	var wg sync.WaitGroup
 	start := time.Now()
-	for range workers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := next.Add(1) - 1; i < n; i = next.Add(1) - 1 {
-				req, _ := http.NewRequestWithContext(ctx, http.MethodPost, target, strings.NewReader(string(bodies[i])))
-				req.Header = reactors.WebhookHeaders(secret, bodies[i], time.Now())
-				if res, err := client.Do(req); err == nil {
-					_, _ = io.Copy(io.Discard, res.Body)
-					_ = res.Body.Close()
+	bareShares, err := cpuShares(func() error {
+		for range workers {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i := next.Add(1) - 1; i < n; i = next.Add(1) - 1 {
+					req, _ := http.NewRequestWithContext(ctx, http.MethodPost, target, strings.NewReader(string(bodies[i])))
+					req.Header = reactors.WebhookHeaders(secret, bodies[i], time.Now())
+					if res, err := client.Do(req); err == nil {
+						_, _ = io.Copy(io.Discard, res.Body)
+						_ = res.Body.Close()
+					}
 				}
-			}
-		}()
+			}()
+		}
+		wg.Wait()
+		return nil
+	})
+	if err != nil {
+		return err
 	}
-	wg.Wait()
 	bare := float64(n) / time.Since(start).Seconds()
-	fmt.Fprintf(os.Stderr, "webhooks: bare client %.0f posts/s\n", bare)
+	fmt.Fprintf(os.Stderr, "webhooks: bare client %.0f posts/s (%s)\n", bare, perItem(bareShares, bare))
 
 	// The deliverer: one subscription, n pending deliveries over n/10 streams of 10.
 	box, err := secretbox.New([]byte("0123456789abcdef0123456789abcdef"))
@@ -178,7 +215,8 @@ func webhookFigures(ctx context.Context, pool *pgxpool.Pool, org uuid.UUID, all 
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
 	received.Store(0)
 	start = time.Now()
-	if err := deliverer.Deliver(ctx); err != nil {
+	shares, err := cpuShares(func() error { return deliverer.Deliver(ctx) })
+	if err != nil {
 		return err
 	}
 	took := time.Since(start)
@@ -190,7 +228,7 @@ func webhookFigures(ctx context.Context, pool *pgxpool.Pool, org uuid.UUID, all 
 		return fmt.Errorf("webhooks: %d of %d delivered (%d received)", delivered, n, received.Load())
 	}
 	rate := float64(n) / took.Seconds()
-	fmt.Fprintf(os.Stderr, "webhooks: deliverer %.0f deliveries/s\n", rate)
+	fmt.Fprintf(os.Stderr, "webhooks: deliverer %.0f deliveries/s (%s)\n", rate, perItem(shares, rate))
 
 	report.WriteString("\n### Webhook deliveries\n\n")
 	fmt.Fprintf(report, "%d pending deliveries of one subscription (%d streams of 10 events, so the per-stream order is in play) "+

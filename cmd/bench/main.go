@@ -84,6 +84,7 @@ func run(ctx context.Context) error {
 	flag.BoolVar(&o.quick, "quick", false, "a one-minute subset at smaller sizes (printed, not written)")
 	auditOnly := flag.Bool("audit-only", false, "only the chain, rebuild and verify figures (printed, not written)")
 	integrationsOnly := flag.Bool("integrations-only", false, "only the analytics and webhook figures (printed, not written)")
+	webhooksOnly := flag.Bool("webhooks-only", false, "only the webhook deliverer against a bare client (printed, not written)")
 	appendsOnly := flag.Bool("appends-only", false, "only the event store appends against pgbench (printed, not written)")
 	pipelineOnly := flag.Bool("pipeline-only", false, "only the relay and projector figures (printed, not written)")
 	partitionsOnly := flag.Bool("partitions-only", false, "only the partitioned projectors' figures (printed, not written)")
@@ -112,9 +113,13 @@ func run(ctx context.Context) error {
 		o.historyConversations = 1_000 // only with -audit-only: the quick run leaves the audit part out
 		o.out = ""
 	}
-	if *integrationsOnly {
+	if *integrationsOnly || *webhooksOnly {
+		figures := integrationFigures
+		if *webhooksOnly {
+			figures = webhookOnlyFigures
+		}
 		var report strings.Builder
-		if err := integrationFigures(ctx, o, &report); err != nil {
+		if err := figures(ctx, o, &report); err != nil {
 			return err
 		}
 		fmt.Print(report.String())
