@@ -411,11 +411,19 @@ func formatShares(shares map[string]float64) string {
 }
 
 // perItem writes the shares as microseconds of CPU an item at rate items a second, for
-// the processes above 3% of a core, largest first.
+// the processes above 3% of a core, largest first; the kernel's workers (whose names say
+// what each was doing at the moment it was read) summed as one.
 func perItem(shares map[string]float64, rate float64) string {
+	summed := map[string]float64{}
+	for k, v := range shares {
+		if strings.HasPrefix(k, "kworker/") {
+			k = "kernel workers"
+		}
+		summed[k] += v
+	}
 	micro := map[string]float64{}
 	var names []string
-	for k, v := range shares {
+	for k, v := range summed {
 		if v >= 0.03 {
 			micro[k] = v / rate * 1e6
 			names = append(names, k)
