@@ -22,6 +22,7 @@ import (
 	"github.com/chatbotsaas/chatbotd/events/eventstore"
 	"github.com/chatbotsaas/chatbotd/internal/db"
 	"github.com/chatbotsaas/chatbotd/internal/metrics"
+	"github.com/chatbotsaas/chatbotd/internal/readmodel"
 	"github.com/chatbotsaas/chatbotd/internal/secretbox"
 	"github.com/chatbotsaas/chatbotd/internal/testenv"
 )
@@ -102,6 +103,7 @@ var outboxWorkers = []outboxWorker{
 				id, contractWebhook(t, pool))
 			require.NoError(t, err)
 			enqueuePending(t, pool)
+			projectorCommitted(t, pool, readmodel.WebhooksProjection)
 			return id
 		}},
 	{name: "mailer", done: "sent", status: `SELECT status, attempts FROM notifications WHERE id = $1`,
@@ -119,8 +121,18 @@ var outboxWorkers = []outboxWorker{
 				VALUES ($1, $2, $2, 'welcome', 'Ada', $3, 'Hello', 'Hello Ada', 'pending', now())`,
 				id, uuid.New(), id.String()+"@contract.test")
 			require.NoError(t, err)
+			projectorCommitted(t, pool, readmodel.NotificationsProjection)
 			return id
 		}},
+}
+
+// projectorCommitted says, as a projector runtime does after its commit, that
+// projection wrote rows: a running worker claims them at once instead of at its next
+// idle wake-up (up to 5 s later), which left a phase of the contract half of its time.
+func projectorCommitted(t *testing.T, pool *pgxpool.Pool, projection string) {
+	t.Helper()
+	_, err := pool.Exec(context.Background(), `SELECT pg_notify($1, $2)`, readmodel.AppliedChannel, projection)
+	require.NoError(t, err)
 }
 
 // enqueuePending gives each pending delivery a test wrote straight into
@@ -306,8 +318,9 @@ func TestOutboxWorkersKeepOneContract(t *testing.T) {
 				<-ctx.Done()
 				return ctx.Err()
 			}}
-			stop = w.start(t, d.Pool, d.Pool, r, 1)
+			// Added first, so that the worker's first claim takes it.
 			unfinished := w.add(t, d.Pool)
+			stop = w.start(t, d.Pool, d.Pool, r, 1)
 			testenv.Eventually(t, 10*time.Second, func() error { return r.called(unfinished) })
 			stop()
 			s, n = status(unfinished)
