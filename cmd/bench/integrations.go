@@ -118,9 +118,9 @@ func webhookFigures(ctx context.Context, pool *pgxpool.Pool, org uuid.UUID, all 
 	const n, workers = 20000, 16
 	// Both senders run under the collector settings chatbotd serve gives the process its
 	// deliverer runs in (cmd/chatbotd: GOGC 400 and a soft limit of 150 MiB, unless the
-	// environment sets them), not this process's defaults: at GOGC 100 the deliverer's
-	// claims and records, on this process's small heap, paid a collection every few
-	// milliseconds that serve does not pay.
+	// environment sets them), not this process's defaults: at GOGC 100, on this process's
+	// small heap, the deliverer's allocations ran the collector far more often than
+	// serve's settings let it run.
 	if os.Getenv("GOGC") == "" {
 		defer debug.SetGCPercent(debug.SetGCPercent(400))
 	}

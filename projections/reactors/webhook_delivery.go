@@ -235,7 +235,7 @@ func webhookHeaders(secret, body []byte, at time.Time, extra int) http.Header {
 	ts := strconv.FormatInt(at.Unix(), 10)
 	m := hmac.New(sha256.New, secret)
 	m.Write(body)
-	sum := m.Sum(make([]byte, 0, 2*sha256.Size))
+	sum := m.Sum(make([]byte, 0, sha256.Size))
 	signature := "sha256=" + hex.EncodeToString(sum)
 	m.Reset()
 	m.Write([]byte(ts + "."))
