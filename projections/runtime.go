@@ -563,12 +563,8 @@ func decodeAhead(deliveries <-chan amqp.Delivery, out chan<- received, stop <-ch
 		rd := received{d: d}
 		if _, ok := d.Headers[broker.FenceHeader]; ok {
 			rd.fence = true
-		} else if _, ok := d.Headers[broker.FrameHeader]; ok {
-			rd.envs, rd.err = events.DecodeFrame(d.Body)
 		} else {
-			var e events.Envelope
-			e, rd.err = events.DecodeEnvelope(d.Body)
-			rd.envs = []events.Envelope{e}
+			rd.envs, rd.err = decodeDelivery(d)
 		}
 		select {
 		case out <- rd:
@@ -576,6 +572,19 @@ func decodeAhead(deliveries <-chan amqp.Delivery, out chan<- received, stop <-ch
 			return
 		}
 	}
+}
+
+// decodeDelivery is the events d carries: a frame's (broker.FrameHeader), or its one
+// envelope.
+func decodeDelivery(d amqp.Delivery) ([]events.Envelope, error) {
+	if _, framed := d.Headers[broker.FrameHeader]; framed {
+		return events.DecodeFrame(d.Body)
+	}
+	e, err := events.DecodeEnvelope(d.Body)
+	if err != nil {
+		return nil, err
+	}
+	return []events.Envelope{e}, nil
 }
 
 // deadLetter puts a copy of e, which d carried, into the dead-letter queue of member of

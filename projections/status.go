@@ -295,21 +295,12 @@ func deadQueueError(q broker.QueueSpec, err error) error {
 // deadLettersOf is the dead letter m holds: its event, a frame's events, or what can be
 // told of a message that is neither.
 func deadLettersOf(m amqp.Delivery) []DeadLetter {
-	var envs []events.Envelope
-	var err error
-	_, framed := m.Headers[broker.FrameHeader]
-	if framed {
-		envs, err = events.DecodeFrame(m.Body)
-	} else {
-		var e events.Envelope
-		e, err = events.DecodeEnvelope(m.Body)
-		envs = []events.Envelope{e}
-	}
+	envs, err := decodeDelivery(m)
 	if err != nil {
 		return []DeadLetter{deadLetterOf(m, nil, "")}
 	}
 	frame := ""
-	if framed {
+	if _, framed := m.Headers[broker.FrameHeader]; framed {
 		frame = m.MessageId
 	}
 	out := make([]DeadLetter, len(envs))

@@ -541,7 +541,7 @@ func (p *publisher) send(ctx context.Context, batch []events.Envelope) (int, err
 		bucket := events.PartitionBucket(e.OrganizationID)
 		err = p.ch.PublishWithContext(ctx, p.exchange, e.Type, !p.frames, false, amqp.Publishing{
 			// The organization's bucket, which partitioned projectors' queues are bound by.
-			Headers:       partitionHeaders[events.PartitionBucket(e.OrganizationID)],
+			Headers:       partitionHeaders[bucket],
 			ContentType:   "application/json",
 			DeliveryMode:  amqp.Persistent,
 			MessageId:     e.ID.String(),
