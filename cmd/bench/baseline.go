@@ -32,8 +32,9 @@ import (
 // same requests, in this process (so it shares the cores with the load generator, as
 // chatbotd does). It authenticates nothing, keeps no log and no projection.
 type bare struct {
-	base string
-	stop func()
+	base  string
+	stop  func()
+	floor *floor // behind POST /crud/chatbots-projected
 }
 
 func startBare(ctx context.Context, pool *pgxpool.Pool, rdb *redis.Client) (*bare, error) {
@@ -48,23 +49,35 @@ func startBare(ctx context.Context, pool *pgxpool.Pool, rdb *redis.Client) (*bar
 	r.Use(gin.Recovery())
 	hasher := auth.NewHasher(0) // PASSWORD_HASH_CONCURRENCY's default: one per core
 	org := uuid.New()
-	// POST /crud/chatbots: validate, insert the row, answer it.
-	r.POST("/crud/chatbots", func(c *gin.Context) {
-		in, ok := bindChatbot(c)
-		if !ok {
-			return
+	fl, err := startFloor(ctx, pool, org)
+	if err != nil {
+		return nil, err
+	}
+	// POST /crud/chatbots: validate, insert the row, answer it. POST
+	// /crud/chatbots-projected: the same, and the row queued for the floor's projection.
+	createChatbot := func(projected bool) gin.HandlerFunc {
+		return func(c *gin.Context) {
+			in, ok := bindChatbot(c)
+			if !ok {
+				return
+			}
+			id, now := uuid.Must(uuid.NewV7()), time.Now().UTC()
+			if _, err := pool.Exec(c, `INSERT INTO crud_chatbots (id, organization_id, name, description, welcome_message,
+				fallback_message, status, responder, version, created_at, updated_at)
+				VALUES ($1, $2, $3, $4, '', 'Sorry, I do not know.', 'draft', '{"type":"knowledge_base"}', 1, $5, $5)`,
+				id, org, in.Name, in.Description, now); err != nil {
+				c.JSON(500, gin.H{"error": gin.H{"code": "INTERNAL"}})
+				return
+			}
+			if projected {
+				fl.add(floorRow{id: id, name: in.Name, description: in.Description, at: now})
+			}
+			c.JSON(201, gin.H{"data": gin.H{"id": id, "name": in.Name, "description": in.Description, "status": "draft",
+				"version": 1, "created_at": now, "updated_at": now}})
 		}
-		id, now := uuid.Must(uuid.NewV7()), time.Now().UTC()
-		if _, err := pool.Exec(c, `INSERT INTO crud_chatbots (id, organization_id, name, description, welcome_message,
-			fallback_message, status, responder, version, created_at, updated_at)
-			VALUES ($1, $2, $3, $4, '', 'Sorry, I do not know.', 'draft', '{"type":"knowledge_base"}', 1, $5, $5)`,
-			id, org, in.Name, in.Description, now); err != nil {
-			c.JSON(500, gin.H{"error": gin.H{"code": "INTERNAL"}})
-			return
-		}
-		c.JSON(201, gin.H{"data": gin.H{"id": id, "name": in.Name, "description": in.Description, "status": "draft",
-			"version": 1, "created_at": now, "updated_at": now}})
-	})
+	}
+	r.POST("/crud/chatbots", createChatbot(false))
+	r.POST("/crud/chatbots-projected", createChatbot(true))
 	// POST /crud/users: validate, hash the password as chatbotd does, insert the row.
 	r.POST("/crud/users", func(c *gin.Context) {
 		var in struct {
@@ -111,7 +124,7 @@ func startBare(ctx context.Context, pool *pgxpool.Pool, rdb *redis.Client) (*bar
 	}
 	srv := &http.Server{Handler: r, ReadHeaderTimeout: 5 * time.Second}
 	go func() { _ = srv.Serve(ln) }()
-	return &bare{base: "http://" + ln.Addr().String(), stop: func() { _ = srv.Close() }}, nil
+	return &bare{base: "http://" + ln.Addr().String(), stop: func() { _ = srv.Close() }, floor: fl}, nil
 }
 
 // chatbotInput is the body of the baselines' POST of a chatbot.

@@ -43,7 +43,9 @@ type bombardResult struct {
 	rate          float64
 	count         uint64 // 2xx answers
 	p50, p99      time.Duration
-	other, errors uint64 // answers that were not 2xx, and failed requests
+	other, errors uint64        // answers that were not 2xx, and failed requests
+	taken         time.Duration // bombardier's own measure of the run
+	behind        time.Duration // after the run, until its work was done (the floor's rows written)
 }
 
 // post sends the same JSON body to url from clients connections for d.
@@ -86,7 +88,8 @@ func (b bombardier) run(ctx context.Context, url, token string, clients int, d t
 		return time.Duration(res.Latency.Percentiles[p] * float64(time.Microsecond))
 	}
 	return bombardResult{rate: float64(res.Req2xx) / res.TimeTakenSeconds, count: res.Req2xx, p50: us("50"), p99: us("99"),
-		other: res.Req1xx + res.Req3xx + res.Req4xx + res.Req5xx, errors: res.Others}, nil
+		other: res.Req1xx + res.Req3xx + res.Req4xx + res.Req5xx, errors: res.Others,
+		taken: time.Duration(res.TimeTakenSeconds * float64(time.Second))}, nil
 }
 
 // outOfProcess measures the whole binary's POST /api/v1/chatbots (a real JWT) against
@@ -110,6 +113,46 @@ func outOfProcess(ctx context.Context, o options, srv *server, b *bare, rounds i
 		"alternating between chatbotd's `POST /api/v1/chatbots` with a real JWT (the whole binary: every role) and the bare "+
 		"Gin + pgx handler inserting the same row (`POST /crud/chatbots`); the same body every time.\n\n", clients, o.duration)
 	writeRounds(w, ours, theirs)
+	return floorRounds(ctx, o, b, bomb, body, clients, rounds, w)
+}
+
+// floorRounds measures the bare handler with its floor (see floor) against the bare
+// handler alone, in alternating rounds, and writes the table: the most that chatbotd's
+// ratio above could be on these cores, given what its API promises of a command.
+func floorRounds(ctx context.Context, o options, b *bare, bomb bombardier, body []byte, clients, rounds int, w io.Writer) error {
+	projected := b.base + "/crud/chatbots-projected"
+	floors, bares, err := alternate(rounds, target{projected, ""}, target{b.base + "/crud/chatbots", ""},
+		func(t target) (bombardResult, error) {
+			r, err := bomb.post(ctx, t.url, t.token, body, clients, o.duration)
+			if err != nil || t.url != projected {
+				return r, err
+			}
+			began := time.Now()
+			err = b.floor.drain(ctx)
+			r.behind = time.Since(began)
+			return r, err
+		})
+	if err != nil {
+		return err
+	}
+	fmt.Fprint(w, "\nThe floor: the bare handler with the least projection that gives what chatbotd's API promises of the command "+
+		"(`POST /crud/chatbots-projected`, `cmd/bench/floor.go`): after its insert has answered, one goroutine writes the chatbot's "+
+		"read-model row and its audit entry, in batches of up to 200 (one transaction, one INSERT of arrays per table), into copies of "+
+		"`chatbots` and `audit_entries` with all of their indexes (the list's search and order; the audit log's filters). No event log, "+
+		"broker, stream versions, hash chain or cache. Rounds alternate with the bare handler alone, by bombardier as above; *into the "+
+		"read model* counts until the floor has written the round's last row.\n\n")
+	fmt.Fprint(w, "| round | bare + floor 2xx/s | p99 | into the read model/s | bare 2xx/s | p99 | ratio | ratio into the read model |\n"+
+		"|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+	var best float64
+	for i := range floors {
+		f, c := floors[i], bares[i]
+		into := float64(f.count) / (f.taken + f.behind).Seconds()
+		best = max(best, into/c.rate)
+		fmt.Fprintf(w, "| %d | %.0f | %s | %.0f | %.0f | %s | %.2f× | %.2f× |\n", i+1, f.rate, ms(f.p99), into, c.rate, ms(c.p99),
+			f.rate/c.rate, into/c.rate)
+	}
+	fmt.Fprintf(w, "\nThe floor's best ratio into the read model: **%.2f×**, against the bare handler in the same round.\n", best)
+	fmt.Fprintf(os.Stderr, "floor: best %.2f× into the read model\n", best)
 	return nil
 }
 

@@ -84,6 +84,25 @@ func httpFigures(ctx context.Context, o options, srv *server, pool *pgxpool.Pool
 	if err != nil {
 		return err
 	}
+	// The bare handler with its floor (floor.go), the floor's backlog written after the
+	// warm-up and timed after the run.
+	floorNext := jsonRequest("POST", b.base+"/crud/chatbots-projected", "", chatbotBody)
+	if _, err := closedLoop(srv.client, floorNext, 201, clients, min(time.Second, o.duration/2)); err != nil {
+		return fmt.Errorf("the floor, warming up: %w", err)
+	}
+	if err := b.floor.drain(ctx); err != nil {
+		return err
+	}
+	chatbotsFloor, err := closedLoop(srv.client, floorNext, 201, clients, o.duration)
+	if err != nil {
+		return fmt.Errorf("the floor: %w", err)
+	}
+	began := time.Now()
+	if err := b.floor.drain(ctx); err != nil {
+		return err
+	}
+	floorInto := chatbotsFloor.rate * o.duration.Seconds() / (o.duration + time.Since(began)).Seconds()
+	fmt.Fprintf(os.Stderr, "commands, bare + floor: %.0f/s, into the read model %.0f/s\n", chatbotsFloor.rate, floorInto)
 	usersJWT, err := cmd("POST /api/v1/users", jsonRequest("POST", srv.base+"/api/v1/users", srv.token, user))
 	if err != nil {
 		return err
@@ -211,6 +230,8 @@ func httpFigures(ctx context.Context, o options, srv *server, pool *pgxpool.Pool
 		"`POST /api/v1/users` also hashes the password with argon2id (19 MiB, 2 passes; at most one per core at once) and reserves the email. "+
 		"The bare service is Gin in this process: bind, validate, one INSERT of the same row into a copy of the read model's table, "+
 		"answer it (no authentication, no log, no projection); its users handler hashes with the same argon2id. "+
+		"The bare handler with its floor projection also has the chatbot's read-model row and audit entry written after it answers "+
+		"(the floor, described with the figures from a load generator in its own process below). "+
 		"pgbench appends one event per transaction at 32 clients (the 32-writer row of the appends table). "+
 		"`serve --roles api` alone is the command side by itself, as when the relay and the projectors run on other machines: "+
 		"the same binary on a database of its own with no relay and no projector, measured before the whole binary starts, "+
@@ -229,6 +250,8 @@ func httpFigures(ctx context.Context, o options, srv *server, pool *pgxpool.Pool
 	if alone.load.rate > 0 {
 		row("`POST /api/v1/chatbots`, JWT, `serve --roles api` alone", alone.load, chatbotsBare)
 	}
+	row(fmt.Sprintf("bare Gin with its floor projection (into the read model: %.0f/s, %.2f×)", floorInto, floorInto/chatbotsBare.rate),
+		chatbotsFloor, chatbotsBare)
 	row("bare Gin, argon2id + insert user row (baseline)", usersBare, usersBare)
 	row("`POST /api/v1/users`, JWT", usersJWT, usersBare)
 	fmt.Fprintf(w, "\nCPU while `POST /api/v1/chatbots` ran at its peak, in cores of the machine's %d: %s.\n", runtime.NumCPU(), formatShares(jwtShares))
