@@ -118,6 +118,12 @@ func pipelineFigures(ctx context.Context, o options, w io.Writer) error {
 	}
 	fmt.Fprintf(os.Stderr, "pipeline: projector %.0f events/s\n", projectorRate)
 
+	served, err := accountsAsServed(ctx, pool, conn, rdb, n, last, suffix)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(os.Stderr, "pipeline: projector as serve runs it %.0f events/s\n", served)
+
 	// The relay's baselines publish the very bodies the relay published.
 	bodies, err := envelopeBodies(ctx, pool, n)
 	if err != nil {
@@ -140,11 +146,12 @@ func pipelineFigures(ctx context.Context, o options, w io.Writer) error {
 	}
 	fmt.Fprintf(os.Stderr, "pipeline: watermill confirmed %.0f/s\n", wmConfirm)
 
-	upsert, err := pgbenchUpsertRate(ctx, pool, dbURL, o.duration)
+	upsert, versioned, err := pgbenchUpsertRates(ctx, pool, dbURL, o.duration)
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(os.Stderr, "pipeline: pgbench batched upsert %.0f rows/s\n", upsert)
+	fmt.Fprintf(os.Stderr, "pipeline: pgbench batched upsert %.0f rows/s, with version rows %.0f rows/s (%.2f×)\n",
+		upsert, versioned, versioned/upsert)
 
 	fmt.Fprint(w, "\n### Relay and projector\n\n")
 	fmt.Fprintf(w, "A backlog of %d `user.created` events (one stream each) written straight into the log. "+
@@ -153,23 +160,105 @@ func pipelineFigures(ctx context.Context, o options, w io.Writer) error {
 		"in flight) publishes it into the accounts projector's quorum queue; the rate runs from its start "+
 		"to its checkpoint at the last event. Then the accounts projector (batches of 200: `users` row, stream versions "+
 		"for dedupe and order, position, commit; then the cache entry of every user in Redis) drains the queue; the rate runs "+
-		"until it has applied every event, and every user is checked in the cache.\n\n", n)
+		"until it has applied every event, and every user is checked in the cache. That is the projector alone on a queue of its "+
+		"own, each event a message and each batch's commit waiting for the disk. `chatbotd serve` runs it otherwise, and the "+
+		"second accounts figure is that: a member of the projectors' group, fed by a relay that also publishes frames (up to "+
+		"a relay batch's events of a bucket in one message), its batches committed without waiting for the disk and "+
+		"acknowledged once they are on it; the same backlog, the read model, versions and cache emptied first, the frames "+
+		"published before the projector starts.\n\n", n)
 	fmt.Fprintf(w, "Baselines, in the same run: a bare amqp091-go publisher with a window of 1,000 outstanding confirms, publishing "+
 		"the same bodies (already encoded) to the same kind of queue; watermill-amqp v3's publisher with `NewDurablePubSubConfig` "+
 		"(its default durable set-up, which does not wait for confirms: the rate runs until the queue holds every message) and "+
 		"with `ConfirmDelivery: true` (it waits for each confirm before the next publish), %d messages each; pgbench upserting "+
 		"the same rows in batches of 200 (`INSERT … SELECT … ON CONFLICT DO UPDATE`, one client, like one projector) into a "+
-		"copy of the `users` table with its indexes.\n\n", len(wmBodies))
+		"copy of the `users` table with its indexes. And the floor of a projector that keeps the stream versions of the "+
+		"design's dedupe and order in a table of their own, as chatbotd's do: the same upserts, each batch's version rows "+
+		"upserted by the same statement into a copy of `projection_streams` (no decoding, no read-back, no cache). The "+
+		"two pgbench figures are each the mean of two runs, alternating.\n\n", len(wmBodies))
 	fmt.Fprint(w, "| work | events/s | baseline | ratio |\n|---|---:|---|---:|\n")
 	fmt.Fprintf(w, "| bare amqp091-go publisher, window of 1,000 confirms | %.0f | | |\n", bare)
 	fmt.Fprintf(w, "| watermill-amqp, default durable publisher (no confirms) | %.0f | | |\n", wmDefault)
 	fmt.Fprintf(w, "| watermill-amqp, `ConfirmDelivery: true` | %.0f | | |\n", wmConfirm)
 	fmt.Fprintf(w, "| pgbench batched upsert, rows/s | %.0f | | |\n", upsert)
+	fmt.Fprintf(w, "| pgbench batched upsert with its version rows (the floor) | %.0f | pgbench batched upsert | %.2f× |\n",
+		versioned, versioned/upsert)
 	fmt.Fprintf(w, "| **relay**, confirmed | %.0f | bare publisher | %.2f× |\n", relayRate, relayRate/bare)
 	fmt.Fprintf(w, "| | | watermill default | %.2f× |\n", relayRate/wmDefault)
 	fmt.Fprintf(w, "| | | watermill confirmed | %.2f× |\n", relayRate/wmConfirm)
-	fmt.Fprintf(w, "| **accounts projector**, read model and cache | %.0f | pgbench batched upsert | %.2f× |\n", projectorRate, projectorRate/upsert)
+	fmt.Fprintf(w, "| **accounts projector**, read model and cache, alone on its queue | %.0f | pgbench batched upsert | %.2f× |\n", projectorRate, projectorRate/upsert)
+	fmt.Fprintf(w, "| **accounts projector**, as `serve` runs it | %.0f | pgbench batched upsert | %.2f× |\n", served, served/upsert)
+	fmt.Fprintf(w, "| | | the floor (with its version rows) | %.2f× |\n", served/versioned)
 	return nil
+}
+
+// accountsAsServed drains the same backlog into the accounts projector as `chatbotd serve`
+// runs it: a member of the projectors' group (its share of each batch applied in the
+// group's transaction), fed frames by a relay that publishes them, and committing
+// without waiting for the disk, each batch acknowledged once it is on it
+// (projections.Config.DeferFlush). The read model and its versions are emptied first, and
+// the cache entries go under a prefix of their own. The relay publishes the whole backlog
+// (up to last) before the projector starts, as for the figure of the projector alone; the
+// rate, in events per second, runs from the projector's start until it has applied every
+// event.
+func accountsAsServed(ctx context.Context, pool *pgxpool.Pool, conn *broker.Conn, rdb *redis.Client, n int, last int64, suffix string) (float64, error) {
+	if _, err := pool.Exec(ctx, `TRUNCATE users`); err != nil {
+		return 0, err
+	}
+	for _, table := range []string{"projection_streams", "projection_positions"} {
+		if _, err := pool.Exec(ctx, `DELETE FROM `+table+` WHERE projection = $1`, projections.AccountsName); err != nil {
+			return 0, err
+		}
+	}
+	exchange := "bench.pipeline." + suffix + ".served"
+	prefix := "bench:" + suffix + ":served:"
+	defer dropKeys(context.WithoutCancel(ctx), rdb, prefix)
+	group := projections.NewGroup(projections.GroupName, projections.NewAccounts(pool, cache.New(rdb, prefix, time.Hour), nil))
+	runner, err := projections.NewRunner(pool, conn, group, projections.Config{Exchange: exchange,
+		QueuePrefix: "bench." + suffix + ".served.", DeferFlush: true})
+	if err != nil {
+		return 0, err
+	}
+	queue := runner.Queue()
+	defer deleteQueues(conn, exchange, queue, runner.MemberQueue(projections.AccountsName))
+	relay, err := eventstore.NewRelay(pool, conn, eventstore.RelayConfig{Name: "bench-served-" + suffix, Exchange: exchange,
+		Queues: []broker.QueueSpec{queue}, Frames: true})
+	if err != nil {
+		return 0, err
+	}
+	rctx, stop := context.WithCancel(ctx)
+	defer stop()
+	done := make(chan struct{}, 2)
+	go func() { _ = relay.Run(rctx); done <- struct{}{} }()
+	if err := waitFor(ctx, 5*time.Minute, func() (bool, error) {
+		var pos int64
+		err := pool.QueryRow(ctx, `SELECT coalesce(max(position), 0) FROM relay_checkpoints WHERE name = $1`, "bench-served-"+suffix).Scan(&pos)
+		return pos >= last, err
+	}); err != nil {
+		return 0, fmt.Errorf("relay of frames: %w", err)
+	}
+	start := time.Now()
+	go func() { _ = runner.Run(rctx); done <- struct{}{} }()
+	err = waitFor(ctx, 5*time.Minute, func() (bool, error) {
+		var applied int64
+		err := pool.QueryRow(ctx, `SELECT coalesce(max(events_applied), 0) FROM projection_positions WHERE projection = $1`,
+			projections.AccountsName).Scan(&applied)
+		return applied >= int64(n), err
+	})
+	rate := float64(n) / time.Since(start).Seconds()
+	stop()
+	<-done
+	<-done
+	if err != nil {
+		return 0, fmt.Errorf("projector as served: %w", err)
+	}
+	cached, err := countKeys(ctx, rdb, prefix+"user:*")
+	if err != nil {
+		return 0, err
+	}
+	if cached != int64(n) {
+		return 0, fmt.Errorf("projector as served: %d of %d users cached", cached, n)
+	}
+	return rate, nil
 }
 
 // waitFor polls done every 5 ms until it holds, fails, or limit passes.
@@ -297,19 +386,34 @@ func watermillRate(ctx context.Context, url string, conn *broker.Conn, topic str
 	return float64(len(bodies)) / time.Since(start).Seconds(), err
 }
 
-// pgbenchUpsertRate runs pgbench upserting batches of 200 users-shaped rows, one client,
-// and returns rows per second.
-func pgbenchUpsertRate(ctx context.Context, pool *pgxpool.Pool, dbURL string, d time.Duration) (float64, error) {
-	if _, err := pool.Exec(ctx, `DROP TABLE IF EXISTS upsert_baseline; CREATE TABLE upsert_baseline (LIKE users INCLUDING ALL)`); err != nil {
-		return 0, err
+// pgbenchUpsertRates runs pgbench upserting batches of 200 users-shaped rows, one
+// client, alone and with a version row of each upserted, twice each in turn, and returns
+// the mean rows per second of each.
+func pgbenchUpsertRates(ctx context.Context, pool *pgxpool.Pool, dbURL string, d time.Duration) (upsert, versioned float64, err error) {
+	if _, err := pool.Exec(ctx, `DROP TABLE IF EXISTS upsert_baseline, upsert_versions;
+		CREATE TABLE upsert_baseline (LIKE users INCLUDING ALL);
+		CREATE TABLE upsert_versions (LIKE projection_streams INCLUDING ALL)`); err != nil {
+		return 0, 0, err
 	}
-	const script = `INSERT INTO upsert_baseline AS u (id, organization_id, name, email, status, roles, version, created_at, updated_at)
+	const rows = `INSERT INTO upsert_baseline AS u (id, organization_id, name, email, status, roles, version, created_at, updated_at)
   SELECT gen_random_uuid(), '00000000-0000-0000-0000-000000000001', 'Bench User ' || i, 'user' || i || '@bench.example',
     'active', '{member}', 1, now(), now() FROM generate_series(1, 200) AS i
-  ON CONFLICT (id) DO UPDATE SET name = excluded.name, email = excluded.email, version = excluded.version, updated_at = excluded.updated_at;
-`
-	tps, err := pgbench(ctx, dbURL, script, 1, d)
-	return tps * 200, err
+  ON CONFLICT (id) DO UPDATE SET name = excluded.name, email = excluded.email, version = excluded.version, updated_at = excluded.updated_at`
+	scripts := []string{rows + ";\n", `WITH u AS (` + rows + ` RETURNING id, version)
+INSERT INTO upsert_versions (projection, stream_id, version) SELECT 'accounts', id, version FROM u
+  ON CONFLICT (projection, stream_id) DO UPDATE SET version = excluded.version;
+`}
+	var sums [2]float64
+	for range 2 {
+		for i, script := range scripts {
+			tps, err := pgbench(ctx, dbURL, script, 1, d)
+			if err != nil {
+				return 0, 0, err
+			}
+			sums[i] += tps * 200
+		}
+	}
+	return sums[0] / 2, sums[1] / 2, nil
 }
 
 // deleteQueues removes the run's queues, their dead-letter queues and its exchanges.
