@@ -921,43 +921,37 @@ func (m *memberBatch) queuePrelude(b *pgx.Batch) {
 	}
 	// Shared with every other batch of the projector; a rebuild's swap takes it alone.
 	b.Queue(`SELECT pg_advisory_xact_lock_shared($1)`, liveLockKey(m.p.Name()))
-	// A stream new to the projection gets its row here, at the version the batch leaves it
-	// at, and the row is this transaction's until it commits (another instance's insert of
-	// the same stream waits for it, then finds the row). Inserting it at 0 and raising it
-	// after the apply wrote each new stream's row twice, and most events start a stream
-	// (a user, a chatbot, a message); BenchmarkBatchOfNewStreams measures it, and
-	// BENCHMARKS.md has the before and after.
-	b.Queue(`INSERT INTO projection_streams (projection, stream_id, version)
+	// One statement gives each stream its row and its applied version. A stream new to the
+	// projection gets its row here, at the version the batch leaves it at, and the row is
+	// this transaction's until it commits (another instance's insert of the same stream
+	// waits for it, then finds the row). Inserting it at 0 and raising it after the apply
+	// wrote each new stream's row twice, and most events start a stream (a user, a
+	// chatbot, a message); BenchmarkBatchOfNewStreams measures it, and BENCHMARKS.md has
+	// the before and after. A stream that has its row already is the conflict: the update
+	// keeps its version and holds the row for the rest of the transaction, as FOR UPDATE
+	// would. RETURNING tells the two apart: a row this statement inserted has no xmax.
+	// Before, a lookup after the insert (FOR UPDATE, skipping the rows the insert made)
+	// probed the index a second time for every stream, new ones too: per new stream that
+	// cost more than the update costs a known one (BENCHMARKS.md, fourteenth pass). The
+	// arbiter index finds each row whatever the statistics say, and the ids' sorted order
+	// makes instances take rows in one order.
+	b.Queue(`INSERT INTO projection_streams AS ps (projection, stream_id, version)
 		SELECT $1, u.s, u.v FROM unnest($2::uuid[], $3::int[]) AS u(s, v) ORDER BY u.s
-		ON CONFLICT DO NOTHING RETURNING stream_id`, m.p.Name(), m.streams, lasts).
-		Query(func(rows pgx.Rows) error {
-			for rows.Next() {
-				var s uuid.UUID
-				if err := rows.Scan(&s); err != nil {
-					return err
-				}
-				m.created[s] = true
-			}
-			return rows.Err()
-		})
-	// One index lookup per id, in the ids' (sorted) order, whatever the statistics say.
-	// "stream_id = ANY($2)" or a join on the unnested ids were planned, on a table that
-	// had grown fast since it was last analyzed, as a scan of every stream of the
-	// projection: 130 ms a batch at 50,000 streams. OFFSET 0 keeps the lateral subquery
-	// from being flattened into such a join. A row the insert above just made is this
-	// transaction's already and is not locked again (xmin): each lock is a WAL record,
-	// 18% of a batch of new streams' WAL (BenchmarkBatchOfNewStreams).
-	b.Queue(`SELECT ps.stream_id, ps.version FROM unnest($2::uuid[]) AS s(id),
-		LATERAL (SELECT stream_id, version FROM projection_streams
-			WHERE projection = $1 AND stream_id = s.id AND xmin <> pg_current_xact_id()::xid OFFSET 0 FOR UPDATE) AS ps`, m.p.Name(), m.streams).
+		ON CONFLICT (projection, stream_id) DO UPDATE SET version = ps.version
+		RETURNING stream_id, version, xmax = 0`, m.p.Name(), m.streams, lasts).
 		Query(func(rows pgx.Rows) error {
 			for rows.Next() {
 				var s uuid.UUID
 				var v int
-				if err := rows.Scan(&s, &v); err != nil {
+				var created bool
+				if err := rows.Scan(&s, &v, &created); err != nil {
 					return err
 				}
-				m.current[s] = v
+				if created {
+					m.created[s] = true
+				} else {
+					m.current[s] = v
+				}
 			}
 			return rows.Err()
 		})
@@ -1023,8 +1017,7 @@ func applyMembers(ctx context.Context, conn *pgx.Conn, tx pgx.Tx, ms []*memberBa
 // apply applies the member's share after its prelude, and queues its stream versions
 // and position into pipe.
 func (m *memberBatch) apply(ctx context.Context, pipe *pipeTx) ([]events.Envelope, error) {
-	// The lookup left out the rows the insert just made (they are this transaction's):
-	// those streams are at 0 in current, nothing of them applied yet.
+	// The streams the prelude inserted are at 0 in current, nothing of them applied yet.
 	start := maps.Clone(m.current)
 	// A rebuildable projector's writes are pipelined, as in a rebuild, and so are those of
 	// a projector that says they may be (Pipelined). Their errors come back together at
