@@ -117,8 +117,9 @@ func outOfProcess(ctx context.Context, o options, srv *server, b *bare, rounds i
 }
 
 // floorRounds measures the bare handler with its floor (see floor) against the bare
-// handler alone, in alternating rounds, and writes the table: the most that chatbotd's
-// ratio above could be on these cores, given what its API promises of a command.
+// handler alone, in alternating rounds, and writes the table: about the most that
+// chatbotd's ratio above could be on these cores, given what its API promises of a
+// command.
 func floorRounds(ctx context.Context, o options, b *bare, bomb bombardier, body []byte, clients, rounds int, w io.Writer) error {
 	projected := b.base + "/crud/chatbots-projected"
 	floors, bares, err := alternate(rounds, target{projected, ""}, target{b.base + "/crud/chatbots", ""},

@@ -17,8 +17,9 @@ import (
 // batches (one transaction each, rows by unnest) into copies of chatbots and
 // audit_entries with every index of theirs. Nothing else: no event log, broker, relay,
 // stream versions, hash chain or cache, each of which is chatbotd's work beyond this
-// floor. The ratio of the bare handler with its floor to the bare handler alone bounds
-// what any design writing those two rows on the same cores can reach.
+// floor. The ratio of the bare handler with its floor to the bare handler alone is about
+// the most that a design writing those two rows on the same cores can reach (a ratio of
+// one run: it moves with the machine, as every figure here).
 type floor struct {
 	pool    *pgxpool.Pool
 	org     uuid.UUID
