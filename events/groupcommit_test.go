@@ -12,6 +12,7 @@ import (
 	"github.com/chatbotsaas/chatbotd/events"
 	"github.com/chatbotsaas/chatbotd/events/eventstore"
 	"github.com/chatbotsaas/chatbotd/internal/apperr"
+	"github.com/chatbotsaas/chatbotd/internal/db"
 	"github.com/chatbotsaas/chatbotd/internal/testenv"
 )
 
@@ -91,4 +92,38 @@ func TestGroupCommitKeepsEachAppendsCheckAndResult(t *testing.T) {
 		SELECT stream_version - lag(stream_version) OVER (PARTITION BY stream_id ORDER BY transaction_id, position) AS step
 		FROM events) s WHERE step <> 1`).Scan(&disorder))
 	assert.Zero(t, disorder)
+}
+
+// TestGroupCommitRunsOnItsGenericPlan: on a pool of one connection, rounds of concurrent
+// appends are committed in groups; the group's statement, prepared on that connection,
+// was never planned for its arguments (PostgreSQL's custom plans), and the setting that
+// makes it so ended with each group's transaction.
+func TestGroupCommitRunsOnItsGenericPlan(t *testing.T) {
+	d := testenv.MustDatabase(t)
+	ctx := context.Background()
+	pool, err := db.Open(ctx, d.URL, 1)
+	require.NoError(t, err)
+	defer pool.Close()
+	s := eventstore.NewStore(pool)
+	defer s.Close()
+	for range 10 {
+		var wg sync.WaitGroup
+		for range 16 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				_, err := appendUser(t, s, uuid.New(), 0, userCreated("own"))
+				assert.NoError(t, err)
+			}()
+		}
+		wg.Wait()
+	}
+	var generic, custom int64
+	require.NoError(t, pool.QueryRow(ctx, `SELECT coalesce(sum(generic_plans), 0), coalesce(sum(custom_plans), 0)
+		FROM pg_prepared_statements WHERE statement LIKE '%WITH ok AS%'`).Scan(&generic, &custom))
+	assert.Positive(t, generic, "groups were committed, on the generic plan")
+	assert.Zero(t, custom, "the group's statement was never planned for its arguments")
+	var mode string
+	require.NoError(t, pool.QueryRow(ctx, `SHOW plan_cache_mode`).Scan(&mode))
+	assert.Equal(t, "auto", mode, "the connection's own setting is untouched")
 }
