@@ -162,8 +162,8 @@ func pipelineFigures(ctx context.Context, o options, w io.Writer) error {
 		"for dedupe and order, position, commit; then the cache entry of every user in Redis) drains the queue; the rate runs "+
 		"until it has applied every event, and every user is checked in the cache. That is the projector alone on a queue of its "+
 		"own, each event a message and each batch's commit waiting for the disk. `chatbotd serve` runs it otherwise, and the "+
-		"second accounts figure is that: a member of the projectors' group, fed by a relay that also publishes frames (up to "+
-		"a relay batch's events of a bucket in one message), its batches committed without waiting for the disk and "+
+		"second accounts figure is that: a member of a projectors' group (here its only member, so that the figure is its own), "+
+		"fed by a relay that also publishes frames (up to a relay batch's events of a bucket in one message), its batches committed without waiting for the disk and "+
 		"acknowledged once they are on it; the same backlog, the read model, versions and cache emptied first, the frames "+
 		"published before the projector starts.\n\n", n)
 	fmt.Fprintf(w, "Baselines, in the same run: a bare amqp091-go publisher with a window of 1,000 outstanding confirms, publishing "+
@@ -192,8 +192,8 @@ func pipelineFigures(ctx context.Context, o options, w io.Writer) error {
 }
 
 // accountsAsServed drains the same backlog into the accounts projector as `chatbotd serve`
-// runs it: a member of the projectors' group (its share of each batch applied in the
-// group's transaction), fed frames by a relay that publishes them, and committing
+// runs it: a member of a projectors' group (here the only one, so that the figure is
+// its own; its share of each batch applied in the group's transaction), fed frames by a relay that publishes them, and committing
 // without waiting for the disk, each batch acknowledged once it is on it
 // (projections.Config.DeferFlush). The read model and its versions are emptied first, and
 // the cache entries go under a prefix of their own. The relay publishes the whole backlog
