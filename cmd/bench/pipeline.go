@@ -79,11 +79,7 @@ func pipelineFigures(ctx context.Context, o options, w io.Writer) error {
 	start := time.Now()
 	relayDone := make(chan struct{})
 	go func() { _ = relay.Run(rctx); close(relayDone) }()
-	err = waitFor(ctx, 5*time.Minute, func() (bool, error) {
-		var pos int64
-		err := pool.QueryRow(ctx, `SELECT coalesce(max(position), 0) FROM relay_checkpoints WHERE name = $1`, "bench-"+suffix).Scan(&pos)
-		return pos >= last, err
-	})
+	err = waitRelayed(ctx, pool, "bench-"+suffix, last)
 	relayRate := float64(n) / time.Since(start).Seconds()
 	stopRelay()
 	<-relayDone
@@ -97,24 +93,15 @@ func pipelineFigures(ctx context.Context, o options, w io.Writer) error {
 	start = time.Now()
 	runnerDone := make(chan struct{})
 	go func() { _ = runner.Run(pctx); close(runnerDone) }()
-	err = waitFor(ctx, 5*time.Minute, func() (bool, error) {
-		var applied int64
-		err := pool.QueryRow(ctx, `SELECT coalesce(max(events_applied), 0) FROM projection_positions WHERE projection = $1`,
-			accounts.Name()).Scan(&applied)
-		return applied >= int64(n), err
-	})
+	err = waitApplied(ctx, pool, accounts.Name(), n)
 	projectorRate := float64(n) / time.Since(start).Seconds()
 	stopRunner()
 	<-runnerDone
 	if err != nil {
 		return fmt.Errorf("projector: %w", err)
 	}
-	var cached int64
-	if cached, err = countKeys(ctx, rdb, prefix+"user:*"); err != nil {
-		return err
-	}
-	if cached != int64(n) {
-		return fmt.Errorf("projector: %d of %d users cached", cached, n)
+	if err := checkCached(ctx, rdb, prefix, n); err != nil {
+		return fmt.Errorf("projector: %w", err)
 	}
 	fmt.Fprintf(os.Stderr, "pipeline: projector %.0f events/s\n", projectorRate)
 
@@ -229,21 +216,12 @@ func accountsAsServed(ctx context.Context, pool *pgxpool.Pool, conn *broker.Conn
 	defer stop()
 	done := make(chan struct{}, 2)
 	go func() { _ = relay.Run(rctx); done <- struct{}{} }()
-	if err := waitFor(ctx, 5*time.Minute, func() (bool, error) {
-		var pos int64
-		err := pool.QueryRow(ctx, `SELECT coalesce(max(position), 0) FROM relay_checkpoints WHERE name = $1`, "bench-served-"+suffix).Scan(&pos)
-		return pos >= last, err
-	}); err != nil {
+	if err := waitRelayed(ctx, pool, "bench-served-"+suffix, last); err != nil {
 		return 0, fmt.Errorf("relay of frames: %w", err)
 	}
 	start := time.Now()
 	go func() { _ = runner.Run(rctx); done <- struct{}{} }()
-	err = waitFor(ctx, 5*time.Minute, func() (bool, error) {
-		var applied int64
-		err := pool.QueryRow(ctx, `SELECT coalesce(max(events_applied), 0) FROM projection_positions WHERE projection = $1`,
-			projections.AccountsName).Scan(&applied)
-		return applied >= int64(n), err
-	})
+	err = waitApplied(ctx, pool, projections.AccountsName, n)
 	rate := float64(n) / time.Since(start).Seconds()
 	stop()
 	<-done
@@ -251,14 +229,42 @@ func accountsAsServed(ctx context.Context, pool *pgxpool.Pool, conn *broker.Conn
 	if err != nil {
 		return 0, fmt.Errorf("projector as served: %w", err)
 	}
-	cached, err := countKeys(ctx, rdb, prefix+"user:*")
-	if err != nil {
-		return 0, err
-	}
-	if cached != int64(n) {
-		return 0, fmt.Errorf("projector as served: %d of %d users cached", cached, n)
+	if err := checkCached(ctx, rdb, prefix, n); err != nil {
+		return 0, fmt.Errorf("projector as served: %w", err)
 	}
 	return rate, nil
+}
+
+// waitRelayed waits until the relay called name has its checkpoint at position last.
+func waitRelayed(ctx context.Context, pool *pgxpool.Pool, name string, last int64) error {
+	return waitFor(ctx, 5*time.Minute, func() (bool, error) {
+		var pos int64
+		err := pool.QueryRow(ctx, `SELECT coalesce(max(position), 0) FROM relay_checkpoints WHERE name = $1`, name).Scan(&pos)
+		return pos >= last, err
+	})
+}
+
+// waitApplied waits until projection has applied n events.
+func waitApplied(ctx context.Context, pool *pgxpool.Pool, projection string, n int) error {
+	return waitFor(ctx, 5*time.Minute, func() (bool, error) {
+		var applied int64
+		err := pool.QueryRow(ctx, `SELECT coalesce(max(events_applied), 0) FROM projection_positions WHERE projection = $1`,
+			projection).Scan(&applied)
+		return applied >= int64(n), err
+	})
+}
+
+// checkCached reports an error unless the accounts projector left n users in the cache
+// under prefix.
+func checkCached(ctx context.Context, rdb *redis.Client, prefix string, n int) error {
+	cached, err := countKeys(ctx, rdb, prefix+"user:*")
+	if err != nil {
+		return err
+	}
+	if cached != int64(n) {
+		return fmt.Errorf("%d of %d users cached", cached, n)
+	}
+	return nil
 }
 
 // waitFor polls done every 5 ms until it holds, fails, or limit passes.
