@@ -2,7 +2,6 @@ package projections
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"log/slog"
 	"time"
@@ -141,12 +140,8 @@ func (a *Accounts) ApplySet(ctx context.Context, tx pgx.Tx, envs []events.Envelo
 		if err != nil || !ok || u.Roles == nil { // without roles, Apply says what is wrong
 			return false, err
 		}
-		roles, err := json.Marshal(u.Roles)
-		if err != nil {
-			return false, err
-		}
 		ids, orgs, names, emails = append(ids, e.StreamID), append(orgs, e.OrganizationID), append(names, u.Name), append(emails, u.Email)
-		statuses, rs, versions, times = append(statuses, u.Status), append(rs, string(roles)), append(versions, int32(e.StreamVersion)), append(times, e.OccurredAt)
+		statuses, rs, versions, times = append(statuses, u.Status), append(rs, textArray(u.Roles)), append(versions, int32(e.StreamVersion)), append(times, e.OccurredAt)
 		return true, nil
 	}
 	flush := func() error {
@@ -154,7 +149,7 @@ func (a *Accounts) ApplySet(ctx context.Context, tx pgx.Tx, envs []events.Envelo
 			return nil
 		}
 		_, err := tx.Exec(ctx, `INSERT INTO users (id, organization_id, name, email, status, roles, version, created_at, updated_at)
-			SELECT u.id, u.org, u.name, u.email, u.status, ARRAY(SELECT jsonb_array_elements_text(u.roles::jsonb)), u.v, u.at, u.at
+			SELECT u.id, u.org, u.name, u.email, u.status, u.roles::text[], u.v, u.at, u.at
 			FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int[], $8::timestamptz[])
 				AS u(id, org, name, email, status, roles, v, at)`, ids, orgs, names, emails, statuses, rs, versions, times)
 		// New slices: a pipelined statement holds its arguments until it is sent.

@@ -137,14 +137,10 @@ func insertEntries(ctx context.Context, tx pgx.Tx, e events.Envelope, chatbot st
 	tags := make([]string, len(entries))
 	for i, en := range entries {
 		ids[i], questions[i], answers[i] = en.ID, en.Question, en.Answer
-		b, err := json.Marshal(tagsOf(en))
-		if err != nil {
-			return err
-		}
-		tags[i] = string(b)
+		tags[i] = textArray(tagsOf(en))
 	}
 	_, err := tx.Exec(ctx, `INSERT INTO knowledge_entries (id, chatbot_id, organization_id, question, answer, tags, created_at, updated_at)
-		SELECT u.id::uuid, $1, $2, u.q, u.a, ARRAY(SELECT jsonb_array_elements_text(u.t::jsonb)), $3, $3
+		SELECT u.id::uuid, $1, $2, u.q, u.a, u.t::text[], $3, $3
 		FROM unnest($4::text[], $5::text[], $6::text[], $7::text[]) AS u(id, q, a, t)`,
 		chatbot, e.OrganizationID, e.OccurredAt, ids, questions, answers, tags)
 	return err

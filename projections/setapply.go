@@ -2,6 +2,7 @@ package projections
 
 import (
 	"context"
+	"strings"
 
 	"github.com/jackc/pgx/v5"
 
@@ -74,3 +75,29 @@ func withReplay(ctx context.Context) context.Context {
 // the rebuild writes and which get each event once: it may load rows with COPY (which
 // has no ON CONFLICT), PostgreSQL's fastest way in.
 func replaying(ctx context.Context) bool { return ctx.Value(replayKey{}) != nil }
+
+// textArray writes ss as a PostgreSQL array literal, for a text[] column filled from
+// one text element per row of a set's insert (u.x::text[]): PostgreSQL parses it in
+// about a tenth of what unpacking a JSON array by a subquery per row cost, 1.4 µs a row
+// (BENCHMARKS.md). Every element is quoted, so that no value (empty, NULL, braces,
+// commas, spaces) is read as anything but itself; inside the quotes only the backslash
+// and the double quote are escaped.
+func textArray(ss []string) string {
+	var b strings.Builder
+	b.WriteByte('{')
+	for i, s := range ss {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		b.WriteByte('"')
+		for j := 0; j < len(s); j++ {
+			if s[j] == '"' || s[j] == '\\' {
+				b.WriteByte('\\')
+			}
+			b.WriteByte(s[j])
+		}
+		b.WriteByte('"')
+	}
+	b.WriteByte('}')
+	return b.String()
+}

@@ -36,6 +36,8 @@ func mixedHistory(t *testing.T, s *eventstore.Store) []events.Envelope {
 			OrganizationID: &org, Events: evs, Meta: system})
 		require.NoError(t, err)
 	}
+	// Roles and tags that an array literal could misread, were they not quoted.
+	must(events.StreamUser, uuid.New(), events.UserCreated{Name: "odd roles", Email: "odd@example.com", Roles: oddTexts, Status: "active"})
 	hook, later := uuid.New(), uuid.New()
 	must(events.StreamWebhook, hook, events.WebhookCreated{URL: "https://example.com/hook", Events: []string{"chatbot.*", "message.posted"}})
 	var bots []uuid.UUID
@@ -54,6 +56,8 @@ func mixedHistory(t *testing.T, s *eventstore.Store) []events.Envelope {
 	}
 	must(events.StreamKnowledge, uuid.New(), events.KnowledgeEntryAdded{ChatbotID: bots[0].String(),
 		Entry: events.KnowledgeEntry{ID: uuid.NewString(), Question: "q", Answer: "a", Tags: []string{"t"}}})
+	must(events.StreamKnowledge, uuid.New(), events.KnowledgeEntryAdded{ChatbotID: bots[1].String(),
+		Entry: events.KnowledgeEntry{ID: uuid.NewString(), Question: "q2", Answer: "a2", Tags: oddTexts}})
 	for c := range 4 {
 		conv, bot := uuid.New(), bots[c%len(bots)]
 		must(events.StreamConversation, conv, events.ConversationStarted{ChatbotID: bot.String(), Metadata: map[string]any{"channel": "web"}})
@@ -75,6 +79,50 @@ func mixedHistory(t *testing.T, s *eventstore.Store) []events.Envelope {
 		}
 	}
 	return readableLog(t, s.Pool())
+}
+
+// oddTexts are strings that PostgreSQL's array literal syntax gives a meaning of their own.
+var oddTexts = []string{"member", "", "NULL", "null", "a,b", "{x}", "{}", `q"uote`, `back\slash`, `\"`, " spaced ",
+	"tab\there", "new\nline", "ünï©ødé"}
+
+// Roles and tags written by ApplySet, in arrays of one row each, read back as they were
+// given, however odd.
+func TestApplySetKeepsTextArraysAsGiven(t *testing.T) {
+	ctx := context.Background()
+	d := testenv.MustDatabase(t)
+	s := eventstore.NewStore(d.Pool)
+	org, user, bot := uuid.New(), uuid.New(), uuid.New()
+	for _, r := range []struct {
+		stype string
+		id    uuid.UUID
+		event events.Event
+	}{
+		{events.StreamUser, user, events.UserCreated{Name: "u", Email: "u@example.com", Roles: oddTexts, Status: "active"}},
+		{events.StreamUser, uuid.New(), events.UserCreated{Name: "v", Email: "v@example.com", Roles: []string{}, Status: "active"}},
+		{events.StreamKnowledge, uuid.New(), events.KnowledgeImported{ChatbotID: bot.String(), Entries: []events.KnowledgeEntry{
+			{ID: uuid.NewString(), Question: "q1", Answer: "a1", Tags: oddTexts},
+			{ID: uuid.NewString(), Question: "q2", Answer: "a2"}}}},
+	} {
+		_, err := s.Append(ctx, eventstore.AppendRequest{StreamType: r.stype, StreamID: r.id, ExpectedVersion: eventstore.AnyVersion,
+			OrganizationID: &org, Events: []events.Event{r.event}, Meta: system})
+		require.NoError(t, err)
+	}
+	all := readableLog(t, d.Pool)
+	for _, p := range []projections.Projector{projections.NewAccounts(nil, nil, nil), projections.Chatbots{}} {
+		_, err := projections.ApplyBatch(ctx, d.Pool, p, bound(p, all))
+		require.NoError(t, err, p.Name())
+	}
+	var roles []string
+	require.NoError(t, d.Pool.QueryRow(ctx, `SELECT roles FROM users WHERE id = $1`, user).Scan(&roles))
+	assert.Equal(t, oddTexts, roles)
+	var empty int
+	require.NoError(t, d.Pool.QueryRow(ctx, `SELECT count(*) FROM users WHERE organization_id = $1 AND roles = '{}'`, org).Scan(&empty))
+	assert.Equal(t, 1, empty, "no roles: an empty array")
+	rows, err := d.Pool.Query(ctx, `SELECT tags FROM knowledge_entries WHERE chatbot_id = $1 ORDER BY question`, bot)
+	require.NoError(t, err)
+	tags, err := pgx.CollectRows(rows, pgx.RowTo[[]string])
+	require.NoError(t, err)
+	assert.Equal(t, [][]string{oddTexts, {}}, tags)
 }
 
 // deliveries renders webhook_deliveries without what each write makes up (its id, time).
