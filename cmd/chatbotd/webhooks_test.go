@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -176,6 +177,11 @@ func TestWebhookDeliveriesSignedRetriedInStreamOrderAndScoped(t *testing.T) {
 		assert.Equal(t, r.env.ID, r.header.Get("X-Event-ID"))
 		assert.Equal(t, r.env.Type, r.header.Get("X-Event-Type"))
 		assert.Equal(t, usersHook.ID, r.header.Get("X-Webhook-ID"))
+		_, err = uuid.Parse(r.header.Get("X-Delivery-ID"))
+		assert.NoError(t, err, "X-Delivery-ID")
+		attempt, err := strconv.Atoi(r.header.Get("X-Delivery-Attempt"))
+		assert.NoError(t, err, "X-Delivery-Attempt")
+		assert.Positive(t, attempt)
 		assert.NotEqual(t, "sha256="+hmacHex("another secret", string(r.body)), r.header.Get("X-Signature"))
 	}
 	for _, r := range convs.requests() {

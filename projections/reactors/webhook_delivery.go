@@ -227,6 +227,19 @@ func WebhookHeaders(secret, body []byte, at time.Time) http.Header {
 	return webhookHeaders(secret, body, at, 0)
 }
 
+// DeliveryHeaders are the headers of a subscription's delivery: WebhookHeaders, and the
+// subscription's, the delivery's and the event's ids, the attempt's number and the
+// event's type.
+func DeliveryHeaders(secret, body []byte, at time.Time, webhook, delivery, event uuid.UUID, eventType string, attempt int) http.Header {
+	h := webhookHeaders(secret, body, at, 5)
+	h["X-Webhook-Id"] = []string{webhook.String()}
+	h["X-Delivery-Id"] = []string{delivery.String()}
+	h["X-Delivery-Attempt"] = []string{strconv.Itoa(attempt)}
+	h["X-Event-Id"] = []string{event.String()}
+	h["X-Event-Type"] = []string{eventType}
+	return h
+}
+
 // webhookHeaders is WebhookHeaders with room for extra more. The keys are written in
 // their canonical form into a map sized once, and one HMAC is reset between the two
 // signatures: built with Set, a delivery's headers were among the deliverer's largest
@@ -256,13 +269,7 @@ func (d *WebhookDeliverer) send(ctx context.Context, t webhookTarget, c claimedD
 	if err != nil {
 		return 0, "bad URL", time.Since(start)
 	}
-	h := webhookHeaders(t.secret, c.payload, start, 5)
-	h["X-Webhook-Id"] = []string{c.webhook.String()}
-	h["X-Delivery-Id"] = []string{c.id.String()}
-	h["X-Delivery-Attempt"] = []string{strconv.Itoa(c.attempt)}
-	h["X-Event-Id"] = []string{c.event.String()}
-	h["X-Event-Type"] = []string{c.eventType}
-	req.Header = h
+	req.Header = DeliveryHeaders(t.secret, c.payload, start, c.webhook, c.id, c.event, c.eventType, c.attempt)
 	defer func() { d.observe(ctx, c, code, errText) }()
 	res, err := d.Client.Do(req)
 	if err != nil {
