@@ -151,7 +151,18 @@ func webhookFigures(ctx context.Context, pool *pgxpool.Pool, org uuid.UUID, all 
 	}
 	secret := []byte("bench-webhook-secret-0123456789")
 
-	// The baseline: the same bodies, signed, POSTed by 16 goroutines, nothing recorded.
+	// Ids as serve makes them (UUIDv7: the webhooks projector's delivery ids, the events'
+	// and the aggregates'), so that the indexes on them grow at their ends as they do
+	// there, not at random pages. The bare client sends them in its headers too.
+	newID := func() uuid.UUID { return uuid.Must(uuid.NewV7()) }
+	hook := newID()
+	deliveryIDs, eventIDs := make([]uuid.UUID, n), make([]uuid.UUID, n)
+	for i := range n {
+		deliveryIDs[i], eventIDs[i] = newID(), newID()
+	}
+
+	// The baseline: the same requests (the same bodies, signed, with the same headers),
+	// POSTed by 16 goroutines, nothing recorded.
 	postBare := func() (float64, map[string]float64, error) {
 		var next atomic.Int64
 		var wg sync.WaitGroup
@@ -163,7 +174,8 @@ func webhookFigures(ctx context.Context, pool *pgxpool.Pool, org uuid.UUID, all 
 					defer wg.Done()
 					for i := next.Add(1) - 1; i < n; i = next.Add(1) - 1 {
 						req, _ := http.NewRequestWithContext(ctx, http.MethodPost, target, strings.NewReader(string(bodies[i])))
-						req.Header = reactors.WebhookHeaders(secret, bodies[i], time.Now())
+						req.Header = reactors.DeliveryHeaders(secret, bodies[i], time.Now(), hook, deliveryIDs[i], eventIDs[i],
+							"message.posted", 1)
 						if res, err := client.Do(req); err == nil {
 							_, _ = io.Copy(io.Discard, res.Body)
 							_ = res.Body.Close()
@@ -183,11 +195,6 @@ func webhookFigures(ctx context.Context, pool *pgxpool.Pool, org uuid.UUID, all 
 	if err != nil {
 		return err
 	}
-	// Ids as serve makes them (UUIDv7: the webhooks projector's delivery ids, the events'
-	// and the aggregates'), so that the indexes on them grow at their ends as they do
-	// there, not at random pages.
-	newID := func() uuid.UUID { return uuid.Must(uuid.NewV7()) }
-	hook := newID()
 	if _, err := pool.Exec(ctx, `INSERT INTO webhooks (id, organization_id, url, events, status, version, created_at, updated_at)
 		VALUES ($1, $2, $3, '{#}', 'active', 1, now(), now())`, hook, org, target); err != nil {
 		return err
@@ -201,7 +208,7 @@ func webhookFigures(ctx context.Context, pool *pgxpool.Pool, org uuid.UUID, all 
 		streams[i] = newID()
 	}
 	for i := range rows {
-		rows[i] = []any{newID(), hook, org, newID(), "message.posted", streams[i%len(streams)], i/len(streams) + 1,
+		rows[i] = []any{deliveryIDs[i], hook, org, eventIDs[i], "message.posted", streams[i%len(streams)], i/len(streams) + 1,
 			int64(i + 1), bodies[i], "pending", time.Now()}
 	}
 	pending := func() error {
@@ -249,7 +256,9 @@ func webhookFigures(ctx context.Context, pool *pgxpool.Pool, org uuid.UUID, all 
 	fmt.Fprintf(report, "%d pending deliveries of one subscription (%d streams of 10 events, so the per-stream order is in play) "+
 		"POSTed to a receiver in the same process that answers 204, by the deliverer with %d calls in flight: claim (lease), "+
 		"sign, POST, record the attempt and the outcome (the outcomes that finished meanwhile in one transaction). The baseline is a bare Go client "+
-		"POSTing the same signed bodies to the same receiver with the same concurrency and recording nothing. %d rounds, each the bare "+
+		"POSTing the same requests (the same bodies, signed, with the same ten headers: the signatures, the subscription's, "+
+		"delivery's and event's ids, the attempt and the event's type) to the same receiver with the same concurrency and recording "+
+		"nothing. %d rounds, each the bare "+
 		"client then the deliverer (its deliveries written anew). Both run under the collector settings `chatbotd serve` gives its "+
 		"deliverer (GOGC 400, a soft limit of 150 MiB). The CPU is each process's over the phase, from `/proc`, per delivery (this "+
 		"process holds the sender and the receiver).\n\n", n, n/10, workers, rounds)
