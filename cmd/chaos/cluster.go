@@ -55,7 +55,7 @@ func startRabbitCluster(ctx context.Context, size int) (*rabbitCluster, error) {
 		c.nodes = append(c.nodes, n)
 	}
 	if out, err := exec.Command("chown", "-R", "rabbitmq:rabbitmq", dir).CombinedOutput(); err != nil {
-		c.stop()
+		c.stop(false)
 		return nil, fmt.Errorf("chown %s: %v: %s", dir, err, out)
 	}
 	errs := make(chan error, size)
@@ -64,14 +64,14 @@ func startRabbitCluster(ctx context.Context, size int) (*rabbitCluster, error) {
 	}
 	for range size {
 		if err := <-errs; err != nil {
-			c.stop()
+			c.stop(true) // the error names a node's log
 			return nil, err
 		}
 	}
 	for _, n := range c.nodes[1:] {
 		for _, args := range [][]string{{"stop_app"}, {"join_cluster", c.nodes[0].name}, {"start_app"}} {
 			if _, err := c.ctl(ctx, n, args...); err != nil {
-				c.stop()
+				c.stop(true)
 				return nil, err
 			}
 		}
@@ -186,14 +186,40 @@ func (c *rabbitCluster) serving(ctx context.Context) (int, error) {
 	return 0, errors.New("no node answers")
 }
 
-// stop stops every node and removes the cluster's directory.
-func (c *rabbitCluster) stop() {
+// stop stops every node and removes the cluster's directory, unless keep: a scenario
+// that failed keeps it (the nodes' logs and data), with the queues' counts and each
+// queue's Raft state (quorum_status) written into queues.txt first, for what the broker
+// did with their messages.
+func (c *rabbitCluster) stop(keep bool) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
+	if keep {
+		var b strings.Builder
+		for i, n := range c.nodes {
+			if !c.up(i) {
+				continue
+			}
+			out, err := c.ctl(ctx, n, "list_queues", "name", "leader", "online", "messages", "messages_ready",
+				"messages_unacknowledged", "consumers")
+			fmt.Fprintf(&b, "== list_queues on %s (%v)\n%s\n", n.name, err, out)
+			for _, line := range strings.Split(out, "\n") {
+				if q, _, ok := strings.Cut(line, "\t"); ok && q != "name" && !strings.HasSuffix(q, ".dead") {
+					status, err := sh(ctx, "rabbitmq-queues", "-q", "-n", n.name, "--formatter", "json", "quorum_status", q)
+					fmt.Fprintf(&b, "== quorum_status %s (%v)\n%s\n", q, err, status)
+				}
+			}
+			break // the queues are the cluster's: one node's view is enough
+		}
+		_ = os.WriteFile(filepath.Join(c.dir, "queues.txt"), []byte(b.String()), 0o644)
+	}
 	for i, n := range c.nodes {
 		if _, err := c.ctl(ctx, n, "stop"); err != nil {
 			_ = c.kill(i)
 		}
+	}
+	if keep {
+		fmt.Fprintf(os.Stderr, "kept the RabbitMQ cluster's directory %s (each node's log/, mnesia/, and queues.txt)\n", c.dir)
+		return
 	}
 	_ = os.RemoveAll(c.dir)
 }

@@ -94,12 +94,14 @@ type scenarioRun struct {
 	// cluster is the scenario's own RabbitMQ cluster, if it has one; env is what every
 	// start of chatbotd gets for it.
 	cluster *rabbitCluster
-	pg      *pgPair
-	env     []string
-	c       *client
-	f       *fixture
-	l       *load
-	chk     *checker
+	// keep: the scenario failed (or -keep): its own engines' data stays for a look.
+	keep bool
+	pg   *pgPair
+	env  []string
+	c    *client
+	f    *fixture
+	l    *load
+	chk  *checker
 }
 
 // restart starts process i again on its address, without the scenario's extra
@@ -126,6 +128,7 @@ func runScenario(ctx context.Context, sys *system, o options, sc scenario) []res
 			}
 		}
 		fmt.Fprintf(os.Stderr, "%s: kept database %s, logs %s\n", sc.name, n.database, strings.Join(r.logs, " "))
+		r.keep = true
 		return r.chk.out
 	}
 	var err error
@@ -134,7 +137,7 @@ func runScenario(ctx context.Context, sys *system, o options, sc scenario) []res
 		if r.cluster, err = startRabbitCluster(ctx, sc.rabbitNodes); err != nil {
 			return fail("rabbitmq cluster started", err)
 		}
-		defer r.cluster.stop()
+		defer func() { r.cluster.stop(r.keep) }()
 		fmt.Fprintf(os.Stderr, "%s: a RabbitMQ cluster of %d nodes started in %s\n", sc.name, sc.rabbitNodes,
 			time.Since(began).Round(time.Second))
 		r.n.rabbitNodes = r.cluster.nodeNames()
@@ -214,7 +217,8 @@ func runScenario(ctx context.Context, sys *system, o options, sc scenario) []res
 		ok = ok && res.ok
 	}
 	sys.cleanup(n, ok && !o.keep)
-	if !ok || o.keep {
+	r.keep = !ok || o.keep
+	if r.keep {
 		fmt.Fprintf(os.Stderr, "%s: kept database %s, logs %s\n", sc.name, n.database, strings.Join(r.logs, " "))
 	}
 	return r.chk.out
