@@ -922,19 +922,15 @@ func (m *memberBatch) queuePrelude(b *pgx.Batch) {
 	// Shared with every other batch of the projector; a rebuild's swap takes it alone.
 	b.Queue(`SELECT pg_advisory_xact_lock_shared($1)`, liveLockKey(m.p.Name()))
 	// One statement gives each stream its row and its applied version. A stream new to the
-	// projection gets its row here, at the version the batch leaves it at, and the row is
-	// this transaction's until it commits (another instance's insert of the same stream
-	// waits for it, then finds the row). Inserting it at 0 and raising it after the apply
-	// wrote each new stream's row twice, and most events start a stream (a user, a
-	// chatbot, a message); BenchmarkBatchOfNewStreams measures it, and BENCHMARKS.md has
-	// the before and after. A stream that has its row already is the conflict: the update
-	// keeps its version and holds the row for the rest of the transaction, as FOR UPDATE
-	// would. RETURNING tells the two apart: a row this statement inserted has no xmax.
-	// Before, a lookup after the insert (FOR UPDATE, skipping the rows the insert made)
-	// probed the index a second time for every stream, new ones too: per new stream that
-	// cost more than the update costs a known one (BENCHMARKS.md, fourteenth pass). The
-	// arbiter index finds each row whatever the statistics say, and the ids' sorted order
-	// makes instances take rows in one order.
+	// projection gets its row here, at the version the batch leaves it at (inserted at 0
+	// and raised after the apply, each new stream's row would be written twice, and most
+	// events start a stream); the row is this transaction's until it commits, so another
+	// instance's insert of the same stream waits for it, then finds the row. A stream that
+	// has its row already is the conflict: the update keeps its version and holds the row
+	// for the rest of the transaction, as FOR UPDATE would, with no second probe of the
+	// index for each stream. RETURNING tells the two apart: a row this statement inserted
+	// has no xmax. The arbiter index finds each row whatever the statistics say, and the
+	// ids' sorted order makes instances take rows in one order.
 	b.Queue(`INSERT INTO projection_streams AS ps (projection, stream_id, version)
 		SELECT $1, u.s, u.v FROM unnest($2::uuid[], $3::int[]) AS u(s, v) ORDER BY u.s
 		ON CONFLICT (projection, stream_id) DO UPDATE SET version = ps.version

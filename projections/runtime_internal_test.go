@@ -81,8 +81,7 @@ func TestBatchWritesEachStreamRowOnce(t *testing.T) {
 	ins1, upd1 := writes()
 	assert.Equal(t, 2, ins1-ins0, "the new streams, fresh and gapped, each inserted once")
 	// The prelude's conflict takes each known row (known and done) with an update that
-	// keeps its version, where a lookup after the insert took it with FOR UPDATE: one
-	// statement, and no second look at the new streams.
+	// keeps its version: one statement for every stream's row, new or known.
 	assert.Equal(t, 3, upd1-upd0, "known and done taken by the prelude, known raised once; the new ones not raised")
 	// A known stream's row is locked; a new one is not locked again (the insert made it
 	// this transaction's): a lock would write a WAL record per new stream.

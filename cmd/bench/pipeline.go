@@ -180,8 +180,9 @@ func pipelineFigures(ctx context.Context, o options, w io.Writer) error {
 
 // accountsAsServed drains the same backlog into the accounts projector as `chatbotd serve`
 // runs it: a member of a projectors' group (here the only one, so that the figure is
-// its own; its share of each batch applied in the group's transaction), fed frames by a relay that publishes them, and committing
-// without waiting for the disk, each batch acknowledged once it is on it
+// its own; its share of each batch applied in the group's transaction), fed frames by a
+// relay that publishes them, and committing without waiting for the disk, each batch
+// acknowledged once it is on it
 // (projections.Config.DeferFlush). The read model and its versions are emptied first, and
 // the cache entries go under a prefix of their own. The relay publishes the whole backlog
 // (up to last) before the projector starts, as for the figure of the projector alone; the

@@ -187,30 +187,12 @@ func (c *rabbitCluster) serving(ctx context.Context) (int, error) {
 }
 
 // stop stops every node and removes the cluster's directory, unless keep: a scenario
-// that failed keeps it (the nodes' logs and data), with the queues' counts and each
-// queue's Raft state (quorum_status) written into queues.txt first, for what the broker
-// did with their messages.
+// that failed keeps it (the nodes' logs and data), with queues.txt written first.
 func (c *rabbitCluster) stop(keep bool) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	if keep {
-		var b strings.Builder
-		for i, n := range c.nodes {
-			if !c.up(i) {
-				continue
-			}
-			out, err := c.ctl(ctx, n, "list_queues", "name", "leader", "online", "messages", "messages_ready",
-				"messages_unacknowledged", "consumers")
-			fmt.Fprintf(&b, "== list_queues on %s (%v)\n%s\n", n.name, err, out)
-			for _, line := range strings.Split(out, "\n") {
-				if q, _, ok := strings.Cut(line, "\t"); ok && q != "name" && !strings.HasSuffix(q, ".dead") {
-					status, err := sh(ctx, "rabbitmq-queues", "-q", "-n", n.name, "--formatter", "json", "quorum_status", q)
-					fmt.Fprintf(&b, "== quorum_status %s (%v)\n%s\n", q, err, status)
-				}
-			}
-			break // the queues are the cluster's: one node's view is enough
-		}
-		_ = os.WriteFile(filepath.Join(c.dir, "queues.txt"), []byte(b.String()), 0o644)
+		c.saveQueues(ctx)
 	}
 	for i, n := range c.nodes {
 		if _, err := c.ctl(ctx, n, "stop"); err != nil {
@@ -222,4 +204,29 @@ func (c *rabbitCluster) stop(keep bool) {
 		return
 	}
 	_ = os.RemoveAll(c.dir)
+}
+
+// saveQueues writes, as the first live node sees them (the queues are the cluster's),
+// the queues' counts and each queue's Raft state (quorum_status) into queues.txt in the
+// cluster's directory: what the broker did with their messages.
+func (c *rabbitCluster) saveQueues(ctx context.Context) {
+	i := 0
+	for i < len(c.nodes) && !c.up(i) {
+		i++
+	}
+	if i == len(c.nodes) {
+		return
+	}
+	n := c.nodes[i]
+	var b strings.Builder
+	out, err := c.ctl(ctx, n, "list_queues", "name", "leader", "online", "messages", "messages_ready",
+		"messages_unacknowledged", "consumers")
+	fmt.Fprintf(&b, "== list_queues on %s (%v)\n%s\n", n.name, err, out)
+	for _, line := range strings.Split(out, "\n") {
+		if q, _, ok := strings.Cut(line, "\t"); ok && q != "name" && !strings.HasSuffix(q, ".dead") {
+			status, err := sh(ctx, "rabbitmq-queues", "-q", "-n", n.name, "--formatter", "json", "quorum_status", q)
+			fmt.Fprintf(&b, "== quorum_status %s (%v)\n%s\n", q, err, status)
+		}
+	}
+	_ = os.WriteFile(filepath.Join(c.dir, "queues.txt"), []byte(b.String()), 0o644)
 }
