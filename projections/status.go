@@ -82,6 +82,12 @@ type Status struct {
 	// LagSeconds is the age of the oldest event the projection has not applied yet, 0 when
 	// its queue is empty (nil when unknown).
 	LagSeconds *float64 `json:"lag_seconds"`
+	// SweptAt is when the sweep (Sweep) last finished a pass over the consumer, and
+	// EventsRedriven counts the events it found missing and published again to the
+	// consumer's queue: events the broker lost. The sweep goes over a runtime's queue (the
+	// group's for its members): a member's line has neither.
+	SweptAt        *time.Time `json:"swept_at"`
+	EventsRedriven int64      `json:"events_redriven"`
 }
 
 // Statuses reads every tracked consumer's status: positions from the database, queue
@@ -116,6 +122,28 @@ func Statuses(ctx context.Context, pool *pgxpool.Pool, b eventstore.Channeler, t
 	if err := rows.Err(); err != nil {
 		return nil, db.Classify(err)
 	}
+	type swept struct {
+		at       *time.Time
+		redriven int64
+	}
+	sweeps := map[string]swept{}
+	rows, err = pool.Query(ctx, `SELECT name, swept_at, redriven FROM projection_sweeps`)
+	if err != nil {
+		return nil, db.Classify(err)
+	}
+	for rows.Next() {
+		var name string
+		var sw swept
+		if err := rows.Scan(&name, &sw.at, &sw.redriven); err != nil {
+			rows.Close()
+			return nil, db.Classify(err)
+		}
+		sweeps[name] = sw
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return nil, db.Classify(err)
+	}
 	layouts, err := readLayouts(ctx, pool)
 	if err != nil {
 		return nil, db.Classify(err)
@@ -130,6 +158,9 @@ func Statuses(ctx context.Context, pool *pgxpool.Pool, b eventstore.Channeler, t
 			if row.draining > 0 {
 				st.Draining = &row.draining
 			}
+		}
+		if sw, ok := sweeps[t.Name]; ok {
+			st.SweptAt, st.EventsRedriven = sw.at, sw.redriven
 		}
 		if r, ok := positions[t.Name]; ok {
 			st.Position, st.LastEventAt, st.EventsApplied, st.UpdatedAt = &r.position, &r.lastEventAt, r.eventsApplied, &r.updatedAt

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"slices"
 	"sync/atomic"
 	"time"
 
@@ -307,6 +308,9 @@ func (d *deps) startConsumers(work *workers, p parts) {
 	partitions := &projections.Partitions{Pool: d.pool, Broker: d.broker, Runners: p.partitioned, Retired: p.retired,
 		Partitions: d.cfg.ProjectorPartitions, Logger: d.logger}
 	work.start("projector partitions", partitions.Run)
+	sweep := &projections.Sweep{Pool: d.pool, Broker: d.broker, Runners: append(slices.Clone(p.runners), p.partitioned...),
+		Interval: d.cfg.ProjectorSweepInterval, Logger: d.logger.With("component", "sweep"), Metrics: d.metrics}
+	work.start("projection sweep", sweep.Run)
 	work.start("projection notifications", d.applied.Run)
 	work.start("webhook responder", p.webhooks.Run)
 	if d.cfg.SMTPURL == "" {

@@ -516,19 +516,89 @@ type inflight struct {
 
 // frame is a frame being built: events of one bucket.
 type frame struct {
+	bucket int
 	body   []byte
 	events int
 	first  events.Envelope
 }
 
+// framer gathers a batch's events into frames: one bucket's events in each, in the order
+// of the log, FrameMax at most.
+type framer struct {
+	frames map[int]*frame
+	order  []int // buckets in the order of their first event of the batch
+}
+
+// add puts e (body is its encoding) into its bucket's frame; it returns the frame when
+// that is full, to be published now (the framer starts a new one for the bucket).
+func (fr *framer) add(e events.Envelope, body []byte, bucket int) *frame {
+	if fr.frames == nil {
+		fr.frames = make(map[int]*frame)
+	}
+	f := fr.frames[bucket]
+	if f == nil {
+		f = &frame{bucket: bucket}
+		fr.frames[bucket] = f
+		fr.order = append(fr.order, bucket)
+	}
+	if f.events == 0 {
+		f.first = e
+	}
+	f.body = events.AppendFrame(f.body, body)
+	f.events++
+	if f.events < events.FrameMax {
+		return nil
+	}
+	full := *f
+	*f = frame{bucket: bucket}
+	return &full
+}
+
+// rest are the frames not yet full, in the order of their buckets' first events.
+func (fr *framer) rest() []*frame {
+	var out []*frame
+	for _, b := range fr.order {
+		if f := fr.frames[b]; f.events > 0 {
+			out = append(out, f)
+		}
+	}
+	return out
+}
+
+// eventMessage is the message that carries e alone; body is its encoding.
+func eventMessage(e events.Envelope, body []byte, bucket int) amqp.Publishing {
+	return amqp.Publishing{
+		// The organization's bucket, which partitioned projectors' queues are bound by.
+		Headers:       partitionHeaders[bucket],
+		ContentType:   "application/json",
+		DeliveryMode:  amqp.Persistent,
+		MessageId:     e.ID.String(),
+		CorrelationId: e.CorrelationID,
+		Type:          e.Type,
+		Timestamp:     e.OccurredAt,
+		Body:          body,
+	}
+}
+
+// frameMessage is the message that carries frame f.
+func frameMessage(f *frame) amqp.Publishing {
+	return amqp.Publishing{
+		// The bucket's header routes it as its events would be (broker.Layout).
+		Headers: amqp.Table{events.PartitionHeader: partitionHeaders[f.bucket][events.PartitionHeader],
+			broker.FrameHeader: int32(f.events)},
+		ContentType:   "application/json",
+		DeliveryMode:  amqp.Persistent,
+		MessageId:     "frame:" + f.first.ID.String(),
+		CorrelationId: f.first.CorrelationID,
+		Timestamp:     f.first.OccurredAt,
+		Body:          events.CloseFrame(f.body),
+	}
+}
+
 // send publishes the batch, and its frames with Frames, without waiting for the confirms.
 // It returns how many messages it published.
 func (p *publisher) send(ctx context.Context, batch []events.Envelope) (int, error) {
-	var frames map[int]*frame
-	var order []int // buckets in the order of their first event of the batch
-	if p.frames {
-		frames = make(map[int]*frame)
-	}
+	var fr framer
 	sent := 0
 	for _, e := range batch {
 		e.StoreID = p.store
@@ -539,69 +609,32 @@ func (p *publisher) send(ctx context.Context, batch []events.Envelope) (int, err
 			return sent, fmt.Errorf("encode event %s: %w", e.ID, err)
 		}
 		bucket := events.PartitionBucket(e.OrganizationID)
-		err = p.ch.PublishWithContext(ctx, p.exchange, e.Type, !p.frames, false, amqp.Publishing{
-			// The organization's bucket, which partitioned projectors' queues are bound by.
-			Headers:       partitionHeaders[bucket],
-			ContentType:   "application/json",
-			DeliveryMode:  amqp.Persistent,
-			MessageId:     e.ID.String(),
-			CorrelationId: e.CorrelationID,
-			Type:          e.Type,
-			Timestamp:     e.OccurredAt,
-			Body:          body,
-		})
-		if err != nil {
+		if err := p.ch.PublishWithContext(ctx, p.exchange, e.Type, !p.frames, false, eventMessage(e, body, bucket)); err != nil {
 			return sent, fmt.Errorf("publish event %s: %w", e.ID, err)
 		}
 		sent++
 		if !p.frames {
 			continue
 		}
-		f := frames[bucket]
-		if f == nil {
-			f = &frame{}
-			frames[bucket] = f
-			order = append(order, bucket)
-		}
-		if f.events == 0 {
-			f.first = e
-		}
-		f.body = events.AppendFrame(f.body, body)
-		f.events++
-		if f.events == events.FrameMax {
-			if err := p.sendFrame(ctx, bucket, f); err != nil {
+		if f := fr.add(e, body, bucket); f != nil {
+			if err := p.sendFrame(ctx, f); err != nil {
 				return sent, err
 			}
 			sent++
-			*f = frame{}
 		}
 	}
-	for _, b := range order {
-		if f := frames[b]; f.events > 0 {
-			if err := p.sendFrame(ctx, b, f); err != nil {
-				return sent, err
-			}
-			sent++
+	for _, f := range fr.rest() {
+		if err := p.sendFrame(ctx, f); err != nil {
+			return sent, err
 		}
+		sent++
 	}
 	return sent, nil
 }
 
-// sendFrame publishes f, a frame of bucket's events, with mandatory routing: the
-// projectors must have it.
-func (p *publisher) sendFrame(ctx context.Context, bucket int, f *frame) error {
-	err := p.ch.PublishWithContext(ctx, broker.FramesExchange(p.exchange), "", true, false, amqp.Publishing{
-		// The bucket's header routes it as its events would be (broker.Layout).
-		Headers: amqp.Table{events.PartitionHeader: partitionHeaders[bucket][events.PartitionHeader],
-			broker.FrameHeader: int32(f.events)},
-		ContentType:   "application/json",
-		DeliveryMode:  amqp.Persistent,
-		MessageId:     "frame:" + f.first.ID.String(),
-		CorrelationId: f.first.CorrelationID,
-		Timestamp:     f.first.OccurredAt,
-		Body:          events.CloseFrame(f.body),
-	})
-	if err != nil {
+// sendFrame publishes f with mandatory routing: the projectors must have it.
+func (p *publisher) sendFrame(ctx context.Context, f *frame) error {
+	if err := p.ch.PublishWithContext(ctx, broker.FramesExchange(p.exchange), "", true, false, frameMessage(f)); err != nil {
 		return fmt.Errorf("publish the frame of event %s: %w", f.first.ID, err)
 	}
 	return nil

@@ -145,6 +145,11 @@ type Config struct {
 	// deployment's layout is recorded: a process started with another value switches it
 	// (the old queues drain first); running processes follow.
 	ProjectorPartitions int `env:"PROJECTOR_PARTITIONS" envDefault:"1"`
+	// ProjectorSweepInterval is how long after the relay published an event the sweep
+	// checks that every consumer on the projector runtime applied it, and publishes again
+	// what one never got (projections.Sweep); it is also how often the sweep runs. 0
+	// turns it off.
+	ProjectorSweepInterval time.Duration `env:"PROJECTOR_SWEEP_INTERVAL" envDefault:"30s"`
 }
 
 // Load reads the environment (given as KEY=VALUE pairs, so tests can pass their own) and validates.
@@ -264,6 +269,7 @@ func (c Config) Validate() error {
 	check(c.ProjectorBatchSize >= 1 && c.ProjectorBatchSize <= 5000, "PROJECTOR_BATCH_SIZE must be 1..5000")
 	check(c.ProjectorDeliveryLimit >= 1, "PROJECTOR_DELIVERY_LIMIT must be at least 1")
 	check(c.ProjectorPartitions >= 1 && c.ProjectorPartitions <= 64, "PROJECTOR_PARTITIONS must be 1..64")
+	check(c.ProjectorSweepInterval >= 0, "PROJECTOR_SWEEP_INTERVAL must not be negative")
 	switch strings.ToLower(c.LogLevel) {
 	case "debug", "info", "warn", "error":
 	default:

@@ -28,6 +28,7 @@ type Metrics struct {
 	retries        *prometheus.CounterVec
 	deadLettered   *prometheus.CounterVec
 	foreign        *prometheus.CounterVec
+	redriven       *prometheus.CounterVec
 	batchDuration  *prometheus.HistogramVec
 	cache          *prometheus.CounterVec
 	workerOutcomes *prometheus.CounterVec
@@ -71,6 +72,10 @@ func New() *Metrics {
 		Name: "chatbotd_consumer_foreign_events_total",
 		Help: "Events of another store (a deployment sharing the exchange) a consumer acknowledged without applying.",
 	}, []string{"projector"})
+	m.redriven = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "chatbotd_projector_events_redriven_total",
+		Help: "Events a consumer had not applied long after the broker confirmed them, which the sweep read from the log and published to its queue again.",
+	}, []string{"projector"})
 	m.batchDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Name: "chatbotd_projector_batch_duration_seconds", Help: "Time to apply and commit one batch.",
 		Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5},
@@ -82,7 +87,7 @@ func New() *Metrics {
 		Name: "chatbotd_worker_outcomes_total", Help: "Side effects of workers (webhook deliveries, emails, bot replies) by outcome.",
 	}, []string{"worker", "outcome"})
 	for _, c := range []prometheus.Collector{m.httpDuration, m.commands, m.appended, m.published, m.confirmed, m.applied,
-		m.retries, m.deadLettered, m.foreign, m.batchDuration, m.cache, m.workerOutcomes} {
+		m.retries, m.deadLettered, m.foreign, m.redriven, m.batchDuration, m.cache, m.workerOutcomes} {
 		f(c)
 	}
 	return m
@@ -165,6 +170,13 @@ func (m *Metrics) Foreign(projector string) {
 func (m *Metrics) DeadLettered(projector string) {
 	if m != nil {
 		m.deadLettered.WithLabelValues(projector).Inc()
+	}
+}
+
+// Redriven counts events the sweep published again to a consumer's queue.
+func (m *Metrics) Redriven(projector string, n int) {
+	if m != nil {
+		m.redriven.WithLabelValues(projector).Add(float64(n))
 	}
 }
 

@@ -1,0 +1,349 @@
+package projections
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/chatbotsaas/chatbotd/events"
+	"github.com/chatbotsaas/chatbotd/events/eventstore"
+	"github.com/chatbotsaas/chatbotd/internal/db"
+	"github.com/chatbotsaas/chatbotd/internal/metrics"
+)
+
+// Sweep checks, long after the relay published a stretch of the log, that every consumer
+// on the projector runtime has applied each event of it that it binds, and publishes what
+// one has not to that consumer's queue again.
+//
+// Why: the runtime applies what the broker delivers, and repairs a gap in a stream only
+// when a later version of it comes (applyInOrder). A message the broker loses after it
+// confirmed it never comes, and when it carried the last version of its stream nothing
+// shows that it is missing. RabbitMQ drops messages so: a quorum queue dead-letters at
+// most once, and a message over its delivery limit whose dead-letter queue is unavailable
+// at that moment (its leader on a node that just died) is gone; an operator may purge a
+// queue. The log is the source of truth: the sweep compares each consumer's stream
+// versions (projection_streams) with it.
+//
+// A stretch is checked once, an Interval after the relay's checkpoint passed it, and only
+// while the consumer's queues have no message waiting. Then everything the broker
+// confirmed before the stretch's end has been delivered: what the consumer has not
+// applied is lost, not on its way. (A batch that is being applied at that moment may be
+// published again: the runtime skips its events as applied.) What the sweep publishes goes
+// to the consumer's queue alone (eventstore.Redrive), in frames for the group, and is
+// applied as any delivery: skipped by the members that have it, dead-lettered when it is
+// poison. It publishes every event of a stream that is missing one, from the stretch's
+// start, so that the stream's order holds.
+//
+// One process sweeps a consumer at a time (an advisory lock). A pass that fails, or that
+// finds messages waiting, is tried again later; where a pass has got to is recorded page
+// by page in projection_sweeps.
+type Sweep struct {
+	Pool    *pgxpool.Pool
+	Broker  eventstore.Channeler
+	Runners []*Runner
+	// Relay is the relay's name ("" for the default), whose checkpoint bounds the stretches.
+	Relay string
+	// Interval is how long after the relay's checkpoint passed an event the sweep checks
+	// it (and how often it runs); 0 turns the sweep off.
+	Interval time.Duration
+	Logger   *slog.Logger
+	Metrics  *metrics.Metrics
+}
+
+// sweepPage is how many events a pass reads of the log at a time.
+const sweepPage = 1000
+
+// SweepPass is what one pass over a consumer did.
+type SweepPass struct {
+	// Locked: another process was sweeping the consumer; nothing was done.
+	Locked bool
+	// Postponed: a queue of the consumer had messages waiting; nothing was checked.
+	Postponed bool
+	Checked   int // events of the log read
+	Redriven  int // events published again to the consumer's queue
+}
+
+// Run sweeps each runner every Interval until ctx ends. A pass that was postponed is
+// tried again after a tenth of it.
+func (s *Sweep) Run(ctx context.Context) error {
+	if s.Interval <= 0 {
+		return nil
+	}
+	log := s.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	due := make([]time.Time, len(s.Runners))
+	for i := range due {
+		due[i] = time.Now().Add(s.Interval)
+	}
+	for {
+		next := time.Time{}
+		for i, r := range s.Runners {
+			if time.Now().Before(due[i]) {
+				if next.IsZero() || due[i].Before(next) {
+					next = due[i]
+				}
+				continue
+			}
+			wait := s.Interval
+			res, err := s.Pass(ctx, r)
+			switch {
+			case ctx.Err() != nil:
+				return nil
+			case err != nil:
+				log.Warn("sweep failed: tried again at the next pass", "projection", r.Name(), "error", err)
+			case res.Postponed:
+				wait = max(s.Interval/10, 100*time.Millisecond)
+			}
+			due[i] = time.Now().Add(wait)
+			if next.IsZero() || due[i].Before(next) {
+				next = due[i]
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(time.Until(next)):
+		}
+	}
+}
+
+// sweepState is a consumer's row of projection_sweeps.
+type sweepState struct {
+	at    eventstore.Checkpoint  // checked up to here
+	bound *eventstore.Checkpoint // the next pass checks up to here (nil: nothing yet)
+}
+
+// Pass checks r's stretch of the log that is due (see Sweep) and publishes again what r
+// has not applied of it. The first pass over a consumer starts at the relay's checkpoint:
+// what came before is not checked.
+func (s *Sweep) Pass(ctx context.Context, r *Runner) (SweepPass, error) {
+	var res SweepPass
+	c, err := s.Pool.Acquire(ctx)
+	if err != nil {
+		return res, err
+	}
+	defer c.Release()
+	key := db.LockKey("chatbotd.sweep." + r.Name())
+	var got bool
+	if err := c.QueryRow(ctx, `SELECT pg_try_advisory_lock($1)`, key).Scan(&got); err != nil {
+		return res, err
+	}
+	if !got {
+		res.Locked = true
+		return res, nil
+	}
+	defer func() {
+		// A session's lock goes with its connection: one whose unlock failed is closed
+		// rather than handed back to the pool holding it.
+		if _, err := c.Exec(context.WithoutCancel(ctx), `SELECT pg_advisory_unlock($1)`, key); err != nil {
+			_ = c.Conn().Close(context.WithoutCancel(ctx))
+		}
+	}()
+	st, found, err := loadSweep(ctx, c, r.Name())
+	if err != nil {
+		return res, err
+	}
+	relayed, err := eventstore.RelayCheckpoint(ctx, c, s.Relay)
+	if err != nil {
+		return res, err
+	}
+	if !found {
+		return res, saveSweep(ctx, c, r.Name(), relayed, nil, 0, false)
+	}
+	if st.bound != nil && st.at.Less(*st.bound) {
+		layouts, err := readLayouts(ctx, c)
+		if err != nil {
+			return res, err
+		}
+		waiting, err := s.waiting(ctx, r, layouts)
+		if err != nil {
+			return res, err
+		}
+		if waiting != "" {
+			res.Postponed = true
+			return res, nil
+		}
+		for st.at.Less(*st.bound) {
+			page, err := eventstore.ReadPublished(ctx, c, st.at, *st.bound, sweepPage)
+			if err != nil {
+				return res, err
+			}
+			end := *st.bound
+			if len(page) == sweepPage {
+				end = page[len(page)-1].At
+			}
+			n, err := s.check(ctx, c, r, layouts, st.at, end, page)
+			if err != nil {
+				return res, err
+			}
+			res.Checked, res.Redriven = res.Checked+len(page), res.Redriven+n
+			st.at = end
+			if err := saveSweep(ctx, c, r.Name(), st.at, st.bound, n, false); err != nil {
+				return res, err
+			}
+		}
+	}
+	return res, saveSweep(ctx, c, r.Name(), st.at, &relayed, 0, true)
+}
+
+// waiting names a queue of r that has messages waiting ("" when none has).
+func (s *Sweep) waiting(ctx context.Context, r *Runner, layouts map[string]layoutRow) (string, error) {
+	ch, err := s.Broker.Channel(ctx)
+	if err != nil {
+		return "", err
+	}
+	defer ch.Close()
+	t := Tracked{Name: r.Name(), Queue: r.Queue(), Partitioned: Partitionable(r)}
+	for _, name := range t.queues(layouts) {
+		q, err := ch.QueueDeclarePassive(name, true, false, false, false, nil)
+		if err != nil {
+			return "", fmt.Errorf("queue %s: %w", name, err)
+		}
+		if q.Messages > 0 {
+			return name, nil
+		}
+	}
+	return "", nil
+}
+
+// check finds the streams of page, the events of the stretch (from, to], that a member of
+// r has not applied up to the last version it binds, and publishes the stretch's events of
+// those streams again. It returns how many it published.
+func (s *Sweep) check(ctx context.Context, c *pgxpool.Conn, r *Runner, layouts map[string]layoutRow,
+	from, to eventstore.Checkpoint, page []eventstore.Published) (int, error) {
+	var names []string
+	var ids []uuid.UUID
+	var versions []int32
+	for _, m := range r.members() {
+		match := events.TopicMatcher(m.Bindings())
+		want := map[uuid.UUID]int{}
+		for _, p := range page {
+			if match(p.Type) {
+				want[p.StreamID] = max(want[p.StreamID], p.StreamVersion)
+			}
+		}
+		for id, v := range want {
+			names, ids, versions = append(names, m.Name()), append(ids, id), append(versions, int32(v))
+		}
+	}
+	if len(names) == 0 {
+		return 0, nil
+	}
+	rows, err := c.Query(ctx, `SELECT u.p, u.s FROM unnest($1::text[], $2::uuid[], $3::int[]) AS u(p, s, v)
+		WHERE NOT EXISTS (SELECT 1 FROM projection_streams ps WHERE ps.projection = u.p AND ps.stream_id = u.s AND ps.version >= u.v)`,
+		names, ids, versions)
+	if err != nil {
+		return 0, db.Classify(err)
+	}
+	var streams []uuid.UUID
+	behind := map[string]int{} // streams missing an event, by member
+	seen := map[uuid.UUID]bool{}
+	for rows.Next() {
+		var name string
+		var id uuid.UUID
+		if err := rows.Scan(&name, &id); err != nil {
+			rows.Close()
+			return 0, db.Classify(err)
+		}
+		behind[name]++
+		if !seen[id] {
+			seen[id] = true
+			streams = append(streams, id)
+		}
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil || len(streams) == 0 {
+		return 0, db.Classify(err)
+	}
+	envs, err := eventstore.ReadStretch(ctx, c, from, to, streams)
+	if err != nil {
+		return 0, err
+	}
+	ch, err := s.Broker.Channel(ctx)
+	if err != nil {
+		return 0, err
+	}
+	defer ch.Close()
+	rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if err := eventstore.Redrive(rctx, ch, redriveTarget(r, layouts), envs); err != nil {
+		return 0, err
+	}
+	if s.Logger != nil {
+		first := envs[0]
+		s.Logger.Warn("events the broker had confirmed were never applied: published again from the log",
+			"projection", r.Name(), "streams_behind", behind, "events", len(envs),
+			"first_event_id", first.ID, "first_type", first.Type, "first_position", first.Position)
+	}
+	s.Metrics.Redriven(r.Name(), len(envs))
+	return len(envs), nil
+}
+
+// redriveTarget is how a message reaches r's queue alone: straight to it, or, split over
+// partitions, through its layout's split exchange, by the bucket header.
+func redriveTarget(r *Runner, layouts map[string]layoutRow) eventstore.RedriveTarget {
+	q := r.Queue()
+	t := eventstore.RedriveTarget{Key: q.Name, Framed: q.Frames, Store: r.cfg.Store}
+	if Partitionable(r) {
+		if n := rowOf(layouts, r.Name()).partitions; n > 1 {
+			t.Exchange, t.Key = Layout(r, n).SplitExchange(), ""
+		}
+	}
+	return t
+}
+
+func loadSweep(ctx context.Context, q *pgxpool.Conn, name string) (sweepState, bool, error) {
+	var st sweepState
+	var at string
+	var bound *string
+	var boundPos *int64
+	err := q.QueryRow(ctx, `SELECT transaction_id::text, position, bound_transaction_id::text, bound_position
+		FROM projection_sweeps WHERE name = $1`, name).Scan(&at, &st.at.Position, &bound, &boundPos)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return st, false, nil
+	}
+	if err != nil {
+		return st, false, db.Classify(err)
+	}
+	if st.at.TransactionID, err = strconv.ParseUint(at, 10, 64); err != nil {
+		return st, false, err
+	}
+	if bound != nil && boundPos != nil {
+		b := eventstore.Checkpoint{Position: *boundPos}
+		if b.TransactionID, err = strconv.ParseUint(*bound, 10, 64); err != nil {
+			return st, false, err
+		}
+		st.bound = &b
+	}
+	return st, true, nil
+}
+
+// saveSweep records where name's sweep is, adds redriven to its count, and, when done,
+// the time of a finished pass. A record lost with a crash of PostgreSQL only makes the
+// next pass check a stretch again: what it publishes again is skipped as applied.
+func saveSweep(ctx context.Context, q *pgxpool.Conn, name string, at eventstore.Checkpoint, bound *eventstore.Checkpoint,
+	redriven int, done bool) error {
+	var boundTx *string
+	var boundPos *int64
+	if bound != nil {
+		tx := strconv.FormatUint(bound.TransactionID, 10)
+		boundTx, boundPos = &tx, &bound.Position
+	}
+	_, err := q.Exec(ctx, `INSERT INTO projection_sweeps AS s (name, transaction_id, position, bound_transaction_id, bound_position,
+			redriven, swept_at)
+		VALUES ($1, $2::text::xid8, $3, $4::text::xid8, $5, $6, CASE WHEN $7 THEN now() END)
+		ON CONFLICT (name) DO UPDATE SET transaction_id = excluded.transaction_id, position = excluded.position,
+			bound_transaction_id = excluded.bound_transaction_id, bound_position = excluded.bound_position,
+			redriven = s.redriven + excluded.redriven, swept_at = coalesce(excluded.swept_at, s.swept_at), updated_at = now()`,
+		name, strconv.FormatUint(at.TransactionID, 10), at.Position, boundTx, boundPos, redriven, done)
+	return db.Classify(err)
+}

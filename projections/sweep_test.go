@@ -1,0 +1,173 @@
+package projections_test
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	amqp "github.com/rabbitmq/amqp091-go"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/chatbotsaas/chatbotd/events"
+	"github.com/chatbotsaas/chatbotd/events/eventstore"
+	"github.com/chatbotsaas/chatbotd/internal/testenv"
+	"github.com/chatbotsaas/chatbotd/projections"
+)
+
+// Events the relay published and the broker confirmed, then lost (the group's queues
+// purged, as a quorum queue's at-most-once dead-lettering or an operator would), are
+// found by the sweep and published again to the group's queue alone: through one queue,
+// and through a layout of two partitions (its split exchange). The sweep checks a stretch
+// only once its queues have nothing waiting, checks each stretch once, and publishes
+// nothing when nothing is missing. Every member ends with every event it binds, once.
+func TestSweepRedrivesWhatTheBrokerLost(t *testing.T) {
+	t.Run("one queue", func(t *testing.T) { testSweep(t, 1) })
+	t.Run("two partitions", func(t *testing.T) { testSweep(t, 2) })
+}
+
+func testSweep(t *testing.T, partitions int) {
+	ctx := context.Background()
+	env := newGroupEnv(t)
+	users, all := env.member("swusers", "user.*"), env.member("swall", "#")
+	const name = "swept"
+	queues := []string{env.a.Queue(name)}
+	env.a.Queue("swusers") // the members' dead-letter queues
+	env.a.Queue("swall")
+	if partitions > 1 {
+		env.a.Partitioned(name, partitions)
+		queues = nil
+		for k := range partitions {
+			queues = append(queues, fmt.Sprintf("%s%s.p%dof%d", env.a.QueuePrefix, name, k, partitions))
+		}
+	}
+	runner := env.runner(projections.NewGroup(name, users, all))
+	// The relay declares the recorded layout's queues, as serve's does.
+	relay, err := eventstore.NewRelay(env.d.Pool, env.conn, eventstore.RelayConfig{Exchange: env.a.Exchange, Frames: true,
+		Declare: func(ctx context.Context, ch *amqp.Channel) error {
+			return projections.DeclareLayouts(ctx, env.d.Pool, ch, []*projections.Runner{runner})
+		}, Logger: testenv.Logger(t)})
+	require.NoError(t, err)
+	t.Cleanup(run(relay.Run))
+	consume := func() func() {
+		p := &projections.Partitions{Pool: env.d.Pool, Broker: env.conn, Runners: []*projections.Runner{runner},
+			Partitions: partitions, Tick: 100 * time.Millisecond, Logger: testenv.Logger(t)}
+		stop := run(p.Run)
+		t.Cleanup(stop)
+		for _, q := range queues {
+			env.a.WaitConsumer(q)
+		}
+		return stop
+	}
+	stopConsuming := consume()
+	sweep := &projections.Sweep{Pool: env.d.Pool, Broker: env.conn, Runners: []*projections.Runner{runner},
+		Interval: time.Hour, Logger: testenv.Logger(t)}
+
+	// Two organizations, in the two partitions of a layout of two.
+	var orgs [2]uuid.UUID
+	for i := range orgs {
+		for orgs[i] = uuid.New(); events.PartitionBucket(&orgs[i])%2 != i; orgs[i] = uuid.New() {
+		}
+	}
+	specs := map[string]events.Spec{}
+	for _, s := range events.Catalog() {
+		specs[s.Type] = s
+	}
+	var appended, ofUsers []uuid.UUID
+	// add appends an event of typ as version of stream, and waits until it is published.
+	add := func(typ string, stream uuid.UUID, version int, org uuid.UUID) {
+		id := uuid.New()
+		_, err := eventstore.NewStore(env.d.Pool).Append(ctx, eventstore.AppendRequest{StreamType: events.StreamTypeOf(typ),
+			StreamID: stream, ExpectedVersion: version - 1, OrganizationID: &org, Events: []events.Event{specs[typ].Zero()},
+			EventIDs: []uuid.UUID{id}})
+		require.NoError(t, err)
+		appended = append(appended, id)
+		if strings.HasPrefix(typ, "user.") {
+			ofUsers = append(ofUsers, id)
+		}
+		testenv.Eventually(t, 10*time.Second, func() error {
+			st, err := eventstore.RelayLag(ctx, env.d.Pool, "")
+			if err == nil && st.Behind > 0 {
+				err = fmt.Errorf("%d events not published yet", st.Behind)
+			}
+			return err
+		})
+	}
+	applied := func() error {
+		for _, m := range []struct {
+			m    member
+			want []uuid.UUID
+		}{{users, ofUsers}, {all, appended}} {
+			got, _ := m.m.seen()
+			if len(got) != len(m.want) {
+				return fmt.Errorf("%s applied %d of %d events", m.m.name, len(got), len(m.want))
+			}
+		}
+		return nil
+	}
+	lose := func() { // what the queues hold is lost
+		for _, q := range queues {
+			_, err := env.ch.QueuePurge(q, false)
+			require.NoError(t, err)
+		}
+	}
+	pass := func() projections.SweepPass {
+		res, err := sweep.Pass(ctx, runner)
+		require.NoError(t, err)
+		return res
+	}
+	var redriven int64
+	recorded := func() int64 {
+		require.NoError(t, env.d.Pool.QueryRow(ctx, `SELECT redriven FROM projection_sweeps WHERE name = $1`, name).Scan(&redriven))
+		return redriven
+	}
+
+	alice, bot := uuid.New(), uuid.New()
+	add("user.created", alice, 1, orgs[0])
+	add("chatbot.created", bot, 1, orgs[1])
+	testenv.Eventually(t, 15*time.Second, applied)
+	assert.Equal(t, projections.SweepPass{}, pass(), "the first pass starts at the relay's checkpoint")
+
+	stopConsuming()
+	bob := uuid.New()
+	add("user.created", bob, 1, orgs[1])
+	add("user.updated", alice, 2, orgs[0]) // the last version of a stream the members have
+	add("chatbot.updated", bot, 2, orgs[1])
+	lose()
+	assert.Equal(t, projections.SweepPass{}, pass(), "the second sets where the next stops: nothing is checked yet")
+
+	add("chatbot.created", uuid.New(), 1, orgs[0]) // waits in its queue
+	assert.Equal(t, projections.SweepPass{Postponed: true}, pass(), "a message is waiting: the stretch is not checked")
+	lose()
+
+	assert.Equal(t, projections.SweepPass{Checked: 3, Redriven: 3}, pass(), "the three lost events of the stretch, published again")
+	assert.EqualValues(t, 3, recorded())
+	consume()
+	testenv.Eventually(t, 15*time.Second, func() error {
+		if got, _ := all.seen(); len(got) != 5 {
+			return fmt.Errorf("%d of 5 events applied", len(got))
+		}
+		return nil
+	})
+
+	assert.Equal(t, projections.SweepPass{Checked: 1, Redriven: 1}, pass(), "the next stretch: the event lost while it waited")
+	testenv.Eventually(t, 15*time.Second, applied)
+
+	add("user.updated", bob, 2, orgs[1]) // applied as it comes
+	testenv.Eventually(t, 15*time.Second, applied)
+	assert.Equal(t, projections.SweepPass{Checked: 0}, pass())
+	assert.Equal(t, projections.SweepPass{Checked: 1}, pass(), "nothing missing, nothing published")
+	assert.EqualValues(t, 4, recorded())
+
+	for _, m := range []member{users, all} {
+		got, dead := m.seen()
+		assert.Empty(t, dead)
+		sorted := slices.Clone(got)
+		slices.SortFunc(sorted, func(a, b uuid.UUID) int { return slices.Compare(a[:], b[:]) })
+		assert.Equal(t, len(sorted), len(slices.Compact(sorted)), "%s applied an event twice", m.name)
+	}
+}
