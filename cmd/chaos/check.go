@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -42,6 +43,39 @@ func settle(ctx context.Context, pool *pgxpool.Pool, n names, bound time.Duratio
 		return quiet >= 3, nil
 	})
 	return time.Since(start), err
+}
+
+// swept waits until the sweep (projections.Sweep, every second here) has checked every
+// consumer on the projector runtime against the log up to the relay's checkpoint now, and
+// returns how many events it has published again in all, by consumer: events the broker
+// lost, which it brought back.
+func swept(ctx context.Context, pool *pgxpool.Pool, bound time.Duration) (time.Duration, map[string]int64, error) {
+	start := time.Now()
+	cp, err := eventstore.RelayCheckpoint(ctx, pool, "")
+	if err != nil {
+		return 0, nil, err
+	}
+	redriven := map[string]int64{}
+	err = waitFor(ctx, bound, func() (bool, error) {
+		rows, err := pool.Query(ctx, `SELECT name, redriven, (transaction_id, position) >= ($1::text::xid8, $2::bigint)
+			FROM projection_sweeps`, strconv.FormatUint(cp.TransactionID, 10), cp.Position)
+		if err != nil {
+			return false, nil // the database may be coming back
+		}
+		defer rows.Close()
+		all, n := true, 0
+		for rows.Next() {
+			var name string
+			var count int64
+			var done bool
+			if err := rows.Scan(&name, &count, &done); err != nil {
+				return false, err
+			}
+			redriven[name], all, n = count, all && done, n+1
+		}
+		return all && n > 0, rows.Err()
+	})
+	return time.Since(start), redriven, err
 }
 
 // published reports whether the relay has published the event at p and everything

@@ -203,6 +203,13 @@ func runScenario(ctx context.Context, sys *system, o options, sc scenario) []res
 		return fail("caught up after the load", fmt.Errorf("%w; busy queues %v", err, busy))
 	}
 	r.chk.add("caught up after the load", took < 2*time.Minute, "relay and every queue drained %s after the load stopped", took.Round(10*time.Millisecond))
+	took, redriven, err := swept(ctx, r.pool, time.Minute)
+	r.chk.add("the sweep checked every projector against the log", err == nil,
+		"up to the relay's checkpoint, %s after the queues drained; events the broker lost, published again: %v (%v)",
+		took.Round(10*time.Millisecond), redriven, err)
+	if _, err := settle(ctx, r.pool, n, time.Minute); err != nil {
+		return fail("caught up after the sweep", err)
+	}
 	if sc.after != nil {
 		if err := sc.after(ctx, r); err != nil {
 			return fail("after the fault", err)

@@ -54,6 +54,12 @@ func partNames() []string {
 
 func startApp(t *testing.T, extraEnv ...string) *app {
 	t.Helper()
+	return startAppWith(t, []string{"serve"}, extraEnv...)
+}
+
+// startAppWith is startApp running chatbotd with args (serve and its flags).
+func startAppWith(t *testing.T, args []string, extraEnv ...string) *app {
+	t.Helper()
 	d := testenv.MustDatabase(t)
 	r := testenv.MustRedis(t)
 	a := testenv.MustAMQP(t)
@@ -81,7 +87,7 @@ func startApp(t *testing.T, extraEnv ...string) *app {
 	}
 	env = append(env, extraEnv...)
 	logs := &syncWriter{}
-	base, cancel, done := serve(t, &Main{Stdout: logs, Stderr: io.Discard, Environ: env}, "serve")
+	base, cancel, done := serve(t, &Main{Stdout: logs, Stderr: io.Discard, Environ: env}, args...)
 	app := &app{t: t, base: base, db: d, mq: a, pg: pg, amqp: mq, stop: cancel, done: done,
 		client: &http.Client{Timeout: 15 * time.Second}, logs: logs.String, env: env}
 	t.Cleanup(func() {

@@ -202,7 +202,7 @@ func (m *Main) projectionsStatus(ctx context.Context, cfg config.Config, logger 
 	}
 	fmt.Fprintf(m.Stdout, "relay: position %d, %d events behind, lag %.1fs\n\n", st.Relay.Position, st.Relay.Behind, st.Relay.LagSeconds)
 	w := tabwriter.NewWriter(m.Stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(w, "PROJECTION\tPOSITION\tAPPLIED\tQUEUED\tLAG\tDEAD\tCONSUMERS\tLAST BATCH")
+	fmt.Fprintln(w, "PROJECTION\tPOSITION\tAPPLIED\tQUEUED\tLAG\tDEAD\tCONSUMERS\tLAST BATCH\tSWEPT\tREDRIVEN")
 	num := func(p *int) string {
 		if p == nil {
 			return "?"
@@ -220,8 +220,12 @@ func (m *Main) projectionsStatus(ctx context.Context, cfg config.Config, logger 
 		if p.LagSeconds != nil {
 			lag = fmt.Sprintf("%.1fs", *p.LagSeconds)
 		}
-		fmt.Fprintf(w, "%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\n", p.Name, pos, p.EventsApplied, num(p.Queued), lag,
-			num(p.DeadLettered), num(p.Consumers), last)
+		swept := "-"
+		if p.SweptAt != nil {
+			swept = p.SweptAt.UTC().Format(time.RFC3339)
+		}
+		fmt.Fprintf(w, "%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%d\n", p.Name, pos, p.EventsApplied, num(p.Queued), lag,
+			num(p.DeadLettered), num(p.Consumers), last, swept, p.EventsRedriven)
 	}
 	return w.Flush()
 }
