@@ -29,7 +29,9 @@ func BenchmarkSweep(b *testing.B) {
 	a.Queue("benchgrp")
 	conn := broker.Dial(a.URL, nil)
 	defer conn.Close()
-	noop := func(name string, bindings ...string) projections.Projector { return benchMember{name: name, bindings: bindings} }
+	noop := func(name string, bindings ...string) projections.Projector {
+		return benchMember{name: name, bindings: bindings}
+	}
 	runner, err := projections.NewRunner(d.Pool, conn, projections.NewGroup("benchgrp", noop("bench.all", "#"),
 		noop("bench.users", "user.*")), projections.Config{Exchange: a.Exchange, QueuePrefix: a.QueuePrefix})
 	require.NoError(b, err)
