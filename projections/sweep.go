@@ -25,11 +25,13 @@ import (
 // Why: the runtime applies what the broker delivers, and repairs a gap in a stream only
 // when a later version of it comes (applyInOrder). A message the broker loses after it
 // confirmed it never comes, and when it carried the last version of its stream nothing
-// shows that it is missing. RabbitMQ drops messages so: a quorum queue dead-letters at
-// most once, and a message over its delivery limit whose dead-letter queue is unavailable
-// at that moment (its leader on a node that just died) is gone; an operator may purge a
-// queue. The log is the source of truth: the sweep compares each consumer's stream
-// versions (projection_streams) with it.
+// shows that it is missing. RabbitMQ does lose such messages: make chaos's
+// rabbitmq-node-kill saw RabbitMQ 3.10 confirm frames and never deliver them when the
+// node that led every quorum queue was killed (BENCHMARKS.md); a quorum queue
+// dead-letters at most once, so a message over its delivery limit whose dead-letter queue
+// has no leader at that moment is dropped; an operator may purge a queue. The log is the
+// source of truth: the sweep compares each consumer's stream versions
+// (projection_streams) with it.
 //
 // A stretch is checked once, an Interval after the relay's checkpoint passed it, and only
 // while the consumer's queues have no message waiting. Then everything the broker
@@ -353,8 +355,8 @@ func saveSweep(ctx context.Context, q *pgxpool.Conn, name string, at eventstore.
 		boundTx, boundPos = &tx, &bound.Position
 	}
 	// One implicit transaction, committed without waiting for the disk (the setting is
-	// local to it): a record lost with a crash of PostgreSQL only makes the next pass
-	// check a stretch again, and a pass of 20,000 events waited for 20 flushes.
+	// local to it), so that a long pass does not wait for a flush a page: a record lost
+	// with a crash of PostgreSQL only makes the next pass check a stretch again.
 	b := &pgx.Batch{}
 	b.Queue(`SELECT set_config('synchronous_commit', 'off', true)`)
 	b.Queue(`INSERT INTO projection_sweeps AS s (name, transaction_id, position, bound_transaction_id, bound_position,
