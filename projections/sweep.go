@@ -35,9 +35,10 @@ import (
 //
 // A stretch is checked once, an Interval after the relay's checkpoint passed it, and only
 // while the consumer's queues have no message waiting. Then everything the broker
-// confirmed before the stretch's end has been delivered: what the consumer has not
-// applied is lost, not on its way. (A batch that is being applied at that moment may be
-// published again: the runtime skips its events as applied.) What the sweep publishes goes
+// confirmed before the stretch's end has been delivered. What the consumer has not
+// applied then, and still has not a Grace later (a consumer may hold a prefetch of
+// deliveries it has yet to apply), is lost, not on its way. (Were it on its way after
+// all, it is applied once: the runtime skips what it applied.) What the sweep publishes goes
 // to the consumer's queue alone (eventstore.Redrive), in frames for the group, and is
 // applied as any delivery: skipped by the members that have it, dead-lettered when it is
 // poison. It publishes every event of a stream that is missing one, from the stretch's
@@ -55,8 +56,13 @@ type Sweep struct {
 	// Interval is how long after the relay's checkpoint passed an event the sweep checks
 	// it (and how often it runs); 0 turns the sweep off.
 	Interval time.Duration
-	Logger   *slog.Logger
-	Metrics  *metrics.Metrics
+	// Grace is how long the sweep waits before it looks again at what it found missing,
+	// and publishes what still is (0: Interval). An empty queue does not mean that its
+	// consumers are done: a competing consumer may hold a prefetch of messages (the
+	// responder's four hold 200 each) that it has yet to apply.
+	Grace   time.Duration
+	Logger  *slog.Logger
+	Metrics *metrics.Metrics
 }
 
 // sweepPage is how many events a pass reads of the log at a time.
@@ -237,34 +243,37 @@ func (s *Sweep) check(ctx context.Context, c *pgxpool.Conn, r *Runner, layouts m
 			names, ids, versions = append(names, m.Name()), append(ids, id), append(versions, int32(v))
 		}
 	}
-	if len(names) == 0 {
-		return 0, nil
+	behind, err := notApplied(ctx, c, names, ids, versions)
+	if err != nil || len(behind) == 0 {
+		return 0, err
 	}
-	rows, err := c.Query(ctx, `SELECT u.p, u.s FROM unnest($1::text[], $2::uuid[], $3::int[]) AS u(p, s, v)
-		WHERE NOT EXISTS (SELECT 1 FROM projection_streams ps WHERE ps.projection = u.p AND ps.stream_id = u.s AND ps.version >= u.v)`,
-		names, ids, versions)
-	if err != nil {
-		return 0, db.Classify(err)
+	// A second look, a grace later, at what the first found: what a consumer held in its
+	// prefetch is applied by then.
+	grace := s.Grace
+	if grace <= 0 {
+		grace = s.Interval
+	}
+	select {
+	case <-ctx.Done():
+		return 0, ctx.Err()
+	case <-time.After(grace):
+	}
+	names, ids, versions = names[:0], ids[:0], versions[:0]
+	for _, b := range behind {
+		names, ids, versions = append(names, b.member), append(ids, b.stream), append(versions, b.version)
+	}
+	if behind, err = notApplied(ctx, c, names, ids, versions); err != nil || len(behind) == 0 {
+		return 0, err
 	}
 	var streams []uuid.UUID
-	behind := map[string]int{} // streams missing an event, by member
+	members := map[string]int{} // streams missing an event, by member
 	seen := map[uuid.UUID]bool{}
-	for rows.Next() {
-		var name string
-		var id uuid.UUID
-		if err := rows.Scan(&name, &id); err != nil {
-			rows.Close()
-			return 0, db.Classify(err)
+	for _, b := range behind {
+		members[b.member]++
+		if !seen[b.stream] {
+			seen[b.stream] = true
+			streams = append(streams, b.stream)
 		}
-		behind[name]++
-		if !seen[id] {
-			seen[id] = true
-			streams = append(streams, id)
-		}
-	}
-	rows.Close()
-	if err := rows.Err(); err != nil || len(streams) == 0 {
-		return 0, db.Classify(err)
 	}
 	envs, err := eventstore.ReadStretch(ctx, c, from, to, streams)
 	if err != nil {
@@ -283,11 +292,38 @@ func (s *Sweep) check(ctx context.Context, c *pgxpool.Conn, r *Runner, layouts m
 	if s.Logger != nil {
 		first := envs[0]
 		s.Logger.Warn("events the broker had confirmed were never applied: published again from the log",
-			"projection", r.Name(), "streams_behind", behind, "events", len(envs),
+			"projection", r.Name(), "streams_behind", members, "events", len(envs),
 			"first_event_id", first.ID, "first_type", first.Type, "first_position", first.Position)
 	}
 	s.Metrics.Redriven(r.Name(), len(envs))
 	return len(envs), nil
+}
+
+// behind is a stream whose version a member had not applied.
+type behind struct {
+	member  string
+	stream  uuid.UUID
+	version int32
+}
+
+// notApplied are the streams of ids whose version a member of names (each at the same
+// index) has not applied.
+func notApplied(ctx context.Context, c *pgxpool.Conn, names []string, ids []uuid.UUID, versions []int32) ([]behind, error) {
+	if len(names) == 0 {
+		return nil, nil
+	}
+	rows, err := c.Query(ctx, `SELECT u.p, u.s, u.v FROM unnest($1::text[], $2::uuid[], $3::int[]) AS u(p, s, v)
+		WHERE NOT EXISTS (SELECT 1 FROM projection_streams ps WHERE ps.projection = u.p AND ps.stream_id = u.s AND ps.version >= u.v)`,
+		names, ids, versions)
+	if err != nil {
+		return nil, db.Classify(err)
+	}
+	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (behind, error) {
+		var b behind
+		err := r.Scan(&b.member, &b.stream, &b.version)
+		return b, err
+	})
+	return out, db.Classify(err)
 }
 
 // witnesses are the members of r whose stream versions tell whether r received an event.

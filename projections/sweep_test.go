@@ -4,16 +4,20 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 	amqp "github.com/rabbitmq/amqp091-go"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/chatbotsaas/chatbotd/events"
 	"github.com/chatbotsaas/chatbotd/events/eventstore"
+	"github.com/chatbotsaas/chatbotd/internal/broker"
 	"github.com/chatbotsaas/chatbotd/internal/testenv"
 	"github.com/chatbotsaas/chatbotd/projections"
 )
@@ -67,7 +71,7 @@ func testSweep(t *testing.T, partitions int, other string) {
 	}
 	stopConsuming := consume()
 	sweep := &projections.Sweep{Pool: env.d.Pool, Broker: env.conn, Runners: []*projections.Runner{runner},
-		Interval: time.Hour, Logger: testenv.Logger(t)}
+		Interval: time.Hour, Grace: 10 * time.Millisecond, Logger: testenv.Logger(t)}
 
 	// Two organizations, in the two partitions of a layout of two.
 	var orgs [2]uuid.UUID
@@ -169,4 +173,72 @@ func testSweep(t *testing.T, partitions int, other string) {
 		slices.SortFunc(sorted, func(a, b uuid.UUID) int { return slices.Compare(a[:], b[:]) })
 		assert.Equal(t, len(sorted), len(slices.Compact(sorted)), "%s applied an event twice", m.name)
 	}
+}
+
+// gated is a projector whose applies wait until its gate opens.
+type gated struct {
+	pool *pgxpool.Pool
+	gate chan struct{}
+}
+
+func (gated) Name() string       { return "gated" }
+func (gated) Bindings() []string { return []string{"#"} }
+func (g gated) Apply(ctx context.Context, tx pgx.Tx, e events.Envelope) error {
+	select {
+	case <-g.gate:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	_, err := tx.Exec(ctx, `INSERT INTO grp_applied (member, event_id) VALUES ('gated', $1)`, e.ID)
+	return err
+}
+
+// An event that a consumer holds, delivered and not yet applied, while its queue is empty,
+// is not taken for lost: the sweep looks again a grace later, finds it applied, and
+// publishes nothing.
+func TestSweepLooksAgainBeforeItPublishes(t *testing.T) {
+	ctx := context.Background()
+	env := newGroupEnv(t)
+	g := gated{pool: env.d.Pool, gate: make(chan struct{})}
+	open := sync.OnceFunc(func() { close(g.gate) })
+	t.Cleanup(open)
+	queue := env.a.Queue(g.Name())
+	runner := env.runner(g)
+	relay, err := eventstore.NewRelay(env.d.Pool, env.conn, eventstore.RelayConfig{Exchange: env.a.Exchange,
+		Queues: []broker.QueueSpec{runner.Queue()}, Logger: testenv.Logger(t)})
+	require.NoError(t, err)
+	t.Cleanup(run(relay.Run))
+	sweep := &projections.Sweep{Pool: env.d.Pool, Broker: env.conn, Runners: []*projections.Runner{runner},
+		Interval: time.Hour, Grace: 2 * time.Second, Logger: testenv.Logger(t)}
+	pass := func() projections.SweepPass {
+		res, err := sweep.Pass(ctx, runner)
+		require.NoError(t, err)
+		return res
+	}
+
+	require.Equal(t, projections.SweepPass{}, pass())
+	org := uuid.New()
+	_, err = eventstore.NewStore(env.d.Pool).Append(ctx, eventstore.AppendRequest{StreamType: events.StreamUser,
+		StreamID: uuid.New(), OrganizationID: &org, Events: []events.Event{events.UserCreated{}}})
+	require.NoError(t, err)
+	testenv.Eventually(t, 10*time.Second, func() error {
+		if st, err := eventstore.RelayLag(ctx, env.d.Pool, ""); err != nil || st.Behind > 0 {
+			return fmt.Errorf("not published yet (%v)", err)
+		}
+		return nil
+	})
+	require.Equal(t, projections.SweepPass{}, pass())
+
+	t.Cleanup(run(runner.Run)) // takes the event and holds it at the gate
+	env.a.WaitConsumer(queue)
+	testenv.Eventually(t, 10*time.Second, func() error {
+		if n, _ := env.depth(queue); n > 0 {
+			return fmt.Errorf("%d messages wait in the queue", n)
+		}
+		return nil
+	})
+	time.AfterFunc(500*time.Millisecond, open)
+	assert.Equal(t, projections.SweepPass{Checked: 1}, pass(), "applied during the grace: nothing published")
+	applied, _ := member{name: "gated", pool: env.d.Pool, mu: &sync.Mutex{}, dead: &[]uuid.UUID{}}.seen()
+	assert.Len(t, applied, 1)
 }
