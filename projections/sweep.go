@@ -33,12 +33,13 @@ import (
 // source of truth: the sweep compares each consumer's stream versions
 // (projection_streams) with it.
 //
-// A stretch is checked once, an Interval after the relay's checkpoint passed it, and only
-// while the consumer's queues have no message waiting. Then everything the broker
-// confirmed before the stretch's end has been delivered. What the consumer has not
-// applied then, and still has not a Grace later (a consumer may hold a prefetch of
-// deliveries it has yet to apply), is lost, not on its way. (Were it on its way after
-// all, it is applied once: the runtime skips what it applied.) What the sweep publishes goes
+// A stretch is checked once, an Interval after the relay's checkpoint passed it, once
+// what the consumer has not applied of it can only be lost, not on its way (see look):
+// either the consumer's single active consumer has applied an event published after the
+// stretch, and so everything the queue delivered before it; or its queues have nothing
+// waiting and it applies nothing more for a Grace. (A consumer that holds deliveries and
+// applies nothing for a whole Grace, stalled, has them published again too: the copies are
+// skipped as applied.) What the sweep publishes goes
 // to the consumer's queue alone (eventstore.Redrive), in frames for the group, and is
 // applied as any delivery: skipped by the members that have it, dead-lettered when it is
 // poison. It publishes every event of a stream that is missing one, from the stretch's
@@ -56,10 +57,9 @@ type Sweep struct {
 	// Interval is how long after the relay's checkpoint passed an event the sweep checks
 	// it (and how often it runs); 0 turns the sweep off.
 	Interval time.Duration
-	// Grace is how long the sweep waits before it looks again at what it found missing,
-	// and publishes what still is (0: Interval). An empty queue does not mean that its
-	// consumers are done: a competing consumer may hold a prefetch of messages (the
-	// responder's four hold 200 each) that it has yet to apply.
+	// Grace is how long a consumer must have applied nothing more, with its queues empty,
+	// before the sweep takes what it has not applied for lost, unless its single active
+	// consumer has applied past the stretch already (see look); 0: Interval.
 	Grace   time.Duration
 	Logger  *slog.Logger
 	Metrics *metrics.Metrics
@@ -172,11 +172,11 @@ func (s *Sweep) Pass(ctx context.Context, r *Runner) (SweepPass, error) {
 		if err != nil {
 			return res, err
 		}
-		waiting, err := s.waiting(ctx, r, layouts)
+		look, err := s.ready(ctx, c, r, layouts, *st.bound)
 		if err != nil {
 			return res, err
 		}
-		if waiting != "" {
+		if look == nil {
 			res.Postponed = true
 			return res, nil
 		}
@@ -189,7 +189,11 @@ func (s *Sweep) Pass(ctx context.Context, r *Runner) (SweepPass, error) {
 			if len(page) == sweepPage {
 				end = page[len(page)-1].At
 			}
-			n, err := s.check(ctx, c, r, layouts, st.at, end, page)
+			n, err := s.check(ctx, c, r, layouts, st.at, end, page, look)
+			if errors.Is(err, errBusy) {
+				res.Postponed = true
+				return res, nil
+			}
 			if err != nil {
 				return res, err
 			}
@@ -201,6 +205,66 @@ func (s *Sweep) Pass(ctx context.Context, r *Runner) (SweepPass, error) {
 		}
 	}
 	return res, saveSweep(ctx, c, r.Name(), st.at, &relayed, 0, true)
+}
+
+// errBusy stops a pass whose consumer turned out to be still applying what it holds.
+var errBusy = errors.New("the consumer is still applying what it holds")
+
+// look is how a pass may take what a consumer has not applied for lost.
+type look struct {
+	// inOrder: the consumer's single active consumer has applied an event published at or
+	// after the stretch's end. Its queue delivers in the order of publishing and it applies
+	// in the order of delivery, so it has had everything published before: what it has not
+	// applied is lost.
+	inOrder bool
+	// Otherwise its queues had nothing waiting, and it had got to position (0: nowhere).
+	// It may still hold deliveries it has not applied (the responder's four consumers
+	// prefetch 200 messages each, the group's 75 frames of up to 64 events): what it has
+	// not applied is lost only if, a Grace later, it has applied nothing more meanwhile
+	// and its queues still have nothing waiting.
+	position int64
+}
+
+// ready says how the pass may take what r has not applied of the stretch up to bound for
+// lost; nil when it may not yet: messages wait in r's queues.
+func (s *Sweep) ready(ctx context.Context, c *pgxpool.Conn, r *Runner, layouts map[string]layoutRow,
+	bound eventstore.Checkpoint) (*look, error) {
+	position, at, err := progress(ctx, c, r)
+	if err != nil {
+		return nil, err
+	}
+	row := rowOf(layouts, r.Name())
+	ordered := r.Queue().SingleActiveConsumer && row.partitions <= 1 && row.draining == 0
+	if ordered && at != nil && !at.Less(bound) {
+		return &look{inOrder: true}, nil
+	}
+	waiting, err := s.waiting(ctx, r, layouts)
+	if err != nil || waiting != "" {
+		return nil, err
+	}
+	return &look{position: position}, nil
+}
+
+// progress is the highest position that r's witnesses applied, in any partition, and
+// that event's place in commit order (nil when they applied nothing).
+func progress(ctx context.Context, c *pgxpool.Conn, r *Runner) (int64, *eventstore.Checkpoint, error) {
+	var names []string
+	for _, m := range witnesses(r) {
+		names = append(names, m.Name())
+	}
+	var position *int64
+	var txid *string
+	err := c.QueryRow(ctx, `SELECT p.position, e.transaction_id::text
+		FROM (SELECT max(position) AS position FROM projection_positions WHERE split_part(projection, '#', 1) = ANY($1)) AS p
+		LEFT JOIN events e ON e.position = p.position`, names).Scan(&position, &txid)
+	if err != nil || position == nil || txid == nil {
+		return 0, nil, db.Classify(err)
+	}
+	at := eventstore.Checkpoint{Position: *position}
+	if at.TransactionID, err = strconv.ParseUint(*txid, 10, 64); err != nil {
+		return 0, nil, err
+	}
+	return *position, &at, nil
 }
 
 // waiting names a queue of r that has messages waiting ("" when none has).
@@ -227,7 +291,7 @@ func (s *Sweep) waiting(ctx context.Context, r *Runner, layouts map[string]layou
 // r has not applied up to the last version it binds, and publishes the stretch's events of
 // those streams again. It returns how many it published.
 func (s *Sweep) check(ctx context.Context, c *pgxpool.Conn, r *Runner, layouts map[string]layoutRow,
-	from, to eventstore.Checkpoint, page []eventstore.Published) (int, error) {
+	from, to eventstore.Checkpoint, page []eventstore.Published, lk *look) (int, error) {
 	var names []string
 	var ids []uuid.UUID
 	var versions []int32
@@ -247,23 +311,17 @@ func (s *Sweep) check(ctx context.Context, c *pgxpool.Conn, r *Runner, layouts m
 	if err != nil || len(behind) == 0 {
 		return 0, err
 	}
-	// A second look, a grace later, at what the first found: what a consumer held in its
-	// prefetch is applied by then.
-	grace := s.Grace
-	if grace <= 0 {
-		grace = s.Interval
-	}
-	select {
-	case <-ctx.Done():
-		return 0, ctx.Err()
-	case <-time.After(grace):
-	}
-	names, ids, versions = names[:0], ids[:0], versions[:0]
-	for _, b := range behind {
-		names, ids, versions = append(names, b.member), append(ids, b.stream), append(versions, b.version)
-	}
-	if behind, err = notApplied(ctx, c, names, ids, versions); err != nil || len(behind) == 0 {
-		return 0, err
+	if !lk.inOrder {
+		if err := s.stillIdle(ctx, c, r, layouts, lk.position); err != nil {
+			return 0, err
+		}
+		names, ids, versions = names[:0], ids[:0], versions[:0]
+		for _, b := range behind {
+			names, ids, versions = append(names, b.member), append(ids, b.stream), append(versions, b.version)
+		}
+		if behind, err = notApplied(ctx, c, names, ids, versions); err != nil || len(behind) == 0 {
+			return 0, err
+		}
 	}
 	var streams []uuid.UUID
 	members := map[string]int{} // streams missing an event, by member
@@ -291,12 +349,41 @@ func (s *Sweep) check(ctx context.Context, c *pgxpool.Conn, r *Runner, layouts m
 	}
 	if s.Logger != nil {
 		first := envs[0]
-		s.Logger.Warn("events the broker had confirmed were never applied: published again from the log",
+		s.Logger.Warn("events not applied an interval after the broker confirmed them: published again from the log",
 			"projection", r.Name(), "streams_behind", members, "events", len(envs),
 			"first_event_id", first.ID, "first_type", first.Type, "first_position", first.Position)
 	}
 	s.Metrics.Redriven(r.Name(), len(envs))
 	return len(envs), nil
+}
+
+// stillIdle waits a Grace, and returns errBusy unless r has applied nothing past position
+// meanwhile and its queues still have nothing waiting.
+func (s *Sweep) stillIdle(ctx context.Context, c *pgxpool.Conn, r *Runner, layouts map[string]layoutRow, position int64) error {
+	grace := s.Grace
+	if grace <= 0 {
+		grace = s.Interval
+	}
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-time.After(grace):
+	}
+	now, _, err := progress(ctx, c, r)
+	if err != nil {
+		return err
+	}
+	if now != position {
+		return errBusy
+	}
+	waiting, err := s.waiting(ctx, r, layouts)
+	if err != nil {
+		return err
+	}
+	if waiting != "" {
+		return errBusy
+	}
+	return nil
 }
 
 // behind is a stream whose version a member had not applied.

@@ -48,7 +48,7 @@ func settle(ctx context.Context, pool *pgxpool.Pool, n names, bound time.Duratio
 // swept waits until the sweep (projections.Sweep, every 2 s here) has checked every
 // consumer on the projector runtime against the log up to the relay's checkpoint now, and
 // returns how many events it has published again in all, by consumer: events the broker
-// lost, which it brought back.
+// lost, or that a consumer held while it applied nothing for the sweep's grace.
 func swept(ctx context.Context, pool *pgxpool.Pool, bound time.Duration) (time.Duration, map[string]int64, error) {
 	start := time.Now()
 	cp, err := eventstore.RelayCheckpoint(ctx, pool, "")

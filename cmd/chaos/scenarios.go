@@ -205,7 +205,7 @@ func runScenario(ctx context.Context, sys *system, o options, sc scenario) []res
 	r.chk.add("caught up after the load", took < 2*time.Minute, "relay and every queue drained %s after the load stopped", took.Round(10*time.Millisecond))
 	took, redriven, err := swept(ctx, r.pool, time.Minute)
 	r.chk.add("the sweep checked every projector against the log", err == nil,
-		"up to the relay's checkpoint, %s after the queues drained; events the broker lost, published again: %v (%v)",
+		"up to the relay's checkpoint, %s after the queues drained; events published again (lost by the broker, or held by a stalled consumer): %v (%v)",
 		took.Round(10*time.Millisecond), redriven, err)
 	if _, err := settle(ctx, r.pool, n, time.Minute); err != nil {
 		return fail("caught up after the sweep", err)

@@ -239,7 +239,7 @@ func (d *deps) gauges(ctx context.Context) ([]metrics.Gauge, error) {
 			add("chatbotd_projection_lag_seconds", "Age of the oldest event the projection has not applied yet.", *p.LagSeconds)
 		}
 		if p.SweptAt != nil {
-			add("chatbotd_projection_events_redriven", "Events the sweep found never applied, long after the broker confirmed them, and published again.", float64(p.EventsRedriven))
+			add("chatbotd_projection_events_redriven", "Events the sweep found not applied an interval after the broker confirmed them, and published again.", float64(p.EventsRedriven))
 			add("chatbotd_projection_swept_seconds", "Seconds since the sweep last finished checking the consumer against the log.", time.Since(*p.SweptAt).Seconds())
 		}
 	}
