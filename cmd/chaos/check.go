@@ -45,7 +45,7 @@ func settle(ctx context.Context, pool *pgxpool.Pool, n names, bound time.Duratio
 	return time.Since(start), err
 }
 
-// swept waits until the sweep (projections.Sweep, every 2 s here) has checked every
+// swept waits until the sweep (projections.Sweep, every 5 s here) has checked every
 // consumer on the projector runtime against the log up to the relay's checkpoint now, and
 // returns how many events it has published again in all, by consumer: events the broker
 // lost, or that a consumer held while it applied nothing for the sweep's grace.
