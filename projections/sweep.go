@@ -63,6 +63,12 @@ type Sweep struct {
 	Grace   time.Duration
 	Logger  *slog.Logger
 	Metrics *metrics.Metrics
+
+	// page is how many events a pass reads of the log at a time (0: sweepPage).
+	page int
+	// afterPage, when set (tests), runs after each page is recorded; an error stops the
+	// pass there, as a failure would.
+	afterPage func() error
 }
 
 // sweepPage is how many events a pass reads of the log at a time.
@@ -180,13 +186,17 @@ func (s *Sweep) Pass(ctx context.Context, r *Runner) (SweepPass, error) {
 			res.Postponed = true
 			return res, nil
 		}
+		size := s.page
+		if size <= 0 {
+			size = sweepPage
+		}
 		for st.at.Less(*st.bound) {
-			page, err := eventstore.ReadPublished(ctx, c, st.at, *st.bound, sweepPage)
+			page, err := eventstore.ReadPublished(ctx, c, st.at, *st.bound, size)
 			if err != nil {
 				return res, err
 			}
 			end := *st.bound
-			if len(page) == sweepPage {
+			if len(page) == size {
 				end = page[len(page)-1].At
 			}
 			n, err := s.check(ctx, c, r, layouts, st.at, end, page, look)
@@ -201,6 +211,11 @@ func (s *Sweep) Pass(ctx context.Context, r *Runner) (SweepPass, error) {
 			st.at = end
 			if err := saveSweep(ctx, c, r.Name(), st.at, st.bound, n, false); err != nil {
 				return res, err
+			}
+			if s.afterPage != nil {
+				if err := s.afterPage(); err != nil {
+					return res, err
+				}
 			}
 		}
 	}
