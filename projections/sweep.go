@@ -38,12 +38,13 @@ import (
 // either the consumer's single active consumer has applied an event published after the
 // stretch, and so everything the queue delivered before it; or its queues have nothing
 // waiting and it applies nothing more for a Grace. (A consumer that holds deliveries and
-// applies nothing for a whole Grace, stalled, has them published again too: the copies are
-// skipped as applied.) What the sweep publishes goes
-// to the consumer's queue alone (eventstore.Redrive), in frames for the group, and is
-// applied as any delivery: skipped by the members that have it, dead-lettered when it is
-// poison. It publishes every event of a stream that is missing one, from the stretch's
-// start, so that the stream's order holds.
+// applies nothing for a whole Grace, stalled, has them published again too: the copies
+// are skipped as applied.)
+//
+// What the sweep publishes goes to the consumer's queue alone (eventstore.Redrive), in
+// frames for the group, and is applied as any delivery: skipped by the members that have
+// it, dead-lettered when it is poison. It publishes every event of a stream that is
+// missing one, from the stretch's start, so that the stream's order holds.
 //
 // One process sweeps a consumer at a time (an advisory lock). A pass that fails, or that
 // finds messages waiting, is tried again later; where a pass has got to is recorded page
