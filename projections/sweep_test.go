@@ -92,13 +92,7 @@ func testSweep(t *testing.T, partitions int, other string) {
 			EventIDs: []uuid.UUID{id}})
 		require.NoError(t, err)
 		appended = append(appended, events.Envelope{ID: id, Type: typ})
-		testenv.Eventually(t, 10*time.Second, func() error {
-			st, err := eventstore.RelayLag(ctx, env.d.Pool, "")
-			if err == nil && st.Behind > 0 {
-				err = fmt.Errorf("%d events not published yet", st.Behind)
-			}
-			return err
-		})
+		waitPublished(t, env.d.Pool)
 	}
 	// applied checks that each member applied every event it binds but those of lost.
 	applied := func(lost ...uuid.UUID) func() error {
@@ -181,6 +175,18 @@ func testSweep(t *testing.T, partitions int, other string) {
 	}
 }
 
+// waitPublished waits until the relay has published every committed event.
+func waitPublished(t *testing.T, pool *pgxpool.Pool) {
+	t.Helper()
+	testenv.Eventually(t, 10*time.Second, func() error {
+		st, err := eventstore.RelayLag(context.Background(), pool, "")
+		if err == nil && st.Behind > 0 {
+			err = fmt.Errorf("%d events not published yet", st.Behind)
+		}
+		return err
+	})
+}
+
 // gated is a projector whose applies wait until its gate opens.
 type gated struct {
 	pool *pgxpool.Pool
@@ -228,12 +234,7 @@ func TestSweepLooksAgainBeforeItPublishes(t *testing.T) {
 	_, err = eventstore.NewStore(env.d.Pool).Append(ctx, eventstore.AppendRequest{StreamType: events.StreamUser,
 		StreamID: uuid.New(), OrganizationID: &org, Events: []events.Event{events.UserCreated{}}})
 	require.NoError(t, err)
-	testenv.Eventually(t, 10*time.Second, func() error {
-		if st, err := eventstore.RelayLag(ctx, env.d.Pool, ""); err != nil || st.Behind > 0 {
-			return fmt.Errorf("not published yet (%v)", err)
-		}
-		return nil
-	})
+	waitPublished(t, env.d.Pool)
 	require.Equal(t, projections.SweepPass{}, pass())
 
 	t.Cleanup(run(runner.Run)) // takes the event and holds it at the gate
