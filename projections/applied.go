@@ -36,7 +36,8 @@ func NewAppliedNotifier(pool *pgxpool.Pool, logger *slog.Logger) *AppliedNotifie
 	return &AppliedNotifier{pool: pool, logger: logger, pending: map[string]bool{}, kick: make(chan struct{}, 1)}
 }
 
-// Applied records that projection committed a batch; it never blocks.
+// Applied records that projection committed a batch, or that a committed batch wrote
+// work for the worker waiting on a work name (NoteWork); it never blocks.
 func (n *AppliedNotifier) Applied(projection string) {
 	if n == nil {
 		return
@@ -48,6 +49,29 @@ func (n *AppliedNotifier) Applied(projection string) {
 	case n.kick <- struct{}{}:
 	default:
 	}
+}
+
+// workKey is the context key of a batch's work (NoteWork).
+type workKey struct{}
+
+// batchWork is the work names a batch's projectors noted, in the order noted.
+type batchWork struct{ names []string }
+
+// NoteWork records that the batch being applied with ctx writes rows for the outbox
+// worker that waits on name (readmodel.DeliveriesWork, readmodel.EmailsWork): the
+// runtime adds name to its notification once the batch has committed. A projector's
+// apply calls it beside the write; a batch that fails or rolls back notifies nothing,
+// and outside the runtime (a rebuild, a test) it does nothing.
+func NoteWork(ctx context.Context, name string) {
+	if w, ok := ctx.Value(workKey{}).(*batchWork); ok && !slices.Contains(w.names, name) {
+		w.names = append(w.names, name)
+	}
+}
+
+// withWork returns ctx carrying a fresh record of the work noted in one batch.
+func withWork(ctx context.Context) (context.Context, *batchWork) {
+	w := &batchWork{}
+	return context.WithValue(ctx, workKey{}, w), w
 }
 
 // Run sends the notifications until ctx ends.

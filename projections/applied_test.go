@@ -3,10 +3,13 @@ package projections_test
 import (
 	"context"
 	"errors"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -62,4 +65,69 @@ func TestRunnerWakesTheConsistencyWaitsOfItsProjection(t *testing.T) {
 	require.NoError(t, err)
 	assert.True(t, reached, "no notification woke the wait within 15 s")
 	assert.True(t, waits.Live(), "woken by a notification, not by the listener's loss")
+}
+
+// A batch says in its notification that it wrote webhook deliveries only when it did:
+// the deliverer wakes on that name (readmodel.DeliveriesWork), and the webhooks
+// projector applies every event, most of which write none.
+func TestRunnerNamesTheWorkABatchWrote(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	d := testenv.MustDatabase(t)
+	a := testenv.MustAMQP(t)
+	a.Queue(projections.WebhooksName)
+	conn := broker.Dial(a.URL, testenv.Logger(t))
+	defer conn.Close()
+
+	listener, err := pgx.Connect(ctx, d.URL)
+	require.NoError(t, err)
+	defer listener.Close(context.WithoutCancel(ctx))
+	_, err = listener.Exec(ctx, `LISTEN `+readmodel.AppliedChannel)
+	require.NoError(t, err)
+	// next is the names of the next notification, within 15 s.
+	next := func() []string {
+		wctx, stop := context.WithTimeout(ctx, 15*time.Second)
+		defer stop()
+		n, err := listener.WaitForNotification(wctx)
+		require.NoError(t, err, "no notification within 15 s")
+		return strings.Split(n.Payload, ",")
+	}
+
+	notifier := projections.NewAppliedNotifier(d.Pool, testenv.Logger(t))
+	go notifier.Run(ctx)
+	runner, err := projections.NewRunner(d.Pool, conn, projections.Webhooks{}, projections.Config{
+		Exchange: a.Exchange, QueuePrefix: a.QueuePrefix, Logger: testenv.Logger(t), Applied: notifier})
+	require.NoError(t, err)
+	relay, err := eventstore.NewRelay(d.Pool, conn, eventstore.RelayConfig{Exchange: a.Exchange, Logger: testenv.Logger(t)})
+	require.NoError(t, err)
+	go runner.Run(ctx)
+	go relay.Run(ctx)
+	a.WaitConsumer(runner.Queue().Name)
+
+	store := eventstore.NewStore(d.Pool)
+	org := uuid.New()
+	appendOne := func(typ string, e events.Event) {
+		t.Helper()
+		_, err := store.Append(ctx, eventstore.AppendRequest{StreamType: typ, StreamID: uuid.New(),
+			OrganizationID: &org, Meta: system, Events: []events.Event{e}})
+		require.NoError(t, err)
+	}
+	bot := events.ChatbotCreated{Name: "Bot", Description: "d", WelcomeMessage: "hi", FallbackMessage: "sorry",
+		Responder: events.Responder{Type: "knowledge_base"}}
+
+	appendOne(events.StreamChatbot, bot) // the organization has no subscription yet
+	names := next()
+	assert.Contains(t, names, readmodel.WebhooksProjection, "the consistency waits are told")
+	assert.NotContains(t, names, readmodel.DeliveriesWork, "a batch that wrote no delivery wakes no deliverer")
+
+	appendOne(events.StreamWebhook, events.WebhookCreated{URL: "https://example.com/hook", Events: []string{"chatbot.*"}})
+	appendOne(events.StreamChatbot, bot)
+	for names = next(); !slices.Contains(names, readmodel.DeliveriesWork); names = next() {
+		var deliveries int
+		require.NoError(t, d.Pool.QueryRow(ctx, `SELECT count(*) FROM webhook_deliveries`).Scan(&deliveries))
+		require.Zero(t, deliveries, "a delivery was written, and its batch's notification did not say so: %v", names)
+	}
+	var deliveries int
+	require.NoError(t, d.Pool.QueryRow(ctx, `SELECT count(*) FROM webhook_deliveries`).Scan(&deliveries))
+	assert.Equal(t, 1, deliveries)
 }

@@ -92,5 +92,8 @@ func notify(ctx context.Context, tx pgx.Tx, e events.Envelope, kind, subject, bo
 		SELECT $1, r.organization_id, r.user_id, $3, r.name, r.email, $4, replace($5, '{name}', r.name), 'pending', now(), $6
 		FROM notification_recipients r WHERE r.user_id = $2
 		ON CONFLICT (id) DO NOTHING`, e.ID, e.StreamID, kind, subject, body, e.CorrelationID)
+	if err == nil {
+		NoteWork(ctx, readmodel.EmailsWork)
+	}
 	return err
 }

@@ -741,7 +741,8 @@ func (r *Runner) applyBatch(ctx context.Context, shares []share, envs []events.E
 		}
 	}
 	_, group := r.p.(*Group)
-	pipe, applied, err := applyMembers(ctx, c.Conn(), nil, ms, group, r.cfg.DeferFlush)
+	actx, work := withWork(ctx)
+	pipe, applied, err := applyMembers(actx, c.Conn(), nil, ms, group, r.cfg.DeferFlush)
 	if pipe != nil {
 		defer func() {
 			if err != nil {
@@ -772,6 +773,9 @@ func (r *Runner) applyBatch(ctx context.Context, shares []share, envs []events.E
 			r.cfg.Applied.Applied(sh.p.Name())
 		}
 		r.trace(ctx, sh.p, each[i])
+	}
+	for _, name := range work.names {
+		r.cfg.Applied.Applied(name)
 	}
 	return nil
 }

@@ -84,6 +84,7 @@ func (Webhooks) Apply(ctx context.Context, tx pgx.Tx, e events.Envelope) error {
 		deliveries, ids, e.OrganizationID, e.ID, e.Type, e.StreamID, e.StreamVersion, e.Position, payload); err != nil {
 		return err
 	}
+	NoteWork(ctx, readmodel.DeliveriesWork)
 	return nil
 }
 
@@ -114,7 +115,7 @@ func (w Webhooks) ApplySet(ctx context.Context, tx pgx.Tx, envs []events.Envelop
 }
 
 // writeDeliveries writes one delivery per event and matching active subscription of its
-// organization, and wakes the deliverers.
+// organization, and notes the deliverers' work (NoteWork).
 func writeDeliveries(ctx context.Context, tx pgx.Tx, envs []events.Envelope) error {
 	seen := map[uuid.UUID]bool{}
 	var orgs []uuid.UUID
@@ -185,6 +186,7 @@ func writeDeliveries(ctx context.Context, tx pgx.Tx, envs []events.Envelope) err
 		ids, hooks, dorgs, eventIDs, types, streams, versions, positions, payloads); err != nil {
 		return err
 	}
+	NoteWork(ctx, readmodel.DeliveriesWork)
 	return nil
 }
 

@@ -19,6 +19,17 @@ import (
 // commas. Queries that wait for a consistency token wake on it instead of polling.
 const AppliedChannel = "projection_applied"
 
+// Work names go on AppliedChannel beside the projections' names: a committed batch wrote
+// rows for an outbox worker (projections.NoteWork), which wakes on its own work name
+// and not on every batch of the projector that writes them. The webhooks projector
+// applies every event, and most of its batches write no delivery: waking the deliverer
+// for each was a claim and a query at every group batch. A work name is never a
+// projection's name.
+const (
+	DeliveriesWork = "work:webhook_deliveries" // deliveries for the webhook deliverer
+	EmailsWork     = "work:emails"             // emails for the mailer
+)
+
 // Applied wakes the queries waiting for a projection (WaitApplied) when a projector
 // runtime, in any process, says it committed a batch. It keeps a LISTEN connection of
 // its own to the primary (a standby cannot LISTEN). While that connection is down, and

@@ -95,7 +95,7 @@ const emailLeaseMargin = time.Minute
 
 // Run sends until ctx ends, on the outbox runtime (Workers sends at once).
 func (m *Mailer) Run(ctx context.Context) error {
-	outbox[pendingEmail, sentEmail]{name: "emails", pool: m.Pool, projection: readmodel.NotificationsProjection,
+	outbox[pendingEmail, sentEmail]{name: "emails", pool: m.Pool, work: readmodel.EmailsWork,
 		nextDue: `SELECT min(next_attempt_at) FROM notifications WHERE status = 'pending' AND next_attempt_at > now()`,
 		workers: m.Workers, hold: emailLeaseMargin, claim: m.claim, call: m.call, record: m.record, logger: m.Logger}.run(ctx)
 	return nil

@@ -29,14 +29,15 @@ import (
 // ends is waited for and not recorded, so its lease expires and the next process makes
 // it again (at least once: receivers dedupe by the event id). When nothing is due the
 // loop sleeps until the next scheduled row (nextDue, a query of one nullable
-// timestamptz), at most 5 s, or until the projector named projection commits a batch:
-// it learns that from the runtime's notification after the commit
-// (readmodel.AppliedChannel), never from a NOTIFY inside the projector's transaction,
-// which would take PostgreSQL's global notification lock at each of its commits.
+// timestamptz), at most 5 s, or until a batch that wrote it rows commits: it learns
+// that from the runtime's notification after the commit, which names its work
+// (readmodel.AppliedChannel, projections.NoteWork), never from a NOTIFY inside the
+// projector's transaction, which would take PostgreSQL's global notification lock at
+// each of its commits.
 type outbox[J, O any] struct {
 	name       string
 	pool       *pgxpool.Pool
-	projection string
+	work       string // the work name its projector's batches note (readmodel.DeliveriesWork)
 	nextDue    string
 	workers    int
 	// hold is how long a claimed row may wait for a free worker and still be called
@@ -252,7 +253,7 @@ func (o outbox[J, O]) idleWait(ctx context.Context) time.Duration {
 	return min(max(time.Until(*next), 10*time.Millisecond), 5*time.Second)
 }
 
-// listen turns the notifications of the projector's commits into wake-ups.
+// listen turns the notifications of commits that wrote its work into wake-ups.
 func (o outbox[J, O]) listen(ctx context.Context, wake chan<- struct{}) {
 	for ctx.Err() == nil {
 		err := func() error {
@@ -270,7 +271,7 @@ func (o outbox[J, O]) listen(ctx context.Context, wake chan<- struct{}) {
 				if err != nil {
 					return err
 				}
-				if !slices.Contains(strings.Split(n.Payload, ","), o.projection) {
+				if !slices.Contains(strings.Split(n.Payload, ","), o.work) {
 					continue
 				}
 				select {

@@ -103,7 +103,7 @@ var outboxWorkers = []outboxWorker{
 				id, contractWebhook(t, pool))
 			require.NoError(t, err)
 			enqueuePending(t, pool)
-			projectorCommitted(t, pool, readmodel.WebhooksProjection)
+			projectorCommitted(t, pool, readmodel.DeliveriesWork)
 			return id
 		}},
 	{name: "mailer", done: "sent", status: `SELECT status, attempts FROM notifications WHERE id = $1`,
@@ -121,17 +121,17 @@ var outboxWorkers = []outboxWorker{
 				VALUES ($1, $2, $2, 'welcome', 'Ada', $3, 'Hello', 'Hello Ada', 'pending', now())`,
 				id, uuid.New(), id.String()+"@contract.test")
 			require.NoError(t, err)
-			projectorCommitted(t, pool, readmodel.NotificationsProjection)
+			projectorCommitted(t, pool, readmodel.EmailsWork)
 			return id
 		}},
 }
 
-// projectorCommitted says, as a projector runtime does after its commit, that
-// projection wrote rows: a running worker claims them at once instead of at its next
+// projectorCommitted says, as a projector runtime does after its commit, that a batch
+// wrote work (a work name, projections.NoteWork): a running worker claims them at once instead of at its next
 // idle wake-up (up to 5 s later), which left a phase of the contract half of its time.
-func projectorCommitted(t *testing.T, pool *pgxpool.Pool, projection string) {
+func projectorCommitted(t *testing.T, pool *pgxpool.Pool, work string) {
 	t.Helper()
-	_, err := pool.Exec(context.Background(), `SELECT pg_notify($1, $2)`, readmodel.AppliedChannel, projection)
+	_, err := pool.Exec(context.Background(), `SELECT pg_notify($1, $2)`, readmodel.AppliedChannel, work)
 	require.NoError(t, err)
 }
 

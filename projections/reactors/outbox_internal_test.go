@@ -16,14 +16,15 @@ import (
 	"github.com/chatbotsaas/chatbotd/internal/testenv"
 )
 
-// An outbox worker wakes when the runtime says, after a commit, that its projector
-// applied a batch, and not for other projectors' batches.
-func TestOutboxWakesOnItsProjectorsCommit(t *testing.T) {
+// An outbox worker wakes when the runtime says, after a commit, that a batch wrote its
+// work, and not for batches that wrote none: not for its projector's other batches, nor
+// for other projectors' or workers'.
+func TestOutboxWakesOnItsWork(t *testing.T) {
 	d := testenv.MustDatabase(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	wake := make(chan struct{}, 1)
-	go outbox[struct{}, struct{}]{pool: d.Pool, projection: readmodel.NotificationsProjection, logger: slog.New(slog.DiscardHandler)}.listen(ctx, wake)
+	go outbox[struct{}, struct{}]{pool: d.Pool, work: readmodel.EmailsWork, logger: slog.New(slog.DiscardHandler)}.listen(ctx, wake)
 	notify := func(payload string) {
 		_, err := d.Pool.Exec(ctx, `SELECT pg_notify($1, $2)`, readmodel.AppliedChannel, payload)
 		require.NoError(t, err)
@@ -36,16 +37,16 @@ func TestOutboxWakesOnItsProjectorsCommit(t *testing.T) {
 			return false
 		}
 	}
-	// Listening has begun once a notification naming the projector wakes it.
+	// Listening has begun once a notification naming the work wakes it.
 	deadline := time.Now().Add(10 * time.Second)
-	for notify(readmodel.NotificationsProjection); !woken(50 * time.Millisecond); notify(readmodel.NotificationsProjection) {
+	for notify(readmodel.EmailsWork); !woken(50 * time.Millisecond); notify(readmodel.EmailsWork) {
 		require.True(t, time.Now().Before(deadline), "never woken")
 	}
 	for woken(200 * time.Millisecond) { // drain the extra wake-ups of the loop above
 	}
-	notify(readmodel.AccountsProjection + "," + readmodel.WebhooksProjection)
-	require.False(t, woken(300*time.Millisecond), "woken by other projectors' commits")
-	notify(readmodel.AccountsProjection + "," + readmodel.NotificationsProjection)
+	notify(readmodel.AccountsProjection + "," + readmodel.NotificationsProjection + "," + readmodel.DeliveriesWork)
+	require.False(t, woken(300*time.Millisecond), "woken by a batch that wrote no email")
+	notify(readmodel.NotificationsProjection + "," + readmodel.EmailsWork)
 	require.True(t, woken(5*time.Second))
 }
 

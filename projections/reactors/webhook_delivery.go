@@ -86,7 +86,7 @@ type webhookTarget struct {
 // at any time, and outcomes are recorded in batches, one transaction for all that
 // finished meanwhile.
 func (d *WebhookDeliverer) Run(ctx context.Context) error {
-	outbox[claimedDelivery, outcome]{name: "webhook deliveries", pool: d.Pool, projection: readmodel.WebhooksProjection,
+	outbox[claimedDelivery, outcome]{name: "webhook deliveries", pool: d.Pool, work: readmodel.DeliveriesWork,
 		nextDue: `SELECT least(
 			(SELECT min(next_attempt_at) FROM webhook_queue WHERE next_attempt_at > now()),
 			(SELECT min(leased_until) FROM webhook_queue WHERE next_attempt_at <= now() AND leased_until > now()))`,
