@@ -35,11 +35,11 @@ import (
 // projector's transaction, which would take PostgreSQL's global notification lock at
 // each of its commits.
 type outbox[J, O any] struct {
-	name       string
-	pool       *pgxpool.Pool
-	work       string // the work name its projector's batches note (readmodel.DeliveriesWork)
-	nextDue    string
-	workers    int
+	name    string
+	pool    *pgxpool.Pool
+	work    string // the work name its projector's batches note (readmodel.DeliveriesWork)
+	nextDue string
+	workers int
 	// hold is how long a claimed row may wait for a free worker and still be called
 	// within its lease: the lease less the call's timeout.
 	hold   time.Duration
