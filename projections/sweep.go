@@ -11,6 +11,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/chatbotsaas/chatbotd/events"
 	"github.com/chatbotsaas/chatbotd/events/eventstore"
@@ -61,9 +62,13 @@ type Sweep struct {
 	// Grace is how long a consumer must have applied nothing more, with its queues empty,
 	// before the sweep takes what it has not applied for lost, unless its single active
 	// consumer has applied past the stretch already (see look); 0: Interval.
-	Grace   time.Duration
-	Logger  *slog.Logger
-	Metrics *metrics.Metrics
+	Grace time.Duration
+	// BrokerWait is how long a pass waits for the broker before it fails (0: 10 s): a
+	// pass fails, and is tried again at the next interval, rather than hold its lock and
+	// its connection while the broker is down.
+	BrokerWait time.Duration
+	Logger     *slog.Logger
+	Metrics    *metrics.Metrics
 
 	// page is how many events a pass reads of the log at a time (0: sweepPage).
 	page int
@@ -285,7 +290,7 @@ func progress(ctx context.Context, c *pgxpool.Conn, r *Runner) (int64, *eventsto
 
 // waiting names a queue of r that has messages waiting ("" when none has).
 func (s *Sweep) waiting(ctx context.Context, r *Runner, layouts map[string]layoutRow) (string, error) {
-	ch, err := s.Broker.Channel(ctx)
+	ch, err := s.channel(ctx)
 	if err != nil {
 		return "", err
 	}
@@ -353,7 +358,7 @@ func (s *Sweep) check(ctx context.Context, c *pgxpool.Conn, r *Runner, layouts m
 	if err != nil {
 		return 0, err
 	}
-	ch, err := s.Broker.Channel(ctx)
+	ch, err := s.channel(ctx)
 	if err != nil {
 		return 0, err
 	}
@@ -400,6 +405,17 @@ func (s *Sweep) stillIdle(ctx context.Context, c *pgxpool.Conn, r *Runner, layou
 		return errBusy
 	}
 	return nil
+}
+
+// channel opens a broker channel, waiting for the broker at most BrokerWait.
+func (s *Sweep) channel(ctx context.Context) (*amqp.Channel, error) {
+	wait := s.BrokerWait
+	if wait <= 0 {
+		wait = 10 * time.Second
+	}
+	cctx, cancel := context.WithTimeout(ctx, wait)
+	defer cancel()
+	return s.Broker.Channel(cctx)
 }
 
 // behind is a stream whose version a member had not applied.

@@ -2,7 +2,9 @@ package projections_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"net"
 	"slices"
 	"sync"
 	"testing"
@@ -250,4 +252,95 @@ func TestSweepLooksAgainBeforeItPublishes(t *testing.T) {
 	assert.Equal(t, projections.SweepPass{Checked: 1}, pass(), "applied, as the next pass finds")
 	applied, _ := member{name: "gated", pool: env.d.Pool, mu: &sync.Mutex{}, dead: &[]uuid.UUID{}}.seen()
 	assert.Len(t, applied, 1)
+}
+
+// A pass while the database or the broker is down fails with an error, within the
+// broker's wait, and holds nothing: the next pass, once they are back, goes on. Run
+// logs a failed pass and tries again, and finishes its pass once both are back and the
+// consumer has applied what its queue held.
+func TestSweepPassFailsWhileADependencyIsDown(t *testing.T) {
+	ctx := context.Background()
+	env := newGroupEnv(t)
+	users := env.member("dnusers", "#")
+	const name = "downswept"
+	queue := env.a.Queue(name)
+	env.a.Queue("dnusers")
+	runner := env.runner(projections.NewGroup(name, users))
+	relay, err := eventstore.NewRelay(env.d.Pool, env.conn, eventstore.RelayConfig{Exchange: env.a.Exchange, Frames: true,
+		Declare: func(ctx context.Context, ch *amqp.Channel) error {
+			return projections.DeclareLayouts(ctx, env.d.Pool, ch, []*projections.Runner{runner})
+		}, Logger: testenv.Logger(t)})
+	require.NoError(t, err)
+	t.Cleanup(run(relay.Run))
+
+	// The sweep reaches PostgreSQL and RabbitMQ through proxies it can lose.
+	pgProxy, amqpProxy := testenv.MustProxy(t, "127.0.0.1:5432"), testenv.MustProxy(t, "127.0.0.1:5672")
+	cfg, err := pgxpool.ParseConfig(env.d.URL)
+	require.NoError(t, err)
+	host, port, err := net.SplitHostPort(pgProxy.Addr())
+	require.NoError(t, err)
+	cfg.ConnConfig.Host = host
+	_, err = fmt.Sscan(port, &cfg.ConnConfig.Port)
+	require.NoError(t, err)
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	require.NoError(t, err)
+	t.Cleanup(pool.Close)
+	bc := broker.Dial("amqp://guest:guest@"+amqpProxy.Addr()+"/", testenv.Logger(t))
+	t.Cleanup(func() { bc.Close() })
+	sweep := &projections.Sweep{Pool: pool, Broker: bc, Runners: []*projections.Runner{runner},
+		Interval: time.Hour, Grace: 10 * time.Millisecond, BrokerWait: 500 * time.Millisecond, Logger: testenv.Logger(t)}
+
+	pass := func() (projections.SweepPass, error) {
+		pctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+		return sweep.Pass(pctx, runner)
+	}
+	res, err := pass()
+	require.NoError(t, err)
+	require.Equal(t, projections.SweepPass{}, res, "the first pass starts at the relay's checkpoint")
+	org := uuid.New()
+	_, err = eventstore.NewStore(env.d.Pool).Append(ctx, eventstore.AppendRequest{StreamType: events.StreamUser,
+		StreamID: uuid.New(), OrganizationID: &org, Events: []events.Event{events.UserCreated{Name: "Nia",
+			Email: "nia@example.com", Roles: []string{"member"}, Status: "active"}}})
+	require.NoError(t, err)
+	waitPublished(t, env.d.Pool)
+	res, err = pass()
+	require.NoError(t, err)
+	require.Equal(t, projections.SweepPass{}, res, "the second pass sets the stretch to check")
+
+	pgProxy.Cut()
+	_, err = pass()
+	require.Error(t, err, "a pass without its database")
+	pgProxy.Restore()
+
+	amqpProxy.Cut()
+	start := time.Now()
+	_, err = pass() // the stretch is due: the pass asks the broker whether the queue holds messages
+	require.Error(t, err, "a pass without its broker")
+	assert.Less(t, time.Since(start), 10*time.Second, "the pass waited for the broker past its BrokerWait")
+	amqpProxy.Restore()
+
+	res, err = pass()
+	require.NoError(t, err, "the next pass, with both back")
+	assert.True(t, res.Postponed, "the queue holds the event's frame: the pass is put off")
+
+	// Run, through both outages, then with the consumer applying what the queue holds.
+	sweep.Interval = 200 * time.Millisecond
+	pgProxy.Cut()
+	amqpProxy.Cut()
+	t.Cleanup(run(sweep.Run))
+	time.Sleep(time.Second)
+	pgProxy.Restore()
+	amqpProxy.Restore()
+	t.Cleanup(run(runner.Run))
+	env.a.WaitConsumer(queue)
+	testenv.Eventually(t, 15*time.Second, func() error {
+		var done bool
+		err := env.d.Pool.QueryRow(ctx, `SELECT swept_at IS NOT NULL AND (transaction_id, position) = (bound_transaction_id, bound_position)
+			FROM projection_sweeps WHERE name = $1`, name).Scan(&done)
+		if err == nil && !done {
+			err = errors.New("the stretch is not checked yet")
+		}
+		return err
+	})
 }

@@ -17,14 +17,17 @@ func TestDefaultsPointAtLocalServices(t *testing.T) {
 
 func TestEveryBadValueIsReported(t *testing.T) {
 	_, err := Load([]string{"DATABASE_URL=mysql://x", "REDIS_URL=http://x", "JWT_SIGNING_KEYS=short", "TRUSTED_PROXIES=not-an-ip", "LOG_LEVEL=loud",
-		"REDIS_LOCAL_CACHE_ENTRIES=-1", "REDIS_LOCAL_CACHE_MAX_STALENESS=1ms"})
+		"REDIS_LOCAL_CACHE_ENTRIES=-1", "REDIS_LOCAL_CACHE_MAX_STALENESS=1ms", "PROJECTOR_SWEEP_INTERVAL=-1s"})
 	require.Error(t, err)
 	for _, name := range []string{"DATABASE_URL", "REDIS_URL", "JWT_SIGNING_KEYS", "TRUSTED_PROXIES", "LOG_LEVEL",
-		"REDIS_LOCAL_CACHE_ENTRIES", "REDIS_LOCAL_CACHE_MAX_STALENESS"} {
+		"REDIS_LOCAL_CACHE_ENTRIES", "REDIS_LOCAL_CACHE_MAX_STALENESS", "PROJECTOR_SWEEP_INTERVAL"} {
 		assert.Contains(t, err.Error(), name)
 	}
 	_, err = Load([]string{"HTTP_READ_TIMEOUT=soon"})
 	assert.ErrorContains(t, err, "HTTP_READ_TIMEOUT")
+	c, err := Load([]string{"PROJECTOR_SWEEP_INTERVAL=0"})
+	require.NoError(t, err, "0 turns the sweep off")
+	assert.Zero(t, c.ProjectorSweepInterval)
 }
 
 func TestProductionNeedsEveryKey(t *testing.T) {
