@@ -85,8 +85,8 @@ type Status struct {
 	// SweptAt is when the sweep (Sweep) last finished a pass over the consumer, and
 	// EventsRedriven counts the events it found missing and published again to the
 	// consumer's queue: events the broker lost, or that a stalled consumer held (see
-	// Sweep). The sweep goes over a runtime's queue (the group's for its members): a
-	// member's line has neither.
+	// Sweep). The sweep goes over a runtime's queue (the group's for its members) and the
+	// webhook responder's: a member's line has neither.
 	SweptAt        *time.Time `json:"swept_at"`
 	EventsRedriven int64      `json:"events_redriven"`
 }

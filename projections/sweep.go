@@ -54,6 +54,8 @@ type Sweep struct {
 	Pool    *pgxpool.Pool
 	Broker  eventstore.Channeler
 	Runners []*Runner
+	// WebhookResponder, when set, is swept too (see WebhookSweep).
+	WebhookResponder *WebhookSweep
 	// Relay is the relay's name ("" for the default), whose checkpoint bounds the stretches.
 	Relay string
 	// Interval is how long after the relay's checkpoint passed an event the sweep checks
@@ -100,13 +102,20 @@ func (s *Sweep) Run(ctx context.Context) error {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	due := make([]time.Time, len(s.Runners))
+	var targets []target
+	for _, r := range s.Runners {
+		targets = append(targets, runnerTarget{r})
+	}
+	if s.WebhookResponder != nil {
+		targets = append(targets, webhookTarget{s.WebhookResponder})
+	}
+	due := make([]time.Time, len(targets))
 	for i := range due {
 		due[i] = time.Now().Add(s.Interval)
 	}
 	for {
 		next := time.Time{}
-		for i, r := range s.Runners {
+		for i, t := range targets {
 			if time.Now().Before(due[i]) {
 				if next.IsZero() || due[i].Before(next) {
 					next = due[i]
@@ -114,12 +123,12 @@ func (s *Sweep) Run(ctx context.Context) error {
 				continue
 			}
 			wait := s.Interval
-			res, err := s.Pass(ctx, r)
+			res, err := s.pass(ctx, t)
 			switch {
 			case ctx.Err() != nil:
 				return nil
 			case err != nil:
-				log.Warn("sweep failed: tried again at the next pass", "projection", r.Name(), "error", err)
+				log.Warn("sweep failed: tried again at the next pass", "projection", t.name(), "error", err)
 			case res.Postponed:
 				wait = max(s.Interval/10, 100*time.Millisecond)
 			}
@@ -146,13 +155,54 @@ type sweepState struct {
 // has not applied of it. The first pass over a consumer starts at the relay's checkpoint:
 // what came before is not checked.
 func (s *Sweep) Pass(ctx context.Context, r *Runner) (SweepPass, error) {
+	return s.pass(ctx, runnerTarget{r})
+}
+
+// PassWebhookResponder is Pass for the webhook responder (WebhookResponder); it does
+// nothing when that is not set.
+func (s *Sweep) PassWebhookResponder(ctx context.Context) (SweepPass, error) {
+	if s.WebhookResponder == nil {
+		return SweepPass{}, nil
+	}
+	return s.pass(ctx, webhookTarget{s.WebhookResponder})
+}
+
+// target is a consumer the sweep checks.
+type target interface {
+	name() string
+	// ready says how the pass may take what the consumer has not done of the stretch up
+	// to bound for lost; nil when it may not yet (messages wait in its queues).
+	ready(ctx context.Context, s *Sweep, c *pgxpool.Conn, layouts map[string]layoutRow, bound eventstore.Checkpoint) (*look, error)
+	// check finds what the consumer has not done of page, the events of the stretch
+	// (from, to], and publishes it again to its queue; it returns how many events it
+	// published, or errBusy when the consumer turns out to be still at work.
+	check(ctx context.Context, s *Sweep, c *pgxpool.Conn, layouts map[string]layoutRow,
+		from, to eventstore.Checkpoint, page []eventstore.Published, lk *look) (int, error)
+}
+
+// runnerTarget is a consumer on the projector runtime, which records the stream versions
+// it applied.
+type runnerTarget struct{ r *Runner }
+
+func (t runnerTarget) name() string { return t.r.Name() }
+
+func (t runnerTarget) ready(ctx context.Context, s *Sweep, c *pgxpool.Conn, layouts map[string]layoutRow, bound eventstore.Checkpoint) (*look, error) {
+	return s.ready(ctx, c, t.r, layouts, bound)
+}
+
+func (t runnerTarget) check(ctx context.Context, s *Sweep, c *pgxpool.Conn, layouts map[string]layoutRow,
+	from, to eventstore.Checkpoint, page []eventstore.Published, lk *look) (int, error) {
+	return s.check(ctx, c, t.r, layouts, from, to, page, lk)
+}
+
+func (s *Sweep) pass(ctx context.Context, t target) (SweepPass, error) {
 	var res SweepPass
 	c, err := s.Pool.Acquire(ctx)
 	if err != nil {
 		return res, err
 	}
 	defer c.Release()
-	key := db.LockKey("chatbotd.sweep." + r.Name())
+	key := db.LockKey("chatbotd.sweep." + t.name())
 	var got bool
 	if err := c.QueryRow(ctx, `SELECT pg_try_advisory_lock($1)`, key).Scan(&got); err != nil {
 		return res, err
@@ -168,7 +218,7 @@ func (s *Sweep) Pass(ctx context.Context, r *Runner) (SweepPass, error) {
 			_ = c.Conn().Close(context.WithoutCancel(ctx))
 		}
 	}()
-	st, found, err := loadSweep(ctx, c, r.Name())
+	st, found, err := loadSweep(ctx, c, t.name())
 	if err != nil {
 		return res, err
 	}
@@ -177,14 +227,14 @@ func (s *Sweep) Pass(ctx context.Context, r *Runner) (SweepPass, error) {
 		return res, err
 	}
 	if !found {
-		return res, saveSweep(ctx, c, r.Name(), relayed, nil, 0, false)
+		return res, saveSweep(ctx, c, t.name(), relayed, nil, 0, false)
 	}
 	if st.bound != nil && st.at.Less(*st.bound) {
 		layouts, err := readLayouts(ctx, c)
 		if err != nil {
 			return res, err
 		}
-		look, err := s.ready(ctx, c, r, layouts, *st.bound)
+		look, err := t.ready(ctx, s, c, layouts, *st.bound)
 		if err != nil {
 			return res, err
 		}
@@ -205,7 +255,7 @@ func (s *Sweep) Pass(ctx context.Context, r *Runner) (SweepPass, error) {
 			if len(page) == size {
 				end = page[len(page)-1].At
 			}
-			n, err := s.check(ctx, c, r, layouts, st.at, end, page, look)
+			n, err := t.check(ctx, s, c, layouts, st.at, end, page, look)
 			if errors.Is(err, errBusy) {
 				res.Postponed = true
 				return res, nil
@@ -215,7 +265,7 @@ func (s *Sweep) Pass(ctx context.Context, r *Runner) (SweepPass, error) {
 			}
 			res.Checked, res.Redriven = res.Checked+len(page), res.Redriven+n
 			st.at = end
-			if err := saveSweep(ctx, c, r.Name(), st.at, st.bound, n, false); err != nil {
+			if err := saveSweep(ctx, c, t.name(), st.at, st.bound, n, false); err != nil {
 				return res, err
 			}
 			if s.afterPage != nil {
@@ -225,7 +275,7 @@ func (s *Sweep) Pass(ctx context.Context, r *Runner) (SweepPass, error) {
 			}
 		}
 	}
-	return res, saveSweep(ctx, c, r.Name(), st.at, &relayed, 0, true)
+	return res, saveSweep(ctx, c, t.name(), st.at, &relayed, 0, true)
 }
 
 // errBusy stops a pass whose consumer turned out to be still applying what it holds.
@@ -290,13 +340,18 @@ func progress(ctx context.Context, c *pgxpool.Conn, r *Runner) (int64, *eventsto
 
 // waiting names a queue of r that has messages waiting ("" when none has).
 func (s *Sweep) waiting(ctx context.Context, r *Runner, layouts map[string]layoutRow) (string, error) {
+	t := Tracked{Name: r.Name(), Queue: r.Queue(), Partitioned: Partitionable(r)}
+	return s.waitingIn(ctx, t.queues(layouts))
+}
+
+// waitingIn names the first of queues that has messages waiting ("" when none has).
+func (s *Sweep) waitingIn(ctx context.Context, queues []string) (string, error) {
 	ch, err := s.channel(ctx)
 	if err != nil {
 		return "", err
 	}
 	defer ch.Close()
-	t := Tracked{Name: r.Name(), Queue: r.Queue(), Partitioned: Partitionable(r)}
-	for _, name := range t.queues(layouts) {
+	for _, name := range queues {
 		q, err := ch.QueueDeclarePassive(name, true, false, false, false, nil)
 		if err != nil {
 			return "", fmt.Errorf("queue %s: %w", name, err)

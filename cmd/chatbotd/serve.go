@@ -216,7 +216,9 @@ type parts struct {
 	// version gave each of them (projections.Partitions.Retired).
 	retired  []*projections.Runner
 	webhooks reactors.Consumer
-	outboxes []namedRun
+	// webhookSweep is how the sweep checks the webhook responder.
+	webhookSweep *projections.WebhookSweep
+	outboxes     []namedRun
 }
 
 type namedRun struct {
@@ -272,7 +274,8 @@ func (d *deps) buildParts(k processKeys) (parts, error) {
 		webhooks: reactors.Consumer{Name: reactors.WebhookResponderName, Conn: d.broker, Workers: cfg.WebhookWorkers, Logger: logger.With("consumer", reactors.WebhookResponderName),
 			Queue: webhookResponderQueue(cfg), Metrics: d.metrics, Handle: responder.Handle, DeadLettered: responder.DeadLettered,
 			Store: d.storeID},
-		outboxes: []namedRun{{"webhook deliveries", deliverer.Run}, {"mailer", mailer.Run}},
+		webhookSweep: &projections.WebhookSweep{Queue: webhookResponderQueue(cfg).Name, Hold: responder.Longest(), Store: d.storeID},
+		outboxes:     []namedRun{{"webhook deliveries", deliverer.Run}, {"mailer", mailer.Run}},
 	}, nil
 }
 
@@ -309,7 +312,7 @@ func (d *deps) startConsumers(work *workers, p parts) {
 		Partitions: d.cfg.ProjectorPartitions, Logger: d.logger}
 	work.start("projector partitions", partitions.Run)
 	sweep := &projections.Sweep{Pool: d.pool, Broker: d.broker, Runners: append(slices.Clone(p.runners), p.partitioned...),
-		Interval: d.cfg.ProjectorSweepInterval, Logger: d.logger.With("component", "sweep"), Metrics: d.metrics}
+		WebhookResponder: p.webhookSweep, Interval: d.cfg.ProjectorSweepInterval, Logger: d.logger.With("component", "sweep"), Metrics: d.metrics}
 	work.start("projection sweep", sweep.Run)
 	work.start("projection notifications", d.applied.Run)
 	work.start("webhook responder", p.webhooks.Run)

@@ -233,6 +233,22 @@ type errPermanent struct{ reason string }
 
 func (e errPermanent) Error() string { return e.reason }
 
+// Longest is the longest Handle takes over a message, from its delivery to its answer in
+// the log: every attempt's timeout, the pauses between them, and a margin for the reads
+// and the append around the call. The sweep waits that long before it takes an
+// unanswered message for lost (projections.WebhookSweep).
+func (w WebhookResponder) Longest() time.Duration {
+	attempts := max(w.Attempts, 1)
+	var d time.Duration
+	if w.Client != nil {
+		d = time.Duration(attempts) * w.Client.Timeout
+	}
+	for i := 1; i < attempts; i++ {
+		d += w.Backoff << (i - 1)
+	}
+	return d + 5*time.Second
+}
+
 // Call POSTs body to url up to Attempts times and returns the reply, or the reason the
 // last attempt failed.
 func (w WebhookResponder) Call(ctx context.Context, url string, secret, body []byte) (string, string) {
