@@ -113,8 +113,8 @@ func id(env envelope) string {
 	return d.ID
 }
 
-// fixture is what the load works on: a knowledge-base chatbot that answers, its
-// conversations, and users and chatbots to change.
+// fixture is what the load works on: a knowledge-base chatbot that answers and a webhook
+// chatbot whose workflow answers, their conversations, and users and chatbots to change.
 type fixture struct {
 	bot      string
 	convs    []string
@@ -122,8 +122,9 @@ type fixture struct {
 	chatbots []string
 }
 
-// setup registers an organization and makes the fixture.
-func setup(ctx context.Context, c *client) (*fixture, error) {
+// setup registers an organization and makes the fixture; workflow is the URL the webhook
+// chatbot calls.
+func setup(ctx context.Context, c *client, workflow string) (*fixture, error) {
 	email := "owner-" + uuid.NewString()[:8] + "@chaos.example"
 	env, err := c.must(ctx, 201, "POST", "/api/v1/auth/register", map[string]string{"organization_name": "Chaos", "name": "Owner",
 		"email": email, "password": "chaos-password"})
@@ -180,6 +181,22 @@ func setup(ctx context.Context, c *client) (*fixture, error) {
 		}
 		f.convs = append(f.convs, id(env))
 	}
+	// A fifth of the messages go to a webhook chatbot: answered by the webhook responder,
+	// a consumer of its own on watermill's router.
+	env, err = c.must(ctx, 201, "POST", "/api/v1/chatbots", map[string]any{"name": "Workflow",
+		"responder": map[string]any{"type": "webhook", "url": workflow, "secret": "chaos-workflow-secret-0123456789"}})
+	if err != nil {
+		return nil, err
+	}
+	hooked := id(env)
+	if _, err := c.must(ctx, 200, "POST", "/api/v1/chatbots/"+hooked+"/publish", nil); err != nil {
+		return nil, err
+	}
+	env, err = c.must(ctx, 201, "POST", "/api/v1/chatbots/"+hooked+"/conversations", map[string]any{})
+	if err != nil {
+		return nil, err
+	}
+	f.convs = append(f.convs, id(env))
 	for i := range 4 {
 		env, err := c.must(ctx, 201, "POST", "/api/v1/users", newUser(i))
 		if err != nil {

@@ -67,6 +67,9 @@ func run(ctx context.Context) error {
 	}
 
 	sys := newSystem(o)
+	if err := sys.startWorkflow(); err != nil {
+		return fmt.Errorf("workflow: %w", err)
+	}
 	// Whatever happens, the services are running and unpaused when this returns.
 	defer sys.restore()
 	if err := sys.restore(); err != nil {

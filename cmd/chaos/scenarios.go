@@ -178,7 +178,7 @@ func runScenario(ctx context.Context, sys *system, o options, sc scenario) []res
 		bases = append(bases, p.base)
 	}
 	r.c = &client{http: &http.Client{Timeout: 20 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 64}}, bases: bases}
-	if r.f, err = setup(ctx, r.c); err != nil {
+	if r.f, err = setup(ctx, r.c, sys.workflow); err != nil {
 		return fail("fixture", err)
 	}
 	r.l = startLoad(ctx, r.c, r.f, o.workers, 0)

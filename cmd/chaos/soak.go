@@ -54,7 +54,7 @@ func soak(ctx context.Context, sys *system, o options) error {
 	}
 	defer p.stop()
 	c := &client{http: &http.Client{Timeout: 20 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 64}}, bases: []string{p.base}}
-	f, err := setup(ctx, c)
+	f, err := setup(ctx, c, sys.workflow)
 	if err != nil {
 		return err
 	}

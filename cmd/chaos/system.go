@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -25,6 +26,32 @@ type system struct {
 	o         options
 	cluster   string // PostgreSQL's version directory under /etc/postgresql
 	diskLimit string // RabbitMQ's disk_free_limit when the run began, in bytes
+	// workflow is the URL of an n8n-style workflow in this process that answers every
+	// message (startWorkflow): the fixture's webhook chatbot calls it.
+	workflow string
+}
+
+// startWorkflow serves, on loopback until the process ends, a workflow that answers
+// each message with its content: what an n8n "Respond to Webhook" node sends.
+func (s *system) startWorkflow() error {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	srv := &http.Server{ReadHeaderTimeout: 5 * time.Second, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var in struct {
+			Content string `json:"content"`
+		}
+		if err := json.NewDecoder(r.Body).Decode(&in); err != nil {
+			http.Error(w, "bad request", http.StatusBadRequest)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(map[string]string{"reply": "workflow: " + in.Content})
+	})}
+	go func() { _ = srv.Serve(ln) }()
+	s.workflow = "http://" + ln.Addr().String() + "/webhook"
+	return nil
 }
 
 func newSystem(o options) *system {
@@ -262,7 +289,11 @@ func (s *system) serveEnv(dbURL string, n names, addr string, extra ...string) [
 		// a consumer that may still hold deliveries, 5 s later again): the checks wait for
 		// it (swept), so that what it brings back is counted, not missed. At 2 s it took
 		// what a consumer slowed by redis-down held for lost, and published it again.
-		"PROJECTOR_SWEEP_INTERVAL=5s")
+		"PROJECTOR_SWEEP_INTERVAL=5s",
+		// The fixture's webhook chatbot calls a workflow on loopback (startWorkflow); a
+		// call's longest, which the sweep waits before it takes an unanswered message of
+		// the webhook responder's for lost, is then 3 × 2 s, the backoffs and 5 s.
+		"ALLOW_PRIVATE_TARGETS=true", "WEBHOOK_TIMEOUT=2s")
 	return append(env, extra...)
 }
 
