@@ -250,23 +250,25 @@ func firstLine(s string, err error) string {
 	return s
 }
 
-// replies: every posted message has exactly one reply, in the log and in the read model.
+// replies: every posted message has exactly one reply, in the log and in the read model,
+// and the webhook chatbot's workflow answered some (the webhook responder ran).
 func (c *checker) replies(ctx context.Context) {
-	var posted, replied, twice, failed, unanswered, rows int
+	var posted, replied, twice, failed, unanswered, rows, workflow int
 	err := c.pool.QueryRow(ctx, `WITH m AS (SELECT stream_id, count(*) FILTER (WHERE type = 'message.posted') AS p,
 			count(*) FILTER (WHERE type = 'message.replied') AS r, count(*) FILTER (WHERE type = 'message.failed') AS f
 			FROM events WHERE stream_type = 'message' GROUP BY stream_id)
 		SELECT coalesce(sum(p), 0), coalesce(sum(r), 0), count(*) FILTER (WHERE r > 1), coalesce(sum(f), 0),
 			count(*) FILTER (WHERE p = 1 AND r = 0 AND f = 0),
-			(SELECT count(*) FROM messages WHERE reply_to IS NOT NULL)
-		FROM m`).Scan(&posted, &replied, &twice, &failed, &unanswered, &rows)
+			(SELECT count(*) FROM messages WHERE reply_to IS NOT NULL),
+			(SELECT count(*) FROM events WHERE type = 'message.replied' AND data->>'source' = 'webhook')
+		FROM m`).Scan(&posted, &replied, &twice, &failed, &unanswered, &rows, &workflow)
 	if err != nil {
 		c.add("each message answered once", false, "%v", err)
 		return
 	}
-	c.add("each message answered once", posted > 0 && replied == posted && twice == 0 && failed == 0 && unanswered == 0 && rows == replied,
-		"%d posted (%d acknowledged by the load), %d replied, %d twice, %d failed, %d unanswered, %d replies readable",
-		posted, c.l.posted, replied, twice, failed, unanswered, rows)
+	c.add("each message answered once", posted > 0 && replied == posted && twice == 0 && failed == 0 && unanswered == 0 && rows == replied && workflow > 0,
+		"%d posted (%d acknowledged by the load), %d replied (%d by the webhook chatbot's workflow), %d twice, %d failed, %d unanswered, %d replies readable",
+		posted, c.l.posted, replied, workflow, twice, failed, unanswered, rows)
 }
 
 // cache: every cached user equals the read model (no stale entry survived).
