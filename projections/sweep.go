@@ -20,8 +20,9 @@ import (
 )
 
 // Sweep checks, long after the relay published a stretch of the log, that every consumer
-// on the projector runtime has applied each event of it that it binds, and publishes what
-// one has not to that consumer's queue again.
+// on the projector runtime has applied each event of it that it binds (and, with
+// WebhookResponder, that the webhook responder answered each message left to it), and
+// publishes what one has not to that consumer's queue again.
 //
 // Why: the runtime applies what the broker delivers, and repairs a gap in a stream only
 // when a later version of it comes (applyInOrder). A message the broker loses after it
