@@ -14,6 +14,7 @@ import (
 	"github.com/chatbotsaas/chatbotd/internal/broker"
 	"github.com/chatbotsaas/chatbotd/internal/testenv"
 	"github.com/chatbotsaas/chatbotd/projections"
+	"github.com/chatbotsaas/chatbotd/projections/reactors"
 )
 
 // BenchmarkSweep is what the sweep costs a checked event, when nothing is missing (the
@@ -99,4 +100,75 @@ func (m benchMember) Name() string       { return m.name }
 func (m benchMember) Bindings() []string { return m.bindings }
 func (benchMember) Apply(context.Context, pgx.Tx, events.Envelope) error {
 	return nil
+}
+
+// BenchmarkSweepWebhookResponder is what a pass over the webhook responder costs a checked
+// event when every message is answered (the usual pass), against the relay's read of the
+// same events: 10,000 messages, each posted and answered (20,000 events), applied by the
+// knowledge-base responder.
+//
+//	go test ./projections -run '^$' -bench SweepWebhookResponder -benchtime 20x
+func BenchmarkSweepWebhookResponder(b *testing.B) {
+	const messages = 10000
+	const n = 2 * messages
+	ctx := context.Background()
+	d, a := testenv.MustDatabase(b), testenv.MustAMQP(b)
+	queue := broker.QueueSpec{Name: a.Queue(reactors.WebhookResponderName), Exchange: a.Exchange, Bindings: []string{"message.posted"}}
+	conn := broker.Dial(a.URL, nil)
+	defer conn.Close()
+	_, ch := a.MustEventChannel(b)
+	require.NoError(b, broker.DeclareQueue(ch, queue))
+
+	_, err := d.Pool.Exec(ctx, `WITH m AS (SELECT gen_random_uuid() AS id FROM generate_series(1, $1))
+		INSERT INTO events (id, stream_type, stream_id, stream_version, type, schema_version,
+			organization_id, actor_type, data, occurred_at)
+		SELECT gen_random_uuid(), 'message', m.id, v, CASE v WHEN 1 THEN 'message.posted' ELSE 'message.replied' END, 1,
+			NULL, 'system', '{}', clock_timestamp()
+		FROM m, generate_series(1, 2) AS v ORDER BY m.id, v`, messages)
+	require.NoError(b, err)
+	_, err = d.Pool.Exec(ctx, `INSERT INTO projection_streams (projection, stream_id, version)
+		SELECT $1, stream_id, max(stream_version) FROM events GROUP BY stream_id`, reactors.ResponderName)
+	require.NoError(b, err)
+	_, err = d.Pool.Exec(ctx, `INSERT INTO relay_checkpoints (name, transaction_id, position, updated_at)
+		SELECT 'default', transaction_id, position, now() FROM events ORDER BY transaction_id DESC, position DESC LIMIT 1`)
+	require.NoError(b, err)
+	for _, t := range []string{"events", "projection_streams"} {
+		_, err = d.Pool.Exec(ctx, `VACUUM ANALYZE `+t)
+		require.NoError(b, err)
+	}
+	last, err := eventstore.RelayCheckpoint(ctx, d.Pool, "")
+	require.NoError(b, err)
+
+	perEvent := func(b *testing.B) {
+		b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*n), "ns/event")
+	}
+	b.Run("sweep", func(b *testing.B) {
+		sweep := &projections.Sweep{Pool: d.Pool, Broker: conn, Interval: time.Hour,
+			WebhookResponder: &projections.WebhookSweep{Queue: queue.Name, Hold: time.Hour}}
+		for range b.N {
+			b.StopTimer()
+			_, err := d.Pool.Exec(ctx, `INSERT INTO projection_sweeps (name, transaction_id, position, bound_transaction_id, bound_position)
+				VALUES ($1, '0', 0, $2::text::xid8, $3)
+				ON CONFLICT (name) DO UPDATE SET transaction_id = '0', position = 0,
+					bound_transaction_id = excluded.bound_transaction_id, bound_position = excluded.bound_position`,
+				reactors.WebhookResponderName, strconv.FormatUint(last.TransactionID, 10), last.Position)
+			require.NoError(b, err)
+			b.StartTimer()
+			res, err := sweep.PassWebhookResponder(ctx)
+			require.NoError(b, err)
+			require.Equal(b, projections.SweepPass{Checked: n}, res)
+		}
+		perEvent(b)
+	})
+	b.Run("relay read", func(b *testing.B) {
+		for range b.N {
+			cp, read := eventstore.Checkpoint{}, 0
+			for read < n {
+				batch, next, err := eventstore.ReadCommitted(ctx, d.Pool, cp, 500)
+				require.NoError(b, err)
+				cp, read = next, read+len(batch)
+			}
+		}
+		perEvent(b)
+	})
 }
