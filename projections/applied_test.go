@@ -33,16 +33,7 @@ func TestRunnerWakesTheConsistencyWaitsOfItsProjection(t *testing.T) {
 	conn := broker.Dial(a.URL, testenv.Logger(t))
 	defer conn.Close()
 
-	notifier := projections.NewAppliedNotifier(d.Pool, testenv.Logger(t))
-	go notifier.Run(ctx)
-	runner, err := projections.NewRunner(d.Pool, conn, projections.Chatbots{}, projections.Config{
-		Exchange: a.Exchange, QueuePrefix: a.QueuePrefix, Logger: testenv.Logger(t), Applied: notifier})
-	require.NoError(t, err)
-	relay, err := eventstore.NewRelay(d.Pool, conn, eventstore.RelayConfig{Exchange: a.Exchange, Logger: testenv.Logger(t)})
-	require.NoError(t, err)
-	go runner.Run(ctx)
-	go relay.Run(ctx)
-	a.WaitConsumer(runner.Queue().Name)
+	runNotifying(ctx, t, d, a, conn, projections.Chatbots{})
 
 	waits := readmodel.NewApplied(d.Pool.Config().ConnConfig, testenv.Logger(t))
 	waits.SafetyPoll = time.Hour
@@ -93,16 +84,7 @@ func TestRunnerNamesTheWorkABatchWrote(t *testing.T) {
 		return strings.Split(n.Payload, ",")
 	}
 
-	notifier := projections.NewAppliedNotifier(d.Pool, testenv.Logger(t))
-	go notifier.Run(ctx)
-	runner, err := projections.NewRunner(d.Pool, conn, projections.Webhooks{}, projections.Config{
-		Exchange: a.Exchange, QueuePrefix: a.QueuePrefix, Logger: testenv.Logger(t), Applied: notifier})
-	require.NoError(t, err)
-	relay, err := eventstore.NewRelay(d.Pool, conn, eventstore.RelayConfig{Exchange: a.Exchange, Logger: testenv.Logger(t)})
-	require.NoError(t, err)
-	go runner.Run(ctx)
-	go relay.Run(ctx)
-	a.WaitConsumer(runner.Queue().Name)
+	runNotifying(ctx, t, d, a, conn, projections.Webhooks{})
 
 	store := eventstore.NewStore(d.Pool)
 	org := uuid.New()
@@ -130,4 +112,20 @@ func TestRunnerNamesTheWorkABatchWrote(t *testing.T) {
 	var deliveries int
 	require.NoError(t, d.Pool.QueryRow(ctx, `SELECT count(*) FROM webhook_deliveries`).Scan(&deliveries))
 	assert.Equal(t, 1, deliveries)
+}
+
+// runNotifying runs p on the runtime with the applied notifier, and the relay, until ctx
+// ends; it returns once p's queue has its consumer.
+func runNotifying(ctx context.Context, t *testing.T, d testenv.Database, a *testenv.AMQP, conn *broker.Conn, p projections.Projector) {
+	t.Helper()
+	notifier := projections.NewAppliedNotifier(d.Pool, testenv.Logger(t))
+	go notifier.Run(ctx)
+	runner, err := projections.NewRunner(d.Pool, conn, p, projections.Config{
+		Exchange: a.Exchange, QueuePrefix: a.QueuePrefix, Logger: testenv.Logger(t), Applied: notifier})
+	require.NoError(t, err)
+	relay, err := eventstore.NewRelay(d.Pool, conn, eventstore.RelayConfig{Exchange: a.Exchange, Logger: testenv.Logger(t)})
+	require.NoError(t, err)
+	go runner.Run(ctx)
+	go relay.Run(ctx)
+	a.WaitConsumer(runner.Queue().Name)
 }

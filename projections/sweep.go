@@ -410,18 +410,8 @@ func (s *Sweep) check(ctx context.Context, c *pgxpool.Conn, r *Runner, layouts m
 			streams = append(streams, b.stream)
 		}
 	}
-	envs, err := eventstore.ReadStretch(ctx, c, from, to, streams)
+	envs, err := s.redrive(ctx, c, from, to, streams, redriveTarget(r, layouts))
 	if err != nil {
-		return 0, err
-	}
-	ch, err := s.channel(ctx)
-	if err != nil {
-		return 0, err
-	}
-	defer ch.Close()
-	rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	if err := eventstore.Redrive(rctx, ch, redriveTarget(r, layouts), envs); err != nil {
 		return 0, err
 	}
 	if s.Logger != nil {
@@ -461,6 +451,24 @@ func (s *Sweep) stillIdle(ctx context.Context, c *pgxpool.Conn, r *Runner, layou
 		return errBusy
 	}
 	return nil
+}
+
+// redrive publishes the events of streams in the stretch (from, to] again, in commit
+// order, to one consumer's queue (eventstore.Redrive), and returns them.
+func (s *Sweep) redrive(ctx context.Context, c *pgxpool.Conn, from, to eventstore.Checkpoint, streams []uuid.UUID,
+	target eventstore.RedriveTarget) ([]events.Envelope, error) {
+	envs, err := eventstore.ReadStretch(ctx, c, from, to, streams)
+	if err != nil {
+		return nil, err
+	}
+	ch, err := s.channel(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer ch.Close()
+	rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	return envs, eventstore.Redrive(rctx, ch, target, envs)
 }
 
 // channel opens a broker channel, waiting for the broker at most BrokerWait.

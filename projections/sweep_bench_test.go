@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/stretchr/testify/require"
 
 	"github.com/chatbotsaas/chatbotd/events"
@@ -47,47 +48,66 @@ func BenchmarkSweep(b *testing.B) {
 	_, err = d.Pool.Exec(ctx, `INSERT INTO projection_streams (projection, stream_id, version)
 		SELECT m, stream_id, stream_version FROM events, unnest(ARRAY['bench.all', 'bench.users']) AS m`)
 	require.NoError(b, err)
-	_, err = d.Pool.Exec(ctx, `INSERT INTO relay_checkpoints (name, transaction_id, position, updated_at)
-		SELECT 'default', transaction_id, position, now() FROM events ORDER BY transaction_id DESC, position DESC LIMIT 1`)
-	require.NoError(b, err)
-	for _, t := range []string{"events", "projection_streams"} {
-		_, err = d.Pool.Exec(ctx, `VACUUM ANALYZE `+t)
-		require.NoError(b, err)
-	}
-	last, err := eventstore.RelayCheckpoint(ctx, d.Pool, "")
-	require.NoError(b, err)
-
-	perEvent := func(b *testing.B) {
-		b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*n), "ns/event")
-	}
+	last := benchPublished(b, d.Pool)
 	b.Run("sweep", func(b *testing.B) {
 		sweep := &projections.Sweep{Pool: d.Pool, Broker: conn, Runners: []*projections.Runner{runner}, Interval: time.Hour}
 		for range b.N {
-			b.StopTimer()
-			_, err := d.Pool.Exec(ctx, `INSERT INTO projection_sweeps (name, transaction_id, position, bound_transaction_id, bound_position)
-				VALUES ('benchgrp', '0', 0, $1::text::xid8, $2)
-				ON CONFLICT (name) DO UPDATE SET transaction_id = '0', position = 0,
-					bound_transaction_id = excluded.bound_transaction_id, bound_position = excluded.bound_position`,
-				strconv.FormatUint(last.TransactionID, 10), last.Position)
-			require.NoError(b, err)
-			b.StartTimer()
+			benchSweepDue(b, d.Pool, "benchgrp", last)
 			res, err := sweep.Pass(ctx, runner)
 			require.NoError(b, err)
 			require.Equal(b, projections.SweepPass{Checked: n}, res)
 		}
-		perEvent(b)
+		benchPerEvent(b, n)
 	})
-	b.Run("relay read", func(b *testing.B) {
-		for range b.N {
-			cp, read := eventstore.Checkpoint{}, 0
-			for read < n {
-				batch, next, err := eventstore.ReadCommitted(ctx, d.Pool, cp, 500)
-				require.NoError(b, err)
-				cp, read = next, read+len(batch)
-			}
+	b.Run("relay read", func(b *testing.B) { benchRelayRead(b, d.Pool, n) })
+}
+
+// benchPublished records the log written so far as published (the relay's checkpoint at
+// its last event), analyzes it, and returns that checkpoint.
+func benchPublished(b *testing.B, pool *pgxpool.Pool) eventstore.Checkpoint {
+	ctx := context.Background()
+	_, err := pool.Exec(ctx, `INSERT INTO relay_checkpoints (name, transaction_id, position, updated_at)
+		SELECT 'default', transaction_id, position, now() FROM events ORDER BY transaction_id DESC, position DESC LIMIT 1`)
+	require.NoError(b, err)
+	for _, t := range []string{"events", "projection_streams"} {
+		_, err = pool.Exec(ctx, `VACUUM ANALYZE `+t)
+		require.NoError(b, err)
+	}
+	last, err := eventstore.RelayCheckpoint(ctx, pool, "")
+	require.NoError(b, err)
+	return last
+}
+
+// benchSweepDue makes the whole log, up to last, the stretch that name's next pass checks;
+// the timer is stopped meanwhile.
+func benchSweepDue(b *testing.B, pool *pgxpool.Pool, name string, last eventstore.Checkpoint) {
+	b.StopTimer()
+	defer b.StartTimer()
+	_, err := pool.Exec(context.Background(), `INSERT INTO projection_sweeps (name, transaction_id, position, bound_transaction_id, bound_position)
+		VALUES ($1, '0', 0, $2::text::xid8, $3)
+		ON CONFLICT (name) DO UPDATE SET transaction_id = '0', position = 0,
+			bound_transaction_id = excluded.bound_transaction_id, bound_position = excluded.bound_position`,
+		name, strconv.FormatUint(last.TransactionID, 10), last.Position)
+	require.NoError(b, err)
+}
+
+// benchRelayRead is the baseline: the relay's read of the log's n events, in its batches
+// of 500.
+func benchRelayRead(b *testing.B, pool *pgxpool.Pool, n int) {
+	for range b.N {
+		cp, read := eventstore.Checkpoint{}, 0
+		for read < n {
+			batch, next, err := eventstore.ReadCommitted(context.Background(), pool, cp, 500)
+			require.NoError(b, err)
+			cp, read = next, read+len(batch)
 		}
-		perEvent(b)
-	})
+	}
+	benchPerEvent(b, n)
+}
+
+// benchPerEvent reports the time an event of n per op.
+func benchPerEvent(b *testing.B, n int) {
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*n), "ns/event")
 }
 
 // benchMember is a group member that the benchmark never applies.
@@ -129,46 +149,17 @@ func BenchmarkSweepWebhookResponder(b *testing.B) {
 	_, err = d.Pool.Exec(ctx, `INSERT INTO projection_streams (projection, stream_id, version)
 		SELECT $1, stream_id, max(stream_version) FROM events GROUP BY stream_id`, reactors.ResponderName)
 	require.NoError(b, err)
-	_, err = d.Pool.Exec(ctx, `INSERT INTO relay_checkpoints (name, transaction_id, position, updated_at)
-		SELECT 'default', transaction_id, position, now() FROM events ORDER BY transaction_id DESC, position DESC LIMIT 1`)
-	require.NoError(b, err)
-	for _, t := range []string{"events", "projection_streams"} {
-		_, err = d.Pool.Exec(ctx, `VACUUM ANALYZE `+t)
-		require.NoError(b, err)
-	}
-	last, err := eventstore.RelayCheckpoint(ctx, d.Pool, "")
-	require.NoError(b, err)
-
-	perEvent := func(b *testing.B) {
-		b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*n), "ns/event")
-	}
+	last := benchPublished(b, d.Pool)
 	b.Run("sweep", func(b *testing.B) {
 		sweep := &projections.Sweep{Pool: d.Pool, Broker: conn, Interval: time.Hour,
 			WebhookResponder: &projections.WebhookSweep{Queue: queue.Name, Hold: time.Hour}}
 		for range b.N {
-			b.StopTimer()
-			_, err := d.Pool.Exec(ctx, `INSERT INTO projection_sweeps (name, transaction_id, position, bound_transaction_id, bound_position)
-				VALUES ($1, '0', 0, $2::text::xid8, $3)
-				ON CONFLICT (name) DO UPDATE SET transaction_id = '0', position = 0,
-					bound_transaction_id = excluded.bound_transaction_id, bound_position = excluded.bound_position`,
-				reactors.WebhookResponderName, strconv.FormatUint(last.TransactionID, 10), last.Position)
-			require.NoError(b, err)
-			b.StartTimer()
+			benchSweepDue(b, d.Pool, reactors.WebhookResponderName, last)
 			res, err := sweep.PassWebhookResponder(ctx)
 			require.NoError(b, err)
 			require.Equal(b, projections.SweepPass{Checked: n}, res)
 		}
-		perEvent(b)
+		benchPerEvent(b, n)
 	})
-	b.Run("relay read", func(b *testing.B) {
-		for range b.N {
-			cp, read := eventstore.Checkpoint{}, 0
-			for read < n {
-				batch, next, err := eventstore.ReadCommitted(ctx, d.Pool, cp, 500)
-				require.NoError(b, err)
-				cp, read = next, read+len(batch)
-			}
-		}
-		perEvent(b)
-	})
+	b.Run("relay read", func(b *testing.B) { benchRelayRead(b, d.Pool, n) })
 }

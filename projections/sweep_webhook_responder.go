@@ -80,18 +80,8 @@ func (t webhookTarget) check(ctx context.Context, s *Sweep, c *pgxpool.Conn, _ m
 	if lost, err = unansweredWebhookMessages(ctx, c, lost); err != nil || len(lost) == 0 {
 		return 0, err
 	}
-	envs, err := eventstore.ReadStretch(ctx, c, from, to, lost)
+	envs, err := s.redrive(ctx, c, from, to, lost, eventstore.RedriveTarget{Key: t.w.Queue, Store: t.w.Store})
 	if err != nil {
-		return 0, err
-	}
-	ch, err := s.channel(ctx)
-	if err != nil {
-		return 0, err
-	}
-	defer ch.Close()
-	rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	if err := eventstore.Redrive(rctx, ch, eventstore.RedriveTarget{Key: t.w.Queue, Store: t.w.Store}, envs); err != nil {
 		return 0, err
 	}
 	if s.Logger != nil {
