@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/url"
 	"slices"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -54,13 +56,7 @@ func testSweep(t *testing.T, partitions int, other string) {
 		}
 	}
 	runner := env.runner(projections.NewGroup(name, users, others))
-	// The relay declares the recorded layout's queues, as serve's does.
-	relay, err := eventstore.NewRelay(env.d.Pool, env.conn, eventstore.RelayConfig{Exchange: env.a.Exchange, Frames: true,
-		Declare: func(ctx context.Context, ch *amqp.Channel) error {
-			return projections.DeclareLayouts(ctx, env.d.Pool, ch, []*projections.Runner{runner})
-		}, Logger: testenv.Logger(t)})
-	require.NoError(t, err)
-	t.Cleanup(run(relay.Run))
+	env.relayFrames(runner)
 	consume := func() func() {
 		p := &projections.Partitions{Pool: env.d.Pool, Broker: env.conn, Runners: []*projections.Runner{runner},
 			Partitions: partitions, Tick: 100 * time.Millisecond, Logger: testenv.Logger(t)}
@@ -266,17 +262,13 @@ func TestSweepPassFailsWhileADependencyIsDown(t *testing.T) {
 	queue := env.a.Queue(name)
 	env.a.Queue("dnusers")
 	runner := env.runner(projections.NewGroup(name, users))
-	relay, err := eventstore.NewRelay(env.d.Pool, env.conn, eventstore.RelayConfig{Exchange: env.a.Exchange, Frames: true,
-		Declare: func(ctx context.Context, ch *amqp.Channel) error {
-			return projections.DeclareLayouts(ctx, env.d.Pool, ch, []*projections.Runner{runner})
-		}, Logger: testenv.Logger(t)})
-	require.NoError(t, err)
-	t.Cleanup(run(relay.Run))
+	env.relayFrames(runner)
 
-	// The sweep reaches PostgreSQL and RabbitMQ through proxies it can lose.
-	pgProxy, amqpProxy := testenv.MustProxy(t, "127.0.0.1:5432"), testenv.MustProxy(t, "127.0.0.1:5672")
+	// The sweep reaches PostgreSQL and RabbitMQ (the servers the tests use) through
+	// proxies it can lose.
 	cfg, err := pgxpool.ParseConfig(env.d.URL)
 	require.NoError(t, err)
+	pgProxy := testenv.MustProxy(t, net.JoinHostPort(cfg.ConnConfig.Host, strconv.Itoa(int(cfg.ConnConfig.Port))))
 	host, port, err := net.SplitHostPort(pgProxy.Addr())
 	require.NoError(t, err)
 	cfg.ConnConfig.Host = host
@@ -285,7 +277,11 @@ func TestSweepPassFailsWhileADependencyIsDown(t *testing.T) {
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	require.NoError(t, err)
 	t.Cleanup(pool.Close)
-	bc := broker.Dial("amqp://guest:guest@"+amqpProxy.Addr()+"/", testenv.Logger(t))
+	amqpURL, err := url.Parse(env.a.URL)
+	require.NoError(t, err)
+	amqpProxy := testenv.MustProxy(t, amqpURL.Host)
+	amqpURL.Host = amqpProxy.Addr()
+	bc := broker.Dial(amqpURL.String(), testenv.Logger(t))
 	t.Cleanup(func() { bc.Close() })
 	sweep := &projections.Sweep{Pool: pool, Broker: bc, Runners: []*projections.Runner{runner},
 		Interval: time.Hour, Grace: 10 * time.Millisecond, BrokerWait: 500 * time.Millisecond, Logger: testenv.Logger(t)}
@@ -343,4 +339,15 @@ func TestSweepPassFailsWhileADependencyIsDown(t *testing.T) {
 		}
 		return err
 	})
+}
+
+// relayFrames runs a relay, with frames, for the test's exchange until the test ends; it
+// declares the recorded layout's queues of runner, as serve's does.
+func (env *groupEnv) relayFrames(runner *projections.Runner) {
+	relay, err := eventstore.NewRelay(env.d.Pool, env.conn, eventstore.RelayConfig{Exchange: env.a.Exchange, Frames: true,
+		Declare: func(ctx context.Context, ch *amqp.Channel) error {
+			return projections.DeclareLayouts(ctx, env.d.Pool, ch, []*projections.Runner{runner})
+		}, Logger: testenv.Logger(env.t)})
+	require.NoError(env.t, err)
+	env.t.Cleanup(run(relay.Run))
 }
