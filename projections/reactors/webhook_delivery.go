@@ -2,6 +2,7 @@ package reactors
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/hmac"
 	"crypto/sha256"
@@ -74,6 +75,7 @@ type claimedDelivery struct {
 	eventType               string
 	payload                 []byte
 	attempt                 int
+	position                int64          // in the log: calls start in this order
 	target                  *webhookTarget // nil: the subscription was deleted meanwhile
 }
 
@@ -144,14 +146,24 @@ func (d *WebhookDeliverer) Deliver(ctx context.Context) error {
 // The ORDER BY ... LIMIT is read off the due index, which has both sort keys. The
 // subscription is checked by a subquery per row, not a join: a join's estimate (with a
 // small webhooks table that autovacuum never analyzes, one row) made PostgreSQL expect a
-// few dozen due rows in all, and sort the whole backlog for every claim. The leased rows
-// are updated and their deliveries read by key, one index lookup each (= ANY, and a
-// lateral subquery that OFFSET 0 keeps from becoming a join): joins were planned as
-// scans of the whole queue, or of every delivery kept.
+// few dozen due rows in all, and sort the whole backlog for every claim. The rows locked
+// are updated where they are (by ctid: a TID scan, no index lookup), and their
+// deliveries read by key (a lateral subquery that OFFSET 0 keeps from becoming a join):
+// joins were planned as scans of the whole queue, or of every delivery kept. A row that
+// another transaction changed after this statement's snapshot is not at the ctid the
+// snapshot sees, so it is not updated, not returned, and is claimed by a later claim.
+// The claims are sorted by their log position here, not by the statement: PostgreSQL
+// sorted the rows with their payloads.
+//
+// The plan is generic (plan_cache_mode, for this transaction only): the parameters do
+// not change its shape, and a custom plan took a tenth of the claim's time to make at
+// every claim (BENCHMARKS.md).
 func (d *WebhookDeliverer) claim(ctx context.Context, n int) ([]claimedDelivery, error) {
 	lease := d.Timeout + webhookLeaseMargin
-	rows, err := d.Pool.Query(ctx, `WITH due AS (
-			SELECT q.delivery_id FROM webhook_queue q
+	b := &pgx.Batch{}
+	b.Queue(`SELECT set_config('plan_cache_mode', 'force_generic_plan', true)`)
+	b.Queue(`WITH due AS (
+			SELECT q.ctid FROM webhook_queue q
 			WHERE q.next_attempt_at <= now() AND (q.leased_until IS NULL OR q.leased_until <= now())
 			  AND (SELECT w.status = 'active' AND w.consecutive_failures < $3 FROM webhooks w WHERE w.id = q.webhook_id)
 			  AND NOT EXISTS (SELECT 1 FROM webhook_queue p
@@ -161,23 +173,16 @@ func (d *WebhookDeliverer) claim(ctx context.Context, n int) ([]claimedDelivery,
 			FOR UPDATE OF q SKIP LOCKED),
 		leased AS (
 			UPDATE webhook_queue q SET attempts = q.attempts + 1, leased_until = now() + $2::interval
-			WHERE q.delivery_id = ANY (ARRAY(SELECT delivery_id FROM due))
+			WHERE q.ctid = ANY (ARRAY(SELECT ctid FROM due))
 			RETURNING q.delivery_id, q.attempts, q.position)
-		SELECT d.id, d.webhook_id, d.organization_id, d.event_id, d.event_type, d.payload, l.attempts
-		FROM leased l, LATERAL (SELECT * FROM webhook_deliveries d WHERE d.id = l.delivery_id OFFSET 0) d
-		ORDER BY l.position`,
+		SELECT d.id, d.webhook_id, d.organization_id, d.event_id, d.event_type, d.payload, l.attempts, l.position
+		FROM leased l, LATERAL (SELECT * FROM webhook_deliveries d WHERE d.id = l.delivery_id OFFSET 0) d`,
 		n, lease, d.DisableAfter)
-	if err != nil {
-		return nil, err
-	}
-	claimed, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (claimedDelivery, error) {
-		var c claimedDelivery
-		err := r.Scan(&c.id, &c.webhook, &c.org, &c.event, &c.eventType, &c.payload, &c.attempt)
-		return c, err
-	})
+	claimed, err := leaseBatch(d.Pool.SendBatch(ctx, b))
 	if err != nil || len(claimed) == 0 {
 		return nil, err
 	}
+	slices.SortFunc(claimed, func(a, b claimedDelivery) int { return cmp.Compare(a.position, b.position) })
 	targets, err := d.targets(ctx, claimed)
 	if err != nil {
 		return nil, err // the leases expire and the deliveries come back
@@ -188,6 +193,28 @@ func (d *WebhookDeliverer) claim(ctx context.Context, n int) ([]claimedDelivery,
 		}
 	}
 	return claimed, nil
+}
+
+// leaseBatch reads the claim's rows and closes the batch, whose connection goes back to
+// the pool before the targets are read: a pool of one connection would wait for itself.
+func leaseBatch(br pgx.BatchResults) ([]claimedDelivery, error) {
+	defer br.Close()
+	if _, err := br.Exec(); err != nil {
+		return nil, err
+	}
+	rows, err := br.Query()
+	if err != nil {
+		return nil, err
+	}
+	claimed, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (claimedDelivery, error) {
+		var c claimedDelivery
+		err := r.Scan(&c.id, &c.webhook, &c.org, &c.event, &c.eventType, &c.payload, &c.attempt, &c.position)
+		return c, err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return claimed, br.Close()
 }
 
 func (d *WebhookDeliverer) targets(ctx context.Context, claimed []claimedDelivery) (map[uuid.UUID]webhookTarget, error) {
