@@ -10,6 +10,7 @@ import (
 
 	"github.com/chatbotsaas/chatbotd/events"
 	"github.com/chatbotsaas/chatbotd/internal/bounded"
+	"github.com/chatbotsaas/chatbotd/internal/db"
 	"github.com/chatbotsaas/chatbotd/internal/readmodel"
 )
 
@@ -130,6 +131,12 @@ func writeDeliveries(ctx context.Context, tx pgx.Tx, envs []events.Envelope) err
 		matches func(string) bool
 	}
 	subs := map[uuid.UUID][]sub{}
+	// A generic plan (db.GenericPlans), for this query only: it runs at every batch, and
+	// PostgreSQL planned it again each time. In a pipelined transaction the two Execs
+	// around it cost no round trip of their own.
+	if _, err := tx.Exec(ctx, db.GenericPlans); err != nil {
+		return err
+	}
 	rows, err := tx.Query(ctx, `SELECT id, organization_id, events FROM webhooks
 		WHERE organization_id = ANY($1) AND status = 'active' ORDER BY created_at, id`, orgs)
 	if err != nil {
@@ -145,7 +152,10 @@ func writeDeliveries(ctx context.Context, tx pgx.Tx, envs []events.Envelope) err
 		subs[org] = append(subs[org], sub{id, topicMatcher(patterns)})
 	}
 	rows.Close()
-	if err := rows.Err(); err != nil || len(subs) == 0 {
+	if err := rows.Err(); err != nil {
+		return err
+	}
+	if _, err := tx.Exec(ctx, db.DefaultPlans); err != nil || len(subs) == 0 {
 		return err
 	}
 	var (

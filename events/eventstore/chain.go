@@ -119,6 +119,8 @@ func (c *Chainer) Step(ctx context.Context) (n int, err error) {
 		hash []byte
 	}
 	heads := make(map[uuid.UUID]head, len(ids))
+	// Planned once per connection, like every statement after ReadCommitted in this
+	// transaction (generic plans: see db.GenericPlans).
 	rows, err := tx.Query(ctx, `SELECT organization_id, seq, hash FROM audit_chain_heads WHERE organization_id = ANY($1)`, ids)
 	if err != nil {
 		return 0, db.Classify(err)

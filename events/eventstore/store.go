@@ -457,6 +457,32 @@ type Checkpoint struct {
 // transactions that are older than every transaction still running, so that no event
 // can later appear before the last one returned. It also returns the checkpoint of the
 // last event returned (cp when none).
-func ReadCommitted(ctx context.Context, q Querier, cp Checkpoint, limit int) ([]events.Envelope, Checkpoint, error) {
-	return ReadHistory(ctx, q, HistoryFilter{}, cp, limit)
+//
+// It is ReadHistory without a filter, run with a generic plan (db.QueryGeneric): the
+// relay and the chainer read at every batch, and the plan, an index scan in commit
+// order, does not depend on where they are. In a transaction, the generic plans stay in
+// force until it ends.
+func ReadCommitted(ctx context.Context, q db.Batcher, cp Checkpoint, limit int) ([]events.Envelope, Checkpoint, error) {
+	sql, args := historyQuery(HistoryFilter{}, cp, limit)
+	read, err := db.QueryGeneric(ctx, q, func(r pgx.CollectableRow) (committed, error) {
+		var c committed
+		var err error
+		c.e, err = scanEnvelope(r, &c.txid)
+		return c, err
+	}, sql, args...)
+	if err != nil {
+		return nil, cp, db.Classify(err)
+	}
+	out := make([]events.Envelope, len(read))
+	for i, c := range read {
+		out[i] = c.e
+		cp = Checkpoint{TransactionID: uint64(c.txid), Position: c.e.Position}
+	}
+	return out, cp, nil
+}
+
+// committed is an event read in commit order, with its transaction id.
+type committed struct {
+	e    events.Envelope
+	txid int64
 }

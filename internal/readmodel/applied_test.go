@@ -161,6 +161,17 @@ func (c *countingQuerier) Query(ctx context.Context, sql string, args ...any) (p
 	return c.Pool.Query(ctx, sql, args...)
 }
 
+// SendBatch counts a batch (the check's query with its generic plan) as one query, and
+// fails it as Query does.
+func (c *countingQuerier) SendBatch(ctx context.Context, b *pgx.Batch) pgx.BatchResults {
+	c.n.Add(1)
+	if c.failQuery {
+		b = &pgx.Batch{}
+		b.Queue(`SELECT 1 / 0`) // the check's query failed
+	}
+	return c.Pool.SendBatch(ctx, b)
+}
+
 // waitsOnStreams starts a wait for version 1 of each of n new streams of chatbots, read
 // through q, and returns the streams and the waits once each has made its first look.
 func waitsOnStreams(t *testing.T, a *readmodel.Applied, q *countingQuerier, n int) ([]uuid.UUID, []<-chan waited) {

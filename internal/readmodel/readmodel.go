@@ -13,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/chatbotsaas/chatbotd/internal/cache"
+	"github.com/chatbotsaas/chatbotd/internal/db"
 )
 
 // Querier is a pool, a connection or a transaction.
@@ -127,24 +128,40 @@ func AppliedVersion(ctx context.Context, q Querier, projection string, stream uu
 // projection has not seen is left out. One index lookup per stream, whatever the
 // statistics say (the lateral subquery, kept from flattening by OFFSET 0): "stream_id =
 // ANY($2)" can be planned as a scan of every stream of the projection.
+//
+// It runs at every notification that a projection moved on while reads wait for it, with
+// a generic plan when q can send a batch (db.QueryGeneric): PostgreSQL planned it again
+// each time.
 func appliedVersions(ctx context.Context, q Querier, projection string, streams []uuid.UUID) (map[uuid.UUID]int, error) {
-	rows, err := q.Query(ctx, `SELECT ps.stream_id, ps.version FROM unnest($2::uuid[]) AS s(id),
-		LATERAL (SELECT stream_id, version FROM projection_streams WHERE projection = $1 AND stream_id = s.id OFFSET 0) AS ps`,
-		projection, streams)
+	const sql = `SELECT ps.stream_id, ps.version FROM unnest($2::uuid[]) AS s(id),
+		LATERAL (SELECT stream_id, version FROM projection_streams WHERE projection = $1 AND stream_id = s.id OFFSET 0) AS ps`
+	type applied struct {
+		stream  uuid.UUID
+		version int
+	}
+	scan := func(r pgx.CollectableRow) (applied, error) {
+		var a applied
+		err := r.Scan(&a.stream, &a.version)
+		return a, err
+	}
+	var found []applied
+	var err error
+	if b, ok := q.(db.Batcher); ok {
+		found, err = db.QueryGeneric(ctx, b, scan, sql, projection, streams)
+	} else {
+		var rows pgx.Rows
+		if rows, err = q.Query(ctx, sql, projection, streams); err == nil {
+			found, err = pgx.CollectRows(rows, scan)
+		}
+	}
 	if err != nil {
 		return nil, err
 	}
-	defer rows.Close()
-	out := make(map[uuid.UUID]int, len(streams))
-	for rows.Next() {
-		var s uuid.UUID
-		var v int
-		if err := rows.Scan(&s, &v); err != nil {
-			return nil, err
-		}
-		out[s] = v
+	out := make(map[uuid.UUID]int, len(found))
+	for _, a := range found {
+		out[a.stream] = a.version
 	}
-	return out, rows.Err()
+	return out, nil
 }
 
 // UserEntry is a user's cache entry as of the read model now: the user's JSON, or a

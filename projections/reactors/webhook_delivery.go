@@ -23,6 +23,7 @@ import (
 
 	"github.com/chatbotsaas/chatbotd/events"
 	"github.com/chatbotsaas/chatbotd/events/eventstore"
+	"github.com/chatbotsaas/chatbotd/internal/db"
 	"github.com/chatbotsaas/chatbotd/internal/metrics"
 	"github.com/chatbotsaas/chatbotd/internal/readmodel"
 	"github.com/chatbotsaas/chatbotd/internal/retry"
@@ -155,14 +156,15 @@ func (d *WebhookDeliverer) Deliver(ctx context.Context) error {
 // The claims are sorted by their log position here, not by the statement: PostgreSQL
 // sorted the rows with their payloads.
 //
-// The plan is generic (plan_cache_mode, for this transaction only): the parameters do
-// not change its shape, and a custom plan took a tenth of the claim's time to make at
-// every claim (BENCHMARKS.md).
+// The plan is generic (db.QueryGeneric): the parameters do not change its shape, and a
+// custom plan took a tenth of the claim's time to make at every claim (BENCHMARKS.md).
 func (d *WebhookDeliverer) claim(ctx context.Context, n int) ([]claimedDelivery, error) {
 	lease := d.Timeout + webhookLeaseMargin
-	b := &pgx.Batch{}
-	b.Queue(`SELECT set_config('plan_cache_mode', 'force_generic_plan', true)`)
-	b.Queue(`WITH due AS (
+	claimed, err := db.QueryGeneric(ctx, d.Pool, func(r pgx.CollectableRow) (claimedDelivery, error) {
+		var c claimedDelivery
+		err := r.Scan(&c.id, &c.webhook, &c.org, &c.event, &c.eventType, &c.payload, &c.attempt, &c.position)
+		return c, err
+	}, `WITH due AS (
 			SELECT q.ctid FROM webhook_queue q
 			WHERE q.next_attempt_at <= now() AND (q.leased_until IS NULL OR q.leased_until <= now())
 			  AND (SELECT w.status = 'active' AND w.consecutive_failures < $3 FROM webhooks w WHERE w.id = q.webhook_id)
@@ -178,7 +180,6 @@ func (d *WebhookDeliverer) claim(ctx context.Context, n int) ([]claimedDelivery,
 		SELECT d.id, d.webhook_id, d.organization_id, d.event_id, d.event_type, d.payload, l.attempts, l.position
 		FROM leased l, LATERAL (SELECT * FROM webhook_deliveries d WHERE d.id = l.delivery_id OFFSET 0) d`,
 		n, lease, d.DisableAfter)
-	claimed, err := leaseBatch(d.Pool.SendBatch(ctx, b))
 	if err != nil || len(claimed) == 0 {
 		return nil, err
 	}
@@ -193,28 +194,6 @@ func (d *WebhookDeliverer) claim(ctx context.Context, n int) ([]claimedDelivery,
 		}
 	}
 	return claimed, nil
-}
-
-// leaseBatch reads the claim's rows and closes the batch, whose connection goes back to
-// the pool before the targets are read: a pool of one connection would wait for itself.
-func leaseBatch(br pgx.BatchResults) ([]claimedDelivery, error) {
-	defer br.Close()
-	if _, err := br.Exec(); err != nil {
-		return nil, err
-	}
-	rows, err := br.Query()
-	if err != nil {
-		return nil, err
-	}
-	claimed, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (claimedDelivery, error) {
-		var c claimedDelivery
-		err := r.Scan(&c.id, &c.webhook, &c.org, &c.event, &c.eventType, &c.payload, &c.attempt, &c.position)
-		return c, err
-	})
-	if err != nil {
-		return nil, err
-	}
-	return claimed, br.Close()
 }
 
 func (d *WebhookDeliverer) targets(ctx context.Context, claimed []claimedDelivery) (map[uuid.UUID]webhookTarget, error) {
