@@ -102,12 +102,14 @@ func TestRunnerNamesTheWorkABatchWrote(t *testing.T) {
 	assert.Contains(t, names, readmodel.WebhooksProjection, "the consistency waits are told")
 	assert.NotContains(t, names, readmodel.DeliveriesWork, "a batch that wrote no delivery wakes no deliverer")
 
+	// A batch that writes a delivery names the deliverer's work. Which notification is
+	// that batch's is not known: the subscription's batch may be applied on its own, and
+	// a batch's names may come in two notifications (the notifier can send the
+	// projection's name before the runtime adds the work's). So the test waits for the
+	// work's name: when no batch names it, next fails after 15 s without a notification.
 	appendOne(events.StreamWebhook, events.WebhookCreated{URL: "https://example.com/hook", Events: []string{"chatbot.*"}})
 	appendOne(events.StreamChatbot, bot)
 	for names = next(); !slices.Contains(names, readmodel.DeliveriesWork); names = next() {
-		var deliveries int
-		require.NoError(t, d.Pool.QueryRow(ctx, `SELECT count(*) FROM webhook_deliveries`).Scan(&deliveries))
-		require.Zero(t, deliveries, "a delivery was written, and its batch's notification did not say so: %v", names)
 	}
 	var deliveries int
 	require.NoError(t, d.Pool.QueryRow(ctx, `SELECT count(*) FROM webhook_deliveries`).Scan(&deliveries))
