@@ -36,14 +36,18 @@ func NewAppliedNotifier(pool *pgxpool.Pool, logger *slog.Logger) *AppliedNotifie
 	return &AppliedNotifier{pool: pool, logger: logger, pending: map[string]bool{}, kick: make(chan struct{}, 1)}
 }
 
-// Applied records that projection committed a batch, or that a committed batch wrote
-// work for the worker waiting on a work name (NoteWork); it never blocks.
-func (n *AppliedNotifier) Applied(projection string) {
-	if n == nil {
+// Applied records that projections committed a batch, and the work names of the workers
+// it wrote rows for (NoteWork); it never blocks. A batch's names are given in one call,
+// so that they go out in one notification: given one at a time, Run could send the first
+// before the others were recorded, one NOTIFY (and one wake-up of every listener) each.
+func (n *AppliedNotifier) Applied(names ...string) {
+	if n == nil || len(names) == 0 {
 		return
 	}
 	n.mu.Lock()
-	n.pending[projection] = true
+	for _, name := range names {
+		n.pending[name] = true
+	}
 	n.mu.Unlock()
 	select {
 	case n.kick <- struct{}{}:

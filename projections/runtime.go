@@ -764,19 +764,18 @@ func (r *Runner) applyBatch(ctx context.Context, shares []share, envs []events.E
 		}
 	}
 	took := time.Since(start)
+	notified := make([]string, 0, len(shares)+len(work.names))
 	for i, sh := range shares {
 		if len(sh.idx) == 0 {
 			continue
 		}
 		r.cfg.Metrics.Applied(sh.p.Name(), len(each[i]), took)
 		if len(each[i]) > 0 {
-			r.cfg.Applied.Applied(sh.p.Name())
+			notified = append(notified, sh.p.Name())
 		}
 		r.trace(ctx, sh.p, each[i])
 	}
-	for _, name := range work.names {
-		r.cfg.Applied.Applied(name)
-	}
+	r.cfg.Applied.Applied(append(notified, work.names...)...)
 	return nil
 }
 
