@@ -131,16 +131,38 @@ func ReadHistory(ctx context.Context, q Querier, f HistoryFilter, cp Checkpoint,
 	if err != nil {
 		return nil, cp, db.Classify(err)
 	}
-	defer rows.Close()
-	var out []events.Envelope
-	for rows.Next() {
-		var txid int64
-		e, err := scanEnvelope(rows, &txid)
-		if err != nil {
-			return nil, cp, err
-		}
-		out = append(out, e)
-		cp = Checkpoint{TransactionID: uint64(txid), Position: e.Position}
+	read, err := pgx.CollectRows(rows, scanCommitted)
+	if err != nil {
+		return nil, cp, db.Classify(err)
 	}
-	return out, cp, db.Classify(rows.Err())
+	out, next := inCommitOrder(read, cp)
+	return out, next, nil
+}
+
+// committed is an event read in commit order, with its transaction id.
+type committed struct {
+	e    events.Envelope
+	txid int64
+}
+
+// scanCommitted scans a row of historyQuery.
+func scanCommitted(r pgx.CollectableRow) (committed, error) {
+	var c committed
+	var err error
+	c.e, err = scanEnvelope(r, &c.txid)
+	return c, err
+}
+
+// inCommitOrder returns the events read, and the checkpoint of the last one (cp when
+// none were).
+func inCommitOrder(read []committed, cp Checkpoint) ([]events.Envelope, Checkpoint) {
+	var out []events.Envelope
+	if len(read) > 0 {
+		out = make([]events.Envelope, len(read))
+	}
+	for i, c := range read {
+		out[i] = c.e
+		cp = Checkpoint{TransactionID: uint64(c.txid), Position: c.e.Position}
+	}
+	return out, cp
 }

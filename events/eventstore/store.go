@@ -464,25 +464,10 @@ type Checkpoint struct {
 // force until it ends.
 func ReadCommitted(ctx context.Context, q db.Batcher, cp Checkpoint, limit int) ([]events.Envelope, Checkpoint, error) {
 	sql, args := historyQuery(HistoryFilter{}, cp, limit)
-	read, err := db.QueryGeneric(ctx, q, func(r pgx.CollectableRow) (committed, error) {
-		var c committed
-		var err error
-		c.e, err = scanEnvelope(r, &c.txid)
-		return c, err
-	}, sql, args...)
+	read, err := db.QueryGeneric(ctx, q, scanCommitted, sql, args...)
 	if err != nil {
 		return nil, cp, db.Classify(err)
 	}
-	out := make([]events.Envelope, len(read))
-	for i, c := range read {
-		out[i] = c.e
-		cp = Checkpoint{TransactionID: uint64(c.txid), Position: c.e.Position}
-	}
-	return out, cp, nil
-}
-
-// committed is an event read in commit order, with its transaction id.
-type committed struct {
-	e    events.Envelope
-	txid int64
+	out, next := inCommitOrder(read, cp)
+	return out, next, nil
 }
