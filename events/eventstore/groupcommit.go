@@ -193,15 +193,21 @@ func (s *Store) insertGroup(ctx context.Context, batch []*groupedAppend) ([]grou
 	// the transaction id; only the appends whose expected version holds are inserted, in
 	// the group's order (WITH ORDINALITY), so positions follow it.
 	//
-	// The statement runs on its generic plan, set for its transaction alone (the batch is
-	// one round trip and one implicit transaction; the setting takes no transaction id).
-	// Left to choose, PostgreSQL planned it anew at every call: its generic plan, costed
-	// for arrays of ten, looks dearer than the custom plans of groups of a few appends,
-	// though both are the same index lookups, and the planning was a third of the
-	// statement's time in the database (BENCHMARKS.md, fourteenth pass).
-	b := &pgx.Batch{}
-	b.Queue(`SELECT set_config('plan_cache_mode', 'force_generic_plan', true)`)
-	b.Queue(`
+	// The statement runs on its generic plan, set for its transaction alone
+	// (db.QueryGeneric: one round trip and one implicit transaction; the setting takes no
+	// transaction id). Left to choose, PostgreSQL planned it anew at every call: its
+	// generic plan, costed for arrays of ten, looks dearer than the custom plans of groups
+	// of a few appends, though both are the same index lookups, and the planning was a
+	// third of the statement's time in the database (BENCHMARKS.md, fourteenth pass).
+	type inserted struct {
+		id       uuid.UUID
+		position int64
+	}
+	rows, err := db.QueryGeneric(ctx, s.pool, func(r pgx.CollectableRow) (inserted, error) {
+		var in inserted
+		err := r.Scan(&in.id, &in.position)
+		return in, err
+	}, `
 		WITH ok AS (
 			SELECT c.stream_id FROM unnest($16::uuid[], $17::int[]) AS c(stream_id, expected)
 			WHERE coalesce((SELECT max(e.stream_version) FROM events e WHERE e.stream_id = c.stream_id), 0) = c.expected)
@@ -218,33 +224,15 @@ func (s *Store) insertGroup(ctx context.Context, batch []*groupedAppend) ([]grou
 		RETURNING id, position`,
 		ids, streamTypes, streamIDs, versions, types, schemas, orgs, actorTypes, actorIDs, corrs, causes, requests,
 		metas, datas, times, checkStreams, checkVersions)
-	br := s.pool.SendBatch(ctx, b)
-	defer br.Close()
-	if _, err := br.Exec(); err != nil {
-		return nil, err
-	}
-	rows, err := br.Query()
+	// The batch's end is its commit: rows come back only from a batch committed without
+	// an error.
 	if err != nil {
 		return nil, err
 	}
-	for rows.Next() {
-		var id uuid.UUID
-		var p int64
-		if err := rows.Scan(&id, &p); err != nil {
-			rows.Close()
-			return nil, err
-		}
-		r := &results[owner[id]]
+	for _, in := range rows {
+		r := &results[owner[in.id]]
 		r.alone = false
-		r.res.Position = max(r.res.Position, p)
-	}
-	rows.Close()
-	if err := rows.Err(); err != nil {
-		return nil, err
-	}
-	// The commit is the batch's end: only a batch closed without an error is committed.
-	if err := br.Close(); err != nil {
-		return nil, err
+		r.res.Position = max(r.res.Position, in.position)
 	}
 	return results, nil
 }

@@ -12,10 +12,10 @@ import (
 // for the values it is given (a custom plan, made at every execution) or once for any
 // values (a generic plan, kept). It keeps making custom plans for as long as the generic
 // plan's estimated cost is higher, which is the case for "= ANY($1)" (the generic plan
-// assumes ten elements) and for a LIMIT taken as a parameter: the relay's read, the
-// webhooks projector's subscriptions and the chain's heads were planned again at every
-// batch, 0.1 to 0.6 ms each, though their plan is the same whatever the values (by key,
-// or in index order). Statements whose best plan does depend on the values (a search,
+// assumes ten elements) and for a LIMIT taken as a parameter: the group commit's insert,
+// the relay's read, the webhooks projector's subscriptions and the chain's heads were
+// planned again at every batch, 0.1 to 0.6 ms each, though their plan is the same
+// whatever the values (by key, or in index order). Statements whose best plan does depend on the values (a search,
 // a time range over partitions) must not run in this mode.
 
 // GenericPlans makes the statements after it in its transaction (an explicit one, or a
