@@ -34,6 +34,9 @@ import (
 // (readmodel.AppliedChannel, projections.NoteWork), never from a NOTIFY inside the
 // projector's transaction, which would take PostgreSQL's global notification lock at
 // each of its commits.
+// claimTimeout bounds a claim, which shutdown waits for.
+const claimTimeout = 10 * time.Second
+
 type outbox[J, O any] struct {
 	name    string
 	pool    *pgxpool.Pool
@@ -144,7 +147,14 @@ func (o outbox[J, O]) run(ctx context.Context) {
 			n := 2*depth - len(ready)
 			go func() {
 				start := time.Now()
-				jobs, err := o.claim(ctx, n)
+				// Not cut short when ctx ends, but bounded: the database runs a claim it was
+				// sent even when the client has given up on it, so a claim cut short could
+				// lease rows after run has returned, and they would wait for their lease to
+				// run out (the contract test caught a row added after a worker stopped in
+				// that state). run waits for it instead; what it leased keeps its lease.
+				cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), claimTimeout)
+				jobs, err := o.claim(cctx, n)
+				cancel()
 				claims <- claimResult{jobs: jobs, err: err, took: time.Since(start)}
 			}()
 		}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -288,4 +289,41 @@ func TestWebhookPruneDeletesOldDeliveriesWithTheirAttempts(t *testing.T) {
 	deliveries, attempts = count(kept)
 	assert.Equal(t, 2, deliveries, "recent and pending deliveries kept")
 	assert.Equal(t, 2, attempts)
+}
+
+// A claim in flight when the worker stops is not cut short: the database would run it
+// anyway, and could lease rows after the worker has returned (they would then wait for
+// their lease to run out). The worker returns once the claim has.
+func TestOutboxWaitsForAClaimInFlightAtShutdown(t *testing.T) {
+	d := testenv.MustDatabase(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	started, release := make(chan struct{}), make(chan struct{})
+	var claimCtxErr atomic.Value
+	o := outbox[int, int]{name: "test", pool: d.Pool, work: "work:test", nextDue: `SELECT NULL::timestamptz`, workers: 1,
+		hold: time.Minute, logger: slog.New(slog.DiscardHandler),
+		claim: func(cctx context.Context, _ int) ([]int, error) {
+			close(started)
+			<-release
+			claimCtxErr.Store(fmt.Sprint(cctx.Err()))
+			return nil, nil
+		},
+		call:   func(context.Context, int) int { return 0 },
+		record: func(context.Context, []int) error { return nil }}
+	done := make(chan struct{})
+	go func() { o.run(ctx); close(done) }()
+	<-started
+	cancel()
+	select {
+	case <-done:
+		t.Fatal("the worker returned while its claim was in flight")
+	case <-time.After(200 * time.Millisecond):
+	}
+	close(release)
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the worker did not return once its claim had")
+	}
+	assert.Equal(t, "<nil>", claimCtxErr.Load(), "the claim's context outlived the worker's")
 }
