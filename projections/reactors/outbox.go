@@ -27,7 +27,8 @@ import (
 // Failures follow the queue runtimes' rules: a claim that fails (the database is down)
 // is retried with retry.Backoff and nothing is given up; a call still running when ctx
 // ends is waited for and not recorded, so its lease expires and the next process makes
-// it again (at least once: receivers dedupe by the event id). When nothing is due the
+// it again (at least once: receivers dedupe by the event id). A claim still running is
+// waited for too (at most claimTimeout), and what it leased keeps its lease. When nothing is due the
 // loop sleeps until the next scheduled row (nextDue, a query of one nullable
 // timestamptz), at most 5 s, or until a batch that wrote it rows commits: it learns
 // that from the runtime's notification after the commit, which names its work
