@@ -14,6 +14,9 @@ import (
 	"github.com/chatbotsaas/chatbotd/internal/retry"
 )
 
+// claimTimeout bounds a claim, which shutdown waits for.
+const claimTimeout = 10 * time.Second
+
 // outbox is the one runtime of the reactors that work off rows a projector writes
 // (webhook deliveries, emails). It is a pipeline over leases:
 //
@@ -28,16 +31,13 @@ import (
 // is retried with retry.Backoff and nothing is given up; a call still running when ctx
 // ends is waited for and not recorded, so its lease expires and the next process makes
 // it again (at least once: receivers dedupe by the event id). A claim still running is
-// waited for too (at most claimTimeout), and what it leased keeps its lease. When nothing is due the
-// loop sleeps until the next scheduled row (nextDue, a query of one nullable
-// timestamptz), at most 5 s, or until a batch that wrote it rows commits: it learns
-// that from the runtime's notification after the commit, which names its work
+// waited for too (at most claimTimeout), and what it leased keeps its lease. When
+// nothing is due the loop sleeps until the next scheduled row (nextDue, a query of one
+// nullable timestamptz), at most 5 s, or until a batch that wrote it rows commits: it
+// learns that from the runtime's notification after the commit, which names its work
 // (readmodel.AppliedChannel, projections.NoteWork), never from a NOTIFY inside the
 // projector's transaction, which would take PostgreSQL's global notification lock at
 // each of its commits.
-// claimTimeout bounds a claim, which shutdown waits for.
-const claimTimeout = 10 * time.Second
-
 type outbox[J, O any] struct {
 	name    string
 	pool    *pgxpool.Pool
