@@ -48,18 +48,25 @@ type Applied struct {
 
 	mu   sync.Mutex
 	live bool
-	// waiting holds the waiters of each projection, by the Querier they read with.
+	// waiting holds the waiters of each projection, by the WaitQuerier they read with.
 	waiting map[waitKey]*waiters
+}
+
+// WaitQuerier is what waits read with: a pool, a connection or a transaction, which can
+// also send a batch (the check's generic plan: appliedVersions).
+type WaitQuerier interface {
+	Querier
+	db.Batcher
 }
 
 // waitKey groups waiters that one query can serve. q must be comparable, as pools,
 // connections and transactions are (pointers).
 type waitKey struct {
 	projection string
-	q          Querier
+	q          WaitQuerier
 }
 
-// waiters are the waits of one projection and Querier; checking says a check of them is
+// waiters are the waits of one projection and WaitQuerier; checking says a check of them is
 // running, again that a notification came meanwhile and they are to be checked once more.
 type waiters struct {
 	set             map[*waiter]struct{}
@@ -197,7 +204,7 @@ func (a *Applied) check(key waitKey, ws *waiters) {
 
 // register adds a wait for projection's stream to reach version, read with q, to those
 // the next notification checks; nil while notifications are not live.
-func (a *Applied) register(q Querier, projection string, stream uuid.UUID, version int) *waiter {
+func (a *Applied) register(q WaitQuerier, projection string, stream uuid.UUID, version int) *waiter {
 	if a == nil {
 		return nil
 	}
@@ -218,7 +225,7 @@ func (a *Applied) register(q Querier, projection string, stream uuid.UUID, versi
 }
 
 // unregister removes w (nil, or removed already: nothing).
-func (a *Applied) unregister(q Querier, projection string, w *waiter) {
+func (a *Applied) unregister(q WaitQuerier, projection string, w *waiter) {
 	if w == nil {
 		return
 	}
@@ -235,7 +242,7 @@ func (a *Applied) unregister(q Querier, projection string, w *waiter) {
 
 // WaitApplied waits until projection has applied stream up to version, or ctx ends. It
 // reports whether the version was reached. a may be nil: the wait then polls.
-func (a *Applied) WaitApplied(ctx context.Context, q Querier, projection string, stream uuid.UUID, version int) (bool, error) {
+func (a *Applied) WaitApplied(ctx context.Context, q WaitQuerier, projection string, stream uuid.UUID, version int) (bool, error) {
 	delay := 2 * time.Millisecond
 	for {
 		// Registered before the look, so that a batch committed after the look is checked.

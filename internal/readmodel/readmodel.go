@@ -130,9 +130,8 @@ func AppliedVersion(ctx context.Context, q Querier, projection string, stream uu
 // ANY($2)" can be planned as a scan of every stream of the projection.
 //
 // It runs at every notification that a projection moved on while reads wait for it, with
-// a generic plan when q can send a batch (db.QueryGeneric): PostgreSQL planned it again
-// each time.
-func appliedVersions(ctx context.Context, q Querier, projection string, streams []uuid.UUID) (map[uuid.UUID]int, error) {
+// a generic plan (db.QueryGeneric): PostgreSQL planned it again each time.
+func appliedVersions(ctx context.Context, q WaitQuerier, projection string, streams []uuid.UUID) (map[uuid.UUID]int, error) {
 	const sql = `SELECT ps.stream_id, ps.version FROM unnest($2::uuid[]) AS s(id),
 		LATERAL (SELECT stream_id, version FROM projection_streams WHERE projection = $1 AND stream_id = s.id OFFSET 0) AS ps`
 	type applied struct {
@@ -144,16 +143,7 @@ func appliedVersions(ctx context.Context, q Querier, projection string, streams 
 		err := r.Scan(&a.stream, &a.version)
 		return a, err
 	}
-	var found []applied
-	var err error
-	if b, ok := q.(db.Batcher); ok {
-		found, err = db.QueryGeneric(ctx, b, scan, sql, projection, streams)
-	} else {
-		var rows pgx.Rows
-		if rows, err = q.Query(ctx, sql, projection, streams); err == nil {
-			found, err = pgx.CollectRows(rows, scan)
-		}
-	}
+	found, err := db.QueryGeneric(ctx, q, scan, sql, projection, streams)
 	if err != nil {
 		return nil, err
 	}
