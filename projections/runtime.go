@@ -763,13 +763,16 @@ func (r *Runner) applyBatch(ctx context.Context, shares []share, envs []events.E
 			return err
 		}
 	}
-	took := time.Since(start)
+	now := time.Now()
+	took := now.Sub(start)
 	notified := make([]string, 0, len(shares)+len(work.names))
 	for i, sh := range shares {
 		if len(sh.idx) == 0 {
 			continue
 		}
 		r.cfg.Metrics.Applied(sh.p.Name(), len(each[i]), took)
+		applied := each[i]
+		r.cfg.Metrics.AppliedAges(sh.p.Name(), now, len(applied), func(j int) time.Time { return applied[j].OccurredAt })
 		if len(each[i]) > 0 {
 			notified = append(notified, sh.p.Name())
 		}

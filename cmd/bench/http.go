@@ -1,14 +1,17 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
 	"io"
+	"math"
 	"net/http"
 	"os"
 	"os/exec"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -434,6 +437,16 @@ func readModelAt(ctx context.Context, o options, rate float64) error {
 	over := func(le string) float64 { return rb - delta(fmt.Sprintf(confirms, `bucket{le="`+le+`"}`)) }
 	fmt.Printf("relay batches: %.0f, %.1f events a batch, confirmed in %.2f ms on average; after more than 100 ms: %.0f, 250 ms: %.0f, 500 ms: %.0f\n",
 		rb, delta("chatbotd_relay_published_total")/rb, 1000*delta(fmt.Sprintf(confirms, "sum"))/rb, over("0.1"), over("0.25"), over("0.5"))
+	// Where the 2xx → read model time goes: each event's age (from its append) when the
+	// relay read it, when the broker confirmed it, and when the chatbots projector's batch
+	// that applied it committed; the rest is the waiting read's wake-up and answer.
+	age := func(h, labels string, q float64) string {
+		return ms(histogramQuantile(before, after, h, labels, q))
+	}
+	fmt.Printf("event ages p50/p99: relay read %s/%s, confirmed %s/%s, chatbots applied %s/%s\n",
+		age("chatbotd_relay_event_age_seconds", `step="read"`, .5), age("chatbotd_relay_event_age_seconds", `step="read"`, .99),
+		age("chatbotd_relay_event_age_seconds", `step="confirmed"`, .5), age("chatbotd_relay_event_age_seconds", `step="confirmed"`, .99),
+		age("chatbotd_projector_event_age_seconds", `projector="chatbots"`, .5), age("chatbotd_projector_event_age_seconds", `projector="chatbots"`, .99))
 	fmt.Printf("cores: %s\n", formatShares(shares))
 	fmt.Printf("commands at %.0f/s for %s: sent %.0f/s, command p50 %s p99 %s; 2xx → read model p50 %s p99 %s, worst second's p99 %s (second %d)\n",
 		rate, 2*o.duration, cmd.rate, ms(cmd.p50), ms(cmd.p99), ms(read.p50), ms(read.p99), ms(read.worst), read.worstAt)
@@ -460,6 +473,41 @@ func (s *server) metrics() (map[string]float64, error) {
 		}
 	}
 	return out, nil
+}
+
+// histogramQuantile estimates quantile q of what histogram name (with labels, as the
+// exposition writes them before le) observed between two scrapes, interpolating within
+// the bucket as Prometheus's histogram_quantile does.
+func histogramQuantile(before, after map[string]float64, name, labels string, q float64) time.Duration {
+	type bucket struct{ le, count float64 }
+	var bs []bucket
+	prefix := name + "_bucket{" + labels + `,le="`
+	for k, v := range after {
+		le, ok := strings.CutPrefix(k, prefix)
+		if !ok {
+			continue
+		}
+		bound, err := strconv.ParseFloat(strings.TrimSuffix(le, `"}`), 64)
+		if err != nil {
+			continue
+		}
+		bs = append(bs, bucket{bound, v - before[k]})
+	}
+	slices.SortFunc(bs, func(a, b bucket) int { return cmp.Compare(a.le, b.le) })
+	if len(bs) == 0 || bs[len(bs)-1].count == 0 {
+		return 0
+	}
+	rank, lower, below := q*bs[len(bs)-1].count, 0.0, 0.0
+	for _, b := range bs {
+		if b.count >= rank {
+			if math.IsInf(b.le, 1) {
+				return time.Duration(lower * float64(time.Second))
+			}
+			return time.Duration((lower + (b.le-lower)*(rank-below)/(b.count-below)) * float64(time.Second))
+		}
+		lower, below = b.le, b.count
+	}
+	return 0
 }
 
 // trimTop keeps pprof's header and the first n rows.

@@ -224,6 +224,17 @@ func TestMetricsCountAKnownSequenceOfCommands(t *testing.T) {
 	assert.LessOrEqual(t, batches, published)
 	audited, _ := sample(m, "chatbotd_projector_events_applied_total", map[string]string{"projector": "audit"})
 	assert.GreaterOrEqual(t, audited, float64(logged), "the audit projector applies every event")
+	// Every event's age is observed where the relay read it, where its publish was
+	// confirmed, and where each projector that applied it committed; ages are positive.
+	read, _ := sample(m, "chatbotd_relay_event_age_seconds", map[string]string{"step": "read"})
+	assert.GreaterOrEqual(t, read, published)
+	confirmedAges, _ := sample(m, "chatbotd_relay_event_age_seconds", map[string]string{"step": "confirmed"})
+	assert.Equal(t, published, confirmedAges)
+	auditAges, _ := sample(m, "chatbotd_projector_event_age_seconds", map[string]string{"projector": "audit"})
+	assert.Equal(t, audited, auditAges)
+	for _, h := range m["chatbotd_projector_event_age_seconds"].GetMetric() {
+		assert.Positive(t, h.GetHistogram().GetSampleSum(), "ages of %v", h.GetLabel())
+	}
 	position, _ := sample(m, "chatbotd_projection_position", map[string]string{"projection": "audit"})
 	assert.Positive(t, position)
 	hits, _ := sample(m, "chatbotd_cache_requests_total", map[string]string{"result": "hit"})

@@ -241,6 +241,7 @@ func (r *Relay) lead(ctx context.Context) error {
 				return err
 			}
 			if len(batch) > 0 {
+				r.cfg.Metrics.RelayAges("read", time.Now(), len(batch), func(i int) time.Time { return batch[i].OccurredAt })
 				messages, err := pub.send(ctx, batch)
 				if err != nil {
 					return err
@@ -366,12 +367,14 @@ func drainNotifications(ctx context.Context, conn *pgx.Conn) error {
 	return nil
 }
 
-// published counts a confirmed batch and how long its confirms took (as far as the relay
-// saw: a confirm that came while it read the next batch is seen after the read), and
-// traces each event at debug level, with its correlation id, so that one request can be
-// followed from the API to the projectors.
+// published counts a confirmed batch, how long its confirms took (as far as the relay
+// saw: a confirm that came while it read the next batch is seen after the read) and its
+// events' ages, and traces each event at debug level, with its correlation id, so that
+// one request can be followed from the API to the projectors.
 func (r *Relay) published(ctx context.Context, b *inflight) {
-	r.cfg.Metrics.Published(len(b.batch), time.Since(b.sent))
+	now := time.Now()
+	r.cfg.Metrics.Published(len(b.batch), now.Sub(b.sent))
+	r.cfg.Metrics.RelayAges("confirmed", now, len(b.batch), func(i int) time.Time { return b.batch[i].OccurredAt })
 	if !r.cfg.Logger.Enabled(ctx, slog.LevelDebug) {
 		return
 	}

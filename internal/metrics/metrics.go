@@ -24,6 +24,8 @@ type Metrics struct {
 	appended       *prometheus.CounterVec
 	published      prometheus.Counter
 	confirmed      prometheus.Histogram
+	relayAge       *prometheus.HistogramVec
+	appliedAge     *prometheus.HistogramVec
 	applied        *prometheus.CounterVec
 	retries        *prometheus.CounterVec
 	deadLettered   *prometheus.CounterVec
@@ -59,6 +61,20 @@ func New() *Metrics {
 		Help:    "Time from the relay's publish of a batch until it has the broker's confirm of all of it (a quorum queue's replication and fsync).",
 		Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5},
 	})
+	// An event's age, from its append (occurred_at, the appending process's clock) to a
+	// step of the pipeline: where the freshness of the read models goes, step by step.
+	// Across hosts the clocks' skew is in it.
+	ages := []float64{.001, .002, .005, .01, .02, .03, .05, .075, .1, .15, .2, .3, .5, 1, 2.5, 5, 10, 30, 60, 300}
+	m.relayAge = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "chatbotd_relay_event_age_seconds",
+		Help:    "Time from an event's append until the relay read it from the log (step read) and until the broker confirmed its publish (step confirmed).",
+		Buckets: ages,
+	}, []string{"step"})
+	m.appliedAge = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "chatbotd_projector_event_age_seconds",
+		Help:    "Time from an event's append until the commit of the projector's batch that applied it.",
+		Buckets: ages,
+	}, []string{"projector"})
 	m.applied = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "chatbotd_projector_events_applied_total", Help: "Events a projector applied (duplicates skipped are not counted).",
 	}, []string{"projector"})
@@ -86,7 +102,7 @@ func New() *Metrics {
 	m.workerOutcomes = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "chatbotd_worker_outcomes_total", Help: "Side effects of workers (webhook deliveries, emails, bot replies) by outcome.",
 	}, []string{"worker", "outcome"})
-	for _, c := range []prometheus.Collector{m.httpDuration, m.commands, m.appended, m.published, m.confirmed, m.applied,
+	for _, c := range []prometheus.Collector{m.httpDuration, m.commands, m.appended, m.published, m.confirmed, m.relayAge, m.appliedAge, m.applied,
 		m.retries, m.deadLettered, m.foreign, m.redriven, m.batchDuration, m.cache, m.workerOutcomes} {
 		f(c)
 	}
@@ -141,6 +157,28 @@ func (m *Metrics) Published(n int, took time.Duration) {
 	if m != nil {
 		m.published.Add(float64(n))
 		m.confirmed.Observe(took.Seconds())
+	}
+}
+
+// RelayAges observes the age at now of n events the relay read (step "read") or had
+// confirmed (step "confirmed"); occurred gives the i-th event's append time.
+func (m *Metrics) RelayAges(step string, now time.Time, n int, occurred func(i int) time.Time) {
+	if m != nil {
+		observeAges(m.relayAge.WithLabelValues(step), now, n, occurred)
+	}
+}
+
+// AppliedAges observes the age at now, its batch's commit, of n events a projector
+// applied; occurred gives the i-th event's append time.
+func (m *Metrics) AppliedAges(projector string, now time.Time, n int, occurred func(i int) time.Time) {
+	if m != nil {
+		observeAges(m.appliedAge.WithLabelValues(projector), now, n, occurred)
+	}
+}
+
+func observeAges(h prometheus.Observer, now time.Time, n int, occurred func(i int) time.Time) {
+	for i := range n {
+		h.Observe(now.Sub(occurred(i)).Seconds())
 	}
 }
 
