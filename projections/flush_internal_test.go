@@ -13,6 +13,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/chatbotsaas/chatbotd/events"
+	"github.com/chatbotsaas/chatbotd/events/eventstore"
 	"github.com/chatbotsaas/chatbotd/internal/testenv"
 )
 
@@ -96,4 +97,73 @@ func TestDeferredFlushComesBeforeTheAcknowledgement(t *testing.T) {
 		assert.Equal(t, []string{"flush"}, *c.steps, "neither after-commit work nor acknowledgement without the flush")
 		s.close()
 	}
+}
+
+// holding stops in Apply, its batch's transaction open and written to, until released;
+// with appendIn set, Apply first tries to insert an event in the batch's transaction.
+type holding struct {
+	inside, release chan struct{}
+	appendIn        bool
+}
+
+func (*holding) Name() string       { return "holding" }
+func (*holding) Bindings() []string { return []string{"#"} }
+func (h *holding) Apply(ctx context.Context, tx pgx.Tx, e events.Envelope) error {
+	if h.appendIn {
+		_, err := tx.Exec(ctx, `INSERT INTO events (id, stream_type, stream_id, stream_version, type, schema_version,
+			organization_id, actor_type, data, occurred_at) VALUES ($1, 'user', $2, 1, 'user.created', 1, $3, 'system', '{}', now())`,
+			uuid.New(), uuid.New(), e.OrganizationID)
+		return err
+	}
+	close(h.inside)
+	<-h.release
+	return nil
+}
+
+// A batch of a runner with DeferFlush (serving's group) is marked as never appending:
+// the relay reads the appends that commit while it runs, where it waited for every
+// batch's commit before; and an append in such a batch fails. Without the flag, the
+// batch holds the relay back as any other transaction of the database.
+func TestDeferredBatchesDoNotHoldTheRelayBack(t *testing.T) {
+	ctx := context.Background()
+	d := testenv.MustDatabase(t)
+	store := eventstore.NewStore(d.Pool)
+	defer store.Close()
+	org := uuid.New()
+	var cp eventstore.Checkpoint
+	for _, deferred := range []bool{true, false} {
+		h := &holding{inside: make(chan struct{}), release: make(chan struct{})}
+		r, err := NewRunner(d.Pool, nil, h, Config{Exchange: "test", DeferFlush: deferred})
+		require.NoError(t, err)
+		envs := []events.Envelope{{ID: uuid.New(), Type: "user.updated", StreamType: events.StreamUser, StreamID: uuid.New(),
+			StreamVersion: 1, OrganizationID: &org, Position: 1}}
+		applied := make(chan error, 1)
+		go func() { applied <- r.applyBatch(ctx, r.shares(envs), envs) }()
+		<-h.inside
+		_, err = store.Append(ctx, eventstore.AppendRequest{StreamType: events.StreamUser, StreamID: uuid.New(), OrganizationID: &org,
+			Meta:   events.Meta{Actor: events.Actor{Type: events.ActorSystem}},
+			Events: []events.Event{events.UserCreated{Name: "Ada", Email: "ada@example.com", Roles: []string{"member"}, Status: "active"}}})
+		require.NoError(t, err)
+		batch, next, err := eventstore.ReadCommitted(ctx, d.Pool, cp, 100)
+		require.NoError(t, err)
+		if deferred {
+			assert.Len(t, batch, 1, "the append is read while the marked batch runs")
+		} else {
+			assert.Empty(t, batch, "an unmarked batch, older than the append, may still append before it")
+		}
+		close(h.release)
+		require.NoError(t, <-applied)
+		if batch, next, err = eventstore.ReadCommitted(ctx, d.Pool, next, 100); !deferred {
+			require.NoError(t, err)
+			assert.Len(t, batch, 1)
+		}
+		cp = next
+	}
+
+	h := &holding{appendIn: true}
+	r, err := NewRunner(d.Pool, nil, h, Config{Exchange: "test", DeferFlush: true})
+	require.NoError(t, err)
+	envs := []events.Envelope{{ID: uuid.New(), Type: "user.updated", StreamType: events.StreamUser, StreamID: uuid.New(),
+		StreamVersion: 1, OrganizationID: &org, Position: 2}}
+	assert.ErrorContains(t, r.applyBatch(ctx, r.shares(envs), envs), "never appending")
 }

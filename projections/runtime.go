@@ -88,7 +88,9 @@ type Config struct {
 	// applied meanwhile: the wait is the settler's, beside it. A crash of PostgreSQL
 	// may lose such a batch, whole; its messages were not acknowledged, so they come
 	// back and it is applied again. Never for a reactor: an event it appended could be
-	// published, then lost.
+	// published, then lost. Its batches are also marked as never appending
+	// (eventstore.NeverAppends): the relay does not wait for them to read the appends
+	// that began meanwhile, and a batch that tried to append would fail.
 	DeferFlush bool
 }
 
@@ -976,7 +978,8 @@ func (m *memberBatch) queuePrelude(b *pgx.Batch) {
 // A member that is not Pipelined writes straight to the transaction, after what the
 // members before it queued has been sent: each member sees every write of those before
 // it, as when each was applied on its own. named puts the member's name on its errors
-// (a group's); deferFlush commits without waiting for the disk (Config.DeferFlush).
+// (a group's); deferFlush commits without waiting for the disk and marks the transaction
+// as never appending (Config.DeferFlush).
 func applyMembers(ctx context.Context, conn *pgx.Conn, tx pgx.Tx, ms []*memberBatch, named, deferFlush bool) (*pipeTx, [][]events.Envelope, error) {
 	if len(ms) == 0 {
 		return nil, nil, nil
@@ -986,7 +989,9 @@ func applyMembers(ctx context.Context, conn *pgx.Conn, tx pgx.Tx, ms []*memberBa
 		prelude.BeginTx(pgx.TxOptions{})
 	}
 	if deferFlush {
-		prelude.Queue(`SELECT set_config('synchronous_commit', 'off', true)`)
+		// Before any write: the mark is refused once the transaction has an id.
+		prelude.Queue(`SELECT set_config('synchronous_commit', 'off', true), `+eventstore.NeverAppends,
+			eventstore.NeverAppendsArgs()...)
 	}
 	for _, m := range ms {
 		m.queuePrelude(&prelude)

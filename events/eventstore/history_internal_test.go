@@ -80,3 +80,31 @@ func TestReadersWaitForTheirOwnDatabaseOnly(t *testing.T) {
 	batch, _ = readable(cp)
 	assert.Len(t, batch, 1)
 }
+
+// A transaction is marked as never appending (NeverAppends) only before it has written,
+// and a marked one cannot insert into events: the readers leave marked transactions out
+// of their horizon, and so could skip the events of one that appended.
+func TestOnlyATransactionThatHasNotWrittenIsMarkedAndItCannotAppend(t *testing.T) {
+	ctx := context.Background()
+	d := testenv.MustDatabase(t)
+	tx, err := d.Pool.Begin(ctx)
+	require.NoError(t, err)
+	_, err = tx.Exec(ctx, `SELECT pg_current_xact_id()`)
+	require.NoError(t, err)
+	_, err = tx.Exec(ctx, `SELECT `+NeverAppends, NeverAppendsArgs()...)
+	assert.ErrorContains(t, err, "has written")
+	require.NoError(t, tx.Rollback(ctx))
+
+	tx, err = d.Pool.Begin(ctx)
+	require.NoError(t, err)
+	defer func() { _ = tx.Rollback(ctx) }()
+	_, err = tx.Exec(ctx, `SELECT `+NeverAppends, NeverAppendsArgs()...)
+	require.NoError(t, err)
+	org := uuid.New()
+	store := NewStore(d.Pool)
+	defer store.Close()
+	_, err = store.AppendTx(ctx, tx, AppendRequest{StreamType: events.StreamUser, StreamID: uuid.New(), OrganizationID: &org,
+		Meta:   events.Meta{Actor: events.Actor{Type: events.ActorSystem}},
+		Events: []events.Event{events.UserCreated{Name: "Ada", Email: "ada@example.com", Roles: []string{"member"}, Status: "active"}}})
+	assert.ErrorContains(t, err, "never appending")
+}
