@@ -56,6 +56,17 @@ type Pipelined interface {
 	Pipelined()
 }
 
+// Prefetcher is implemented by projectors that can read what a batch needs before any of
+// the batch's writes: the read goes in the round trip of the batch's prelude instead of
+// one of its own. Prefetch queues its reads into b for envs (the projector's share) and
+// returns what gives them to its Apply or ApplySet (a context carrying them), or queues
+// nothing and returns nil when the batch holds what could change the result (a read
+// that must see the batch's own writes is left to Apply). The results are read when the
+// prelude's round trip ends, before Apply.
+type Prefetcher interface {
+	Prefetch(b *pgx.Batch, envs []events.Envelope) func(context.Context) context.Context
+}
+
 // DeadLetterer is implemented by projectors that record a dead-lettered event (so that a
 // user sees "failed" rather than waiting forever). It is called once the event has been
 // dead-lettered, best effort.
@@ -902,6 +913,9 @@ type memberBatch struct {
 	last    map[uuid.UUID]int
 	created map[uuid.UUID]bool // streams new to the projection: their rows were inserted
 	current map[uuid.UUID]int  // each stream's applied version, as the apply goes on
+	// prefetched gives the apply what the member read in the prelude (Prefetcher); nil
+	// when it read nothing.
+	prefetched func(context.Context) context.Context
 }
 
 func newMemberBatch(p Projector, envs []events.Envelope, positions string) *memberBatch {
@@ -921,7 +935,8 @@ func newMemberBatch(p Projector, envs []events.Envelope, positions string) *memb
 	return m
 }
 
-// queuePrelude queues the member's lock, its streams' rows and their versions.
+// queuePrelude queues the member's lock, its streams' rows and their versions, and what
+// it prefetches (Prefetcher).
 func (m *memberBatch) queuePrelude(b *pgx.Batch) {
 	lasts := make([]int32, len(m.streams))
 	for i, s := range m.streams {
@@ -959,6 +974,9 @@ func (m *memberBatch) queuePrelude(b *pgx.Batch) {
 			}
 			return rows.Err()
 		})
+	if pf, ok := m.p.(Prefetcher); ok {
+		m.prefetched = pf.Prefetch(b, m.envs)
+	}
 }
 
 // applyMembers applies each member's share in one transaction, in the members' order,
@@ -1009,7 +1027,11 @@ func applyMembers(ctx context.Context, conn *pgx.Conn, tx pgx.Tx, ms []*memberBa
 	}
 	out := make([][]events.Envelope, len(ms))
 	for i, m := range ms {
-		applied, err := m.apply(ctx, pipe)
+		mctx := ctx
+		if m.prefetched != nil {
+			mctx = m.prefetched(ctx)
+		}
+		applied, err := m.apply(mctx, pipe)
 		if err != nil {
 			if named {
 				err = fmt.Errorf("%s: %w", m.p.Name(), err)

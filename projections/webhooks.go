@@ -3,6 +3,7 @@ package projections
 import (
 	"context"
 	"encoding/json"
+	"slices"
 	"strings"
 
 	"github.com/google/uuid"
@@ -115,8 +116,71 @@ func (w Webhooks) ApplySet(ctx context.Context, tx pgx.Tx, envs []events.Envelop
 	return applyRuns(envs, take, flush, func(e events.Envelope) error { return w.Apply(ctx, tx, e) })
 }
 
+// subscriptions are the active subscriptions of some organizations, in the order of
+// their creation.
+type subscriptions map[uuid.UUID][]subscription
+
+type subscription struct {
+	id      uuid.UUID
+	matches func(string) bool
+}
+
+// subscriptionsQuery reads the active subscriptions of the organizations $1.
+const subscriptionsQuery = `SELECT id, organization_id, events FROM webhooks
+	WHERE organization_id = ANY($1) AND status = 'active' ORDER BY created_at, id`
+
+// scan reads subscriptionsQuery's rows into subs.
+func (subs subscriptions) scan(rows pgx.Rows) error {
+	defer rows.Close()
+	for rows.Next() {
+		var id, org uuid.UUID
+		var patterns []string
+		if err := rows.Scan(&id, &org, &patterns); err != nil {
+			return err
+		}
+		subs[org] = append(subs[org], subscription{id, topicMatcher(patterns)})
+	}
+	return rows.Err()
+}
+
+// prefetched are the subscriptions of a batch's organizations, read in its prelude.
+type prefetched struct {
+	orgs map[uuid.UUID]bool
+	subs subscriptions
+}
+
+type prefetchedKey struct{}
+
+// Prefetch reads, in the batch's prelude, the active subscriptions of the organizations
+// of envs: the query then costs the batch no round trip of its own. Only this projector
+// writes the subscriptions, and only for events of their own streams, so without such an
+// event in envs what the prelude reads is what the query would read in order. With one,
+// it reads nothing, and the runs' queries follow the events' order (ApplySet).
+func (Webhooks) Prefetch(b *pgx.Batch, envs []events.Envelope) func(context.Context) context.Context {
+	p := &prefetched{orgs: map[uuid.UUID]bool{}, subs: subscriptions{}}
+	var orgs []uuid.UUID
+	for _, e := range envs {
+		if e.StreamType == events.StreamWebhook {
+			return nil
+		}
+		if e.OrganizationID != nil && !p.orgs[*e.OrganizationID] {
+			p.orgs[*e.OrganizationID] = true
+			orgs = append(orgs, *e.OrganizationID)
+		}
+	}
+	if len(orgs) == 0 {
+		return nil
+	}
+	// A generic plan for this query only (see writeDeliveries).
+	b.Queue(db.GenericPlans)
+	b.Queue(subscriptionsQuery, orgs).Query(p.subs.scan)
+	b.Queue(db.DefaultPlans)
+	return func(ctx context.Context) context.Context { return context.WithValue(ctx, prefetchedKey{}, p) }
+}
+
 // writeDeliveries writes one delivery per event and matching active subscription of its
-// organization, and notes the deliverers' work (NoteWork).
+// organization, and notes the deliverers' work (NoteWork). The subscriptions are those
+// the batch's prelude read (Prefetch), or read now.
 func writeDeliveries(ctx context.Context, tx pgx.Tx, envs []events.Envelope) error {
 	seen := map[uuid.UUID]bool{}
 	var orgs []uuid.UUID
@@ -126,38 +190,32 @@ func writeDeliveries(ctx context.Context, tx pgx.Tx, envs []events.Envelope) err
 			orgs = append(orgs, *e.OrganizationID)
 		}
 	}
-	type sub struct {
-		id      uuid.UUID
-		matches func(string) bool
-	}
-	subs := map[uuid.UUID][]sub{}
-	// A generic plan (db.GenericPlans), for this query only: it runs at every batch, and
-	// PostgreSQL planned it again each time. In a pipelined transaction the two Execs
-	// around it cost no round trip of their own.
-	if _, err := tx.Exec(ctx, db.GenericPlans); err != nil {
-		return err
-	}
-	rows, err := tx.Query(ctx, `SELECT id, organization_id, events FROM webhooks
-		WHERE organization_id = ANY($1) AND status = 'active' ORDER BY created_at, id`, orgs)
-	if err != nil {
-		return err
-	}
-	for rows.Next() {
-		var id, org uuid.UUID
-		var patterns []string
-		if err := rows.Scan(&id, &org, &patterns); err != nil {
-			rows.Close()
+	var subs subscriptions
+	if p, ok := ctx.Value(prefetchedKey{}).(*prefetched); ok && !slices.ContainsFunc(orgs, func(o uuid.UUID) bool { return !p.orgs[o] }) {
+		subs = p.subs
+	} else {
+		subs = subscriptions{}
+		// A generic plan (db.GenericPlans), for this query only: it runs at every batch,
+		// and PostgreSQL planned it again each time. In a pipelined transaction the two
+		// Execs around it cost no round trip of their own.
+		if _, err := tx.Exec(ctx, db.GenericPlans); err != nil {
 			return err
 		}
-		subs[org] = append(subs[org], sub{id, topicMatcher(patterns)})
+		rows, err := tx.Query(ctx, subscriptionsQuery, orgs)
+		if err != nil {
+			return err
+		}
+		if err := subs.scan(rows); err != nil {
+			return err
+		}
+		if _, err := tx.Exec(ctx, db.DefaultPlans); err != nil {
+			return err
+		}
 	}
-	rows.Close()
-	if err := rows.Err(); err != nil {
-		return err
+	if len(subs) == 0 {
+		return nil
 	}
-	if _, err := tx.Exec(ctx, db.DefaultPlans); err != nil || len(subs) == 0 {
-		return err
-	}
+	var err error
 	var (
 		ids, hooks, dorgs, eventIDs, streams []uuid.UUID
 		types                                []string
