@@ -3,6 +3,8 @@ package projections
 import (
 	"context"
 	"errors"
+	"slices"
+	"strings"
 	"sync"
 	"testing"
 
@@ -166,4 +168,22 @@ func TestDeferredBatchesDoNotHoldTheRelayBack(t *testing.T) {
 	envs := []events.Envelope{{ID: uuid.New(), Type: "user.updated", StreamType: events.StreamUser, StreamID: uuid.New(),
 		StreamVersion: 1, OrganizationID: &org, Position: 2}}
 	assert.ErrorContains(t, r.applyBatch(ctx, r.shares(envs), envs), "never appending")
+}
+
+// The settler's flush never appends, and holds its transaction id while it waits for the
+// disk: it is marked (eventstore.NeverAppends) before it takes its id, so that the relay
+// does not wait for it.
+func TestTheFlushIsMarkedBeforeItTakesItsID(t *testing.T) {
+	d := testenv.MustDatabase(t)
+	pool, traced := mustTracedPool(t, d.URL)
+	r, err := NewRunner(pool, nil, &committing{steps: &[]string{}, mu: &sync.Mutex{}}, Config{Exchange: "test", DeferFlush: true})
+	require.NoError(t, err)
+	require.NoError(t, r.durable(context.Background()))
+	traced.mu.Lock()
+	defer traced.mu.Unlock()
+	require.Len(t, traced.batches, 1, "one round trip: %q %q", traced.alone, traced.batches)
+	b := traced.batches[0]
+	mark := slices.IndexFunc(b, func(q string) bool { return strings.Contains(q, "chatbotd_never_appends") })
+	id := slices.IndexFunc(b, func(q string) bool { return strings.Contains(q, "txid_current") })
+	assert.True(t, mark >= 0 && mark < id, "marked before it takes its id: %q", b)
 }

@@ -258,9 +258,15 @@ func (r *Runner) durable(ctx context.Context) error {
 // WAL of every commit before it: the runner's deferred ones. PostgreSQL has no function
 // to flush the WAL for a client; a poll of pg_current_wal_flush_lsn would wait for the
 // WAL writer, up to wal_writer_delay.
+//
+// The transaction never appends, and holds its id while it waits for the disk: it is
+// marked (eventstore.NeverAppends) so that the relay does not wait for it. One round
+// trip: a batch is one implicit transaction.
 func (r *Runner) syncCommit(ctx context.Context) error {
-	_, err := r.pool.Exec(ctx, `SELECT txid_current()`)
-	return err
+	var b pgx.Batch
+	b.Queue(`SELECT `+eventstore.NeverAppends, eventstore.NeverAppendsArgs()...)
+	b.Queue(`SELECT txid_current()`)
+	return r.pool.SendBatch(ctx, &b).Close()
 }
 
 // Name is the projector's name.

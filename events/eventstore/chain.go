@@ -95,7 +95,11 @@ func (c *Chainer) Step(ctx context.Context) (n int, err error) {
 			_ = tx.Rollback(context.WithoutCancel(ctx))
 		}
 	}()
-	if _, err = tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, db.LockKey("chatbotd."+chainCheckpoint)); err != nil {
+	// It links, never appends: readers in commit order, the relay first, need not wait for
+	// its transaction (NeverAppends), which holds an id from its first insert to its
+	// commit, a flush to the disk.
+	if _, err = tx.Exec(ctx, `SELECT `+NeverAppends+`, pg_advisory_xact_lock($2)`,
+		append(NeverAppendsArgs(), db.LockKey("chatbotd."+chainCheckpoint))...); err != nil {
 		return 0, db.Classify(err)
 	}
 	cp, err := loadCheckpoint(ctx, tx, chainCheckpoint)

@@ -434,9 +434,10 @@ func (r *Relay) saveCheckpoint(ctx context.Context, cp Checkpoint) error {
 	// least once, never a gap). Waiting held the relay's loop for an fsync after each
 	// batch it drained, and for as long as the disk stalled, and those commits were
 	// nearly a fifth of those that waited for the disk at 1,200 commands/s. One round
-	// trip: a batch is one implicit transaction, to which the local setting applies.
+	// trip: a batch is one implicit transaction, to which the local setting applies. It
+	// never appends, and readers in commit order need not wait for it (NeverAppends).
 	b := &pgx.Batch{}
-	b.Queue(`SELECT set_config('synchronous_commit', 'off', true)`)
+	b.Queue(`SELECT set_config('synchronous_commit', 'off', true), `+NeverAppends, NeverAppendsArgs()...)
 	queueCheckpoint(b, r.cfg.Name, cp)
 	return db.Classify(r.pool.SendBatch(ctx, b).Close())
 }
