@@ -1,6 +1,7 @@
 -- Transactions marked as never appending events, which readers in commit order (the
--- relay, the chainer, replays) need not wait for: the projectors' group batches
--- (eventstore.NeverAppends, and its horizon, eventstore's readable). The mark is taken
+-- relay, the chainer, replays) need not wait for: the projectors' group batches, the
+-- settler's flush, the relay's checkpoint, the chainer's links (eventstore.NeverAppends,
+-- and the horizon, eventstore's readable). The mark is taken
 -- by chatbotd_never_appends, only while the transaction has no transaction id (it has
 -- written nothing yet), and a marked transaction cannot insert into events: no event of
 -- a transaction the readers leave out can exist.

@@ -95,9 +95,10 @@ func (f HistoryFilter) where(args []any) ([]string, []any) {
 //     back for as long as it ran, the relay included. A backend is connected to one
 //     database for its life, so a transaction id it holds belongs to that database and
 //     cannot have written these rows;
-//   - those marked as never appending (NeverAppends): the projectors' group batches.
-//     They ran back to back under load, 10 to 20 ms each, and every append that began
-//     during one was read only after it committed. The mark and the transaction id are
+//   - those marked as never appending (NeverAppends): the projectors' group batches,
+//     the settler's flush, the relay's checkpoint, the chainer's links. The group's
+//     batches ran back to back under load, 10 to 20 ms each, and every append that
+//     began during one was read only after it committed. The mark and the transaction id are
 //     matched in one read of pg_locks, which the lock manager gives as one consistent
 //     picture: the transaction's own id (its ExclusiveLock on it) and the mark held by
 //     the same virtual transaction. A transaction can take the mark only before it has
