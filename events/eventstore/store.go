@@ -447,6 +447,22 @@ func ReadStream(ctx context.Context, q Querier, streamID uuid.UUID, from, to int
 	return out, db.Classify(err)
 }
 
+// ReadStreamBefore returns the events of a stream that come before the event before in
+// commit order (the relay's: transaction id, then position), in version order. Once
+// before has been published every such event has committed, and none that commits later
+// can come before it: two readers at different times read the same events, where reading
+// the stream as it is now they could read different ones.
+func ReadStreamBefore(ctx context.Context, q Querier, streamID, before uuid.UUID) ([]events.Envelope, error) {
+	rows, err := q.Query(ctx, `SELECT `+envelopeColumns+` FROM events
+		WHERE stream_id = $1 AND (transaction_id, position) < (SELECT transaction_id, position FROM events WHERE id = $2)
+		ORDER BY stream_version`, streamID, before)
+	if err != nil {
+		return nil, db.Classify(err)
+	}
+	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (events.Envelope, error) { return scanEnvelope(r) })
+	return out, db.Classify(err)
+}
+
 // Checkpoint is a place in commit order: (transaction id, position).
 type Checkpoint struct {
 	TransactionID uint64 `json:"transaction_id"`

@@ -68,6 +68,10 @@ func (r Responder) Apply(ctx context.Context, tx pgx.Tx, e events.Envelope) erro
 	if err != nil {
 		return fmt.Errorf("message.posted: chatbot_id: %w", err)
 	}
+	route, _, err := routedTo(ctx, tx, id, e)
+	if err != nil || route == domain.ResponderWebhook {
+		return err // the webhook responder answers it
+	}
 	bot, err := chatbotState(ctx, tx, id)
 	if err != nil {
 		return err
@@ -77,8 +81,6 @@ func (r Responder) Apply(ctx context.Context, tx pgx.Tx, e events.Envelope) erro
 	case !bot.Live():
 		out = events.MessageFailed{ConversationID: posted.ConversationID, ChatbotID: posted.ChatbotID,
 			Code: events.FailureChatbotDeleted, Reason: "the chatbot was deleted"}
-	case bot.Responder.Type != domain.ResponderKnowledgeBase:
-		return nil // another responder answers it
 	default:
 		reply := events.MessageReplied{ConversationID: posted.ConversationID, ChatbotID: posted.ChatbotID,
 			ReplyID: ReplyID(e.StreamID).String(), Content: bot.FallbackMessage, Source: fallbackSource}

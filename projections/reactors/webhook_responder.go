@@ -142,9 +142,23 @@ func (w WebhookResponder) Handle(msg *message.Message) error {
 	if err != nil {
 		return err
 	}
+	route, then, err := routedTo(ctx, w.Pool, chatbot, e)
+	if err != nil || route != domain.ResponderWebhook {
+		return err // the knowledge-base responder answers these
+	}
 	bot, err := chatbotState(ctx, w.Pool, chatbot)
-	if err != nil || !bot.Live() || bot.Responder.Type != domain.ResponderWebhook {
-		return err // the knowledge-base responder answers these (and fails deleted bots)
+	if err != nil {
+		return err
+	}
+	if !bot.Live() {
+		return w.answer(ctx, e, events.MessageFailed{ConversationID: posted.ConversationID, ChatbotID: posted.ChatbotID,
+			Code: events.FailureChatbotDeleted, Reason: "the chatbot was deleted"})
+	}
+	// The webhook as it is now; the one it was when the message was posted if the chatbot
+	// has turned to its knowledge base since (with the secret as it is now).
+	responder := bot.Responder
+	if responder.Type != domain.ResponderWebhook {
+		responder = then.Responder
 	}
 	var sealed []byte
 	if err := w.Pool.QueryRow(ctx, `SELECT sealed FROM chatbot_secrets WHERE chatbot_id = $1`, chatbot).Scan(&sealed); err != nil && !errors.Is(err, pgx.ErrNoRows) {
@@ -164,7 +178,7 @@ func (w WebhookResponder) Handle(msg *message.Message) error {
 	if err != nil {
 		return err
 	}
-	reply, reason := w.Call(ctx, bot.Responder.URL, secret, body)
+	reply, reason := w.Call(ctx, responder.URL, secret, body)
 	if reason != "" {
 		w.Logger.Warn("webhook responder failed", "message_id", e.StreamID, "chatbot_id", chatbot, "reason", reason,
 			"correlation_id", e.CorrelationID)
