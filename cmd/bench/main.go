@@ -33,6 +33,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/redis/go-redis/v9"
 
 	"github.com/chatbotsaas/chatbotd/events"
 	"github.com/chatbotsaas/chatbotd/events/eventstore"
@@ -90,6 +91,7 @@ func run(ctx context.Context) error {
 	partitionsOnly := flag.Bool("partitions-only", false, "only the partitioned projectors' figures (printed, not written)")
 	flag.StringVar(&o.partitionRuns, "partition-runs", "", "with -partitions-only: the runs to make, as partitions x processes (\"4x2,1x1\"); all when empty")
 	conversationsOnly := flag.Bool("conversations-only", false, "only the knowledge-base responder figures (printed, not written)")
+	bombardOnly := flag.Bool("bombard-only", false, "only the whole binary and the floor against the bare handler, driven by bombardier (printed, not written)")
 	peerOnly := flag.Bool("peer-only", false, "only the whole binary against watermill's documented pipeline (printed, not written)")
 	httpOnly := flag.Bool("http-only", false, "only the commands, read model and cached read figures over HTTP (printed, not written; no pgbench ratio)")
 	framesOnly := flag.Bool("frames-only", false, "only RabbitMQ's CPU per event with one event a message and with a relay batch a message (printed, not written)")
@@ -168,7 +170,7 @@ func run(ctx context.Context) error {
 	}
 	// 1. Appends against pgbench.
 	var pgbench32 float64
-	if !*httpOnly && !*conversationsOnly && !*peerOnly {
+	if !*httpOnly && !*conversationsOnly && !*peerOnly && !*bombardOnly {
 		if pgbench32, err = appendFigures(ctx, pool, dbURL, o, &report); err != nil {
 			return err
 		}
@@ -186,7 +188,7 @@ func run(ctx context.Context) error {
 	// so that nothing else runs on the cores.
 	pool.Reset()
 	var alone commandSide
-	if !*conversationsOnly && !*peerOnly {
+	if !*conversationsOnly && !*peerOnly && !*bombardOnly {
 		if alone, err = commandsAlone(ctx, o); err != nil {
 			return err
 		}
@@ -211,6 +213,20 @@ func run(ctx context.Context) error {
 		return err
 	}
 	defer e2ePool.Close()
+	if *bombardOnly {
+		rdb := redis.NewClient(&redis.Options{Addr: o.redisAddr, PoolSize: 64})
+		defer rdb.Close()
+		b, err := startBare(ctx, e2ePool, rdb)
+		if err != nil {
+			return err
+		}
+		defer b.stop()
+		if err := outOfProcess(ctx, o, srv, b, 2, &report); err != nil {
+			return err
+		}
+		fmt.Print(report.String())
+		return nil
+	}
 	if *peerOnly {
 		if err := peerFigures(ctx, o, srv, e2ePool, &report); err != nil {
 			return err
