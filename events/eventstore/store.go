@@ -447,20 +447,31 @@ func ReadStream(ctx context.Context, q Querier, streamID uuid.UUID, from, to int
 	return out, db.Classify(err)
 }
 
-// ReadStreamBefore returns the events of a stream that come before the event before in
-// commit order (the relay's: transaction id, then position), in version order. Once
-// before has been published every such event has committed, and none that commits later
-// can come before it: two readers at different times read the same events, where reading
-// the stream as it is now they could read different ones.
-func ReadStreamBefore(ctx context.Context, q Querier, streamID, before uuid.UUID) ([]events.Envelope, error) {
-	rows, err := q.Query(ctx, `SELECT `+envelopeColumns+` FROM events
-		WHERE stream_id = $1 AND (transaction_id, position) < (SELECT transaction_id, position FROM events WHERE id = $2)
-		ORDER BY stream_version`, streamID, before)
+// ReadStreamBefore returns the events of a stream in version order, and for each whether
+// it comes before the event before in commit order (the relay's: transaction id, then
+// position). Once before has been published every event of the stream before it has
+// committed, and none that commits later can come before it: two readers at different
+// times tell the same events apart, where the stream as it is now can differ between
+// them.
+func ReadStreamBefore(ctx context.Context, q Querier, streamID, before uuid.UUID) ([]events.Envelope, []bool, error) {
+	rows, err := q.Query(ctx, `SELECT `+envelopeColumns+`,
+			(transaction_id, position) < (SELECT transaction_id, position FROM events WHERE id = $2) IS TRUE
+		FROM events WHERE stream_id = $1 ORDER BY stream_version`, streamID, before)
 	if err != nil {
-		return nil, db.Classify(err)
+		return nil, nil, db.Classify(err)
 	}
-	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (events.Envelope, error) { return scanEnvelope(r) })
-	return out, db.Classify(err)
+	defer rows.Close()
+	var envs []events.Envelope
+	var earlier []bool
+	for rows.Next() {
+		var b bool
+		e, err := scanEnvelope(rows, &b)
+		if err != nil {
+			return nil, nil, db.Classify(err)
+		}
+		envs, earlier = append(envs, e), append(earlier, b)
+	}
+	return envs, earlier, db.Classify(rows.Err())
 }
 
 // Checkpoint is a place in commit order: (transaction id, position).

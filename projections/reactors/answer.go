@@ -15,18 +15,11 @@ import (
 // the command side loads aggregates with): a reactor never re-implements a decision's
 // state. It returns the state and the stream's version.
 func fold[S any](ctx context.Context, q eventstore.Querier, id uuid.UUID, evolve func(S, events.Event) S) (S, int, error) {
+	var s S
 	envs, err := eventstore.ReadStream(ctx, q, id, 1, 0)
 	if err != nil {
-		var s S
 		return s, 0, err
 	}
-	return foldEnvelopes(envs, evolve)
-}
-
-// foldEnvelopes folds envs, in order, with evolve; it returns the state and the last
-// version.
-func foldEnvelopes[S any](envs []events.Envelope, evolve func(S, events.Event) S) (S, int, error) {
-	var s S
 	version := 0
 	for _, env := range envs {
 		ev, err := env.Decode()
@@ -43,12 +36,6 @@ func messageState(ctx context.Context, q eventstore.Querier, id uuid.UUID) (doma
 	return fold(ctx, q, id, domain.EvolveMessage)
 }
 
-// chatbotState is a chatbot as the domain sees it.
-func chatbotState(ctx context.Context, q eventstore.Querier, id uuid.UUID) (domain.Chatbot, error) {
-	b, _, err := fold(ctx, q, id, domain.EvolveChatbot)
-	return b, err
-}
-
 // routedTo is the responder that answers a message: the type of its chatbot's responder
 // as it was when the message was posted, in commit order (eventstore.ReadStreamBefore),
 // the same for every responder whenever it looks. The chatbot as it is now could differ
@@ -56,17 +43,27 @@ func chatbotState(ctx context.Context, q eventstore.Querier, id uuid.UUID) (doma
 // posted while the responder was a webhook and switched to the knowledge base before the
 // webhook responder looked was skipped by both, and stayed unanswered. A message whose
 // chatbot was not live when it was posted goes to the knowledge-base responder, which
-// fails it. It also returns the chatbot as it was then.
-func routedTo(ctx context.Context, q eventstore.Querier, bot uuid.UUID, posted events.Envelope) (string, domain.Chatbot, error) {
-	envs, err := eventstore.ReadStreamBefore(ctx, q, bot, posted.ID)
+// fails it. It also returns the chatbot as it was then, and as it is now: one read of its
+// stream.
+func routedTo(ctx context.Context, q eventstore.Querier, bot uuid.UUID, posted events.Envelope) (route string, then, now domain.Chatbot, err error) {
+	envs, before, err := eventstore.ReadStreamBefore(ctx, q, bot, posted.ID)
 	if err != nil {
-		return "", domain.Chatbot{}, err
+		return "", then, now, err
 	}
-	then, _, err := foldEnvelopes(envs, domain.EvolveChatbot)
-	if err != nil || !then.Live() {
-		return domain.ResponderKnowledgeBase, then, err
+	for i, env := range envs {
+		ev, err := env.Decode()
+		if err != nil {
+			return "", then, now, err
+		}
+		if before[i] {
+			then = domain.EvolveChatbot(then, ev)
+		}
+		now = domain.EvolveChatbot(now, ev)
 	}
-	return then.Responder.Type, then, nil
+	if then.Live() && then.Responder.Type == domain.ResponderWebhook {
+		return domain.ResponderWebhook, then, now, nil
+	}
+	return domain.ResponderKnowledgeBase, then, now, nil
 }
 
 // decideAnswer is the one reply-once rule for every responder and every dead letter:

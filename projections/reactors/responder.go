@@ -68,13 +68,9 @@ func (r Responder) Apply(ctx context.Context, tx pgx.Tx, e events.Envelope) erro
 	if err != nil {
 		return fmt.Errorf("message.posted: chatbot_id: %w", err)
 	}
-	route, _, err := routedTo(ctx, tx, id, e)
+	route, _, bot, err := routedTo(ctx, tx, id, e)
 	if err != nil || route == domain.ResponderWebhook {
 		return err // the webhook responder answers it
-	}
-	bot, err := chatbotState(ctx, tx, id)
-	if err != nil {
-		return err
 	}
 	var out events.Event
 	switch {

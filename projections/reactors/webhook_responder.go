@@ -142,13 +142,9 @@ func (w WebhookResponder) Handle(msg *message.Message) error {
 	if err != nil {
 		return err
 	}
-	route, then, err := routedTo(ctx, w.Pool, chatbot, e)
+	route, then, bot, err := routedTo(ctx, w.Pool, chatbot, e)
 	if err != nil || route != domain.ResponderWebhook {
 		return err // the knowledge-base responder answers these
-	}
-	bot, err := chatbotState(ctx, w.Pool, chatbot)
-	if err != nil {
-		return err
 	}
 	if !bot.Live() {
 		return w.answer(ctx, e, events.MessageFailed{ConversationID: posted.ConversationID, ChatbotID: posted.ChatbotID,
