@@ -2,13 +2,10 @@ package eventstore
 
 import (
 	"context"
-	"slices"
-	"strings"
-	"sync"
+	"regexp"
 	"testing"
 
 	"github.com/google/uuid"
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -113,69 +110,31 @@ func TestOnlyATransactionThatHasNotWrittenIsMarkedAndItCannotAppend(t *testing.T
 	assert.ErrorContains(t, err, "never appending")
 }
 
-// statements records the SQL a pool sends, in order, alone or in batches.
-type statements struct {
-	mu  sync.Mutex
-	sql []string
-}
-
-func (s *statements) add(sql string) {
-	s.mu.Lock()
-	s.sql = append(s.sql, sql)
-	s.mu.Unlock()
-}
-func (s *statements) TraceQueryStart(ctx context.Context, _ *pgx.Conn, d pgx.TraceQueryStartData) context.Context {
-	s.add(d.SQL)
-	return ctx
-}
-func (*statements) TraceQueryEnd(context.Context, *pgx.Conn, pgx.TraceQueryEndData) {}
-func (*statements) TraceBatchStart(ctx context.Context, _ *pgx.Conn, _ pgx.TraceBatchStartData) context.Context {
-	return ctx
-}
-func (s *statements) TraceBatchQuery(_ context.Context, _ *pgx.Conn, d pgx.TraceBatchQueryData) {
-	s.add(d.SQL)
-}
-func (*statements) TraceBatchEnd(context.Context, *pgx.Conn, pgx.TraceBatchEndData) {}
-
-// firstOf is the index of the first statement containing part (-1: none).
-func (s *statements) firstOf(part string) int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return slices.IndexFunc(s.sql, func(q string) bool { return strings.Contains(q, part) })
-}
-
 // The relay's checkpoint and the chainer's links are written by transactions that never
 // append: each is marked (NeverAppends) before it writes, so that readers in commit
 // order do not wait for it.
 func TestTheRelaysAndTheChainersWritesAreMarked(t *testing.T) {
 	ctx := context.Background()
 	d := testenv.MustDatabase(t)
-	cfg, err := pgxpool.ParseConfig(d.URL)
-	require.NoError(t, err)
-	traced := &statements{}
-	cfg.ConnConfig.Tracer = traced
-	pool, err := pgxpool.NewWithConfig(ctx, cfg)
-	require.NoError(t, err)
-	defer pool.Close()
+	pool, traced := testenv.MustTracedPool(t, d.URL)
+	marks := regexp.MustCompile(`chatbotd_never_appends`)
 
 	r := &Relay{pool: pool, cfg: RelayConfig{Name: "marked"}}
 	require.NoError(t, r.saveCheckpoint(ctx, Checkpoint{TransactionID: 1, Position: 1}))
-	mark, write := traced.firstOf("chatbotd_never_appends"), traced.firstOf("INSERT INTO relay_checkpoints")
-	assert.True(t, mark >= 0 && mark < write, "the checkpoint's transaction is marked before it writes: %q", traced.sql)
+	mark, write := traced.FirstMatching(marks), traced.FirstMatching(regexp.MustCompile(`INSERT INTO relay_checkpoints`))
+	assert.True(t, mark >= 0 && mark < write, "the checkpoint's transaction is marked before it writes: %q", traced.All())
 
 	store := NewStore(d.Pool)
 	defer store.Close()
 	org := uuid.New()
-	_, err = store.Append(ctx, AppendRequest{StreamType: events.StreamUser, StreamID: uuid.New(), OrganizationID: &org,
+	_, err := store.Append(ctx, AppendRequest{StreamType: events.StreamUser, StreamID: uuid.New(), OrganizationID: &org,
 		Meta:   events.Meta{Actor: events.Actor{Type: events.ActorSystem}},
 		Events: []events.Event{events.UserCreated{Name: "Ada", Email: "ada@example.com", Roles: []string{"member"}, Status: "active"}}})
 	require.NoError(t, err)
-	traced.mu.Lock()
-	traced.sql = nil
-	traced.mu.Unlock()
+	traced.Reset()
 	n, err := (&Chainer{Pool: pool, Key: events.ChainKey("0123456789abcdef0123456789abcdef-test-key")}).Step(ctx)
 	require.NoError(t, err)
 	require.Equal(t, 1, n)
-	mark, write = traced.firstOf("chatbotd_never_appends"), traced.firstOf("INSERT INTO audit_chain")
-	assert.True(t, mark >= 0 && mark < write, "the chainer's transaction is marked before it writes: %q", traced.sql)
+	mark, write = traced.FirstMatching(marks), traced.FirstMatching(regexp.MustCompile(`INSERT INTO audit_chain`))
+	assert.True(t, mark >= 0 && mark < write, "the chainer's transaction is marked before it writes: %q", traced.All())
 }
