@@ -178,9 +178,32 @@ func (Webhooks) Prefetch(b *pgx.Batch, envs []events.Envelope) func(context.Cont
 	return func(ctx context.Context) context.Context { return context.WithValue(ctx, prefetchedKey{}, p) }
 }
 
+// subscriptionsOf are the active subscriptions of orgs: those the batch's prelude read
+// (Prefetch) when it read every one of orgs', else read now.
+func subscriptionsOf(ctx context.Context, tx pgx.Tx, orgs []uuid.UUID) (subscriptions, error) {
+	if p, ok := ctx.Value(prefetchedKey{}).(*prefetched); ok && !slices.ContainsFunc(orgs, func(o uuid.UUID) bool { return !p.orgs[o] }) {
+		return p.subs, nil
+	}
+	// A generic plan (db.GenericPlans), for this query only: it runs at every batch, and
+	// PostgreSQL planned it again each time. In a pipelined transaction the two Execs
+	// around it cost no round trip of their own.
+	if _, err := tx.Exec(ctx, db.GenericPlans); err != nil {
+		return nil, err
+	}
+	rows, err := tx.Query(ctx, subscriptionsQuery, orgs)
+	if err != nil {
+		return nil, err
+	}
+	subs := subscriptions{}
+	if err := subs.scan(rows); err != nil {
+		return nil, err
+	}
+	_, err = tx.Exec(ctx, db.DefaultPlans)
+	return subs, err
+}
+
 // writeDeliveries writes one delivery per event and matching active subscription of its
-// organization, and notes the deliverers' work (NoteWork). The subscriptions are those
-// the batch's prelude read (Prefetch), or read now.
+// organization, and notes the deliverers' work (NoteWork).
 func writeDeliveries(ctx context.Context, tx pgx.Tx, envs []events.Envelope) error {
 	seen := map[uuid.UUID]bool{}
 	var orgs []uuid.UUID
@@ -190,32 +213,10 @@ func writeDeliveries(ctx context.Context, tx pgx.Tx, envs []events.Envelope) err
 			orgs = append(orgs, *e.OrganizationID)
 		}
 	}
-	var subs subscriptions
-	if p, ok := ctx.Value(prefetchedKey{}).(*prefetched); ok && !slices.ContainsFunc(orgs, func(o uuid.UUID) bool { return !p.orgs[o] }) {
-		subs = p.subs
-	} else {
-		subs = subscriptions{}
-		// A generic plan (db.GenericPlans), for this query only: it runs at every batch,
-		// and PostgreSQL planned it again each time. In a pipelined transaction the two
-		// Execs around it cost no round trip of their own.
-		if _, err := tx.Exec(ctx, db.GenericPlans); err != nil {
-			return err
-		}
-		rows, err := tx.Query(ctx, subscriptionsQuery, orgs)
-		if err != nil {
-			return err
-		}
-		if err := subs.scan(rows); err != nil {
-			return err
-		}
-		if _, err := tx.Exec(ctx, db.DefaultPlans); err != nil {
-			return err
-		}
+	subs, err := subscriptionsOf(ctx, tx, orgs)
+	if err != nil || len(subs) == 0 {
+		return err
 	}
-	if len(subs) == 0 {
-		return nil
-	}
-	var err error
 	var (
 		ids, hooks, dorgs, eventIDs, streams []uuid.UUID
 		types                                []string

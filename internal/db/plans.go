@@ -15,8 +15,9 @@ import (
 // assumes ten elements) and for a LIMIT taken as a parameter: the group commit's insert,
 // the relay's read, the webhooks projector's subscriptions and the chain's heads were
 // planned again at every batch, 0.1 to 0.6 ms each, though their plan is the same
-// whatever the values (by key, or in index order). Statements whose best plan does depend on the values (a search,
-// a time range over partitions) must not run in this mode.
+// whatever the values (by key, or in index order). Statements whose best plan does
+// depend on the values (a search, a time range over partitions) must not run in this
+// mode.
 
 // GenericPlans makes the statements after it in its transaction (an explicit one, or a
 // batch's implicit one) use generic plans. DefaultPlans ends that within the

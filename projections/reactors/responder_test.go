@@ -22,14 +22,7 @@ func TestResponderAnswersOnce(t *testing.T) {
 	store := eventstore.NewStore(d.Pool)
 	defer store.Close()
 	org, bot, conv := uuid.New(), uuid.New(), uuid.New()
-	appendOne := func(stype string, id uuid.UUID, ev events.Event) events.Envelope {
-		_, err := store.Append(ctx, eventstore.AppendRequest{StreamType: stype, StreamID: id, ExpectedVersion: eventstore.AnyVersion,
-			OrganizationID: &org, Events: []events.Event{ev}, Meta: events.Meta{Actor: events.Actor{Type: events.ActorSystem}}})
-		require.NoError(t, err)
-		envs, err := store.ReadStream(ctx, id, 1, 0)
-		require.NoError(t, err)
-		return envs[len(envs)-1]
-	}
+	appendOne := appender(t, store, org)
 	appendOne(events.StreamChatbot, bot, events.ChatbotCreated{Name: "b", FallbackMessage: "no idea", Responder: events.Responder{Type: "knowledge_base"}})
 	appendOne(events.StreamConversation, conv, events.ConversationStarted{ChatbotID: bot.String()})
 	_, err := d.Pool.Exec(ctx, `INSERT INTO knowledge_index (chatbot_id, entry_id, question, answer) VALUES ($1, $2, 'What is the price?', '10 euros')`, bot, uuid.New())
@@ -78,4 +71,18 @@ func TestResponderAnswersOnce(t *testing.T) {
 	assert.Equal(t, "message.failed", got[0].Type)
 	r.DeadLettered(ctx, m, assert.AnError)
 	assert.Len(t, replies(m.StreamID), 1)
+}
+
+// appender appends one event of org's to a stream of store and returns its envelope.
+func appender(t *testing.T, store *eventstore.Store, org uuid.UUID) func(stype string, id uuid.UUID, ev events.Event) events.Envelope {
+	return func(stype string, id uuid.UUID, ev events.Event) events.Envelope {
+		t.Helper()
+		ctx := context.Background()
+		_, err := store.Append(ctx, eventstore.AppendRequest{StreamType: stype, StreamID: id, ExpectedVersion: eventstore.AnyVersion,
+			OrganizationID: &org, Events: []events.Event{ev}, Meta: events.Meta{Actor: events.Actor{Type: events.ActorSystem}}})
+		require.NoError(t, err)
+		envs, err := store.ReadStream(ctx, id, 1, 0)
+		require.NoError(t, err)
+		return envs[len(envs)-1]
+	}
 }

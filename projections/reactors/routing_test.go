@@ -40,15 +40,6 @@ func TestAMessageIsAnsweredByTheResponderItWasPostedTo(t *testing.T) {
 	hooks := reactors.WebhookResponder{Store: store, Pool: d.Pool, Box: box, Attempts: 1,
 		Client: reactors.WebhookClient(netguard.Guard{AllowPrivate: true}, 5*time.Second), Logger: testenv.Logger(t)}
 	kb := reactors.Responder{Store: store}
-	org := uuid.New()
-	appendOne := func(stype string, id uuid.UUID, ev events.Event) events.Envelope {
-		_, err := store.Append(ctx, eventstore.AppendRequest{StreamType: stype, StreamID: id, ExpectedVersion: eventstore.AnyVersion,
-			OrganizationID: &org, Events: []events.Event{ev}, Meta: events.Meta{Actor: events.Actor{Type: events.ActorSystem}}})
-		require.NoError(t, err)
-		envs, err := store.ReadStream(ctx, id, 1, 0)
-		require.NoError(t, err)
-		return envs[len(envs)-1]
-	}
 	webhook := events.Responder{Type: "webhook", URL: srv.URL + "/webhook", SecretSet: true}
 	knowledge := events.Responder{Type: "knowledge_base"}
 
@@ -69,6 +60,7 @@ func TestAMessageIsAnsweredByTheResponderItWasPostedTo(t *testing.T) {
 		{"posted to the knowledge base, turned to a webhook between the looks", knowledge, webhook, "fallback", true, true},
 	} {
 		t.Run(c.name, func(t *testing.T) {
+			appendOne := appender(t, store, uuid.New())
 			bot, conv := uuid.New(), uuid.New()
 			appendOne(events.StreamChatbot, bot, events.ChatbotCreated{Name: "b", FallbackMessage: "no idea", Responder: c.posted})
 			_, err := d.Pool.Exec(ctx, `INSERT INTO chatbot_secrets (chatbot_id, sealed) VALUES ($1, $2)`, bot,
