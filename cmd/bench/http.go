@@ -152,10 +152,24 @@ func httpFigures(ctx context.Context, o options, srv *server, pool *pgxpool.Pool
 	if err := settle(ctx, pool, "bench.serve."); err != nil {
 		return err
 	}
-	cmdLat, readLat, err := commandToRead(srv, half, 2*o.duration)
+	before, err := srv.metrics()
 	if err != nil {
 		return err
 	}
+	var cmdLat, readLat loadResult
+	halfShares, err := cpuShares(func() (err error) {
+		cmdLat, readLat, err = commandToRead(srv, half, 2*o.duration)
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	after, err := srv.metrics()
+	if err != nil {
+		return err
+	}
+	halfStages := stagesOf(before, after) + "cores: " + formatShares(halfShares) + "\n"
+	fmt.Fprint(os.Stderr, halfStages)
 	// And at a quarter: the closed-loop peak above defers the projectors' work, so half of
 	// it may be more than the whole pipeline sustains.
 	if err := settle(ctx, pool, "bench.serve."); err != nil {
@@ -285,6 +299,7 @@ func httpFigures(ctx context.Context, o options, srv *server, pool *pgxpool.Pool
 		fmt.Fprintf(w, "| at %.0f/s: 2xx → read model | %d | %s | %s | %s (second %d) | p99 < 100 ms |\n", r.rate, int(r.read.rate*(2*o.duration).Seconds()),
 			ms(r.read.p50), ms(r.read.p99), ms(r.read.worst), r.read.worstAt)
 	}
+	fmt.Fprintf(w, "\nWhere the events went at %.0f/s (the server's metrics; ages from each event's append):\n\n```\n%s```\n", half, halfStages)
 
 	fmt.Fprint(w, "\n### Cached reads\n\n")
 	fmt.Fprintf(w, "`GET /api/v1/users/{id}`, a hit in the cache, from %d keep-alive clients, %s each: chatbotd answers it from its "+
@@ -423,34 +438,51 @@ func readModelAt(ctx context.Context, o options, rate float64) error {
 	if err != nil {
 		return err
 	}
+	fmt.Print(stagesOf(before, after))
+	fmt.Printf("cores: %s\n", formatShares(shares))
+	fmt.Printf("commands at %.0f/s for %s: sent %.0f/s, command p50 %s p99 %s; 2xx → read model p50 %s p99 %s, worst second's p99 %s (second %d)\n",
+		rate, 2*o.duration, cmd.rate, ms(cmd.p50), ms(cmd.p99), ms(read.p50), ms(read.p99), ms(read.worst), read.worstAt)
+	return nil
+}
+
+// stagesOf says where the events of a run went, from the server's metrics before and
+// after it: the group's batches that held a chatbot's creation, the relay's batches and
+// their confirms, and each event's age (from its append) when the relay read it, when
+// the broker confirmed it, and when the chatbots projector's batch that applied it
+// committed; the rest of a 2xx → read model is the waiting read's wake-up and answer. A
+// stall shows in the stage where the ages jump.
+func stagesOf(before, after map[string]float64) string {
+	var b strings.Builder
 	// The chatbots projector's batches are the group's batches that held a chatbot's
 	// creation: each member's share is timed as the whole batch, commit included.
 	const batches, applied = `chatbotd_projector_batch_duration_seconds_%s{projector="chatbots"}`, `chatbotd_projector_events_applied_total{projector="chatbots"}`
 	delta := func(k string) float64 { return after[k] - before[k] }
 	n := delta(fmt.Sprintf(batches, "count"))
-	fmt.Printf("group batches with a chatbot: %.0f, %.1f chatbots a batch, %.2f ms a batch; more than 100 ms: %.0f\n",
+	fmt.Fprintf(&b, "group batches with a chatbot: %.0f, %.1f chatbots a batch, %.2f ms a batch; more than 100 ms: %.0f\n",
 		n, delta(applied)/n, 1000*delta(fmt.Sprintf(batches, "sum"))/n, n-delta(`chatbotd_projector_batch_duration_seconds_bucket{projector="chatbots",le="0.1"}`))
-	// The relay's batches and the time each waited for the broker's confirms: a stall of
-	// the broker's disk shows here before anywhere else.
+	// The time each relay batch waited for the broker's confirms: a stall of the broker's
+	// disk shows here before anywhere else.
 	const confirms = `chatbotd_relay_confirm_duration_seconds_%s`
 	rb := delta(fmt.Sprintf(confirms, "count"))
 	over := func(le string) float64 { return rb - delta(fmt.Sprintf(confirms, `bucket{le="`+le+`"}`)) }
-	fmt.Printf("relay batches: %.0f, %.1f events a batch, confirmed in %.2f ms on average; after more than 100 ms: %.0f, 250 ms: %.0f, 500 ms: %.0f\n",
+	fmt.Fprintf(&b, "relay batches: %.0f, %.1f events a batch, confirmed in %.2f ms on average; after more than 100 ms: %.0f, 250 ms: %.0f, 500 ms: %.0f\n",
 		rb, delta("chatbotd_relay_published_total")/rb, 1000*delta(fmt.Sprintf(confirms, "sum"))/rb, over("0.1"), over("0.25"), over("0.5"))
-	// Where the 2xx → read model time goes: each event's age (from its append) when the
-	// relay read it, when the broker confirmed it, and when the chatbots projector's batch
-	// that applied it committed; the rest is the waiting read's wake-up and answer.
 	age := func(h, labels string, q float64) string {
 		return ms(histogramQuantile(before, after, h, labels, q))
 	}
-	fmt.Printf("event ages p50/p99: relay read %s/%s, confirmed %s/%s, chatbots applied %s/%s\n",
+	fmt.Fprintf(&b, "event ages p50/p99: relay read %s/%s, confirmed %s/%s, chatbots applied %s/%s\n",
 		age("chatbotd_relay_event_age_seconds", `step="read"`, .5), age("chatbotd_relay_event_age_seconds", `step="read"`, .99),
 		age("chatbotd_relay_event_age_seconds", `step="confirmed"`, .5), age("chatbotd_relay_event_age_seconds", `step="confirmed"`, .99),
 		age("chatbotd_projector_event_age_seconds", `projector="chatbots"`, .5), age("chatbotd_projector_event_age_seconds", `projector="chatbots"`, .99))
-	fmt.Printf("cores: %s\n", formatShares(shares))
-	fmt.Printf("commands at %.0f/s for %s: sent %.0f/s, command p50 %s p99 %s; 2xx → read model p50 %s p99 %s, worst second's p99 %s (second %d)\n",
-		rate, 2*o.duration, cmd.rate, ms(cmd.p50), ms(cmd.p99), ms(read.p50), ms(read.p99), ms(read.worst), read.worstAt)
-	return nil
+	// The chatbots' search entries merged into their GIN index beside the batches
+	// (projections.PendingLists): merged inside one, 4 MB of them stalled every read model.
+	fmt.Fprintf(&b, "GIN pending list of the chatbots' search: %.0f pages merged beside the batches\n",
+		delta(`chatbotd_gin_pending_pages_merged_total{index="chatbots_search_idx"}`))
+	// The collector: a heap near the soft memory limit is collected far more often.
+	fmt.Fprintf(&b, "collector: %.0f cycles, pauses %.1f ms in all; heap %.0f → %.0f MiB, next cycle at %.0f MiB; process CPU %.2f s\n",
+		delta("go_gc_duration_seconds_count"), 1000*delta("go_gc_duration_seconds_sum"), before["go_memstats_heap_alloc_bytes"]/(1<<20),
+		after["go_memstats_heap_alloc_bytes"]/(1<<20), after["go_memstats_next_gc_bytes"]/(1<<20), delta("process_cpu_seconds_total"))
+	return b.String()
 }
 
 // metrics reads the server's /metrics: each sample's value by its name and labels.
