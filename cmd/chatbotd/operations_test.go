@@ -241,6 +241,15 @@ func TestMetricsCountAKnownSequenceOfCommands(t *testing.T) {
 	misses, _ := sample(m, "chatbotd_cache_requests_total", map[string]string{"result": "miss"})
 	assert.Equal(t, float64(3), hits+misses, "three cached reads")
 	assert.Positive(t, hits)
+	// The users' search entries were pending in their GIN index until serve merged them
+	// (GIN_MERGE_INTERVAL, a second by default), beside the projectors' batches.
+	testenv.Eventually(t, 10*time.Second, func() error {
+		time.Sleep(100 * time.Millisecond)
+		if v, _ := sample(a.scrape("scrape-secret"), "chatbotd_gin_pending_pages_merged_total", map[string]string{"index": "users_search_idx"}); v == 0 {
+			return fmt.Errorf("the users' search index's pending list is not merged")
+		}
+		return nil
+	})
 	for _, name := range []string{"go_goroutines", "go_memstats_heap_alloc_bytes", "process_resident_memory_bytes",
 		"chatbotd_relay_lag_seconds", "chatbotd_projection_lag_seconds", "chatbotd_projection_consumers"} {
 		assert.Contains(t, m, name)

@@ -314,6 +314,9 @@ func (d *deps) startConsumers(work *workers, p parts) {
 	sweep := &projections.Sweep{Pool: d.pool, Broker: d.broker, Runners: append(slices.Clone(p.runners), p.partitioned...),
 		WebhookResponder: p.webhookSweep, Interval: d.cfg.ProjectorSweepInterval, Logger: d.logger.With("component", "sweep"), Metrics: d.metrics}
 	work.start("projection sweep", sweep.Run)
+	pending := &projections.PendingLists{Pool: d.pool, Interval: d.cfg.GINMergeInterval,
+		Logger: d.logger.With("component", "gin-pending-lists"), Metrics: d.metrics}
+	work.start("GIN pending lists", pending.Run)
 	work.start("projection notifications", d.applied.Run)
 	work.start("webhook responder", p.webhooks.Run)
 	if d.cfg.SMTPURL == "" {

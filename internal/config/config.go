@@ -150,6 +150,10 @@ type Config struct {
 	// what one never got (projections.Sweep); it is also how often the sweep runs. 0
 	// turns it off.
 	ProjectorSweepInterval time.Duration `env:"PROJECTOR_SWEEP_INTERVAL" envDefault:"30s"`
+	// GINMergeInterval is how often a projectors process merges the pending lists of the
+	// GIN indexes (projections.PendingLists), so that no projector's batch has to. 0 turns
+	// it off: PostgreSQL then merges a list in the insert that fills it.
+	GINMergeInterval time.Duration `env:"GIN_MERGE_INTERVAL" envDefault:"1s"`
 }
 
 // Load reads the environment (given as KEY=VALUE pairs, so tests can pass their own) and validates.
@@ -270,6 +274,7 @@ func (c Config) Validate() error {
 	check(c.ProjectorDeliveryLimit >= 1, "PROJECTOR_DELIVERY_LIMIT must be at least 1")
 	check(c.ProjectorPartitions >= 1 && c.ProjectorPartitions <= 64, "PROJECTOR_PARTITIONS must be 1..64")
 	check(c.ProjectorSweepInterval >= 0, "PROJECTOR_SWEEP_INTERVAL must not be negative")
+	check(c.GINMergeInterval >= 0, "GIN_MERGE_INTERVAL must not be negative")
 	switch strings.ToLower(c.LogLevel) {
 	case "debug", "info", "warn", "error":
 	default:

@@ -2,6 +2,7 @@ package config
 
 import (
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -17,10 +18,11 @@ func TestDefaultsPointAtLocalServices(t *testing.T) {
 
 func TestEveryBadValueIsReported(t *testing.T) {
 	_, err := Load([]string{"DATABASE_URL=mysql://x", "REDIS_URL=http://x", "JWT_SIGNING_KEYS=short", "TRUSTED_PROXIES=not-an-ip", "LOG_LEVEL=loud",
-		"REDIS_LOCAL_CACHE_ENTRIES=-1", "REDIS_LOCAL_CACHE_MAX_STALENESS=1ms", "PROJECTOR_SWEEP_INTERVAL=-1s"})
+		"REDIS_LOCAL_CACHE_ENTRIES=-1", "REDIS_LOCAL_CACHE_MAX_STALENESS=1ms", "PROJECTOR_SWEEP_INTERVAL=-1s",
+		"GIN_MERGE_INTERVAL=-1s"})
 	require.Error(t, err)
 	for _, name := range []string{"DATABASE_URL", "REDIS_URL", "JWT_SIGNING_KEYS", "TRUSTED_PROXIES", "LOG_LEVEL",
-		"REDIS_LOCAL_CACHE_ENTRIES", "REDIS_LOCAL_CACHE_MAX_STALENESS", "PROJECTOR_SWEEP_INTERVAL"} {
+		"REDIS_LOCAL_CACHE_ENTRIES", "REDIS_LOCAL_CACHE_MAX_STALENESS", "PROJECTOR_SWEEP_INTERVAL", "GIN_MERGE_INTERVAL"} {
 		assert.Contains(t, err.Error(), name)
 	}
 	_, err = Load([]string{"HTTP_READ_TIMEOUT=soon"})
@@ -28,6 +30,12 @@ func TestEveryBadValueIsReported(t *testing.T) {
 	c, err := Load([]string{"PROJECTOR_SWEEP_INTERVAL=0"})
 	require.NoError(t, err, "0 turns the sweep off")
 	assert.Zero(t, c.ProjectorSweepInterval)
+	c, err = Load([]string{"GIN_MERGE_INTERVAL=0"})
+	require.NoError(t, err, "0 leaves the pending lists to PostgreSQL")
+	assert.Zero(t, c.GINMergeInterval)
+	c, err = Load(nil)
+	require.NoError(t, err)
+	assert.Equal(t, time.Second, c.GINMergeInterval)
 }
 
 func TestProductionNeedsEveryKey(t *testing.T) {

@@ -31,6 +31,7 @@ type Metrics struct {
 	deadLettered   *prometheus.CounterVec
 	foreign        *prometheus.CounterVec
 	redriven       *prometheus.CounterVec
+	pendingMerged  *prometheus.CounterVec
 	batchDuration  *prometheus.HistogramVec
 	cache          *prometheus.CounterVec
 	workerOutcomes *prometheus.CounterVec
@@ -92,6 +93,10 @@ func New() *Metrics {
 		Name: "chatbotd_projector_events_redriven_total",
 		Help: "Events a consumer had not applied long after the broker confirmed them, which the sweep read from the log and published to its queue again.",
 	}, []string{"projector"})
+	m.pendingMerged = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "chatbotd_gin_pending_pages_merged_total",
+		Help: "Pages of a GIN index's pending list merged into the index beside the projectors' batches (projections.PendingLists).",
+	}, []string{"index"})
 	m.batchDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Name: "chatbotd_projector_batch_duration_seconds", Help: "Time to apply and commit one batch.",
 		Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5},
@@ -103,7 +108,7 @@ func New() *Metrics {
 		Name: "chatbotd_worker_outcomes_total", Help: "Side effects of workers (webhook deliveries, emails, bot replies) by outcome.",
 	}, []string{"worker", "outcome"})
 	for _, c := range []prometheus.Collector{m.httpDuration, m.commands, m.appended, m.published, m.confirmed, m.relayAge, m.appliedAge, m.applied,
-		m.retries, m.deadLettered, m.foreign, m.redriven, m.batchDuration, m.cache, m.workerOutcomes} {
+		m.retries, m.deadLettered, m.foreign, m.redriven, m.pendingMerged, m.batchDuration, m.cache, m.workerOutcomes} {
 		f(c)
 	}
 	return m
@@ -215,6 +220,13 @@ func (m *Metrics) DeadLettered(projector string) {
 func (m *Metrics) Redriven(projector string, n int) {
 	if m != nil {
 		m.redriven.WithLabelValues(projector).Add(float64(n))
+	}
+}
+
+// PendingMerged counts the pages of index's pending list merged by a pass.
+func (m *Metrics) PendingMerged(index string, pages int64) {
+	if m != nil {
+		m.pendingMerged.WithLabelValues(index).Add(float64(pages))
 	}
 }
 
