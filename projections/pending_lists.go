@@ -31,7 +31,9 @@ import (
 //
 // A backlog (a rebuild, a burst of sign-ups) can still fill a list between two passes;
 // PostgreSQL then merges it in the insert as before, and an insert that finds a merge
-// under way leaves the list to it instead of waiting.
+// under way leaves the list to it instead of waiting. gin_clean_pending_list lets go of
+// each index's lock as it returns, so a rebuild's swap, which drops the live tables'
+// indexes, waits for one merge at most, and never for the rest of a pass.
 type PendingLists struct {
 	Pool *pgxpool.Pool
 	// Interval is how often the lists are merged; 0 turns it off.
