@@ -29,11 +29,14 @@ import (
 // off instead made each insert into the users' trigram index three times as costly, and a
 // small gin_pending_list_limit still merges inside the batches.
 //
-// A backlog (a rebuild, a burst of sign-ups) can still fill a list between two passes;
-// PostgreSQL then merges it in the insert as before, and an insert that finds a merge
-// under way leaves the list to it instead of waiting. gin_clean_pending_list lets go of
-// each index's lock as it returns, so a rebuild's swap, which drops the live tables'
-// indexes, waits for one merge at most, and never for the rest of a pass.
+// A backlog (a projector catching up, a burst of sign-ups) can still fill a list between
+// two passes; PostgreSQL then merges it in the insert as before, and an insert that finds
+// a merge under way leaves the list to it instead of waiting. gin_clean_pending_list lets
+// go of each index's lock as it returns, so a rebuild's swap, which drops the live
+// tables' indexes, waits for one merge at most, never for the rest of a pass (checked:
+// a swap dropped an index merged earlier in a pass that was waiting for another). A
+// rebuild's fresh tables are in a schema of their own: their lists are left to
+// PostgreSQL, in a bulk load where no batch waits.
 type PendingLists struct {
 	Pool *pgxpool.Pool
 	// Interval is how often the lists are merged; 0 turns it off.
@@ -43,7 +46,7 @@ type PendingLists struct {
 }
 
 // pendingListsLock is held, for a pass's transaction, by the process merging: the others
-// skip the pass rather than queue behind it on each index's metapage.
+// skip the pass rather than wait behind it on each index's metapage.
 var pendingListsLock = db.LockKey("chatbotd.gin-pending-lists")
 
 // Run merges the lists every Interval until ctx ends. A pass that fails is tried at the
