@@ -175,14 +175,13 @@ func TestDeferredBatchesDoNotHoldTheRelayBack(t *testing.T) {
 // does not wait for it.
 func TestTheFlushIsMarkedBeforeItTakesItsID(t *testing.T) {
 	d := testenv.MustDatabase(t)
-	pool, traced := mustTracedPool(t, d.URL)
+	pool, traced := testenv.MustTracedPool(t, d.URL)
 	r, err := NewRunner(pool, nil, &committing{steps: &[]string{}, mu: &sync.Mutex{}}, Config{Exchange: "test", DeferFlush: true})
 	require.NoError(t, err)
 	require.NoError(t, r.durable(context.Background()))
-	traced.mu.Lock()
-	defer traced.mu.Unlock()
-	require.Len(t, traced.batches, 1, "one round trip: %q %q", traced.alone, traced.batches)
-	b := traced.batches[0]
+	alone, batches := traced.RoundTrips()
+	require.Len(t, batches, 1, "one round trip: %q %q", alone, batches)
+	b := batches[0]
 	mark := slices.IndexFunc(b, func(q string) bool { return strings.Contains(q, "chatbotd_never_appends") })
 	id := slices.IndexFunc(b, func(q string) bool { return strings.Contains(q, "txid_current") })
 	assert.True(t, mark >= 0 && mark < id, "marked before it takes its id: %q", b)

@@ -1,11 +1,16 @@
 package projections_test
 
 import (
+	"bytes"
 	"context"
+	"log/slog"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -67,4 +72,37 @@ func TestPendingListsAreMergedBesideTheBatches(t *testing.T) {
 	merged, err = lists.Merge(ctx)
 	require.NoError(t, err)
 	assert.Zero(t, merged["chatbots_search_idx"])
+}
+
+// A database user that does not own the indexes cannot merge their lists: Run says so
+// once and stops, and PostgreSQL merges them in the inserts as before.
+func TestPendingListsStopWithoutThePrivilege(t *testing.T) {
+	ctx := context.Background()
+	d := testenv.MustDatabase(t)
+	role := "chatbotd_reader_" + strings.ReplaceAll(uuid.NewString()[:8], "-", "")
+	_, err := d.Pool.Exec(ctx, `CREATE ROLE `+role+` LOGIN`)
+	require.NoError(t, err)
+	cfg, err := pgxpool.ParseConfig(d.URL)
+	require.NoError(t, err)
+	cfg.ConnConfig.User = role
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	require.NoError(t, err)
+	t.Cleanup(func() {
+		pool.Close()
+		_, _ = d.Pool.Exec(context.Background(), `DROP ROLE `+role)
+	})
+
+	_, err = (&projections.PendingLists{Pool: pool}).Merge(ctx)
+	var pgErr *pgconn.PgError
+	require.ErrorAs(t, err, &pgErr)
+	assert.Equal(t, "42501", pgErr.Code, "insufficient privilege")
+
+	var logged bytes.Buffer
+	rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	lists := &projections.PendingLists{Pool: pool, Interval: 10 * time.Millisecond,
+		Logger: slog.New(slog.NewTextHandler(&logged, nil))}
+	require.NoError(t, lists.Run(rctx))
+	assert.NoError(t, rctx.Err(), "Run stopped on its own")
+	assert.Equal(t, 1, strings.Count(logged.String(), "GIN pending lists not merged"), "said once: %s", logged.String())
 }

@@ -5,13 +5,11 @@ import (
 	"fmt"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -188,47 +186,6 @@ func BenchmarkGroupBatch(b *testing.B) {
 	}
 }
 
-// roundTrips counts what a pool sends to PostgreSQL: each statement sent alone, and each
-// batch (with its statements), is a round trip.
-type roundTrips struct {
-	mu      sync.Mutex
-	alone   []string
-	batches [][]string
-}
-
-func (r *roundTrips) TraceQueryStart(ctx context.Context, _ *pgx.Conn, d pgx.TraceQueryStartData) context.Context {
-	r.mu.Lock()
-	r.alone = append(r.alone, d.SQL)
-	r.mu.Unlock()
-	return ctx
-}
-func (r *roundTrips) TraceQueryEnd(context.Context, *pgx.Conn, pgx.TraceQueryEndData) {}
-func (r *roundTrips) TraceBatchStart(ctx context.Context, _ *pgx.Conn, _ pgx.TraceBatchStartData) context.Context {
-	r.mu.Lock()
-	r.batches = append(r.batches, nil)
-	r.mu.Unlock()
-	return ctx
-}
-func (r *roundTrips) TraceBatchQuery(_ context.Context, _ *pgx.Conn, d pgx.TraceBatchQueryData) {
-	r.mu.Lock()
-	r.batches[len(r.batches)-1] = append(r.batches[len(r.batches)-1], d.SQL)
-	r.mu.Unlock()
-}
-func (r *roundTrips) TraceBatchEnd(context.Context, *pgx.Conn, pgx.TraceBatchEndData) {}
-
-// mustTracedPool is a pool on url whose round trips are counted; it is closed with tb.
-func mustTracedPool(tb testing.TB, url string) (*pgxpool.Pool, *roundTrips) {
-	tb.Helper()
-	cfg, err := pgxpool.ParseConfig(url)
-	require.NoError(tb, err)
-	traced := &roundTrips{}
-	cfg.ConnConfig.Tracer = traced
-	pool, err := pgxpool.NewWithConfig(context.Background(), cfg)
-	require.NoError(tb, err)
-	tb.Cleanup(pool.Close)
-	return pool, traced
-}
-
 // mustChatbotCreated appends a chatbot's creation to store and returns its envelope.
 func mustChatbotCreated(tb testing.TB, store *eventstore.Store, org uuid.UUID) events.Envelope {
 	tb.Helper()
@@ -253,7 +210,7 @@ func TestGroupBatchRoundTrips(t *testing.T) {
 	created := mustChatbotCreated(t, store, uuid.New())
 	batch, id := []events.Envelope{created}, created.StreamID
 
-	pool, traced := mustTracedPool(t, d.URL)
+	pool, traced := testenv.MustTracedPool(t, d.URL)
 	r, err := NewRunner(pool, nil, NewProjectorGroup(Deps{Pool: pool, Store: store}), Config{Exchange: "test"})
 	require.NoError(t, err)
 	shares := r.shares(batch)
@@ -270,10 +227,9 @@ func TestGroupBatchRoundTrips(t *testing.T) {
 	require.NoError(t, d.Pool.QueryRow(ctx, `SELECT name FROM chatbots WHERE id = $1`, id).Scan(&got.name))
 	assert.Equal(t, "Bench bot", got.name)
 
-	traced.mu.Lock()
-	defer traced.mu.Unlock()
+	alone, batches := traced.RoundTrips()
 	var preludes [][]string
-	for _, b := range traced.batches {
+	for _, b := range batches {
 		if slices.ContainsFunc(b, func(q string) bool { return strings.Contains(q, "pg_advisory_xact_lock_shared") }) {
 			preludes = append(preludes, b)
 		}
@@ -283,12 +239,12 @@ func TestGroupBatchRoundTrips(t *testing.T) {
 		"begin, then each member's lock, and its streams' rows with their versions; the webhooks' subscriptions on a generic plan")
 	assert.Equal(t, "begin", strings.ToLower(preludes[0][0]), "the transaction begins in the prelude's round trip")
 	assert.Contains(t, preludes[0][len(preludes[0])-2], "FROM webhooks", "the subscriptions are read in the prelude (Prefetch)")
-	last := traced.batches[len(traced.batches)-1]
+	last := batches[len(batches)-1]
 	assert.Equal(t, "COMMIT", last[len(last)-1], "the commit goes with the last writes")
 	// The preludes with the begin and the subscriptions' query, the writes with the commit.
-	assert.LessOrEqual(t, len(traced.alone)+len(traced.batches), 2,
-		"round trips: %d alone %q, %d batches %q", len(traced.alone), traced.alone, len(traced.batches), traced.batches)
-	assert.Empty(t, traced.alone, "no statement in a round trip of its own")
+	assert.LessOrEqual(t, len(alone)+len(batches), 2,
+		"round trips: %d alone %q, %d batches %q", len(alone), alone, len(batches), batches)
+	assert.Empty(t, alone, "no statement in a round trip of its own")
 	assert.Eventually(t, func() bool { return pool.Stat().AcquiredConns() == 0 }, 5*time.Second, 10*time.Millisecond,
 		"the connection is given back")
 }
@@ -344,14 +300,18 @@ func TestABatchThatFailsWithItsCommitLeavesNothing(t *testing.T) {
 func TestPipelineReadsAfterItsWrites(t *testing.T) {
 	ctx := context.Background()
 	d := testenv.MustDatabase(t)
-	pool, traced := mustTracedPool(t, d.URL)
+	pool, traced := testenv.MustTracedPool(t, d.URL)
 	tx, err := pool.Begin(ctx)
 	require.NoError(t, err)
 	defer tx.Rollback(ctx)
 	_, err = tx.Exec(ctx, `CREATE TEMP TABLE piped (n int PRIMARY KEY)`)
 	require.NoError(t, err)
 	pipe := &pipeTx{Tx: tx}
-	before := len(traced.alone) + len(traced.batches)
+	roundTrips := func() int {
+		alone, batches := traced.RoundTrips()
+		return len(alone) + len(batches)
+	}
+	before := roundTrips()
 
 	for i := range 3 {
 		_, err := pipe.Exec(ctx, `INSERT INTO piped VALUES ($1)`, i)
@@ -362,14 +322,14 @@ func TestPipelineReadsAfterItsWrites(t *testing.T) {
 	got, err := pgx.CollectRows(rows, pgx.RowTo[int])
 	require.NoError(t, err)
 	assert.Equal(t, []int{0, 1, 2}, got)
-	assert.Equal(t, 1, len(traced.alone)+len(traced.batches)-before, "the writes and the read in one round trip")
+	assert.Equal(t, 1, roundTrips()-before, "the writes and the read in one round trip")
 
 	_, err = pipe.Exec(ctx, `INSERT INTO piped VALUES (3)`)
 	require.NoError(t, err)
 	var n int
 	require.NoError(t, pipe.QueryRow(ctx, `SELECT count(*) FROM piped`).Scan(&n))
 	assert.Equal(t, 4, n)
-	assert.Equal(t, 2, len(traced.alone)+len(traced.batches)-before)
+	assert.Equal(t, 2, roundTrips()-before)
 
 	_, err = pipe.Exec(ctx, `INSERT INTO piped VALUES (0)`) // taken
 	require.NoError(t, err)
