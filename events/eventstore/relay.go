@@ -452,6 +452,13 @@ type publisher struct {
 	returns  chan amqp.Return
 	closed   chan *amqp.Error
 	timeout  time.Duration
+	cork     func() (uncork func()) // nil: each publish leaves at once
+}
+
+// Corker is a Channeler whose connection can hold a burst of publishes back and send
+// them together (broker.Conn).
+type Corker interface {
+	Cork() (uncork func())
 }
 
 func (r *Relay) openPublisher(ctx context.Context) (*publisher, error) {
@@ -483,7 +490,12 @@ func (r *Relay) openPublisher(ctx context.Context) (*publisher, error) {
 	if r.cfg.Frames {
 		n *= 2 // and a frame for each event, at most
 	}
+	var cork func() func()
+	if c, ok := r.broker.(Corker); ok {
+		cork = c.Cork
+	}
 	return &publisher{
+		cork:     cork,
 		ch:       ch,
 		exchange: r.cfg.Exchange,
 		frames:   r.cfg.Frames,
@@ -600,8 +612,12 @@ func frameMessage(f *frame) amqp.Publishing {
 }
 
 // send publishes the batch, and its frames with Frames, without waiting for the confirms.
-// It returns how many messages it published.
+// It returns how many messages it published. The publishes leave together, when the
+// broker's connection can hold them back (broker.Conn.Cork).
 func (p *publisher) send(ctx context.Context, batch []events.Envelope) (int, error) {
+	if p.cork != nil {
+		defer p.cork()()
+	}
 	var fr framer
 	sent := 0
 	for _, e := range batch {

@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"net"
 	"net/url"
 	"strings"
 	"sync"
@@ -46,6 +47,10 @@ type Conn struct {
 	node   int // the index in urls of conn's node, or of the next node to try
 	closed chan struct{}
 	once   sync.Once
+
+	corkMu sync.Mutex // not mu, which a dial holds for seconds
+	sock   net.Conn   // the socket of the last connection dialled, for Cork
+	corks  int        // Cork calls not yet ended on sock
 }
 
 // SplitURLs parses AMQP_URL: one amqp:// (or amqps://) URL per node, separated by
@@ -90,7 +95,7 @@ func (c *Conn) connection() (*amqp.Connection, error) {
 	var errs []error
 	for i := range c.urls {
 		n := (c.node + i) % len(c.urls)
-		conn, err := amqp.DialConfig(c.urls[n], amqp.Config{Heartbeat: 10 * time.Second, Dial: amqp.DefaultDial(5 * time.Second)})
+		conn, err := amqp.DialConfig(c.urls[n], amqp.Config{Heartbeat: 10 * time.Second, Dial: c.dialer(5 * time.Second)})
 		if err != nil {
 			errs = append(errs, fmt.Errorf("%s: %v", redact(c.urls[n]), err))
 			continue
