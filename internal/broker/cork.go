@@ -10,8 +10,9 @@ import (
 // event and one for each frame) leaves in a few full segments instead of a write that
 // crosses the network stack for every message. amqp091 flushes its buffer after each
 // publish, and a flush on loopback wakes RabbitMQ for every message: in a profile of
-// serve at 1,433 commands a second, the relay's publishes spent two thirds of their time
-// in those writes (BENCHMARKS.md). Where the socket cannot be corked (no connection yet,
+// serve at 1,433 commands a second, the relay's publishes spent nearly half of their time
+// in those writes, and a quarter of the relay's CPU went with the cork (BENCHMARKS.md,
+// "twenty-first pass"). Where the socket cannot be corked (no connection yet,
 // not Linux) it does nothing. Other users of the connection (acknowledgements,
 // heartbeats) wait meanwhile for the burst's end, which comes at once: the kernel sends
 // what it holds after 200 ms in any case. Calls may nest; the last to end uncorks.
