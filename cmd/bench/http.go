@@ -152,23 +152,10 @@ func httpFigures(ctx context.Context, o options, srv *server, pool *pgxpool.Pool
 	if err := settle(ctx, pool, "bench.serve."); err != nil {
 		return err
 	}
-	before, err := srv.metrics()
+	cmdLat, readLat, halfStages, err := staged(srv, half, 2*o.duration)
 	if err != nil {
 		return err
 	}
-	var cmdLat, readLat loadResult
-	halfShares, err := cpuShares(func() (err error) {
-		cmdLat, readLat, err = commandToRead(srv, half, 2*o.duration)
-		return err
-	})
-	if err != nil {
-		return err
-	}
-	after, err := srv.metrics()
-	if err != nil {
-		return err
-	}
-	halfStages := stagesOf(before, after) + "cores: " + formatShares(halfShares) + "\n"
 	fmt.Fprint(os.Stderr, halfStages)
 	// And at a quarter: the closed-loop peak above defers the projectors' work, so half of
 	// it may be more than the whole pipeline sustains.
@@ -431,27 +418,35 @@ func readModelAt(ctx context.Context, o options, rate float64) error {
 	if _, _, err := commandToRead(srv, rate, o.duration); err != nil {
 		return fmt.Errorf("warm-up: %w", err)
 	}
-	before, err := srv.metrics()
+	cmd, read, stages, err := staged(srv, rate, 2*o.duration)
 	if err != nil {
 		return err
 	}
-	var cmd, read loadResult
-	shares, err := cpuShares(func() (err error) {
-		cmd, read, err = commandToRead(srv, rate, 2*o.duration)
-		return err
-	})
-	if err != nil {
-		return err
-	}
-	after, err := srv.metrics()
-	if err != nil {
-		return err
-	}
-	fmt.Print(stagesOf(before, after))
-	fmt.Printf("cores: %s\n", formatShares(shares))
+	fmt.Print(stages)
 	fmt.Printf("commands at %.0f/s for %s: sent %.0f/s, command p50 %s p99 %s; 2xx → read model p50 %s p99 %s, worst second's p99 %s (second %d)\n",
 		rate, 2*o.duration, cmd.rate, ms(cmd.p50), ms(cmd.p99), ms(read.p50), ms(read.p99), ms(read.worst), read.worstAt)
 	return nil
+}
+
+// staged is commandToRead with where its events went (stagesOf) and the cores each
+// program used meanwhile, as lines of text.
+func staged(srv *server, rate float64, d time.Duration) (cmd, read loadResult, stages string, err error) {
+	before, err := srv.metrics()
+	if err != nil {
+		return cmd, read, "", err
+	}
+	shares, err := cpuShares(func() (err error) {
+		cmd, read, err = commandToRead(srv, rate, d)
+		return err
+	})
+	if err != nil {
+		return cmd, read, "", err
+	}
+	after, err := srv.metrics()
+	if err != nil {
+		return cmd, read, "", err
+	}
+	return cmd, read, stagesOf(before, after) + "cores: " + formatShares(shares) + "\n", nil
 }
 
 // stagesOf says where the events of a run went, from the server's metrics before and
