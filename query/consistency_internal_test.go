@@ -4,6 +4,7 @@ import (
 	"context"
 	"net/http"
 	"net/http/httptest"
+	"regexp"
 	"testing"
 	"time"
 
@@ -63,4 +64,78 @@ func TestConsistencyWaitsAreBoundedPerProcess(t *testing.T) {
 
 	other := read(auth.Principal{OrganizationID: uuid.New()})
 	assert.Equal(t, http.StatusBadRequest, other.Code, "another organization's write")
+}
+
+// Where the read models are on the primary, a read with a token whose write is applied
+// costs one round trip before the handler's: the stream's owner and the projection's
+// version in one statement. With a replica (another database to read), the projection is
+// looked at where the read reads, after the owner: two. A write not applied yet is waited
+// for either way, and another organization's stream is refused whatever the projection
+// has applied of it.
+func TestConsistencyLooksOnceWhereTheReadModelsAreOnThePrimary(t *testing.T) {
+	ctx := context.Background()
+	d := testenv.MustDatabase(t)
+	org := uuid.New()
+	store := eventstore.NewStore(d.Pool)
+	write := func(applied bool) events.AppendResult {
+		bot := uuid.New()
+		tok, err := store.Append(ctx, eventstore.AppendRequest{StreamType: events.StreamChatbot, StreamID: bot,
+			ExpectedVersion: 0, OrganizationID: &org, Meta: events.Meta{Actor: events.Actor{Type: events.ActorSystem}},
+			Events: []events.Event{events.ChatbotCreated{Name: "Bot", Responder: events.Responder{Type: "knowledge_base"}}}})
+		require.NoError(t, err)
+		if applied {
+			_, err = d.Pool.Exec(ctx, `INSERT INTO projection_streams (projection, stream_id, version) VALUES ($1, $2, 1)`,
+				readmodel.ChatbotsProjection, bot)
+			require.NoError(t, err)
+		}
+		return tok
+	}
+	primary, traced := testenv.MustTracedPool(t, d.URL)
+	replica, tracedReplica := testenv.MustTracedPool(t, d.URL+"&application_name=replica")
+	waitsFor := map[string]string{events.StreamChatbot: readmodel.ChatbotsProjection}
+	gin.SetMode(gin.TestMode)
+	read := func(h *HTTP, tok events.AppendResult, p auth.Principal) *httptest.ResponseRecorder {
+		traced.Reset()
+		tracedReplica.Reset()
+		w := httptest.NewRecorder()
+		c, _ := gin.CreateTestContext(w)
+		c.Request = httptest.NewRequest(http.MethodGet, "/api/v1/chatbots", nil)
+		c.Request.Header.Set("X-Consistency-Token", tok.Token())
+		c.Set(auth.PrincipalKey, p)
+		h.Consistency()(c)
+		if !c.IsAborted() {
+			c.Status(http.StatusOK)
+		}
+		return w
+	}
+	roundTrips := func(s *testenv.Statements) int {
+		alone, batches := s.RoundTrips()
+		return len(alone) + len(batches)
+	}
+	mine := auth.Principal{OrganizationID: org}
+
+	onPrimary := NewHTTP(primary, primary, nil, nil, nil, nil, waitsFor)
+	require.True(t, onPrimary.readsPrimary)
+	got := read(onPrimary, write(true), mine)
+	assert.Empty(t, got.Header().Get("X-Consistency"))
+	assert.Equal(t, 1, roundTrips(traced), "%q", traced.All())
+
+	other := read(onPrimary, write(true), auth.Principal{OrganizationID: uuid.New()})
+	assert.Equal(t, http.StatusBadRequest, other.Code, "another organization's write")
+	assert.Equal(t, 1, roundTrips(traced), "%q", traced.All())
+
+	onPrimary.consistencyWait = 200 * time.Millisecond
+	pending := write(false)
+	assert.Equal(t, "timeout", read(onPrimary, pending, mine).Header().Get("X-Consistency"), "not applied: waited for")
+	_, err := d.Pool.Exec(ctx, `INSERT INTO projection_streams (projection, stream_id, version) VALUES ($1, $2, 1)`,
+		readmodel.ChatbotsProjection, pending.StreamID)
+	require.NoError(t, err)
+	assert.Empty(t, read(onPrimary, pending, mine).Header().Get("X-Consistency"), "applied since: the wait's look finds it")
+
+	withReplica := NewHTTP(replica, primary, nil, nil, nil, nil, waitsFor)
+	require.False(t, withReplica.readsPrimary)
+	got = read(withReplica, write(true), mine)
+	assert.Empty(t, got.Header().Get("X-Consistency"))
+	assert.Equal(t, 1, roundTrips(traced), "the owner, on the primary: %q", traced.All())
+	assert.Len(t, tracedReplica.Matching(regexp.MustCompile(`projection_streams`)), 1, "the projection, where the read reads")
 }

@@ -26,10 +26,14 @@ type HTTP struct {
 	read *pgxpool.Pool
 	// primary serves what must not lag: verifying the audit chain reads the log, the
 	// chain and the audit trail in one snapshot.
-	primary  *pgxpool.Pool
-	chainKey events.ChainKey
-	cache    *cache.Cache
-	tokens   *auth.Tokens
+	primary *pgxpool.Pool
+	// readsPrimary is true when read and primary reach the same database (no replica): a
+	// read with a consistency token then looks at its stream's owner and at the
+	// projection in one round trip (see Consistency).
+	readsPrimary bool
+	chainKey     events.ChainKey
+	cache        *cache.Cache
+	tokens       *auth.Tokens
 	// ConsistencyWait bounds how long a query waits for X-Consistency-Token.
 	consistencyWait time.Duration
 	applied         *readmodel.Applied
@@ -50,7 +54,7 @@ type HTTP struct {
 // consistency token of that stream waits for (projections.WaitsFor, from the registry).
 func NewHTTP(read, primary *pgxpool.Pool, c *cache.Cache, tokens *auth.Tokens, chainKey events.ChainKey, applied *readmodel.Applied,
 	waitsFor map[string]string) *HTTP {
-	return &HTTP{read: read, primary: primary, chainKey: chainKey, cache: c, tokens: tokens, applied: applied, consistencyWait: 5 * time.Second,
+	return &HTTP{read: read, primary: primary, readsPrimary: sameDatabase(read, primary), chainKey: chainKey, cache: c, tokens: tokens, applied: applied, consistencyWait: 5 * time.Second,
 		waits: make(chan struct{}, maxWaits), projectionOf: waitsFor, streams: streamOwners{bounded.New[uuid.UUID, uuid.UUID](maxStreamOwners)}}
 }
 
