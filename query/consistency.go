@@ -54,11 +54,20 @@ func (h *HTTP) Consistency() gin.HandlerFunc {
 		}
 		ctx, cancel := context.WithTimeout(c.Request.Context(), h.consistencyWait)
 		defer cancel()
+		// Where the read models are on the primary, the owner's look reads the projection's
+		// version too, and the wait is registered before it (readmodel.Watch).
+		var watch *readmodel.Watch
 		look := ""
 		if h.readsPrimary {
-			look = projection
+			look, watch = projection, h.applied.Watch(h.read, projection, tok.StreamID, tok.Version)
 		}
-		mine, applied, err := h.streams.belongs(ctx, h.primary, principal(c), tok.StreamID, tok.Version, look)
+		mine, applied, looked, err := h.streams.belongs(ctx, h.primary, principal(c), tok.StreamID, tok.Version, look)
+		// A write applied already: the look says so, and the read takes no turn and waits
+		// for nothing. Otherwise the wait goes on from that look, which was its first.
+		reached := looked && applied >= tok.Version
+		if err != nil || !mine || !looked || reached {
+			watch.Stop()
+		}
 		if err != nil {
 			httpx.Fail(c, err)
 			return
@@ -67,19 +76,21 @@ func (h *HTTP) Consistency() gin.HandlerFunc {
 			httpx.Fail(c, apperr.New(apperr.CodeBadRequest, "X-Consistency-Token names no write of your organization"))
 			return
 		}
-		// Most reads with a token come after their write is applied: the look that came
-		// with the owner's then says so, and the read waits for nothing.
-		reached := applied >= tok.Version
 		if !reached {
 			select {
 			case h.waits <- struct{}{}:
-				reached, err = h.applied.WaitApplied(ctx, h.read, projection, tok.StreamID, tok.Version)
+				if looked {
+					reached, err = watch.WaitAfter(ctx, applied)
+				} else {
+					reached, err = h.applied.WaitApplied(ctx, h.read, projection, tok.StreamID, tok.Version)
+				}
 				<-h.waits
 				if err != nil {
 					httpx.Fail(c, err)
 					return
 				}
 			case <-ctx.Done():
+				watch.Stop()
 			}
 		}
 		if !reached {
@@ -108,17 +119,18 @@ const maxStreamOwners = 10000
 // stream, for a platform operator, whose commands act on other organizations).
 //
 // When the owner is read from the log and projection is not "", the same statement reads
-// the version projection has applied of the stream (applied; 0 otherwise, and whenever the
-// stream is not p's): one round trip where the owner's and the wait's first look took two.
-// Only where the read models are on the primary (no replica): a read must wait for the
-// projection where it reads.
+// the version projection has applied of the stream: applied, and looked is true (applied
+// is 0 when the projection has none of it, and looked false whenever the stream is not
+// p's). One round trip where the owner's and the wait's first look took two. Only where
+// the read models are on the primary (no replica): a read must wait for the projection
+// where it reads.
 func (s streamOwners) belongs(ctx context.Context, primary *pgxpool.Pool, p auth.Principal, stream uuid.UUID, version int,
-	projection string) (mine bool, applied int, err error) {
+	projection string) (mine bool, applied int, looked bool, err error) {
 	if p.Can(rbac.PlatformOperate) {
-		return true, 0, nil
+		return true, 0, false, nil
 	}
 	if org, ok := s.m.Get(stream); ok {
-		return org == p.OrganizationID, 0, nil
+		return org == p.OrganizationID, 0, false, nil
 	}
 	var owner *uuid.UUID
 	var at *int
@@ -131,19 +143,19 @@ func (s streamOwners) belongs(ctx context.Context, primary *pgxpool.Pool, p auth
 			FROM events e WHERE e.stream_id = $1 AND e.stream_version = $2`, stream, version, projection).Scan(&owner, &at)
 	}
 	if errors.Is(err, pgx.ErrNoRows) || (err == nil && owner == nil) {
-		return false, 0, nil
+		return false, 0, false, nil
 	}
 	if err != nil {
-		return false, 0, err
+		return false, 0, false, err
 	}
 	s.m.Put(stream, *owner)
 	if *owner != p.OrganizationID {
-		return false, 0, nil
+		return false, 0, false, nil
 	}
 	if at != nil {
 		applied = *at
 	}
-	return true, applied, nil
+	return true, applied, projection != "", nil
 }
 
 // sameDatabase reports whether two pools reach the same database: configured with the

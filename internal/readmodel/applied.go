@@ -243,25 +243,68 @@ func (a *Applied) unregister(q WaitQuerier, projection string, w *waiter) {
 // WaitApplied waits until projection has applied stream up to version, or ctx ends. It
 // reports whether the version was reached. a may be nil: the wait then polls.
 func (a *Applied) WaitApplied(ctx context.Context, q WaitQuerier, projection string, stream uuid.UUID, version int) (bool, error) {
+	return a.Watch(q, projection, stream, version).Wait(ctx)
+}
+
+// Watch is a wait for a projection to apply a stream up to a version, registered before
+// its first look at the read model, so that a batch committed after that look wakes it.
+// The look is the watch's own (Wait), or the caller's (WaitAfter), made with something
+// else in one round trip; a watch not waited for must be stopped (Stop).
+type Watch struct {
+	a          *Applied
+	q          WaitQuerier
+	projection string
+	stream     uuid.UUID
+	version    int
+	w          *waiter
+}
+
+// Watch registers a wait for projection's stream to reach version, read with q. a may be
+// nil: the wait then polls.
+func (a *Applied) Watch(q WaitQuerier, projection string, stream uuid.UUID, version int) *Watch {
+	return &Watch{a: a, q: q, projection: projection, stream: stream, version: version,
+		w: a.register(q, projection, stream, version)}
+}
+
+// Stop forgets the watch: the caller's look found the version reached, or the read does
+// not wait after all. A nil *Watch: nothing.
+func (w *Watch) Stop() {
+	if w == nil {
+		return
+	}
+	w.a.unregister(w.q, w.projection, w.w)
+	w.w = nil
+}
+
+// Wait looks at the read model, then waits until the version is reached or ctx ends. It
+// reports whether the version was reached.
+func (w *Watch) Wait(ctx context.Context) (bool, error) {
+	v, err := AppliedVersion(ctx, w.q, w.projection, w.stream)
+	if err != nil {
+		w.Stop()
+		if ctx.Err() != nil {
+			return false, nil
+		}
+		return false, err
+	}
+	return w.WaitAfter(ctx, v)
+}
+
+// WaitAfter is Wait when the caller has looked already, after Watch: looked is the
+// version it found applied.
+func (w *Watch) WaitAfter(ctx context.Context, looked int) (bool, error) {
+	a := w.a
 	delay := 2 * time.Millisecond
+	v := looked
 	for {
-		// Registered before the look, so that a batch committed after the look is checked.
-		w := a.register(q, projection, stream, version)
-		v, err := AppliedVersion(ctx, q, projection, stream)
-		if err != nil || v >= version {
-			a.unregister(q, projection, w)
-			if err != nil {
-				if ctx.Err() != nil {
-					return false, nil
-				}
-				return false, err
-			}
+		if v >= w.version {
+			w.Stop()
 			return true, nil
 		}
 		pause := delay
 		var reached, look <-chan struct{}
-		if w != nil {
-			pause, reached, look = a.SafetyPoll, w.reached, w.look
+		if w.w != nil {
+			pause, reached, look = a.SafetyPoll, w.w.reached, w.w.look
 		} else {
 			delay = min(delay*2, 50*time.Millisecond)
 		}
@@ -269,7 +312,7 @@ func (a *Applied) WaitApplied(ctx context.Context, q WaitQuerier, projection str
 		select {
 		case <-ctx.Done():
 			t.Stop()
-			a.unregister(q, projection, w)
+			w.Stop()
 			return false, nil
 		case <-reached:
 			t.Stop()
@@ -278,6 +321,17 @@ func (a *Applied) WaitApplied(ctx context.Context, q WaitQuerier, projection str
 		case <-t.C:
 		}
 		t.Stop()
-		a.unregister(q, projection, w)
+		w.Stop()
+		// Registered again before the look, so that a batch committed after the look is
+		// checked.
+		w.w = a.register(w.q, w.projection, w.stream, w.version)
+		var err error
+		if v, err = AppliedVersion(ctx, w.q, w.projection, w.stream); err != nil {
+			w.Stop()
+			if ctx.Err() != nil {
+				return false, nil
+			}
+			return false, err
+		}
 	}
 }

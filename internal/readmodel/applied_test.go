@@ -234,3 +234,34 @@ func TestAFailedCheckHasItsWaitersLook(t *testing.T) {
 		reached(t, w)
 	}
 }
+
+// A watch is registered before the caller's own look (readmodel.Watch, WaitAfter): a
+// batch committed and notified after that look, and before the wait begins, ends the wait
+// at once, though the wait looks again only when told (the safety poll is an hour here).
+// A watch whose look found its version waits for nothing.
+func TestConsistencyWatchHearsWhatCommitsAfterTheCallersLook(t *testing.T) {
+	ctx := context.Background()
+	d, a := hearing(t)
+	stream := uuid.New()
+	watch := a.Watch(d.Pool, "chatbots", stream, 1)
+	looked, err := readmodel.AppliedVersion(ctx, d.Pool, "chatbots", stream)
+	require.NoError(t, err)
+	require.Zero(t, looked)
+
+	_, err = d.Pool.Exec(ctx, `INSERT INTO projection_streams (projection, stream_id, version) VALUES ('chatbots', $1, 1)`, stream)
+	require.NoError(t, err)
+	_, err = d.Pool.Exec(ctx, `SELECT pg_notify($1, 'chatbots')`, readmodel.AppliedChannel)
+	require.NoError(t, err)
+	time.Sleep(200 * time.Millisecond) // the notification is heard before the wait begins
+
+	wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	ok, err := watch.WaitAfter(wctx, looked)
+	require.NoError(t, err)
+	assert.True(t, ok, "the wait missed the notification and ran to its deadline")
+
+	done := a.Watch(d.Pool, "chatbots", stream, 1)
+	ok, err = done.WaitAfter(wctx, 1)
+	require.NoError(t, err)
+	assert.True(t, ok)
+}
