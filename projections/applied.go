@@ -6,9 +6,12 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 
+	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/chatbotsaas/chatbotd/events"
 	"github.com/chatbotsaas/chatbotd/internal/readmodel"
 )
 
@@ -26,6 +29,8 @@ type AppliedNotifier struct {
 	mu      sync.Mutex
 	pending map[string]bool
 	kick    chan struct{}
+	// local, when set, is told each batch's stream versions at once (SetLocal).
+	local atomic.Pointer[func(projection string, versions map[uuid.UUID]int)]
 }
 
 // NewAppliedNotifier returns a notifier sending through pool; Run sends.
@@ -53,6 +58,32 @@ func (n *AppliedNotifier) Applied(names ...string) {
 	case n.kick <- struct{}{}:
 	default:
 	}
+}
+
+// SetLocal has each committed batch's stream versions, by projection, given to local as
+// soon as the batch has committed, before its notification goes out: the consistency
+// waits of this process end without the notification's round trips and their check
+// (readmodel.Applied.Committed). serve sets it when the reads wait on the database the
+// projectors commit to.
+func (n *AppliedNotifier) SetLocal(local func(projection string, versions map[uuid.UUID]int)) {
+	n.local.Store(&local)
+}
+
+// Reached gives local (SetLocal) the versions a batch of projection's left its streams at:
+// applied is what it applied, in order. It does nothing without local.
+func (n *AppliedNotifier) Reached(projection string, applied []events.Envelope) {
+	if n == nil || len(applied) == 0 {
+		return
+	}
+	local := n.local.Load()
+	if local == nil {
+		return
+	}
+	versions := make(map[uuid.UUID]int, len(applied))
+	for _, e := range applied {
+		versions[e.StreamID] = max(versions[e.StreamID], e.StreamVersion)
+	}
+	(*local)(projection, versions)
 }
 
 // workKey is the context key of a batch's work (NoteWork).

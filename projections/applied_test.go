@@ -135,3 +135,56 @@ func runNotifying(ctx context.Context, t *testing.T, d testenv.Database, a *test
 	go relay.Run(ctx)
 	a.WaitConsumer(runner.Queue().Name)
 }
+
+// A runner tells the waits of its own process what each batch applied, as soon as the
+// batch commits (AppliedNotifier.SetLocal): each member's streams at the version the
+// batch left them.
+func TestRunnerTellsItsProcessTheVersionsEachBatchReached(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	d := testenv.MustDatabase(t)
+	a := testenv.MustAMQP(t)
+	a.Queue(projections.ChatbotsName)
+	conn := broker.Dial(a.URL, testenv.Logger(t))
+	defer conn.Close()
+
+	type reached struct {
+		projection string
+		versions   map[uuid.UUID]int
+	}
+	told := make(chan reached, 16)
+	notifier := projections.NewAppliedNotifier(d.Pool, testenv.Logger(t))
+	notifier.SetLocal(func(projection string, versions map[uuid.UUID]int) { told <- reached{projection, versions} })
+	runner, err := projections.NewRunner(d.Pool, conn, projections.Chatbots{}, projections.Config{
+		Exchange: a.Exchange, QueuePrefix: a.QueuePrefix, Logger: testenv.Logger(t), Applied: notifier})
+	require.NoError(t, err)
+	relay, err := eventstore.NewRelay(d.Pool, conn, eventstore.RelayConfig{Exchange: a.Exchange, Logger: testenv.Logger(t)})
+	require.NoError(t, err)
+	go runner.Run(ctx)
+	go relay.Run(ctx)
+	a.WaitConsumer(runner.Queue().Name)
+
+	org, bot := uuid.New(), uuid.New()
+	store := eventstore.NewStore(d.Pool)
+	_, err = store.Append(ctx, eventstore.AppendRequest{StreamType: events.StreamChatbot, StreamID: bot,
+		OrganizationID: &org, Meta: system, Events: []events.Event{events.ChatbotCreated{Name: "Bot", Description: "d",
+			WelcomeMessage: "hi", FallbackMessage: "sorry", Responder: events.Responder{Type: "knowledge_base"}},
+			events.ChatbotUpdated{Changes: map[string]events.Change{"name": {Old: "Bot", New: "Bot 2"}}}}})
+	require.NoError(t, err)
+	// Both events are most often one batch; where the broker splits them, two.
+	deadline := time.After(15 * time.Second)
+	for at := 0; at < 2; {
+		select {
+		case got := <-told:
+			assert.Equal(t, readmodel.ChatbotsProjection, got.projection)
+			require.Len(t, got.versions, 1)
+			require.Greater(t, got.versions[bot], at, "a version the batch before reached already")
+			at = got.versions[bot]
+		case <-deadline:
+			t.Fatal("the runner did not tell its process version 2 within 15 s")
+		}
+	}
+	var name string
+	require.NoError(t, d.Pool.QueryRow(ctx, `SELECT name FROM chatbots WHERE id = $1`, bot).Scan(&name))
+	assert.Equal(t, "Bot 2", name, "told once committed")
+}

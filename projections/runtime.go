@@ -794,6 +794,7 @@ func (r *Runner) applyBatch(ctx context.Context, shares []share, envs []events.E
 		r.cfg.Metrics.AppliedAges(sh.p.Name(), now, len(applied), func(j int) time.Time { return applied[j].OccurredAt })
 		if len(each[i]) > 0 {
 			notified = append(notified, sh.p.Name())
+			r.cfg.Applied.Reached(sh.p.Name(), each[i])
 		}
 		r.trace(ctx, sh.p, each[i])
 	}

@@ -432,6 +432,11 @@ func newAPI(ctx context.Context, d *deps, secrets []byte, chain events.ChainKey,
 	// commits (its own connection, to the primary: a standby cannot LISTEN).
 	applied := readmodel.NewApplied(d.pool.Config().ConnConfig, d.logger.With("component", "consistency"))
 	start("consistency notifications", applied.Listen)
+	if cfg.DatabaseReadURL == cfg.DatabaseURL {
+		// Reads on the database the projectors commit to: a batch committed in this process
+		// ends their waits at once, without its notification's round trips.
+		d.applied.SetLocal(func(projection string, versions map[uuid.UUID]int) { applied.Committed(d.read, projection, versions) })
+	}
 	queries := query.NewHTTP(d.read, d.pool, d.cache, tokens, chain, applied, projections.WaitsFor())
 	routes := apiRoutes(command.NewHTTP(svc), queries, &operations{d: d, ready: ready})
 	for _, rt := range routes {

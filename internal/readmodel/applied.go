@@ -154,6 +154,33 @@ func (a *Applied) wake(names ...string) {
 	}
 }
 
+// Committed ends, without a query, the waits read with q for projection whose streams
+// versions has reached: a projector runtime of this process committed a batch that left
+// them there (projections.AppliedNotifier.SetLocal). Only for a q that reads the database
+// the batch committed to: a replica may not have it yet. The notification that the batch
+// sends still comes, for the waits of every process, and finds these ended.
+func (a *Applied) Committed(q WaitQuerier, projection string, versions map[uuid.UUID]int) {
+	if a == nil || len(versions) == 0 {
+		return
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	key := waitKey{projection: projection, q: q}
+	ws, ok := a.waiting[key]
+	if !ok {
+		return
+	}
+	for w := range ws.set {
+		if v, ok := versions[w.stream]; ok && v >= w.version {
+			close(w.reached)
+			delete(ws.set, w)
+		}
+	}
+	if len(ws.set) == 0 && !ws.checking {
+		delete(a.waiting, key)
+	}
+}
+
 // check reads the versions of ws's streams, ends the waits that reached theirs, and
 // does it again while notifications came meanwhile. A waiter registered during a query
 // is not in it, and is checked by the next one, or by its own first look.

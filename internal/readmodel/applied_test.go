@@ -265,3 +265,25 @@ func TestConsistencyWatchHearsWhatCommitsAfterTheCallersLook(t *testing.T) {
 	require.NoError(t, err)
 	assert.True(t, ok)
 }
+
+// A batch committed in this process ends the waits it reached at once (Committed), with
+// no notification and no query (the safety poll is an hour here and nothing is written):
+// only the waits of its projection, read with the querier it names, for a version the
+// batch reached.
+func TestConsistencyWaitEndsOnACommitInItsProcess(t *testing.T) {
+	d, a := hearing(t)
+	stream := uuid.New()
+	w := waitInBackground(a, d, "chatbots", stream, 2)
+	stillWaiting(t, w, "nothing was committed")
+
+	a.Committed(d.Pool, "chatbots", map[uuid.UUID]int{stream: 1, uuid.New(): 5})
+	stillWaiting(t, w, "version 1 of 2 was committed")
+	a.Committed(d.Pool, "audit", map[uuid.UUID]int{stream: 2})
+	stillWaiting(t, w, "another projection committed it")
+	elsewhere, _ := testenv.MustTracedPool(t, d.URL)
+	a.Committed(elsewhere, "chatbots", map[uuid.UUID]int{stream: 2})
+	stillWaiting(t, w, "committed where the wait does not read")
+
+	a.Committed(d.Pool, "chatbots", map[uuid.UUID]int{stream: 2})
+	reached(t, w)
+}
