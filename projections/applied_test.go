@@ -121,8 +121,9 @@ func TestRunnerNamesTheWorkABatchWrote(t *testing.T) {
 }
 
 // runNotifying runs p on the runtime with the applied notifier, and the relay, until ctx
-// ends; it returns once p's queue has its consumer.
-func runNotifying(ctx context.Context, t *testing.T, d testenv.Database, a *testenv.AMQP, conn *broker.Conn, p projections.Projector) {
+// ends; it returns the notifier once p's queue has its consumer.
+func runNotifying(ctx context.Context, t *testing.T, d testenv.Database, a *testenv.AMQP, conn *broker.Conn,
+	p projections.Projector) *projections.AppliedNotifier {
 	t.Helper()
 	notifier := projections.NewAppliedNotifier(d.Pool, testenv.Logger(t))
 	go notifier.Run(ctx)
@@ -134,6 +135,7 @@ func runNotifying(ctx context.Context, t *testing.T, d testenv.Database, a *test
 	go runner.Run(ctx)
 	go relay.Run(ctx)
 	a.WaitConsumer(runner.Queue().Name)
+	return notifier
 }
 
 // A runner tells the waits of its own process what each batch applied, as soon as the
@@ -153,20 +155,12 @@ func TestRunnerTellsItsProcessTheVersionsEachBatchReached(t *testing.T) {
 		versions   map[uuid.UUID]int
 	}
 	told := make(chan reached, 16)
-	notifier := projections.NewAppliedNotifier(d.Pool, testenv.Logger(t))
+	notifier := runNotifying(ctx, t, d, a, conn, projections.Chatbots{})
 	notifier.SetLocal(func(projection string, versions map[uuid.UUID]int) { told <- reached{projection, versions} })
-	runner, err := projections.NewRunner(d.Pool, conn, projections.Chatbots{}, projections.Config{
-		Exchange: a.Exchange, QueuePrefix: a.QueuePrefix, Logger: testenv.Logger(t), Applied: notifier})
-	require.NoError(t, err)
-	relay, err := eventstore.NewRelay(d.Pool, conn, eventstore.RelayConfig{Exchange: a.Exchange, Logger: testenv.Logger(t)})
-	require.NoError(t, err)
-	go runner.Run(ctx)
-	go relay.Run(ctx)
-	a.WaitConsumer(runner.Queue().Name)
 
 	org, bot := uuid.New(), uuid.New()
 	store := eventstore.NewStore(d.Pool)
-	_, err = store.Append(ctx, eventstore.AppendRequest{StreamType: events.StreamChatbot, StreamID: bot,
+	_, err := store.Append(ctx, eventstore.AppendRequest{StreamType: events.StreamChatbot, StreamID: bot,
 		OrganizationID: &org, Meta: system, Events: []events.Event{events.ChatbotCreated{Name: "Bot", Description: "d",
 			WelcomeMessage: "hi", FallbackMessage: "sorry", Responder: events.Responder{Type: "knowledge_base"}},
 			events.ChatbotUpdated{Changes: map[string]events.Change{"name": {Old: "Bot", New: "Bot 2"}}}}})

@@ -61,10 +61,10 @@ func (h *HTTP) Consistency() gin.HandlerFunc {
 		if h.readsPrimary {
 			look, watch = projection, h.applied.Watch(h.read, projection, tok.StreamID, tok.Version)
 		}
-		mine, applied, looked, err := h.streams.belongs(ctx, h.primary, principal(c), tok.StreamID, tok.Version, look)
+		mine, seen, looked, err := h.streams.belongs(ctx, h.primary, principal(c), tok.StreamID, tok.Version, look)
 		// A write applied already: the look says so, and the read takes no turn and waits
 		// for nothing. Otherwise the wait goes on from that look, which was its first.
-		reached := looked && applied >= tok.Version
+		reached := looked && seen >= tok.Version
 		if err != nil || !mine || !looked || reached {
 			watch.Stop()
 		}
@@ -80,7 +80,7 @@ func (h *HTTP) Consistency() gin.HandlerFunc {
 			select {
 			case h.waits <- struct{}{}:
 				if looked {
-					reached, err = watch.WaitAfter(ctx, applied)
+					reached, err = watch.WaitAfter(ctx, seen)
 				} else {
 					reached, err = h.applied.WaitApplied(ctx, h.read, projection, tok.StreamID, tok.Version)
 				}

@@ -37,25 +37,14 @@ func TestConsistencyWaitsAreBoundedPerProcess(t *testing.T) {
 
 	h := NewHTTP(d.Pool, d.Pool, nil, nil, nil, nil, map[string]string{events.StreamChatbot: readmodel.ChatbotsProjection})
 	h.consistencyWait = 300 * time.Millisecond
-	gin.SetMode(gin.TestMode)
-	read := func(principal auth.Principal) *httptest.ResponseRecorder {
-		w := httptest.NewRecorder()
-		c, _ := gin.CreateTestContext(w)
-		c.Request = httptest.NewRequest(http.MethodGet, "/api/v1/chatbots", nil)
-		c.Request.Header.Set("X-Consistency-Token", tok.Token())
-		c.Set(auth.PrincipalKey, principal)
-		h.Consistency()(c)
-		if !c.IsAborted() {
-			c.Status(http.StatusOK)
-		}
-		return w
-	}
+	read := func(principal auth.Principal) *httptest.ResponseRecorder { return readWithToken(h, tok, principal) }
 	mine := auth.Principal{OrganizationID: org}
 	assert.Empty(t, read(mine).Header().Get("X-Consistency"), "a free turn: the wait finds the write applied")
 
 	for range maxWaits {
 		h.waits <- struct{}{}
 	}
+	// The stream's owner is known now: the read looks at the projection only in its wait.
 	assert.Equal(t, "timeout", read(mine).Header().Get("X-Consistency"), "no turn: no wait, however applied the write")
 	done := make(chan *httptest.ResponseRecorder)
 	go func() { done <- read(mine) }()
@@ -93,20 +82,10 @@ func TestConsistencyLooksOnceWhereTheReadModelsAreOnThePrimary(t *testing.T) {
 	primary, traced := testenv.MustTracedPool(t, d.URL)
 	replica, tracedReplica := testenv.MustTracedPool(t, d.URL+"&application_name=replica")
 	waitsFor := map[string]string{events.StreamChatbot: readmodel.ChatbotsProjection}
-	gin.SetMode(gin.TestMode)
 	read := func(h *HTTP, tok events.AppendResult, p auth.Principal) *httptest.ResponseRecorder {
 		traced.Reset()
 		tracedReplica.Reset()
-		w := httptest.NewRecorder()
-		c, _ := gin.CreateTestContext(w)
-		c.Request = httptest.NewRequest(http.MethodGet, "/api/v1/chatbots", nil)
-		c.Request.Header.Set("X-Consistency-Token", tok.Token())
-		c.Set(auth.PrincipalKey, p)
-		h.Consistency()(c)
-		if !c.IsAborted() {
-			c.Status(http.StatusOK)
-		}
-		return w
+		return readWithToken(h, tok, p)
 	}
 	roundTrips := func(s *testenv.Statements) int {
 		alone, batches := s.RoundTrips()
@@ -138,4 +117,20 @@ func TestConsistencyLooksOnceWhereTheReadModelsAreOnThePrimary(t *testing.T) {
 	assert.Empty(t, got.Header().Get("X-Consistency"))
 	assert.Equal(t, 1, roundTrips(traced), "the owner, on the primary: %q", traced.All())
 	assert.Len(t, tracedReplica.Matching(regexp.MustCompile(`projection_streams`)), 1, "the projection, where the read reads")
+}
+
+// readWithToken runs h's consistency wait for a read of the chatbots with tok's
+// X-Consistency-Token, by p; a read that it lets through answers 200.
+func readWithToken(h *HTTP, tok events.AppendResult, p auth.Principal) *httptest.ResponseRecorder {
+	gin.SetMode(gin.TestMode)
+	w := httptest.NewRecorder()
+	c, _ := gin.CreateTestContext(w)
+	c.Request = httptest.NewRequest(http.MethodGet, "/api/v1/chatbots", nil)
+	c.Request.Header.Set("X-Consistency-Token", tok.Token())
+	c.Set(auth.PrincipalKey, p)
+	h.Consistency()(c)
+	if !c.IsAborted() {
+		c.Status(http.StatusOK)
+	}
+	return w
 }
