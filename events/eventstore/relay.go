@@ -193,9 +193,17 @@ func (r *Relay) lead(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	// Batches are published without waiting for the confirms of the ones before: up to
-	// window events are in flight, so the broker's confirm latency (a quorum queue's
-	// replication and fsync) and the checkpoint's commit are not paid once per batch.
+	// Behind a full batch (a backlog), batches are published without waiting for the
+	// confirms of the ones before: up to window events are in flight, so the broker's
+	// confirm latency (a quorum queue's replication and fsync) and the checkpoint's
+	// commit are not paid once per batch. Behind a batch that was not full, the relay
+	// waits for its confirms before it reads again, and publishes what committed
+	// meanwhile as one batch, as Nagle's algorithm holds small segments while one is
+	// unacknowledged: a read at each commit sent the broker a batch of a few events
+	// each time, and the broker's cost is mostly per batch (BENCHMARKS.md, "The relay
+	// waits for a part batch's confirms"). The events held lose little: they would have
+	// been confirmed after the batch in flight anyway, and a quorum queue delivers an
+	// event only once it could confirm it.
 	// Confirms come back in publish order (amqp091 resequences them), so the oldest
 	// batch is always the next to be wholly confirmed, and the checkpoint moves past a
 	// batch only once it and every batch before it are. Under load the checkpoint is
@@ -234,9 +242,11 @@ func (r *Relay) lead(ctx context.Context) error {
 		}
 		return nil
 	}
+	full := false // the last read filled a batch: more may be waiting
 	for {
-		if outstanding < window {
+		if outstanding < window && (len(pending) == 0 || full) {
 			batch, next, err := ReadCommitted(ctx, r.pool, read, r.cfg.BatchSize)
+			full = len(batch) == r.cfg.BatchSize
 			if err != nil {
 				return err
 			}

@@ -376,6 +376,57 @@ func TestRelayKeepsSeveralBatchesInFlight(t *testing.T) {
 	})
 }
 
+// While a batch that was not full is in flight, the relay waits for its confirms before
+// it reads again, and then publishes what committed meanwhile as one batch: without a
+// backlog, a read at every commit sent the broker one small batch (a write, an fsync
+// and a confirm of its quorum queue) for every few events.
+func TestRelayWaitsForAPartBatchInFlightBeforeReadingMore(t *testing.T) {
+	d := testenv.MustDatabase(t)
+	a := testenv.MustAMQP(t)
+	c := mustCollector(t, a)
+	s := NewStore(d.Pool)
+	proxy := testenv.MustProxy(t, "127.0.0.1:5672")
+	conn := broker.Dial("amqp://guest:guest@"+proxy.Addr()+"/", testenv.Logger(t))
+	t.Cleanup(func() { conn.Close() })
+	r, err := NewRelay(d.Pool, conn, RelayConfig{Exchange: a.Exchange, BatchSize: 10, Logger: testenv.Logger(t)})
+	require.NoError(t, err)
+	ready := make(chan struct{})
+	var once sync.Once
+	r.idle = func() { once.Do(func() { close(ready) }) }
+	stream := uuid.New()
+	var mu sync.Mutex
+	var sent []int
+	r.sent = func(outstanding int) {
+		mu.Lock()
+		sent = append(sent, outstanding)
+		first := len(sent) == 1
+		mu.Unlock()
+		if first { // two more commit while the first batch's confirm is held back
+			appendDelayed(t, s, stream, time.Microsecond)
+			appendDelayed(t, s, stream, time.Microsecond)
+		}
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = r.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	<-ready
+	proxy.Delay(300 * time.Millisecond) // the broker's confirms come late
+
+	appendDelayed(t, s, stream, time.Microsecond)
+	c.waitFor(t, 3)
+	_, uniq := c.firstSeen()
+	for i, e := range uniq {
+		require.Equal(t, i+1, e.StreamVersion, "published in order")
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	// The first event alone, then the two that committed while it was in flight, sent
+	// together once it was confirmed (reading at once sent them with the first still
+	// outstanding: 3).
+	assert.Equal(t, []int{1, 2}, sent)
+}
+
 // testPublisher is a publisher on ch, which is in confirm mode, with room for a few
 // confirms and returns.
 func testPublisher(ch *amqp.Channel, exchange string, frames bool) *publisher {

@@ -4,7 +4,9 @@ import (
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
 )
 
 // Proxy is a TCP proxy in front of a real service, so a test can take the service
@@ -15,6 +17,8 @@ type Proxy struct {
 	mu     sync.Mutex
 	down   bool
 	conns  map[net.Conn]bool
+	// delay holds back what the service sends (see Delay), in nanoseconds.
+	delay atomic.Int64
 }
 
 // MustProxy listens on a local port and forwards to target until the test ends.
@@ -53,13 +57,19 @@ func (p *Proxy) serve() {
 		}
 		p.conns[c], p.conns[up] = true, true
 		p.mu.Unlock()
-		go p.pipe(c, up)
-		go p.pipe(up, c)
+		go p.pipe(c, up, true)
+		go p.pipe(up, c, false)
 	}
 }
 
-func (p *Proxy) pipe(dst, src net.Conn) {
-	_, _ = io.Copy(dst, src)
+// pipe copies src to dst; fromService marks the service's side, whose bytes Delay holds
+// back.
+func (p *Proxy) pipe(dst, src net.Conn, fromService bool) {
+	if fromService {
+		p.copyDelayed(dst, src)
+	} else {
+		_, _ = io.Copy(dst, src)
+	}
 	dst.Close()
 	src.Close()
 	p.mu.Lock()
@@ -67,6 +77,30 @@ func (p *Proxy) pipe(dst, src net.Conn) {
 	delete(p.conns, src)
 	p.mu.Unlock()
 }
+
+// copyDelayed holds each read for Delay before it passes it on, in order (a read that
+// arrives meanwhile waits its turn).
+func (p *Proxy) copyDelayed(dst, src net.Conn) {
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := src.Read(buf)
+		if n > 0 {
+			if d := time.Duration(p.delay.Load()); d > 0 {
+				time.Sleep(d)
+			}
+			if _, werr := dst.Write(buf[:n]); werr != nil {
+				return
+			}
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+// Delay holds back everything the service sends for d (0: none) from now on, on every
+// connection: its answers reach the program under test late, as from a slow server.
+func (p *Proxy) Delay(d time.Duration) { p.delay.Store(int64(d)) }
 
 // Cut drops every connection and refuses new ones.
 func (p *Proxy) Cut() {
