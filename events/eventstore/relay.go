@@ -208,7 +208,10 @@ func (r *Relay) lead(ctx context.Context) error {
 	// batch is always the next to be wholly confirmed, and the checkpoint moves past a
 	// batch only once it and every batch before it are. Under load the checkpoint is
 	// saved at most every checkpointEvery (a crash re-publishes what was confirmed
-	// since, at least once); whenever nothing is left in flight it is saved at once.
+	// since, at least once), and at once whenever the relay has nothing to read and
+	// nothing in flight. (Saved whenever nothing was in flight, it was saved after
+	// nearly every batch once a part batch was confirmed before the next read: a
+	// transaction for every few events.)
 	window := 2 * r.cfg.BatchSize
 	read := cp // where the next read starts: past everything published
 	var pending []*inflight
@@ -237,7 +240,7 @@ func (r *Relay) lead(ctx context.Context) error {
 		faults.Crash("relay.batch")
 		pending, outstanding, cp = pending[1:], outstanding-len(head.batch), head.next
 		r.published(ctx, head)
-		if len(pending) == 0 || time.Since(lastSave) >= checkpointEvery {
+		if time.Since(lastSave) >= checkpointEvery {
 			return save()
 		}
 		return nil
@@ -278,7 +281,8 @@ func (r *Relay) lead(ctx context.Context) error {
 			}
 		}
 		if len(pending) > 0 {
-			// Nothing more to read yet, or the window is full: wait for the oldest batch.
+			// Nothing more to read yet, the window is full, or the batch in flight was not
+			// full: wait for the oldest batch.
 			if _, err := pub.confirm(pending[0], true); err != nil {
 				return err
 			}
@@ -287,9 +291,13 @@ func (r *Relay) lead(ctx context.Context) error {
 			}
 			continue
 		}
-		// Nothing readable. Rows after the checkpoint that are not readable yet belong to
+		// Nothing readable and nothing in flight: the checkpoint is the last confirmed
+		// event's from here on. Rows after it that are not readable yet belong to
 		// transactions behind a running one: look again soon. Otherwise sleep until a
 		// commit notifies us.
+		if err := save(); err != nil {
+			return err
+		}
 		var one int
 		err := r.pool.QueryRow(ctx, behindQuery, strconv.FormatUint(cp.TransactionID, 10), cp.Position).Scan(&one)
 		if err != nil && !errors.Is(err, pgx.ErrNoRows) {
@@ -527,8 +535,8 @@ var partitionHeaders = func() (out [events.PartitionBuckets]amqp.Table) {
 	return out
 }()
 
-// checkpointEvery is how often, at most, the checkpoint is saved while batches are in
-// flight.
+// checkpointEvery is how often, at most, the checkpoint is saved while the relay has
+// events to publish.
 const checkpointEvery = 100 * time.Millisecond
 
 // inflight is a published batch and how many of its confirms have come back.

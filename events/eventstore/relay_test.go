@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"math/rand/v2"
+	"regexp"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -425,6 +426,63 @@ func TestRelayWaitsForAPartBatchInFlightBeforeReadingMore(t *testing.T) {
 	// together once it was confirmed (reading at once sent them with the first still
 	// outstanding: 3).
 	assert.Equal(t, []int{1, 2}, sent)
+}
+
+// While commits keep coming, the relay saves its checkpoint at most every
+// checkpointEvery, however many batches are confirmed meanwhile; once it has nothing to
+// read and nothing in flight, the checkpoint is the last event's.
+func TestRelaySavesItsCheckpointAtMostEvery100msUnderLoad(t *testing.T) {
+	d := testenv.MustDatabase(t)
+	a := testenv.MustAMQP(t)
+	c := mustCollector(t, a)
+	s := NewStore(d.Pool)
+	pool, traced := testenv.MustTracedPool(t, d.URL)
+	proxy := testenv.MustProxy(t, "127.0.0.1:5672")
+	conn := broker.Dial("amqp://guest:guest@"+proxy.Addr()+"/", testenv.Logger(t))
+	t.Cleanup(func() { conn.Close() })
+	r, err := NewRelay(pool, conn, RelayConfig{Exchange: a.Exchange, BatchSize: 500, Logger: testenv.Logger(t)})
+	require.NoError(t, err)
+	ready := make(chan struct{})
+	var once sync.Once
+	r.idle = func() { once.Do(func() { close(ready) }) }
+	var batches atomic.Int64
+	r.sent = func(int) { batches.Add(1) }
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = r.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	<-ready
+	// Every confirm takes 10 ms or more, and commits come faster: each read after a confirm
+	// finds events, and the relay is never idle until the appends stop.
+	proxy.Delay(10 * time.Millisecond)
+	traced.Reset()
+	stream := uuid.New()
+	start := time.Now()
+	n := 0
+	for time.Since(start) < 1500*time.Millisecond {
+		appendDelayed(t, s, stream, time.Microsecond)
+		n++
+	}
+	loaded := time.Since(start)
+	c.waitFor(t, n)
+	saves := len(traced.Matching(regexp.MustCompile(`INSERT INTO relay_checkpoints`)))
+	t.Logf("%d events in %d batches over %v; %d checkpoint saves", n, batches.Load(), loaded, saves)
+	// One every 100 ms while loaded, one when it idles, and the slack of a slow machine;
+	// saved whenever nothing was in flight, it was saved after each of some 30 to 55 batches.
+	limit := int(loaded/checkpointEvery) + 6
+	assert.LessOrEqual(t, saves, limit)
+	require.Greater(t, int(batches.Load()), limit, "too few batches to tell: the machine is too slow for this test")
+	_, uniq := c.firstSeen()
+	testenv.Eventually(t, 5*time.Second, func() error {
+		var cp int64
+		if err := d.Pool.QueryRow(ctx, `SELECT coalesce(max(position), 0) FROM relay_checkpoints`).Scan(&cp); err != nil {
+			return err
+		}
+		if cp != uniq[n-1].Position {
+			return errorf("checkpoint at %d, last event at %d", cp, uniq[n-1].Position)
+		}
+		return nil
+	})
 }
 
 // testPublisher is a publisher on ch, which is in confirm mode, with room for a few
