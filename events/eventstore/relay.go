@@ -202,16 +202,16 @@ func (r *Relay) lead(ctx context.Context) error {
 	// unacknowledged: a read at each commit sent the broker a batch of a few events
 	// each time, and the broker's cost is mostly per batch (BENCHMARKS.md, "The relay
 	// waits for a part batch's confirms"). The events held lose little: they would have
-	// been confirmed after the batch in flight anyway, and a quorum queue delivers an
-	// event only once it could confirm it.
+	// been confirmed after the batch in flight anyway, and a quorum queue hands a
+	// message to its consumers only once a majority has written it, as for its confirm.
 	// Confirms come back in publish order (amqp091 resequences them), so the oldest
 	// batch is always the next to be wholly confirmed, and the checkpoint moves past a
 	// batch only once it and every batch before it are. Under load the checkpoint is
 	// saved at most every checkpointEvery (a crash re-publishes what was confirmed
 	// since, at least once), and at once whenever the relay has nothing to read and
-	// nothing in flight. (Saved whenever nothing was in flight, it was saved after
-	// nearly every batch once a part batch was confirmed before the next read: a
-	// transaction for every few events.)
+	// nothing in flight: not whenever nothing is in flight, which, with one part batch
+	// in flight at a time, is after nearly every batch (a transaction for every few
+	// events).
 	window := 2 * r.cfg.BatchSize
 	read := cp // where the next read starts: past everything published
 	var pending []*inflight
@@ -249,10 +249,10 @@ func (r *Relay) lead(ctx context.Context) error {
 	for {
 		if outstanding < window && (len(pending) == 0 || full) {
 			batch, next, err := ReadCommitted(ctx, r.pool, read, r.cfg.BatchSize)
-			full = len(batch) == r.cfg.BatchSize
 			if err != nil {
 				return err
 			}
+			full = len(batch) == r.cfg.BatchSize
 			if len(batch) > 0 {
 				r.cfg.Metrics.RelayAges("read", time.Now(), len(batch), func(i int) time.Time { return batch[i].OccurredAt })
 				messages, err := pub.send(ctx, batch)
