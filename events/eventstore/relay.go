@@ -282,7 +282,23 @@ func (r *Relay) lead(ctx context.Context) error {
 		}
 		if len(pending) > 0 {
 			// Nothing more to read yet, the window is full, or the batch in flight was not
-			// full: wait for the oldest batch.
+			// full: wait for the oldest batch. What was confirmed before it is saved once
+			// the checkpoint is due, if this wait lasts that long: a broker that stops
+			// confirming (a disk alarm, a stall) must not keep confirmed progress unsaved
+			// until the confirm timeout ends the relay's turn.
+			if cp != saved {
+				due := time.NewTimer(time.Until(lastSave.Add(checkpointEvery)))
+				done, err := pub.confirmBefore(pending[0], true, due.C)
+				due.Stop()
+				if err != nil {
+					return err
+				}
+				if !done {
+					if err := save(); err != nil {
+						return err
+					}
+				}
+			}
 			if _, err := pub.confirm(pending[0], true); err != nil {
 				return err
 			}
@@ -684,6 +700,12 @@ func (p *publisher) sendFrame(ctx context.Context, f *frame) error {
 // relay then starts again from its checkpoint and publishes again, since duplicates are
 // allowed and loss is not.
 func (p *publisher) confirm(b *inflight, block bool) (bool, error) {
+	return p.confirmBefore(b, block, nil)
+}
+
+// confirmBefore is confirm, whose wait also ends, with false and no error, when due
+// fires (nil: never).
+func (p *publisher) confirmBefore(b *inflight, block bool, due <-chan time.Time) (bool, error) {
 	var deadline <-chan time.Time
 	if block {
 		t := time.NewTimer(p.timeout)
@@ -700,6 +722,8 @@ func (p *publisher) confirm(b *inflight, block bool) (bool, error) {
 				return false, fmt.Errorf("channel closed while waiting for confirms: %v", err)
 			case <-deadline:
 				return false, errors.New("timed out waiting for publisher confirms")
+			case <-due:
+				return false, nil
 			}
 		} else {
 			select {

@@ -12,6 +12,7 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 	amqp "github.com/rabbitmq/amqp091-go"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -365,13 +366,19 @@ func TestRelayKeepsSeveralBatchesInFlight(t *testing.T) {
 	assert.Greater(t, most.Load(), int64(7), "never more than one batch in flight")
 	assert.LessOrEqual(t, most.Load(), int64(3*7))
 	// Once nothing is in flight, the checkpoint is the last event's.
+	waitCheckpointAt(t, d, uniq[n-1].Position)
+}
+
+// waitCheckpointAt waits until the relay's checkpoint in d is at position.
+func waitCheckpointAt(t *testing.T, d testenv.Database, position int64) {
+	t.Helper()
 	testenv.Eventually(t, 5*time.Second, func() error {
 		var cp int64
-		if err := d.Pool.QueryRow(ctx, `SELECT coalesce(max(position), 0) FROM relay_checkpoints`).Scan(&cp); err != nil {
+		if err := d.Pool.QueryRow(context.Background(), `SELECT coalesce(max(position), 0) FROM relay_checkpoints`).Scan(&cp); err != nil {
 			return err
 		}
-		if cp != uniq[n-1].Position {
-			return errorf("checkpoint at %d, last event at %d", cp, uniq[n-1].Position)
+		if cp != position {
+			return errorf("checkpoint at %d, last event at %d", cp, position)
 		}
 		return nil
 	})
@@ -386,35 +393,34 @@ func TestRelayWaitsForAPartBatchInFlightBeforeReadingMore(t *testing.T) {
 	a := testenv.MustAMQP(t)
 	c := mustCollector(t, a)
 	s := NewStore(d.Pool)
-	proxy := testenv.MustProxy(t, "127.0.0.1:5672")
-	conn := broker.Dial("amqp://guest:guest@"+proxy.Addr()+"/", testenv.Logger(t))
-	t.Cleanup(func() { conn.Close() })
-	r, err := NewRelay(d.Pool, conn, RelayConfig{Exchange: a.Exchange, BatchSize: 10, Logger: testenv.Logger(t)})
-	require.NoError(t, err)
-	ready := make(chan struct{})
-	var once sync.Once
-	r.idle = func() { once.Do(func() { close(ready) }) }
-	stream := uuid.New()
 	var mu sync.Mutex
-	var sent []int
-	r.sent = func(outstanding int) {
+	var outstanding []int // at each batch sent
+	first, appended := make(chan struct{}), make(chan struct{})
+	proxy := startRelayBehindProxy(t, d.Pool, a, 10, func(n int) {
 		mu.Lock()
-		sent = append(sent, outstanding)
-		first := len(sent) == 1
+		outstanding = append(outstanding, n)
+		sends := len(outstanding)
 		mu.Unlock()
-		if first { // two more commit while the first batch's confirm is held back
-			appendDelayed(t, s, stream, time.Microsecond)
-			appendDelayed(t, s, stream, time.Microsecond)
+		if sends == 1 { // the test commits two more while this batch's confirm is held back
+			close(first)
+			select {
+			case <-appended:
+			case <-time.After(10 * time.Second):
+			}
 		}
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); _ = r.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
-	<-ready
+	})
 	proxy.Delay(300 * time.Millisecond) // the broker's confirms come late
 
+	stream := uuid.New()
 	appendDelayed(t, s, stream, time.Microsecond)
+	select {
+	case <-first:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the relay sent nothing")
+	}
+	appendDelayed(t, s, stream, time.Microsecond)
+	appendDelayed(t, s, stream, time.Microsecond)
+	close(appended)
 	c.waitFor(t, 3)
 	_, uniq := c.firstSeen()
 	for i, e := range uniq {
@@ -425,7 +431,7 @@ func TestRelayWaitsForAPartBatchInFlightBeforeReadingMore(t *testing.T) {
 	// The first event alone, then the two that committed while it was in flight, sent
 	// together once it was confirmed (reading at once sent them with the first still
 	// outstanding: 3).
-	assert.Equal(t, []int{1, 2}, sent)
+	assert.Equal(t, []int{1, 2}, outstanding)
 }
 
 // While commits keep coming, the relay saves its checkpoint at most every
@@ -437,21 +443,8 @@ func TestRelaySavesItsCheckpointAtMostEvery100msUnderLoad(t *testing.T) {
 	c := mustCollector(t, a)
 	s := NewStore(d.Pool)
 	pool, traced := testenv.MustTracedPool(t, d.URL)
-	proxy := testenv.MustProxy(t, "127.0.0.1:5672")
-	conn := broker.Dial("amqp://guest:guest@"+proxy.Addr()+"/", testenv.Logger(t))
-	t.Cleanup(func() { conn.Close() })
-	r, err := NewRelay(pool, conn, RelayConfig{Exchange: a.Exchange, BatchSize: 500, Logger: testenv.Logger(t)})
-	require.NoError(t, err)
-	ready := make(chan struct{})
-	var once sync.Once
-	r.idle = func() { once.Do(func() { close(ready) }) }
 	var batches atomic.Int64
-	r.sent = func(int) { batches.Add(1) }
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); _ = r.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
-	<-ready
+	proxy := startRelayBehindProxy(t, pool, a, 500, func(int) { batches.Add(1) })
 	// Every confirm takes 10 ms or more, and commits come faster: each read after a confirm
 	// finds events, and the relay is never idle until the appends stop.
 	proxy.Delay(10 * time.Millisecond)
@@ -473,16 +466,112 @@ func TestRelaySavesItsCheckpointAtMostEvery100msUnderLoad(t *testing.T) {
 	assert.LessOrEqual(t, saves, limit)
 	require.Greater(t, int(batches.Load()), limit, "too few batches to tell: the machine is too slow for this test")
 	_, uniq := c.firstSeen()
-	testenv.Eventually(t, 5*time.Second, func() error {
-		var cp int64
-		if err := d.Pool.QueryRow(ctx, `SELECT coalesce(max(position), 0) FROM relay_checkpoints`).Scan(&cp); err != nil {
+	waitCheckpointAt(t, d, uniq[n-1].Position)
+}
+
+// Progress confirmed since the last save is saved once the checkpoint is due, even while
+// the relay waits for a batch the broker does not confirm (a disk alarm, a stall), not
+// when that wait ends.
+func TestRelaySavesConfirmedProgressWhileABatchIsStalled(t *testing.T) {
+	d := testenv.MustDatabase(t)
+	a := testenv.MustAMQP(t)
+	mustCollector(t, a)
+	s := NewStore(d.Pool)
+	stream := uuid.New()
+	var mu sync.Mutex
+	var positions []int64 // of the events appended, in order
+	var stalled time.Time
+	var proxy *testenv.Proxy
+	var failed error // of an append on the relay's goroutine
+	add := func() error {
+		res, err := s.Append(context.Background(), AppendRequest{StreamType: events.StreamUser, StreamID: stream,
+			ExpectedVersion: AnyVersion, Events: []events.Event{events.UserRoleAssigned{Role: "member"}},
+			Meta: events.Meta{Actor: events.Actor{Type: events.ActorSystem}}})
+		mu.Lock()
+		defer mu.Unlock()
+		if err != nil {
+			failed = err
 			return err
 		}
-		if cp != uniq[n-1].Position {
-			return errorf("checkpoint at %d, last event at %d", cp, uniq[n-1].Position)
+		positions = append(positions, res.Position)
+		return nil
+	}
+	sends := 0
+	proxy = startRelayBehindProxy(t, d.Pool, a, 10, func(int) {
+		// On the relay's goroutine, between its publish and its wait for the confirms:
+		// the first batch is saved once confirmed, or with the second; the second is
+		// confirmed within 100 ms of that save, and the third not for 3 s.
+		sends++
+		switch sends {
+		case 1, 2:
+			_ = add()
+		case 3:
+			proxy.Delay(3 * time.Second)
+			mu.Lock()
+			stalled = time.Now()
+			mu.Unlock()
+		}
+	})
+	require.NoError(t, add())
+	testenv.Eventually(t, 10*time.Second, func() error {
+		mu.Lock()
+		defer mu.Unlock()
+		if failed != nil {
+			return failed
+		}
+		if stalled.IsZero() {
+			return errorf("the third batch is not sent yet")
 		}
 		return nil
 	})
+	mu.Lock()
+	second, third, since := positions[1], positions[2], stalled
+	mu.Unlock()
+	testenv.Eventually(t, 10*time.Second, func() error {
+		var cp int64
+		if err := d.Pool.QueryRow(context.Background(), `SELECT coalesce(max(position), 0) FROM relay_checkpoints`).Scan(&cp); err != nil {
+			return err
+		}
+		if cp < second {
+			return errorf("checkpoint at %d, the second batch's event at %d", cp, second)
+		}
+		return nil
+	})
+	waited := time.Since(since)
+	var cp int64
+	require.NoError(t, d.Pool.QueryRow(context.Background(), `SELECT coalesce(max(position), 0) FROM relay_checkpoints`).Scan(&cp))
+	proxy.Delay(0)
+	t.Logf("the second batch saved %v after the third was sent; checkpoint %d, third event %d", waited, cp, third)
+	// Saved when the checkpoint was due, within 100 ms; waiting for the stalled batch, it
+	// was saved with the third's confirm, 3 s later.
+	assert.Less(t, waited, 1500*time.Millisecond, "confirmed progress waited for the stalled batch")
+}
+
+// startRelayBehindProxy runs a relay on pool whose broker connection goes through a proxy,
+// so that the test can hold the broker's answers back; sent is called with the events
+// outstanding after each batch it sends. It returns once the relay has found nothing to
+// read, with the proxy.
+func startRelayBehindProxy(t *testing.T, pool *pgxpool.Pool, a *testenv.AMQP, batchSize int, sent func(outstanding int)) *testenv.Proxy {
+	t.Helper()
+	proxy := testenv.MustProxy(t, "127.0.0.1:5672")
+	conn := broker.Dial("amqp://guest:guest@"+proxy.Addr()+"/", testenv.Logger(t))
+	t.Cleanup(func() { conn.Close() })
+	r, err := NewRelay(pool, conn, RelayConfig{Exchange: a.Exchange, BatchSize: batchSize, Logger: testenv.Logger(t)})
+	require.NoError(t, err)
+	ready := make(chan struct{})
+	var once sync.Once
+	r.idle = func() { once.Do(func() { close(ready) }) }
+	r.sent = sent
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = r.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	select {
+	case <-ready:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the relay did not start")
+	}
+	return proxy
 }
 
 // testPublisher is a publisher on ch, which is in confirm mode, with room for a few
