@@ -24,13 +24,7 @@ import (
 // PostgreSQL, in whatever process they wait: the wait here looks again only when told
 // (its safety poll is an hour), and ends once the projector has applied the event.
 func TestRunnerWakesTheConsistencyWaitsOfItsProjection(t *testing.T) {
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	d := testenv.MustDatabase(t)
-	a := testenv.MustAMQP(t)
-	a.Queue(projections.ChatbotsName)
-	conn := broker.Dial(a.URL, testenv.Logger(t))
-	defer conn.Close()
+	ctx, d, a, conn := runnerEnv(t, projections.ChatbotsName)
 
 	runNotifying(ctx, t, d, a, conn, projections.Chatbots{})
 
@@ -46,8 +40,7 @@ func TestRunnerWakesTheConsistencyWaitsOfItsProjection(t *testing.T) {
 
 	org, bot := uuid.New(), uuid.New()
 	res, err := eventstore.NewStore(d.Pool).Append(ctx, eventstore.AppendRequest{StreamType: events.StreamChatbot, StreamID: bot,
-		OrganizationID: &org, Meta: system, Events: []events.Event{events.ChatbotCreated{Name: "Bot", Description: "d",
-			WelcomeMessage: "hi", FallbackMessage: "sorry", Responder: events.Responder{Type: "knowledge_base"}}}})
+		OrganizationID: &org, Meta: system, Events: []events.Event{botCreated}})
 	require.NoError(t, err)
 	wctx, stop := context.WithTimeout(ctx, 15*time.Second)
 	defer stop()
@@ -61,13 +54,7 @@ func TestRunnerWakesTheConsistencyWaitsOfItsProjection(t *testing.T) {
 // the deliverer wakes on that name (readmodel.DeliveriesWork), and the webhooks
 // projector applies every event, most of which write none.
 func TestRunnerNamesTheWorkABatchWrote(t *testing.T) {
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	d := testenv.MustDatabase(t)
-	a := testenv.MustAMQP(t)
-	a.Queue(projections.WebhooksName)
-	conn := broker.Dial(a.URL, testenv.Logger(t))
-	defer conn.Close()
+	ctx, d, a, conn := runnerEnv(t, projections.WebhooksName)
 
 	listener, err := pgx.Connect(ctx, d.URL)
 	require.NoError(t, err)
@@ -93,8 +80,7 @@ func TestRunnerNamesTheWorkABatchWrote(t *testing.T) {
 			OrganizationID: &org, Meta: system, Events: []events.Event{e}})
 		require.NoError(t, err)
 	}
-	bot := events.ChatbotCreated{Name: "Bot", Description: "d", WelcomeMessage: "hi", FallbackMessage: "sorry",
-		Responder: events.Responder{Type: "knowledge_base"}}
+	bot := botCreated
 
 	appendOne(events.StreamChatbot, bot) // the organization has no subscription yet
 	names := next()
@@ -120,6 +106,25 @@ func TestRunnerNamesTheWorkABatchWrote(t *testing.T) {
 	assert.Equal(t, 1, deliveries)
 }
 
+// runnerEnv is a database, the test's AMQP set-up with queue declared for cleanup, a broker
+// connection, and a context that ends with the test.
+func runnerEnv(t *testing.T, queue string) (context.Context, testenv.Database, *testenv.AMQP, *broker.Conn) {
+	t.Helper()
+	d := testenv.MustDatabase(t)
+	a := testenv.MustAMQP(t)
+	a.Queue(queue)
+	conn := broker.Dial(a.URL, testenv.Logger(t))
+	t.Cleanup(func() { conn.Close() })
+	// Registered last, so ended first: what runs on ctx stops before the rest goes.
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	return ctx, d, a, conn
+}
+
+// botCreated is a chatbot's creation, as the tests here append it.
+var botCreated = events.ChatbotCreated{Name: "Bot", Description: "d", WelcomeMessage: "hi", FallbackMessage: "sorry",
+	Responder: events.Responder{Type: "knowledge_base"}}
+
 // runNotifying runs p on the runtime with the applied notifier, and the relay, until ctx
 // ends; it returns the notifier once p's queue has its consumer.
 func runNotifying(ctx context.Context, t *testing.T, d testenv.Database, a *testenv.AMQP, conn *broker.Conn,
@@ -142,13 +147,7 @@ func runNotifying(ctx context.Context, t *testing.T, d testenv.Database, a *test
 // batch commits (AppliedNotifier.SetLocal): each member's streams at the version the
 // batch left them.
 func TestRunnerTellsItsProcessTheVersionsEachBatchReached(t *testing.T) {
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	d := testenv.MustDatabase(t)
-	a := testenv.MustAMQP(t)
-	a.Queue(projections.ChatbotsName)
-	conn := broker.Dial(a.URL, testenv.Logger(t))
-	defer conn.Close()
+	ctx, d, a, conn := runnerEnv(t, projections.ChatbotsName)
 
 	type reached struct {
 		projection string
@@ -161,8 +160,7 @@ func TestRunnerTellsItsProcessTheVersionsEachBatchReached(t *testing.T) {
 	org, bot := uuid.New(), uuid.New()
 	store := eventstore.NewStore(d.Pool)
 	_, err := store.Append(ctx, eventstore.AppendRequest{StreamType: events.StreamChatbot, StreamID: bot,
-		OrganizationID: &org, Meta: system, Events: []events.Event{events.ChatbotCreated{Name: "Bot", Description: "d",
-			WelcomeMessage: "hi", FallbackMessage: "sorry", Responder: events.Responder{Type: "knowledge_base"}},
+		OrganizationID: &org, Meta: system, Events: []events.Event{botCreated,
 			events.ChatbotUpdated{Changes: map[string]events.Change{"name": {Old: "Bot", New: "Bot 2"}}}}})
 	require.NoError(t, err)
 	// Both events are most often one batch; where the broker splits them, two.

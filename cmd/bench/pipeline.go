@@ -143,8 +143,8 @@ func pipelineFigures(ctx context.Context, o options, w io.Writer) error {
 	fmt.Fprint(w, "\n### Relay and projector\n\n")
 	fmt.Fprintf(w, "A backlog of %d `user.created` events (one stream each) written straight into the log. "+
 		"The relay (batches of 500, up to two batches in flight on one confirm-mode channel, mandatory persistent publishes "+
-		"to the topic exchange, the checkpoint saved in order as batches are confirmed, at most every 100 ms while more are "+
-		"in flight) publishes it into the accounts projector's quorum queue; the rate runs from its start "+
+		"to the topic exchange, the checkpoint saved in order as batches are confirmed, at most every 100 ms while it has "+
+		"events to publish) publishes it into the accounts projector's quorum queue; the rate runs from its start "+
 		"to its checkpoint at the last event. Then the accounts projector (batches of 200: `users` row, stream versions "+
 		"for dedupe and order, position, commit; then the cache entry of every user in Redis) drains the queue; the rate runs "+
 		"until it has applied every event, and every user is checked in the cache. That is the projector alone on a queue of its "+

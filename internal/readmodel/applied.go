@@ -155,10 +155,11 @@ func (a *Applied) wake(names ...string) {
 }
 
 // Committed ends, without a query, the waits for projection read with q whose stream is
-// in versions at their version or beyond: a projector runtime of this process committed a
-// batch that left the streams there (projections.AppliedNotifier.SetLocal). Only for a q that reads the database
-// the batch committed to: a replica may not have it yet. The notification that the batch
-// sends still comes, for the waits of every process, and finds these ended.
+// in versions at their version or beyond: a projector runtime of this process committed
+// a batch that left the streams there (projections.AppliedNotifier.SetLocal). Only for a
+// q that reads the database the batch committed to: a replica may not have it yet. The
+// notification that the batch sends still comes, for the waits of every process, and
+// finds these ended.
 func (a *Applied) Committed(q WaitQuerier, projection string, versions map[uuid.UUID]int) {
 	if a == nil || len(versions) == 0 {
 		return
