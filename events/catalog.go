@@ -489,7 +489,7 @@ func decodeData(eventType string, version int, data []byte) (Event, error) {
 		return nil, err
 	}
 	p := s.new()
-	if err := json.Unmarshal(data, p); err != nil {
+	if err := decodeJSON(data, p); err != nil {
 		return nil, fmt.Errorf("decode %s: %w", eventType, err)
 	}
 	// p is a pointer to the struct; hand back the value so that type switches on the

@@ -74,7 +74,7 @@ type storedForm struct {
 // never as an empty string. Decoding takes null or a string.
 func (e Envelope) MarshalJSON() ([]byte, error) {
 	type plain Envelope
-	return json.Marshal(struct {
+	return encodeJSON(struct {
 		plain
 		CorrelationID *string `json:"correlation_id"`
 		CausationID   *string `json:"causation_id"`
@@ -98,7 +98,7 @@ func (e Envelope) OfStore(store uuid.UUID) bool {
 // DecodeEnvelope parses a message body, rejecting one that lacks what consumers rely on.
 func DecodeEnvelope(body []byte) (Envelope, error) {
 	var e Envelope
-	if err := json.Unmarshal(body, &e); err != nil {
+	if err := decodeJSON(body, &e); err != nil {
 		return e, fmt.Errorf("decode envelope: %w", err)
 	}
 	return checkDecoded(e)

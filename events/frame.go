@@ -1,7 +1,6 @@
 package events
 
 import (
-	"encoding/json"
 	"fmt"
 )
 
@@ -31,7 +30,7 @@ func CloseFrame(frame []byte) []byte { return append(frame, ']') }
 // rejected whole: it is one message, dead-lettered as one.
 func DecodeFrame(body []byte) ([]Envelope, error) {
 	var out []Envelope
-	if err := json.Unmarshal(body, &out); err != nil {
+	if err := decodeJSON(body, &out); err != nil {
 		return nil, fmt.Errorf("decode frame: %w", err)
 	}
 	if len(out) == 0 {
