@@ -18,6 +18,20 @@ type pipeTx struct {
 	pgx.Tx
 	batch     pgx.Batch
 	committed bool // by commit: Tx knows nothing of it and must not be ended again
+	// before, when set, is called once, before the transaction sends anything after its
+	// prelude; an error it returns is the send's. A batch prepared while the batch before
+	// it commits waits there for that commit (see committingBatch).
+	before func() error
+}
+
+// ready calls before, once.
+func (t *pipeTx) ready() error {
+	if t.before == nil {
+		return nil
+	}
+	f := t.before
+	t.before = nil
+	return f()
 }
 
 const pipeDepth = 1000
@@ -33,6 +47,9 @@ func (t *pipeTx) Exec(ctx context.Context, sql string, args ...any) (pgconn.Comm
 // Query sends what is queued and the query in one round trip: the query is the batch's
 // last statement, so it sees every write before it.
 func (t *pipeTx) Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error) {
+	if err := t.ready(); err != nil {
+		return nil, err
+	}
 	if t.batch.Len() == 0 {
 		return t.Tx.Query(ctx, sql, args...)
 	}
@@ -50,6 +67,9 @@ func (t *pipeTx) Query(ctx context.Context, sql string, args ...any) (pgx.Rows, 
 
 // QueryRow is Query for one row.
 func (t *pipeTx) QueryRow(ctx context.Context, sql string, args ...any) pgx.Row {
+	if err := t.ready(); err != nil {
+		return errRow{err}
+	}
 	if t.batch.Len() == 0 {
 		return t.Tx.QueryRow(ctx, sql, args...)
 	}
@@ -63,6 +83,9 @@ func (t *pipeTx) QueryRow(ctx context.Context, sql string, args ...any) pgx.Row 
 // send sends what is queued, with sql last unless it is empty, and reads the queued
 // statements' results; the caller reads sql's and closes the results.
 func (t *pipeTx) send(ctx context.Context, sql string, args []any) (pgx.BatchResults, error) {
+	if err := t.ready(); err != nil {
+		return nil, err
+	}
 	n := t.batch.Len()
 	b := t.batch // the batch is read as its results are: it must not change meanwhile
 	t.batch = pgx.Batch{}
@@ -129,6 +152,9 @@ func (t *pipeTx) CopyFrom(ctx context.Context, table pgx.Identifier, columns []s
 }
 
 func (t *pipeTx) flush(ctx context.Context) error {
+	if err := t.ready(); err != nil {
+		return err
+	}
 	if t.batch.Len() == 0 {
 		return nil
 	}
@@ -145,29 +171,47 @@ func (t *pipeTx) flush(ctx context.Context) error {
 // connection the caller releases itself (applyMembers begun on conn): a pool's
 // transaction gives its connection back in its own Commit or Rollback.
 func (t *pipeTx) commit(ctx context.Context) error {
+	outcome, err := t.sendCommit(ctx)
+	if err != nil {
+		return err
+	}
+	return outcome()
+}
+
+// sendCommit is commit in two steps: it sends what is queued and COMMIT, and returns
+// what reads the outcome, which the caller calls once, before anything else uses the
+// connection. Meanwhile the connection is busy: nothing but the outcome may be read from
+// it. The writes return no rows, so PostgreSQL never waits for the caller to read
+// before it commits.
+func (t *pipeTx) sendCommit(ctx context.Context) (func() error, error) {
+	if err := t.ready(); err != nil {
+		return nil, err
+	}
 	b := t.batch
 	t.batch = pgx.Batch{}
 	n := b.Len()
 	b.Queue("COMMIT")
 	br := t.Tx.SendBatch(ctx, &b)
-	for range n {
-		if _, err := br.Exec(); err != nil {
-			_ = br.Close()
+	return func() error {
+		for range n {
+			if _, err := br.Exec(); err != nil {
+				_ = br.Close()
+				return err
+			}
+		}
+		tag, err := br.Exec()
+		if cerr := br.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
 			return err
 		}
-	}
-	tag, err := br.Exec()
-	if cerr := br.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return err
-	}
-	t.committed = true
-	if tag.String() == "ROLLBACK" { // COMMIT of a failed transaction; cannot follow a failed statement in the same batch
-		return pgx.ErrTxCommitRollback
-	}
-	return nil
+		t.committed = true
+		if tag.String() == "ROLLBACK" { // COMMIT of a failed transaction; cannot follow a failed statement in the same batch
+			return pgx.ErrTxCommitRollback
+		}
+		return nil
+	}, nil
 }
 
 // Rollback rolls the transaction back, unless commit has ended it.

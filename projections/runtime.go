@@ -377,10 +377,29 @@ func (r *Runner) consume(ctx context.Context) error {
 	stopDecoding := make(chan struct{})
 	defer close(stopDecoding)
 	go decodeAhead(deliveries, decoded, stopDecoding)
+	// The batch whose COMMIT is on its way while the next one is applied (see committingBatch).
+	var inflight *committingBatch
+	defer func() {
+		if inflight != nil {
+			inflight.drop(context.WithoutCancel(ctx))
+		}
+	}()
 	for {
+		if inflight != nil && len(decoded) == 0 {
+			// Nothing at hand to apply meanwhile: the batch is finished first.
+			c := inflight
+			inflight = nil
+			if err := r.land(context.WithoutCancel(ctx), ctx.Done(), settle, c); err != nil {
+				return err
+			}
+		}
 		var batch []received
 		select {
 		case <-ctx.Done():
+			if c := inflight; c != nil {
+				inflight = nil
+				return r.land(context.WithoutCancel(ctx), ctx.Done(), settle, c)
+			}
 			return nil
 		case <-settle.broken:
 			return settle.failed()
@@ -410,7 +429,7 @@ func (r *Runner) consume(ctx context.Context) error {
 			}
 		}
 		linger.Stop()
-		if err := r.handle(context.WithoutCancel(ctx), ctx.Done(), settle, batch); err != nil {
+		if err := r.handle(context.WithoutCancel(ctx), ctx.Done(), settle, batch, &inflight); err != nil {
 			return err
 		}
 	}
@@ -423,15 +442,15 @@ func (r *Runner) consume(ctx context.Context) error {
 // events that did nothing wrong. It returns an error for failures that are not the
 // events' fault (stopped while the database is down, after-commit work that failed): the
 // deliveries are then left unacknowledged and come back.
-func (r *Runner) handle(ctx context.Context, stop <-chan struct{}, settle *settler, batch []received) error {
-	envs := make([]events.Envelope, 0, len(batch))
-	good := make([]amqp.Delivery, 0, len(batch))
-	var from []int // from[i] is the index in good of the delivery that carried envs[i]
-	var fences []amqp.Delivery
+//
+// The batch is left committing in *inflight, its COMMIT sent, and the batch that was
+// there is finished meanwhile (see committingBatch).
+func (r *Runner) handle(ctx context.Context, stop <-chan struct{}, settle *settler, batch []received, inflight **committingBatch) error {
+	w := pendingBatch{envs: make([]events.Envelope, 0, len(batch)), good: make([]amqp.Delivery, 0, len(batch))}
 	for _, rd := range batch {
 		d, err := rd.d, rd.err
 		if rd.fence {
-			fences = append(fences, d)
+			w.fences = append(w.fences, d)
 			continue
 		}
 		if err != nil {
@@ -448,28 +467,139 @@ func (r *Runner) handle(ctx context.Context, stop <-chan struct{}, settle *settl
 				r.cfg.Metrics.Foreign(r.p.Name())
 				continue
 			}
-			envs = append(envs, e)
-			from = append(from, len(good))
+			w.envs = append(w.envs, e)
+			w.from = append(w.from, len(w.good))
 			mine++
 		}
 		if mine == 0 {
 			_ = d.Ack(false)
 			continue
 		}
-		good = append(good, d)
+		w.good = append(w.good, d)
 	}
-	if len(envs) == 0 {
+	prev := *inflight
+	*inflight = nil
+	if len(w.envs) == 0 {
+		if prev != nil {
+			if err := r.land(ctx, stop, settle, prev); err != nil {
+				return err
+			}
+		}
 		if err := settle.wait(); err != nil {
 			return err
 		}
-		return r.passFences(ctx, stop, fences)
+		return r.passFences(ctx, stop, w.fences)
 	}
-	shares := r.shares(envs)
-	err := r.applyWaiting(ctx, stop, shares, envs)
+	w.shares = r.shares(w.envs)
+	var before func() error
+	if prev != nil {
+		before = prev.outcome
+	}
+	b, err := r.prepareBatch(ctx, w.shares, w.envs, before)
+	if prev != nil {
+		if perr := prev.outcome(); perr != nil {
+			// The batch before failed: this one lets go of its rows before that one is
+			// applied again, and is applied again after it, from the start.
+			if b != nil {
+				b.abandon(ctx)
+			}
+			if err := r.land(ctx, stop, settle, prev); err != nil {
+				return err
+			}
+			return r.applyAndSettle(ctx, stop, settle, w, nil)
+		}
+		if err := r.land(ctx, stop, settle, prev); err != nil {
+			if b != nil {
+				b.abandon(ctx)
+			}
+			return err
+		}
+	}
+	if errors.Is(err, errNoSpareConn) {
+		err = nil // as if it had come after the batch before: applied from the start
+	}
+	if b == nil {
+		return r.applyAndSettle(ctx, stop, settle, w, err)
+	}
+	faults.Crash("projector.batch")
+	outcome, err := b.sendCommit(ctx)
+	if err != nil {
+		b.abandon(ctx)
+		return r.applyAndSettle(ctx, stop, settle, w, err)
+	}
+	*inflight = &committingBatch{b: b, w: w, read: outcome}
+	return nil
+}
+
+// pendingBatch is a batch's events, its deliveries and what to settle them by.
+type pendingBatch struct {
+	envs   []events.Envelope
+	good   []amqp.Delivery
+	from   []int // from[i] is the index in good of the delivery that carried envs[i]
+	fences []amqp.Delivery
+	shares []share
+}
+
+// committingBatch is a batch whose COMMIT is sent, and whose outcome is read once.
+//
+// Why: a batch's commit round trip is most of its time in PostgreSQL, and the consumer
+// waited for it before it began the next batch, whose prelude (its lock, its streams'
+// versions) and apply then came after it, one round trip and the decoding later. The
+// next batch at hand is prepared meanwhile instead, on another connection: its prelude
+// runs beside the commit (where they share a stream, it waits for the commit, as any
+// two batches do), and it sends nothing more before the outcome is known (pipeTx.before):
+// its writes could otherwise take a lock the committing batch still needs, and neither
+// would go on. The commits stay in order, one at a time, and so do the settlements.
+// BENCHMARKS.md has the figures ("The next batch is prepared while one commits").
+type committingBatch struct {
+	b    *preparedBatch
+	w    pendingBatch
+	read func() error
+	done bool
+	err  error
+}
+
+// outcome is the COMMIT's result, read the first time.
+func (c *committingBatch) outcome() error {
+	if !c.done {
+		c.err, c.done = c.read(), true
+	}
+	return c.err
+}
+
+// land finishes a batch whose COMMIT was sent: committed, it goes to the settler; failed,
+// it is applied again as a batch that failed (applyAndSettle).
+func (r *Runner) land(ctx context.Context, stop <-chan struct{}, settle *settler, c *committingBatch) error {
+	if err := c.outcome(); err != nil {
+		c.b.abandon(ctx)
+		return r.applyAndSettle(ctx, stop, settle, c.w, err)
+	}
+	r.committed(ctx, c.b)
+	return settle.submit(settlement{shares: c.w.shares, envs: c.w.envs, fences: c.w.fences, good: c.w.good})
+}
+
+// drop reads the outcome of a batch whose COMMIT was sent and gives its connection back,
+// settling nothing: its deliveries come back (the consumer is ending on a failure).
+func (c *committingBatch) drop(ctx context.Context) {
+	if c.outcome() == nil {
+		c.b.c.Release()
+		return
+	}
+	c.b.abandon(ctx)
+}
+
+// applyAndSettle applies a batch on its own and settles it, after a first attempt that
+// failed with err (nil: none was made, or it failed for another batch's fault): while the
+// database is unavailable, held and tried again (applyWaiting); a batch that fails, one
+// event at a time (applyOneByOne).
+func (r *Runner) applyAndSettle(ctx context.Context, stop <-chan struct{}, settle *settler, w pendingBatch, err error) error {
+	if err == nil || db.IsUnavailable(err) {
+		err = r.applyWaiting(ctx, stop, w.shares, w.envs)
+	}
 	if err == nil {
-		return settle.submit(settlement{shares: shares, envs: envs, fences: fences, good: good})
+		return settle.submit(settlement{shares: w.shares, envs: w.envs, fences: w.fences, good: w.good})
 	}
-	return r.applyOneByOne(ctx, stop, settle, err, shares, envs, good, from, fences)
+	return r.applyOneByOne(ctx, stop, settle, err, w.shares, w.envs, w.good, w.from, w.fences)
 }
 
 // applyOneByOne settles a batch whose transaction failed with err: each member's share is
@@ -736,20 +866,50 @@ func (r *Runner) applyWaiting(ctx context.Context, stop <-chan struct{}, shares 
 }
 
 // applyBatch applies each share of envs to its projector, all in one transaction.
-func (r *Runner) applyBatch(ctx context.Context, shares []share, envs []events.Envelope) (err error) {
+func (r *Runner) applyBatch(ctx context.Context, shares []share, envs []events.Envelope) error {
+	b, err := r.prepareBatch(ctx, shares, envs, nil)
+	if err != nil {
+		return err
+	}
+	faults.Crash("projector.batch")
+	outcome, err := b.sendCommit(ctx)
+	if err == nil {
+		err = outcome()
+	}
+	if err != nil {
+		b.abandon(ctx)
+		return err
+	}
+	r.committed(ctx, b)
+	return nil
+}
+
+// preparedBatch is a batch applied in its transaction, not yet committed.
+type preparedBatch struct {
+	c      *pgxpool.Conn
+	pipe   *pipeTx // nil: nothing was applied, nothing to commit
+	shares []share
+	each   [][]events.Envelope // what each share applied
+	work   *batchWork
+	start  time.Time
+}
+
+// prepareBatch applies each share of envs to its projector, all in one transaction, up to
+// its commit. before, when set, is called before the transaction sends anything after its
+// prelude (pipeTx.before). On error nothing is left open.
+func (r *Runner) prepareBatch(ctx context.Context, shares []share, envs []events.Envelope, before func() error) (*preparedBatch, error) {
 	for _, sh := range shares {
 		for _, i := range sh.idx {
 			if faults.Poisoned(sh.p.Name(), envs[i].Data) {
-				return fmt.Errorf("chaos: event %s is poison to %s", envs[i].ID, sh.p.Name())
+				return nil, fmt.Errorf("chaos: event %s is poison to %s", envs[i].ID, sh.p.Name())
 			}
 		}
 	}
 	start := time.Now()
-	c, err := r.pool.Acquire(ctx)
+	c, err := r.acquire(ctx, before != nil)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	defer c.Release()
 	// Every member's share in one transaction, with the round trips of one (applyMembers).
 	var ms []*memberBatch
 	var of []int // the share of each of ms
@@ -761,45 +921,81 @@ func (r *Runner) applyBatch(ctx context.Context, shares []share, envs []events.E
 	}
 	_, group := r.p.(*Group)
 	actx, work := withWork(ctx)
-	pipe, applied, err := applyMembers(actx, c.Conn(), nil, ms, group, r.cfg.DeferFlush)
-	if pipe != nil {
-		defer func() {
-			if err != nil {
-				_ = pipe.Rollback(ctx)
-			}
-		}()
-	}
+	pipe, applied, err := applyMembers(actx, c.Conn(), nil, ms, group, r.cfg.DeferFlush, before)
+	b := &preparedBatch{c: c, pipe: pipe, shares: shares, work: work, start: start}
 	if err != nil {
-		return err
+		b.abandon(ctx)
+		return nil, err
 	}
-	each := make([][]events.Envelope, len(shares))
+	b.each = make([][]events.Envelope, len(shares))
 	for j, i := range of {
-		each[i] = applied[j]
+		b.each[i] = applied[j]
 	}
-	faults.Crash("projector.batch")
-	if pipe != nil {
-		if err = pipe.commit(ctx); err != nil {
-			return err
-		}
+	return b, nil
+}
+
+// errNoSpareConn: no connection was free for a batch prepared while another commits.
+var errNoSpareConn = errors.New("no spare connection")
+
+// acquire takes a connection for a batch. For a batch prepared while another commits
+// (spare), only one that is free, or frees up at once: waiting long for it, the runner
+// would hold the committing batch's connection meanwhile, and runners that did so
+// (partitions) could hold every connection of a small pool and wait for each other's.
+func (r *Runner) acquire(ctx context.Context, spare bool) (*pgxpool.Conn, error) {
+	if !spare {
+		return r.pool.Acquire(ctx)
 	}
+	if st := r.pool.Stat(); st.IdleConns() == 0 && st.TotalConns() >= st.MaxConns() {
+		return nil, errNoSpareConn
+	}
+	actx, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
+	defer cancel()
+	c, err := r.pool.Acquire(actx)
+	if err != nil && ctx.Err() == nil {
+		return nil, errNoSpareConn
+	}
+	return c, err
+}
+
+// sendCommit sends the batch's writes and COMMIT (pipeTx.sendCommit) and returns what
+// reads the outcome. The batch's connection is busy until then.
+func (b *preparedBatch) sendCommit(ctx context.Context) (func() error, error) {
+	if b.pipe == nil {
+		return func() error { return nil }, nil
+	}
+	return b.pipe.sendCommit(ctx)
+}
+
+// abandon rolls back a batch that is not committed, or whose commit failed, and gives
+// its connection back.
+func (b *preparedBatch) abandon(ctx context.Context) {
+	if b.pipe != nil {
+		_ = b.pipe.Rollback(ctx)
+	}
+	b.c.Release()
+}
+
+// committed gives a committed batch's connection back, and counts, notifies and traces
+// what it applied.
+func (r *Runner) committed(ctx context.Context, b *preparedBatch) {
+	b.c.Release()
 	now := time.Now()
-	took := now.Sub(start)
-	notified := make([]string, 0, len(shares)+len(work.names))
-	for i, sh := range shares {
+	took := now.Sub(b.start)
+	notified := make([]string, 0, len(b.shares)+len(b.work.names))
+	for i, sh := range b.shares {
 		if len(sh.idx) == 0 {
 			continue
 		}
-		r.cfg.Metrics.Applied(sh.p.Name(), len(each[i]), took)
-		applied := each[i]
+		r.cfg.Metrics.Applied(sh.p.Name(), len(b.each[i]), took)
+		applied := b.each[i]
 		r.cfg.Metrics.AppliedAges(sh.p.Name(), now, len(applied), func(j int) time.Time { return applied[j].OccurredAt })
-		if len(each[i]) > 0 {
+		if len(applied) > 0 {
 			notified = append(notified, sh.p.Name())
-			r.cfg.Applied.Reached(sh.p.Name(), each[i])
+			r.cfg.Applied.Reached(sh.p.Name(), applied)
 		}
-		r.trace(ctx, sh.p, each[i])
+		r.trace(ctx, sh.p, applied)
 	}
-	r.cfg.Applied.Applied(append(notified, work.names...)...)
-	return nil
+	r.cfg.Applied.Applied(append(notified, b.work.names...)...)
 }
 
 // trace logs each event p applied at debug level, one line per event with its
@@ -898,7 +1094,7 @@ func applyInOrder(ctx context.Context, tx pgx.Tx, p Projector, envs []events.Env
 // applyInTx is ApplyBatch inside a transaction; it advances the positions row named
 // positions.
 func applyInTx(ctx context.Context, tx pgx.Tx, p Projector, envs []events.Envelope, positions string) ([]events.Envelope, error) {
-	pipe, applied, err := applyMembers(ctx, nil, tx, []*memberBatch{newMemberBatch(p, envs, positions)}, false, false)
+	pipe, applied, err := applyMembers(ctx, nil, tx, []*memberBatch{newMemberBatch(p, envs, positions)}, false, false, nil)
 	if err == nil {
 		err = pipe.flush(ctx)
 	}
@@ -998,14 +1194,15 @@ func (m *memberBatch) queuePrelude(b *pgx.Batch) {
 // prelude's round trip (pgx.Batch.BeginTx). The returned pipe holds the last writes,
 // still queued: the caller sends them with its COMMIT (pipe.commit) or flushes them
 // (pipe.flush) before it commits tx. pipe is nil only when no transaction was begun;
-// after an error it is to be rolled back.
+// after an error it is to be rolled back. before, when set, is called before anything
+// after the prelude is sent (pipeTx.before).
 //
 // A member that is not Pipelined writes straight to the transaction, after what the
 // members before it queued has been sent: each member sees every write of those before
 // it, as when each was applied on its own. named puts the member's name on its errors
 // (a group's); deferFlush commits without waiting for the disk and marks the transaction
 // as never appending (Config.DeferFlush).
-func applyMembers(ctx context.Context, conn *pgx.Conn, tx pgx.Tx, ms []*memberBatch, named, deferFlush bool) (*pipeTx, [][]events.Envelope, error) {
+func applyMembers(ctx context.Context, conn *pgx.Conn, tx pgx.Tx, ms []*memberBatch, named, deferFlush bool, before func() error) (*pipeTx, [][]events.Envelope, error) {
 	if len(ms) == 0 {
 		return nil, nil, nil
 	}
@@ -1028,7 +1225,7 @@ func applyMembers(ctx context.Context, conn *pgx.Conn, tx pgx.Tx, ms []*memberBa
 	} else {
 		br = tx.SendBatch(ctx, &prelude)
 	}
-	pipe := &pipeTx{Tx: tx}
+	pipe := &pipeTx{Tx: tx, before: before}
 	if err := br.Close(); err != nil {
 		return pipe, nil, err
 	}
