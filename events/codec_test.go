@@ -15,7 +15,7 @@ import (
 
 // stdEnvelope is the envelope's encoding as encoding/json writes it (what MarshalJSON did
 // before the hot paths took another library).
-func stdEnvelope(t *testing.T, e events.Envelope) []byte {
+func stdEnvelope(t testing.TB, e events.Envelope) []byte {
 	t.Helper()
 	type plain events.Envelope
 	b, err := json.Marshal(struct {
@@ -129,4 +129,52 @@ func TestHotPathJSONAgreesWithEncodingJSON(t *testing.T) {
 		_, err = e.Decode()
 		assert.Error(t, err, data)
 	}
+}
+
+// BenchmarkHotPathJSON compares the hot paths' library with encoding/json on a frame of
+// 64 user.created envelopes, as the relay publishes them: decoding the frame, and
+// encoding its envelopes one by one.
+func BenchmarkHotPathJSON(b *testing.B) {
+	org := uuid.New()
+	var envs []events.Envelope
+	var frame []byte
+	for i := range events.FrameMax {
+		e := events.Envelope{ID: uuid.New(), Type: "user.created", SchemaVersion: 1, StreamType: events.StreamUser,
+			StreamID: uuid.New(), StreamVersion: 1, Position: int64(1000 + i), OrganizationID: &org, OccurredAt: time.Now().UTC(),
+			Actor: events.Actor{Type: events.ActorSystem},
+			Data:  json.RawMessage(`{"name": "Bench User 12345", "email": "user12345@bench.example", "roles": ["member"], "status": "active"}`)}
+		body, err := e.MarshalJSON()
+		require.NoError(b, err)
+		envs, frame = append(envs, e), events.AppendFrame(frame, body)
+	}
+	frame = events.CloseFrame(frame)
+	b.Run("decode frame/encoding-json", func(b *testing.B) {
+		b.SetBytes(int64(len(frame)))
+		for b.Loop() {
+			var out []events.Envelope
+			require.NoError(b, json.Unmarshal(frame, &out))
+		}
+	})
+	b.Run("decode frame/hot-path", func(b *testing.B) {
+		b.SetBytes(int64(len(frame)))
+		for b.Loop() {
+			_, err := events.DecodeFrame(frame)
+			require.NoError(b, err)
+		}
+	})
+	b.Run("encode envelopes/encoding-json", func(b *testing.B) {
+		for b.Loop() {
+			for _, e := range envs {
+				stdEnvelope(b, e)
+			}
+		}
+	})
+	b.Run("encode envelopes/hot-path", func(b *testing.B) {
+		for b.Loop() {
+			for _, e := range envs {
+				_, err := e.MarshalJSON()
+				require.NoError(b, err)
+			}
+		}
+	})
 }
