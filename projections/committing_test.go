@@ -126,10 +126,11 @@ func (env *groupEnv) timedPool(conns int32) (*pgxpool.Pool, *batchTimeline) {
 	return pool, timeline
 }
 
-// backlog publishes, into p's queue before its runner starts, n events of streams of
+// backlog publishes, into r's queue before it starts, n events of streams of
 // their own and n versions of one stream, interleaved so that every few batches share
 // that stream; it returns the long stream's events.
 func (env *groupEnv) backlog(r *projections.Runner, n int) (all, long []events.Envelope) {
+	env.a.Queue(r.Name()) // deleted at the end, with its dead letters
 	require.NoError(env.t, broker.DeclareEventExchange(env.ch, env.a.Exchange))
 	require.NoError(env.t, broker.DeclareQueue(env.ch, r.Queue()))
 	stream := uuid.New()
