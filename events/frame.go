@@ -1,8 +1,6 @@
 package events
 
-import (
-	"fmt"
-)
+import "fmt"
 
 // FrameMax is the most events the relay puts in one frame. A frame is one broker message,
 // and the projectors' consumer holds a prefetch of them: the cap bounds what a consumer

@@ -3,6 +3,7 @@ package projections_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"slices"
 	"strings"
 	"sync"
@@ -146,6 +147,47 @@ func (env *groupEnv) backlog(r *projections.Runner, n int) (all, long []events.E
 	return all, long
 }
 
+// pipedRunner is a runner of m on pool in batches of five events, with a backlog of 2n
+// events in its queue (backlog).
+func (env *groupEnv) pipedRunner(pool *pgxpool.Pool, m pipedMember, n int) (r *projections.Runner, all, long []events.Envelope) {
+	r, err := projections.NewRunner(pool, env.conn, m, projections.Config{Exchange: env.a.Exchange,
+		QueuePrefix: env.a.QueuePrefix, BatchSize: 5, DeliveryLimit: 3, Attempts: 2, Logger: testenv.Logger(env.t)})
+	require.NoError(env.t, err)
+	all, long = env.backlog(r, n)
+	return r, all, long
+}
+
+// run runs r until the end of the test.
+func (env *groupEnv) run(r *projections.Runner) {
+	ctx, stop := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { _ = r.Run(ctx); close(done) }()
+	env.t.Cleanup(func() { stop(); <-done })
+}
+
+// waitSeen waits until m has applied at least applied events and had at least dead ones
+// dead-lettered, and returns them.
+func (env *groupEnv) waitSeen(m pipedMember, applied, dead int) (a, d []uuid.UUID) {
+	testenv.Eventually(env.t, 30*time.Second, func() error {
+		if a, d = m.seen(); len(a) < applied || len(d) < dead {
+			return fmt.Errorf("%d applied, %d dead-lettered", len(a), len(d))
+		}
+		return nil
+	})
+	return a, d
+}
+
+// inOrder are the events of long among applied, in the order they were applied.
+func inOrder(applied []uuid.UUID, long []events.Envelope) []uuid.UUID {
+	var out []uuid.UUID
+	for _, id := range applied {
+		if slices.Contains(eventIDs(long), id) {
+			out = append(out, id)
+		}
+	}
+	return out
+}
+
 // With a backlog, the runner prepares the next batch (its prelude: its lock, its streams'
 // rows and versions) while the one before it commits, on another connection; where the
 // two share a stream, the next one waits for the commit. Every event is applied once, and
@@ -154,34 +196,16 @@ func TestTheNextBatchIsPreparedWhileOneCommits(t *testing.T) {
 	env := newGroupEnv(t)
 	pool, timeline := env.timedPool(0)
 	m := pipedMember{env.member("piped", "grp.*")}
-	r, err := projections.NewRunner(pool, env.conn, m, projections.Config{Exchange: env.a.Exchange,
-		QueuePrefix: env.a.QueuePrefix, BatchSize: 5, Logger: testenv.Logger(t)})
-	require.NoError(t, err)
-	all, long := env.backlog(r, 40)
+	r, all, long := env.pipedRunner(pool, m, 40)
+	env.run(r)
 
-	ctx, stop := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { _ = r.Run(ctx); close(done) }()
-	t.Cleanup(func() { stop(); <-done })
-	testenv.Eventually(t, 30*time.Second, func() error {
-		if applied, _ := m.seen(); len(applied) < len(all) {
-			return errors.New("not applied yet")
-		}
-		return nil
-	})
-	applied, dead := m.seen()
+	applied, dead := env.waitSeen(m, len(all), 0)
 	assert.ElementsMatch(t, eventIDs(all), applied, "every event once")
 	assert.Empty(t, dead)
-	var inOrder []uuid.UUID
-	for _, id := range applied {
-		if slices.Contains(eventIDs(long), id) {
-			inOrder = append(inOrder, id)
-		}
-	}
-	assert.Equal(t, eventIDs(long), inOrder, "one stream's versions in order")
+	assert.Equal(t, eventIDs(long), inOrder(applied, long), "one stream's versions in order")
 	var version int
-	require.NoError(t, env.d.Pool.QueryRow(ctx, `SELECT version FROM projection_streams WHERE projection = 'piped' AND stream_id = $1`,
-		long[0].StreamID).Scan(&version))
+	require.NoError(t, env.d.Pool.QueryRow(context.Background(), `SELECT version FROM projection_streams
+		WHERE projection = 'piped' AND stream_id = $1`, long[0].StreamID).Scan(&version))
 	assert.Equal(t, len(long), version)
 
 	overlapped, commits := timeline.overlaps()
@@ -197,36 +221,18 @@ func TestABatchThatFailsWhileTheNextIsPreparedIsAppliedAgainFirst(t *testing.T) 
 	env := newGroupEnv(t)
 	pool, timeline := env.timedPool(0)
 	m := pipedMember{env.member("piped", "grp.*")}
-	r, err := projections.NewRunner(pool, env.conn, m, projections.Config{Exchange: env.a.Exchange,
-		QueuePrefix: env.a.QueuePrefix, BatchSize: 5, DeliveryLimit: 3, Attempts: 2, Logger: testenv.Logger(t)})
-	require.NoError(t, err)
-	all, long := env.backlog(r, 20)
+	r, all, long := env.pipedRunner(pool, m, 20)
 	// A single of the fourth batch is poison: it fails in the commit's round trip.
 	poison := all[16]
 	require.NotEqual(t, long[0].StreamID, poison.StreamID)
 	*m.poison, *m.poisoned = poison.ID, true
+	env.run(r)
 
-	ctx, stop := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { _ = r.Run(ctx); close(done) }()
-	t.Cleanup(func() { stop(); <-done })
-	testenv.Eventually(t, 30*time.Second, func() error {
-		if applied, dead := m.seen(); len(applied) < len(all)-1 || len(dead) == 0 {
-			return errors.New("not applied yet")
-		}
-		return nil
-	})
-	applied, dead := m.seen()
+	applied, dead := env.waitSeen(m, len(all)-1, 1)
 	assert.Equal(t, []uuid.UUID{poison.ID}, dead)
 	assert.ElementsMatch(t, slices.DeleteFunc(eventIDs(all), func(id uuid.UUID) bool { return id == poison.ID }), applied,
 		"every other event once")
-	var inOrder []uuid.UUID
-	for _, id := range applied {
-		if slices.Contains(eventIDs(long), id) {
-			inOrder = append(inOrder, id)
-		}
-	}
-	assert.Equal(t, eventIDs(long), inOrder, "one stream's versions in order")
+	assert.Equal(t, eventIDs(long), inOrder(applied, long), "one stream's versions in order")
 	overlapped, _ := timeline.overlaps()
 	assert.Positive(t, overlapped, "a batch was prepared while another committed")
 	testenv.Eventually(t, 10*time.Second, func() error {
@@ -243,22 +249,10 @@ func TestARunnerWithNoSpareConnectionAppliesOneBatchAfterAnother(t *testing.T) {
 	env := newGroupEnv(t)
 	pool, timeline := env.timedPool(1)
 	m := pipedMember{env.member("piped", "grp.*")}
-	r, err := projections.NewRunner(pool, env.conn, m, projections.Config{Exchange: env.a.Exchange,
-		QueuePrefix: env.a.QueuePrefix, BatchSize: 5, Logger: testenv.Logger(t)})
-	require.NoError(t, err)
-	all, _ := env.backlog(r, 20)
+	r, all, _ := env.pipedRunner(pool, m, 20)
+	env.run(r)
 
-	ctx, stop := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { _ = r.Run(ctx); close(done) }()
-	t.Cleanup(func() { stop(); <-done })
-	testenv.Eventually(t, 30*time.Second, func() error {
-		if applied, _ := m.seen(); len(applied) < len(all) {
-			return errors.New("not applied yet")
-		}
-		return nil
-	})
-	applied, _ := m.seen()
+	applied, _ := env.waitSeen(m, len(all), 0)
 	assert.ElementsMatch(t, eventIDs(all), applied, "every event once")
 	overlapped, commits := timeline.overlaps()
 	assert.Zero(t, overlapped)
