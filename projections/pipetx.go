@@ -17,7 +17,7 @@ import (
 type pipeTx struct {
 	pgx.Tx
 	batch     pgx.Batch
-	committed bool // by commit: Tx knows nothing of it and must not be ended again
+	committed bool // by sendCommit: Tx knows nothing of it and must not be ended again
 	// before, when set, is called once, before the transaction sends anything after its
 	// prelude; an error it returns is the send's. A batch prepared while the batch before
 	// it commits waits there for that commit (see committingBatch).
@@ -165,24 +165,14 @@ func (t *pipeTx) flush(ctx context.Context) error {
 	return br.Close()
 }
 
-// commit sends what is queued and COMMIT in one round trip, where flush and Tx.Commit
-// would take two. pgx's transaction is not told (it has no way to commit in a batch):
-// it must not be used after, and Rollback does nothing. Only for a transaction on a
-// connection the caller releases itself (applyMembers begun on conn): a pool's
-// transaction gives its connection back in its own Commit or Rollback.
-func (t *pipeTx) commit(ctx context.Context) error {
-	outcome, err := t.sendCommit(ctx)
-	if err != nil {
-		return err
-	}
-	return outcome()
-}
-
-// sendCommit is commit in two steps: it sends what is queued and COMMIT, and returns
-// what reads the outcome, which the caller calls once, before anything else uses the
-// connection. Meanwhile the connection is busy: nothing but the outcome may be read from
-// it. The writes return no rows, so PostgreSQL never waits for the caller to read
-// before it commits.
+// sendCommit sends what is queued and COMMIT in one round trip, where flush and
+// Tx.Commit would take two, and returns what reads the outcome: the caller calls it once,
+// before anything else uses the connection, which is busy meanwhile. The writes return
+// no rows, so PostgreSQL never waits for the caller to read before it commits. pgx's
+// transaction is not told (it has no way to commit in a batch): once committed it must
+// not be used, and Rollback does nothing. Only for a transaction on a connection the
+// caller releases itself (applyMembers begun on conn): a pool's transaction gives its
+// connection back in its own Commit or Rollback.
 func (t *pipeTx) sendCommit(ctx context.Context) (func() error, error) {
 	if err := t.ready(); err != nil {
 		return nil, err
@@ -214,7 +204,7 @@ func (t *pipeTx) sendCommit(ctx context.Context) (func() error, error) {
 	}, nil
 }
 
-// Rollback rolls the transaction back, unless commit has ended it.
+// Rollback rolls the transaction back, unless its COMMIT (sendCommit) has ended it.
 func (t *pipeTx) Rollback(ctx context.Context) error {
 	if t.committed {
 		return pgx.ErrTxClosed

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"maps"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/google/uuid"
@@ -384,21 +385,23 @@ func (r *Runner) consume(ctx context.Context) error {
 			inflight.drop(context.WithoutCancel(ctx))
 		}
 	}()
+	landInflight := func() error {
+		c := inflight
+		inflight = nil
+		return r.land(context.WithoutCancel(ctx), ctx.Done(), settle, c)
+	}
 	for {
 		if inflight != nil && len(decoded) == 0 {
 			// Nothing at hand to apply meanwhile: the batch is finished first.
-			c := inflight
-			inflight = nil
-			if err := r.land(context.WithoutCancel(ctx), ctx.Done(), settle, c); err != nil {
+			if err := landInflight(); err != nil {
 				return err
 			}
 		}
 		var batch []received
 		select {
 		case <-ctx.Done():
-			if c := inflight; c != nil {
-				inflight = nil
-				return r.land(context.WithoutCancel(ctx), ctx.Done(), settle, c)
+			if inflight != nil {
+				return landInflight()
 			}
 			return nil
 		case <-settle.broken:
@@ -446,7 +449,7 @@ func (r *Runner) consume(ctx context.Context) error {
 // The batch is left committing in *inflight, its COMMIT sent, and the batch that was
 // there is finished meanwhile (see committingBatch).
 func (r *Runner) handle(ctx context.Context, stop <-chan struct{}, settle *settler, batch []received, inflight **committingBatch) error {
-	w := pendingBatch{envs: make([]events.Envelope, 0, len(batch)), good: make([]amqp.Delivery, 0, len(batch))}
+	w := pendingBatch{settlement: settlement{envs: make([]events.Envelope, 0, len(batch)), good: make([]amqp.Delivery, 0, len(batch))}}
 	for _, rd := range batch {
 		d, err := rd.d, rd.err
 		if rd.fence {
@@ -497,22 +500,21 @@ func (r *Runner) handle(ctx context.Context, stop <-chan struct{}, settle *settl
 	}
 	b, err := r.prepareBatch(ctx, w.shares, w.envs, before)
 	if prev != nil {
-		if perr := prev.outcome(); perr != nil {
+		if prev.outcome() != nil {
 			// The batch before failed: this one lets go of its rows before that one is
-			// applied again, and is applied again after it, from the start.
+			// applied again, and is applied again after it, from the start (whatever
+			// stopped its preparing was that one's failure, or comes again).
 			if b != nil {
 				b.abandon(ctx)
+				b = nil
 			}
-			if err := r.land(ctx, stop, settle, prev); err != nil {
-				return err
-			}
-			return r.applyAndSettle(ctx, stop, settle, w, nil)
+			err = nil
 		}
-		if err := r.land(ctx, stop, settle, prev); err != nil {
+		if lerr := r.land(ctx, stop, settle, prev); lerr != nil {
 			if b != nil {
 				b.abandon(ctx)
 			}
-			return err
+			return lerr
 		}
 	}
 	if errors.Is(err, errNoSpareConn) {
@@ -527,17 +529,15 @@ func (r *Runner) handle(ctx context.Context, stop <-chan struct{}, settle *settl
 		b.abandon(ctx)
 		return r.applyAndSettle(ctx, stop, settle, w, err)
 	}
-	*inflight = &committingBatch{b: b, w: w, read: outcome}
+	*inflight = &committingBatch{b: b, w: w, outcome: sync.OnceValue(outcome)}
 	return nil
 }
 
-// pendingBatch is a batch's events, its deliveries and what to settle them by.
+// pendingBatch is a batch's settlement (its events, shares and deliveries) and which
+// delivery carried each event.
 type pendingBatch struct {
-	envs   []events.Envelope
-	good   []amqp.Delivery
-	from   []int // from[i] is the index in good of the delivery that carried envs[i]
-	fences []amqp.Delivery
-	shares []share
+	settlement
+	from []int // from[i] is the index in good of the delivery that carried envs[i]
 }
 
 // committingBatch is a batch whose COMMIT is sent, and whose outcome is read once.
@@ -552,19 +552,10 @@ type pendingBatch struct {
 // would go on. The commits stay in order, one at a time, and so do the settlements.
 // BENCHMARKS.md has the figures ("The next batch is prepared while one commits").
 type committingBatch struct {
-	b    *preparedBatch
-	w    pendingBatch
-	read func() error
-	done bool
-	err  error
-}
-
-// outcome is the COMMIT's result, read the first time.
-func (c *committingBatch) outcome() error {
-	if !c.done {
-		c.err, c.done = c.read(), true
-	}
-	return c.err
+	b *preparedBatch
+	w pendingBatch
+	// outcome is the COMMIT's result, read the first time it is called.
+	outcome func() error
 }
 
 // land finishes a batch whose COMMIT was sent: committed, it goes to the settler; failed,
@@ -575,7 +566,7 @@ func (r *Runner) land(ctx context.Context, stop <-chan struct{}, settle *settler
 		return r.applyAndSettle(ctx, stop, settle, c.w, err)
 	}
 	r.committed(ctx, c.b)
-	return settle.submit(settlement{shares: c.w.shares, envs: c.w.envs, fences: c.w.fences, good: c.w.good})
+	return settle.submit(c.w.settlement)
 }
 
 // drop reads the outcome of a batch whose COMMIT was sent and gives its connection back,
@@ -597,7 +588,7 @@ func (r *Runner) applyAndSettle(ctx context.Context, stop <-chan struct{}, settl
 		err = r.applyWaiting(ctx, stop, w.shares, w.envs)
 	}
 	if err == nil {
-		return settle.submit(settlement{shares: w.shares, envs: w.envs, fences: w.fences, good: w.good})
+		return settle.submit(w.settlement)
 	}
 	return r.applyOneByOne(ctx, stop, settle, err, w.shares, w.envs, w.good, w.from, w.fences)
 }
@@ -1192,7 +1183,7 @@ func (m *memberBatch) queuePrelude(b *pgx.Batch) {
 //
 // The transaction is tx, or, when tx is nil, one the prelude begins on conn, in the
 // prelude's round trip (pgx.Batch.BeginTx). The returned pipe holds the last writes,
-// still queued: the caller sends them with its COMMIT (pipe.commit) or flushes them
+// still queued: the caller sends them with its COMMIT (pipe.sendCommit) or flushes them
 // (pipe.flush) before it commits tx. pipe is nil only when no transaction was begun;
 // after an error it is to be rolled back. before, when set, is called before anything
 // after the prelude is sent (pipeTx.before).
