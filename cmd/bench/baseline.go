@@ -355,21 +355,54 @@ func residentMB(pid int) (rss, peak float64, err error) {
 // cpuShares runs fn and returns how the CPU time spent meanwhile was shared between
 // process names (postgres, beam.smp, redis-server, chatbotd-bench, bench, ...), as
 // fractions of the machine's cores over the run.
+//
+// A process that started and ended meanwhile (pgbench and its server's backend) is not
+// read from /proc: what the machine's cores were busy with beyond the processes read is
+// counted under endedName.
 func cpuShares(fn func() error) (map[string]float64, error) {
-	before := cpuByName()
+	before, busyBefore := cpuByName(), busyTicks()
 	start := time.Now()
 	if err := fn(); err != nil {
 		return nil, err
 	}
 	elapsed := time.Since(start).Seconds()
-	after := cpuByName()
+	after, busyAfter := cpuByName(), busyTicks()
 	shares := map[string]float64{}
+	var seen float64
 	for name, ticks := range after {
 		if d := ticks - before[name]; d > 0 {
 			shares[name] = d / 100 / elapsed // USER_HZ is 100 on Linux
+			seen += d
 		}
 	}
+	if ended := busyAfter - busyBefore - seen; ended > 0 {
+		shares[endedName] = ended / 100 / elapsed
+	}
 	return shares, nil
+}
+
+// endedName names, in cpuShares, the cores' time that no process still running accounts
+// for: processes that ended meanwhile, and interrupts.
+const endedName = "ended processes and interrupts"
+
+// busyTicks is the time the machine's cores were busy since boot, in USER_HZ ticks (the
+// first line of /proc/stat, without idle and iowait).
+func busyTicks() float64 {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	fields := strings.Fields(line)
+	var busy float64
+	for i, f := range fields[1:] {
+		if i == 3 || i == 4 || i >= 8 { // idle, iowait; guest time is counted in user already
+			continue
+		}
+		v, _ := strconv.ParseFloat(f, 64)
+		busy += v
+	}
+	return busy
 }
 
 func cpuByName() map[string]float64 {

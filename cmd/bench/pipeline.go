@@ -105,11 +105,11 @@ func pipelineFigures(ctx context.Context, o options, w io.Writer) error {
 	}
 	fmt.Fprintf(os.Stderr, "pipeline: projector %.0f events/s\n", projectorRate)
 
-	served, err := accountsAsServed(ctx, pool, conn, rdb, n, last, suffix)
+	served, servedCPU, err := accountsAsServed(ctx, pool, conn, rdb, n, last, suffix)
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(os.Stderr, "pipeline: projector as serve runs it %.0f events/s\n", served)
+	fmt.Fprintf(os.Stderr, "pipeline: projector as serve runs it %.0f events/s; CPU an event: %s\n", served, perItem(servedCPU, served))
 
 	// The relay's baselines publish the very bodies the relay published.
 	bodies, err := envelopeBodies(ctx, pool, n)
@@ -133,12 +133,12 @@ func pipelineFigures(ctx context.Context, o options, w io.Writer) error {
 	}
 	fmt.Fprintf(os.Stderr, "pipeline: watermill confirmed %.0f/s\n", wmConfirm)
 
-	upsert, versioned, err := pgbenchUpsertRates(ctx, pool, dbURL, o.duration)
+	upsert, versioned, floorCPU, err := pgbenchUpsertRates(ctx, pool, dbURL, o.duration)
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(os.Stderr, "pipeline: pgbench batched upsert %.0f rows/s, with version rows %.0f rows/s (%.2f×)\n",
-		upsert, versioned, versioned/upsert)
+	fmt.Fprintf(os.Stderr, "pipeline: pgbench batched upsert %.0f rows/s, with version rows %.0f rows/s (%.2f×); CPU a row of the floor: %s\n",
+		upsert, versioned, versioned/upsert, perItem(floorCPU, versioned))
 
 	fmt.Fprint(w, "\n### Relay and projector\n\n")
 	fmt.Fprintf(w, "A backlog of %d `user.created` events (one stream each) written straight into the log. "+
@@ -175,6 +175,8 @@ func pipelineFigures(ctx context.Context, o options, w io.Writer) error {
 	fmt.Fprintf(w, "| **accounts projector**, read model and cache, alone on its queue | %.0f | pgbench batched upsert | %.2f× |\n", projectorRate, projectorRate/upsert)
 	fmt.Fprintf(w, "| **accounts projector**, as `serve` runs it | %.0f | pgbench batched upsert | %.2f× |\n", served, served/upsert)
 	fmt.Fprintf(w, "| | | the floor (with its version rows) | %.2f× |\n", served/versioned)
+	fmt.Fprintf(w, "\nCPU an event, by process (from `/proc`, over the drain; the runner is in the bench's process): "+
+		"the accounts projector as `serve` runs it: %s; the floor, a row: %s.\n", perItem(servedCPU, served), perItem(floorCPU, versioned))
 	return nil
 }
 
@@ -188,13 +190,15 @@ func pipelineFigures(ctx context.Context, o options, w io.Writer) error {
 // (up to last) before the projector starts, as for the figure of the projector alone; the
 // rate, in events per second, runs from the projector's start until it has applied every
 // event.
-func accountsAsServed(ctx context.Context, pool *pgxpool.Pool, conn *broker.Conn, rdb *redis.Client, n int, last int64, suffix string) (float64, error) {
+//
+// It also returns the processes' shares of the cores over the drain.
+func accountsAsServed(ctx context.Context, pool *pgxpool.Pool, conn *broker.Conn, rdb *redis.Client, n int, last int64, suffix string) (float64, map[string]float64, error) {
 	if _, err := pool.Exec(ctx, `TRUNCATE users`); err != nil {
-		return 0, err
+		return 0, nil, err
 	}
 	for _, table := range []string{"projection_streams", "projection_positions"} {
 		if _, err := pool.Exec(ctx, `DELETE FROM `+table+` WHERE projection = $1`, projections.AccountsName); err != nil {
-			return 0, err
+			return 0, nil, err
 		}
 	}
 	exchange := "bench.pipeline." + suffix + ".served"
@@ -204,36 +208,40 @@ func accountsAsServed(ctx context.Context, pool *pgxpool.Pool, conn *broker.Conn
 	runner, err := projections.NewRunner(pool, conn, group, projections.Config{Exchange: exchange,
 		QueuePrefix: "bench." + suffix + ".served.", DeferFlush: true})
 	if err != nil {
-		return 0, err
+		return 0, nil, err
 	}
 	queue := runner.Queue()
 	defer deleteQueues(conn, exchange, queue, runner.MemberQueue(projections.AccountsName))
 	relay, err := eventstore.NewRelay(pool, conn, eventstore.RelayConfig{Name: "bench-served-" + suffix, Exchange: exchange,
 		Queues: []broker.QueueSpec{queue}, Frames: true})
 	if err != nil {
-		return 0, err
+		return 0, nil, err
 	}
 	rctx, stop := context.WithCancel(ctx)
 	defer stop()
 	done := make(chan struct{}, 2)
 	go func() { _ = relay.Run(rctx); done <- struct{}{} }()
 	if err := waitRelayed(ctx, pool, "bench-served-"+suffix, last); err != nil {
-		return 0, fmt.Errorf("relay of frames: %w", err)
+		return 0, nil, fmt.Errorf("relay of frames: %w", err)
 	}
-	start := time.Now()
-	go func() { _ = runner.Run(rctx); done <- struct{}{} }()
-	err = waitApplied(ctx, pool, projections.AccountsName, n)
-	rate := float64(n) / time.Since(start).Seconds()
+	var rate float64
+	cpu, err := cpuShares(func() error {
+		start := time.Now()
+		go func() { _ = runner.Run(rctx); done <- struct{}{} }()
+		err := waitApplied(ctx, pool, projections.AccountsName, n)
+		rate = float64(n) / time.Since(start).Seconds()
+		return err
+	})
 	stop()
 	<-done
 	<-done
 	if err != nil {
-		return 0, fmt.Errorf("projector as served: %w", err)
+		return 0, nil, fmt.Errorf("projector as served: %w", err)
 	}
 	if err := checkCached(ctx, rdb, prefix, n); err != nil {
-		return 0, fmt.Errorf("projector as served: %w", err)
+		return 0, nil, fmt.Errorf("projector as served: %w", err)
 	}
-	return rate, nil
+	return rate, cpu, nil
 }
 
 // waitRelayed waits until the relay called name has its checkpoint at position last.
@@ -396,12 +404,15 @@ func watermillRate(ctx context.Context, url string, conn *broker.Conn, topic str
 // pgbenchUpsertRates runs pgbench upserting batches of 200 users-shaped rows, one
 // client, alone and with a version row of each upserted, twice each in turn, and returns
 // the mean rows per second of each.
-func pgbenchUpsertRates(ctx context.Context, pool *pgxpool.Pool, dbURL string, d time.Duration) (upsert, versioned float64, err error) {
+//
+// floorCPU is the processes' shares of the cores while the floor's script ran (the mean
+// of its runs).
+func pgbenchUpsertRates(ctx context.Context, pool *pgxpool.Pool, dbURL string, d time.Duration) (upsert, versioned float64, floorCPU map[string]float64, err error) {
 	if _, err := pool.Exec(ctx, `DROP TABLE IF EXISTS upsert_baseline, upsert_versions;
 		CREATE TABLE upsert_baseline (LIKE users INCLUDING ALL);
 		CREATE TABLE upsert_versions (LIKE projection_streams INCLUDING ALL);
 		CREATE SEQUENCE IF NOT EXISTS upsert_ids`); err != nil {
-		return 0, 0, err
+		return 0, 0, nil, err
 	}
 	// The ids grow, as serve's UUIDv7 do, and cost less to make than gen_random_uuid's.
 	const rows = `INSERT INTO upsert_baseline AS u (id, organization_id, name, email, status, roles, version, created_at, updated_at)
@@ -414,16 +425,26 @@ INSERT INTO upsert_versions (projection, stream_id, version) SELECT 'accounts', 
   ON CONFLICT (projection, stream_id) DO UPDATE SET version = excluded.version;
 `}
 	var sums [2]float64
+	floorCPU = map[string]float64{}
 	for range 2 {
 		for i, script := range scripts {
-			tps, err := pgbench(ctx, dbURL, script, 1, d)
+			var tps float64
+			cpu, err := cpuShares(func() (err error) {
+				tps, err = pgbench(ctx, dbURL, script, 1, d)
+				return err
+			})
 			if err != nil {
-				return 0, 0, err
+				return 0, 0, nil, err
 			}
 			sums[i] += tps * 200
+			if i == 1 {
+				for name, share := range cpu {
+					floorCPU[name] += share / 2
+				}
+			}
 		}
 	}
-	return sums[0] / 2, sums[1] / 2, nil
+	return sums[0] / 2, sums[1] / 2, floorCPU, nil
 }
 
 // deleteQueues removes the run's queues, their dead-letter queues and its exchanges.
