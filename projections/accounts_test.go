@@ -458,3 +458,93 @@ func readableLog(t *testing.T, pool *pgxpool.Pool) []events.Envelope {
 	})
 	return all
 }
+
+// A user whose last event in a committed batch is a user.created that the batch applied
+// is cached as that event wrote the row: the very bytes its read-back gives, whatever its
+// name, email and roles hold, and without reading it back (the rows are changed behind
+// the projector's back before its after-commit work, and these entries keep what the
+// batch wrote). A user changed again in the same batch, and one whose user.created comes
+// again after an earlier batch applied it (and a later one renamed the user), are read
+// back.
+func TestNewUsersAreCachedAsTheirEventsWroteThem(t *testing.T) {
+	ctx := context.Background()
+	d := testenv.MustDatabase(t)
+	r := testenv.MustRedis(t)
+	store := eventstore.NewStore(d.Pool)
+	c := cache.New(r.Client, r.Prefix, time.Minute)
+	accounts := projections.NewAccounts(d.Pool, c, testenv.Logger(t))
+	org := uuid.New()
+	appendUser := func(id uuid.UUID, evs ...events.Event) {
+		_, err := store.Append(ctx, eventstore.AppendRequest{StreamType: events.StreamUser, StreamID: id,
+			ExpectedVersion: eventstore.AnyVersion, OrganizationID: &org, Meta: system, Events: evs})
+		require.NoError(t, err)
+	}
+	applyAndCache := func(batch []events.Envelope) {
+		applied, err := projections.ApplyBatch(ctx, d.Pool, accounts, batch)
+		require.NoError(t, err)
+		require.NoError(t, accounts.AfterApplied(ctx, batch, applied))
+	}
+	key := func(id uuid.UUID) string { return c.Key("user", id.String()) }
+
+	// Created and cached; then renamed by a batch whose after-commit work was lost, and its
+	// entry evicted.
+	earlier := uuid.New()
+	appendUser(earlier, events.UserCreated{Name: "Earlier", Email: "earlier@example.com", Roles: []string{"member"}, Status: "active"})
+	created := readableLog(t, d.Pool)
+	applyAndCache(created)
+	appendUser(earlier, events.UserUpdated{Changes: map[string]events.Change{"name": {Old: "Earlier", New: "Renamed"}}})
+	renamed := readableLog(t, d.Pool)[len(created):]
+	_, err := projections.ApplyBatch(ctx, d.Pool, accounts, renamed)
+	require.NoError(t, err)
+	require.NoError(t, r.Client.Del(ctx, key(earlier)).Err())
+
+	fresh := map[uuid.UUID]events.UserCreated{}
+	for _, u := range []events.UserCreated{
+		{Name: `Zoë "Q" <b>&amp;</b> 日本語`, Email: "Mixed.Case+tag@Example.COM", Roles: []string{}, Status: "active"},
+		{Name: `back\slash, comma {brace}`, Email: "b@example.com", Roles: []string{"owner", `a"b\c`, "NULL", ",", "{x}", ""}, Status: "invited"},
+		{Name: "\u2028 separator \t tab \u00a0", Email: "c@example.com", Roles: []string{"member", "member"}, Status: "deactivated"},
+	} {
+		id := uuid.New()
+		appendUser(id, u)
+		fresh[id] = u
+	}
+	changed := uuid.New()
+	appendUser(changed, events.UserCreated{Name: "Before", Email: "changed@example.com", Roles: []string{"member"}, Status: "active"},
+		events.UserUpdated{Changes: map[string]events.Change{"name": {Old: "Before", New: "Changed in the same batch"}}})
+	batch := append([]events.Envelope{created[0]}, readableLog(t, d.Pool)[len(created)+len(renamed):]...)
+
+	applied, err := projections.ApplyBatch(ctx, d.Pool, accounts, batch)
+	require.NoError(t, err)
+	require.Len(t, applied, len(batch)-1, "the earlier user's user.created is skipped")
+	ids := []uuid.UUID{earlier, changed}
+	for id := range fresh {
+		ids = append(ids, id)
+	}
+	written, err := readmodel.UserEntries(ctx, d.Pool, ids)
+	require.NoError(t, err)
+	_, err = d.Pool.Exec(ctx, `UPDATE users SET name = name || ' (changed after the commit)'`)
+	require.NoError(t, err)
+	now, err := readmodel.UserEntries(ctx, d.Pool, ids)
+	require.NoError(t, err)
+	require.NoError(t, accounts.AfterApplied(ctx, batch, applied))
+
+	cached := func(id uuid.UUID) cache.Entry {
+		e, err := c.Get(ctx, key(id))
+		require.NoError(t, err, "user %s cached", id)
+		return e
+	}
+	for id, u := range fresh {
+		got := cached(id)
+		assert.Equal(t, 1, got.Version)
+		assert.Equal(t, string(written[id].Payload), string(got.Payload), "%q: the bytes of the row as the batch wrote it", u.Name)
+		var back readmodel.User
+		require.NoError(t, json.Unmarshal(got.Payload, &back))
+		assert.Equal(t, u.Roles, back.Roles)
+	}
+	for id, version := range map[uuid.UUID]int{earlier: 2, changed: 2} {
+		got := cached(id)
+		assert.Equal(t, version, got.Version)
+		assert.Equal(t, string(now[id].Payload), string(got.Payload), "read back")
+		assert.Contains(t, string(got.Payload), "(changed after the commit)")
+	}
+}

@@ -49,6 +49,17 @@ type AfterCommitter interface {
 	AfterCommit(ctx context.Context, batch []events.Envelope) error
 }
 
+// AppliedAfterCommitter is an AfterCommitter that can also be told which events of the
+// batch its committed transaction applied (the others were applied by an earlier one
+// and skipped): what those wrote is then known without reading it back. The runtime
+// calls AfterApplied after the batches it commits as they come, and AfterCommit after a
+// batch applied again (after a failure), where it does not keep what was applied. The
+// same rules hold as for AfterCommit.
+type AppliedAfterCommitter interface {
+	AfterCommitter
+	AfterApplied(ctx context.Context, batch, applied []events.Envelope) error
+}
+
 // Pipelined is implemented by projectors that are not rebuildable but, like those, never
 // depend on what an Exec returns (its command tag), so the runtime may pipeline their
 // writes (see pipeTx). They may read: a read is sent after every write queued before
@@ -566,6 +577,7 @@ func (r *Runner) land(ctx context.Context, stop <-chan struct{}, settle *settler
 		return r.applyAndSettle(ctx, stop, settle, c.w, err)
 	}
 	r.committed(ctx, c.b)
+	c.w.applied = c.b.each
 	return settle.submit(c.w.settlement)
 }
 
@@ -820,16 +832,24 @@ func ackAll(ds []amqp.Delivery) error {
 }
 
 // afterCommit runs the projector's after-commit work for what was delivered of its share
-// (nothing when it had none).
-func (r *Runner) afterCommit(ctx context.Context, p Projector, delivered []events.Envelope) error {
-	if ac, ok := p.(AfterCommitter); ok && len(delivered) > 0 {
-		// Applied events read from the log to fill a gap belong to delivered streams.
-		if err := ac.AfterCommit(ctx, delivered); err != nil {
-			r.log.Warn("after-commit work failed: the batch comes back", "error", err)
-			return err
-		}
+// (nothing when it had none). applied, when not nil, holds what the committed
+// transaction applied of it (*applied may be empty: every event was skipped).
+func (r *Runner) afterCommit(ctx context.Context, p Projector, delivered []events.Envelope, applied *[]events.Envelope) error {
+	ac, ok := p.(AfterCommitter)
+	if !ok || len(delivered) == 0 {
+		return nil
 	}
-	return nil
+	// Applied events read from the log to fill a gap belong to delivered streams.
+	var err error
+	if aac, ok := ac.(AppliedAfterCommitter); ok && applied != nil {
+		err = aac.AfterApplied(ctx, delivered, *applied)
+	} else {
+		err = ac.AfterCommit(ctx, delivered)
+	}
+	if err != nil {
+		r.log.Warn("after-commit work failed: the batch comes back", "error", err)
+	}
+	return err
 }
 
 // afterOwnCommit is afterCommit for a transaction the consumer committed and settles
@@ -842,7 +862,7 @@ func (r *Runner) afterOwnCommit(ctx context.Context, p Projector, delivered []ev
 	if err := r.durable(ctx); err != nil {
 		return err
 	}
-	return r.afterCommit(ctx, p, delivered)
+	return r.afterCommit(ctx, p, delivered, nil)
 }
 
 // applyWaiting applies the shares of envs, trying again with a growing pause while the

@@ -16,6 +16,9 @@ type settlement struct {
 	envs   []events.Envelope
 	fences []amqp.Delivery
 	good   []amqp.Delivery
+	// applied, when known, is what the batch's transaction applied of each share (see
+	// AppliedAfterCommitter).
+	applied [][]events.Envelope
 }
 
 // settler settles committed batches one at a time, in the order they committed, in a
@@ -78,8 +81,12 @@ func (s *settler) settle(b settlement) error {
 	if err := s.r.durable(s.ctx); err != nil {
 		return err
 	}
-	for _, sh := range b.shares {
-		if err := s.r.afterCommit(s.ctx, sh.p, pick(b.envs, sh.idx)); err != nil {
+	for i, sh := range b.shares {
+		var applied *[]events.Envelope
+		if b.applied != nil {
+			applied = &b.applied[i]
+		}
+		if err := s.r.afterCommit(s.ctx, sh.p, pick(b.envs, sh.idx), applied); err != nil {
 			return err
 		}
 	}

@@ -108,3 +108,84 @@ func TestRunnerAppliesTheNextBatchWhileItSettlesOne(t *testing.T) {
 	n, _ := env.depth(queue + ".dead")
 	assert.Zero(t, n)
 }
+
+// appliedCacher is a member that records, at each after-commit call, the events
+// delivered and those the committed transaction applied; its first call fails.
+type appliedCacher struct {
+	member
+	calls *[]appliedCall
+}
+
+type appliedCall struct{ delivered, applied []uuid.UUID }
+
+func (appliedCacher) AfterCommit(context.Context, []events.Envelope) error {
+	return errors.New("AfterApplied is called after a batch committed as it came")
+}
+
+func (c appliedCacher) AfterApplied(_ context.Context, batch, applied []events.Envelope) error {
+	ids := func(envs []events.Envelope) []uuid.UUID {
+		out := []uuid.UUID{}
+		for _, e := range envs {
+			out = append(out, e.ID)
+		}
+		return out
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	*c.calls = append(*c.calls, appliedCall{ids(batch), ids(applied)})
+	if len(*c.calls) == 1 {
+		return errors.New("the cache went away")
+	}
+	return nil
+}
+
+func (c appliedCacher) after() []appliedCall {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return slices.Clone(*c.calls)
+}
+
+// The after-commit work of a batch committed as it came is told which of its events the
+// transaction applied: all of them the first time; when that work fails and the batch
+// comes back, none (they were applied before and are skipped), so what they wrote is
+// read back rather than taken from the events.
+func TestAfterCommitIsToldWhatTheBatchApplied(t *testing.T) {
+	env := newGroupEnv(t)
+	c := appliedCacher{member: env.member("told", "told.*"), calls: &[]appliedCall{}}
+	queue := env.a.Queue("told")
+	stop := run(env.runnerLingering(c, 200*time.Millisecond).Run)
+	defer stop()
+	env.a.WaitConsumer(queue)
+
+	sent := []uuid.UUID{env.publish("told.one"), env.publish("told.two")}
+	testenv.Eventually(t, 30*time.Second, func() error {
+		calls := c.after()
+		if len(calls) < 2 {
+			return errors.New("no after-commit work since the failure")
+		}
+		var done []uuid.UUID
+		for _, call := range calls[1:] {
+			done = append(done, call.delivered...)
+		}
+		for _, id := range sent {
+			if !slices.Contains(done, id) {
+				return fmt.Errorf("%s: no after-commit work since the failure", id)
+			}
+		}
+		if n, _ := env.depth(queue); n != 0 {
+			return fmt.Errorf("%d messages in the queue", n)
+		}
+		return nil
+	})
+	calls := c.after()
+	assert.Equal(t, calls[0].delivered, calls[0].applied, "the first batch applied all it delivered")
+	for _, call := range calls[1:] {
+		for _, id := range call.delivered {
+			if slices.Contains(calls[0].delivered, id) {
+				assert.NotContains(t, call.applied, id, "an event applied before is delivered again, not applied")
+			}
+		}
+	}
+	applied, _ := c.seen()
+	assert.ElementsMatch(t, sent, applied, "each event applied once")
+}

@@ -171,6 +171,13 @@ func userEntry(u User, err error) (cache.Entry, error) {
 	return cache.Entry{Version: u.Version, Payload: b}, err
 }
 
+// UserEntryOf is the cache entry that UserEntry gives for u's row: what a projector that
+// has just written the row can cache without reading it back.
+func UserEntryOf(u User) (cache.Entry, error) {
+	u.normalize()
+	return userEntry(u, nil)
+}
+
 // UserEntries is UserEntry for many users, read in one query.
 func UserEntries(ctx context.Context, q Querier, ids []uuid.UUID) (map[uuid.UUID]cache.Entry, error) {
 	// A lookup per id (see projections' stream lock: "id = ANY($1)" may be planned as a
