@@ -121,6 +121,21 @@ func TestHotPathJSONAgreesWithEncodingJSON(t *testing.T) {
 		_, err = events.DecodeFrame([]byte("[" + body + "]"))
 		assert.Error(t, err, body)
 	}
+	// The store's metadata, as jsonb gives it back, decodes the same, and where encoding/json
+	// refuses it, so does the hot path.
+	for _, meta := range []string{`{}`, `{"ip_address": "127.0.0.1", "user_agent": "fasthttp"}`,
+		`{"user_agent": "a \"q\" \\ \u00e9 \ud83d\ude00 <b>", "extra": {"x": [1, null]}, "ip_address": "::1"}`,
+		`{"IP_Address": "10.0.0.1", "ip_address": "10.0.0.2", "user_agent": null}`, `{"user_agent": "` + "\xff" + `"}`} {
+		var want, got events.Metadata
+		require.NoError(t, json.Unmarshal([]byte(meta), &want), meta)
+		require.NoError(t, events.DecodeMetadata([]byte(meta), &got), meta)
+		assert.Equal(t, want, got, meta)
+	}
+	for _, meta := range []string{`[]`, `{"ip_address": 1}`, `{"ip_address": "a"`, `{"ip_address": "a"} x`, `null x`} {
+		var std events.Metadata
+		require.Error(t, json.Unmarshal([]byte(meta), &std), "encoding/json accepts %q", meta)
+		assert.Error(t, events.DecodeMetadata([]byte(meta), &std), meta)
+	}
 	for _, data := range []string{`{"role":5}`, `{"role":["a"]}`, `[]`, `"role"`} {
 		var std events.UserRoleAssigned
 		require.Error(t, json.Unmarshal([]byte(data), &std), "encoding/json accepts %q", data)

@@ -415,7 +415,7 @@ func scanEnvelope(row pgx.Row, extra ...any) (events.Envelope, error) {
 	e.Data = data
 	e.KeepStoredMetadata(meta)
 	if len(meta) > 0 {
-		if err := json.Unmarshal(meta, &e.Metadata); err != nil {
+		if err := events.DecodeMetadata(meta, &e.Metadata); err != nil {
 			return e, fmt.Errorf("event %s metadata: %w", e.ID, err)
 		}
 	}
