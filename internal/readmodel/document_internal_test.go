@@ -1,6 +1,7 @@
 package readmodel
 
 import (
+	"encoding/json"
 	"testing"
 	"time"
 
@@ -45,5 +46,28 @@ func TestDocumentOrganizationReadsItInPlace(t *testing.T) {
 			require.NoError(t, err)
 			assert.Equal(t, tc.want, got)
 		})
+	}
+}
+
+// TestUserDocumentIsEncodingJSONs: a user's cached document has the bytes encoding/json
+// gives, whatever its strings hold and whatever its times' precision and zone.
+func TestUserDocumentIsEncodingJSONs(t *testing.T) {
+	at := time.Date(2026, 12, 7, 18, 0, 0, 123456000, time.UTC)
+	for name, u := range map[string]User{
+		"plain": {ID: uuid.New(), OrganizationID: uuid.New(), Name: "Ann", Email: "ann@example.com", Status: "active",
+			Roles: []string{"member"}, CreatedAt: at, UpdatedAt: at, Version: 1},
+		"odd strings": {ID: uuid.New(), OrganizationID: uuid.New(), Name: `Zoë "Q" <b>&amp;</b> ` + "\u2028\u2029\t\x01 日本語 😀",
+			Email: `Mixed.Case+<tag>@Example.COM`, Status: "invited", Roles: []string{`a"b\c`, "NULL", "", "<&>"},
+			CreatedAt: at.Add(-time.Hour), UpdatedAt: at, Version: 7},
+		"invalid UTF-8": {ID: uuid.New(), Name: "a\xffb", Email: "\xfe", Roles: []string{"\xc3"}, CreatedAt: at, UpdatedAt: at},
+		"no roles, whole seconds, another zone": {ID: uuid.New(), OrganizationID: uuid.New(), Roles: []string{},
+			CreatedAt: time.Date(1999, 1, 2, 3, 4, 5, 0, time.FixedZone("x", -5*3600)), UpdatedAt: time.Unix(0, 0).UTC()},
+		"nil roles, zero times": {},
+	} {
+		got, err := encodeUser(u)
+		require.NoError(t, err, name)
+		want, err := json.Marshal(u)
+		require.NoError(t, err, name)
+		assert.Equal(t, string(want), string(got), name)
 	}
 }

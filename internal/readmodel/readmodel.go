@@ -11,6 +11,7 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
+	segjson "github.com/segmentio/encoding/json"
 
 	"github.com/chatbotsaas/chatbotd/internal/cache"
 	"github.com/chatbotsaas/chatbotd/internal/db"
@@ -167,9 +168,15 @@ func userEntry(u User, err error) (cache.Entry, error) {
 	if err != nil {
 		return cache.Entry{}, err
 	}
-	b, err := json.Marshal(u)
+	b, err := encodeUser(u)
 	return cache.Entry{Version: u.Version, Payload: b}, err
 }
+
+// encodeUser writes a user's document for the cache with segmentio/encoding's json, the
+// event stream's hot paths' library (events/codec.go): the accounts projector writes one
+// for every user a batch changes, and encoding/json's was a fifth of its after-commit
+// work's CPU. The bytes are encoding/json's (TestUserDocumentIsEncodingJSONs).
+func encodeUser(u User) ([]byte, error) { return segjson.Marshal(u) }
 
 // UserEntryOf is the cache entry that UserEntry gives for u's row: what a projector that
 // has just written the row can cache without reading it back.
