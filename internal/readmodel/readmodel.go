@@ -174,7 +174,7 @@ func userEntry(u User, err error) (cache.Entry, error) {
 
 // encodeUser writes a user's document for the cache with segmentio/encoding's json, the
 // event stream's hot paths' library (events/codec.go): the accounts projector writes one
-// for every user a batch changes, and encoding/json's was a fifth of its after-commit
+// for every user a batch changes, and encoding/json's took a quarter of its after-commit
 // work's CPU. The bytes are encoding/json's (TestUserDocumentIsEncodingJSONs).
 func encodeUser(u User) ([]byte, error) { return segjson.Marshal(u) }
 
