@@ -404,9 +404,12 @@ const envelopeColumns = `id, type, schema_version, stream_type, stream_id, strea
 func scanEnvelope(row pgx.Row, extra ...any) (events.Envelope, error) {
 	var e events.Envelope
 	var meta, data []byte
-	dest := append([]any{&e.ID, &e.Type, &e.SchemaVersion, &e.StreamType, &e.StreamID, &e.StreamVersion, &e.Position,
-		&e.OrganizationID, &e.OccurredAt, &e.Actor.Type, &e.Actor.ID, &e.CorrelationID, &e.CausationID,
-		&e.RequestID, &meta, &data}, extra...)
+	// Sized for the extra columns too: appended to a literal of its own length, the slice
+	// was allocated twice for every event the relay read.
+	dest := append(make([]any, 0, 16+len(extra)), &e.ID, &e.Type, &e.SchemaVersion, &e.StreamType, &e.StreamID,
+		&e.StreamVersion, &e.Position, &e.OrganizationID, &e.OccurredAt, &e.Actor.Type, &e.Actor.ID, &e.CorrelationID,
+		&e.CausationID, &e.RequestID, &meta, &data)
+	dest = append(dest, extra...)
 	err := row.Scan(dest...)
 	if err != nil {
 		return e, err
