@@ -87,26 +87,31 @@ func TestRunnerAppliesTheNextBatchWhileItSettlesOne(t *testing.T) {
 
 	all := append([]uuid.UUID{first}, second...)
 	testenv.Eventually(t, 30*time.Second, func() error {
-		calls := c.after()
 		var done []uuid.UUID
-		for _, ids := range calls[1:] {
+		for _, ids := range c.after()[1:] {
 			done = append(done, ids...)
 		}
-		for _, id := range all {
-			if !slices.Contains(done, id) {
-				return fmt.Errorf("%s: no after-commit work since the failure", id)
-			}
-		}
-		if n, _ := env.depth(queue); n != 0 {
-			return fmt.Errorf("%d messages in the queue", n)
-		}
-		return nil
+		return settledAgain(env, queue, all, done)
 	})
 	assert.Equal(t, []uuid.UUID{first}, c.after()[0])
 	applied, _ := c.seen()
 	assert.ElementsMatch(t, all, applied, "each event applied once, the redelivered ones skipped")
 	n, _ := env.depth(queue + ".dead")
 	assert.Zero(t, n)
+}
+
+// settledAgain says whether each of ids is in done (the events given to after-commit
+// work since it first failed) and queue is empty.
+func settledAgain(env *groupEnv, queue string, ids, done []uuid.UUID) error {
+	for _, id := range ids {
+		if !slices.Contains(done, id) {
+			return fmt.Errorf("%s: no after-commit work since the failure", id)
+		}
+	}
+	if n, _ := env.depth(queue); n != 0 {
+		return fmt.Errorf("%d messages in the queue", n)
+	}
+	return nil
 }
 
 // appliedCacher is a member that records, at each after-commit call, the events
@@ -167,15 +172,7 @@ func TestAfterCommitIsToldWhatTheBatchApplied(t *testing.T) {
 		for _, call := range calls[1:] {
 			done = append(done, call.delivered...)
 		}
-		for _, id := range sent {
-			if !slices.Contains(done, id) {
-				return fmt.Errorf("%s: no after-commit work since the failure", id)
-			}
-		}
-		if n, _ := env.depth(queue); n != 0 {
-			return fmt.Errorf("%d messages in the queue", n)
-		}
-		return nil
+		return settledAgain(env, queue, sent, done)
 	})
 	calls := c.after()
 	assert.Equal(t, calls[0].delivered, calls[0].applied, "the first batch applied all it delivered")
