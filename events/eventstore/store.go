@@ -405,7 +405,7 @@ func scanEnvelope(row pgx.Row, extra ...any) (events.Envelope, error) {
 	var e events.Envelope
 	var meta, data []byte
 	// Sized for the extra columns too: appended to a literal of its own length, the slice
-	// was allocated twice for every event the relay read.
+	// was allocated twice for every event read (the relay and the chainer read them all).
 	dest := append(make([]any, 0, 16+len(extra)), &e.ID, &e.Type, &e.SchemaVersion, &e.StreamType, &e.StreamID,
 		&e.StreamVersion, &e.Position, &e.OrganizationID, &e.OccurredAt, &e.Actor.Type, &e.Actor.ID, &e.CorrelationID,
 		&e.CausationID, &e.RequestID, &meta, &data)
