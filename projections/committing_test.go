@@ -149,7 +149,7 @@ func (env *groupEnv) backlog(r *projections.Runner, n int) (all, long []events.E
 
 // pipedRunner is a runner of m on pool in batches of five events, with a backlog of 2n
 // events in its queue (backlog).
-func (env *groupEnv) pipedRunner(pool *pgxpool.Pool, m pipedMember, n int) (r *projections.Runner, all, long []events.Envelope) {
+func (env *groupEnv) pipedRunner(pool *pgxpool.Pool, m projections.Projector, n int) (r *projections.Runner, all, long []events.Envelope) {
 	r, err := projections.NewRunner(pool, env.conn, m, projections.Config{Exchange: env.a.Exchange,
 		QueuePrefix: env.a.QueuePrefix, BatchSize: 5, DeliveryLimit: 3, Attempts: 2, Logger: testenv.Logger(env.t)})
 	require.NoError(env.t, err)
@@ -265,4 +265,62 @@ func eventIDs(envs []events.Envelope) []uuid.UUID {
 		out[i] = e.ID
 	}
 	return out
+}
+
+// toldMember is a pipedMember whose after-commit work records what it is told: the
+// delivered and applied events of each AfterApplied, and how many events AfterCommit got
+// without being told what was applied.
+type toldMember struct {
+	pipedMember
+	calls  *[]appliedCall
+	untold *int
+}
+
+func (m toldMember) AfterCommit(_ context.Context, batch []events.Envelope) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	*m.untold += len(batch)
+	return nil
+}
+
+func (m toldMember) AfterApplied(_ context.Context, batch, applied []events.Envelope) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	*m.calls = append(*m.calls, appliedCall{eventIDs(batch), eventIDs(applied)})
+	return nil
+}
+
+// A runner with no spare connection applies every other batch on its own (after the one
+// committing lands), and tells that batch's after-commit work what it applied too, as it
+// does for a batch prepared while another commits.
+func TestEveryBatchCommittedWholeIsToldWhatItApplied(t *testing.T) {
+	env := newGroupEnv(t)
+	pool, timeline := env.timedPool(1)
+	m := toldMember{pipedMember: pipedMember{env.member("told", "grp.*")}, calls: &[]appliedCall{}, untold: new(int)}
+	r, all, _ := env.pipedRunner(pool, m, 20)
+	env.run(r)
+
+	testenv.Eventually(t, 30*time.Second, func() error {
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		var done int
+		for _, c := range *m.calls {
+			done += len(c.delivered)
+		}
+		if done+*m.untold < len(all) {
+			return fmt.Errorf("after-commit work for %d of %d events", done, len(all))
+		}
+		return nil
+	})
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	assert.Zero(t, *m.untold, "every batch was told what it applied")
+	var applied []uuid.UUID
+	for _, c := range *m.calls {
+		assert.Equal(t, c.delivered, c.applied, "a fresh event is applied by the batch that delivers it")
+		applied = append(applied, c.applied...)
+	}
+	assert.ElementsMatch(t, eventIDs(all), applied)
+	_, commits := timeline.overlaps()
+	assert.GreaterOrEqual(t, commits, len(all)/5, "batches of five at most")
 }

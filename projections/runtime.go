@@ -52,9 +52,9 @@ type AfterCommitter interface {
 // AppliedAfterCommitter is an AfterCommitter that can also be told which events of the
 // batch its committed transaction applied (the others were applied by an earlier one
 // and skipped): what those wrote is then known without reading it back. The runtime
-// calls AfterApplied after the batches it commits as they come, and AfterCommit after a
-// batch applied again (after a failure), where it does not keep what was applied. The
-// same rules hold as for AfterCommit.
+// calls AfterApplied after the batches it commits whole, and AfterCommit after what it
+// applies member by member or event by event after a failure, where it does not keep
+// what was applied. The same rules hold as for AfterCommit.
 type AppliedAfterCommitter interface {
 	AfterCommitter
 	AfterApplied(ctx context.Context, batch, applied []events.Envelope) error
@@ -597,7 +597,7 @@ func (c *committingBatch) drop(ctx context.Context) {
 // event at a time (applyOneByOne).
 func (r *Runner) applyAndSettle(ctx context.Context, stop <-chan struct{}, settle *settler, w pendingBatch, err error) error {
 	if err == nil || db.IsUnavailable(err) {
-		err = r.applyWaiting(ctx, stop, w.shares, w.envs)
+		w.applied, err = r.applyWaiting(ctx, stop, w.shares, w.envs)
 	}
 	if err == nil {
 		return settle.submit(w.settlement)
@@ -631,7 +631,7 @@ func (r *Runner) applyOneByOne(ctx context.Context, stop <-chan struct{}, settle
 		if group {
 			// Most members of a failed group batch are not the cause: their share goes in one
 			// transaction.
-			err := r.applyWaiting(ctx, stop, []share{sh}, envs)
+			_, err := r.applyWaiting(ctx, stop, []share{sh}, envs)
 			if err == nil {
 				if err := r.afterOwnCommit(ctx, sh.p, pick(envs, sh.idx)); err != nil {
 					return err
@@ -648,7 +648,7 @@ func (r *Runner) applyOneByOne(ctx context.Context, stop <-chan struct{}, settle
 			one := []share{{p: sh.p, idx: []int{i}}}
 			var err error
 			for attempt := 1; attempt <= r.cfg.Attempts; attempt++ {
-				err = r.applyWaiting(ctx, stop, one, envs)
+				_, err = r.applyWaiting(ctx, stop, one, envs)
 				if err == nil || db.IsUnavailable(err) {
 					break
 				}
@@ -866,21 +866,27 @@ func (r *Runner) afterOwnCommit(ctx context.Context, p Projector, delivered []ev
 }
 
 // applyWaiting applies the shares of envs, trying again with a growing pause while the
-// database is unavailable, until stop.
-func (r *Runner) applyWaiting(ctx context.Context, stop <-chan struct{}, shares []share, envs []events.Envelope) error {
-	_, err := retry.Hold(stop, db.IsUnavailable,
+// database is unavailable, until stop, and returns what the committed transaction
+// applied of each share.
+func (r *Runner) applyWaiting(ctx context.Context, stop <-chan struct{}, shares []share, envs []events.Envelope) ([][]events.Envelope, error) {
+	return retry.Hold(stop, db.IsUnavailable,
 		func(err error, d time.Duration) {
 			r.log.Warn("database unavailable: holding the batch", "error", err, "size", len(envs), "retry_in", d)
 		},
-		func() (struct{}, error) { return struct{}{}, r.applyBatch(ctx, shares, envs) })
-	return err
+		func() ([][]events.Envelope, error) { return r.commitBatch(ctx, shares, envs) })
 }
 
 // applyBatch applies each share of envs to its projector, all in one transaction.
 func (r *Runner) applyBatch(ctx context.Context, shares []share, envs []events.Envelope) error {
+	_, err := r.commitBatch(ctx, shares, envs)
+	return err
+}
+
+// commitBatch is applyBatch returning what the transaction applied of each share.
+func (r *Runner) commitBatch(ctx context.Context, shares []share, envs []events.Envelope) ([][]events.Envelope, error) {
 	b, err := r.prepareBatch(ctx, shares, envs, nil)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	faults.Crash("projector.batch")
 	outcome, err := b.sendCommit(ctx)
@@ -889,10 +895,10 @@ func (r *Runner) applyBatch(ctx context.Context, shares []share, envs []events.E
 	}
 	if err != nil {
 		b.abandon(ctx)
-		return err
+		return nil, err
 	}
 	r.committed(ctx, b)
-	return nil
+	return b.each, nil
 }
 
 // preparedBatch is a batch applied in its transaction, not yet committed.
