@@ -876,13 +876,8 @@ func (r *Runner) applyWaiting(ctx context.Context, stop <-chan struct{}, shares 
 		func() ([][]events.Envelope, error) { return r.commitBatch(ctx, shares, envs) })
 }
 
-// applyBatch applies each share of envs to its projector, all in one transaction.
-func (r *Runner) applyBatch(ctx context.Context, shares []share, envs []events.Envelope) error {
-	_, err := r.commitBatch(ctx, shares, envs)
-	return err
-}
-
-// commitBatch is applyBatch returning what the transaction applied of each share.
+// commitBatch applies each share of envs to its projector, all in one transaction, commits
+// it, and returns what it applied of each share.
 func (r *Runner) commitBatch(ctx context.Context, shares []share, envs []events.Envelope) ([][]events.Envelope, error) {
 	b, err := r.prepareBatch(ctx, shares, envs, nil)
 	if err != nil {

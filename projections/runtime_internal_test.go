@@ -19,6 +19,12 @@ import (
 	"github.com/chatbotsaas/chatbotd/internal/testenv"
 )
 
+// applyBatch is commitBatch for a test that needs only its error.
+func (r *Runner) applyBatch(ctx context.Context, shares []share, envs []events.Envelope) error {
+	_, err := r.commitBatch(ctx, shares, envs)
+	return err
+}
+
 // counting applies nothing but counts what it is given.
 type counting struct{ applied int }
 
