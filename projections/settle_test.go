@@ -124,20 +124,13 @@ type appliedCacher struct {
 type appliedCall struct{ delivered, applied []uuid.UUID }
 
 func (appliedCacher) AfterCommit(context.Context, []events.Envelope) error {
-	return errors.New("AfterApplied is called after a batch committed as it came")
+	return errors.New("AfterApplied is called after a batch committed whole")
 }
 
 func (c appliedCacher) AfterApplied(_ context.Context, batch, applied []events.Envelope) error {
-	ids := func(envs []events.Envelope) []uuid.UUID {
-		out := []uuid.UUID{}
-		for _, e := range envs {
-			out = append(out, e.ID)
-		}
-		return out
-	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	*c.calls = append(*c.calls, appliedCall{ids(batch), ids(applied)})
+	*c.calls = append(*c.calls, appliedCall{eventIDs(batch), eventIDs(applied)})
 	if len(*c.calls) == 1 {
 		return errors.New("the cache went away")
 	}
@@ -150,7 +143,7 @@ func (c appliedCacher) after() []appliedCall {
 	return slices.Clone(*c.calls)
 }
 
-// The after-commit work of a batch committed as it came is told which of its events the
+// The after-commit work of a batch committed whole is told which of its events the
 // transaction applied: all of them the first time; when that work fails and the batch
 // comes back, none (they were applied before and are skipped), so what they wrote is
 // read back rather than taken from the events.
