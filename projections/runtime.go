@@ -602,14 +602,14 @@ func (r *Runner) applyAndSettle(ctx context.Context, stop <-chan struct{}, settl
 	if err == nil {
 		return settle.submit(w.settlement)
 	}
-	return r.applyOneByOne(ctx, stop, settle, err, w.shares, w.envs, w.good, w.from, w.fences)
+	return r.applyOneByOne(ctx, stop, settle, err, w)
 }
 
-// applyOneByOne settles a batch whose transaction failed with err: each member's share is
-// applied again on its own, and a share that fails, one event at a time, until the event
-// that fails is dead-lettered (for that member, in a group) and the rest applied.
-func (r *Runner) applyOneByOne(ctx context.Context, stop <-chan struct{}, settle *settler, err error, shares []share,
-	envs []events.Envelope, good []amqp.Delivery, from []int, fences []amqp.Delivery) error {
+// applyOneByOne settles w, a batch whose transaction failed with err: each member's share
+// is applied again on its own, and a share that fails, one event at a time, until the
+// event that fails is dead-lettered (for that member, in a group) and the rest applied.
+func (r *Runner) applyOneByOne(ctx context.Context, stop <-chan struct{}, settle *settler, err error, w pendingBatch) error {
+	envs, good, from := w.envs, w.good, w.from
 	// What follows settles deliveries here, after the batches before it.
 	if err := settle.wait(); err != nil {
 		return err
@@ -623,7 +623,7 @@ func (r *Runner) applyOneByOne(ctx context.Context, stop <-chan struct{}, settle
 	// group one delivery may be applied by a member and dead-lettered for another.
 	_, group := r.p.(*Group)
 	rejected := make([]bool, len(good))
-	for _, sh := range shares {
+	for _, sh := range w.shares {
 		if len(sh.idx) == 0 {
 			continue
 		}
@@ -693,7 +693,7 @@ func (r *Runner) applyOneByOne(ctx context.Context, stop <-chan struct{}, settle
 			_ = d.Ack(false)
 		}
 	}
-	return r.passFences(ctx, stop, fences)
+	return r.passFences(ctx, stop, w.fences)
 }
 
 // received is a delivery as decodeAhead hands it on.
