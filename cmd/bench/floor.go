@@ -96,7 +96,7 @@ func (f *floor) write(ctx context.Context, batch []floorRow, position int64) err
 	for i, r := range batch {
 		ids[i], entries[i], names[i], descriptions[i], times[i] = r.id, uuid.Must(uuid.NewV7()), r.name, r.description, r.at
 		positions[i] = position + int64(i) + 1
-		requests[i] = uuid.NewString() // a request id of its own, as every command has
+		requests[i] = uuid.Must(uuid.NewV7()).String() // a request id of its own, as every command has
 	}
 	tx, err := f.pool.Begin(ctx)
 	if err != nil {
