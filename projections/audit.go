@@ -44,7 +44,12 @@ func (Audit) Apply(ctx context.Context, tx pgx.Tx, e events.Envelope) error {
 
 // ApplySet inserts the events' audit entries with one statement (with COPY in a
 // rebuild's replay). Entries are new rows that no other event changes, so every event of
-// a batch is taken.
+// a batch is taken. The runtime hands each stream version over once (its version rows),
+// so the insert is a plain one, as the replay's COPY is: an arbiter (ON CONFLICT) made
+// every entry a speculative insert, a probe of the key and a second WAL record, for
+// a duplicate that does not come (BENCHMARKS.md, twenty-sixth pass). Were one to come,
+// its batch would fail and be applied again member by member, then event by event, and
+// the event dead-lettered: loud, where the arbiter was silent.
 func (Audit) ApplySet(ctx context.Context, tx pgx.Tx, envs []events.Envelope) error {
 	entries := make([]events.AuditEntry, len(envs))
 	for i, e := range envs {
@@ -89,8 +94,7 @@ func (Audit) ApplySet(ctx context.Context, tx pgx.Tx, envs []events.Envelope) er
 			u.cause, u.ip, u.agent, u.changes::jsonb, u.at
 		FROM unnest($1::uuid[], $2::bigint[], $3::uuid[], $4::text[], $5::text[], $6::uuid[], $7::text[], $8::uuid[],
 			$9::text[], $10::text[], $11::text[], $12::text[], $13::text[], $14::text[], $15::timestamptz[])
-			AS u(id, position, org, action, actor_type, actor, subject_type, subject, request, corr, cause, ip, agent, changes, at)
-		ON CONFLICT (id) DO NOTHING`,
+			AS u(id, position, org, action, actor_type, actor, subject_type, subject, request, corr, cause, ip, agent, changes, at)`,
 		ids, positions, orgs, actions, actorTypes, actors, subTypes, subjects, requests, corrs, causes, ips, agents, changes, times)
 	return err
 }
