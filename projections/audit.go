@@ -27,19 +27,10 @@ func (Audit) Bindings() []string { return []string{"#"} }
 // Tables are the tables a rebuild replaces.
 func (Audit) Tables() []string { return []string{"audit_entries"} }
 
-// Apply inserts the event's audit entry. The runtime applies each stream version once;
-// the entry's key (the event id) makes a second insert a no-op all the same.
-func (Audit) Apply(ctx context.Context, tx pgx.Tx, e events.Envelope) error {
-	a, err := events.AuditEntryOf(e)
-	if err != nil {
-		return err
-	}
-	_, err = tx.Exec(ctx, `INSERT INTO audit_entries (id, position, organization_id, action, actor_type, actor_id,
-		subject_type, subject_id, request_id, correlation_id, causation_id, ip_address, user_agent, changes, occurred_at)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) ON CONFLICT (id) DO NOTHING`,
-		a.ID, a.Position, a.OrganizationID, a.Action, a.ActorType, a.ActorID, a.SubjectType, a.SubjectID,
-		a.RequestID, a.CorrelationID, a.CausationID, a.IPAddress, a.UserAgent, []byte(a.Changes), a.OccurredAt)
-	return err
+// Apply inserts the event's audit entry, as ApplySet does: the runtime calls ApplySet
+// for every batch, and one path keeps one behaviour for a duplicate.
+func (a Audit) Apply(ctx context.Context, tx pgx.Tx, e events.Envelope) error {
+	return a.ApplySet(ctx, tx, []events.Envelope{e})
 }
 
 // ApplySet inserts the events' audit entries with one statement (with COPY in a
