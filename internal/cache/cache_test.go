@@ -2,6 +2,7 @@ package cache_test
 
 import (
 	"context"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -96,6 +97,27 @@ func TestSetManyKeepsEachKeysNewestVersionInOneRoundTrip(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, cache.Entry{Version: 3, Payload: []byte{}}, got)
 	require.NoError(t, c.SetMany(ctx, nil, nil))
+
+	// More keys than one call of the script takes: each keeps its own newest version.
+	var keys []string
+	var entries []cache.Entry
+	for i := range 450 {
+		keys = append(keys, c.Key("user", "many-"+strconv.Itoa(i)))
+		entries = append(entries, cache.Entry{Version: 2, Payload: []byte("v2-" + strconv.Itoa(i))})
+	}
+	for _, i := range []int{0, 199, 200, 449} {
+		require.NoError(t, c.Set(ctx, keys[i], cache.Entry{Version: 3, Payload: []byte("newer")}))
+	}
+	require.NoError(t, c.SetMany(ctx, keys, entries))
+	for i, k := range keys {
+		want := entries[i]
+		if i == 0 || i == 199 || i == 200 || i == 449 {
+			want = cache.Entry{Version: 3, Payload: []byte("newer")}
+		}
+		got, err := c.Get(ctx, k)
+		require.NoError(t, err, k)
+		assert.Equal(t, want, got, k)
+	}
 }
 
 // After Redis fails, the cache answers ErrUnavailable at once for a while instead of
