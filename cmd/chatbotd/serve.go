@@ -282,8 +282,9 @@ func (d *deps) buildParts(k processKeys) (parts, error) {
 // startRelay starts the relay (which publishes only once queues are declared) and the
 // audit chainer; both run on every relay-role process and one of each is active.
 func (d *deps) startRelay(work *workers, p parts, chain events.ChainKey) error {
+	tap := &eventstore.Tap{} // the chainer links what the relay read, when it leads here
 	relay, err := eventstore.NewRelay(d.pool, d.broker, eventstore.RelayConfig{Exchange: d.cfg.AMQPExchange,
-		BatchSize: d.cfg.RelayBatchSize, Queues: p.queues(), Local: d.store, Logger: d.logger.With("component", "relay"), Metrics: d.metrics,
+		BatchSize: d.cfg.RelayBatchSize, Queues: p.queues(), Local: d.store, Tap: tap, Logger: d.logger.With("component", "relay"), Metrics: d.metrics,
 		Frames: true, // the projectors' group takes frames (projections.Runner.Queue)
 		Declare: func(ctx context.Context, ch *amqp.Channel) error {
 			return projections.DeclareLayouts(ctx, d.pool, ch, p.partitioned)
@@ -292,7 +293,7 @@ func (d *deps) startRelay(work *workers, p parts, chain events.ChainKey) error {
 		return err
 	}
 	work.start("relay", relay.Run)
-	chainer := &eventstore.Chainer{Pool: d.pool, Key: chain, BatchSize: d.cfg.RelayBatchSize, Logger: d.logger.With("component", "audit-chain")}
+	chainer := &eventstore.Chainer{Pool: d.pool, Key: chain, BatchSize: d.cfg.RelayBatchSize, Tap: tap, Logger: d.logger.With("component", "audit-chain")}
 	work.start("audit chain", chainer.Run)
 	return nil
 }

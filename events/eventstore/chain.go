@@ -49,7 +49,10 @@ type Chainer struct {
 	Key       events.ChainKey
 	BatchSize int
 	// Idle is how long it sleeps after a batch that was not full (200 ms when unset).
-	Idle   time.Duration
+	Idle time.Duration
+	// Tap, when set, holds what the relay of this process read (RelayConfig.Tap): the
+	// events after the chain's checkpoint are taken from it when it has them.
+	Tap    *Tap
 	Logger *slog.Logger
 }
 
@@ -115,7 +118,10 @@ func (c *Chainer) Step(ctx context.Context) (n int, err error) {
 	if err != nil {
 		return 0, err
 	}
-	batch, next, err := ReadCommitted(ctx, tx, cp, size)
+	batch, next, tapped := c.Tap.take(cp, size)
+	if !tapped {
+		batch, next, err = ReadCommitted(ctx, tx, cp, size)
+	}
 	if err != nil || len(batch) == 0 {
 		return 0, errors.Join(err, tx.Rollback(ctx))
 	}

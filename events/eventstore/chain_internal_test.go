@@ -81,3 +81,91 @@ func TestChainerPausesAfterABatchThatIsNotFull(t *testing.T) {
 		"%d events linked in %d steps over %s: the chainer did not pause after batches that were not full", appended.Load(), steps, took)
 	t.Logf("%d events linked in %d steps over %s", appended.Load(), steps, took)
 }
+
+// With a tap (Chainer.Tap), the chainer links what the relay of its process read, without
+// reading the log again, and links it exactly as it would have from the log: from the
+// start of the relay's batches, and from inside one, where its own read of the log
+// ended.
+func TestTheChainerLinksWhatTheRelayReadFromItsTap(t *testing.T) {
+	ctx := context.Background()
+	d := testenv.MustDatabase(t)
+	a := testenv.MustAMQP(t)
+	c := mustCollector(t, a)
+	store := NewStore(d.Pool)
+	defer store.Close()
+	orgs := []uuid.UUID{uuid.New(), uuid.New(), uuid.New()}
+	const n = 40
+	for i := range n {
+		_, err := store.Append(ctx, AppendRequest{StreamType: events.StreamUser, StreamID: uuid.New(), OrganizationID: &orgs[i%3],
+			Meta:   events.Meta{Actor: events.Actor{Type: events.ActorSystem}},
+			Events: []events.Event{events.UserCreated{Name: "Ada", Email: "ada@example.com", Roles: []string{"member"}, Status: "active"}}})
+		require.NoError(t, err)
+	}
+	pool, traced := testenv.MustTracedPool(t, d.URL)
+	tap := &Tap{}
+	chainer := &Chainer{Pool: pool, Key: events.ChainKey("0123456789abcdef0123456789abcdef-test-key"), BatchSize: 10, Tap: tap}
+	linked := func() int {
+		var links int
+		require.NoError(t, d.Pool.QueryRow(ctx, `SELECT count(*) FROM audit_chain`).Scan(&links))
+		return links
+	}
+	// The first ten from the log, before the relay has read anything: the chain's
+	// checkpoint is then inside the relay's second batch of seven.
+	testenv.Eventually(t, 20*time.Second, func() error {
+		if _, err := chainer.Step(ctx); err != nil {
+			return err
+		}
+		if l := linked(); l != 10 {
+			return errorf("%d linked", l)
+		}
+		return nil
+	})
+
+	r, err := NewRelay(d.Pool, mustBroker(t, a), RelayConfig{Exchange: a.Exchange, BatchSize: 7, Tap: tap, Logger: testenv.Logger(t)})
+	require.NoError(t, err)
+	rctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { defer close(done); _ = r.Run(rctx) }()
+	defer func() { cancel(); <-done }()
+	c.waitFor(t, n)
+
+	traced.Reset()
+	for linked() < n {
+		_, err := chainer.Step(ctx)
+		require.NoError(t, err)
+	}
+	assert.Negative(t, traced.FirstMatching(regexp.MustCompile(`FROM events`)), "the log is not read again: %q", traced.All())
+
+	// The links are those of the log in commit order, organization by organization.
+	all, _, err := ReadCommitted(ctx, d.Pool, Checkpoint{}, 1000)
+	require.NoError(t, err)
+	require.Len(t, all, n)
+	type link struct {
+		org       uuid.UUID
+		seq, pos  int64
+		ev, chain []byte
+	}
+	var want []link
+	heads := map[uuid.UUID]link{}
+	for _, e := range all {
+		o := chainOrg(e)
+		h, ok := heads[o]
+		if !ok {
+			h = link{chain: genesis}
+		}
+		ev := events.EventHash(e)
+		l := link{org: o, seq: h.seq + 1, pos: e.Position, ev: ev, chain: events.LinkHash(h.chain, ev, h.seq+1, e.Position)}
+		heads[o] = l
+		want = append(want, l)
+	}
+	rows, err := d.Pool.Query(ctx, `SELECT organization_id, seq, position, event_hash, hash FROM audit_chain ORDER BY position`)
+	require.NoError(t, err)
+	var got []link
+	for rows.Next() {
+		var l link
+		require.NoError(t, rows.Scan(&l.org, &l.seq, &l.pos, &l.ev, &l.chain))
+		got = append(got, l)
+	}
+	require.NoError(t, rows.Err())
+	assert.Equal(t, want, got)
+}

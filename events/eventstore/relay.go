@@ -52,7 +52,10 @@ type RelayConfig struct {
 	// other processes still wake it through its LISTEN. A relay of another Name (serve
 	// runs one name only) hears nothing of this process's commits meanwhile, and finds
 	// them within its IdleWait. At most one relay a store.
-	Local   *Store
+	Local *Store
+	// Tap, when set, is given every batch the relay reads, for the chainer of the same
+	// process (Chainer.Tap).
+	Tap     *Tap
 	Logger  *slog.Logger
 	Metrics *metrics.Metrics
 }
@@ -254,6 +257,7 @@ func (r *Relay) lead(ctx context.Context) error {
 			}
 			full = len(batch) == r.cfg.BatchSize
 			if len(batch) > 0 {
+				r.cfg.Tap.offer(read, next, batch)
 				r.cfg.Metrics.RelayAges("read", time.Now(), len(batch), func(i int) time.Time { return batch[i].OccurredAt })
 				messages, err := pub.send(ctx, batch)
 				if err != nil {
