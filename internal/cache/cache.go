@@ -20,8 +20,8 @@ import (
 // at least as new and was written under the same epoch (an entry of another master's
 // time is replaced whatever its version). An empty payload is a tombstone: the record is
 // gone as of that version. ARGV is the TTL in milliseconds, the epoch, then a version and
-// a payload for each key. One call for many keys costs Redis about 2.3 µs less a key than
-// a call a key (8.0 against 5.7 µs of redis-server's CPU, pipelined, 200 keys a call).
+// a payload for each key. One call for many keys costs Redis about a quarter less a key
+// than a call a key, pipelined (BENCHMARKS.md, twenty-seventh pass).
 var setIfNewer = redis.NewScript(`
 local ttl, epoch = ARGV[1], ARGV[2]
 for i, k in ipairs(KEYS) do
