@@ -115,8 +115,8 @@ func TestTheChainerLinksWhatTheRelayReadFromItsTap(t *testing.T) {
 		if _, err := chainer.Step(ctx); err != nil {
 			return err
 		}
-		if l := linked(); l != 10 {
-			return errorf("%d linked", l)
+		if linked() == 0 {
+			return errorf("nothing linked yet")
 		}
 		return nil
 	})
@@ -130,10 +130,11 @@ func TestTheChainerLinksWhatTheRelayReadFromItsTap(t *testing.T) {
 	c.waitFor(t, n)
 
 	traced.Reset()
-	for linked() < n {
+	for i := 0; linked() < n && i < 100; i++ {
 		_, err := chainer.Step(ctx)
 		require.NoError(t, err)
 	}
+	require.Equal(t, n, linked())
 	assert.Negative(t, traced.FirstMatching(regexp.MustCompile(`FROM events`)), "the log is not read again: %q", traced.All())
 
 	// The links are those of the log in commit order, organization by organization.
