@@ -60,7 +60,7 @@ func integrationFigures(ctx context.Context, o options, report *strings.Builder)
 	if len(all) != total {
 		return fmt.Errorf("analytics: read %d of %d events", len(all), total)
 	}
-	const batchSize = 200 // PROJECTOR_BATCH_SIZE's default
+	batchSize := projectorBatch()
 	start := time.Now()
 	for i := 0; i < len(all); i += batchSize {
 		if _, err := projections.ApplyBatch(ctx, pool, projections.Analytics{}, all[i:min(i+batchSize, len(all))]); err != nil {

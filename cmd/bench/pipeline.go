@@ -20,6 +20,7 @@ import (
 	"github.com/chatbotsaas/chatbotd/events/eventstore"
 	"github.com/chatbotsaas/chatbotd/internal/broker"
 	"github.com/chatbotsaas/chatbotd/internal/cache"
+	"github.com/chatbotsaas/chatbotd/internal/config"
 	"github.com/chatbotsaas/chatbotd/internal/measure"
 	"github.com/chatbotsaas/chatbotd/projections"
 )
@@ -62,7 +63,8 @@ func pipelineFigures(ctx context.Context, o options, w io.Writer) error {
 	defer dropKeys(context.WithoutCancel(ctx), rdb, prefix)
 
 	accounts := projections.NewAccounts(pool, cache.New(rdb, prefix, time.Hour), nil)
-	runner, err := projections.NewRunner(pool, conn, accounts, projections.Config{Exchange: exchange, QueuePrefix: "bench." + suffix + "."})
+	runner, err := projections.NewRunner(pool, conn, accounts, projections.Config{Exchange: exchange, QueuePrefix: "bench." + suffix + ".",
+		BatchSize: projectorBatch()})
 	if err != nil {
 		return err
 	}
@@ -145,23 +147,23 @@ func pipelineFigures(ctx context.Context, o options, w io.Writer) error {
 		"The relay (batches of 500, up to two batches in flight on one confirm-mode channel, mandatory persistent publishes "+
 		"to the topic exchange, the checkpoint saved in order as batches are confirmed, at most every 100 ms while it has "+
 		"events to publish) publishes it into the accounts projector's quorum queue; the rate runs from its start "+
-		"to its checkpoint at the last event. Then the accounts projector (batches of 200: `users` row, stream versions "+
+		"to its checkpoint at the last event. Then the accounts projector (batches of %d, `PROJECTOR_BATCH_SIZE`'s default: `users` row, stream versions "+
 		"for dedupe and order, position, commit; then the cache entry of every user in Redis) drains the queue; the rate runs "+
 		"until it has applied every event, and every user is checked in the cache. That is the projector alone on a queue of its "+
 		"own, each event a message and each batch's commit waiting for the disk. `chatbotd serve` runs it otherwise, and the "+
 		"second accounts figure is that: a member of a projectors' group (here its only member, so that the figure is its own), "+
 		"fed by a relay that also publishes frames (up to a relay batch's events of a bucket in one message), its batches committed without waiting for the disk and "+
 		"acknowledged once they are on it; the same backlog, the read model, versions and cache emptied first, the frames "+
-		"published before the projector starts.\n\n", n)
+		"published before the projector starts.\n\n", n, projectorBatch())
 	fmt.Fprintf(w, "Baselines, in the same run: a bare amqp091-go publisher with a window of 1,000 outstanding confirms, publishing "+
 		"the same bodies (already encoded) to the same kind of queue; watermill-amqp v3's publisher with `NewDurablePubSubConfig` "+
 		"(its default durable set-up, which does not wait for confirms: the rate runs until the queue holds every message) and "+
 		"with `ConfirmDelivery: true` (it waits for each confirm before the next publish), %d messages each; pgbench upserting "+
-		"the same rows in batches of 200 (`INSERT … SELECT … ON CONFLICT DO UPDATE`, one client, like one projector) into a "+
+		"the same rows in batches of %d, the projector's (`INSERT … SELECT … ON CONFLICT DO UPDATE`, one client, like one projector) into a "+
 		"copy of the `users` table with its indexes. And the floor of a projector that keeps the stream versions of the "+
 		"design's dedupe and order in a table of their own, as chatbotd's do: the same upserts, each batch's version rows "+
 		"upserted by the same statement into a copy of `projection_streams` (no decoding, no read-back, no cache). The "+
-		"two pgbench figures are each the mean of two runs, alternating.\n\n", len(wmBodies))
+		"two pgbench figures are each the mean of two runs, alternating.\n\n", len(wmBodies), projectorBatch())
 	fmt.Fprint(w, "| work | events/s | baseline | ratio |\n|---|---:|---|---:|\n")
 	fmt.Fprintf(w, "| bare amqp091-go publisher, window of 1,000 confirms | %.0f | | |\n", bare)
 	fmt.Fprintf(w, "| watermill-amqp, default durable publisher (no confirms) | %.0f | | |\n", wmDefault)
@@ -206,7 +208,7 @@ func accountsAsServed(ctx context.Context, pool *pgxpool.Pool, conn *broker.Conn
 	defer dropKeys(context.WithoutCancel(ctx), rdb, prefix)
 	group := projections.NewGroup(projections.GroupName, projections.NewAccounts(pool, cache.New(rdb, prefix, time.Hour), nil))
 	runner, err := projections.NewRunner(pool, conn, group, projections.Config{Exchange: exchange,
-		QueuePrefix: "bench." + suffix + ".served.", DeferFlush: true})
+		QueuePrefix: "bench." + suffix + ".served.", DeferFlush: true, BatchSize: projectorBatch()})
 	if err != nil {
 		return 0, nil, err
 	}
@@ -401,7 +403,15 @@ func watermillRate(ctx context.Context, url string, conn *broker.Conn, topic str
 	return float64(len(bodies)) / time.Since(start).Seconds(), err
 }
 
-// pgbenchUpsertRates runs pgbench upserting batches of 200 users-shaped rows, one
+// projectorBatch is serve's largest batch of the projectors, PROJECTOR_BATCH_SIZE's
+// default: the projector figures apply batches of it, and their pgbench baseline
+// commits as many rows a transaction.
+func projectorBatch() int {
+	c, _ := config.Load(nil) // the defaults; a bad environment is not the bench's
+	return c.ProjectorBatchSize
+}
+
+// pgbenchUpsertRates runs pgbench upserting batches of projectorBatch users-shaped rows, one
 // client, alone and with a version row of each upserted, twice each in turn, and returns
 // the mean rows per second of each.
 //
@@ -415,10 +425,10 @@ func pgbenchUpsertRates(ctx context.Context, pool *pgxpool.Pool, dbURL string, d
 		return 0, 0, nil, err
 	}
 	// The ids grow, as serve's UUIDv7 do, and cost less to make than gen_random_uuid's.
-	const rows = `INSERT INTO upsert_baseline AS u (id, organization_id, name, email, status, roles, version, created_at, updated_at)
-  SELECT lpad(to_hex(b.base * 256 + i), 32, '0')::uuid, '00000000-0000-0000-0000-000000000001', 'Bench User ' || i,
+	rows := `INSERT INTO upsert_baseline AS u (id, organization_id, name, email, status, roles, version, created_at, updated_at)
+  SELECT lpad(to_hex(b.base * 8192 + i), 32, '0')::uuid, '00000000-0000-0000-0000-000000000001', 'Bench User ' || i,
     'user' || i || '@bench.example', 'active', '{member}', 1, now(), now()
-  FROM (SELECT nextval('upsert_ids') AS base) AS b, generate_series(1, 200) AS i
+  FROM (SELECT nextval('upsert_ids') AS base) AS b, generate_series(1, ` + strconv.Itoa(projectorBatch()) + `) AS i
   ON CONFLICT (id) DO UPDATE SET name = excluded.name, email = excluded.email, version = excluded.version, updated_at = excluded.updated_at`
 	scripts := []string{rows + ";\n", `WITH u AS (` + rows + ` RETURNING id, version)
 INSERT INTO upsert_versions (projection, stream_id, version) SELECT 'accounts', id, version FROM u
@@ -436,7 +446,7 @@ INSERT INTO upsert_versions (projection, stream_id, version) SELECT 'accounts', 
 			if err != nil {
 				return 0, 0, nil, err
 			}
-			sums[i] += tps * 200
+			sums[i] += tps * float64(projectorBatch())
 			if i == 1 {
 				for name, share := range cpu {
 					floorCPU[name] += share / 2

@@ -481,7 +481,7 @@ func newAPI(ctx context.Context, d *deps, secrets []byte, chain events.ChainKey,
 // commands read their queues' names and bindings.
 func (d *deps) runners() ([]*projections.Runner, error) {
 	deps := projections.Deps{Pool: d.pool, Cache: d.cache, Store: d.store, Logger: d.logger}
-	group, err := d.runner(projections.NewProjectorGroup(deps))
+	group, err := d.runner(projections.NewProjectorGroup(deps), d.cfg.ProjectorBatchSize)
 	if err != nil {
 		return nil, err
 	}
@@ -490,7 +490,7 @@ func (d *deps) runners() ([]*projections.Runner, error) {
 		if part.Projector == nil || part.Grouped() {
 			continue // a runtime of its own, or the group's
 		}
-		r, err := d.runner(part.Projector(deps))
+		r, err := d.runner(part.Projector(deps), d.cfg.ReactorBatchSize)
 		if err != nil {
 			return nil, err
 		}
@@ -507,7 +507,7 @@ func (d *deps) retiredRunners() ([]*projections.Runner, error) {
 		if !part.Grouped() {
 			continue
 		}
-		r, err := d.runner(part.Projector(deps))
+		r, err := d.runner(part.Projector(deps), d.cfg.ProjectorBatchSize)
 		if err != nil {
 			return nil, err
 		}
@@ -516,13 +516,14 @@ func (d *deps) retiredRunners() ([]*projections.Runner, error) {
 	return out, nil
 }
 
-func (d *deps) runner(p projections.Projector) (*projections.Runner, error) {
+// runner builds p's runner, applying batches of up to batch events.
+func (d *deps) runner(p projections.Projector, batch int) (*projections.Runner, error) {
 	cfg := d.cfg
 	// The group's members build read models and append nothing: its batches may commit
 	// without waiting for the disk, and are acknowledged once they are on it.
 	_, group := p.(*projections.Group)
 	return projections.NewRunner(d.pool, d.broker, p, projections.Config{Exchange: cfg.AMQPExchange,
-		QueuePrefix: cfg.AMQPQueuePrefix, BatchSize: cfg.ProjectorBatchSize,
+		QueuePrefix: cfg.AMQPQueuePrefix, BatchSize: batch,
 		DeliveryLimit: cfg.ProjectorDeliveryLimit, Logger: d.logger, Metrics: d.metrics, Applied: d.applied, Store: d.storeID,
 		DeferFlush: group})
 }

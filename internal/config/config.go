@@ -136,7 +136,14 @@ type Config struct {
 	PprofAddr string `env:"PPROF_ADDR"`
 
 	RelayBatchSize     int `env:"RELAY_BATCH_SIZE" envDefault:"500"`
-	ProjectorBatchSize int `env:"PROJECTOR_BATCH_SIZE" envDefault:"200"`
+	// ProjectorBatchSize is the most events one transaction of the projectors applies (the
+	// group's, or a partition's): a backlog is applied in fewer, larger transactions, each
+	// with one lock, one version-row statement and one position of its own.
+	ProjectorBatchSize int `env:"PROJECTOR_BATCH_SIZE" envDefault:"500"`
+	// ReactorBatchSize is the same for the reactors (responder, trainer, deliverer,
+	// mailer): they call out and append events, and the responder's competing consumers
+	// each hold a batch of messages, which a larger one would keep from the others.
+	ReactorBatchSize int `env:"REACTOR_BATCH_SIZE" envDefault:"200"`
 	// ProjectorDeliveryLimit is how often RabbitMQ redelivers one message (e.g. after
 	// consumers crashed on it) before dead-lettering it.
 	ProjectorDeliveryLimit int `env:"PROJECTOR_DELIVERY_LIMIT" envDefault:"5"`
@@ -271,6 +278,7 @@ func (c Config) Validate() error {
 	check(c.PasswordHashConcurrency >= 0, "PASSWORD_HASH_CONCURRENCY must be 0 (one per core) or more")
 	check(c.RelayBatchSize >= 1 && c.RelayBatchSize <= 10000, "RELAY_BATCH_SIZE must be 1..10000")
 	check(c.ProjectorBatchSize >= 1 && c.ProjectorBatchSize <= 5000, "PROJECTOR_BATCH_SIZE must be 1..5000")
+	check(c.ReactorBatchSize >= 1 && c.ReactorBatchSize <= 5000, "REACTOR_BATCH_SIZE must be 1..5000")
 	check(c.ProjectorDeliveryLimit >= 1, "PROJECTOR_DELIVERY_LIMIT must be at least 1")
 	check(c.ProjectorPartitions >= 1 && c.ProjectorPartitions <= 64, "PROJECTOR_PARTITIONS must be 1..64")
 	check(c.ProjectorSweepInterval >= 0, "PROJECTOR_SWEEP_INTERVAL must not be negative")

@@ -14,15 +14,20 @@ func TestDefaultsPointAtLocalServices(t *testing.T) {
 	assert.Equal(t, ":8080", c.HTTPAddr)
 	assert.Equal(t, c.DatabaseURL, c.DatabaseReadURL)
 	assert.Equal(t, "chatbot.events", c.AMQPExchange)
+	// The projectors apply a backlog in larger transactions than the reactors take, whose
+	// competing consumers each hold a batch.
+	assert.Equal(t, 500, c.ProjectorBatchSize)
+	assert.Equal(t, 200, c.ReactorBatchSize)
 }
 
 func TestEveryBadValueIsReported(t *testing.T) {
 	_, err := Load([]string{"DATABASE_URL=mysql://x", "REDIS_URL=http://x", "JWT_SIGNING_KEYS=short", "TRUSTED_PROXIES=not-an-ip", "LOG_LEVEL=loud",
 		"REDIS_LOCAL_CACHE_ENTRIES=-1", "REDIS_LOCAL_CACHE_MAX_STALENESS=1ms", "PROJECTOR_SWEEP_INTERVAL=-1s",
-		"GIN_MERGE_INTERVAL=-1s"})
+		"GIN_MERGE_INTERVAL=-1s", "PROJECTOR_BATCH_SIZE=0", "REACTOR_BATCH_SIZE=5001"})
 	require.Error(t, err)
 	for _, name := range []string{"DATABASE_URL", "REDIS_URL", "JWT_SIGNING_KEYS", "TRUSTED_PROXIES", "LOG_LEVEL",
-		"REDIS_LOCAL_CACHE_ENTRIES", "REDIS_LOCAL_CACHE_MAX_STALENESS", "PROJECTOR_SWEEP_INTERVAL", "GIN_MERGE_INTERVAL"} {
+		"REDIS_LOCAL_CACHE_ENTRIES", "REDIS_LOCAL_CACHE_MAX_STALENESS", "PROJECTOR_SWEEP_INTERVAL", "GIN_MERGE_INTERVAL",
+		"PROJECTOR_BATCH_SIZE", "REACTOR_BATCH_SIZE"} {
 		assert.Contains(t, err.Error(), name)
 	}
 	_, err = Load([]string{"HTTP_READ_TIMEOUT=soon"})
