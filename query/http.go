@@ -114,5 +114,5 @@ func principal(c *gin.Context) auth.Principal {
 
 func (h *HTTP) jwks(c *gin.Context) {
 	c.Header("Cache-Control", "public, max-age=300")
-	c.JSON(http.StatusOK, h.tokens.JWKS())
+	httpx.JSON(c, http.StatusOK, h.tokens.JWKS())
 }

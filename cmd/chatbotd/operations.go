@@ -69,7 +69,7 @@ func (o *operations) health(c *gin.Context) {
 		httpx.OK(c, http.StatusOK, "Healthy", gin.H{"status": "healthy", "services": services, "store_id": o.d.storeID}, nil)
 		return
 	}
-	c.JSON(http.StatusServiceUnavailable, httpx.Envelope{Success: false, Message: "A dependency is down",
+	httpx.JSON(c, http.StatusServiceUnavailable, httpx.Envelope{Success: false, Message: "A dependency is down",
 		ErrorCode: apperr.CodeUnavailable, Data: gin.H{"status": "unhealthy", "services": services, "store_id": o.d.storeID},
 		Timestamp: httpx.Timestamp(), RequestID: httpx.RequestIDOf(c)})
 }

@@ -20,6 +20,7 @@ import (
 
 	"github.com/gin-gonic/gin"
 	"github.com/google/uuid"
+	segjson "github.com/segmentio/encoding/json"
 
 	"github.com/chatbotsaas/chatbotd/internal/apperr"
 	"github.com/chatbotsaas/chatbotd/internal/db"
@@ -127,7 +128,22 @@ func Timestamp() string { return time.Now().UTC().Format("2006-01-02T15:04:05.00
 
 // OK writes a success envelope.
 func OK(c *gin.Context, status int, message string, data, meta any) {
-	c.JSON(status, Envelope{Success: true, Message: message, Data: data, Meta: meta, Timestamp: Timestamp(), RequestID: RequestIDOf(c)})
+	JSON(c, status, Envelope{Success: true, Message: message, Data: data, Meta: meta, Timestamp: Timestamp(), RequestID: RequestIDOf(c)})
+}
+
+// JSON answers v as JSON, as Gin's c.JSON does, with segmentio/encoding's json: the same
+// bytes as encoding/json (TestAnswersAreEncodingJSONs) for less than half its CPU, where
+// encoding/json took a twentieth of chatbotd's at the peak of commands (BENCHMARKS.md,
+// twenty-eighth pass), and with the body's length, where net/http sends a body of more
+// than 2 kB in chunks. A value that does not encode is answered as an internal error,
+// before anything is written.
+func JSON(c *gin.Context, status int, v any) {
+	b, err := segjson.Marshal(v)
+	if err != nil {
+		Fail(c, fmt.Errorf("encode the answer: %w", err))
+		return
+	}
+	c.Data(status, "application/json; charset=utf-8", b)
 }
 
 // OKDocument writes a success envelope around doc, a JSON document the server made itself
@@ -195,7 +211,8 @@ func Fail(c *gin.Context, err error) {
 		// Every such 404 says it, another tenant's id included, so it tells nothing.
 		msg += notVisibleYet
 	}
-	c.AbortWithStatusJSON(status, Envelope{Success: false, Message: msg, ErrorCode: e.Code, Errors: e.Fields,
+	c.Abort()
+	JSON(c, status, Envelope{Success: false, Message: msg, ErrorCode: e.Code, Errors: e.Fields,
 		Timestamp: Timestamp(), RequestID: RequestIDOf(c)})
 }
 
