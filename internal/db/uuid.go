@@ -1,6 +1,10 @@
 package db
 
 import (
+	"encoding/binary"
+	"math"
+	"slices"
+
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5/pgtype"
 	pgxuuid "github.com/vgarvardt/pgx-google-uuid/v5"
@@ -16,9 +20,83 @@ import (
 // every audit batch and every accounts batch passes arrays of them: 0.5 ms of Go per
 // 200. The wrapper hands pgxuuid a uuid.NullUUID instead, which encodes the same bytes
 // (TestNullableUUIDsEncodeAsPgxWould).
+//
+// Arrays of them ([]uuid.UUID, []*uuid.UUID) are written by uuidArrays, in PostgreSQL's
+// binary form, where pgx took each element through reflection and an interface value.
 func RegisterUUID(m *pgtype.Map) {
 	pgxuuid.Register(m)
 	m.TryWrapEncodePlanFuncs = append([]pgtype.TryWrapEncodePlanFunc{tryWrapUUIDPointer}, m.TryWrapEncodePlanFuncs...)
+	if t, ok := m.TypeForOID(pgtype.UUIDArrayOID); ok {
+		m.RegisterType(&pgtype.Type{Name: t.Name, OID: t.OID, Codec: uuidArrays{Codec: t.Codec}})
+	}
+}
+
+// uuidArrays is the uuid[] codec that writes []uuid.UUID and []*uuid.UUID itself in
+// binary, and leaves everything else to pgx's (Codec). Every append, relay read, audit and
+// projector batch passes arrays of ids: pgx's generic path for a slice of a type it does
+// not know (reflection, and an interface value for each element) was a twentieth of
+// chatbotd's CPU at the peak of commands (BENCHMARKS.md, twenty-eighth pass).
+// TestUUIDArraysEncodeAsPgxWould holds the bytes to pgx's.
+type uuidArrays struct{ pgtype.Codec }
+
+func (c uuidArrays) PlanEncode(m *pgtype.Map, oid uint32, format int16, value any) pgtype.EncodePlan {
+	if format == pgtype.BinaryFormatCode {
+		switch value.(type) {
+		case []uuid.UUID:
+			return encodeUUIDArray{}
+		case []*uuid.UUID:
+			return encodeNullableUUIDArray{}
+		}
+	}
+	return c.Codec.PlanEncode(m, oid, format, value)
+}
+
+type encodeUUIDArray struct{}
+
+func (encodeUUIDArray) Encode(value any, buf []byte) ([]byte, error) {
+	ids := value.([]uuid.UUID)
+	if ids == nil {
+		return nil, nil // NULL
+	}
+	buf = appendArrayHeader(buf, len(ids), false)
+	for _, id := range ids {
+		buf = binary.BigEndian.AppendUint32(buf, 16)
+		buf = append(buf, id[:]...)
+	}
+	return buf, nil
+}
+
+type encodeNullableUUIDArray struct{}
+
+func (encodeNullableUUIDArray) Encode(value any, buf []byte) ([]byte, error) {
+	ids := value.([]*uuid.UUID)
+	if ids == nil {
+		return nil, nil // NULL
+	}
+	buf = appendArrayHeader(buf, len(ids), slices.Contains(ids, nil))
+	for _, id := range ids {
+		if id == nil {
+			buf = binary.BigEndian.AppendUint32(buf, math.MaxUint32) // -1: NULL
+			continue
+		}
+		buf = binary.BigEndian.AppendUint32(buf, 16)
+		buf = append(buf, id[:]...)
+	}
+	return buf, nil
+}
+
+// appendArrayHeader appends the binary header of a one-dimensional uuid[] of n elements
+// numbered from 1, as pgx writes it (an empty one too: one dimension of length 0).
+func appendArrayHeader(buf []byte, n int, nulls bool) []byte {
+	hasNull := uint32(0)
+	if nulls {
+		hasNull = 1
+	}
+	buf = binary.BigEndian.AppendUint32(buf, 1) // dimensions
+	buf = binary.BigEndian.AppendUint32(buf, hasNull)
+	buf = binary.BigEndian.AppendUint32(buf, pgtype.UUIDOID)
+	buf = binary.BigEndian.AppendUint32(buf, uint32(n))
+	return binary.BigEndian.AppendUint32(buf, 1) // the lower bound
 }
 
 func tryWrapUUIDPointer(value any) (pgtype.WrappedEncodePlanNextSetter, any, bool) {
