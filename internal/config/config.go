@@ -135,7 +135,7 @@ type Config struct {
 	// never on the API's: profiles expose internals and cost CPU while they run.
 	PprofAddr string `env:"PPROF_ADDR"`
 
-	RelayBatchSize     int `env:"RELAY_BATCH_SIZE" envDefault:"500"`
+	RelayBatchSize int `env:"RELAY_BATCH_SIZE" envDefault:"500"`
 	// ProjectorBatchSize is the most events one transaction of the projectors applies (the
 	// group's, or a partition's): a backlog is applied in fewer, larger transactions, each
 	// with one lock, one version-row statement and one position of its own.

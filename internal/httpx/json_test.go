@@ -59,13 +59,13 @@ func TestAnswersAreEncodingJSONs(t *testing.T) {
 	full := answerSample{embedded: embedded{Kind: "k<"}, ID: uuid.New(), Owner: &owner, Name: tricky,
 		Tags: []string{"a", tricky, ""}, Empty: []string{}, Count: math.MaxInt64, Quoted: -42, Ratio: 0.1,
 		Small: 1e-7, Large: 1e21, Negative: -0.5, On: true, At: time.Date(2026, 12, 8, 3, 4, 5, 123456789, zone),
-		Doc: json.RawMessage(" {\"b\" : [1, 2.50, \"<x>\"],\n \"a\":null} "),
+		Doc:   json.RawMessage(" {\"b\" : [1, 2.50, \"<x>\"],\n \"a\":null} "),
 		Attrs: map[string]any{"z": 1, "a": []any{"x", 2.5, nil, map[string]any{"q": true, "b": "&"}}, "m": tricky, "é": 3},
 		ByID:  map[uuid.UUID]int{uuid.New(): 1, uuid.New(): 2, uuid.New(): 3}, Raw: []byte("bytes\x00\xff"),
 		Any: &embedded{Kind: "pointer"}, Skipped: "no", unexposed: "no"}
 	values := map[string]any{
 		"a success envelope": Envelope{Success: true, Message: `Chatbot "x" <created>`, Data: full,
-			Meta: gin.H{"stream_id": uuid.New(), "stream_version": 3, "position": int64(1) << 53, "pagination": gin.H{"page": 1, "per_page": 15}},
+			Meta:      gin.H{"stream_id": uuid.New(), "stream_version": 3, "position": int64(1) << 53, "pagination": gin.H{"page": 1, "per_page": 15}},
 			Timestamp: Timestamp(), RequestID: "req-1"},
 		"an error envelope": Envelope{Success: false, Message: "Validation failed", ErrorCode: apperr.CodeValidation,
 			Errors: apperr.Fields{"name": {"must be <set>", tricky}, "email": {"x"}}, Timestamp: Timestamp(), RequestID: "r"},
