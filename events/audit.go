@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	segjson "github.com/segmentio/encoding/json"
 )
 
 // AuditEntry is one entry of the audit trail. It is derived from one event by AuditEntryOf
@@ -70,11 +71,12 @@ func AuditEntryOf(e Envelope) (AuditEntry, error) {
 	return a, nil
 }
 
+// auditChanges is an event's data as the audit trail shows it: flat, secrets redacted,
+// numbers as written. The audit projector builds one for every event (segmentio's json,
+// see codec.go).
 func auditChanges(data json.RawMessage) (json.RawMessage, error) {
 	var v any
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.UseNumber()
-	if err := dec.Decode(&v); err != nil {
+	if _, err := segjson.Parse(data, &v, segjson.UseNumber); err != nil {
 		return nil, err
 	}
 	obj, ok := v.(map[string]any)
@@ -89,7 +91,7 @@ func auditChanges(data json.RawMessage) (json.RawMessage, error) {
 			}
 		}
 	}
-	return json.Marshal(redact(obj))
+	return encodeJSON(redact(obj))
 }
 
 // secretWords mark a field whose value never appears in the audit trail. Events are

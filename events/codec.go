@@ -13,8 +13,9 @@ import (
 // third of a projectors' consumer's CPU, on a machine whose two cores PostgreSQL shares
 // with it (BENCHMARKS.md, "JSON on the event stream's hot paths"). The store's reading of
 // each event's metadata (DecodeMetadata), which the relay does for every event it
-// publishes, is one too. What is not on those paths (the API's bodies, the audit trail's
-// documents) stays with encoding/json. TestHotPathJSONAgreesWithEncodingJSON holds the
+// publishes, is one too, and so are the store's encoding of what a command appends
+// (EncodeData, EncodeMetadata) and the audit trail's document of each event (its
+// changes). What hashes bytes (EventHash) stays with encoding/json. TestHotPathJSONAgreesWithEncodingJSON holds the
 // two to the same results.
 var (
 	decodeJSON = segjson.Unmarshal
@@ -23,3 +24,10 @@ var (
 
 // DecodeMetadata decodes an event's metadata as the store keeps it (its jsonb text).
 func DecodeMetadata(raw []byte, m *Metadata) error { return decodeJSON(raw, m) }
+
+// EncodeData is an event's data for the store's append, every command's: the store keeps
+// it as jsonb, PostgreSQL's own form of it, whatever the bytes sent.
+func EncodeData(ev Event) ([]byte, error) { return encodeJSON(ev) }
+
+// EncodeMetadata is an event's metadata for the store's append, as EncodeData.
+func EncodeMetadata(m Metadata) ([]byte, error) { return encodeJSON(m) }

@@ -3,6 +3,7 @@ package events_test
 import (
 	"encoding/json"
 	"reflect"
+	"strings"
 	"testing"
 	"time"
 
@@ -50,6 +51,9 @@ func TestHotPathJSONAgreesWithEncodingJSON(t *testing.T) {
 			}
 			data, err := json.Marshal(sample.Interface())
 			require.NoError(t, err)
+			enc, err := events.EncodeData(sample.Elem().Interface().(events.Event))
+			require.NoError(t, err)
+			assert.Equal(t, string(data), string(enc), s.Type+" "+name)
 			envs[s.Type+" "+name] = events.Envelope{ID: uuid.New(), Type: s.Type, SchemaVersion: s.SchemaVersion, StreamType: "x",
 				StreamID: uuid.New(), StreamVersion: 2, OccurredAt: at, Data: data}
 		}
@@ -131,6 +135,13 @@ func TestHotPathJSONAgreesWithEncodingJSON(t *testing.T) {
 		require.NoError(t, events.DecodeMetadata([]byte(meta), &got), meta)
 		assert.Equal(t, want, got, meta)
 	}
+	for _, m := range []events.Metadata{{}, {IPAddress: "::1", UserAgent: "a \"q\" \\ \u00e9 \u2028 <b> & \xff"}} {
+		want, err := json.Marshal(m)
+		require.NoError(t, err)
+		got, err := events.EncodeMetadata(m)
+		require.NoError(t, err)
+		assert.Equal(t, string(want), string(got))
+	}
 	for _, meta := range []string{`[]`, `{"ip_address": 1}`, `{"ip_address": "a"`, `{"ip_address": "a"} x`, `null x`} {
 		var std events.Metadata
 		require.Error(t, json.Unmarshal([]byte(meta), &std), "encoding/json accepts %q", meta)
@@ -143,6 +154,41 @@ func TestHotPathJSONAgreesWithEncodingJSON(t *testing.T) {
 		require.NoError(t, err, data)
 		_, err = e.Decode()
 		assert.Error(t, err, data)
+	}
+}
+
+// The audit trail's changes of an event are its data flattened (a "changes" object's
+// fields beside the others) with numbers as written, as encoding/json would write them.
+func TestAuditChangesAreEncodingJSONs(t *testing.T) {
+	for _, data := range []string{
+		`{}`, `{"name":"Ada <b>\"L\"</b> & co \u2028 \u00e9 \ud83d\ude00","n":12345678901234567890,"f":1.50,"e":1e400,"neg":-0}`,
+		`{"changes":{"name":{"old":"a","new":"b"},"email":{"old":null,"new":"x@y"}},"name":"kept","roles":["a","b"]}`,
+		`{"nested":{"z":1,"a":[true,false,null,{"k":"` + "\xff" + `"}]},"s":"` + "bad ÿþ utf-8" + `"}`,
+		` {"spaced" : [ 1 , 2 ] } `, `[1,2]`, `"text"`, `42`,
+	} {
+		a, err := events.AuditEntryOf(events.Envelope{ID: uuid.New(), Type: "chatbot.updated", StreamType: "chatbot",
+			StreamID: uuid.New(), StreamVersion: 2, Data: json.RawMessage(data)})
+		require.NoError(t, err, data)
+		// The same with encoding/json.
+		dec := json.NewDecoder(strings.NewReader(data))
+		dec.UseNumber()
+		var v any
+		require.NoError(t, dec.Decode(&v), data)
+		obj, ok := v.(map[string]any)
+		if !ok {
+			obj = map[string]any{"value": v}
+		}
+		if inner, ok := obj["changes"].(map[string]any); ok {
+			delete(obj, "changes")
+			for k, c := range inner {
+				if _, taken := obj[k]; !taken {
+					obj[k] = c
+				}
+			}
+		}
+		want, err := json.Marshal(obj)
+		require.NoError(t, err, data)
+		assert.Equal(t, string(want), string(a.Changes), data)
 	}
 }
 

@@ -2,7 +2,6 @@ package eventstore
 
 import (
 	"context"
-	"encoding/json"
 	"time"
 
 	"github.com/google/uuid"
@@ -61,7 +60,7 @@ func (s *Store) grouped(ctx context.Context, req AppendRequest) (events.AppendRe
 	if err != nil {
 		return events.AppendResult{}, true, err
 	}
-	meta, err := json.Marshal(req.Meta.Metadata)
+	meta, err := events.EncodeMetadata(req.Meta.Metadata)
 	if err != nil {
 		return events.AppendResult{}, true, err
 	}

@@ -2,7 +2,6 @@ package eventstore
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"sync"
@@ -192,7 +191,7 @@ func (s *Store) Append(ctx context.Context, req AppendRequest) (events.AppendRes
 }
 
 func (s *Store) appendOnce(ctx context.Context, req AppendRequest) (res events.AppendResult, err error) {
-	meta, err := json.Marshal(req.Meta.Metadata)
+	meta, err := events.EncodeMetadata(req.Meta.Metadata)
 	if err != nil {
 		return res, err
 	}
@@ -262,7 +261,7 @@ func (s *Store) AppendTx(ctx context.Context, tx pgx.Tx, req AppendRequest) (eve
 	if req.ExpectedVersion == AnyVersion || req.Also != nil || len(req.More) > 0 {
 		return events.AppendResult{}, errors.New("AppendTx takes one stream at an exact expected version")
 	}
-	meta, err := json.Marshal(req.Meta.Metadata)
+	meta, err := events.EncodeMetadata(req.Meta.Metadata)
 	if err != nil {
 		return events.AppendResult{}, err
 	}
@@ -311,7 +310,7 @@ func encodeEvents(req AppendRequest) (encoded, error) {
 			return encoded{}, fmt.Errorf("append: event %q does not belong to a %q stream", e.types[i], req.StreamType)
 		}
 		e.schemas[i] = int32(v)
-		b, err := json.Marshal(ev)
+		b, err := events.EncodeData(ev)
 		if err != nil {
 			return encoded{}, fmt.Errorf("append: encode %s: %w", e.types[i], err)
 		}
