@@ -284,6 +284,9 @@ func (r *Runner) syncCommit(ctx context.Context) error {
 // Name is the projector's name.
 func (r *Runner) Name() string { return r.p.Name() }
 
+// BatchSize is the most events one batch of the runner applies (Config.BatchSize).
+func (r *Runner) BatchSize() int { return r.cfg.BatchSize }
+
 // Independent is implemented by projectors whose events never depend on each other
 // across streams (each chat message is a stream of its own, answered on its own): their
 // queue takes competing consumers. Every other projector's queue has a single active

@@ -33,10 +33,10 @@ func RegisterUUID(m *pgtype.Map) {
 
 // uuidArrays is the uuid[] codec that writes []uuid.UUID and []*uuid.UUID itself in
 // binary, and leaves everything else to pgx's (Codec). Every append, relay read, audit and
-// projector batch passes arrays of ids: pgx's generic path for a slice of a type it does
-// not know (reflection, and an interface value for each element) was a twentieth of
-// chatbotd's CPU at the peak of commands (BENCHMARKS.md, twenty-eighth pass).
-// TestUUIDArraysEncodeAsPgxWould holds the bytes to pgx's.
+// projector batch passes arrays of ids, and pgx's generic path for a slice of a type it
+// does not know takes each element through reflection and an interface value (the
+// figures: BENCHMARKS.md, twenty-eighth pass). TestUUIDArraysEncodeAsPgxWould holds the
+// bytes to pgx's.
 type uuidArrays struct{ pgtype.Codec }
 
 func (c uuidArrays) PlanEncode(m *pgtype.Map, oid uint32, format int16, value any) pgtype.EncodePlan {

@@ -132,11 +132,10 @@ func OK(c *gin.Context, status int, message string, data, meta any) {
 }
 
 // JSON answers v as JSON, as Gin's c.JSON does, with segmentio/encoding's json: the same
-// bytes as encoding/json (TestAnswersAreEncodingJSONs) for less than half its CPU, where
-// encoding/json took a twentieth of chatbotd's at the peak of commands (BENCHMARKS.md,
-// twenty-eighth pass), and with the body's length, where net/http sends a body of more
-// than 2 kB in chunks. A value that does not encode is answered as an internal error,
-// before anything is written.
+// bytes as encoding/json (TestAnswersAreEncodingJSONs) for less of the CPU every answer
+// takes (BENCHMARKS.md, twenty-eighth pass), and with the body's length, where net/http
+// sends a body of more than 2 kB in chunks. A value that does not encode is answered as
+// an internal error, before anything is written.
 func JSON(c *gin.Context, status int, v any) {
 	b, err := segjson.Marshal(v)
 	if err != nil {
