@@ -79,6 +79,12 @@ func auditChanges(data json.RawMessage) (json.RawMessage, error) {
 	if _, err := segjson.Parse(data, &v, segjson.UseNumber); err != nil {
 		return nil, err
 	}
+	return encodeJSON(redact(flatChanges(v)))
+}
+
+// flatChanges is decoded data with the fields of its "changes" object beside the others
+// (those win a clash); data that is not an object is {"value": data}.
+func flatChanges(v any) map[string]any {
 	obj, ok := v.(map[string]any)
 	if !ok {
 		obj = map[string]any{"value": v}
@@ -91,7 +97,7 @@ func auditChanges(data json.RawMessage) (json.RawMessage, error) {
 			}
 		}
 	}
-	return encodeJSON(redact(obj))
+	return obj
 }
 
 // secretWords mark a field whose value never appears in the audit trail. Events are

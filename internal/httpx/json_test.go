@@ -17,6 +17,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/chatbotsaas/chatbotd/internal/apperr"
+	"github.com/chatbotsaas/chatbotd/internal/readmodel"
 )
 
 type embedded struct {
@@ -133,19 +134,10 @@ func TestAnAnswerThatDoesNotEncodeIsAnInternalError(t *testing.T) {
 func BenchmarkAnswer(b *testing.B) {
 	gin.SetMode(gin.TestMode)
 	at := time.Date(2026, 12, 8, 3, 4, 5, 123456000, time.UTC)
-	chatbot := struct {
-		ID              uuid.UUID `json:"id"`
-		OrganizationID  uuid.UUID `json:"organization_id"`
-		Name            string    `json:"name"`
-		Description     string    `json:"description"`
-		WelcomeMessage  string    `json:"welcome_message"`
-		FallbackMessage string    `json:"fallback_message"`
-		Status          string    `json:"status"`
-		Responder       gin.H     `json:"responder"`
-		CreatedAt       time.Time `json:"created_at"`
-		UpdatedAt       time.Time `json:"updated_at"`
-	}{uuid.New(), uuid.New(), "Support bot", "Answers the questions of our customers", "Hello! How can I help?",
-		"Sorry, I do not know that yet.", "draft", gin.H{"type": "knowledge_base"}, at, at}
+	chatbot := readmodel.Chatbot{ID: uuid.New(), OrganizationID: uuid.New(), Name: "Support bot",
+		Description: "Answers the questions of our customers", WelcomeMessage: "Hello! How can I help?",
+		FallbackMessage: "Sorry, I do not know that yet.", Status: "draft", Responder: readmodel.Responder{Type: "knowledge_base"},
+		CreatedAt: at, UpdatedAt: at}
 	env := Envelope{Success: true, Message: "Chatbot created", Data: chatbot,
 		Meta: gin.H{"stream_id": chatbot.ID, "stream_version": 1, "position": 123456}, Timestamp: Timestamp(), RequestID: "0193a5f2-7c1e-7e4a-9d2b-3f4e5a6b7c8d"}
 	for _, bc := range []struct {
