@@ -20,8 +20,8 @@ import (
 // at least as new and was written under the same epoch (an entry of another master's
 // time is replaced whatever its version). An empty payload is a tombstone: the record is
 // gone as of that version. ARGV is the TTL in milliseconds, the epoch, then a version and
-// a payload for each key. One call for many keys costs Redis about a quarter less a key
-// than a call a key, pipelined (BENCHMARKS.md, twenty-seventh pass).
+// a payload for each key. One call for many keys costs Redis less a key than a call a
+// key, pipelined (the figures: BENCHMARKS.md, twenty-seventh pass).
 var setIfNewer = redis.NewScript(`
 local ttl, epoch = ARGV[1], ARGV[2]
 for i, k in ipairs(KEYS) do
