@@ -40,8 +40,9 @@ func Open(ctx context.Context, url string, maxConns int32) (*pgxpool.Pool, error
 		// uuid.UUID as pgx's own 16 bytes. Without it every uuid argument went through
 		// its driver.Valuer (a string, parsed again), and an array of them failed the
 		// binary plan first, building an error for each: half the CPU a projector batch
-		// spent in Go.
+		// spent in Go. Arrays of strings and integers are written by RegisterArrays.
 		RegisterUUID(conn.TypeMap())
+		RegisterArrays(conn.TypeMap())
 		return nil
 	}
 	return pgxpool.NewWithConfig(ctx, cfg)

@@ -58,7 +58,7 @@ func (encodeUUIDArray) Encode(value any, buf []byte) ([]byte, error) {
 	if ids == nil {
 		return nil, nil // NULL
 	}
-	buf = appendArrayHeader(buf, len(ids), false)
+	buf = appendArrayHeader(buf, pgtype.UUIDOID, len(ids), false)
 	for _, id := range ids {
 		buf = binary.BigEndian.AppendUint32(buf, 16)
 		buf = append(buf, id[:]...)
@@ -73,7 +73,7 @@ func (encodeNullableUUIDArray) Encode(value any, buf []byte) ([]byte, error) {
 	if ids == nil {
 		return nil, nil // NULL
 	}
-	buf = appendArrayHeader(buf, len(ids), slices.Contains(ids, nil))
+	buf = appendArrayHeader(buf, pgtype.UUIDOID, len(ids), slices.Contains(ids, nil))
 	for _, id := range ids {
 		if id == nil {
 			buf = binary.BigEndian.AppendUint32(buf, math.MaxUint32) // -1: NULL
@@ -83,20 +83,6 @@ func (encodeNullableUUIDArray) Encode(value any, buf []byte) ([]byte, error) {
 		buf = append(buf, id[:]...)
 	}
 	return buf, nil
-}
-
-// appendArrayHeader appends the binary header of a one-dimensional uuid[] of n elements
-// numbered from 1, as pgx writes it (an empty one too: one dimension of length 0).
-func appendArrayHeader(buf []byte, n int, nulls bool) []byte {
-	hasNull := uint32(0)
-	if nulls {
-		hasNull = 1
-	}
-	buf = binary.BigEndian.AppendUint32(buf, 1) // dimensions
-	buf = binary.BigEndian.AppendUint32(buf, hasNull)
-	buf = binary.BigEndian.AppendUint32(buf, pgtype.UUIDOID)
-	buf = binary.BigEndian.AppendUint32(buf, uint32(n))
-	return binary.BigEndian.AppendUint32(buf, 1) // the lower bound
 }
 
 func tryWrapUUIDPointer(value any) (pgtype.WrappedEncodePlanNextSetter, any, bool) {
