@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"maps"
 	"slices"
 	"sync"
 	"time"
@@ -1266,7 +1265,12 @@ func applyMembers(ctx context.Context, conn *pgx.Conn, tx pgx.Tx, ms []*memberBa
 // and position into pipe.
 func (m *memberBatch) apply(ctx context.Context, pipe *pipeTx) ([]events.Envelope, error) {
 	// The streams the prelude inserted are at 0 in current, nothing of them applied yet.
-	start := maps.Clone(m.current)
+	// Each stream's version before the apply, in m.streams' order: a slice, where a copy
+	// of the map cost a map's allocation and hashing for every batch of every member.
+	start := make([]int, len(m.streams))
+	for i, s := range m.streams {
+		start[i] = m.current[s]
+	}
 	// A rebuildable projector's writes are pipelined, as in a rebuild, and so are those of
 	// a projector that says they may be (Pipelined). Their errors come back together at
 	// the flush, and a failed batch is applied again one event at a time, which says
@@ -1285,8 +1289,8 @@ func (m *memberBatch) apply(ctx context.Context, pipe *pipeTx) ([]events.Envelop
 	}
 	var changedIDs []uuid.UUID
 	var changedVersions []int32
-	for _, s := range m.streams {
-		if m.current[s] != start[s] && !(m.created[s] && m.current[s] == m.last[s]) {
+	for i, s := range m.streams {
+		if m.current[s] != start[i] && !(m.created[s] && m.current[s] == m.last[s]) {
 			changedIDs = append(changedIDs, s)
 			changedVersions = append(changedVersions, int32(m.current[s]))
 		}
