@@ -39,65 +39,51 @@ func (c arrays) PlanEncode(m *pgtype.Map, oid uint32, format int16, value any) p
 		switch value.(type) {
 		case []string:
 			if c.elem == pgtype.TextOID {
-				return encodeTextArray{}
+				return textArray
 			}
 		case []int32:
 			if c.elem == pgtype.Int4OID {
-				return encodeInt4Array{}
+				return int4Array
 			}
 		case []int64:
 			if c.elem == pgtype.Int8OID {
-				return encodeInt8Array{}
+				return int8Array
 			}
 		}
 	}
 	return c.Codec.PlanEncode(m, oid, format, value)
 }
 
-type encodeTextArray struct{}
+// encodeArray writes a []T, none of whose elements is NULL, as a one-dimensional array
+// of elem; put appends one element with its length.
+type encodeArray[T any] struct {
+	elem uint32
+	put  func(buf []byte, v T) []byte
+}
 
-func (encodeTextArray) Encode(value any, buf []byte) ([]byte, error) {
-	ss := value.([]string)
-	if ss == nil {
+func (e encodeArray[T]) Encode(value any, buf []byte) ([]byte, error) {
+	vs := value.([]T)
+	if vs == nil {
 		return nil, nil // NULL
 	}
-	buf = appendArrayHeader(buf, pgtype.TextOID, len(ss), false)
-	for _, s := range ss {
-		buf = binary.BigEndian.AppendUint32(buf, uint32(len(s)))
-		buf = append(buf, s...)
+	buf = appendArrayHeader(buf, e.elem, len(vs), false)
+	for _, v := range vs {
+		buf = e.put(buf, v)
 	}
 	return buf, nil
 }
 
-type encodeInt4Array struct{}
-
-func (encodeInt4Array) Encode(value any, buf []byte) ([]byte, error) {
-	ns := value.([]int32)
-	if ns == nil {
-		return nil, nil // NULL
-	}
-	buf = appendArrayHeader(buf, pgtype.Int4OID, len(ns), false)
-	for _, n := range ns {
-		buf = binary.BigEndian.AppendUint32(buf, 4)
-		buf = binary.BigEndian.AppendUint32(buf, uint32(n))
-	}
-	return buf, nil
-}
-
-type encodeInt8Array struct{}
-
-func (encodeInt8Array) Encode(value any, buf []byte) ([]byte, error) {
-	ns := value.([]int64)
-	if ns == nil {
-		return nil, nil // NULL
-	}
-	buf = appendArrayHeader(buf, pgtype.Int8OID, len(ns), false)
-	for _, n := range ns {
-		buf = binary.BigEndian.AppendUint32(buf, 8)
-		buf = binary.BigEndian.AppendUint64(buf, uint64(n))
-	}
-	return buf, nil
-}
+var (
+	textArray = encodeArray[string]{pgtype.TextOID, func(buf []byte, s string) []byte {
+		return append(binary.BigEndian.AppendUint32(buf, uint32(len(s))), s...)
+	}}
+	int4Array = encodeArray[int32]{pgtype.Int4OID, func(buf []byte, n int32) []byte {
+		return binary.BigEndian.AppendUint32(binary.BigEndian.AppendUint32(buf, 4), uint32(n))
+	}}
+	int8Array = encodeArray[int64]{pgtype.Int8OID, func(buf []byte, n int64) []byte {
+		return binary.BigEndian.AppendUint64(binary.BigEndian.AppendUint32(buf, 8), uint64(n))
+	}}
+)
 
 // appendArrayHeader appends the binary header of a one-dimensional array of n elements
 // of type elem, numbered from 1, as pgx writes it (an empty one too: one dimension of

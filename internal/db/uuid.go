@@ -43,7 +43,7 @@ func (c uuidArrays) PlanEncode(m *pgtype.Map, oid uint32, format int16, value an
 	if format == pgtype.BinaryFormatCode {
 		switch value.(type) {
 		case []uuid.UUID:
-			return encodeUUIDArray{}
+			return uuidArray
 		case []*uuid.UUID:
 			return encodeNullableUUIDArray{}
 		}
@@ -51,20 +51,10 @@ func (c uuidArrays) PlanEncode(m *pgtype.Map, oid uint32, format int16, value an
 	return c.Codec.PlanEncode(m, oid, format, value)
 }
 
-type encodeUUIDArray struct{}
-
-func (encodeUUIDArray) Encode(value any, buf []byte) ([]byte, error) {
-	ids := value.([]uuid.UUID)
-	if ids == nil {
-		return nil, nil // NULL
-	}
-	buf = appendArrayHeader(buf, pgtype.UUIDOID, len(ids), false)
-	for _, id := range ids {
-		buf = binary.BigEndian.AppendUint32(buf, 16)
-		buf = append(buf, id[:]...)
-	}
-	return buf, nil
-}
+// uuidArray writes []uuid.UUID (encodeArray, arrays.go).
+var uuidArray = encodeArray[uuid.UUID]{pgtype.UUIDOID, func(buf []byte, id uuid.UUID) []byte {
+	return append(binary.BigEndian.AppendUint32(buf, 16), id[:]...)
+}}
 
 type encodeNullableUUIDArray struct{}
 
@@ -79,8 +69,7 @@ func (encodeNullableUUIDArray) Encode(value any, buf []byte) ([]byte, error) {
 			buf = binary.BigEndian.AppendUint32(buf, math.MaxUint32) // -1: NULL
 			continue
 		}
-		buf = binary.BigEndian.AppendUint32(buf, 16)
-		buf = append(buf, id[:]...)
+		buf = uuidArray.put(buf, *id)
 	}
 	return buf, nil
 }
